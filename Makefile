@@ -1,0 +1,30 @@
+# lkedge entry points. `make test` and `make demo` work on a fresh machine: they create
+# .venv and install the pinned dependencies first.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-cpython test-micropython bench lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-dev.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+# The whole suite: CPython tests, and every tests/device module again under the real
+# MicroPython interpreter with a board-like heap (tests/test_micropython_half.py).
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-micropython: setup
+	$(PY) -m pytest -q tests/test_micropython_half.py $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) host_tools/bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

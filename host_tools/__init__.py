@@ -1,0 +1,1 @@
+"""lkedge host tools (CPython only): relay, board emulator, deploy, CLI, benchmarks."""

@@ -1,0 +1,20 @@
+"""Shared pytest setup: lib/ importable, coroutine tests run with asyncio.run."""
+import asyncio
+import inspect
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for p in (os.path.join(ROOT, "lib"), os.path.join(ROOT, "tests", "device"), os.path.join(ROOT, "tests")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+
+def pytest_pyfunc_call(pyfuncitem):
+    """Run `async def test_*` functions (device tests share code with MicroPython)."""
+    if inspect.iscoroutinefunction(pyfuncitem.obj):
+        funcargs = pyfuncitem.funcargs
+        args = {a: funcargs[a] for a in pyfuncitem._fixtureinfo.argnames}
+        asyncio.run(pyfuncitem.obj(**args))
+        return True
+    return None
