@@ -1,0 +1,251 @@
+"""The CBOR subset of the link (RFC 8949), for LINK.md control maps and telemetry.
+
+    dumps(obj) -> bytes        loads(data) -> obj        CBORError(ValueError)
+
+Supported: unsigned and negative integers up to 64 bits (major types 0, 1), byte strings
+(2), text strings (3), arrays (4), maps (5), false/true/null and floats (7). Lengths are
+definite only. Everything else is refused with a `CBORError` that names what was met
+and where: indefinite lengths, tags (6), `undefined` and other simple values, reserved
+additional-info values, a stray break byte, truncated input, trailing bytes after the
+top-level item, invalid UTF-8, unhashable or duplicate map keys, nesting deeper than
+`MAX_DEPTH`. Every length is checked against the bytes still unread before anything is
+allocated, so a 4 GiB claim in a 10-byte input fails at once.
+
+Encoding is canonical for lengths and integers (shortest argument form) and keeps the
+insertion order of dicts, so for these types `dumps(x) == cbor2.dumps(x)`. Floats are
+always written as float64 (0xfb); cbor2 does the same for finite floats but writes
+NaN and +/-Infinity as float16 (f97e00, f97c00, f9fc00) — the one byte-level
+difference; both decode to the same values. bytearray/memoryview encode as byte
+strings and tuples as arrays (decoded back as bytes and list). MicroPython dicts do
+not keep insertion order, so there a multi-key map's keys come out in the dict's own
+iteration order (still valid CBOR; the link never depends on key order).
+
+Decoding accepts non-shortest arguments (they are well-formed CBOR) and float16/32/64.
+Map keys come back as decoded (the link uses text keys; link.decode_control checks);
+a key that repeats is refused rather than silently overwritten.
+"""
+import struct
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
+
+MAX_DEPTH = const(16)   # arrays/maps nested deeper than this are refused (stack safety)
+
+_MAJOR_NAMES = ("unsigned integer", "negative integer", "byte string", "text string",
+                "array", "map", "tag", "simple/float")
+_U64_LIMIT = 1 << 64
+
+
+class CBORError(ValueError):
+    """Malformed or unsupported CBOR, or an object that cannot be encoded."""
+
+
+# ---------------------------------------------------------------- encoding
+
+def _head(out, major, n):
+    """Append the shortest initial byte + argument for `major` and value n."""
+    mt = major << 5
+    if n < 24:
+        out.append(mt | n)
+    elif n < 0x100:
+        out.append(mt | 24)
+        out.append(n)
+    elif n < 0x10000:
+        out.extend(struct.pack(">BH", mt | 25, n))
+    elif n < 0x100000000:
+        out.extend(struct.pack(">BI", mt | 26, n))
+    else:
+        out.extend(struct.pack(">BQ", mt | 27, n))
+
+
+def _encode(out, obj, depth):
+    # bool first: on CPython bool is an int subclass
+    if obj is None:
+        out.append(0xf6)
+    elif obj is True:
+        out.append(0xf5)
+    elif obj is False:
+        out.append(0xf4)
+    elif isinstance(obj, int):
+        if obj >= 0:
+            if obj >= _U64_LIMIT:
+                raise CBORError("integer %d does not fit in 64 bits" % obj)
+            _head(out, 0, obj)
+        else:
+            if obj < -_U64_LIMIT:
+                raise CBORError("integer %d does not fit in 64 bits" % obj)
+            _head(out, 1, -1 - obj)
+    elif isinstance(obj, str):
+        b = obj.encode("utf-8")
+        _head(out, 3, len(b))
+        out.extend(b)
+    elif isinstance(obj, (bytes, bytearray, memoryview)):
+        _head(out, 2, len(obj))
+        out.extend(obj)
+    elif isinstance(obj, float):
+        out.extend(struct.pack(">Bd", 0xfb, obj))
+    elif isinstance(obj, (list, tuple)):
+        if depth >= MAX_DEPTH:
+            raise CBORError("cannot encode: nesting deeper than %d" % MAX_DEPTH)
+        _head(out, 4, len(obj))
+        for item in obj:
+            _encode(out, item, depth + 1)
+    elif isinstance(obj, dict):
+        if depth >= MAX_DEPTH:
+            raise CBORError("cannot encode: nesting deeper than %d" % MAX_DEPTH)
+        _head(out, 5, len(obj))
+        for k in obj:
+            _encode(out, k, depth + 1)
+            _encode(out, obj[k], depth + 1)
+    else:
+        raise CBORError("cannot encode objects of type %s" % type(obj).__name__)
+
+
+def dumps(obj):
+    """Encode obj (see the module docstring for the types) as CBOR bytes."""
+    out = bytearray()
+    _encode(out, obj, 0)
+    return bytes(out)
+
+
+# ---------------------------------------------------------------- decoding
+
+def _half_to_float(h):
+    """IEEE 754 binary16 → float, by hand: not every port's struct has 'e'."""
+    sign = -1.0 if h & 0x8000 else 1.0
+    exp = (h >> 10) & 0x1f
+    frac = h & 0x3ff
+    if exp == 0:
+        return sign * frac * (2.0 ** -24)
+    if exp == 31:
+        return sign * float("inf") if frac == 0 else float("nan")
+    return sign * (frac + 1024) * (2.0 ** (exp - 25))
+
+
+class _Decoder:
+    def __init__(self, data):
+        self.mv = memoryview(data)
+        self.pos = 0
+        self.end = len(self.mv)
+
+    def need(self, n, what):
+        if n > self.end - self.pos:
+            raise CBORError("truncated CBOR: %s needs %d bytes at offset %d, only %d left"
+                            % (what, n, self.pos, self.end - self.pos))
+
+    def take(self, n, what):
+        self.need(n, what)
+        p = self.pos
+        self.pos = p + n
+        return self.mv[p:p + n]
+
+    def argument(self, major, ai):
+        """The argument of an initial byte whose additional info is ai (< 28)."""
+        if ai < 24:
+            return ai
+        size = 1 << (ai - 24)
+        raw = self.take(size, "the argument (%s)" % _MAJOR_NAMES[major])
+        if size == 1:
+            return raw[0]
+        return int.from_bytes(bytes(raw), "big")
+
+    def item(self, depth):
+        self.need(1, "an item")
+        start = self.pos
+        ib = self.mv[start]
+        self.pos = start + 1
+        major = ib >> 5
+        ai = ib & 0x1f
+        if major == 7:
+            return self.simple(ai, start)
+        if ai == 31:
+            raise CBORError("indefinite-length %s (0x%02x) at offset %d not supported"
+                            % (_MAJOR_NAMES[major], ib, start))
+        if ai > 27:
+            raise CBORError("reserved additional info %d in initial byte 0x%02x at offset %d"
+                            % (ai, ib, start))
+        n = self.argument(major, ai)
+        if major == 0:
+            return n
+        if major == 1:
+            return -1 - n
+        if major == 2:
+            return bytes(self.take(n, "a byte string"))
+        if major == 3:
+            raw = self.take(n, "a text string")
+            try:
+                return str(raw, "utf-8")
+            except UnicodeError:
+                raise CBORError("invalid UTF-8 in the text string at offset %d" % start)
+        if major == 6:
+            raise CBORError("CBOR tag %d at offset %d not supported" % (n, start))
+        if depth >= MAX_DEPTH:
+            raise CBORError("CBOR nested deeper than %d at offset %d" % (MAX_DEPTH, start))
+        if major == 4:
+            return self.array(n, depth, start)
+        return self.map(n, depth, start)
+
+    def array(self, n, depth, start):
+        # every item takes at least one byte: refuse impossible counts before looping
+        if n > self.end - self.pos:
+            raise CBORError("truncated CBOR: array at offset %d claims %d items, only %d bytes left"
+                            % (start, n, self.end - self.pos))
+        out = []
+        for _ in range(n):
+            out.append(self.item(depth + 1))
+        return out
+
+    def map(self, n, depth, start):
+        if n > (self.end - self.pos) // 2:
+            raise CBORError("truncated CBOR: map at offset %d claims %d pairs, only %d bytes left"
+                            % (start, n, self.end - self.pos))
+        out = {}
+        for _ in range(n):
+            kpos = self.pos
+            k = self.item(depth + 1)
+            if isinstance(k, (list, dict)):
+                raise CBORError("unhashable map key (%s) at offset %d" % (type(k).__name__, kpos))
+            if k in out:
+                raise CBORError("duplicate map key %r at offset %d" % (k, kpos))
+            out[k] = self.item(depth + 1)
+        return out
+
+    def simple(self, ai, start):
+        if ai == 20:
+            return False
+        if ai == 21:
+            return True
+        if ai == 22:
+            return None
+        if ai == 25:
+            return _half_to_float(int.from_bytes(bytes(self.take(2, "a float16")), "big"))
+        if ai == 26:
+            return struct.unpack(">f", self.take(4, "a float32"))[0]
+        if ai == 27:
+            return struct.unpack(">d", self.take(8, "a float64"))[0]
+        if ai == 23:
+            raise CBORError("CBOR undefined (0xf7) at offset %d not supported" % start)
+        if ai == 31:
+            raise CBORError("unexpected break (0xff) at offset %d: indefinite lengths not supported"
+                            % start)
+        if ai == 24:
+            self.need(1, "a simple value")
+            raise CBORError("CBOR simple value %d at offset %d not supported"
+                            % (self.mv[self.pos], start))
+        if ai < 20:
+            raise CBORError("CBOR simple value %d at offset %d not supported" % (ai, start))
+        raise CBORError("reserved additional info %d in initial byte 0x%02x at offset %d"
+                        % (ai, 0xe0 | ai, start))
+
+
+def loads(data):
+    """Decode exactly one CBOR item filling all of data (bytes-like)."""
+    d = _Decoder(data)
+    obj = d.item(0)
+    if d.pos != d.end:
+        raise CBORError("%d trailing bytes after the CBOR item (which ends at offset %d)"
+                        % (d.end - d.pos, d.pos))
+    return obj

@@ -1,0 +1,412 @@
+"""LINK.md frames without I/O: encode, incremental reading, control-map validation.
+
+    frame = varint(n) , type , body        n = 1 + len(body), varint as in protobuf
+
+API (docs/internals.md, with the details fixed here):
+
+- `encode_frame(type, body) -> bytes`, `frame_header(type, body_len) -> bytes` (the
+  varint and the type byte; a DATA body is streamed after it).
+- `encode_control(type, mapping) -> bytes`: a whole frame whose body is
+  `cbor.dumps(mapping)`. `decode_control(body) -> dict`: the CBOR map of a control body,
+  checked to be a map with text keys.
+- Validators of the LINK.md maps; each returns a NEW normalised dict holding only the
+  LINK.md keys (unknown keys are ignored) and raises `LinkError` naming the key on a
+  missing required key or a wrong type: `check_join(d)`, `check_joined(d)` (its
+  "participants" normalised by `participant_info`), `participant_info(d)` (for
+  PARTICIPANT and JOINED entries: missing client_protocol → 0, capabilities → [],
+  attributes → {}; its optional second argument names the map in errors),
+  `check_participant_left(d)`, `check_leave(d)`. "v" must equal `LINK_VERSION`.
+  Required: JOIN v, token; JOINED v, room, identity, sid, max_frame (>= 1);
+  participant identity, sid; PARTICIPANT_LEFT identity; LEAVE code. Optional text
+  fields default to "" (sdk, sdk_version, server_version, reason), participants to [].
+  Text fields are `str`, "reason" included; ints are non-negative, never bool.
+- `FrameReader(max_frame, max_control=None)`, sans-I/O. `receive(mv)` keeps a reference
+  to mv (copies nothing); call it only after `next_event()` returned `NEED_DATA`
+  (else RuntimeError: the caller's mistake, not the peer's). Event kinds are the ints
+  `NEED_DATA` (0), `FRAME`, `DATA_START`, `DATA_PIECE`, `DATA_END`.
+  `next_event()` returns:
+    `NEED_DATA`;
+    `(FRAME, type, body)` for every known non-DATA type (body is `bytes`, buffered
+      whole; type byte + body may not exceed `max_control`, default `max_frame`;
+      PING/PONG bodies may not exceed 64 bytes);
+    `(DATA_START, body_len)`, then `[DATA_PIECE, mv]` events, then `(DATA_END,)` for
+      DATA frames, whose bodies are never buffered: each mv is the received memoryview
+      itself when the piece spans all of it, else a slice of it, valid until the next
+      call. The DATA_PIECE event is ONE reused 2-item list (not a tuple) so the hot path
+      allocates nothing: unpack it (`kind, mv = ev`) and do not keep it.
+  Frames of unknown types are skipped without buffering and without an event.
+  `max_frame` bounds n (the type byte plus the body) for every frame, and is checked as
+  soon as the length varint ends. `LinkError` for: a length varint longer than 5 bytes,
+  n = 0, n > max_frame, a control frame over max_control, a PING/PONG body over
+  `MAX_PING_BODY` (64). `type_name(t)` names a frame type for logs. The stream cannot be
+  resynchronised after that: the reader keeps raising the same error (a relay answers
+  LEAVE 4 and closes). `between_frames` is True when no partial frame is pending (so
+  the transport closing then is a clean end, otherwise a truncated frame).
+"""
+from . import cbor
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
+
+LINK_VERSION = const(1)
+
+JOIN = const(0x01)
+JOINED = const(0x02)
+PARTICIPANT = const(0x03)
+PARTICIPANT_LEFT = const(0x04)
+LEAVE = const(0x05)
+PING = const(0x06)
+PONG = const(0x07)
+DATA = const(0x10)
+
+LEAVE_CLIENT = const(1)
+LEAVE_DUPLICATE = const(2)
+LEAVE_UNAUTHORIZED = const(3)
+LEAVE_PROTOCOL = const(4)
+LEAVE_SHUTDOWN = const(5)
+LEAVE_IDLE = const(6)
+LEAVE_FORBIDDEN = const(7)
+
+MAX_PING_BODY = const(64)
+
+# FrameReader events (first item of the event tuple; NEED_DATA is returned bare)
+NEED_DATA = const(0)
+FRAME = const(1)
+DATA_START = const(2)
+DATA_PIECE = const(3)
+DATA_END = const(4)
+
+_MAX_VARINT_BYTES = const(5)
+_ST_LEN = const(0)     # reading the length varint
+_ST_TYPE = const(1)    # reading the type byte
+_ST_DATA = const(2)    # handing out a DATA body as pieces
+_ST_CTRL = const(3)    # buffering a control body
+_ST_SKIP = const(4)    # skipping the body of an unknown type
+
+_NAMES = {JOIN: "JOIN", JOINED: "JOINED", PARTICIPANT: "PARTICIPANT",
+          PARTICIPANT_LEFT: "PARTICIPANT_LEFT", LEAVE: "LEAVE", PING: "PING",
+          PONG: "PONG", DATA: "DATA"}
+_END_EVENT = (DATA_END,)
+_EMPTY = memoryview(b"")
+
+
+class LinkError(ValueError):
+    """A malformed frame or control map from the peer (the relay answers LEAVE 4)."""
+
+
+def type_name(t):
+    return _NAMES.get(t, "type 0x%02x" % t)
+
+
+# ---------------------------------------------------------------- writing
+
+def frame_header(type, body_len):
+    """varint(1 + body_len) followed by the type byte."""
+    if not 0 <= type <= 0xff:
+        raise ValueError("frame type %d is not a byte" % type)
+    n = 1 + body_len
+    if body_len < 0 or n > 0xffffffff:
+        raise ValueError("frame body length %d out of range" % body_len)
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7f) | 0x80)
+        n >>= 7
+    out.append(n)
+    out.append(type)
+    return bytes(out)
+
+
+def encode_frame(type, body):
+    return frame_header(type, len(body)) + bytes(body)
+
+
+def encode_control(type, mapping):
+    """A whole control frame whose body is the CBOR encoding of mapping."""
+    if type == DATA:
+        raise ValueError("DATA frames carry a DataPacket, not a control map")
+    if not isinstance(mapping, dict):
+        raise ValueError("a control body must be a dict, got %s" % _tname(mapping))
+    return encode_frame(type, cbor.dumps(mapping))
+
+
+# ---------------------------------------------------------------- reading
+
+class FrameReader:
+    def __init__(self, max_frame, max_control=None):
+        self.max_frame = max_frame
+        self.max_control = max_frame if max_control is None else max_control
+        self._mv = _EMPTY
+        self._pos = 0
+        self._state = _ST_LEN
+        self._n = 0          # length varint value so far, then the frame's n
+        self._shift = 0
+        self._type = 0
+        self._left = 0       # body bytes still to hand out / buffer / skip
+        self._buf = None     # control body being buffered
+        self._error = None
+        self._piece = [DATA_PIECE, _EMPTY]   # the reused DATA_PIECE event
+
+    @property
+    def between_frames(self):
+        return self._state == _ST_LEN and self._shift == 0
+
+    def receive(self, mv):
+        if self._error is not None:
+            raise self._error
+        if self._pos < len(self._mv):
+            raise RuntimeError("receive() called before next_event() consumed the previous data")
+        self._mv = mv if isinstance(mv, memoryview) else memoryview(mv)
+        self._pos = 0
+
+    def next_event(self):
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next()
+        except LinkError as e:
+            self._error = e
+            self._mv = _EMPTY
+            self._buf = None
+            raise
+
+    def _next(self):
+        mv = self._mv
+        end = len(mv)
+        while True:
+            st = self._state
+            pos = self._pos
+            if st == _ST_DATA:
+                return self._data_event(mv, pos, end)
+            if pos >= end:
+                self._mv = _EMPTY     # do not pin the caller's buffer
+                self._pos = 0
+                return NEED_DATA
+            if st == _ST_LEN:
+                self._pos = pos + 1
+                self._length_byte(mv[pos])
+            elif st == _ST_TYPE:
+                self._pos = pos + 1
+                ev = self._start_body(mv[pos])
+                if ev is not None:
+                    return ev
+            elif st == _ST_CTRL:
+                ev = self._fill_control(mv, pos, end)
+                if ev is not None:
+                    return ev
+            else:  # _ST_SKIP
+                take = min(self._left, end - pos)
+                self._pos = pos + take
+                self._left -= take
+                if not self._left:
+                    self._next_frame()
+
+    def _length_byte(self, b):
+        if self._shift == 7 * (_MAX_VARINT_BYTES - 1) and b & 0x80:
+            raise LinkError("frame length varint longer than %d bytes" % _MAX_VARINT_BYTES)
+        self._n |= (b & 0x7f) << self._shift
+        self._shift += 7
+        if b & 0x80:
+            return
+        n = self._n
+        if n == 0:
+            raise LinkError("zero-length frame (n = 0: every frame has a type byte)")
+        if n > self.max_frame:
+            raise LinkError("frame of %d bytes (type + body) exceeds max_frame %d"
+                            % (n, self.max_frame))
+        self._state = _ST_TYPE
+
+    def _start_body(self, t):
+        self._type = t
+        body_len = self._n - 1
+        self._left = body_len
+        if t == DATA:
+            self._state = _ST_DATA
+            return (DATA_START, body_len)
+        if t not in _NAMES:
+            self._state = _ST_SKIP
+            if not body_len:
+                self._next_frame()
+            return None
+        if self._n > self.max_control:
+            raise LinkError("%s frame of %d bytes (type + body) exceeds max_control %d"
+                            % (_NAMES[t], self._n, self.max_control))
+        if (t == PING or t == PONG) and body_len > MAX_PING_BODY:
+            raise LinkError("%s body of %d bytes exceeds %d" % (_NAMES[t], body_len, MAX_PING_BODY))
+        pos = self._pos
+        if len(self._mv) - pos >= body_len:
+            # the whole body is here: copy it once, no staging buffer
+            self._pos = pos + body_len
+            self._next_frame()
+            return (FRAME, t, bytes(self._mv[pos:pos + body_len]))
+        self._state = _ST_CTRL
+        self._buf = bytearray(body_len)
+        return None
+
+    def _fill_control(self, mv, pos, end):
+        buf = self._buf
+        take = min(self._left, end - pos)
+        start = len(buf) - self._left
+        buf[start:start + take] = mv[pos:pos + take]
+        self._pos = pos + take
+        self._left -= take
+        if self._left:
+            return None
+        self._buf = None
+        self._next_frame()
+        return (FRAME, self._type, bytes(buf))
+
+    def _data_event(self, mv, pos, end):
+        left = self._left
+        if not left:
+            self._next_frame()
+            return _END_EVENT
+        avail = end - pos
+        if not avail:
+            self._mv = _EMPTY
+            self._pos = 0
+            return NEED_DATA
+        if left >= avail:
+            take = avail
+            piece = mv if pos == 0 else mv[pos:]   # whole buffer: no new memoryview
+        else:
+            take = left
+            piece = mv[pos:pos + take]
+        self._pos = pos + take
+        self._left = left - take
+        ev = self._piece
+        ev[1] = piece
+        return ev
+
+    def _next_frame(self):
+        self._state = _ST_LEN
+        self._n = 0
+        self._shift = 0
+
+
+# ---------------------------------------------------------------- control maps
+
+def _tname(x):
+    return type(x).__name__
+
+
+def decode_control(body):
+    """The CBOR map of a control frame body; LinkError if not a map with text keys."""
+    try:
+        d = cbor.loads(body)
+    except cbor.CBORError as e:
+        raise LinkError("control body is not valid CBOR: %s" % e)
+    if not isinstance(d, dict):
+        raise LinkError("control body must be a CBOR map, got %s" % _tname(d))
+    for k in d:
+        if not isinstance(k, str):
+            raise LinkError("control map key %r is not a text string" % (k,))
+    return d
+
+
+_REQUIRED = object()
+
+
+def _is_int(x):
+    # bool is an int subclass on CPython (not on MicroPython): refuse it on both
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _get(d, what, key, default):
+    if not isinstance(d, dict):
+        raise LinkError("%s must be a map, got %s" % (what, _tname(d)))
+    if key in d:
+        return d[key]
+    if default is _REQUIRED:
+        raise LinkError('%s: missing key "%s"' % (what, key))
+    return default
+
+
+def _bad(what, key, expected, got):
+    return LinkError('%s: key "%s" must be %s, got %s' % (what, key, expected, _tname(got)))
+
+
+def _int(d, what, key, default=_REQUIRED):
+    v = _get(d, what, key, default)
+    if not _is_int(v) or v < 0:
+        raise _bad(what, key, "a non-negative integer", v)
+    return v
+
+
+def _str(d, what, key, default=_REQUIRED):
+    v = _get(d, what, key, default)
+    if not isinstance(v, str):
+        raise _bad(what, key, "a text string", v)
+    return v
+
+
+def _int_list(d, what, key):
+    v = _get(d, what, key, [])
+    if not isinstance(v, list):
+        raise _bad(what, key, "an array of integers", v)
+    for x in v:
+        if not _is_int(x) or x < 0:
+            raise _bad(what, key, "an array of non-negative integers (an item)", x)
+    return list(v)
+
+
+def _str_map(d, what, key):
+    v = _get(d, what, key, {})
+    if not isinstance(v, dict):
+        raise _bad(what, key, "a map of text to text", v)
+    for k in v:
+        if not isinstance(k, str) or not isinstance(v[k], str):
+            raise LinkError('%s: key "%s" must map text to text, has %r: %r'
+                            % (what, key, k, v[k]))
+    return dict(v)
+
+
+def _version(d, what):
+    v = _int(d, what, "v")
+    if v != LINK_VERSION:
+        raise LinkError("%s: link version %d not supported (this side speaks %d)"
+                        % (what, v, LINK_VERSION))
+    return v
+
+
+def check_join(d):
+    w = "JOIN"
+    return {"v": _version(d, w), "token": _str(d, w, "token"),
+            "client_protocol": _int(d, w, "client_protocol", 0),
+            "capabilities": _int_list(d, w, "capabilities"),
+            "sdk": _str(d, w, "sdk", ""), "sdk_version": _str(d, w, "sdk_version", "")}
+
+
+def participant_info(d, what="PARTICIPANT"):
+    return {"identity": _str(d, what, "identity"), "sid": _str(d, what, "sid"),
+            "client_protocol": _int(d, what, "client_protocol", 0),
+            "capabilities": _int_list(d, what, "capabilities"),
+            "attributes": _str_map(d, what, "attributes")}
+
+
+def check_joined(d):
+    w = "JOINED"
+    out = {"v": _version(d, w), "room": _str(d, w, "room"),
+           "identity": _str(d, w, "identity"), "sid": _str(d, w, "sid"),
+           "server_version": _str(d, w, "server_version", "")}
+    mf = _int(d, w, "max_frame")
+    if mf < 1:
+        raise LinkError('JOINED: key "max_frame" must be at least 1, got %d' % mf)
+    out["max_frame"] = mf
+    ps = _get(d, w, "participants", [])
+    if not isinstance(ps, list):
+        raise _bad(w, "participants", "an array of participant maps", ps)
+    out["participants"] = [participant_info(p, "JOINED participant") for p in ps]
+    return out
+
+
+def check_participant_left(d):
+    w = "PARTICIPANT_LEFT"
+    return {"identity": _str(d, w, "identity"), "reason": _str(d, w, "reason", "")}
+
+
+def check_leave(d):
+    w = "LEAVE"
+    return {"code": _int(d, w, "code"), "reason": _str(d, w, "reason", "")}

@@ -1,0 +1,168 @@
+"""cbor.py on both runtimes: RFC 8949 Appendix A vectors, refusals with clear errors."""
+from lkedge import cbor
+from binascii import unhexlify
+
+MP_HEAPSIZE = "96K"
+
+U10151 = b"\xf0\x90\x85\x91".decode("utf-8")
+
+# (value, canonical encoding) from RFC 8949 Appendix A: dumps must produce exactly
+# these bytes and loads must give the value back.
+ENCODE_VECTORS = [
+    (0, "00"), (1, "01"), (10, "0a"), (23, "17"), (24, "1818"), (25, "1819"),
+    (100, "1864"), (1000, "1903e8"), (1000000, "1a000f4240"),
+    (1000000000000, "1b000000e8d4a51000"),
+    (18446744073709551615, "1bffffffffffffffff"),
+    (-18446744073709551616, "3bffffffffffffffff"),
+    (-1, "20"), (-10, "29"), (-100, "3863"), (-1000, "3903e7"),
+    (1.1, "fb3ff199999999999a"), (1.0e300, "fb7e37e43c8800759c"),
+    (-4.1, "fbc010666666666666"),
+    (False, "f4"), (True, "f5"), (None, "f6"),
+    (b"", "40"), (b"\x01\x02\x03\x04", "4401020304"),
+    ("", "60"), ("a", "6161"), ("IETF", "6449455446"), ("\"\\", "62225c"),
+    ("\u00fc", "62c3bc"), ("\u6c34", "63e6b0b4"), (U10151, "64f0908591"),
+    ([], "80"), ([1, 2, 3], "83010203"), ([1, [2, 3], [4, 5]], "8301820203820405"),
+    (list(range(1, 26)), "98190102030405060708090a0b0c0d0e0f101112131415161718181819"),
+    ({}, "a0"), (["a", {"b": "c"}], "826161a161626163"),
+]
+
+# Decode-only vectors: float16/32 and multi-key maps (MicroPython dicts do not keep
+# insertion order, so their encoded key order differs there).
+DECODE_VECTORS = [
+    ("f90000", 0.0), ("f93c00", 1.0), ("f93e00", 1.5), ("f97bff", 65504.0),
+    ("fa47c35000", 100000.0), ("fa7f7fffff", 3.4028234663852886e+38),
+    ("f90001", 5.960464477539063e-08), ("f90400", 6.103515625e-05), ("f9c400", -4.0),
+    ("f97c00", float("inf")), ("f9fc00", float("-inf")), ("fa7f800000", float("inf")),
+    ("faff800000", float("-inf")), ("fb7ff0000000000000", float("inf")),
+    ("a201020304", {1: 2, 3: 4}), ("a26161016162820203", {"a": 1, "b": [2, 3]}),
+    ("a56161614161626142616361436164614461656145",
+     {"a": "A", "b": "B", "c": "C", "d": "D", "e": "E"}),
+    ("1b0000000000000001", 1),  # non-shortest forms are well-formed: accepted
+]
+
+
+def expect_error(data, *words):
+    try:
+        v = cbor.loads(unhexlify(data))
+    except cbor.CBORError as e:
+        msg = str(e)
+        for w in words:
+            assert w in msg, "error for %s should mention %r: %s" % (data, w, msg)
+        return msg
+    raise AssertionError("%s decoded to %r instead of failing" % (data, v))
+
+
+def test_dumps_matches_rfc8949_vectors():
+    for value, hx in ENCODE_VECTORS:
+        got = cbor.dumps(value)
+        assert got == unhexlify(hx), "dumps(%r) = %s, want %s" % (value, got, hx)
+
+
+def test_loads_inverts_rfc8949_vectors():
+    for value, hx in ENCODE_VECTORS:
+        got = cbor.loads(unhexlify(hx))
+        assert got == value and type(got) is type(value), "loads(%s) = %r" % (hx, got)
+
+
+def test_loads_half_single_floats_maps_and_long_forms():
+    for hx, value in DECODE_VECTORS:
+        got = cbor.loads(unhexlify(hx))
+        assert got == value, "loads(%s) = %r, want %r" % (hx, got, value)
+
+
+def test_nan_and_negative_zero_decode():
+    for hx in ("f97e00", "fa7fc00000", "fb7ff8000000000000"):
+        v = cbor.loads(unhexlify(hx))
+        assert v != v, "%s should be NaN, got %r" % (hx, v)
+    z = cbor.loads(unhexlify("f98000"))
+    assert z == 0.0 and str(z) == "-0.0", "f98000 should be -0.0, got %r" % z
+
+
+def test_floats_encode_as_float64():
+    assert cbor.dumps(1.5) == unhexlify("fb3ff8000000000000")
+    assert cbor.dumps(float("inf")) == unhexlify("fb7ff0000000000000")
+
+
+def test_multikey_map_and_bytes_like_round_trip():
+    d = {"v": 1, "token": "x" * 300, "caps": [1, 2], "attrs": {"k": "v"}, "b": b"\x00" * 1000}
+    assert cbor.loads(cbor.dumps(d)) == d
+    assert cbor.dumps(bytearray(b"ab")) == cbor.dumps(memoryview(b"ab")) == unhexlify("426162")
+    assert cbor.dumps((1, 2)) == unhexlify("820102")
+    assert cbor.loads(memoryview(unhexlify("826161a161626163"))) == ["a", {"b": "c"}]
+
+
+def test_indefinite_lengths_refused():
+    expect_error("5f42010243030405ff", "indefinite-length", "byte string")
+    expect_error("7f657374726561646d696e67ff", "indefinite-length", "text string")
+    expect_error("9fff", "indefinite-length", "array")
+    expect_error("bf61610161629f0203ffff", "indefinite-length", "map")
+    expect_error("ff", "break")
+
+
+def test_tags_undefined_and_simple_values_refused():
+    expect_error("c11a514b67b0", "tag 1")
+    expect_error("d82076687474703a2f2f7777772e6578616d706c652e636f6d", "tag 32")
+    expect_error("f7", "undefined")
+    expect_error("f0", "simple value 16")
+    expect_error("f8ff", "simple value 255")
+    expect_error("1c", "reserved", "28")
+    expect_error("fc", "reserved")
+
+
+def test_truncation_and_trailing_bytes_refused():
+    expect_error("", "truncated")
+    expect_error("19", "truncated", "needs 2 bytes")
+    expect_error("4401", "truncated", "byte string")
+    expect_error("8301", "truncated")
+    expect_error("0000", "1 trailing bytes")
+    expect_error("a16161", "truncated")
+
+
+def test_huge_length_claims_fail_fast():
+    # 4 GiB and 2**64-1 length/count claims in tiny inputs: refused before allocating
+    expect_error("5affffffff00000000", "truncated", "4294967295")
+    expect_error("7bffffffffffffffff00", "truncated", "text string")
+    expect_error("9affffffff00", "truncated", "4294967295 items")
+    expect_error("bbffffffffffffffff0000", "truncated", "pairs")
+
+
+def test_invalid_utf8_duplicate_and_unhashable_keys_refused():
+    expect_error("62c328", "UTF-8")
+    expect_error("a2616101616102", "duplicate map key")
+    expect_error("a1800102", "unhashable map key")
+    expect_error("a1a00102", "unhashable map key")
+
+
+def test_nesting_depth_bounded():
+    ok = b"\x81" * (cbor.MAX_DEPTH) + b"\x00"
+    v = cbor.loads(ok)
+    for _ in range(cbor.MAX_DEPTH):
+        v = v[0]
+    assert v == 0
+    try:
+        cbor.loads(b"\x81" * (cbor.MAX_DEPTH + 1) + b"\x00")
+        raise AssertionError("nesting deeper than MAX_DEPTH was accepted")
+    except cbor.CBORError as e:
+        assert "deeper than %d" % cbor.MAX_DEPTH in str(e), str(e)
+
+
+def test_encoder_refuses_unsupported_values():
+    for bad, word in ((2 ** 64, "64 bits"), (-2 ** 64 - 1, "64 bits"), (object(), "cannot encode"),
+                      ({1, 2}, "cannot encode")):
+        try:
+            cbor.dumps(bad)
+            raise AssertionError("dumps accepted %r" % (bad,))
+        except cbor.CBORError as e:
+            assert word in str(e), str(e)
+    deep = []
+    for _ in range(cbor.MAX_DEPTH + 1):
+        deep = [deep]
+    try:
+        cbor.dumps(deep)
+        raise AssertionError("dumps accepted nesting deeper than MAX_DEPTH")
+    except cbor.CBORError as e:
+        assert "deeper" in str(e), str(e)
+
+
+def test_cbor_error_is_a_value_error():
+    assert issubclass(cbor.CBORError, ValueError)
