@@ -1,0 +1,242 @@
+"""Raw DEFLATE decompression (RFC 1951, 32 KiB window) fed piece by piece.
+
+    inf = Inflater(piece_size=512, max_output=None)
+    for out in inf.feed(piece): ...    # bytes-like pieces of at most piece_size bytes
+    for out in inf.finish(): ...       # all input given: drain, check the stream ended
+    available() -> bool                # can this interpreter inflate at all?
+
+Each output piece is valid only until the next one is pulled (MicroPython: a view of
+one preallocated buffer). Errors raise InflateError (a ValueError) naming the cause:
+corrupt data, truncated input, data after the end, output over `max_output`; after an
+error the Inflater is dead and every further call raises the same error.
+
+CPython uses zlib.decompressobj(-15) with max_length, so output stays bounded.
+
+MicroPython uses deflate.DeflateIO(src, RAW, 15). Its decoder (uzlib) pulls the source
+ONE byte at a time from inside the decoder, and cannot resume after the source runs
+dry: the bit counter is decremented before the byte read, so an EAGAIN/EOF raised from
+the source leaves the state corrupt (a "resumed" decoder then reads garbage bits and
+appears to hang). So the input is staged in a small io.BytesIO (a C stream: about 15x
+faster than a Python IOBase source, which costs one Python call per input byte) and
+output is pulled only while the staged input covers the worst case for the request:
+at most 6 input bytes per output byte (a 15-bit length code, 5 extra bits, a 15-bit
+distance code and 13 extra bits) plus _MARGIN bytes for up to two block headers. Only
+at finish() does the decoder run to the end of the staged input. Input that needs
+more than that (a valid but absurd encoding, or an attack) is detected from the
+source position after the read and refused: output is never handed out from a read
+that went past the staged data.
+"""
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
+
+try:
+    import zlib as _zlib
+except ImportError:
+    _zlib = None
+
+_deflate = None
+if _zlib is None or not hasattr(_zlib, "decompressobj"):
+    _zlib = None
+    try:
+        import deflate as _deflate
+    except ImportError:
+        pass
+
+WINDOW_BITS = const(15)
+_WORST_IN_PER_OUT = const(6)    # input bytes one output byte may need (see above)
+_MARGIN = const(600)            # two dynamic block headers (~290 bytes each) and more
+_STAGE = const(2048)            # staged compressed bytes (MicroPython)
+
+
+class InflateError(ValueError):
+    """The compressed data cannot be inflated (the message says why)."""
+
+
+def available():
+    """True when raw DEFLATE with a 32 KiB window can be inflated here."""
+    return _zlib is not None or _deflate is not None
+
+
+def Inflater(piece_size=512, max_output=None):
+    """A raw-DEFLATE decoder for this interpreter (see the module docstring)."""
+    if _zlib is not None:
+        return _ZlibInflater(piece_size, max_output)
+    if _deflate is not None:
+        return _UzlibInflater(piece_size, max_output)
+    raise InflateError("no raw-DEFLATE decoder on this interpreter (no zlib, no deflate module)")
+
+
+class _Base:
+    def __init__(self, piece_size, max_output):
+        if piece_size < 1:
+            raise ValueError("piece_size must be at least 1, got %r" % (piece_size,))
+        self.piece_size = piece_size
+        self.max_output = max_output
+        self.total_in = 0
+        self.total_out = 0
+        self.eof = False
+        self.error = None
+
+    def _fail(self, msg):
+        self.error = InflateError(msg)
+        raise self.error
+
+    def _check_alive(self):
+        if self.error is not None:
+            raise self.error
+
+    def _count(self, n):
+        self.total_out += n
+        if self.max_output is not None and self.total_out > self.max_output:
+            self._fail("decompression output exceeds %d bytes" % self.max_output)
+
+    def _after_end(self, extra):
+        self._fail("%d bytes of data after the end of the deflate stream" % extra)
+
+
+class _ZlibInflater(_Base):
+    """CPython: zlib's pieces are handed out as they come (no decompress-into API)."""
+
+    def __init__(self, piece_size, max_output):
+        _Base.__init__(self, piece_size, max_output)
+        self._d = _zlib.decompressobj(-WINDOW_BITS)
+
+    def feed(self, piece):
+        self._check_alive()
+        if not len(piece):
+            return
+        if self.eof:
+            self._after_end(len(piece))
+        self.total_in += len(piece)
+        yield from self._run(piece)
+
+    def _run(self, data):
+        n = self.piece_size
+        while True:
+            try:
+                out = self._d.decompress(data, n)
+            except _zlib.error as e:
+                self._fail("corrupt deflate data after %d input bytes: %s" % (self.total_in, e))
+            data = self._d.unconsumed_tail
+            if out:
+                self._count(len(out))
+                yield out
+            if self._d.eof:
+                self.eof = True
+                if self._d.unused_data:
+                    self._after_end(len(self._d.unused_data))
+                return
+            if not data and len(out) < n:
+                return
+
+    def finish(self):
+        self._check_alive()
+        yield from self._run(b"")
+        if not self.eof:
+            self._fail("truncated deflate data: the stream did not end after %d input bytes"
+                       % self.total_in)
+
+
+class _UzlibInflater(_Base):
+    """MicroPython: DeflateIO over a staged io.BytesIO; output from one buffer."""
+
+    def __init__(self, piece_size, max_output):
+        _Base.__init__(self, piece_size, max_output)
+        import gc
+        import io
+        gc.collect()
+        need = (1 << WINDOW_BITS) + _STAGE + piece_size + 1024
+        if gc.mem_free() < need:
+            raise MemoryError("inflating needs about %d bytes of heap, %d free" % (need, gc.mem_free()))
+        self._src = io.BytesIO(_STAGE)
+        self._src.write(bytes(_STAGE))  # reserve the staging area once
+        self._src.seek(0)
+        self._rpos = 0                   # decoder's read position in the stage
+        self._wend = 0                   # end of the staged (valid) input
+        self._out = memoryview(bytearray(piece_size))
+        self._dec = _deflate.DeflateIO(self._src, _deflate.RAW, WINDOW_BITS)
+
+    def feed(self, piece):
+        self._check_alive()
+        mv = memoryview(piece)
+        if not len(mv):
+            return
+        if self.eof:
+            self._after_end(len(mv))
+        self.total_in += len(mv)
+        while len(mv):
+            if self._wend == _STAGE:
+                self._compact()
+            n = min(len(mv), _STAGE - self._wend)
+            self._src.seek(self._wend)
+            self._src.write(mv[:n])
+            self._wend += n
+            mv = mv[n:]
+            yield from self._pull(False)
+
+    def finish(self):
+        self._check_alive()
+        yield from self._pull(True)
+
+    def _pull(self, final):
+        out = self._out
+        while not self.eof:
+            avail = self._wend - self._rpos
+            if final:
+                want = len(out)
+            else:
+                want = min(len(out), (avail - _MARGIN) // _WORST_IN_PER_OUT)
+                if want < 1:
+                    return
+            n = self._read(out[:want], final)
+            if n < want:
+                self.eof = True  # the decoder met the end of the final block
+            if n:
+                self._count(n)
+                yield out[:n]
+        if self._wend > self._rpos:
+            self._after_end(self._wend - self._rpos)
+
+    def _read(self, buf, final):
+        self._src.seek(self._rpos)
+        n = None
+        corrupt = None
+        try:
+            n = self._dec.readinto(buf)
+        except MemoryError:
+            self._fail("not enough memory to inflate (32 KiB window)")
+        except EOFError:
+            pass  # the decoder read past the end of the stage buffer
+        except OSError as e:  # uzlib reports bad data as EINVAL
+            corrupt = e
+        pos = self._src.tell()
+        if pos > self._wend or (n is None and corrupt is None):
+            if final:
+                self._fail("truncated deflate data: the stream did not end after %d input bytes"
+                           % self.total_in)
+            self._fail("deflate data needs more than %d input bytes for %d output bytes "
+                       "(corrupt, or an encoding this decoder refuses)"
+                       % (self._wend - self._rpos, len(buf)))
+        if corrupt is not None:
+            self._fail("corrupt deflate data after %d input bytes: %r" % (self.total_in, corrupt))
+        self._rpos = pos
+        return n
+
+    def _compact(self):
+        """Move the unread staged bytes to the front, through the output buffer."""
+        src = self._src
+        rd = self._rpos
+        wr = 0
+        while rd < self._wend:
+            n = min(len(self._out), self._wend - rd)
+            src.seek(rd)
+            src.readinto(self._out[:n])
+            src.seek(wr)
+            src.write(self._out[:n])
+            rd += n
+            wr += n
+        self._wend = wr
+        self._rpos = 0

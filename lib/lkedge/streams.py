@@ -1,0 +1,682 @@
+"""Data streams v1/v2 (STREAMS.md) as sans-I/O state machines: no asyncio, no sockets.
+
+Packets are DataPacket dicts keyed by the official field names (docs/internals.md),
+e.g. {"destination_identities": [...], "stream_header": {...}}; a big field may hold a
+bytes-like slice or a Blob (an object with `.size`) that the writer streams itself.
+
+Negotiation
+    negotiate(recipients, can_compress, compress=True) -> (inline_ok, compress_ok)
+        recipients: [(client_protocol, capabilities)] of the destination identities,
+        or of everyone else for a broadcast; an empty list is eligible.
+    can_compress() -> bool    this interpreter can produce raw DEFLATE
+    Deflater()                 .compress(data) -> bytes, .flush() -> bytes
+
+Outgoing
+    header_packet(stream_id, kind, topic, destination_identities, total_length=None,
+                  attributes=None, mime_type=None, name=None, timestamp_ms=0,
+                  inline_content=None, compression=0, operation_type=0, version=0,
+                  reply_to_stream_id="", attached_stream_ids=None, generated=False)
+    chunk_packet(stream_id, index, destination_identities, content)
+    trailer_packet(stream_id, destination_identities, reason="", attributes=None)
+    packet_size(pkt) -> int    serialized DataPacket size (proto.encoded_size)
+    finite_packets(kind, payload, topic, destination_identities, inline_ok, compress_ok,
+                   stream_id=None, **header options) -> generator of packets
+        send_text/send_bytes: one inline packet, or header + chunks + trailer. With
+        compress_ok the payload is deflated 64 KiB at a time as chunks are pulled (one
+        raw-deflate stream); the inline check stops as soon as the output passes
+        15000 bytes and the chunked path continues the same deflater.
+        A chunked header over 15000 bytes raises StreamError before anything is sent.
+    OutgoingStream(stream_id, kind, topic, destination_identities, **header options)
+        .header() -> packet; .write(data) -> [chunk packets]; .close(reason="",
+        attributes=None) -> trailer packet. Never inline, never compressed; text writes
+        are cut on UTF-8 boundaries, a partial character waits for the next write.
+        Its attributes (stream_id, topic, kind, name, ...) describe the stream.
+
+Incoming
+    IncomingStreams(has_handler, max_streams=8, can_inflate=True, max_inflated=None,
+                    piece_size=512)
+        has_handler(kind, topic) -> bool decides which streams are wanted.
+        .header(sender, header_dict, inline)     inline: None or the whole content
+        .chunk(sender, stream_id, chunk_index, piece, final)   one piece of a chunk
+        .trailer(sender, trailer_dict)
+        .participant_left(identity), .close_all(reason)
+    Each returns an iterator of events, produced lazily: pull it to the end (nothing
+    happens otherwise); a StreamData's `data` is a view of a reused buffer (the link's
+    piece or the inflater's output) and the StreamData object itself is reused per
+    stream: both are valid only until the next event is pulled.
+    Events: StreamOpened(info), StreamData(info, data) (at most piece_size bytes,
+    inflated when compressed), StreamEnded(info, error) (error None or StreamError),
+    StreamIgnored(stream_id, reason) (for logging; the stream's packets are dropped).
+    A duplicate open stream_id yields StreamIgnored for the new header only.
+    A trailer with a non-empty reason ends the stream with "abnormal end: <reason>",
+    as livekit-client (JS) does ("closed abnormally").
+    StreamInfo: what handlers see (stream_id, topic, kind, ...; see the class).
+"""
+from . import utf8
+from .consts import (CAP_COMPRESSION_DEFLATE_RAW, CLIENT_PROTOCOL_DATA_STREAM_V2,
+                     COMPRESSION_DEFLATE_RAW, COMPRESSION_NONE, MIME_BYTES, MIME_TEXT,
+                     OP_CREATE, STREAM_CHUNK_SIZE_BYTES)
+from .ids import uuid4
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
+
+_COMPRESS_STEP = const(65536)    # payload bytes handed to the deflater at a time
+_MAX_IGNORED = const(16)         # remembered ids of ignored streams
+
+
+class StreamError(ValueError):
+    """A stream cannot be sent or was received wrong (the message says what and why)."""
+
+
+# ================================================================ negotiation
+def negotiate(recipients, can_compress, compress=True):
+    """(inline_ok, compress_ok) for recipients = [(client_protocol, capabilities)]."""
+    inline_ok = True
+    all_inflate = True
+    for proto_v, caps in recipients:
+        if (proto_v or 0) < CLIENT_PROTOCOL_DATA_STREAM_V2:
+            inline_ok = False
+            all_inflate = False
+        elif CAP_COMPRESSION_DEFLATE_RAW not in (caps or ()):
+            all_inflate = False
+    return inline_ok, bool(inline_ok and all_inflate and can_compress and compress)
+
+
+def _deflate_module():
+    try:
+        import zlib
+        if hasattr(zlib, "compressobj"):
+            return zlib, None
+    except ImportError:
+        pass
+    try:
+        import deflate
+        # Builds without MICROPY_PY_DEFLATE_COMPRESS have a read-only DeflateIO.
+        if hasattr(deflate.DeflateIO, "write"):
+            return None, deflate
+    except ImportError:
+        pass
+    return None, None
+
+
+def can_compress():
+    """True when this interpreter can produce raw DEFLATE (CPython zlib, or a
+    MicroPython build whose DeflateIO can write)."""
+    z, d = _deflate_module()
+    return z is not None or d is not None
+
+
+class Deflater:
+    """Incremental raw-DEFLATE compressor: compress(data) -> bytes, flush() -> bytes."""
+
+    def __init__(self):
+        z, d = _deflate_module()
+        if z is not None:
+            self._z = z.compressobj(6, z.DEFLATED, -15)
+            self._io = None
+        elif d is not None:
+            import io
+            self._z = None
+            self._sink = _new_sink(io)
+            # A 1 KiB window keeps a board's heap small; any window is valid DEFLATE.
+            self._io = d.DeflateIO(self._sink, d.RAW, 10)
+        else:
+            raise StreamError("this interpreter cannot compress (no zlib, DeflateIO is read-only)")
+
+    def compress(self, data):
+        if self._z is not None:
+            return self._z.compress(data)
+        self._io.write(data)
+        return self._sink.take()
+
+    def flush(self):
+        if self._z is not None:
+            return self._z.flush()
+        self._io.close()
+        return self._sink.take()
+
+
+def _new_sink(io):
+    class Sink(io.IOBase):
+        """Collects what DeflateIO writes (it must be an io.IOBase stream)."""
+
+        def __init__(self):
+            self.buf = bytearray()
+
+        def write(self, b):
+            self.buf.extend(b)
+            return len(b)
+
+        def take(self):
+            out = bytes(self.buf)
+            self.buf = bytearray()
+            return out
+    return Sink()
+
+
+# ================================================================== outgoing
+def header_packet(stream_id, kind, topic, destination_identities, total_length=None,
+                  attributes=None, mime_type=None, name=None, timestamp_ms=0,
+                  inline_content=None, compression=COMPRESSION_NONE, operation_type=OP_CREATE,
+                  version=0, reply_to_stream_id="", attached_stream_ids=None, generated=False):
+    """A DataPacket dict carrying a DataStream.Header (kind 'text' or 'bytes')."""
+    if kind == "text":
+        # Only fields that differ from their defaults (proto3 omits those anyway).
+        th = {"operation_type": operation_type}
+        if version:
+            th["version"] = version
+        if reply_to_stream_id:
+            th["reply_to_stream_id"] = reply_to_stream_id
+        if attached_stream_ids:
+            th["attached_stream_ids"] = list(attached_stream_ids)
+        if generated:
+            th["generated"] = True
+        mime = mime_type or MIME_TEXT
+        content = ("text_header", th)
+    elif kind == "bytes":
+        mime = mime_type or MIME_BYTES
+        content = ("byte_header", {"name": "unknown" if name is None else name})
+    else:
+        raise StreamError("stream kind must be 'text' or 'bytes', not %r" % (kind,))
+    h = {"stream_id": stream_id, "timestamp": timestamp_ms, "topic": topic, "mime_type": mime,
+         "attributes": dict(attributes or {}), content[0]: content[1]}
+    if total_length is not None:
+        h["total_length"] = total_length
+    if inline_content is not None:
+        h["inline_content"] = inline_content
+    if compression:
+        h["compression"] = compression
+    return {"destination_identities": list(destination_identities), "stream_header": h}
+
+
+def chunk_packet(stream_id, index, destination_identities, content):
+    return {"destination_identities": list(destination_identities),
+            "stream_chunk": {"stream_id": stream_id, "chunk_index": index, "content": content}}
+
+
+def trailer_packet(stream_id, destination_identities, reason="", attributes=None):
+    return {"destination_identities": list(destination_identities),
+            "stream_trailer": {"stream_id": stream_id, "reason": reason or "",
+                               "attributes": dict(attributes or {})}}
+
+
+def packet_size(pkt):
+    """Serialized size of a DataPacket dict (Blobs count by their .size)."""
+    from . import proto  # only senders need it: a receive-only import stays small
+    return proto.encoded_size(proto.DATA_PACKET, pkt)
+
+
+def _check_header(pkt):
+    size = packet_size(pkt)
+    if size > STREAM_CHUNK_SIZE_BYTES:
+        raise StreamError("stream header packet is %d bytes, over the %d-byte limit "
+                          "(attributes or topic too large)" % (size, STREAM_CHUNK_SIZE_BYTES))
+
+
+def finite_packets(kind, payload, topic, destination_identities, inline_ok, compress_ok,
+                   stream_id=None, **options):
+    """The packets of a finite stream (STREAMS.md "Sending a finite payload").
+
+    payload: the UTF-8 bytes of a text, or the bytes. options: header_packet's keyword
+    arguments except total_length/inline_content/compression. Chunk contents are
+    memoryview slices of `payload` (plain) or bytes (compressed).
+    """
+    sid = stream_id or uuid4()
+    dests = destination_identities
+    data = memoryview(payload)
+    total = len(data)
+    comp = _Compression(data) if compress_ok else None
+    if inline_ok:
+        pkt = _inline_packet(sid, kind, topic, dests, data, comp, options)
+        if pkt is not None:
+            yield pkt
+            return
+    hdr = header_packet(sid, kind, topic, dests, total_length=total,
+                        compression=COMPRESSION_DEFLATE_RAW if comp else COMPRESSION_NONE, **options)
+    _check_header(hdr)
+    yield hdr
+    if comp is not None:
+        yield from comp.chunks(sid, dests)
+    else:
+        yield from _plain_chunks(sid, dests, data, kind == "text")
+    yield trailer_packet(sid, dests)
+
+
+def _inline_packet(sid, kind, topic, dests, data, comp, options):
+    """The one inline packet when it fits in 15000 bytes, else None."""
+    content, how = data, COMPRESSION_NONE
+    if comp is not None:
+        small = comp.whole_if_at_most(STREAM_CHUNK_SIZE_BYTES)
+        if small is not None and len(small) < len(data):
+            content, how = small, COMPRESSION_DEFLATE_RAW
+    if len(content) > STREAM_CHUNK_SIZE_BYTES:
+        return None
+    pkt = header_packet(sid, kind, topic, dests, total_length=len(data),
+                        inline_content=content, compression=how, **options)
+    return pkt if packet_size(pkt) <= STREAM_CHUNK_SIZE_BYTES else None
+
+
+def _plain_chunks(sid, dests, data, is_text):
+    index = 0
+    off = 0
+    total = len(data)
+    while off < total:
+        end = off + STREAM_CHUNK_SIZE_BYTES
+        if is_text and end < total:
+            end = off + utf8.cut(data[off:], STREAM_CHUNK_SIZE_BYTES)
+            if end == off:
+                raise StreamError("text is not valid UTF-8 near byte %d" % off)
+        yield chunk_packet(sid, index, dests, data[off:end])
+        index += 1
+        off = end
+
+
+class _Compression:
+    """ONE raw-deflate stream over the payload, produced step by step.
+
+    The inline check compresses only until the output passes the inline budget; the
+    chunked path then continues the same deflater, so the payload is compressed once
+    and a 64 MiB payload never sits compressed in memory whole.
+    """
+
+    def __init__(self, data):
+        self._data = data
+        self._pos = 0
+        self._d = Deflater()
+        self._out = bytearray()
+        self._done = False
+
+    def _step(self):
+        if self._pos < len(self._data):
+            end = min(self._pos + _COMPRESS_STEP, len(self._data))
+            self._out.extend(self._d.compress(self._data[self._pos:end]))
+            self._pos = end
+        else:
+            self._out.extend(self._d.flush())
+            self._done = True
+
+    def whole_if_at_most(self, limit):
+        while not self._done and len(self._out) <= limit:
+            self._step()
+        return self._out if self._done and len(self._out) <= limit else None
+
+    def chunks(self, sid, dests):
+        index = 0
+        n = STREAM_CHUNK_SIZE_BYTES
+        while True:
+            while len(self._out) >= n:
+                yield chunk_packet(sid, index, dests, bytes(self._out[:n]))
+                self._out = self._out[n:]
+                index += 1
+            if self._done:
+                break
+            self._step()
+        if self._out:
+            yield chunk_packet(sid, index, dests, bytes(self._out))
+
+
+class OutgoingStream:
+    """An incremental stream (stream_text/stream_bytes): header, write()s, close()."""
+
+    def __init__(self, stream_id, kind, topic, destination_identities, attributes=None,
+                 name=None, mime_type=None, total_length=None, timestamp_ms=0, **text_options):
+        self.stream_id = stream_id
+        self.kind = kind
+        self.topic = topic
+        self.destination_identities = list(destination_identities)
+        self.attributes = dict(attributes or {})
+        self.name = name
+        self.total_length = total_length
+        self.timestamp = timestamp_ms
+        self._hdr = header_packet(stream_id, kind, topic, self.destination_identities,
+                                  total_length=total_length, attributes=self.attributes,
+                                  mime_type=mime_type, name=name, timestamp_ms=timestamp_ms,
+                                  **text_options)
+        self.mime_type = self._hdr["stream_header"]["mime_type"]
+        self._index = 0
+        self._written = 0
+        self._carry = b""     # text: the start of a character split by the caller
+        self._closed = False
+
+    def header(self):
+        _check_header(self._hdr)
+        return self._hdr
+
+    def write(self, data):
+        """Chunk packets for `data` (str or bytes-like; str only for text streams)."""
+        if self._closed:
+            raise StreamError("stream %s is closed" % self.stream_id)
+        if isinstance(data, str):
+            if self.kind != "text":
+                raise StreamError("a byte stream takes bytes, not str")
+            data = data.encode("utf-8")
+        mv = memoryview(data)
+        if self._carry:
+            mv = memoryview(self._carry + bytes(mv))
+            self._carry = b""
+        if self.total_length is not None and self._written + len(mv) > self.total_length:
+            raise StreamError("length exceeded: %d bytes written to a stream of total_length %d"
+                              % (self._written + len(mv), self.total_length))
+        out = []
+        while len(mv):
+            n = min(len(mv), STREAM_CHUNK_SIZE_BYTES)
+            if self.kind == "text":
+                n = self._text_cut(mv, n)
+                if n == 0:
+                    self._carry = bytes(mv)
+                    break
+            out.append(chunk_packet(self.stream_id, self._index, self.destination_identities, mv[:n]))
+            self._index += 1
+            self._written += n
+            mv = mv[n:]
+        return out
+
+    @staticmethod
+    def _text_cut(mv, n):
+        """Bytes of mv[:n] that end on a character boundary (0: wait for more)."""
+        k = utf8.cut(mv, n)
+        if k == n and n == len(mv):
+            # The write may end inside a character: hold its start back.
+            k = len(mv) - utf8.incomplete_tail(mv)
+        return k
+
+    def close(self, reason="", attributes=None):
+        """The trailer packet; a text stream must not end inside a character."""
+        if self._closed:
+            raise StreamError("stream %s is already closed" % self.stream_id)
+        self._closed = True
+        if self._carry:
+            raise StreamError("text stream %s closed inside a UTF-8 character (%d bytes pending)"
+                              % (self.stream_id, len(self._carry)))
+        if attributes:
+            self.attributes.update(attributes)
+        return trailer_packet(self.stream_id, self.destination_identities, reason, attributes)
+
+
+# ================================================================== incoming
+class StreamInfo:
+    """What a handler learns about an incoming stream (like LiveKit's TextStreamInfo /
+    ByteStreamInfo). `attributes` gets the trailer's attributes merged at the end."""
+
+    def __init__(self, sender_identity, header, kind):
+        self.stream_id = header.get("stream_id", "")
+        self.topic = header.get("topic", "")
+        self.timestamp = header.get("timestamp", 0)
+        self.mime_type = header.get("mime_type", "")
+        self.total_length = header.get("total_length")
+        self.attributes = dict(header.get("attributes") or {})
+        self.kind = kind
+        self.sender_identity = sender_identity
+        self.compression = header.get("compression", COMPRESSION_NONE)
+        bh = header.get("byte_header") or {}
+        self.name = bh.get("name", "") if kind == "bytes" else None
+        th = header.get("text_header") or {}
+        self.operation_type = th.get("operation_type", OP_CREATE)
+        self.version = th.get("version", 0)
+        self.reply_to_stream_id = th.get("reply_to_stream_id", "")
+        self.attached_stream_ids = list(th.get("attached_stream_ids") or ())
+        self.generated = bool(th.get("generated", False))
+
+    def __repr__(self):
+        return "StreamInfo(%s %s topic=%r from %r)" % (self.kind, self.stream_id, self.topic,
+                                                       self.sender_identity)
+
+
+class StreamOpened:
+    def __init__(self, info):
+        self.info = info
+
+
+class StreamData:
+    """`data`: bytes-like, valid only until the next event is pulled."""
+
+    def __init__(self, info, data=None):
+        self.info = info
+        self.data = data
+
+
+class StreamEnded:
+    def __init__(self, info, error=None):
+        self.info = info
+        self.error = error
+
+
+class StreamIgnored:
+    def __init__(self, stream_id, reason):
+        self.stream_id = stream_id
+        self.reason = reason
+
+    def __repr__(self):
+        return "StreamIgnored(%s: %s)" % (self.stream_id, self.reason)
+
+
+class _Open:
+    """State of one open incoming stream."""
+
+    def __init__(self, info, inflater):
+        self.info = info
+        self.inflater = inflater
+        self.received = 0       # uncompressed bytes delivered
+        self.last_index = -1    # highest chunk index taken
+        self.cur_index = -1     # chunk whose pieces are arriving, -1 between chunks
+        self.dropping = False   # the current chunk is a duplicate
+        self.ev = StreamData(info)
+
+
+class IncomingStreams:
+    """Routes stream packets to events; see the module docstring."""
+
+    def __init__(self, has_handler, max_streams=8, can_inflate=True, max_inflated=None,
+                 piece_size=512):
+        self.has_handler = has_handler
+        self.max_streams = max_streams
+        self.can_inflate = can_inflate
+        self.max_inflated = max_inflated
+        self.piece_size = piece_size
+        self.open = {}          # stream_id -> _Open
+        self._ignored = []      # bounded: ids whose chunks/trailer are dropped silently
+
+    # ------------------------------------------------------------ header
+    def header(self, sender_identity, header, inline):
+        sid = header.get("stream_id", "")
+        why = self._refusal(header, sid, inline is not None)
+        if why is not None:
+            yield StreamIgnored(sid, why)
+            return
+        kind = "text" if "text_header" in header else "bytes"
+        info = StreamInfo(sender_identity, header, kind)
+        inflater = None
+        if info.compression == COMPRESSION_DEFLATE_RAW:
+            try:
+                inflater = self._new_inflater()
+            except (MemoryError, ImportError, ValueError) as e:
+                if inline is None:
+                    self._ignore(sid)
+                yield StreamIgnored(sid, "cannot inflate: %s" % (e,))
+                return
+        st = _Open(info, inflater)
+        yield StreamOpened(info)
+        if inline is None:
+            self.open[sid] = st
+            return
+        yield from self._inline(st, inline)
+
+    def _refusal(self, header, sid, inline):
+        """Why this header's stream is not taken, or None."""
+        if "text_header" in header:
+            kind = "text"
+        elif "byte_header" in header:
+            kind = "bytes"
+        else:
+            return "header has neither text_header nor byte_header"
+        if sid in self.open:
+            return "duplicate stream_id: a stream with this id is already open"
+        topic = header.get("topic", "")
+        why = None
+        if not self.has_handler(kind, topic):
+            why = "no handler for %s streams on topic %r" % (kind, topic)
+        else:
+            comp = header.get("compression", COMPRESSION_NONE)
+            if comp == COMPRESSION_DEFLATE_RAW and not self.can_inflate:
+                why = "compressed (DEFLATE_RAW) and this receiver cannot inflate"
+            elif comp not in (COMPRESSION_NONE, COMPRESSION_DEFLATE_RAW):
+                why = "unknown compression type %r" % (comp,)
+            elif not inline and len(self.open) >= self.max_streams:
+                why = "too many open streams (limit %d)" % self.max_streams
+        if why is not None and not inline:
+            self._ignore(sid)
+        return why
+
+    def _new_inflater(self):
+        from . import inflate
+        return inflate.Inflater(self.piece_size, self.max_inflated)
+
+    def _inline(self, st, inline):
+        mv = memoryview(inline)
+        err = None
+        try:
+            if st.inflater is not None:
+                yield from self._inflate(st, st.inflater.feed(mv))
+                yield from self._inflate(st, st.inflater.finish())
+            else:
+                yield from self._deliver(st, mv)
+            err = self._short_error(st)
+        except StreamError as e:
+            err = e
+        yield StreamEnded(st.info, err)
+
+    # ------------------------------------------------------------- chunks
+    def chunk(self, sender_identity, stream_id, chunk_index, piece, final):
+        st = self.open.get(stream_id)
+        if st is None:
+            if stream_id not in self._ignored:
+                self._ignore(stream_id)
+                yield StreamIgnored(stream_id, "chunk for a stream that is not open")
+            return
+        if st.info.sender_identity != sender_identity:
+            return  # only the stream's sender may add to it
+        if st.cur_index != chunk_index:
+            if not len(piece) and final:
+                return  # an empty chunk is ignored
+            err = self._start_chunk(st, chunk_index)
+            if err is not None:
+                yield from self._end(st, err)
+                return
+        if final:
+            st.cur_index = -1
+        if st.dropping:
+            return
+        try:
+            if st.inflater is not None:
+                yield from self._inflate(st, st.inflater.feed(piece))
+            else:
+                yield from self._deliver(st, memoryview(piece))
+        except StreamError as e:
+            yield from self._end(st, e)
+
+    def _start_chunk(self, st, index):
+        """Begin a chunk: StreamError for a gap on a compressed stream, else None."""
+        compressed = st.inflater is not None
+        if st.cur_index != -1 and compressed:
+            return StreamError("chunk %d of a compressed stream was cut short" % st.cur_index)
+        st.cur_index = index
+        if index <= st.last_index:
+            st.dropping = True  # duplicate: dropped
+            return None
+        if compressed and index != st.last_index + 1:
+            return StreamError("gap in chunk indices of a compressed stream: got %d after %d"
+                               % (index, st.last_index))
+        st.dropping = False
+        st.last_index = index
+        return None
+
+    # ------------------------------------------------------------ trailer
+    def trailer(self, sender_identity, trailer):
+        sid = trailer.get("stream_id", "")
+        st = self.open.get(sid)
+        if st is None:
+            if sid in self._ignored:
+                self._ignored.remove(sid)
+            else:
+                yield StreamIgnored(sid, "trailer for a stream that is not open")
+            return
+        if st.info.sender_identity != sender_identity:
+            return
+        st.info.attributes.update(trailer.get("attributes") or {})
+        reason = trailer.get("reason", "")
+        err = None
+        if reason:
+            err = StreamError("abnormal end: %s" % reason)
+        else:
+            try:
+                if st.inflater is not None:
+                    yield from self._inflate(st, st.inflater.finish())
+                err = self._short_error(st)
+            except StreamError as e:
+                err = e
+        del self.open[sid]
+        yield StreamEnded(st.info, err)
+
+    # ------------------------------------------------------ participants
+    def participant_left(self, identity):
+        out = []
+        for sid in [s for s, st in self.open.items() if st.info.sender_identity == identity]:
+            st = self.open.pop(sid)
+            out.append(StreamEnded(st.info, StreamError("abnormal end: sender left")))
+        return out
+
+    def close_all(self, reason):
+        out = [StreamEnded(st.info, StreamError("abnormal end: %s" % reason))
+               for st in self.open.values()]
+        self.open = {}
+        self._ignored = []
+        return out
+
+    # ------------------------------------------------------------ helpers
+    def _ignore(self, sid):
+        if sid in self._ignored:
+            return
+        if len(self._ignored) >= _MAX_IGNORED:
+            self._ignored.pop(0)
+        self._ignored.append(sid)
+
+    def _end(self, st, err):
+        """End an open stream early with an error; its later packets are dropped."""
+        sid = st.info.stream_id
+        if self.open.get(sid) is st:
+            del self.open[sid]
+            self._ignore(sid)
+        yield StreamEnded(st.info, err)
+
+    def _deliver(self, st, mv):
+        total = st.info.total_length
+        if total is not None and st.received + len(mv) > total:
+            raise StreamError("length exceeded: more than total_length %d bytes" % total)
+        st.received += len(mv)
+        n = self.piece_size
+        ev = st.ev
+        for off in range(0, len(mv), n):
+            ev.data = mv[off:off + n]
+            yield ev
+
+    def _inflate(self, st, outputs):
+        """Deliver inflated pieces; inflater errors become StreamErrors."""
+        from .inflate import InflateError
+        try:
+            for out in outputs:
+                yield from self._deliver(st, out)
+        except InflateError as e:
+            raise StreamError(str(e))
+        except MemoryError:
+            raise StreamError("not enough memory to inflate the stream")
+
+    @staticmethod
+    def _short_error(st):
+        total = st.info.total_length
+        if total is not None and st.received < total:
+            return StreamError("incomplete: got %d of %d bytes" % (st.received, total))
+        return None

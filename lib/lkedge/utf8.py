@@ -1,0 +1,114 @@
+"""UTF-8 character boundaries: cutting byte buffers and decoding byte pieces.
+
+Text streams travel as bytes in chunks and pieces whose edges fall anywhere; these
+helpers keep every cut (sender) and every decoded str (receiver) on a character
+boundary.
+
+    cut(buf, n) -> k          largest k <= n with buf[:k] ending on a boundary
+    incomplete_tail(buf) -> n trailing bytes starting an unfinished character (0-3)
+    Utf8Decoder().decode(piece) -> str   carries 1-3 trailing bytes to the next piece
+    Utf8Decoder().finish()    raises Utf8Error when a character was left unfinished
+"""
+
+
+class Utf8Error(ValueError):
+    """Invalid UTF-8 (the message says where and why)."""
+
+
+def _is_cont(b):
+    return (b & 0xC0) == 0x80
+
+
+def _seq_len(lead):
+    """Byte length of the character starting with `lead`, 0 when it cannot start one."""
+    if lead < 0x80:
+        return 1
+    if lead >= 0xF8 or _is_cont(lead):
+        return 0
+    if lead >= 0xF0:
+        return 4
+    if lead >= 0xE0:
+        return 3
+    return 2
+
+
+def cut(buf, n):
+    """Largest k <= n such that buf[:k] ends on a character boundary of UTF-8 `buf`."""
+    size = len(buf)
+    if n >= size:
+        return size
+    k = n
+    # A character is at most 4 bytes: step back over at most 3 continuation bytes.
+    while k > 0 and _is_cont(buf[k]):
+        k -= 1
+        if n - k > 3:
+            raise Utf8Error("invalid UTF-8 near byte %d: more than 3 continuation bytes" % n)
+    return k
+
+
+def incomplete_tail(buf, start=0):
+    """Number of trailing bytes of buf[start:] that begin a character not yet complete
+    (0-3). Invalid bytes count as complete: decoding reports them."""
+    size = len(buf)
+    i = size - 1
+    while i >= start and i > size - 4 and _is_cont(buf[i]):
+        i -= 1
+    if i < start:
+        return 0
+    need = _seq_len(buf[i])
+    return size - i if need and i + need > size else 0
+
+
+def _decode(data, where):
+    try:
+        return str(data, "utf-8")
+    except (UnicodeError, ValueError):
+        raise Utf8Error("invalid UTF-8 in %s" % where)
+
+
+class Utf8Decoder:
+    """Turns byte pieces into str pieces, holding an unfinished character (1-3 bytes)."""
+
+    def __init__(self):
+        self._pend = bytearray(4)
+        self._npend = 0
+        self._need = 0          # full length of the pending character
+        self.offset = 0         # bytes decoded so far (for error messages)
+
+    def decode(self, piece):
+        mv = memoryview(piece)
+        head = ""
+        start = 0
+        if self._npend:
+            take = min(self._need - self._npend, len(mv))
+            self._pend[self._npend:self._npend + take] = mv[:take]
+            self._npend += take
+            start = take
+            if self._npend < self._need:
+                return ""
+            head = _decode(bytes(self._pend[:self._need]), self._where())
+            self.offset += self._need
+            self._npend = 0
+        end = self._complete_end(mv, start)
+        body = _decode(mv[start:end], self._where()) if end > start else ""
+        self.offset += end - start
+        rest = len(mv) - end
+        if rest:
+            self._pend[:rest] = mv[end:]
+            self._npend = rest
+            self._need = _seq_len(mv[end])
+        return head + body if head else body
+
+    def _where(self):
+        return "the text after byte %d" % self.offset
+
+    @staticmethod
+    def _complete_end(mv, start):
+        """End of the last complete character in mv[start:] (the rest waits for more)."""
+        return len(mv) - incomplete_tail(mv, start)
+
+    def finish(self):
+        """Call at the end of the text: an unfinished character is an error."""
+        if self._npend:
+            raise Utf8Error("text ends inside a UTF-8 character (%d of %d bytes) after byte %d"
+                            % (self._npend, self._need, self.offset))

@@ -1,0 +1,407 @@
+"""STREAMS.md rules on lkedge.streams, on MicroPython and CPython (no oracle here; the
+wire form is checked against livekit-protocol in tests/lib/test_streams.py)."""
+import gc
+
+from stream_helpers import Collector, feed, feed_all, handler_for
+
+from lkedge import streams, utf8
+from lkedge.consts import CAP_COMPRESSION_DEFLATE_RAW as CAP_DEFLATE
+
+MP_HEAPSIZE = "320K"
+LIMIT = 15000
+
+
+def _inc(*topics, **kw):
+    return streams.IncomingStreams(handler_for(*topics), **kw), Collector()
+
+
+def _finite(kind, payload, inline_ok=True, compress_ok=False, sid="s1", **kw):
+    return list(streams.finite_packets(kind, payload, "t", [], inline_ok, compress_ok, stream_id=sid, **kw))
+
+
+def _hdr(sid="s1", topic="t", kind="bytes", total_length=None, **extra):
+    h = {"stream_id": sid, "topic": topic}
+    h["byte_header" if kind == "bytes" else "text_header"] = {}
+    if total_length is not None:
+        h["total_length"] = total_length
+    h.update(extra)
+    return {"stream_header": h}
+
+
+def _chunk(sid, index, content):
+    return {"stream_chunk": {"stream_id": sid, "chunk_index": index, "content": content}}
+
+
+def _trailer(sid, reason="", attributes=None):
+    return {"stream_trailer": {"stream_id": sid, "reason": reason, "attributes": attributes or {}}}
+
+
+# ---------------------------------------------------------------- negotiation
+def test_inline_only_when_every_recipient_is_v2():
+    assert streams.negotiate([(2, []), (2, [])], True) == (True, False)
+    assert streams.negotiate([(2, []), (1, [])], True)[0] is False
+    assert streams.negotiate([(0, [CAP_DEFLATE])], True) == (False, False)
+
+
+def test_empty_room_is_eligible_for_inline():
+    assert streams.negotiate([], False) == (True, False)
+    assert streams.negotiate([], True) == (True, True)
+
+
+def test_compression_needs_every_recipient_v2_with_capability_a_sender_that_can_and_the_caller():
+    both = [(2, [CAP_DEFLATE]), (3, [1, CAP_DEFLATE])]
+    assert streams.negotiate(both, True) == (True, True)
+    assert streams.negotiate(both + [(2, [1])], True) == (True, False)
+    assert streams.negotiate(both, False) == (True, False)
+    assert streams.negotiate(both, True, compress=False) == (True, False)
+
+
+# -------------------------------------------------------------------- sending
+def test_small_payload_goes_inline_with_total_length():
+    pkts = _finite("bytes", b"hello", attributes={"a": "b"})
+    assert len(pkts) == 1
+    h = pkts[0]["stream_header"]
+    assert bytes(h["inline_content"]) == b"hello" and h["total_length"] == 5
+    assert h.get("compression", 0) == 0 and h["attributes"] == {"a": "b"}
+
+
+def test_empty_payload_inline_is_present_but_empty():
+    h = _finite("text", b"")[0]["stream_header"]
+    assert "inline_content" in h and len(h["inline_content"]) == 0 and h["total_length"] == 0
+
+
+def test_inline_falls_back_to_chunks_when_the_packet_exceeds_15000_bytes():
+    payload = b"x" * (LIMIT - 10)   # fits a chunk, not an inline packet with its header
+    pkts = _finite("bytes", payload)
+    assert [list(p)[-1] for p in pkts] == ["stream_header", "stream_chunk", "stream_trailer"]
+    assert "inline_content" not in pkts[0]["stream_header"]
+    assert streams.packet_size(pkts[0]) <= LIMIT
+
+
+def test_not_inline_when_a_recipient_is_not_v2():
+    pkts = _finite("bytes", b"hi", inline_ok=False)
+    assert len(pkts) == 3 and "inline_content" not in pkts[0]["stream_header"]
+    assert bytes(pkts[1]["stream_chunk"]["content"]) == b"hi"
+
+
+def test_chunks_are_at_most_15000_bytes_with_indices_0_1_2():
+    payload = bytearray(2 * LIMIT + 1)
+    payload[0] = payload[LIMIT] = payload[2 * LIMIT] = 7
+    pkts = _finite("bytes", payload, inline_ok=False)
+    chunks = [p["stream_chunk"] for p in pkts[1:-1]]
+    assert [c["chunk_index"] for c in chunks] == [0, 1, 2]
+    assert [len(c["content"]) for c in chunks] == [15000, 15000, 1]
+    assert [c["content"][0] for c in chunks] == [7, 7, 7]
+    assert pkts[0]["stream_header"]["total_length"] == len(payload)
+    assert "stream_trailer" in pkts[-1] and pkts[-1]["stream_trailer"]["reason"] == ""
+
+
+def test_text_chunks_split_only_on_utf8_boundaries():
+    # Each text puts a 2-, 3- or 4-byte character across byte 15000.
+    for ch, first in (("\u00fc", 14999), ("\u65e5", 14998), ("\U0001f600", 14997)):
+        text = "a" + ch * (LIMIT // len(ch.encode()) + 1)
+        pkts = _finite("text", text.encode("utf-8"), inline_ok=False)
+        parts = [p["stream_chunk"]["content"] for p in pkts[1:-1]]
+        assert len(parts[0]) == first, (ch, len(parts[0]))
+        assert "".join(str(p, "utf-8") for p in parts) == text  # each chunk decodes alone
+
+
+def test_text_header_defaults():
+    h = _finite("text", b"hi", reply_to_stream_id="r1")[0]["stream_header"]
+    assert h["mime_type"] == "text/plain" and h["text_header"]["operation_type"] == 0
+    assert h["text_header"]["reply_to_stream_id"] == "r1" and "byte_header" not in h
+
+
+def test_byte_header_defaults():
+    h = _finite("bytes", b"hi")[0]["stream_header"]
+    assert h["mime_type"] == "application/octet-stream" and h["byte_header"]["name"] == "unknown"
+    h = _finite("bytes", b"hi", name="f.bin", mime_type="image/png")[0]["stream_header"]
+    assert h["byte_header"]["name"] == "f.bin" and h["mime_type"] == "image/png"
+
+
+def test_chunked_header_over_15000_bytes_is_refused():
+    attrs = {"big": "v" * LIMIT}
+    try:
+        _finite("bytes", b"x", inline_ok=False, attributes=attrs)
+    except streams.StreamError as e:
+        assert "header" in str(e) and "15000" in str(e), str(e)
+    else:
+        raise AssertionError("oversized header accepted")
+
+
+def test_inline_header_over_15000_bytes_falls_back_then_is_refused_on_the_chunked_path():
+    attrs = {"big": "v" * (LIMIT - 200)}
+    pkts = _finite("bytes", b"x" * 300, attributes=attrs)  # inline too big, header fits
+    assert len(pkts) == 3 and streams.packet_size(pkts[0]) <= LIMIT
+
+
+def test_compression_only_when_this_interpreter_can_compress():
+    if streams.can_compress():
+        pkts = _finite("text", b"abc" * 20000, compress_ok=True)
+        assert pkts[0]["stream_header"]["compression"] == 1
+        return
+    try:
+        streams.Deflater()
+    except streams.StreamError as e:
+        assert "cannot compress" in str(e)
+    else:
+        raise AssertionError("Deflater made without a compressor")
+
+
+def test_incremental_stream_has_no_total_length_is_never_inline_nor_compressed():
+    out = streams.OutgoingStream("s9", "bytes", "t", ["b"], name="n")
+    h = out.header()["stream_header"]
+    assert "total_length" not in h and "inline_content" not in h and h.get("compression", 0) == 0
+    chunks = out.write(b"z" * (LIMIT + 1))
+    assert [c["stream_chunk"]["chunk_index"] for c in chunks] == [0, 1]
+    assert [len(c["stream_chunk"]["content"]) for c in chunks] == [15000, 1]
+    assert out.write(b"q")[0]["stream_chunk"]["chunk_index"] == 2
+    t = out.close("", {"k": "v"})["stream_trailer"]
+    assert t["stream_id"] == "s9" and t["attributes"] == {"k": "v"}
+    try:
+        out.write(b"late")
+    except streams.StreamError:
+        pass
+    else:
+        raise AssertionError("write after close accepted")
+
+
+def test_incremental_text_write_carries_a_partial_character():
+    out = streams.OutgoingStream("s8", "text", "t", [])
+    b = "\u00fc\u65e5".encode("utf-8")   # c3 bc e6 97 a5
+    c1 = out.write(b[:3])                # the e6 waits
+    c2 = out.write(b[3:])
+    got = [bytes(c["stream_chunk"]["content"]) for c in c1 + c2]
+    assert got == [b"\xc3\xbc", b"\xe6\x97\xa5"]
+    out2 = streams.OutgoingStream("s7", "text", "t", [])
+    out2.write(b[:1])
+    try:
+        out2.close()
+    except streams.StreamError as e:
+        assert "UTF-8" in str(e)
+    else:
+        raise AssertionError("close inside a character accepted")
+
+
+# ------------------------------------------------------------------ receiving
+def test_round_trip_inline_and_chunked_text():
+    inc, col = _inc("t")
+    text = "\u65e5\u672c" * 2600
+    feed_all(inc, col, "a", _finite("text", text.encode(), sid="big"))
+    feed_all(inc, col, "a", _finite("text", b"small", sid="small"))
+    assert bytes(col.data["big"]).decode() == text and bytes(col.data["small"]) == b"small"
+    assert col.ended == {"big": None, "small": None}
+    info = col.opened[0]
+    assert info.kind == "text" and info.sender_identity == "a" and info.total_length == 15600
+
+
+def test_no_handler_ignores_the_whole_stream():
+    inc, col = _inc("yes")
+    pkts = _finite("bytes", b"x" * 200, sid="n1", inline_ok=False)
+    feed_all(inc, col, "a", pkts[:-1] + [_chunk("n1", 7, b"more")] + pkts[-1:])
+    assert not col.opened and col.ignored == [("n1", "no handler for bytes streams on topic 't'")]
+    assert not inc.open
+
+
+def test_second_open_stream_with_the_same_id_is_an_error_and_the_first_is_unaffected():
+    inc, col = _inc("t")
+    feed(inc, col, "a", _hdr("d", total_length=6))
+    feed(inc, col, "a", _chunk("d", 0, b"abc"))
+    feed(inc, col, "a", _hdr("d", total_length=1))
+    assert col.ignored and "duplicate" in col.ignored[0][1]
+    feed_all(inc, col, "a", [_chunk("d", 1, b"def"), _trailer("d")])
+    assert bytes(col.data["d"]) == b"abcdef" and col.ended["d"] is None
+
+
+def test_inline_content_even_empty_completes_the_stream():
+    inc, col = _inc("t")
+    col.run(inc.header("a", _hdr("e", total_length=0)["stream_header"], b""))
+    assert col.ended == {"e": None} and bytes(col.data["e"]) == b"" and not inc.open
+
+
+def test_chunks_are_delivered_as_they_arrive():
+    inc, col = _inc("t")
+    feed(inc, col, "a", _hdr("c"))
+    feed(inc, col, "a", _chunk("c", 0, b"first"))
+    assert bytes(col.data["c"]) == b"first" and "c" not in col.ended
+
+
+def test_empty_chunk_is_ignored():
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("c"), _chunk("c", 0, b""), _chunk("c", 0, b"x"), _trailer("c")])
+    assert bytes(col.data["c"]) == b"x" and col.ended["c"] is None
+
+
+def test_duplicate_chunk_index_is_dropped():
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("c"), _chunk("c", 0, b"a" * 700), _chunk("c", 1, b"b"),
+                             _chunk("c", 1, b"B" * 900), _chunk("c", 0, b"A"), _chunk("c", 2, b"c"),
+                             _trailer("c")])
+    assert bytes(col.data["c"]) == b"a" * 700 + b"bc" and col.ended["c"] is None
+
+
+def test_gap_on_uncompressed_stream_is_delivered():
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("c"), _chunk("c", 0, b"a"), _chunk("c", 2, b"c"), _trailer("c")])
+    assert bytes(col.data["c"]) == b"ac" and col.ended["c"] is None
+
+
+def test_trailer_attributes_merge_over_header():
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("m", attributes={"a": "1", "b": "1"}), _chunk("m", 0, b"x"),
+                             _trailer("m", attributes={"b": "2", "c": "3"})])
+    assert col.opened[0].attributes == {"a": "1", "b": "2", "c": "3"} and col.ended["m"] is None
+
+
+def test_fewer_than_total_length_at_the_trailer_is_incomplete():
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("i", total_length=10), _chunk("i", 0, b"abc"), _trailer("i")])
+    assert col.error_text("i") == "incomplete: got 3 of 10 bytes"
+
+
+def test_more_than_total_length_is_length_exceeded():
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("x", total_length=4), _chunk("x", 0, b"abc"), _chunk("x", 1, b"de"),
+                             _chunk("x", 2, b"f"), _trailer("x")])
+    assert "length exceeded" in col.error_text("x") and bytes(col.data["x"]) == b"abc"
+    assert not inc.open and not col.ignored  # later packets dropped silently
+
+
+def test_inline_longer_than_total_length_is_length_exceeded():
+    inc, col = _inc("t")
+    col.run(inc.header("a", _hdr("y", total_length=2)["stream_header"], b"abc"))
+    assert "length exceeded" in col.error_text("y")
+
+
+def test_sender_leaving_ends_its_open_streams_with_abnormal_end():
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("p"), _chunk("p", 0, b"x")])
+    feed(inc, col, "b", _hdr("q"))
+    col.run(inc.participant_left("a"))
+    assert col.error_text("p") == "abnormal end: sender left" and "q" not in col.ended
+    assert list(inc.open) == ["q"]
+
+
+def test_link_loss_ends_every_open_stream():
+    inc, col = _inc("t")
+    feed(inc, col, "a", _hdr("p"))
+    feed(inc, col, "b", _hdr("q"))
+    col.run(inc.close_all("link lost"))
+    assert col.error_text("p") == "abnormal end: link lost" and "link lost" in col.error_text("q")
+    assert not inc.open
+
+
+def test_trailer_with_a_reason_ends_the_stream_with_that_reason():
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("r"), _chunk("r", 0, b"x"), _trailer("r", "cancelled by user")])
+    assert col.error_text("r") == "abnormal end: cancelled by user"
+
+
+def test_chunk_from_another_identity_is_dropped():
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("o"), _chunk("o", 0, b"mine")])
+    feed_all(inc, col, "mallory", [_chunk("o", 1, b"evil"), _trailer("o")])
+    assert bytes(col.data["o"]) == b"mine" and "o" not in col.ended
+    feed(inc, col, "a", _trailer("o"))
+    assert col.ended["o"] is None
+
+
+def test_too_many_open_streams_are_rejected_with_a_reason():
+    inc, col = _inc("t", max_streams=2)
+    for sid in ("s1", "s2", "s3"):
+        feed(inc, col, "a", _hdr(sid))
+    assert col.ignored == [("s3", "too many open streams (limit 2)")]
+    feed_all(inc, col, "a", [_chunk("s3", 0, b"x"), _trailer("s3")])
+    assert "s3" not in col.data and len(col.ignored) == 1
+    col.run(inc.header("a", _hdr("s4")["stream_header"], b"inline ok"))
+    assert bytes(col.data["s4"]) == b"inline ok"
+
+
+def test_compressed_stream_without_an_inflater_is_ignored():
+    inc, col = _inc("t", can_inflate=False)
+    feed_all(inc, col, "a", [_hdr("z", compression=1), _chunk("z", 0, b"\x03\x00"), _trailer("z")])
+    assert not col.opened and len(col.ignored) == 1 and "cannot inflate" in col.ignored[0][1]
+
+
+def test_header_without_content_header_is_ignored():
+    inc, col = _inc("t")
+    col.run(inc.header("a", {"stream_id": "h", "topic": "t"}, None))
+    assert col.ignored == [("h", "header has neither text_header nor byte_header")]
+
+
+def test_data_pieces_never_exceed_piece_size():
+    inc, col = _inc("t", piece_size=100)
+    feed_all(inc, col, "a", _finite("bytes", b"p" * 5000, inline_ok=False, sid="ps"), piece=512)
+    col.run(inc.header("a", _hdr("pi")["stream_header"], b"i" * 1000))
+    assert col.max_piece == 100 and len(col.data["ps"]) == 5000 and len(col.data["pi"]) == 1000
+
+
+def test_unknown_chunk_and_trailer_are_reported_once():
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_chunk("u", 0, b"x"), _chunk("u", 1, b"y"), _trailer("u"), _trailer("v")])
+    assert [i[0] for i in col.ignored] == ["u", "v"]
+
+
+def test_one_mib_uncompressed_stream_with_constant_live_memory():
+    inc, col = _inc("t")
+    buf = memoryview(bytearray(512))
+    for i in range(512):
+        buf[i] = (i * 7) & 0xFF
+    n = 1 << 20
+    mem_alloc = getattr(gc, "mem_alloc", lambda: 0)  # MicroPython only
+    gc.collect()
+    base = mem_alloc()
+    peak = [0]
+    got = [0]
+
+    def run(events):
+        for ev in events:
+            if isinstance(ev, streams.StreamData):
+                assert ev.data[0] == (got[0] % LIMIT % 512) * 7 & 0xFF
+                got[0] += len(ev.data)
+            elif isinstance(ev, streams.StreamEnded):
+                assert ev.error is None, ev.error
+    run(inc.header("a", _hdr("big", total_length=n)["stream_header"], None))
+    index = 0
+    for off in range(0, n, LIMIT):
+        size = min(LIMIT, n - off)
+        for p in range(0, size, 512):
+            k = min(512, size - p)
+            run(inc.chunk("a", "big", index, buf[:k], p + k >= size))
+        index += 1
+        gc.collect()  # live memory only: garbage would count otherwise
+        peak[0] = max(peak[0], mem_alloc() - base)
+    run(inc.trailer("a", {"stream_id": "big"}))
+    assert got[0] == n
+    assert peak[0] < 4096, peak[0]
+    print("1 MiB uncompressed stream: peak live heap growth %d bytes" % peak[0])
+
+
+# ------------------------------------------------------------------------ utf8
+def test_utf8_cut_never_splits_a_character():
+    b = "a\u00fc\u65e5\U0001f600".encode("utf-8")  # 1 + 2 + 3 + 4 bytes
+    assert [utf8.cut(b, n) for n in range(11)] == [0, 1, 1, 3, 3, 3, 6, 6, 6, 6, 10]
+
+
+def test_utf8_decoder_carries_partial_characters_and_rejects_bad_bytes():
+    b = "x\u00fc\U0001f600y".encode("utf-8")
+    for step in (1, 2, 3):
+        d = utf8.Utf8Decoder()
+        s = "".join(d.decode(b[i:i + step]) for i in range(0, len(b), step))
+        d.finish()
+        assert s == "x\u00fc\U0001f600y"
+    for bad in (b"\xff", b"a\xc3(", b"\x80"):
+        try:
+            utf8.Utf8Decoder().decode(bad)
+        except utf8.Utf8Error as e:
+            assert "invalid UTF-8" in str(e)
+        else:
+            raise AssertionError("accepted %r" % bad)
+    d = utf8.Utf8Decoder()
+    d.decode(b"\xf0\x9f")
+    try:
+        d.finish()
+    except utf8.Utf8Error as e:
+        assert "2 of 4" in str(e)
+    else:
+        raise AssertionError("unfinished character accepted")
