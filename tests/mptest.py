@@ -23,9 +23,10 @@ def _here():
 def _setup_path():
     tests = _here()
     root = tests[: tests.rfind("/")] if "/" in tests else ".."
-    for p in (root + "/lib", tests + "/device", tests):
+    # Appended, so MICROPYPATH (the mpy-compiled library) keeps precedence.
+    for p in (tests + "/device", tests, root + "/lib"):
         if p not in sys.path:
-            sys.path.insert(0, p)
+            sys.path.append(p)
 
 
 def _is_awaitable(x):

@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from mpybuild import compiled_lib
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DEVICE_TESTS = sorted(glob.glob(os.path.join(HERE, "device", "test_*.py")))
@@ -38,7 +40,8 @@ def test_device_tests_exist():
 def test_device_module_under_micropython(path):
     exe = micropython_binary()
     heap = heapsize_of(path)
-    env = dict(os.environ, MICROPYPATH=os.path.join(ROOT, "lib") + ":" + os.path.join(HERE, "device") + ":.frozen")
+    # The library comes from .mpy files, as on a board (tests/mpybuild.py).
+    env = dict(os.environ, MICROPYPATH=compiled_lib() + ":" + os.path.join(HERE, "device") + ":.frozen")
     r = subprocess.run([exe, "-X", "heapsize=" + heap, os.path.join(HERE, "mptest.py"), path],
                        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     print(r.stdout[-20000:])

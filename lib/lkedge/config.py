@@ -1,0 +1,70 @@
+"""Participant settings: buffer sizes, negotiation and limits (boards/ profiles fill them).
+
+A board profile gives small buffers and may turn off the inflate capability; the host
+defaults are roomier. Everything that bounds memory lives here, in one place.
+"""
+
+
+class RoomOptions:
+    """Settings of one participant. Keyword arguments override the defaults.
+
+    read_buffer      bytes read from the transport at once (the only network buffer)
+    piece_size       largest piece a stream reader hands out (inflated data included)
+    max_field        largest small protobuf field held whole (headers, attributes)
+    max_frame        largest LINK frame accepted from the relay
+    max_streams      incoming data streams open at once
+    max_inflated     cap on decompressed bytes of one stream (None: total_length only)
+    advertise_compression  advertise CAP_COMPRESSION_DEFLATE_RAW (None: if we can inflate)
+    client_protocol  advertised protocol (2: RPC v2 and inline streams)
+    compress         compress outgoing finite streams when every recipient can inflate
+    ping_interval_ms keepalive period on the link
+    join_timeout_ms  how long connect() waits for JOINED
+    auto_reconnect   reconnect with backoff after the link is lost
+    reconnect_min_ms / reconnect_max_ms   backoff bounds (exponential, with jitter)
+    transport_options  keyword arguments for transport.open_transport (TLS: cadata,
+                     cafile, verify, server_hostname; timeout_ms; headers)
+    max_rpc_payload  cap on a buffered RPC payload gathered in memory (v2 requests
+                     to a buffered handler, responses to perform_rpc); streaming
+                     handlers and calls are not capped
+    """
+
+    def __init__(self, **kw):
+        self.read_buffer = 4096
+        self.piece_size = 4096
+        self.max_field = 16384
+        self.max_frame = 65536
+        self.max_streams = 16
+        self.max_inflated = None
+        self.advertise_compression = None
+        self.client_protocol = 2
+        self.compress = True
+        self.ping_interval_ms = 10000
+        self.join_timeout_ms = 10000
+        self.auto_reconnect = True
+        self.reconnect_min_ms = 500
+        self.reconnect_max_ms = 30000
+        self.max_rpc_payload = 64 * 1024 * 1024
+        self.sdk = "lkedge"
+        self.transport_options = {}
+        for k in kw:
+            if not hasattr(self, k):
+                raise TypeError("unknown RoomOptions setting %r" % k)
+            setattr(self, k, kw[k])
+
+    @classmethod
+    def for_board(cls, profile=None, **kw):
+        """Small-buffer settings for a microcontroller; `profile` is a boards/ dict."""
+        opts = cls(read_buffer=512, piece_size=512, max_field=2048, max_frame=16384,
+                   max_streams=4, max_rpc_payload=16384)
+        if profile:
+            link = profile.get("link", profile)
+            for src, dst in (("read_buffer", "read_buffer"), ("piece_size", "piece_size"),
+                             ("max_field", "max_field"), ("max_streams", "max_streams"),
+                             ("max_frame", "max_frame"),
+                             ("advertise_compression", "advertise_compression"),
+                             ("client_protocol", "client_protocol")):
+                if src in link:
+                    setattr(opts, dst, link[src])
+        for k in kw:
+            setattr(opts, k, kw[k])
+        return opts

