@@ -1,0 +1,999 @@
+"""Streaming protobuf for the LiveKit messages of WIRE.md (DataPacket and its parts).
+
+Messages are plain dicts keyed by the official field names; an absent key means "not
+present". Schemas are module constants: DATA_PACKET, USER_PACKET, RPC_REQUEST, RPC_ACK,
+RPC_RESPONSE, RPC_ERROR, STREAM_HEADER, STREAM_CHUNK, STREAM_TRAILER, TEXT_HEADER,
+BYTE_HEADER, PARTICIPANT_INFO (compact tuples: (name, spec, field names, sub-schemas)).
+Covered: every field of those messages, except the DataPacket oneof cases WIRE.md
+leaves out (3, 6, 7, 8, 9, 18: skipped unparsed, but they still replace an earlier
+case, as officially) and the ParticipantInfo fields other than 1, 2, 3, 14, 15, 20, 21.
+
+Writing, byte-identical to livekit-protocol's SerializeToString(deterministic=True):
+- `encode(schema, msg) -> bytes`; `encoded_size(schema, msg) -> int` (no output built);
+- `encode_segments(schema, msg) -> list` of `bytes` segments and Blob objects (anything
+  with an int `size`, standing for that many bytes of a bytes/string field) in wire
+  order; the writer sends the bytes and streams each Blob itself. Size-0 Blobs are
+  written as empty fields and left out of the list. `encode()` of a Blob: ValueError.
+- Values: ints for varint types (range-checked; bools for bool), `str` or raw UTF-8
+  bytes-like for strings, bytes-like for bytes, dicts for sub-messages and maps, lists
+  for repeated fields; None counts as absent. Defaults are left out except for fields
+  with presence (proto3 `optional`, oneof cases, sub-messages). Map entries follow the
+  official (upb) deterministic order: by UTF-8 bytes, but a key after the longer keys
+  it prefixes ("ab" before "a"). An unknown key, a wrong type, an out-of-range int or
+  two cases of one oneof raise ValueError naming the field.
+
+Reading (results equal what the official parser reads, as dicts of present fields):
+- `PacketDecoder(max_field=4096)`: sans-I/O decoder of ONE DataPacket of known length.
+  `start(length)`; `receive(mv)` keeps a reference, copies nothing (call it when
+  `next_event()` returned NEED_DATA; more bytes than `length`: ProtoError);
+  `next_event()` -> NEED_DATA | [PIECE, key, mv, final] | (PACKET, msg).
+  The PIECE event is ONE reused 4-item list (the hot path allocates nothing): unpack or
+  index it, do not keep it. Its mv is the received memoryview itself when the piece
+  spans all of it, else a slice; valid until the next call; never longer than what
+  receive() was given. A present-but-empty big field gives one piece with an empty mv
+  and final=True. Big fields (K_*) never appear in the msg dict; big string fields come
+  out as raw UTF-8 bytes. Streaming cannot take back what it handed out: a big field
+  that occurs twice is streamed twice (a new first piece after a final one), and a big
+  oneof case followed by another case has been streamed although msg holds the later.
+  `decoder.msg` is the partial DataPacket dict (sub-message dicts attached as soon as
+  they start). As in official parsers: a sub-message that occurs twice merges, other
+  singular fields: the last occurrence wins, a default value on the wire (0, "", ...)
+  of a field without presence reads as absent, a known field with the wrong wire type
+  is an unknown field; packed and unpacked repeated enums; unknown fields of wire
+  types 0, 1, 2, 5 are skipped. Errors (ProtoError, a ValueError, naming the field):
+  truncation ("truncated ..."), a length overrunning its parent, groups (wire types
+  3/4, which we do not support), varints over 10 bytes, field numbers outside
+  [1, 2**29 - 1], invalid UTF-8 in a small string, a small bytes/string field over
+  `max_field`. After an error, next_event() and receive() raise it again until start().
+- `decode(schema, data) -> dict`: a whole message, big fields included as values (str
+  for strings), no max_field. `decode_packet(data)` = decode(DATA_PACKET, data).
+- `scan_fields(data) -> [(number, wire_type, field_start, value_start, end)]`: the
+  top-level fields, not decoded; value_start is after the length prefix for wire type
+  2, after the tag otherwise.
+"""
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
+
+NEED_DATA = const(0)
+PIECE = const(1)
+PACKET = const(2)
+
+# Big fields: delivered as PIECE events instead of dict values.
+K_USER_PAYLOAD = const(1)
+K_RPC_REQUEST_PAYLOAD = const(2)
+K_RPC_RESPONSE_PAYLOAD = const(3)
+K_RPC_ERROR_DATA = const(4)
+K_INLINE_CONTENT = const(5)
+K_CHUNK_CONTENT = const(6)
+
+# Field types (varint types first: type <= _T_ENUM means wire type 0)
+_T_INT32 = const(0)
+_T_INT64 = const(1)
+_T_UINT32 = const(2)
+_T_UINT64 = const(3)
+_T_BOOL = const(4)
+_T_ENUM = const(5)
+_T_STRING = const(6)
+_T_BYTES = const(7)
+_T_MSG = const(8)
+_T_MAP = const(9)      # map<string,string>
+_T_SKIP = const(10)    # a oneof case this project does not decode: clears the oneof, skipped
+_TYPE = const(0x0F)    # mask of the type in a field's type|flags byte
+
+# Field flags, kept with the type in one byte: code = type | flags
+_F_REP = const(0x10)     # repeated
+_F_PRES = const(0x20)    # explicit presence: written whenever the key is present
+_F_PACKED = const(0x40)  # repeated scalar written packed
+_F_ONEOF = const(0x80)   # a case of the message's (only) oneof
+_CASE = const(0xA0)      # _F_PRES | _F_ONEOF: a oneof case holding a message or value
+
+# A schema is a tuple (name, spec, names, subs), built from flat arguments so that no
+# per-field objects stay in RAM on a board (constant tuples would live as long as the
+# module). spec is bytes: [field count, table size T, T bytes mapping field number to
+# index + 1 (0: unknown), then 3 bytes per field in number order: number, type|flags,
+# big-field key]. names and subs (sub-schemas) are tuples indexed like the fields.
+_S_NAME = const(0)
+_S_SPEC = const(1)
+_S_NAMES = const(2)
+_S_SUBS = const(3)
+
+_EMPTY = memoryview(b"")
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+class ProtoError(ValueError):
+    """Malformed protobuf input; the message says what and where."""
+
+
+def _schema(name, *fields):
+    """fields: number, name, type|flags, sub-schema or big key (0: none); number order."""
+    n = len(fields) // 4
+    top = fields[-4] + 1
+    spec = bytearray(2 + top + 3 * n)
+    spec[0] = n
+    spec[1] = top
+    names = []
+    subs = []
+    for j in range(n):
+        num, fname, code, extra = fields[4 * j:4 * j + 4]
+        assert num < 256
+        spec[2 + num] = j + 1
+        o = 2 + top + 3 * j
+        spec[o] = num
+        spec[o + 1] = code
+        spec[o + 2] = extra if isinstance(extra, int) else 0
+        names.append(fname)
+        subs.append(None if isinstance(extra, int) else extra)
+    return (name, bytes(spec), tuple(names), tuple(subs))
+
+
+_MAP_ENTRY = _schema("MapEntry", 1, "key", _T_STRING, 0, 2, "value", _T_STRING, 0)
+
+USER_PACKET = _schema(
+    "UserPacket",
+    1, "participant_sid", _T_STRING, 0,
+    2, "payload", _T_BYTES, K_USER_PAYLOAD,
+    3, "destination_sids", _T_STRING | _F_REP, 0,
+    4, "topic", _T_STRING | _F_PRES, 0,
+    5, "participant_identity", _T_STRING, 0,
+    6, "destination_identities", _T_STRING | _F_REP, 0,
+    8, "id", _T_STRING | _F_PRES, 0,
+    9, "start_time", _T_UINT64 | _F_PRES, 0,
+    10, "end_time", _T_UINT64 | _F_PRES, 0,
+    11, "nonce", _T_BYTES, 0)
+
+RPC_REQUEST = _schema(
+    "RpcRequest",
+    1, "id", _T_STRING, 0,
+    2, "method", _T_STRING, 0,
+    3, "payload", _T_STRING, K_RPC_REQUEST_PAYLOAD,
+    4, "response_timeout_ms", _T_UINT32, 0,
+    5, "version", _T_UINT32, 0,
+    6, "compressed_payload", _T_BYTES, 0)
+
+RPC_ACK = _schema("RpcAck", 1, "request_id", _T_STRING, 0)
+
+RPC_ERROR = _schema(
+    "RpcError",
+    1, "code", _T_UINT32, 0,
+    2, "message", _T_STRING, 0,
+    3, "data", _T_STRING, K_RPC_ERROR_DATA)
+
+RPC_RESPONSE = _schema(
+    "RpcResponse",
+    1, "request_id", _T_STRING, 0,
+    2, "payload", _T_STRING | _CASE, K_RPC_RESPONSE_PAYLOAD,
+    3, "error", _T_MSG | _CASE, RPC_ERROR,
+    4, "compressed_payload", _T_BYTES | _CASE, 0)
+
+TEXT_HEADER = _schema(
+    "DataStream.TextHeader",
+    1, "operation_type", _T_ENUM, 0,
+    2, "version", _T_INT32, 0,
+    3, "reply_to_stream_id", _T_STRING, 0,
+    4, "attached_stream_ids", _T_STRING | _F_REP, 0,
+    5, "generated", _T_BOOL, 0)
+
+BYTE_HEADER = _schema("DataStream.ByteHeader", 1, "name", _T_STRING, 0)
+
+STREAM_HEADER = _schema(
+    "DataStream.Header",
+    1, "stream_id", _T_STRING, 0,
+    2, "timestamp", _T_INT64, 0,
+    3, "topic", _T_STRING, 0,
+    4, "mime_type", _T_STRING, 0,
+    5, "total_length", _T_UINT64 | _F_PRES, 0,
+    7, "encryption_type", _T_ENUM, 0,
+    8, "attributes", _T_MAP, 0,
+    9, "text_header", _T_MSG | _CASE, TEXT_HEADER,
+    10, "byte_header", _T_MSG | _CASE, BYTE_HEADER,
+    11, "inline_content", _T_BYTES | _F_PRES, K_INLINE_CONTENT,
+    12, "compression", _T_ENUM, 0)
+
+STREAM_CHUNK = _schema(
+    "DataStream.Chunk",
+    1, "stream_id", _T_STRING, 0,
+    2, "chunk_index", _T_UINT64, 0,
+    3, "content", _T_BYTES, K_CHUNK_CONTENT,
+    4, "version", _T_INT32, 0,
+    5, "iv", _T_BYTES | _F_PRES, 0)
+
+STREAM_TRAILER = _schema(
+    "DataStream.Trailer",
+    1, "stream_id", _T_STRING, 0,
+    2, "reason", _T_STRING, 0,
+    3, "attributes", _T_MAP, 0)
+
+DATA_PACKET = _schema(
+    "DataPacket",
+    1, "kind", _T_ENUM, 0,
+    2, "user", _T_MSG | _CASE, USER_PACKET,
+    3, "speaker", _T_SKIP | _F_ONEOF, 0,
+    4, "participant_identity", _T_STRING, 0,
+    5, "destination_identities", _T_STRING | _F_REP, 0,
+    6, "sip_dtmf", _T_SKIP | _F_ONEOF, 0,
+    7, "transcription", _T_SKIP | _F_ONEOF, 0,
+    8, "metrics", _T_SKIP | _F_ONEOF, 0,
+    9, "chat_message", _T_SKIP | _F_ONEOF, 0,
+    10, "rpc_request", _T_MSG | _CASE, RPC_REQUEST,
+    11, "rpc_ack", _T_MSG | _CASE, RPC_ACK,
+    12, "rpc_response", _T_MSG | _CASE, RPC_RESPONSE,
+    13, "stream_header", _T_MSG | _CASE, STREAM_HEADER,
+    14, "stream_chunk", _T_MSG | _CASE, STREAM_CHUNK,
+    15, "stream_trailer", _T_MSG | _CASE, STREAM_TRAILER,
+    16, "sequence", _T_UINT32, 0,
+    17, "participant_sid", _T_STRING, 0,
+    18, "encrypted_packet", _T_SKIP | _F_ONEOF, 0)
+
+PARTICIPANT_INFO = _schema(
+    "ParticipantInfo",
+    1, "sid", _T_STRING, 0,
+    2, "identity", _T_STRING, 0,
+    3, "state", _T_ENUM, 0,
+    14, "kind", _T_ENUM, 0,
+    15, "attributes", _T_MAP, 0,
+    20, "client_protocol", _T_INT32, 0,
+    21, "capabilities", _T_ENUM | _F_REP | _F_PACKED, 0)
+
+
+def _fo(spec, j):
+    """Offset in spec of field j's 3 bytes (number, type|flags, big key)."""
+    return 2 + spec[1] + 3 * j
+
+
+def _index(spec, num):
+    """Index of field `num`, -1 if the schema does not know it."""
+    return spec[2 + num] - 1 if num < spec[1] else -1
+
+
+def _fname(sc, j):
+    return sc[_S_NAME] + "." + sc[_S_NAMES][j]
+
+
+def _uvarint_len(v):
+    n = 1
+    while v > 0x7F:
+        v >>= 7
+        n += 1
+    return n
+
+
+def _tag(num, t, fl):
+    return num << 3 | (2 if t >= _T_STRING or fl & _F_PACKED else 0)
+
+
+def _is_blob(v):
+    return not isinstance(v, _BYTES_LIKE) and not isinstance(v, str) and hasattr(v, "size")
+
+
+def _clear_oneof(sc, j, msg):
+    """Setting a oneof case removes the other cases (as official parsers do)."""
+    spec = sc[_S_SPEC]
+    if not spec[_fo(spec, j) + 1] & _F_ONEOF:
+        return
+    names = sc[_S_NAMES]
+    for k in range(spec[0]):
+        if k != j and spec[_fo(spec, k) + 1] & _F_ONEOF and names[k] in msg:
+            del msg[names[k]]
+
+
+# ---------------------------------------------------------------- size pass
+#
+# The size pass walks the message in wire order and records in `plan`, in the same
+# order, what the write pass would otherwise compute again: the UTF-8 bytes of every
+# string and the size of every sub-message. plan[0] sums the bytes held by Blobs.
+
+def _scalar(sc, j, t, v):
+    """The unsigned varint value of a scalar, after type and range checks."""
+    if not isinstance(v, int) and not isinstance(v, bool):  # MicroPython: bool is no int
+        raise ValueError("%s must be an int, got %s" % (_fname(sc, j), type(v).__name__))
+    if 0 <= v <= 0x3FFFFFFF and (v <= 1 or t != _T_BOOL):  # small-int fast path
+        return int(v)
+    if t == _T_BOOL:
+        lo, hi = 0, 1
+    elif t == _T_UINT32:
+        lo, hi = 0, 0xFFFFFFFF
+    elif t == _T_UINT64:
+        lo, hi = 0, 0xFFFFFFFFFFFFFFFF
+    elif t == _T_INT64:
+        lo, hi = -0x8000000000000000, 0x7FFFFFFFFFFFFFFF
+    else:
+        lo, hi = -0x80000000, 0x7FFFFFFF
+    if v < lo or v > hi:
+        raise ValueError("%s = %d is out of range [%d, %d]" % (_fname(sc, j), v, lo, hi))
+    return v + 0x10000000000000000 if v < 0 else v   # negatives: 64-bit two's complement
+
+
+def _data(sc, j, t, v, plan):
+    """Byte length of a string/bytes value; appends its bytes (or the Blob) to plan."""
+    if isinstance(v, str):
+        b = v.encode("utf-8")
+    elif isinstance(v, _BYTES_LIKE):
+        b = v
+    elif _is_blob(v):
+        plan[0] += v.size
+        plan.append(v)
+        return v.size
+    else:
+        raise ValueError("%s must be %s, got %s" % (
+            _fname(sc, j), "str" if t == _T_STRING else "bytes", type(v).__name__))
+    plan.append(b)
+    return len(b)
+
+
+def _blank(fl, v):
+    """True if v is a default that proto3 leaves out (fields without presence)."""
+    if fl & _F_PRES:
+        return False
+    if isinstance(v, (str,) + _BYTES_LIKE):
+        return len(v) == 0
+    return _is_blob(v) and v.size == 0
+
+
+def _msg_size(sc, msg, plan):
+    if not isinstance(msg, dict):
+        raise ValueError("%s must be a dict, got %s" % (sc[_S_NAME], type(msg).__name__))
+    spec = sc[_S_SPEC]
+    names = sc[_S_NAMES]
+    case = None
+    for k in msg:
+        if msg[k] is None:
+            continue
+        if k not in names:
+            raise ValueError("%s has no field %r" % (sc[_S_NAME], k))
+        o = _fo(spec, names.index(k))
+        if spec[o + 1] & _TYPE == _T_SKIP:
+            raise ValueError("%s.%s is not supported by this encoder" % (sc[_S_NAME], k))
+        if spec[o + 1] & _F_ONEOF:
+            if case is not None:
+                raise ValueError("%s: oneof cases %r and %r are both set" % (sc[_S_NAME], case, k))
+            case = k
+    total = 0
+    for j in range(spec[0]):
+        v = msg.get(names[j])
+        if v is not None:
+            total += _field_size(sc, j, v, plan)
+    return total
+
+
+def _field_size(sc, j, v, plan):
+    spec = sc[_S_SPEC]
+    o = _fo(spec, j)
+    fl = spec[o + 1]
+    t = fl & _TYPE
+    tl = _uvarint_len(_tag(spec[o], t, fl))
+    if t == _T_MAP:
+        return _map_size(sc, j, v, tl, plan)
+    if fl & _F_REP:
+        if not isinstance(v, (list, tuple)):
+            raise ValueError("%s must be a list, got %s" % (_fname(sc, j), type(v).__name__))
+        total = 0
+        if fl & _F_PACKED:
+            for x in v:
+                total += _uvarint_len(_scalar(sc, j, t, x))
+            return tl + _uvarint_len(total) + total if v else 0
+        for x in v:
+            n = _data(sc, j, t, x, plan)
+            total += tl + _uvarint_len(n) + n
+        return total
+    if t == _T_MSG:
+        slot = len(plan)
+        plan.append(0)
+        n = _msg_size(sc[_S_SUBS][j], v, plan)
+        plan[slot] = n
+        return tl + _uvarint_len(n) + n
+    if t >= _T_STRING:
+        if _blank(fl, v):
+            return 0
+        n = _data(sc, j, t, v, plan)
+        return tl + _uvarint_len(n) + n
+    u = _scalar(sc, j, t, v)
+    if u == 0 and not fl & _F_PRES:
+        return 0
+    return tl + _uvarint_len(u)
+
+
+def _map_order(k):
+    return k.encode("utf-8") + b"\xff" if isinstance(k, str) else b""
+
+
+def _map_size(sc, j, v, tl, plan):
+    if not isinstance(v, dict):
+        raise ValueError("%s must be a dict, got %s" % (_fname(sc, j), type(v).__name__))
+    total = 0
+    # key and value are always written; entries in the order of the official (upb)
+    # deterministic output: by UTF-8 bytes, except that a key comes AFTER the longer
+    # keys it is a prefix of ("ab" before "a", "" last). 0xFF never occurs in UTF-8.
+    for k in sorted(v, key=_map_order):
+        if not isinstance(k, str) or not isinstance(v[k], str):
+            raise ValueError("%s must map str to str" % _fname(sc, j))
+        kn = _data(sc, j, _T_STRING, k, plan)
+        vn = _data(sc, j, _T_STRING, v[k], plan)
+        n = 2 + _uvarint_len(kn) + kn + _uvarint_len(vn) + vn
+        total += tl + _uvarint_len(n) + n
+    return total
+
+
+# ---------------------------------------------------------------- write pass
+
+class _Out:
+    """Writes into one preallocated buffer; notes where each Blob goes."""
+
+    def __init__(self, size, plan):
+        self.buf = bytearray(size)
+        self.i = 0
+        self.plan = plan
+        self.p = 1          # next plan item
+        self.cuts = []      # (offset in buf, blob)
+
+    def varint(self, v):
+        buf = self.buf
+        i = self.i
+        while v > 0x7F:
+            buf[i] = (v & 0x7F) | 0x80
+            v >>= 7
+            i += 1
+        buf[i] = v
+        self.i = i + 1
+
+    def take(self):
+        x = self.plan[self.p]
+        self.p += 1
+        return x
+
+    def data(self, tag):
+        """Tag, length and bytes of the next planned string/bytes value."""
+        d = self.take()
+        self.varint(tag)
+        if isinstance(d, _BYTES_LIKE):
+            n = len(d)
+            self.varint(n)
+            self.buf[self.i:self.i + n] = d
+            self.i += n
+        else:
+            self.varint(d.size)
+            if d.size:
+                self.cuts.append((self.i, d))
+
+
+def _write_msg(sc, msg, out):
+    spec = sc[_S_SPEC]
+    names = sc[_S_NAMES]
+    for j in range(spec[0]):
+        v = msg.get(names[j])
+        if v is None:
+            continue
+        o = _fo(spec, j)
+        fl = spec[o + 1]
+        t = fl & _TYPE
+        tag = _tag(spec[o], t, fl)
+        if t == _T_MAP:
+            plan = out.plan
+            for _ in range(len(v)):
+                kn = len(plan[out.p])
+                vn = len(plan[out.p + 1])
+                out.varint(tag)
+                out.varint(2 + _uvarint_len(kn) + kn + _uvarint_len(vn) + vn)
+                out.data(0x0A)   # key: field 1, wire type 2
+                out.data(0x12)   # value: field 2, wire type 2
+        elif fl & _F_PACKED:
+            if v:
+                out.varint(tag)
+                n = 0
+                for x in v:
+                    n += _uvarint_len(_scalar(sc, j, t, x))
+                out.varint(n)
+                for x in v:
+                    out.varint(_scalar(sc, j, t, x))
+        elif fl & _F_REP:
+            for _ in v:
+                out.data(tag)
+        elif t == _T_MSG:
+            out.varint(tag)
+            out.varint(out.take())
+            _write_msg(sc[_S_SUBS][j], v, out)
+        elif t >= _T_STRING:
+            if not _blank(fl, v):
+                out.data(tag)
+        else:
+            u = _scalar(sc, j, t, v)
+            if u or fl & _F_PRES:
+                out.varint(tag)
+                out.varint(u)
+
+
+def _encode(sc, msg):
+    plan = [0]
+    total = _msg_size(sc, msg, plan)
+    out = _Out(total - plan[0], plan)
+    _write_msg(sc, msg, out)
+    return out
+
+
+def encoded_size(schema, msg):
+    """Serialized size of msg (Blobs count with their size); builds no output."""
+    return _msg_size(schema, msg, [0])
+
+
+def encode(schema, msg):
+    """The serialized message, byte-identical to SerializeToString(deterministic=True)."""
+    out = _encode(schema, msg)
+    if out.cuts:
+        raise ValueError("%s holds a Blob: use encode_segments()" % schema[_S_NAME])
+    return bytes(out.buf)
+
+
+def encode_segments(schema, msg):
+    """[bytes or Blob, ...] in wire order. Segments are `bytes` (not memoryviews):
+    MicroPython's bytes.join accepts nothing else, and they are only the small parts."""
+    out = _encode(schema, msg)
+    if not out.cuts:
+        return [bytes(out.buf)]
+    mv = memoryview(out.buf)
+    segs = []
+    prev = 0
+    for off, blob in out.cuts:
+        if off > prev:
+            segs.append(bytes(mv[prev:off]))
+        segs.append(blob)
+        prev = off
+    if len(mv) > prev:
+        segs.append(bytes(mv[prev:]))
+    return segs
+
+
+# ---------------------------------------------------------------- decoding
+
+# decoder states
+_ST_TAG = const(0)      # reading a tag varint (or an element of a packed field)
+_ST_LEN = const(1)      # reading the length varint of a wire-type-2 field
+_ST_VARINT = const(2)   # reading a wire-type-0 value
+_ST_SKIP = const(3)     # skipping the bytes of an unknown field
+_ST_VALUE = const(4)    # gathering a small value split across receive() calls
+_ST_BIG = const(5)      # handing out a big field as pieces
+_ST_DONE = const(6)
+_ST_IDLE = const(7)
+
+# what opened a nesting level
+_L_MSG = const(0)
+_L_MAP = const(1)       # a map entry: inserted into the parent's map when it ends
+_L_PACKED = const(2)    # a packed repeated field: its level reads values, not tags
+
+_MAX_DEPTH = const(5)
+
+
+def _utf8(sc, j, data):
+    try:
+        return str(data, "utf-8")
+    except UnicodeError:
+        raise ProtoError("%s is not valid UTF-8" % _fname(sc, j))
+
+
+def _from_varint(t, v):
+    """A decoded varint (at most 64 bits) as the value of a field of type t."""
+    if v <= 0x3FFFFFFF:  # small-int fast path
+        return v if t != _T_BOOL else v != 0
+    if t == _T_BOOL:
+        return True
+    if t == _T_INT32 or t == _T_ENUM:   # official parsers keep the low 32 bits
+        v &= 0xFFFFFFFF
+        return v - 0x100000000 if v > 0x7FFFFFFF else v
+    if t == _T_UINT32:
+        return v & 0xFFFFFFFF
+    if t == _T_INT64:
+        return v - 0x10000000000000000 if v > 0x7FFFFFFFFFFFFFFF else v
+    return v
+
+
+class PacketDecoder:
+    """Sans-I/O streaming decoder of one DataPacket whose byte length is known."""
+
+    def __init__(self, max_field=4096):
+        self.max_field = max_field
+        self._root = DATA_PACKET
+        self._pieces = True      # False: big fields become dict values (decode())
+        # per nesting level: schema, dict, absolute end, opening field index, kind
+        self._sch = [None] * _MAX_DEPTH
+        self._msgs = [None] * _MAX_DEPTH
+        self._ends = [0] * _MAX_DEPTH
+        self._pj = bytearray(_MAX_DEPTH)
+        self._kind = bytearray(_MAX_DEPTH)
+        self._piece = [PIECE, 0, _EMPTY, False]
+        self._reset(_ST_IDLE)
+
+    def _reset(self, st):
+        # every attribute is created here, so the hot path never grows the instance
+        self.msg = None
+        self._st = st
+        self._err = None
+        self._d = 0
+        self._v = 0
+        self._shift = 0
+        self._j = -1
+        self._num = 0
+        self._big = 0
+        self._left = 0
+        self._val = None
+        self._vi = 0
+        self._mv = _EMPTY
+        self._i = 0
+        self._base = 0          # absolute offset of self._mv[0]
+        for d in range(_MAX_DEPTH):
+            self._msgs[d] = None
+
+    def start(self, length):
+        """Begin a packet of `length` bytes; forgets any previous packet or error."""
+        if length < 0:
+            raise ValueError("negative packet length %d" % length)
+        self._reset(_ST_TAG)
+        self.msg = {}
+        self._sch[0] = self._root
+        self._msgs[0] = self.msg
+        self._ends[0] = length
+        self._kind[0] = _L_MSG
+
+    def receive(self, mv):
+        if self._err is not None:
+            raise self._err
+        if self._st == _ST_IDLE:
+            raise RuntimeError("PacketDecoder.receive() before start()")
+        if self._i < len(self._mv):
+            raise RuntimeError("receive() called before next_event() consumed the previous data")
+        if not isinstance(mv, memoryview):
+            mv = memoryview(mv)
+        self._base += len(self._mv)
+        self._mv = mv
+        self._i = 0
+        over = self._base + len(mv) - self._ends[0]
+        if over > 0:
+            self._fail(ProtoError("%d bytes received beyond the %d-byte %s" % (
+                over, self._ends[0], self._root[_S_NAME])))
+
+    def _fail(self, e):
+        self._err = e
+        self._mv = _EMPTY
+        self._i = 0
+        raise e
+
+    def next_event(self):
+        if self._err is not None:
+            raise self._err
+        if self._st == _ST_IDLE:
+            raise RuntimeError("PacketDecoder.next_event() before start()")
+        try:
+            return self._run()
+        except ProtoError as e:
+            self._fail(e)
+
+    def _need(self):
+        self._base += len(self._mv)
+        self._mv = _EMPTY    # do not pin the caller's buffer
+        self._i = 0
+        return NEED_DATA
+
+    def _run(self):
+        mv = self._mv
+        n = len(mv)
+        while True:
+            st = self._st
+            i = self._i
+            if st <= _ST_VARINT:
+                d = self._d
+                if self._base + i >= self._ends[d]:
+                    if st == _ST_TAG and not self._shift:
+                        if not d:
+                            self._st = _ST_DONE
+                            return (PACKET, self.msg)
+                        self._pop()
+                        continue
+                    raise self._cut()
+                if i >= n:
+                    return self._need()
+                b = mv[i]
+                self._i = i + 1
+                if b < 0x80 and not self._shift:
+                    v = b
+                else:
+                    v = self._varint_byte(b)
+                    if v < 0:
+                        continue
+                if st == _ST_TAG:
+                    self._on_tag(v)
+                elif st == _ST_LEN:
+                    self._on_length(v)
+                else:
+                    self._st = _ST_TAG
+                    j = self._j
+                    if j >= 0:
+                        spec = self._sch[d][_S_SPEC]
+                        self._set(j, _from_varint(spec[_fo(spec, j) + 1] & _TYPE, v))
+            elif st == _ST_BIG:
+                left = self._left
+                take = n - i
+                if take >= left:
+                    take = left
+                elif not take:
+                    return self._need()
+                ev = self._piece
+                ev[1] = self._big
+                # the received memoryview itself when the piece spans all of it: no slice
+                ev[2] = mv if (take == n and not i) else mv[i:i + take]
+                self._i = i + take
+                self._left = left = left - take
+                ev[3] = not left
+                if not left:
+                    self._st = _ST_TAG
+                return ev
+            elif st == _ST_SKIP or st == _ST_VALUE:
+                if i >= n:
+                    return self._need()
+                take = min(self._left, n - i)
+                if st == _ST_VALUE:
+                    self._val[self._vi:self._vi + take] = mv[i:i + take]
+                    self._vi += take
+                self._i = i + take
+                self._left -= take
+                if not self._left:
+                    self._st = _ST_TAG
+                    if st == _ST_VALUE:
+                        val = self._val
+                        self._val = None
+                        self._set_data(val)
+            else:  # _ST_DONE
+                return NEED_DATA
+
+    def _varint_byte(self, b):
+        """Adds a byte to the varint being read; returns it when complete, else -1."""
+        shift = self._shift
+        if shift == 63 and b > 1:
+            if b & 0x80:
+                raise ProtoError("varint longer than 10 bytes in %s" % self._where())
+            b &= 1   # bits past 64 are dropped, as official parsers do
+        self._v |= (b & 0x7F) << shift
+        if b & 0x80:
+            self._shift = shift + 7
+            return -1
+        v = self._v
+        self._v = 0
+        self._shift = 0
+        return v
+
+    def _where(self):
+        d = self._d
+        sc = self._sch[d]
+        if self._kind[d] == _L_PACKED:
+            return "packed field " + _fname(sc, self._pj[d])
+        return sc[_S_NAME]
+
+    def _cut(self):
+        if not self._d:
+            return ProtoError("truncated %s: a varint is cut off at byte %d" % (
+                self._root[_S_NAME], self._ends[0]))
+        return ProtoError("a varint runs past the end of %s" % self._where())
+
+    def _on_tag(self, v):
+        d = self._d
+        sc = self._sch[d]
+        spec = sc[_S_SPEC]
+        if self._kind[d] == _L_PACKED:  # an element, not a tag
+            j = self._pj[d]
+            self._append(self._msgs[d], sc[_S_NAMES][j], _from_varint(spec[_fo(spec, j) + 1] & _TYPE, v))
+            return
+        num = v >> 3
+        wt = v & 7
+        if not num or num > 0x1FFFFFFF:
+            raise ProtoError("field number %d in %s is out of range [1, 2**29 - 1]" % (num, sc[_S_NAME]))
+        j = _index(spec, num)
+        if j >= 0:
+            o = _fo(spec, j)
+            t = spec[o + 1] & _TYPE
+            if t == _T_SKIP:  # all skipped cases are messages: only wire type 2 counts
+                if wt == 2:
+                    _clear_oneof(sc, j, self._msgs[d])
+                j = -1
+            elif wt != (2 if t >= _T_STRING else 0) and not (wt == 2 and spec[o + 1] & _F_PACKED):
+                j = -1  # a wrong wire type: official parsers keep it as an unknown field
+        self._j = j
+        self._num = num
+        if wt == 0:
+            self._st = _ST_VARINT
+        elif wt == 2:
+            self._st = _ST_LEN
+        elif wt == 1 or wt == 5:
+            self._skip(8 if wt == 1 else 4)
+        else:
+            raise ProtoError("field %d of %s has wire type %d (groups are not supported)" % (num, sc[_S_NAME], wt))
+
+    def _skip(self, n):
+        self._check_room(n)
+        self._left = n
+        self._st = _ST_SKIP if n else _ST_TAG
+
+    def _check_room(self, n):
+        """A field of n more bytes must end within the message that holds it."""
+        d = self._d
+        left = self._ends[d] - self._base - self._i
+        if n <= left:
+            return
+        j = self._j
+        name = "field %d" % self._num
+        if j >= 0:
+            name += " (%s)" % self._sch[d][_S_NAMES][j]
+        if not d:
+            raise ProtoError("truncated %s: %s needs %d bytes, %d left" % (self._root[_S_NAME], name, n, left))
+        raise ProtoError("%s of %s is %d bytes long, overrunning its parent (%d bytes left)" % (
+            name, self._where(), n, left))
+
+    def _on_length(self, n):
+        self._check_room(n)
+        j = self._j
+        if j < 0:
+            self._skip(n)
+            return
+        d = self._d
+        sc = self._sch[d]
+        spec = sc[_S_SPEC]
+        o = _fo(spec, j)
+        t = spec[o + 1] & _TYPE
+        msg = self._msgs[d]
+        end = self._base + self._i + n
+        if t == _T_MSG:
+            _clear_oneof(sc, j, msg)
+            name = sc[_S_NAMES][j]
+            sub = msg.get(name)
+            if sub is None:  # a second occurrence merges into the first, as in protobuf
+                sub = msg[name] = {}
+            self._push(sc[_S_SUBS][j], sub, end, j, _L_MSG)
+        elif t == _T_MAP:
+            self._push(_MAP_ENTRY, {}, end, j, _L_MAP)
+        elif spec[o + 1] & _F_PACKED:
+            self._push(sc, msg, end, j, _L_PACKED)
+        elif spec[o + 2] and self._pieces:
+            _clear_oneof(sc, j, msg)
+            self._big = spec[o + 2]
+            self._left = n
+            self._st = _ST_BIG
+        else:
+            self._small(n)
+
+    def _small(self, n):
+        """A small string/bytes value: taken from mv when whole, else gathered."""
+        if self.max_field is not None and n > self.max_field:
+            raise ProtoError("%s is %d bytes, over the %d-byte limit for small fields" % (
+                _fname(self._sch[self._d], self._j), n, self.max_field))
+        i = self._i
+        self._st = _ST_TAG
+        if i + n <= len(self._mv):
+            self._i = i + n
+            self._set_data(self._mv[i:i + n])
+        else:
+            self._val = bytearray(n)
+            self._vi = 0
+            self._left = n
+            self._st = _ST_VALUE
+
+    def _set_data(self, data):
+        sc = self._sch[self._d]
+        j = self._j
+        spec = sc[_S_SPEC]
+        if spec[_fo(spec, j) + 1] & _TYPE == _T_STRING:
+            self._set(j, _utf8(sc, j, data))
+        else:
+            self._set(j, bytes(data))
+
+    def _set(self, j, v):
+        d = self._d
+        sc = self._sch[d]
+        spec = sc[_S_SPEC]
+        msg = self._msgs[d]
+        fl = spec[_fo(spec, j) + 1]
+        name = sc[_S_NAMES][j]
+        if fl & _F_REP:
+            self._append(msg, name, v)
+        elif not v and not fl & _F_PRES:
+            # a default value on the wire reads as "not present" (0, "", b"", False),
+            # and clears an earlier occurrence, as in official parsers
+            if name in msg:
+                del msg[name]
+        else:
+            _clear_oneof(sc, j, msg)
+            msg[name] = v
+
+    def _append(self, msg, name, v):
+        lst = msg.get(name)
+        if lst is None:
+            lst = msg[name] = []
+        lst.append(v)
+
+    def _push(self, sc, msg, end, j, kind):
+        d = self._d + 1
+        if d >= _MAX_DEPTH:
+            raise ProtoError("messages nested deeper than %d levels" % _MAX_DEPTH)
+        self._sch[d] = sc
+        self._msgs[d] = msg
+        self._ends[d] = end
+        self._pj[d] = j
+        self._kind[d] = kind
+        self._d = d
+        self._st = _ST_TAG
+
+    def _pop(self):
+        d = self._d
+        if self._kind[d] == _L_MAP:
+            entry = self._msgs[d]
+            parent = self._msgs[d - 1]
+            name = self._sch[d - 1][_S_NAMES][self._pj[d]]
+            m = parent.get(name)
+            if m is None:
+                m = parent[name] = {}
+            m[entry.get("key", "")] = entry.get("value", "")
+        self._msgs[d] = None
+        self._d = d - 1
+
+
+def decode(schema, data):
+    """A whole message from bytes-like data, big fields included as values."""
+    dec = PacketDecoder(None)
+    dec._root = schema
+    dec._pieces = False
+    dec.start(len(data))
+    dec.receive(data)
+    return dec.next_event()[1]   # all bytes were given: PACKET, or a ProtoError
+
+
+def decode_packet(data):
+    """A whole DataPacket (host side, tests): big fields included as values."""
+    return decode(DATA_PACKET, data)
+
+
+def _read_varint(mv, i, end):
+    v = 0
+    shift = 0
+    while True:
+        if i >= end:
+            raise ProtoError("truncated message: a varint is cut off at byte %d" % end)
+        b = mv[i]
+        i += 1
+        if shift == 63 and b > 1:
+            if b & 0x80:
+                raise ProtoError("varint longer than 10 bytes at byte %d" % (i - 1))
+            b &= 1
+        v |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return v, i
+        shift += 7
+
+
+def scan_fields(data):
+    """Top-level fields of a message, not decoded: [(number, wire_type, field_start,
+    value_start, end)], value_start after the length prefix for wire type 2."""
+    mv = data if isinstance(data, memoryview) else memoryview(data)
+    end = len(mv)
+    out = []
+    i = 0
+    while i < end:
+        start = i
+        tag, i = _read_varint(mv, i, end)
+        num = tag >> 3
+        wt = tag & 7
+        if not num or num > 0x1FFFFFFF:
+            raise ProtoError("field number %d at byte %d is out of range [1, 2**29 - 1]" % (num, start))
+        if wt == 0:
+            vstart = i
+            i = _read_varint(mv, i, end)[1]
+        elif wt == 2:
+            n, vstart = _read_varint(mv, i, end)
+            i = vstart + n
+        elif wt == 1 or wt == 5:
+            vstart = i
+            i += 8 if wt == 1 else 4
+        else:
+            raise ProtoError("field %d at byte %d has wire type %d (groups are not supported)" % (num, start, wt))
+        if i > end:
+            raise ProtoError("truncated message: field %d at byte %d needs %d bytes, %d left" % (
+                num, start, i - vstart, end - vstart))
+        out.append((num, wt, start, vstart, i))
+    return out
