@@ -1,0 +1,566 @@
+"""The asyncio adapter: a Room joined through a LINK.md transport.
+
+All protocol logic lives in the sans-I/O cores (link, proto, rpc, streams); this module
+only moves bytes and events between them and the application:
+
+    transport.read_into(one buffer) -> link.FrameReader -> proto.PacketDecoder
+        -> rpc.RpcClient / rpc.RpcServer / streams.IncomingStreams -> readers, handlers
+
+Two tasks run per connection: the link reader (everything incoming, in order) and
+the timer (RPC deadlines and keepalive PINGs). Both run on MicroPython's asyncio and
+CPython's; waits are Events, never Futures.
+"""
+import asyncio
+
+from . import cbor, link, proto, rpc, streams
+from .clock import now_ms
+from .config import RoomOptions
+from .consts import (ATTR_RPC_REQUEST_ID, CAP_COMPRESSION_DEFLATE_RAW, TOPIC_RPC_REQUEST,
+                     TOPIC_RPC_RESPONSE)
+from .participant import LocalParticipant, RemoteParticipant
+from .readers import ByteStreamReader, TextStreamReader
+from .sender import PacketSender
+
+try:
+    from . import inflate as _inflate
+except ImportError:  # a board may ship without the inflater
+    _inflate = None
+
+
+class ConnectError(Exception):
+    """connect() failed: transport error, refused token (LEAVE code), or no JOINED."""
+
+    def __init__(self, message, leave_code=None):
+        super().__init__(message)
+        self.leave_code = leave_code
+
+
+def _is_awaitable(x):
+    return type(x).__name__ in ("generator", "coroutine") or hasattr(x, "__await__")
+
+
+def _warn(msg):
+    print("lkedge:", msg)
+
+
+# LEAVE codes after which reconnecting would only repeat the refusal.
+_FINAL_LEAVE = (link.LEAVE_DUPLICATE, link.LEAVE_UNAUTHORIZED, link.LEAVE_FORBIDDEN,
+                link.LEAVE_CLIENT)
+
+
+class Room:
+    """A participant's view of one room (names follow the LiveKit Python SDK)."""
+
+    def __init__(self, options=None):
+        self.options = options or RoomOptions()
+        o = self.options
+        self.name = ""
+        self.sid = ""
+        self.server_version = ""
+        self.max_frame = o.max_frame
+        self.remote_participants = {}
+        self.local_participant = LocalParticipant(self)
+        self.connection_state = "disconnected"
+        self.leave_code = None
+        self.leave_reason = ""
+        self._text_handlers = {}
+        self._byte_handlers = {}
+        self._listeners = {}
+        self._sender = PacketSender(min(o.piece_size, 4096))
+        self._rpc_client = rpc.RpcClient()
+        self._rpc_server = rpc.RpcServer()
+        can_inflate = _inflate is not None and _inflate.available()
+        adv = o.advertise_compression
+        if adv is None:
+            adv = can_inflate
+        self.can_inflate = bool(adv and can_inflate)
+        self._incoming = streams.IncomingStreams(
+            self._has_handler, max_streams=o.max_streams, can_inflate=self.can_inflate,
+            max_inflated=o.max_inflated, piece_size=o.piece_size)
+        self._readers = {}
+        self._calls = {}
+        self._tasks = []
+        self._url = None
+        self._token = None
+        self._transport = None
+        self._transport_factory = None
+        self._joined = asyncio.Event()
+        self._timer_wake = asyncio.Event()
+        self._closing = False
+        self._reader_task = None
+        self._timer_task = None
+        self._acc = None
+        self._acc_key = None
+        self._skip_frame = False
+        self.last_error = None
+
+    # ------------------------------------------------------------------ events
+    def on(self, event, callback=None):
+        """Register a listener: `room.on("participant_connected", fn)` or as decorator.
+
+        Events: participant_connected(p), participant_disconnected(p),
+        disconnected(reason), reconnecting(), reconnected().
+        """
+        def reg(fn):
+            self._listeners.setdefault(event, []).append(fn)
+            return fn
+        return reg(callback) if callback is not None else reg
+
+    def _emit(self, event, *args):
+        for fn in self._listeners.get(event, ()):
+            try:
+                r = fn(*args)
+                if _is_awaitable(r):
+                    self._spawn(r)
+            except Exception as e:
+                _warn("listener for %s failed: %r" % (event, e))
+
+    def _spawn(self, coro):
+        t = asyncio.create_task(coro)
+        self._tasks.append(t)
+        if len(self._tasks) > 64:
+            self._tasks = [x for x in self._tasks if not x.done()]
+        return t
+
+    # ---------------------------------------------------------- stream handlers
+    def register_text_stream_handler(self, topic, handler):
+        """`handler(reader, participant_identity)`; sync or async. One per topic."""
+        self._register_stream_handler(self._text_handlers, topic, handler)
+
+    def register_byte_stream_handler(self, topic, handler):
+        self._register_stream_handler(self._byte_handlers, topic, handler)
+
+    def unregister_text_stream_handler(self, topic):
+        self._unregister_stream_handler(self._text_handlers, topic)
+
+    def unregister_byte_stream_handler(self, topic):
+        self._unregister_stream_handler(self._byte_handlers, topic)
+
+    @staticmethod
+    def _check_topic(topic):
+        if topic in (TOPIC_RPC_REQUEST, TOPIC_RPC_RESPONSE):
+            raise ValueError("topic %r is reserved for RPC; it cannot be (un)registered" % topic)
+
+    def _register_stream_handler(self, table, topic, handler):
+        self._check_topic(topic)
+        if topic in table:
+            raise ValueError("a stream handler for topic %r is already registered" % topic)
+        table[topic] = handler
+
+    def _unregister_stream_handler(self, table, topic):
+        self._check_topic(topic)
+        table.pop(topic, None)
+
+    def _has_handler(self, kind, topic):
+        if topic in (TOPIC_RPC_REQUEST, TOPIC_RPC_RESPONSE):
+            return kind == "text"
+        return topic in (self._text_handlers if kind == "text" else self._byte_handlers)
+
+    # -------------------------------------------------------------- connection
+    async def connect(self, url, token, options=None):
+        """Join the room at `url` (tcp://, tls://, ws://, wss://, or a Transport).
+
+        Raises ConnectError with the relay's LEAVE code when the token is refused.
+        """
+        if options is not None:
+            self.options = options
+        self._url = url
+        self._token = token
+        self._closing = False
+        await self._open_link()
+        self._timer_task = asyncio.create_task(self._timer_loop())
+
+    def _make_transport(self):
+        if not isinstance(self._url, str):
+            return self._url  # a ready Transport object (tests, memroom)
+        from .transport import open_transport
+        return open_transport(self._url, **self.options.transport_options)
+
+    async def _open_link(self):
+        self.connection_state = "connecting"
+        self.leave_code = None
+        t = self._make_transport()
+        try:
+            await t.connect()
+        except Exception as e:
+            self.connection_state = "disconnected"
+            raise ConnectError("cannot reach the relay at %s: %s" % (self._url, e))
+        self._transport = t
+        self._sender.transport = t
+        self._joined = asyncio.Event()
+        join = {"v": link.LINK_VERSION, "token": self._token,
+                "client_protocol": self.options.client_protocol,
+                "capabilities": [CAP_COMPRESSION_DEFLATE_RAW] if self.can_inflate else [],
+                "sdk": self.options.sdk, "sdk_version": _version()}
+        await self._sender.send_frame(link.JOIN, cbor.dumps(join))
+        self._reader_task = asyncio.create_task(self._reader_loop(t))
+        try:
+            await asyncio.wait_for(self._joined.wait(), self.options.join_timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            await self._drop_transport()
+            raise ConnectError("no JOINED from the relay within %d ms" % self.options.join_timeout_ms)
+        if self.connection_state != "connected":
+            code = self.leave_code
+            await self._drop_transport()
+            raise ConnectError("the relay refused to join: LEAVE %s %s" % (code, self.leave_reason), code)
+
+    async def disconnect(self):
+        """Leave the room: LEAVE 1 to the relay, pending calls fail, tasks stop."""
+        self._closing = True
+        t = self._transport
+        if t is not None and self.connection_state == "connected":
+            try:
+                await self._sender.send_frame(link.LEAVE, cbor.dumps({"code": link.LEAVE_CLIENT, "reason": "client initiated"}))
+            except Exception:
+                pass
+        await self._drop_transport()
+        self._fail_everything("disconnected")
+        for task in [self._timer_task, self._reader_task] + self._tasks:
+            if task is not None and not task.done():
+                task.cancel()
+        self._tasks = []
+        self.connection_state = "disconnected"
+
+    async def _drop_transport(self):
+        t = self._transport
+        self._transport = None
+        self._sender.transport = None
+        if t is not None:
+            try:
+                await t.close()
+            except Exception:
+                pass
+
+    def _fail_everything(self, why):
+        err = rpc.RpcError(rpc.RpcError.RECIPIENT_DISCONNECTED, None, "link lost: " + why)
+        for c in self._rpc_client.fail_all(err):
+            self._complete(c)
+        for ev in self._incoming.close_all("link lost: " + why):
+            self._stream_ended(ev)
+        for r in list(self._readers.values()):
+            r._end(streams.StreamError("abnormal end: link lost"))
+        self._readers = {}
+        for p in list(self.remote_participants.values()):
+            self._emit("participant_disconnected", p)
+        self.remote_participants = {}
+
+    async def _link_lost(self, why):
+        if self._closing:
+            return
+        self.connection_state = "reconnecting"
+        self.last_error = why
+        await self._drop_transport()
+        self._fail_everything(why)
+        self._emit("disconnected", why)
+        if not self.options.auto_reconnect or self.leave_code in _FINAL_LEAVE:
+            self.connection_state = "disconnected"
+            return
+        self._emit("reconnecting")
+        delay = self.options.reconnect_min_ms
+        while not self._closing:
+            await asyncio.sleep_ms(_jitter(delay)) if hasattr(asyncio, "sleep_ms") else await asyncio.sleep(_jitter(delay) / 1000)
+            try:
+                await self._open_link()
+                self._emit("reconnected")
+                return
+            except ConnectError as e:
+                self.last_error = str(e)
+                if e.leave_code in _FINAL_LEAVE:
+                    self.connection_state = "disconnected"
+                    self._emit("disconnected", str(e))
+                    return
+            delay = min(delay * 2, self.options.reconnect_max_ms)
+
+    # ----------------------------------------------------------- reader task
+    async def _reader_loop(self, t):
+        o = self.options
+        buf = memoryview(bytearray(o.read_buffer))
+        fr = link.FrameReader(max(o.max_frame, 16384))
+        dec = proto.PacketDecoder(o.max_field)
+        why = "relay closed the link"
+        try:
+            while True:
+                n = await t.read_into(buf)
+                if not n:
+                    break
+                fr.receive(buf[:n])
+                while True:
+                    ev = fr.next_event()
+                    if ev == link.NEED_DATA:
+                        break
+                    kind = ev[0]
+                    if kind == link.DATA_PIECE:
+                        if not self._skip_frame:
+                            dec.receive(ev[1])
+                            await self._drain(dec)
+                    elif kind == link.DATA_START:
+                        if self.connection_state != "connected":
+                            raise link.LinkError("DATA before JOINED")
+                        self._skip_frame = False
+                        self._acc_key = None
+                        self._acc = None
+                        dec.start(ev[1])
+                    elif kind == link.FRAME:
+                        await self._on_control(ev[1], ev[2])
+                        if ev[1] == link.LEAVE:
+                            why = "LEAVE %s %s" % (self.leave_code, self.leave_reason)
+                            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            why = "link error: %r" % (e,)
+        finally:
+            if self._transport is t:
+                if not self._joined.is_set():
+                    self._joined.set()  # wake connect(): it reports the failure
+                else:
+                    self._spawn(self._link_lost(why))
+
+    async def _drain(self, dec):
+        while True:
+            try:
+                e = dec.next_event()
+            except proto.ProtoError as err:
+                _warn("malformed DataPacket dropped: %s" % err)
+                self._skip_frame = True
+                return
+            if e == proto.NEED_DATA:
+                return
+            if e[0] == proto.PIECE:
+                await self._on_piece(dec, e[1], e[2], e[3])
+            else:
+                await self._on_packet(e[1])
+
+    async def _on_piece(self, dec, key, mv, final):
+        if key == proto.K_CHUNK_CONTENT:
+            msg = dec.msg
+            ch = msg.get("stream_chunk") or {}
+            for ev in self._incoming.chunk(msg.get("participant_identity", ""), ch.get("stream_id", ""),
+                                           ch.get("chunk_index", 0), mv, final):
+                await self._on_stream_event(ev)
+            return
+        if key == proto.K_USER_PAYLOAD:
+            return  # UserPackets are not part of this SDK
+        # Small big-fields (v1 payloads <= 15360, inline content <= 15000, error data):
+        # gathered once per packet, bounded by the frame size the link accepted.
+        if self._acc_key != key:
+            self._acc_key = key
+            self._acc = bytearray()
+        self._acc.extend(mv)
+
+    def _take_acc(self, key):
+        if self._acc_key != key:
+            return None
+        data = self._acc
+        self._acc = None
+        self._acc_key = None
+        return data
+
+    async def _on_packet(self, msg):
+        sender = msg.get("participant_identity", "")
+        if "stream_chunk" in msg:
+            return  # content went out piece by piece
+        if "stream_header" in msg:
+            inline = self._take_acc(proto.K_INLINE_CONTENT)
+            for ev in self._incoming.header(sender, msg["stream_header"], inline):
+                await self._on_stream_event(ev)
+        elif "stream_trailer" in msg:
+            for ev in self._incoming.trailer(sender, msg["stream_trailer"]):
+                await self._on_stream_event(ev)
+        elif "rpc_ack" in msg:
+            self._rpc_client.on_ack(now_ms(), sender, msg["rpc_ack"].get("request_id", ""))
+        elif "rpc_response" in msg:
+            resp = msg["rpc_response"]
+            data = self._take_acc(proto.K_RPC_RESPONSE_PAYLOAD)
+            if data is not None:
+                resp["payload"] = _utf8(data)
+            edata = self._take_acc(proto.K_RPC_ERROR_DATA)
+            if edata is not None and "error" in resp:
+                resp["error"]["data"] = _utf8(edata)
+            self._complete(self._rpc_client.on_response(now_ms(), sender, resp))
+        elif "rpc_request" in msg:
+            data = self._take_acc(proto.K_RPC_REQUEST_PAYLOAD)
+            payload = _utf8(data) if data is not None else ""
+            packets, inv = self._rpc_server.on_request_packet(sender, msg["rpc_request"], payload)
+            await self._send_all(packets)
+            if inv is not None:
+                self._spawn(self.local_participant._invoke(inv, payload=payload))
+
+    # --------------------------------------------------------- stream events
+    async def _on_stream_event(self, ev):
+        if isinstance(ev, streams.StreamData):
+            r = self._readers.get(ev.info.stream_id)
+            if r is not None:
+                await r._offer(ev.data)
+        elif isinstance(ev, streams.StreamOpened):
+            await self._stream_opened(ev.info)
+        elif isinstance(ev, streams.StreamEnded):
+            self._stream_ended(ev)
+        else:
+            _warn("stream %s ignored: %s" % (getattr(ev, "stream_id", "?"), getattr(ev, "reason", ev)))
+
+    def _stream_ended(self, ev):
+        r = self._readers.pop(ev.info.stream_id, None)
+        if r is not None:
+            r._end(ev.error)
+
+    async def _stream_opened(self, info):
+        topic = info.topic
+        sender = info.sender_identity
+        if topic == TOPIC_RPC_REQUEST:
+            packets, inv = self._rpc_server.on_request_stream(sender, info.attributes)
+            await self._send_all(packets)
+            if inv is not None:
+                reader = self._new_reader(info)
+                self._spawn(self.local_participant._invoke(inv, reader=reader))
+            return
+        if topic == TOPIC_RPC_RESPONSE:
+            req_id = info.attributes.get(ATTR_RPC_REQUEST_ID, "")
+            call = self._rpc_client.accept_response_stream(sender, req_id)
+            waiter = self._calls.get(req_id) if call is not None else None
+            if waiter is not None:
+                waiter.attach_reader(self._new_reader(info), self)
+            return
+        table = self._text_handlers if info.kind == "text" else self._byte_handlers
+        handler = table.get(topic)
+        if handler is None:
+            return
+        reader = self._new_reader(info)
+        self._spawn(self._run_stream_handler(handler, reader, sender))
+
+    def _new_reader(self, info):
+        r = TextStreamReader(info) if info.kind == "text" else ByteStreamReader(info)
+        self._readers[info.stream_id] = r
+        return r
+
+    async def _run_stream_handler(self, handler, reader, sender):
+        try:
+            r = handler(reader, sender)
+            if _is_awaitable(r):
+                await r
+        except Exception as e:
+            _warn("stream handler for %r failed: %r" % (reader.info.topic, e))
+        finally:
+            reader._abandon()
+
+    # ------------------------------------------------------------ control
+    async def _on_control(self, ftype, body):
+        if ftype == link.PING:
+            await self._sender.send_frame(link.PONG, body)
+            return
+        if ftype == link.PONG:
+            return
+        d = link.decode_control(body)
+        if ftype == link.JOINED:
+            d = link.check_joined(d)
+            self.name = d["room"]
+            self.sid = d.get("sid", "")
+            self.server_version = d.get("server_version", "")
+            self.max_frame = d.get("max_frame", self.max_frame)
+            lp = self.local_participant
+            lp.identity = d["identity"]
+            lp.sid = d.get("sid", "")
+            self.remote_participants = {}
+            for p in d.get("participants", ()):
+                self._upsert(link.participant_info(p))
+            self.connection_state = "connected"
+            self._joined.set()
+        elif ftype == link.PARTICIPANT:
+            self._upsert(link.participant_info(d))
+        elif ftype == link.PARTICIPANT_LEFT:
+            self._participant_left(d.get("identity", ""), d.get("reason", ""))
+        elif ftype == link.LEAVE:
+            self.leave_code = d.get("code")
+            self.leave_reason = d.get("reason", "")
+            if not self._joined.is_set():
+                self._joined.set()
+
+    def _upsert(self, info):
+        ident = info["identity"]
+        p = self.remote_participants.get(ident)
+        if p is None:
+            p = RemoteParticipant(info)
+            self.remote_participants[ident] = p
+            self._emit("participant_connected", p)
+        else:
+            p._update(info)
+            self._emit("participant_updated", p)
+
+    def _participant_left(self, identity, reason):
+        p = self.remote_participants.pop(identity, None)
+        for c in self._rpc_client.on_participant_left(identity):
+            self._complete(c)
+        for ev in self._incoming.participant_left(identity):
+            self._stream_ended(ev)
+        if p is not None:
+            self._emit("participant_disconnected", p)
+
+    # -------------------------------------------------------------- timers
+    async def _timer_loop(self):
+        last_ping = now_ms()
+        interval = self.options.ping_interval_ms
+        while not self._closing:
+            now = now_ms()
+            deadline = self._rpc_client.next_deadline()
+            wake = last_ping + interval
+            if deadline is not None and deadline < wake:
+                wake = deadline
+            if wake > now:
+                self._timer_wake.clear()
+                try:
+                    await asyncio.wait_for(self._timer_wake.wait(), (wake - now) / 1000)
+                except asyncio.TimeoutError:
+                    pass
+            now = now_ms()
+            for c in self._rpc_client.handle_timer(now):
+                self._complete(c)
+            if now - last_ping >= interval:
+                last_ping = now
+                if self.connection_state == "connected":
+                    try:
+                        await self._sender.send_frame(link.PING, b"k")
+                    except Exception:
+                        pass
+
+    def _wake_timer(self):
+        self._timer_wake.set()
+
+    # -------------------------------------------------------------- sending
+    async def _send(self, pkt):
+        await self._sender.send(pkt)
+
+    async def _send_all(self, packets):
+        for p in packets or ():
+            await self._sender.send(p)
+
+    def _complete(self, completion):
+        if completion is None:
+            return
+        w = self._calls.get(completion.request_id)
+        if w is not None:
+            w.finish(completion.payload, completion.error)
+
+    def recipients(self, destination_identities):
+        """(client_protocol, capabilities) of each recipient, for negotiation."""
+        if destination_identities:
+            ps = [self.remote_participants[i] for i in destination_identities if i in self.remote_participants]
+        else:
+            ps = list(self.remote_participants.values())
+        return [(p.client_protocol, p.capabilities) for p in ps]
+
+
+def _utf8(data):
+    try:
+        return bytes(data).decode("utf-8")
+    except UnicodeError:
+        raise proto.ProtoError("payload is not valid UTF-8")
+
+
+def _jitter(ms):
+    import os
+    return ms // 2 + (os.urandom(2)[0] << 8 | os.urandom(1)[0]) % (ms // 2 + 1)
+
+
+def _version():
+    from . import __version__
+    return __version__

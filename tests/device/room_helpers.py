@@ -1,0 +1,65 @@
+"""Helpers for Room-level tests: two or more participants in an in-memory room."""
+import asyncio
+
+from lkedge.config import RoomOptions
+from lkedge.memroom import MemRoom, RawPeer
+from lkedge.room import Room
+
+
+async def join(mem, identity, **opts):
+    o = RoomOptions(**opts)
+    o.auto_reconnect = opts.get("auto_reconnect", False)
+    r = Room(o)
+    await r.connect(mem.transport(), identity)
+    return r
+
+
+async def pair(**opts):
+    """A MemRoom with rooms 'a' and 'b' that see each other."""
+    mem = MemRoom()
+    a = await join(mem, "a", **opts)
+    b = await join(mem, "b", **opts)
+    await settle(lambda: "b" in a.remote_participants)
+    return mem, a, b
+
+
+async def raw(mem, identity, client_protocol=2, capabilities=()):
+    p = RawPeer(mem, identity, client_protocol, capabilities)
+    await p.join()
+    return p
+
+
+async def settle(pred, timeout=5.0):
+    """Wait until pred() is true (event-driven code settles within a few loop turns)."""
+    n = int(timeout * 100)
+    for _ in range(n):
+        if pred():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached within %.1f s" % timeout)
+
+
+async def close(*rooms):
+    for r in rooms:
+        if hasattr(r, "disconnect"):
+            await r.disconnect()
+        else:
+            await r.close()
+
+
+def expect_rpc_error(code):
+    """Context-free check helper: returns a function that asserts an exception."""
+    def check(e):
+        from lkedge.rpc import RpcError
+        assert isinstance(e, RpcError), "expected RpcError %d, got %r" % (code, e)
+        assert e.code == code, "expected RpcError %d, got %d %s" % (code, e.code, e.message)
+    return check
+
+
+async def raises_rpc(code, aw):
+    try:
+        await aw
+    except Exception as e:
+        expect_rpc_error(code)(e)
+        return e
+    raise AssertionError("expected RpcError %d, call succeeded" % code)

@@ -1,0 +1,319 @@
+"""RPC.md rules through the whole stack: Room ⇄ memroom (real LINK frames) ⇄ Room/RawPeer.
+
+Runs on CPython and under MicroPython. RawPeer plays a LiveKit peer of any
+client_protocol byte by byte, so the wire form of each rule is checked too.
+"""
+import asyncio
+
+from room_helpers import close, join, pair, raises_rpc, raw, settle
+
+from lkedge.memroom import MemRoom
+from lkedge.rpc import RpcError
+
+MP_HEAPSIZE = "1M"
+
+
+async def test_v2_to_v2_round_trip_small_and_over_v1_cap():
+    mem, a, b = await pair()
+    b.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    assert await a.local_participant.perform_rpc(destination_identity="b", method="echo", payload="hi") == "hi"
+    big = "é" * 20000  # 40000 UTF-8 bytes: v2 has no 15360-byte cap either way
+    assert await a.local_participant.perform_rpc(destination_identity="b", method="echo", payload=big) == big
+    await close(a, b)
+
+
+async def test_empty_payload_round_trip():
+    mem, a, b = await pair()
+    b.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    assert await a.local_participant.perform_rpc(destination_identity="b", method="echo", payload="") == ""
+    await close(a, b)
+
+
+async def test_v2_caller_uses_v1_packet_to_v1_destination():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peer = await raw(mem, "old", client_protocol=0)
+    await settle(lambda: "old" in a.remote_participants)
+    task = asyncio.create_task(a.local_participant.perform_rpc(
+        destination_identity="old", method="m", payload="x", response_timeout=1.0))
+    req = await peer.wait_for(lambda p: "rpc_request" in p)
+    r = req["rpc_request"]
+    assert r["version"] == 1 and r["method"] == "m" and r["payload"] == "x"
+    assert r["response_timeout_ms"] == 8000, "effective wire timeout is max(requested, 8000)"
+    assert req["participant_identity"] == "a"
+    await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": r["id"]}})
+    await peer.send({"destination_identities": ["a"], "rpc_response": {"request_id": r["id"], "payload": "ok"}})
+    assert await task == "ok"
+    await close(a, peer)
+
+
+async def test_handler_acks_v1_request_before_response():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    a.local_participant.register_rpc_method("upper", lambda d: d.payload.upper())
+    peer = await raw(mem, "old", client_protocol=0)
+    await peer.send({"destination_identities": ["a"], "rpc_request": {
+        "id": "r1", "method": "upper", "payload": "abc", "response_timeout_ms": 8000, "version": 1}})
+    resp = await peer.wait_for(lambda p: "rpc_response" in p)
+    kinds = [k for p in peer.packets for k in ("rpc_ack", "rpc_response") if k in p]
+    assert kinds == ["rpc_ack", "rpc_response"], kinds
+    assert resp["rpc_response"] == {"request_id": "r1", "payload": "ABC"}
+    await close(a, peer)
+
+
+async def test_unknown_method_is_acked_then_1400():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peer = await raw(mem, "old", client_protocol=0)
+    await peer.send({"destination_identities": ["a"], "rpc_request": {
+        "id": "r2", "method": "nope", "payload": "", "response_timeout_ms": 8000, "version": 1}})
+    resp = await peer.wait_for(lambda p: "rpc_response" in p)
+    assert "rpc_ack" in peer.packets[0]
+    assert resp["rpc_response"]["error"]["code"] == RpcError.UNSUPPORTED_METHOD
+    await close(a, peer)
+
+
+async def test_unknown_method_between_rooms_raises_1400():
+    mem, a, b = await pair()
+    await raises_rpc(1400, a.local_participant.perform_rpc(destination_identity="b", method="none"))
+    await close(a, b)
+
+
+async def test_v1_request_with_version_2_is_1404():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    a.local_participant.register_rpc_method("m", lambda d: "x")
+    peer = await raw(mem, "old", client_protocol=0)
+    await peer.send({"destination_identities": ["a"], "rpc_request": {
+        "id": "r3", "method": "m", "payload": "", "response_timeout_ms": 8000, "version": 2}})
+    resp = await peer.wait_for(lambda p: "rpc_response" in p)
+    assert resp["rpc_response"]["error"]["code"] == RpcError.UNSUPPORTED_VERSION
+    await close(a, peer)
+
+
+async def test_rpc_error_from_handler_passes_through():
+    mem, a, b = await pair()
+
+    def fail(d):
+        raise RpcError(4242, "custom failure", "some data")
+    b.local_participant.register_rpc_method("fail", fail)
+    e = await raises_rpc(4242, a.local_participant.perform_rpc(destination_identity="b", method="fail"))
+    assert e.message == "custom failure" and e.data == "some data"
+    await close(a, b)
+
+
+async def test_other_exception_becomes_1500():
+    mem, a, b = await pair()
+
+    async def boom(d):
+        raise ValueError("kaputt")
+    b.local_participant.register_rpc_method("boom", boom)
+    await raises_rpc(1500, a.local_participant.perform_rpc(destination_identity="b", method="boom"))
+    # the handler's failure did not hurt the participant: it still answers
+    b.local_participant.register_rpc_method("ok", lambda d: "fine")
+    assert await a.local_participant.perform_rpc(destination_identity="b", method="ok") == "fine"
+    await close(a, b)
+
+
+async def test_v1_request_over_15360_bytes_fails_fast_with_1402():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peer = await raw(mem, "old", client_protocol=0)
+    await settle(lambda: "old" in a.remote_participants)
+    await raises_rpc(1402, a.local_participant.perform_rpc(destination_identity="old", method="m", payload="x" * 15361))
+    await asyncio.sleep(0.05)
+    assert not [p for p in peer.packets if "rpc_request" in p], "nothing may be sent"
+    await close(a, peer)
+
+
+async def test_unknown_destination_is_1401():
+    mem, a, b = await pair()
+    await raises_rpc(1401, a.local_participant.perform_rpc(destination_identity="ghost", method="m"))
+    await close(a, b)
+
+
+async def test_response_timeout_is_1502():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peer = await raw(mem, "old", client_protocol=0)
+    await settle(lambda: "old" in a.remote_participants)
+    task = asyncio.create_task(a.local_participant.perform_rpc(
+        destination_identity="old", method="m", payload="x", response_timeout=0.3))
+    req = await peer.wait_for(lambda p: "rpc_request" in p)
+    await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": req["rpc_request"]["id"]}})
+    await raises_rpc(1502, task)
+    # a late response is ignored, never raises
+    await peer.send({"destination_identities": ["a"], "rpc_response": {"request_id": req["rpc_request"]["id"], "payload": "late"}})
+    await asyncio.sleep(0.05)
+    assert a.connection_state == "connected"
+    await close(a, peer)
+
+
+async def test_destination_leaving_fails_pending_call_with_1503():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peer = await raw(mem, "old", client_protocol=0)
+    await settle(lambda: "old" in a.remote_participants)
+    task = asyncio.create_task(a.local_participant.perform_rpc(destination_identity="old", method="m", payload="x"))
+    await peer.wait_for(lambda p: "rpc_request" in p)
+    await peer.close()
+    await raises_rpc(1503, task)
+    await close(a)
+
+
+async def test_response_from_other_identity_is_ignored():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peer = await raw(mem, "old", client_protocol=0)
+    intruder = await raw(mem, "evil", client_protocol=0)
+    await settle(lambda: "old" in a.remote_participants)
+    task = asyncio.create_task(a.local_participant.perform_rpc(
+        destination_identity="old", method="m", payload="x", response_timeout=2))
+    req = await peer.wait_for(lambda p: "rpc_request" in p)
+    rid = req["rpc_request"]["id"]
+    await intruder.send({"destination_identities": ["a"], "rpc_response": {"request_id": rid, "payload": "forged"}})
+    await asyncio.sleep(0.05)
+    assert not task.done(), "a response from another identity must not complete the call"
+    await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+    await peer.send({"destination_identities": ["a"], "rpc_response": {"request_id": rid, "payload": "real"}})
+    assert await task == "real"
+    await close(a, peer, intruder)
+
+
+async def test_concurrent_calls_get_distinct_ids_and_do_not_cross():
+    mem, a, b = await pair()
+
+    async def slow_echo(d):
+        await asyncio.sleep(0.01 * (len(d.payload) % 5))
+        return d.payload
+    b.local_participant.register_rpc_method("echo", slow_echo)
+    payloads = ["p%d" % i for i in range(12)]
+    results = await asyncio.gather(*[a.local_participant.perform_rpc(destination_identity="b", method="echo", payload=p)
+                                     for p in payloads])
+    assert list(results) == payloads
+    await close(a, b)
+
+
+async def test_second_handler_for_same_method_is_an_error():
+    mem, a, b = await pair()
+    a.local_participant.register_rpc_method("m", lambda d: "1")
+    try:
+        a.local_participant.register_rpc_method("m", lambda d: "2")
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("registering a second handler must fail")
+    a.local_participant.unregister_rpc_method("m")
+    a.local_participant.register_rpc_method("m", lambda d: "2")
+    await close(a, b)
+
+
+async def test_decorator_registration():
+    mem, a, b = await pair()
+
+    @b.local_participant.register_rpc_method("greet")
+    async def greet(data):
+        return "hello " + data.caller_identity
+
+    assert await a.local_participant.perform_rpc(destination_identity="b", method="greet") == "hello a"
+    await close(a, b)
+
+
+async def test_invocation_data_carries_id_caller_payload_timeout():
+    mem, a, b = await pair()
+    seen = []
+    b.local_participant.register_rpc_method("m", lambda d: seen.append(d) or "ok")
+    await a.local_participant.perform_rpc(destination_identity="b", method="m", payload="p", response_timeout=9)
+    d = seen[0]
+    assert d.caller_identity == "a" and d.payload == "p" and len(d.request_id) == 36
+    assert 8.9 < d.response_timeout < 9.1
+    await close(a, b)
+
+
+class _Pieces:
+    def __init__(self, n, piece):
+        self.n = n
+        self.piece = piece
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if not self.n:
+            raise StopAsyncIteration
+        self.n -= 1
+        return self.piece
+
+
+async def test_streaming_handler_and_streaming_call_100k_each_way():
+    mem, a, b = await pair(piece_size=512, read_buffer=512)
+    got = []
+
+    async def sink(data):
+        total = 0
+        async for s in data.reader:
+            total += len(s)
+        got.append(total)
+        return _Pieces(100, "y" * 1000)
+    b.local_participant.register_rpc_method("sink", sink, streaming=True)
+    reader = await a.local_participant.perform_rpc_stream(destination_identity="b", method="sink",
+                                                          payload=_Pieces(100, "x" * 1000))
+    total = 0
+    async for s in reader:
+        assert s == "y" * len(s)
+        total += len(s)
+    assert got == [100000] and total == 100000
+    await close(a, b)
+
+
+async def test_streaming_handler_answers_v1_caller_within_cap():
+    mem = MemRoom()
+    a = await join(mem, "a")
+
+    async def h(data):
+        return _Pieces(3, "abc")
+    a.local_participant.register_rpc_method("s", h, streaming=True)
+
+    async def too_big(data):
+        return _Pieces(20, "z" * 1000)
+    a.local_participant.register_rpc_method("big", too_big, streaming=True)
+    peer = await raw(mem, "old", client_protocol=0)
+    await peer.send({"destination_identities": ["a"], "rpc_request": {
+        "id": "s1", "method": "s", "payload": "", "response_timeout_ms": 8000, "version": 1}})
+    r = await peer.wait_for(lambda p: "rpc_response" in p)
+    assert r["rpc_response"]["payload"] == "abcabcabc"
+    await peer.send({"destination_identities": ["a"], "rpc_request": {
+        "id": "s2", "method": "big", "payload": "", "response_timeout_ms": 8000, "version": 1}})
+    r = await peer.wait_for(lambda p: "rpc_response" in p and p["rpc_response"]["request_id"] == "s2")
+    assert r["rpc_response"]["error"]["code"] == RpcError.RESPONSE_PAYLOAD_TOO_LARGE
+    await close(a, peer)
+
+
+async def test_methods_registered_before_connect_answer_first_request():
+    mem = MemRoom()
+    from lkedge.config import RoomOptions
+    from lkedge.room import Room
+    b = Room(RoomOptions(auto_reconnect=False))
+    b.local_participant.register_rpc_method("early", lambda d: "here")
+    await b.connect(mem.transport(), "b")
+    a = await join(mem, "a")
+    await settle(lambda: "b" in a.remote_participants)
+    assert await a.local_participant.perform_rpc(destination_identity="b", method="early") == "here"
+    await close(a, b)
+
+
+async def test_cancelling_a_call_clears_pending_state():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peer = await raw(mem, "old", client_protocol=0)
+    await settle(lambda: "old" in a.remote_participants)
+    task = asyncio.create_task(a.local_participant.perform_rpc(destination_identity="old", method="m", payload="x"))
+    await peer.wait_for(lambda p: "rpc_request" in p)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    assert not a._calls, "the waiter is gone"
+    assert a._rpc_client.next_deadline() is None, "no timers left for a cancelled call"
+    await close(a, peer)

@@ -1,0 +1,205 @@
+"""STREAMS.md rules through the whole stack (Room ⇄ memroom ⇄ Room/RawPeer).
+
+Runs on CPython and under MicroPython (where outgoing compression is unavailable, so
+the compressed-send checks adapt to `streams.can_compress()`).
+"""
+import asyncio
+
+from room_helpers import close, join, pair, raw, settle
+
+from lkedge import streams
+from lkedge.memroom import MemRoom
+
+MP_HEAPSIZE = "1M"
+
+
+def _collector(store):
+    async def handler(reader, sender):
+        store.append((sender, reader.info, await reader.read_all()))
+    return handler
+
+
+async def test_send_text_small_to_v2_goes_inline_in_one_packet():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peer = await raw(mem, "p", client_protocol=2)
+    await settle(lambda: "p" in a.remote_participants)
+    await a.local_participant.send_text("hello", topic="chat", attributes={"k": "v"})
+    h = await peer.wait_for(lambda p: "stream_header" in p)
+    hdr = h["stream_header"]
+    assert hdr["inline_content"] == b"hello" and hdr["total_length"] == 5
+    assert hdr["topic"] == "chat" and hdr["mime_type"] == "text/plain" and hdr["attributes"] == {"k": "v"}
+    await asyncio.sleep(0.05)
+    assert not [p for p in peer.packets if "stream_chunk" in p or "stream_trailer" in p]
+    await close(a, peer)
+
+
+async def test_send_text_to_v1_is_header_chunks_trailer():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peer = await raw(mem, "old", client_protocol=0)
+    await settle(lambda: "old" in a.remote_participants)
+    text = "ü" * 10000  # 20000 bytes: two chunks, cut on a character boundary
+    await a.local_participant.send_text(text, topic="t")
+    await peer.wait_for(lambda p: "stream_trailer" in p)
+    hdr = [p for p in peer.packets if "stream_header" in p][0]["stream_header"]
+    chunks = [p["stream_chunk"] for p in peer.packets if "stream_chunk" in p]
+    assert "inline_content" not in hdr and hdr.get("compression", 0) == 0
+    assert hdr["total_length"] == 20000
+    assert [c.get("chunk_index", 0) for c in chunks] == [0, 1]
+    assert all(len(c["content"]) <= 15000 for c in chunks)
+    assert b"".join(c["content"] for c in chunks).decode() == text
+    await close(a, peer)
+
+
+async def test_compressed_only_when_every_recipient_can_inflate():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    p1 = await raw(mem, "p1", client_protocol=2, capabilities=[2])
+    p2 = await raw(mem, "p2", client_protocol=2, capabilities=[])
+    await settle(lambda: len(a.remote_participants) == 2)
+    text = "abc" * 20000
+    await a.local_participant.send_text(text, topic="t", destination_identities=["p1"])
+    h = (await p1.wait_for(lambda p: "stream_header" in p))["stream_header"]
+    assert h.get("compression", 0) == (1 if streams.can_compress() else 0)
+    await a.local_participant.send_text(text, topic="t")  # broadcast: p2 cannot inflate
+    await p2.wait_for(lambda p: "stream_header" in p)
+    h2 = [p for p in p1.packets if "stream_header" in p][-1]["stream_header"]
+    assert h2.get("compression", 0) == 0
+    await close(a, p1, p2)
+
+
+async def test_text_stream_between_rooms_all_sizes():
+    mem, a, b = await pair()
+    got = []
+    b.register_text_stream_handler("t", _collector(got))
+    for text in ("", "x", "日本語" * 7000, "z" * 50000):
+        await a.local_participant.send_text(text, topic="t")
+    await settle(lambda: len(got) == 4)
+    assert [g[2] for g in got] == ["", "x", "日本語" * 7000, "z" * 50000]
+    assert all(g[0] == "a" for g in got)
+    await close(a, b)
+
+
+async def test_byte_stream_writer_incremental():
+    mem, a, b = await pair()
+    got = []
+    b.register_byte_stream_handler("bin", _collector(got))
+    w = await a.local_participant.stream_bytes("blob.bin", topic="bin", attributes={"x": "1"})
+    for i in range(5):
+        await w.write(bytes([i]) * 7000)
+    await w.aclose()
+    await settle(lambda: got)
+    sender, info, data = got[0]
+    assert data == b"".join(bytes([i]) * 7000 for i in range(5))
+    assert info.name == "blob.bin" and info.total_length is None and info.attributes == {"x": "1"}
+    await close(a, b)
+
+
+async def test_stream_without_handler_is_ignored():
+    mem, a, b = await pair()
+    got = []
+    b.register_text_stream_handler("yes", _collector(got))
+    await a.local_participant.send_text("drop me", topic="no")
+    await a.local_participant.send_text("keep", topic="yes")
+    await settle(lambda: got)
+    assert [g[2] for g in got] == ["keep"]
+    await close(a, b)
+
+
+async def test_reserved_rpc_topics_cannot_be_registered():
+    mem, a, b = await pair()
+    for topic in ("lk.rpc_request", "lk.rpc_response"):
+        for fn in (a.register_text_stream_handler, a.register_byte_stream_handler):
+            try:
+                fn(topic, lambda r, s: None)
+            except ValueError:
+                continue
+            raise AssertionError("%s must be refused" % topic)
+        try:
+            a.unregister_text_stream_handler(topic)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("unregistering %s must be refused" % topic)
+    await close(a, b)
+
+
+async def test_trailer_attributes_merge_over_header_on_receive():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    got = []
+    a.register_byte_stream_handler("m", _collector(got))
+    peer = await raw(mem, "p", client_protocol=2)
+    await settle(lambda: "p" in a.remote_participants)
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "s1", "topic": "m", "total_length": 3, "attributes": {"a": "1", "b": "1"},
+        "byte_header": {"name": "n"}}})
+    await peer.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": "s1", "content": b"abc"}})
+    await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "s1", "attributes": {"b": "2"}}})
+    await settle(lambda: got)
+    assert got[0][2] == b"abc"
+    assert got[0][1].attributes == {"a": "1", "b": "2"}
+    await close(a, peer)
+
+
+async def test_sender_leaving_ends_open_stream_abnormally():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    errors = []
+
+    async def handler(reader, sender):
+        try:
+            await reader.read_all()
+        except Exception as e:
+            errors.append(str(e))
+    a.register_byte_stream_handler("m", handler)
+    peer = await raw(mem, "p", client_protocol=2)
+    await settle(lambda: "p" in a.remote_participants)
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "s2", "topic": "m", "total_length": 100, "byte_header": {"name": "n"}}})
+    await peer.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": "s2", "content": b"abc"}})
+    await asyncio.sleep(0.05)
+    await peer.close()
+    await settle(lambda: errors)
+    assert "abnormal" in errors[0], errors
+    await close(a)
+
+
+async def test_incomplete_stream_is_an_error_at_trailer():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    errors = []
+
+    async def handler(reader, sender):
+        try:
+            await reader.read_all()
+        except Exception as e:
+            errors.append(str(e))
+    a.register_byte_stream_handler("m", handler)
+    peer = await raw(mem, "p", client_protocol=2)
+    await settle(lambda: "p" in a.remote_participants)
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "s3", "topic": "m", "total_length": 10, "byte_header": {"name": "n"}}})
+    await peer.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": "s3", "content": b"abc"}})
+    await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "s3"}})
+    await settle(lambda: errors)
+    assert "incomplete" in errors[0], errors
+    await close(a, peer)
+
+
+async def test_send_file_streams_from_flash(tmp="stream_test_file.bin"):
+    mem, a, b = await pair(piece_size=512, read_buffer=512)
+    data = bytes(range(256)) * 200  # 51200 bytes: chunked straight from the file
+    with open(tmp, "wb") as f:
+        f.write(data)
+    got = []
+    b.register_byte_stream_handler("file", _collector(got))
+    try:
+        await a.local_participant.send_file(tmp, topic="file")
+        await settle(lambda: got)
+    finally:
+        import os
+        os.remove(tmp)
+    assert got[0][2] == data and got[0][1].total_length == len(data) and got[0][1].name == tmp
+    await close(a, b)

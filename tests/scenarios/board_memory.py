@@ -1,0 +1,102 @@
+"""The board side of the bounded-memory scenario (runs under MicroPython).
+
+    micropython -X heapsize=96K board_memory.py URL TOKEN COMPRESS RESPONSE_BYTES
+
+Joins the room as a board (RoomOptions.for_board), serves a streaming RPC method
+"sink" that consumes the whole request and answers RESPONSE_BYTES of text in pieces,
+and a byte stream topic "blob" whose content it hashes. Prints machine-readable lines:
+
+    MEM import=<bytes> room=<bytes>          heap in use after imports / after Room()
+    READY                                    joined; the host may start
+    SINK <request bytes> <sha256 hex>        the call's request as received
+    BLOB <bytes> <sha256 hex>                the byte stream as received
+    PEAK <bytes>                             highest gc.mem_alloc() sampled
+"""
+import gc
+import sys
+
+gc.collect()
+_m0 = gc.mem_alloc()
+
+import asyncio  # noqa: E402
+import binascii  # noqa: E402
+import hashlib  # noqa: E402
+
+from lkedge.config import RoomOptions  # noqa: E402
+from lkedge.room import Room  # noqa: E402
+
+PIECE = "0123456789abcdef" * 32  # 512 characters, produced again and again, no growth
+
+
+class Answer:
+    def __init__(self, n):
+        self.left = n
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if not self.left:
+            raise StopAsyncIteration
+        n = min(self.left, len(PIECE))
+        self.left -= n
+        return PIECE if n == len(PIECE) else PIECE[:n]
+
+
+peak = [0]
+
+
+def sample():
+    a = gc.mem_alloc()
+    if a > peak[0]:
+        peak[0] = a
+
+
+async def main(url, token, compress, response_bytes):
+    gc.collect()
+    m_import = gc.mem_alloc()
+    room = Room(RoomOptions.for_board(None, advertise_compression=compress, auto_reconnect=False))
+    gc.collect()
+    print("MEM import=%d room=%d" % (m_import, gc.mem_alloc()))
+    done = asyncio.Event()
+    results = {}
+
+    async def sink(data):
+        h = hashlib.sha256()
+        n = 0
+        async for s in data.reader:
+            b = s.encode()
+            h.update(b)
+            n += len(b)
+            sample()
+        print("SINK %d %s" % (n, binascii.hexlify(h.digest()).decode()))
+        results["sink"] = 1
+        return Answer(response_bytes)
+
+    async def blob(reader, sender):
+        h = hashlib.sha256()
+        buf = bytearray(512)
+        n = 0
+        while True:
+            k = await reader.readinto(buf)
+            if not k:
+                break
+            h.update(memoryview(buf)[:k])
+            n += k
+            sample()
+        print("BLOB %d %s" % (n, binascii.hexlify(h.digest()).decode()))
+        results["blob"] = 1
+        if len(results) == 2:
+            done.set()
+
+    room.local_participant.register_rpc_method("sink", sink, streaming=True)
+    room.register_byte_stream_handler("blob", blob)
+    await room.connect(url, token)
+    print("READY")
+    await done.wait()
+    await asyncio.sleep(0.2)
+    print("PEAK %d" % peak[0])
+    await room.disconnect()
+
+
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])))
