@@ -5,15 +5,24 @@ PY      := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-cpython test-micropython bench lint clean
+.PHONY: setup test test-cpython test-micropython bench lint clean interop-node
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed interop-node
 
 $(VENV)/.installed: requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
+
+# The interop peer: livekit-client's own RPC and data-stream managers in Node, built
+# from the committed lockfile.
+NODE_DIR := tests/interop/node
+interop-node: $(NODE_DIR)/build/peer.cjs
+
+$(NODE_DIR)/build/peer.cjs: $(NODE_DIR)/package-lock.json $(NODE_DIR)/build.mjs $(wildcard $(NODE_DIR)/src/*.ts)
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund
+	npm run --prefix $(NODE_DIR) build
 
 # The whole suite: CPython tests, and every tests/device module again under the real
 # MicroPython interpreter with a board-like heap (tests/test_micropython_half.py).

@@ -1,0 +1,300 @@
+/**
+ * LINK.md (version 1) on the participant side: frame codec and a connection that joins a
+ * room through a relay over any reliable byte stream (TCP here).
+ *
+ *   frame = varint(n) , type , body        n = 1 + len(body)
+ *
+ * Control bodies are CBOR maps; DATA bodies are serialized LiveKit DataPackets, handed up
+ * unchanged. The connection keeps the relay alive with PINGs and answers its PINGs.
+ */
+import { EventEmitter } from 'events';
+import * as net from 'net';
+import { type CborValue, decode as cborDecode, encode as cborEncode } from './cbor';
+
+export const LINK_VERSION = 1;
+export const JOIN = 0x01;
+export const JOINED = 0x02;
+export const PARTICIPANT = 0x03;
+export const PARTICIPANT_LEFT = 0x04;
+export const LEAVE = 0x05;
+export const PING = 0x06;
+export const PONG = 0x07;
+export const DATA = 0x10;
+
+export const LEAVE_CLIENT = 1;
+
+export class LinkError extends Error {}
+
+export function encodeVarint(value: number): number[] {
+  const out: number[] = [];
+  let v = value;
+  while (v >= 0x80) {
+    out.push((v % 0x80) | 0x80);
+    v = Math.floor(v / 0x80);
+  }
+  out.push(v);
+  return out;
+}
+
+export function encodeFrame(type: number, body: Uint8Array): Uint8Array {
+  const prefix = encodeVarint(1 + body.length);
+  const out = new Uint8Array(prefix.length + 1 + body.length);
+  out.set(prefix, 0);
+  out[prefix.length] = type;
+  out.set(body, prefix.length + 1);
+  return out;
+}
+
+export function encodeControl(type: number, map: { [key: string]: CborValue }): Uint8Array {
+  return encodeFrame(type, cborEncode(map));
+}
+
+/** Splits a byte stream into (type, body) frames; bodies are copies that outlive the input. */
+export class FrameParser {
+  private buf = new Uint8Array(0);
+
+  constructor(public maxFrame: number) {}
+
+  push(chunk: Uint8Array): Array<[number, Uint8Array]> {
+    const joined = new Uint8Array(this.buf.length + chunk.length);
+    joined.set(this.buf, 0);
+    joined.set(chunk, this.buf.length);
+    const frames: Array<[number, Uint8Array]> = [];
+    let pos = 0;
+    for (;;) {
+      const parsed = this.readVarint(joined, pos);
+      if (parsed === null) break;
+      const [n, bodyStart] = parsed;
+      if (n === 0) throw new LinkError('frame with length 0 (a frame holds at least its type byte)');
+      if (n > this.maxFrame) throw new LinkError(`frame of ${n} bytes (type + body) exceeds max_frame ${this.maxFrame}`);
+      if (bodyStart + n > joined.length) break;
+      frames.push([joined[bodyStart], joined.slice(bodyStart + 1, bodyStart + n)]);
+      pos = bodyStart + n;
+    }
+    this.buf = joined.slice(pos);
+    return frames;
+  }
+
+  private readVarint(data: Uint8Array, start: number): [number, number] | null {
+    let value = 0;
+    let scale = 1;
+    for (let i = start; i < data.length; i++) {
+      if (i - start >= 5) throw new LinkError('frame length varint longer than 5 bytes');
+      value += (data[i] & 0x7f) * scale;
+      scale *= 0x80;
+      if ((data[i] & 0x80) === 0) return [value, i + 1];
+    }
+    return null;
+  }
+}
+
+export interface ParticipantInfo {
+  identity: string;
+  sid: string;
+  client_protocol: number;
+  capabilities: number[];
+  attributes: { [key: string]: string };
+}
+
+export interface JoinedInfo {
+  room: string;
+  identity: string;
+  sid: string;
+  server_version: string;
+  max_frame: number;
+  participants: ParticipantInfo[];
+}
+
+export interface JoinOptions {
+  token: string;
+  clientProtocol: number;
+  capabilities: number[];
+  sdk: string;
+  sdkVersion: string;
+}
+
+function asMap(v: CborValue, what: string): { [key: string]: CborValue } {
+  if (v === null || typeof v !== 'object' || Array.isArray(v) || v instanceof Uint8Array) {
+    throw new LinkError(`${what}: body is not a CBOR map`);
+  }
+  return v as { [key: string]: CborValue };
+}
+
+function str(m: { [key: string]: CborValue }, key: string, what: string, dflt?: string): string {
+  const v = m[key];
+  if (v === undefined && dflt !== undefined) return dflt;
+  if (typeof v !== 'string') throw new LinkError(`${what}: key "${key}" must be a text string, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+/** Normalises a LINK participant map: missing client_protocol → 0, capabilities → []. */
+export function participantInfo(v: CborValue, what = 'PARTICIPANT'): ParticipantInfo {
+  const m = asMap(v, what);
+  const cp = m.client_protocol ?? 0;
+  const caps = m.capabilities ?? [];
+  if (typeof cp !== 'number') throw new LinkError(`${what}: client_protocol must be an int`);
+  if (!Array.isArray(caps) || caps.some((c) => typeof c !== 'number')) {
+    throw new LinkError(`${what}: capabilities must be a list of ints`);
+  }
+  const attrs = asMap(m.attributes ?? {}, `${what} attributes`);
+  const attributes: { [key: string]: string } = {};
+  for (const [k, val] of Object.entries(attrs)) attributes[k] = String(val);
+  return {
+    identity: str(m, 'identity', what),
+    sid: str(m, 'sid', what, ''),
+    client_protocol: cp,
+    capabilities: caps as number[],
+    attributes,
+  };
+}
+
+export function decodeJoined(body: Uint8Array): JoinedInfo {
+  const m = asMap(cborDecode(body), 'JOINED');
+  const mf = m.max_frame;
+  if (typeof mf !== 'number' || mf < 1) throw new LinkError(`JOINED: max_frame must be a positive int, got ${mf}`);
+  const list = m.participants ?? [];
+  if (!Array.isArray(list)) throw new LinkError('JOINED: participants must be a list');
+  return {
+    room: str(m, 'room', 'JOINED'),
+    identity: str(m, 'identity', 'JOINED'),
+    sid: str(m, 'sid', 'JOINED', ''),
+    server_version: str(m, 'server_version', 'JOINED', ''),
+    max_frame: mf,
+    participants: list.map((p) => participantInfo(p, 'JOINED participant')),
+  };
+}
+
+/**
+ * One participant's link to the relay. Events: 'joined' (JoinedInfo), 'participant'
+ * (ParticipantInfo), 'participant_left' (identity, reason), 'leave' (code, reason),
+ * 'data' (Uint8Array DataPacket), 'close' (Error | undefined).
+ */
+export class LinkConnection extends EventEmitter {
+  private parser: FrameParser;
+  private pingTimer: ReturnType<typeof setInterval> | null = null;
+  private closed = false;
+  joined: JoinedInfo | null = null;
+
+  constructor(
+    private socket: net.Socket,
+    private pingMs: number,
+    maxIncomingFrame = 16 * 1024 * 1024,
+  ) {
+    super();
+    this.parser = new FrameParser(maxIncomingFrame);
+    socket.on('data', (chunk: Buffer) => this.onBytes(chunk));
+    socket.on('error', (err) => this.shutdown(err));
+    socket.on('close', () => this.shutdown(undefined));
+  }
+
+  static connect(host: string, port: number, pingMs: number): Promise<LinkConnection> {
+    return new Promise((resolve, reject) => {
+      const socket = net.createConnection({ host, port });
+      socket.setNoDelay(true);
+      socket.once('error', reject);
+      socket.once('connect', () => {
+        socket.off('error', reject);
+        resolve(new LinkConnection(socket, pingMs));
+      });
+    });
+  }
+
+  join(opts: JoinOptions): void {
+    this.write(
+      encodeControl(JOIN, {
+        v: LINK_VERSION,
+        token: opts.token,
+        client_protocol: opts.clientProtocol,
+        capabilities: opts.capabilities,
+        sdk: opts.sdk,
+        sdk_version: opts.sdkVersion,
+      }),
+    );
+  }
+
+  /** Sends one DATA frame; resolves once the socket accepted it (backpressure). */
+  async sendData(packet: Uint8Array): Promise<void> {
+    if (this.closed) throw new LinkError('link is closed');
+    const maxFrame = this.joined?.max_frame;
+    if (maxFrame !== undefined && packet.length + 1 > maxFrame) {
+      throw new LinkError(`DataPacket of ${packet.length} bytes exceeds the relay's max_frame ${maxFrame}`);
+    }
+    if (!this.write(encodeFrame(DATA, packet))) {
+      await new Promise<void>((resolve) => this.socket.once('drain', resolve));
+    }
+  }
+
+  leave(reason: string): void {
+    if (this.closed) return;
+    this.write(encodeControl(LEAVE, { code: LEAVE_CLIENT, reason }));
+    this.socket.end();
+  }
+
+  private write(frame: Uint8Array): boolean {
+    return this.socket.write(frame);
+  }
+
+  private onBytes(chunk: Uint8Array): void {
+    let frames: Array<[number, Uint8Array]>;
+    try {
+      frames = this.parser.push(chunk);
+    } catch (err) {
+      this.shutdown(err as Error);
+      this.socket.destroy();
+      return;
+    }
+    for (const [type, body] of frames) {
+      try {
+        this.onFrame(type, body);
+      } catch (err) {
+        this.emit('protocol_error', err);
+      }
+    }
+  }
+
+  private onFrame(type: number, body: Uint8Array): void {
+    switch (type) {
+      case JOINED:
+        this.joined = decodeJoined(body);
+        this.startPings();
+        this.emit('joined', this.joined);
+        return;
+      case PARTICIPANT:
+        this.emit('participant', participantInfo(cborDecode(body)));
+        return;
+      case PARTICIPANT_LEFT: {
+        const m = asMap(cborDecode(body), 'PARTICIPANT_LEFT');
+        this.emit('participant_left', str(m, 'identity', 'PARTICIPANT_LEFT'), m.reason ?? '');
+        return;
+      }
+      case LEAVE: {
+        const m = asMap(cborDecode(body), 'LEAVE');
+        this.emit('leave', m.code ?? 0, m.reason ?? '');
+        return;
+      }
+      case PING:
+        this.write(encodeFrame(PONG, body));
+        return;
+      case DATA:
+        this.emit('data', body);
+        return;
+      default:
+        // PONG and unknown frame types: nothing to do (LINK.md: skip unknown types).
+        return;
+    }
+  }
+
+  private startPings(): void {
+    if (this.pingTimer || this.pingMs <= 0) return;
+    this.pingTimer = setInterval(() => {
+      if (!this.closed) this.write(encodeFrame(PING, new TextEncoder().encode(String(Date.now()))));
+    }, this.pingMs);
+  }
+
+  private shutdown(err: Error | undefined): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.pingTimer) clearInterval(this.pingTimer);
+    this.emit('close', err);
+  }
+}

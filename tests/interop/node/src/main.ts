@@ -1,0 +1,123 @@
+/**
+ * lkedge interop peer: livekit-client's real RPC and data-stream managers joined to an
+ * lkedge relay over LINK.md, driven by JSON lines on stdin, answering on stdout.
+ *
+ *   node build/peer.cjs --host 127.0.0.1 --port 7880 --token JWT
+ *        [--client-protocol 2] [--capabilities 2[,1]|none] [--ping-ms 5000] [--verbose]
+ *        [--raw-remote-protocol]
+ *
+ * --raw-remote-protocol: do not cap remote protocols at our advertised one (peer.ts).
+ *
+ * Exit codes: 0 after "quit" or stdin EOF, 2 bad arguments, 3 could not join.
+ * First stdout line: {"event":"joined",...} or {"event":"join_failed","error":...}.
+ */
+import * as readline from 'readline';
+import { CommandHandler } from './commands';
+import { LinkConnection } from './link';
+import { LinkPeer } from './peer';
+import { livekitClientVersion } from './lk';
+
+interface Args {
+  host: string;
+  port: number;
+  token: string;
+  clientProtocol: number;
+  capabilities: number[];
+  pingMs: number;
+  verbose: boolean;
+  rawRemoteProtocol: boolean;
+}
+
+function parseArgs(argv: string[]): Args {
+  const args: Args = { host: '127.0.0.1', port: 0, token: '', clientProtocol: 2, capabilities: [2], pingMs: 5000, verbose: false, rawRemoteProtocol: false };
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i];
+    const value = () => {
+      if (i + 1 >= argv.length) throw new Error(`${flag} needs a value`);
+      return argv[++i];
+    };
+    const int = (v: string) => {
+      if (!/^-?\d+$/.test(v)) throw new Error(`${flag} needs an integer, got ${JSON.stringify(v)}`);
+      return parseInt(v, 10);
+    };
+    if (flag === '--host') args.host = value();
+    else if (flag === '--port') args.port = int(value());
+    else if (flag === '--token') args.token = value();
+    else if (flag === '--client-protocol') args.clientProtocol = int(value());
+    else if (flag === '--capabilities') {
+      const v = value();
+      args.capabilities = v === '' || v === 'none' ? [] : v.split(',').map(int);
+    } else if (flag === '--ping-ms') args.pingMs = int(value());
+    else if (flag === '--verbose') args.verbose = true;
+    else if (flag === '--raw-remote-protocol') args.rawRemoteProtocol = true;
+    else throw new Error(`unknown argument ${flag}`);
+  }
+  if (!args.port) throw new Error('--port is required');
+  if (!args.token) throw new Error('--token is required');
+  return args;
+}
+
+function emitLine(obj: Record<string, unknown>): void {
+  process.stdout.write(JSON.stringify(obj, (_k, v) => (typeof v === 'bigint' ? Number(v) : v)) + '\n');
+}
+
+async function main(): Promise<void> {
+  // stdout is the command channel: anything livekit-client logs through console goes to stderr.
+  console.log = console.error;
+  console.info = console.error;
+  console.debug = console.error;
+  console.warn = console.error;
+
+  let args: Args;
+  try {
+    args = parseArgs(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`peer: ${(err as Error).message}\n`);
+    process.exit(2);
+  }
+  const peer = new LinkPeer({
+    clientProtocol: args.clientProtocol,
+    capabilities: args.capabilities,
+    verbose: args.verbose,
+    rawRemoteProtocol: args.rawRemoteProtocol,
+  });
+  peer.on('participant_joined', (p) => emitLine({ event: 'participant_joined', participant: p }));
+  peer.on('participant_updated', (p) => emitLine({ event: 'participant_updated', participant: p }));
+  peer.on('participant_left', (identity, reason) => emitLine({ event: 'participant_left', identity, reason }));
+  peer.on('leave', (code, reason) => emitLine({ event: 'leave', code, reason }));
+  peer.on('disconnected', (reason) => emitLine({ event: 'disconnected', reason }));
+  peer.on('protocol_error', (err) => emitLine({ event: 'protocol_error', message: err.message }));
+
+  try {
+    const link = await LinkConnection.connect(args.host, args.port, args.pingMs);
+    const joined = await peer.join(link, args.token);
+    emitLine({
+      event: 'joined',
+      ...joined,
+      livekit_client: livekitClientVersion,
+      client_protocol: args.clientProtocol,
+      capabilities: args.capabilities,
+    });
+  } catch (err) {
+    emitLine({ event: 'join_failed', error: (err as Error).message });
+    process.exit(3);
+  }
+
+  let quitting = false;
+  const quit = () => {
+    if (quitting) return;
+    quitting = true;
+    peer.closeWriters();
+    peer.leave('client initiated');
+    // Let the LEAVE frame flush before exiting.
+    setTimeout(() => process.exit(0), 50);
+  };
+  const commands = new CommandHandler(peer, emitLine, quit);
+  const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
+  rl.on('line', (line) => {
+    if (line.trim()) void commands.run(line);
+  });
+  rl.on('close', quit);
+}
+
+void main();
