@@ -163,7 +163,7 @@ class MemTransport:
             await self._ready.wait()
         n = min(len(buf), len(self._buf))
         buf[:n] = self._buf[:n]
-        del self._buf[:n]
+        self._buf = self._buf[n:]  # MicroPython's bytearray has no slice deletion
         if len(self._buf) < self.room.queue_bytes:
             self._space.set()
         return n

@@ -202,6 +202,8 @@ class Room:
         if self.connection_state != "connected":
             code = self.leave_code
             await self._drop_transport()
+            if code is None:
+                raise ConnectError("the link closed before JOINED: %s" % self.last_error)
             raise ConnectError("the relay refused to join: LEAVE %s %s" % (code, self.leave_reason), code)
 
     async def disconnect(self):
@@ -312,6 +314,7 @@ class Room:
         finally:
             if self._transport is t:
                 if not self._joined.is_set():
+                    self.last_error = why
                     self._joined.set()  # wake connect(): it reports the failure
                 else:
                     self._spawn(self._link_lost(why))
