@@ -51,10 +51,16 @@ OUT_MAX = 256 * 1024
 ROM_HEAP = 96 * 1024
 
 
-def interpreter_heapsize(heap):
-    """-X heapsize for a profile heap: plus the ROM's share and the GC's block tables
-    (about 1/32 of the heap; 1/16 leaves room)."""
-    return heap + heap // 16 + ROM_HEAP
+# Room for modules a profile freezes into its firmware: on a board their bytecode is in
+# flash; the unix port has to load it into the heap, so the ROM loads it first and the
+# ballast then leaves exactly the profile's heap free (64-bit bytecode of lkedge: ~140 KiB).
+FROZEN_HEAP = 256 * 1024
+
+
+def interpreter_heapsize(heap, frozen=()):
+    """-X heapsize for a profile heap: plus the ROM's share, the frozen modules' share,
+    and the GC's block tables (about 1/32 of the heap; 1/16 leaves room)."""
+    return heap + heap // 16 + ROM_HEAP + (FROZEN_HEAP if frozen else 0)
 CRASH_RESTART_DELAY_S = 0.5
 # A chip takes a moment to boot after a hard reset; the pause also keeps a firmware
 # that resets in a loop from spinning the host CPU. Input is held meanwhile.
@@ -128,10 +134,12 @@ class Supervisor:
         os.makedirs(self.flash, exist_ok=True)
         heap = self.profile["heap"]
         rd, wr = os.pipe()
-        args = [self.micropython, "-X", "heapsize=%d" % interpreter_heapsize(heap), emu.ROM_PATH,
+        frozen = self.profile.get("frozen", [])
+        args = [self.micropython, "-X", "heapsize=%d" % interpreter_heapsize(heap, frozen), emu.ROM_PATH,
                 "flash=" + self.flash, "heap=%d" % heap, "cause=%d" % cause, "mode=" + mode,
                 "port=" + self.profile["port"], "freq=%d" % self.profile["cpu_hz"],
-                "uid=" + self.uid().hex(), "name=" + self.profile["name"], "ctl=%d" % wr]
+                "uid=" + self.uid().hex(), "name=" + self.profile["name"], "ctl=%d" % wr,
+                "frozen=" + ",".join(frozen)]
         slave = self.board_slave
 
         def child_setup():
@@ -312,7 +320,7 @@ def run(args):
     signal.signal(signal.SIGINT, sup.stop)
     print("lkedge board: %s emulated on %s (flash %s)" % (profile["name"], sup.port_name, flash), flush=True)
     sup._say("heap %d bytes free for user code (-X heapsize=%d); Ctrl-C here stops the board"
-             % (profile["heap"], interpreter_heapsize(profile["heap"])))
+             % (profile["heap"], interpreter_heapsize(profile["heap"], profile.get("frozen", []))))
     try:
         return sup.serve()
     finally:

@@ -16,6 +16,9 @@ host tools (emulator heap, mpy-cross architecture). Keys:
     sensors       [{"name", "kind": "adc"|"internal_temp"|"pin", "pin", "scale", "offset"}]
     watchdog_ms   0 = no watchdog, else the machine.WDT timeout the firmware arms
     telemetry_queue_bytes   bound of the firmware's telemetry queue
+    frozen        [module, ...] modules frozen into this board's firmware (manifest.py):
+                  their bytecode lives in flash, not in the heap. The emulated board
+                  loads them before it measures the heap it hands to user code.
 
 API: load(name_or_path) -> dict, names() -> list, path_of(name) -> str,
 board_json(profile) -> bytes (the /profile.json payload), mpy_cross_args(profile) ->
@@ -103,6 +106,9 @@ def validate(p, where="profile"):
     _need(p["port"] != "rp2" or wd <= RP2_MAX_WATCHDOG_MS, where,
           "'watchdog_ms' = %d exceeds the RP2040 watchdog limit of %d ms" % (wd, RP2_MAX_WATCHDOG_MS))
     _int(p, "telemetry_queue_bytes", where, lo=256, hi=heap)
+    frozen = p.get("frozen", [])
+    _need(isinstance(frozen, list) and all(isinstance(m, str) and m for m in frozen), where,
+          "'frozen' must be a list of module names, got %r" % (frozen,))
 
 
 def _validate_mpy(mpy, where):

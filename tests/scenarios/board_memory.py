@@ -1,6 +1,9 @@
 """The board side of the bounded-memory scenario (runs under MicroPython).
 
-    micropython -X heapsize=96K board_memory.py URL TOKEN COMPRESS RESPONSE_BYTES
+    LKEDGE_TOKEN=<jwt> micropython -X heapsize=96K board_memory.py URL COMPRESS RESPONSE_BYTES
+
+(The token travels in the environment: the unix port dies with "FATAL: uncaught NLR"
+on a command-line argument longer than about 256 bytes, and a JWT is longer.)
 
 Joins the room as a board (RoomOptions.for_board), serves a streaming RPC method
 "sink" that consumes the whole request and answers RESPONSE_BYTES of text in pieces,
@@ -99,4 +102,6 @@ async def main(url, token, compress, response_bytes):
     await room.disconnect()
 
 
-asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])))
+import os  # noqa: E402
+
+asyncio.run(main(sys.argv[1], os.getenv("LKEDGE_TOKEN"), sys.argv[2] == "1", int(sys.argv[3])))

@@ -1,0 +1,240 @@
+"""The smallest MicroPython heap that carries the bounded-memory scenario, by bisection.
+
+    .venv/bin/python -m lkedge_host.bench.board_heap [--sizes 65536,1048576,8388608]
+
+The scenario (tests/scenarios/board_memory.py runs on the board side): a real relay on
+loopback, a MicroPython "board" (the unix port with -X heapsize, the library as
+mpy-cross bytecode as deployed), and a CPython host that (1) makes a v2 call whose
+request of N bytes is consumed by the board's streaming handler, which answers N
+bytes, then (2) sends the board an N-byte byte stream, compressed when the board
+advertises CAP_COMPRESSION_DEFLATE_RAW. Every byte is checked by SHA-256.
+
+Prints, per payload size and compression setting, the smallest heap that passes and
+the board's breakdown: heap in use after importing the library, after Room() (fixed
+buffers), and the peak sampled during the transfers.
+"""
+import argparse
+import asyncio
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCENARIO = os.path.join(ROOT, "tests", "scenarios", "board_memory.py")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _bin(name):
+    exe = os.path.join(os.path.dirname(sys.executable), name)
+    return exe if os.path.exists(exe) else name
+
+
+class Relay:
+    """`lkedge relay` as a subprocess on loopback with the development keys."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = "tcp://127.0.0.1:%d" % self.port
+        self.proc = None
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(
+            [_bin("lkedge"), "relay", "--host", "127.0.0.1", "--port", str(self.port), "--ws-port", "0",
+             "--http-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        t_end = time.monotonic() + 20
+        while time.monotonic() < t_end:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("lkedge relay exited before it was ready")
+            if line.startswith("lkedge relay:"):
+                return self
+        raise RuntimeError("lkedge relay not ready within 20 s")
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def token(self, identity, room="mem"):
+        from lkedge_host.relay import auth
+        key, secret = auth.resolve_keys(None, None, environ={})
+        return auth.mint_token(key, secret, identity=identity, room=room)
+
+
+def _payload(n):
+    """N bytes of text that compress moderately (like telemetry or logs), deterministic."""
+    unit = b"".join(b"%08d sample value %05d;" % (i, (i * 7919) % 100000) for i in range(2048))
+    reps = n // len(unit) + 1
+    return (unit * reps)[:n]
+
+
+class _Pieces:
+    def __init__(self, data, piece=16384):
+        self.mv = memoryview(data)
+        self.pos = 0
+        self.piece = piece
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self.pos >= len(self.mv):
+            raise StopAsyncIteration
+        s = bytes(self.mv[self.pos:self.pos + self.piece]).decode()
+        self.pos += self.piece
+        return s
+
+
+async def _host_side(relay, board_proc, nbytes, lines, timeout):
+    from lkedge.config import RoomOptions
+    from lkedge.room import Room
+    room = Room(RoomOptions(read_buffer=65536, piece_size=65536, auto_reconnect=False))
+    await room.connect(relay.url, relay.token("host"))
+    try:
+        t_end = time.monotonic() + 10
+        while "board" not in room.remote_participants:
+            if time.monotonic() > t_end:
+                raise RuntimeError("board not in the room")
+            await asyncio.sleep(0.02)
+        data = _payload(nbytes)
+        want = hashlib.sha256(data).hexdigest()
+        reader = await room.local_participant.perform_rpc_stream(
+            destination_identity="board", method="sink", payload=_Pieces(data), response_timeout=timeout)
+        got = 0
+        async for s in reader:
+            got += len(s.encode())
+        if got != nbytes:
+            raise RuntimeError("response was %d bytes, expected %d" % (got, nbytes))
+        sink = await _wait_line(lines, "SINK ", timeout)
+        if sink.split()[1:] != [str(nbytes), want]:
+            raise RuntimeError("board received a different request: %s" % sink)
+        await room.local_participant.send_bytes(data, name="blob.bin", topic="blob",
+                                                destination_identities=["board"])
+        blob = await _wait_line(lines, "BLOB ", timeout)
+        if blob.split()[1:] != [str(nbytes), want]:
+            raise RuntimeError("board received a different byte stream: %s" % blob)
+        return room.remote_participants["board"].capabilities
+    finally:
+        await room.disconnect()
+
+
+async def _wait_line(lines, prefix, timeout):
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        for line in lines:
+            if line.startswith(prefix):
+                lines.remove(line)
+                return line
+        await asyncio.sleep(0.02)
+    raise RuntimeError("no %r line from the board within %d s" % (prefix.strip(), timeout))
+
+
+async def _pump(stream, lines):
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, stream.readline)
+        if not line:
+            return
+        lines.append(line.strip())
+
+
+def run_scenario(relay, heap, nbytes, compress, timeout=120):
+    """Run once; returns dict(ok, error, mem lines…). Never raises for a failed run."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from mpybuild import compiled_lib
+    env = dict(os.environ, MICROPYPATH=compiled_lib() + ":.frozen", LKEDGE_TOKEN=relay.token("board"))
+    proc = subprocess.Popen([_bin("micropython"), "-X", "heapsize=%d" % heap, SCENARIO, relay.url,
+                             "1" if compress else "0", str(nbytes)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    result = {"heap": heap, "ok": False, "error": None}
+
+    async def go():
+        pump = asyncio.ensure_future(_pump(proc.stdout, lines))
+        try:
+            await _wait_line_keep(lines, "READY", 20, proc)
+            caps = await _host_side(relay, proc, nbytes, lines, timeout)
+            result["caps"] = caps
+            peak = await _wait_line(lines, "PEAK ", 10)
+            result["peak"] = int(peak.split()[1])
+            result["ok"] = True
+        except Exception as e:
+            result["error"] = str(e)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            await asyncio.get_running_loop().run_in_executor(None, proc.wait)
+            await pump
+    asyncio.run(go())
+    for line in lines:
+        if line.startswith("MEM "):
+            result.update(dict(kv.split("=") for kv in line.split()[1:]))
+    if not result["ok"]:
+        tail = [ln for ln in lines if "Error" in ln or "error" in ln][-2:]
+        if tail:
+            result["error"] = "%s (board: %s)" % (result["error"], " | ".join(tail))
+    return result
+
+
+async def _wait_line_keep(lines, prefix, timeout, proc):
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        if any(ln.startswith(prefix) for ln in lines):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError("board exited before %s: %s" % (prefix, " | ".join(lines[-3:])))
+        await asyncio.sleep(0.02)
+    raise RuntimeError("board not %s within %d s" % (prefix, timeout))
+
+
+def smallest_heap(relay, nbytes, compress, lo=32 * 1024, hi=512 * 1024, step=1024):
+    """Bisection on the heap size (KiB granularity); returns (heap, result of that run)."""
+    best = run_scenario(relay, hi, nbytes, compress)
+    if not best["ok"]:
+        return None, best
+    while hi - lo > step:
+        mid = (lo + hi) // 2 // step * step
+        r = run_scenario(relay, mid, nbytes, compress)
+        if r["ok"]:
+            hi, best = mid, r
+        else:
+            lo = mid
+    return hi, best
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="65536,1048576,8388608", help="payload sizes in bytes, comma separated")
+    ap.add_argument("--compression", default="off,on", help="off, on, or both (default)")
+    a = ap.parse_args(argv)
+    sizes = [int(x) for x in a.sizes.split(",")]
+    modes = [m == "on" for m in a.compression.split(",")]
+    with Relay() as relay:
+        for compress in modes:
+            for n in sizes:
+                t0 = time.monotonic()
+                heap, r = smallest_heap(relay, n, compress)
+                if heap is None:
+                    print("payload %8d B compression %-3s: FAILED even at 512 KiB: %s" % (
+                        n, "on" if compress else "off", r["error"]))
+                    continue
+                print("payload %8d B compression %-3s: smallest heap %3d KiB | after import %s B, "
+                      "after Room() %s B, peak %s B | bisection %.0f s" % (
+                          n, "on" if compress else "off", heap // 1024, r.get("import"), r.get("room"),
+                          r.get("peak"), time.monotonic() - t0), flush=True)
+
+
+if __name__ == "__main__":
+    main()
