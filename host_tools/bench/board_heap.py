@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,51 +25,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCENARIO = os.path.join(ROOT, "tests", "scenarios", "board_memory.py")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def _bin(name):
     exe = os.path.join(os.path.dirname(sys.executable), name)
     return exe if os.path.exists(exe) else name
-
-
-class Relay:
-    """`lkedge relay` as a subprocess on loopback with the development keys."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.url = "tcp://127.0.0.1:%d" % self.port
-        self.proc = None
-
-    def __enter__(self):
-        self.proc = subprocess.Popen(
-            [_bin("lkedge"), "relay", "--host", "127.0.0.1", "--port", str(self.port), "--ws-port", "0",
-             "--http-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        t_end = time.monotonic() + 20
-        while time.monotonic() < t_end:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("lkedge relay exited before it was ready")
-            if line.startswith("lkedge relay:"):
-                return self
-        raise RuntimeError("lkedge relay not ready within 20 s")
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-    def token(self, identity, room="mem"):
-        from lkedge_host.relay import auth
-        key, secret = auth.resolve_keys(None, None, environ={})
-        return auth.mint_token(key, secret, identity=identity, room=room)
 
 
 def _payload(n):
@@ -221,7 +178,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     sizes = [int(x) for x in a.sizes.split(",")]
     modes = [m == "on" for m in a.compression.split(",")]
-    with Relay() as relay:
+    from lkedge_host.relay.process import RelayProcess
+    with RelayProcess() as relay:
         for compress in modes:
             for n in sizes:
                 t0 = time.monotonic()

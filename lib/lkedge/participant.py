@@ -210,7 +210,9 @@ class LocalParticipant:
         room = self._room
         timeout_ms = RPC_DEFAULT_TIMEOUT_MS if response_timeout is None else int(response_timeout * 1000)
         rp = room.remote_participants.get(dest)
-        proto_v = rp.client_protocol if rp is not None else None
+        # We speak at most what we advertise: a participant configured as protocol 0
+        # behaves as a v1-only SDK would, whatever the destination understands.
+        proto_v = min(rp.client_protocol, room.options.client_protocol) if rp is not None else None
         source = None
         if _is_async_iterable(payload):
             if proto_v is not None and proto_v >= 1:

@@ -549,7 +549,8 @@ class Room:
             ps = [self.remote_participants[i] for i in destination_identities if i in self.remote_participants]
         else:
             ps = list(self.remote_participants.values())
-        return [(p.client_protocol, p.capabilities) for p in ps]
+        mine = self.options.client_protocol
+        return [(min(p.client_protocol, mine), p.capabilities) for p in ps]
 
 
 def _utf8(data):

@@ -1,0 +1,91 @@
+"""`lkedge relay` as a child process, for tests, `make demo` and benchmarks.
+
+    with RelayProcess() as relay:          # loopback, development keys, free ports
+        token = relay.token("board-1")     # room "lkedge" unless said otherwise
+        ... relay.url ...                  # tcp://127.0.0.1:PORT
+        relay.restart()                    # same port again (reconnect tests)
+"""
+import os
+import re
+import subprocess
+import sys
+import time
+
+from . import auth
+
+_READY = re.compile(r"^lkedge relay: link (\S+)(.*)$")
+
+
+def _lkedge_cmd():
+    exe = os.path.join(os.path.dirname(sys.executable), "lkedge")
+    return [exe] if os.path.exists(exe) else [sys.executable, "-m", "lkedge_host.cli"]
+
+
+class RelayProcess:
+    def __init__(self, port=0, room="lkedge", extra_args=(), stderr=subprocess.DEVNULL):
+        self.port = port
+        self.room = room
+        self.extra_args = list(extra_args)
+        self.stderr = stderr
+        self.proc = None
+        self.url = None
+        self.ws_url = None
+        self.http_url = None
+        self.key, self.secret = auth.resolve_keys(None, None, environ={})
+
+    def start(self, timeout=20):
+        args = _lkedge_cmd() + ["relay", "--host", "127.0.0.1", "--port", str(self.port),
+                                "--ws-port", "0", "--http-port", "0"] + self.extra_args
+        env = dict(os.environ)
+        env.pop("LIVEKIT_API_KEY", None)
+        env.pop("LIVEKIT_API_SECRET", None)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env)
+        t_end = time.monotonic() + timeout
+        while time.monotonic() < t_end:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("lkedge relay exited (code %s) before it was ready" % self.proc.poll())
+            m = _READY.match(line.strip())
+            if m:
+                self.url = m.group(1)
+                self.port = int(self.url.rsplit(":", 1)[1])
+                rest = m.group(2).split()
+                self.ws_url = next((u for u in rest if u.startswith("ws")), None)
+                self.http_url = next((u for u in rest if u.startswith("http")), None)
+                return self
+        raise RuntimeError("lkedge relay not ready within %d s" % timeout)
+
+    def stop(self, timeout=10):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.proc = None
+
+    def kill(self):
+        """Die without LEAVE frames, as a crashed relay or a pulled cable would."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc.stdout.close()
+            self.proc = None
+
+    def restart(self):
+        """Stop and start again on the same port (participants reconnect to it)."""
+        self.stop()
+        return self.start()
+
+    def token(self, identity, room=None, ttl_s=3600):
+        return auth.mint_token(self.key, self.secret, identity=identity, room=room or self.room, ttl_s=ttl_s)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
