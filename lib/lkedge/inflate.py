@@ -60,6 +60,34 @@ def available():
     return _zlib is not None or _deflate is not None
 
 
+# A board that advertises CAP_COMPRESSION_DEFLATE_RAW must find one contiguous block
+# for the 32 KiB window whenever a compressed stream arrives, however fragmented its
+# heap has become meanwhile. reserve() holds such a block; the next inflater frees it
+# just before DeflateIO allocates its window, which then lands in that hole.
+_reserved = None
+
+
+def reserve(piece_size=512):
+    """Hold a window-sized block for the next inflater (MicroPython only). True if held."""
+    global _reserved
+    if _deflate is None:
+        return False
+    if _reserved is None:
+        try:
+            _reserved = bytearray((1 << WINDOW_BITS) + _STAGE + piece_size + 1024)
+        except MemoryError:
+            return False
+    return True
+
+
+def _release():
+    global _reserved
+    if _reserved is not None:
+        _reserved = None
+        import gc
+        gc.collect()
+
+
 def Inflater(piece_size=512, max_output=None):
     """A raw-DEFLATE decoder for this interpreter (see the module docstring)."""
     if _zlib is not None:
@@ -149,7 +177,7 @@ class _UzlibInflater(_Base):
         import io
         gc.collect()
         need = (1 << WINDOW_BITS) + _STAGE + piece_size + 1024
-        if gc.mem_free() < need:
+        if gc.mem_free() + (len(_reserved) if _reserved is not None else 0) < need:
             raise MemoryError("inflating needs about %d bytes of heap, %d free" % (need, gc.mem_free()))
         self._src = io.BytesIO(_STAGE)
         self._src.write(bytes(_STAGE))  # reserve the staging area once
@@ -204,6 +232,10 @@ class _UzlibInflater(_Base):
         self._src.seek(self._rpos)
         n = None
         corrupt = None
+        if _reserved is not None and not self.total_out:
+            # DeflateIO allocates its window at the first read: free the reserved
+            # block right before, so the window takes that hole.
+            _release()
         try:
             n = self._dec.readinto(buf)
         except MemoryError:

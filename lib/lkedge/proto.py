@@ -615,6 +615,7 @@ class PacketDecoder:
         self._j = -1
         self._num = 0
         self._big = 0
+        self.big_len = 0
         self._left = 0
         self._val = None
         self._vi = 0
@@ -855,6 +856,7 @@ class PacketDecoder:
             _clear_oneof(sc, j, msg)
             self._big = spec[o + 2]
             self._left = n
+            self.big_len = n  # lets a consumer that gathers the field allocate it once
             self._st = _ST_BIG
         else:
             self._small(n)

@@ -74,6 +74,8 @@ class Room:
         if adv is None:
             adv = can_inflate
         self.can_inflate = bool(adv and can_inflate)
+        if self.can_inflate:
+            _inflate.reserve(o.piece_size)
         self._incoming = streams.IncomingStreams(
             self._has_handler, max_streams=o.max_streams, can_inflate=self.can_inflate,
             max_inflated=o.max_inflated, piece_size=o.piece_size)
@@ -90,6 +92,7 @@ class Room:
         self._reader_task = None
         self._timer_task = None
         self._acc = None
+        self._acc_n = 0
         self._acc_key = None
         self._skip_frame = False
         self.last_error = None
@@ -346,15 +349,22 @@ class Room:
             return  # UserPackets are not part of this SDK
         # Small big-fields (v1 payloads <= 15360, inline content <= 15000, error data):
         # gathered once per packet, bounded by the frame size the link accepted.
+        # The field's length is known at its first piece: one allocation, no regrowth
+        # (growing a bytearray piece by piece fragments a board's heap).
         if self._acc_key != key:
             self._acc_key = key
-            self._acc = bytearray()
-        self._acc.extend(mv)
+            self._acc = bytearray(dec.big_len)
+            self._acc_n = 0
+        n = self._acc_n
+        self._acc[n:n + len(mv)] = mv
+        self._acc_n = n + len(mv)
 
     def _take_acc(self, key):
         if self._acc_key != key:
             return None
         data = self._acc
+        if self._acc_n != len(data):
+            data = memoryview(data)[:self._acc_n]
         self._acc = None
         self._acc_key = None
         return data
@@ -406,6 +416,8 @@ class Room:
         r = self._readers.pop(ev.info.stream_id, None)
         if r is not None:
             r._end(ev.error)
+        if ev.info.compression and self.can_inflate:
+            _inflate.reserve(self.options.piece_size)  # for the next compressed stream
 
     async def _stream_opened(self, info):
         topic = info.topic
