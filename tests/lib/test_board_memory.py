@@ -1,0 +1,50 @@
+"""Bounded memory on the real MicroPython interpreter (issue: protocol core).
+
+A MicroPython "board" (-X heapsize, the library as mpy-cross bytecode, which on the
+unix port lives in the heap: ~134 KiB of it on this 64-bit interpreter) joins a real
+relay; a CPython host makes a v2 call whose request is consumed by the board's
+streaming handler answering as many bytes, then sends it a byte stream. Every byte is
+checked by SHA-256 (tests/scenarios/board_memory.py, lkedge_host.bench.board_heap).
+
+The heaps here are the measured minimums (the bisection benchmark prints them) plus a
+margin of about 10 KiB; they are deterministic: an allocation over the heap fails.
+"""
+import pytest
+
+from lkedge_host.bench.board_heap import run_scenario
+from lkedge_host.relay.process import RelayProcess
+
+KIB = 1024
+MIB = 1024 * 1024
+HEAP_PLAIN = 192 * KIB        # measured minimum 181 KiB for 64 KiB, 1 MiB and 8 MiB
+HEAP_COMPRESSED = 248 * KIB   # measured minimum ~232 KiB (a reserved 32 KiB window)
+
+
+@pytest.fixture(scope="module")
+def relay():
+    with RelayProcess() as r:
+        yield r
+
+
+def _ok(r):
+    assert r["ok"], "board failed at heap %d: %s" % (r["heap"], r["error"])
+    print("heap %d KiB: after import %s B, after Room() %s B" % (r["heap"] // KIB, r.get("import"), r.get("room")))
+
+
+@pytest.mark.parametrize("nbytes", [64 * KIB, MIB])
+def test_v2_call_and_byte_stream_fit_the_same_heap_whatever_the_size(relay, nbytes):
+    r = run_scenario(relay, HEAP_PLAIN, nbytes, compress=False, timeout=60)
+    _ok(r)
+    assert r["caps"] == [], "without compression the board must not advertise it"
+
+
+def test_1mib_compressed_stream_inflates_within_bounded_heap(relay):
+    r = run_scenario(relay, HEAP_COMPRESSED, MIB, compress=True, timeout=60)
+    _ok(r)
+    assert r["caps"] == [2]
+
+
+def test_a_heap_too_small_fails_cleanly_not_silently(relay):
+    """The bound is real: well below the minimum the board cannot even start."""
+    r = run_scenario(relay, 120 * KIB, 64 * KIB, compress=False, timeout=10)
+    assert not r["ok"] and "MemoryError" in (r["error"] or ""), r
