@@ -1,0 +1,93 @@
+"""`lkedge <command>`: the host command line.
+
+Each command lives in its own module exposing an arguments function and a run function
+(`add_arguments(parser)` / `run(args) -> int` unless COMMANDS names others); the module
+is imported only when its command is invoked, so `lkedge --help` needs none of them and a
+missing or broken module gives a one-line error, not a traceback.
+"""
+import argparse
+import importlib
+import sys
+
+# name: (module, add-arguments function, run function, help)
+COMMANDS = {
+    "relay": ("lkedge_host.relay.command", "add_arguments", "run",
+              "run the link relay: rooms in memory, TCP/WebSocket/serial listeners, /metrics"),
+    "token": ("lkedge_host.tokens", "add_arguments", "run",
+              "print an access token for --identity in --room (the relay's keys)"),
+    "board": ("lkedge_host.board", "add_arguments", "run",
+              "run an emulated board (MicroPython unix port on a pty) from a board profile"),
+    "deploy": ("lkedge_host.deploy", "add_arguments", "run",
+               "compile (mpy-cross) and copy the firmware to a board with mpremote"),
+    "call": ("lkedge_host.calls", "add_call_arguments", "run_call",
+             "call an RPC method on a participant: lkedge call IDENTITY METHOD [payload|@file|-]"),
+    "serve": ("lkedge_host.calls", "add_serve_arguments", "run_serve",
+              "join the room and serve RPC methods from a Python file"),
+    "room": ("lkedge_host.calls", "add_room_arguments", "run_room",
+             "join the room and show its participants and events"),
+}
+
+EXIT_CODES = """exit codes:
+  0    ok
+  1    error (the message says which)
+  2    usage: bad arguments or configuration
+  3    RPC error returned by the remote participant
+  4    connection failure (relay unreachable, refused, or the link was lost)
+  130  interrupted (Ctrl-C)"""
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="lkedge", description="MicroPython boards as participants of LiveKit-style rooms.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    subs = {}
+    for name, (_m, _a, _r, text) in COMMANDS.items():
+        subs[name] = sub.add_parser(name, help=text, description=text)
+    return p, subs
+
+
+def _load(name):
+    """-> (add_arguments, run), or an error message."""
+    module, add_name, run_name, _ = COMMANDS[name]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        return "command %r is not available: module %s cannot be imported (%s)" % (name, module, e)
+    add, run = getattr(mod, add_name, None), getattr(mod, run_name, None)
+    if add is None or run is None:
+        return "command %r is not available: %s has no %s()/%s()" % (name, module, add_name, run_name)
+    return add, run
+
+
+def _command_name(argv):
+    for a in argv:
+        if not a.startswith("-"):
+            return a if a in COMMANDS else None
+    return None
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, subs = _parser()
+    name = _command_name(argv)
+    run = None
+    if name is not None:
+        loaded = _load(name)
+        if isinstance(loaded, str):
+            print("lkedge: error: " + loaded, file=sys.stderr)
+            return 1
+        add, run = loaded
+        add(subs[name])
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""LiveKit access tokens for the relay: key resolution, verification, minting.
+
+- `DEV_API_KEY`, `DEV_API_SECRET`: the fixed development keys (documented, public, so
+  they are accepted ONLY when the relay listens on loopback).
+- `resolve_keys(api_key=None, api_secret=None, environ=None) -> (key, secret)`: flags
+  first, then LIVEKIT_API_KEY / LIVEKIT_API_SECRET, else the development keys. One of
+  the pair without the other raises `KeyConfigError`.
+- `is_dev_keys(key, secret)`, `is_loopback(host)`, `check_listen_keys(host, key, secret)`
+  (KeyConfigError with the reason when dev keys would listen beyond loopback).
+- `Verifier(api_key, api_secret, rooms=None)`: `verify(token) -> grant dict`
+  {"identity", "room", "can_publish_data", "attributes", "name"}; `AuthError` (with a
+  specific reason) for a bad signature/issuer, an expired token, a token WITHOUT `exp`
+  (checked here on the raw claims too, whatever the library version accepts), a
+  missing `sub`, no `video.roomJoin`, no `video.room`, or a room outside `rooms` when the
+  relay was restricted to some rooms.
+- `mint_token(api_key, api_secret, identity, room, ttl_s=6 h, can_publish_data=True,
+  attributes=None, name=None) -> str` (HS256 JWT with roomJoin, room, canPublishData,
+  canSubscribe). `parse_ttl("6h") -> seconds` (s, m, h, d suffixes or plain seconds).
+"""
+import datetime
+import ipaddress
+import os
+
+import jwt
+from livekit import api
+
+DEV_API_KEY = "devkey"
+DEV_API_SECRET = "lkedge-development-secret-loopback-only-0123456789"
+DEFAULT_TTL_S = 6 * 3600
+
+
+class AuthError(Exception):
+    """A token the relay refuses (the participant gets LEAVE 3 with this reason)."""
+
+
+class KeyConfigError(Exception):
+    """The relay's key configuration cannot be used (refuse to start)."""
+
+
+def resolve_keys(api_key=None, api_secret=None, environ=None):
+    env = os.environ if environ is None else environ
+    key = api_key or env.get("LIVEKIT_API_KEY") or None
+    secret = api_secret or env.get("LIVEKIT_API_SECRET") or None
+    if key is None and secret is None:
+        return DEV_API_KEY, DEV_API_SECRET
+    if key is None or secret is None:
+        raise KeyConfigError(
+            "API %s given without API %s: set both (--api-key/--api-secret or "
+            "LIVEKIT_API_KEY/LIVEKIT_API_SECRET) or neither for development keys"
+            % (("key", "secret") if secret is None else ("secret", "key")))
+    return key, secret
+
+
+def is_dev_keys(key, secret):
+    return key == DEV_API_KEY and secret == DEV_API_SECRET
+
+
+def is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:   # a host name other than localhost, or "" (all interfaces)
+        return False
+
+
+def check_listen_keys(host, key, secret):
+    if is_dev_keys(key, secret) and not is_loopback(host):
+        raise KeyConfigError(
+            "refusing to listen on %r with the public development keys: they are accepted "
+            "only on loopback (127.0.0.1, ::1, localhost). Set --api-key/--api-secret or "
+            "LIVEKIT_API_KEY/LIVEKIT_API_SECRET for a non-loopback host" % host)
+
+
+def parse_ttl(text):
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = str(text).strip().lower()
+    mult = units.get(t[-1:], None)
+    num = t[:-1] if mult else t
+    try:
+        value = float(num)
+    except ValueError:
+        raise ValueError("bad duration %r: use seconds or a number with s, m, h or d (e.g. 6h)" % text)
+    seconds = int(value * (mult or 1))
+    if seconds <= 0:
+        raise ValueError("duration %r must be positive" % text)
+    return seconds
+
+
+def mint_token(api_key, api_secret, identity, room, ttl_s=DEFAULT_TTL_S,
+               can_publish_data=True, attributes=None, name=None):
+    if not identity or not room:
+        raise ValueError("a token needs a non-empty identity and room")
+    grants = api.VideoGrants(room_join=True, room=room, can_publish_data=can_publish_data,
+                             can_subscribe=True)
+    tok = (api.AccessToken(api_key, api_secret).with_identity(identity).with_grants(grants)
+           .with_ttl(datetime.timedelta(seconds=ttl_s)))
+    if attributes:
+        tok = tok.with_attributes(dict(attributes))
+    if name:
+        tok = tok.with_name(name)
+    return tok.to_jwt()
+
+
+class Verifier:
+    def __init__(self, api_key, api_secret, rooms=None):
+        self._verifier = api.TokenVerifier(api_key, api_secret)
+        self._secret = api_secret
+        self.rooms = set(rooms) if rooms else None
+
+    def verify(self, token):
+        if not isinstance(token, str) or token.count(".") != 2:
+            raise AuthError("token is not a JWT (expected three dot-separated parts)")
+        raw = self._raw_claims(token)
+        if "exp" not in raw:
+            raise AuthError("token has no exp claim (an expiry is required)")
+        try:
+            claims = self._verifier.verify(token)
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired")
+        except jwt.InvalidIssuerError:
+            raise AuthError("token issuer is not this relay's API key")
+        except jwt.InvalidSignatureError:
+            raise AuthError("token signature does not verify with this relay's API secret")
+        except (jwt.InvalidTokenError, ValueError, TypeError) as e:
+            raise AuthError("token rejected: %s" % e)
+        return self._grant(claims)
+
+    def _raw_claims(self, token):
+        # The signature is checked by TokenVerifier right after; this only reads exp.
+        try:
+            raw = jwt.decode(token, options={"verify_signature": False})
+        except jwt.InvalidTokenError as e:
+            raise AuthError("token is not a readable JWT: %s" % e)
+        if not isinstance(raw, dict):
+            raise AuthError("token claims are not a JSON object")
+        return raw
+
+    def _grant(self, claims):
+        video = claims.video
+        if not claims.identity:
+            raise AuthError("token has no identity (sub claim)")
+        if not video or not video.room_join:
+            raise AuthError("token lacks the video.roomJoin grant")
+        if not video.room:
+            raise AuthError("token names no room (video.room)")
+        if self.rooms is not None and video.room not in self.rooms:
+            raise AuthError("room %r is not served by this relay" % video.room)
+        attrs = claims.attributes or {}
+        return {"identity": claims.identity, "room": video.room,
+                "can_publish_data": video.can_publish_data is not False,
+                "attributes": {str(k): str(v) for k, v in attrs.items()},
+                "name": claims.name or ""}

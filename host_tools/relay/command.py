@@ -1,0 +1,125 @@
+"""`lkedge relay`: run the LINK.md relay (rooms in memory) until SIGINT/SIGTERM.
+
+Once every listener is bound it prints ONE line on stdout, flushed, that tests and
+`make demo` wait for:
+
+    lkedge relay: link tcp://127.0.0.1:7880 ws://127.0.0.1:7881 http://127.0.0.1:7882
+
+(tls:// and wss:// with --tls-cert, serial:DEVICE with --serial; real ports when 0 was
+asked). With no keys configured it first prints the development keys, which work only
+on loopback. Logs go to stderr, one key=value line per join/leave/error.
+"""
+import asyncio
+import signal
+import ssl
+import sys
+
+from . import auth
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def add_arguments(p):
+    a = p.add_argument
+    a("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    a("--port", type=int, default=7880, help="TCP (or TLS) link port; 0 picks a free one (default %(default)s)")
+    a("--ws-port", type=int, default=7881, help="WebSocket link port; 0 picks a free one (default %(default)s)")
+    a("--no-ws", action="store_true", help="no WebSocket listener")
+    a("--http-port", type=int, default=7882, help="HTTP /healthz and /metrics port; 0 disables (default %(default)s)")
+    a("--max-frame", type=int, default=65536,
+      help="largest link frame in bytes, announced in JOINED; at least 16384 (default %(default)s)")
+    a("--idle-timeout", type=float, default=30.0,
+      help="seconds of silence before a connection is closed with LEAVE 6 (default %(default)s)")
+    a("--join-timeout", type=float, default=5.0,
+      help="seconds a new connection has to send JOIN (default %(default)s)")
+    a("--queue-bytes", type=int, default=1 << 20,
+      help="per-connection send queue limit; senders to a full queue are paused (default %(default)s)")
+    a("--send-timeout", type=float, default=10.0,
+      help="seconds a receiver may keep its queue full before LEAVE 6 (default %(default)s)")
+    a("--api-key", default=None,
+      help="LiveKit API key (default: env LIVEKIT_API_KEY, else the development key %r)" % auth.DEV_API_KEY)
+    a("--api-secret", default=None,
+      help="LiveKit API secret (default: env LIVEKIT_API_SECRET, else the development secret)")
+    a("--room", action="append", default=None, metavar="ROOM",
+      help="serve only this room (repeatable; default: any room a valid token names)")
+    a("--tls-cert", default=None, help="PEM certificate: TCP becomes TLS and WebSocket wss (default none)")
+    a("--tls-key", default=None, help="PEM private key for --tls-cert (default: in the cert file)")
+    a("--serial", default=None, metavar="DEVICE",
+      help="also bridge this serial line as a link connection (default none)")
+    a("--serial-baud", type=int, default=115200, help="baud rate for --serial (default %(default)s)")
+
+
+def _say(msg):
+    print("lkedge relay: " + msg, flush=True)
+
+
+def _fail(msg, code=EXIT_USAGE):
+    print("lkedge relay: error: " + msg, file=sys.stderr, flush=True)
+    return code
+
+
+def _tls(args):
+    if args.tls_key and not args.tls_cert:
+        raise ValueError("--tls-key needs --tls-cert")
+    if not args.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError("cannot load TLS certificate %s: %s" % (args.tls_cert, e))
+    return ctx
+
+
+def build(args):
+    """-> (RelayServer, dev_keys: bool); ValueError/KeyConfigError on bad settings."""
+    from .router import Router
+    from .server import RelayServer
+    key, secret = auth.resolve_keys(args.api_key, args.api_secret)
+    auth.check_listen_keys(args.host, key, secret)
+    if args.max_frame < 16384:
+        raise ValueError("--max-frame %d is too small: a 15000-byte stream chunk plus headers "
+                         "needs at least 16384" % args.max_frame)
+    for name in ("idle_timeout", "join_timeout", "send_timeout"):
+        if getattr(args, name) <= 0:
+            raise ValueError("--%s must be positive" % name.replace("_", "-"))
+    if args.queue_bytes < args.max_frame:
+        raise ValueError("--queue-bytes %d must be at least --max-frame %d"
+                         % (args.queue_bytes, args.max_frame))
+    verifier = auth.Verifier(key, secret, rooms=args.room)
+    router = Router(verifier.verify, max_frame=args.max_frame,
+                    join_timeout_ms=int(args.join_timeout * 1000),
+                    idle_timeout_ms=int(args.idle_timeout * 1000),
+                    queue_bytes=args.queue_bytes, stuck_ms=int(args.send_timeout * 1000))
+    srv = RelayServer(router, host=args.host, port=args.port,
+                      ws_port=None if args.no_ws else args.ws_port,
+                      http_port=args.http_port or None, ssl=_tls(args),
+                      serial=args.serial, serial_baud=args.serial_baud)
+    return srv, auth.is_dev_keys(key, secret)
+
+
+async def _main(args):
+    try:
+        srv, dev = build(args)
+    except (ValueError, auth.KeyConfigError) as e:
+        return _fail(str(e))
+    try:
+        await srv.start()
+    except (OSError, ImportError) as e:
+        await srv.stop()
+        return _fail("cannot start listening: %s" % e, EXIT_ERROR)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, srv.request_stop)
+    if dev:
+        _say("development keys api_key=%s api_secret=%s (accepted on loopback only; set "
+             "LIVEKIT_API_KEY/LIVEKIT_API_SECRET or --api-key/--api-secret for real keys)"
+             % (auth.DEV_API_KEY, auth.DEV_API_SECRET))
+    _say("link " + " ".join(srv.urls))
+    await srv.serve()
+    _say("stopped")
+    return EXIT_OK
+
+
+def run(args):
+    return asyncio.run(_main(args))

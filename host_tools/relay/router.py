@@ -1,0 +1,458 @@
+"""The relay's routing core (spec/LINK.md "Relay rules"), sans-I/O.
+
+No sockets, no clock: the adapter (server.py) feeds events in and carries actions out.
+
+    r = Router(authenticate, max_frame=65536, join_timeout_ms=5000, idle_timeout_ms=30000,
+               queue_bytes=1 << 20, stuck_ms=10000, server_version=..., metrics=None,
+               new_sid=None)
+    r.open(cid, now_ms, transport="tcp", peer="")   a connection arrived
+    r.receive(cid, data, now_ms)                      bytes from it (any split)
+    r.drained(cid, nbytes, now_ms)                    nbytes of its SENDs were written
+    r.closed(cid, now_ms, reason="transport closed")  the transport ended (no LEAVE)
+    r.fail(cid, code, reason, now_ms)                 the adapter saw a bad peer: LEAVE code
+    r.tick(now_ms)                                    timers: JOIN, idle, stuck receivers
+    r.next_deadline() -> ms or None                   when tick() is next due
+    r.shutdown(now_ms)                                LEAVE 5 to everyone
+    r.pop_actions() -> [action, ...]                  in order; the list is handed over
+
+Actions are tuples: (SEND, cid, bytes) queue bytes for cid; (CLOSE, cid) close cid after
+its queued bytes (the router forgot it already; later bytes from it are ignored);
+(PAUSE, cid) stop reading from cid; (RESUME, cid) read again; (LOG, event, fields) one
+structured log line (fields is a dict).
+
+`authenticate(token) -> {"identity", "room", "can_publish_data", "attributes"}` raising
+any exception whose str() is the reason (LEAVE 3). `queued(cid)` and `paused(cid)` are
+for the adapter and tests; `rooms()` -> {room: [identity, ...]}.
+
+Backpressure: every SEND is counted in the receiver's queue until the adapter reports
+it `drained`. A DATA frame is always delivered (the sender's earlier frames must not be
+reordered), but when a destination's queue is then at or over `queue_bytes`, the sender
+is PAUSEd until every destination that blocks it drops below `queue_bytes` again. A
+queue staying full longer than `stuck_ms` disconnects that receiver (LEAVE 6) and
+announces it as left. So a queue holds at most queue_bytes plus what paused senders had
+already read. Idle timeout does not run while a connection is paused by us.
+
+Forwarding: fields 4 (participant_identity) and 17 (participant_sid) written by the
+sender are removed and the verified identity and sid are written as the first fields.
+A forwarded frame must still fit max_frame (what JOINED announces, so every receiver can
+take it); a DATA frame that would not after stamping is refused with LEAVE 4 naming both
+sizes. DATA from a participant without canPublishData: LEAVE 7.
+"""
+import os
+
+from lkedge import link, proto
+
+from .metrics import Metrics
+
+SEND = "send"
+CLOSE = "close"
+PAUSE = "pause"
+RESUME = "resume"
+LOG = "log"
+
+SERVER_VERSION = "1.9.0"
+# The identity of a JOINED/PARTICIPANT sid: "PA_" and 12 characters, as LiveKit's.
+_SID_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+_REASONS = {link.LEAVE_CLIENT: "client initiated", link.LEAVE_DUPLICATE: "duplicate identity",
+            link.LEAVE_UNAUTHORIZED: "unauthorized", link.LEAVE_PROTOCOL: "protocol error",
+            link.LEAVE_SHUTDOWN: "server shutdown", link.LEAVE_IDLE: "idle timeout",
+            link.LEAVE_FORBIDDEN: "forbidden"}
+_RELAY_ONLY = (link.JOINED, link.PARTICIPANT, link.PARTICIPANT_LEFT)
+_STRIP = (4, 17)
+_F_DEST = 5
+
+
+def random_sid():
+    raw = os.urandom(12)
+    return "PA_" + "".join(_SID_CHARS[b % len(_SID_CHARS)] for b in raw)
+
+
+class _Conn:
+    def __init__(self, cid, now, max_frame, transport, peer):
+        self.cid = cid
+        self.transport = transport
+        self.peer = peer
+        self.reader = link.FrameReader(max_frame)
+        self.opened = now
+        self.last_rx = now
+        self.info = None          # participant map once joined
+        self.room = None
+        self.can_publish = False
+        self.body = None          # DATA body being gathered
+        self.queued = 0
+        self.full_since = None    # when the send queue reached queue_bytes
+        self.blocked = set()      # senders paused because of this queue
+        self.paused_by = set()    # destinations this sender waits for
+
+    @property
+    def identity(self):
+        return self.info["identity"] if self.info else None
+
+
+class Router:
+    def __init__(self, authenticate, max_frame=65536, join_timeout_ms=5000,
+                 idle_timeout_ms=30000, queue_bytes=1 << 20, stuck_ms=10000,
+                 server_version=SERVER_VERSION, metrics=None, new_sid=None):
+        if max_frame < 16 * 1024:
+            raise ValueError("max_frame %d cannot carry a 15000-byte chunk plus headers "
+                             "(use at least 16384)" % max_frame)
+        self.authenticate = authenticate
+        self.max_frame = max_frame
+        self.join_timeout_ms = join_timeout_ms
+        self.idle_timeout_ms = idle_timeout_ms
+        self.queue_bytes = queue_bytes
+        self.stuck_ms = stuck_ms
+        self.server_version = server_version
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.new_sid = new_sid or random_sid
+        self._conns = {}
+        self._rooms = {}          # room -> {identity: _Conn}
+        self._actions = []
+        self.metrics.set_gauge("lkedge_relay_connections", 0)
+        self.metrics.set_gauge("lkedge_relay_paused_senders", 0)
+
+    # ------------------------------------------------------------ inspection
+    def pop_actions(self):
+        out = self._actions
+        self._actions = []
+        return out
+
+    def queued(self, cid):
+        c = self._conns.get(cid)
+        return c.queued if c else 0
+
+    def paused(self, cid):
+        c = self._conns.get(cid)
+        return bool(c and c.paused_by)
+
+    def rooms(self):
+        return {name: sorted(members) for name, members in self._rooms.items()}
+
+    def connection_count(self):
+        return len(self._conns)
+
+    # ------------------------------------------------------------ inputs
+    def open(self, cid, now, transport="tcp", peer=""):
+        if cid in self._conns:
+            raise ValueError("connection id %r is already open" % (cid,))
+        self._conns[cid] = _Conn(cid, now, self.max_frame, transport, peer)
+        self.metrics.inc("lkedge_relay_connections_total", transport=transport)
+        self._gauges()
+
+    def receive(self, cid, data, now):
+        c = self._conns.get(cid)
+        if c is None or not data:
+            return
+        c.last_rx = now
+        self.metrics.inc("lkedge_relay_bytes_in_total", len(data))
+        try:
+            c.reader.receive(memoryview(data))
+            while self._conns.get(cid) is c:
+                ev = c.reader.next_event()
+                if ev == link.NEED_DATA:
+                    return
+                self._event(c, ev, now)
+        except link.LinkError as e:
+            self._drop(c, link.LEAVE_PROTOCOL, str(e), now)
+
+    def drained(self, cid, nbytes, now):
+        c = self._conns.get(cid)
+        if c is None:
+            return
+        c.queued = max(0, c.queued - nbytes)
+        if c.queued < self.queue_bytes:
+            c.full_since = None
+            self._release(c, now)
+
+    def closed(self, cid, now, reason="transport closed"):
+        c = self._conns.get(cid)
+        if c is not None:
+            self._remove(c, 0, reason, now, announce=True)
+
+    def fail(self, cid, code, reason, now):
+        """The adapter found the peer misbehaving below the link (e.g. a text WebSocket
+        message): LEAVE code, close, announce."""
+        c = self._conns.get(cid)
+        if c is not None:
+            self._drop(c, code, reason, now)
+
+    def tick(self, now):
+        for c in list(self._conns.values()):
+            if self._conns.get(c.cid) is not c:
+                continue        # removed by an earlier step of this tick
+            if c.info is None and now - c.opened >= self.join_timeout_ms:
+                self._drop(c, link.LEAVE_PROTOCOL,
+                           "no JOIN within %d ms of connecting" % self.join_timeout_ms, now)
+            elif c.full_since is not None and now - c.full_since >= self.stuck_ms:
+                self._drop(c, link.LEAVE_IDLE, "receiver stuck: %d bytes queued for %d ms"
+                           % (c.queued, now - c.full_since), now)
+            elif not c.paused_by and now - c.last_rx >= self.idle_timeout_ms:
+                self._drop(c, link.LEAVE_IDLE, "nothing received for %d ms (idle timeout %d ms)"
+                           % (now - c.last_rx, self.idle_timeout_ms), now)
+
+    def next_deadline(self):
+        best = None
+        for c in self._conns.values():
+            if c.info is None:
+                d = c.opened + self.join_timeout_ms
+            elif c.paused_by:
+                d = None
+            else:
+                d = c.last_rx + self.idle_timeout_ms
+            if c.full_since is not None:
+                s = c.full_since + self.stuck_ms
+                d = s if d is None else min(d, s)
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
+
+    def shutdown(self, now):
+        for c in list(self._conns.values()):
+            self._send_leave(c, link.LEAVE_SHUTDOWN, "relay shutting down")
+            self._remove(c, link.LEAVE_SHUTDOWN, "relay shutting down", now, announce=False)
+            self._actions.append((CLOSE, c.cid))
+
+    # ------------------------------------------------------------ frames
+    def _event(self, c, ev, now):
+        kind = ev[0]
+        if kind == link.DATA_PIECE:
+            c.body += ev[1]
+        elif kind == link.DATA_START:
+            self._count_in(link.DATA)
+            if c.info is None:
+                self._drop(c, link.LEAVE_PROTOCOL, "DATA before JOIN", now)
+                return
+            c.body = bytearray()
+        elif kind == link.DATA_END:
+            body, c.body = c.body, None
+            self._data(c, body, now)
+        else:
+            self._control(c, ev[1], ev[2], now)
+
+    def _control(self, c, t, body, now):
+        self._count_in(t)
+        if c.info is None:
+            if t != link.JOIN:
+                self._drop(c, link.LEAVE_PROTOCOL, "first frame must be JOIN, got %s"
+                           % link.type_name(t), now)
+            else:
+                self._join(c, body, now)
+        elif t == link.PING:
+            self._send(c, link.encode_frame(link.PONG, body), link.PONG)
+        elif t == link.LEAVE:
+            reason = _leave_reason(body)
+            self._remove(c, link.LEAVE_CLIENT, reason, now, announce=True)
+            self._actions.append((CLOSE, c.cid))
+        elif t == link.JOIN:
+            self._drop(c, link.LEAVE_PROTOCOL, "second JOIN on a joined connection", now)
+        elif t in _RELAY_ONLY:
+            self._drop(c, link.LEAVE_PROTOCOL, "%s is sent by the relay, not to it"
+                       % link.type_name(t), now)
+        # PONG: liveness only (last_rx already moved)
+
+    def _join(self, c, body, now):
+        try:
+            j = link.check_join(link.decode_control(body))
+        except link.LinkError as e:
+            self._drop(c, link.LEAVE_PROTOCOL, "bad JOIN: %s" % e, now)
+            return
+        try:
+            grant = self.authenticate(j["token"])
+        except Exception as e:    # the verifier's reason goes back in LEAVE 3
+            self._drop(c, link.LEAVE_UNAUTHORIZED, str(e) or e.__class__.__name__, now)
+            return
+        room, identity = grant["room"], grant["identity"]
+        members = self._rooms.setdefault(room, {})
+        old = members.get(identity)
+        if old is not None:
+            self._drop(old, link.LEAVE_DUPLICATE, "identity %r joined again on another "
+                       "connection" % identity, now)
+            members = self._rooms.setdefault(room, {})
+        c.info = {"identity": identity, "sid": self.new_sid(),
+                  "client_protocol": j["client_protocol"],
+                  "capabilities": j["capabilities"],
+                  "attributes": dict(grant.get("attributes") or {})}
+        c.room = room
+        c.can_publish = bool(grant.get("can_publish_data", True))
+        others = list(members.values())
+        members[identity] = c
+        self._send(c, link.encode_control(link.JOINED, {
+            "v": link.LINK_VERSION, "room": room, "identity": identity,
+            "sid": c.info["sid"], "server_version": self.server_version,
+            "max_frame": self.max_frame, "participants": [o.info for o in others]}),
+            link.JOINED)
+        announce = link.encode_control(link.PARTICIPANT, c.info)
+        for o in others:
+            self._send(o, announce, link.PARTICIPANT)
+        self.metrics.inc("lkedge_relay_joins_total")
+        self._log("join", c, sid=c.info["sid"], client_protocol=j["client_protocol"],
+                  sdk=j["sdk"], sdk_version=j["sdk_version"])
+        self._gauges()
+
+    # ------------------------------------------------------------ DATA
+    def _data(self, c, body, now):
+        if not c.can_publish:
+            self._drop(c, link.LEAVE_FORBIDDEN, "DATA without the canPublishData grant", now)
+            return
+        try:
+            fields = proto.scan_fields(body)
+            dests = _destinations(body, fields)
+        except ValueError as e:
+            self._drop(c, link.LEAVE_PROTOCOL, "malformed DataPacket: %s" % e, now)
+            return
+        stamp = proto.encode(proto.DATA_PACKET, {"participant_identity": c.info["identity"],
+                                                 "participant_sid": c.info["sid"]})
+        mv = memoryview(body)
+        parts = [stamp]
+        for num, _wt, start, _vs, end in fields:
+            if num not in _STRIP:
+                parts.append(mv[start:end])
+        packet = b"".join(parts)
+        if 1 + len(packet) > self.max_frame:
+            self._drop(c, link.LEAVE_PROTOCOL, "DATA of %d bytes is %d with the sender "
+                       "stamped, over max_frame %d" % (1 + len(body), 1 + len(packet),
+                                                       self.max_frame), now)
+            return
+        frame = link.encode_frame(link.DATA, packet)
+        for r in self._recipients(c, dests):
+            self._send(r, frame, link.DATA)
+            if r.queued >= self.queue_bytes:
+                self._block(c, r, now)
+
+    def _recipients(self, c, dests):
+        members = self._rooms.get(c.room, {})
+        me = c.info["identity"]
+        if not dests:
+            out = [m for ident, m in members.items() if ident != me]
+            if not out:
+                self.metrics.inc("lkedge_relay_drops_total", reason="no_recipients")
+            return out
+        out = []
+        for ident in dests:
+            m = members.get(ident)
+            if ident == me:
+                self.metrics.inc("lkedge_relay_drops_total", reason="destination_is_sender")
+            elif m is None:
+                self.metrics.inc("lkedge_relay_drops_total", reason="unknown_destination")
+            elif m not in out:
+                out.append(m)
+        return out
+
+    # ------------------------------------------------------------ backpressure
+    def _block(self, sender, dest, now):
+        if dest.full_since is None:
+            dest.full_since = now
+        dest.blocked.add(sender.cid)
+        if not sender.paused_by:
+            self._actions.append((PAUSE, sender.cid))
+            self._log("pause", sender, waiting_for=dest.identity, queued=dest.queued)
+        sender.paused_by.add(dest.cid)
+        self._gauges()
+
+    def _release(self, dest, now):
+        for scid in dest.blocked:
+            s = self._conns.get(scid)
+            if s is None:
+                continue
+            s.paused_by.discard(dest.cid)
+            if not s.paused_by:
+                s.last_rx = now     # it was quiet because we stopped reading it
+                self._actions.append((RESUME, scid))
+        dest.blocked = set()
+        self._gauges()
+
+    # ------------------------------------------------------------ leaving
+    def _drop(self, c, code, reason, now):
+        """Send LEAVE code to c, close it and announce it as left."""
+        self._send_leave(c, code, reason)
+        self._remove(c, code, reason, now, announce=True)
+        self._actions.append((CLOSE, c.cid))
+
+    def _send_leave(self, c, code, reason):
+        self._send(c, link.encode_control(link.LEAVE, {"code": code, "reason": reason}),
+                   link.LEAVE)
+
+    def _remove(self, c, code, reason, now, announce):
+        if self._conns.pop(c.cid, None) is None:
+            return
+        self.metrics.inc("lkedge_relay_leaves_total", code=code)
+        if c.info is not None:
+            members = self._rooms.get(c.room, {})
+            if members.get(c.info["identity"]) is c:
+                del members[c.info["identity"]]
+                if not members:
+                    del self._rooms[c.room]
+                elif announce:
+                    left = link.encode_control(link.PARTICIPANT_LEFT, {
+                        "identity": c.info["identity"],
+                        "reason": _REASONS.get(code, "disconnected") + ": " + reason})
+                    for m in list(members.values()):
+                        self._send(m, left, link.PARTICIPANT_LEFT)
+        for dcid in c.paused_by:
+            d = self._conns.get(dcid)
+            if d is not None:
+                d.blocked.discard(c.cid)
+        c.paused_by = set()
+        self._release(c, now)
+        self._log("leave", c, code=code, reason=reason)
+        self._gauges()
+
+    # ------------------------------------------------------------ helpers
+    def _send(self, c, frame, t):
+        c.queued += len(frame)
+        self.metrics.inc("lkedge_relay_frames_out_total", type=link.type_name(t))
+        self.metrics.inc("lkedge_relay_bytes_out_total", len(frame))
+        self._actions.append((SEND, c.cid, frame))
+
+    def _count_in(self, t):
+        self.metrics.inc("lkedge_relay_frames_in_total", type=link.type_name(t))
+
+    def _log(self, event, c, **fields):
+        out = {"conn": c.cid, "transport": c.transport}
+        if c.peer:
+            out["peer"] = c.peer
+        if c.info is not None:
+            out["room"] = c.room
+            out["identity"] = c.info["identity"]
+        out.update(fields)
+        self._actions.append((LOG, event, out))
+
+    def _gauges(self):
+        m = self.metrics
+        m.set_gauge("lkedge_relay_connections", len(self._conns))
+        m.set_gauge("lkedge_relay_paused_senders",
+                    sum(1 for c in self._conns.values() if c.paused_by))
+        m.clear_gauge("lkedge_relay_participants")
+        for name, members in self._rooms.items():
+            m.set_gauge("lkedge_relay_participants", len(members), room=name)
+
+    def queue_gauges(self):
+        """Refresh the per-identity queue depth gauge (called when /metrics is read)."""
+        m = self.metrics
+        m.clear_gauge("lkedge_relay_queue_bytes")
+        for c in self._conns.values():
+            if c.info is not None:
+                m.set_gauge("lkedge_relay_queue_bytes", c.queued, room=c.room,
+                            identity=c.info["identity"])
+
+
+def _destinations(body, fields):
+    out = []
+    for num, wt, _start, vs, end in fields:
+        if num == _F_DEST:
+            if wt != 2:
+                continue    # a known field with another wire type is unknown (as officially)
+            try:
+                out.append(str(body[vs:end], "utf-8"))
+            except UnicodeError:
+                raise ValueError("destination_identities (5) holds invalid UTF-8")
+    return out
+
+
+def _leave_reason(body):
+    try:
+        d = link.check_leave(link.decode_control(body))
+    except link.LinkError as e:
+        return "client LEAVE (unreadable: %s)" % e
+    return "client LEAVE code %d%s" % (d["code"], ": " + d["reason"] if d["reason"] else "")

@@ -1,0 +1,91 @@
+"""`lkedge token` and the `lkedge` command frame."""
+import subprocess
+import sys
+import time
+
+import jwt
+
+from lkedge_host import cli
+from lkedge_host.relay import auth
+
+
+def lkedge(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "lkedge_host.cli"] + list(args),
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_token_is_accepted_by_the_relays_verifier():
+    r = lkedge("token", "--identity", "board-1", "--room", "lab", "--ttl", "90m",
+               "--attribute", "kind=board")
+    assert r.returncode == 0, r.stderr
+    tok = r.stdout.strip()
+    grant = auth.Verifier(auth.DEV_API_KEY, auth.DEV_API_SECRET).verify(tok)
+    assert grant["identity"] == "board-1" and grant["room"] == "lab"
+    assert grant["can_publish_data"] is True and grant["attributes"] == {"kind": "board"}
+    claims = jwt.decode(tok, options={"verify_signature": False})
+    assert abs(claims["exp"] - time.time() - 5400) < 60
+
+
+def test_token_no_publish_data_and_explicit_keys():
+    r = lkedge("token", "--identity", "m", "--room", "lab", "--no-publish-data",
+               "--api-key", "k1", "--api-secret", "x" * 32)
+    assert r.returncode == 0, r.stderr
+    grant = auth.Verifier("k1", "x" * 32).verify(r.stdout.strip())
+    assert grant["can_publish_data"] is False
+
+
+def test_token_usage_errors():
+    r = lkedge("token", "--identity", "a", "--room", "lab", "--ttl", "soon")
+    assert r.returncode == 2 and "bad duration 'soon'" in r.stderr
+    r = lkedge("token", "--room", "lab")
+    assert r.returncode == 2 and "--identity" in r.stderr
+
+
+def test_parse_ttl():
+    assert [auth.parse_ttl(t) for t in ("6h", "30m", "45s", "2d", "120")] == [
+        21600, 1800, 45, 172800, 120]
+    for bad in ("0", "-1h", "h", "1w"):
+        try:
+            auth.parse_ttl(bad)
+        except ValueError:
+            continue
+        raise AssertionError("%r accepted" % bad)
+
+
+def test_help_lists_every_command_and_exit_codes():
+    r = lkedge("--help")
+    assert r.returncode == 0
+    for name in ("relay", "token", "board", "deploy", "call", "serve", "room"):
+        assert "\n    %s " % name in r.stdout, name
+    assert "exit codes" in r.stdout and "connection failure" in r.stdout
+
+
+def test_no_command_prints_help_and_usage_code(capsys):
+    assert cli.main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+
+
+def test_missing_command_module_is_a_clear_error(capsys, monkeypatch):
+    monkeypatch.setitem(cli.COMMANDS, "ghost", ("lkedge_host.no_such_module", "add_arguments",
+                                                "run", "a command whose module is missing"))
+    assert cli.main(["ghost"]) == 1
+    err = capsys.readouterr().err
+    assert "command 'ghost' is not available" in err and "lkedge_host.no_such_module" in err
+    assert "Traceback" not in err
+
+
+def test_dev_key_rules():
+    assert auth.resolve_keys(environ={}) == (auth.DEV_API_KEY, auth.DEV_API_SECRET)
+    assert len(auth.DEV_API_SECRET) >= 32
+    assert auth.resolve_keys(environ={"LIVEKIT_API_KEY": "a", "LIVEKIT_API_SECRET": "b"}) == ("a", "b")
+    assert auth.resolve_keys("f", "g", environ={"LIVEKIT_API_KEY": "a", "LIVEKIT_API_SECRET": "b"}) == ("f", "g")
+    for host in ("127.0.0.1", "::1", "localhost", "127.1.2.3"):
+        auth.check_listen_keys(host, auth.DEV_API_KEY, auth.DEV_API_SECRET)
+    for host in ("0.0.0.0", "", "192.168.1.5", "example.org"):
+        try:
+            auth.check_listen_keys(host, auth.DEV_API_KEY, auth.DEV_API_SECRET)
+        except auth.KeyConfigError as e:
+            assert "loopback" in str(e)
+        else:
+            raise AssertionError("dev keys allowed on %r" % host)
+    auth.check_listen_keys("0.0.0.0", "real", "s" * 40)

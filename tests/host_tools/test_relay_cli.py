@@ -1,0 +1,207 @@
+"""`lkedge relay` as a process (ready line, SIGTERM, key refusal), TLS, the serial bridge."""
+import asyncio
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+
+from linkpeer import LinkPeer
+from lkedge import link
+from lkedge_host.relay import auth
+
+READY = "lkedge relay: link "
+
+
+def start_relay(*extra, env=None):
+    cmd = [sys.executable, "-m", "lkedge_host.cli", "relay", "--port", "0", "--ws-port", "0",
+           "--http-port", "0"] + list(extra)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    lines = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith(READY):
+            return proc, line[len(READY):].split(), lines
+    proc.kill()
+    raise AssertionError("no ready line; stdout %r stderr %r" % (lines, proc.stderr.read()))
+
+
+def _hostport(url):
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    return host, int(port)
+
+
+def token(identity, room="lab"):
+    return auth.mint_token(auth.DEV_API_KEY, auth.DEV_API_SECRET, identity=identity, room=room)
+
+
+async def test_process_prints_ready_line_and_sigterm_sends_leave_5():
+    proc, urls, lines = start_relay()
+    try:
+        assert [u.split(":")[0] for u in urls] == ["tcp", "ws"], urls
+        assert any("development keys" in ln and auth.DEV_API_KEY in ln for ln in lines)
+        a = await LinkPeer.tcp(*_hostport(urls[0]))
+        await a.join(token("alice"))
+        w = await LinkPeer.ws(urls[1])
+        await w.join(token("wsbob", room="other"))
+        proc.send_signal(signal.SIGTERM)
+        for p in (a, w):
+            _t, body = await p.expect(link.LEAVE, 5)
+            assert body["code"] == link.LEAVE_SHUTDOWN
+            assert await p.closed(5)
+            await p.close()
+        assert proc.wait(10) == 0
+        err = proc.stderr.read()
+        assert "event=join" in err and "identity=alice" in err and "code=5" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_dev_keys_refused_off_loopback_and_half_keys_refused():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
+    r = subprocess.run([sys.executable, "-m", "lkedge_host.cli", "relay", "--host", "0.0.0.0"],
+                       capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 2 and "development keys" in r.stderr and "loopback" in r.stderr
+    env["LIVEKIT_API_KEY"] = "k"
+    r = subprocess.run([sys.executable, "-m", "lkedge_host.cli", "relay"],
+                       capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 2 and "API key given without API secret" in r.stderr
+
+
+def test_relay_help_shows_defaults():
+    r = subprocess.run([sys.executable, "-m", "lkedge_host.cli", "relay", "--help"],
+                       capture_output=True, text=True, timeout=30)
+    text = " ".join(r.stdout.split())
+    for want in ("--port", "default 7880", "default 7881", "default 7882", "default 65536",
+                 "default 30.0", "--join-timeout", "--queue-bytes", "--tls-cert", "--serial"):
+        assert want in text, want
+
+
+async def test_real_keys_from_environment():
+    env = dict(os.environ, LIVEKIT_API_KEY="prodkey", LIVEKIT_API_SECRET="s" * 40)
+    proc, urls, lines = start_relay("--no-ws", env=env)
+    try:
+        assert not any("development keys" in ln for ln in lines)
+        good = auth.mint_token("prodkey", "s" * 40, identity="a", room="lab")
+        p = await LinkPeer.tcp(*_hostport(urls[0]))
+        assert (await p.join(good))["identity"] == "a"
+        q = await LinkPeer.tcp(*_hostport(urls[0]))
+        await q.join(token("dev-keyed"), expect=False)
+        _t, body = await q.expect(link.LEAVE)
+        assert body["code"] == link.LEAVE_UNAUTHORIZED
+        await p.close()
+        await q.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+
+
+def _self_signed(tmp):
+    cert, key = os.path.join(tmp, "c.pem"), os.path.join(tmp, "k.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=localhost"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+async def test_tls_listener(tmp_path):
+    cert, key = _self_signed(str(tmp_path))
+    proc, urls, _ = start_relay("--tls-cert", cert, "--tls-key", key)
+    try:
+        assert [u.split(":")[0] for u in urls] == ["tls", "wss"], urls
+        ctx = ssl.create_default_context(cafile=cert)
+        ctx.check_hostname = False
+        host, port = _hostport(urls[0])
+        p = LinkPeer()
+        p._r, p._w = await asyncio.open_connection(host, port, ssl=ctx)
+        p._kind = "tcp"
+        p._task = asyncio.ensure_future(p._pump())
+        assert (await p.join(token("tls-alice")))["identity"] == "tls-alice"
+        await p.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+
+
+async def _read_frames(fd, reader, want, timeout=3.0):
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < want and time.monotonic() < deadline:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            await asyncio.sleep(0.01)
+            continue
+        reader.receive(memoryview(data))
+        while True:
+            ev = reader.next_event()
+            if ev == link.NEED_DATA:
+                break
+            if ev[0] == link.FRAME:
+                out.append((ev[1], link.decode_control(ev[2])))
+            elif ev[0] == link.DATA_END:
+                out.append((link.DATA, None))
+    return out
+
+
+async def test_serial_bridge_over_a_pty():
+    master, slave = os.openpty()
+    os.set_blocking(master, False)
+    from lkedge_host.relay.router import Router
+    from lkedge_host.relay.server import RelayServer
+    import io
+    v = auth.Verifier(auth.DEV_API_KEY, auth.DEV_API_SECRET)
+    srv = RelayServer(Router(v.verify), port=0, ws_port=None, http_port=None,
+                      serial=os.ttyname(slave), log=io.StringIO())
+    await srv.start()
+    try:
+        assert srv.urls == ["tcp://127.0.0.1:%d" % srv.addresses["tcp"][1],
+                            "serial:" + os.ttyname(slave)]
+        host = await LinkPeer.tcp(*srv.addresses["tcp"])
+        await host.join(token("host"))
+        reader = link.FrameReader(1 << 20)
+        os.write(master, link.encode_control(link.JOIN, {"v": 1, "token": token("board")}))
+        (t, joined), = await _read_frames(master, reader, 1)
+        assert t == link.JOINED and joined["identity"] == "board"
+        assert [p["identity"] for p in joined["participants"]] == ["host"]
+        await host.expect(link.PARTICIPANT)
+        from livekit.protocol import models
+        pkt = models.DataPacket(user=models.UserPacket(payload=bytes(range(256)) * 4))
+        await host.send_data(pkt.SerializeToString())
+        assert await _read_frames(master, reader, 1) == [(link.DATA, None)]
+        # the board leaves; the line then serves a new link connection
+        os.write(master, link.encode_control(link.LEAVE, {"code": 1, "reason": ""}))
+        _t, left = await host.expect(link.PARTICIPANT_LEFT)
+        assert left["identity"] == "board"
+        await asyncio.sleep(0.3)
+        reader = link.FrameReader(1 << 20)
+        os.write(master, link.encode_control(link.JOIN, {"v": 1, "token": token("board")}))
+        (t, joined), = await _read_frames(master, reader, 1)
+        assert t == link.JOINED
+        await host.close()
+    finally:
+        await srv.stop()
+        os.close(master)
+        os.close(slave)
+
+
+def test_port_in_use_is_a_clear_error():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    try:
+        r = subprocess.run([sys.executable, "-m", "lkedge_host.cli", "relay", "--port",
+                            str(s.getsockname()[1]), "--ws-port", "0", "--http-port", "0"],
+                           capture_output=True, text=True, timeout=30)
+    finally:
+        s.close()
+    assert r.returncode == 1 and "cannot start listening" in r.stderr
+    assert "Traceback" not in r.stderr and READY not in r.stdout

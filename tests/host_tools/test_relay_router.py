@@ -1,0 +1,276 @@
+"""The sans-I/O Router alone: frames in, actions out, time passed in (no sockets)."""
+from livekit.protocol import models
+
+from lkedge import link
+from lkedge_host.relay import router as rt
+
+
+class Denied(Exception):
+    pass
+
+
+def fake_auth(token):
+    """Tokens here are "identity@room[!]" ("!" = no canPublishData); "bad" is refused.
+    The real verifier is tested in test_relay_server.py / test_relay_auth.py."""
+    if token == "bad":
+        raise Denied("token signature does not verify")
+    ident, room = token.rstrip("!").split("@")
+    return {"identity": ident, "room": room, "can_publish_data": not token.endswith("!"),
+            "attributes": {}}
+
+
+class Sim:
+    def __init__(self, **kw):
+        n = [0]
+
+        def sid():
+            n[0] += 1
+            return "PA_%d" % n[0]
+        self.r = rt.Router(fake_auth, new_sid=sid, **kw)
+        self.now = 0
+        self.out = {}          # cid -> list of (type, body)
+        self.closed = set()
+        self.paused = set()
+        self.readers = {}
+
+    def open(self, cid):
+        self.r.open(cid, self.now)
+        self.out[cid] = []
+        self.readers[cid] = link.FrameReader(1 << 24)
+        self.pump()
+
+    def feed(self, cid, data):
+        self.r.receive(cid, data, self.now)
+        self.pump()
+
+    def join(self, cid, token, **kw):
+        self.open(cid)
+        m = {"v": 1, "token": token}
+        m.update(kw)
+        self.feed(cid, link.encode_control(link.JOIN, m))
+
+    def pump(self, drain=True):
+        """Carry out the actions; drain=True plays receivers that read at once."""
+        while True:
+            actions = self.r.pop_actions()
+            if not actions:
+                return
+            for a in actions:
+                if a[0] == rt.SEND:
+                    self._decode(a[1], a[2])
+                    if drain:
+                        self.r.drained(a[1], len(a[2]), self.now)
+                elif a[0] == rt.CLOSE:
+                    self.closed.add(a[1])
+                elif a[0] == rt.PAUSE:
+                    self.paused.add(a[1])
+                elif a[0] == rt.RESUME:
+                    self.paused.discard(a[1])
+
+    def _decode(self, cid, frame):
+        rd = self.readers[cid]
+        rd.receive(memoryview(frame))
+        body = None
+        while True:
+            ev = rd.next_event()
+            if ev == link.NEED_DATA:
+                return
+            if ev[0] == link.DATA_START:
+                body = bytearray()
+            elif ev[0] == link.DATA_PIECE:
+                body += ev[1]
+            elif ev[0] == link.DATA_END:
+                self.out[cid].append((link.DATA, bytes(body)))
+            else:
+                self.out[cid].append((ev[1], link.decode_control(ev[2])))
+
+    def types(self, cid):
+        return [t for t, _ in self.out[cid]]
+
+    def take(self, cid):
+        got, self.out[cid] = self.out[cid], []
+        return got
+
+
+def data(payload, dest=()):
+    p = models.DataPacket(user=models.UserPacket(payload=payload))
+    p.destination_identities.extend(dest)
+    return link.encode_frame(link.DATA, p.SerializeToString())
+
+
+def test_join_replies_joined_and_announces_in_order():
+    s = Sim()
+    s.join(1, "alice@lab")
+    s.join(2, "bob@lab", client_protocol=2, capabilities=[2])
+    (t, joined), = s.take(2)
+    assert t == link.JOINED and joined["sid"] == "PA_2"
+    assert [p["identity"] for p in joined["participants"]] == ["alice"]
+    assert s.types(1) == [link.JOINED, link.PARTICIPANT]
+    assert s.out[1][1][1] == {"identity": "bob", "sid": "PA_2", "client_protocol": 2,
+                              "capabilities": [2], "attributes": {}}
+
+
+def test_newcomer_data_in_same_bytes_as_join_follows_its_announcement():
+    s = Sim()
+    s.join(1, "alice@lab")
+    s.take(1)
+    s.open(2)
+    s.feed(2, link.encode_control(link.JOIN, {"v": 1, "token": "bob@lab"}) + data(b"hi"))
+    assert s.types(1) == [link.PARTICIPANT, link.DATA]
+
+
+def test_routing_and_unknown_destinations():
+    s = Sim()
+    for cid, who in ((1, "a@r"), (2, "b@r"), (3, "c@r"), (4, "a@other")):
+        s.join(cid, who)
+    for cid in s.out:
+        s.take(cid)
+    s.feed(1, data(b"x", dest=["c", "a", "ghost"]))
+    assert s.types(3) == [link.DATA] and s.types(2) == [] and s.types(1) == [] and s.types(4) == []
+    m = s.r.metrics
+    assert m.get("lkedge_relay_drops_total", reason="unknown_destination") == 1
+    assert m.get("lkedge_relay_drops_total", reason="destination_is_sender") == 1
+
+
+def test_data_split_byte_by_byte_is_reassembled():
+    s = Sim()
+    s.join(1, "a@r")
+    s.join(2, "b@r")
+    s.take(2)
+    for b in data(b"piecewise" * 100):
+        s.feed(1, bytes([b]))
+    (t, body), = s.take(2)
+    p = models.DataPacket()
+    p.ParseFromString(body)
+    assert p.user.payload == b"piecewise" * 100 and p.participant_identity == "a"
+
+
+def test_refused_token_and_second_join_and_relay_only_frames():
+    s = Sim()
+    s.join(1, "bad")
+    assert s.out[1][-1] == (link.LEAVE, {"code": 3, "reason": "token signature does not verify"})
+    assert 1 in s.closed
+    s.join(2, "a@r")
+    s.feed(2, link.encode_control(link.JOIN, {"v": 1, "token": "a@r"}))
+    assert s.out[2][-1][1]["code"] == link.LEAVE_PROTOCOL and 2 in s.closed
+    s.join(3, "b@r")
+    s.feed(3, link.encode_control(link.PARTICIPANT_LEFT, {"identity": "x"}))
+    assert s.out[3][-1][1]["code"] == link.LEAVE_PROTOCOL
+    s.open(4)
+    s.feed(4, link.encode_frame(link.PING, b""))
+    assert "first frame must be JOIN" in s.out[4][-1][1]["reason"]
+
+
+def test_unknown_frame_types_are_skipped():
+    s = Sim()
+    s.join(1, "a@r")
+    s.join(2, "b@r")
+    s.take(2)
+    s.feed(1, link.encode_frame(0x55, b"future") + data(b"ok"))
+    assert s.types(2) == [link.DATA] and 1 not in s.closed
+
+
+def test_timers_join_idle_and_deadline():
+    s = Sim(join_timeout_ms=100, idle_timeout_ms=1000)
+    s.open(1)
+    assert s.r.next_deadline() == 100
+    s.now = 99
+    s.r.tick(s.now)
+    s.pump()
+    assert 1 not in s.closed
+    s.now = 100
+    s.r.tick(s.now)
+    s.pump()
+    assert 1 in s.closed and s.out[1][-1][1]["code"] == link.LEAVE_PROTOCOL
+    s.join(2, "a@r")
+    s.join(3, "b@r")
+    s.now = 900
+    s.feed(3, link.encode_frame(link.PONG, b""))
+    assert s.r.next_deadline() == 100 + 1000
+    s.now = 1100
+    s.r.tick(s.now)
+    s.pump()
+    assert 2 in s.closed and s.out[2][-1][1]["code"] == link.LEAVE_IDLE
+    assert s.out[3][-1] == (link.PARTICIPANT_LEFT, {"identity": "a", "reason": s.out[3][-1][1]["reason"]})
+    assert 3 not in s.closed
+
+
+def test_full_queue_pauses_sender_then_resumes_or_drops_receiver():
+    s = Sim(queue_bytes=20000, stuck_ms=500)
+    s.join(1, "a@r")
+    s.join(2, "b@r")
+    s.join(3, "c@r")
+    frame = data(b"y" * 8000, dest=["b"])
+    s.feed(1, frame)
+    s.feed(1, frame)
+    s.pump()
+    for _ in range(3):           # b never drains from here on
+        s.r.receive(1, frame, s.now)
+        s.pump(drain=False)
+    assert 1 in s.paused and s.r.paused(1)
+    assert s.r.queued(2) >= 20000
+    queued = s.r.queued(2)
+    s.r.drained(2, queued, s.now)      # b catches up: a resumes
+    s.pump()
+    assert 1 not in s.paused
+    s.r.receive(1, frame, s.now)
+    s.r.receive(1, frame, s.now)
+    s.r.receive(1, frame, s.now)
+    s.pump(drain=False)
+    assert 1 in s.paused
+    s.now = 499
+    s.r.tick(s.now)
+    s.pump(drain=False)
+    assert 2 not in s.closed
+    s.now = 500
+    s.r.tick(s.now)
+    s.pump(drain=False)
+    assert 2 in s.closed and s.out[2][-1][1]["code"] == link.LEAVE_IDLE
+    assert 1 not in s.paused, "dropping the stuck receiver must resume its senders"
+    assert s.out[3][-1][0] == link.PARTICIPANT_LEFT
+
+
+def test_paused_sender_is_not_idled_out():
+    s = Sim(queue_bytes=20000, stuck_ms=10000, idle_timeout_ms=300)
+    s.join(1, "a@r")
+    s.join(2, "b@r")
+    for _ in range(3):
+        s.r.receive(1, data(b"y" * 8000, dest=["b"]), s.now)
+        s.pump(drain=False)
+    assert 1 in s.paused
+    s.now = 1000
+    s.r.tick(s.now)
+    s.pump(drain=False)
+    assert 1 not in s.closed and 2 in s.closed      # b silent: idle; a paused: kept
+
+
+def test_stamped_frame_must_fit_max_frame():
+    s = Sim(max_frame=16384)
+    s.join(1, "a-long-identity@r")
+    s.join(2, "b@r")
+    body = models.DataPacket(user=models.UserPacket(payload=b"p" * 16370)).SerializeToString()
+    s.feed(1, link.encode_frame(link.DATA, body))
+    (t, leave) = s.out[1][-1]
+    assert leave["code"] == link.LEAVE_PROTOCOL and "max_frame 16384" in leave["reason"]
+
+
+def test_shutdown_leaves_5_without_announcements():
+    s = Sim()
+    s.join(1, "a@r")
+    s.join(2, "b@r")
+    s.take(1)
+    s.take(2)
+    s.r.shutdown(s.now)
+    s.pump()
+    for cid in (1, 2):
+        assert s.take(cid) == [(link.LEAVE, {"code": 5, "reason": "relay shutting down"})]
+    assert s.closed == {1, 2} and s.r.rooms() == {}
+
+
+def test_max_frame_below_a_chunk_is_refused():
+    try:
+        rt.Router(fake_auth, max_frame=15000)
+    except ValueError as e:
+        assert "15000-byte chunk" in str(e)
+    else:
+        raise AssertionError("max_frame 15000 accepted")

@@ -1,0 +1,364 @@
+"""The relay over real loopback sockets (TCP and WebSocket), checked against LINK.md.
+
+DataPackets are built and read with livekit-protocol (the official classes) as the
+oracle; the relay itself uses lkedge's own codecs.
+"""
+import asyncio
+import time
+
+import jwt
+from livekit.protocol import models
+
+from linkpeer import LinkPeer, RelayUnderTest
+from lkedge import link, proto
+from lkedge_host.relay import auth
+
+
+def user_packet(payload, dest=(), forged_identity=None, forged_sid=None):
+    pkt = models.DataPacket(user=models.UserPacket(payload=payload))
+    pkt.destination_identities.extend(dest)
+    if forged_identity is not None:
+        pkt.participant_identity = forged_identity
+    if forged_sid is not None:
+        pkt.participant_sid = forged_sid
+    return pkt.SerializeToString()
+
+
+def parse(body):
+    pkt = models.DataPacket()
+    pkt.ParseFromString(body)
+    return pkt
+
+
+async def no_frame(peer, timeout=0.3):
+    try:
+        t, body = await peer.next_frame(timeout)
+    except asyncio.TimeoutError:
+        return True
+    raise AssertionError("unexpected %s %r" % (link.type_name(t), body))
+
+
+async def expect_leave(peer, code, timeout=2.0):
+    _t, body = await peer.expect(link.LEAVE, timeout)
+    assert body["code"] == code, body
+    assert await peer.closed(), "the relay must close the connection after LEAVE"
+    return body
+
+
+async def test_joined_lists_others_and_participant_is_announced():
+    async with RelayUnderTest() as r:
+        a = await r.peer("alice", capabilities=[2])
+        assert a.joined["room"] == "lab" and a.joined["identity"] == "alice"
+        assert a.joined["participants"] == [] and a.joined["max_frame"] == 65536
+        assert a.joined["sid"].startswith("PA_") and a.joined["server_version"]
+        b = await r.peer("bob", client_protocol=1)
+        assert [p["identity"] for p in b.joined["participants"]] == ["alice"]
+        alice = b.joined["participants"][0]
+        assert alice["sid"] == a.joined["sid"] and alice["capabilities"] == [2]
+        assert alice["client_protocol"] == 2
+        _t, ann = await a.expect(link.PARTICIPANT)
+        assert ann["identity"] == "bob" and ann["sid"] == b.joined["sid"]
+        assert ann["client_protocol"] == 1 and ann["attributes"] == {}
+
+
+async def test_token_attributes_reach_the_participant_map():
+    async with RelayUnderTest() as r:
+        a = await r.peer("alice")
+        b = await r.connect()
+        await b.join(r.token("bob", attributes={"kind": "board"}))
+        _t, ann = await a.expect(link.PARTICIPANT)
+        assert ann["attributes"] == {"kind": "board"}
+
+
+async def test_participant_announced_before_newcomers_first_data():
+    async with RelayUnderTest() as r:
+        a = await r.peer("alice")
+        b = await r.connect()
+        # JOIN and a DATA in one write: alice must still see PARTICIPANT first
+        join = link.encode_control(link.JOIN, {"v": 1, "token": r.token("bob")})
+        await b.send_raw(join + link.encode_frame(link.DATA, user_packet(b"early")))
+        t1, ann = await a.next_frame()
+        t2, body = await a.next_frame()
+        assert (t1, ann["identity"]) == (link.PARTICIPANT, "bob")
+        assert t2 == link.DATA and parse(body).user.payload == b"early"
+
+
+async def test_participant_left_comes_after_last_data():
+    async with RelayUnderTest() as r:
+        a = await r.peer("alice")
+        b = await r.peer("bob")
+        await a.expect(link.PARTICIPANT)
+        await b.send_raw(link.encode_frame(link.DATA, user_packet(b"last"))
+                         + link.encode_control(link.LEAVE, {"code": 1, "reason": "bye"}))
+        t, body = await a.expect(link.DATA)
+        assert parse(body).user.payload == b"last"
+        _t, left = await a.expect(link.PARTICIPANT_LEFT)
+        assert left["identity"] == "bob" and "bye" in left["reason"]
+        assert await b.closed()
+
+
+async def test_transport_close_is_announced_as_left():
+    async with RelayUnderTest() as r:
+        a = await r.peer("alice")
+        b = await r.peer("bob")
+        await a.expect(link.PARTICIPANT)
+        await b.close()
+        _t, left = await a.expect(link.PARTICIPANT_LEFT)
+        assert left["identity"] == "bob"
+
+
+async def test_routing_destinations_broadcast_not_to_sender_not_across_rooms():
+    async with RelayUnderTest() as r:
+        a = await r.peer("alice")
+        b = await r.peer("bob")
+        c = await r.peer("carol")
+        x = await r.peer("bob", room="other")      # same identity, another room
+        for p, n in ((a, 2), (b, 1)):
+            for _ in range(n):
+                await p.expect(link.PARTICIPANT)
+        await a.send_data(user_packet(b"to-bob", dest=["bob", "nobody"]))
+        t, body = await b.expect(link.DATA)
+        assert parse(body).user.payload == b"to-bob"
+        await a.send_data(user_packet(b"all"))
+        for p in (b, c):
+            _t, body = await p.expect(link.DATA)
+            assert parse(body).user.payload == b"all"
+        await no_frame(c, 0.2)          # got "all" only, not "to-bob"
+        await no_frame(a, 0.2)          # never back to the sender
+        await no_frame(x, 0.2)          # never into another room
+        assert r.router.metrics.get("lkedge_relay_drops_total", reason="unknown_destination") == 1
+
+
+async def test_sender_identity_stamped_first_and_forgeries_removed():
+    async with RelayUnderTest() as r:
+        a = await r.peer("alice")
+        b = await r.peer("bob")
+        await a.send_data(user_packet(b"x" * 3000, forged_identity="bob", forged_sid="PA_fake"))
+        _t, body = await b.expect(link.DATA)
+        pkt = parse(body)
+        assert pkt.participant_identity == "alice"
+        assert pkt.participant_sid == a.joined["sid"]
+        assert pkt.user.payload == b"x" * 3000
+        nums = [f[0] for f in proto.scan_fields(body)]
+        assert nums[:2] == [4, 17] and nums.count(4) == 1 and nums.count(17) == 1
+
+
+async def test_duplicate_identity_replaces_the_old_connection():
+    async with RelayUnderTest() as r:
+        a = await r.peer("alice")
+        b1 = await r.peer("bob")
+        await a.expect(link.PARTICIPANT)
+        b2 = await r.peer("bob")
+        assert [p["identity"] for p in b2.joined["participants"]] == ["alice"]
+        await expect_leave(b1, link.LEAVE_DUPLICATE)
+        _t, left = await a.expect(link.PARTICIPANT_LEFT)
+        _t, ann = await a.expect(link.PARTICIPANT)
+        assert left["identity"] == "bob" and ann["sid"] == b2.joined["sid"]
+        await a.send_data(user_packet(b"hi", dest=["bob"]))
+        _t, body = await b2.expect(link.DATA)
+        assert parse(body).user.payload == b"hi"
+
+
+def _hs256(claims, secret=auth.DEV_API_SECRET):
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _claims(**over):
+    c = {"iss": auth.DEV_API_KEY, "sub": "eve", "nbf": int(time.time()) - 10,
+         "exp": int(time.time()) + 600, "video": {"roomJoin": True, "room": "lab"}}
+    c.update(over)
+    return {k: v for k, v in c.items() if v is not None}
+
+
+async def _refused(r, token):
+    p = await r.connect()
+    await p.join(token, expect=False)
+    return (await expect_leave(p, link.LEAVE_UNAUTHORIZED))["reason"]
+
+
+async def test_bad_tokens_get_leave_3_with_the_reason():
+    async with RelayUnderTest(rooms=["lab"]) as r:
+        assert "expired" in await _refused(r, _hs256(_claims(exp=int(time.time()) - 3600)))
+        assert "signature" in await _refused(r, _hs256(_claims(), secret="x" * 40))
+        assert "issuer" in await _refused(r, _hs256(_claims(iss="other")))
+        assert "exp" in await _refused(r, _hs256(_claims(exp=None)))
+        assert "roomJoin" in await _refused(r, _hs256(_claims(video={"room": "lab"})))
+        assert "not served" in await _refused(r, r.token("eve", room="elsewhere"))
+        assert "JWT" in await _refused(r, "not-a-token")
+        ok = await r.peer("eve")          # the same relay accepts a good token
+        assert ok.joined["identity"] == "eve"
+
+
+async def test_protocol_errors_leave_4_and_only_that_connection():
+    async with RelayUnderTest(max_frame=20000) as r:
+        a = await r.peer("alice")
+        b = await r.peer("bob")
+        await a.expect(link.PARTICIPANT)
+        cases = []
+        early = await r.connect()
+        await early.send_data(user_packet(b"x"))
+        cases.append((early, "DATA before JOIN"))
+        garbage = await r.connect()
+        await garbage.send_raw(b"\xff\xff\xff\xff\xff\xff")
+        cases.append((garbage, "varint"))
+        big = await r.peer("carol")
+        await big.send_raw(link.frame_header(link.DATA, 30000) + b"\0" * 1000)
+        cases.append((big, "exceeds max_frame"))
+        bad = await r.peer("dave")
+        await bad.send_data(b"\x0a\x10abc")      # field 1 length 16, only 3 bytes
+        cases.append((bad, "malformed DataPacket"))
+        for p, words in cases:
+            body = await expect_leave(p, link.LEAVE_PROTOCOL)
+            assert words in body["reason"], body
+        await b.send_data(user_packet(b"still here", dest=["alice"]))
+        while True:
+            t, body = await a.next_frame()
+            if t == link.DATA:
+                break
+            assert t in (link.PARTICIPANT, link.PARTICIPANT_LEFT)
+        assert parse(body).user.payload == b"still here"
+
+
+async def test_no_join_in_time_gets_leave():
+    async with RelayUnderTest(join_timeout_ms=200) as r:
+        p = await r.connect()
+        body = await expect_leave(p, link.LEAVE_PROTOCOL)
+        assert "JOIN" in body["reason"]
+
+
+async def test_ping_pong_and_idle_timeout():
+    async with RelayUnderTest(idle_timeout_ms=400) as r:
+        a = await r.peer("alice")
+        b = await r.peer("bob")
+        await a.expect(link.PARTICIPANT)
+        got = []
+        for i in range(6):              # a pinging peer outlives the idle timeout
+            await a.send_raw(link.encode_frame(link.PING, b"t%d" % i))
+            await asyncio.sleep(0.15)
+        while True:
+            try:
+                got.append(await a.next_frame(0.2))
+            except asyncio.TimeoutError:
+                break
+        assert [f for f in got if f[0] == link.PONG] == [(link.PONG, b"t%d" % i) for i in range(6)]
+        left = [f[1] for f in got if f[0] == link.PARTICIPANT_LEFT]
+        assert len(left) == 1 and left[0]["identity"] == "bob" and "idle" in left[0]["reason"]
+        await expect_leave(b, link.LEAVE_IDLE)
+        assert r.router.rooms()["lab"] == ["alice"]
+
+
+async def test_data_without_can_publish_data_gets_leave_7():
+    async with RelayUnderTest() as r:
+        a = await r.peer("alice")
+        m = await r.connect()
+        await m.join(r.token("mute", can_publish_data=False))
+        await a.expect(link.PARTICIPANT)
+        await m.send_data(user_packet(b"nope"))
+        await expect_leave(m, link.LEAVE_FORBIDDEN)
+        _t, left = await a.expect(link.PARTICIPANT_LEFT)
+        assert left["identity"] == "mute"
+
+
+async def test_slow_receiver_is_bounded_and_dropped_with_leave_6():
+    queue = 256 * 1024
+    async with RelayUnderTest(queue_bytes=queue, stuck_ms=500) as r:
+        sender = await r.peer("fast")
+        slow = await r.peer("slow")
+        await sender.expect(link.PARTICIPANT)
+        slow._task.cancel()             # stop reading: the kernel buffers fill, then ours
+        chunk = user_packet(b"z" * 15000, dest=["slow"])
+        sent, peak = 0, 0
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            await asyncio.wait_for(sender.send_data(chunk), 5)
+            sent += len(chunk)
+            await asyncio.sleep(0)
+            for cid in list(r.srv.links):
+                peak = max(peak, r.router.queued(cid))
+            if "slow" not in r.router.rooms().get("lab", []):
+                break
+        assert "slow" not in r.router.rooms()["lab"], "the stuck receiver was not dropped"
+        assert sent > 4 * queue, "test did not push enough to fill the relay (%d)" % sent
+        # bounded: the limit plus what the paused sender already had read (< one read)
+        assert peak <= queue + 65536 + 2 * len(chunk), peak
+        _t, left = await asyncio.wait_for(_skip_to(sender, link.PARTICIPANT_LEFT), 3)
+        assert left["identity"] == "slow" and "stuck" in left["reason"]
+        assert r.router.metrics.get("lkedge_relay_leaves_total", code=link.LEAVE_IDLE) == 1
+
+
+async def _skip_to(peer, t):
+    while True:
+        got, body = await peer.next_frame(3)
+        if got == t:
+            return got, body
+
+
+async def test_websocket_frames_split_and_packed_across_messages():
+    async with RelayUnderTest() as r:
+        a = await r.peer("alice")
+        w = await LinkPeer.ws(r.ws_url, split=7)      # every write in 7-byte messages
+        r.peers.append(w)
+        joined = await w.join(r.token("wsbob"))
+        assert joined["identity"] == "wsbob"
+        await a.expect(link.PARTICIPANT)
+        two = (link.encode_frame(link.DATA, user_packet(b"one"))
+               + link.encode_frame(link.DATA, user_packet(b"two")))
+        w._split = None
+        await w.send_raw(two)                           # two frames in one message
+        for want in (b"one", b"two"):
+            _t, body = await a.expect(link.DATA)
+            assert parse(body).user.payload == want and parse(body).participant_identity == "wsbob"
+        await a.send_data(user_packet(b"back" * 5000))
+        _t, body = await w.expect(link.DATA)
+        assert parse(body).user.payload == b"back" * 5000
+
+
+async def test_websocket_text_message_is_a_protocol_error():
+    async with RelayUnderTest() as r:
+        w = await LinkPeer.ws(r.ws_url)
+        r.peers.append(w)
+        await w.join(r.token("wsbob"))
+        await w.send_ws_message("hello")
+        body = await expect_leave(w, link.LEAVE_PROTOCOL)
+        assert "text" in body["reason"]
+
+
+async def test_metrics_and_healthz_count_traffic():
+    async with RelayUnderTest() as r:
+        a = await r.peer("alice")
+        b = await r.peer("bob")
+        await a.send_data(user_packet(b"m", dest=["ghost"]))
+        await a.send_data(user_packet(b"m"))
+        await b.expect(link.DATA)
+        bad = await r.connect()
+        await bad.send_raw(b"\x00")
+        await expect_leave(bad, link.LEAVE_PROTOCOL)
+        status, text = await r.http_get("/metrics")
+        assert status == 200
+        lines = set(text.splitlines())
+        for want in ('lkedge_relay_connections 2', 'lkedge_relay_connections_total{transport="tcp"} 3',
+                     'lkedge_relay_joins_total 2', 'lkedge_relay_leaves_total{code="4"} 1',
+                     'lkedge_relay_frames_in_total{type="DATA"} 2',
+                     'lkedge_relay_frames_out_total{type="DATA"} 1',
+                     'lkedge_relay_drops_total{reason="unknown_destination"} 1',
+                     'lkedge_relay_queue_bytes{identity="bob",room="lab"} 0',
+                     '# TYPE lkedge_relay_bytes_in_total counter'):
+            assert want in lines, want
+        status, text = await r.http_get("/healthz")
+        assert status == 200 and text.startswith("ok\n")
+        assert '"participants": 2' in text
+        status, _ = await r.http_get("/nope")
+        assert status == 404
+        assert "event=leave" in r.logbuf.getvalue() and "code=4" in r.logbuf.getvalue()
+
+
+async def test_shutdown_sends_leave_5_to_everyone():
+    r = RelayUnderTest()
+    await r.__aenter__()
+    a = await r.peer("alice")
+    b = await r.peer("bob", room="other")
+    await r.srv.stop()
+    for p in (a, b):
+        await expect_leave(p, link.LEAVE_SHUTDOWN)
+    for p in r.peers:
+        await p.close()
