@@ -1,0 +1,88 @@
+"""`lkedge call`, `lkedge serve`, `lkedge room` as a person runs them (real processes)."""
+import hashlib
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lkedge_host.relay.process import RelayProcess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LKEDGE = [os.path.join(os.path.dirname(sys.executable), "lkedge")]
+EXAMPLE = os.path.join(ROOT, "examples", "host_methods.py")
+
+
+@pytest.fixture(scope="module")
+def served():
+    with RelayProcess() as relay:
+        serve = subprocess.Popen(LKEDGE + ["serve", EXAMPLE, "--url", relay.url, "--identity", "host"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = serve.stdout.readline()
+        assert "serving echo, store_reading, time_now" in line, line + serve.stderr.read()
+        yield relay
+        serve.terminate()
+        serve.wait(10)
+
+
+def _lk(*args, stdin=None):
+    return subprocess.run(LKEDGE + list(args), input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def test_call_prints_the_response_and_exits_0(served):
+    r = _lk("call", "host", "echo", "héllo", "--url", served.url)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "héllo\n"
+    assert "host.echo ok" in r.stderr
+
+
+def test_call_reads_payload_from_file_and_stdin(served, tmp_path):
+    big = "0123456789" * 200000  # 2 MB: streamed with a progress line
+    f = tmp_path / "big.txt"
+    f.write_text(big)
+    out = tmp_path / "out.txt"
+    r = _lk("call", "host", "echo", "@" + str(f), "--url", served.url, "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == hashlib.sha256(big.encode()).hexdigest()
+    assert "sending" in r.stderr and "100.0%" in r.stderr
+    r = _lk("call", "host", "echo", "-", "--url", served.url, stdin="from stdin")
+    assert r.stdout == "from stdin\n"
+
+
+def test_rpc_error_exits_3_with_code_and_message(served):
+    r = _lk("call", "host", "store_reading", "not json", "--url", served.url)
+    assert r.returncode == 3
+    assert "RPC error 4000: payload must be JSON (not json)" in r.stderr
+    r = _lk("call", "host", "no_such_method", "--url", served.url)
+    assert r.returncode == 3 and "1400" in r.stderr
+
+
+def test_unknown_destination_is_1401_after_waiting(served):
+    t0 = time.monotonic()
+    r = _lk("call", "ghost", "echo", "--url", served.url, "--wait", "0.5")
+    assert r.returncode == 3 and "1401" in r.stderr
+    assert time.monotonic() - t0 < 30
+
+
+def test_unreachable_relay_exits_4():
+    r = _lk("call", "host", "echo", "--url", "tcp://127.0.0.1:1")
+    assert r.returncode == 4 and "cannot join" in r.stderr
+
+
+def test_room_lists_participants_with_protocol_and_capabilities(served):
+    r = _lk("room", "--url", served.url)
+    assert r.returncode == 0, r.stderr
+    assert "host" in r.stdout and "deflate_raw" in r.stdout
+    r = _lk("room", "--url", served.url, "--json")
+    import json
+    d = json.loads(r.stdout)
+    assert d["room"] == "lkedge"
+    assert [p for p in d["participants"] if p["identity"] == "host" and p["client_protocol"] == 2]
+
+
+def test_serve_refuses_a_file_without_methods(tmp_path):
+    f = tmp_path / "empty.py"
+    f.write_text("X = 1\n")
+    r = _lk("serve", str(f), "--url", "tcp://127.0.0.1:1")
+    assert r.returncode == 2 and "defines no public functions" in r.stderr
