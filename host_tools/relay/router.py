@@ -40,7 +40,7 @@ sizes. DATA from a participant without canPublishData: LEAVE 7.
 """
 import os
 
-from lkedge import link, proto
+from lkedge import cbor, link, proto
 
 from .metrics import Metrics
 
@@ -277,11 +277,14 @@ class Router:
         c.can_publish = bool(grant.get("can_publish_data", True))
         others = list(members.values())
         members[identity] = c
+        listed, rest = _split_for_joined(others)
         self._send(c, link.encode_control(link.JOINED, {
             "v": link.LINK_VERSION, "room": room, "identity": identity,
             "sid": c.info["sid"], "server_version": self.server_version,
-            "max_frame": self.max_frame, "participants": [o.info for o in others]}),
+            "max_frame": self.max_frame, "participants": [o.info for o in listed]}),
             link.JOINED)
+        for o in rest:  # a big room: the rest follow at once, before anything else
+            self._send(c, link.encode_control(link.PARTICIPANT, o.info), link.PARTICIPANT)
         announce = link.encode_control(link.PARTICIPANT, c.info)
         for o in others:
             self._send(o, announce, link.PARTICIPANT)
@@ -435,6 +438,21 @@ class Router:
             if c.info is not None:
                 m.set_gauge("lkedge_relay_queue_bytes", c.queued, room=c.room,
                             identity=c.info["identity"])
+
+
+# JOINED lists at most this many bytes of participants (CBOR); the others are sent as
+# PARTICIPANT frames right after it. A room of a thousand would otherwise make JOINED
+# larger than any board's frame buffer (and than max_frame itself).
+JOINED_LIST_BUDGET = 8192
+
+
+def _split_for_joined(others):
+    used = 0
+    for i, o in enumerate(others):
+        used += len(cbor.dumps(o.info))
+        if used > JOINED_LIST_BUDGET:
+            return others[:i], others[i:]
+    return others, []
 
 
 def _destinations(body, fields):

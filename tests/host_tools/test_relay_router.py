@@ -274,3 +274,31 @@ def test_max_frame_below_a_chunk_is_refused():
         assert "15000-byte chunk" in str(e)
     else:
         raise AssertionError("max_frame 15000 accepted")
+
+
+def test_big_room_joined_stays_small_and_the_rest_follow_as_participant_frames():
+    """A room of 300: JOINED lists what fits its budget, PARTICIPANT frames bring the
+    rest before anything else, so a board's small frame buffer never sees a huge JOINED."""
+    from lkedge import link as _link
+    from lkedge_host.relay import router as _router
+    from lkedge_host.relay.auth import Verifier, mint_token
+    key, secret = "k" * 8, "s" * 40
+    r = _router.Router(Verifier(key, secret).verify)
+    for i in range(301):
+        r.open(i, 0)
+        tok = mint_token(key, secret, identity="p%03d" % i, room="big")
+        r.receive(i, _link.encode_control(_link.JOIN, {"v": 1, "token": tok, "client_protocol": 2,
+                                                       "capabilities": [], "sdk": "t", "sdk_version": "0"}), 0)
+        if i < 300:
+            r.pop_actions()
+    frames = []
+    for act in r.pop_actions():
+        if act[0] == _router.SEND and act[1] == 300:
+            rd = _link.FrameReader(1 << 20)
+            rd.receive(memoryview(act[2]))
+            ev = rd.next_event()
+            frames.append((ev[1], len(act[2]), _link.decode_control(ev[2])))
+    assert frames[0][0] == _link.JOINED and frames[0][1] <= _router.JOINED_LIST_BUDGET + 512
+    listed = [p["identity"] for p in frames[0][2]["participants"]]
+    announced = [f[2]["identity"] for f in frames[1:] if f[0] == _link.PARTICIPANT]
+    assert len(listed) < 300 and sorted(listed + announced) == ["p%03d" % i for i in range(300)]
