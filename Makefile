@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-cpython test-micropython bench lint clean interop-node
+.PHONY: setup demo test test-micropython bench clean interop-node
 
 setup: $(VENV)/.installed interop-node
 
@@ -24,6 +24,10 @@ $(NODE_DIR)/build/peer.cjs: $(NODE_DIR)/package-lock.json $(NODE_DIR)/build.mjs 
 	npm ci --prefix $(NODE_DIR) --no-audit --no-fund
 	npm run --prefix $(NODE_DIR) build
 
+# The main job: relay + emulated ESP32 + deploy with mpremote + calls from the host.
+demo: setup
+	$(PY) -m lkedge_host.demo
+
 # The whole suite: CPython tests, and every tests/device module again under the real
 # MicroPython interpreter with a board-like heap (tests/test_micropython_half.py).
 test: setup
@@ -33,7 +37,9 @@ test-micropython: setup
 	$(PY) -m pytest -q tests/test_micropython_half.py $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) host_tools/bench/run_all.py
+	$(PY) -m lkedge_host.bench.throughput
+	$(PY) -m lkedge_host.bench.board_heap
+	$(PY) -m lkedge_host.bench.load --participants 1000 --seconds 60
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
