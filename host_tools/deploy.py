@@ -28,7 +28,6 @@ Library API: `plan_build(profile, lib_dir, firmware_dir, out_dir) -> list[Artifa
 board paths), `DeployError` (a RuntimeError with the reason).
 """
 import argparse
-import datetime
 import glob
 import hashlib
 import json
@@ -42,8 +41,6 @@ import tempfile
 from lkedge_host import profiles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEV_API_KEY = "devkey"
-DEV_API_SECRET = "devsecret-devsecret-devsecret-0123"
 DEFAULT_RELAY = "tcp://127.0.0.1:7880"
 DEFAULT_ROOM = "lkedge"
 KEEP_SOURCE = ("boot.py", "main.py")  # a board runs these two from source, by name
@@ -221,23 +218,11 @@ def _prepare_code(stale, dirs):
 
 # ----------------------------------------------------------------- config and token
 def mint_token(identity, room, api_key, api_secret, ttl_s):
-    """A LiveKit access token for the board (relay.auth's minting if present)."""
-    try:
-        from lkedge_host.relay import auth
-    except ImportError:
-        auth = None
-    if auth is not None and hasattr(auth, "mint_token"):
-        try:
-            return auth.mint_token(identity=identity, room=room, api_key=api_key,
-                                   api_secret=api_secret, ttl_s=ttl_s)
-        except TypeError as e:  # a different signature: say so, mint with livekit-api
-            _say("relay.auth.mint_token(identity, room, api_key, api_secret, ttl_s) not "
-                 "usable (%s): minting with livekit-api" % e)
-    from livekit import api
-    grants = api.VideoGrants(room_join=True, room=room, can_publish_data=True, can_subscribe=True)
-    tok = (api.AccessToken(api_key, api_secret).with_identity(identity).with_grants(grants)
-           .with_ttl(datetime.timedelta(seconds=ttl_s)))
-    return tok.to_jwt()
+    """A LiveKit access token for the board, with the relay's key resolution: the given
+    keys, else LIVEKIT_API_KEY/LIVEKIT_API_SECRET, else the relay's development keys."""
+    from lkedge_host.relay import auth
+    key, secret = auth.resolve_keys(api_key, api_secret)
+    return auth.mint_token(key, secret, identity=identity, room=room, ttl_s=ttl_s)
 
 
 def config_json(relay, token, identity, ssid, password):
@@ -302,8 +287,10 @@ def add_arguments(parser):
     parser.add_argument("--room", default=DEFAULT_ROOM, help="room name (default %(default)s)")
     parser.add_argument("--firmware", default=os.path.join(ROOT, "firmware"), help="firmware folder")
     parser.add_argument("--lib", default=os.path.join(ROOT, "lib", "lkedge"), help="lkedge library folder")
-    parser.add_argument("--api-key", default=os.environ.get("LIVEKIT_API_KEY", DEV_API_KEY))
-    parser.add_argument("--api-secret", default=os.environ.get("LIVEKIT_API_SECRET", DEV_API_SECRET))
+    parser.add_argument("--api-key", default=None,
+                        help="API key for the token (else LIVEKIT_API_KEY, else the relay's development key)")
+    parser.add_argument("--api-secret", default=None,
+                        help="API secret for the token (else LIVEKIT_API_SECRET, else the development secret)")
     parser.add_argument("--token-ttl", type=int, default=30 * 24 * 3600, help="token lifetime in seconds")
     parser.add_argument("--wifi-ssid", default=os.environ.get("LKEDGE_WIFI_SSID", ""))
     parser.add_argument("--wifi-password", default=os.environ.get("LKEDGE_WIFI_PASSWORD", ""))

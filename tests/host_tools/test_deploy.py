@@ -10,6 +10,7 @@ import time
 import pytest
 
 from lkedge_host import board, deploy, profiles
+from lkedge_host.relay import auth
 
 MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
 REAL_LIB = os.path.join(deploy.ROOT, "lib", "lkedge")
@@ -128,7 +129,7 @@ def test_config_and_profile_json_are_written_for_the_firmware(unix_board, firmwa
         cfg = json.load(f)
     assert cfg["relay"] == "tcp://10.0.0.5:7880" and cfg["wifi"] == {"ssid": "", "password": ""}
     from livekit import api
-    claims = api.TokenVerifier(deploy.DEV_API_KEY, deploy.DEV_API_SECRET).verify(cfg["token"])
+    claims = api.TokenVerifier(auth.DEV_API_KEY, auth.DEV_API_SECRET).verify(cfg["token"])
     assert claims.identity == "pump-7" and claims.video.room == "plant" and claims.video.room_join
 
 

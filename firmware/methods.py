@@ -1,0 +1,171 @@
+"""The RPC methods a field user needs. Each takes RpcInvocationData, returns a str
+(or, for the streamed ones, an async iterable of str pieces).
+
+    device.info    {firmware, lkedge, micropython, board, name, identity, unique_id,
+                    uptime_ms, mem_free, mem_alloc, reset_cause, calls, telemetry}
+    sensors.read   the profile's sensors, as JSON
+    log.tail       streamed tail of the on-flash log (request JSON {"bytes": N}, optional)
+    file.get / file.put / file.stat    see files.py
+    config.update  JSON patch of config.json (keys: CONFIG_TYPES); effective after reboot
+    reboot         answers, leaves the room, then resets the board
+"""
+import gc
+import json
+import time
+
+import files
+import flashlog
+
+FIRMWARE_VERSION = "0.2.0"
+E_BAD_CONFIG = 4005
+LOG_TAIL_DEFAULT = 4096
+REBOOT_DELAY_MS = 200
+# config.update accepts these keys, with these types
+CONFIG_TYPES = {"relay": str, "token": str, "wifi": dict, "telemetry_to": str,
+                "telemetry_interval_s": (int, float), "name": str}
+
+
+def _sleep_ms(ms):
+    import asyncio
+    return asyncio.sleep_ms(ms) if hasattr(asyncio, "sleep_ms") else asyncio.sleep(ms / 1000)
+
+
+def reap_tasks(room):
+    """Drop finished tasks that lkedge.room keeps in Room._tasks (it prunes them only
+    past 64, and each finished RPC task holds ~3 KB on MicroPython: an ESP32 heap runs
+    out after ~15 calls). Harmless once the library prunes them itself."""
+    ts = getattr(room, "_tasks", None)
+    if ts:
+        room._tasks = [t for t in ts if not t.done()]
+
+
+class App:
+    """State the methods need: the room, config, profile, machine, start time."""
+
+    def __init__(self, room, config, profile, machine, started_ms, telemetry=None):
+        self.room = room
+        self.config = config
+        self.profile = profile
+        self.machine = machine
+        self.started_ms = started_ms
+        self.telemetry = telemetry
+        self.calls = 0
+
+    def register(self):
+        reg = self.room.local_participant.register_rpc_method
+        reg("device.info", self._counted(self.device_info))
+        reg("sensors.read", self._counted(self.sensors_read))
+        reg("log.tail", self._counted(self.log_tail), streaming=True)
+        reg("file.get", self._counted(files.file_get), streaming=True)
+        reg("file.put", self._counted(files.file_put), streaming=True)
+        reg("file.stat", self._counted(files.file_stat))
+        reg("config.update", self._counted(self.config_update))
+        reg("reboot", self._counted(self.reboot))
+
+    def _counted(self, fn):
+        def call(data):
+            self.calls += 1
+            reap_tasks(self.room)
+            return fn(data)
+        return call
+
+    # ------------------------------------------------------------- methods
+    def device_info(self, data):
+        import sys
+        from lkedge import __version__
+        gc.collect()
+        return json.dumps({
+            "firmware": FIRMWARE_VERSION, "lkedge": __version__,
+            "micropython": ".".join(str(x) for x in sys.implementation.version[:3]),
+            "board": self.profile.get("name", "?"), "name": self.config.get("name", ""),
+            "identity": self.room.local_participant.identity, "unique_id": _unique_id(self.machine),
+            "uptime_ms": time.ticks_diff(time.ticks_ms(), self.started_ms),
+            "mem_free": gc.mem_free(), "mem_alloc": gc.mem_alloc(),
+            "reset_cause": reset_cause_name(self.machine), "calls": self.calls,
+            "telemetry": self._telemetry_info(),
+        })
+
+    def _telemetry_info(self):
+        t = self.telemetry
+        if t is None:
+            return None
+        q = t.queue
+        return {"to": t.destination, "next_seq": q.seq, "pending_bytes": q.pending(),
+                "dropped": q.dropped, "sent": t.sent}
+
+    def sensors_read(self, data):
+        import sensors
+        return json.dumps(sensors.read_all(self.profile))
+
+    async def log_tail(self, data):
+        text = await data.reader.read_all(limit=256)
+        n = LOG_TAIL_DEFAULT
+        if text:
+            req = files.request(text, "bytes")
+            n = req["bytes"]
+            if not isinstance(n, int) or n < 0:
+                raise files.rpc_error(files.E_NOT_JSON, "log.tail: \"bytes\" must be a non-negative int")
+        return flashlog.TailSource(n)
+
+    def config_update(self, data):
+        patch = _config_patch(data.payload)
+        import config
+        cfg = config.load()
+        cfg.update(patch)
+        config.save(cfg)
+        flashlog.info("config updated by %s: %s" % (data.caller_identity, ",".join(sorted(patch))))
+        return json.dumps({"updated": sorted(patch), "effective": "after reboot"})
+
+    def reboot(self, data):
+        import asyncio
+        flashlog.info("reboot requested by %s" % data.caller_identity)
+        asyncio.create_task(self._reboot_later())
+        return json.dumps({"rebooting": True, "in_ms": REBOOT_DELAY_MS})
+
+    async def _reboot_later(self):
+        import asyncio
+        await _sleep_ms(REBOOT_DELAY_MS)  # the answer goes out first
+        try:
+            await asyncio.wait_for(self.room.disconnect(), 2)
+        except Exception as e:  # leaving cleanly is a courtesy; the reset happens anyway
+            flashlog.error("reboot: leaving the room failed: %r" % (e,))
+        self.machine.reset()
+
+
+def _config_patch(payload):
+    try:
+        patch = json.loads(payload)
+    except ValueError:
+        patch = None
+    if not isinstance(patch, dict):
+        raise files.rpc_error(files.E_NOT_JSON, "config.update needs a JSON object", (payload or "")[:100])
+    for k in patch:
+        want = CONFIG_TYPES.get(k)
+        if want is None:
+            raise files.rpc_error(E_BAD_CONFIG, "unknown config key %r; known: %s"
+                                  % (k, ", ".join(sorted(CONFIG_TYPES))))
+        if not isinstance(patch[k], want) or isinstance(patch[k], bool):
+            raise files.rpc_error(E_BAD_CONFIG, "config key %r has the wrong type %s" % (k, type(patch[k]).__name__))
+    t = patch.get("telemetry_interval_s")
+    if t is not None and t < 0.1:
+        raise files.rpc_error(E_BAD_CONFIG, "telemetry_interval_s must be at least 0.1, got %r" % (t,))
+    return patch
+
+
+def _unique_id(m):
+    import binascii
+    try:
+        return binascii.hexlify(m.unique_id()).decode()
+    except Exception:
+        return ""
+
+
+def reset_cause_name(m):
+    try:
+        c = m.reset_cause()
+    except Exception:
+        return "unknown"
+    for n in ("PWRON_RESET", "HARD_RESET", "WDT_RESET", "DEEPSLEEP_RESET", "SOFT_RESET"):
+        if getattr(m, n, None) == c:
+            return n
+    return str(c)

@@ -1,0 +1,229 @@
+"""The firmware's telemetry queue (firmware/telemetry.py) on the real flash API.
+
+Runs under CPython and MicroPython. Files are made in the working directory with a
+per-test prefix and removed afterwards. The sender half (Telemetry) runs against an
+in-memory room (lkedge.memroom, real LINK frames) with a collector participant.
+"""
+import os
+import sys
+
+MP_HEAPSIZE = "512K"  # two Rooms (board and collector) in one interpreter
+
+
+
+def _firmware_on_path():
+    f = __file__
+    here = f[:f.rfind("/")] if "/" in f else "."
+    fw = here + "/../../firmware"
+    if fw not in sys.path:
+        sys.path.append(fw)
+
+
+_firmware_on_path()
+
+import telemetry  # noqa: E402
+from lkedge import cbor  # noqa: E402
+
+
+def _clean(prefix):
+    for name in (telemetry.QUEUE, telemetry.STATE, telemetry.QUEUE + ".tmp", telemetry.STATE + ".tmp"):
+        try:
+            os.remove(prefix + name)
+        except OSError:
+            pass
+
+
+class Flash:
+    """A fresh queue file pair for one test (use with `with`)."""
+
+    def __init__(self, name):
+        self.prefix = "tq_test_%s_" % name
+
+    def __enter__(self):
+        _clean(self.prefix)
+        return self
+
+    def __exit__(self, *exc):
+        _clean(self.prefix)
+
+    def queue(self, max_bytes=8192):
+        return telemetry.TelemetryQueue(max_bytes, prefix=self.prefix)
+
+
+def _seqs(batch_bytes):
+    return [s["seq"] for s in cbor.loads(batch_bytes)]
+
+
+def test_sequence_numbers_continue_after_a_reboot():
+    with Flash("reboot") as fl:
+        q = fl.queue()
+        assert [q.add({"x": i}, 100 + i) for i in range(3)] == [0, 1, 2]
+        q2 = fl.queue()  # a new boot reads the state from flash
+        assert q2.add({"x": 3}, 103) == 3
+        data, count, last, end = q2.batch()
+        assert count == 4 and last == 3 and _seqs(data) == [0, 1, 2, 3]
+
+
+def test_batch_is_a_cbor_array_of_the_samples_in_order():
+    with Flash("cbor") as fl:
+        q = fl.queue()
+        q.add({"temp": 21.5, "ok": True}, 1700000000)
+        q.add({"temp": None}, 1700000001)
+        data, count, last, end = q.batch()
+        assert cbor.loads(data) == [{"seq": 0, "t": 1700000000, "v": {"temp": 21.5, "ok": True}},
+                                    {"seq": 1, "t": 1700000001, "v": {"temp": None}}]
+
+
+def test_commit_advances_and_an_unconfirmed_batch_comes_again_after_reboot():
+    with Flash("commit") as fl:
+        q = fl.queue()
+        for i in range(5):
+            q.add({"i": i}, i)
+        data, count, last, end = q.batch(max_bytes=40)
+        assert 0 < count < 5 and _seqs(data) == list(range(count))
+        # not committed (the receiver never confirmed): a reboot sends it again
+        q = fl.queue()
+        again, count2, last2, end2 = q.batch(max_bytes=40)
+        assert again == data and end2 == end
+        q.commit(end)
+        rest, n, last, end = q.batch()
+        assert _seqs(rest) == list(range(count, 5)) and last == 4
+        q.commit(end)
+        assert q.pending() == 0 and q.batch()[1] == 0
+        assert not _exists(fl.prefix + telemetry.QUEUE)  # all sent: the file is gone
+        assert fl.queue().add({}, 0) == 5  # and the numbering still continues
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def test_a_torn_last_record_is_cut_off_at_boot():
+    with Flash("torn") as fl:
+        q = fl.queue()
+        q.add({"a": 1}, 1)
+        with open(fl.prefix + telemetry.QUEUE, "ab") as f:
+            f.write(b"\x00\x30\xa3cse")  # a power cut in the middle of a record
+        q = fl.queue()
+        assert q.add({"a": 2}, 2) == 1
+        data, count, last, end = q.batch()
+        assert _seqs(data) == [0, 1], "the record after the torn one must be readable"
+
+
+def test_seq_follows_the_queue_when_the_state_file_is_stale():
+    with Flash("stale") as fl:
+        q = fl.queue()
+        q.add({}, 0)
+        with open(fl.prefix + telemetry.STATE) as f:
+            old_state = f.read()
+        q.add({}, 1)  # appended; now pretend the power went before the state save
+        with open(fl.prefix + telemetry.STATE, "w") as f:
+            f.write(old_state)
+        q = fl.queue()
+        assert q.seq == 2, "a reused seq would be dropped as a repeat by receivers"
+        assert q.add({}, 2) == 2
+
+
+def test_a_full_queue_drops_the_oldest_and_counts_them():
+    with Flash("full") as fl:
+        q = fl.queue(max_bytes=200)
+        for i in range(40):
+            q.add({"i": i}, i)
+        assert q.pending() <= 200 and q.dropped > 0
+        got = []
+        while True:
+            data, count, last, end = q.batch(max_bytes=64)
+            if not count:
+                break
+            got += _seqs(data)
+            q.commit(end)
+        assert got == list(range(40 - len(got), 40)), got
+        assert len(got) + q.dropped == 40
+
+
+def test_the_file_stays_bounded_while_offline_for_long():
+    with Flash("bounded") as fl:
+        q = fl.queue(max_bytes=256)
+        for i in range(300):
+            q.add({"i": i}, i)
+        assert os.stat(fl.prefix + telemetry.QUEUE)[6] <= 2 * 256 + 64
+        data, count, last, end = q.batch()
+        assert last == 299
+
+
+def test_a_bad_state_file_is_survived():
+    with Flash("badstate") as fl:
+        q = fl.queue()
+        q.add({}, 0)
+        with open(fl.prefix + telemetry.STATE, "w") as f:
+            f.write("{not json")
+        q = fl.queue()
+        assert q.seq == 1 and q.batch()[1] == 1
+
+
+# --------------------------------------------------------------- the sender
+async def _collector_pair():
+    from room_helpers import join, settle
+    from lkedge.memroom import MemRoom
+    mem = MemRoom()
+    board = await join(mem, "board", read_buffer=512, piece_size=512)
+    col = await join(mem, "collector")
+    got = []
+
+    async def on_stream(reader, sender):
+        for s in cbor.loads(await reader.read_all()):
+            got.append(s["seq"])
+    col.register_byte_stream_handler("telemetry", on_stream)
+    await settle(lambda: "collector" in board.remote_participants)
+    return mem, board, col, got
+
+
+async def test_flush_sends_everything_and_commits_on_the_receivers_answer():
+    from room_helpers import close, settle
+    with Flash("flush") as fl:
+        mem, board, col, got = await _collector_pair()
+        try:
+            q = fl.queue()
+            tel = telemetry.Telemetry(board, q, "collector", "board")
+            for i in range(30):
+                await tel.sample({"i": i}, i)
+            assert await tel.flush() == 30  # the collector has no telemetry.sync: 1400 confirms
+            await settle(lambda: len(got) == 30)
+            assert got == list(range(30)) and q.pending() == 0 and tel.sent == 30
+        finally:
+            await close(board, col)
+
+
+async def test_nothing_is_committed_while_the_receiver_is_away():
+    from room_helpers import close
+    with Flash("away") as fl:
+        mem, board, col, got = await _collector_pair()
+        try:
+            q = fl.queue()
+            tel = telemetry.Telemetry(board, q, "nobody", "board")
+            await tel.sample({}, 0)
+            assert await tel.flush() == 0 and q.pending() > 0
+        finally:
+            await close(board, col)
+
+
+async def test_a_receiver_error_other_than_unsupported_method_is_no_confirmation():
+    from room_helpers import close
+    from lkedge.rpc import RpcError
+    with Flash("refuse") as fl:
+        mem, board, col, got = await _collector_pair()
+
+        def refuse(data):
+            raise RpcError(4999, "not now")
+        col.local_participant.register_rpc_method(telemetry.SYNC_METHOD, refuse)
+        try:
+            q = fl.queue()
+            tel = telemetry.Telemetry(board, q, "collector", "board")
+            await tel.sample({}, 0)
+            assert await tel.flush() == 0 and q.pending() > 0
+        finally:
+            await close(board, col)

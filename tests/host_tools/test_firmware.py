@@ -1,0 +1,184 @@
+"""The firmware on the emulated ESP32, through the real relay: telemetry across a relay
+restart and a board reboot, config.update + reboot, and handler errors.
+
+One rig per module (relay, emulated esp32 board, firmware deployed with the real
+mpy-cross and mpremote); every test talks to the board from host participants that
+use the same lkedge library.
+"""
+import asyncio
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from lkedge.rpc import RpcError
+from lkedge_host import board as board_mod
+from lkedge_host import demo
+
+ROOM = "fw-test"
+BOARD = "fw-board"
+COLLECTOR = "collector"
+
+
+class Rig:
+    def __init__(self, tmp):
+        self.relay, self.url = demo.start_relay()
+        self.port = int(self.url.rsplit(":", 1)[1])
+        self.board = None
+        self.board, self.pty = board_mod.launch("esp32", os.path.join(tmp, "flash"))
+        demo.deploy(self.pty, "esp32", self.url, identity=BOARD, room=ROOM)
+
+    def crash_relay(self, hang_s, down_s):
+        """The relay hangs (SIGSTOP: connections stay open, the kernel still accepts
+        bytes), then crashes (SIGKILL: whatever it had accepted is gone), and a new
+        relay comes up on the same port after `down_s`."""
+        self.relay.send_signal(signal.SIGSTOP)
+        time.sleep(hang_s)
+        self.relay.kill()
+        self.relay.wait()
+        time.sleep(down_s)
+        self.relay, url = demo.start_relay(self.port)
+        assert url == self.url
+
+    def stop(self):
+        demo._stop(self.board)
+        demo._stop(self.relay)
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    r = Rig(str(tmp_path_factory.mktemp("fw")))
+    yield r
+    r.stop()
+
+
+async def _host(rig, identity="fw-host", **opts):
+    room = await demo.join(rig.url, identity=identity, room=ROOM, **opts)
+    await demo.wait_for_participant(room, BOARD, 30)
+    return room
+
+
+async def _call(room, method, payload=""):
+    return await room.local_participant.perform_rpc(destination_identity=BOARD, method=method,
+                                                    payload=payload, response_timeout=10)
+
+
+async def _info(room):
+    return json.loads(await _call(room, "device.info"))
+
+
+async def _until(pred, timeout, what):
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, "timed out after %s s waiting for %s" % (timeout, what)
+        await asyncio.sleep(0.05)
+
+
+async def _reboot_and_rejoin(room):
+    """reboot, see the board leave, and wait until it is back in the room."""
+    assert json.loads(await _call(room, "reboot"))["rebooting"] is True
+    await _until(lambda: BOARD not in room.remote_participants, 10, "the board to leave")
+    await demo.wait_for_participant(room, BOARD, 30)
+
+
+async def test_a_failing_handler_answers_an_error_and_the_board_keeps_serving(rig):
+    room = await _host(rig)
+    try:
+        before = (await _info(room))["calls"]
+        for payload, code in ((json.dumps({"path": "no-such-file"}), 4004), ("not json", 4000),
+                              (json.dumps({"path": "../up"}), 4002)):
+            try:
+                await _call(room, "file.stat", payload)
+            except RpcError as e:
+                assert e.code == code, (payload, e)
+            else:
+                raise AssertionError("file.stat %s answered instead of failing" % payload)
+        try:
+            await _call(room, "config.update", '{"no_such_key": 1}')
+        except RpcError as e:
+            assert e.code == 4005 and "no_such_key" in e.message
+        info = await _info(room)
+        assert info["calls"] == before + 5 and info["identity"] == BOARD
+    finally:
+        await room.disconnect()
+
+
+async def test_config_update_takes_effect_after_reboot(rig):
+    room = await _host(rig)
+    try:
+        name = "pump-%d" % (time.time() * 1000 % 100000)
+        r = json.loads(await _call(room, "config.update", json.dumps({"name": name})))
+        assert r == {"updated": ["name"], "effective": "after reboot"}
+        assert (await _info(room))["name"] != name, "applied before the reboot"
+        await _reboot_and_rejoin(room)
+        info = await _info(room)
+        assert info["name"] == name and info["reset_cause"] == "SOFT_RESET"
+        assert info["uptime_ms"] < 20000
+    finally:
+        await room.disconnect()
+
+
+async def test_telemetry_survives_a_relay_restart_and_a_board_reboot(rig):
+    # the collector: a host participant that reconnects quickly and drops repeats by seq
+    col = await _host(rig, COLLECTOR, auto_reconnect=True, reconnect_min_ms=100, reconnect_max_ms=500)
+    unique, repeats, bad = [], [0], []
+
+    async def on_telemetry(reader, sender):
+        import cbor2  # the CBOR oracle, not the library's own decoder
+        if sender != BOARD:
+            bad.append(("sender", sender))
+        for sample in cbor2.loads(await reader.read_all()):
+            if unique and sample["seq"] <= unique[-1]:
+                repeats[0] += 1
+                continue
+            unique.append(sample["seq"])
+            if not set(sample["v"]) >= {"chip_temp_c", "light_v", "button"} or not isinstance(sample["t"], int):
+                bad.append(sample)
+    col.register_byte_stream_handler("telemetry", on_telemetry)
+    try:
+        await _call(col, "config.update", json.dumps({"telemetry_to": COLLECTOR, "telemetry_interval_s": 0.2}))
+        await _reboot_and_rejoin(col)
+        await _until(lambda: len(unique) >= 3, 15, "the first samples")
+        first = unique[0]
+
+        # the relay hangs and crashes with samples in flight, and is back after a while:
+        # meanwhile the board keeps sampling to flash
+        at_stop = unique[-1]
+        rig.crash_relay(hang_s=1.0, down_s=1.0)
+        await _until(lambda: unique[-1] >= at_stop + 12, 30, "samples after the relay restart")
+
+        # the board reboots: the sequence continues from flash
+        at_reboot = unique[-1]
+        await _reboot_and_rejoin(col)
+        await _until(lambda: unique[-1] >= at_reboot + 8, 30, "samples after the reboot")
+        info = await _info(col)
+        assert info["telemetry"]["to"] == COLLECTOR and info["telemetry"]["dropped"] == 0
+    finally:
+        await col.disconnect()
+    assert not bad, bad
+    assert unique == list(range(first, unique[-1] + 1)), "lost samples: %s" % (
+        sorted(set(range(first, unique[-1] + 1)) - set(unique)))
+    # outages make the board resend unconfirmed batches; the receiver dropped them
+    print("telemetry: %d samples, seq %d..%d, %d repeats dropped" % (len(unique), first, unique[-1], repeats[0]))
+
+
+async def test_log_tail_streams_the_end_of_the_flash_log_in_whole_lines(rig):
+    room = await _host(rig)
+    try:
+        reader = await room.local_participant.perform_rpc_stream(
+            destination_identity=BOARD, method="log.tail", payload=json.dumps({"bytes": 300}), response_timeout=10)
+        text = await reader.read_all()
+        assert 0 < len(text) <= 300 and text.endswith("\n")
+        for line in text.strip().split("\n"):
+            t, level, _ = line.split(" ", 2)
+            assert t.isdigit() and level in ("INFO", "ERROR"), line
+        try:
+            await _call(room, "log.tail", json.dumps({"bytes": -1}))
+        except RpcError as e:
+            assert e.code == 4000 and "bytes" in e.message
+        else:
+            raise AssertionError("log.tail with a negative size answered")
+    finally:
+        await room.disconnect()
