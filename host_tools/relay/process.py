@@ -16,14 +16,24 @@ from . import auth
 _READY = re.compile(r"^lkedge relay: link (\S+)(.*)$")
 
 
+def _free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def _lkedge_cmd():
     exe = os.path.join(os.path.dirname(sys.executable), "lkedge")
     return [exe] if os.path.exists(exe) else [sys.executable, "-m", "lkedge_host.cli"]
 
 
 class RelayProcess:
-    def __init__(self, port=0, room="lkedge", extra_args=(), stderr=subprocess.DEVNULL):
+    def __init__(self, port=0, room="lkedge", extra_args=(), stderr=subprocess.DEVNULL, http=False):
         self.port = port
+        self.http = http
         self.room = room
         self.extra_args = list(extra_args)
         self.stderr = stderr
@@ -34,8 +44,9 @@ class RelayProcess:
         self.key, self.secret = auth.resolve_keys(None, None, environ={})
 
     def start(self, timeout=20):
+        http_port = _free_port() if self.http else 0  # for the relay, 0 turns HTTP off
         args = _lkedge_cmd() + ["relay", "--host", "127.0.0.1", "--port", str(self.port),
-                                "--ws-port", "0", "--http-port", "0"] + self.extra_args
+                                "--ws-port", "0", "--http-port", str(http_port)] + self.extra_args
         env = dict(os.environ)
         env.pop("LIVEKIT_API_KEY", None)
         env.pop("LIVEKIT_API_SECRET", None)
@@ -80,6 +91,18 @@ class RelayProcess:
         """Stop and start again on the same port (participants reconnect to it)."""
         self.stop()
         return self.start()
+
+    def health(self):
+        """The relay's /healthz JSON (needs http=True)."""
+        import json
+        import urllib.request
+        with urllib.request.urlopen(self.http_url + "/healthz", timeout=5) as r:
+            return json.loads(r.read().decode().split("\n", 1)[1])
+
+    def rss(self):
+        """The relay process's resident memory in bytes (Linux /proc)."""
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
     def token(self, identity, room=None, ttl_s=3600):
         return auth.mint_token(self.key, self.secret, identity=identity, room=room or self.room, ttl_s=ttl_s)

@@ -25,7 +25,7 @@ MIB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def relay():
-    with RelayProcess() as r:
+    with RelayProcess(http=True) as r:
         yield r
 
 
@@ -131,6 +131,8 @@ def test_peer_killed_mid_call_and_mid_stream(relay, tmp_path):
             except Exception as e:
                 errors.append(str(e))
         a.register_byte_stream_handler("endless", endless)
+        base_conns = relay.health()["connections"]
+        base_rss = relay.rss()
         proc = subprocess.Popen([sys.executable, str(script), relay.url, relay.token("victim"), "survivor"],
                                 stdout=subprocess.PIPE, text=True)
         try:
@@ -149,6 +151,10 @@ def test_peer_killed_mid_call_and_mid_stream(relay, tmp_path):
             await _until(lambda: errors)
             assert "abnormal" in errors[0]
             assert "victim" not in a.remote_participants
+            # the relay forgets the victim: connections and room back to the baseline
+            await _until(lambda: "victim" not in relay.health()["rooms"]["lkedge"]["identities"])
+            assert relay.health()["connections"] == base_conns
+            assert relay.rss() < base_rss + 8 * 1024 * 1024, (relay.rss(), base_rss)
             # the survivor is unaffected
             b = await _join(relay, "after")
             b.local_participant.register_rpc_method("ok", lambda d: "ok")
