@@ -332,10 +332,15 @@ class Room:
                 return
             if e == proto.NEED_DATA:
                 return
-            if e[0] == proto.PIECE:
-                await self._on_piece(dec, e[1], e[2], e[3])
-            else:
-                await self._on_packet(e[1])
+            try:
+                if e[0] == proto.PIECE:
+                    await self._on_piece(dec, e[1], e[2], e[3])
+                else:
+                    await self._on_packet(e[1])
+            except ValueError as err:  # ProtoError, bad UTF-8, a bad header: this packet only
+                _warn("DataPacket from %r dropped: %s" % (dec.msg.get("participant_identity", "?"), err))
+                self._skip_frame = True
+                return
 
     async def _on_piece(self, dec, key, mv, final):
         if key == proto.K_CHUNK_CONTENT:

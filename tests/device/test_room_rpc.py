@@ -317,3 +317,21 @@ async def test_cancelling_a_call_clears_pending_state():
     assert not a._calls, "the waiter is gone"
     assert a._rpc_client.next_deadline() is None, "no timers left for a cancelled call"
     await close(a, peer)
+
+
+async def test_invalid_utf8_payload_drops_only_that_packet():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    a.local_participant.register_rpc_method("m", lambda d: "fine")
+    peer = await raw(mem, "old", client_protocol=0)
+    from lkedge import link, proto
+    body = proto.encode(proto.DATA_PACKET, {"destination_identities": ["a"], "rpc_request": {
+        "id": "r-bad", "method": "m", "payload": "XX", "response_timeout_ms": 8000, "version": 1}})
+    body = body.replace(b"XX", b"\xff\xfe")
+    await peer.t.write(link.encode_frame(link.DATA, body))
+    await peer.send({"destination_identities": ["a"], "rpc_request": {
+        "id": "good", "method": "m", "payload": "", "response_timeout_ms": 8000, "version": 1}})
+    r = await peer.wait_for(lambda p: "rpc_response" in p and p["rpc_response"]["request_id"] == "good")
+    assert r["rpc_response"]["payload"] == "fine"
+    assert a.connection_state == "connected", "a bad packet must not cost the link"
+    await close(a, peer)
