@@ -114,18 +114,22 @@ class RpcResponseReader:
         w = self._w
         await w.event.wait()
         if w.error is not None:
+            self._room._calls.pop(self.request_id, None)
             raise w.error
 
     async def __anext__(self):
         await self._ready()
         w = self._w
         if w.reader is None:
-            if self._given or w.payload is None:
+            # Answered by a packet: the call is over, hand the payload out once and let
+            # go of it (and of the room's entry) so nothing outlives the call.
+            self._room._calls.pop(self.request_id, None)
+            payload, w.payload = w.payload, None
+            if self._given or not payload:
+                self._given = True
                 raise StopAsyncIteration
             self._given = True
-            if w.payload == "":
-                raise StopAsyncIteration
-            return w.payload
+            return payload
         try:
             return await w.reader.__anext__()
         except StopAsyncIteration:

@@ -396,6 +396,7 @@ class Room:
             if edata is not None and "error" in resp:
                 resp["error"]["data"] = _utf8(edata)
             self._complete(self._rpc_client.on_response(now_ms(), sender, resp))
+            resp.pop("payload", None)  # the decoder keeps its last msg: do not pin 15 KB
         elif "rpc_request" in msg:
             data = self._take_acc(proto.K_RPC_REQUEST_PAYLOAD)
             payload = _utf8(data) if data is not None else ""

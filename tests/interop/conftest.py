@@ -1,0 +1,28 @@
+"""Fixtures of the interop suites (test_interop_cpython.py, test_interop_micropython.py):
+one relay per module and one peer pool per module (py_peer.Pool), whose "ours" side is
+the module's OURS ("py": the CPython library in-process; "mp": the MicroPython
+participant in a subprocess). The other side is always the Node peer.
+"""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from nodepeer import Relay  # noqa: E402
+from py_peer import Pool  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def relay():
+    r = Relay.start(room="interop")
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def pool(request, relay, tmp_path_factory):
+    p = Pool(relay, request.module.OURS, str(tmp_path_factory.mktemp("interop")),
+             mp_heap=getattr(request.module, "MP_HEAP", "256K"))
+    yield p
+    p.close()
