@@ -1,7 +1,8 @@
 """Fixtures of the interop suites (test_interop_cpython.py, test_interop_micropython.py):
 one relay per module and one peer pool per module (py_peer.Pool), whose "ours" side is
 the module's OURS ("py": the CPython library in-process; "mp": the MicroPython
-participant in a subprocess). The other side is always the Node peer.
+participant in a subprocess). The other side is the module's THEIRS: the Node peer
+(livekit-client's managers) by default, or "py" for our CPython library.
 """
 import os
 import sys
@@ -23,6 +24,7 @@ def relay():
 @pytest.fixture(scope="module")
 def pool(request, relay, tmp_path_factory):
     p = Pool(relay, request.module.OURS, str(tmp_path_factory.mktemp("interop")),
-             mp_heap=getattr(request.module, "MP_HEAP", "256K"))
+             mp_heap=getattr(request.module, "MP_HEAP", "256K"),
+             theirs=getattr(request.module, "THEIRS", "node"))
     yield p
     p.close()

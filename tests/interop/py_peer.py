@@ -326,9 +326,10 @@ class Pool:
     """Peers by (side, cfg): side "node" or "ours". Started on first use, kept for the
     module; a peer crashed by a test is never pooled (see fresh())."""
 
-    def __init__(self, relay, ours, root, mp_heap="256K"):
+    def __init__(self, relay, ours, root, mp_heap="256K", theirs="node"):
         self.relay = relay
         self.ours = ours
+        self.theirs = theirs  # the other side: "node" (livekit-client) or "py" (our CPython lib)
         self.mp_heap = mp_heap
         self.payloads = Payloads(root)
         self.root = root
@@ -337,7 +338,7 @@ class Pool:
         self._seen = set()
 
     def identity(self, side, cfg):
-        return "%s-%s" % (self.ours if side == "ours" else "node", cfg_id(cfg))
+        return "%s-%s" % (self.ours if side == "ours" else self.theirs, cfg_id(cfg))
 
     def peer(self, side, cfg):
         key = (side, cfg)
@@ -355,10 +356,11 @@ class Pool:
         proto, cap = cfg
         token = self.relay.token(identity)
         host, port = self.relay.host, self.relay.port
-        if side == "node":
+        kind = self.theirs if side == "node" else self.ours
+        if kind == "node":
             p = NodePeer(host, port, token, client_protocol=proto,
                          capabilities=(2,) if cap else (), name=identity)
-        elif self.ours == "py":
+        elif kind == "py":
             p = PyPeer(host, port, token, client_protocol=proto, compression=cap, name=identity)
         else:
             p = MpPeer(host, port, token, client_protocol=proto, compression=cap, name=identity,
@@ -389,10 +391,10 @@ class Pool:
         """(caller, handler, caller_kind, handler_kind) for "node->ours" / "ours->node"."""
         if direction == "node->ours":
             a, b = self.peer("node", caller_cfg), self.peer("ours", handler_cfg)
-            kinds = ("node", self.ours)
+            kinds = (self.theirs, self.ours)
         else:
             a, b = self.peer("ours", caller_cfg), self.peer("node", handler_cfg)
-            kinds = (self.ours, "node")
+            kinds = (self.ours, self.theirs)
         self.pair(a, b)
         return a, b, kinds[0], kinds[1]
 
