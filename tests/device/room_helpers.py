@@ -63,3 +63,30 @@ async def raises_rpc(code, aw):
         expect_rpc_error(code)(e)
         return e
     raise AssertionError("expected RpcError %d, call succeeded" % code)
+
+
+async def room_and_peer(identity="a", peer_identity="old", client_protocol=0, capabilities=()):
+    """A Room and a RawPeer that sees it (and is seen by it) in a fresh MemRoom."""
+    mem = MemRoom()
+    room = await join(mem, identity)
+    peer = await raw(mem, peer_identity, client_protocol, capabilities)
+    await settle(lambda: peer_identity in room.remote_participants)
+    return mem, room, peer
+
+
+async def request_v1(peer, to, request_id, method, payload="", version=1):
+    """Send a v1 rpc_request packet from a RawPeer; returns the rpc_response packet."""
+    await peer.send({"destination_identities": [to], "rpc_request": {
+        "id": request_id, "method": method, "payload": payload, "response_timeout_ms": 8000,
+        "version": version}})
+    return await peer.wait_for(lambda p: "rpc_response" in p and p["rpc_response"]["request_id"] == request_id)
+
+
+def error_collector(errors):
+    """A stream handler that reads to the end and records the reader's error."""
+    async def handler(reader, sender):
+        try:
+            await reader.read_all()
+        except Exception as e:
+            errors.append(str(e))
+    return handler

@@ -5,7 +5,7 @@ client_protocol byte by byte, so the wire form of each rule is checked too.
 """
 import asyncio
 
-from room_helpers import close, join, pair, raises_rpc, raw, settle
+from room_helpers import close, join, pair, raises_rpc, raw, request_v1, room_and_peer, settle
 
 from lkedge.memroom import MemRoom
 from lkedge.rpc import RpcError
@@ -30,10 +30,7 @@ async def test_empty_payload_round_trip():
 
 
 async def test_v2_caller_uses_v1_packet_to_v1_destination():
-    mem = MemRoom()
-    a = await join(mem, "a")
-    peer = await raw(mem, "old", client_protocol=0)
-    await settle(lambda: "old" in a.remote_participants)
+    mem, a, peer = await room_and_peer()
     task = asyncio.create_task(a.local_participant.perform_rpc(
         destination_identity="old", method="m", payload="x", response_timeout=1.0))
     req = await peer.wait_for(lambda p: "rpc_request" in p)
@@ -62,12 +59,8 @@ async def test_handler_acks_v1_request_before_response():
 
 
 async def test_unknown_method_is_acked_then_1400():
-    mem = MemRoom()
-    a = await join(mem, "a")
-    peer = await raw(mem, "old", client_protocol=0)
-    await peer.send({"destination_identities": ["a"], "rpc_request": {
-        "id": "r2", "method": "nope", "payload": "", "response_timeout_ms": 8000, "version": 1}})
-    resp = await peer.wait_for(lambda p: "rpc_response" in p)
+    mem, a, peer = await room_and_peer()
+    resp = await request_v1(peer, "a", "r2", "nope")
     assert "rpc_ack" in peer.packets[0]
     assert resp["rpc_response"]["error"]["code"] == RpcError.UNSUPPORTED_METHOD
     await close(a, peer)
@@ -80,13 +73,9 @@ async def test_unknown_method_between_rooms_raises_1400():
 
 
 async def test_v1_request_with_version_2_is_1404():
-    mem = MemRoom()
-    a = await join(mem, "a")
+    mem, a, peer = await room_and_peer()
     a.local_participant.register_rpc_method("m", lambda d: "x")
-    peer = await raw(mem, "old", client_protocol=0)
-    await peer.send({"destination_identities": ["a"], "rpc_request": {
-        "id": "r3", "method": "m", "payload": "", "response_timeout_ms": 8000, "version": 2}})
-    resp = await peer.wait_for(lambda p: "rpc_response" in p)
+    resp = await request_v1(peer, "a", "r3", "m", version=2)
     assert resp["rpc_response"]["error"]["code"] == RpcError.UNSUPPORTED_VERSION
     await close(a, peer)
 
@@ -116,10 +105,7 @@ async def test_other_exception_becomes_1500():
 
 
 async def test_v1_request_over_15360_bytes_fails_fast_with_1402():
-    mem = MemRoom()
-    a = await join(mem, "a")
-    peer = await raw(mem, "old", client_protocol=0)
-    await settle(lambda: "old" in a.remote_participants)
+    mem, a, peer = await room_and_peer()
     await raises_rpc(1402, a.local_participant.perform_rpc(destination_identity="old", method="m", payload="x" * 15361))
     await asyncio.sleep(0.05)
     assert not [p for p in peer.packets if "rpc_request" in p], "nothing may be sent"
@@ -133,10 +119,7 @@ async def test_unknown_destination_is_1401():
 
 
 async def test_response_timeout_is_1502():
-    mem = MemRoom()
-    a = await join(mem, "a")
-    peer = await raw(mem, "old", client_protocol=0)
-    await settle(lambda: "old" in a.remote_participants)
+    mem, a, peer = await room_and_peer()
     task = asyncio.create_task(a.local_participant.perform_rpc(
         destination_identity="old", method="m", payload="x", response_timeout=0.3))
     req = await peer.wait_for(lambda p: "rpc_request" in p)
@@ -150,10 +133,7 @@ async def test_response_timeout_is_1502():
 
 
 async def test_destination_leaving_fails_pending_call_with_1503():
-    mem = MemRoom()
-    a = await join(mem, "a")
-    peer = await raw(mem, "old", client_protocol=0)
-    await settle(lambda: "old" in a.remote_participants)
+    mem, a, peer = await room_and_peer()
     task = asyncio.create_task(a.local_participant.perform_rpc(destination_identity="old", method="m", payload="x"))
     await peer.wait_for(lambda p: "rpc_request" in p)
     await peer.close()
@@ -303,10 +283,7 @@ async def test_methods_registered_before_connect_answer_first_request():
 
 
 async def test_cancelling_a_call_clears_pending_state():
-    mem = MemRoom()
-    a = await join(mem, "a")
-    peer = await raw(mem, "old", client_protocol=0)
-    await settle(lambda: "old" in a.remote_participants)
+    mem, a, peer = await room_and_peer()
     task = asyncio.create_task(a.local_participant.perform_rpc(destination_identity="old", method="m", payload="x"))
     await peer.wait_for(lambda p: "rpc_request" in p)
     task.cancel()

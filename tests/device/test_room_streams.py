@@ -5,7 +5,7 @@ the compressed-send checks adapt to `streams.can_compress()`).
 """
 import asyncio
 
-from room_helpers import close, join, pair, raw, settle
+from room_helpers import close, error_collector, join, pair, raw, room_and_peer, settle
 
 from lkedge import streams
 from lkedge.memroom import MemRoom
@@ -144,18 +144,9 @@ async def test_trailer_attributes_merge_over_header_on_receive():
 
 
 async def test_sender_leaving_ends_open_stream_abnormally():
-    mem = MemRoom()
-    a = await join(mem, "a")
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
     errors = []
-
-    async def handler(reader, sender):
-        try:
-            await reader.read_all()
-        except Exception as e:
-            errors.append(str(e))
-    a.register_byte_stream_handler("m", handler)
-    peer = await raw(mem, "p", client_protocol=2)
-    await settle(lambda: "p" in a.remote_participants)
+    a.register_byte_stream_handler("m", error_collector(errors))
     await peer.send({"destination_identities": ["a"], "stream_header": {
         "stream_id": "s2", "topic": "m", "total_length": 100, "byte_header": {"name": "n"}}})
     await peer.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": "s2", "content": b"abc"}})
@@ -167,18 +158,9 @@ async def test_sender_leaving_ends_open_stream_abnormally():
 
 
 async def test_incomplete_stream_is_an_error_at_trailer():
-    mem = MemRoom()
-    a = await join(mem, "a")
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
     errors = []
-
-    async def handler(reader, sender):
-        try:
-            await reader.read_all()
-        except Exception as e:
-            errors.append(str(e))
-    a.register_byte_stream_handler("m", handler)
-    peer = await raw(mem, "p", client_protocol=2)
-    await settle(lambda: "p" in a.remote_participants)
+    a.register_byte_stream_handler("m", error_collector(errors))
     await peer.send({"destination_identities": ["a"], "stream_header": {
         "stream_id": "s3", "topic": "m", "total_length": 10, "byte_header": {"name": "n"}}})
     await peer.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": "s3", "content": b"abc"}})
