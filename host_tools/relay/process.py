@@ -32,6 +32,7 @@ def _lkedge_cmd():
 
 class RelayProcess:
     def __init__(self, port=0, room="lkedge", extra_args=(), stderr=subprocess.DEVNULL, http=False):
+        self.host = "127.0.0.1"
         self.port = port
         self.http = http
         self.room = room

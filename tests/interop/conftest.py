@@ -9,14 +9,15 @@ import sys
 
 import pytest
 
+from lkedge_host.relay.process import RelayProcess
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from nodepeer import Relay  # noqa: E402
 from py_peer import Pool  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def relay():
-    r = Relay.start(room="interop")
+    r = RelayProcess(room="interop").start()
     yield r
     r.stop()
 

@@ -1,7 +1,7 @@
 """Drive the Node interop peer (livekit-client's real RPC and data-stream managers on a
 LINK.md connection, tests/interop/node) and the project's relay from pytest.
 
-    relay = Relay.start()                       # `lkedge relay` on loopback, ephemeral ports
+    relay = RelayProcess(room=...).start()      # lkedge_host.relay.process: `lkedge relay` on loopback
     with NodePeer(relay.host, relay.port, relay.token("alice"), client_protocol=2,
                   capabilities=(2,)) as alice:
         alice.call("register_rpc", method="echo", behaviour="echo")
@@ -18,10 +18,8 @@ tests/interop/node build`.
 """
 import json
 import os
-import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -227,90 +225,3 @@ class NodePeer:
                 self._stderr.append(raw.decode("utf-8", "replace").rstrip())
 
 
-def lkedge_command():
-    """The `lkedge` console script next to this interpreter (the project's venv)."""
-    exe = os.path.join(os.path.dirname(sys.executable), "lkedge")
-    return [exe] if os.path.exists(exe) else [sys.executable, "-m", "lkedge_host.cli"]
-
-
-_ADDR = re.compile(r"(?:tcp://)?(\d{1,3}(?:\.\d{1,3}){3}|localhost|\[[0-9a-fA-F:]+\]):(\d+)")
-
-
-class Relay:
-    """`lkedge relay` on loopback with ephemeral ports and development keys.
-
-    The relay prints a ready line with its addresses; the first host:port on it (a
-    tcp:// URL when present) is taken as the LINK listener.
-    """
-
-    def __init__(self, proc, host, port, ready_line, room):
-        self.proc = proc
-        self.host = host
-        self.port = port
-        self.ready_line = ready_line
-        self.room = room
-        self._log = deque(maxlen=200)
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    @classmethod
-    def start(cls, room="interop", timeout=15.0, extra_args=()):
-        argv = lkedge_command() + ["relay", "--host", "127.0.0.1", "--port", "0",
-                                   "--ws-port", "0", "--http-port", "0"] + list(extra_args)
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                bufsize=0)
-        seen = []
-        deadline = time.monotonic() + timeout
-        found = threading.Event()
-        result = {}
-
-        def scan():
-            for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace").rstrip()
-                seen.append(line)
-                tcp = re.search(r"tcp://([^\s/]+):(\d+)", line)
-                m = tcp or _ADDR.search(line)
-                if m and ("ready" in line.lower() or tcp):
-                    result.update(host=m.group(1).strip("[]"), port=int(m.group(2)), line=line)
-                    found.set()
-                    return
-            found.set()
-
-        threading.Thread(target=scan, daemon=True).start()
-        found.wait(max(0.0, deadline - time.monotonic()))
-        if "port" not in result:
-            proc.kill()
-            proc.wait()
-            raise NodePeerError("`%s` printed no ready line with a tcp address within %.0f s "
-                                "(exit code %s); output:\n%s"
-                                % (" ".join(argv), timeout, proc.poll(), "\n".join(seen)))
-        return cls(proc, result["host"], result["port"], result["line"], room)
-
-    def token(self, identity, room=None):
-        """A development-key access token minted by `lkedge token`."""
-        argv = lkedge_command() + ["token", "--identity", identity, "--room", room or self.room]
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        if out.returncode != 0:
-            raise NodePeerError("`%s` failed (%d): %s" % (" ".join(argv), out.returncode,
-                                                         out.stderr.strip()))
-        jwt = [w for w in out.stdout.split() if w.count(".") == 2]
-        if not jwt:
-            raise NodePeerError("`%s` printed no JWT: %r" % (" ".join(argv), out.stdout))
-        return jwt[-1]
-
-    def _drain(self):
-        for raw in self.proc.stdout:
-            self._log.append(raw.decode("utf-8", "replace").rstrip())
-
-    @property
-    def log_text(self):
-        return "\n".join(self._log)
-
-    def stop(self, timeout=5.0):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stdout.close()

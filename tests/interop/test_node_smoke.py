@@ -13,14 +13,16 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from nodepeer import CommandFailed, NodePeer, Relay  # noqa: E402
+from nodepeer import CommandFailed, NodePeer  # noqa: E402
+
+from lkedge_host.relay.process import RelayProcess  # noqa: E402
 
 MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
 def relay():
-    r = Relay.start(room="node-smoke")
+    r = RelayProcess(room="node-smoke").start()
     yield r
     r.stop()
 
