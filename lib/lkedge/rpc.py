@@ -173,18 +173,6 @@ class RpcError(Exception):
     MAX_MESSAGE_BYTES = MAX_ERROR_MESSAGE_BYTES
     MAX_DATA_BYTES = MAX_ERROR_DATA_BYTES
 
-    APPLICATION_ERROR = 1500
-    CONNECTION_TIMEOUT = 1501
-    RESPONSE_TIMEOUT = 1502
-    RECIPIENT_DISCONNECTED = 1503
-    RESPONSE_PAYLOAD_TOO_LARGE = 1504
-    SEND_FAILED = 1505
-    UNSUPPORTED_METHOD = 1400
-    RECIPIENT_NOT_FOUND = 1401
-    REQUEST_PAYLOAD_TOO_LARGE = 1402
-    UNSUPPORTED_SERVER = 1403
-    UNSUPPORTED_VERSION = 1404
-
     def __init__(self, code, message=None, data=None):
         if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= _UINT32_MAX:
             raise ValueError("RpcError code must be an int in 0..4294967295 (uint32 on the wire), got %r" % (code,))
@@ -217,6 +205,12 @@ class RpcError(Exception):
     def from_proto(cls, d):
         """An RpcError from a decoded RpcError message dict (remote code kept as is)."""
         return cls(d.get("code", 0), d.get("message", ""), d.get("data"))
+
+
+# The codes also as RpcError.APPLICATION_ERROR etc., from the one table above.
+for _name in dir(_Codes):
+    if not _name.startswith("_"):
+        setattr(RpcError, _name, getattr(_Codes, _name))
 
 
 class RpcInvocationData:
