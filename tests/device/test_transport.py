@@ -5,6 +5,7 @@ import os
 
 from lkedge import ws
 from lkedge.transport import TransportError, open_transport, parse_url
+from transport_helpers import read_exactly, read_to_end
 
 
 def _expect_error(fn, words):
@@ -129,13 +130,7 @@ async def test_tcp_peer_close_reads_as_zero():
     srv, port = await _serve(bye)
     try:
         t = await open_transport("tcp://127.0.0.1:%d" % port).connect()
-        buf = bytearray(16)
-        got = b""
-        while True:
-            n = await t.read_into(buf)
-            if not n:
-                break
-            got += bytes(buf[:n])
+        got = await read_to_end(t, 16)
         assert got == b"last"
         await t.close()
     finally:
@@ -194,20 +189,10 @@ async def test_websocket_fragments_ping_echo_and_server_close():
     srv, port = await _serve(script)
     try:
         t = await open_transport("ws://127.0.0.1:%d/link" % port).connect()
-        buf = memoryview(bytearray(4))  # smaller than the messages: pieces must carry over
-        got = b""
-        while len(got) < 11:
-            n = await t.read_into(buf)
-            assert n > 0
-            got += bytes(buf[:n])
+        got = await read_exactly(t, 11, 4)  # a buffer smaller than the messages
         assert got == b"hello world", got
         await t.write(b"abcdef")
-        got = b""
-        while True:
-            n = await t.read_into(buf)
-            if not n:
-                break
-            got += bytes(buf[:n])
+        got = await read_to_end(t, 4)
         assert got == b"abcdef"
         assert (t.close_code, t.close_reason) == (4001, "bye")
         assert seen["pong"] == (ws.OP_PONG, b"p"), seen

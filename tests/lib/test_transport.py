@@ -16,6 +16,7 @@ from websockets.asyncio.server import serve
 
 from lkedge import ws
 from lkedge.transport import TransportError, open_transport
+from transport_helpers import read_exactly, read_to_end
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MIB = 1 << 20
@@ -126,12 +127,7 @@ async def test_ws_fragmented_messages_and_pings_from_websockets():
 
     async with serve(talk, "127.0.0.1", 0) as srv:
         t = await open_transport("ws://127.0.0.1:%d/" % _port(srv)).connect()
-        buf = bytearray(5)
-        got = b""
-        while len(got) < len(b"fragmented message"):
-            n = await t.read_into(buf)
-            assert n > 0
-            got += bytes(buf[:n])
+        got = await read_exactly(t, len(b"fragmented message"), 5)
         assert got == b"fragmented message"
         assert pong_ok == [True]
         done.set()
@@ -148,13 +144,7 @@ async def test_ws_server_close_reports_code_and_reason():
 
     async with serve(bye, "127.0.0.1", 0) as srv:
         t = await open_transport("ws://127.0.0.1:%d/" % _port(srv)).connect()
-        buf = bytearray(64)
-        got = b""
-        while True:
-            n = await t.read_into(buf)
-            if not n:
-                break
-            got += bytes(buf[:n])
+        got = await read_to_end(t, 64)
         assert got == b"last words"
         assert (t.close_code, t.close_reason) == (4001, "going away now")
         for _ in range(100):
