@@ -237,17 +237,7 @@ _ALPHABET = "aé€😀ç中𝄞"  # 19 bytes per cycle: byte 15000 (a chunk edg
 
 def make_text(n):
     """Exactly n bytes of UTF-8 mixing 1-4 byte characters, "." padded at the end."""
-    unit = "".join(_ALPHABET)
-    size = len(unit.encode())
-    text = unit * (n // size)
-    left = n - len(text.encode())
-    for ch in unit:
-        k = len(ch.encode())
-        if k > left:
-            break
-        text += ch
-        left -= k
-    return text + "." * left
+    return pattern_text("".join(_ALPHABET), n)
 
 
 def pattern_text(pattern, n):
