@@ -4,7 +4,7 @@ All protocol logic lives in the sans-I/O cores (link, proto, rpc, streams); this
 only moves bytes and events between them and the application:
 
     transport.read_into(one buffer) -> link.FrameReader -> proto.PacketDecoder
-        -> rpc.RpcClient / rpc.RpcServer / streams.IncomingStreams -> readers, handlers
+        -> rpc_caller.RpcClient / rpc.RpcServer / streams.IncomingStreams -> readers, handlers
 
 Two tasks run per connection: the link reader (everything incoming, in order) and
 the timer (RPC deadlines and keepalive PINGs). Both run on MicroPython's asyncio and
@@ -67,7 +67,7 @@ class Room:
         self._byte_handlers = {}
         self._listeners = {}
         self._sender = PacketSender(min(o.piece_size, 4096))
-        self._rpc_client = rpc.RpcClient()
+        self._rpc_client = None  # rpc_caller.RpcClient, made by the first call (lkedge.calls)
         self._rpc_server = rpc.RpcServer()
         can_inflate = _inflate is not None and _inflate.available()
         adv = o.advertise_compression
@@ -237,9 +237,10 @@ class Room:
                 pass
 
     def _fail_everything(self, why):
-        err = rpc.RpcError(rpc.RpcError.RECIPIENT_DISCONNECTED, None, "link lost: " + why)
-        for c in self._rpc_client.fail_all(err):
-            self._complete(c)
+        if self._rpc_client is not None:
+            err = rpc.RpcError(rpc.RpcError.RECIPIENT_DISCONNECTED, None, "link lost: " + why)
+            for c in self._rpc_client.fail_all(err):
+                self._complete(c)
         for ev in self._incoming.close_all("link lost: " + why):
             self._stream_ended(ev)
         for r in list(self._readers.values()):
@@ -386,13 +387,16 @@ class Room:
             for ev in self._incoming.trailer(sender, msg["stream_trailer"]):
                 await self._on_stream_event(ev)
         elif "rpc_ack" in msg:
-            self._rpc_client.on_ack(now_ms(), sender, msg["rpc_ack"].get("request_id", ""))
+            if self._rpc_client is not None:  # no client: we never called, nothing to ack
+                self._rpc_client.on_ack(now_ms(), sender, msg["rpc_ack"].get("request_id", ""))
         elif "rpc_response" in msg:
             resp = msg["rpc_response"]
             data = self._take_acc(proto.K_RPC_RESPONSE_PAYLOAD)
+            edata = self._take_acc(proto.K_RPC_ERROR_DATA)
+            if self._rpc_client is None:
+                return
             if data is not None:
                 resp["payload"] = _utf8(data)
-            edata = self._take_acc(proto.K_RPC_ERROR_DATA)
             if edata is not None and "error" in resp:
                 resp["error"]["data"] = _utf8(edata)
             self._complete(self._rpc_client.on_response(now_ms(), sender, resp))
@@ -437,7 +441,8 @@ class Room:
             return
         if topic == TOPIC_RPC_RESPONSE:
             req_id = info.attributes.get(ATTR_RPC_REQUEST_ID, "")
-            call = self._rpc_client.accept_response_stream(sender, req_id)
+            c = self._rpc_client
+            call = c.accept_response_stream(sender, req_id) if c is not None else None
             waiter = self._calls.get(req_id) if call is not None else None
             if waiter is not None:
                 waiter.attach_reader(self._new_reader(info), self)
@@ -509,8 +514,9 @@ class Room:
 
     def _participant_left(self, identity, reason):
         p = self.remote_participants.pop(identity, None)
-        for c in self._rpc_client.on_participant_left(identity):
-            self._complete(c)
+        if self._rpc_client is not None:
+            for c in self._rpc_client.on_participant_left(identity):
+                self._complete(c)
         for ev in self._incoming.participant_left(identity):
             self._stream_ended(ev)
         if p is not None:
@@ -522,7 +528,8 @@ class Room:
         interval = self.options.ping_interval_ms
         while not self._closing:
             now = now_ms()
-            deadline = self._rpc_client.next_deadline()
+            client = self._rpc_client
+            deadline = client.next_deadline() if client is not None else None
             wake = last_ping + interval
             if deadline is not None and deadline < wake:
                 wake = deadline
@@ -533,8 +540,9 @@ class Room:
                 except asyncio.TimeoutError:
                     pass
             now = now_ms()
-            for c in self._rpc_client.handle_timer(now):
-                self._complete(c)
+            if client is not None:
+                for c in client.handle_timer(now):
+                    self._complete(c)
             if now - last_ping >= interval:
                 last_ping = now
                 if self.connection_state == "connected":

@@ -1,13 +1,13 @@
 """STREAMS.md rules through the whole stack (Room ⇄ memroom ⇄ Room/RawPeer).
 
 Runs on CPython and under MicroPython (where outgoing compression is unavailable, so
-the compressed-send checks adapt to `streams.can_compress()`).
+the compressed-send checks adapt to `finite.can_compress()`).
 """
 import asyncio
 
 from room_helpers import close, error_collector, join, pair, raw, room_and_peer, settle
 
-from lkedge import streams
+from lkedge import finite
 from lkedge.memroom import MemRoom
 
 MP_HEAPSIZE = "1M"
@@ -61,7 +61,7 @@ async def test_compressed_only_when_every_recipient_can_inflate():
     text = "abc" * 20000
     await a.local_participant.send_text(text, topic="t", destination_identities=["p1"])
     h = (await p1.wait_for(lambda p: "stream_header" in p))["stream_header"]
-    assert h.get("compression", 0) == (1 if streams.can_compress() else 0)
+    assert h.get("compression", 0) == (1 if finite.can_compress() else 0)
     await a.local_participant.send_text(text, topic="t")  # broadcast: p2 cannot inflate
     await p2.wait_for(lambda p: "stream_header" in p)
     h2 = [p for p in p1.packets if "stream_header" in p][-1]["stream_header"]

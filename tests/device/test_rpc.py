@@ -7,8 +7,8 @@ import gc
 
 from lkedge.consts import (ATTR_RPC_METHOD, ATTR_RPC_REQUEST_ID, ATTR_RPC_TIMEOUT,
                            ATTR_RPC_VERSION, TOPIC_RPC_RESPONSE)
-from lkedge.rpc import (Completion, RpcClient, RpcError, RpcInvocationData, RpcServer,
-                        StreamResponse)
+from lkedge.rpc import RpcError, RpcInvocationData, RpcServer, StreamResponse
+from lkedge.rpc_caller import Completion, RpcClient
 
 # Compiling this (large) test module from source needs the heap, not lkedge.rpc:
 # the library alone imports in ~17 KiB and a pending call costs ~320 bytes.

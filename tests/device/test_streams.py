@@ -4,7 +4,7 @@ import gc
 
 from stream_helpers import Collector, feed, feed_all, handler_for
 
-from lkedge import streams, utf8
+from lkedge import finite, streams, utf8
 from lkedge.consts import CAP_COMPRESSION_DEFLATE_RAW as CAP_DEFLATE
 
 MP_HEAPSIZE = "320K"
@@ -16,7 +16,7 @@ def _inc(*topics, **kw):
 
 
 def _finite(kind, payload, inline_ok=True, compress_ok=False, sid="s1", **kw):
-    return list(streams.finite_packets(kind, payload, "t", [], inline_ok, compress_ok, stream_id=sid, **kw))
+    return list(finite.finite_packets(kind, payload, "t", [], inline_ok, compress_ok, stream_id=sid, **kw))
 
 
 def _hdr(sid="s1", topic="t", kind="bytes", total_length=None, **extra):
@@ -38,22 +38,22 @@ def _trailer(sid, reason="", attributes=None):
 
 # ---------------------------------------------------------------- negotiation
 def test_inline_only_when_every_recipient_is_v2():
-    assert streams.negotiate([(2, []), (2, [])], True) == (True, False)
-    assert streams.negotiate([(2, []), (1, [])], True)[0] is False
-    assert streams.negotiate([(0, [CAP_DEFLATE])], True) == (False, False)
+    assert finite.negotiate([(2, []), (2, [])], True) == (True, False)
+    assert finite.negotiate([(2, []), (1, [])], True)[0] is False
+    assert finite.negotiate([(0, [CAP_DEFLATE])], True) == (False, False)
 
 
 def test_empty_room_is_eligible_for_inline():
-    assert streams.negotiate([], False) == (True, False)
-    assert streams.negotiate([], True) == (True, True)
+    assert finite.negotiate([], False) == (True, False)
+    assert finite.negotiate([], True) == (True, True)
 
 
 def test_compression_needs_every_recipient_v2_with_capability_a_sender_that_can_and_the_caller():
     both = [(2, [CAP_DEFLATE]), (3, [1, CAP_DEFLATE])]
-    assert streams.negotiate(both, True) == (True, True)
-    assert streams.negotiate(both + [(2, [1])], True) == (True, False)
-    assert streams.negotiate(both, False) == (True, False)
-    assert streams.negotiate(both, True, compress=False) == (True, False)
+    assert finite.negotiate(both, True) == (True, True)
+    assert finite.negotiate(both + [(2, [1])], True) == (True, False)
+    assert finite.negotiate(both, False) == (True, False)
+    assert finite.negotiate(both, True, compress=False) == (True, False)
 
 
 # -------------------------------------------------------------------- sending
@@ -136,12 +136,12 @@ def test_inline_header_over_15000_bytes_falls_back_then_is_refused_on_the_chunke
 
 
 def test_compression_only_when_this_interpreter_can_compress():
-    if streams.can_compress():
+    if finite.can_compress():
         pkts = _finite("text", b"abc" * 20000, compress_ok=True)
         assert pkts[0]["stream_header"]["compression"] == 1
         return
     try:
-        streams.Deflater()
+        finite.Deflater()
     except streams.StreamError as e:
         assert "cannot compress" in str(e)
     else:

@@ -8,7 +8,8 @@ from livekit.protocol import models
 
 from lkedge import proto, rpc, streams
 from lkedge.consts import ATTR_RPC_REQUEST_ID, ATTR_RPC_TIMEOUT, TOPIC_RPC_REQUEST
-from lkedge.rpc import RpcClient, RpcError, RpcServer
+from lkedge.rpc import RpcError, RpcServer
+from lkedge.rpc_caller import RpcClient
 from lkedge.sender import MemBlob
 
 

@@ -10,6 +10,7 @@ import zlib
 
 from livekit.protocol import models
 
+from lkedge import finite as finite_mod
 from lkedge import proto, streams
 from lkedge.consts import STREAM_CHUNK_SIZE_BYTES as LIMIT
 
@@ -27,8 +28,8 @@ def wire(pkt):
 
 
 def finite(kind, payload, inline_ok=True, compress_ok=False, **kw):
-    return list(streams.finite_packets(kind, payload, "topic", ["b"], inline_ok, compress_ok,
-                                       stream_id="sid", **kw))
+    return list(finite_mod.finite_packets(kind, payload, "topic", ["b"], inline_ok, compress_ok,
+                                           stream_id="sid", **kw))
 
 
 def inflate_raw(data):
@@ -129,7 +130,7 @@ def test_64_mib_payload_is_compressed_incrementally():
         count = 0
         d = zlib.decompressobj(-15)
         got = hashlib.sha256()
-        for pkt in streams.finite_packets("bytes", payload, "t", [], True, True, stream_id="big"):
+        for pkt in finite_mod.finite_packets("bytes", payload, "t", [], True, True, stream_id="big"):
             if "stream_chunk" in pkt:
                 count += 1
                 got.update(d.decompress(pkt["stream_chunk"]["content"]))
@@ -142,7 +143,7 @@ def test_64_mib_payload_is_compressed_incrementally():
 
 
 def test_header_of_a_chunked_stream_over_15000_bytes_is_refused_before_any_packet():
-    gen = streams.finite_packets("bytes", b"x" * 20000, "t", [], True, False,
+    gen = finite_mod.finite_packets("bytes", b"x" * 20000, "t", [], True, False,
                                  attributes={"a": "v" * LIMIT})
     try:
         next(gen)

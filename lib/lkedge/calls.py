@@ -1,0 +1,179 @@
+"""The caller side of the participant API: perform_rpc and perform_rpc_stream.
+
+Imported on the first call (LocalParticipant.perform_rpc*), so a board that only
+answers calls keeps neither this module nor lkedge.rpc_caller in its heap.
+"""
+import asyncio
+
+from .clock import now_ms
+from .consts import (ATTR_RPC_REQUEST_ID, MAX_V1_PAYLOAD_BYTES, RPC_DEFAULT_TIMEOUT_MS,
+                     TOPIC_RPC_REQUEST)
+from .rpc import RpcError
+from .rpc_caller import RpcClient
+from .sending import gather_text, send_finite
+
+
+def _is_async_iterable(x):
+    return hasattr(x, "__aiter__")
+
+
+class _CallWaiter:
+    """Where a pending perform_rpc waits: completion by packet, or a response stream."""
+
+    def __init__(self, streaming=False):
+        self.event = asyncio.Event()
+        self.done = False
+        self.payload = None
+        self.error = None
+        self.reader = None
+        self.streaming = streaming
+
+    def finish(self, payload, error):
+        if self.done:
+            return
+        self.done = True
+        self.payload = payload
+        self.error = error
+        self.event.set()
+
+    def attach_reader(self, reader, room):
+        if self.streaming:
+            self.reader = reader
+            self.event.set()
+        else:
+            room._spawn(self._gather(reader, room))
+
+    async def _gather(self, reader, room):
+        try:
+            payload = await reader.read_all(limit=room.options.max_rpc_payload)
+            c = room._rpc_client.complete(reader.info.attributes.get(ATTR_RPC_REQUEST_ID, ""), payload=payload)
+        except Exception as e:
+            c = room._rpc_client.complete(reader.info.attributes.get(ATTR_RPC_REQUEST_ID, ""),
+                                          error=stream_failure(e))
+        room._complete(c)
+
+
+def stream_failure(e):
+    if isinstance(e, RpcError):
+        return e
+    return RpcError(RpcError.RECIPIENT_DISCONNECTED, None, "response stream failed: %s" % e)
+
+
+class RpcResponseReader:
+    """The response of a streaming call: iterate str pieces, or read_all().
+
+    Raises RpcError (from the first iteration) when the call failed.
+    """
+
+    def __init__(self, room, waiter, request_id):
+        self._room = room
+        self._w = waiter
+        self.request_id = request_id
+        self._given = False
+
+    def __aiter__(self):
+        return self
+
+    async def _ready(self):
+        w = self._w
+        await w.event.wait()
+        if w.error is not None:
+            self._room._calls.pop(self.request_id, None)
+            raise w.error
+
+    async def __anext__(self):
+        await self._ready()
+        w = self._w
+        if w.reader is None:
+            # Answered by a packet: the call is over, hand the payload out once and let
+            # go of it (and of the room's entry) so nothing outlives the call.
+            self._room._calls.pop(self.request_id, None)
+            payload, w.payload = w.payload, None
+            if self._given or not payload:
+                self._given = True
+                raise StopAsyncIteration
+            self._given = True
+            return payload
+        try:
+            return await w.reader.__anext__()
+        except StopAsyncIteration:
+            self._finish(None)
+            raise
+        except Exception as e:
+            self._finish(stream_failure(e))
+            raise stream_failure(e)
+
+    def _finish(self, error):
+        c = self._room._rpc_client.complete(self.request_id, payload="" if error is None else None, error=error)
+        self._room._calls.pop(self.request_id, None)
+        return c
+
+    async def read_all(self):
+        parts = []
+        async for s in self:
+            parts.append(s)
+        return "".join(parts)
+
+    def cancel(self):
+        """Stop waiting: the pending state is cleared and the rest is dropped."""
+        self._room._rpc_client.cancel(self.request_id)
+        self._room._calls.pop(self.request_id, None)
+        if self._w.reader is not None:
+            self._w.reader._abandon()
+
+
+def end_call(room, req_id, w):
+    """The caller stopped waiting: forget the waiter, drop the call if still pending."""
+    room._calls.pop(req_id, None)
+    if not w.done:
+        room._rpc_client.cancel(req_id)
+
+
+def caller(room):
+    """The room's RpcClient, made on the first call (a board that never calls skips it)."""
+    if room._rpc_client is None:
+        room._rpc_client = RpcClient()
+    return room._rpc_client
+
+
+async def start_call(lp, dest, method, payload, response_timeout, streaming):
+    """Start a call: returns (waiter, request_id) once the request is sent (or failed)."""
+    room = lp._room
+    client = caller(room)
+    timeout_ms = RPC_DEFAULT_TIMEOUT_MS if response_timeout is None else int(response_timeout * 1000)
+    rp = room.remote_participants.get(dest)
+    # We speak at most what we advertise: a participant configured as protocol 0
+    # behaves as a v1-only SDK would, whatever the destination understands.
+    proto_v = min(rp.client_protocol, room.options.client_protocol) if rp is not None else None
+    source = None
+    if _is_async_iterable(payload):
+        if proto_v is not None and proto_v >= 1:
+            source, data = payload, b""
+        else:
+            data = await gather_text(payload, MAX_V1_PAYLOAD_BYTES,
+                                      RpcError(RpcError.REQUEST_PAYLOAD_TOO_LARGE))
+    else:
+        data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+    call = client.start(now_ms(), dest, proto_v, method, len(data), timeout_ms)
+    w = _CallWaiter(streaming)
+    room._calls[call.request_id] = w
+    room._wake_timer()
+    try:
+        if call.version == 1:
+            await room._send(call.request_packet(data.decode("utf-8") if isinstance(data, bytes) else data))
+        elif source is not None:
+            writer = await lp._open_writer("text", TOPIC_RPC_REQUEST, [dest], call.stream_attributes(), None)
+            async for piece in source:
+                await writer.write(piece)
+            await writer.aclose()
+        else:
+            await send_finite(room, "text", data, TOPIC_RPC_REQUEST, [dest], call.stream_attributes())
+        client.sent(now_ms(), call.request_id)  # the response timer starts now
+        room._wake_timer()
+    except OSError as e:
+        room._complete(client.complete(call.request_id, error=RpcError(RpcError.SEND_FAILED, None, str(e))))
+    except BaseException:
+        end_call(room, call.request_id, w)
+        raise
+    return w, call.request_id
+

@@ -1,0 +1,208 @@
+"""The caller side of RPC v1/v2 (shared/spec/RPC.md) as a sans-I/O state machine.
+
+Imported on a participant's first perform_rpc: a board that only answers calls does not
+pay for it. Time comes in as `now_ms`; packets in and out are DataPacket dicts. The
+choices where the spec is open are listed in lkedge.rpc.
+
+Caller: RpcClient(new_id=uuid4)          new_id: request id factory (tests pass their own)
+    start(now_ms, destination, dest_client_protocol, method, payload_len,
+          response_timeout_ms=15000) -> PendingCall
+        dest_client_protocol None (not in the room) -> raises RpcError 1401;
+        payload_len (UTF-8 bytes) > 15360 to a v1 destination -> raises RpcError 1402.
+        Nothing is registered when it raises. Otherwise the ack AND response state are
+        registered before it returns, so the adapter sends afterwards.
+    sent(now_ms, request_id)            optional: the request's last byte went out; the
+                                        response timer restarts from here (client-sdk-js
+                                        starts it after publishing). Without it the
+                                        response timer counts from start().
+    on_ack(now_ms, sender, request_id) -> bool             True when it cleared an ack
+    on_response(now_ms, sender, rpc_response_dict) -> Completion or None
+    accept_response_stream(sender, request_id) -> PendingCall or None
+        a `lk.rpc_response` stream header: the adapter reads the payload, then calls
+        complete(); None = ignore the stream (unknown id, or not from the destination).
+    complete(request_id, payload=None, error=None) -> Completion or None
+    handle_timer(now_ms) -> [Completion]     1501 (no ack 7000 ms after start), 1502
+    next_deadline() -> int ms or None
+    on_participant_left(identity) -> [Completion]     1503 for calls to that identity
+    fail_all(error) -> [Completion]                   every pending call, with `error`
+    cancel(request_id) -> bool                        drops the state, no completion
+    get(request_id) -> PendingCall or None;  len(client) = pending calls
+
+    PendingCall: .request_id .destination .method .version (1 or 2) .timeout_ms
+        .wire_timeout_ms (= max(timeout_ms, 8000)) .acked;
+        request_packet(payload) -> DataPacket dict (v1 only; payload a str or a Blob);
+        stream_attributes() -> the four lk.rpc_request_* attributes (v2 only).
+    Completion: .request_id, .payload (str or None), .error (RpcError or None).
+
+    Every pending call yields exactly one Completion (or is cancelled); anything late
+    or unknown (ack, response, stream, timer) returns None / [] and never raises.
+"""
+from .consts import (ATTR_RPC_METHOD, ATTR_RPC_REQUEST_ID, ATTR_RPC_TIMEOUT,
+                     ATTR_RPC_VERSION, CLIENT_PROTOCOL_DATA_STREAM_RPC, MAX_V1_PAYLOAD_BYTES,
+                     RPC_ACK_TIMEOUT_MS, RPC_DEFAULT_TIMEOUT_MS, RPC_MIN_WIRE_TIMEOUT_MS)
+from .ids import uuid4
+from .rpc import RpcError
+
+_UINT32_MAX = 0xFFFFFFFF
+
+
+class Completion:
+    """A call's one and only outcome: payload (success) or error (RpcError)."""
+
+    def __init__(self, request_id, payload=None, error=None):
+        self.request_id = request_id
+        self.payload = payload
+        self.error = error
+
+    def __repr__(self):
+        return "Completion(%r, payload=%r, error=%r)" % (self.request_id, self.payload, self.error)
+
+
+class PendingCall:
+    """One outgoing call between start() and its Completion."""
+
+    def __init__(self, request_id, destination, version, method, timeout_ms, now_ms):
+        self.request_id = request_id
+        self.destination = destination
+        self.version = version
+        self.method = method
+        self.timeout_ms = timeout_ms
+        self.wire_timeout_ms = max(timeout_ms, RPC_MIN_WIRE_TIMEOUT_MS)
+        self.acked = False
+        self.ack_deadline = now_ms + RPC_ACK_TIMEOUT_MS
+        self.response_deadline = now_ms + timeout_ms
+
+    def request_packet(self, payload):
+        """The v1 rpc_request DataPacket; `payload` a str or a Blob of UTF-8 bytes."""
+        if self.version != 1:
+            raise ValueError("call %s goes to a v2 destination: send a lk.rpc_request text stream "
+                             "with stream_attributes(), not an rpc_request packet" % self.request_id)
+        return {"destination_identities": [self.destination],
+                "rpc_request": {"id": self.request_id, "method": self.method, "payload": payload,
+                                "response_timeout_ms": self.wire_timeout_ms, "version": 1}}
+
+    def stream_attributes(self):
+        """Attributes of the v2 `lk.rpc_request` text stream to the destination."""
+        if self.version != 2:
+            raise ValueError("call %s goes to a v1 destination: send request_packet(), not a stream"
+                             % self.request_id)
+        return {ATTR_RPC_REQUEST_ID: self.request_id, ATTR_RPC_METHOD: self.method,
+                ATTR_RPC_TIMEOUT: str(self.wire_timeout_ms), ATTR_RPC_VERSION: "2"}
+
+    def deadline(self):
+        if self.acked:
+            return self.response_deadline
+        return min(self.ack_deadline, self.response_deadline)
+
+    def __repr__(self):
+        return "PendingCall(%r to %r, v%d, %r)" % (self.request_id, self.destination, self.version, self.method)
+
+
+class RpcClient:
+    """The caller side: pending acks and responses, their timers, exactly-once outcomes."""
+
+    def __init__(self, new_id=uuid4):
+        self._calls = {}
+        self._new_id = new_id
+
+    def __len__(self):
+        return len(self._calls)
+
+    def get(self, request_id):
+        return self._calls.get(request_id)
+
+    def start(self, now_ms, destination, dest_client_protocol, method, payload_len,
+              response_timeout_ms=RPC_DEFAULT_TIMEOUT_MS):
+        if not isinstance(method, str) or not method:
+            raise ValueError("RPC method name must be a non-empty str, got %r" % (method,))
+        if not isinstance(response_timeout_ms, int) or not 0 < response_timeout_ms <= _UINT32_MAX:
+            raise ValueError("response timeout must be a positive int of ms (uint32), got %r"
+                             % (response_timeout_ms,))
+        if dest_client_protocol is None:
+            raise RpcError(RpcError.RECIPIENT_NOT_FOUND, None,
+                           "no participant %r in the room" % (destination,))
+        version = 2 if dest_client_protocol >= CLIENT_PROTOCOL_DATA_STREAM_RPC else 1
+        if version == 1 and payload_len > MAX_V1_PAYLOAD_BYTES:
+            raise RpcError(RpcError.REQUEST_PAYLOAD_TOO_LARGE, None,
+                           "%d bytes to a v1 participant (client_protocol %d); the limit is %d"
+                           % (payload_len, dest_client_protocol, MAX_V1_PAYLOAD_BYTES))
+        rid = self._new_id()
+        while rid in self._calls:  # ids are random UUIDs; never reuse a pending one
+            rid = self._new_id()
+        call = PendingCall(rid, destination, version, method, response_timeout_ms, now_ms)
+        self._calls[rid] = call
+        return call
+
+    def sent(self, now_ms, request_id):
+        call = self._calls.get(request_id)
+        if call is not None:
+            call.response_deadline = now_ms + call.timeout_ms
+
+    def _mine(self, sender, request_id):
+        call = self._calls.get(request_id)
+        if call is None or call.destination != sender:
+            return None
+        return call
+
+    def on_ack(self, now_ms, sender, request_id):
+        call = self._mine(sender, request_id)
+        if call is None or call.acked:
+            return False
+        call.acked = True
+        return True
+
+    def on_response(self, now_ms, sender, resp):
+        if self._mine(sender, resp.get("request_id", "")) is None:
+            return None
+        if "error" in resp:
+            return self.complete(resp.get("request_id", ""), error=RpcError.from_proto(resp["error"]))
+        if "payload" in resp:
+            return self.complete(resp.get("request_id", ""), payload=resp["payload"])
+        return None  # compressed_payload only (never sent by SDKs) or no value: ignored
+
+    def accept_response_stream(self, sender, request_id):
+        call = self._mine(sender, request_id)
+        if call is not None:
+            call.acked = True  # a response is arriving: the handler got the request
+        return call
+
+    def complete(self, request_id, payload=None, error=None):
+        call = self._calls.pop(request_id, None)
+        if call is None:
+            return None
+        if error is None and payload is None:
+            payload = ""
+        return Completion(request_id, None if error is not None else payload, error)
+
+    def cancel(self, request_id):
+        return self._calls.pop(request_id, None) is not None
+
+    def next_deadline(self):
+        best = None
+        for call in self._calls.values():
+            d = call.deadline()
+            if best is None or d < best:
+                best = d
+        return best
+
+    def handle_timer(self, now_ms):
+        due = []
+        for call in self._calls.values():
+            ack_due = not call.acked and now_ms >= call.ack_deadline
+            resp_due = now_ms >= call.response_deadline
+            if ack_due and (not resp_due or call.ack_deadline <= call.response_deadline):
+                due.append((call.ack_deadline, call.request_id, RpcError.CONNECTION_TIMEOUT))
+            elif resp_due:
+                due.append((call.response_deadline, call.request_id, RpcError.RESPONSE_TIMEOUT))
+        due.sort()
+        return [self.complete(rid, error=RpcError(code)) for _, rid, code in due]
+
+    def on_participant_left(self, identity):
+        ids = [rid for rid, c in self._calls.items() if c.destination == identity]
+        return [self.complete(rid, error=RpcError(RpcError.RECIPIENT_DISCONNECTED)) for rid in ids]
+
+    def fail_all(self, error):
+        ids = list(self._calls)
+        return [self.complete(rid, error=error) for rid in ids]
+
+

@@ -1,0 +1,79 @@
+"""Sending whole payloads as data streams: send_text / send_bytes / send_file, and
+gathering an incremental payload for a v1 peer.
+
+Imported on first use, with lkedge.finite (negotiation, inline/compressed/chunked
+packets): a board that only streams incrementally or answers RPCs with an async
+iterable never loads either.
+"""
+from . import finite, streams
+from .consts import STREAM_CHUNK_SIZE_BYTES
+from .ids import uuid4
+from .participant import _now_epoch_ms
+from .sender import ReadBlob
+
+
+async def send_finite(room, kind, data, topic, dests, attributes, stream_id=None, compress=None,
+                      name=None, mime_type=None, text_options=None):
+    """Send a whole payload as one stream: inline, compressed or chunked as negotiated."""
+    dests = dests or []
+    want = room.options.compress if compress is None else compress
+    inline_ok, compress_ok = finite.negotiate(room.recipients(dests), finite.can_compress(), want)
+    sid = stream_id or uuid4()
+    kw = {}
+    if name is not None:
+        kw["name"] = name
+    if mime_type is not None:
+        kw["mime_type"] = mime_type
+    if text_options:
+        kw.update(text_options)
+    for pkt in finite.finite_packets(kind, data, topic, dests, inline_ok, compress_ok,
+                                      stream_id=sid, attributes=attributes,
+                                      timestamp_ms=_now_epoch_ms(), **kw):
+        await room._send(pkt)
+    return sid
+
+
+async def send_file(lp, file_path, topic, name, mime_type, destination_identities, attributes, stream_id):
+    """Send a file as a byte stream, read through one small buffer.
+
+    Files that fit one packet go inline where negotiated; larger ones are chunked
+    straight from the file (never compressed: that would need them in memory).
+    """
+    import os
+    size = os.stat(file_path)[6]
+    if name is None:
+        name = file_path.split("/")[-1]
+    dests = destination_identities or []
+    if size <= STREAM_CHUNK_SIZE_BYTES // 2:
+        with open(file_path, "rb") as f:
+            return await lp.send_bytes(f.read(), name=name, mime_type=mime_type,
+                                       destination_identities=dests, topic=topic,
+                                       attributes=attributes, stream_id=stream_id)
+    sid = stream_id or uuid4()
+    room = lp._room
+    await room._send(streams.header_packet(sid, "bytes", topic, dests, total_length=size,
+                                           attributes=attributes, mime_type=mime_type, name=name,
+                                           timestamp_ms=_now_epoch_ms()))
+    index = 0
+    left = size
+    with open(file_path, "rb") as f:
+        while left:
+            n = min(left, STREAM_CHUNK_SIZE_BYTES)
+            await room._send(streams.chunk_packet(sid, index, dests, ReadBlob(f.readinto, n)))
+            index += 1
+            left -= n
+    await room._send(streams.trailer_packet(sid, dests))
+    return sid
+
+
+async def gather_text(source, cap, error):
+    """Join an async iterable of str/bytes pieces into bytes, at most `cap` bytes."""
+    parts = []
+    total = 0
+    async for piece in source:
+        b = piece.encode("utf-8") if isinstance(piece, str) else bytes(piece)
+        total += len(b)
+        if total > cap:
+            raise error
+        parts.append(b)
+    return b"".join(parts)
