@@ -21,10 +21,18 @@ from .participant import LocalParticipant, RemoteParticipant
 from .readers import ByteStreamReader, TextStreamReader
 from .sender import PacketSender
 
-try:
-    from . import inflate as _inflate
-except ImportError:  # a board may ship without the inflater
-    _inflate = None
+_inflate = None  # lkedge.inflate, imported only by a Room that may advertise inflating
+
+
+def _inflater_module():
+    global _inflate
+    if _inflate is None:
+        try:
+            from . import inflate
+        except ImportError:  # a board may ship without the inflater
+            return None
+        _inflate = inflate
+    return _inflate
 
 
 class ConnectError(Exception):
@@ -69,13 +77,14 @@ class Room:
         self._sender = PacketSender(min(o.piece_size, 4096))
         self._rpc_client = None  # rpc_caller.RpcClient, made by the first call (lkedge.calls)
         self._rpc_server = rpc.RpcServer()
-        can_inflate = _inflate is not None and _inflate.available()
         adv = o.advertise_compression
+        inf = _inflater_module() if adv is not False else None
+        can_inflate = inf is not None and inf.available()
         if adv is None:
             adv = can_inflate
         self.can_inflate = bool(adv and can_inflate)
         if self.can_inflate:
-            _inflate.reserve(o.piece_size)
+            inf.reserve(o.piece_size)
         self._incoming = streams.IncomingStreams(
             self._has_handler, max_streams=o.max_streams, can_inflate=self.can_inflate,
             max_inflated=o.max_inflated, piece_size=o.piece_size)
