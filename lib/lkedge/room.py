@@ -12,7 +12,7 @@ CPython's; waits are Events, never Futures.
 """
 import asyncio
 
-from . import cbor, link, proto, rpc, streams
+from . import cbor, link, load, proto, rpc, streams
 from .clock import now_ms
 from .config import RoomOptions
 from .consts import (ATTR_RPC_REQUEST_ID, CAP_COMPRESSION_DEFLATE_RAW, TOPIC_RPC_REQUEST,
@@ -28,10 +28,9 @@ def _inflater_module():
     global _inflate
     if _inflate is None:
         try:
-            from . import inflate
+            _inflate = load("inflate")
         except ImportError:  # a board may ship without the inflater
             return None
-        _inflate = inflate
     return _inflate
 
 
@@ -185,8 +184,7 @@ class Room:
     def _make_transport(self):
         if not isinstance(self._url, str):
             return self._url  # a ready Transport object (tests, memroom)
-        from .transport import open_transport
-        return open_transport(self._url, **self.options.transport_options)
+        return load("transport").open_transport(self._url, **self.options.transport_options)
 
     async def _open_link(self):
         self.connection_state = "connecting"

