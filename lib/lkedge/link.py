@@ -6,20 +6,20 @@ API (docs/internals.md, with the details fixed here):
 
 - `encode_frame(type, body) -> bytes`, `frame_header(type, body_len) -> bytes` (the
   varint and the type byte; a DATA body is streamed after it).
-- `encode_control(type, mapping) -> bytes`: a whole frame whose body is
-  `cbor.dumps(mapping)`. `decode_control(body) -> dict`: the CBOR map of a control body,
-  checked to be a map with text keys.
-- Validators of the LINK.md maps; each returns a NEW normalised dict holding only the
-  LINK.md keys (unknown keys are ignored) and raises `LinkError` naming the key on a
-  missing required key or a wrong type: `check_join(d)`, `check_joined(d)` (its
+- `decode_control(body) -> dict`: the CBOR map of a control body, checked to be a map
+  with text keys.
+- Validators of the LINK.md maps a participant receives; each returns a NEW normalised
+  dict holding only the LINK.md keys (unknown keys are ignored) and raises `LinkError`
+  naming the key on a missing required key or a wrong type: `check_joined(d)` (its
   "participants" normalised by `participant_info`), `participant_info(d)` (for
   PARTICIPANT and JOINED entries: missing client_protocol → 0, capabilities → [],
-  attributes → {}; its optional second argument names the map in errors),
-  `check_participant_left(d)`, `check_leave(d)`. "v" must equal `LINK_VERSION`.
-  Required: JOIN v, token; JOINED v, room, identity, sid, max_frame (>= 1);
-  participant identity, sid; PARTICIPANT_LEFT identity; LEAVE code. Optional text
-  fields default to "" (sdk, sdk_version, server_version, reason), participants to [].
-  Text fields are `str`, "reason" included; ints are non-negative, never bool.
+  attributes → {}; its optional second argument names the map in errors). "v" must
+  equal `LINK_VERSION`. Required: JOINED v, room, identity, sid, max_frame (>= 1);
+  participant identity, sid. Optional text fields default to "" (server_version),
+  participants to []. Text fields are `str`; ints are non-negative, never bool.
+- What only a relay needs lives in lkedge.relayside, which a board never imports:
+  `type_name`, `encode_control`, `check_join`, `check_participant_left`, `check_leave`
+  (this module still answers those names, loading relayside on first use).
 - `FrameReader(max_frame, max_control=None)`, sans-I/O. `receive(mv)` keeps a reference
   to mv (copies nothing); call it only after `next_event()` returned `NEED_DATA`
   (else RuntimeError: the caller's mistake, not the peer's). Event kinds are the ints
@@ -38,7 +38,7 @@ API (docs/internals.md, with the details fixed here):
   `max_frame` bounds n (the type byte plus the body) for every frame, and is checked as
   soon as the length varint ends. `LinkError` for: a length varint longer than 5 bytes,
   n = 0, n > max_frame, a control frame over max_control, a PING/PONG body over
-  `MAX_PING_BODY` (64). `type_name(t)` names a frame type for logs. The stream cannot be
+  `MAX_PING_BODY` (64). The stream cannot be
   resynchronised after that: the reader keeps raising the same error (a relay answers
   LEAVE 4 and closes). `between_frames` is True when no partial frame is pending (so
   the transport closing then is a clean end, otherwise a truncated frame).
@@ -86,19 +86,14 @@ _ST_DATA = const(2)    # handing out a DATA body as pieces
 _ST_CTRL = const(3)    # buffering a control body
 _ST_SKIP = const(4)    # skipping the body of an unknown type
 
-_NAMES = {JOIN: "JOIN", JOINED: "JOINED", PARTICIPANT: "PARTICIPANT",
-          PARTICIPANT_LEFT: "PARTICIPANT_LEFT", LEAVE: "LEAVE", PING: "PING",
-          PONG: "PONG", DATA: "DATA"}
+# the control types JOIN..PONG are 1..7, named by _CONTROL_NAMES[t - 1]
+_CONTROL_NAMES = ("JOIN", "JOINED", "PARTICIPANT", "PARTICIPANT_LEFT", "LEAVE", "PING", "PONG")
 _END_EVENT = (DATA_END,)
 _EMPTY = memoryview(b"")
 
 
 class LinkError(ValueError):
     """A malformed frame or control map from the peer (the relay answers LEAVE 4)."""
-
-
-def type_name(t):
-    return _NAMES.get(t, "type 0x%02x" % t)
 
 
 # ---------------------------------------------------------------- writing
@@ -121,15 +116,6 @@ def frame_header(type, body_len):
 
 def encode_frame(type, body):
     return frame_header(type, len(body)) + bytes(body)
-
-
-def encode_control(type, mapping):
-    """A whole control frame whose body is the CBOR encoding of mapping."""
-    if type == DATA:
-        raise ValueError("DATA frames carry a DataPacket, not a control map")
-    if not isinstance(mapping, dict):
-        raise ValueError("a control body must be a dict, got %s" % _tname(mapping))
-    return encode_frame(type, cbor.dumps(mapping))
 
 
 # ---------------------------------------------------------------- reading
@@ -225,16 +211,16 @@ class FrameReader:
         if t == DATA:
             self._state = _ST_DATA
             return (DATA_START, body_len)
-        if t not in _NAMES:
+        if not JOIN <= t <= PONG:
             self._state = _ST_SKIP
             if not body_len:
                 self._next_frame()
             return None
         if self._n > self.max_control:
             raise LinkError("%s frame of %d bytes (type + body) exceeds max_control %d"
-                            % (_NAMES[t], self._n, self.max_control))
+                            % (_CONTROL_NAMES[t - 1], self._n, self.max_control))
         if (t == PING or t == PONG) and body_len > MAX_PING_BODY:
-            raise LinkError("%s body of %d bytes exceeds %d" % (_NAMES[t], body_len, MAX_PING_BODY))
+            raise LinkError("%s body of %d bytes exceeds %d" % (_CONTROL_NAMES[t - 1], body_len, MAX_PING_BODY))
         pos = self._pos
         if len(self._mv) - pos >= body_len:
             # the whole body is here: copy it once, no staging buffer
@@ -371,14 +357,6 @@ def _version(d, what):
     return v
 
 
-def check_join(d):
-    w = "JOIN"
-    return {"v": _version(d, w), "token": _str(d, w, "token"),
-            "client_protocol": _int(d, w, "client_protocol", 0),
-            "capabilities": _int_list(d, w, "capabilities"),
-            "sdk": _str(d, w, "sdk", ""), "sdk_version": _str(d, w, "sdk_version", "")}
-
-
 def participant_info(d, what="PARTICIPANT"):
     return {"identity": _str(d, what, "identity"), "sid": _str(d, what, "sid"),
             "client_protocol": _int(d, what, "client_protocol", 0),
@@ -402,11 +380,9 @@ def check_joined(d):
     return out
 
 
-def check_participant_left(d):
-    w = "PARTICIPANT_LEFT"
-    return {"identity": _str(d, w, "identity"), "reason": _str(d, w, "reason", "")}
-
-
-def check_leave(d):
-    w = "LEAVE"
-    return {"code": _int(d, w, "code"), "reason": _str(d, w, "reason", "")}
+def __getattr__(name):
+    """The relay-side names (lkedge.relayside), loaded on first use: a board never does."""
+    if name in ("type_name", "encode_control", "check_join", "check_participant_left", "check_leave"):
+        from . import relayside
+        return getattr(relayside, name)
+    raise AttributeError(name)

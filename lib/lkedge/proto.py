@@ -46,10 +46,10 @@ Reading (results equal what the official parser reads, as dicts of present field
   [1, 2**29 - 1], invalid UTF-8 in a small string, a small bytes/string field over
   `max_field`. After an error, next_event() and receive() raise it again until start().
 - `decode(schema, data) -> dict`: a whole message, big fields included as values (str
-  for strings), no max_field. `decode_packet(data)` = decode(DATA_PACKET, data).
-- `scan_fields(data) -> [(number, wire_type, field_start, value_start, end)]`: the
-  top-level fields, not decoded; value_start is after the length prefix for wire type
-  2, after the tag otherwise.
+  for strings), no max_field.
+- `scan_fields` and `decode_packet` (= decode(DATA_PACKET, data)) are the relay's: they
+  live in lkedge.relayside, which a board never imports (this module still answers
+  those names, loading relayside on first use).
 """
 try:
     from micropython import const
@@ -946,56 +946,9 @@ def decode(schema, data):
     return dec.next_event()[1]   # all bytes were given: PACKET, or a ProtoError
 
 
-def decode_packet(data):
-    """A whole DataPacket (host side, tests): big fields included as values."""
-    return decode(DATA_PACKET, data)
-
-
-def _read_varint(mv, i, end):
-    v = 0
-    shift = 0
-    while True:
-        if i >= end:
-            raise ProtoError("truncated message: a varint is cut off at byte %d" % end)
-        b = mv[i]
-        i += 1
-        if shift == 63 and b > 1:
-            if b & 0x80:
-                raise ProtoError("varint longer than 10 bytes at byte %d" % (i - 1))
-            b &= 1
-        v |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return v, i
-        shift += 7
-
-
-def scan_fields(data):
-    """Top-level fields of a message, not decoded: [(number, wire_type, field_start,
-    value_start, end)], value_start after the length prefix for wire type 2."""
-    mv = data if isinstance(data, memoryview) else memoryview(data)
-    end = len(mv)
-    out = []
-    i = 0
-    while i < end:
-        start = i
-        tag, i = _read_varint(mv, i, end)
-        num = tag >> 3
-        wt = tag & 7
-        if not num or num > 0x1FFFFFFF:
-            raise ProtoError("field number %d at byte %d is out of range [1, 2**29 - 1]" % (num, start))
-        if wt == 0:
-            vstart = i
-            i = _read_varint(mv, i, end)[1]
-        elif wt == 2:
-            n, vstart = _read_varint(mv, i, end)
-            i = vstart + n
-        elif wt == 1 or wt == 5:
-            vstart = i
-            i += 8 if wt == 1 else 4
-        else:
-            raise ProtoError("field %d at byte %d has wire type %d (groups are not supported)" % (num, start, wt))
-        if i > end:
-            raise ProtoError("truncated message: field %d at byte %d needs %d bytes, %d left" % (
-                num, start, i - vstart, end - vstart))
-        out.append((num, wt, start, vstart, i))
-    return out
+def __getattr__(name):
+    """The relay-side names (lkedge.relayside), loaded on first use: a board never does."""
+    if name in ("scan_fields", "decode_packet"):
+        from . import relayside
+        return getattr(relayside, name)
+    raise AttributeError(name)
