@@ -103,7 +103,7 @@ def frame_header(type, body_len):
     if not 0 <= type <= 0xff:
         raise ValueError("frame type %d is not a byte" % type)
     n = 1 + body_len
-    if body_len < 0 or n > 0xffffffff:
+    if body_len < 0 or n >> 32:   # no 0xffffffff literal: a big int on a 32-bit board
         raise ValueError("frame body length %d out of range" % body_len)
     out = bytearray()
     while n >= 0x80:
@@ -126,14 +126,12 @@ class FrameReader:
         self.max_control = max_frame if max_control is None else max_control
         self._mv = _EMPTY
         self._pos = 0
-        self._state = _ST_LEN
-        self._n = 0          # length varint value so far, then the frame's n
-        self._shift = 0
         self._type = 0
         self._left = 0       # body bytes still to hand out / buffer / skip
         self._buf = None     # control body being buffered
         self._error = None
         self._piece = [DATA_PIECE, _EMPTY]   # the reused DATA_PIECE event
+        self._next_frame()   # _state, _n (the length varint so far, then n), _shift
 
     @property
     def between_frames(self):
@@ -165,44 +163,62 @@ class FrameReader:
             st = self._state
             pos = self._pos
             if st == _ST_DATA:
-                return self._data_event(mv, pos, end)
+                left = self._left
+                if not left:
+                    self._next_frame()
+                    return _END_EVENT
+                if pos >= end:
+                    break
+                if left >= end - pos:
+                    take = end - pos
+                    piece = mv if pos == 0 else mv[pos:]   # whole buffer: no new memoryview
+                else:
+                    take = left
+                    piece = mv[pos:pos + take]
+                self._pos = pos + take
+                self._left = left - take
+                ev = self._piece
+                ev[1] = piece
+                return ev
             if pos >= end:
-                self._mv = _EMPTY     # do not pin the caller's buffer
-                self._pos = 0
-                return NEED_DATA
+                break
             if st == _ST_LEN:
+                b = mv[pos]
                 self._pos = pos + 1
-                self._length_byte(mv[pos])
+                if self._shift == 7 * (_MAX_VARINT_BYTES - 1) and b & 0x80:
+                    raise LinkError("frame length varint longer than %d bytes" % _MAX_VARINT_BYTES)
+                self._n |= (b & 0x7f) << self._shift
+                self._shift += 7
+                if not b & 0x80:
+                    n = self._n
+                    if n == 0:
+                        raise LinkError("zero-length frame (n = 0: every frame has a type byte)")
+                    if n > self.max_frame:
+                        raise LinkError("frame of %d bytes (type + body) exceeds max_frame %d"
+                                        % (n, self.max_frame))
+                    self._state = _ST_TYPE
             elif st == _ST_TYPE:
                 self._pos = pos + 1
                 ev = self._start_body(mv[pos])
                 if ev is not None:
                     return ev
-            elif st == _ST_CTRL:
-                ev = self._fill_control(mv, pos, end)
-                if ev is not None:
-                    return ev
-            else:  # _ST_SKIP
-                take = min(self._left, end - pos)
+            else:  # _ST_CTRL: buffering a control body; _ST_SKIP: skipping an unknown one
+                left = self._left
+                take = min(left, end - pos)
+                if st == _ST_CTRL:
+                    buf = self._buf
+                    start = len(buf) - left
+                    buf[start:start + take] = mv[pos:pos + take]
                 self._pos = pos + take
-                self._left -= take
-                if not self._left:
+                self._left = left - take
+                if take == left:
                     self._next_frame()
-
-    def _length_byte(self, b):
-        if self._shift == 7 * (_MAX_VARINT_BYTES - 1) and b & 0x80:
-            raise LinkError("frame length varint longer than %d bytes" % _MAX_VARINT_BYTES)
-        self._n |= (b & 0x7f) << self._shift
-        self._shift += 7
-        if b & 0x80:
-            return
-        n = self._n
-        if n == 0:
-            raise LinkError("zero-length frame (n = 0: every frame has a type byte)")
-        if n > self.max_frame:
-            raise LinkError("frame of %d bytes (type + body) exceeds max_frame %d"
-                            % (n, self.max_frame))
-        self._state = _ST_TYPE
+                    if st == _ST_CTRL:
+                        self._buf = None
+                        return (FRAME, self._type, bytes(buf))
+        self._mv = _EMPTY     # all of mv is consumed: do not pin the caller's buffer
+        self._pos = 0
+        return NEED_DATA
 
     def _start_body(self, t):
         self._type = t
@@ -230,41 +246,6 @@ class FrameReader:
         self._state = _ST_CTRL
         self._buf = bytearray(body_len)
         return None
-
-    def _fill_control(self, mv, pos, end):
-        buf = self._buf
-        take = min(self._left, end - pos)
-        start = len(buf) - self._left
-        buf[start:start + take] = mv[pos:pos + take]
-        self._pos = pos + take
-        self._left -= take
-        if self._left:
-            return None
-        self._buf = None
-        self._next_frame()
-        return (FRAME, self._type, bytes(buf))
-
-    def _data_event(self, mv, pos, end):
-        left = self._left
-        if not left:
-            self._next_frame()
-            return _END_EVENT
-        avail = end - pos
-        if not avail:
-            self._mv = _EMPTY
-            self._pos = 0
-            return NEED_DATA
-        if left >= avail:
-            take = avail
-            piece = mv if pos == 0 else mv[pos:]   # whole buffer: no new memoryview
-        else:
-            take = left
-            piece = mv[pos:pos + take]
-        self._pos = pos + take
-        self._left = left - take
-        ev = self._piece
-        ev[1] = piece
-        return ev
 
     def _next_frame(self):
         self._state = _ST_LEN
@@ -300,57 +281,52 @@ def _is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _get(d, what, key, default):
+def _get(d, what, key, kind, default=_REQUIRED):
+    """d[key], or default when absent, checked to be of `kind`: "int" (non-negative),
+    "text", "ints" (an array of non-negative integers), "map" (text to text), None
+    (anything). Arrays and maps come back as copies. LinkError naming `what` (the map)
+    and the key otherwise."""
     if not isinstance(d, dict):
         raise LinkError("%s must be a map, got %s" % (what, _tname(d)))
     if key in d:
-        return d[key]
-    if default is _REQUIRED:
+        v = d[key]
+    elif default is _REQUIRED:
         raise LinkError('%s: missing key "%s"' % (what, key))
-    return default
-
-
-def _bad(what, key, expected, got):
-    return LinkError('%s: key "%s" must be %s, got %s' % (what, key, expected, _tname(got)))
-
-
-def _int(d, what, key, default=_REQUIRED):
-    v = _get(d, what, key, default)
-    if not _is_int(v) or v < 0:
-        raise _bad(what, key, "a non-negative integer", v)
-    return v
-
-
-def _str(d, what, key, default=_REQUIRED):
-    v = _get(d, what, key, default)
-    if not isinstance(v, str):
-        raise _bad(what, key, "a text string", v)
-    return v
-
-
-def _int_list(d, what, key):
-    v = _get(d, what, key, [])
-    if not isinstance(v, list):
-        raise _bad(what, key, "an array of integers", v)
-    for x in v:
-        if not _is_int(x) or x < 0:
-            raise _bad(what, key, "an array of non-negative integers (an item)", x)
-    return list(v)
-
-
-def _str_map(d, what, key):
-    v = _get(d, what, key, {})
-    if not isinstance(v, dict):
-        raise _bad(what, key, "a map of text to text", v)
-    for k in v:
-        if not isinstance(k, str) or not isinstance(v[k], str):
-            raise LinkError('%s: key "%s" must map text to text, has %r: %r'
-                            % (what, key, k, v[k]))
-    return dict(v)
+    else:
+        v = default
+    if kind == "int":
+        if _is_int(v) and v >= 0:
+            return v
+        expected = "a non-negative integer"
+    elif kind == "text":
+        if isinstance(v, str):
+            return v
+        expected = "a text string"
+    elif kind == "ints":
+        if not isinstance(v, list):
+            expected = "an array of integers"
+        else:
+            for x in v:
+                if not _is_int(x) or x < 0:
+                    raise LinkError('%s: key "%s" must be an array of non-negative integers '
+                                    '(an item), got %s' % (what, key, _tname(x)))
+            return list(v)
+    elif kind == "map":
+        if not isinstance(v, dict):
+            expected = "a map of text to text"
+        else:
+            for k in v:
+                if not isinstance(k, str) or not isinstance(v[k], str):
+                    raise LinkError('%s: key "%s" must map text to text, has %r: %r'
+                                    % (what, key, k, v[k]))
+            return dict(v)
+    else:
+        return v
+    raise LinkError('%s: key "%s" must be %s, got %s' % (what, key, expected, _tname(v)))
 
 
 def _version(d, what):
-    v = _int(d, what, "v")
+    v = _get(d, what, "v", "int")
     if v != LINK_VERSION:
         raise LinkError("%s: link version %d not supported (this side speaks %d)"
                         % (what, v, LINK_VERSION))
@@ -358,31 +334,32 @@ def _version(d, what):
 
 
 def participant_info(d, what="PARTICIPANT"):
-    return {"identity": _str(d, what, "identity"), "sid": _str(d, what, "sid"),
-            "client_protocol": _int(d, what, "client_protocol", 0),
-            "capabilities": _int_list(d, what, "capabilities"),
-            "attributes": _str_map(d, what, "attributes")}
+    return {"identity": _get(d, what, "identity", "text"), "sid": _get(d, what, "sid", "text"),
+            "client_protocol": _get(d, what, "client_protocol", "int", 0),
+            "capabilities": _get(d, what, "capabilities", "ints", []),
+            "attributes": _get(d, what, "attributes", "map", {})}
 
 
 def check_joined(d):
     w = "JOINED"
-    out = {"v": _version(d, w), "room": _str(d, w, "room"),
-           "identity": _str(d, w, "identity"), "sid": _str(d, w, "sid"),
-           "server_version": _str(d, w, "server_version", "")}
-    mf = _int(d, w, "max_frame")
+    out = {"v": _version(d, w), "room": _get(d, w, "room", "text"),
+           "identity": _get(d, w, "identity", "text"), "sid": _get(d, w, "sid", "text"),
+           "server_version": _get(d, w, "server_version", "text", "")}
+    mf = _get(d, w, "max_frame", "int")
     if mf < 1:
         raise LinkError('JOINED: key "max_frame" must be at least 1, got %d' % mf)
     out["max_frame"] = mf
-    ps = _get(d, w, "participants", [])
+    ps = _get(d, w, "participants", None, [])
     if not isinstance(ps, list):
-        raise _bad(w, "participants", "an array of participant maps", ps)
+        raise LinkError('JOINED: key "participants" must be an array of participant maps, got %s'
+                        % _tname(ps))
     out["participants"] = [participant_info(p, "JOINED participant") for p in ps]
     return out
 
 
 def __getattr__(name):
     """The relay-side names (lkedge.relayside), loaded on first use: a board never does."""
-    if name in ("type_name", "encode_control", "check_join", "check_participant_left", "check_leave"):
+    if name in "type_name encode_control check_join check_participant_left check_leave".split():
         from . import relayside
         return getattr(relayside, name)
     raise AttributeError(name)

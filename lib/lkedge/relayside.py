@@ -20,7 +20,7 @@ From lkedge.link:
   (required code; reason → "").
 """
 from . import cbor, link, proto
-from .link import _int, _int_list, _str, _tname, _version
+from .link import _get, _tname, _version
 
 
 # ---------------------------------------------------------------- proto
@@ -101,17 +101,17 @@ def encode_control(type, mapping):
 
 def check_join(d):
     w = "JOIN"
-    return {"v": _version(d, w), "token": _str(d, w, "token"),
-            "client_protocol": _int(d, w, "client_protocol", 0),
-            "capabilities": _int_list(d, w, "capabilities"),
-            "sdk": _str(d, w, "sdk", ""), "sdk_version": _str(d, w, "sdk_version", "")}
+    return {"v": _version(d, w), "token": _get(d, w, "token", "text"),
+            "client_protocol": _get(d, w, "client_protocol", "int", 0),
+            "capabilities": _get(d, w, "capabilities", "ints", []),
+            "sdk": _get(d, w, "sdk", "text", ""), "sdk_version": _get(d, w, "sdk_version", "text", "")}
 
 
 def check_participant_left(d):
     w = "PARTICIPANT_LEFT"
-    return {"identity": _str(d, w, "identity"), "reason": _str(d, w, "reason", "")}
+    return {"identity": _get(d, w, "identity", "text"), "reason": _get(d, w, "reason", "text", "")}
 
 
 def check_leave(d):
     w = "LEAVE"
-    return {"code": _int(d, w, "code"), "reason": _str(d, w, "reason", "")}
+    return {"code": _get(d, w, "code", "int"), "reason": _get(d, w, "reason", "text", "")}

@@ -416,10 +416,13 @@ def test_packed_and_unpacked_capabilities_read_like_official():
 def test_schemas_match_the_official_descriptors():
     """Every covered official field is known to lkedge.proto under the same number."""
     for name, cls in OFFICIAL.items():
-        spec, names = SCHEMA[name][1], SCHEMA[name][2]
+        sc = SCHEMA[name]   # (name, spec, field names..., sub-schemas...): see lkedge.proto
+        spec = sc[1]
+        table = 3 * spec[0] + 1   # field number -> index + 1
         for f in covered_fields(cls.DESCRIPTOR):
-            assert f.number < spec[1] and spec[2 + f.number], "%s.%s missing" % (name, f.name)
-            assert names[spec[2 + f.number] - 1] == f.name
+            at = table + f.number
+            assert at < len(spec) and spec[at], "%s.%s missing" % (name, f.name)
+            assert sc[2 + spec[at] - 1] == f.name
 
 
 # ---------------------------------------------------------------- device vectors
