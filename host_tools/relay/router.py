@@ -40,7 +40,7 @@ sizes. DATA from a participant without canPublishData: LEAVE 7.
 """
 import os
 
-from lkedge import cbor, link, proto
+from lkedge import cbor, link, proto, relayside
 
 from .metrics import Metrics
 
@@ -235,7 +235,7 @@ class Router:
         if c.info is None:
             if t != link.JOIN:
                 self._drop(c, link.LEAVE_PROTOCOL, "first frame must be JOIN, got %s"
-                           % link.type_name(t), now)
+                           % relayside.type_name(t), now)
             else:
                 self._join(c, body, now)
         elif t == link.PING:
@@ -248,12 +248,12 @@ class Router:
             self._drop(c, link.LEAVE_PROTOCOL, "second JOIN on a joined connection", now)
         elif t in _RELAY_ONLY:
             self._drop(c, link.LEAVE_PROTOCOL, "%s is sent by the relay, not to it"
-                       % link.type_name(t), now)
+                       % relayside.type_name(t), now)
         # PONG: liveness only (last_rx already moved)
 
     def _join(self, c, body, now):
         try:
-            j = link.check_join(link.decode_control(body))
+            j = relayside.check_join(link.decode_control(body))
         except link.LinkError as e:
             self._drop(c, link.LEAVE_PROTOCOL, "bad JOIN: %s" % e, now)
             return
@@ -278,14 +278,14 @@ class Router:
         others = list(members.values())
         members[identity] = c
         listed, rest = _split_for_joined(others)
-        self._send(c, link.encode_control(link.JOINED, {
+        self._send(c, relayside.encode_control(link.JOINED, {
             "v": link.LINK_VERSION, "room": room, "identity": identity,
             "sid": c.info["sid"], "server_version": self.server_version,
             "max_frame": self.max_frame, "participants": [o.info for o in listed]}),
             link.JOINED)
         for o in rest:  # a big room: the rest follow at once, before anything else
-            self._send(c, link.encode_control(link.PARTICIPANT, o.info), link.PARTICIPANT)
-        announce = link.encode_control(link.PARTICIPANT, c.info)
+            self._send(c, relayside.encode_control(link.PARTICIPANT, o.info), link.PARTICIPANT)
+        announce = relayside.encode_control(link.PARTICIPANT, c.info)
         for o in others:
             self._send(o, announce, link.PARTICIPANT)
         self.metrics.inc("lkedge_relay_joins_total")
@@ -299,7 +299,7 @@ class Router:
             self._drop(c, link.LEAVE_FORBIDDEN, "DATA without the canPublishData grant", now)
             return
         try:
-            fields = proto.scan_fields(body)
+            fields = relayside.scan_fields(body)
             dests = _destinations(body, fields)
         except ValueError as e:
             self._drop(c, link.LEAVE_PROTOCOL, "malformed DataPacket: %s" % e, now)
@@ -373,7 +373,7 @@ class Router:
         self._actions.append((CLOSE, c.cid))
 
     def _send_leave(self, c, code, reason):
-        self._send(c, link.encode_control(link.LEAVE, {"code": code, "reason": reason}),
+        self._send(c, relayside.encode_control(link.LEAVE, {"code": code, "reason": reason}),
                    link.LEAVE)
 
     def _remove(self, c, code, reason, now, announce):
@@ -387,7 +387,7 @@ class Router:
                 if not members:
                     del self._rooms[c.room]
                 elif announce:
-                    left = link.encode_control(link.PARTICIPANT_LEFT, {
+                    left = relayside.encode_control(link.PARTICIPANT_LEFT, {
                         "identity": c.info["identity"],
                         "reason": _REASONS.get(code, "disconnected") + ": " + reason})
                     for m in list(members.values()):
@@ -404,12 +404,12 @@ class Router:
     # ------------------------------------------------------------ helpers
     def _send(self, c, frame, t):
         c.queued += len(frame)
-        self.metrics.inc("lkedge_relay_frames_out_total", type=link.type_name(t))
+        self.metrics.inc("lkedge_relay_frames_out_total", type=relayside.type_name(t))
         self.metrics.inc("lkedge_relay_bytes_out_total", len(frame))
         self._actions.append((SEND, c.cid, frame))
 
     def _count_in(self, t):
-        self.metrics.inc("lkedge_relay_frames_in_total", type=link.type_name(t))
+        self.metrics.inc("lkedge_relay_frames_in_total", type=relayside.type_name(t))
 
     def _log(self, event, c, **fields):
         out = {"conn": c.cid, "transport": c.transport}
@@ -470,7 +470,7 @@ def _destinations(body, fields):
 
 def _leave_reason(body):
     try:
-        d = link.check_leave(link.decode_control(body))
+        d = relayside.check_leave(link.decode_control(body))
     except link.LinkError as e:
         return "client LEAVE (unreadable: %s)" % e
     return "client LEAVE code %d%s" % (d["code"], ": " + d["reason"] if d["reason"] else "")

@@ -34,9 +34,8 @@ except ImportError:  # CPython
 
 MAX_DEPTH = const(16)   # arrays/maps nested deeper than this are refused (stack safety)
 
-_MAJOR_NAMES = ("unsigned integer", "negative integer", "byte string", "text string",
-                "array", "map", "tag", "simple/float")
-_U64_LIMIT = 1 << 64
+# for error messages: _MAJOR_NAMES.split(",")[major] (one string costs less RAM than eight)
+_MAJOR_NAMES = "unsigned integer,negative integer,byte string,text string,array,map,tag,simple/float"
 
 
 class CBORError(ValueError):
@@ -55,7 +54,7 @@ def _head(out, major, n):
         out.append(n)
     elif n < 0x10000:
         out.extend(struct.pack(">BH", mt | 25, n))
-    elif n < 0x100000000:
+    elif not n >> 32:   # n < 2**32 (no big-int literal held in RAM on a 32-bit board)
         out.extend(struct.pack(">BI", mt | 26, n))
     else:
         out.extend(struct.pack(">BQ", mt | 27, n))
@@ -70,14 +69,10 @@ def _encode(out, obj, depth):
     elif obj is False:
         out.append(0xf4)
     elif isinstance(obj, int):
-        if obj >= 0:
-            if obj >= _U64_LIMIT:
-                raise CBORError("integer %d does not fit in 64 bits" % obj)
-            _head(out, 0, obj)
-        else:
-            if obj < -_U64_LIMIT:
-                raise CBORError("integer %d does not fit in 64 bits" % obj)
-            _head(out, 1, -1 - obj)
+        n = obj if obj >= 0 else -1 - obj   # major type 0, or 1 for negatives
+        if n >> 64:
+            raise CBORError("integer %d does not fit in 64 bits" % obj)
+        _head(out, 0 if obj >= 0 else 1, n)
     elif isinstance(obj, str):
         b = obj.encode("utf-8")
         _head(out, 3, len(b))
@@ -142,16 +137,6 @@ class _Decoder:
         self.pos = p + n
         return self.mv[p:p + n]
 
-    def argument(self, major, ai):
-        """The argument of an initial byte whose additional info is ai (< 28)."""
-        if ai < 24:
-            return ai
-        size = 1 << (ai - 24)
-        raw = self.take(size, "the argument (%s)" % _MAJOR_NAMES[major])
-        if size == 1:
-            return raw[0]
-        return int.from_bytes(bytes(raw), "big")
-
     def item(self, depth):
         self.need(1, "an item")
         start = self.pos
@@ -163,11 +148,15 @@ class _Decoder:
             return self.simple(ai, start)
         if ai == 31:
             raise CBORError("indefinite-length %s (0x%02x) at offset %d not supported"
-                            % (_MAJOR_NAMES[major], ib, start))
+                            % (_MAJOR_NAMES.split(",")[major], ib, start))
         if ai > 27:
             raise CBORError("reserved additional info %d in initial byte 0x%02x at offset %d"
                             % (ai, ib, start))
-        n = self.argument(major, ai)
+        n = ai   # the argument: ai itself, or the 1, 2, 4 or 8 bytes that follow
+        if ai >= 24:
+            size = 1 << (ai - 24)
+            raw = self.take(size, "the argument (%s)" % _MAJOR_NAMES.split(",")[major])
+            n = raw[0] if size == 1 else int.from_bytes(bytes(raw), "big")
         if major == 0:
             return n
         if major == 1:
@@ -184,24 +173,19 @@ class _Decoder:
             raise CBORError("CBOR tag %d at offset %d not supported" % (n, start))
         if depth >= MAX_DEPTH:
             raise CBORError("CBOR nested deeper than %d at offset %d" % (MAX_DEPTH, start))
+        left = self.end - self.pos
         if major == 4:
-            return self.array(n, depth, start)
-        return self.map(n, depth, start)
-
-    def array(self, n, depth, start):
-        # every item takes at least one byte: refuse impossible counts before looping
-        if n > self.end - self.pos:
-            raise CBORError("truncated CBOR: array at offset %d claims %d items, only %d bytes left"
-                            % (start, n, self.end - self.pos))
-        out = []
-        for _ in range(n):
-            out.append(self.item(depth + 1))
-        return out
-
-    def map(self, n, depth, start):
-        if n > (self.end - self.pos) // 2:
+            # every item takes at least one byte: refuse impossible counts before looping
+            if n > left:
+                raise CBORError("truncated CBOR: array at offset %d claims %d items, only %d bytes left"
+                                % (start, n, left))
+            out = []
+            for _ in range(n):
+                out.append(self.item(depth + 1))
+            return out
+        if n > left // 2:
             raise CBORError("truncated CBOR: map at offset %d claims %d pairs, only %d bytes left"
-                            % (start, n, self.end - self.pos))
+                            % (start, n, left))
         out = {}
         for _ in range(n):
             kpos = self.pos

@@ -6,20 +6,20 @@ API (docs/internals.md, with the details fixed here):
 
 - `encode_frame(type, body) -> bytes`, `frame_header(type, body_len) -> bytes` (the
   varint and the type byte; a DATA body is streamed after it).
-- `encode_control(type, mapping) -> bytes`: a whole frame whose body is
-  `cbor.dumps(mapping)`. `decode_control(body) -> dict`: the CBOR map of a control body,
-  checked to be a map with text keys.
-- Validators of the LINK.md maps; each returns a NEW normalised dict holding only the
-  LINK.md keys (unknown keys are ignored) and raises `LinkError` naming the key on a
-  missing required key or a wrong type: `check_join(d)`, `check_joined(d)` (its
+- `decode_control(body) -> dict`: the CBOR map of a control body, checked to be a map
+  with text keys.
+- Validators of the LINK.md maps a participant receives; each returns a NEW normalised
+  dict holding only the LINK.md keys (unknown keys are ignored) and raises `LinkError`
+  naming the key on a missing required key or a wrong type: `check_joined(d)` (its
   "participants" normalised by `participant_info`), `participant_info(d)` (for
   PARTICIPANT and JOINED entries: missing client_protocol → 0, capabilities → [],
-  attributes → {}; its optional second argument names the map in errors),
-  `check_participant_left(d)`, `check_leave(d)`. "v" must equal `LINK_VERSION`.
-  Required: JOIN v, token; JOINED v, room, identity, sid, max_frame (>= 1);
-  participant identity, sid; PARTICIPANT_LEFT identity; LEAVE code. Optional text
-  fields default to "" (sdk, sdk_version, server_version, reason), participants to [].
-  Text fields are `str`, "reason" included; ints are non-negative, never bool.
+  attributes → {}; its optional second argument names the map in errors). "v" must
+  equal `LINK_VERSION`. Required: JOINED v, room, identity, sid, max_frame (>= 1);
+  participant identity, sid. Optional text fields default to "" (server_version),
+  participants to []. Text fields are `str`; ints are non-negative, never bool.
+- What only a relay needs lives in lkedge.relayside, which a board never imports:
+  `type_name`, `encode_control`, `check_join`, `check_participant_left`, `check_leave`
+  (this module still answers those names, loading relayside on first use).
 - `FrameReader(max_frame, max_control=None)`, sans-I/O. `receive(mv)` keeps a reference
   to mv (copies nothing); call it only after `next_event()` returned `NEED_DATA`
   (else RuntimeError: the caller's mistake, not the peer's). Event kinds are the ints
@@ -38,7 +38,7 @@ API (docs/internals.md, with the details fixed here):
   `max_frame` bounds n (the type byte plus the body) for every frame, and is checked as
   soon as the length varint ends. `LinkError` for: a length varint longer than 5 bytes,
   n = 0, n > max_frame, a control frame over max_control, a PING/PONG body over
-  `MAX_PING_BODY` (64). `type_name(t)` names a frame type for logs. The stream cannot be
+  `MAX_PING_BODY` (64). The stream cannot be
   resynchronised after that: the reader keeps raising the same error (a relay answers
   LEAVE 4 and closes). `between_frames` is True when no partial frame is pending (so
   the transport closing then is a clean end, otherwise a truncated frame).
@@ -86,19 +86,14 @@ _ST_DATA = const(2)    # handing out a DATA body as pieces
 _ST_CTRL = const(3)    # buffering a control body
 _ST_SKIP = const(4)    # skipping the body of an unknown type
 
-_NAMES = {JOIN: "JOIN", JOINED: "JOINED", PARTICIPANT: "PARTICIPANT",
-          PARTICIPANT_LEFT: "PARTICIPANT_LEFT", LEAVE: "LEAVE", PING: "PING",
-          PONG: "PONG", DATA: "DATA"}
+# the control types JOIN..PONG are 1..7, named by _CONTROL_NAMES[t - 1]
+_CONTROL_NAMES = ("JOIN", "JOINED", "PARTICIPANT", "PARTICIPANT_LEFT", "LEAVE", "PING", "PONG")
 _END_EVENT = (DATA_END,)
 _EMPTY = memoryview(b"")
 
 
 class LinkError(ValueError):
     """A malformed frame or control map from the peer (the relay answers LEAVE 4)."""
-
-
-def type_name(t):
-    return _NAMES.get(t, "type 0x%02x" % t)
 
 
 # ---------------------------------------------------------------- writing
@@ -108,7 +103,7 @@ def frame_header(type, body_len):
     if not 0 <= type <= 0xff:
         raise ValueError("frame type %d is not a byte" % type)
     n = 1 + body_len
-    if body_len < 0 or n > 0xffffffff:
+    if body_len < 0 or n >> 32:   # no 0xffffffff literal: a big int on a 32-bit board
         raise ValueError("frame body length %d out of range" % body_len)
     out = bytearray()
     while n >= 0x80:
@@ -123,15 +118,6 @@ def encode_frame(type, body):
     return frame_header(type, len(body)) + bytes(body)
 
 
-def encode_control(type, mapping):
-    """A whole control frame whose body is the CBOR encoding of mapping."""
-    if type == DATA:
-        raise ValueError("DATA frames carry a DataPacket, not a control map")
-    if not isinstance(mapping, dict):
-        raise ValueError("a control body must be a dict, got %s" % _tname(mapping))
-    return encode_frame(type, cbor.dumps(mapping))
-
-
 # ---------------------------------------------------------------- reading
 
 class FrameReader:
@@ -140,14 +126,12 @@ class FrameReader:
         self.max_control = max_frame if max_control is None else max_control
         self._mv = _EMPTY
         self._pos = 0
-        self._state = _ST_LEN
-        self._n = 0          # length varint value so far, then the frame's n
-        self._shift = 0
         self._type = 0
         self._left = 0       # body bytes still to hand out / buffer / skip
         self._buf = None     # control body being buffered
         self._error = None
         self._piece = [DATA_PIECE, _EMPTY]   # the reused DATA_PIECE event
+        self._next_frame()   # _state, _n (the length varint so far, then n), _shift
 
     @property
     def between_frames(self):
@@ -179,44 +163,62 @@ class FrameReader:
             st = self._state
             pos = self._pos
             if st == _ST_DATA:
-                return self._data_event(mv, pos, end)
+                left = self._left
+                if not left:
+                    self._next_frame()
+                    return _END_EVENT
+                if pos >= end:
+                    break
+                if left >= end - pos:
+                    take = end - pos
+                    piece = mv if pos == 0 else mv[pos:]   # whole buffer: no new memoryview
+                else:
+                    take = left
+                    piece = mv[pos:pos + take]
+                self._pos = pos + take
+                self._left = left - take
+                ev = self._piece
+                ev[1] = piece
+                return ev
             if pos >= end:
-                self._mv = _EMPTY     # do not pin the caller's buffer
-                self._pos = 0
-                return NEED_DATA
+                break
             if st == _ST_LEN:
+                b = mv[pos]
                 self._pos = pos + 1
-                self._length_byte(mv[pos])
+                if self._shift == 7 * (_MAX_VARINT_BYTES - 1) and b & 0x80:
+                    raise LinkError("frame length varint longer than %d bytes" % _MAX_VARINT_BYTES)
+                self._n |= (b & 0x7f) << self._shift
+                self._shift += 7
+                if not b & 0x80:
+                    n = self._n
+                    if n == 0:
+                        raise LinkError("zero-length frame (n = 0: every frame has a type byte)")
+                    if n > self.max_frame:
+                        raise LinkError("frame of %d bytes (type + body) exceeds max_frame %d"
+                                        % (n, self.max_frame))
+                    self._state = _ST_TYPE
             elif st == _ST_TYPE:
                 self._pos = pos + 1
                 ev = self._start_body(mv[pos])
                 if ev is not None:
                     return ev
-            elif st == _ST_CTRL:
-                ev = self._fill_control(mv, pos, end)
-                if ev is not None:
-                    return ev
-            else:  # _ST_SKIP
-                take = min(self._left, end - pos)
+            else:  # _ST_CTRL: buffering a control body; _ST_SKIP: skipping an unknown one
+                left = self._left
+                take = min(left, end - pos)
+                if st == _ST_CTRL:
+                    buf = self._buf
+                    start = len(buf) - left
+                    buf[start:start + take] = mv[pos:pos + take]
                 self._pos = pos + take
-                self._left -= take
-                if not self._left:
+                self._left = left - take
+                if take == left:
                     self._next_frame()
-
-    def _length_byte(self, b):
-        if self._shift == 7 * (_MAX_VARINT_BYTES - 1) and b & 0x80:
-            raise LinkError("frame length varint longer than %d bytes" % _MAX_VARINT_BYTES)
-        self._n |= (b & 0x7f) << self._shift
-        self._shift += 7
-        if b & 0x80:
-            return
-        n = self._n
-        if n == 0:
-            raise LinkError("zero-length frame (n = 0: every frame has a type byte)")
-        if n > self.max_frame:
-            raise LinkError("frame of %d bytes (type + body) exceeds max_frame %d"
-                            % (n, self.max_frame))
-        self._state = _ST_TYPE
+                    if st == _ST_CTRL:
+                        self._buf = None
+                        return (FRAME, self._type, bytes(buf))
+        self._mv = _EMPTY     # all of mv is consumed: do not pin the caller's buffer
+        self._pos = 0
+        return NEED_DATA
 
     def _start_body(self, t):
         self._type = t
@@ -225,16 +227,16 @@ class FrameReader:
         if t == DATA:
             self._state = _ST_DATA
             return (DATA_START, body_len)
-        if t not in _NAMES:
+        if not JOIN <= t <= PONG:
             self._state = _ST_SKIP
             if not body_len:
                 self._next_frame()
             return None
         if self._n > self.max_control:
             raise LinkError("%s frame of %d bytes (type + body) exceeds max_control %d"
-                            % (_NAMES[t], self._n, self.max_control))
+                            % (_CONTROL_NAMES[t - 1], self._n, self.max_control))
         if (t == PING or t == PONG) and body_len > MAX_PING_BODY:
-            raise LinkError("%s body of %d bytes exceeds %d" % (_NAMES[t], body_len, MAX_PING_BODY))
+            raise LinkError("%s body of %d bytes exceeds %d" % (_CONTROL_NAMES[t - 1], body_len, MAX_PING_BODY))
         pos = self._pos
         if len(self._mv) - pos >= body_len:
             # the whole body is here: copy it once, no staging buffer
@@ -244,41 +246,6 @@ class FrameReader:
         self._state = _ST_CTRL
         self._buf = bytearray(body_len)
         return None
-
-    def _fill_control(self, mv, pos, end):
-        buf = self._buf
-        take = min(self._left, end - pos)
-        start = len(buf) - self._left
-        buf[start:start + take] = mv[pos:pos + take]
-        self._pos = pos + take
-        self._left -= take
-        if self._left:
-            return None
-        self._buf = None
-        self._next_frame()
-        return (FRAME, self._type, bytes(buf))
-
-    def _data_event(self, mv, pos, end):
-        left = self._left
-        if not left:
-            self._next_frame()
-            return _END_EVENT
-        avail = end - pos
-        if not avail:
-            self._mv = _EMPTY
-            self._pos = 0
-            return NEED_DATA
-        if left >= avail:
-            take = avail
-            piece = mv if pos == 0 else mv[pos:]   # whole buffer: no new memoryview
-        else:
-            take = left
-            piece = mv[pos:pos + take]
-        self._pos = pos + take
-        self._left = left - take
-        ev = self._piece
-        ev[1] = piece
-        return ev
 
     def _next_frame(self):
         self._state = _ST_LEN
@@ -314,99 +281,85 @@ def _is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _get(d, what, key, default):
+def _get(d, what, key, kind, default=_REQUIRED):
+    """d[key], or default when absent, checked to be of `kind`: "int" (non-negative),
+    "text", "ints" (an array of non-negative integers), "map" (text to text), None
+    (anything). Arrays and maps come back as copies. LinkError naming `what` (the map)
+    and the key otherwise."""
     if not isinstance(d, dict):
         raise LinkError("%s must be a map, got %s" % (what, _tname(d)))
     if key in d:
-        return d[key]
-    if default is _REQUIRED:
+        v = d[key]
+    elif default is _REQUIRED:
         raise LinkError('%s: missing key "%s"' % (what, key))
-    return default
-
-
-def _bad(what, key, expected, got):
-    return LinkError('%s: key "%s" must be %s, got %s' % (what, key, expected, _tname(got)))
-
-
-def _int(d, what, key, default=_REQUIRED):
-    v = _get(d, what, key, default)
-    if not _is_int(v) or v < 0:
-        raise _bad(what, key, "a non-negative integer", v)
-    return v
-
-
-def _str(d, what, key, default=_REQUIRED):
-    v = _get(d, what, key, default)
-    if not isinstance(v, str):
-        raise _bad(what, key, "a text string", v)
-    return v
-
-
-def _int_list(d, what, key):
-    v = _get(d, what, key, [])
-    if not isinstance(v, list):
-        raise _bad(what, key, "an array of integers", v)
-    for x in v:
-        if not _is_int(x) or x < 0:
-            raise _bad(what, key, "an array of non-negative integers (an item)", x)
-    return list(v)
-
-
-def _str_map(d, what, key):
-    v = _get(d, what, key, {})
-    if not isinstance(v, dict):
-        raise _bad(what, key, "a map of text to text", v)
-    for k in v:
-        if not isinstance(k, str) or not isinstance(v[k], str):
-            raise LinkError('%s: key "%s" must map text to text, has %r: %r'
-                            % (what, key, k, v[k]))
-    return dict(v)
+    else:
+        v = default
+    if kind == "int":
+        if _is_int(v) and v >= 0:
+            return v
+        expected = "a non-negative integer"
+    elif kind == "text":
+        if isinstance(v, str):
+            return v
+        expected = "a text string"
+    elif kind == "ints":
+        if not isinstance(v, list):
+            expected = "an array of integers"
+        else:
+            for x in v:
+                if not _is_int(x) or x < 0:
+                    raise LinkError('%s: key "%s" must be an array of non-negative integers '
+                                    '(an item), got %s' % (what, key, _tname(x)))
+            return list(v)
+    elif kind == "map":
+        if not isinstance(v, dict):
+            expected = "a map of text to text"
+        else:
+            for k in v:
+                if not isinstance(k, str) or not isinstance(v[k], str):
+                    raise LinkError('%s: key "%s" must map text to text, has %r: %r'
+                                    % (what, key, k, v[k]))
+            return dict(v)
+    else:
+        return v
+    raise LinkError('%s: key "%s" must be %s, got %s' % (what, key, expected, _tname(v)))
 
 
 def _version(d, what):
-    v = _int(d, what, "v")
+    v = _get(d, what, "v", "int")
     if v != LINK_VERSION:
         raise LinkError("%s: link version %d not supported (this side speaks %d)"
                         % (what, v, LINK_VERSION))
     return v
 
 
-def check_join(d):
-    w = "JOIN"
-    return {"v": _version(d, w), "token": _str(d, w, "token"),
-            "client_protocol": _int(d, w, "client_protocol", 0),
-            "capabilities": _int_list(d, w, "capabilities"),
-            "sdk": _str(d, w, "sdk", ""), "sdk_version": _str(d, w, "sdk_version", "")}
-
-
 def participant_info(d, what="PARTICIPANT"):
-    return {"identity": _str(d, what, "identity"), "sid": _str(d, what, "sid"),
-            "client_protocol": _int(d, what, "client_protocol", 0),
-            "capabilities": _int_list(d, what, "capabilities"),
-            "attributes": _str_map(d, what, "attributes")}
+    return {"identity": _get(d, what, "identity", "text"), "sid": _get(d, what, "sid", "text"),
+            "client_protocol": _get(d, what, "client_protocol", "int", 0),
+            "capabilities": _get(d, what, "capabilities", "ints", []),
+            "attributes": _get(d, what, "attributes", "map", {})}
 
 
 def check_joined(d):
     w = "JOINED"
-    out = {"v": _version(d, w), "room": _str(d, w, "room"),
-           "identity": _str(d, w, "identity"), "sid": _str(d, w, "sid"),
-           "server_version": _str(d, w, "server_version", "")}
-    mf = _int(d, w, "max_frame")
+    out = {"v": _version(d, w), "room": _get(d, w, "room", "text"),
+           "identity": _get(d, w, "identity", "text"), "sid": _get(d, w, "sid", "text"),
+           "server_version": _get(d, w, "server_version", "text", "")}
+    mf = _get(d, w, "max_frame", "int")
     if mf < 1:
         raise LinkError('JOINED: key "max_frame" must be at least 1, got %d' % mf)
     out["max_frame"] = mf
-    ps = _get(d, w, "participants", [])
+    ps = _get(d, w, "participants", None, [])
     if not isinstance(ps, list):
-        raise _bad(w, "participants", "an array of participant maps", ps)
+        raise LinkError('JOINED: key "participants" must be an array of participant maps, got %s'
+                        % _tname(ps))
     out["participants"] = [participant_info(p, "JOINED participant") for p in ps]
     return out
 
 
-def check_participant_left(d):
-    w = "PARTICIPANT_LEFT"
-    return {"identity": _str(d, w, "identity"), "reason": _str(d, w, "reason", "")}
-
-
-def check_leave(d):
-    w = "LEAVE"
-    return {"code": _int(d, w, "code"), "reason": _str(d, w, "reason", "")}
+def __getattr__(name):
+    """The relay-side names (lkedge.relayside), loaded on first use: a board never does."""
+    if name in "type_name encode_control check_join check_participant_left check_leave".split():
+        from . import relayside
+        return getattr(relayside, name)
+    raise AttributeError(name)

@@ -7,12 +7,12 @@ identity itself or a JWT whose `sub` claim is read WITHOUT checking the signatur
 Never use it outside tests; boards do not ship it.
 
 RawPeer is a captured-packet participant: it records every DataPacket it receives
-(decoded whole with proto.decode_packet) and sends any packet dict it is given, so
+(decoded whole with relayside.decode_packet) and sends any packet dict it is given, so
 tests can play a LiveKit peer of any client_protocol byte by byte.
 """
 import asyncio
 
-from . import cbor, link, proto
+from . import link, proto, relayside
 
 
 def _identity_from_token(token):
@@ -71,11 +71,11 @@ class MemRoom:
     async def _control(self, conn, ftype, body):
         self.frames += 1
         if ftype == link.JOIN:
-            d = link.check_join(link.decode_control(body))
+            d = relayside.check_join(link.decode_control(body))
             ident = _identity_from_token(d["token"])
             old = self.conns.get(ident)
             if old is not None:
-                await old.t._deliver(link.encode_control(link.LEAVE, {"code": link.LEAVE_DUPLICATE, "reason": "duplicate identity"}))
+                await old.t._deliver(relayside.encode_control(link.LEAVE, {"code": link.LEAVE_DUPLICATE, "reason": "duplicate identity"}))
                 await self._leave(old, "replaced")
             self._seq += 1
             conn.identity = ident
@@ -85,10 +85,10 @@ class MemRoom:
                          "capabilities": list(d.get("capabilities", [])), "attributes": {}}
             others = [c.info for c in self.conns.values()]
             self.conns[ident] = conn
-            await conn.t._deliver(link.encode_control(link.JOINED, {
+            await conn.t._deliver(relayside.encode_control(link.JOINED, {
                 "v": 1, "room": self.name, "identity": ident, "sid": conn.sid,
                 "server_version": "memroom", "max_frame": self.max_frame, "participants": others}))
-            frame = link.encode_control(link.PARTICIPANT, conn.info)
+            frame = relayside.encode_control(link.PARTICIPANT, conn.info)
             for c in list(self.conns.values()):
                 if c is not conn:
                     await c.t._deliver(frame)
@@ -100,7 +100,7 @@ class MemRoom:
     async def _data(self, conn, body):
         if conn.identity is None:
             raise link.LinkError("DATA before JOIN")
-        fields = proto.scan_fields(body)
+        fields = relayside.scan_fields(body)
         dests = []
         kept = []
         for num, wt, fstart, vstart, end in fields:
@@ -122,7 +122,7 @@ class MemRoom:
     async def _leave(self, conn, reason):
         if conn.identity is not None and self.conns.get(conn.identity) is conn:
             del self.conns[conn.identity]
-            frame = link.encode_control(link.PARTICIPANT_LEFT, {"identity": conn.identity, "reason": reason})
+            frame = relayside.encode_control(link.PARTICIPANT_LEFT, {"identity": conn.identity, "reason": reason})
             for c in list(self.conns.values()):
                 await c.t._deliver(frame)
         conn.t._eof()
@@ -131,7 +131,7 @@ class MemRoom:
         """Drop one participant as the relay would (tests of link loss)."""
         c = self.conns.get(identity)
         if c is not None:
-            await c.t._deliver(link.encode_control(link.LEAVE, {"code": code, "reason": reason}))
+            await c.t._deliver(relayside.encode_control(link.LEAVE, {"code": code, "reason": reason}))
             await self._leave(c, reason)
 
 
@@ -205,7 +205,7 @@ class RawPeer:
 
     async def join(self):
         await self.t.connect()
-        await self.t.write(link.encode_control(link.JOIN, {
+        await self.t.write(relayside.encode_control(link.JOIN, {
             "v": 1, "token": self.identity, "client_protocol": self.client_protocol,
             "capabilities": self.capabilities, "sdk": "rawpeer", "sdk_version": "0"}))
         self._task = asyncio.create_task(self._read())
@@ -231,7 +231,7 @@ class RawPeer:
                 elif ev[0] == link.DATA_PIECE:
                     body.extend(ev[1])
                 elif ev[0] == link.DATA_END:
-                    self.packets.append(proto.decode_packet(bytes(body)))
+                    self.packets.append(relayside.decode_packet(bytes(body)))
                 self._got.set()
 
     async def send(self, pkt):

@@ -3,7 +3,7 @@
 Messages are plain dicts keyed by the official field names; an absent key means "not
 present". Schemas are module constants: DATA_PACKET, USER_PACKET, RPC_REQUEST, RPC_ACK,
 RPC_RESPONSE, RPC_ERROR, STREAM_HEADER, STREAM_CHUNK, STREAM_TRAILER, TEXT_HEADER,
-BYTE_HEADER, PARTICIPANT_INFO (compact tuples: (name, spec, field names, sub-schemas)).
+BYTE_HEADER, PARTICIPANT_INFO (compact tuples, see _schema below).
 Covered: every field of those messages, except the DataPacket oneof cases WIRE.md
 leaves out (3, 6, 7, 8, 9, 18: skipped unparsed, but they still replace an earlier
 case, as officially) and the ParticipantInfo fields other than 1, 2, 3, 14, 15, 20, 21.
@@ -46,10 +46,10 @@ Reading (results equal what the official parser reads, as dicts of present field
   [1, 2**29 - 1], invalid UTF-8 in a small string, a small bytes/string field over
   `max_field`. After an error, next_event() and receive() raise it again until start().
 - `decode(schema, data) -> dict`: a whole message, big fields included as values (str
-  for strings), no max_field. `decode_packet(data)` = decode(DATA_PACKET, data).
-- `scan_fields(data) -> [(number, wire_type, field_start, value_start, end)]`: the
-  top-level fields, not decoded; value_start is after the length prefix for wire type
-  2, after the tag otherwise.
+  for strings), no max_field.
+- `scan_fields` and `decode_packet` (= decode(DATA_PACKET, data)) are the relay's: they
+  live in lkedge.relayside, which a board never imports (this module still answers
+  those names, loading relayside on first use).
 """
 try:
     from micropython import const
@@ -90,15 +90,15 @@ _F_PACKED = const(0x40)  # repeated scalar written packed
 _F_ONEOF = const(0x80)   # a case of the message's (only) oneof
 _CASE = const(0xA0)      # _F_PRES | _F_ONEOF: a oneof case holding a message or value
 
-# A schema is a tuple (name, spec, names, subs), built from flat arguments so that no
-# per-field objects stay in RAM on a board (constant tuples would live as long as the
-# module). spec is bytes: [field count, table size T, T bytes mapping field number to
-# index + 1 (0: unknown), then 3 bytes per field in number order: number, type|flags,
-# big-field key]. names and subs (sub-schemas) are tuples indexed like the fields.
+# A schema is ONE tuple (name, spec, field names..., sub-schemas...), so that a board
+# holds few objects per message type. spec is bytes: [field count n, then 3 bytes per
+# field j in number order at 3j+1: number, type|flags, extra; then a table mapping
+# field number k to index + 1 at 3n+1+k (0: unknown)]. extra is the big-field key (K_*)
+# of a bytes/string field, and for a message field the index in the tuple of its
+# sub-schema. Field names are the tuple items from _S_NAMES on, indexed like the fields.
 _S_NAME = const(0)
 _S_SPEC = const(1)
 _S_NAMES = const(2)
-_S_SUBS = const(3)
 
 _EMPTY = memoryview(b"")
 _BYTES_LIKE = (bytes, bytearray, memoryview)
@@ -108,149 +108,146 @@ class ProtoError(ValueError):
     """Malformed protobuf input; the message says what and where."""
 
 
-def _schema(name, *fields):
-    """fields: number, name, type|flags, sub-schema or big key (0: none); number order."""
-    n = len(fields) // 4
-    top = fields[-4] + 1
-    spec = bytearray(2 + top + 3 * n)
+def _schema(_name, **fields):
+    """fields: field_name=(number, type|flags) or (number, type|flags, big key or
+    sub-schema). Keyword names make every field name an interned string (a qstr on
+    MicroPython), which costs a board less heap than a string object; _name has a
+    leading underscore so that no field name can collide with it. Import time only."""
+    names = sorted(fields, key=lambda k: fields[k][0])
+    n = len(names)
+    top = fields[names[-1]][0] + 1
+    spec = bytearray(1 + 3 * n + top)
     spec[0] = n
-    spec[1] = top
-    names = []
-    subs = []
+    sc = [_name, None] + names
     for j in range(n):
-        num, fname, code, extra = fields[4 * j:4 * j + 4]
-        assert num < 256
-        spec[2 + num] = j + 1
-        o = 2 + top + 3 * j
-        spec[o] = num
-        spec[o + 1] = code
-        spec[o + 2] = extra if isinstance(extra, int) else 0
-        names.append(fname)
-        subs.append(None if isinstance(extra, int) else extra)
-    return (name, bytes(spec), tuple(names), tuple(subs))
+        f = fields[names[j]]
+        assert f[0] < 256
+        spec[1 + 3 * n + f[0]] = j + 1
+        spec[3 * j + 1] = f[0]
+        spec[3 * j + 2] = f[1]
+        if len(f) > 2:
+            if isinstance(f[2], int):
+                spec[3 * j + 3] = f[2]
+            else:
+                spec[3 * j + 3] = len(sc)
+                sc.append(f[2])
+    sc[_S_SPEC] = bytes(spec)
+    return tuple(sc)
 
 
-_MAP_ENTRY = _schema("MapEntry", 1, "key", _T_STRING, 0, 2, "value", _T_STRING, 0)
+_MAP_ENTRY = _schema("MapEntry", key=(1, _T_STRING), value=(2, _T_STRING))
 
 USER_PACKET = _schema(
     "UserPacket",
-    1, "participant_sid", _T_STRING, 0,
-    2, "payload", _T_BYTES, K_USER_PAYLOAD,
-    3, "destination_sids", _T_STRING | _F_REP, 0,
-    4, "topic", _T_STRING | _F_PRES, 0,
-    5, "participant_identity", _T_STRING, 0,
-    6, "destination_identities", _T_STRING | _F_REP, 0,
-    8, "id", _T_STRING | _F_PRES, 0,
-    9, "start_time", _T_UINT64 | _F_PRES, 0,
-    10, "end_time", _T_UINT64 | _F_PRES, 0,
-    11, "nonce", _T_BYTES, 0)
+    participant_sid=(1, _T_STRING),
+    payload=(2, _T_BYTES, K_USER_PAYLOAD),
+    destination_sids=(3, _T_STRING | _F_REP),
+    topic=(4, _T_STRING | _F_PRES),
+    participant_identity=(5, _T_STRING),
+    destination_identities=(6, _T_STRING | _F_REP),
+    id=(8, _T_STRING | _F_PRES),
+    start_time=(9, _T_UINT64 | _F_PRES),
+    end_time=(10, _T_UINT64 | _F_PRES),
+    nonce=(11, _T_BYTES))
 
 RPC_REQUEST = _schema(
     "RpcRequest",
-    1, "id", _T_STRING, 0,
-    2, "method", _T_STRING, 0,
-    3, "payload", _T_STRING, K_RPC_REQUEST_PAYLOAD,
-    4, "response_timeout_ms", _T_UINT32, 0,
-    5, "version", _T_UINT32, 0,
-    6, "compressed_payload", _T_BYTES, 0)
+    id=(1, _T_STRING),
+    method=(2, _T_STRING),
+    payload=(3, _T_STRING, K_RPC_REQUEST_PAYLOAD),
+    response_timeout_ms=(4, _T_UINT32),
+    version=(5, _T_UINT32),
+    compressed_payload=(6, _T_BYTES))
 
-RPC_ACK = _schema("RpcAck", 1, "request_id", _T_STRING, 0)
+RPC_ACK = _schema("RpcAck", request_id=(1, _T_STRING))
 
 RPC_ERROR = _schema(
     "RpcError",
-    1, "code", _T_UINT32, 0,
-    2, "message", _T_STRING, 0,
-    3, "data", _T_STRING, K_RPC_ERROR_DATA)
+    code=(1, _T_UINT32),
+    message=(2, _T_STRING),
+    data=(3, _T_STRING, K_RPC_ERROR_DATA))
 
 RPC_RESPONSE = _schema(
     "RpcResponse",
-    1, "request_id", _T_STRING, 0,
-    2, "payload", _T_STRING | _CASE, K_RPC_RESPONSE_PAYLOAD,
-    3, "error", _T_MSG | _CASE, RPC_ERROR,
-    4, "compressed_payload", _T_BYTES | _CASE, 0)
+    request_id=(1, _T_STRING),
+    payload=(2, _T_STRING | _CASE, K_RPC_RESPONSE_PAYLOAD),
+    error=(3, _T_MSG | _CASE, RPC_ERROR),
+    compressed_payload=(4, _T_BYTES | _CASE))
 
 TEXT_HEADER = _schema(
     "DataStream.TextHeader",
-    1, "operation_type", _T_ENUM, 0,
-    2, "version", _T_INT32, 0,
-    3, "reply_to_stream_id", _T_STRING, 0,
-    4, "attached_stream_ids", _T_STRING | _F_REP, 0,
-    5, "generated", _T_BOOL, 0)
+    operation_type=(1, _T_ENUM),
+    version=(2, _T_INT32),
+    reply_to_stream_id=(3, _T_STRING),
+    attached_stream_ids=(4, _T_STRING | _F_REP),
+    generated=(5, _T_BOOL))
 
-BYTE_HEADER = _schema("DataStream.ByteHeader", 1, "name", _T_STRING, 0)
+BYTE_HEADER = _schema("DataStream.ByteHeader", name=(1, _T_STRING))
 
 STREAM_HEADER = _schema(
     "DataStream.Header",
-    1, "stream_id", _T_STRING, 0,
-    2, "timestamp", _T_INT64, 0,
-    3, "topic", _T_STRING, 0,
-    4, "mime_type", _T_STRING, 0,
-    5, "total_length", _T_UINT64 | _F_PRES, 0,
-    7, "encryption_type", _T_ENUM, 0,
-    8, "attributes", _T_MAP, 0,
-    9, "text_header", _T_MSG | _CASE, TEXT_HEADER,
-    10, "byte_header", _T_MSG | _CASE, BYTE_HEADER,
-    11, "inline_content", _T_BYTES | _F_PRES, K_INLINE_CONTENT,
-    12, "compression", _T_ENUM, 0)
+    stream_id=(1, _T_STRING),
+    timestamp=(2, _T_INT64),
+    topic=(3, _T_STRING),
+    mime_type=(4, _T_STRING),
+    total_length=(5, _T_UINT64 | _F_PRES),
+    encryption_type=(7, _T_ENUM),
+    attributes=(8, _T_MAP),
+    text_header=(9, _T_MSG | _CASE, TEXT_HEADER),
+    byte_header=(10, _T_MSG | _CASE, BYTE_HEADER),
+    inline_content=(11, _T_BYTES | _F_PRES, K_INLINE_CONTENT),
+    compression=(12, _T_ENUM))
 
 STREAM_CHUNK = _schema(
     "DataStream.Chunk",
-    1, "stream_id", _T_STRING, 0,
-    2, "chunk_index", _T_UINT64, 0,
-    3, "content", _T_BYTES, K_CHUNK_CONTENT,
-    4, "version", _T_INT32, 0,
-    5, "iv", _T_BYTES | _F_PRES, 0)
+    stream_id=(1, _T_STRING),
+    chunk_index=(2, _T_UINT64),
+    content=(3, _T_BYTES, K_CHUNK_CONTENT),
+    version=(4, _T_INT32),
+    iv=(5, _T_BYTES | _F_PRES))
 
 STREAM_TRAILER = _schema(
     "DataStream.Trailer",
-    1, "stream_id", _T_STRING, 0,
-    2, "reason", _T_STRING, 0,
-    3, "attributes", _T_MAP, 0)
+    stream_id=(1, _T_STRING),
+    reason=(2, _T_STRING),
+    attributes=(3, _T_MAP))
 
 DATA_PACKET = _schema(
     "DataPacket",
-    1, "kind", _T_ENUM, 0,
-    2, "user", _T_MSG | _CASE, USER_PACKET,
-    3, "speaker", _T_SKIP | _F_ONEOF, 0,
-    4, "participant_identity", _T_STRING, 0,
-    5, "destination_identities", _T_STRING | _F_REP, 0,
-    6, "sip_dtmf", _T_SKIP | _F_ONEOF, 0,
-    7, "transcription", _T_SKIP | _F_ONEOF, 0,
-    8, "metrics", _T_SKIP | _F_ONEOF, 0,
-    9, "chat_message", _T_SKIP | _F_ONEOF, 0,
-    10, "rpc_request", _T_MSG | _CASE, RPC_REQUEST,
-    11, "rpc_ack", _T_MSG | _CASE, RPC_ACK,
-    12, "rpc_response", _T_MSG | _CASE, RPC_RESPONSE,
-    13, "stream_header", _T_MSG | _CASE, STREAM_HEADER,
-    14, "stream_chunk", _T_MSG | _CASE, STREAM_CHUNK,
-    15, "stream_trailer", _T_MSG | _CASE, STREAM_TRAILER,
-    16, "sequence", _T_UINT32, 0,
-    17, "participant_sid", _T_STRING, 0,
-    18, "encrypted_packet", _T_SKIP | _F_ONEOF, 0)
+    kind=(1, _T_ENUM),
+    user=(2, _T_MSG | _CASE, USER_PACKET),
+    speaker=(3, _T_SKIP | _F_ONEOF),
+    participant_identity=(4, _T_STRING),
+    destination_identities=(5, _T_STRING | _F_REP),
+    sip_dtmf=(6, _T_SKIP | _F_ONEOF),
+    transcription=(7, _T_SKIP | _F_ONEOF),
+    metrics=(8, _T_SKIP | _F_ONEOF),
+    chat_message=(9, _T_SKIP | _F_ONEOF),
+    rpc_request=(10, _T_MSG | _CASE, RPC_REQUEST),
+    rpc_ack=(11, _T_MSG | _CASE, RPC_ACK),
+    rpc_response=(12, _T_MSG | _CASE, RPC_RESPONSE),
+    stream_header=(13, _T_MSG | _CASE, STREAM_HEADER),
+    stream_chunk=(14, _T_MSG | _CASE, STREAM_CHUNK),
+    stream_trailer=(15, _T_MSG | _CASE, STREAM_TRAILER),
+    sequence=(16, _T_UINT32),
+    participant_sid=(17, _T_STRING),
+    encrypted_packet=(18, _T_SKIP | _F_ONEOF))
 
 PARTICIPANT_INFO = _schema(
     "ParticipantInfo",
-    1, "sid", _T_STRING, 0,
-    2, "identity", _T_STRING, 0,
-    3, "state", _T_ENUM, 0,
-    14, "kind", _T_ENUM, 0,
-    15, "attributes", _T_MAP, 0,
-    20, "client_protocol", _T_INT32, 0,
-    21, "capabilities", _T_ENUM | _F_REP | _F_PACKED, 0)
+    sid=(1, _T_STRING),
+    identity=(2, _T_STRING),
+    state=(3, _T_ENUM),
+    kind=(14, _T_ENUM),
+    attributes=(15, _T_MAP),
+    client_protocol=(20, _T_INT32),
+    capabilities=(21, _T_ENUM | _F_REP | _F_PACKED))
 
-
-def _fo(spec, j):
-    """Offset in spec of field j's 3 bytes (number, type|flags, big key)."""
-    return 2 + spec[1] + 3 * j
-
-
-def _index(spec, num):
-    """Index of field `num`, -1 if the schema does not know it."""
-    return spec[2 + num] - 1 if num < spec[1] else -1
+del _schema
 
 
 def _fname(sc, j):
-    return sc[_S_NAME] + "." + sc[_S_NAMES][j]
+    return sc[_S_NAME] + "." + sc[_S_NAMES + j]
 
 
 def _uvarint_len(v):
@@ -261,23 +258,14 @@ def _uvarint_len(v):
     return n
 
 
-def _tag(num, t, fl):
-    return num << 3 | (2 if t >= _T_STRING or fl & _F_PACKED else 0)
-
-
-def _is_blob(v):
-    return not isinstance(v, _BYTES_LIKE) and not isinstance(v, str) and hasattr(v, "size")
-
-
 def _clear_oneof(sc, j, msg):
     """Setting a oneof case removes the other cases (as official parsers do)."""
     spec = sc[_S_SPEC]
-    if not spec[_fo(spec, j) + 1] & _F_ONEOF:
+    if not spec[3 * j + 2] & _F_ONEOF:
         return
-    names = sc[_S_NAMES]
     for k in range(spec[0]):
-        if k != j and spec[_fo(spec, k) + 1] & _F_ONEOF and names[k] in msg:
-            del msg[names[k]]
+        if k != j and spec[3 * k + 2] & _F_ONEOF and sc[_S_NAMES + k] in msg:
+            del msg[sc[_S_NAMES + k]]
 
 
 # ---------------------------------------------------------------- size pass
@@ -289,22 +277,29 @@ def _clear_oneof(sc, j, msg):
 def _scalar(sc, j, t, v):
     """The unsigned varint value of a scalar, after type and range checks."""
     if not isinstance(v, int) and not isinstance(v, bool):  # MicroPython: bool is no int
-        raise ValueError("%s must be an int, got %s" % (_fname(sc, j), type(v).__name__))
+        raise _want(sc, j, "an int", v)
     if 0 <= v <= 0x3FFFFFFF and (v <= 1 or t != _T_BOOL):  # small-int fast path
         return int(v)
+    # The limits are computed, not written as literals: a literal beyond a small int
+    # (2**30 on a 32-bit board) would be a big-int object held in RAM all the time.
     if t == _T_BOOL:
         lo, hi = 0, 1
-    elif t == _T_UINT32:
-        lo, hi = 0, 0xFFFFFFFF
-    elif t == _T_UINT64:
-        lo, hi = 0, 0xFFFFFFFFFFFFFFFF
-    elif t == _T_INT64:
-        lo, hi = -0x8000000000000000, 0x7FFFFFFFFFFFFFFF
     else:
-        lo, hi = -0x80000000, 0x7FFFFFFF
+        bits = 64 if t == _T_INT64 or t == _T_UINT64 else 32
+        if t == _T_UINT32 or t == _T_UINT64:
+            lo, hi = 0, (1 << bits) - 1
+        else:
+            lo = -(1 << (bits - 1))
+            hi = -lo - 1
     if v < lo or v > hi:
         raise ValueError("%s = %d is out of range [%d, %d]" % (_fname(sc, j), v, lo, hi))
-    return v + 0x10000000000000000 if v < 0 else v   # negatives: 64-bit two's complement
+    return v + (1 << 64) if v < 0 else v   # negatives: 64-bit two's complement
+
+
+def _want(sc, j, expected, v):
+    """The ValueError for a value of the wrong type (j < 0: the message itself)."""
+    return ValueError("%s must be %s, got %s" % (
+        _fname(sc, j) if j >= 0 else sc[_S_NAME], expected, type(v).__name__))
 
 
 def _data(sc, j, t, v, plan):
@@ -313,107 +308,89 @@ def _data(sc, j, t, v, plan):
         b = v.encode("utf-8")
     elif isinstance(v, _BYTES_LIKE):
         b = v
-    elif _is_blob(v):
+    elif hasattr(v, "size"):   # a Blob
         plan[0] += v.size
         plan.append(v)
         return v.size
     else:
-        raise ValueError("%s must be %s, got %s" % (
-            _fname(sc, j), "str" if t == _T_STRING else "bytes", type(v).__name__))
+        raise _want(sc, j, "str" if t == _T_STRING else "bytes", v)
     plan.append(b)
     return len(b)
-
-
-def _blank(fl, v):
-    """True if v is a default that proto3 leaves out (fields without presence)."""
-    if fl & _F_PRES:
-        return False
-    if isinstance(v, (str,) + _BYTES_LIKE):
-        return len(v) == 0
-    return _is_blob(v) and v.size == 0
-
-
-def _msg_size(sc, msg, plan):
-    if not isinstance(msg, dict):
-        raise ValueError("%s must be a dict, got %s" % (sc[_S_NAME], type(msg).__name__))
-    spec = sc[_S_SPEC]
-    names = sc[_S_NAMES]
-    case = None
-    for k in msg:
-        if msg[k] is None:
-            continue
-        if k not in names:
-            raise ValueError("%s has no field %r" % (sc[_S_NAME], k))
-        o = _fo(spec, names.index(k))
-        if spec[o + 1] & _TYPE == _T_SKIP:
-            raise ValueError("%s.%s is not supported by this encoder" % (sc[_S_NAME], k))
-        if spec[o + 1] & _F_ONEOF:
-            if case is not None:
-                raise ValueError("%s: oneof cases %r and %r are both set" % (sc[_S_NAME], case, k))
-            case = k
-    total = 0
-    for j in range(spec[0]):
-        v = msg.get(names[j])
-        if v is not None:
-            total += _field_size(sc, j, v, plan)
-    return total
-
-
-def _field_size(sc, j, v, plan):
-    spec = sc[_S_SPEC]
-    o = _fo(spec, j)
-    fl = spec[o + 1]
-    t = fl & _TYPE
-    tl = _uvarint_len(_tag(spec[o], t, fl))
-    if t == _T_MAP:
-        return _map_size(sc, j, v, tl, plan)
-    if fl & _F_REP:
-        if not isinstance(v, (list, tuple)):
-            raise ValueError("%s must be a list, got %s" % (_fname(sc, j), type(v).__name__))
-        total = 0
-        if fl & _F_PACKED:
-            for x in v:
-                total += _uvarint_len(_scalar(sc, j, t, x))
-            return tl + _uvarint_len(total) + total if v else 0
-        for x in v:
-            n = _data(sc, j, t, x, plan)
-            total += tl + _uvarint_len(n) + n
-        return total
-    if t == _T_MSG:
-        slot = len(plan)
-        plan.append(0)
-        n = _msg_size(sc[_S_SUBS][j], v, plan)
-        plan[slot] = n
-        return tl + _uvarint_len(n) + n
-    if t >= _T_STRING:
-        if _blank(fl, v):
-            return 0
-        n = _data(sc, j, t, v, plan)
-        return tl + _uvarint_len(n) + n
-    u = _scalar(sc, j, t, v)
-    if u == 0 and not fl & _F_PRES:
-        return 0
-    return tl + _uvarint_len(u)
 
 
 def _map_order(k):
     return k.encode("utf-8") + b"\xff" if isinstance(k, str) else b""
 
 
-def _map_size(sc, j, v, tl, plan):
-    if not isinstance(v, dict):
-        raise ValueError("%s must be a dict, got %s" % (_fname(sc, j), type(v).__name__))
+def _size(sc, msg, plan):
+    """Serialized size of message msg of schema sc, after checking every value."""
+    if not isinstance(msg, dict):
+        raise _want(sc, -1, "a dict", msg)
+    spec = sc[_S_SPEC]
+    n = spec[0]
+    case = None
+    for k in msg:
+        if msg[k] is None:
+            continue
+        try:
+            fl = spec[3 * (sc.index(k, _S_NAMES, _S_NAMES + n) - _S_NAMES) + 2]
+        except ValueError:
+            raise ValueError("%s has no field %r" % (sc[_S_NAME], k))
+        if fl & _TYPE == _T_SKIP:
+            raise ValueError("%s.%s is not supported by this encoder" % (sc[_S_NAME], k))
+        if fl & _F_ONEOF:
+            if case is not None:
+                raise ValueError("%s: oneof cases %r and %r are both set" % (sc[_S_NAME], case, k))
+            case = k
     total = 0
-    # key and value are always written; entries in the order of the official (upb)
-    # deterministic output: by UTF-8 bytes, except that a key comes AFTER the longer
-    # keys it is a prefix of ("ab" before "a", "" last). 0xFF never occurs in UTF-8.
-    for k in sorted(v, key=_map_order):
-        if not isinstance(k, str) or not isinstance(v[k], str):
-            raise ValueError("%s must map str to str" % _fname(sc, j))
-        kn = _data(sc, j, _T_STRING, k, plan)
-        vn = _data(sc, j, _T_STRING, v[k], plan)
-        n = 2 + _uvarint_len(kn) + kn + _uvarint_len(vn) + vn
-        total += tl + _uvarint_len(n) + n
+    for j in range(n):
+        v = msg.get(sc[_S_NAMES + j])
+        if v is None:
+            continue
+        o = 3 * j + 1
+        fl = spec[o + 1]
+        t = fl & _TYPE
+        tl = 1 if spec[o] < 16 else 2   # the tag's varint: field numbers are < 256
+        if t == _T_MAP:
+            if not isinstance(v, dict):
+                raise _want(sc, j, "a dict", v)
+            # key and value are always written; entries in the order of the official
+            # (upb) deterministic output: by UTF-8 bytes, except that a key comes AFTER
+            # the longer keys it is a prefix of ("ab" before "a", "" last). 0xFF never
+            # occurs in UTF-8.
+            for k in sorted(v, key=_map_order):
+                if not isinstance(k, str) or not isinstance(v[k], str):
+                    raise ValueError("%s must map str to str" % _fname(sc, j))
+                kn = _data(sc, j, _T_STRING, k, plan)
+                vn = _data(sc, j, _T_STRING, v[k], plan)
+                m = 2 + _uvarint_len(kn) + kn + _uvarint_len(vn) + vn
+                total += tl + _uvarint_len(m) + m
+        elif fl & _F_REP:
+            if not isinstance(v, (list, tuple)):
+                raise _want(sc, j, "a list", v)
+            if fl & _F_PACKED:
+                m = 0
+                for x in v:
+                    m += _uvarint_len(_scalar(sc, j, t, x))
+                if v:
+                    total += tl + _uvarint_len(m) + m
+            else:
+                for x in v:
+                    m = _data(sc, j, t, x, plan)
+                    total += tl + _uvarint_len(m) + m
+        elif t == _T_MSG:
+            slot = len(plan)
+            plan.append(0)
+            m = plan[slot] = _size(sc[spec[o + 2]], v, plan)
+            total += tl + _uvarint_len(m) + m
+        elif t >= _T_STRING:
+            m = _data(sc, j, t, v, plan)
+            if m or fl & _F_PRES:   # proto3 leaves out "" and b"" without presence
+                total += tl + _uvarint_len(m) + m
+        else:
+            u = _scalar(sc, j, t, v)
+            if u or fl & _F_PRES:
+                total += tl + _uvarint_len(u)
     return total
 
 
@@ -439,37 +416,33 @@ class _Out:
         buf[i] = v
         self.i = i + 1
 
-    def take(self):
-        x = self.plan[self.p]
+    def data(self, tag, skip_empty=False):
+        """Tag, length and bytes of the next planned string/bytes value (nothing if it
+        is empty and skip_empty: the size pass left it out)."""
+        d = self.plan[self.p]
         self.p += 1
-        return x
-
-    def data(self, tag):
-        """Tag, length and bytes of the next planned string/bytes value."""
-        d = self.take()
+        n = len(d) if isinstance(d, _BYTES_LIKE) else d.size
+        if skip_empty and not n:
+            return
         self.varint(tag)
+        self.varint(n)
         if isinstance(d, _BYTES_LIKE):
-            n = len(d)
-            self.varint(n)
             self.buf[self.i:self.i + n] = d
             self.i += n
-        else:
-            self.varint(d.size)
-            if d.size:
-                self.cuts.append((self.i, d))
+        elif n:
+            self.cuts.append((self.i, d))
 
 
 def _write_msg(sc, msg, out):
     spec = sc[_S_SPEC]
-    names = sc[_S_NAMES]
     for j in range(spec[0]):
-        v = msg.get(names[j])
+        v = msg.get(sc[_S_NAMES + j])
         if v is None:
             continue
-        o = _fo(spec, j)
+        o = 3 * j + 1
         fl = spec[o + 1]
         t = fl & _TYPE
-        tag = _tag(spec[o], t, fl)
+        tag = spec[o] << 3 | (2 if t >= _T_STRING or fl & _F_PACKED else 0)
         if t == _T_MAP:
             plan = out.plan
             for _ in range(len(v)):
@@ -493,11 +466,11 @@ def _write_msg(sc, msg, out):
                 out.data(tag)
         elif t == _T_MSG:
             out.varint(tag)
-            out.varint(out.take())
-            _write_msg(sc[_S_SUBS][j], v, out)
+            out.varint(out.plan[out.p])   # the size the size pass planned
+            out.p += 1
+            _write_msg(sc[spec[o + 2]], v, out)
         elif t >= _T_STRING:
-            if not _blank(fl, v):
-                out.data(tag)
+            out.data(tag, not fl & _F_PRES)
         else:
             u = _scalar(sc, j, t, v)
             if u or fl & _F_PRES:
@@ -505,31 +478,18 @@ def _write_msg(sc, msg, out):
                 out.varint(u)
 
 
-def _encode(sc, msg):
-    plan = [0]
-    total = _msg_size(sc, msg, plan)
-    out = _Out(total - plan[0], plan)
-    _write_msg(sc, msg, out)
-    return out
-
-
 def encoded_size(schema, msg):
     """Serialized size of msg (Blobs count with their size); builds no output."""
-    return _msg_size(schema, msg, [0])
-
-
-def encode(schema, msg):
-    """The serialized message, byte-identical to SerializeToString(deterministic=True)."""
-    out = _encode(schema, msg)
-    if out.cuts:
-        raise ValueError("%s holds a Blob: use encode_segments()" % schema[_S_NAME])
-    return bytes(out.buf)
+    return _size(schema, msg, [0])
 
 
 def encode_segments(schema, msg):
     """[bytes or Blob, ...] in wire order. Segments are `bytes` (not memoryviews):
     MicroPython's bytes.join accepts nothing else, and they are only the small parts."""
-    out = _encode(schema, msg)
+    plan = [0]
+    total = _size(schema, msg, plan)
+    out = _Out(total - plan[0], plan)
+    _write_msg(schema, msg, out)
     if not out.cuts:
         return [bytes(out.buf)]
     mv = memoryview(out.buf)
@@ -543,6 +503,14 @@ def encode_segments(schema, msg):
     if len(mv) > prev:
         segs.append(bytes(mv[prev:]))
     return segs
+
+
+def encode(schema, msg):
+    """The serialized message, byte-identical to SerializeToString(deterministic=True)."""
+    segs = encode_segments(schema, msg)
+    if len(segs) > 1:   # a Blob: it always comes with its tag and length before it
+        raise ValueError("%s holds a Blob: use encode_segments()" % schema[_S_NAME])
+    return segs[0]
 
 
 # ---------------------------------------------------------------- decoding
@@ -565,26 +533,18 @@ _L_PACKED = const(2)    # a packed repeated field: its level reads values, not t
 _MAX_DEPTH = const(5)
 
 
-def _utf8(sc, j, data):
-    try:
-        return str(data, "utf-8")
-    except UnicodeError:
-        raise ProtoError("%s is not valid UTF-8" % _fname(sc, j))
-
-
 def _from_varint(t, v):
     """A decoded varint (at most 64 bits) as the value of a field of type t."""
     if v <= 0x3FFFFFFF:  # small-int fast path
         return v if t != _T_BOOL else v != 0
+    # beyond it, 2**n is computed (no big-int literals held in RAM, see _scalar)
     if t == _T_BOOL:
         return True
-    if t == _T_INT32 or t == _T_ENUM:   # official parsers keep the low 32 bits
-        v &= 0xFFFFFFFF
-        return v - 0x100000000 if v > 0x7FFFFFFF else v
-    if t == _T_UINT32:
-        return v & 0xFFFFFFFF
+    if t == _T_INT32 or t == _T_ENUM or t == _T_UINT32:   # official parsers keep the low 32 bits
+        v &= (1 << 32) - 1
+        return v - (1 << 32) if v >> 31 and t != _T_UINT32 else v
     if t == _T_INT64:
-        return v - 0x10000000000000000 if v > 0x7FFFFFFFFFFFFFFF else v
+        return v - (1 << 64) if v >> 63 else v
     return v
 
 
@@ -602,12 +562,15 @@ class PacketDecoder:
         self._pj = bytearray(_MAX_DEPTH)
         self._kind = bytearray(_MAX_DEPTH)
         self._piece = [PIECE, 0, _EMPTY, False]
-        self._reset(_ST_IDLE)
+        self.start(0)    # creates every attribute, so the hot path never grows the instance
+        self._st = _ST_IDLE
+        self.msg = self._msgs[0] = None
 
-    def _reset(self, st):
-        # every attribute is created here, so the hot path never grows the instance
-        self.msg = None
-        self._st = st
+    def start(self, length):
+        """Begin a packet of `length` bytes; forgets any previous packet or error."""
+        if length < 0:
+            raise ValueError("negative packet length %d" % length)
+        self._st = _ST_TAG
         self._err = None
         self._d = 0
         self._v = 0
@@ -624,12 +587,6 @@ class PacketDecoder:
         self._base = 0          # absolute offset of self._mv[0]
         for d in range(_MAX_DEPTH):
             self._msgs[d] = None
-
-    def start(self, length):
-        """Begin a packet of `length` bytes; forgets any previous packet or error."""
-        if length < 0:
-            raise ValueError("negative packet length %d" % length)
-        self._reset(_ST_TAG)
         self.msg = {}
         self._sch[0] = self._root
         self._msgs[0] = self.msg
@@ -640,7 +597,7 @@ class PacketDecoder:
         if self._err is not None:
             raise self._err
         if self._st == _ST_IDLE:
-            raise RuntimeError("PacketDecoder.receive() before start()")
+            raise RuntimeError("PacketDecoder.%s() before start()" % "receive")
         if self._i < len(self._mv):
             raise RuntimeError("receive() called before next_event() consumed the previous data")
         if not isinstance(mv, memoryview):
@@ -663,17 +620,11 @@ class PacketDecoder:
         if self._err is not None:
             raise self._err
         if self._st == _ST_IDLE:
-            raise RuntimeError("PacketDecoder.next_event() before start()")
+            raise RuntimeError("PacketDecoder.%s() before start()" % "next_event")
         try:
             return self._run()
         except ProtoError as e:
             self._fail(e)
-
-    def _need(self):
-        self._base += len(self._mv)
-        self._mv = _EMPTY    # do not pin the caller's buffer
-        self._i = 0
-        return NEED_DATA
 
     def _run(self):
         mv = self._mv
@@ -684,40 +635,61 @@ class PacketDecoder:
             if st <= _ST_VARINT:
                 d = self._d
                 if self._base + i >= self._ends[d]:
-                    if st == _ST_TAG and not self._shift:
-                        if not d:
-                            self._st = _ST_DONE
-                            return (PACKET, self.msg)
-                        self._pop()
-                        continue
-                    raise self._cut()
+                    if st != _ST_TAG or self._shift:
+                        if d:
+                            raise ProtoError("a varint runs past the end of %s" % self._where())
+                        raise ProtoError("truncated %s: a varint is cut off at byte %d" % (
+                            self._root[_S_NAME], self._ends[0]))
+                    if not d:
+                        self._st = _ST_DONE
+                        return (PACKET, self.msg)
+                    # the level ends: a map entry goes into its map, then back up
+                    if self._kind[d] == _L_MAP:
+                        entry = self._msgs[d]
+                        parent = self._msgs[d - 1]
+                        name = self._sch[d - 1][_S_NAMES + self._pj[d]]
+                        m = parent.get(name)
+                        if m is None:
+                            m = parent[name] = {}
+                        m[entry.get("key", "")] = entry.get("value", "")
+                    self._msgs[d] = None
+                    self._d = d - 1
+                    continue
                 if i >= n:
-                    return self._need()
+                    break
                 b = mv[i]
                 self._i = i + 1
                 if b < 0x80 and not self._shift:
                     v = b
-                else:
-                    v = self._varint_byte(b)
-                    if v < 0:
+                else:  # a byte of a longer varint
+                    shift = self._shift
+                    if shift == 63 and b > 1:
+                        if b & 0x80:
+                            raise ProtoError("varint longer than 10 bytes in %s" % self._where())
+                        b &= 1   # bits past 64 are dropped, as official parsers do
+                    self._v |= (b & 0x7F) << shift
+                    if b & 0x80:
+                        self._shift = shift + 7
                         continue
+                    v = self._v
+                    self._v = 0
+                    self._shift = 0
                 if st == _ST_TAG:
                     self._on_tag(v)
                 elif st == _ST_LEN:
-                    self._on_length(v)
+                    self._field_body(v)
                 else:
                     self._st = _ST_TAG
                     j = self._j
                     if j >= 0:
-                        spec = self._sch[d][_S_SPEC]
-                        self._set(j, _from_varint(spec[_fo(spec, j) + 1] & _TYPE, v))
+                        self._set(j, _from_varint(self._sch[d][_S_SPEC][3 * j + 2] & _TYPE, v))
             elif st == _ST_BIG:
                 left = self._left
                 take = n - i
                 if take >= left:
                     take = left
                 elif not take:
-                    return self._need()
+                    break
                 ev = self._piece
                 ev[1] = self._big
                 # the received memoryview itself when the piece spans all of it: no slice
@@ -730,7 +702,7 @@ class PacketDecoder:
                 return ev
             elif st == _ST_SKIP or st == _ST_VALUE:
                 if i >= n:
-                    return self._need()
+                    break
                 take = min(self._left, n - i)
                 if st == _ST_VALUE:
                     self._val[self._vi:self._vi + take] = mv[i:i + take]
@@ -745,22 +717,11 @@ class PacketDecoder:
                         self._set_data(val)
             else:  # _ST_DONE
                 return NEED_DATA
-
-    def _varint_byte(self, b):
-        """Adds a byte to the varint being read; returns it when complete, else -1."""
-        shift = self._shift
-        if shift == 63 and b > 1:
-            if b & 0x80:
-                raise ProtoError("varint longer than 10 bytes in %s" % self._where())
-            b &= 1   # bits past 64 are dropped, as official parsers do
-        self._v |= (b & 0x7F) << shift
-        if b & 0x80:
-            self._shift = shift + 7
-            return -1
-        v = self._v
-        self._v = 0
-        self._shift = 0
-        return v
+        # all of mv is consumed
+        self._base += n
+        self._mv = _EMPTY    # do not pin the caller's buffer
+        self._i = 0
+        return NEED_DATA
 
     def _where(self):
         d = self._d
@@ -769,33 +730,28 @@ class PacketDecoder:
             return "packed field " + _fname(sc, self._pj[d])
         return sc[_S_NAME]
 
-    def _cut(self):
-        if not self._d:
-            return ProtoError("truncated %s: a varint is cut off at byte %d" % (
-                self._root[_S_NAME], self._ends[0]))
-        return ProtoError("a varint runs past the end of %s" % self._where())
-
     def _on_tag(self, v):
         d = self._d
         sc = self._sch[d]
         spec = sc[_S_SPEC]
         if self._kind[d] == _L_PACKED:  # an element, not a tag
             j = self._pj[d]
-            self._append(self._msgs[d], sc[_S_NAMES][j], _from_varint(spec[_fo(spec, j) + 1] & _TYPE, v))
+            self._set(j, _from_varint(spec[3 * j + 2] & _TYPE, v))
             return
         num = v >> 3
         wt = v & 7
         if not num or num > 0x1FFFFFFF:
             raise ProtoError("field number %d in %s is out of range [1, 2**29 - 1]" % (num, sc[_S_NAME]))
-        j = _index(spec, num)
+        k = 3 * spec[0] + 1 + num
+        j = spec[k] - 1 if k < len(spec) else -1
         if j >= 0:
-            o = _fo(spec, j)
-            t = spec[o + 1] & _TYPE
+            fl = spec[3 * j + 2]
+            t = fl & _TYPE
             if t == _T_SKIP:  # all skipped cases are messages: only wire type 2 counts
                 if wt == 2:
                     _clear_oneof(sc, j, self._msgs[d])
                 j = -1
-            elif wt != (2 if t >= _T_STRING else 0) and not (wt == 2 and spec[o + 1] & _F_PACKED):
+            elif wt != (2 if t >= _T_STRING else 0) and not (wt == 2 and fl & _F_PACKED):
                 j = -1  # a wrong wire type: official parsers keep it as an unknown field
         self._j = j
         self._num = num
@@ -804,53 +760,44 @@ class PacketDecoder:
         elif wt == 2:
             self._st = _ST_LEN
         elif wt == 1 or wt == 5:
-            self._skip(8 if wt == 1 else 4)
+            self._field_body(8 if wt == 1 else 4)   # j is -1 here: the bytes are skipped
         else:
             raise ProtoError("field %d of %s has wire type %d (groups are not supported)" % (num, sc[_S_NAME], wt))
 
-    def _skip(self, n):
-        self._check_room(n)
-        self._left = n
-        self._st = _ST_SKIP if n else _ST_TAG
-
-    def _check_room(self, n):
-        """A field of n more bytes must end within the message that holds it."""
+    def _field_body(self, n):
+        """The next n bytes are the value of field self._j (skipped if -1)."""
         d = self._d
-        left = self._ends[d] - self._base - self._i
-        if n <= left:
-            return
         j = self._j
-        name = "field %d" % self._num
-        if j >= 0:
-            name += " (%s)" % self._sch[d][_S_NAMES][j]
-        if not d:
-            raise ProtoError("truncated %s: %s needs %d bytes, %d left" % (self._root[_S_NAME], name, n, left))
-        raise ProtoError("%s of %s is %d bytes long, overrunning its parent (%d bytes left)" % (
-            name, self._where(), n, left))
-
-    def _on_length(self, n):
-        self._check_room(n)
-        j = self._j
-        if j < 0:
-            self._skip(n)
-            return
-        d = self._d
         sc = self._sch[d]
+        left = self._ends[d] - self._base - self._i
+        if n > left:   # a field must end within the message that holds it
+            name = "field %d" % self._num
+            if j >= 0:
+                name += " (%s)" % sc[_S_NAMES + j]
+            if not d:
+                raise ProtoError("truncated %s: %s needs %d bytes, %d left" % (self._root[_S_NAME], name, n, left))
+            raise ProtoError("%s of %s is %d bytes long, overrunning its parent (%d bytes left)" % (
+                name, self._where(), n, left))
+        if j < 0:
+            self._left = n
+            self._st = _ST_SKIP if n else _ST_TAG
+            return
         spec = sc[_S_SPEC]
-        o = _fo(spec, j)
-        t = spec[o + 1] & _TYPE
+        o = 3 * j + 1
+        fl = spec[o + 1]
+        t = fl & _TYPE
         msg = self._msgs[d]
         end = self._base + self._i + n
         if t == _T_MSG:
             _clear_oneof(sc, j, msg)
-            name = sc[_S_NAMES][j]
+            name = sc[_S_NAMES + j]
             sub = msg.get(name)
             if sub is None:  # a second occurrence merges into the first, as in protobuf
                 sub = msg[name] = {}
-            self._push(sc[_S_SUBS][j], sub, end, j, _L_MSG)
+            self._push(sc[spec[o + 2]], sub, end, j, _L_MSG)
         elif t == _T_MAP:
             self._push(_MAP_ENTRY, {}, end, j, _L_MAP)
-        elif spec[o + 1] & _F_PACKED:
+        elif fl & _F_PACKED:
             self._push(sc, msg, end, j, _L_PACKED)
         elif spec[o + 2] and self._pieces:
             _clear_oneof(sc, j, msg)
@@ -858,43 +805,44 @@ class PacketDecoder:
             self._left = n
             self.big_len = n  # lets a consumer that gathers the field allocate it once
             self._st = _ST_BIG
-        else:
-            self._small(n)
-
-    def _small(self, n):
-        """A small string/bytes value: taken from mv when whole, else gathered."""
-        if self.max_field is not None and n > self.max_field:
-            raise ProtoError("%s is %d bytes, over the %d-byte limit for small fields" % (
-                _fname(self._sch[self._d], self._j), n, self.max_field))
-        i = self._i
-        self._st = _ST_TAG
-        if i + n <= len(self._mv):
-            self._i = i + n
-            self._set_data(self._mv[i:i + n])
-        else:
-            self._val = bytearray(n)
-            self._vi = 0
-            self._left = n
-            self._st = _ST_VALUE
+        else:  # a small string/bytes value: taken from mv when whole, else gathered
+            if self.max_field is not None and n > self.max_field:
+                raise ProtoError("%s is %d bytes, over the %d-byte limit for small fields" % (
+                    _fname(sc, j), n, self.max_field))
+            i = self._i
+            self._st = _ST_TAG
+            if i + n <= len(self._mv):
+                self._i = i + n
+                self._set_data(self._mv[i:i + n])
+            else:
+                self._val = bytearray(n)
+                self._vi = 0
+                self._left = n
+                self._st = _ST_VALUE
 
     def _set_data(self, data):
-        sc = self._sch[self._d]
         j = self._j
-        spec = sc[_S_SPEC]
-        if spec[_fo(spec, j) + 1] & _TYPE == _T_STRING:
-            self._set(j, _utf8(sc, j, data))
-        else:
+        sc = self._sch[self._d]
+        if sc[_S_SPEC][3 * j + 2] & _TYPE != _T_STRING:
             self._set(j, bytes(data))
+            return
+        try:
+            s = str(data, "utf-8")
+        except UnicodeError:
+            raise ProtoError("%s is not valid UTF-8" % _fname(sc, j))
+        self._set(j, s)
 
     def _set(self, j, v):
         d = self._d
         sc = self._sch[d]
-        spec = sc[_S_SPEC]
         msg = self._msgs[d]
-        fl = spec[_fo(spec, j) + 1]
-        name = sc[_S_NAMES][j]
+        fl = sc[_S_SPEC][3 * j + 2]
+        name = sc[_S_NAMES + j]
         if fl & _F_REP:
-            self._append(msg, name, v)
+            lst = msg.get(name)
+            if lst is None:
+                lst = msg[name] = []
+            lst.append(v)
         elif not v and not fl & _F_PRES:
             # a default value on the wire reads as "not present" (0, "", b"", False),
             # and clears an earlier occurrence, as in official parsers
@@ -903,12 +851,6 @@ class PacketDecoder:
         else:
             _clear_oneof(sc, j, msg)
             msg[name] = v
-
-    def _append(self, msg, name, v):
-        lst = msg.get(name)
-        if lst is None:
-            lst = msg[name] = []
-        lst.append(v)
 
     def _push(self, sc, msg, end, j, kind):
         d = self._d + 1
@@ -922,19 +864,6 @@ class PacketDecoder:
         self._d = d
         self._st = _ST_TAG
 
-    def _pop(self):
-        d = self._d
-        if self._kind[d] == _L_MAP:
-            entry = self._msgs[d]
-            parent = self._msgs[d - 1]
-            name = self._sch[d - 1][_S_NAMES][self._pj[d]]
-            m = parent.get(name)
-            if m is None:
-                m = parent[name] = {}
-            m[entry.get("key", "")] = entry.get("value", "")
-        self._msgs[d] = None
-        self._d = d - 1
-
 
 def decode(schema, data):
     """A whole message from bytes-like data, big fields included as values."""
@@ -946,56 +875,9 @@ def decode(schema, data):
     return dec.next_event()[1]   # all bytes were given: PACKET, or a ProtoError
 
 
-def decode_packet(data):
-    """A whole DataPacket (host side, tests): big fields included as values."""
-    return decode(DATA_PACKET, data)
-
-
-def _read_varint(mv, i, end):
-    v = 0
-    shift = 0
-    while True:
-        if i >= end:
-            raise ProtoError("truncated message: a varint is cut off at byte %d" % end)
-        b = mv[i]
-        i += 1
-        if shift == 63 and b > 1:
-            if b & 0x80:
-                raise ProtoError("varint longer than 10 bytes at byte %d" % (i - 1))
-            b &= 1
-        v |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return v, i
-        shift += 7
-
-
-def scan_fields(data):
-    """Top-level fields of a message, not decoded: [(number, wire_type, field_start,
-    value_start, end)], value_start after the length prefix for wire type 2."""
-    mv = data if isinstance(data, memoryview) else memoryview(data)
-    end = len(mv)
-    out = []
-    i = 0
-    while i < end:
-        start = i
-        tag, i = _read_varint(mv, i, end)
-        num = tag >> 3
-        wt = tag & 7
-        if not num or num > 0x1FFFFFFF:
-            raise ProtoError("field number %d at byte %d is out of range [1, 2**29 - 1]" % (num, start))
-        if wt == 0:
-            vstart = i
-            i = _read_varint(mv, i, end)[1]
-        elif wt == 2:
-            n, vstart = _read_varint(mv, i, end)
-            i = vstart + n
-        elif wt == 1 or wt == 5:
-            vstart = i
-            i += 8 if wt == 1 else 4
-        else:
-            raise ProtoError("field %d at byte %d has wire type %d (groups are not supported)" % (num, start, wt))
-        if i > end:
-            raise ProtoError("truncated message: field %d at byte %d needs %d bytes, %d left" % (
-                num, start, i - vstart, end - vstart))
-        out.append((num, wt, start, vstart, i))
-    return out
+def __getattr__(name):
+    """The relay-side names (lkedge.relayside), loaded on first use: a board never does."""
+    if name in "scan_fields decode_packet".split():
+        from . import relayside
+        return getattr(relayside, name)
+    raise AttributeError(name)

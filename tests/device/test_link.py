@@ -2,6 +2,7 @@
 and (MicroPython) the allocation cost of streaming a 15000-byte DATA frame."""
 from lkedge import link
 from lkedge import cbor
+from lkedge import relayside
 
 MP_HEAPSIZE = "96K"
 
@@ -39,14 +40,14 @@ def events(reader, data, step):
 
 def sample_stream():
     frames = [
-        link.encode_control(link.JOIN, {"v": 1, "token": "tok"}),
+        relayside.encode_control(link.JOIN, {"v": 1, "token": "tok"}),
         link.encode_frame(link.DATA, bytes(range(200)) * 3),
         link.encode_frame(0x42, b"unknown type: skipped" * 5),
         link.encode_frame(link.PING, b"12345678"),
         link.encode_frame(link.DATA, b""),
         link.encode_frame(0x00, b""),
         link.encode_frame(link.PONG, b""),
-        link.encode_control(link.LEAVE, {"code": link.LEAVE_CLIENT, "reason": "bye"}),
+        relayside.encode_control(link.LEAVE, {"code": link.LEAVE_CLIENT, "reason": "bye"}),
     ]
     expected = [
         ("FRAME", link.JOIN, cbor.dumps({"v": 1, "token": "tok"})),
@@ -118,7 +119,7 @@ def test_frame_over_max_frame_names_size_and_limit():
 
 
 def test_control_frame_limits():
-    big = link.encode_control(link.JOINED, {"x": "y" * 300})
+    big = relayside.encode_control(link.JOINED, {"x": "y" * 300})
     expect_link_error(big, 1000, "JOINED", "max_control 100", max_control=100)
     expect_link_error(link.encode_frame(link.PING, b"p" * 65), 1000, "PING", "65")
     # DATA is limited by max_frame only
@@ -180,20 +181,20 @@ def must_fail(fn, d, *words):
 
 
 def test_check_join_normalises_and_names_bad_keys():
-    j = link.check_join({"v": 1, "token": "t", "x-unknown": 5})
+    j = relayside.check_join({"v": 1, "token": "t", "x-unknown": 5})
     assert j == {"v": 1, "token": "t", "client_protocol": 0, "capabilities": [],
                  "sdk": "", "sdk_version": ""}
     full = {"v": 1, "token": "t", "client_protocol": 2, "capabilities": [1, 2],
             "sdk": "lkedge", "sdk_version": "0.1.0"}
-    assert link.check_join(full) == full
-    must_fail(link.check_join, {"v": 1}, '"token"', "missing")
-    must_fail(link.check_join, {"v": 2, "token": "t"}, "version 2")
-    must_fail(link.check_join, {"v": 1, "token": 5}, '"token"', "text string")
-    must_fail(link.check_join, {"v": 1, "token": "t", "client_protocol": True}, '"client_protocol"')
-    must_fail(link.check_join, {"v": 1, "token": "t", "client_protocol": -1}, '"client_protocol"')
-    must_fail(link.check_join, {"v": 1, "token": "t", "capabilities": [1, "2"]}, '"capabilities"')
-    must_fail(link.check_join, {"v": 1, "token": "t", "capabilities": 2}, '"capabilities"')
-    must_fail(link.check_join, [1], "must be a map")
+    assert relayside.check_join(full) == full
+    must_fail(relayside.check_join, {"v": 1}, '"token"', "missing")
+    must_fail(relayside.check_join, {"v": 2, "token": "t"}, "version 2")
+    must_fail(relayside.check_join, {"v": 1, "token": 5}, '"token"', "text string")
+    must_fail(relayside.check_join, {"v": 1, "token": "t", "client_protocol": True}, '"client_protocol"')
+    must_fail(relayside.check_join, {"v": 1, "token": "t", "client_protocol": -1}, '"client_protocol"')
+    must_fail(relayside.check_join, {"v": 1, "token": "t", "capabilities": [1, "2"]}, '"capabilities"')
+    must_fail(relayside.check_join, {"v": 1, "token": "t", "capabilities": 2}, '"capabilities"')
+    must_fail(relayside.check_join, [1], "must be a map")
 
 
 def test_participant_info_defaults_and_types():
@@ -226,22 +227,22 @@ def test_check_joined_validates_participants():
 
 
 def test_leave_and_participant_left():
-    assert link.check_leave({"code": 4, "reason": "frame too big"}) == {"code": 4, "reason": "frame too big"}
-    assert link.check_leave({"code": 5}) == {"code": 5, "reason": ""}
-    must_fail(link.check_leave, {"reason": "x"}, '"code"')
-    must_fail(link.check_leave, {"code": 1, "reason": 1}, '"reason"')
-    assert link.check_participant_left({"identity": "b", "reason": "gone"})["identity"] == "b"
-    must_fail(link.check_participant_left, {"reason": "x"}, '"identity"')
+    assert relayside.check_leave({"code": 4, "reason": "frame too big"}) == {"code": 4, "reason": "frame too big"}
+    assert relayside.check_leave({"code": 5}) == {"code": 5, "reason": ""}
+    must_fail(relayside.check_leave, {"reason": "x"}, '"code"')
+    must_fail(relayside.check_leave, {"code": 1, "reason": 1}, '"reason"')
+    assert relayside.check_participant_left({"identity": "b", "reason": "gone"})["identity"] == "b"
+    must_fail(relayside.check_participant_left, {"reason": "x"}, '"identity"')
 
 
 def test_encode_control_round_trips_through_reader():
     m = {"identity": "b", "reason": "left"}
-    f = link.encode_control(link.PARTICIPANT_LEFT, m)
+    f = relayside.encode_control(link.PARTICIPANT_LEFT, m)
     (ev,) = events(link.FrameReader(100), f, 3)
     assert ev[1] == link.PARTICIPANT_LEFT and link.decode_control(ev[2]) == m
     for bad in ((link.DATA, {}), (link.JOIN, [1])):
         try:
-            link.encode_control(*bad)
+            relayside.encode_control(*bad)
             raise AssertionError("encode_control%r accepted" % (bad,))
         except ValueError:
             pass
@@ -254,7 +255,20 @@ def test_constants_match_link_md():
             link.LEAVE_PROTOCOL, link.LEAVE_SHUTDOWN, link.LEAVE_IDLE,
             link.LEAVE_FORBIDDEN) == (1, 2, 3, 4, 5, 6, 7)
     assert link.LINK_VERSION == 1 and issubclass(link.LinkError, ValueError)
-    assert link.type_name(link.DATA) == "DATA" and link.type_name(0x42) == "type 0x42"
+    assert relayside.type_name(link.DATA) == "DATA" and relayside.type_name(0x42) == "type 0x42"
+
+
+def test_relay_side_names_are_still_served_by_link_and_proto():
+    from lkedge import proto
+    for mod, names in ((link, ("type_name", "encode_control", "check_join", "check_participant_left",
+                                "check_leave")), (proto, ("scan_fields", "decode_packet"))):
+        for name in names:
+            assert getattr(mod, name) is getattr(relayside, name), name
+        try:
+            getattr(mod, "no_such_name")
+            raise AssertionError("an unknown attribute was served")
+        except AttributeError:
+            pass
 
 
 def stream_through_buffer(reader, header, body_len, bufsize, alloc):

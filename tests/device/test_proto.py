@@ -7,7 +7,7 @@ port (64-bit) needs about 100 KB of transient heap, so 32K is out of reach for a
 source import; tests/lib/test_proto.py runs the memory figure under a 40K heap from
 mpy-cross output, which is how boards load the library.
 """
-from lkedge import proto
+from lkedge import proto, relayside
 from lkedge.proto import (DATA_PACKET, USER_PACKET, RPC_REQUEST, RPC_ACK, RPC_RESPONSE, RPC_ERROR,
                           STREAM_HEADER, STREAM_CHUNK, STREAM_TRAILER, TEXT_HEADER, BYTE_HEADER,
                           PARTICIPANT_INFO, ProtoError)
@@ -362,7 +362,7 @@ def test_packet_decoder_any_split_gives_the_whole_decode():
         if schema is not DATA_PACKET:
             continue
         data = _hx(h)
-        want = proto.decode_packet(data)
+        want = relayside.decode_packet(data)
         for step in (1, 2, 3, 7, 64, 1000):
             got = stream_decode(data, step)
             assert got == want, "step %d: %s != %s" % (step, _fmt(got), _fmt(want))
@@ -465,7 +465,7 @@ def test_bytes_beyond_the_length_are_rejected():
 
 def test_truncated_prefixes_fail_unless_cut_between_fields():
     data = _hx(VECTORS[1][2])
-    boundaries = [f[2] for f in proto.scan_fields(data)]
+    boundaries = [f[2] for f in relayside.scan_fields(data)]
     decoded = []
     for n in range(len(data)):
         try:
@@ -538,14 +538,14 @@ def test_encode_segments_with_blobs_equals_plain_encoding():
 
 def test_scan_fields_walks_top_level_fields():
     data = _hx(VECTORS[1][2])
-    fields = proto.scan_fields(data)
+    fields = relayside.scan_fields(data)
     assert [f[0] for f in fields] == [4, 5, 5, 10, 16, 17]
     assert b"".join(data[f[2]:f[4]] for f in fields) == data
     num, wt, start, vstart, end = fields[2]
     assert wt == 2 and data[vstart:end] == "b\u00e9".encode()
     assert fields[4][1] == 0 and data[fields[4][3]:fields[4][4]] == _hx("ffffffff0f")
     try:
-        proto.scan_fields(data[:-1])
+        relayside.scan_fields(data[:-1])
         raise AssertionError("scanned a truncated packet")
     except ProtoError as e:
         assert "truncated" in str(e)

@@ -210,3 +210,13 @@ def test_data_frame_heap_cost_on_32k_heap_with_mpy_modules(tmp_path):
     got, pieces, used = map(int, m.groups())
     assert (got, pieces) == (15000, 30)
     assert used < 1024, "streaming a 15000-byte DATA frame allocated %d bytes" % used
+
+
+def test_a_participant_does_not_load_the_relay_side():
+    """lkedge.relayside is for relays and host tools: importing what a board imports
+    (room, and through it link, proto, cbor) must not load it."""
+    code = ("import sys; import lkedge.room, lkedge.link, lkedge.proto, lkedge.cbor; "
+            "assert 'lkedge.relayside' not in sys.modules, 'relayside loaded'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "lib")))
+    assert r.returncode == 0, r.stderr

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings, strategies as st
 from livekit.protocol import models as M
 
-from lkedge import proto
+from lkedge import proto, relayside
 
 import test_proto as device  # tests/device/test_proto.py: the vectors MicroPython checks
 
@@ -235,7 +235,7 @@ def test_packet_decoder_random_splits_equal_official_parse(d, cuts):
     raw = official_bytes("DATA_PACKET", d)
     want = from_official(M.DataPacket.FromString(raw))
     assert stream_decode(raw, cuts) == want
-    assert proto.decode_packet(raw) == want
+    assert relayside.decode_packet(raw) == want
 
 
 @settings(max_examples=60, deadline=None)
@@ -251,11 +251,11 @@ def test_reordered_and_repeated_fields_decode_like_official(parts, data):
     """Concatenated packets merge (last wins, sub-messages merge, oneof cases replace
     each other); their top-level fields shuffled must still read as officially."""
     raw = b"".join(official_bytes("DATA_PACKET", d) for d in parts)
-    fields = [raw[f[2]:f[4]] for f in proto.scan_fields(raw)]
+    fields = [raw[f[2]:f[4]] for f in relayside.scan_fields(raw)]
     shuffled = b"".join(data.draw(st.permutations(fields)))
     for blob in (raw, shuffled):
         want = from_official(M.DataPacket.FromString(blob))
-        assert proto.decode_packet(blob) == want
+        assert relayside.decode_packet(blob) == want
 
 
 @FAST
@@ -274,12 +274,12 @@ def test_unknown_fields_of_every_wire_type_are_skipped(d, unknown, data):
             extra += payload.ljust(4, b"\0")[:4]
         else:
             extra += varint(len(payload)) + payload
-    fields = [raw[f[2]:f[4]] for f in proto.scan_fields(raw)]
+    fields = [raw[f[2]:f[4]] for f in relayside.scan_fields(raw)]
     at = data.draw(st.integers(0, len(fields)))
     blob = b"".join(fields[:at]) + extra + b"".join(fields[at:])
     want = from_official(M.DataPacket.FromString(blob))
     assert want == from_official(M.DataPacket.FromString(raw))
-    assert proto.decode_packet(blob) == want
+    assert relayside.decode_packet(blob) == want
     assert stream_decode(blob, range(0, len(blob), 5)) == want
 
 
@@ -314,14 +314,14 @@ def test_mutated_packets_fail_only_where_official_fails(d, data):
     except DecodeError:
         want = None
     try:
-        got = proto.decode_packet(blob)
+        got = relayside.decode_packet(blob)
     except proto.ProtoError as e:
         assert want is None or "group" in str(e), "we rejected what the official parser reads: %s" % e
         return
     if want is None:
         # the one other difference: we skip the oneof cases WIRE.md leaves out without
         # parsing them, the official parser rejects malformed contents there
-        skipped = [f for f in proto.scan_fields(blob) if f[0] in SKIPPED_CASES and f[1] == 2]
+        skipped = [f for f in relayside.scan_fields(blob) if f[0] in SKIPPED_CASES and f[1] == 2]
         assert skipped, "official parser rejects %s, we read %r" % (blob.hex(), got)
         return
     assert got == want
@@ -335,7 +335,7 @@ SKIPPED_CASES = (3, 6, 7, 8, 9, 18)
 def test_scan_fields_agrees_with_official_parse(d):
     raw = official_bytes("DATA_PACKET", d)
     msg = M.DataPacket.FromString(raw)
-    fields = proto.scan_fields(raw)
+    fields = relayside.scan_fields(raw)
     assert b"".join(raw[f[2]:f[4]] for f in fields) == raw
     want = []
     for f, v in msg.ListFields():
@@ -346,7 +346,7 @@ def test_scan_fields_agrees_with_official_parse(d):
         if num == 4:
             assert wt == 2 and raw[vstart:end].decode() == msg.participant_identity
         if num == 16:
-            assert wt == 0 and proto.decode_packet(raw[start:end])["sequence"] == msg.sequence
+            assert wt == 0 and relayside.decode_packet(raw[start:end])["sequence"] == msg.sequence
 
 
 class Blob:
@@ -416,10 +416,13 @@ def test_packed_and_unpacked_capabilities_read_like_official():
 def test_schemas_match_the_official_descriptors():
     """Every covered official field is known to lkedge.proto under the same number."""
     for name, cls in OFFICIAL.items():
-        spec, names = SCHEMA[name][1], SCHEMA[name][2]
+        sc = SCHEMA[name]   # (name, spec, field names..., sub-schemas...): see lkedge.proto
+        spec = sc[1]
+        table = 3 * spec[0] + 1   # field number -> index + 1
         for f in covered_fields(cls.DESCRIPTOR):
-            assert f.number < spec[1] and spec[2 + f.number], "%s.%s missing" % (name, f.name)
-            assert names[spec[2 + f.number] - 1] == f.name
+            at = table + f.number
+            assert at < len(spec) and spec[at], "%s.%s missing" % (name, f.name)
+            assert sc[2 + spec[at] - 1] == f.name
 
 
 # ---------------------------------------------------------------- device vectors

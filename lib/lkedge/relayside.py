@@ -1,0 +1,117 @@
+"""The relay's side of the codecs: what only a relay (host_tools/relay, lkedge.memroom)
+and host tools use. A board never imports this module, so none of it costs a board
+heap; lkedge.proto and lkedge.link still answer these names as attributes (their
+module `__getattr__` loads this module on first use).
+
+From lkedge.proto:
+- `scan_fields(data) -> [(number, wire_type, field_start, value_start, end)]`: the
+  top-level fields of a message, not decoded; value_start is after the length prefix
+  for wire type 2, after the tag otherwise. ProtoError on a truncated or malformed walk.
+- `decode_packet(data) -> dict` = proto.decode(DATA_PACKET, data): big fields included.
+
+From lkedge.link:
+- `type_name(t)` names a frame type for logs ("JOIN", ..., "type 0x42").
+- `encode_control(type, mapping) -> bytes`: a whole control frame whose body is
+  `cbor.dumps(mapping)`.
+- Validators of the maps a relay receives, like link.check_joined (a NEW normalised
+  dict, only the LINK.md keys, LinkError naming the key): `check_join(d)` (required v,
+  token; client_protocol → 0, capabilities → [], sdk and sdk_version → ""),
+  `check_participant_left(d)` (required identity; reason → ""), `check_leave(d)`
+  (required code; reason → "").
+"""
+from . import cbor, link, proto
+from .link import _get, _tname, _version
+
+
+# ---------------------------------------------------------------- proto
+
+def _read_varint(mv, i, end):
+    v = 0
+    shift = 0
+    while True:
+        if i >= end:
+            raise proto.ProtoError("truncated message: a varint is cut off at byte %d" % end)
+        b = mv[i]
+        i += 1
+        if shift == 63 and b > 1:
+            if b & 0x80:
+                raise proto.ProtoError("varint longer than 10 bytes at byte %d" % (i - 1))
+            b &= 1
+        v |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return v, i
+        shift += 7
+
+
+def scan_fields(data):
+    """Top-level fields of a message, not decoded: [(number, wire_type, field_start,
+    value_start, end)], value_start after the length prefix for wire type 2."""
+    mv = data if isinstance(data, memoryview) else memoryview(data)
+    end = len(mv)
+    out = []
+    i = 0
+    while i < end:
+        start = i
+        tag, i = _read_varint(mv, i, end)
+        num = tag >> 3
+        wt = tag & 7
+        if not num or num > 0x1FFFFFFF:
+            raise proto.ProtoError("field number %d at byte %d is out of range [1, 2**29 - 1]" % (num, start))
+        if wt == 0:
+            vstart = i
+            i = _read_varint(mv, i, end)[1]
+        elif wt == 2:
+            n, vstart = _read_varint(mv, i, end)
+            i = vstart + n
+        elif wt == 1 or wt == 5:
+            vstart = i
+            i += 8 if wt == 1 else 4
+        else:
+            raise proto.ProtoError("field %d at byte %d has wire type %d (groups are not supported)" % (num, start, wt))
+        if i > end:
+            raise proto.ProtoError("truncated message: field %d at byte %d needs %d bytes, %d left" % (
+                num, start, i - vstart, end - vstart))
+        out.append((num, wt, start, vstart, i))
+    return out
+
+
+def decode_packet(data):
+    """A whole DataPacket (host side, tests): big fields included as values."""
+    return proto.decode(proto.DATA_PACKET, data)
+
+
+# ---------------------------------------------------------------- link
+
+def type_name(t):
+    if t == link.DATA:
+        return "DATA"
+    if link.JOIN <= t <= link.PONG:
+        return link._CONTROL_NAMES[t - 1]
+    return "type 0x%02x" % t
+
+
+def encode_control(type, mapping):
+    """A whole control frame whose body is the CBOR encoding of mapping."""
+    if type == link.DATA:
+        raise ValueError("DATA frames carry a DataPacket, not a control map")
+    if not isinstance(mapping, dict):
+        raise ValueError("a control body must be a dict, got %s" % _tname(mapping))
+    return link.encode_frame(type, cbor.dumps(mapping))
+
+
+def check_join(d):
+    w = "JOIN"
+    return {"v": _version(d, w), "token": _get(d, w, "token", "text"),
+            "client_protocol": _get(d, w, "client_protocol", "int", 0),
+            "capabilities": _get(d, w, "capabilities", "ints", []),
+            "sdk": _get(d, w, "sdk", "text", ""), "sdk_version": _get(d, w, "sdk_version", "text", "")}
+
+
+def check_participant_left(d):
+    w = "PARTICIPANT_LEFT"
+    return {"identity": _get(d, w, "identity", "text"), "reason": _get(d, w, "reason", "text", "")}
+
+
+def check_leave(d):
+    w = "LEAVE"
+    return {"code": _get(d, w, "code", "int"), "reason": _get(d, w, "reason", "text", "")}
