@@ -35,7 +35,11 @@ OURS = "mp"
 # 256 KiB unix heap leaves a peer less room than a board: v1 payloads at the 15360-byte
 # limit need a few contiguous ~15 KB blocks and fail there. 512K = a board's free heap
 # plus the bytecode. test_finished_handler_tasks_do_not_pin_the_board_heap runs at 256K.
-MP_HEAP = "512K"
+# Known regression (2nd session): one long-running MicroPython peer serves ~840 cases;
+# at 512K it now sometimes cannot find 20 KiB contiguous for a gathered 20480-byte
+# response after many cases (heap fragmentation since the optional modules load late
+# and the codec/transport were reworked). Investigate; until then the peer gets 768K.
+MP_HEAP = "768K"
 BOARD_HEAP = "256K"
 
 
