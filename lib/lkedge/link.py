@@ -38,10 +38,10 @@ API (docs/internals.md, with the details fixed here):
   `max_frame` bounds n (the type byte plus the body) for every frame, and is checked as
   soon as the length varint ends. `LinkError` for: a length varint longer than 5 bytes,
   n = 0, n > max_frame, a control frame over max_control, a PING/PONG body over
-  `MAX_PING_BODY` (64). The stream cannot be
-  resynchronised after that: the reader keeps raising the same error (a relay answers
-  LEAVE 4 and closes). `between_frames` is True when no partial frame is pending (so
-  the transport closing then is a clean end, otherwise a truncated frame).
+  `MAX_PING_BODY` (64). The stream cannot be resynchronised after that: the reader
+  keeps raising the same error (a relay answers LEAVE 4 and closes). `between_frames`
+  is True when no partial frame is pending (so the transport closing then is a clean
+  end, otherwise a truncated frame).
 """
 from . import cbor
 

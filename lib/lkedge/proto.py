@@ -280,19 +280,19 @@ def _scalar(sc, j, t, v):
         raise _want(sc, j, "an int", v)
     if 0 <= v <= 0x3FFFFFFF and (v <= 1 or t != _T_BOOL):  # small-int fast path
         return int(v)
-    # The limits are computed, not written as literals: a literal beyond a small int
-    # (2**30 on a 32-bit board) would be a big-int object held in RAM all the time.
-    if t == _T_BOOL:
-        lo, hi = 0, 1
+    # Checked by shifting, which allocates nothing for a value that is a small int: the
+    # limits are big ints on a board (over 2**30), so they are made only for the error.
+    bits = 1 if t == _T_BOOL else 64 if t == _T_INT64 or t == _T_UINT64 else 32
+    signed = t == _T_INT32 or t == _T_INT64 or t == _T_ENUM
+    if signed:
+        bits -= 1
+        top = v >> bits
+        ok = top == 0 or top == -1
     else:
-        bits = 64 if t == _T_INT64 or t == _T_UINT64 else 32
-        if t == _T_UINT32 or t == _T_UINT64:
-            lo, hi = 0, (1 << bits) - 1
-        else:
-            lo = -(1 << (bits - 1))
-            hi = -lo - 1
-    if v < lo or v > hi:
-        raise ValueError("%s = %d is out of range [%d, %d]" % (_fname(sc, j), v, lo, hi))
+        ok = v >= 0 and not v >> bits
+    if not ok:
+        raise ValueError("%s = %d is out of range [%d, %d]" % (
+            _fname(sc, j), v, -(1 << bits) if signed else 0, (1 << bits) - 1))
     return v + (1 << 64) if v < 0 else v   # negatives: 64-bit two's complement
 
 
