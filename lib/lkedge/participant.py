@@ -17,7 +17,7 @@ RpcError = rpc.RpcError
 RpcInvocationData = rpc.RpcInvocationData
 
 
-def _is_awaitable(x):
+def is_awaitable(x):
     return type(x).__name__ in ("generator", "coroutine") or hasattr(x, "__await__")
 
 
@@ -112,7 +112,7 @@ class LocalParticipant:
                     payload = await reader.read_all(limit=room.options.max_rpc_payload)
                 data = RpcInvocationData(inv.request_id, inv.caller_identity, payload, inv.response_timeout)
             result = inv.handler(data)
-            if _is_awaitable(result):
+            if is_awaitable(result):
                 result = await result
             if result is None:
                 result = ""

@@ -76,14 +76,6 @@ class _Reader:
         self._release(n)
         return n
 
-    async def _next_bytes(self):
-        data = await self._wait_data()
-        if data is None:
-            return None
-        out = bytes(data[self._off:])
-        self._release(len(data) - self._off)
-        return out
-
     def __aiter__(self):
         return self
 
@@ -92,10 +84,12 @@ class ByteStreamReader(_Reader):
     """Iterate `bytes` pieces as they arrive, `readinto(buf)`, or `read_all()`."""
 
     async def __anext__(self):
-        b = await self._next_bytes()
-        if b is None:
+        data = await self._wait_data()
+        if data is None:
             raise StopAsyncIteration
-        return b
+        out = bytes(data[self._off:])
+        self._release(len(data) - self._off)
+        return out
 
     async def read_all(self, limit=None):
         parts = []

@@ -17,7 +17,7 @@ from .clock import now_ms
 from .config import RoomOptions
 from .consts import (ATTR_RPC_REQUEST_ID, CAP_COMPRESSION_DEFLATE_RAW, TOPIC_RPC_REQUEST,
                      TOPIC_RPC_RESPONSE)
-from .participant import LocalParticipant, RemoteParticipant
+from .participant import LocalParticipant, RemoteParticipant, is_awaitable
 from .readers import ByteStreamReader, TextStreamReader
 from .sender import PacketSender
 
@@ -40,10 +40,6 @@ class ConnectError(Exception):
     def __init__(self, message, leave_code=None):
         super().__init__(message)
         self.leave_code = leave_code
-
-
-def _is_awaitable(x):
-    return type(x).__name__ in ("generator", "coroutine") or hasattr(x, "__await__")
 
 
 def _warn(msg):
@@ -121,7 +117,7 @@ class Room:
         for fn in self._listeners.get(event, ()):
             try:
                 r = fn(*args)
-                if _is_awaitable(r):
+                if is_awaitable(r):
                     self._spawn(r)
             except Exception as e:
                 _warn("listener for %s failed: %r" % (event, e))
@@ -136,31 +132,28 @@ class Room:
     # ---------------------------------------------------------- stream handlers
     def register_text_stream_handler(self, topic, handler):
         """`handler(reader, participant_identity)`; sync or async. One per topic."""
-        self._register_stream_handler(self._text_handlers, topic, handler)
+        self._stream_handler(self._text_handlers, topic, handler)
 
     def register_byte_stream_handler(self, topic, handler):
-        self._register_stream_handler(self._byte_handlers, topic, handler)
+        self._stream_handler(self._byte_handlers, topic, handler)
 
     def unregister_text_stream_handler(self, topic):
-        self._unregister_stream_handler(self._text_handlers, topic)
+        self._stream_handler(self._text_handlers, topic, None)
 
     def unregister_byte_stream_handler(self, topic):
-        self._unregister_stream_handler(self._byte_handlers, topic)
+        self._stream_handler(self._byte_handlers, topic, None)
 
     @staticmethod
-    def _check_topic(topic):
+    def _stream_handler(table, topic, handler):
+        """Register `handler` for `topic` in `table`, or unregister when it is None."""
         if topic in (TOPIC_RPC_REQUEST, TOPIC_RPC_RESPONSE):
             raise ValueError("topic %r is reserved for RPC; it cannot be (un)registered" % topic)
-
-    def _register_stream_handler(self, table, topic, handler):
-        self._check_topic(topic)
-        if topic in table:
+        if handler is None:
+            table.pop(topic, None)
+        elif topic in table:
             raise ValueError("a stream handler for topic %r is already registered" % topic)
-        table[topic] = handler
-
-    def _unregister_stream_handler(self, table, topic):
-        self._check_topic(topic)
-        table.pop(topic, None)
+        else:
+            table[topic] = handler
 
     def _has_handler(self, kind, topic):
         if topic in (TOPIC_RPC_REQUEST, TOPIC_RPC_RESPONSE):
@@ -469,7 +462,7 @@ class Room:
     async def _run_stream_handler(self, handler, reader, sender):
         try:
             r = handler(reader, sender)
-            if _is_awaitable(r):
+            if is_awaitable(r):
                 await r
         except Exception as e:
             _warn("stream handler for %r failed: %r" % (reader.info.topic, e))

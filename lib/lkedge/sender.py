@@ -2,49 +2,13 @@
 
 A packet is serialized with proto.encode_segments: the small parts as bytes, the big
 field as a Blob whose bytes are written straight from where they live (a slice of a
-payload in memory, or a file read through one fixed buffer). So a 15000-byte chunk of
-a file never sits in RAM whole. One lock per packet keeps frames whole on the link
+payload in memory, or a file read through one fixed buffer: lkedge.sending.ReadBlob).
+So a 15000-byte chunk of a file never sits in RAM whole. One lock per packet keeps frames whole on the link
 while letting RPC acks slip in between the chunks of a long stream.
 """
 import asyncio
 
 from . import link, proto
-
-
-class MemBlob:
-    """A big field whose bytes are already in memory (no copy: a memoryview slice)."""
-
-    def __init__(self, data):
-        self.data = data
-        self.size = len(data)
-
-    async def write_to(self, write, buf):
-        await write(self.data)
-
-
-class ReadBlob:
-    """A big field of `size` bytes pulled from `readinto(buf) -> n` (file or reader).
-
-    `readinto` may be a plain function (a file) or a coroutine function (a stream
-    reader); it is called until `size` bytes were written. A source that ends early is
-    an error: the frame length is already on the wire, so the link must be dropped.
-    """
-
-    def __init__(self, readinto, size):
-        self.readinto = readinto
-        self.size = size
-
-    async def write_to(self, write, buf):
-        left = self.size
-        while left:
-            mv = buf[:min(left, len(buf))]
-            n = self.readinto(mv)
-            if type(n).__name__ in ("generator", "coroutine"):
-                n = await n
-            if not n:
-                raise OSError("source ended %d bytes early" % left)
-            await write(mv[:n])
-            left -= n
 
 
 def _seg_len(s):

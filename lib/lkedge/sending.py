@@ -9,7 +9,31 @@ from . import finite, streams
 from .consts import STREAM_CHUNK_SIZE_BYTES
 from .ids import uuid4
 from .participant import _now_epoch_ms
-from .sender import ReadBlob
+
+
+class ReadBlob:
+    """A big field of `size` bytes pulled from `readinto(buf) -> n` (file or reader).
+
+    `readinto` may be a plain function (a file) or a coroutine function (a stream
+    reader); it is called until `size` bytes were written. A source that ends early is
+    an error: the frame length is already on the wire, so the link must be dropped.
+    """
+
+    def __init__(self, readinto, size):
+        self.readinto = readinto
+        self.size = size
+
+    async def write_to(self, write, buf):
+        left = self.size
+        while left:
+            mv = buf[:min(left, len(buf))]
+            n = self.readinto(mv)
+            if type(n).__name__ in ("generator", "coroutine"):
+                n = await n
+            if not n:
+                raise OSError("source ended %d bytes early" % left)
+            await write(mv[:n])
+            left -= n
 
 
 async def send_finite(room, kind, data, topic, dests, attributes, stream_id=None, compress=None,

@@ -10,7 +10,14 @@ from lkedge import proto, rpc, streams
 from lkedge.consts import ATTR_RPC_REQUEST_ID, ATTR_RPC_TIMEOUT, TOPIC_RPC_REQUEST
 from lkedge.rpc import RpcError, RpcServer
 from lkedge.rpc_caller import RpcClient
-from lkedge.sender import MemBlob
+
+
+class MemBlob:
+    """A big field already in memory, as proto.encode_segments takes it."""
+
+    def __init__(self, data):
+        self.data = data
+        self.size = len(data)
 
 
 def ours(pkt):
