@@ -97,6 +97,8 @@ async def _wait_line(lines, prefix, timeout):
             if line.startswith(prefix):
                 lines.remove(line)
                 return line
+            if line.startswith(("FAIL ", "LOST ")):  # the board gave up: no need to wait
+                raise RuntimeError("board: %s" % line)
         await asyncio.sleep(0.02)
     raise RuntimeError("no %r line from the board within %d s" % (prefix.strip(), timeout))
 

@@ -18,6 +18,8 @@ and a byte stream topic "blob" whose content it hashes. Prints machine-readable 
     SINK <request bytes> <sha256 hex>        the call's request as received
     BLOB <bytes> <sha256 hex>                the byte stream as received
     PEAK <bytes>                             highest gc.mem_alloc() sampled
+    FAIL <what>: <exception>                 a handler failed (then the board exits)
+    LOST <reason>                            the link was lost (then the board exits)
 """
 import gc
 import sys
@@ -76,7 +78,20 @@ async def main(url, token, compress, response_bytes):
     done = asyncio.Event()
     results = {}
 
+    def failed(what, e):
+        print("FAIL %s: %r" % (what, e))
+        done.set()
+
+    room.on("disconnected", lambda why: (print("LOST %s" % why), done.set()))
+
     async def sink(data):
+        try:
+            return await consume_request(data)
+        except Exception as e:
+            failed("sink", e)
+            raise
+
+    async def consume_request(data):
         h = hashlib.sha256()
         n = 0
         async for s in data.reader:
@@ -90,6 +105,12 @@ async def main(url, token, compress, response_bytes):
         return Answer(response_bytes)
 
     async def blob(reader, sender):
+        try:
+            await consume_blob(reader)
+        except Exception as e:
+            failed("blob", e)
+
+    async def consume_blob(reader):
         h = hashlib.sha256()
         buf = bytearray(512)
         n = 0
@@ -113,6 +134,8 @@ async def main(url, token, compress, response_bytes):
     live["joined"] = gc.mem_alloc()
     print("READY")
     await done.wait()
+    if len(results) < 2:
+        return
     await asyncio.sleep(0.2)
     print("LIVE joined=%d call=%d stream=%d" % (live["joined"], live.get("call", 0), live.get("stream", 0)))
     print("PEAK %d" % peak[0])
