@@ -33,6 +33,7 @@ import time
 
 from lkedge_host import board as board_mod
 from lkedge_host import profiles
+from lkedge_host.relay.process import RelayProcess
 
 ROOM = "lkedge-demo"
 HOST_IDENTITY = "demo-host"
@@ -96,44 +97,6 @@ def _stop(proc, timeout=5):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def start_relay(port=0):
-    """`lkedge relay` on loopback (link on `port`, 0 = ephemeral; the other listeners
-    ephemeral) -> (Popen, link URL)."""
-    cmd = [sys.executable, "-m", "lkedge_host.cli", "relay", "--host", "127.0.0.1", "--port", str(port),
-           "--ws-port", "0", "--http-port", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    seen = []
-    try:
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line.strip())
-            if line.startswith("lkedge relay: link "):
-                url = line.split()[3]
-                _drain_in_background(proc)
-                return proc, url
-    except BaseException:
-        _stop(proc)
-        raise
-    _stop(proc)
-    err = proc.stderr.read() if proc.stderr else ""
-    raise DemoError("the relay did not start: %s %s" % (" / ".join(seen), err.strip()))
-
-
-def _drain_in_background(proc):
-    """Keep reading a child's pipes so that it never blocks on a full pipe."""
-    import threading
-
-    def pump(f):
-        for _ in iter(f.readline, ""):
-            pass
-    for f in (proc.stdout, proc.stderr):
-        if f is not None:
-            threading.Thread(target=pump, args=(f,), daemon=True).start()
 
 
 def _run(cmd, what, timeout=120):
@@ -326,7 +289,8 @@ def run_demo(profile="esp32", size=1 << 20, out=sys.stdout, workdir=None):
     relay = board = None
     try:
         t_start = time.monotonic()
-        relay, url = start_relay()
+        relay = RelayProcess().start(timeout=START_TIMEOUT_S)
+        url = relay.url
         _say(out, "relay      %s (development keys, loopback)" % url)
         flash = os.path.join(tmp, "flash")
         board, port = board_mod.launch(profile, flash)
@@ -353,7 +317,8 @@ def run_demo(profile="esp32", size=1 << 20, out=sys.stdout, workdir=None):
         return res
     finally:
         _stop(board)
-        _stop(relay)
+        if relay is not None:
+            relay.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

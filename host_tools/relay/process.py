@@ -64,8 +64,22 @@ class RelayProcess:
                 rest = m.group(2).split()
                 self.ws_url = next((u for u in rest if u.startswith("ws")), None)
                 self.http_url = next((u for u in rest if u.startswith("http")), None)
+                self._drain()
                 return self
         raise RuntimeError("lkedge relay not ready within %d s" % timeout)
+
+    def _drain(self):
+        """Keep reading the relay's stdout so a long run never blocks on a full pipe."""
+        import threading
+        out = self.proc.stdout
+
+        def pump():
+            try:
+                for _ in iter(out.readline, ""):
+                    pass
+            except (OSError, ValueError):  # closed by stop()
+                pass
+        threading.Thread(target=pump, daemon=True).start()
 
     def stop(self, timeout=10):
         if self.proc is None:

@@ -16,6 +16,7 @@ import pytest
 from lkedge.rpc import RpcError
 from lkedge_host import board as board_mod
 from lkedge_host import demo
+from lkedge_host.relay.process import RelayProcess
 
 ROOM = "fw-test"
 BOARD = "fw-board"
@@ -24,8 +25,9 @@ COLLECTOR = "collector"
 
 class Rig:
     def __init__(self, tmp):
-        self.relay, self.url = demo.start_relay()
-        self.port = int(self.url.rsplit(":", 1)[1])
+        self.relay = RelayProcess().start()
+        self.url = self.relay.url
+        self.port = self.relay.port
         self.board = None
         self.board, self.pty = board_mod.launch("esp32", os.path.join(tmp, "flash"))
         demo.deploy(self.pty, "esp32", self.url, identity=BOARD, room=ROOM)
@@ -34,17 +36,16 @@ class Rig:
         """The relay hangs (SIGSTOP: connections stay open, the kernel still accepts
         bytes), then crashes (SIGKILL: whatever it had accepted is gone), and a new
         relay comes up on the same port after `down_s`."""
-        self.relay.send_signal(signal.SIGSTOP)
+        self.relay.proc.send_signal(signal.SIGSTOP)
         time.sleep(hang_s)
         self.relay.kill()
-        self.relay.wait()
         time.sleep(down_s)
-        self.relay, url = demo.start_relay(self.port)
-        assert url == self.url
+        self.relay = RelayProcess(port=self.port).start()
+        assert self.relay.url == self.url
 
     def stop(self):
         demo._stop(self.board)
-        demo._stop(self.relay)
+        self.relay.stop()
 
 
 @pytest.fixture(scope="module")
