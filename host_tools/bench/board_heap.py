@@ -80,14 +80,32 @@ async def _host_side(relay, board_proc, nbytes, lines, timeout):
         sink = await _wait_line(lines, "SINK ", timeout)
         if sink.split()[1:] != [str(nbytes), want]:
             raise RuntimeError("board received a different request: %s" % sink)
-        await room.local_participant.send_bytes(data, name="blob.bin", topic="blob",
-                                                destination_identities=["board"])
+        await _unless_board_gave_up(room.local_participant.send_bytes(
+            data, name="blob.bin", topic="blob", destination_identities=["board"]), lines)
         blob = await _wait_line(lines, "BLOB ", timeout)
         if blob.split()[1:] != [str(nbytes), want]:
             raise RuntimeError("board received a different byte stream: %s" % blob)
         return room.remote_participants["board"].capabilities
     finally:
         await room.disconnect()
+
+
+# Board lines that mean the run has failed: a handler failed, the link was lost, or the
+# library warned that it dropped something (e.g. "stream ... ignored: cannot inflate").
+_GAVE_UP = ("FAIL ", "LOST ", "lkedge: ")
+
+
+async def _unless_board_gave_up(coro, lines):
+    """Run coro, but stop as soon as the board reports FAIL/LOST (a board whose link
+    reader died no longer reads, so a send to it would block until the timeout)."""
+    task = asyncio.ensure_future(coro)
+    while not task.done():
+        bad = [ln for ln in lines if ln.startswith(_GAVE_UP)]
+        if bad:
+            task.cancel()
+            raise RuntimeError("board: %s" % bad[0])
+        await asyncio.sleep(0.05)
+    return task.result()
 
 
 async def _wait_line(lines, prefix, timeout):
@@ -97,7 +115,7 @@ async def _wait_line(lines, prefix, timeout):
             if line.startswith(prefix):
                 lines.remove(line)
                 return line
-            if line.startswith(("FAIL ", "LOST ")):  # the board gave up: no need to wait
+            if line.startswith(_GAVE_UP):  # the board gave up: no need to wait
                 raise RuntimeError("board: %s" % line)
         await asyncio.sleep(0.02)
     raise RuntimeError("no %r line from the board within %d s" % (prefix.strip(), timeout))
