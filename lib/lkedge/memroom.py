@@ -141,7 +141,12 @@ class MemTransport:
     def __init__(self, room):
         self.room = room
         self.conn = None
-        self._buf = bytearray()
+        # Queued frames, each copied once; read_into() walks them with an offset, so a
+        # long stream never needs one big contiguous buffer (a fragmented MicroPython
+        # heap may not have one) and nothing is copied twice.
+        self._frames = []
+        self._off = 0           # read position in self._frames[0]
+        self._queued = 0        # bytes queued and not yet read
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
         self._closed = False
@@ -156,26 +161,33 @@ class MemTransport:
         await self.room._feed(self.conn, data)
 
     async def read_into(self, buf):
-        while not self._buf:
+        while not self._frames:
             if self._closed:
                 return 0
             self._ready.clear()
             await self._ready.wait()
-        n = min(len(buf), len(self._buf))
-        buf[:n] = self._buf[:n]
-        self._buf = self._buf[n:]  # MicroPython's bytearray has no slice deletion
-        if len(self._buf) < self.room.queue_bytes:
+        head = self._frames[0]
+        n = min(len(buf), len(head) - self._off)
+        buf[:n] = memoryview(head)[self._off:self._off + n]
+        self._off += n
+        if self._off == len(head):
+            self._frames.pop(0)
+            self._off = 0
+        self._queued -= n
+        if self._queued < self.room.queue_bytes:
             self._space.set()
         return n
 
     async def _deliver(self, frame):
         # Backpressure: the sender waits while this receiver's queue is full.
-        while len(self._buf) >= self.room.queue_bytes and not self._closed:
+        while self._queued >= self.room.queue_bytes and not self._closed:
             self._space.clear()
             await self._space.wait()
         if self._closed:
             return
-        self._buf.extend(frame)
+        if len(frame):
+            self._frames.append(bytes(frame))  # the writer may reuse its buffer
+            self._queued += len(frame)
         self._ready.set()
 
     def _eof(self):
