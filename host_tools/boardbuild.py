@@ -4,7 +4,7 @@ A MicroPython board without frozen modules (and the unix port the suite runs on)
 a module's string constants in the heap, and the library's messages are about a third
 of its loaded size. `board_source(text, module)` rewrites a module's source before
 mpy-cross: every message text (a str literal of 12+ characters with a space, inside a
-function, used as a call argument, a `%`/`+` operand of one, or a return value) becomes
+function, raised, logged or returned; see _text_position) becomes
 `_lkmsg("<module>", n)`, and the texts are returned to be written with `write_msg()` as
 `lkedge/<module>.msg`, which lkedge.msgtext reads back when a message is needed. Line
 numbers are kept (a text spanning lines is replaced by the call plus the same newlines),
@@ -15,6 +15,7 @@ for one lib module: out_dir/<module>.mpy and, when it has messages, out_dir/<mod
 """
 import ast
 import os
+import re
 import struct
 import subprocess
 import tempfile
@@ -60,17 +61,43 @@ def _message_nodes(tree):
     return found
 
 
+# Calls whose str arguments are texts for people: exception constructors, warnings, logs.
+_TEXT_CALLEE = re.compile(r"(error|exception|warn|fail|bad|print|log)", re.I)
+
+
+def _callee_name(call):
+    f = call.func
+    return f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+
+
+def _in_raise(node, parents):
+    while node is not None:
+        if isinstance(node, ast.Raise):
+            return True
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            return False
+        node = parents.get(id(node))
+    return False
+
+
 def _text_position(node, parents):
-    """A text is a call argument, a return value, or the left of a % (or either side of
-    a +) that is one, possibly through a conditional expression."""
+    """A text is the left of a % (or either side of a +), possibly through a conditional
+    expression, that is: a return value (only evaluated on that path), or an argument of
+    a call inside a `raise`, or of a call that builds an error or a log line. Arguments
+    of other calls (e.g. cbor's take(n, "a text string"), which names what it reads for
+    a possible error) are evaluated on every call, so they stay inline."""
     p = parents.get(id(node))
     while isinstance(p, ast.IfExp) or (isinstance(p, ast.BinOp) and isinstance(p.op, (ast.Mod, ast.Add))):
         if isinstance(p, ast.BinOp) and p.left is not node and isinstance(p.op, ast.Mod):
             return False  # "x" % "text": the text is an argument, leave it
         node, p = p, parents.get(id(p))
-    if isinstance(p, ast.Call):
-        return node is not p.func
-    return isinstance(p, (ast.keyword, ast.Return))
+    if isinstance(p, ast.keyword):
+        node, p = p, parents.get(id(p))
+    if isinstance(p, ast.Return):
+        return True
+    if isinstance(p, ast.Call) and node is not p.func:
+        return _in_raise(p, parents) or bool(_TEXT_CALLEE.search(_callee_name(p)))
+    return False
 
 
 def board_source(text, module):

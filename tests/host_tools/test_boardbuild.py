@@ -121,3 +121,15 @@ def test_a_build_that_would_not_parse_is_refused(monkeypatch):
     monkeypatch.setattr(boardbuild, "_CALL", "1bad name")
     with pytest.raises(boardbuild.BuildError, match="does not parse"):
         boardbuild.board_source(SAMPLE, "sample")
+
+
+def test_texts_evaluated_on_every_call_stay_inline():
+    """An argument naming what is read (used only if it fails) is evaluated on every
+    call: moving it would read a file per call, so only raised/logged/returned texts go."""
+    src = ('def read(d, n):\n    return d.take(n, "a text string here")\n\n\n'
+           'def check(d):\n    _warn("dropped a packet from %r" % d)\n'
+           '    err = StreamError("abnormal end: sender left")\n'
+           '    raise wrap(d, "wrapped in a raise statement")\n')
+    new, texts = boardbuild.board_source(src, "m")
+    assert texts == ["dropped a packet from %r", "abnormal end: sender left", "wrapped in a raise statement"]
+    assert 'd.take(n, "a text string here")' in new
