@@ -16,8 +16,8 @@ from lkedge_host.relay.process import RelayProcess
 
 KIB = 1024
 MIB = 1024 * 1024
-HEAP_PLAIN = 150 * KIB        # measured minimum 139 KiB for 64 KiB, 1 MiB and 8 MiB
-HEAP_COMPRESSED = 192 * KIB   # measured minimum 179 KiB for 1 MiB (a reserved 32 KiB window)
+HEAP_PLAIN = 150 * KIB        # measured minimum 138-139 KiB for 64 KiB, 1 MiB and 8 MiB
+HEAP_COMPRESSED = 192 * KIB   # measured minimum 179-180 KiB for 1 MiB (a reserved 32 KiB window)
 
 
 @pytest.fixture(scope="module")
