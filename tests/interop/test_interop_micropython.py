@@ -37,8 +37,10 @@ OURS = "mp"
 # plus the bytecode. test_finished_handler_tasks_do_not_pin_the_board_heap runs at 256K.
 # Known regression (2nd session): one long-running MicroPython peer serves ~840 cases;
 # at 512K it now sometimes cannot find 20 KiB contiguous for a gathered 20480-byte
-# response after many cases (heap fragmentation since the optional modules load late
-# and the codec/transport were reworked). Investigate; until then the peer gets 768K.
+# response after many cases (heap fragmentation). Main suspect: the board build's
+# message-file lookups (lkedge.msgtext) on the many error cases: with texts left
+# inline, 4 of 4 runs passed at 512K; with them, 1-2 failures in about half the runs,
+# also when msgtext reads into a preallocated buffer. Until found, the peer gets 768K.
 MP_HEAP = "768K"
 BOARD_HEAP = "256K"
 
