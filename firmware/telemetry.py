@@ -29,6 +29,17 @@ SYNC_TIMEOUT_S = 5
 _UNSUPPORTED_METHOD = 1400
 
 
+def _next_record(f):
+    """The next length-prefixed record at f's position, or None at the end or at a
+    torn record (its length says more than the file holds)."""
+    h = f.read(2)
+    if len(h) < 2:
+        return None
+    n = h[0] << 8 | h[1]
+    rec = f.read(n)
+    return rec if len(rec) == n else None
+
+
 def _size(path):
     try:
         return os.stat(path)[6]
@@ -83,13 +94,10 @@ class TelemetryQueue:
             with open(self.q, "rb") as f:
                 f.seek(off)
                 while True:
-                    h = f.read(2)
-                    if len(h) < 2:
+                    rec = _next_record(f)
+                    if rec is None:
                         break
-                    n = h[0] << 8 | h[1]
-                    rec = f.read(n)
-                    if len(rec) < n:
-                        break
+                    n = len(rec)
                     try:
                         last = cbor.loads(rec)["seq"]
                     except (ValueError, KeyError, TypeError):
@@ -166,14 +174,11 @@ class TelemetryQueue:
         with open(self.q, "rb") as f:
             f.seek(off)
             while True:
-                h = f.read(2)
-                if len(h) < 2:
+                rec = _next_record(f)
+                if rec is None:
                     break
-                n = h[0] << 8 | h[1]
+                n = len(rec)
                 if recs and total + n > max_bytes:
-                    break
-                rec = f.read(n)
-                if len(rec) < n:
                     break
                 recs.append(rec)
                 total += n

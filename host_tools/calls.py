@@ -46,14 +46,19 @@ def _token(args):
     return auth.mint_token(key, secret, identity=args.identity, room=args.room)
 
 
-async def _join(args):
+async def _join(args, command):
+    """A joined Room, or None after saying on stderr why `lkedge <command>` could not join."""
     opts = RoomOptions(client_protocol=args.protocol, read_buffer=65536, piece_size=65536,
                        auto_reconnect=False)
     if args.no_compression:
         opts.advertise_compression = False
         opts.compress = False
     room = Room(opts)
-    await room.connect(args.url, _token(args))
+    try:
+        await room.connect(args.url, _token(args))
+    except (ConnectError, OSError) as e:
+        print("lkedge %s: cannot join: %s" % (command, e), file=sys.stderr)
+        return None
     return room
 
 
@@ -160,10 +165,8 @@ async def _wait_for(room, identity, seconds):
 
 async def _call(args):
     payload = _read_payload(args.payload)
-    try:
-        room = await _join(args)
-    except (ConnectError, OSError) as e:
-        print("lkedge call: cannot join: %s" % e, file=sys.stderr)
+    room = await _join(args, "call")
+    if room is None:
         return EXIT_CONNECT
     try:
         await _wait_for(room, args.destination, args.wait)
@@ -216,10 +219,8 @@ def add_room_arguments(p):
 
 
 async def _room(args):
-    try:
-        room = await _join(args)
-    except (ConnectError, OSError) as e:
-        print("lkedge room: cannot join: %s" % e, file=sys.stderr)
+    room = await _join(args, "room")
+    if room is None:
         return EXIT_CONNECT
     try:
         await asyncio.sleep(0.1)
@@ -278,10 +279,8 @@ async def _serve(args):
     if not methods and hook is None:
         print("lkedge serve: %s defines no public functions" % args.file, file=sys.stderr)
         return EXIT_USAGE
-    try:
-        room = await _join(args)
-    except (ConnectError, OSError) as e:
-        print("lkedge serve: cannot join: %s" % e, file=sys.stderr)
+    room = await _join(args, "serve")
+    if room is None:
         return EXIT_CONNECT
     for name, fn in methods.items():
         room.local_participant.register_rpc_method(name, _logged(name, fn))

@@ -9,20 +9,11 @@ import binascii
 import hashlib
 import json
 import os
-import sys
 
 MP_HEAPSIZE = "256K"
 
 
-def _firmware_on_path():
-    f = __file__
-    here = f[:f.rfind("/")] if "/" in f else "."
-    fw = here + "/../../firmware"
-    if fw not in sys.path:
-        sys.path.append(fw)
-
-
-_firmware_on_path()
+import firmware_path  # noqa: E402,F401  (firmware/ on sys.path)
 
 import b64pieces  # noqa: E402
 import files  # noqa: E402

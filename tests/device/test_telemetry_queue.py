@@ -5,21 +5,10 @@ per-test prefix and removed afterwards. The sender half (Telemetry) runs against
 in-memory room (lkedge.memroom, real LINK frames) with a collector participant.
 """
 import os
-import sys
 
 MP_HEAPSIZE = "512K"  # two Rooms (board and collector) in one interpreter
 
-
-
-def _firmware_on_path():
-    f = __file__
-    here = f[:f.rfind("/")] if "/" in f else "."
-    fw = here + "/../../firmware"
-    if fw not in sys.path:
-        sys.path.append(fw)
-
-
-_firmware_on_path()
+import firmware_path  # noqa: E402,F401  (firmware/ on sys.path)
 
 import telemetry  # noqa: E402
 from lkedge import cbor  # noqa: E402

@@ -1,0 +1,13 @@
+"""Importing this puts firmware/ on sys.path (both interpreters), so device tests can
+import the board application's modules by name, as the board does."""
+import sys
+
+
+def _firmware_dir():
+    f = __file__
+    here = f[:f.rfind("/")] if "/" in f else "."
+    return here + "/../../firmware"
+
+
+if _firmware_dir() not in sys.path:
+    sys.path.append(_firmware_dir())
