@@ -145,13 +145,16 @@ def run_scenario(relay, heap, nbytes, compress, timeout=120):
         pump = asyncio.ensure_future(_pump(proc.stdout, lines))
         try:
             await _wait_line_keep(lines, "READY", 20, proc)
-            caps = await _host_side(relay, proc, nbytes, lines, timeout)
+            # The whole exchange is bounded: a board that stops answering without a
+            # FAIL/LOST line (e.g. a task of its own died) must not hang the bisection.
+            caps = await asyncio.wait_for(
+                _unless_board_gave_up(_host_side(relay, proc, nbytes, lines, timeout), lines), timeout)
             result["caps"] = caps
             peak = await _wait_line(lines, "PEAK ", 10)
             result["peak"] = int(peak.split()[1])
             result["ok"] = True
         except Exception as e:
-            result["error"] = str(e)
+            result["error"] = str(e) or type(e).__name__
         finally:
             if proc.poll() is None:
                 proc.terminate()

@@ -34,6 +34,11 @@ class _CallWaiter:
         self.done = True
         self.payload = payload
         self.error = error
+        if error is not None and self.reader is not None:
+            # Failed while its response stream is being read (timeout, error packet,
+            # link lost): the reader raises that error instead of waiting for more.
+            self.reader._abandon()
+            self.reader._end(error)
         self.event.set()
 
     def attach_reader(self, reader, room):

@@ -102,7 +102,6 @@ class LocalParticipant:
     async def _invoke(self, inv, payload=None, reader=None):
         """Run a registered method for one request and send its answer."""
         room = self._room
-        srv = room._rpc_server
         try:
             if inv.streaming:
                 data = RpcInvocationData(inv.request_id, inv.caller_identity, None, inv.response_timeout)
@@ -118,13 +117,16 @@ class LocalParticipant:
                 result = ""
             await self._respond(inv, result)
         except Exception as e:
-            try:
-                await room._send(srv.error_response(inv, e))
-            except Exception as e2:
-                _log_send_failure(inv, e2)
+            await self._send_error(inv, e)
         finally:
             if reader is not None:
                 reader._abandon()
+
+    async def _send_error(self, inv, e):
+        try:
+            await self._room._send(self._room._rpc_server.error_response(inv, e))
+        except Exception as e2:
+            _log_send_failure(inv, e2)
 
     async def _respond(self, inv, result):
         room = self._room
@@ -133,8 +135,16 @@ class LocalParticipant:
             attrs = {ATTR_RPC_REQUEST_ID: inv.request_id}
             if _is_async_iterable(result):
                 writer = await self._open_writer("text", TOPIC_RPC_RESPONSE, [inv.caller_identity], attrs, None)
-                async for piece in result:
-                    await writer.write(piece)
+                try:
+                    async for piece in result:
+                        await writer.write(piece)
+                except Exception as e:
+                    # The caller is already reading this stream. The error packet first
+                    # (it fails the call with the handler's error), then an abnormal end
+                    # so no reader of the stream waits for the rest.
+                    await self._send_error(inv, e)
+                    await _end_abnormally(writer, e)
+                    return
                 await writer.aclose()
             else:
                 await load("sending").send_finite(room, "text", result.encode("utf-8"), TOPIC_RPC_RESPONSE,
@@ -145,7 +155,7 @@ class LocalParticipant:
                 result = await load("sending").gather_text(
                     result, MAX_V1_PAYLOAD_BYTES, RpcError(RpcError.RESPONSE_PAYLOAD_TOO_LARGE))
             except RpcError as e:
-                await room._send(srv.error_response(inv, e))
+                await self._send_error(inv, e)
                 return
             result = result.decode("utf-8")
         await room._send_all(srv.response_packets(inv, result))
@@ -213,6 +223,13 @@ class StreamWriter:
         await self._room._send(self._out.close(reason, attributes))
 
     close = aclose
+
+
+async def _end_abnormally(writer, e):
+    try:
+        await writer.aclose(reason="handler failed: %r" % (e,))
+    except Exception:
+        pass  # the link itself failed: the caller learns it from the link
 
 
 def _log_send_failure(inv, e):

@@ -312,3 +312,85 @@ async def test_invalid_utf8_payload_drops_only_that_packet():
     assert r["rpc_response"]["payload"] == "fine"
     assert a.connection_state == "connected", "a bad packet must not cost the link"
     await close(a, peer)
+
+
+class _FailingPieces:
+    """Yields `n` pieces, then raises: a streaming handler whose source breaks midway."""
+
+    def __init__(self, n, piece):
+        self.n = n
+        self.piece = piece
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if not self.n:
+            raise ValueError("sensor unplugged")
+        self.n -= 1
+        return self.piece
+
+
+async def test_streaming_handler_failing_midway_fails_the_reading_caller_with_1500():
+    mem, a, b = await pair(piece_size=512, read_buffer=512)
+
+    async def h(data):
+        return _FailingPieces(3, "y" * 700)
+    b.local_participant.register_rpc_method("flaky", h, streaming=True)
+    reader = await a.local_participant.perform_rpc_stream(destination_identity="b", method="flaky")
+    got = 0
+    try:
+        async for s in reader:
+            got += len(s)
+        raise AssertionError("the reader ended normally after the handler failed")
+    except RpcError as e:
+        assert e.code == RpcError.APPLICATION_ERROR, e
+    assert got <= 2100
+    assert not a._calls and not a._readers, "nothing of the failed call is left behind"
+    await close(a, b)
+
+
+async def test_streaming_handler_failing_midway_sends_error_packet_then_abnormal_trailer():
+    mem = MemRoom()
+    a = await join(mem, "a")
+
+    async def h(data):
+        return _FailingPieces(1, "abc")
+    a.local_participant.register_rpc_method("flaky", h, streaming=True)
+    peer = await raw(mem, "p", client_protocol=2)
+    await settle(lambda: "p" in a.remote_participants)
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "req1", "timestamp": 1, "topic": "lk.rpc_request", "mime_type": "text/plain",
+        "text_header": {"operation_type": 0},
+        "attributes": {"lk.rpc_request_id": "q1", "lk.rpc_request_method": "flaky",
+                       "lk.rpc_request_response_timeout_ms": "8000", "lk.rpc_request_version": "2"}}})
+    await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "req1", "reason": ""}})
+    trailer = await peer.wait_for(lambda p: "stream_trailer" in p)
+    kinds = [k for p in peer.packets for k in ("rpc_ack", "stream_header", "rpc_response", "stream_trailer") if k in p]
+    assert kinds[-2:] == ["rpc_response", "stream_trailer"], kinds
+    err = [p for p in peer.packets if "rpc_response" in p][0]["rpc_response"]
+    assert err["request_id"] == "q1" and err["error"]["code"] == RpcError.APPLICATION_ERROR
+    assert "sensor unplugged" in trailer["stream_trailer"]["reason"], trailer
+    await close(a, peer)
+
+
+async def test_call_failing_while_its_response_stream_is_read_raises_not_hangs():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peer = await raw(mem, "p", client_protocol=2)
+    await settle(lambda: "p" in a.remote_participants)
+    task = asyncio.create_task(a.local_participant.perform_rpc_stream(
+        destination_identity="p", method="m", payload="x", response_timeout=0.4))
+    hdr = await peer.wait_for(lambda p: "stream_header" in p)
+    rid = hdr["stream_header"]["attributes"]["lk.rpc_request_id"]
+    await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "resp1", "timestamp": 1, "topic": "lk.rpc_response", "mime_type": "text/plain",
+        "text_header": {"operation_type": 0}, "attributes": {"lk.rpc_request_id": rid}}})
+    await peer.send({"destination_identities": ["a"], "stream_chunk": {
+        "stream_id": "resp1", "chunk_index": 0, "content": b"part"}})
+    reader = await task
+    assert await reader.__anext__() == "part"
+    # the stream never ends: the response timer fails the call, and the reader says so
+    await raises_rpc(RpcError.RESPONSE_TIMEOUT, reader.__anext__())
+    await close(a, peer)
