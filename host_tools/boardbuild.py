@@ -14,11 +14,14 @@ so a board's tracebacks point into the real source; the error a user sees is the
 for one lib module: out_dir/<module>.mpy and, when it has messages, out_dir/<module>.msg.
 """
 import ast
+import hashlib
+import io
 import os
 import re
 import struct
 import subprocess
 import tempfile
+import tokenize
 
 _MIN_LEN = 12
 _CALL = "_lkmsg"
@@ -150,18 +153,158 @@ def write_msg(path, texts):
         f.write(b"".join(data))
 
 
-def compile_module(mpy_cross, args, src, module, out_dir):
-    """Compile lib module `src` for a board into out_dir; returns the files written."""
+# ------------------------------------------------------------------ private names
+# Every identifier of loaded bytecode is a qstr: an entry in the interpreter's qstr pool
+# (about 12 bytes on a 64-bit port, plus its text) unless the firmware already has it.
+# The pool grows by doubling (25, 65, 145, 305, 625 dynamic qstrs...), so the library's
+# ~190 private names decide whether a board allocates the next, ~7 KiB, pool. A board
+# build therefore spells each private name (`_x`, not `__x__`) as a name the firmware
+# already interned: these are names of builtin modules, types and functions that hold no
+# protocol meaning for the runtime (no __dunder__, no read/write/send/close/...), so an
+# attribute or method of that name on our objects changes nothing but the spelling.
+# Names a renamed module never spells otherwise (checked per build: no collisions).
+_ROM_NAMES = (
+    "acos acosh asin asinh atan atan2 atanh ceil copysign cos cosh degrees erf erfc exp "
+    "expm1 fabs factorial floor fmod frexp gamma isclose isfinite isinf isnan ldexp lgamma "
+    "log10 log2 modf radians sin sinh sqrt tan tanh trunc tau "
+    "center isalpha isdigit islower isspace isupper lstrip rstrip rfind rindex rpartition "
+    "partition rsplit splitlines fromhex fromkeys from_bytes to_bytes difference "
+    "difference_update intersection intersection_update isdisjoint issubset issuperset "
+    "symmetric_difference symmetric_difference_update union discard setdefault popitem "
+    "EACCES EADDRINUSE EAGAIN EALREADY EBADF ECONNABORTED ECONNREFUSED ECONNRESET EEXIST "
+    "EHOSTUNREACH EINPROGRESS EINVAL EIO EISDIR ENOBUFS ENODEV ENOENT ENOMEM ENOTCONN "
+    "EOPNOTSUPP EPERM ETIMEDOUT AF_INET AF_INET6 AF_UNIX SOCK_DGRAM SOCK_RAW SOCK_STREAM "
+    "SOL_SOCKET SO_BROADCAST SO_ERROR SO_KEEPALIVE SO_LINGER SO_REUSEADDR MSG_DONTROUTE "
+    "MSG_DONTWAIT MSG_PEEK IP_ADD_MEMBERSHIP IP_DROP_MEMBERSHIP POLLERR POLLHUP POLLIN "
+    "POLLOUT a2b_base64 b2a_base64 crc32 hexlify unhexlify md5 sha1 sha256 calcsize "
+    "pack_into unpack_from getrandbits randint randrange uniform choice seed heapify "
+    "heappop heappush deque namedtuple OrderedDict gmtime localtime mktime ticks_add "
+    "ticks_cpu ticks_diff ticks_us time_ns getaddrinfo inet_ntop inet_pton mem_alloc "
+    "mem_free mem_info mem_peak mem_total mem_current qstr_info stack_use heap_lock "
+    "heap_unlock kbd_intr opt_level schedule threshold isenabled atexit exc_info "
+    "print_exception byteorder maxsize implementation executable argv ps1 ps2 chdir "
+    "getcwd getenv putenv unsetenv listdir ilistdir mkdir rmdir unlink statvfs umount "
+    "urandom VfsFat VfsLfs1 VfsLfs2 VfsPosix RingIO IOQueue TaskQueue SingletonGenerator "
+    "ThreadSafeFlag StreamReader StreamWriter BytesIO StringIO IOBase open_connection "
+    "start_server new_event_loop get_event_loop run_until_complete current_task cur_task "
+    "wait_for_ms sleep_us errorcode getter setter deleter"
+).split()
+
+_WORD = re.compile(r"\w+")
+
+
+def _is_private(name):
+    return len(name) > 1 and name[0] == "_" and name[1] != "_"
+
+
+def _tokens(text):
+    return tokenize.generate_tokens(io.StringIO(text).readline)
+
+
+def _const_names(text):
+    """`_X = const(...)`: MicroPython folds these and stores no name at all (only while
+    the name starts with an underscore), so they keep their spelling."""
+    out = set()
+    for n in ast.walk(ast.parse(text)):
+        if (isinstance(n, ast.Assign) and isinstance(n.value, ast.Call)
+                and isinstance(n.value.func, ast.Name) and n.value.func.id == "const"):
+            out.update(t.id for t in n.targets if isinstance(t, ast.Name))
+    return out
+
+
+def private_renames(lib_texts, outside_texts):
+    """{private name: board name} for the whole library (one table: modules import each
+    other's private names). A private name that appears in a string (getattr) or in any
+    of `outside_texts` (code run against the board build: firmware, device tests) keeps
+    its spelling; board names are never spelled anywhere in either."""
+    private, spelled, keep = set(), set(), set()
+    for text in lib_texts:
+        keep.update(_const_names(text))
+        for tok in _tokens(text):
+            if tok.type == tokenize.NAME:
+                spelled.add(tok.string)
+                if _is_private(tok.string):
+                    private.add(tok.string)
+            elif tok.type == tokenize.STRING:
+                words = _WORD.findall(tok.string)
+                spelled.update(words)
+                keep.update(words)
+    for text in outside_texts:
+        words = _WORD.findall(text)
+        spelled.update(words)
+        keep.update(words)
+    names = sorted(private - keep)
+    targets = [t for t in _ROM_NAMES if t not in spelled]
+    return dict(zip(names, targets))
+
+
+def rename_source(text, renames):
+    """`text` with every NAME token in `renames` respelled (lines and columns of the
+    rest unchanged, so tracebacks keep their line numbers)."""
+    if not renames:
+        return text
+    lines = text.split("\n")
+    edits = [(t.start, t.end, renames[t.string]) for t in _tokens(text)
+             if t.type == tokenize.NAME and t.string in renames]
+    for (row, c0), (_, c1), new in reversed(edits):
+        line = lines[row - 1]
+        lines[row - 1] = line[:c0] + new + line[c1:]
+    return "\n".join(lines)
+
+
+def renames_digest(renames):
+    """A short fingerprint of a rename table (a build is stale when it changes)."""
+    return hashlib.sha256(repr(sorted(renames.items())).encode()).hexdigest()[:16]
+
+
+def renames_text(renames):
+    """The table as text, one `board_name private_name` a line: it turns a board's
+    traceback ("in isdisjoint") back into source names."""
+    return "".join("%s %s\n" % (new, old) for old, new in sorted(renames.items(), key=lambda kv: kv[1]))
+
+
+def library_renames(lib_dir, outside_paths=()):
+    """private_renames() for lib_dir/*.py as board_source() leaves them."""
+    texts = []
+    for src in sorted(os.listdir(lib_dir)):
+        if src.endswith(".py"):
+            with open(os.path.join(lib_dir, src), encoding="utf-8") as f:
+                texts.append(board_source(f.read(), src[:-3])[0])
+    outside = []
+    for path in outside_paths:
+        with open(path, encoding="utf-8") as f:
+            outside.append(f.read())
+    return private_renames(texts, outside)
+
+
+def outside_sources(root):
+    """This repository's code that runs against a board build and may reach into the
+    library: the firmware, examples, and the tests run under MicroPython."""
+    out = []
+    for sub in ("firmware", "examples", os.path.join("tests", "device"), os.path.join("tests", "scenarios")):
+        d = os.path.join(root, sub)
+        if os.path.isdir(d):
+            out += [os.path.join(d, n) for n in sorted(os.listdir(d)) if n.endswith(".py")]
+    peer = os.path.join(root, "tests", "interop", "mp_peer.py")
+    if os.path.exists(peer):
+        out.append(peer)
+    return out
+
+
+def compile_module(mpy_cross, args, src, module, out_dir, renames=None):
+    """Compile lib module `src` for a board into out_dir; returns the files written.
+    `renames` (library_renames()) respells private names; None leaves them."""
     with open(src, encoding="utf-8") as f:
         text = f.read()
     new, texts = board_source(text, module)
+    new = rename_source(new, renames)
     out = os.path.join(out_dir, module + ".mpy")
     msg = os.path.join(out_dir, module + ".msg")
     with tempfile.TemporaryDirectory() as tmp:
         tsrc = os.path.join(tmp, module + ".py")
         with open(tsrc, "w", encoding="utf-8") as f:
             f.write(new)
-        r = subprocess.run(list(mpy_cross) + list(args) + ["-s", "lkedge/%s.py" % module, "-o", out, tsrc],
+        r = subprocess.run(list(mpy_cross) + list(args) + ["-s", "lkedge.%s" % module, "-o", out, tsrc],
                            capture_output=True, text=True)
     if r.returncode != 0:
         raise BuildError("mpy-cross failed on %s: %s" % (src, (r.stderr or r.stdout).strip()))

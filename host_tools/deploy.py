@@ -8,7 +8,8 @@ PORT is a serial device or the pty of `lkedge board`; both are driven by the rea
 mpremote in the same way. Steps, each reported on stderr as "deploy: ...":
 
 1. Build (in a temporary folder): lib/lkedge/*.py -> /lib/lkedge/*.mpy (a board build:
-   message texts in /lib/lkedge/*.msg, see lkedge_host.boardbuild) and firmware/*.py
+   message texts in /lib/lkedge/*.msg, private names respelled with their table in
+   /lib/lkedge/renames.txt, see lkedge_host.boardbuild) and firmware/*.py
    -> /*.mpy with the real mpy-cross for the profile's architecture; boot.py and
    main.py stay source; plus /profile.json (the profile, for the firmware) and
    /config.json (relay URL, a freshly minted access token, Wi-Fi placeholders).
@@ -107,11 +108,21 @@ def plan_build(profile, lib_dir, firmware_dir, out_dir, mpy_cross):
     arts = []
     os.makedirs(os.path.join(out_dir, "lib", "lkedge"), exist_ok=True)
     lib_out = os.path.join(out_dir, "lib", "lkedge")
+    # A board build: message texts go to <module>.msg files, out of the heap, and private
+    # names are respelled as names the firmware has already interned (except those the
+    # firmware spells); renames.txt maps a board's traceback back to source names.
+    firmware = sorted(glob.glob(os.path.join(firmware_dir, "*.py"))) if os.path.isdir(firmware_dir) else []
+    renames = boardbuild.library_renames(lib_dir, firmware)
+    if renames:
+        table = os.path.join(lib_out, "renames.txt")
+        with open(table, "w") as f:
+            f.write(boardbuild.renames_text(renames))
+        arts.append(Artifact(LIB_DIR_ON_BOARD + "/renames.txt", table))  # flash only, never imported
     for src in sorted(glob.glob(os.path.join(lib_dir, "*.py"))):
         name = os.path.basename(src)[:-3]
-        # A board build: message texts go to <module>.msg files, out of the heap.
         try:
-            files = boardbuild.compile_module([mpy_cross], profiles.mpy_cross_args(profile), src, name, lib_out)
+            files = boardbuild.compile_module([mpy_cross], profiles.mpy_cross_args(profile), src, name, lib_out,
+                                              renames)
         except boardbuild.BuildError as e:
             raise DeployError(str(e))
         for path in files:

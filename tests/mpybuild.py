@@ -3,7 +3,7 @@
 The MicroPython half of the suite imports the library from these .mpy files: compiling
 .py source inside a small heap costs far more RAM than the loaded bytecode, and
 fragments it, so heap limits measured on source would not be a board's. Rebuilt only
-when a source file is newer than its .mpy.
+when a source file is newer than its .mpy, or the private-name table changed (then all).
 """
 import glob
 import os
@@ -28,8 +28,15 @@ def compiled_lib():
     from lkedge_host import boardbuild
     pkg_out = os.path.join(OUT, "lkedge")
     os.makedirs(pkg_out, exist_ok=True)
-    sources = glob.glob(os.path.join(ROOT, "lib", "lkedge", "*.py"))
+    lib_dir = os.path.join(ROOT, "lib", "lkedge")
+    sources = glob.glob(os.path.join(lib_dir, "*.py"))
     tool_time = os.path.getmtime(boardbuild.__file__)
+    # One rename table for the whole library: when it changes, every module is rebuilt.
+    renames = boardbuild.library_renames(lib_dir, boardbuild.outside_sources(ROOT))
+    stamp = os.path.join(pkg_out, "renames.stamp")
+    digest = boardbuild.renames_digest(renames)
+    if not os.path.exists(stamp) or open(stamp).read() != digest:
+        tool_time = float("inf")
     names = set()
     for src in sources:
         name = os.path.basename(src)[:-3]
@@ -37,7 +44,11 @@ def compiled_lib():
         dst = os.path.join(pkg_out, name + ".mpy")
         if os.path.exists(dst) and os.path.getmtime(dst) >= max(os.path.getmtime(src), tool_time):
             continue
-        boardbuild.compile_module(mpy_cross(), ["-march=host"], src, name, pkg_out)
+        boardbuild.compile_module(mpy_cross(), ["-march=host"], src, name, pkg_out, renames)
+    with open(stamp, "w") as f:
+        f.write(digest)
+    with open(os.path.join(OUT, "renames.txt"), "w") as f:
+        f.write(boardbuild.renames_text(renames))
     for stale in glob.glob(os.path.join(pkg_out, "*.mpy")) + glob.glob(os.path.join(pkg_out, "*.msg")):
         if os.path.basename(stale)[:-4] not in names:
             os.remove(stale)  # a module deleted from lib/ must not linger here

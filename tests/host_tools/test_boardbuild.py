@@ -92,7 +92,8 @@ def test_a_board_build_raises_the_same_error_with_the_source_line_under_micropyt
     assert ("ValueError: an RPC handler is already registered for method 'm'; "
             "unregister it before registering another") in out
     src = open(os.path.join(ROOT, "lib", "lkedge", "rpc.py")).read().split("\n")
-    line = [int(x.split("line ")[1].split(",")[0]) for x in out.split("\n") if "lkedge/rpc.py" in x][-1]
+    # the source is named by its module ("lkedge.rpc": a qstr the import made anyway)
+    line = [int(x.split("line ")[1].split(",")[0]) for x in out.split("\n") if '"lkedge.rpc"' in x][-1]
     assert "raise ValueError(" in src[line - 1]
 
 
@@ -133,3 +134,78 @@ def test_texts_evaluated_on_every_call_stay_inline():
     new, texts = boardbuild.board_source(src, "m")
     assert texts == ["dropped a packet from %r", "abnormal end: sender left", "wrapped in a raise statement"]
     assert 'd.take(n, "a text string here")' in new
+
+
+# ------------------------------------------------------------------ private names
+LIB_A = '''_LIMIT = const(8)
+_TABLE = {"k": 1}
+
+
+class _Helper:
+    def __init__(self):
+        self._count = 0
+        self._seen = getattr(self, "_spelled_in_a_string", None)
+
+    def _bump(self, _by=1):
+        self._count += _by   # _count in a comment is left alone
+        return "_count"
+
+
+def public():
+    return _Helper()._bump(_by=_TABLE["k"] + _LIMIT)
+'''
+LIB_B = '''from .a import _Helper
+
+
+def other():
+    h = _Helper()
+    h._tested_from_outside = 1
+    return h
+'''
+
+
+def test_private_names_get_one_table_for_the_library_and_keep_what_must_keep():
+    renames = boardbuild.private_renames([LIB_A, LIB_B], ["peer._tested_from_outside = 2"])
+    # const names are folded away only while they start with "_"; a name in a string
+    # (getattr, a returned text) or spelled by code outside the library keeps its spelling
+    for kept in ("_LIMIT", "_spelled_in_a_string", "_count", "_tested_from_outside", "__init__"):
+        assert kept not in renames, kept
+    assert set(renames) == {"_TABLE", "_Helper", "_seen", "_bump", "_by"}
+    assert len(set(renames.values())) == len(renames)
+    spelled = set(boardbuild._WORD.findall(LIB_A + LIB_B))
+    assert all(new in boardbuild._ROM_NAMES and new not in spelled for new in renames.values())
+
+
+def test_renaming_respells_names_only_and_keeps_every_line():
+    renames = boardbuild.private_renames([LIB_A, LIB_B], [])
+    new = boardbuild.rename_source(LIB_A, renames)
+    assert new.count("\n") == LIB_A.count("\n")
+    assert "# _count in a comment" in new and 'return "_count"' in new
+    assert "_Helper" not in new and "class %s:" % renames["_Helper"] in new
+    ns = {"const": lambda x: x}
+    exec(new, ns)   # the renamed module still runs, its keyword argument included
+    assert ns["public"]() == "_count"
+
+
+def test_every_board_name_is_already_interned_by_the_unix_port():
+    """The saving is real only if the firmware has the name: interning each must not add
+    a qstr on the unix port the suite measures with."""
+    code = ("import micropython\nmicropython.qstr_info()\n"
+            "for n in %r:\n    getattr(None, n, None)\nmicropython.qstr_info()\n" % (boardbuild._ROM_NAMES,))
+    out = subprocess.run([_micropython(), "-c", code], capture_output=True, text=True, timeout=30).stdout
+    counts = [line.split("n_qstr=")[1].split(",")[0] for line in out.split("\n") if "n_qstr=" in line]
+    assert len(counts) == 2 and counts[0] == counts[1], out
+
+
+def test_the_board_build_of_the_library_respells_private_names_and_needs_fewer_qstrs():
+    path = compiled_lib()
+    table = dict(line.split()[::-1] for line in open(os.path.join(os.path.dirname(path + "/"), "renames.txt")))
+    assert len(table) > 150, "most private names of the library are respelled"
+    code = ("import micropython, lkedge.room\nmicropython.qstr_info()\n"
+            "print(hasattr(lkedge.room.Room, %r), hasattr(lkedge.room.Room, '_emit'))\n" % table["_emit"])
+    out = subprocess.run([_micropython(), "-c", code], capture_output=True, text=True, timeout=30,
+                         env=dict(os.environ, MICROPYPATH=path + ":.frozen")).stdout.split("\n")
+    assert out[1] == "True False", out
+    n_qstr = int(out[0].split("n_qstr=")[1].split(",")[0])
+    # below 625 the interpreter's qstr pools stop short of the next (~7 KiB) one
+    assert n_qstr < 625 - 60, out[0]

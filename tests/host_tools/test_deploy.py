@@ -147,8 +147,9 @@ def test_real_library_compiles_for_xtensawin_and_runs_on_the_esp32_board(tmp_pat
         sources = [f for f in os.listdir(REAL_LIB) if f.endswith(".py")]
         with_texts = [f for f in sources
                       if boardbuild.board_source(open(os.path.join(REAL_LIB, f)).read(), f[:-3])[1]]
-        assert counts == [len(sources) + len(with_texts) + 5, 0, 0], log   # .mpy + .msg + firmware
-        assert "copy /lib/lkedge/rpc.msg" in log
+        # .mpy + .msg + the private-name table + firmware
+        assert counts == [len(sources) + len(with_texts) + 1 + 5, 0, 0], log
+        assert "copy /lib/lkedge/rpc.msg" in log and "copy /lib/lkedge/renames.txt" in log
         _after_reset()
         got = mpremote_out(port, "exec", "import lkedge.consts as c; print(c.__file__, c.CAP_COMPRESSION_DEFLATE_RAW)")
         assert got == "/lib/lkedge/consts.mpy 2\n"
@@ -156,6 +157,12 @@ def test_real_library_compiles_for_xtensawin_and_runs_on_the_esp32_board(tmp_pat
         got = mpremote_out(port, "exec", "from lkedge.rpc import RpcServer\ntry:\n    RpcServer().register('', print)\n"
                                          "except ValueError as e:\n    print(e)")
         assert got == "RPC method name must be a non-empty str, got ''\n"
+        # Private names are respelled on the board (the table says how), public ones not.
+        table = dict(line.split()[::-1] for line in mpremote_out(port, "exec",
+                     "print(open('/lib/lkedge/renames.txt').read())").strip().split("\n"))
+        got = mpremote_out(port, "exec", "import lkedge.room as r\nprint(hasattr(r.Room, %r), hasattr(r.Room, '_emit'),"
+                                         " hasattr(r.Room, 'disconnect'))" % table["_emit"])
+        assert got == "True False True\n"
     finally:
         proc.terminate()
         proc.wait(5)
