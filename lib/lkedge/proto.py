@@ -644,7 +644,7 @@ class PacketDecoder:
                         self._st = _ST_DONE
                         return (PACKET, self.msg)
                     # the level ends: a map entry goes into its map, then back up
-                    if self._kind[d] == _L_MAP:
+                    if self._kind[d] == _L_MAP and None not in self._msgs[d]:
                         entry = self._msgs[d]
                         parent = self._msgs[d - 1]
                         name = self._sch[d - 1][_S_NAMES + self._pj[d]]
@@ -753,6 +753,10 @@ class PacketDecoder:
                 j = -1
             elif wt != (2 if t >= _T_STRING else 0) and not (wt == 2 and fl & _F_PACKED):
                 j = -1  # a wrong wire type: official parsers keep it as an unknown field
+        if j < 0 and self._kind[d] == _L_MAP:
+            # A map entry with an unknown field is kept by official parsers as unknown
+            # bytes of the parent, not put into the map: mark it to be left out.
+            self._msgs[d][None] = 1
         self._j = j
         self._num = num
         if wt == 0:
