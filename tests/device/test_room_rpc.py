@@ -211,16 +211,19 @@ async def test_invocation_data_carries_id_caller_payload_timeout():
 
 
 class _Pieces:
-    def __init__(self, n, piece):
+    """`n` pieces, then the end (or `then` raised: a source that breaks midway)."""
+
+    def __init__(self, n, piece, then=None):
         self.n = n
         self.piece = piece
+        self.then = then
 
     def __aiter__(self):
         return self
 
     async def __anext__(self):
         if not self.n:
-            raise StopAsyncIteration
+            raise self.then or StopAsyncIteration
         self.n -= 1
         return self.piece
 
@@ -314,28 +317,11 @@ async def test_invalid_utf8_payload_drops_only_that_packet():
     await close(a, peer)
 
 
-class _FailingPieces:
-    """Yields `n` pieces, then raises: a streaming handler whose source breaks midway."""
-
-    def __init__(self, n, piece):
-        self.n = n
-        self.piece = piece
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        if not self.n:
-            raise ValueError("sensor unplugged")
-        self.n -= 1
-        return self.piece
-
-
 async def test_streaming_handler_failing_midway_fails_the_reading_caller_with_1500():
     mem, a, b = await pair(piece_size=512, read_buffer=512)
 
     async def h(data):
-        return _FailingPieces(3, "y" * 700)
+        return _Pieces(3, "y" * 700, ValueError("sensor unplugged"))
     b.local_participant.register_rpc_method("flaky", h, streaming=True)
     reader = await a.local_participant.perform_rpc_stream(destination_identity="b", method="flaky")
     got = 0
@@ -351,14 +337,11 @@ async def test_streaming_handler_failing_midway_fails_the_reading_caller_with_15
 
 
 async def test_streaming_handler_failing_midway_sends_error_packet_then_abnormal_trailer():
-    mem = MemRoom()
-    a = await join(mem, "a")
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
 
     async def h(data):
-        return _FailingPieces(1, "abc")
+        return _Pieces(1, "abc", ValueError("sensor unplugged"))
     a.local_participant.register_rpc_method("flaky", h, streaming=True)
-    peer = await raw(mem, "p", client_protocol=2)
-    await settle(lambda: "p" in a.remote_participants)
     await peer.send({"destination_identities": ["a"], "stream_header": {
         "stream_id": "req1", "timestamp": 1, "topic": "lk.rpc_request", "mime_type": "text/plain",
         "text_header": {"operation_type": 0},
@@ -375,10 +358,7 @@ async def test_streaming_handler_failing_midway_sends_error_packet_then_abnormal
 
 
 async def test_call_failing_while_its_response_stream_is_read_raises_not_hangs():
-    mem = MemRoom()
-    a = await join(mem, "a")
-    peer = await raw(mem, "p", client_protocol=2)
-    await settle(lambda: "p" in a.remote_participants)
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
     task = asyncio.create_task(a.local_participant.perform_rpc_stream(
         destination_identity="p", method="m", payload="x", response_timeout=0.4))
     hdr = await peer.wait_for(lambda p: "stream_header" in p)
