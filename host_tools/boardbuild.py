@@ -10,8 +10,12 @@ function, raised, logged or returned; see _text_position) becomes
 numbers are kept (a text spanning lines is replaced by the call plus the same newlines),
 so a board's tracebacks point into the real source; the error a user sees is the same.
 
-`compile_module(mpy_cross, args, src, module, out_dir)` -> [files written] does both
-for one lib module: out_dir/<module>.mpy and, when it has messages, out_dir/<module>.msg.
+Private names are respelled as names the firmware already interned (see "private
+names" below: `library_renames()` makes one table for the whole library).
+
+`compile_module(mpy_cross, args, src, module, out_dir, renames)` -> [files written] does
+all of it for one lib module: out_dir/<module>.mpy and, when it has messages,
+out_dir/<module>.msg.
 """
 import ast
 import hashlib
