@@ -20,4 +20,4 @@ from test_interop_cpython import (  # noqa: E402,F401  (collected here with OURS
 
 OURS = "mp"
 THEIRS = "py"
-MP_HEAP = "768K"  # see test_interop_micropython.py (why not 512K any more)
+MP_HEAP = "512K"  # see test_interop_micropython.py

@@ -31,17 +31,16 @@ from test_interop_cpython import (  # noqa: E402,F401  (collected here with OURS
 OURS = "mp"
 
 # Heap of the pooled peers. On the unix port the library's .mpy bytecode lives in the
-# heap (~140 KB measured after import; a board's firmware freezes it into flash), so a
+# heap (~90-110 KB after import; a board's firmware freezes it into flash), so a
 # 256 KiB unix heap leaves a peer less room than a board: v1 payloads at the 15360-byte
 # limit need a few contiguous ~15 KB blocks and fail there. 512K = a board's free heap
 # plus the bytecode. test_finished_handler_tasks_do_not_pin_the_board_heap runs at 256K.
-# Known regression (2nd session): one long-running MicroPython peer serves ~840 cases;
-# at 512K it now sometimes cannot find 20 KiB contiguous for a gathered 20480-byte
-# response after many cases (heap fragmentation). Main suspect: the board build's
-# message-file lookups (lkedge.msgtext) on the many error cases: with texts left
-# inline, 4 of 4 runs passed at 512K; with them, 1-2 failures in about half the runs,
-# also when msgtext reads into a preallocated buffer. Until found, the peer gets 768K.
-MP_HEAP = "768K"
+# A long-running MicroPython peer serves ~840 cases; without a GC threshold it
+# sometimes could not find 20 KiB contiguous for a gathered 20480-byte response late in
+# the run (fragmentation: garbage piled up between long-lived objects). Importing
+# lkedge now sets gc.threshold (lkedge/__init__.py): 4 of 4 runs of both MicroPython
+# interop files passed at 512K, where about half failed before.
+MP_HEAP = "512K"
 BOARD_HEAP = "256K"
 
 
