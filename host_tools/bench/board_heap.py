@@ -13,7 +13,8 @@ Prints, per payload size and compression setting, the smallest heap that passes 
 the board's breakdown (heap in use after a collection): after importing the library
 (its bytecode), after Room() (fixed buffers), once joined (transport, link state, the
 two tasks), halfway through the call's request (per-call state) and halfway through
-the byte stream. The difference between the smallest heap and the largest of these is
+the byte stream; and the interned names (qstrs) at the end with the heap their pools
+and text take. The difference between the smallest heap and the largest of these is
 what the allocator needs beyond live data (garbage between collections, fragmentation).
 """
 import argparse
@@ -164,6 +165,9 @@ def run_scenario(relay, heap, nbytes, compress, timeout=120):
     for line in lines:
         if line.startswith(("MEM ", "LIVE ")):
             result.update(dict(kv.split("=") for kv in line.split()[1:]))
+        elif line.startswith("qstr pool:"):
+            kv = dict(x.strip().split("=") for x in line.split(":", 1)[1].split(","))
+            result["qstrs"], result["qstr_bytes"] = kv["n_qstr"], kv["n_total_bytes"]
     if not result["ok"]:
         tail = [ln for ln in lines if "Error" in ln or "error" in ln][-2:]
         if tail:
@@ -215,9 +219,11 @@ def main(argv=None):
                         n, "on" if compress else "off", r["error"]))
                     continue
                 print("payload %8d B compression %-3s: smallest heap %3d KiB | in use: after import %s B, "
-                      "after Room() %s B, joined %s B, mid-call %s B, mid-stream %s B | bisection %.0f s" % (
+                      "after Room() %s B, joined %s B, mid-call %s B, mid-stream %s B | %s qstrs in %s B "
+                      "| bisection %.0f s" % (
                           n, "on" if compress else "off", heap // 1024, r.get("import"), r.get("room"),
-                          r.get("joined"), r.get("call"), r.get("stream"), time.monotonic() - t0), flush=True)
+                          r.get("joined"), r.get("call"), r.get("stream"), r.get("qstrs"), r.get("qstr_bytes"),
+                          time.monotonic() - t0), flush=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ and a byte stream topic "blob" whose content it hashes. Prints machine-readable 
                                              request, halfway through the byte stream
     SINK <request bytes> <sha256 hex>        the call's request as received
     BLOB <bytes> <sha256 hex>                the byte stream as received
+    qstr pool: ... n_qstr=<count> ... n_total_bytes=<bytes>
+                                             interned names (micropython.qstr_info())
+                                             and the heap their pools and text take
     PEAK <bytes>                             highest gc.mem_alloc() sampled
     FAIL <what>: <exception>                 a handler failed (then the board exits)
     LOST <reason>                            the link was lost (then the board exits)
@@ -138,7 +141,9 @@ async def main(url, token, compress, response_bytes):
         return
     await asyncio.sleep(0.2)
     print("LIVE joined=%d call=%d stream=%d" % (live["joined"], live.get("call", 0), live.get("stream", 0)))
-    print("PEAK %d" % peak[0])
+    import micropython
+    micropython.qstr_info()   # "qstr pool: n_pool=.., n_qstr=.., n_str_data_bytes=.., n_total_bytes=.."
+    print("PEAK %d" % peak[0])   # last: the host stops reading here
     await room.disconnect()
 
 
