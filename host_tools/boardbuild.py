@@ -318,3 +318,50 @@ def compile_module(mpy_cross, args, src, module, out_dir, renames=None):
     if os.path.exists(msg):
         os.remove(msg)
     return [out]
+
+
+# ------------------------------------------------------------- `lkedge names`
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_table(path):
+    """{board name: private name} from a renames.txt."""
+    table = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if len(parts) != 2:
+                raise BuildError("%s line %d: expected 'board_name private_name', got %r" % (path, n, line.strip()))
+            table[parts[0]] = parts[1]
+    return table
+
+
+def untranslate(text, table):
+    """`text` (a board's traceback) with each board name written as its source name."""
+    return _WORD.sub(lambda m: table.get(m.group(0), m.group(0)), text)
+
+
+def add_names_arguments(parser):
+    parser.add_argument("text", nargs="*", help="text to translate (default: standard input)")
+    parser.add_argument("--table", help="a board's /lib/lkedge/renames.txt (default: the table a deploy of "
+                                        "--lib with --firmware makes)")
+    parser.add_argument("--lib", default=os.path.join(_ROOT, "lib", "lkedge"), help="lkedge library folder")
+    parser.add_argument("--firmware", default=os.path.join(_ROOT, "firmware"), help="firmware folder")
+
+
+def run_names(args):
+    import sys
+    try:
+        if args.table:
+            table = read_table(args.table)
+        else:
+            fw = args.firmware
+            outside = sorted(os.path.join(fw, n) for n in os.listdir(fw) if n.endswith(".py")) \
+                if os.path.isdir(fw) else []
+            table = {new: old for old, new in library_renames(args.lib, outside).items()}
+    except (OSError, BuildError) as e:
+        print("lkedge names: %s" % e, file=sys.stderr)
+        return 2
+    text = " ".join(args.text) if args.text else sys.stdin.read()
+    sys.stdout.write(untranslate(text, table) + ("\n" if args.text else ""))
+    return 0

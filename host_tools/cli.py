@@ -25,6 +25,8 @@ COMMANDS = {
               "join the room and serve RPC methods from a Python file"),
     "room": ("lkedge_host.calls", "add_room_arguments", "run_room",
              "join the room and show its participants and events"),
+    "names": ("lkedge_host.boardbuild", "add_names_arguments", "run_names",
+              "turn the private names in a board's traceback back into source names"),
 }
 
 EXIT_CODES = """exit codes:

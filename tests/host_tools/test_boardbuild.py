@@ -209,3 +209,23 @@ def test_the_board_build_of_the_library_respells_private_names_and_needs_fewer_q
     n_qstr = int(out[0].split("n_qstr=")[1].split(",")[0])
     # below 625 the interpreter's qstr pools stop short of the next (~7 KiB) one
     assert n_qstr < 625 - 60, out[0]
+
+
+def test_lkedge_names_turns_a_board_traceback_back_into_source_names(tmp_path, capsys):
+    from lkedge_host import cli
+    table = tmp_path / "renames.txt"
+    table.write_text("isdisjoint _reader_loop\nticks_diff _drain\n")
+    trace = 'File "lkedge.room", line 283, in isdisjoint\nFile "lkedge.room", line 310, in ticks_diff\n'
+    assert boardbuild.untranslate(trace, boardbuild.read_table(str(table))) == \
+        'File "lkedge.room", line 283, in _reader_loop\nFile "lkedge.room", line 310, in _drain\n'
+    assert cli.main(["names", "--table", str(table), "in", "isdisjoint"]) == 0
+    assert capsys.readouterr().out == "in _reader_loop\n"
+    # without --table: the table a deploy of this repository's library and firmware makes
+    renames = boardbuild.library_renames(os.path.join(ROOT, "lib", "lkedge"),
+                                         [os.path.join(ROOT, "firmware", n) for n in
+                                          sorted(os.listdir(os.path.join(ROOT, "firmware"))) if n.endswith(".py")])
+    assert cli.main(["names", "in", renames["_emit"]]) == 0
+    assert capsys.readouterr().out == "in _emit\n"
+    table.write_text("just-one-column\n")
+    assert cli.main(["names", "--table", str(table), "x"]) == 2
+    assert "line 1: expected 'board_name private_name'" in capsys.readouterr().err
