@@ -68,9 +68,11 @@ class _Reader:
 
     async def readinto(self, buf):
         """Copy the next bytes into `buf` (no allocation); 0 at the end of the stream."""
-        data = await self._wait_data()
-        if data is None:
-            return 0
+        data = self._data
+        if data is None:  # only then wait: a coroutine per piece is garbage on a board
+            data = await self._wait_data()
+            if data is None:
+                return 0
         n = min(len(buf), len(data) - self._off)
         buf[:n] = data[self._off:self._off + n]
         self._release(n)

@@ -349,7 +349,12 @@ class Room:
             ch = msg.get("stream_chunk") or {}
             for ev in self._incoming.chunk(msg.get("participant_identity", ""), ch.get("stream_id", ""),
                                            ch.get("chunk_index", 0), mv, final):
-                await self._on_stream_event(ev)
+                if isinstance(ev, streams.StreamData):  # per piece: no extra coroutine
+                    r = self._readers.get(ev.info.stream_id)
+                    if r is not None:
+                        await r._offer(ev.data)
+                else:
+                    await self._on_stream_event(ev)
             return
         if key == proto.K_USER_PAYLOAD:
             return  # UserPackets are not part of this SDK
