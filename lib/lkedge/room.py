@@ -334,30 +334,29 @@ class Room:
             if e == proto.NEED_DATA:
                 return
             try:
-                if e[0] == proto.PIECE:
-                    await self._on_piece(dec, e[1], e[2], e[3])
-                else:
+                if e[0] != proto.PIECE:
                     await self._on_packet(e[1])
+                elif e[1] == proto.K_CHUNK_CONTENT:
+                    # The per-piece hot path stays in this coroutine: every coroutine
+                    # called per piece is garbage a board has to collect.
+                    msg = dec.msg
+                    ch = msg.get("stream_chunk") or {}
+                    for ev in self._incoming.chunk(msg.get("participant_identity", ""), ch.get("stream_id", ""),
+                                                   ch.get("chunk_index", 0), e[2], e[3]):
+                        if isinstance(ev, streams.StreamData):
+                            r = self._readers.get(ev.info.stream_id)
+                            if r is not None:
+                                await r._offer(ev.data)
+                        else:
+                            await self._on_stream_event(ev)
+                elif e[1] != proto.K_USER_PAYLOAD:  # UserPackets are not part of this SDK
+                    self._gather(dec, e[1], e[2])
             except ValueError as err:  # ProtoError, bad UTF-8, a bad header: this packet only
                 _warn("DataPacket from %r dropped: %s" % (dec.msg.get("participant_identity", "?"), err))
                 self._skip_frame = True
                 return
 
-    async def _on_piece(self, dec, key, mv, final):
-        if key == proto.K_CHUNK_CONTENT:
-            msg = dec.msg
-            ch = msg.get("stream_chunk") or {}
-            for ev in self._incoming.chunk(msg.get("participant_identity", ""), ch.get("stream_id", ""),
-                                           ch.get("chunk_index", 0), mv, final):
-                if isinstance(ev, streams.StreamData):  # per piece: no extra coroutine
-                    r = self._readers.get(ev.info.stream_id)
-                    if r is not None:
-                        await r._offer(ev.data)
-                else:
-                    await self._on_stream_event(ev)
-            return
-        if key == proto.K_USER_PAYLOAD:
-            return  # UserPackets are not part of this SDK
+    def _gather(self, dec, key, mv):
         # Small big-fields (v1 payloads <= 15360, inline content <= 15000, error data):
         # gathered once per packet, bounded by the frame size the link accepted.
         # The field's length is known at its first piece: one allocation, no regrowth
