@@ -8,13 +8,10 @@ import asyncio
 from .clock import now_ms
 from .consts import (ATTR_RPC_REQUEST_ID, MAX_V1_PAYLOAD_BYTES, RPC_DEFAULT_TIMEOUT_MS,
                      TOPIC_RPC_REQUEST)
+from .participant import _is_async_iterable
 from .rpc import RpcError
 from .rpc_caller import RpcClient
 from .sending import gather_text, send_finite
-
-
-def _is_async_iterable(x):
-    return hasattr(x, "__aiter__")
 
 
 class _CallWaiter:

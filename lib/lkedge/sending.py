@@ -8,7 +8,7 @@ iterable never loads either.
 from . import finite, streams
 from .consts import STREAM_CHUNK_SIZE_BYTES
 from .ids import uuid4
-from .participant import _now_epoch_ms
+from .participant import _now_epoch_ms, is_awaitable
 
 
 class ReadBlob:
@@ -28,7 +28,7 @@ class ReadBlob:
         while left:
             mv = buf[:min(left, len(buf))]
             n = self.readinto(mv)
-            if type(n).__name__ in ("generator", "coroutine"):
+            if is_awaitable(n):
                 n = await n
             if not n:
                 raise OSError("source ended %d bytes early" % left)
