@@ -29,13 +29,16 @@ SYNC_TIMEOUT_S = 5
 _UNSUPPORTED_METHOD = 1400
 
 
-def _next_record(f):
-    """The next length-prefixed record at f's position, or None at the end or at a
-    torn record (its length says more than the file holds)."""
+def _next_record(f, room=None):
+    """The next length-prefixed record at f's position, or None at the end, at a torn
+    record (its length says more than the file holds), or when it is longer than
+    `room` bytes (then it is not read at all)."""
     h = f.read(2)
     if len(h) < 2:
         return None
     n = h[0] << 8 | h[1]
+    if room is not None and n > room:
+        return None
     rec = f.read(n)
     return rec if len(rec) == n else None
 
@@ -174,12 +177,10 @@ class TelemetryQueue:
         with open(self.q, "rb") as f:
             f.seek(off)
             while True:
-                rec = _next_record(f)
+                rec = _next_record(f, max_bytes - total if recs else None)
                 if rec is None:
                     break
                 n = len(rec)
-                if recs and total + n > max_bytes:
-                    break
                 recs.append(rec)
                 total += n
                 off += 2 + n

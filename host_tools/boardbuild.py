@@ -161,7 +161,7 @@ def write_msg(path, texts):
 # Every identifier of loaded bytecode is a qstr: an entry in the interpreter's qstr pool
 # (about 12 bytes on a 64-bit port, plus its text) unless the firmware already has it.
 # The pool grows by doubling (25, 65, 145, 305, 625 dynamic qstrs...), so the library's
-# ~190 private names decide whether a board allocates the next, ~7 KiB, pool. A board
+# ~300 private names decide whether a board allocates the next, ~7 KiB, pool. A board
 # build therefore spells each private name (`_x`, not `__x__`) as a name the firmware
 # already interned: these are names of builtin modules, types and functions that hold no
 # protocol meaning for the runtime (no __dunder__, no read/write/send/close/...), so an
@@ -191,7 +191,26 @@ _ROM_NAMES = (
     "urandom VfsFat VfsLfs1 VfsLfs2 VfsPosix RingIO IOQueue TaskQueue SingletonGenerator "
     "ThreadSafeFlag StreamReader StreamWriter BytesIO StringIO IOBase open_connection "
     "start_server new_event_loop get_event_loop run_until_complete current_task cur_task "
-    "wait_for_ms sleep_us errorcode getter setter deleter"
+    "wait_for_ms sleep_us errorcode getter setter deleter "
+    # more core names, then port-specific ones (still correct where a firmware lacks
+    # them: such a name merely costs its qstr there)
+    "AUTO ArithmeticError GZIP GeneratorExit IndentationError IndexError LookupError "
+    "NameError NotImplementedError OverflowError StopIteration SyntaxError ZLIB "
+    "ZeroDivisionError addressof allocate_lock appendleft awritestr builtins "
+    "bytearray_at bytes_at cmath collections default_exception_handler execfile "
+    "get_ciphers get_extra_info get_ident heapq idle load_cert_chain math mem16 mem32 "
+    "mem8 mkfs popleft queue_read queue_write re run_forever set_ciphers sizeof "
+    "sockaddr soft_reset stack_size start_new_thread stream_awrite ticks uctypes "
+    "version_info vfs wait_io_event ARRAY B1000000 B115200 B1152000 B230400 B460800 "
+    "B500000 B57600 B576000 B921600 B9600 BFINT16 BFINT32 BFINT8 BFUINT16 BFUINT32 "
+    "BFUINT8 BF_LEN BF_POS BIG_ENDIAN CERT_OPTIONAL FLOAT32 FLOAT64 FrameBuffer "
+    "FrameBuffer1 GS2_HMSB GS4_HMSB GS8 INT INT16 INT32 INT64 INT8 LITTLE_ENDIAN LONG "
+    "LONGLONG LockType MBEDTLS_VERSION MONO_HLSB MONO_HMSB MONO_VLSB MVLSB NATIVE "
+    "PROTOCOL_DTLS_CLIENT PROTOCOL_DTLS_SERVER PROTOCOL_TLS_SERVER PTR PinBase RGB565 "
+    "SHORT Signal TCSANOW UINT UINT16 UINT32 UINT64 UINT8 ULONG ULONGLONG USHORT VOID "
+    "VfsRom ViperTypeError aes blit cryptolib decrypt ellipse encrypt fill_rect "
+    "framebuf hline libc_ver pixel polar poly python_compiler rect scroll setraw "
+    "tcgetattr tcsetattr termios time_pulse_us vline"
 ).split()
 
 _WORD = re.compile(r"\w+")
@@ -239,6 +258,9 @@ def private_renames(lib_texts, outside_texts):
         keep.update(words)
     names = sorted(private - keep)
     targets = [t for t in _ROM_NAMES if t not in spelled]
+    if len(names) > len(targets):  # the rest keep their spelling: correct, only less saved
+        print("boardbuild: %d private names left as they are (add interned names to _ROM_NAMES)"
+              % (len(names) - len(targets)))
     return dict(zip(names, targets))
 
 
@@ -279,6 +301,13 @@ def library_renames(lib_dir, outside_paths=()):
         with open(path, encoding="utf-8") as f:
             outside.append(f.read())
     return private_renames(texts, outside)
+
+
+def deploy_renames(lib_dir, firmware_dir):
+    """The table a deploy of lib_dir with firmware_dir/*.py (if that folder exists) makes."""
+    firmware = sorted(os.path.join(firmware_dir, n) for n in os.listdir(firmware_dir)
+                      if n.endswith(".py")) if os.path.isdir(firmware_dir) else []
+    return library_renames(lib_dir, firmware)
 
 
 def outside_sources(root):
@@ -355,10 +384,7 @@ def run_names(args):
         if args.table:
             table = read_table(args.table)
         else:
-            fw = args.firmware
-            outside = sorted(os.path.join(fw, n) for n in os.listdir(fw) if n.endswith(".py")) \
-                if os.path.isdir(fw) else []
-            table = {new: old for old, new in library_renames(args.lib, outside).items()}
+            table = {new: old for old, new in deploy_renames(args.lib, args.firmware).items()}
     except (OSError, BuildError) as e:
         print("lkedge names: %s" % e, file=sys.stderr)
         return 2

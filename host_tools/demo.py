@@ -289,7 +289,11 @@ def run_demo(profile="esp32", size=1 << 20, out=sys.stdout, workdir=None):
     relay = board = None
     try:
         t_start = time.monotonic()
-        relay = RelayProcess().start(timeout=START_TIMEOUT_S)
+        relay = RelayProcess()
+        try:
+            relay.start(timeout=START_TIMEOUT_S)
+        except RuntimeError as e:
+            raise DemoError(str(e))
         url = relay.url
         _say(out, "relay      %s (development keys, loopback)" % url)
         flash = os.path.join(tmp, "flash")

@@ -111,8 +111,7 @@ def plan_build(profile, lib_dir, firmware_dir, out_dir, mpy_cross):
     # A board build: message texts go to <module>.msg files, out of the heap, and private
     # names are respelled as names the firmware has already interned (except those the
     # firmware spells); renames.txt maps a board's traceback back to source names.
-    firmware = sorted(glob.glob(os.path.join(firmware_dir, "*.py"))) if os.path.isdir(firmware_dir) else []
-    renames = boardbuild.library_renames(lib_dir, firmware)
+    renames = boardbuild.deploy_renames(lib_dir, firmware_dir)
     if renames:
         table = os.path.join(lib_out, "renames.txt")
         with open(table, "w") as f:

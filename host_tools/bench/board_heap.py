@@ -81,8 +81,8 @@ async def _host_side(relay, board_proc, nbytes, lines, timeout):
         sink = await _wait_line(lines, "SINK ", timeout)
         if sink.split()[1:] != [str(nbytes), want]:
             raise RuntimeError("board received a different request: %s" % sink)
-        await _unless_board_gave_up(room.local_participant.send_bytes(
-            data, name="blob.bin", topic="blob", destination_identities=["board"]), lines)
+        await room.local_participant.send_bytes(
+            data, name="blob.bin", topic="blob", destination_identities=["board"])
         blob = await _wait_line(lines, "BLOB ", timeout)
         if blob.split()[1:] != [str(nbytes), want]:
             raise RuntimeError("board received a different byte stream: %s" % blob)
@@ -100,13 +100,15 @@ async def _unless_board_gave_up(coro, lines):
     """Run coro, but stop as soon as the board reports FAIL/LOST (a board whose link
     reader died no longer reads, so a send to it would block until the timeout)."""
     task = asyncio.ensure_future(coro)
-    while not task.done():
-        bad = [ln for ln in lines if ln.startswith(_GAVE_UP)]
-        if bad:
-            task.cancel()
-            raise RuntimeError("board: %s" % bad[0])
-        await asyncio.sleep(0.05)
-    return task.result()
+    try:
+        while not task.done():
+            bad = [ln for ln in lines if ln.startswith(_GAVE_UP)]
+            if bad:
+                raise RuntimeError("board: %s" % bad[0])
+            await asyncio.sleep(0.05)
+        return task.result()
+    finally:
+        task.cancel()  # also when this wait itself is cancelled (the run's time limit)
 
 
 async def _wait_line(lines, prefix, timeout):
@@ -154,6 +156,8 @@ def run_scenario(relay, heap, nbytes, compress, timeout=120):
             peak = await _wait_line(lines, "PEAK ", 10)
             result["peak"] = int(peak.split()[1])
             result["ok"] = True
+        except asyncio.TimeoutError:
+            result["error"] = "the exchange did not finish within %d s" % timeout
         except Exception as e:
             result["error"] = str(e) or type(e).__name__
         finally:

@@ -158,8 +158,9 @@ def test_real_library_compiles_for_xtensawin_and_runs_on_the_esp32_board(tmp_pat
                                          "except ValueError as e:\n    print(e)")
         assert got == "RPC method name must be a non-empty str, got ''\n"
         # Private names are respelled on the board (the table says how), public ones not.
-        table = dict(line.split()[::-1] for line in mpremote_out(port, "exec",
-                     "print(open('/lib/lkedge/renames.txt').read())").strip().split("\n"))
+        on_board = tmp_path / "renames.txt"
+        on_board.write_text(mpremote_out(port, "exec", "print(open('/lib/lkedge/renames.txt').read())").strip() + "\n")
+        table = {old: new for new, old in boardbuild.read_table(str(on_board)).items()}
         got = mpremote_out(port, "exec", "import lkedge.room as r\nprint(hasattr(r.Room, %r), hasattr(r.Room, '_emit'),"
                                          " hasattr(r.Room, 'disconnect'))" % table["_emit"])
         assert got == "True False True\n"
