@@ -6,7 +6,9 @@ of its loaded size. `board_source(text, module)` rewrites a module's source befo
 mpy-cross: every message text (a str literal of 12+ characters with a space, inside a
 function, raised, logged or returned; see _text_position) becomes
 `_lkmsg("<module>", n)`, and the texts are returned to be written with `write_msg()` as
-`lkedge/<module>.msg`, which lkedge.msgtext reads back when a message is needed. Line
+`lkedge/<module>.msg`, which lkedge.msgtext reads back when a message is needed (the
+package's `_lkmsg`, added to the board build of lkedge/__init__, imports msgtext on the
+first message, so a board that raises nothing never loads it). Line
 numbers are kept (a text spanning lines is replaced by the call plus the same newlines),
 so a board's tracebacks point into the real source; the error a user sees is the same.
 
@@ -107,11 +109,24 @@ def _text_position(node, parents):
     return False
 
 
+# Added to the package's __init__ in a board build: every module with moved texts
+# imports this one function, and msgtext (~800 bytes of heap) loads on the first text.
+_INIT_LKMSG = """
+
+def %s(module, n):  # board build: a moved message text, read back from flash
+    from .msgtext import text
+    return text(module, n)
+"""
+
+
 def board_source(text, module):
     """(new source, [texts]) for lkedge.<module>; the source is unchanged if no texts
-    (and always for lkedge.msgtext itself, which reads the texts back)."""
+    (and always for lkedge.msgtext itself, which reads the texts back). The package's
+    __init__ gains the `_lkmsg` the other modules import."""
     if module == "msgtext":
         return text, []
+    if module == "__init__":
+        return text + _INIT_LKMSG % _CALL, []
     tree = ast.parse(text)
     nodes = _message_nodes(tree)
     if not nodes:
@@ -136,7 +151,7 @@ def board_source(text, module):
                 lines[i] = b""
             lines[l1] = b" " * c1 + tail if tail.strip() else b""
     out = b"\n".join(lines).decode("utf-8")
-    out += "\nfrom .msgtext import text as %s  # noqa: E402 (board build)\n" % _CALL
+    out += "\nfrom . import %s  # noqa: E402 (board build)\n" % _CALL
     try:
         ast.parse(out)
     except SyntaxError as e:

@@ -125,47 +125,50 @@ class _Base:
         self._fail("%d bytes of data after the end of the deflate stream" % extra)
 
 
-class _ZlibInflater(_Base):
-    """CPython: zlib's pieces are handed out as they come (no decompress-into API)."""
+# Defined only where zlib exists (CPython): on a board the class would be bytecode in
+# the heap that never runs (~1 KiB on the unix port).
+if _zlib is not None:
+    class _ZlibInflater(_Base):
+        """CPython: zlib's pieces are handed out as they come (no decompress-into API)."""
 
-    def __init__(self, piece_size, max_output):
-        _Base.__init__(self, piece_size, max_output)
-        self._d = _zlib.decompressobj(-WINDOW_BITS)
+        def __init__(self, piece_size, max_output):
+            _Base.__init__(self, piece_size, max_output)
+            self._d = _zlib.decompressobj(-WINDOW_BITS)
 
-    def feed(self, piece):
-        self._check_alive()
-        if not len(piece):
-            return
-        if self.eof:
-            self._after_end(len(piece))
-        self.total_in += len(piece)
-        yield from self._run(piece)
-
-    def _run(self, data):
-        n = self.piece_size
-        while True:
-            try:
-                out = self._d.decompress(data, n)
-            except _zlib.error as e:
-                self._fail("corrupt deflate data after %d input bytes: %s" % (self.total_in, e))
-            data = self._d.unconsumed_tail
-            if out:
-                self._count(len(out))
-                yield out
-            if self._d.eof:
-                self.eof = True
-                if self._d.unused_data:
-                    self._after_end(len(self._d.unused_data))
+        def feed(self, piece):
+            self._check_alive()
+            if not len(piece):
                 return
-            if not data and len(out) < n:
-                return
+            if self.eof:
+                self._after_end(len(piece))
+            self.total_in += len(piece)
+            yield from self._run(piece)
 
-    def finish(self):
-        self._check_alive()
-        yield from self._run(b"")
-        if not self.eof:
-            self._fail("truncated deflate data: the stream did not end after %d input bytes"
-                       % self.total_in)
+        def _run(self, data):
+            n = self.piece_size
+            while True:
+                try:
+                    out = self._d.decompress(data, n)
+                except _zlib.error as e:
+                    self._fail("corrupt deflate data after %d input bytes: %s" % (self.total_in, e))
+                data = self._d.unconsumed_tail
+                if out:
+                    self._count(len(out))
+                    yield out
+                if self._d.eof:
+                    self.eof = True
+                    if self._d.unused_data:
+                        self._after_end(len(self._d.unused_data))
+                    return
+                if not data and len(out) < n:
+                    return
+
+        def finish(self):
+            self._check_alive()
+            yield from self._run(b"")
+            if not self.eof:
+                self._fail("truncated deflate data: the stream did not end after %d input bytes"
+                           % self.total_in)
 
 
 class _UzlibInflater(_Base):

@@ -5,7 +5,9 @@ constants live in the heap next to its bytecode, and the library's texts (error
 messages, warnings) are about a third of that. A board build (lkedge_host.boardbuild,
 used by `lkedge deploy` and the test suite's MicroPython half) replaces each such text
 in the compiled module with `_lkmsg("<module>", n)` and writes the texts to
-`lkedge/<module>.msg` next to the .mpy; this function reads text n back. The source
+`lkedge/<module>.msg` next to the .mpy; this function reads text n back (`_lkmsg` is
+a two-line function the build adds to the package's __init__; it imports this module
+on the first text, so a board that raises and logs nothing never loads it). The source
 keeps the texts inline, CPython never calls this, and a board only pays when it raises
 or logs.
 

@@ -43,7 +43,18 @@ def test_message_texts_are_replaced_by_numbered_lookups_keeping_line_numbers():
     assert 'raise ValueError(_lkmsg("sample", 0) % (x,))' in new
     assert '"a module-level text runs at import"' in new       # import-time: left inline
     assert '"not a text"' in new and "Docstring texts stay" in new
-    assert new.rstrip().endswith("from .msgtext import text as _lkmsg  # noqa: E402 (board build)")
+    assert new.rstrip().endswith("from . import _lkmsg  # noqa: E402 (board build)")
+
+
+def test_the_package_init_gains_the_lazy_message_reader():
+    src = open(os.path.join(ROOT, "lib", "lkedge", "__init__.py")).read()
+    new, texts = boardbuild.board_source(src, "__init__")
+    assert texts == [] and new.startswith(src)
+    tree = ast.parse(new)
+    fn = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_lkmsg"]
+    assert len(fn) == 1 and [a.arg for a in fn[0].args.args] == ["module", "n"]
+    # msgtext is imported inside the function: loading the package does not load it
+    assert not any(isinstance(n, ast.ImportFrom) and n.module == "msgtext" for n in tree.body)
 
 
 def test_identical_texts_share_one_entry():
@@ -82,13 +93,16 @@ def _micropython():
 def test_a_board_build_raises_the_same_error_with_the_source_line_under_micropython():
     path = compiled_lib()
     assert os.path.exists(os.path.join(path, "lkedge", "rpc.msg"))
-    code = ("from lkedge.rpc import RpcServer\ns = RpcServer()\n"
+    code = ("import sys\nfrom lkedge.rpc import RpcServer\ns = RpcServer()\n"
+            "print('lkedge.msgtext' in sys.modules)\n"
             "try:\n    s.register('', print)\nexcept ValueError as e:\n    print(e)\n"
+            "print('lkedge.msgtext' in sys.modules)\n"
             "s.register('m', print)\ns.register('m', print)\n")
     r = subprocess.run([_micropython(), "-c", code], capture_output=True, text=True, timeout=30,
                        env=dict(os.environ, MICROPYPATH=path + ":.frozen"))
     out = r.stdout + r.stderr   # the unix port prints the traceback on stdout
-    assert out.split("\n")[0] == "RPC method name must be a non-empty str, got ''"
+    # msgtext loads with the first moved text, not with the modules
+    assert out.split("\n")[:3] == ["False", "RPC method name must be a non-empty str, got ''", "True"]
     assert ("ValueError: an RPC handler is already registered for method 'm'; "
             "unregister it before registering another") in out
     src = open(os.path.join(ROOT, "lib", "lkedge", "rpc.py")).read().split("\n")

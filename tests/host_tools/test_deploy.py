@@ -75,18 +75,19 @@ def _after_reset():
 
 
 def test_first_deploy_copies_everything_then_only_what_changed(unix_board, firmware, lib, tmp_path):
-    # 2 lib modules + boot.py, main.py, app.mpy, helper.mpy + profile.json
+    # 2 lib modules + the rename table (the board build's _lkmsg in __init__) + boot.py,
+    # main.py, app.mpy, helper.mpy + profile.json
     counts, log = run_deploy(unix_board, "unix", firmware, lib)
-    assert counts == [7, 0, 0], log
+    assert counts == [8, 0, 0], log
     assert "deploy: copy /config.json" in log
     _after_reset()
     counts, log = run_deploy(unix_board, "unix", firmware, lib)
-    assert counts == [0, 7, 0], log
+    assert counts == [0, 8, 0], log
     assert log.count("deploy: copy ") == 1  # only the config, with its fresh token
     _write(firmware, "app.py", "def answer():\n    return 43\n\ndef started():\n    pass\n")
     _after_reset()
     counts, log = run_deploy(unix_board, "unix", firmware, lib)
-    assert counts == [1, 6, 0] and "deploy: copy /app.mpy" in log, log
+    assert counts == [1, 7, 0] and "deploy: copy /app.mpy" in log, log
     _after_reset()
     assert mpremote_out(unix_board, "exec", "import app; print(app.answer())") == "43\n"
 
@@ -96,7 +97,7 @@ def test_compiled_mpy_is_what_the_board_imports(unix_board, firmware, lib, tmp_p
     _after_reset()
     flash = str(tmp_path / "flash")
     assert os.path.exists(os.path.join(flash, "main_ran"))  # the reset ran main.py
-    assert sorted(os.listdir(os.path.join(flash, "lib", "lkedge"))) == ["__init__.mpy", "alpha.mpy"]
+    assert sorted(os.listdir(os.path.join(flash, "lib", "lkedge"))) == ["__init__.mpy", "alpha.mpy", "renames.txt"]
     assert not os.path.exists(os.path.join(flash, "app.py"))
     got = mpremote_out(unix_board, "exec",
                        "import app, helper, lkedge.alpha, lkedge\n"
