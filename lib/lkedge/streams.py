@@ -16,7 +16,7 @@ Outgoing
     trailer_packet(stream_id, destination_identities, reason="", attributes=None)
     packet_size(pkt) -> int    serialized DataPacket size (proto.encoded_size)
     OutgoingStream(stream_id, kind, topic, destination_identities, **header options)
-        .header() -> packet; .write(data) -> [chunk packets]; .close(reason="",
+        .header() -> packet (once); .write(data) -> [chunk packets]; .close(reason="",
         attributes=None) -> trailer packet. Never inline, never compressed; text writes
         are cut on UTF-8 boundaries, a partial character waits for the next write.
         Its attributes (stream_id, topic, kind, name, ...) describe the stream.
@@ -140,8 +140,13 @@ class OutgoingStream:
         self._closed = False
 
     def header(self):
-        _check_header(self._hdr)
-        return self._hdr
+        """The header packet, once: the stream keeps no copy while it is written (on a
+        board its dicts would stay in the heap for the stream's whole life)."""
+        hdr, self._hdr = self._hdr, None
+        if hdr is None:
+            raise StreamError("the header of stream %s was already taken" % self.stream_id)
+        _check_header(hdr)
+        return hdr
 
     def write(self, data):
         """Chunk packets for `data` (str or bytes-like; str only for text streams)."""

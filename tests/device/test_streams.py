@@ -148,6 +148,18 @@ def test_compression_only_when_this_interpreter_can_compress():
         raise AssertionError("Deflater made without a compressor")
 
 
+def test_outgoing_stream_hands_its_header_out_once_and_keeps_no_copy():
+    out = streams.OutgoingStream("s8", "text", "t", ["b"])
+    assert out.header()["stream_header"]["stream_id"] == "s8"
+    assert out.mime_type == "text/plain"  # what the header said stays readable
+    try:
+        out.header()
+    except streams.StreamError as e:
+        assert "already taken" in str(e)
+    else:
+        raise AssertionError("a second header() gave the header again")
+
+
 def test_incremental_stream_has_no_total_length_is_never_inline_nor_compressed():
     out = streams.OutgoingStream("s9", "bytes", "t", ["b"], name="n")
     h = out.header()["stream_header"]
