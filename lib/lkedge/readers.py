@@ -12,6 +12,8 @@ import asyncio
 
 from . import utf8
 
+_WAIT = object()  # _poll(): nothing offered yet
+
 
 class _Reader:
     """Common rendezvous machinery of text and byte readers."""
@@ -27,14 +29,18 @@ class _Reader:
         self._abandoned = False
 
     # ---- producer side (the room's link reader task) ----
-    async def _offer(self, data):
+    def _put(self, data):
+        """Offer `data` to the consumer. True when the producer must now wait on
+        `_taken` until it is read; False when it is dropped (abandoned, ended, empty).
+        Synchronous, like the consumer's `_poll`: a coroutine per piece would be
+        garbage a board has to collect, and the only wait left is the Event's own."""
         if self._abandoned or self._ended or not len(data):
-            return
+            return False
         self._data = data
         self._off = 0
         self._taken.clear()
         self._ready.set()
-        await self._taken.wait()
+        return True
 
     def _end(self, error=None):
         if not self._ended:
@@ -49,16 +55,21 @@ class _Reader:
         self._taken.set()
 
     # ---- consumer side ----
-    async def _wait_data(self):
-        """Return the current unread memoryview, or None at the end of the stream."""
-        while self._data is None:
-            if self._ended:
-                if self._error is not None:
-                    raise self._error
-                return None
-            await self._ready.wait()
-            self._ready.clear()
-        return self._data
+    def _poll(self):
+        """The unread memoryview; None at the end of the stream (its error raised);
+        _WAIT while nothing is offered: then wait for `_ready` and poll again."""
+        data = self._data
+        if data is not None:
+            return data
+        if self._ended:
+            if self._error is not None:
+                raise self._error
+            return None
+        self._ready.clear()
+        return _WAIT
+
+    def _unread(self, data):
+        return data[self._off:] if self._off else data
 
     def _release(self, n):
         self._off += n
@@ -68,11 +79,13 @@ class _Reader:
 
     async def readinto(self, buf):
         """Copy the next bytes into `buf` (no allocation); 0 at the end of the stream."""
-        data = self._data
-        if data is None:  # only then wait: a coroutine per piece is garbage on a board
-            data = await self._wait_data()
-            if data is None:
-                return 0
+        while True:
+            data = self._poll()
+            if data is not _WAIT:
+                break
+            await self._ready.wait()
+        if data is None:
+            return 0
         n = min(len(buf), len(data) - self._off)
         buf[:n] = data[self._off:self._off + n]
         self._release(n)
@@ -86,10 +99,14 @@ class ByteStreamReader(_Reader):
     """Iterate `bytes` pieces as they arrive, `readinto(buf)`, or `read_all()`."""
 
     async def __anext__(self):
-        data = await self._wait_data()
+        while True:
+            data = self._poll()
+            if data is not _WAIT:
+                break
+            await self._ready.wait()
         if data is None:
             raise StopAsyncIteration
-        out = bytes(data[self._off:])
+        out = bytes(self._unread(data))
         self._release(len(data) - self._off)
         return out
 
@@ -114,11 +131,14 @@ class TextStreamReader(_Reader):
 
     async def __anext__(self):
         while True:
-            data = await self._wait_data()
+            data = self._poll()
+            if data is _WAIT:
+                await self._ready.wait()
+                continue
             if data is None:
                 self._dec.finish()
                 raise StopAsyncIteration
-            s = self._dec.decode(data[self._off:])
+            s = self._dec.decode(self._unread(data))
             self._release(len(data) - self._off)
             if s:
                 return s

@@ -345,8 +345,8 @@ class Room:
                                                    ch.get("chunk_index", 0), e[2], e[3]):
                         if isinstance(ev, streams.StreamData):
                             r = self._readers.get(ev.info.stream_id)
-                            if r is not None:
-                                await r._offer(ev.data)
+                            if r is not None and r._put(ev.data):
+                                await r._taken.wait()  # until the application has read it
                         else:
                             await self._on_stream_event(ev)
                 elif e[1] != proto.K_USER_PAYLOAD:  # UserPackets are not part of this SDK
@@ -417,8 +417,8 @@ class Room:
     async def _on_stream_event(self, ev):
         if isinstance(ev, streams.StreamData):
             r = self._readers.get(ev.info.stream_id)
-            if r is not None:
-                await r._offer(ev.data)
+            if r is not None and r._put(ev.data):
+                await r._taken.wait()
         elif isinstance(ev, streams.StreamOpened):
             await self._stream_opened(ev.info)
         elif isinstance(ev, streams.StreamEnded):
