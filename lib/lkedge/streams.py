@@ -29,10 +29,12 @@ Incoming
         .chunk(sender, stream_id, chunk_index, piece, final)   one piece of a chunk
         .trailer(sender, trailer_dict)
         .participant_left(identity), .close_all(reason)
-    Each returns an iterator of events, produced lazily: pull it to the end (nothing
-    happens otherwise); a StreamData's `data` is a view of a reused buffer (the link's
-    piece or the inflater's output) and the StreamData object itself is reused per
-    stream: both are valid only until the next event is pulled.
+    Each returns an iterable of events: pull it to the end (a generator, whose work
+    happens as it is pulled, when there may be several; chunk() answers the usual one
+    piece with a tuple made once per stream, so the hot path allocates nothing); a
+    StreamData's `data` is a view of a reused buffer (the link's piece or the
+    inflater's output) and the StreamData object itself is reused per stream: both are
+    valid only until the next event is pulled.
     Events: StreamOpened(info), StreamData(info, data) (at most piece_size bytes,
     inflated when compressed), StreamEnded(info, error) (error None or StreamError),
     StreamIgnored(stream_id, reason) (for logging; the stream's packets are dropped).
@@ -267,6 +269,7 @@ class _Open:
         self.cur_index = -1     # chunk whose pieces are arriving, -1 between chunks
         self.dropping = False   # the current chunk is a duplicate
         self.ev = StreamData(info)
+        self.one = (self.ev,)   # chunk()'s usual answer, made once per stream
 
 
 class IncomingStreams:
@@ -355,23 +358,34 @@ class IncomingStreams:
     def chunk(self, sender_identity, stream_id, chunk_index, piece, final):
         st = self.open.get(stream_id)
         if st is None:
-            if stream_id not in self._ignored:
-                self._ignore(stream_id)
-                yield StreamIgnored(stream_id, "chunk for a stream that is not open")
-            return
+            if stream_id in self._ignored:
+                return ()
+            self._ignore(stream_id)
+            return (StreamIgnored(stream_id, "chunk for a stream that is not open"),)
         if st.info.sender_identity != sender_identity:
-            return  # only the stream's sender may add to it
+            return ()  # only the stream's sender may add to it
         if st.cur_index != chunk_index:
             if not len(piece) and final:
-                return  # an empty chunk is ignored
+                return ()  # an empty chunk is ignored
             err = self._start_chunk(st, chunk_index)
             if err is not None:
-                yield from self._end(st, err)
-                return
+                return self._end(st, err)
         if final:
             st.cur_index = -1
-        if st.dropping:
-            return
+        if st.dropping or not len(piece):
+            return ()
+        if st.inflater is not None or len(piece) > self.piece_size:
+            return self._pieces(st, piece)
+        # The common case is one event, handed out without a generator: on a board
+        # every object made per piece is garbage to collect.
+        try:
+            self._count(st, len(piece))
+        except StreamError as e:
+            return self._end(st, e)
+        st.ev.data = piece
+        return st.one
+
+    def _pieces(self, st, piece):
         try:
             if st.inflater is not None:
                 yield from self._inflate(st, st.inflater.feed(piece))
@@ -452,13 +466,17 @@ class IncomingStreams:
         if self.open.get(sid) is st:
             del self.open[sid]
             self._ignore(sid)
-        yield StreamEnded(st.info, err)
+        return (StreamEnded(st.info, err),)
+
+    @staticmethod
+    def _count(st, n):
+        total = st.info.total_length
+        if total is not None and st.received + n > total:
+            raise StreamError("length exceeded: more than total_length %d bytes" % total)
+        st.received += n
 
     def _deliver(self, st, mv):
-        total = st.info.total_length
-        if total is not None and st.received + len(mv) > total:
-            raise StreamError("length exceeded: more than total_length %d bytes" % total)
-        st.received += len(mv)
+        self._count(st, len(mv))
         n = self.piece_size
         ev = st.ev
         for off in range(0, len(mv), n):
