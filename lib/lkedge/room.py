@@ -99,6 +99,7 @@ class Room:
         self._acc_n = 0
         self._acc_key = None
         self._skip_frame = False
+        self._events = None  # generator of the stream events of the current chunk piece
         self.last_error = None
 
     # ------------------------------------------------------------------ events
@@ -298,11 +299,25 @@ class Room:
                     if kind == link.DATA_PIECE:
                         if not self._skip_frame:
                             dec.receive(ev[1])
-                            await self._drain(dec)
+                            # Here, not in a coroutine of its own: this runs for every
+                            # piece, and on a board every coroutine is garbage to collect.
+                            while True:
+                                try:
+                                    aw = self._decoded(dec)
+                                    if aw is None:
+                                        break
+                                    await aw
+                                except ValueError as err:  # ProtoError, bad UTF-8, a bad header
+                                    _warn("DataPacket from %r dropped: %s"
+                                          % (dec.msg.get("participant_identity", "?"), err))
+                                    self._skip_frame = True  # this packet only
+                                    self._events = None
+                                    break
                     elif kind == link.DATA_START:
                         if self.connection_state != "connected":
                             raise link.LinkError("DATA before JOINED")
                         self._skip_frame = False
+                        self._events = None
                         self._acc_key = None
                         self._acc = None
                         dec.start(ev[1])
@@ -323,38 +338,55 @@ class Room:
                 else:
                     self._spawn(self._link_lost(why))
 
-    async def _drain(self, dec):
+    def _decoded(self, dec):
+        """What the reader task awaits next for the packet being decoded, or None when
+        the decoder needs data. Synchronous: chunk content goes to its reader here and
+        only the reader's Event is awaited. Raises ValueError to drop the packet."""
         while True:
+            events = self._events
+            if events is not None:  # a generator of one chunk piece's stream events
+                try:
+                    ev = next(events)   # (next() has no default argument on every port)
+                except StopIteration:
+                    self._events = None
+                    continue
+                aw = self._stream_event(ev)
+                if aw is not None:
+                    return aw
+                continue
             try:
                 e = dec.next_event()
             except proto.ProtoError as err:
                 _warn("malformed DataPacket dropped: %s" % err)
                 self._skip_frame = True
-                return
+                return None
             if e == proto.NEED_DATA:
-                return
-            try:
-                if e[0] != proto.PIECE:
-                    await self._on_packet(e[1])
-                elif e[1] == proto.K_CHUNK_CONTENT:
-                    # The per-piece hot path stays in this coroutine: every coroutine
-                    # called per piece is garbage a board has to collect.
-                    msg = dec.msg
-                    ch = msg.get("stream_chunk") or {}
-                    for ev in self._incoming.chunk(msg.get("participant_identity", ""), ch.get("stream_id", ""),
-                                                   ch.get("chunk_index", 0), e[2], e[3]):
-                        if isinstance(ev, streams.StreamData):
-                            r = self._readers.get(ev.info.stream_id)
-                            if r is not None and r._put(ev.data):
-                                await r._taken.wait()  # until the application has read it
-                        else:
-                            await self._on_stream_event(ev)
-                elif e[1] != proto.K_USER_PAYLOAD:  # UserPackets are not part of this SDK
-                    self._gather(dec, e[1], e[2])
-            except ValueError as err:  # ProtoError, bad UTF-8, a bad header: this packet only
-                _warn("DataPacket from %r dropped: %s" % (dec.msg.get("participant_identity", "?"), err))
-                self._skip_frame = True
-                return
+                return None
+            if e[0] != proto.PIECE:
+                return self._on_packet(e[1])
+            if e[1] == proto.K_CHUNK_CONTENT:
+                msg = dec.msg
+                ch = msg.get("stream_chunk") or {}
+                evs = self._incoming.chunk(msg.get("participant_identity", ""), ch.get("stream_id", ""),
+                                           ch.get("chunk_index", 0), e[2], e[3])
+                if type(evs) is not tuple:
+                    self._events = evs
+                elif evs:  # the usual answer, no event or one: no iterator needed
+                    aw = self._stream_event(evs[0])
+                    if aw is not None:
+                        return aw
+            elif e[1] != proto.K_USER_PAYLOAD:  # UserPackets are not part of this SDK
+                self._gather(dec, e[1], e[2])
+
+    def _stream_event(self, ev):
+        """The awaitable for one stream event, or None: data goes to its reader, which
+        the reader task then waits on until the application has read it."""
+        if isinstance(ev, streams.StreamData):
+            r = self._readers.get(ev.info.stream_id)
+            if r is not None and r._put(ev.data):
+                return r._taken.wait()
+            return None
+        return self._on_stream_event(ev)
 
     def _gather(self, dec, key, mv):
         # Small big-fields (v1 payloads <= 15360, inline content <= 15000, error data):
@@ -386,10 +418,14 @@ class Room:
         if "stream_header" in msg:
             inline = self._take_acc(proto.K_INLINE_CONTENT)
             for ev in self._incoming.header(sender, msg["stream_header"], inline):
-                await self._on_stream_event(ev)
+                aw = self._stream_event(ev)
+                if aw is not None:
+                    await aw
         elif "stream_trailer" in msg:
             for ev in self._incoming.trailer(sender, msg["stream_trailer"]):
-                await self._on_stream_event(ev)
+                aw = self._stream_event(ev)
+                if aw is not None:
+                    await aw
         elif "rpc_ack" in msg:
             if self._rpc_client is not None:  # no client: we never called, nothing to ack
                 self._rpc_client.on_ack(now_ms(), sender, msg["rpc_ack"].get("request_id", ""))
@@ -415,11 +451,8 @@ class Room:
 
     # --------------------------------------------------------- stream events
     async def _on_stream_event(self, ev):
-        if isinstance(ev, streams.StreamData):
-            r = self._readers.get(ev.info.stream_id)
-            if r is not None and r._put(ev.data):
-                await r._taken.wait()
-        elif isinstance(ev, streams.StreamOpened):
+        """A stream event other than data (see _stream_event)."""
+        if isinstance(ev, streams.StreamOpened):
             await self._stream_opened(ev.info)
         elif isinstance(ev, streams.StreamEnded):
             self._stream_ended(ev)

@@ -30,8 +30,9 @@ Incoming
         .trailer(sender, trailer_dict)
         .participant_left(identity), .close_all(reason)
     Each returns an iterable of events: pull it to the end (a generator, whose work
-    happens as it is pulled, when there may be several; chunk() answers the usual one
-    piece with a tuple made once per stream, so the hot path allocates nothing); a
+    happens as it is pulled, when there may be several; chunk() answers with a tuple
+    of at most one event when it has no more, the usual one made once per stream, so
+    the hot path allocates nothing); a
     StreamData's `data` is a view of a reused buffer (the link's piece or the
     inflater's output) and the StreamData object itself is reused per stream: both are
     valid only until the next event is pulled.
