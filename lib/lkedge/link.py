@@ -5,7 +5,8 @@
 API (docs/internals.md, with the details fixed here):
 
 - `encode_frame(type, body) -> bytes`, `frame_header(type, body_len) -> bytes` (the
-  varint and the type byte; a DATA body is streamed after it).
+  varint and the type byte; a DATA body is streamed after it);
+  `put_frame_header(buf, type, body_len) -> n` writes the same into buf[:n] (n <= 6).
 - `decode_control(body) -> dict`: the CBOR map of a control body, checked to be a map
   with text keys.
 - Validators of the LINK.md maps a participant receives; each returns a NEW normalised
@@ -100,18 +101,25 @@ class LinkError(ValueError):
 
 def frame_header(type, body_len):
     """varint(1 + body_len) followed by the type byte."""
+    out = bytearray(_MAX_VARINT_BYTES + 1)
+    return bytes(out[:put_frame_header(out, type, body_len)])
+
+
+def put_frame_header(buf, type, body_len):
+    """frame_header() written at the start of buf (6 bytes at most); returns its length."""
     if not 0 <= type <= 0xff:
         raise ValueError("frame type %d is not a byte" % type)
     n = 1 + body_len
     if body_len < 0 or n >> 32:   # no 0xffffffff literal: a big int on a 32-bit board
         raise ValueError("frame body length %d out of range" % body_len)
-    out = bytearray()
+    i = 0
     while n >= 0x80:
-        out.append((n & 0x7f) | 0x80)
+        buf[i] = (n & 0x7f) | 0x80
         n >>= 7
-    out.append(n)
-    out.append(type)
-    return bytes(out)
+        i += 1
+    buf[i] = n
+    buf[i + 1] = type
+    return i + 2
 
 
 def encode_frame(type, body):

@@ -10,10 +10,12 @@ case, as officially) and the ParticipantInfo fields other than 1, 2, 3, 14, 15, 
 
 Writing, byte-identical to livekit-protocol's SerializeToString(deterministic=True):
 - `encode(schema, msg) -> bytes`; `encoded_size(schema, msg) -> int` (no output built);
-- `encode_segments(schema, msg) -> list` of `bytes` segments and Blob objects (anything
-  with an int `size`, standing for that many bytes of a bytes/string field) in wire
-  order; the writer sends the bytes and streams each Blob itself. Size-0 Blobs are
-  written as empty fields and left out of the list. `encode()` of a Blob: ValueError.
+- `encode_segments(schema, msg) -> list` of segments in wire order: `bytes` for the
+  small parts, Blob objects (anything with an int `size`, standing for that many bytes
+  of a bytes/string field), and string/bytes values of 64 bytes or more as they are
+  (bytes-like, not copied; a str as its UTF-8 bytes); the writer sends the bytes-like
+  ones and streams each Blob itself. Size-0 Blobs are written as empty fields and left
+  out of the list. `encode()` of a Blob: ValueError.
 - Values: ints for varint types (range-checked; bools for bool), `str` or raw UTF-8
   bytes-like for strings, bytes-like for bytes, dicts for sub-messages and maps, lists
   for repeated fields; None counts as absent. Defaults are left out except for fields
@@ -51,6 +53,8 @@ Reading (results equal what the official parser reads, as dicts of present field
   live in lkedge.relayside, which a board never imports (this module still answers
   those names, loading relayside on first use).
 """
+from .utf8 import encoded
+
 try:
     from micropython import const
 except ImportError:  # CPython
@@ -99,6 +103,10 @@ _CASE = const(0xA0)      # _F_PRES | _F_ONEOF: a oneof case holding a message or
 _S_NAME = const(0)
 _S_SPEC = const(1)
 _S_NAMES = const(2)
+
+# A string/bytes value this long or longer is a segment of its own in
+# encode_segments() instead of being copied among the small parts.
+_COPY_MAX = const(64)
 
 _EMPTY = memoryview(b"")
 _BYTES_LIKE = (bytes, bytearray, memoryview)
@@ -303,9 +311,11 @@ def _want(sc, j, expected, v):
 
 
 def _data(sc, j, t, v, plan):
-    """Byte length of a string/bytes value; appends its bytes (or the Blob) to plan."""
+    """Byte length of a string/bytes value; appends its bytes (or the Blob) to plan.
+    plan[0] sums what stays out of the small-parts buffer: Blobs, and values of
+    _COPY_MAX bytes or more (segments of their own, never copied)."""
     if isinstance(v, str):
-        b = v.encode("utf-8")
+        b = encoded(v)
     elif isinstance(v, _BYTES_LIKE):
         b = v
     elif hasattr(v, "size"):   # a Blob
@@ -315,6 +325,8 @@ def _data(sc, j, t, v, plan):
     else:
         raise _want(sc, j, "str" if t == _T_STRING else "bytes", v)
     plan.append(b)
+    if len(b) >= _COPY_MAX:
+        plan[0] += len(b)
     return len(b)
 
 
@@ -421,16 +433,17 @@ class _Out:
         is empty and skip_empty: the size pass left it out)."""
         d = self.plan[self.p]
         self.p += 1
-        n = len(d) if isinstance(d, _BYTES_LIKE) else d.size
+        copy = isinstance(d, _BYTES_LIKE)
+        n = len(d) if copy else d.size
         if skip_empty and not n:
             return
         self.varint(tag)
         self.varint(n)
-        if isinstance(d, _BYTES_LIKE):
+        if copy and n < _COPY_MAX:
             self.buf[self.i:self.i + n] = d
             self.i += n
         elif n:
-            self.cuts.append((self.i, d))
+            self.cuts.append((self.i, d))   # a Blob, or bytes too big to copy
 
 
 def _write_msg(sc, msg, out):
@@ -484,8 +497,10 @@ def encoded_size(schema, msg):
 
 
 def encode_segments(schema, msg):
-    """[bytes or Blob, ...] in wire order. Segments are `bytes` (not memoryviews):
-    MicroPython's bytes.join accepts nothing else, and they are only the small parts."""
+    """[segment, ...] in wire order: `bytes` for the small parts (tags, lengths, short
+    values), and each Blob and each string/bytes value of _COPY_MAX bytes or more as
+    it is (a Blob, or the bytes-like value itself: a chunk's content is never copied
+    here; a str comes encoded)."""
     plan = [0]
     total = _size(schema, msg, plan)
     out = _Out(total - plan[0], plan)
@@ -508,9 +523,14 @@ def encode_segments(schema, msg):
 def encode(schema, msg):
     """The serialized message, byte-identical to SerializeToString(deterministic=True)."""
     segs = encode_segments(schema, msg)
-    if len(segs) > 1:   # a Blob: it always comes with its tag and length before it
-        raise ValueError("%s holds a Blob: use encode_segments()" % schema[_S_NAME])
-    return segs[0]
+    if len(segs) == 1 and isinstance(segs[0], bytes):
+        return segs[0]
+    out = bytearray()
+    for s in segs:
+        if not isinstance(s, _BYTES_LIKE):
+            raise ValueError("%s holds a Blob: use encode_segments()" % schema[_S_NAME])
+        out += s
+    return bytes(out)
 
 
 # ---------------------------------------------------------------- decoding

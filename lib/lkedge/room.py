@@ -19,7 +19,7 @@ from .consts import (ATTR_RPC_REQUEST_ID, CAP_COMPRESSION_DEFLATE_RAW, TOPIC_RPC
                      TOPIC_RPC_RESPONSE)
 from .participant import LocalParticipant, RemoteParticipant, is_awaitable
 from .readers import ByteStreamReader, TextStreamReader
-from .sender import PacketSender
+from .sender import HEADER_ROOM, PacketSender
 
 _inflate = None  # lkedge.inflate, imported only by a Room that may advertise inflating
 
@@ -69,7 +69,7 @@ class Room:
         self._text_handlers = {}
         self._byte_handlers = {}
         self._listeners = {}
-        self._sender = PacketSender(min(o.piece_size, 4096))
+        self._sender = PacketSender(min(o.piece_size, 4096) + HEADER_ROOM)
         self._rpc_client = None  # rpc_caller.RpcClient, made by the first call (lkedge.calls)
         self._rpc_server = rpc.RpcServer()
         adv = o.advertise_compression

