@@ -79,11 +79,10 @@ class _Reader:
 
     async def readinto(self, buf):
         """Copy the next bytes into `buf` (no allocation); 0 at the end of the stream."""
-        while True:
-            data = self._poll()
-            if data is not _WAIT:
-                break
+        data = self._poll()
+        while data is _WAIT:  # here, not in a helper coroutine: one less per piece
             await self._ready.wait()
+            data = self._poll()
         if data is None:
             return 0
         n = min(len(buf), len(data) - self._off)
@@ -99,11 +98,10 @@ class ByteStreamReader(_Reader):
     """Iterate `bytes` pieces as they arrive, `readinto(buf)`, or `read_all()`."""
 
     async def __anext__(self):
-        while True:
-            data = self._poll()
-            if data is not _WAIT:
-                break
+        data = self._poll()
+        while data is _WAIT:  # here, not in a helper coroutine: one less per piece
             await self._ready.wait()
+            data = self._poll()
         if data is None:
             raise StopAsyncIteration
         out = bytes(self._unread(data))
@@ -132,9 +130,9 @@ class TextStreamReader(_Reader):
     async def __anext__(self):
         while True:
             data = self._poll()
-            if data is _WAIT:
+            while data is _WAIT:
                 await self._ready.wait()
-                continue
+                data = self._poll()
             if data is None:
                 self._dec.finish()
                 raise StopAsyncIteration
