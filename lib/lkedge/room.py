@@ -285,6 +285,7 @@ class Room:
         fr = link.FrameReader(max(o.max_frame, 16384))
         dec = proto.PacketDecoder(o.max_field)
         why = "relay closed the link"
+        self._events = None  # _decoded's pending stream events belong to this task
         try:
             while True:
                 n = await t.read_into(buf)

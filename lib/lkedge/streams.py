@@ -145,10 +145,11 @@ class OutgoingStream:
     def header(self):
         """The header packet, once: the stream keeps no copy while it is written (on a
         board its dicts would stay in the heap for the stream's whole life)."""
-        hdr, self._hdr = self._hdr, None
+        hdr = self._hdr
         if hdr is None:
             raise StreamError("the header of stream %s was already taken" % self.stream_id)
-        _check_header(hdr)
+        _check_header(hdr)   # first: an oversized header says so again if asked again
+        self._hdr = None
         return hdr
 
     def write(self, data):

@@ -9,7 +9,9 @@ Runs unchanged on MicroPython asyncio and CPython asyncio.
                                   room.py's job: a transport only carries bytes)
     n = await t.read_into(buf) -> bytes read into buf (a bytearray or memoryview),
                                   at least 1; 0 once the peer closed the stream
-    await t.write(data)        bytes-like, written whole (drained) before returning
+    await t.write(data)        bytes-like, written whole (drained) before returning; a
+                               transport keeps no reference to data (the caller
+                               reuses its buffer for the next frame)
     await t.close()            idempotent
     t.url, t.close_code, t.close_reason   (close_* set for WebSocket closes)
 
