@@ -1,6 +1,7 @@
 """The smallest MicroPython heap that carries the bounded-memory scenario, by bisection.
 
     .venv/bin/python -m lkedge_host.bench.board_heap [--sizes 65536,1048576,8388608]
+    .venv/bin/python -m lkedge_host.bench.board_heap --garbage
 
 The scenario (tests/scenarios/board_memory.py runs on the board side): a real relay on
 loopback, a MicroPython "board" (the unix port with -X heapsize, the library as
@@ -16,6 +17,11 @@ two tasks), halfway through the call's request (per-call state) and halfway thro
 the byte stream; and the interned names (qstrs) at the end with the heap their pools
 and text take. The difference between the smallest heap and the largest of these is
 what the allocator needs beyond live data (garbage between collections, fragmentation).
+
+With --garbage, one run at a generous heap instead: the bytes the board allocates per
+KiB of the call's request it receives, of the answer it sends and of the byte stream it
+receives (collections off over 16 KiB of each): what makes a board collect, and so
+what a transfer costs it in CPU beyond the network.
 """
 import argparse
 import asyncio
@@ -133,13 +139,15 @@ async def _pump(stream, lines):
         lines.append(line.strip())
 
 
-def run_scenario(relay, heap, nbytes, compress, timeout=120):
-    """Run once; returns dict(ok, error, mem lines…). Never raises for a failed run."""
+def run_scenario(relay, heap, nbytes, compress, timeout=120, garbage=False):
+    """Run once; returns dict(ok, error, mem lines…). Never raises for a failed run.
+    garbage: the board also measures the bytes it allocates per KiB moved
+    (result["garbage"]: {"request": B, "answer": B, "stream": B})."""
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from mpybuild import compiled_lib
     env = dict(os.environ, MICROPYPATH=compiled_lib() + ":.frozen", LKEDGE_TOKEN=relay.token("board"))
     proc = subprocess.Popen([_bin("micropython"), "-X", "heapsize=%d" % heap, SCENARIO, relay.url,
-                             "1" if compress else "0", str(nbytes)],
+                             "1" if compress else "0", str(nbytes)] + (["garbage"] if garbage else []),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines = []
     result = {"heap": heap, "ok": False, "error": None}
@@ -169,6 +177,8 @@ def run_scenario(relay, heap, nbytes, compress, timeout=120):
     for line in lines:
         if line.startswith(("MEM ", "LIVE ")):
             result.update(dict(kv.split("=") for kv in line.split()[1:]))
+        elif line.startswith("GARBAGE "):
+            result["garbage"] = dict(kv.split("=") for kv in line.split()[1:])
         elif line.startswith("qstr pool:"):
             kv = dict(x.strip().split("=") for x in line.split(":", 1)[1].split(","))
             result["qstrs"], result["qstr_bytes"] = kv["n_qstr"], kv["n_total_bytes"]
@@ -209,11 +219,24 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="65536,1048576,8388608", help="payload sizes in bytes, comma separated")
     ap.add_argument("--compression", default="off,on", help="off, on, or both (default)")
+    ap.add_argument("--garbage", action="store_true",
+                    help="instead: bytes the board allocates per KiB moved (1 MiB, no compression)")
     a = ap.parse_args(argv)
     sizes = [int(x) for x in a.sizes.split(",")]
     modes = [m == "on" for m in a.compression.split(",")]
     from lkedge_host.relay.process import RelayProcess
     with RelayProcess() as relay:
+        if a.garbage:
+            r = run_scenario(relay, 512 * 1024, 1 << 20, False, garbage=True)
+            if not r["ok"]:
+                print("garbage run FAILED: %s" % r["error"])
+                return
+            g = r["garbage"]
+            print("garbage per KiB moved (1 MiB, no compression, collections off over 16 KiB): "
+                  "call request received %s B (the handler's str pieces and their encoding "
+                  "included), answer sent %s B, byte stream received with readinto %s B"
+                  % (g["request"], g["answer"], g["stream"]))
+            return
         for compress in modes:
             for n in sizes:
                 t0 = time.monotonic()

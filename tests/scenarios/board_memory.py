@@ -1,6 +1,6 @@
 """The board side of the bounded-memory scenario (runs under MicroPython).
 
-    LKEDGE_TOKEN=<jwt> micropython -X heapsize=96K board_memory.py URL COMPRESS RESPONSE_BYTES
+    LKEDGE_TOKEN=<jwt> micropython -X heapsize=96K board_memory.py URL COMPRESS RESPONSE_BYTES [garbage]
 
 (The token travels in the environment: the unix port dies with "FATAL: uncaught NLR"
 on a command-line argument longer than about 256 bytes, and a JWT is longer.)
@@ -20,6 +20,12 @@ and a byte stream topic "blob" whose content it hashes. Prints machine-readable 
     qstr pool: ... n_qstr=<count> ... n_total_bytes=<bytes>
                                              interned names (micropython.qstr_info())
                                              and the heap their pools and text take
+    GARBAGE request=<B> answer=<B> stream=<B>
+                                             with "garbage" only: bytes allocated per KiB
+                                             of the call's request received, of its
+                                             answer sent and of the byte stream
+                                             received, over the second 16 KiB of each
+                                             with collections off (a generous heap)
     PEAK <bytes>                             highest gc.mem_alloc() sampled
     FAIL <what>: <exception>                 a handler failed (then the board exits)
     LOST <reason>                            the link was lost (then the board exits)
@@ -40,14 +46,36 @@ from lkedge.room import Room  # noqa: E402
 PIECE = "0123456789abcdef" * 32  # 512 characters, produced again and again, no growth
 
 
+GARBAGE = len(sys.argv) > 4 and sys.argv[4] == "garbage"
+WINDOW = 16384
+garbage = {}
+
+
+def garbage_at(key, n):
+    """With "garbage": bytes allocated per KiB over the second WINDOW bytes of a
+    transfer (n bytes so far), collections off so that nothing is freed uncounted."""
+    if not GARBAGE:
+        return
+    st = garbage.get(key)
+    if st is None:
+        if n >= WINDOW:
+            gc.collect()
+            gc.disable()
+            garbage[key] = [gc.mem_alloc(), n, None]
+    elif st[2] is None and n >= st[1] + WINDOW:
+        st[2] = (gc.mem_alloc() - st[0]) * 1024 // (n - st[1])
+        gc.enable()
+
+
 class Answer:
     def __init__(self, n):
-        self.left = n
+        self.left = self.total = n
 
     def __aiter__(self):
         return self
 
     async def __anext__(self):
+        garbage_at("answer", self.total - self.left)
         if not self.left:
             raise StopAsyncIteration
         n = min(self.left, len(PIECE))
@@ -60,8 +88,9 @@ live = {}
 
 
 def live_at(key, n, total):
-    """Heap in use after a collection, once per key, when half the payload is through."""
-    if key not in live and total and n * 2 >= total:
+    """Heap in use after a collection, once per key, when half the payload is through
+    (not when measuring garbage: the collection would free what is being counted)."""
+    if key not in live and total and n * 2 >= total and not GARBAGE:
         gc.collect()
         live[key] = gc.mem_alloc()
 
@@ -103,6 +132,7 @@ async def main(url, token, compress, response_bytes):
             n += len(b)
             sample()
             live_at("call", n, response_bytes)
+            garbage_at("request", n)
         print("SINK %d %s" % (n, binascii.hexlify(h.digest()).decode()))
         results["sink"] = 1
         return Answer(response_bytes)
@@ -125,6 +155,7 @@ async def main(url, token, compress, response_bytes):
             n += k
             sample()
             live_at("stream", n, reader.info.total_length)
+            garbage_at("stream", n)
         print("BLOB %d %s" % (n, binascii.hexlify(h.digest()).decode()))
         results["blob"] = 1
         if len(results) == 2:
@@ -141,6 +172,9 @@ async def main(url, token, compress, response_bytes):
         return
     await asyncio.sleep(0.2)
     print("LIVE joined=%d call=%d stream=%d" % (live["joined"], live.get("call", 0), live.get("stream", 0)))
+    if GARBAGE:
+        print("GARBAGE " + " ".join("%s=%s" % (k, garbage[k][2] if k in garbage else "?")
+                                    for k in ("request", "answer", "stream")))
     import micropython
     micropython.qstr_info()   # "qstr pool: n_pool=.., n_qstr=.., n_str_data_bytes=.., n_total_bytes=.."
     print("PEAK %d" % peak[0])   # last: the host stops reading here
