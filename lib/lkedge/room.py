@@ -593,8 +593,8 @@ class Room:
         self._timer_wake.set()
 
     # -------------------------------------------------------------- sending
-    async def _send(self, pkt):
-        await self._sender.send(pkt)
+    def _send(self, pkt):
+        return self._sender.send(pkt)  # the awaitable (see PacketSender.send)
 
     async def _send_all(self, packets):
         for p in packets or ():

@@ -32,16 +32,21 @@ class PacketSender:
         self.transport = None
         self.packets = 0
 
-    async def send(self, pkt):
+    # send() and send_frame() are plain functions returning the one coroutine that
+    # writes (`await sender.send(pkt)` as usual): a coroutine of their own per packet
+    # would be garbage a board has to collect.
+    def send(self, pkt):
+        """The awaitable that writes DataPacket pkt as a DATA frame (encoding errors are
+        raised here, at the call)."""
         segs = proto.encode_segments(proto.DATA_PACKET, pkt)
         total = 0
         for s in segs:
             total += _seg_len(s)
-        await self.send_frame_segments(link.DATA, segs, total)
         self.packets += 1
+        return self.send_frame_segments(link.DATA, segs, total)
 
-    async def send_frame(self, ftype, body):
-        await self.send_frame_segments(ftype, (body,), len(body))
+    def send_frame(self, ftype, body):
+        return self.send_frame_segments(ftype, (body,), len(body))
 
     async def send_frame_segments(self, ftype, segs, total):
         t = self.transport

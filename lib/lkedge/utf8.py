@@ -73,11 +73,13 @@ def incomplete_tail(buf, start=0):
     return size - i if need and i + need > size else 0
 
 
-def _decode(data, where):
+def _decode(data, offset):
+    """str of UTF-8 bytes data, which start at byte `offset` of the text (for the error
+    only: the message is made when it is needed, not for every piece)."""
     try:
         return str(data, "utf-8")
     except (UnicodeError, ValueError):
-        raise Utf8Error("invalid UTF-8 in %s" % where)
+        raise Utf8Error("invalid UTF-8 in the text after byte %d" % offset)
 
 
 class Utf8Decoder:
@@ -90,7 +92,7 @@ class Utf8Decoder:
         self.offset = 0         # bytes decoded so far (for error messages)
 
     def decode(self, piece):
-        mv = memoryview(piece)
+        mv = piece if isinstance(piece, memoryview) else memoryview(piece)
         head = ""
         start = 0
         if self._npend:
@@ -100,11 +102,14 @@ class Utf8Decoder:
             start = take
             if self._npend < self._need:
                 return ""
-            head = _decode(bytes(self._pend[:self._need]), self._where())
+            head = _decode(bytes(self._pend[:self._need]), self.offset)
             self.offset += self._need
             self._npend = 0
         end = self._complete_end(mv, start)
-        body = _decode(mv[start:end], self._where()) if end > start else ""
+        if end > start:
+            body = _decode(mv if start == 0 and end == len(mv) else mv[start:end], self.offset)
+        else:
+            body = ""
         self.offset += end - start
         rest = len(mv) - end
         if rest:
@@ -112,9 +117,6 @@ class Utf8Decoder:
             self._npend = rest
             self._need = _seq_len(mv[end])
         return head + body if head else body
-
-    def _where(self):
-        return "the text after byte %d" % self.offset
 
     @staticmethod
     def _complete_end(mv, start):
