@@ -46,25 +46,11 @@ from lkedge.room import Room  # noqa: E402
 PIECE = "0123456789abcdef" * 32  # 512 characters, produced again and again, no growth
 
 
-GARBAGE = len(sys.argv) > 4 and sys.argv[4] == "garbage"
-WINDOW = 16384
-garbage = {}
-
-
-def garbage_at(key, n):
-    """With "garbage": bytes allocated per KiB over the second WINDOW bytes of a
-    transfer (n bytes so far), collections off so that nothing is freed uncounted."""
-    if not GARBAGE:
-        return
-    st = garbage.get(key)
-    if st is None:
-        if n >= WINDOW:
-            gc.collect()
-            gc.disable()
-            garbage[key] = [gc.mem_alloc(), n, None]
-    elif st[2] is None and n >= st[1] + WINDOW:
-        st[2] = (gc.mem_alloc() - st[0]) * 1024 // (n - st[1])
-        gc.enable()
+# With "garbage" the board counts what it allocates per KiB moved (garbage_probe.py,
+# imported only then: the measured runs carry no code of it).
+probe = None
+if len(sys.argv) > 4 and sys.argv[4] == "garbage":
+    import garbage_probe as probe  # noqa: E402
 
 
 class Answer:
@@ -75,7 +61,8 @@ class Answer:
         return self
 
     async def __anext__(self):
-        garbage_at("answer", self.total - self.left)
+        if probe:
+            probe.at("answer", self.total - self.left)
         if not self.left:
             raise StopAsyncIteration
         n = min(self.left, len(PIECE))
@@ -90,7 +77,7 @@ live = {}
 def live_at(key, n, total):
     """Heap in use after a collection, once per key, when half the payload is through
     (not when measuring garbage: the collection would free what is being counted)."""
-    if key not in live and total and n * 2 >= total and not GARBAGE:
+    if key not in live and total and n * 2 >= total and not probe:
         gc.collect()
         live[key] = gc.mem_alloc()
 
@@ -132,7 +119,8 @@ async def main(url, token, compress, response_bytes):
             n += len(b)
             sample()
             live_at("call", n, response_bytes)
-            garbage_at("request", n)
+            if probe:
+                probe.at("request", n)
         print("SINK %d %s" % (n, binascii.hexlify(h.digest()).decode()))
         results["sink"] = 1
         return Answer(response_bytes)
@@ -155,7 +143,8 @@ async def main(url, token, compress, response_bytes):
             n += k
             sample()
             live_at("stream", n, reader.info.total_length)
-            garbage_at("stream", n)
+            if probe:
+                probe.at("stream", n)
         print("BLOB %d %s" % (n, binascii.hexlify(h.digest()).decode()))
         results["blob"] = 1
         if len(results) == 2:
@@ -172,9 +161,8 @@ async def main(url, token, compress, response_bytes):
         return
     await asyncio.sleep(0.2)
     print("LIVE joined=%d call=%d stream=%d" % (live["joined"], live.get("call", 0), live.get("stream", 0)))
-    if GARBAGE:
-        print("GARBAGE " + " ".join("%s=%s" % (k, garbage[k][2] if k in garbage else "?")
-                                    for k in ("request", "answer", "stream")))
+    if probe:
+        probe.report()
     import micropython
     micropython.qstr_info()   # "qstr pool: n_pool=.., n_qstr=.., n_str_data_bytes=.., n_total_bytes=.."
     print("PEAK %d" % peak[0])   # last: the host stops reading here
