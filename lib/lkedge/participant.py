@@ -213,9 +213,8 @@ class StreamWriter:
     async def write(self, data):
         if self._closed:
             raise ValueError("stream %s is closed" % self.stream_id)
-        send = self._room._sender.send
         for pkt in self._out.write(data):
-            await send(pkt)
+            await self._room._send(pkt)
 
     async def aclose(self, reason="", attributes=None):
         if self._closed:

@@ -433,13 +433,13 @@ class _Out:
         is empty and skip_empty: the size pass left it out)."""
         d = self.plan[self.p]
         self.p += 1
-        copy = isinstance(d, _BYTES_LIKE)
-        n = len(d) if copy else d.size
+        is_bytes = isinstance(d, _BYTES_LIKE)
+        n = len(d) if is_bytes else d.size
         if skip_empty and not n:
             return
         self.varint(tag)
         self.varint(n)
-        if copy and n < _COPY_MAX:
+        if is_bytes and n < _COPY_MAX:
             self.buf[self.i:self.i + n] = d
             self.i += n
         elif n:

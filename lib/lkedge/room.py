@@ -318,7 +318,6 @@ class Room:
                         if self.connection_state != "connected":
                             raise link.LinkError("DATA before JOINED")
                         self._skip_frame = False
-                        self._events = None
                         self._acc_key = None
                         self._acc = None
                         dec.start(ev[1])
@@ -418,15 +417,9 @@ class Room:
             return  # content went out piece by piece
         if "stream_header" in msg:
             inline = self._take_acc(proto.K_INLINE_CONTENT)
-            for ev in self._incoming.header(sender, msg["stream_header"], inline):
-                aw = self._stream_event(ev)
-                if aw is not None:
-                    await aw
+            await self._stream_events(self._incoming.header(sender, msg["stream_header"], inline))
         elif "stream_trailer" in msg:
-            for ev in self._incoming.trailer(sender, msg["stream_trailer"]):
-                aw = self._stream_event(ev)
-                if aw is not None:
-                    await aw
+            await self._stream_events(self._incoming.trailer(sender, msg["stream_trailer"]))
         elif "rpc_ack" in msg:
             if self._rpc_client is not None:  # no client: we never called, nothing to ack
                 self._rpc_client.on_ack(now_ms(), sender, msg["rpc_ack"].get("request_id", ""))
@@ -451,6 +444,14 @@ class Room:
                 self._spawn(self.local_participant._invoke(inv, payload=payload))
 
     # --------------------------------------------------------- stream events
+    async def _stream_events(self, events):
+        """The stream events of a header or trailer, in order (once per packet; chunk
+        pieces take the synchronous path in _decoded)."""
+        for ev in events:
+            aw = self._stream_event(ev)
+            if aw is not None:
+                await aw
+
     async def _on_stream_event(self, ev):
         """A stream event other than data (see _stream_event)."""
         if isinstance(ev, streams.StreamOpened):

@@ -32,10 +32,9 @@ Incoming
     Each returns an iterable of events: pull it to the end (a generator, whose work
     happens as it is pulled, when there may be several; chunk() answers with a tuple
     of at most one event when it has no more, the usual one made once per stream, so
-    the hot path allocates nothing); a
-    StreamData's `data` is a view of a reused buffer (the link's piece or the
-    inflater's output) and the StreamData object itself is reused per stream: both are
-    valid only until the next event is pulled.
+    the hot path allocates nothing). A StreamData's `data` is a view of a reused
+    buffer (the link's piece or the inflater's output) and the StreamData object itself
+    is reused per stream: both are valid only until the next event is pulled.
     Events: StreamOpened(info), StreamData(info, data) (at most piece_size bytes,
     inflated when compressed), StreamEnded(info, error) (error None or StreamError),
     StreamIgnored(stream_id, reason) (for logging; the stream's packets are dropped).
@@ -159,8 +158,8 @@ class OutgoingStream:
         if isinstance(data, str):
             if self.kind != "text":
                 raise StreamError("a byte stream takes bytes, not str")
-            data = utf8.encoded(data)
-        mv = memoryview(data)
+            data = utf8.encoded(data)   # a memoryview already on MicroPython
+        mv = data if isinstance(data, memoryview) else memoryview(data)
         if self._carry:
             mv = memoryview(self._carry + bytes(mv))
             self._carry = b""

@@ -47,7 +47,7 @@ def test_1mib_compressed_stream_inflates_within_bounded_heap(relay):
 def test_the_board_makes_little_garbage_per_kib_moved(relay):
     """What makes a board collect: bytes allocated per KiB moved, counted on the board
     with collections off (deterministic for the same pieces). Measured 1,808 B for a
-    byte stream read with readinto, 4,612 B per KiB of a streamed answer, 2,952 B per
+    byte stream read with readinto, 4,484 B per KiB of a streamed answer, 2,952 B per
     KiB of a streamed request (the handler's str pieces included); 3,815 / 8,452 /
     6,772 before the hot paths lost their per-piece coroutines, copies and texts."""
     r = run_scenario(relay, 512 * KIB, 64 * KIB, compress=False, timeout=60, garbage=True)
