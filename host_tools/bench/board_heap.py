@@ -139,13 +139,18 @@ async def _pump(stream, lines):
         lines.append(line.strip())
 
 
-def run_scenario(relay, heap, nbytes, compress, timeout=120, garbage=False):
+def run_scenario(relay, heap, nbytes, compress, timeout=120, garbage=False, lib_dir=None, env=None):
     """Run once; returns dict(ok, error, mem lines…). Never raises for a failed run.
     garbage: the board also measures the bytes it allocates per KiB moved
-    (result["garbage"]: {"request": B, "answer": B, "stream": B})."""
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from mpybuild import compiled_lib
-    env = dict(os.environ, MICROPYPATH=compiled_lib() + ":.frozen", LKEDGE_TOKEN=relay.token("board"))
+    (result["garbage"]: {"request": B, "answer": B, "stream": B}).
+    lib_dir: the board build to import (default: the suite's, tests/mpybuild.py);
+    env: more environment for the board. A board that passed is given a few seconds to
+    finish on its own (its atexit handlers run) before it is stopped."""
+    if lib_dir is None:
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        from mpybuild import compiled_lib
+        lib_dir = compiled_lib()
+    env = dict(os.environ, MICROPYPATH=lib_dir + ":.frozen", LKEDGE_TOKEN=relay.token("board"), **(env or {}))
     proc = subprocess.Popen([_bin("micropython"), "-X", "heapsize=%d" % heap, SCENARIO, relay.url,
                              "1" if compress else "0", str(nbytes)] + (["garbage"] if garbage else []),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -169,6 +174,9 @@ def run_scenario(relay, heap, nbytes, compress, timeout=120, garbage=False):
         except Exception as e:
             result["error"] = str(e) or type(e).__name__
         finally:
+            t_end = time.monotonic() + (5 if result["ok"] else 0)
+            while proc.poll() is None and time.monotonic() < t_end:
+                await asyncio.sleep(0.02)
             if proc.poll() is None:
                 proc.terminate()
             await asyncio.get_running_loop().run_in_executor(None, proc.wait)
