@@ -209,7 +209,7 @@ def main_unrun():
     print("functions the 1 MiB scenario (no compression) never runs on the board, and the heap after "
           "import without them:")
     for m, total, n, saved in rows:
-        print("  %-12s %3d of %3d functions never run: %5d B" % (m, n, total, saved))
+        print("  %-12s %3d of %3d functions never run, %5d B of heap" % (m, n, total, saved))
         print("      " + ", ".join(sorted(x.split(".", 1)[1] for x in by_module[m][1])))
     print("as built %d B; without every function that never ran %d B: loading lazily whatever this "
           "scenario does not run could save at most %d B" % (built, least, built - least))

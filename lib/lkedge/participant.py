@@ -184,7 +184,8 @@ class LocalParticipant:
     async def stream_text(self, *, destination_identities=None, topic="", attributes=None,
                           stream_id=None, reply_to_id=None):
         """An incremental text stream: `await w.write(str)`, then `await w.aclose()`."""
-        return await self._open_writer("text", topic, destination_identities or [], attributes, stream_id)
+        return await self._open_writer("text", topic, destination_identities or [], attributes, stream_id,
+                                       reply_to_stream_id=reply_to_id or "")
 
     async def stream_bytes(self, name="unknown", *, mime_type=MIME_BYTES, destination_identities=None,
                            topic="", attributes=None, stream_id=None, total_size=None):
@@ -192,10 +193,10 @@ class LocalParticipant:
                                        name=name, mime_type=mime_type, total_size=total_size)
 
     async def _open_writer(self, kind, topic, dests, attributes, stream_id, name=None, mime_type=None,
-                           total_size=None):
+                           total_size=None, **text_options):
         out = streams.OutgoingStream(stream_id or uuid4(), kind, topic, dests, attributes=attributes,
                                      name=name, mime_type=mime_type, total_length=total_size,
-                                     timestamp_ms=_now_epoch_ms())
+                                     timestamp_ms=_now_epoch_ms(), **text_options)
         w = StreamWriter(self._room, out)
         await self._room._send(out.header())
         return w

@@ -609,13 +609,17 @@ class Room:
             w.finish(completion.payload, completion.error)
 
     def recipients(self, destination_identities):
-        """(client_protocol, capabilities) of each recipient, for negotiation."""
-        if destination_identities:
-            ps = [self.remote_participants[i] for i in destination_identities if i in self.remote_participants]
-        else:
-            ps = list(self.remote_participants.values())
+        """(client_protocol, capabilities) of each recipient, for negotiation. An
+        identity not (yet) in the room counts as protocol 0 with no capabilities, as in
+        livekit-client: nothing says it could read an inline or compressed stream."""
         mine = self.options.client_protocol
-        return [(min(p.client_protocol, mine), p.capabilities) for p in ps]
+        if not destination_identities:
+            return [(min(p.client_protocol, mine), p.capabilities) for p in self.remote_participants.values()]
+        out = []
+        for i in destination_identities:
+            p = self.remote_participants.get(i)
+            out.append((0, ()) if p is None else (min(p.client_protocol, mine), p.capabilities))
+        return out
 
 
 def _utf8(data):

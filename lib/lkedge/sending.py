@@ -60,8 +60,11 @@ async def send_finite(room, kind, data, topic, dests, attributes, stream_id=None
 async def send_file(lp, file_path, topic, name, mime_type, destination_identities, attributes, stream_id):
     """Send a file as a byte stream, read through one small buffer.
 
-    Files that fit one packet go inline where negotiated; larger ones are chunked
-    straight from the file (never compressed: that would need them in memory).
+    Up to half a chunk the file is read whole and sent like send_bytes (inline and
+    compressed where negotiated). A larger one goes inline where negotiated and its
+    packet fits 15000 bytes, its content read from the file into the frame; else it
+    is chunked straight from the file. Neither is compressed: that would need it in
+    memory.
     """
     import os
     size = os.stat(file_path)[6]
@@ -75,12 +78,20 @@ async def send_file(lp, file_path, topic, name, mime_type, destination_identitie
                                        attributes=attributes, stream_id=stream_id)
     sid = stream_id or uuid4()
     room = lp._room
-    await room._send(streams.header_packet(sid, "bytes", topic, dests, total_length=size,
-                                           attributes=attributes, mime_type=mime_type, name=name,
-                                           timestamp_ms=_now_epoch_ms()))
-    index = 0
-    left = size
+    inline_ok = finite.negotiate(room.recipients(dests), False)[0]
+    opts = {"total_length": size, "attributes": attributes, "mime_type": mime_type, "name": name,
+            "timestamp_ms": _now_epoch_ms()}
     with open(file_path, "rb") as f:
+        if inline_ok and size <= STREAM_CHUNK_SIZE_BYTES:
+            pkt = streams.header_packet(sid, "bytes", topic, dests, inline_content=ReadBlob(f.readinto, size), **opts)
+            if streams.packet_size(pkt) <= STREAM_CHUNK_SIZE_BYTES:
+                await room._send(pkt)
+                return sid
+        hdr = streams.header_packet(sid, "bytes", topic, dests, **opts)
+        streams._check_header(hdr)
+        await room._send(hdr)
+        index = 0
+        left = size
         while left:
             n = min(left, STREAM_CHUNK_SIZE_BYTES)
             await room._send(streams.chunk_packet(sid, index, dests, ReadBlob(f.readinto, n)))

@@ -352,7 +352,7 @@ class IncomingStreams:
                 yield from self._deliver(st, mv)
             err = self._short_error(st)
         except StreamError as e:
-            err = e
+            err = self._short_error(st, e)
         yield StreamEnded(st.info, err)
 
     # ------------------------------------------------------------- chunks
@@ -434,7 +434,7 @@ class IncomingStreams:
                     yield from self._inflate(st, st.inflater.finish())
                 err = self._short_error(st)
             except StreamError as e:
-                err = e
+                err = self._short_error(st, e)
         del self.open[sid]
         yield StreamEnded(st.info, err)
 
@@ -496,8 +496,11 @@ class IncomingStreams:
             raise StreamError("not enough memory to inflate the stream")
 
     @staticmethod
-    def _short_error(st):
+    def _short_error(st, cause=None):
+        """At the end: "incomplete" when fewer than total_length bytes came (with why
+        the inflater stopped short, if it did), else `cause`."""
         total = st.info.total_length
         if total is not None and st.received < total:
-            return StreamError("incomplete: got %d of %d bytes" % (st.received, total))
-        return None
+            return StreamError("incomplete: got %d of %d bytes%s"
+                               % (st.received, total, "" if cause is None else " (%s)" % cause))
+        return cause

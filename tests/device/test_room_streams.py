@@ -185,3 +185,91 @@ async def test_send_file_streams_from_flash(tmp="stream_test_file.bin"):
         os.remove(tmp)
     assert got[0][2] == data and got[0][1].total_length == len(data) and got[0][1].name == tmp
     await close(a, b)
+
+
+async def test_a_destination_not_in_the_room_counts_as_a_v1_peer_for_negotiation():
+    # livekit-client treats an unknown identity as protocol 0 without capabilities:
+    # nothing says it could read an inline or a compressed stream.
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peer = await raw(mem, "p", client_protocol=2, capabilities=[2])
+    await settle(lambda: "p" in a.remote_participants)
+    await a.local_participant.send_text("abc" * 2000, topic="t", destination_identities=["p", "ghost"])
+    await peer.wait_for(lambda p: "stream_trailer" in p)
+    hdr = [p for p in peer.packets if "stream_header" in p][0]["stream_header"]
+    assert "inline_content" not in hdr and hdr.get("compression", 0) == 0, hdr
+    assert a.recipients(["ghost"]) == [(0, ())]
+    await close(a, peer)
+
+
+async def test_send_file_goes_inline_when_negotiated_and_the_packet_fits(tmp="stream_inline_file.bin"):
+    mem = MemRoom()
+    a = await join(mem, "a", piece_size=512, read_buffer=512)
+    peer = await raw(mem, "p", client_protocol=2)
+    await settle(lambda: "p" in a.remote_participants)
+    data = bytes(range(256)) * 40  # 10240 bytes: over half a chunk, so read from the file into the frame
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        await a.local_participant.send_file(tmp, topic="file", destination_identities=["p"])
+        h = (await peer.wait_for(lambda p: "stream_header" in p))["stream_header"]
+    finally:
+        import os
+        os.remove(tmp)
+    assert h["inline_content"] == data and h["total_length"] == len(data), len(h.get("inline_content", b""))
+    assert h["byte_header"]["name"] == tmp and h.get("compression", 0) == 0
+    await asyncio.sleep(0.05)
+    assert not [p for p in peer.packets if "stream_chunk" in p or "stream_trailer" in p]
+    await close(a, peer)
+
+
+async def test_send_file_refuses_a_header_over_15000_bytes_before_sending(tmp="stream_big_hdr.bin"):
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peer = await raw(mem, "old", client_protocol=0)
+    await settle(lambda: "old" in a.remote_participants)
+    with open(tmp, "wb") as f:
+        f.write(b"x" * 20000)
+    try:
+        await a.local_participant.send_file(tmp, topic="file", attributes={"big": "y" * 15500})
+    except ValueError as e:
+        assert "over the 15000-byte limit" in str(e), e
+    else:
+        raise AssertionError("an oversized header must be refused")
+    finally:
+        import os
+        os.remove(tmp)
+    await asyncio.sleep(0.05)
+    assert not peer.packets, peer.packets
+    await close(a, peer)
+
+
+async def test_stream_text_reply_to_id_goes_into_the_text_header():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peer = await raw(mem, "p", client_protocol=2)
+    await settle(lambda: "p" in a.remote_participants)
+    w = await a.local_participant.stream_text(topic="t", destination_identities=["p"], reply_to_id="s-0")
+    h = (await peer.wait_for(lambda p: "stream_header" in p))["stream_header"]
+    assert h["text_header"].get("reply_to_stream_id") == "s-0", h
+    await w.aclose()
+    await close(a, peer)
+
+
+async def test_a_compressed_stream_short_at_the_trailer_is_incomplete():
+    from stream_fixtures import RANDOM, RANDOM_LEN, path
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    assert a.can_inflate   # zlib on CPython, deflate.DeflateIO on MicroPython
+    errors = []
+    a.register_byte_stream_handler("m", error_collector(errors))
+    with open(path(RANDOM), "rb") as f:
+        first = f.read(15000)   # the deflate stream without its end
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "s4", "topic": "m", "total_length": RANDOM_LEN, "compression": 1,
+        "byte_header": {"name": "n"}}})
+    await peer.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": "s4", "content": first}})
+    await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "s4"}})
+    await settle(lambda: errors)
+    assert errors[0].startswith("incomplete: got ") and "of %d bytes" % RANDOM_LEN in errors[0], errors
+    assert "truncated deflate data" in errors[0], errors
+    await close(a, peer)
