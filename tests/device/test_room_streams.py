@@ -273,3 +273,21 @@ async def test_a_compressed_stream_short_at_the_trailer_is_incomplete():
     assert errors[0].startswith("incomplete: got ") and "of %d bytes" % RANDOM_LEN in errors[0], errors
     assert "truncated deflate data" in errors[0], errors
     await close(a, peer)
+
+
+async def test_compression_is_advertised_only_when_this_receiver_can_inflate():
+    from lkedge import inflate
+    mem = MemRoom()
+    seen = await join(mem, "seen")
+    rooms = [await join(mem, "default"), await join(mem, "off", advertise_compression=False)]
+    saved = inflate._zlib, inflate._deflate
+    inflate._zlib = inflate._deflate = None   # an interpreter that cannot inflate
+    try:
+        rooms.append(await join(mem, "cannot", advertise_compression=True))
+    finally:
+        inflate._zlib, inflate._deflate = saved
+    await settle(lambda: len(seen.remote_participants) == 3)
+    caps = dict((i, seen.remote_participants[i].capabilities) for i in ("default", "off", "cannot"))
+    assert caps == {"default": [2], "off": [], "cannot": []}, caps
+    assert [r.can_inflate for r in rooms] == [True, False, False]
+    await close(seen, *rooms)
