@@ -84,7 +84,11 @@ class RpcResponseReader:
             raise w.error
 
     async def __anext__(self):
-        await self._ready()
+        try:
+            await self._ready()
+        except asyncio.CancelledError:
+            self.cancel()  # the task reading the response was cancelled: so is the call
+            raise
         w = self._w
         if w.reader is None:
             # Answered by a packet: the call is over, hand the payload out once and let
@@ -100,6 +104,9 @@ class RpcResponseReader:
             return await w.reader.__anext__()
         except StopAsyncIteration:
             self._finish(None)
+            raise
+        except asyncio.CancelledError:
+            self.cancel()
             raise
         except Exception as e:
             self._finish(stream_failure(e))
@@ -149,11 +156,14 @@ async def start_call(lp, dest, method, payload, response_timeout, streaming):
     proto_v = min(rp.client_protocol, room.options.client_protocol) if rp is not None else None
     source = None
     if _is_async_iterable(payload):
-        if proto_v is not None and proto_v >= 1:
-            source, data = payload, b""
+        if proto_v is None or proto_v >= 1:
+            source, data = payload, b""  # not in the room: start() says so (1401), unread
         else:
             data = await gather_text(payload, MAX_V1_PAYLOAD_BYTES,
                                       RpcError(RpcError.REQUEST_PAYLOAD_TOO_LARGE))
+            if dest not in room.remote_participants:
+                raise RpcError(RpcError.RECIPIENT_DISCONNECTED, None,
+                               "%r left while the request was being gathered" % (dest,))
     else:
         data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
     call = client.start(now_ms(), dest, proto_v, method, len(data), timeout_ms)

@@ -604,7 +604,7 @@ class Room:
     def _complete(self, completion):
         if completion is None:
             return
-        w = self._calls.get(completion.request_id)
+        w = self._calls.pop(completion.request_id, None)  # the call is over
         if w is not None:
             w.finish(completion.payload, completion.error)
 

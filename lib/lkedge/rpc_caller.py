@@ -17,6 +17,9 @@ Caller: RpcClient(new_id=uuid4)          new_id: request id factory (tests pass 
                                         response timer counts from start().
     on_ack(now_ms, sender, request_id) -> bool             True when it cleared an ack
     on_response(now_ms, sender, rpc_response_dict) -> Completion or None
+        An ack or response handled at or after a deadline the call has reached is too
+        late: the ack is ignored (handle_timer then completes the call), the response
+        completes it with the timeout instead, whether or not handle_timer ran first.
     accept_response_stream(sender, request_id) -> PendingCall or None
         a `lk.rpc_response` stream header: the adapter reads the payload, then calls
         complete(); None = ignore the stream (unknown id, or not from the destination).
@@ -146,14 +149,21 @@ class RpcClient:
 
     def on_ack(self, now_ms, sender, request_id):
         call = self._mine(sender, request_id)
-        if call is None or call.acked:
-            return False
+        if call is None or call.acked or _due(call, now_ms):
+            return False  # unknown, repeated, or after a deadline: handle_timer decides
         call.acked = True
         return True
 
     def on_response(self, now_ms, sender, resp):
-        if self._mine(sender, resp.get("request_id", "")) is None:
+        call = self._mine(sender, resp.get("request_id", ""))
+        if call is None:
             return None
+        code = _due(call, now_ms)
+        if code:
+            # The deadline passed before this response was handled: the call timed out,
+            # whether or not handle_timer ran first (the outcome depends on the times
+            # given, not on the order the adapter happens to call in).
+            return self.complete(call.request_id, error=RpcError(code))
         if "error" in resp:
             return self.complete(resp.get("request_id", ""), error=RpcError.from_proto(resp["error"]))
         if "payload" in resp:
@@ -188,12 +198,11 @@ class RpcClient:
     def handle_timer(self, now_ms):
         due = []
         for call in self._calls.values():
-            ack_due = not call.acked and now_ms >= call.ack_deadline
-            resp_due = now_ms >= call.response_deadline
-            if ack_due and (not resp_due or call.ack_deadline <= call.response_deadline):
-                due.append((call.ack_deadline, call.request_id, RpcError.CONNECTION_TIMEOUT))
-            elif resp_due:
-                due.append((call.response_deadline, call.request_id, RpcError.RESPONSE_TIMEOUT))
+            code = _due(call, now_ms)
+            if code == RpcError.CONNECTION_TIMEOUT:
+                due.append((call.ack_deadline, call.request_id, code))
+            elif code:
+                due.append((call.response_deadline, call.request_id, code))
         due.sort()
         return [self.complete(rid, error=RpcError(code)) for _, rid, code in due]
 
@@ -206,3 +215,13 @@ class RpcClient:
         return [self.complete(rid, error=error) for rid in ids]
 
 
+def _due(call, now_ms):
+    """The timeout a call has reached at now_ms (CONNECTION_TIMEOUT when no ack came by
+    its deadline, RESPONSE_TIMEOUT), or 0. When both have passed the earlier deadline
+    decides; on a tie CONNECTION_TIMEOUT (client-sdk-js arms the ack timer first)."""
+    ack_due = not call.acked and now_ms >= call.ack_deadline
+    if ack_due and (now_ms < call.response_deadline or call.ack_deadline <= call.response_deadline):
+        return RpcError.CONNECTION_TIMEOUT
+    if now_ms >= call.response_deadline:
+        return RpcError.RESPONSE_TIMEOUT
+    return 0

@@ -374,3 +374,83 @@ async def test_call_failing_while_its_response_stream_is_read_raises_not_hangs()
     # the stream never ends: the response timer fails the call, and the reader says so
     await raises_rpc(RpcError.RESPONSE_TIMEOUT, reader.__anext__())
     await close(a, peer)
+
+
+async def _cancelled(task):
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+class _SlowPieces(_Pieces):
+    async def __anext__(self):
+        if self.n < 100:
+            await asyncio.sleep(0.2)
+        return await _Pieces.__anext__(self)
+
+
+async def test_cancelling_the_task_reading_a_streaming_call_clears_its_pending_state():
+    mem, a, b = await pair(piece_size=512, read_buffer=512)
+
+    async def never(data):
+        await asyncio.sleep(30)
+
+    async def many(data):
+        return _SlowPieces(100, "y" * 1000)   # more than the caller will read
+    b.local_participant.register_rpc_method("never", never)
+    b.local_participant.register_rpc_method("many", many, streaming=True)
+    b.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    lp = a.local_participant
+
+    async def read_one(reader, got):
+        async for s in reader:   # cancelled while it waits for the next piece
+            got.append(s)
+
+    # cancelled while waiting for the answer
+    reader = await lp.perform_rpc_stream(destination_identity="b", method="never", response_timeout=20)
+    task = asyncio.create_task(read_one(reader, []))
+    await asyncio.sleep(0.05)
+    await _cancelled(task)
+    assert not a._calls and len(a._rpc_client) == 0, (a._calls, len(a._rpc_client))
+    # cancelled midway through the response stream: the rest is dropped, the link goes on
+    got = []
+    reader = await lp.perform_rpc_stream(destination_identity="b", method="many", response_timeout=20)
+    task = asyncio.create_task(read_one(reader, got))
+    await settle(lambda: got)
+    await _cancelled(task)
+    assert not a._calls and len(a._rpc_client) == 0
+    assert await asyncio.wait_for(lp.perform_rpc(destination_identity="b", method="echo", payload="next"), 5) == "next"
+    await close(a, b)
+
+
+async def test_unknown_destination_with_an_async_iterable_payload_is_1401_and_leaves_it_unread():
+    mem, a, b = await pair()
+    src = _Pieces(20, "x" * 1000)   # 20000 bytes: over the v1 cap, which must not be what fails
+    await raises_rpc(1401, a.local_participant.perform_rpc(destination_identity="ghost", method="m", payload=src))
+    assert src.n == 20
+    await close(a, b)
+
+
+class _LeavesMidway(_Pieces):
+    """Pieces whose destination leaves the room while they are being produced."""
+
+    def __init__(self, peer, room):
+        _Pieces.__init__(self, 3, "x" * 100)
+        self.peer = peer
+        self.room = room
+
+    async def __anext__(self):
+        if self.n == 1:
+            await self.peer.close()
+            await settle(lambda: self.peer.identity not in self.room.remote_participants)
+        return await _Pieces.__anext__(self)
+
+
+async def test_v1_destination_leaving_while_the_request_is_gathered_is_1503():
+    mem, a, peer = await room_and_peer()   # "old": client_protocol 0, so the request is gathered
+    await raises_rpc(1503, a.local_participant.perform_rpc(
+        destination_identity="old", method="m", payload=_LeavesMidway(peer, a)))
+    assert not a._calls and len(a._rpc_client) == 0
+    await close(a)

@@ -307,6 +307,28 @@ def test_late_ack_after_timeout_is_ignored():
     assert len(c) == 0
 
 
+def test_ack_handled_after_its_deadline_is_ignored_even_before_the_timer_runs():
+    c = _client()
+    call = c.start(0, "b", 0, "m", 1, 10000)
+    assert c.on_ack(7000, "b", call.request_id) is False   # the ack deadline has passed
+    assert not call.acked
+    assert [x.error.code for x in c.handle_timer(7000)] == [RpcError.CONNECTION_TIMEOUT]
+
+
+def test_response_handled_after_a_deadline_completes_with_that_timeout():
+    c = _client()
+    late = c.start(0, "b", 0, "m", 1, 10000)
+    c.on_ack(100, "b", late.request_id)
+    done = c.on_response(10000, "b", {"request_id": late.request_id, "payload": "too late"})
+    assert done.payload is None and done.error.code == RpcError.RESPONSE_TIMEOUT
+    unacked = c.start(0, "b", 0, "m", 1, 10000)
+    done = c.on_response(7000, "b", {"request_id": unacked.request_id, "payload": "no ack in time"})
+    assert done.error.code == RpcError.CONNECTION_TIMEOUT
+    assert c.handle_timer(60000) == [] and len(c) == 0      # each completed once
+    in_time = c.start(0, "b", 0, "m", 1, 10000)
+    assert c.on_response(6999, "b", {"request_id": in_time.request_id, "payload": "ok"}).payload == "ok"
+
+
 def test_ack_or_response_for_unknown_id_is_ignored():
     c = _client()
     assert c.on_ack(0, "b", "nope") is False
