@@ -50,8 +50,13 @@ class _CallWaiter:
             payload = await reader.read_all(limit=room.options.max_rpc_payload)
             c = room._rpc_client.complete(reader.info.attributes.get(ATTR_RPC_REQUEST_ID, ""), payload=payload)
         except Exception as e:
-            c = room._rpc_client.complete(reader.info.attributes.get(ATTR_RPC_REQUEST_ID, ""),
-                                          error=stream_failure(e))
+            if type(e) is ValueError:  # read_all's limit (stream errors are subclasses)
+                err = RpcError(RpcError.RESPONSE_PAYLOAD_TOO_LARGE, None,
+                               "%s: over this participant's max_rpc_payload "
+                               "(perform_rpc_stream reads a response of any size)" % e)
+            else:
+                err = stream_failure(e)
+            c = room._rpc_client.complete(reader.info.attributes.get(ATTR_RPC_REQUEST_ID, ""), error=err)
         room._complete(c)
 
 

@@ -108,7 +108,14 @@ class LocalParticipant:
                 data.reader = reader if reader is not None else PayloadReader(None, payload.encode("utf-8"))
             else:
                 if reader is not None:
-                    payload = await reader.read_all(limit=room.options.max_rpc_payload)
+                    try:
+                        payload = await reader.read_all(limit=room.options.max_rpc_payload)
+                    except ValueError as e:
+                        if type(e) is not ValueError:  # a stream error, not read_all's limit
+                            raise
+                        raise RpcError(RpcError.REQUEST_PAYLOAD_TOO_LARGE, None,
+                                       "%s: over max_rpc_payload of %r (a streaming handler "
+                                       "takes any size)" % (e, inv.method))
                 data = RpcInvocationData(inv.request_id, inv.caller_identity, payload, inv.response_timeout)
             result = inv.handler(data)
             if is_awaitable(result):

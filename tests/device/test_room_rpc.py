@@ -454,3 +454,27 @@ async def test_v1_destination_leaving_while_the_request_is_gathered_is_1503():
         destination_identity="old", method="m", payload=_LeavesMidway(peer, a)))
     assert not a._calls and len(a._rpc_client) == 0
     await close(a)
+
+
+async def test_buffered_payload_over_max_rpc_payload_is_1402_to_the_caller_and_1504_for_a_response():
+    mem = MemRoom()
+    a = await join(mem, "a", max_rpc_payload=1000)
+    b = await join(mem, "b", max_rpc_payload=1000)
+    await settle(lambda: "b" in a.remote_participants and "a" in b.remote_participants)
+    b.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    b.local_participant.register_rpc_method("big", lambda d: "z" * 2000)
+    try:
+        await a.local_participant.perform_rpc(destination_identity="b", method="echo", payload="x" * 2000)
+    except RpcError as e:
+        # the handler's own cap: the request was too large for a buffered handler there
+        assert e.code == RpcError.REQUEST_PAYLOAD_TOO_LARGE, (e.code, e.message, e.data)
+    else:
+        raise AssertionError("a 2000-character request to a 1000-character buffered handler must fail")
+    try:
+        await a.local_participant.perform_rpc(destination_identity="b", method="big")
+    except RpcError as e:
+        assert e.code == RpcError.RESPONSE_PAYLOAD_TOO_LARGE and "max_rpc_payload" in e.data, (e.code, e.data)
+    else:
+        raise AssertionError("a 2000-character response to a 1000-character buffered caller must fail")
+    assert await a.local_participant.perform_rpc(destination_identity="b", method="echo", payload="ok") == "ok"
+    await close(a, b)
