@@ -291,3 +291,71 @@ async def test_compression_is_advertised_only_when_this_receiver_can_inflate():
     assert caps == {"default": [2], "off": [], "cannot": []}, caps
     assert [r.can_inflate for r in rooms] == [True, False, False]
     await close(seen, *rooms)
+
+
+async def test_stream_handlers_registered_before_connect_get_the_first_stream():
+    from lkedge.config import RoomOptions
+    from lkedge.room import Room
+    mem = MemRoom()
+    b = Room(RoomOptions(auto_reconnect=False))
+    got = []
+    b.register_byte_stream_handler("early", _collector(got))
+    await b.connect(mem.transport(), "b")
+    a = await join(mem, "a")
+    await settle(lambda: "b" in a.remote_participants)
+    await a.local_participant.send_bytes(b"first", topic="early", destination_identities=["b"])
+    await settle(lambda: got)
+    assert got[0][0] == "a" and got[0][2] == b"first"
+    await close(a, b)
+
+
+async def test_reserved_rpc_topics_cannot_be_unregistered_as_byte_handlers_either():
+    mem, a, b = await pair()
+    for topic in ("lk.rpc_request", "lk.rpc_response"):
+        try:
+            a.unregister_byte_stream_handler(topic)
+        except ValueError as e:
+            assert topic in str(e), e
+        else:
+            raise AssertionError("unregistering %s must be refused" % topic)
+    await close(a, b)
+
+
+async def test_compress_false_sends_uncompressed_even_to_capable_recipients():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peer = await raw(mem, "p", client_protocol=2, capabilities=[2])
+    await settle(lambda: "p" in a.remote_participants)
+    text = "abc" * 20000   # compresses to a few hundred bytes: inline and compressed if allowed
+    await a.local_participant.send_text(text, topic="t", destination_identities=["p"], compress=False)
+    await peer.wait_for(lambda p: "stream_trailer" in p)
+    hdr = [p for p in peer.packets if "stream_header" in p][0]["stream_header"]
+    assert hdr.get("compression", 0) == 0 and "inline_content" not in hdr, hdr
+    chunks = [p["stream_chunk"]["content"] for p in peer.packets if "stream_chunk" in p]
+    assert b"".join(chunks) == text.encode()
+    await close(a, peer)
+
+
+async def test_stream_bytes_with_total_size_announces_it_and_refuses_more():
+    # The LiveKit Python SDK's option: the stream stays incremental, its header says
+    # how long it will be, and the writer refuses to go beyond.
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peer = await raw(mem, "p", client_protocol=2)
+    await settle(lambda: "p" in a.remote_participants)
+    w = await a.local_participant.stream_bytes("n.bin", topic="t", destination_identities=["p"], total_size=3)
+    h = (await peer.wait_for(lambda p: "stream_header" in p))["stream_header"]
+    assert h["total_length"] == 3
+    await w.write(b"ab")
+    try:
+        await w.write(b"cd")
+    except ValueError as e:
+        assert "length exceeded" in str(e), e
+    else:
+        raise AssertionError("writing past total_size must be refused")
+    await w.write(b"c")
+    await w.aclose()
+    await peer.wait_for(lambda p: "stream_trailer" in p)
+    chunks = [p["stream_chunk"]["content"] for p in peer.packets if "stream_chunk" in p]
+    assert b"".join(chunks) == b"abc"
+    await close(a, peer)
