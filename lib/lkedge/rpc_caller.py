@@ -22,7 +22,8 @@ Caller: RpcClient(new_id=uuid4)          new_id: request id factory (tests pass 
         completes it with the timeout instead, whether or not handle_timer ran first.
     accept_response_stream(sender, request_id) -> PendingCall or None
         a `lk.rpc_response` stream header: the adapter reads the payload, then calls
-        complete(); None = ignore the stream (unknown id, or not from the destination).
+        complete(); None = ignore the stream (unknown id, not from the destination, or
+        a second response stream for a call that already has one).
     complete(request_id, payload=None, error=None) -> Completion or None
     handle_timer(now_ms) -> [Completion]     1501 (no ack 7000 ms after start), 1502
     next_deadline() -> int ms or None
@@ -72,6 +73,7 @@ class PendingCall:
         self.timeout_ms = timeout_ms
         self.wire_timeout_ms = max(timeout_ms, RPC_MIN_WIRE_TIMEOUT_MS)
         self.acked = False
+        self.responding = False   # a response stream was accepted: no second one
         self.ack_deadline = now_ms + RPC_ACK_TIMEOUT_MS
         self.response_deadline = now_ms + timeout_ms
 
@@ -172,8 +174,10 @@ class RpcClient:
 
     def accept_response_stream(self, sender, request_id):
         call = self._mine(sender, request_id)
-        if call is not None:
-            call.acked = True  # a response is arriving: the handler got the request
+        if call is None or call.responding:
+            return None  # unknown, foreign, or a second response stream for the call
+        call.acked = True  # a response is arriving: the handler got the request
+        call.responding = True
         return call
 
     def complete(self, request_id, payload=None, error=None):

@@ -478,3 +478,22 @@ async def test_buffered_payload_over_max_rpc_payload_is_1402_to_the_caller_and_1
         raise AssertionError("a 2000-character response to a 1000-character buffered caller must fail")
     assert await a.local_participant.perform_rpc(destination_identity="b", method="echo", payload="ok") == "ok"
     await close(a, b)
+
+
+async def test_a_second_response_stream_for_a_call_is_dropped_and_the_link_goes_on():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    reader = await a.local_participant.perform_rpc_stream(destination_identity="p", method="m", payload="q")
+    hdr = (await peer.wait_for(lambda p: "stream_header" in p))["stream_header"]
+    rid = hdr["attributes"]["lk.rpc_request_id"]
+
+    def response_header(sid):
+        return {"destination_identities": ["a"], "stream_header": {
+            "stream_id": sid, "topic": "lk.rpc_response", "mime_type": "text/plain",
+            "attributes": {"lk.rpc_request_id": rid}, "text_header": {}}}
+    await peer.send(response_header("first"))
+    await peer.send(response_header("second"))   # nobody reads it: its content must not hold the link
+    await peer.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": "second", "content": b"x" * 3000}})
+    await peer.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": "first", "content": b"answer"}})
+    await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "first"}})
+    assert await asyncio.wait_for(reader.read_all(), 5) == "answer"
+    await close(a, peer)

@@ -387,6 +387,13 @@ def test_response_stream_from_destination_is_read_then_completed():
     assert (done.request_id, done.payload, done.error) == (call.request_id, "streamed", None)
 
 
+def test_a_second_response_stream_for_a_call_is_ignored():
+    c = _client()
+    call = c.start(0, "b", 1, "m", 1, 9000)
+    assert c.accept_response_stream("b", call.request_id) is call
+    assert c.accept_response_stream("b", call.request_id) is None
+
+
 def test_response_timer_covers_reading_the_response_stream():
     c = _client()
     call = c.start(0, "b", 1, "m", 1, 9000)
