@@ -26,6 +26,8 @@ class RoomOptions:
     max_rpc_payload  cap on a buffered RPC payload gathered in memory (v2 requests
                      to a buffered handler, responses to perform_rpc); streaming
                      handlers and calls are not capped
+    max_rpc_handlers RPC requests handled at once; one more is acked and answered
+                     with APPLICATION_ERROR "Too many concurrent RPC requests"
     """
 
     def __init__(self, **kw):
@@ -44,6 +46,7 @@ class RoomOptions:
         self.reconnect_min_ms = 500
         self.reconnect_max_ms = 30000
         self.max_rpc_payload = 64 * 1024 * 1024
+        self.max_rpc_handlers = 32
         self.sdk = "lkedge"
         self.transport_options = {}
         for k in kw:
@@ -55,7 +58,7 @@ class RoomOptions:
     def for_board(cls, profile=None, **kw):
         """Small-buffer settings for a microcontroller; `profile` is a boards/ dict."""
         opts = cls(read_buffer=512, piece_size=512, max_field=2048, max_frame=16384,
-                   max_streams=4, max_rpc_payload=16384)
+                   max_streams=4, max_rpc_payload=16384, max_rpc_handlers=4)
         if profile:
             link = profile.get("link", profile)
             for src, dst in (("read_buffer", "read_buffer"), ("piece_size", "piece_size"),

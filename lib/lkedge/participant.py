@@ -126,6 +126,7 @@ class LocalParticipant:
         except Exception as e:
             await self._send_error(inv, e)
         finally:
+            room._invoking.discard(inv)   # admitted by Room._admit
             if reader is not None:
                 reader._abandon()
 

@@ -84,6 +84,7 @@ class Room:
             self._has_handler, max_streams=o.max_streams, can_inflate=self.can_inflate,
             max_inflated=o.max_inflated, piece_size=o.piece_size)
         self._readers = {}
+        self._invoking = set()  # Invocations being handled (at most max_rpc_handlers)
         self._calls = {}
         self._tasks = []
         self._url = None
@@ -225,6 +226,7 @@ class Room:
             if task is not None and not task.done():
                 task.cancel()
         self._tasks = []
+        self._invoking = set()  # a task cancelled before it started never says it ended
         self.connection_state = "disconnected"
 
     async def _drop_transport(self):
@@ -439,6 +441,7 @@ class Room:
             data = self._take_acc(proto.K_RPC_REQUEST_PAYLOAD)
             payload = _utf8(data) if data is not None else ""
             packets, inv = self._rpc_server.on_request_packet(sender, msg["rpc_request"], payload)
+            inv = self._admit(inv, packets)
             await self._send_all(packets)
             if inv is not None:
                 self._spawn(self.local_participant._invoke(inv, payload=payload))
@@ -473,6 +476,7 @@ class Room:
         sender = info.sender_identity
         if topic == TOPIC_RPC_REQUEST:
             packets, inv = self._rpc_server.on_request_stream(sender, info.attributes)
+            inv = self._admit(inv, packets)
             await self._send_all(packets)
             if inv is not None:
                 reader = self._new_reader(info)
@@ -492,6 +496,21 @@ class Room:
             return
         reader = self._new_reader(info)
         self._spawn(self._run_stream_handler(handler, reader, sender))
+
+    def _admit(self, inv, packets):
+        """inv if a handler may run it now (counted until _invoke ends), else None with
+        the error answer added to packets: every request costs a task and its state,
+        so a flood of calls must not take a board's memory."""
+        if inv is None:
+            return None
+        n = self.options.max_rpc_handlers
+        if len(self._invoking) >= n:
+            packets.append(self._rpc_server.error_response(inv, rpc.RpcError(
+                rpc.RpcError.APPLICATION_ERROR, "Too many concurrent RPC requests",
+                "%d requests are being handled (RoomOptions.max_rpc_handlers)" % n)))
+            return None
+        self._invoking.add(inv)
+        return inv
 
     def _new_reader(self, info):
         r = TextStreamReader(info) if info.kind == "text" else ByteStreamReader(info)

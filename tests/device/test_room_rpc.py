@@ -497,3 +497,35 @@ async def test_a_second_response_stream_for_a_call_is_dropped_and_the_link_goes_
     await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "first"}})
     assert await asyncio.wait_for(reader.read_all(), 5) == "answer"
     await close(a, peer)
+
+
+async def test_requests_over_max_rpc_handlers_are_acked_and_refused_not_queued():
+    mem = MemRoom()
+    a = await join(mem, "a", max_rpc_handlers=2)
+    peer = await raw(mem, "old", client_protocol=0)
+    await settle(lambda: "old" in a.remote_participants)
+    gate = asyncio.Event()
+
+    async def slow(data):
+        await gate.wait()
+        return "done " + data.payload
+    a.local_participant.register_rpc_method("slow", slow)
+    for i in range(3):
+        await peer.send({"destination_identities": ["a"], "rpc_request": {
+            "id": "r%d" % i, "method": "slow", "payload": str(i), "response_timeout_ms": 8000, "version": 1}})
+    refused = await peer.wait_for(lambda p: "rpc_response" in p)
+    assert refused["rpc_response"]["request_id"] == "r2", refused
+    err = refused["rpc_response"]["error"]
+    assert err["code"] == 1500 and err["message"] == "Too many concurrent RPC requests", err
+    acks = [p["rpc_ack"]["request_id"] for p in peer.packets if "rpc_ack" in p]
+    assert acks == ["r0", "r1", "r2"], acks
+    gate.set()
+    await peer.wait_for(lambda p: "rpc_response" in p and p["rpc_response"]["request_id"] == "r1")
+    answers = dict((p["rpc_response"]["request_id"], p["rpc_response"].get("payload"))
+                   for p in peer.packets if "rpc_response" in p)
+    assert answers["r0"] == "done 0" and answers["r1"] == "done 1", answers
+    await peer.send({"destination_identities": ["a"], "rpc_request": {
+        "id": "r3", "method": "slow", "payload": "3", "response_timeout_ms": 8000, "version": 1}})
+    r3 = await peer.wait_for(lambda p: "rpc_response" in p and p["rpc_response"]["request_id"] == "r3")
+    assert r3["rpc_response"]["payload"] == "done 3"   # the slots came back
+    await close(a, peer)
