@@ -462,7 +462,11 @@ class Room:
         elif isinstance(ev, streams.StreamEnded):
             self._stream_ended(ev)
         else:
-            _warn("stream %s ignored: %s" % (getattr(ev, "stream_id", "?"), getattr(ev, "reason", ev)))
+            hdr = ev.header
+            if hdr is not None and hdr.get("topic") == TOPIC_RPC_REQUEST:
+                # a request the caller waits for: it gets an error, not a timeout
+                await self._send_all(self._rpc_server.on_refused_stream(ev.sender, hdr.get("attributes"), ev.reason))
+            _warn("stream %s ignored: %s" % (ev.stream_id, ev.reason))
 
     def _stream_ended(self, ev):
         r = self._readers.pop(ev.info.stream_id, None)

@@ -26,6 +26,7 @@ Handler: RpcServer()
     unregister(method);  lookup(method) -> handler or None
     on_request_packet(sender, rpc_request_dict, payload=None) -> (packets, Invocation|None)
     on_request_stream(sender, attributes) -> (packets, Invocation|None)
+    on_refused_stream(sender, attributes, why) -> [error packet] (none without an id)
     response(invocation, payload) -> [packets] ("packet") or StreamResponse ("stream")
         payload: a str, or a Blob (.size = UTF-8 byte length); the stream path does
         not look at it (any size, or None for an incremental stream: never capped);
@@ -339,6 +340,15 @@ class RpcServer:
         if err is not None:
             packets.append(err)
         return packets, inv
+
+    def on_refused_stream(self, sender, attributes, why):
+        """A `lk.rpc_request` stream this participant could not take (too many open
+        streams, cannot inflate): the error packet for its caller, if it has an id."""
+        rid = (attributes or {}).get(ATTR_RPC_REQUEST_ID, "")
+        if not rid:
+            return []
+        return [error_packet(sender, rid, RpcError(RpcError.APPLICATION_ERROR,
+                                                   "RPC request stream refused", why))]
 
     def response(self, inv, payload):
         if inv.transport == "stream":

@@ -37,7 +37,8 @@ Incoming
     is reused per stream: both are valid only until the next event is pulled.
     Events: StreamOpened(info), StreamData(info, data) (at most piece_size bytes,
     inflated when compressed), StreamEnded(info, error) (error None or StreamError),
-    StreamIgnored(stream_id, reason) (for logging; the stream's packets are dropped).
+    StreamIgnored(stream_id, reason, sender, header) (the stream's packets are dropped;
+        header and sender are set when the header itself was refused).
     A duplicate open stream_id yields StreamIgnored for the new header only.
     A trailer with a non-empty reason ends the stream with "abnormal end: <reason>",
     as livekit-client (JS) does ("closed abnormally").
@@ -251,9 +252,14 @@ class StreamEnded:
 
 
 class StreamIgnored:
-    def __init__(self, stream_id, reason):
+    """header: the refused header's dict (None for a stray chunk or trailer), so that
+    a refused lk.rpc_request stream can still be answered; sender: its sender."""
+
+    def __init__(self, stream_id, reason, sender=None, header=None):
         self.stream_id = stream_id
         self.reason = reason
+        self.sender = sender
+        self.header = header
 
     def __repr__(self):
         return "StreamIgnored(%s: %s)" % (self.stream_id, self.reason)
@@ -291,7 +297,7 @@ class IncomingStreams:
         sid = header.get("stream_id", "")
         why = self._refusal(header, sid, inline is not None)
         if why is not None:
-            yield StreamIgnored(sid, why)
+            yield StreamIgnored(sid, why, sender_identity, header)
             return
         kind = "text" if "text_header" in header else "bytes"
         info = StreamInfo(sender_identity, header, kind)
@@ -302,7 +308,7 @@ class IncomingStreams:
             except (MemoryError, ImportError, ValueError) as e:
                 if inline is None:
                     self._ignore(sid)
-                yield StreamIgnored(sid, "cannot inflate: %s" % (e,))
+                yield StreamIgnored(sid, "cannot inflate: %s" % (e,), sender_identity, header)
                 return
         st = _Open(info, inflater)
         yield StreamOpened(info)

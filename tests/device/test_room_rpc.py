@@ -529,3 +529,24 @@ async def test_requests_over_max_rpc_handlers_are_acked_and_refused_not_queued()
     r3 = await peer.wait_for(lambda p: "rpc_response" in p and p["rpc_response"]["request_id"] == "r3")
     assert r3["rpc_response"]["payload"] == "done 3"   # the slots came back
     await close(a, peer)
+
+
+async def test_a_request_stream_refused_for_want_of_stream_slots_is_answered_with_an_error():
+    mem = MemRoom()
+    a = await join(mem, "a", max_streams=1)
+    peer = await raw(mem, "p", client_protocol=2)
+    await settle(lambda: "p" in a.remote_participants)
+    a.register_byte_stream_handler("hog", lambda reader, sender: None)
+    a.local_participant.register_rpc_method("m", lambda d: "never")
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "hog-1", "topic": "hog", "byte_header": {"name": "n"}}})   # left open
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "req-1", "topic": "lk.rpc_request", "mime_type": "text/plain", "text_header": {},
+        "attributes": {"lk.rpc_request_id": "r-1", "lk.rpc_request_method": "m",
+                       "lk.rpc_request_response_timeout_ms": "8000", "lk.rpc_request_version": "2"}}})
+    r = await peer.wait_for(lambda p: "rpc_response" in p)
+    assert r["rpc_response"]["request_id"] == "r-1"
+    err = r["rpc_response"]["error"]
+    assert err["code"] == 1500 and err["message"] == "RPC request stream refused", err
+    assert "too many open streams (limit 1)" in err["data"], err
+    await close(a, peer)
