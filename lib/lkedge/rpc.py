@@ -261,7 +261,10 @@ def _parse_int(s):
         j += 1
     if j == i:
         return None
-    n = int(s[i:j])
+    digits = s[i:j].lstrip("0")
+    # Beyond 18 digits it is past any timeout or version alike (and CPython's int()
+    # refuses over 4300 digits, which would drop the request unanswered).
+    n = int(digits or "0") if len(digits) <= 18 else 10 ** 18
     return -n if s[0] == "-" else n
 
 

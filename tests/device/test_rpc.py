@@ -597,6 +597,22 @@ def test_v2_numeric_attributes_are_read_like_parse_int():
     assert inv is None and packets[0]["rpc_response"]["error"]["code"] == 1500
 
 
+def test_v2_numeric_attributes_of_thousands_of_digits_are_still_answered():
+    srv = RpcServer()
+    srv.register("m", lambda d: "x")
+    attrs = {"lk.rpc_request_id": "r-big", "lk.rpc_request_method": "m",
+             "lk.rpc_request_response_timeout_ms": "8000", "lk.rpc_request_version": "0" * 4999 + "2"}
+    packets, inv = srv.on_request_stream("c", attrs)   # leading zeros: version 2, as parseInt reads it
+    assert inv is not None and len(packets) == 1 and "rpc_ack" in packets[0]
+    attrs["lk.rpc_request_version"] = "9" * 5000
+    packets, inv = srv.on_request_stream("c", attrs)
+    assert inv is None and packets[1]["rpc_response"]["error"]["code"] == 1404
+    attrs["lk.rpc_request_version"] = "2"
+    attrs["lk.rpc_request_response_timeout_ms"] = "7" * 5000
+    packets, inv = srv.on_request_stream("c", attrs)
+    assert inv is not None and inv.response_timeout >= 10 ** 15
+
+
 def test_response_to_v1_caller_is_an_rpc_response_packet():
     s = RpcServer()
     s.register("m", lambda d: "")
