@@ -378,7 +378,7 @@ class Room:
                     if aw is not None:
                         return aw
             elif e[1] != proto.K_USER_PAYLOAD:  # UserPackets are not part of this SDK
-                self._gather(dec, e[1], e[2])
+                self._gather(dec, e[1], e[2], e[3])
 
     def _stream_event(self, ev):
         """The awaitable for one stream event, or None: data goes to its reader, which
@@ -390,18 +390,20 @@ class Room:
             return None
         return self._on_stream_event(ev)
 
-    def _gather(self, dec, key, mv):
+    def _gather(self, dec, key, mv, final):
         # Small big-fields (v1 payloads <= 15360, inline content <= 15000, error data):
         # gathered once per packet, bounded by the frame size the link accepted.
         # The field's length is known at its first piece: one allocation, no regrowth
-        # (growing a bytearray piece by piece fragments a board's heap).
-        if self._acc_key != key:
+        # (growing a bytearray piece by piece fragments a board's heap). A field that
+        # occurs again starts over: the last occurrence wins, as in protobuf.
+        if self._acc_key != key or self._acc_final:
             self._acc_key = key
             self._acc = bytearray(dec.big_len)
             self._acc_n = 0
         n = self._acc_n
         self._acc[n:n + len(mv)] = mv
         self._acc_n = n + len(mv)
+        self._acc_final = final
 
     def _take_acc(self, key):
         if self._acc_key != key:

@@ -550,3 +550,20 @@ async def test_a_request_stream_refused_for_want_of_stream_slots_is_answered_wit
     assert err["code"] == 1500 and err["message"] == "RPC request stream refused", err
     assert "too many open streams (limit 1)" in err["data"], err
     await close(a, peer)
+
+
+async def test_a_payload_field_that_occurs_twice_is_read_last_wins():
+    # WIRE.md / protobuf: of a singular field that occurs twice, the last one counts.
+    from lkedge import link, proto
+    mem, a, peer = await room_and_peer()
+    a.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    first = proto.encode(proto.RPC_REQUEST, {"id": "r-twice", "method": "echo", "payload": "AAA",
+                                             "response_timeout_ms": 8000, "version": 1})
+    again = proto.encode(proto.RPC_REQUEST, {"payload": "BBBB"})
+    inner = first + again
+    body = (proto.encode(proto.DATA_PACKET, {"destination_identities": ["a"]})
+            + bytes([0x52, len(inner)]) + inner)   # field 10 (rpc_request), length-delimited
+    await peer.t.write(link.encode_frame(link.DATA, body))
+    r = await peer.wait_for(lambda p: "rpc_response" in p)
+    assert r["rpc_response"]["payload"] == "BBBB", r
+    await close(a, peer)
