@@ -13,7 +13,8 @@ class RoomOptions:
     max_field        largest small protobuf field held whole (headers, attributes)
     max_frame        largest LINK frame accepted from the relay
     max_streams      incoming data streams open at once
-    max_inflated     cap on decompressed bytes of one stream (None: total_length only)
+    max_inflated     cap on decompressed bytes of one stream (None: total_length only, and
+                     a compressed stream without total_length is refused)
     advertise_compression  advertise CAP_COMPRESSION_DEFLATE_RAW (None: if we can inflate)
     client_protocol  advertised protocol (2: RPC v2 and inline streams)
     compress         compress outgoing finite streams when every recipient can inflate

@@ -335,6 +335,11 @@ class IncomingStreams:
             comp = header.get("compression", COMPRESSION_NONE)
             if comp == COMPRESSION_DEFLATE_RAW and not self.can_inflate:
                 why = "compressed (DEFLATE_RAW) and this receiver cannot inflate"
+            elif (comp == COMPRESSION_DEFLATE_RAW and header.get("total_length") is None
+                  and self.max_inflated is None):
+                # Senders compress only finite streams; without a total_length nothing
+                # would bound what it inflates to (a decompression bomb).
+                why = "compressed without a total_length (set RoomOptions.max_inflated to accept such streams)"
             elif comp not in (COMPRESSION_NONE, COMPRESSION_DEFLATE_RAW):
                 why = "unknown compression type %r" % (comp,)
             elif not inline and len(self.open) >= self.max_streams:

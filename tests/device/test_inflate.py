@@ -213,7 +213,8 @@ def test_stream_inflating_past_the_cap_ends_with_an_error_and_others_continue():
 
 def test_gap_on_compressed_stream_is_an_error():
     inc = streams.IncomingStreams(lambda k, t: True)
-    list(inc.header("a", {"stream_id": "g", "topic": "t", "byte_header": {}, "compression": 1}, None))
+    list(inc.header("a", {"stream_id": "g", "topic": "t", "byte_header": {}, "compression": 1,
+                    "total_length": 100}, None))
     evs = list(inc.chunk("a", "g", 1, b"\x03\x00", True))
     assert len(evs) == 1 and isinstance(evs[0], streams.StreamEnded)
     assert "gap in chunk indices" in str(evs[0].error) and not inc.open

@@ -335,6 +335,17 @@ def test_compressed_stream_without_an_inflater_is_ignored():
     assert not col.opened and len(col.ignored) == 1 and "cannot inflate" in col.ignored[0][1]
 
 
+def test_compressed_stream_without_total_length_is_refused_unless_a_cap_is_set():
+    # Senders compress only finite streams; without total_length or max_inflated
+    # nothing would bound what the stream inflates to.
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("nb", compression=1), _chunk("nb", 0, b"\x03\x00"), _trailer("nb")])
+    assert not col.opened and "compressed without a total_length" in col.ignored[0][1], col.ignored
+    inc, col = _inc("t", max_inflated=1000)
+    feed_all(inc, col, "a", [_hdr("ok", compression=1), _chunk("ok", 0, b"\x03\x00"), _trailer("ok")])
+    assert col.opened and not col.ignored and col.ended["ok"] is None, (col.ignored, col.ended)
+
+
 def test_header_without_content_header_is_ignored():
     inc, col = _inc("t")
     col.run(inc.header("a", {"stream_id": "h", "topic": "t"}, None))
