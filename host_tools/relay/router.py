@@ -34,9 +34,11 @@ already read. Idle timeout does not run while a connection is paused by us.
 
 Forwarding: fields 4 (participant_identity) and 17 (participant_sid) written by the
 sender are removed and the verified identity and sid are written as the first fields.
-A forwarded frame must still fit max_frame (what JOINED announces, so every receiver can
-take it); a DATA frame that would not after stamping is refused with LEAVE 4 naming both
-sizes. DATA from a participant without canPublishData: LEAVE 7.
+A DATA frame up to max_frame (what JOINED announces) is taken and forwarded, with the
+stamp in front, as a frame of at most max_frame + link.STAMP_ROOM bytes, which
+participants accept; one whose stamp would need more (an identity of hundreds of bytes)
+is refused with LEAVE 4 naming both sizes. DATA from a participant without
+canPublishData: LEAVE 7.
 """
 import os
 
@@ -312,10 +314,10 @@ class Router:
             if num not in _STRIP:
                 parts.append(mv[start:end])
         packet = b"".join(parts)
-        if 1 + len(packet) > self.max_frame:
+        if 1 + len(packet) > self.max_frame + link.STAMP_ROOM:
             self._drop(c, link.LEAVE_PROTOCOL, "DATA of %d bytes is %d with the sender "
-                       "stamped, over max_frame %d" % (1 + len(body), 1 + len(packet),
-                                                       self.max_frame), now)
+                       "stamped, over max_frame %d + %d" % (1 + len(body), 1 + len(packet),
+                                                            self.max_frame, link.STAMP_ROOM), now)
             return
         frame = link.encode_frame(link.DATA, packet)
         for r in self._recipients(c, dests):

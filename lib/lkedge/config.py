@@ -11,7 +11,8 @@ class RoomOptions:
     read_buffer      bytes read from the transport at once (the only network buffer)
     piece_size       largest piece a stream reader hands out (inflated data included)
     max_field        largest small protobuf field held whole (headers, attributes)
-    max_frame        largest LINK frame accepted from the relay
+    max_frame        largest LINK control frame held whole, and the DATA frame limit
+                     until JOINED announces the relay's (DATA is streamed, never held)
     max_streams      incoming data streams open at once
     max_inflated     cap on decompressed bytes of one stream (None: total_length only, and
                      a compressed stream without total_length is refused)

@@ -39,7 +39,8 @@ API (docs/internals.md, with the details fixed here):
   `max_frame` bounds n (the type byte plus the body) for every frame, and is checked as
   soon as the length varint ends. `LinkError` for: a length varint longer than 5 bytes,
   n = 0, n > max_frame, a control frame over max_control, a PING/PONG body over
-  `MAX_PING_BODY` (64). The stream cannot be resynchronised after that: the reader
+  `MAX_PING_BODY` (64). A participant's reader takes the relay's DATA frames up to
+  JOINED's max_frame plus `STAMP_ROOM` (512, the sender stamp). The stream cannot be resynchronised after that: the reader
   keeps raising the same error (a relay answers LEAVE 4 and closes). `between_frames`
   is True when no partial frame is pending (so the transport closing then is a clean
   end, otherwise a truncated frame).
@@ -72,6 +73,11 @@ LEAVE_IDLE = const(6)
 LEAVE_FORBIDDEN = const(7)
 
 MAX_PING_BODY = const(64)
+# The relay takes DATA frames up to the max_frame JOINED announces and forwards them
+# with the sender's identity and sid stamped in front: a frame from the relay may be
+# longer than max_frame by at most this much (the relay refuses a DATA frame whose
+# stamp would need more).
+STAMP_ROOM = const(512)
 
 # FrameReader events (first item of the event tuple; NEED_DATA is returned bare)
 NEED_DATA = const(0)

@@ -325,7 +325,11 @@ class Room:
                         dec.start(ev[1])
                     elif kind == link.FRAME:
                         await self._on_control(ev[1], ev[2])
-                        if ev[1] == link.LEAVE:
+                        if ev[1] == link.JOINED:
+                            # DATA is streamed, so any frame the relay forwards fits:
+                            # up to its max_frame plus the sender stamp it adds.
+                            fr.max_frame = max(fr.max_frame, self.max_frame + link.STAMP_ROOM)
+                        elif ev[1] == link.LEAVE:
                             why = "LEAVE %s %s" % (self.leave_code, self.leave_reason)
                             return
         except asyncio.CancelledError:

@@ -567,3 +567,18 @@ async def test_a_payload_field_that_occurs_twice_is_read_last_wins():
     r = await peer.wait_for(lambda p: "rpc_response" in p)
     assert r["rpc_response"]["payload"] == "BBBB", r
     await close(a, peer)
+
+
+async def test_a_data_frame_over_our_max_frame_but_within_the_relays_is_taken():
+    # LINK.md: the relay takes frames up to the max_frame JOINED announces (64 KiB
+    # here) and stamps them; a board's own 16 KiB limit is for what it holds whole.
+    mem = MemRoom()
+    a = await join(mem, "a", max_frame=16384)
+    a.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    peer = await raw(mem, "old", client_protocol=0)
+    await settle(lambda: "old" in a.remote_participants)
+    await peer.send({"destination_identities": ["a"], "user": {"payload": b"u" * 40000}})
+    r = await request_v1(peer, "a", "after-big", "echo", "still here")
+    assert r["rpc_response"]["payload"] == "still here"
+    assert a.connection_state == "connected"
+    await close(a, peer)

@@ -244,14 +244,32 @@ def test_paused_sender_is_not_idled_out():
     assert 1 not in s.closed and 2 in s.closed      # b silent: idle; a paused: kept
 
 
-def test_stamped_frame_must_fit_max_frame():
+def test_data_up_to_max_frame_is_forwarded_with_the_stamp_beyond_it():
     s = Sim(max_frame=16384)
     s.join(1, "a-long-identity@r")
     s.join(2, "b@r")
-    body = models.DataPacket(user=models.UserPacket(payload=b"p" * 16370)).SerializeToString()
+    s.take(2)
+    payload = b"p" * 16377
+    body = models.DataPacket(user=models.UserPacket(payload=payload)).SerializeToString()
+    frame = link.encode_frame(link.DATA, body)
+    assert 1 + len(body) == 16384   # n: exactly max_frame
+    s.feed(1, frame)
+    got = s.take(2)
+    assert [t for t, _ in got] == [link.DATA] and 1 not in s.closed
+    p = models.DataPacket()
+    p.ParseFromString(got[0][1])
+    assert p.participant_identity == "a-long-identity" and p.user.payload == payload
+    assert 16384 < 1 + len(got[0][1]) <= 16384 + link.STAMP_ROOM
+
+
+def test_data_whose_stamp_would_not_fit_the_stamp_room_is_refused():
+    s = Sim(max_frame=16384)
+    s.join(1, "a" * 600 + "@r")
+    s.join(2, "b@r")
+    body = models.DataPacket(user=models.UserPacket(payload=b"p" * 16300)).SerializeToString()
     s.feed(1, link.encode_frame(link.DATA, body))
     (t, leave) = s.out[1][-1]
-    assert leave["code"] == link.LEAVE_PROTOCOL and "max_frame 16384" in leave["reason"]
+    assert leave["code"] == link.LEAVE_PROTOCOL and "max_frame 16384 + 512" in leave["reason"], leave
 
 
 def test_shutdown_leaves_5_without_announcements():
