@@ -68,10 +68,12 @@ _reserved = None
 
 
 def reserve(piece_size=512):
-    """Hold a window-sized block for the next inflater (MicroPython only). True if held."""
+    """Hold a window-sized block for the next inflater. True when this interpreter can
+    inflate with the memory it has: the block is held (MicroPython), or zlib allocates
+    as it goes (CPython); False when the heap has no such block."""
     global _reserved
     if _deflate is None:
-        return False
+        return _zlib is not None
     if _reserved is None:
         try:
             _reserved = bytearray((1 << WINDOW_BITS) + _STAGE + piece_size + 1024)

@@ -77,9 +77,8 @@ class Room:
         can_inflate = inf is not None and inf.available()
         if adv is None:
             adv = can_inflate
-        self.can_inflate = bool(adv and can_inflate)
-        if self.can_inflate:
-            inf.reserve(o.piece_size)
+        # LINK.md: advertise the capability only with the memory to inflate.
+        self.can_inflate = bool(adv and can_inflate and inf.reserve(o.piece_size))
         self._incoming = streams.IncomingStreams(
             self._has_handler, max_streams=o.max_streams, can_inflate=self.can_inflate,
             max_inflated=o.max_inflated, piece_size=o.piece_size)

@@ -256,3 +256,21 @@ def test_adversarial_empty_blocks_never_hang():
         assert bytes(got) == b"A"
     except inflate.InflateError as e:
         assert "refuses" in str(e) or "needs more" in str(e), str(e)
+
+
+def test_reserve_says_whether_the_window_can_be_had_with_the_memory_there_is():
+    if inflate._deflate is None:   # CPython: zlib allocates as it goes
+        assert inflate.reserve() is True
+        return
+    inflate._release()
+    gc.collect()
+    hog = []
+    try:
+        while True:   # leave no block of 32 KiB anywhere
+            hog.append(bytearray(8192))
+    except MemoryError:
+        pass
+    assert inflate.reserve() is False and inflate._reserved is None
+    hog = None
+    gc.collect()
+    assert inflate.reserve() is True and len(inflate._reserved) >= 32768

@@ -286,10 +286,16 @@ async def test_compression_is_advertised_only_when_this_receiver_can_inflate():
         rooms.append(await join(mem, "cannot", advertise_compression=True))
     finally:
         inflate._zlib, inflate._deflate = saved
-    await settle(lambda: len(seen.remote_participants) == 3)
-    caps = dict((i, seen.remote_participants[i].capabilities) for i in ("default", "off", "cannot"))
-    assert caps == {"default": [2], "off": [], "cannot": []}, caps
-    assert [r.can_inflate for r in rooms] == [True, False, False]
+    reserve = inflate.reserve
+    inflate.reserve = lambda piece_size=512: False   # no 32 KiB block left in the heap
+    try:
+        rooms.append(await join(mem, "short"))
+    finally:
+        inflate.reserve = reserve
+    await settle(lambda: len(seen.remote_participants) == 4)
+    caps = dict((i, seen.remote_participants[i].capabilities) for i in ("default", "off", "cannot", "short"))
+    assert caps == {"default": [2], "off": [], "cannot": [], "short": []}, caps
+    assert [r.can_inflate for r in rooms] == [True, False, False, False]
     await close(seen, *rooms)
 
 
