@@ -140,14 +140,16 @@ class Verifier:
         video = claims.video
         if not claims.identity:
             raise AuthError("token has no identity (sub claim)")
-        if not video or not video.room_join:
-            raise AuthError("token lacks the video.roomJoin grant")
+        if not video or video.room_join is not True:   # JSON true, not merely truthy
+            raise AuthError("token lacks the video.roomJoin grant (must be true, got %r)"
+                            % (video.room_join if video else None,))
         if not video.room:
             raise AuthError("token names no room (video.room)")
         if self.rooms is not None and video.room not in self.rooms:
             raise AuthError("room %r is not served by this relay" % video.room)
         attrs = claims.attributes or {}
         return {"identity": claims.identity, "room": video.room,
-                "can_publish_data": video.can_publish_data is not False,
+                # optional: absent means allowed; anything but JSON true ("false", 0) forbids
+                "can_publish_data": video.can_publish_data is None or video.can_publish_data is True,
                 "attributes": {str(k): str(v) for k, v in attrs.items()},
                 "name": claims.name or ""}

@@ -183,6 +183,10 @@ async def test_bad_tokens_get_leave_3_with_the_reason():
         assert "issuer" in await _refused(r, _hs256(_claims(iss="other")))
         assert "exp" in await _refused(r, _hs256(_claims(exp=None)))
         assert "roomJoin" in await _refused(r, _hs256(_claims(video={"room": "lab"})))
+        for not_true in ("false", "true", 1):   # a grant is JSON true, not merely truthy
+            assert "roomJoin" in await _refused(r, _hs256(_claims(video={"room": "lab", "roomJoin": not_true})))
+        assert "identity" in await _refused(r, _hs256(_claims(sub=None)))
+        assert "names no room" in await _refused(r, _hs256(_claims(video={"roomJoin": True})))
         assert "not served" in await _refused(r, r.token("eve", room="elsewhere"))
         assert "JWT" in await _refused(r, "not-a-token")
         ok = await r.peer("eve")          # the same relay accepts a good token
@@ -362,3 +366,22 @@ async def test_shutdown_sends_leave_5_to_everyone():
         await expect_leave(p, link.LEAVE_SHUTDOWN)
     for p in r.peers:
         await p.close()
+
+
+async def test_can_publish_data_other_than_json_true_forbids_data():
+    async with RelayUnderTest(rooms=["lab"]) as r:
+        a = await r.peer("alice", room="lab")
+        for i, value in enumerate(("false", 0, "true")):
+            m = await r.connect()
+            await m.join(_hs256(_claims(sub="mute%d" % i, video={"room": "lab", "roomJoin": True,
+                                                                 "canPublishData": value})))
+            await m.send_data(user_packet(b"nope"))
+            await expect_leave(m, link.LEAVE_FORBIDDEN)
+        ok = await r.connect()
+        await ok.join(_hs256(_claims(sub="talker", video={"room": "lab", "roomJoin": True})))
+        await ok.send_data(user_packet(b"absent means allowed", dest=["alice"]))
+        while True:
+            t, body = await a.next_frame()
+            if t == link.DATA:
+                assert parse(body).user.payload == b"absent means allowed"
+                break
