@@ -303,6 +303,9 @@ class Router:
         try:
             fields = relayside.scan_fields(body)
             dests = _destinations(body, fields)
+            # The whole packet, sub-messages and UTF-8 included, as an official parser
+            # reads it (LINK.md: a malformed DataPacket is LEAVE 4, not forwarded).
+            relayside.decode_packet(body)
         except ValueError as e:
             self._drop(c, link.LEAVE_PROTOCOL, "malformed DataPacket: %s" % e, now)
             return

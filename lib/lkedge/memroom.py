@@ -2,9 +2,11 @@
 
 MemRoom speaks real LINK.md frames to real Room objects through MemTransport, so every
 test exercises the real codecs: frames, CBOR, DataPackets, identity stamping. It is a
-FAKE in one respect only: it does not verify tokens. The JOIN token is either the
-identity itself or a JWT whose `sub` claim is read WITHOUT checking the signature.
-Never use it outside tests; boards do not ship it.
+FAKE in two respects: it does not verify tokens (the JOIN token is either the
+identity itself or a JWT whose `sub` claim is read WITHOUT checking the signature), and
+it checks a DataPacket's top-level fields only, where the relay decodes it whole, so
+that tests can hand a Room malformed packets. Never use it outside tests; boards do
+not ship it.
 
 RawPeer is a captured-packet participant: it records every DataPacket it receives
 (decoded whole with relayside.decode_packet) and sends any packet dict it is given, so

@@ -211,6 +211,12 @@ async def test_protocol_errors_leave_4_and_only_that_connection():
         bad = await r.peer("dave")
         await bad.send_data(b"\x0a\x10abc")      # field 1 length 16, only 3 bytes
         cases.append((bad, "malformed DataPacket"))
+        inner = await r.peer("erin")               # well-formed outside, corrupt inside:
+        await inner.send_data(b"\x12\x03\xff\xff\xff")   # field 2 (user) holds a bad varint
+        cases.append((inner, "malformed DataPacket"))
+        utf = await r.peer("fred")                 # an rpc_request id that is not UTF-8
+        await utf.send_data(b"\x52\x04\x0a\x02\xff\xfe")
+        cases.append((utf, "malformed DataPacket"))
         for p, words in cases:
             body = await expect_leave(p, link.LEAVE_PROTOCOL)
             assert words in body["reason"], body
