@@ -2,12 +2,16 @@
 
     dumps(obj) -> bytes        loads(data) -> obj        CBORError(ValueError)
 
-Supported: unsigned and negative integers up to 64 bits (major types 0, 1), byte strings
-(2), text strings (3), arrays (4), maps (5), false/true/null and floats (7). Lengths are
-definite only. Everything else is refused with a `CBORError` that names what was met
-and where: indefinite lengths, tags (6), `undefined` and other simple values, reserved
-additional-info values, a stray break byte, truncated input, trailing bytes after the
-top-level item, invalid UTF-8, unhashable or duplicate map keys, nesting deeper than
+Decoding takes any well-formed CBOR (RFC 8949) whose map keys are hashable:
+integers up to 64 bits (major types 0, 1), byte and text strings (2, 3), arrays (4) and
+maps (5), definite or indefinite length (string chunks are joined), tags (6: the tagged
+item is returned, the tag number dropped), false/true/null and floats; `undefined` and
+the unassigned simple values read as None. So a control map whose unknown keys hold
+anything still reads (LINK.md: unknown keys are ignored). Refused with a `CBORError`
+naming what was met and where: what is not well-formed (reserved additional-info
+values, a stray break byte, an indefinite-length integer or tag, a string chunk of
+another type, truncated input, trailing bytes after the top-level item, invalid UTF-8),
+unhashable or duplicate map keys, nesting (arrays, maps, tags) deeper than
 `MAX_DEPTH`. Every length is checked against the bytes still unread before anything is
 allocated, so a 4 GiB claim in a 10-byte input fails at once.
 
@@ -20,9 +24,9 @@ strings and tuples as arrays (decoded back as bytes and list). MicroPython dicts
 not keep insertion order, so there a multi-key map's keys come out in the dict's own
 iteration order (still valid CBOR; the link never depends on key order).
 
-Decoding accepts non-shortest arguments (they are well-formed CBOR) and float16/32/64.
-Map keys come back as decoded (the link uses text keys; link.decode_control checks);
-a key that repeats is refused rather than silently overwritten.
+Non-shortest arguments are well-formed and read. Map keys come back as decoded (the link
+uses text keys; link.decode_control checks); a key that repeats is refused rather than
+silently overwritten. The encoder writes only the types listed above, definite lengths.
 """
 import struct
 
@@ -147,32 +151,37 @@ class _Decoder:
         if major == 7:
             return self.simple(ai, start)
         if ai == 31:
-            raise CBORError("indefinite-length %s (0x%02x) at offset %d not supported"
-                            % (_MAJOR_NAMES.split(",")[major], ib, start))
-        if ai > 27:
+            if major < 2 or major == 6:
+                raise CBORError("indefinite length (0x%02x) at offset %d is not well-formed for a %s"
+                                % (ib, start, _MAJOR_NAMES.split(",")[major]))
+            n = -1  # items until a break byte
+        elif ai > 27:
             raise CBORError("reserved additional info %d in initial byte 0x%02x at offset %d"
                             % (ai, ib, start))
-        n = ai   # the argument: ai itself, or the 1, 2, 4 or 8 bytes that follow
-        if ai >= 24:
-            size = 1 << (ai - 24)
-            raw = self.take(size, "the argument (%s)" % _MAJOR_NAMES.split(",")[major])
-            n = raw[0] if size == 1 else int.from_bytes(bytes(raw), "big")
+        else:
+            n = ai   # the argument: ai itself, or the 1, 2, 4 or 8 bytes that follow
+            if ai >= 24:
+                size = 1 << (ai - 24)
+                raw = self.take(size, "the argument (%s)" % _MAJOR_NAMES.split(",")[major])
+                n = raw[0] if size == 1 else int.from_bytes(bytes(raw), "big")
         if major == 0:
             return n
         if major == 1:
             return -1 - n
-        if major == 2:
-            return bytes(self.take(n, "a byte string"))
-        if major == 3:
-            raw = self.take(n, "a text string")
+        if major < 4:
+            if n < 0:
+                return self.chunks(major, start)
+            raw = self.take(n, "a byte string" if major == 2 else "a text string")
+            if major == 2:
+                return bytes(raw)
             try:
                 return str(raw, "utf-8")
             except UnicodeError:
                 raise CBORError("invalid UTF-8 in the text string at offset %d" % start)
-        if major == 6:
-            raise CBORError("CBOR tag %d at offset %d not supported" % (n, start))
         if depth >= MAX_DEPTH:
             raise CBORError("CBOR nested deeper than %d at offset %d" % (MAX_DEPTH, start))
+        if major == 6:
+            return self.item(depth + 1)   # a tag: what it tags (nothing here needs the number)
         left = self.end - self.pos
         if major == 4:
             # every item takes at least one byte: refuse impossible counts before looping
@@ -180,14 +189,14 @@ class _Decoder:
                 raise CBORError("truncated CBOR: array at offset %d claims %d items, only %d bytes left"
                                 % (start, n, left))
             out = []
-            for _ in range(n):
+            while self.more(n, len(out)):
                 out.append(self.item(depth + 1))
             return out
         if n > left // 2:
             raise CBORError("truncated CBOR: map at offset %d claims %d pairs, only %d bytes left"
                             % (start, n, left))
         out = {}
-        for _ in range(n):
+        while self.more(n, len(out)):
             kpos = self.pos
             k = self.item(depth + 1)
             if isinstance(k, (list, dict)):
@@ -197,30 +206,49 @@ class _Decoder:
             out[k] = self.item(depth + 1)
         return out
 
+    def more(self, n, count):
+        """Another item of a container: count < n, or with n = -1 (indefinite length)
+        anything but the break byte, which it consumes."""
+        if n >= 0:
+            return count < n
+        self.need(1, "a break (0xff) ending an indefinite-length item")
+        if self.mv[self.pos] == 0xff:
+            self.pos += 1
+            return False
+        return True
+
+    def chunks(self, major, start):
+        """An indefinite-length byte/text string: definite chunks of the same type."""
+        parts = []
+        while self.more(-1, 0):
+            ib = self.mv[self.pos]
+            if ib >> 5 != major or ib & 0x1f == 31:
+                raise CBORError("chunk 0x%02x at offset %d of the indefinite-length %s at offset %d "
+                                "is not a definite %s" % (ib, self.pos, _MAJOR_NAMES.split(",")[major],
+                                                          start, _MAJOR_NAMES.split(",")[major]))
+            parts.append(self.item(MAX_DEPTH))
+        return (b"" if major == 2 else "").join(parts)
+
     def simple(self, ai, start):
         if ai == 20:
             return False
         if ai == 21:
             return True
-        if ai == 22:
-            return None
+        if ai < 24:
+            return None   # null (22), undefined (23), unassigned simple values (0-19)
         if ai == 25:
             return _half_to_float(int.from_bytes(bytes(self.take(2, "a float16")), "big"))
         if ai == 26:
             return struct.unpack(">f", self.take(4, "a float32"))[0]
         if ai == 27:
             return struct.unpack(">d", self.take(8, "a float64"))[0]
-        if ai == 23:
-            raise CBORError("CBOR undefined (0xf7) at offset %d not supported" % start)
         if ai == 31:
-            raise CBORError("unexpected break (0xff) at offset %d: indefinite lengths not supported"
-                            % start)
+            raise CBORError("unexpected break (0xff) at offset %d" % start)
         if ai == 24:
-            self.need(1, "a simple value")
-            raise CBORError("CBOR simple value %d at offset %d not supported"
-                            % (self.mv[self.pos], start))
-        if ai < 20:
-            raise CBORError("CBOR simple value %d at offset %d not supported" % (ai, start))
+            v = self.take(1, "a simple value")[0]
+            if v < 32:   # those have one-byte forms: not well-formed (RFC 8949 3.3)
+                raise CBORError("simple value %d in two bytes at offset %d is not well-formed" % (v, start))
+            return None
         raise CBORError("reserved additional info %d in initial byte 0x%02x at offset %d"
                         % (ai, 0xe0 | ai, start))
 

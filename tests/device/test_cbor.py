@@ -91,22 +91,35 @@ def test_multikey_map_and_bytes_like_round_trip():
     assert cbor.loads(memoryview(unhexlify("826161a161626163"))) == ["a", {"b": "c"}]
 
 
-def test_indefinite_lengths_refused():
-    expect_error("5f42010243030405ff", "indefinite-length", "byte string")
-    expect_error("7f657374726561646d696e67ff", "indefinite-length", "text string")
-    expect_error("9fff", "indefinite-length", "array")
-    expect_error("bf61610161629f0203ffff", "indefinite-length", "map")
+def test_indefinite_lengths_are_read():
+    assert cbor.loads(unhexlify("5f42010243030405ff")) == b"\x01\x02\x03\x04\x05"
+    assert cbor.loads(unhexlify("7f657374726561646d696e67ff")) == "streaming"
+    assert cbor.loads(unhexlify("9fff")) == []
+    assert cbor.loads(unhexlify("9f018202039f0405ffff")) == [1, [2, 3], [4, 5]]
+    assert cbor.loads(unhexlify("bf61610161629f0203ffff")) == {"a": 1, "b": [2, 3]}
+
+
+def test_indefinite_lengths_that_are_not_well_formed_are_refused():
     expect_error("ff", "break")
+    expect_error("1f", "indefinite length", "not well-formed")
+    expect_error("df", "indefinite length", "tag")
+    expect_error("5f01ff", "not a definite byte string")
+    expect_error("7f4161ff", "not a definite text string")
+    expect_error("9f01", "truncated", "break")
+    expect_error("bf6161ff", "break")            # a key without its value
 
 
-def test_tags_undefined_and_simple_values_refused():
-    expect_error("c11a514b67b0", "tag 1")
-    expect_error("d82076687474703a2f2f7777772e6578616d706c652e636f6d", "tag 32")
-    expect_error("f7", "undefined")
-    expect_error("f0", "simple value 16")
-    expect_error("f8ff", "simple value 255")
+def test_tags_are_read_as_what_they_tag_and_undefined_and_simple_values_as_none():
+    assert cbor.loads(unhexlify("c11a514b67b0")) == 1363896240
+    assert cbor.loads(unhexlify("d82076687474703a2f2f7777772e6578616d706c652e636f6d")) == "http://www.example.com"
+    assert [cbor.loads(unhexlify(h)) for h in ("f7", "f0", "f8ff")] == [None, None, None]
+    # LINK.md: unknown keys are ignored, whatever they hold
+    assert cbor.loads(unhexlify("a261760166657874726173c1f7")) == {"v": 1, "extras": None}
+    expect_error("f818", "simple value 24", "not well-formed")
     expect_error("1c", "reserved", "28")
     expect_error("fc", "reserved")
+    deep = "c1" * (cbor.MAX_DEPTH + 1) + "00"
+    expect_error(deep, "nested deeper")
 
 
 def test_truncation_and_trailing_bytes_refused():

@@ -391,3 +391,18 @@ async def test_can_publish_data_other_than_json_true_forbids_data():
             if t == link.DATA:
                 assert parse(body).user.payload == b"absent means allowed"
                 break
+
+
+async def test_a_join_map_of_any_well_formed_cbor_is_read():
+    # LINK.md: control bodies are CBOR maps and unknown keys are ignored, whatever
+    # they hold; an indefinite-length map is a CBOR map too.
+    import cbor2
+    async with RelayUnderTest() as r:
+        p = await r.connect()
+        body = b"\xbf" + b"".join(cbor2.dumps(k) + cbor2.dumps(v) for k, v in (
+            ("v", 1), ("token", r.token("indef")), ("client_protocol", 2), ("capabilities", []),
+            ("sdk", "other"), ("sdk_version", "1"),
+            ("when", cbor2.CBORTag(1, 1700000000)), ("nothing", cbor2.undefined))) + b"\xff"
+        await p.send_raw(link.encode_frame(link.JOIN, body))
+        _t, joined = await p.expect(link.JOINED)
+        assert joined["identity"] == "indef"
