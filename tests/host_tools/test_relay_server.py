@@ -406,3 +406,18 @@ async def test_a_join_map_of_any_well_formed_cbor_is_read():
         await p.send_raw(link.encode_frame(link.JOIN, body))
         _t, joined = await p.expect(link.JOINED)
         assert joined["identity"] == "indef"
+
+
+async def test_join_of_another_link_version_is_leave_4_and_identity_keys_in_join_are_ignored():
+    async with RelayUnderTest(rooms=["lab"]) as r:
+        p = await r.connect()
+        await p.send_control(link.JOIN, {"v": 2, "token": r.token("future"), "client_protocol": 2,
+                                         "capabilities": [], "sdk": "x", "sdk_version": "1"})
+        reason = (await expect_leave(p, link.LEAVE_PROTOCOL))["reason"]
+        assert "link version 2 not supported" in reason, reason
+        q = await r.connect()
+        await q.send_control(link.JOIN, {"v": 1, "token": r.token("real", room="lab"), "client_protocol": 2,
+                                         "capabilities": [], "sdk": "x", "sdk_version": "1",
+                                         "identity": "admin", "room": "other"})
+        _t, joined = await q.expect(link.JOINED)
+        assert joined["identity"] == "real" and joined["room"] == "lab"
