@@ -30,7 +30,7 @@ def _proc_stats(pid):
     return cpu, rss
 
 
-async def _worker_main(url, tokens, ids, total, seconds, start_at, out):
+async def _worker_main(url, tokens, ids, total, seconds, ready, go, out):
     from lkedge.config import RoomOptions
     from lkedge.room import Room
     from lkedge.rpc import RpcError
@@ -40,8 +40,14 @@ async def _worker_main(url, tokens, ids, total, seconds, start_at, out):
         r.local_participant.register_rpc_method("echo", lambda d: d.payload)
         await r.connect(url, tok)
         rooms.append((ident, r))
-    while time.time() < start_at:
+    # Calls start once every participant is in the room and known to its caller:
+    # before that a call would fail with 1401 for a reason that is not load.
+    while any(("p%d" % ((int(ident[1:]) + 1) % total)) not in r.remote_participants for ident, r in rooms):
         await asyncio.sleep(0.05)
+    ready.put(len(rooms))
+    while not go.is_set():
+        await asyncio.sleep(0.02)
+    start_at = time.time()
     lat = []
     failed = [0]
 
@@ -66,8 +72,8 @@ async def _worker_main(url, tokens, ids, total, seconds, start_at, out):
         await r.disconnect()
 
 
-def _worker(url, tokens, ids, total, seconds, start_at, out):
-    asyncio.run(_worker_main(url, tokens, ids, total, seconds, start_at, out))
+def _worker(url, tokens, ids, total, seconds, ready, go, out):
+    asyncio.run(_worker_main(url, tokens, ids, total, seconds, ready, go, out))
 
 
 def _pct(sorted_vals, p):
@@ -86,17 +92,20 @@ def main(argv=None):
         ids = ["p%d" % i for i in range(a.participants)]
         tokens = [relay.token(i) for i in ids]
         out = multiprocessing.Queue()
-        join_s = max(10, a.participants // 50)
-        start_at = time.time() + join_s
+        ready = multiprocessing.Queue()
+        go = multiprocessing.Event()
         procs = []
         for w in range(a.workers):
             sl = slice(w, None, a.workers)
             p = multiprocessing.Process(target=_worker, args=(relay.url, tokens[sl], ids[sl], a.participants,
-                                                              a.seconds, start_at, out))
+                                                              a.seconds, ready, go, out))
             p.start()
             procs.append(p)
-        while time.time() < start_at:
-            time.sleep(0.1)
+        t_join = time.time()
+        joined = sum(ready.get(timeout=max(60, a.participants // 10)) for _ in procs)
+        print("%d participants joined and see their callee after %.1f s" % (joined, time.time() - t_join))
+        go.set()
+        start_at = time.time()
         cpu0, _ = _proc_stats(relay.proc.pid)
         peak_rss = 0
         t0 = time.time()
