@@ -11,6 +11,7 @@ the timer (RPC deadlines and keepalive PINGs). Both run on MicroPython's asyncio
 CPython's; waits are Events, never Futures.
 """
 import asyncio
+import gc
 
 from . import cbor, link, load, proto, rpc, streams
 from .clock import now_ms
@@ -341,7 +342,14 @@ class Room:
                     self.last_error = why
                     self._joined.set()  # wake connect(): it reports the failure
                 else:
-                    self._spawn(self._link_lost(why))
+                    try:
+                        self._spawn(self._link_lost(why))
+                    except MemoryError:
+                        # The heap ran out (what ended the link, often): this task's
+                        # frames are garbage by now, so collect and try once more, or
+                        # the Room would stay "connected" with nobody reading the link.
+                        gc.collect()
+                        self._spawn(self._link_lost(why))
 
     def _decoded(self, dec):
         """What the reader task awaits next for the packet being decoded, or None when

@@ -582,3 +582,21 @@ async def test_a_data_frame_over_our_max_frame_but_within_the_relays_is_taken():
     assert r["rpc_response"]["payload"] == "still here"
     assert a.connection_state == "connected"
     await close(a, peer)
+
+
+async def test_a_link_lost_as_the_heap_runs_out_still_leaves_the_connected_state():
+    mem, a, peer = await room_and_peer()
+    real = a._spawn
+    failed = []
+
+    def spawn(coro):
+        if not failed:   # the first spawn after this is the one handling the lost link
+            failed.append(1)
+            coro.close()
+            raise MemoryError("simulated: the heap ran out")
+        return real(coro)
+    a._spawn = spawn
+    await mem.kick("a")
+    await settle(lambda: a.connection_state == "disconnected")
+    assert failed and "LEAVE" in a.last_error, a.last_error
+    await close(a, peer)
