@@ -65,10 +65,11 @@ async def raises_rpc(code, aw):
     raise AssertionError("expected RpcError %d, call succeeded" % code)
 
 
-async def room_and_peer(identity="a", peer_identity="old", client_protocol=0, capabilities=()):
-    """A Room and a RawPeer that sees it (and is seen by it) in a fresh MemRoom."""
+async def room_and_peer(identity="a", peer_identity="old", client_protocol=0, capabilities=(), **opts):
+    """A Room (RoomOptions `opts`) and a RawPeer that sees it (and is seen by it) in a
+    fresh MemRoom."""
     mem = MemRoom()
-    room = await join(mem, identity)
+    room = await join(mem, identity, **opts)
     peer = await raw(mem, peer_identity, client_protocol, capabilities)
     await settle(lambda: peer_identity in room.remote_participants)
     return mem, room, peer

@@ -500,10 +500,7 @@ async def test_a_second_response_stream_for_a_call_is_dropped_and_the_link_goes_
 
 
 async def test_requests_over_max_rpc_handlers_are_acked_and_refused_not_queued():
-    mem = MemRoom()
-    a = await join(mem, "a", max_rpc_handlers=2)
-    peer = await raw(mem, "old", client_protocol=0)
-    await settle(lambda: "old" in a.remote_participants)
+    mem, a, peer = await room_and_peer(peer_identity="old", client_protocol=0, max_rpc_handlers=2)
     gate = asyncio.Event()
 
     async def slow(data):
@@ -532,10 +529,7 @@ async def test_requests_over_max_rpc_handlers_are_acked_and_refused_not_queued()
 
 
 async def test_a_request_stream_refused_for_want_of_stream_slots_is_answered_with_an_error():
-    mem = MemRoom()
-    a = await join(mem, "a", max_streams=1)
-    peer = await raw(mem, "p", client_protocol=2)
-    await settle(lambda: "p" in a.remote_participants)
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=1)
     a.register_byte_stream_handler("hog", lambda reader, sender: None)
     a.local_participant.register_rpc_method("m", lambda d: "never")
     await peer.send({"destination_identities": ["a"], "stream_header": {

@@ -20,10 +20,7 @@ def _collector(store):
 
 
 async def test_send_text_small_to_v2_goes_inline_in_one_packet():
-    mem = MemRoom()
-    a = await join(mem, "a")
-    peer = await raw(mem, "p", client_protocol=2)
-    await settle(lambda: "p" in a.remote_participants)
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
     await a.local_participant.send_text("hello", topic="chat", attributes={"k": "v"})
     h = await peer.wait_for(lambda p: "stream_header" in p)
     hdr = h["stream_header"]
@@ -35,10 +32,7 @@ async def test_send_text_small_to_v2_goes_inline_in_one_packet():
 
 
 async def test_send_text_to_v1_is_header_chunks_trailer():
-    mem = MemRoom()
-    a = await join(mem, "a")
-    peer = await raw(mem, "old", client_protocol=0)
-    await settle(lambda: "old" in a.remote_participants)
+    mem, a, peer = await room_and_peer(peer_identity="old", client_protocol=0)
     text = "ü" * 10000  # 20000 bytes: two chunks, cut on a character boundary
     await a.local_participant.send_text(text, topic="t")
     await peer.wait_for(lambda p: "stream_trailer" in p)
@@ -190,10 +184,7 @@ async def test_send_file_streams_from_flash(tmp="stream_test_file.bin"):
 async def test_a_destination_not_in_the_room_counts_as_a_v1_peer_for_negotiation():
     # livekit-client treats an unknown identity as protocol 0 without capabilities:
     # nothing says it could read an inline or a compressed stream.
-    mem = MemRoom()
-    a = await join(mem, "a")
-    peer = await raw(mem, "p", client_protocol=2, capabilities=[2])
-    await settle(lambda: "p" in a.remote_participants)
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, capabilities=[2])
     await a.local_participant.send_text("abc" * 2000, topic="t", destination_identities=["p", "ghost"])
     await peer.wait_for(lambda p: "stream_trailer" in p)
     hdr = [p for p in peer.packets if "stream_header" in p][0]["stream_header"]
@@ -203,10 +194,7 @@ async def test_a_destination_not_in_the_room_counts_as_a_v1_peer_for_negotiation
 
 
 async def test_send_file_goes_inline_when_negotiated_and_the_packet_fits(tmp="stream_inline_file.bin"):
-    mem = MemRoom()
-    a = await join(mem, "a", piece_size=512, read_buffer=512)
-    peer = await raw(mem, "p", client_protocol=2)
-    await settle(lambda: "p" in a.remote_participants)
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, piece_size=512, read_buffer=512)
     data = bytes(range(256)) * 40  # 10240 bytes: over half a chunk, so read from the file into the frame
     with open(tmp, "wb") as f:
         f.write(data)
@@ -224,10 +212,7 @@ async def test_send_file_goes_inline_when_negotiated_and_the_packet_fits(tmp="st
 
 
 async def test_send_file_refuses_a_header_over_15000_bytes_before_sending(tmp="stream_big_hdr.bin"):
-    mem = MemRoom()
-    a = await join(mem, "a")
-    peer = await raw(mem, "old", client_protocol=0)
-    await settle(lambda: "old" in a.remote_participants)
+    mem, a, peer = await room_and_peer(peer_identity="old", client_protocol=0)
     with open(tmp, "wb") as f:
         f.write(b"x" * 20000)
     try:
@@ -245,10 +230,7 @@ async def test_send_file_refuses_a_header_over_15000_bytes_before_sending(tmp="s
 
 
 async def test_stream_text_reply_to_id_goes_into_the_text_header():
-    mem = MemRoom()
-    a = await join(mem, "a")
-    peer = await raw(mem, "p", client_protocol=2)
-    await settle(lambda: "p" in a.remote_participants)
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
     w = await a.local_participant.stream_text(topic="t", destination_identities=["p"], reply_to_id="s-0")
     h = (await peer.wait_for(lambda p: "stream_header" in p))["stream_header"]
     assert h["text_header"].get("reply_to_stream_id") == "s-0", h
@@ -328,10 +310,7 @@ async def test_reserved_rpc_topics_cannot_be_unregistered_as_byte_handlers_eithe
 
 
 async def test_compress_false_sends_uncompressed_even_to_capable_recipients():
-    mem = MemRoom()
-    a = await join(mem, "a")
-    peer = await raw(mem, "p", client_protocol=2, capabilities=[2])
-    await settle(lambda: "p" in a.remote_participants)
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, capabilities=[2])
     text = "abc" * 20000   # compresses to a few hundred bytes: inline and compressed if allowed
     await a.local_participant.send_text(text, topic="t", destination_identities=["p"], compress=False)
     await peer.wait_for(lambda p: "stream_trailer" in p)
@@ -345,10 +324,7 @@ async def test_compress_false_sends_uncompressed_even_to_capable_recipients():
 async def test_stream_bytes_with_total_size_announces_it_and_refuses_more():
     # The LiveKit Python SDK's option: the stream stays incremental, its header says
     # how long it will be, and the writer refuses to go beyond.
-    mem = MemRoom()
-    a = await join(mem, "a")
-    peer = await raw(mem, "p", client_protocol=2)
-    await settle(lambda: "p" in a.remote_participants)
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
     w = await a.local_participant.stream_bytes("n.bin", topic="t", destination_identities=["p"], total_size=3)
     h = (await peer.wait_for(lambda p: "stream_header" in p))["stream_header"]
     assert h["total_length"] == 3
