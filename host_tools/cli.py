@@ -24,7 +24,7 @@ COMMANDS = {
     "serve": ("lkedge_host.calls", "add_serve_arguments", "run_serve",
               "join the room and serve RPC methods from a Python file"),
     "room": ("lkedge_host.calls", "add_room_arguments", "run_room",
-             "join the room and show its participants and events"),
+             "join the room, list its participants, and leave"),
     "names": ("lkedge_host.boardbuild", "add_names_arguments", "run_names",
               "turn the private names in a board's traceback back into source names"),
 }
@@ -35,7 +35,7 @@ EXIT_CODES = """exit codes:
   2    usage: bad arguments or configuration
   3    RPC error returned by the remote participant
   4    connection failure (relay unreachable, refused, or the link was lost)
-  130  interrupted (Ctrl-C)"""
+  130  a call interrupted (Ctrl-C); relay, serve and board stop with 0"""
 
 
 def _parser():
