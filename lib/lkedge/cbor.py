@@ -30,6 +30,8 @@ silently overwritten. The encoder writes only the types listed above, definite l
 """
 import struct
 
+from .utf8 import text
+
 try:
     from micropython import const
 except ImportError:  # CPython
@@ -175,7 +177,7 @@ class _Decoder:
             if major == 2:
                 return bytes(raw)
             try:
-                return str(raw, "utf-8")
+                return text(raw)
             except UnicodeError:
                 raise CBORError("invalid UTF-8 in the text string at offset %d" % start)
         if depth >= MAX_DEPTH:

@@ -53,7 +53,7 @@ Reading (results equal what the official parser reads, as dicts of present field
   live in lkedge.relayside, which a board never imports (this module still answers
   those names, loading relayside on first use).
 """
-from .utf8 import encoded
+from .utf8 import encoded, text
 
 try:
     from micropython import const
@@ -689,6 +689,10 @@ class PacketDecoder:
                         b &= 1   # bits past 64 are dropped, as official parsers do
                     self._v |= (b & 0x7F) << shift
                     if b & 0x80:
+                        if shift == 28 and st != _ST_VARINT and self._kind[d] != _L_PACKED:
+                            # tags and lengths: at most 5 bytes, as official parsers read them
+                            raise ProtoError("%s varint longer than 5 bytes in %s" % (
+                                "tag" if st == _ST_TAG else "length", self._where()))
                         self._shift = shift + 7
                         continue
                     v = self._v
@@ -851,7 +855,7 @@ class PacketDecoder:
             self._set(j, bytes(data))
             return
         try:
-            s = str(data, "utf-8")
+            s = text(data)
         except UnicodeError:
             raise ProtoError("%s is not valid UTF-8" % _fname(sc, j))
         self._set(j, s)

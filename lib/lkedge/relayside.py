@@ -25,7 +25,9 @@ from .link import _get, _tname, _version
 
 # ---------------------------------------------------------------- proto
 
-def _read_varint(mv, i, end):
+def _read_varint(mv, i, end, what=None):
+    """(value, next index). `what` names a tag or length, which official parsers take
+    in at most 5 bytes (values: 10)."""
     v = 0
     shift = 0
     while True:
@@ -33,6 +35,8 @@ def _read_varint(mv, i, end):
             raise proto.ProtoError("truncated message: a varint is cut off at byte %d" % end)
         b = mv[i]
         i += 1
+        if shift == 28 and what and b & 0x80:
+            raise proto.ProtoError("%s varint longer than 5 bytes at byte %d" % (what, i - 5))
         if shift == 63 and b > 1:
             if b & 0x80:
                 raise proto.ProtoError("varint longer than 10 bytes at byte %d" % (i - 1))
@@ -52,7 +56,7 @@ def scan_fields(data):
     i = 0
     while i < end:
         start = i
-        tag, i = _read_varint(mv, i, end)
+        tag, i = _read_varint(mv, i, end, "tag")
         num = tag >> 3
         wt = tag & 7
         if not num or num > 0x1FFFFFFF:
@@ -61,7 +65,7 @@ def scan_fields(data):
             vstart = i
             i = _read_varint(mv, i, end)[1]
         elif wt == 2:
-            n, vstart = _read_varint(mv, i, end)
+            n, vstart = _read_varint(mv, i, end, "length")
             i = vstart + n
         elif wt == 1 or wt == 5:
             vstart = i

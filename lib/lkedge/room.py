@@ -13,7 +13,7 @@ CPython's; waits are Events, never Futures.
 import asyncio
 import gc
 
-from . import cbor, link, load, proto, rpc, streams
+from . import cbor, link, load, proto, rpc, streams, utf8
 from .clock import now_ms
 from .config import RoomOptions
 from .consts import (ATTR_RPC_REQUEST_ID, CAP_COMPRESSION_DEFLATE_RAW, TOPIC_RPC_REQUEST,
@@ -660,7 +660,7 @@ class Room:
 
 def _utf8(data):
     try:
-        return bytes(data).decode("utf-8")
+        return utf8.text(data)
     except UnicodeError:
         raise proto.ProtoError("payload is not valid UTF-8")
 

@@ -9,6 +9,8 @@ boundary.
     Utf8Decoder().decode(piece) -> str   carries 1-3 trailing bytes to the next piece
     Utf8Decoder().finish()    raises Utf8Error when a character was left unfinished
     encoded(s) -> bytes-like  the UTF-8 bytes of str s (no copy on MicroPython)
+    text(data) -> str         strict decoding on every interpreter (UnicodeError): no
+                              overlong forms, surrogates or code points past U+10FFFF
 """
 
 
@@ -73,11 +75,52 @@ def incomplete_tail(buf, start=0):
     return size - i if need and i + need > size else 0
 
 
+# Second bytes that make a sequence invalid although well shaped, after these leads:
+# E0 80-9F and F0 80-8F are overlong forms, ED A0-BF surrogates, F4 90-BF past U+10FFFF.
+_AFTER = ((b"\xe0", 0x80, 0xA0), (b"\xed", 0xA0, 0xC0), (b"\xf0", 0x80, 0x90), (b"\xf4", 0x90, 0xC0))
+_NEVER = (b"\xc0", b"\xc1", b"\xf5", b"\xf6", b"\xf7")   # leads of overlong or too-high forms
+
+
+def _bad_forms(data):
+    """True when well-shaped UTF-8 bytes hold an overlong form, a surrogate or a code
+    point past U+10FFFF. Only lead bytes are looked for (never continuation bytes),
+    with find(), so a piece costs a few C scans, not a Python loop per byte."""
+    b = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+    for lead in _NEVER:
+        if b.find(lead) >= 0:
+            return True
+    for lead, lo, hi in _AFTER:
+        i = b.find(lead)
+        while i >= 0:
+            if lo <= b[i + 1] < hi:
+                return True
+            i = b.find(lead, i + 1)
+    return False
+
+
+def text(data):
+    """str of the UTF-8 bytes `data` (bytes-like); UnicodeError when they are not
+    valid UTF-8, by the same rules on every interpreter."""
+    s = str(data, "utf-8")
+    # MicroPython checks only the shape of each sequence: what it lets through that
+    # CPython refuses is looked for here, in non-ASCII text only.
+    if _LAX and len(s) != len(data) and _bad_forms(data):
+        raise UnicodeError("overlong form, surrogate or code point past U+10FFFF")
+    return s
+
+
+try:
+    str(b"\xed\xa0\x80", "utf-8")   # a surrogate
+    _LAX = True
+except UnicodeError:
+    _LAX = False
+
+
 def _decode(data, offset):
     """str of UTF-8 bytes data, which start at byte `offset` of the text (for the error
     only: the message is made when it is needed, not for every piece)."""
     try:
-        return str(data, "utf-8")
+        return text(data)
     except (UnicodeError, ValueError):
         raise Utf8Error("invalid UTF-8 in the text after byte %d" % offset)
 

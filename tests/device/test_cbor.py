@@ -141,6 +141,8 @@ def test_huge_length_claims_fail_fast():
 
 def test_invalid_utf8_duplicate_and_unhashable_keys_refused():
     expect_error("62c328", "UTF-8")
+    expect_error("62c0af", "UTF-8")          # an overlong "/": well shaped, still invalid
+    expect_error("63eda080", "UTF-8")        # a surrogate
     expect_error("a2616101616102", "duplicate map key")
     expect_error("a1800102", "unhashable map key")
     expect_error("a1a00102", "unhashable map key")

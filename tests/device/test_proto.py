@@ -255,6 +255,11 @@ DECODE_CASES = [
      "fields in any order"),
     (TEXT_HEADER, "10ffffffff0f", {"version": -1}, "an int32 written as a 5-byte varint"),
     (TEXT_HEADER, "2803", {"generated": True}, "a bool is any non-zero varint"),
+    (DATA_PACKET, "888080800001", {"kind": 1}, "a tag in 5 bytes"),
+    (DATA_PACKET, "22818080800061", {"participant_identity": "a"}, "a length in 5 bytes"),
+    (DATA_PACKET, "2203ed9fbf", {"participant_identity": "\ud7ff"}, "the last code point before the surrogates"),
+    (DATA_PACKET, "2204f48fbfbf", {"participant_identity": "\U0010ffff"}, "the last code point"),
+    (DATA_PACKET, "2203e0a080", {"participant_identity": "\u0800"}, "the first 3-byte code point"),
 ]
 
 # Malformed input: (schema, hex, a word the ProtoError message must contain)
@@ -270,6 +275,15 @@ ERROR_CASES = [
     (DATA_PACKET, "0001", "field number 0"),
     (DATA_PACKET, "f0ffffff1000", "out of range"),              # field number 2**29
     (PARTICIPANT_INFO, "aa01018001", "runs past"),               # packed varint cut by its length
+    (DATA_PACKET, "88808080800001", "tag varint longer than 5 bytes"),
+    (DATA_PACKET, "228180808080800061", "length varint longer than 5 bytes"),
+    # well-shaped but invalid UTF-8, which MicroPython's own check lets through
+    (DATA_PACKET, "2203eda080", "UTF-8"),                        # a surrogate
+    (DATA_PACKET, "2202c0af", "UTF-8"),                          # "/" as an overlong form
+    (DATA_PACKET, "2203e08080", "UTF-8"),                        # a 3-byte overlong form
+    (DATA_PACKET, "2204f0808080", "UTF-8"),                      # a 4-byte overlong form
+    (DATA_PACKET, "2204f4908080", "UTF-8"),                      # past U+10FFFF
+    (DATA_PACKET, "2204f5808080", "UTF-8"),                      # lead byte F5
 ]
 
 

@@ -413,7 +413,10 @@ def test_utf8_decoder_carries_partial_characters_and_rejects_bad_bytes():
         s = "".join(d.decode(b[i:i + step]) for i in range(0, len(b), step))
         d.finish()
         assert s == "x\u00fc\U0001f600y"
-    for bad in (b"\xff", b"a\xc3(", b"\x80"):
+    # the last four are well shaped, so MicroPython's own check would let them through:
+    # a surrogate, an overlong "/", past U+10FFFF, a 4-byte overlong form
+    for bad in (b"\xff", b"a\xc3(", b"\x80", b"ok \xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80",
+                b"\xf0\x80\x80\x80"):
         try:
             utf8.Utf8Decoder().decode(bad)
         except utf8.Utf8Error as e:

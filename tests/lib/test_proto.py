@@ -488,3 +488,12 @@ def test_decoder_memory_figure_under_a_40k_heap_from_mpy_cross_output(tmp_path):
     print("PacketDecoder (mpy, %d-byte heap): %d bytes allocated for a 15000-byte chunk" % (heap, used))
     assert (seen, bad) == (15000, 0)
     assert used < 2048
+
+
+def test_scan_fields_refuses_tags_and_lengths_over_5_bytes_like_the_official_parser():
+    for hx, what in (("88808080800001", "tag"), ("228180808080800061", "length")):
+        with pytest.raises(DecodeError):
+            M.DataPacket.FromString(bytes.fromhex(hx))
+        with pytest.raises(proto.ProtoError, match=what + " varint longer than 5 bytes"):
+            relayside.scan_fields(bytes.fromhex(hx))
+    assert relayside.scan_fields(bytes.fromhex("888080800001")) == [(1, 0, 0, 5, 6)]
