@@ -75,10 +75,13 @@ def incomplete_tail(buf, start=0):
     return size - i if need and i + need > size else 0
 
 
-# Second bytes that make a sequence invalid although well shaped, after these leads:
-# E0 80-9F and F0 80-8F are overlong forms, ED A0-BF surrogates, F4 90-BF past U+10FFFF.
-_AFTER = ((b"\xe0", 0x80, 0xA0), (b"\xed", 0xA0, 0xC0), (b"\xf0", 0x80, 0x90), (b"\xf4", 0x90, 0xC0))
-_NEVER = (b"\xc0", b"\xc1", b"\xf5", b"\xf6", b"\xf7")   # leads of overlong or too-high forms
+# Lead bytes after which a second byte in [_LO[k], _HI[k]] makes a well-shaped sequence
+# invalid: C0 C1 F5 F6 F7 always (overlong or too high), E0 80-9F and F0 80-8F
+# (overlong), ED A0-BF (surrogates), F4 90-BF (past U+10FFFF). Three byte strings, not
+# tables of objects: on a board each object is heap.
+_LEADS = b"\xc0\xc1\xf5\xf6\xf7\xe0\xed\xf0\xf4"
+_LO = b"\x00\x00\x00\x00\x00\x80\xa0\x80\x90"
+_HI = b"\xff\xff\xff\xff\xff\x9f\xbf\x8f\xbf"
 
 
 def _bad_forms(data):
@@ -86,13 +89,11 @@ def _bad_forms(data):
     point past U+10FFFF. Only lead bytes are looked for (never continuation bytes),
     with find(), so a piece costs a few C scans, not a Python loop per byte."""
     b = data if isinstance(data, (bytes, bytearray)) else bytes(data)
-    for lead in _NEVER:
-        if b.find(lead) >= 0:
-            return True
-    for lead, lo, hi in _AFTER:
+    for k in range(len(_LEADS)):
+        lead = _LEADS[k:k + 1]
         i = b.find(lead)
         while i >= 0:
-            if lo <= b[i + 1] < hi:
+            if _LO[k] <= b[i + 1] <= _HI[k]:
                 return True
             i = b.find(lead, i + 1)
     return False
