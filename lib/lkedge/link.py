@@ -39,11 +39,11 @@ API (docs/internals.md, with the details fixed here):
   `max_frame` bounds n (the type byte plus the body) for every frame, and is checked as
   soon as the length varint ends. `LinkError` for: a length varint longer than 5 bytes,
   n = 0, n > max_frame, a control frame over max_control, a PING/PONG body over
-  `MAX_PING_BODY` (64). A participant's reader takes the relay's DATA frames up to
-  JOINED's max_frame plus `STAMP_ROOM` (512, the sender stamp). The stream cannot be resynchronised after that: the reader
+  `MAX_PING_BODY` (64). The stream cannot be resynchronised after that: the reader
   keeps raising the same error (a relay answers LEAVE 4 and closes). `between_frames`
   is True when no partial frame is pending (so the transport closing then is a clean
-  end, otherwise a truncated frame).
+  end, otherwise a truncated frame). A participant's reader takes the relay's DATA
+  frames up to JOINED's max_frame plus `STAMP_ROOM` (512 bytes: the sender stamp).
 """
 from . import cbor
 
