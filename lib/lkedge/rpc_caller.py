@@ -20,10 +20,11 @@ Caller: RpcClient(new_id=uuid4)          new_id: request id factory (tests pass 
         An ack or response handled at or after a deadline the call has reached is too
         late: the ack is ignored (handle_timer then completes the call), the response
         completes it with the timeout instead, whether or not handle_timer ran first.
-    accept_response_stream(sender, request_id) -> PendingCall or None
+    accept_response_stream(sender, request_id, now_ms=None) -> PendingCall or None
         a `lk.rpc_response` stream header: the adapter reads the payload, then calls
-        complete(); None = ignore the stream (unknown id, not from the destination, or
-        a second response stream for a call that already has one).
+        complete(); None = ignore the stream (unknown id, not from the destination, a
+        second response stream for a call that already has one, or, given now_ms, a
+        call that has reached a deadline: handle_timer completes it).
     complete(request_id, payload=None, error=None) -> Completion or None
     handle_timer(now_ms) -> [Completion]     1501 (no ack 7000 ms after start), 1502
     next_deadline() -> int ms or None
@@ -172,10 +173,10 @@ class RpcClient:
             return self.complete(resp.get("request_id", ""), payload=resp["payload"])
         return None  # compressed_payload only (never sent by SDKs) or no value: ignored
 
-    def accept_response_stream(self, sender, request_id):
+    def accept_response_stream(self, sender, request_id, now_ms=None):
         call = self._mine(sender, request_id)
-        if call is None or call.responding:
-            return None  # unknown, foreign, or a second response stream for the call
+        if call is None or call.responding or (now_ms is not None and _due(call, now_ms)):
+            return None  # unknown, foreign, a second response stream, or too late
         call.acked = True  # a response is arriving: the handler got the request
         call.responding = True
         return call

@@ -84,13 +84,20 @@ _LO = b"\x00\x00\x00\x00\x00\x80\xa0\x80\x90"
 _HI = b"\xff\xff\xff\xff\xff\x9f\xbf\x8f\xbf"
 
 
+_lead_bytes = []   # _LEADS as one-byte strings, made at the first non-ASCII text
+
+
 def _bad_forms(data):
     """True when well-shaped UTF-8 bytes hold an overlong form, a surrogate or a code
     point past U+10FFFF. Only lead bytes are looked for (never continuation bytes),
     with find(), so a piece costs a few C scans, not a Python loop per byte."""
-    b = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+    b = data if isinstance(data, (bytes, bytearray)) else bytes(data)  # find() needs one
+    leads = _lead_bytes
+    if not leads:
+        for k in range(len(_LEADS)):
+            leads.append(_LEADS[k:k + 1])
     for k in range(len(_LEADS)):
-        lead = _LEADS[k:k + 1]
+        lead = leads[k]
         i = b.find(lead)
         while i >= 0:
             if _LO[k] <= b[i + 1] <= _HI[k]:

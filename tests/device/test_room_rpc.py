@@ -594,3 +594,58 @@ async def test_a_link_lost_as_the_heap_runs_out_still_leaves_the_connected_state
     await settle(lambda: a.connection_state == "disconnected")
     assert failed and "LEAVE" in a.last_error, a.last_error
     await close(a, peer)
+
+
+async def test_a_handler_slot_comes_back_when_the_ack_cannot_be_sent():
+    mem, a, peer = await room_and_peer(max_rpc_handlers=1)
+    a.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    real = a._send_all
+    broken = []
+
+    async def send_all(packets):
+        if not broken:   # the first ack write fails, as on a link going down
+            broken.append(1)
+            raise OSError("write failed")
+        return await real(packets)
+    a._send_all = send_all
+    await peer.send({"destination_identities": ["a"], "rpc_request": {
+        "id": "lost", "method": "echo", "payload": "x", "response_timeout_ms": 8000, "version": 1}})
+    await settle(lambda: broken)
+    await asyncio.sleep(0.05)
+    assert not a._invoking, a._invoking
+    await close(a, peer)
+
+
+async def test_a_response_stream_we_cannot_take_fails_the_call_at_once():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=1)
+    a.register_byte_stream_handler("hog", lambda reader, sender: asyncio.sleep(30))
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "hog-1", "topic": "hog", "byte_header": {"name": "n"}}})   # takes the one slot
+    task = asyncio.create_task(a.local_participant.perform_rpc(
+        destination_identity="p", method="m", payload="q", response_timeout=20))
+    hdr = (await peer.wait_for(lambda p: "stream_header" in p))["stream_header"]
+    rid = hdr["attributes"]["lk.rpc_request_id"]
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "resp-1", "topic": "lk.rpc_response", "mime_type": "text/plain", "text_header": {},
+        "attributes": {"lk.rpc_request_id": rid}}})
+    try:
+        await asyncio.wait_for(task, 5)
+    except RpcError as e:
+        assert e.code == 1500 and e.message == "Response stream refused", (e.code, e.message)
+        assert "too many open streams" in e.data, e.data
+    else:
+        raise AssertionError("the call must fail")
+    await close(a, peer)
+
+
+async def test_a_field_too_big_to_hold_whole_drops_only_its_packet():
+    # The relay forwards frames up to its own max_frame; what a board holds whole
+    # (a v1 payload, inline content) stays within the board's own max_frame.
+    mem, a, peer = await room_and_peer(max_frame=16384)
+    a.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    await peer.send({"destination_identities": ["a"], "rpc_request": {
+        "id": "huge", "method": "echo", "payload": "h" * 30000, "response_timeout_ms": 8000, "version": 1}})
+    r = await request_v1(peer, "a", "after", "echo", "fine")
+    assert r["rpc_response"]["payload"] == "fine"
+    assert not [p for p in peer.packets if "rpc_response" in p and p["rpc_response"]["request_id"] == "huge"]
+    await close(a, peer)

@@ -341,3 +341,26 @@ async def test_stream_bytes_with_total_size_announces_it_and_refuses_more():
     chunks = [p["stream_chunk"]["content"] for p in peer.packets if "stream_chunk" in p]
     assert b"".join(chunks) == b"abc"
     await close(a, peer)
+
+
+async def test_stream_handlers_running_at_once_are_bounded_by_max_streams():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=2)
+    gate = asyncio.Event()
+    running = []
+
+    async def slow(reader, sender):
+        await reader.read_all()   # read promptly (the link waits for it), then take long
+        running.append(reader.info.stream_id)
+        await gate.wait()
+    a.register_byte_stream_handler("slow", slow)
+    for i in range(5):   # inline: no stream stays open, only the handlers run on
+        await peer.send({"destination_identities": ["a"], "stream_header": {
+            "stream_id": "s%d" % i, "topic": "slow", "byte_header": {"name": "n"}, "inline_content": b"x"}})
+    await asyncio.sleep(0.1)
+    assert running == ["s0", "s1"], running
+    gate.set()
+    await settle(lambda: not a._handling)
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "s9", "topic": "slow", "byte_header": {"name": "n"}, "inline_content": b"x"}})
+    await settle(lambda: "s9" in running)
+    await close(a, peer)

@@ -394,6 +394,16 @@ def test_a_second_response_stream_for_a_call_is_ignored():
     assert c.accept_response_stream("b", call.request_id) is None
 
 
+def test_a_response_stream_after_a_deadline_is_too_late():
+    c = _client()
+    call = c.start(0, "b", 1, "m", 1, 10000)
+    assert c.accept_response_stream("b", call.request_id, 7500) is None   # no ack by 7000
+    assert not call.acked
+    assert [x.error.code for x in c.handle_timer(7500)] == [RpcError.CONNECTION_TIMEOUT]
+    on_time = c.start(0, "b", 1, "m", 1, 10000)
+    assert c.accept_response_stream("b", on_time.request_id, 6999) is on_time
+
+
 def test_response_timer_covers_reading_the_response_stream():
     c = _client()
     call = c.start(0, "b", 1, "m", 1, 9000)

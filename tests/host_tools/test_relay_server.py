@@ -217,6 +217,9 @@ async def test_protocol_errors_leave_4_and_only_that_connection():
         utf = await r.peer("fred")                 # an rpc_request id that is not UTF-8
         await utf.send_data(b"\x52\x04\x0a\x02\xff\xfe")
         cases.append((utf, "malformed DataPacket"))
+        chat = await r.peer("gina")                # the same in a chat_message, which
+        await chat.send_data(b"\x4a\x04\x0a\x02\xff\xfe")   # lkedge itself does not decode
+        cases.append((chat, "refused by the protobuf parser"))
         for p, words in cases:
             body = await expect_leave(p, link.LEAVE_PROTOCOL)
             assert words in body["reason"], body
