@@ -488,10 +488,8 @@ class Room:
                 await self._send_all(self._rpc_server.on_refused_stream(ev.sender, hdr.get("attributes"), ev.reason))
             elif topic == TOPIC_RPC_RESPONSE and self._rpc_client is not None:
                 # the answer to our own call, which we cannot take: the call fails now
-                rid = (hdr.get("attributes") or {}).get(ATTR_RPC_REQUEST_ID, "")
-                if self._rpc_client.accept_response_stream(ev.sender, rid) is not None:
-                    self._complete(self._rpc_client.complete(rid, error=rpc.RpcError(
-                        rpc.RpcError.APPLICATION_ERROR, "Response stream refused", ev.reason)))
+                self._complete(self._rpc_client.on_refused_stream(
+                    ev.sender, (hdr.get("attributes") or {}).get(ATTR_RPC_REQUEST_ID, ""), ev.reason))
             _warn("stream %s ignored: %s" % (ev.stream_id, ev.reason))
 
     def _stream_ended(self, ev):

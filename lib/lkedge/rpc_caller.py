@@ -25,6 +25,9 @@ Caller: RpcClient(new_id=uuid4)          new_id: request id factory (tests pass 
         complete(); None = ignore the stream (unknown id, not from the destination, a
         second response stream for a call that already has one, or, given now_ms, a
         call that has reached a deadline: handle_timer completes it).
+    on_refused_stream(sender, request_id, why) -> Completion or None
+        a response stream of ours the adapter could not take: 1500 "Response stream
+        refused" (why as data) for a call from that sender, else None.
     complete(request_id, payload=None, error=None) -> Completion or None
     handle_timer(now_ms) -> [Completion]     1501 (no ack 7000 ms after start), 1502
     next_deadline() -> int ms or None
@@ -180,6 +183,14 @@ class RpcClient:
         call.acked = True  # a response is arriving: the handler got the request
         call.responding = True
         return call
+
+    def on_refused_stream(self, sender, request_id, why):
+        """A `lk.rpc_response` stream this participant could not take (no stream slot,
+        cannot inflate): the call fails now rather than at its response timer."""
+        if self.accept_response_stream(sender, request_id) is None:
+            return None
+        return self.complete(request_id, error=RpcError(RpcError.APPLICATION_ERROR,
+                                                        "Response stream refused", why))
 
     def complete(self, request_id, payload=None, error=None):
         call = self._calls.pop(request_id, None)

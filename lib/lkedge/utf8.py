@@ -86,18 +86,24 @@ _HI = b"\xff\xff\xff\xff\xff\x9f\xbf\x8f\xbf"
 
 _lead_bytes = []   # _LEADS as one-byte strings, made at the first non-ASCII text
 
+# MicroPython checks only the shape of each sequence; CPython refuses these itself.
+try:
+    str(b"\xed\xa0\x80", "utf-8")   # a surrogate
+    _LAX = True
+except UnicodeError:
+    _LAX = False
+
 
 def _bad_forms(data):
     """True when well-shaped UTF-8 bytes hold an overlong form, a surrogate or a code
     point past U+10FFFF. Only lead bytes are looked for (never continuation bytes),
     with find(), so a piece costs a few C scans, not a Python loop per byte."""
     b = data if isinstance(data, (bytes, bytearray)) else bytes(data)  # find() needs one
-    leads = _lead_bytes
-    if not leads:
+    if not _lead_bytes:
         for k in range(len(_LEADS)):
-            leads.append(_LEADS[k:k + 1])
+            _lead_bytes.append(_LEADS[k:k + 1])
     for k in range(len(_LEADS)):
-        lead = leads[k]
+        lead = _lead_bytes[k]
         i = b.find(lead)
         while i >= 0:
             if _LO[k] <= b[i + 1] <= _HI[k]:
@@ -110,18 +116,10 @@ def text(data):
     """str of the UTF-8 bytes `data` (bytes-like); UnicodeError when they are not
     valid UTF-8, by the same rules on every interpreter."""
     s = str(data, "utf-8")
-    # MicroPython checks only the shape of each sequence: what it lets through that
-    # CPython refuses is looked for here, in non-ASCII text only.
+    # What MicroPython lets through is looked for here, in non-ASCII text only.
     if _LAX and len(s) != len(data) and _bad_forms(data):
         raise UnicodeError("overlong form, surrogate or code point past U+10FFFF")
     return s
-
-
-try:
-    str(b"\xed\xa0\x80", "utf-8")   # a surrogate
-    _LAX = True
-except UnicodeError:
-    _LAX = False
 
 
 def _decode(data, offset):

@@ -404,6 +404,16 @@ def test_a_response_stream_after_a_deadline_is_too_late():
     assert c.accept_response_stream("b", on_time.request_id, 6999) is on_time
 
 
+def test_a_response_stream_we_cannot_take_fails_its_call_once():
+    c = _client()
+    call = c.start(0, "b", 1, "m", 1, 10000)
+    assert c.on_refused_stream("evil", call.request_id, "no slot") is None   # not the destination
+    done = c.on_refused_stream("b", call.request_id, "too many open streams (limit 1)")
+    assert done.error.code == 1500 and done.error.message == "Response stream refused"
+    assert done.error.data == "too many open streams (limit 1)" and len(c) == 0
+    assert c.on_refused_stream("b", call.request_id, "again") is None
+
+
 def test_response_timer_covers_reading_the_response_stream():
     c = _client()
     call = c.start(0, "b", 1, "m", 1, 9000)
