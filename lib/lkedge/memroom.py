@@ -4,7 +4,7 @@ MemRoom speaks real LINK.md frames to real Room objects through MemTransport, so
 test exercises the real codecs: frames, CBOR, DataPackets, identity stamping. It is a
 FAKE in two respects: it does not verify tokens (the JOIN token is either the
 identity itself or a JWT whose `sub` claim is read WITHOUT checking the signature), and
-it checks a DataPacket's top-level fields only, where the relay decodes it whole, so
+it checks a DataPacket's top-level fields only, where the relay checks it whole, so
 that tests can hand a Room malformed packets. Never use it outside tests; boards do
 not ship it.
 
