@@ -1,0 +1,208 @@
+"""Reconnecting after the link is lost (room.py `_link_lost`), on CPython and MicroPython.
+
+The backoff is exponential from RoomOptions.reconnect_min_ms to reconnect_max_ms with
+"equal jitter": each wait is drawn from [delay/2, delay]. The waits are recorded by a
+stand-in for the room module's asyncio whose sleeps return at once (every other name is
+the real asyncio), so the tests check the schedule without waiting it out.
+"""
+import asyncio
+
+from room_helpers import raw, settle
+
+import lkedge.room as room_module
+from lkedge import link
+from lkedge.config import RoomOptions
+from lkedge.memroom import MemRoom
+from lkedge.room import Room
+
+MP_HEAPSIZE = "1M"
+
+
+class _Asyncio:
+    """The real asyncio, except that sleep/sleep_ms record the wait and return at once."""
+
+    def __init__(self, real):
+        self.real = real
+        self.waits_ms = []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    async def sleep_ms(self, ms):
+        self.waits_ms.append(ms)
+        await self.real.sleep(0.001)
+
+    async def sleep(self, s):
+        self.waits_ms.append(int(s * 1000 + 0.5))
+        await self.real.sleep(0.001)
+
+
+class _FlakyRelay:
+    """A transport factory over a MemRoom: each connect() opens a fresh MemTransport,
+    except that `fail` connects after the first one are refused (OSError);
+    fail=None refuses them all."""
+
+    def __init__(self, mem, fail=0):
+        self.mem = mem
+        self.fail = fail
+        self.connects = 0
+        self.t = None
+
+    async def connect(self):
+        self.connects += 1
+        if self.connects > 1 and (self.fail is None or self.fail > 0):
+            if self.fail is not None:
+                self.fail -= 1
+            raise OSError("connection refused (test)")
+        self.t = self.mem.transport()
+        await self.t.connect()
+
+    async def write(self, data):
+        await self.t.write(data)
+
+    async def read_into(self, buf):
+        return await self.t.read_into(buf)
+
+    async def close(self):
+        await self.t.close()
+
+
+async def _board(mem, relay, events, **opts):
+    o = RoomOptions(reconnect_min_ms=100, reconnect_max_ms=400, **opts)
+    r = Room(o)
+    for ev in ("disconnected", "reconnecting", "reconnected"):
+        r.on(ev, (lambda name: lambda *a: events.append(name))(ev))
+    await r.connect(relay, "board")
+    return r
+
+
+def _patched():
+    fake = _Asyncio(asyncio)
+    room_module.asyncio = fake
+    return fake
+
+
+def _restore():
+    room_module.asyncio = asyncio
+
+
+async def test_reconnect_backoff_doubles_with_jitter_up_to_the_max_then_rejoins():
+    mem = MemRoom()
+    relay = _FlakyRelay(mem, fail=4)
+    events = []
+    board = await _board(mem, relay, events)
+    board.local_participant.register_rpc_method("ping", lambda d: "pong")
+    fake = _patched()
+    try:
+        await mem.kick("board", link.LEAVE_SHUTDOWN, "relay restarting")
+        await settle(lambda: "reconnected" in events)
+    finally:
+        _restore()
+    assert events == ["disconnected", "reconnecting", "reconnected"], events
+    assert relay.connects == 6, "1 join, 4 refused attempts, 1 that succeeds: %d" % relay.connects
+    nominal = [100, 200, 400, 400, 400]
+    assert len(fake.waits_ms) == len(nominal), fake.waits_ms
+    for w, d in zip(fake.waits_ms, nominal):
+        assert d // 2 <= w <= d, "wait %d ms outside [%d, %d]: %s" % (w, d // 2, d, fake.waits_ms)
+    assert board.connection_state == "connected"
+    # Back in the room with its methods: a peer that joins now can call it.
+    peer = Room(RoomOptions(auto_reconnect=False))
+    await peer.connect(mem.transport(), "host")
+    await settle(lambda: "board" in peer.remote_participants)
+    assert await peer.local_participant.perform_rpc(destination_identity="board", method="ping", payload="") == "pong"
+    await peer.disconnect()
+    await board.disconnect()
+
+
+async def test_reconnect_waits_are_jittered_not_fixed():
+    """Equal jitter: 12 waits at the same nominal delay are not all the same value."""
+    mem = MemRoom()
+    relay = _FlakyRelay(mem, fail=12)
+    events = []
+    board = await _board(mem, relay, events)
+    board.options.reconnect_min_ms = board.options.reconnect_max_ms = 1000
+    fake = _patched()
+    try:
+        await mem.kick("board", link.LEAVE_SHUTDOWN, "relay restarting")
+        await settle(lambda: "reconnected" in events)
+    finally:
+        _restore()
+    waits = fake.waits_ms
+    assert len(waits) == 13 and all(500 <= w <= 1000 for w in waits), waits
+    assert len(set(waits)) > 1, "every wait was %d ms: no jitter" % waits[0]
+    await board.disconnect()
+
+
+async def test_final_leave_code_ends_the_room_without_reconnecting():
+    for code in (link.LEAVE_DUPLICATE, link.LEAVE_UNAUTHORIZED):
+        mem = MemRoom()
+        relay = _FlakyRelay(mem)
+        events = []
+        board = await _board(mem, relay, events)
+        fake = _patched()
+        try:
+            await mem.kick("board", code, "final")
+            await settle(lambda: board.connection_state == "disconnected")
+            await asyncio.sleep(0.05)
+        finally:
+            _restore()
+        assert events == ["disconnected"], (code, events)
+        assert relay.connects == 1 and fake.waits_ms == [], (code, relay.connects, fake.waits_ms)
+        await board.disconnect()
+
+
+async def test_without_auto_reconnect_a_lost_link_stays_disconnected():
+    mem = MemRoom()
+    relay = _FlakyRelay(mem)
+    events = []
+    board = await _board(mem, relay, events, auto_reconnect=False)
+    await mem.kick("board", link.LEAVE_SHUTDOWN, "relay restarting")
+    await settle(lambda: board.connection_state == "disconnected")
+    await asyncio.sleep(0.05)
+    assert events == ["disconnected"] and relay.connects == 1, (events, relay.connects)
+    assert board.last_error and "relay restarting" in board.last_error, board.last_error
+    await board.disconnect()
+
+
+async def test_disconnect_during_backoff_stops_reconnecting():
+    mem = MemRoom()
+    relay = _FlakyRelay(mem, fail=None)
+    events = []
+    board = await _board(mem, relay, events)
+    fake = _patched()
+    try:
+        await mem.kick("board", link.LEAVE_SHUTDOWN, "relay restarting")
+        await settle(lambda: relay.connects >= 3)
+        await board.disconnect()
+        n = relay.connects
+        for _ in range(20):
+            await asyncio.sleep(0)
+    finally:
+        _restore()
+    assert relay.connects == n, "kept reconnecting after disconnect(): %d -> %d" % (n, relay.connects)
+    assert board.connection_state == "disconnected"
+    assert "reconnected" not in events
+
+
+async def test_calls_in_flight_fail_with_recipient_disconnected_when_the_link_is_lost():
+    mem = MemRoom()
+    relay = _FlakyRelay(mem)
+    events = []
+    board = await _board(mem, relay, events, auto_reconnect=False)
+    peer = await raw(mem, "host", client_protocol=2)
+    await settle(lambda: "host" in board.remote_participants)
+    call = asyncio.create_task(board.local_participant.perform_rpc(
+        destination_identity="host", method="slow", payload="x", response_timeout=30))
+    await peer.wait_for(lambda p: "stream_header" in p or "rpc_request" in p)
+    await mem.kick("board", link.LEAVE_SHUTDOWN, "relay restarting")
+    try:
+        await call
+    except Exception as e:
+        from lkedge.rpc import RpcError
+        assert isinstance(e, RpcError) and e.code == RpcError.RECIPIENT_DISCONNECTED, repr(e)
+        assert "link lost" in (e.data or ""), repr(e)
+    else:
+        raise AssertionError("the call succeeded after the link was lost")
+    assert board.remote_participants == {}
+    await peer.close()
+    await board.disconnect()
