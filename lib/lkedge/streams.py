@@ -271,7 +271,7 @@ class _Open:
     def __init__(self, info, inflater):
         self.info = info
         self.inflater = inflater
-        self.received = 0       # uncompressed bytes delivered
+        self.received = 0       # uncompressed bytes delivered (or refused as too many)
         self.last_index = -1    # highest chunk index taken
         self.cur_index = -1     # chunk whose pieces are arriving, -1 between chunks
         self.dropping = False   # the current chunk is a duplicate
@@ -482,10 +482,10 @@ class IncomingStreams:
 
     @staticmethod
     def _count(st, n):
+        st.received += n  # counted even when refused: more is never "incomplete"
         total = st.info.total_length
-        if total is not None and st.received + n > total:
+        if total is not None and st.received > total:
             raise StreamError("length exceeded: more than total_length %d bytes" % total)
-        st.received += n
 
     def _deliver(self, st, mv):
         self._count(st, len(mv))

@@ -199,7 +199,7 @@ def test_one_mib_compressed_stream_through_incoming_streams_with_bounded_live_me
 def test_stream_inflating_past_total_length_is_length_exceeded():
     inc = streams.IncomingStreams(lambda k, t: True)
     err = _compressed_stream(inc, BOMB, "c2", 100000, lambda d: None, Lcg(7))
-    assert err is not None and "length exceeded" in str(err), err
+    assert err is not None and str(err).startswith("length exceeded"), err
     assert not inc.open
 
 
@@ -218,6 +218,19 @@ def test_gap_on_compressed_stream_is_an_error():
     evs = list(inc.chunk("a", "g", 1, b"\x03\x00", True))
     assert len(evs) == 1 and isinstance(evs[0], streams.StreamEnded)
     assert "gap in chunk indices" in str(evs[0].error) and not inc.open
+
+
+def test_gap_after_the_first_chunk_of_a_compressed_stream_is_an_error_and_drops_the_rest():
+    inc = streams.IncomingStreams(lambda k, t: True)
+    list(inc.header("a", {"stream_id": "g", "topic": "t", "byte_header": {}, "compression": 1,
+                    "total_length": 5}, None))
+    evs = list(inc.chunk("a", "g", 0, b"\xcb\x48", True))   # "hello" deflated, in 3 chunks
+    assert not [e for e in evs if not isinstance(e, streams.StreamData)], evs
+    evs = list(inc.chunk("a", "g", 2, b"\x07\x00", True))        # chunk 1 missing
+    assert len(evs) == 1 and isinstance(evs[0], streams.StreamEnded), evs
+    assert str(evs[0].error) == "gap in chunk indices of a compressed stream: got 2 after 0"
+    assert not list(inc.chunk("a", "g", 1, b"\xcd\xc9\xc9", True))  # late: dropped silently
+    assert not list(inc.trailer("a", {"stream_id": "g"})) and not inc.open
 
 
 def test_compressed_inline_content_is_inflated():

@@ -101,6 +101,18 @@ async def test_stream_without_handler_is_ignored():
     await close(a, b)
 
 
+async def test_stream_handlers_are_found_by_kind_and_topic():
+    mem, a, b = await pair()
+    got = []
+    b.register_byte_stream_handler("t", _collector(got))
+    await a.local_participant.send_text("as text", topic="t")     # no text handler for "t"
+    await a.local_participant.send_bytes(b"as bytes", topic="t")
+    await settle(lambda: got)
+    await asyncio.sleep(0.05)
+    assert [(g[1].kind, g[2]) for g in got] == [("bytes", b"as bytes")], got
+    await close(a, b)
+
+
 async def test_reserved_rpc_topics_cannot_be_registered():
     mem, a, b = await pair()
     for topic in ("lk.rpc_request", "lk.rpc_response"):
@@ -147,7 +159,7 @@ async def test_sender_leaving_ends_open_stream_abnormally():
     await asyncio.sleep(0.05)
     await peer.close()
     await settle(lambda: errors)
-    assert "abnormal" in errors[0], errors
+    assert errors == ["abnormal end: sender left"], errors
     await close(a)
 
 
@@ -363,4 +375,279 @@ async def test_stream_handlers_running_at_once_are_bounded_by_max_streams():
     await peer.send({"destination_identities": ["a"], "stream_header": {
         "stream_id": "s9", "topic": "slow", "byte_header": {"name": "n"}, "inline_content": b"x"}})
     await settle(lambda: "s9" in running)
+    await close(a, peer)
+
+
+# ------------------------------------------------ STREAMS.md rules, room level
+def _stream_packets(peer, sid=None):
+    """The header, chunks and trailer a RawPeer received (of stream `sid`, or the last)."""
+    heads = [p["stream_header"] for p in peer.packets if "stream_header" in p]
+    if sid is None:
+        sid = heads[-1]["stream_id"]
+    head = [h for h in heads if h["stream_id"] == sid][0]
+    chunks = [p["stream_chunk"] for p in peer.packets
+              if "stream_chunk" in p and p["stream_chunk"]["stream_id"] == sid]
+    trailers = [p["stream_trailer"] for p in peer.packets
+                if "stream_trailer" in p and p["stream_trailer"]["stream_id"] == sid]
+    return head, chunks, trailers
+
+
+async def _sent_by(peer, sid):
+    """Wait until stream `sid` is complete at `peer` (one inline header, or a trailer)."""
+    def done(p):
+        if "stream_trailer" in p:
+            return p["stream_trailer"]["stream_id"] == sid
+        h = p.get("stream_header")
+        return h is not None and h["stream_id"] == sid and "inline_content" in h
+    await peer.wait_for(done)
+    return _stream_packets(peer, sid)
+
+
+async def test_inline_and_compression_are_negotiated_per_recipient_in_a_mixed_room():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    v2 = await raw(mem, "v2", client_protocol=2, capabilities=[2])
+    v1 = await raw(mem, "v1", client_protocol=1, capabilities=[2])   # RPC v2 only: no inline
+    await settle(lambda: len(a.remote_participants) == 2)
+    text = "abc" * 2000   # 6000 bytes: inline fits even uncompressed
+    lp = a.local_participant
+    # destinations alone count: the v1 participant in the room changes nothing
+    sid = await lp.send_text(text, topic="t", destination_identities=["v2"])
+    head, chunks, trailers = await _sent_by(v2, sid)
+    assert "inline_content" in head and not chunks and not trailers and head["total_length"] == 6000
+    assert head.get("compression", 0) == (1 if finite.can_compress() else 0), head.get("compression")
+    sid = await lp.send_text(text, topic="t", destination_identities=["v1"])
+    head, chunks, trailers = await _sent_by(v1, sid)
+    assert "inline_content" not in head and head.get("compression", 0) == 0 and len(trailers) == 1
+    assert b"".join(c["content"] for c in chunks) == text.encode()
+    # a broadcast goes to every other participant: one of them is v1
+    sid = await lp.send_text(text, topic="t")
+    for peer in (v1, v2):
+        head, chunks, trailers = await _sent_by(peer, sid)
+        assert "inline_content" not in head and head.get("compression", 0) == 0, head
+        assert b"".join(c["content"] for c in chunks) == text.encode() and len(trailers) == 1
+    assert not [p for p in v1.packets if p.get("stream_header", {}).get("inline_content") is not None]
+    await close(a, v1, v2)
+
+
+async def test_send_text_in_an_empty_room_goes_inline():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    assert a.recipients([]) == []
+    sent = []
+
+    async def capture(pkt):
+        sent.append(pkt)
+    a._send = capture
+    await a.local_participant.send_text("alone", topic="t")
+    assert len(sent) == 1 and bytes(sent[0]["stream_header"]["inline_content"]) == b"alone", sent
+    del a._send
+    await close(a)
+
+
+async def test_a_room_advertising_protocol_0_sends_v1_streams_even_to_v2_peers():
+    # v1 -> v2: a participant that does not speak inline streams never sends one
+    mem = MemRoom()
+    a = await join(mem, "a", client_protocol=0)
+    peer = await raw(mem, "p", client_protocol=2, capabilities=[2])
+    await settle(lambda: "p" in a.remote_participants)
+    sid = await a.local_participant.send_text("hi", topic="t", destination_identities=["p"])
+    head, chunks, trailers = await _sent_by(peer, sid)
+    assert "inline_content" not in head and head.get("compression", 0) == 0
+    assert [c["content"] for c in chunks] == [b"hi"] and len(trailers) == 1
+    await close(a, peer)
+
+
+async def test_finite_stream_headers_carry_the_defaults_on_the_wire():
+    mem, a, peer = await room_and_peer(peer_identity="old", client_protocol=0)
+    lp = a.local_participant
+    head, _, _ = await _sent_by(peer, await lp.send_bytes(b"b", topic="t"))
+    assert head["byte_header"].get("name") == "unknown" and head["mime_type"] == "application/octet-stream"
+    assert "text_header" not in head
+    head, _, _ = await _sent_by(peer, await lp.send_text("t", topic="t"))
+    assert head["mime_type"] == "text/plain" and head["text_header"].get("operation_type", 0) == 0
+    assert "byte_header" not in head
+    await close(a, peer)
+
+
+async def test_stream_writers_are_never_inline_nor_compressed_even_to_capable_recipients():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, capabilities=[2])
+    for kind in ("text", "bytes"):
+        if kind == "text":
+            w = await a.local_participant.stream_text(topic="t", destination_identities=["p"])
+            await w.write("abc" * 100)
+        else:
+            w = await a.local_participant.stream_bytes("n", topic="t", destination_identities=["p"])
+            await w.write(b"abc" * 100)
+        await w.aclose()
+        head, chunks, trailers = await _sent_by(peer, w.stream_id)
+        assert "inline_content" not in head and "total_length" not in head, head
+        assert head.get("compression", 0) == 0 and len(trailers) == 1
+        assert b"".join(c["content"] for c in chunks) == b"abc" * 100
+    await close(a, peer)
+
+
+async def test_send_text_with_a_header_over_15000_bytes_is_refused_before_anything_is_sent():
+    # to a v1 peer: the chunked path refuses it; to a v2 peer: inline falls back, then the same
+    for proto_v in (0, 2):
+        mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=proto_v)
+        for send in (a.local_participant.send_text, a.local_participant.send_bytes):
+            try:
+                await send("x" if send == a.local_participant.send_text else b"x", topic="t",
+                           attributes={"big": "y" * 15500})
+            except ValueError as e:
+                assert "over the 15000-byte limit" in str(e), e
+            else:
+                raise AssertionError("an oversized header must be refused")
+        try:
+            await a.local_participant.stream_text(topic="t", attributes={"big": "y" * 15500})
+        except ValueError as e:
+            assert "over the 15000-byte limit" in str(e), e
+        else:
+            raise AssertionError("an oversized incremental header must be refused")
+        await asyncio.sleep(0.05)
+        assert not peer.packets, peer.packets
+        await close(a, peer)
+
+
+async def test_chunks_reach_the_reader_before_the_trailer():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=0)
+    seen = []
+    done = []
+
+    async def handler(reader, sender):
+        async for piece in reader:
+            seen.append(piece)
+        done.append(reader.info.attributes)
+    a.register_byte_stream_handler("m", handler)
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "s5", "topic": "m", "total_length": 6, "byte_header": {"name": "n"}}})
+    await peer.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": "s5", "content": b"abc"}})
+    await settle(lambda: seen)
+    assert seen == [b"abc"] and not done   # delivered, and the reader still open
+    await peer.send({"destination_identities": ["a"], "stream_chunk": {
+        "stream_id": "s5", "chunk_index": 1, "content": b"def"}})
+    await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "s5", "attributes": {"t": "1"}}})
+    await settle(lambda: done)
+    assert seen == [b"abc", b"def"] and done == [{"t": "1"}]
+    await close(a, peer)
+
+
+HELLO = bytes.fromhex("cb48cdc9c90700")                         # b"hello" as raw DEFLATE
+MIXED_450 = bytes.fromhex("3bbce7d9f4a51fe6cf68383cca189a0c00")  # ("ü日😀" * 50) as raw DEFLATE
+ZEROS_2000 = bytes.fromhex("63601805a360148c8251300a46c1500700")  # 2000 zero bytes
+
+
+async def test_text_reader_pieces_are_cut_on_character_boundaries_also_after_inflating():
+    # piece_size 16 cuts the 2-, 3- and 4-byte characters everywhere; a v1 sender's
+    # chunks are cut inside characters too (nothing in v1 forbids it)
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=0, piece_size=16)
+    text = "\u00fc\u65e5\U0001f600" * 50
+    b = text.encode("utf-8")
+    got = {}
+
+    async def handler(reader, sender):
+        pieces = []
+        async for s in reader:
+            pieces.append(s)
+        got[reader.info.stream_id] = pieces
+    a.register_text_stream_handler("txt", handler)
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "z1", "topic": "txt", "total_length": len(b), "text_header": {},
+        "compression": 1, "inline_content": MIXED_450}})
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "z2", "topic": "txt", "total_length": len(b), "text_header": {}}})
+    cuts = [0, 1, 5, 6, 200, 449, 450]
+    for i in range(len(cuts) - 1):
+        await peer.send({"destination_identities": ["a"], "stream_chunk": {
+            "stream_id": "z2", "chunk_index": i, "content": b[cuts[i]:cuts[i + 1]]}})
+    await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "z2"}})
+    await settle(lambda: len(got) == 2)
+    for sid in ("z1", "z2"):
+        pieces = got[sid]
+        assert "".join(pieces) == text, sid
+        assert len(pieces) > 10 and all(pieces), (sid, pieces)
+        assert all(len(p.encode("utf-8")) <= 16 + 3 for p in pieces), pieces
+    await close(a, peer)
+
+
+async def test_byte_reader_pieces_are_at_most_piece_size_and_read_all_gets_everything():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, piece_size=512, read_buffer=4096)
+    data = bytes(range(256)) * 20   # 5120 bytes in one chunk
+    sizes = []
+    whole = []
+
+    async def iterate(reader, sender):
+        async for piece in reader:
+            sizes.append(len(piece))
+
+    async def read_all(reader, sender):
+        whole.append(await reader.read_all())
+    a.register_byte_stream_handler("it", iterate)
+    a.register_byte_stream_handler("all", read_all)
+    for topic, sid in (("it", "i1"), ("all", "a1")):
+        await peer.send({"destination_identities": ["a"], "stream_header": {
+            "stream_id": sid, "topic": topic, "total_length": len(data), "byte_header": {"name": "n"}}})
+        await peer.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": sid, "content": data}})
+        await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": sid}})
+    await settle(lambda: whole and sum(sizes) == len(data))
+    assert max(sizes) <= 512 and len(sizes) >= 10 and whole == [data], sizes
+    await close(a, peer)
+
+
+async def test_duplicate_chunk_from_the_wire_is_dropped():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    got = []
+    a.register_byte_stream_handler("m", _collector(got))
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "d1", "topic": "m", "total_length": 6, "byte_header": {"name": "n"}}})
+    for index, content in ((0, b"abc"), (0, b"abc"), (1, b"def"), (1, b"XYZ")):
+        await peer.send({"destination_identities": ["a"], "stream_chunk": {
+            "stream_id": "d1", "chunk_index": index, "content": content}})
+    await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "d1"}})
+    await settle(lambda: got)
+    assert got[0][2] == b"abcdef"
+    await close(a, peer)
+
+
+async def test_a_room_that_cannot_inflate_ignores_compressed_streams():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, advertise_compression=False)
+    assert not a.can_inflate
+    got = []
+    a.register_byte_stream_handler("m", _collector(got))
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "c1", "topic": "m", "total_length": 5, "byte_header": {"name": "n"},
+        "compression": 1, "inline_content": HELLO}})
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "c2", "topic": "m", "total_length": 5, "byte_header": {"name": "n"}, "compression": 1}})
+    await peer.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": "c2", "content": HELLO}})
+    await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "c2"}})
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "c3", "topic": "m", "total_length": 5, "byte_header": {"name": "n"}, "inline_content": b"plain"}})
+    await settle(lambda: got)
+    await asyncio.sleep(0.05)
+    assert [(g[1].stream_id, g[2]) for g in got] == [("c3", b"plain")], got
+    await close(a, peer)
+
+
+async def test_reader_errors_name_length_exceeded_and_gaps_on_compressed_streams():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    errors = []
+    a.register_byte_stream_handler("m", error_collector(errors))
+    # more bytes than total_length, plain and inflated (a small decompression bomb)
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "x1", "topic": "m", "total_length": 3, "byte_header": {"name": "n"}}})
+    await peer.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": "x1", "content": b"abcd"}})
+    await settle(lambda: len(errors) == 1)
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "x2", "topic": "m", "total_length": 1000, "byte_header": {"name": "n"},
+        "compression": 1, "inline_content": ZEROS_2000}})
+    await settle(lambda: len(errors) == 2)
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "x3", "topic": "m", "total_length": 5, "byte_header": {"name": "n"}, "compression": 1}})
+    await peer.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": "x3", "chunk_index": 1,
+                                                                       "content": HELLO}})
+    await settle(lambda: len(errors) == 3)
+    assert errors[0].startswith("length exceeded") and errors[1].startswith("length exceeded"), errors
+    assert errors[2].startswith("gap in chunk indices"), errors
     await close(a, peer)

@@ -2,6 +2,7 @@
 wire form is checked against livekit-protocol in tests/lib/test_streams.py)."""
 import gc
 
+from stream_fixtures import lcg_bytes
 from stream_helpers import Collector, feed, feed_all, handler_for
 
 from lkedge import finite, streams, utf8
@@ -54,6 +55,20 @@ def test_compression_needs_every_recipient_v2_with_capability_a_sender_that_can_
     assert finite.negotiate(both + [(2, [1])], True) == (True, False)
     assert finite.negotiate(both, False) == (True, False)
     assert finite.negotiate(both, True, compress=False) == (True, False)
+
+
+def test_a_v1_recipient_with_the_capability_gets_neither_inline_nor_compression():
+    # protocol 1 (RPC v2 only) and 0 both lack inline streams; a capability alone is not enough
+    for v in (0, 1):
+        assert finite.negotiate([(2, [CAP_DEFLATE]), (v, [CAP_DEFLATE])], True) == (False, False)
+    assert finite.negotiate([(None, None)], True) == (False, False)   # absent: protocol 0
+
+
+def test_otherwise_uncompressed_header_chunks_trailer():
+    pkts = _finite("text", b"abc" * 2000, inline_ok=False, compress_ok=False)
+    assert [list(p)[-1] for p in pkts] == ["stream_header", "stream_chunk", "stream_trailer"]
+    h = pkts[0]["stream_header"]
+    assert h.get("compression", 0) == 0 and "inline_content" not in h and h["total_length"] == 6000
 
 
 # -------------------------------------------------------------------- sending
@@ -129,10 +144,88 @@ def test_chunked_header_over_15000_bytes_is_refused():
         raise AssertionError("oversized header accepted")
 
 
-def test_inline_header_over_15000_bytes_falls_back_then_is_refused_on_the_chunked_path():
+def test_inline_packet_over_15000_bytes_falls_back_to_chunks_when_the_header_fits():
     attrs = {"big": "v" * (LIMIT - 200)}
+    inline = streams.header_packet("s1", "bytes", "t", [], total_length=300, attributes=attrs,
+                                   inline_content=b"x" * 300)
+    assert streams.packet_size(inline) > LIMIT   # so inline is no option here
     pkts = _finite("bytes", b"x" * 300, attributes=attrs)  # inline too big, header fits
     assert len(pkts) == 3 and streams.packet_size(pkts[0]) <= LIMIT
+    assert "inline_content" not in pkts[0]["stream_header"] and bytes(pkts[1]["stream_chunk"]["content"]) == b"x" * 300
+
+
+def test_total_length_is_the_uncompressed_byte_length():
+    text = "\u00fc\u65e5" * 3000   # 6000 characters, 15000 bytes
+    for kw in ({}, {"inline_ok": False}):
+        assert _finite("text", text.encode("utf-8"), **kw)[0]["stream_header"]["total_length"] == 15000
+    if finite.can_compress():
+        h = _finite("text", text.encode("utf-8"), compress_ok=True)[0]["stream_header"]
+        assert h["compression"] == 1 and h["total_length"] == 15000
+
+
+def test_inline_compressed_when_only_the_compressed_form_fits():
+    if not finite.can_compress():
+        return   # MicroPython: this interpreter can only inflate
+    payload = b"abc" * 20000   # 60000 bytes, a few hundred compressed
+    pkts = _finite("bytes", payload, compress_ok=True)
+    assert len(pkts) == 1, [list(p) for p in pkts]
+    h = pkts[0]["stream_header"]
+    assert h["compression"] == 1 and h["total_length"] == 60000 and len(h["inline_content"]) < 1000
+
+
+def test_compressed_chunked_when_even_the_compressed_form_does_not_fit_inline():
+    if not finite.can_compress():
+        return
+    payload = lcg_bytes(40000)   # incompressible: deflate output > 15000
+    pkts = _finite("bytes", payload, compress_ok=True)
+    h = pkts[0]["stream_header"]
+    assert h["compression"] == 1 and "inline_content" not in h and h["total_length"] == 40000
+    chunks = [p["stream_chunk"] for p in pkts[1:-1]]
+    assert [c["chunk_index"] for c in chunks] == list(range(len(chunks))) and len(chunks) >= 3
+    assert all(len(c["content"]) <= LIMIT for c in chunks) and "stream_trailer" in pkts[-1]
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", pkts)   # ONE deflate stream: the receiver gets the payload back
+    assert bytes(col.data["s1"]) == payload and col.ended["s1"] is None
+
+
+def test_inline_over_15000_falls_back_and_a_chunked_header_over_15000_is_still_refused():
+    attrs = {"big": "v" * LIMIT}   # neither the inline packet nor the header alone fits
+    gen = finite.finite_packets("bytes", b"x", "t", [], True, False, stream_id="s1", attributes=attrs)
+    try:
+        next(gen)
+    except streams.StreamError as e:
+        assert "over the 15000-byte limit" in str(e), str(e)
+    else:
+        raise AssertionError("oversized header sent")
+
+
+def test_incremental_text_header_defaults():
+    h = streams.OutgoingStream("s6", "text", "t", ["b"]).header()["stream_header"]
+    assert h["mime_type"] == "text/plain" and h["text_header"]["operation_type"] == 0
+    assert "total_length" not in h and "inline_content" not in h and h.get("compression", 0) == 0
+    assert "byte_header" not in h
+
+
+def test_incremental_header_over_15000_bytes_is_refused():
+    out = streams.OutgoingStream("s5", "text", "t", [], attributes={"big": "v" * LIMIT})
+    try:
+        out.header()
+    except streams.StreamError as e:
+        assert "over the 15000-byte limit" in str(e), str(e)
+    else:
+        raise AssertionError("oversized incremental header accepted")
+
+
+def test_incremental_writes_become_chunks_and_close_sends_the_trailer():
+    out = streams.OutgoingStream("s4", "text", "t", [])
+    out.header()
+    text = "\u65e5" * 6000   # 18000 bytes: two chunks, cut between characters
+    chunks = out.write(text)
+    parts = [bytes(c["stream_chunk"]["content"]) for c in chunks]
+    assert [len(p) for p in parts] == [15000, 3000]
+    assert "".join(str(p, "utf-8") for p in parts) == text
+    t = out.close()
+    assert t["stream_trailer"]["stream_id"] == "s4" and t["stream_trailer"]["reason"] == ""
 
 
 def test_compression_only_when_this_interpreter_can_compress():
@@ -215,6 +308,27 @@ def test_no_handler_ignores_the_whole_stream():
     assert not inc.open
 
 
+def test_handler_is_found_by_kind_and_topic():
+    inc = streams.IncomingStreams(lambda kind, topic: kind == "text" and topic == "t")
+    col = Collector()
+    feed_all(inc, col, "a", [_hdr("b1", kind="bytes"), _chunk("b1", 0, b"x"), _trailer("b1"),
+                             _hdr("t1", kind="text"), _chunk("t1", 0, b"y"), _trailer("t1")])
+    assert [i.stream_id for i in col.opened] == ["t1"] and col.ended == {"t1": None}
+    assert col.ignored == [("b1", "no handler for bytes streams on topic 't'")]
+
+
+def test_no_handler_ignores_an_inline_stream():
+    inc, col = _inc("yes")
+    col.run(inc.header("a", _hdr("n2", topic="no", total_length=2)["stream_header"], b"hi"))
+    assert not col.opened and not col.data and len(col.ignored) == 1 and not inc.open
+
+
+def test_the_handler_learns_the_sender_identity():
+    inc, col = _inc("t")
+    feed_all(inc, col, "alice", _finite("bytes", b"hi", sid="w1"))
+    assert col.opened[0].sender_identity == "alice" and bytes(col.data["w1"]) == b"hi"
+
+
 def test_second_open_stream_with_the_same_id_is_an_error_and_the_first_is_unaffected():
     inc, col = _inc("t")
     feed(inc, col, "a", _hdr("d", total_length=6))
@@ -229,6 +343,23 @@ def test_inline_content_even_empty_completes_the_stream():
     inc, col = _inc("t")
     col.run(inc.header("a", _hdr("e", total_length=0)["stream_header"], b""))
     assert col.ended == {"e": None} and bytes(col.data["e"]) == b"" and not inc.open
+
+
+def test_inline_stream_takes_no_chunk_or_trailer():
+    inc, col = _inc("t")
+    col.run(inc.header("a", _hdr("e", total_length=2)["stream_header"], b"ok"))
+    assert col.ended == {"e": None} and not inc.open
+    feed_all(inc, col, "a", [_chunk("e", 0, b"late"), _trailer("e", attributes={"x": "1"})])
+    assert bytes(col.data["e"]) == b"ok" and col.opened[0].attributes == {}
+    assert [i[0] for i in col.ignored] == ["e"]   # reported once, never delivered
+
+
+def test_chunks_are_routed_by_stream_id():
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("r1"), _hdr("r2"), _chunk("r1", 0, b"a1"), _chunk("r2", 0, b"b1"),
+                             _chunk("r2", 1, b"b2"), _chunk("r1", 1, b"a2"), _trailer("r2"), _trailer("r1")])
+    assert bytes(col.data["r1"]) == b"a1a2" and bytes(col.data["r2"]) == b"b1b2"
+    assert col.ended == {"r1": None, "r2": None}
 
 
 def test_chunks_are_delivered_as_they_arrive():
@@ -250,6 +381,30 @@ def test_duplicate_chunk_index_is_dropped():
                              _chunk("c", 1, b"B" * 900), _chunk("c", 0, b"A"), _chunk("c", 2, b"c"),
                              _trailer("c")])
     assert bytes(col.data["c"]) == b"a" * 700 + b"bc" and col.ended["c"] is None
+
+
+def test_duplicate_chunk_index_on_a_compressed_stream_is_dropped():
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("c", total_length=5, compression=1), _chunk("c", 0, HELLO[:3]),
+                             _chunk("c", 0, HELLO[:3]), _chunk("c", 1, HELLO[3:]), _chunk("c", 1, b"zz"),
+                             _trailer("c")])
+    assert bytes(col.data["c"]) == b"hello" and col.ended["c"] is None
+
+
+def test_empty_chunk_on_a_compressed_stream_is_ignored_not_a_gap():
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("c", total_length=5, compression=1), _chunk("c", 3, b""),
+                             _chunk("c", 0, HELLO), _chunk("c", 1, b""), _trailer("c")])
+    assert bytes(col.data["c"]) == b"hello" and col.ended["c"] is None
+
+
+def test_compressed_chunked_stream_goes_through_one_inflater_in_index_order():
+    # "hello" deflated, one byte per chunk: each alone is not a deflate stream
+    inc, col = _inc("t")
+    pkts = [_hdr("o", total_length=5, compression=1)]
+    pkts += [_chunk("o", i, HELLO[i:i + 1]) for i in range(len(HELLO))]
+    feed_all(inc, col, "a", pkts + [_trailer("o")])
+    assert bytes(col.data["o"]) == b"hello" and col.ended["o"] is None
 
 
 def test_gap_on_uncompressed_stream_is_delivered():
@@ -282,7 +437,50 @@ def test_more_than_total_length_is_length_exceeded():
 def test_inline_longer_than_total_length_is_length_exceeded():
     inc, col = _inc("t")
     col.run(inc.header("a", _hdr("y", total_length=2)["stream_header"], b"abc"))
-    assert "length exceeded" in col.error_text("y")
+    # "length exceeded", not "incomplete ... (length exceeded)": more is not fewer
+    assert col.error_text("y").startswith("length exceeded"), col.error_text("y")
+    assert bytes(col.data["y"]) == b"" and not inc.open
+
+
+def test_inline_shorter_than_total_length_is_incomplete():
+    inc, col = _inc("t")
+    col.run(inc.header("a", _hdr("y", total_length=5)["stream_header"], b"abc"))
+    assert col.error_text("y") == "incomplete: got 3 of 5 bytes"
+
+
+# 2000 zero bytes as raw DEFLATE (CPython zlib, level 9): 17 bytes that inflate 117-fold
+ZEROS_2000 = bytes.fromhex("63601805a360148c8251300a46c1500700")
+HELLO = bytes.fromhex("cb48cdc9c90700")   # b"hello" as raw DEFLATE
+
+
+def test_compressed_inline_inflating_past_total_length_is_length_exceeded():
+    inc, col = _inc("t")
+    col.run(inc.header("a", _hdr("b", total_length=1000, compression=1)["stream_header"], ZEROS_2000))
+    assert col.error_text("b").startswith("length exceeded"), col.error_text("b")
+    assert len(col.data["b"]) <= 1000 and not inc.open
+
+
+def test_compressed_chunked_stream_inflating_past_total_length_is_length_exceeded():
+    # The whole bomb in one small chunk: MicroPython's inflater hands its output out
+    # only when the trailer says the input is complete, CPython's at once.
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("b", total_length=1000, compression=1), _chunk("b", 0, ZEROS_2000),
+                             _trailer("b")])
+    assert col.error_text("b").startswith("length exceeded"), col.error_text("b")
+    assert len(col.data["b"]) <= 1000 and not inc.open
+
+
+def test_compressed_inline_short_of_total_length_is_incomplete():
+    inc, col = _inc("t")
+    col.run(inc.header("a", _hdr("h", total_length=6, compression=1)["stream_header"], HELLO))
+    assert bytes(col.data["h"]) == b"hello" and col.error_text("h") == "incomplete: got 5 of 6 bytes"
+
+
+def test_compressed_stream_inflating_past_the_cap_at_the_trailer_ends_with_an_error():
+    inc, col = _inc("t", max_inflated=1000)
+    feed_all(inc, col, "a", [_hdr("b", compression=1), _chunk("b", 0, ZEROS_2000), _trailer("b")])
+    assert "decompression output exceeds 1000 bytes" in col.error_text("b"), col.error_text("b")
+    assert len(col.data["b"]) <= 1000 and not inc.open
 
 
 def test_sender_leaving_ends_its_open_streams_with_abnormal_end():
@@ -301,6 +499,14 @@ def test_link_loss_ends_every_open_stream():
     col.run(inc.close_all("link lost"))
     assert col.error_text("p") == "abnormal end: link lost" and "link lost" in col.error_text("q")
     assert not inc.open
+
+
+def test_trailer_ends_the_stream_only_when_it_arrives():
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("w", total_length=2), _chunk("w", 0, b"ab")])
+    assert bytes(col.data["w"]) == b"ab" and "w" not in col.ended and "w" in inc.open
+    feed(inc, col, "a", _trailer("w"))
+    assert col.ended["w"] is None and not inc.open
 
 
 def test_trailer_with_a_reason_ends_the_stream_with_that_reason():
@@ -333,6 +539,26 @@ def test_compressed_stream_without_an_inflater_is_ignored():
     inc, col = _inc("t", can_inflate=False)
     feed_all(inc, col, "a", [_hdr("z", compression=1), _chunk("z", 0, b"\x03\x00"), _trailer("z")])
     assert not col.opened and len(col.ignored) == 1 and "cannot inflate" in col.ignored[0][1]
+
+
+def test_compressed_inline_stream_without_an_inflater_is_ignored():
+    inc, col = _inc("t", can_inflate=False)
+    col.run(inc.header("a", _hdr("z", total_length=5, compression=1)["stream_header"], HELLO))
+    assert not col.opened and len(col.ignored) == 1 and "cannot inflate" in col.ignored[0][1]
+
+
+def test_compressed_stream_without_memory_to_inflate_is_ignored_with_its_chunks_and_trailer():
+    def no_memory():
+        raise MemoryError("inflating needs about 36000 bytes of heap, 9000 free")
+    inc, col = _inc("t")
+    inc._new_inflater = no_memory
+    feed_all(inc, col, "a", [_hdr("z", total_length=5, compression=1), _chunk("z", 0, HELLO), _trailer("z")])
+    col.run(inc.header("a", _hdr("zi", total_length=5, compression=1)["stream_header"], HELLO))
+    assert not col.opened and not inc.open
+    assert [i[0] for i in col.ignored] == ["z", "zi"], col.ignored   # chunk and trailer dropped silently
+    assert "cannot inflate: inflating needs about" in col.ignored[0][1]
+    feed_all(inc, col, "a", _finite("bytes", b"plain", sid="p"))   # others still flow
+    assert bytes(col.data["p"]) == b"plain" and col.ended["p"] is None
 
 
 def test_compressed_stream_without_total_length_is_refused_unless_a_cap_is_set():

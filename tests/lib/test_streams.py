@@ -11,12 +11,14 @@ import zlib
 from livekit.protocol import models
 
 from lkedge import finite as finite_mod
-from lkedge import proto, streams
+from lkedge import link, proto, relayside, streams
 from lkedge.consts import STREAM_CHUNK_SIZE_BYTES as LIMIT
+from lkedge.memroom import MemRoom
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import deflate_fixtures  # noqa: E402
 import stream_fixtures as sf  # noqa: E402
+from room_helpers import close, join, raw, settle  # noqa: E402
 from stream_helpers import Collector, feed_all  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -196,3 +198,143 @@ def test_deflate_fixtures_decode_to_their_generated_payloads():
         with open(sf.path(name, ROOT), "rb") as f:
             assert inflate_raw(f.read()) == data, name
     assert hashlib.sha256(deflate_fixtures.mixed_payload()).hexdigest() == sf.MIXED_SHA256
+
+
+# ------------------------------------------- Room level: captured wire bytes, official decoding
+def _capture_raw(monkeypatch):
+    """RawPeers keep each DataPacket's bytes as they came off the link (key "_raw")."""
+    decode = relayside.decode_packet
+
+    def keep(data):
+        d = decode(data)
+        d["_raw"] = bytes(data)
+        return d
+    monkeypatch.setattr(relayside, "decode_packet", keep)
+
+
+def _official_stream(peer, sid):
+    """The stream `sid` as received by `peer`, each packet parsed by livekit-protocol."""
+    pkts = [models.DataPacket.FromString(p["_raw"]) for p in peer.packets]
+    mine = [p for p in pkts if getattr(p, p.WhichOneof("value")).stream_id == sid]
+    head = [p.stream_header for p in mine if p.HasField("stream_header")]
+    chunks = [p.stream_chunk for p in mine if p.HasField("stream_chunk")]
+    trailers = [p.stream_trailer for p in mine if p.HasField("stream_trailer")]
+    assert len(head) == 1, mine
+    return mine, head[0], chunks, trailers
+
+
+async def _wait_stream(peer, sid):
+    def done(p):
+        if "stream_trailer" in p:
+            return p["stream_trailer"]["stream_id"] == sid
+        h = p.get("stream_header")
+        return h is not None and h["stream_id"] == sid and "inline_content" in h
+    await peer.wait_for(done)
+    return _official_stream(peer, sid)
+
+
+async def test_negotiation_per_recipient_on_captured_wire_bytes(monkeypatch):
+    _capture_raw(monkeypatch)
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peers = {"v2c": await raw(mem, "v2c", 2, [2]), "v2": await raw(mem, "v2", 2, []),
+             "v1c": await raw(mem, "v1c", 1, [2]), "v0": await raw(mem, "v0", 0, [])}
+    await settle(lambda: len(a.remote_participants) == 4)
+    lp = a.local_participant
+    small = "abc\u00fc" * 1500                             # 7500 bytes
+    big = random.Random(5).randbytes(30000).hex()          # 60000 bytes, ~33 KB deflated
+    for name, compressed in (("v2c", True), ("v2", False)):
+        sid = await lp.send_text(small, topic="t", destination_identities=[name])
+        mine, h, chunks, trailers = await _wait_stream(peers[name], sid)
+        assert len(mine) == 1 and h.HasField("inline_content") and h.total_length == 7500
+        assert list(mine[0].destination_identities) == [name]
+        assert h.compression == (models.DataStream.DEFLATE_RAW if compressed else models.DataStream.NONE)
+        assert (inflate_raw(h.inline_content) if compressed else h.inline_content) == small.encode()
+        assert h.WhichOneof("content_header") == "text_header" and h.mime_type == "text/plain"
+        assert h.text_header.operation_type == models.DataStream.CREATE
+    for name in ("v1c", "v0"):   # no inline, no compression: header, chunks cut between characters, trailer
+        sid = await lp.send_text(small * 3, topic="t", destination_identities=[name])
+        mine, h, chunks, trailers = await _wait_stream(peers[name], sid)
+        assert not h.HasField("inline_content") and h.compression == models.DataStream.NONE
+        assert h.total_length == 22500 and [c.chunk_index for c in chunks] == [0, 1]
+        assert [len(c.content) for c in chunks] == [15000, 7500]
+        assert "".join(c.content.decode("utf-8") for c in chunks) == small * 3
+        assert len(trailers) == 1 and trailers[0].reason == "" and mine[-1].HasField("stream_trailer")
+    # compression eligible, the compressed form too big for one packet: compressed chunks
+    sid = await lp.send_text(big, topic="t", destination_identities=["v2c"])
+    mine, h, chunks, trailers = await _wait_stream(peers["v2c"], sid)
+    assert h.compression == models.DataStream.DEFLATE_RAW and not h.HasField("inline_content")
+    assert h.total_length == len(big) and len(chunks) >= 3 and len(trailers) == 1
+    assert [c.chunk_index for c in chunks] == list(range(len(chunks)))
+    assert all(len(c.content) <= LIMIT for c in chunks) and len(chunks[0].content) == LIMIT
+    assert inflate_raw(b"".join(c.content for c in chunks)) == big.encode()
+    # a broadcast: one recipient below v2 makes it plain chunks for everyone
+    sid = await lp.send_bytes(b"\x00" * 9000, topic="t")
+    for peer in peers.values():
+        mine, h, chunks, trailers = await _wait_stream(peer, sid)
+        assert not h.HasField("inline_content") and h.compression == models.DataStream.NONE
+        assert h.WhichOneof("content_header") == "byte_header" and h.byte_header.name == "unknown"
+        assert h.mime_type == "application/octet-stream" and h.total_length == 9000
+        assert b"".join(c.content for c in chunks) == b"\x00" * 9000 and len(trailers) == 1
+        assert list(mine[0].destination_identities) == []
+    await close(a, *peers.values())
+
+
+async def test_a_room_receives_streams_serialized_by_the_official_classes():
+    mem = MemRoom()
+    a = await join(mem, "a", piece_size=512)
+    peer = await raw(mem, "p", 2, [2])
+    await settle(lambda: "p" in a.remote_participants)
+    got = {}
+
+    async def text_handler(reader, sender):
+        pieces = []
+        async for s in reader:
+            pieces.append(s)
+        got[reader.info.stream_id] = (sender, reader.info, pieces)
+
+    async def byte_handler(reader, sender):
+        try:
+            got[reader.info.stream_id] = (sender, reader.info, await reader.read_all())
+        except ValueError as e:
+            got[reader.info.stream_id] = (sender, reader.info, e)
+    a.register_text_stream_handler("t", text_handler)
+    a.register_byte_stream_handler("b", byte_handler)
+
+    async def send(**fields):
+        await peer.t.write(link.encode_frame(link.DATA, models.DataPacket(
+            destination_identities=["a"], **fields).SerializeToString()))
+    DS = models.DataStream
+    text = "\u00fc\u65e5\U0001f600" * 3000    # 27000 bytes, deflated inline
+    comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+    await send(stream_header=DS.Header(stream_id="i1", topic="t", total_length=27000, text_header=DS.TextHeader(),
+                                       compression=DS.DEFLATE_RAW,
+                                       inline_content=comp.compress(text.encode()) + comp.flush()))
+    await send(stream_header=DS.Header(stream_id="i2", topic="t", total_length=0, text_header=DS.TextHeader(),
+                                       inline_content=b""))
+    payload = random.Random(6).randbytes(40000)
+    comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+    data = comp.compress(payload) + comp.flush()
+    parts = [data[i:i + LIMIT] for i in range(0, len(data), LIMIT)]
+    await send(stream_header=DS.Header(stream_id="c1", topic="b", total_length=40000, attributes={"a": "1", "b": "1"},
+                                       byte_header=DS.ByteHeader(name="n"), compression=DS.DEFLATE_RAW))
+    for i, part in enumerate(parts):
+        await send(stream_chunk=DS.Chunk(stream_id="c1", chunk_index=i, content=part))
+        if i == 0:   # a duplicate is dropped
+            await send(stream_chunk=DS.Chunk(stream_id="c1", chunk_index=0, content=part))
+    await send(stream_trailer=DS.Trailer(stream_id="c1", attributes={"b": "2", "c": "3"}))
+    await send(stream_header=DS.Header(stream_id="x1", topic="b", total_length=2, byte_header=DS.ByteHeader()))
+    await send(stream_chunk=DS.Chunk(stream_id="x1", chunk_index=0, content=b"abc"))
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    await send(stream_header=DS.Header(stream_id="x2", topic="b", total_length=1000, byte_header=DS.ByteHeader(),
+                                       compression=DS.DEFLATE_RAW,   # a small decompression bomb
+                                       inline_content=comp.compress(bytes(200000)) + comp.flush()))
+    await settle(lambda: len(got) == 5)
+    sender, info, pieces = got["i1"]
+    assert sender == "p" and "".join(pieces) == text and len(pieces) > 1 and info.compression == 1
+    assert got["i2"][2] == []
+    sender, info, data = got["c1"]
+    assert data == payload and info.attributes == {"a": "1", "b": "2", "c": "3"} and info.name == "n"
+    for sid in ("x1", "x2"):   # more than total_length, also once inflated: not "incomplete"
+        assert str(got[sid][2]).startswith("length exceeded"), got[sid]
+    await close(a, peer)
