@@ -39,8 +39,8 @@ class _CallWaiter:
         self.event.set()
 
     def attach_reader(self, reader, room):
+        self.reader = reader  # finish() with an error ends it: nothing gathers for a dead call
         if self.streaming:
-            self.reader = reader
             self.event.set()
         else:
             room._spawn(self._gather(reader, room))
@@ -137,10 +137,12 @@ class RpcResponseReader:
 
 
 def end_call(room, req_id, w):
-    """The caller stopped waiting: forget the waiter, drop the call if still pending."""
+    """The caller stopped waiting: forget the waiter, drop the call if still pending
+    (and stop reading its response stream)."""
     room._calls.pop(req_id, None)
     if not w.done:
         room._rpc_client.cancel(req_id)
+        w.finish(None, RpcError(RpcError.APPLICATION_ERROR, "call cancelled"))
 
 
 def caller(room):

@@ -649,3 +649,774 @@ async def test_a_field_too_big_to_hold_whole_drops_only_its_packet():
     assert r["rpc_response"]["payload"] == "fine"
     assert not [p for p in peer.packets if "rpc_response" in p and p["rpc_response"]["request_id"] == "huge"]
     await close(a, peer)
+
+
+# ====================================================================================
+# One test per RPC.md rule that the tests above leave open or check only on one side,
+# version combination or transport. RawPeer plays the other side byte by byte; _tap
+# captures what each participant writes to the relay.
+
+def _tap(mem):
+    """Every DataPacket written to `mem`, as (sender identity, decoded dict)."""
+    from lkedge import relayside
+    seen = []
+    real = mem._data
+
+    async def data(conn, body):
+        seen.append((conn.identity, relayside.decode_packet(body)))
+        await real(conn, body)
+    mem._data = data
+    return seen
+
+
+def _kinds_of(packets):
+    out = []
+    for p in packets:
+        for k in ("rpc_request", "rpc_ack", "rpc_response", "stream_header", "stream_chunk", "stream_trailer"):
+            if k in p:
+                out.append(k)
+    return out
+
+
+def _rpc_attrs(rid, method, timeout="8000", version="2"):
+    return {"lk.rpc_request_id": rid, "lk.rpc_request_method": method,
+            "lk.rpc_request_response_timeout_ms": timeout, "lk.rpc_request_version": version}
+
+
+async def _v2_request(peer, to, rid, method, payload="", sid=None, attrs=None, trailer=True):
+    """A v2 request as a v1-style text stream (header, one chunk, trailer) from a RawPeer."""
+    sid = sid or "req-" + rid
+    await peer.send({"destination_identities": [to], "stream_header": {
+        "stream_id": sid, "timestamp": 1, "topic": "lk.rpc_request", "mime_type": "text/plain",
+        "text_header": {"operation_type": 0},
+        "attributes": attrs if attrs is not None else _rpc_attrs(rid, method)}})
+    if payload:
+        await peer.send({"destination_identities": [to], "stream_chunk": {
+            "stream_id": sid, "chunk_index": 0, "content": payload.encode("utf-8")}})
+    if trailer:
+        await peer.send({"destination_identities": [to], "stream_trailer": {"stream_id": sid}})
+
+
+async def _v2_response(peer, to, rid, payload, sid=None):
+    """A success response as a lk.rpc_response text stream (header, chunk, trailer)."""
+    sid = sid or "resp-" + rid
+    await peer.send({"destination_identities": [to], "stream_header": {
+        "stream_id": sid, "timestamp": 1, "topic": "lk.rpc_response", "mime_type": "text/plain",
+        "text_header": {"operation_type": 0}, "attributes": {"lk.rpc_request_id": rid}}})
+    await peer.send({"destination_identities": [to], "stream_chunk": {
+        "stream_id": sid, "chunk_index": 0, "content": payload.encode("utf-8")}})
+    await peer.send({"destination_identities": [to], "stream_trailer": {"stream_id": sid}})
+
+
+def _stream_text(packets, sid):
+    """The text of stream `sid` among captured packets (inline, or its chunks)."""
+    parts = []
+    for p in packets:
+        h = p.get("stream_header")
+        if h is not None and h["stream_id"] == sid and "inline_content" in h:
+            return bytes(h["inline_content"]).decode("utf-8")
+        c = p.get("stream_chunk")
+        if c is not None and c["stream_id"] == sid:
+            parts.append(bytes(c.get("content", b"")))
+    return b"".join(parts).decode("utf-8")
+
+
+def _request_id_of(pkt):
+    if "rpc_request" in pkt:
+        return pkt["rpc_request"]["id"]
+    return pkt["stream_header"]["attributes"]["lk.rpc_request_id"]
+
+
+def _is_rpc_request(p):
+    return "rpc_request" in p or ("stream_header" in p and p["stream_header"]["topic"] == "lk.rpc_request")
+
+
+def _is_response_to(rid):
+    return lambda p: "rpc_response" in p and p["rpc_response"]["request_id"] == rid
+
+
+def _response_stream_header(rid):
+    return lambda p: ("stream_header" in p and p["stream_header"]["topic"] == "lk.rpc_response"
+                      and p["stream_header"]["attributes"].get("lk.rpc_request_id") == rid)
+
+
+class _FakeClock:
+    """Moves the adapter's clock (Room timers, calls) forward without waiting."""
+
+    def __init__(self):
+        from lkedge import calls, room
+        self.mods = (room, calls)
+        self.real = room.now_ms
+        self.skew = 0
+
+    def __enter__(self):
+        for m in self.mods:
+            m.now_ms = self.now
+        return self
+
+    def __exit__(self, *exc):
+        for m in self.mods:
+            m.now_ms = self.real
+
+    def now(self):
+        return self.real() + self.skew
+
+
+# ------------------------------------------------------------------ v1 / v2 steps
+async def test_handler_acks_before_running_the_method_v1_and_before_reading_the_payload_v2():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    gate = asyncio.Event()
+    seen = []
+
+    async def slow(d):
+        seen.append(d.payload)
+        await gate.wait()
+        return "done " + d.payload
+    a.local_participant.register_rpc_method("slow", slow)
+    await peer.send({"destination_identities": ["a"], "rpc_request": {
+        "id": "v1", "method": "slow", "payload": "one", "response_timeout_ms": 8000, "version": 1}})
+    await peer.wait_for(lambda p: "rpc_ack" in p and p["rpc_ack"]["request_id"] == "v1")
+    # v2: the header alone is acked, before any payload byte has been sent
+    await _v2_request(peer, "a", "v2", "slow", trailer=False)
+    await peer.wait_for(lambda p: "rpc_ack" in p and p["rpc_ack"]["request_id"] == "v2")
+    assert not [p for p in peer.packets if "rpc_response" in p or "stream_header" in p], peer.packets
+    await peer.send({"destination_identities": ["a"], "stream_chunk": {
+        "stream_id": "req-v2", "chunk_index": 0, "content": b"two"}})
+    await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "req-v2"}})
+    await settle(lambda: len(seen) == 2)
+    assert not [p for p in peer.packets if "rpc_response" in p or "stream_header" in p]
+    gate.set()
+    r1 = await peer.wait_for(_is_response_to("v1"))
+    assert r1["rpc_response"]["payload"] == "done one"
+    h2 = await peer.wait_for(_response_stream_header("v2"))
+    await peer.wait_for(lambda p: "stream_trailer" in p or "inline_content" in h2["stream_header"])
+    assert _stream_text(peer.packets, h2["stream_header"]["stream_id"]) == "done two"
+    await close(a, peer)
+
+
+async def test_v1_request_packet_on_the_wire_to_a_v1_destination():
+    mem, a, peer = await room_and_peer()
+    task = asyncio.create_task(a.local_participant.perform_rpc(
+        destination_identity="old", method="m", payload="héllo", response_timeout=20))
+    req = await peer.wait_for(lambda p: "rpc_request" in p)
+    r = req["rpc_request"]
+    assert req["destination_identities"] == ["old"]
+    assert (r["method"], r["payload"], r["response_timeout_ms"], r["version"]) == ("m", "héllo", 20000, 1)
+    rid = r["id"]
+    assert len(rid) == 36 and rid.count("-") == 4 and rid[14] == "4", "a new (version 4) UUID: %r" % rid
+    await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+    await peer.send({"destination_identities": ["a"], "rpc_response": {"request_id": rid, "payload": "ok"}})
+    assert await task == "ok"
+    await close(a, peer)
+
+
+async def test_v2_request_stream_on_the_wire_follows_what_the_destination_advertises_in_a_mixed_room():
+    from lkedge import finite
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peers = {}
+    for ident, proto_v, caps in (("old", 0, ()), ("p1", 1, ()), ("p2", 2, ()), ("p2c", 2, (2,))):
+        peers[ident] = await raw(mem, ident, proto_v, caps)
+    await settle(lambda: len(a.remote_participants) == 4)
+    payload = "ü" * 300    # 600 bytes: inline-sized and compressible
+    lp = a.local_participant
+    for ident, peer in peers.items():
+        task = asyncio.create_task(lp.perform_rpc(destination_identity=ident, method="echo",
+                                                  payload=payload, response_timeout=20))
+        first = await peer.wait_for(_is_rpc_request)
+        rid = _request_id_of(first)
+        assert first["destination_identities"] == [ident], first
+        if ident == "old":
+            assert first["rpc_request"]["version"] == 1 and first["rpc_request"]["payload"] == payload
+        else:
+            h = first["stream_header"]
+            assert h["attributes"] == {"lk.rpc_request_id": rid, "lk.rpc_request_method": "echo",
+                                       "lk.rpc_request_response_timeout_ms": "20000",
+                                       "lk.rpc_request_version": "2"}, h["attributes"]
+            assert h["mime_type"] == "text/plain" and "text_header" in h and "byte_header" not in h
+            assert h["total_length"] == 600
+            if ident == "p1":   # client_protocol 1: no inline, no compression
+                assert "inline_content" not in h and not h.get("compression")
+                await peer.wait_for(lambda p: "stream_trailer" in p)
+                assert _stream_text(peer.packets, h["stream_id"]) == payload
+            elif ident == "p2":  # protocol 2 without the capability: inline, never compressed
+                assert not h.get("compression") and bytes(h["inline_content"]) == payload.encode("utf-8")
+            else:                # the one room member that can inflate
+                assert "inline_content" in h
+                assert h.get("compression", 0) == (1 if finite.can_compress() else 0), h
+        # a success response by packet completes every one of them
+        await peer.send({"destination_identities": ["a"], "rpc_response": {"request_id": rid, "payload": ident}})
+        assert await task == ident
+    await close(a, *peers.values())
+
+
+async def test_v2_success_response_is_a_text_stream_to_the_caller_with_only_the_request_id():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    a.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    p1 = await raw(mem, "p1", 1)
+    p2 = await raw(mem, "p2", 2)
+    old = await raw(mem, "old", 0)    # a v1 member in the room changes nothing
+    await settle(lambda: len(a.remote_participants) == 3)
+    big = "€" * 6000                  # 18000 bytes: over the v1 cap and a chunk
+    for peer, payload in ((p2, "héllo"), (p1, "héllo"), (p2, big)):
+        rid = "q-%s-%d" % (peer.identity, len(payload))
+        await _v2_request(peer, "a", rid, "echo", payload)
+        hp = await peer.wait_for(_response_stream_header(rid))
+        h = hp["stream_header"]
+        assert hp["destination_identities"] == [peer.identity]
+        assert h["attributes"] == {"lk.rpc_request_id": rid}, h["attributes"]
+        assert h["mime_type"] == "text/plain" and "text_header" in h
+        inline = "inline_content" in h
+        assert inline == (peer is p2 and len(payload) < 100), h   # inline only to protocol 2
+        if not inline:
+            await peer.wait_for(lambda p: "stream_trailer" in p and p["stream_trailer"]["stream_id"] == h["stream_id"])
+        assert _stream_text(peer.packets, h["stream_id"]) == payload
+        assert not [p for p in peer.packets if _is_response_to(rid)(p)], "no packet besides the stream"
+    assert not [p for p in old.packets if "stream_header" in p or "rpc_response" in p]
+    await close(a, p1, p2, old)
+
+
+async def test_errors_always_go_back_as_packets_even_to_a_v2_caller():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, capabilities=[2])
+
+    def fail(d):
+        raise RpcError(4242, "custom failure", "some data")
+
+    def boom(d):
+        raise ValueError("kaputt")
+    a.local_participant.register_rpc_method("fail", fail)
+    a.local_participant.register_rpc_method("boom", boom)
+    a.local_participant.register_rpc_method("big", lambda d: "z" * 20000)
+    cases = (("e1", "fail", _rpc_attrs("e1", "fail"), (4242, "custom failure", "some data")),
+             ("e2", "boom", _rpc_attrs("e2", "boom"), (1500, "Application error in method handler", None)),
+             ("e3", "nope", _rpc_attrs("e3", "nope"), (1400, "Method not supported at destination", None)),
+             ("e4", "fail", _rpc_attrs("e4", "fail", version="1"), (1404, "Unsupported RPC version", None)))
+    for rid, method, attrs, (code, message, data) in cases:
+        await _v2_request(peer, "a", rid, method, "x", attrs=attrs)
+        r = await peer.wait_for(_is_response_to(rid))
+        err = r["rpc_response"]["error"]
+        assert (err["code"], err["message"]) == (code, message), err
+        if data is not None:
+            assert err["data"] == data, err
+        assert r["destination_identities"] == ["p"]
+        mine = [p for p in peer.packets if _is_response_to(rid)(p) or
+                ("rpc_ack" in p and p["rpc_ack"]["request_id"] == rid)]
+        assert _kinds_of(mine) == ["rpc_ack", "rpc_response"], (rid, _kinds_of(mine))
+    await _v2_request(peer, "a", "ok", "big", "x")   # a success still goes by stream, uncapped
+    await peer.wait_for(_response_stream_header("ok"))
+    assert [p["stream_header"]["attributes"]["lk.rpc_request_id"] for p in peer.packets
+            if "stream_header" in p] == ["ok"], "no error went by stream"
+    await close(a, peer)
+
+
+async def test_v2_malformed_request_stream_is_answered_1500_without_ack_and_unanswerable_ones_not_at_all():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    a.local_participant.register_rpc_method("m", lambda d: "never")
+    for rid, attrs in (("bad1", {"lk.rpc_request_id": "bad1", "lk.rpc_request_response_timeout_ms": "8000",
+                                 "lk.rpc_request_version": "2"}),
+                       ("bad2", _rpc_attrs("bad2", "m", timeout="soon")),
+                       ("bad3", _rpc_attrs("bad3", "m", version="two"))):
+        await _v2_request(peer, "a", rid, "m", "x", attrs=attrs)
+        r = await peer.wait_for(_is_response_to(rid))
+        err = r["rpc_response"]["error"]
+        assert err["code"] == 1500 and err["message"] == "RPC data stream malformed", err
+        assert not [p for p in peer.packets if "rpc_ack" in p], "nothing is acked before it validates"
+    await _v2_request(peer, "a", "", "m", "x", attrs={"lk.rpc_request_method": "m"})   # no id
+    r = await request_v1(peer, "a", "after", "m")
+    assert r["rpc_response"]["payload"] == "never"
+    assert [p["rpc_response"]["request_id"] for p in peer.packets if "rpc_response" in p] == \
+        ["bad1", "bad2", "bad3", "after"]
+    await close(a, peer)
+
+
+# ----------------------------------------------------------- transport table
+async def test_v1_caller_to_v2_handler_uses_packets_both_ways():
+    mem = MemRoom()
+    seen = _tap(mem)
+    a = await join(mem, "a", client_protocol=0)
+    b = await join(mem, "b")
+    await settle(lambda: "b" in a.remote_participants and "a" in b.remote_participants)
+    b.local_participant.register_rpc_method("echo", lambda d: d.payload)
+
+    def fail(d):
+        raise RpcError(4242, "custom failure", "some data")
+    b.local_participant.register_rpc_method("fail", fail)
+    big = "é" * 7680   # exactly 15360 UTF-8 bytes
+    assert await a.local_participant.perform_rpc(destination_identity="b", method="echo", payload=big) == big
+    e = await raises_rpc(4242, a.local_participant.perform_rpc(destination_identity="b", method="fail"))
+    assert (e.message, e.data) == ("custom failure", "some data")
+    by_a = _kinds_of([p for i, p in seen if i == "a"])
+    by_b = _kinds_of([p for i, p in seen if i == "b"])
+    assert by_a == ["rpc_request", "rpc_request"], by_a
+    assert by_b == ["rpc_ack", "rpc_response", "rpc_ack", "rpc_response"], by_b
+    await close(a, b)
+
+
+async def test_v2_caller_to_v1_handler_error_response_is_a_packet_with_code_message_data():
+    mem, a, peer = await room_and_peer()
+    task = asyncio.create_task(a.local_participant.perform_rpc(destination_identity="old", method="m"))
+    rid = (await peer.wait_for(lambda p: "rpc_request" in p))["rpc_request"]["id"]
+    await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+    await peer.send({"destination_identities": ["a"], "rpc_response": {"request_id": rid, "error": {
+        "code": 1404, "message": "Unsupported RPC version", "data": "d"}}})
+    e = await raises_rpc(1404, task)
+    assert (e.message, e.data) == ("Unsupported RPC version", "d")
+    assert not [p for p in peer.packets if "stream_header" in p]
+    await close(a, peer)
+
+
+async def test_caller_accepts_a_success_by_either_transport():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    p = await raw(mem, "p", 2)
+    old = await raw(mem, "old", 0)
+    await settle(lambda: len(a.remote_participants) == 2)
+    lp = a.local_participant
+    # a v2 request (stream) answered by an rpc_response packet
+    task = asyncio.create_task(lp.perform_rpc(destination_identity="p", method="m", payload="x"))
+    rid = _request_id_of(await p.wait_for(_is_rpc_request))
+    await p.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+    await p.send({"destination_identities": ["a"], "rpc_response": {"request_id": rid, "payload": "by packet"}})
+    assert await task == "by packet"
+    # a v1 request (packet) answered by a lk.rpc_response stream, buffered and streaming
+    for streaming in (False, True):
+        if streaming:
+            call = lp.perform_rpc_stream(destination_identity="old", method="m", payload="x")
+        else:
+            call = lp.perform_rpc(destination_identity="old", method="m", payload="x")
+        task = asyncio.create_task(call)
+        req = await old.wait_for(lambda q: "rpc_request" in q and q["rpc_request"]["id"] != rid)
+        rid = req["rpc_request"]["id"]
+        await old.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+        await _v2_response(old, "a", rid, "by stream ✓")
+        got = await task
+        if streaming:
+            got = await got.read_all()
+        assert got == "by stream ✓", got
+    assert not a._calls and len(a._rpc_client) == 0
+    await close(a, p, old)
+
+
+# ------------------------------------------------------------------- caller rules
+async def test_v1_request_cap_counts_utf8_bytes_and_applies_only_on_v1_paths():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    v1_self = await join(mem, "v1self", client_protocol=0)   # a participant that speaks v1 only
+    b = await join(mem, "b")
+    old = await raw(mem, "old", 0)
+    await settle(lambda: len(a.remote_participants) == 3 and len(v1_self.remote_participants) == 3)
+    b.local_participant.register_rpc_method("len", lambda d: str(len(d.payload.encode("utf-8"))))
+    over = "é" * 7681        # 7681 characters, 15362 bytes
+    await raises_rpc(1402, a.local_participant.perform_rpc(destination_identity="old", method="len", payload=over))
+    await raises_rpc(1402, v1_self.local_participant.perform_rpc(destination_identity="b", method="len", payload=over))
+    assert await v1_self.local_participant.perform_rpc(
+        destination_identity="b", method="len", payload="é" * 7680) == "15360"
+    assert await a.local_participant.perform_rpc(destination_identity="b", method="len", payload=over) == "15362"
+    await asyncio.sleep(0.02)
+    assert not [p for p in old.packets if "rpc_request" in p], "nothing sent for a 1402"
+    await close(a, v1_self, b, old)
+
+
+async def test_ack_and_response_arriving_while_the_request_is_still_being_sent_are_not_lost():
+    for proto_v, payload in ((0, "x"), (1, "x" * 20000), (2, "y" * 40000)):
+        mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=proto_v)
+        real = a._send
+        answered = []
+
+        async def send(pkt, peer=peer, real=real, answered=answered, a=a):
+            await real(pkt)
+            if not answered and _is_rpc_request(pkt):
+                # the first packet of the request is out, the rest is not: answer now
+                answered.append(1)
+                rid = _request_id_of(await peer.wait_for(_is_rpc_request))
+                await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+                await peer.send({"destination_identities": ["a"], "rpc_response": {"request_id": rid, "payload": "early"}})
+                await settle(lambda: rid not in a._calls)   # handled before the send returned
+        a._send = send
+        got = await asyncio.wait_for(a.local_participant.perform_rpc(
+            destination_identity="p", method="m", payload=payload), 5)
+        assert answered and got == "early", (proto_v, got)
+        assert not a._calls and len(a._rpc_client) == 0 and a._rpc_client.next_deadline() is None
+        await close(a, peer)
+
+
+async def test_no_ack_within_7000ms_rejects_connection_timeout_and_drops_the_pending_state():
+    with _FakeClock() as clock:
+        for proto_v in (0, 2):
+            mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=proto_v)
+            task = asyncio.create_task(a.local_participant.perform_rpc(
+                destination_identity="p", method="m", payload="x", response_timeout=60))
+            rid = _request_id_of(await peer.wait_for(_is_rpc_request))
+            clock.skew += 6900
+            a._wake_timer()
+            await asyncio.sleep(0.05)
+            assert not task.done(), "no timeout before 7000 ms"
+            clock.skew += 200
+            a._wake_timer()
+            await raises_rpc(RpcError.CONNECTION_TIMEOUT, asyncio.wait_for(task, 5))
+            assert not a._calls and len(a._rpc_client) == 0 and a._rpc_client.next_deadline() is None
+            # the late ack and response are ignored, never raise
+            await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+            await peer.send({"destination_identities": ["a"], "rpc_response": {"request_id": rid, "payload": "late"}})
+            await asyncio.sleep(0.05)
+            assert a.connection_state == "connected"
+            await close(a, peer)
+
+
+async def test_response_timer_is_the_requested_timeout_default_15s_after_the_ack():
+    with _FakeClock() as clock:
+        mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+        lp = a.local_participant
+        done = []
+        for timeout, ms in ((None, 15000), (20, 20000)):
+            task = asyncio.create_task(lp.perform_rpc(destination_identity="p", method="m", payload="x",
+                                                      response_timeout=timeout))
+            req = await peer.wait_for(lambda p: _is_rpc_request(p) and _request_id_of(p) not in done)
+            rid = _request_id_of(req)
+            done.append(rid)
+            assert req["stream_header"]["attributes"]["lk.rpc_request_response_timeout_ms"] == str(ms)
+            await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+            await settle(lambda: a._rpc_client.get(rid).acked)
+            clock.skew += ms - 200
+            a._wake_timer()
+            await asyncio.sleep(0.05)
+            assert not task.done(), "acked: no timeout before %d ms" % ms
+            clock.skew += 300
+            a._wake_timer()
+            await raises_rpc(RpcError.RESPONSE_TIMEOUT, asyncio.wait_for(task, 5))
+            assert not a._calls and len(a._rpc_client) == 0
+        await close(a, peer)
+
+
+async def test_v2_destination_leaving_fails_pending_call_with_1503_also_while_its_response_streams():
+    for during_response in (False, True):
+        mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+        task = asyncio.create_task(a.local_participant.perform_rpc(destination_identity="p", method="m", payload="x"))
+        rid = _request_id_of(await peer.wait_for(_is_rpc_request))
+        await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+        if during_response:
+            await peer.send({"destination_identities": ["a"], "stream_header": {
+                "stream_id": "resp", "topic": "lk.rpc_response", "mime_type": "text/plain",
+                "text_header": {}, "attributes": {"lk.rpc_request_id": rid}}})
+            await peer.send({"destination_identities": ["a"], "stream_chunk": {
+                "stream_id": "resp", "chunk_index": 0, "content": b"part"}})
+            await settle(lambda: a._readers)
+        await peer.close()
+        await raises_rpc(RpcError.RECIPIENT_DISCONNECTED, asyncio.wait_for(task, 5))
+        assert not a._calls and len(a._rpc_client) == 0 and not a._readers
+        await close(a)
+
+
+async def test_late_or_unknown_acks_responses_and_response_streams_are_ignored():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    a.local_participant.register_rpc_method("echo", lambda d: d.payload)
+
+    async def strays():
+        await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": "nope"}})
+        await peer.send({"destination_identities": ["a"], "rpc_response": {"request_id": "nope", "payload": "x"}})
+        await peer.send({"destination_identities": ["a"], "rpc_response": {"request_id": "nope", "error": {"code": 1}}})
+        await _v2_response(peer, "a", "nope", "stray stream")
+    await strays()          # before this participant ever called
+    task = asyncio.create_task(a.local_participant.perform_rpc(destination_identity="p", method="m", payload="x"))
+    rid = _request_id_of(await peer.wait_for(_is_rpc_request))
+    await strays()          # while a call is pending
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    await peer.send({"destination_identities": ["a"], "rpc_response": {"request_id": rid, "payload": "first"}})
+    assert await task == "first"
+    await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})   # late ack
+    await peer.send({"destination_identities": ["a"], "rpc_response": {"request_id": rid, "payload": "second"}})
+    await _v2_response(peer, "a", rid, "third")
+    r = await request_v1(peer, "a", "still", "echo", "alive")   # the link and handler go on
+    assert r["rpc_response"]["payload"] == "alive" and a.connection_state == "connected"
+    assert not a._calls and len(a._rpc_client) == 0 and not a._readers
+    await close(a, peer)
+
+
+async def test_response_stream_from_other_identity_is_ignored_and_the_call_stays_pending():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    p = await raw(mem, "p", 2)
+    evil = await raw(mem, "evil", 2)
+    await settle(lambda: len(a.remote_participants) == 2)
+    task = asyncio.create_task(a.local_participant.perform_rpc(destination_identity="p", method="m", payload="x"))
+    rid = _request_id_of(await p.wait_for(_is_rpc_request))
+    await _v2_response(evil, "a", rid, "forged")
+    await evil.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+    await asyncio.sleep(0.05)
+    assert not task.done() and not a._readers, "a foreign response stream is not read"
+    assert not a._rpc_client.get(rid).acked, "nor does a foreign ack count"
+    await _v2_response(p, "a", rid, "real")
+    assert await task == "real"
+    await close(a, p, evil)
+
+
+async def test_concurrent_v1_calls_to_the_same_destination_get_distinct_ids_and_do_not_cross():
+    mem = MemRoom()
+    a = await join(mem, "a", client_protocol=0)
+    b = await join(mem, "b")
+    await settle(lambda: "b" in a.remote_participants and "a" in b.remote_participants)
+    ids = []
+
+    async def slow_echo(d):
+        ids.append(d.request_id)
+        await asyncio.sleep(0.01 * (5 - int(d.payload[1:]) % 5))   # later calls answer first
+        return d.payload
+    b.local_participant.register_rpc_method("echo", slow_echo)
+    payloads = ["p%d" % i for i in range(10)]
+    results = await asyncio.gather(*[a.local_participant.perform_rpc(destination_identity="b", method="echo", payload=x)
+                                     for x in payloads])
+    assert list(results) == payloads and len(set(ids)) == 10
+    await close(a, b)
+
+
+async def test_cancelling_a_v2_call_clears_pending_state_also_while_its_request_is_sent():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=1)
+    lp = a.local_participant
+    # cancelled while waiting for the answer
+    task = asyncio.create_task(lp.perform_rpc(destination_identity="p", method="m", payload="x"))
+    await peer.wait_for(lambda p: "stream_trailer" in p)
+    await _cancelled(task)
+    assert not a._calls and len(a._rpc_client) == 0 and a._rpc_client.next_deadline() is None
+    # cancelled between the chunks of its request stream
+    real = a._send
+    gate = asyncio.Event()
+    blocked = []
+
+    async def send(pkt):
+        if "stream_chunk" in pkt and not blocked:
+            blocked.append(1)
+            await gate.wait()
+        await real(pkt)
+    a._send = send
+    task = asyncio.create_task(lp.perform_rpc(destination_identity="p", method="m", payload="z" * 40000))
+    await settle(lambda: blocked)
+    assert len(a._rpc_client) == 1
+    await _cancelled(task)
+    assert not a._calls and len(a._rpc_client) == 0 and a._rpc_client.next_deadline() is None
+    a._send = real
+    await close(a, peer)
+
+
+# ------------------------------------------------------------------ handler rules
+async def test_v1_handler_answers_the_remote_caller_unchanged_rpc_error_and_1500_with_text():
+    mem, a, peer = await room_and_peer()
+
+    def fail(d):
+        raise RpcError(4242, "custom failure", "some data")
+
+    def boom(d):
+        raise ValueError("kaputt")
+    a.local_participant.register_rpc_method("fail", fail)
+    a.local_participant.register_rpc_method("boom", boom)
+    err = (await request_v1(peer, "a", "f", "fail"))["rpc_response"]["error"]
+    assert err == {"code": 4242, "message": "custom failure", "data": "some data"}, err
+    err = (await request_v1(peer, "a", "b", "boom"))["rpc_response"]["error"]
+    assert err["code"] == 1500 and err["message"] == "Application error in method handler"
+    assert "kaputt" in err.get("data", ""), err
+    assert _kinds_of(peer.packets) == ["rpc_ack", "rpc_response"] * 2
+    await close(a, peer)
+
+
+async def test_response_to_a_v1_caller_over_15360_utf8_bytes_is_1504_and_never_on_v2():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    a.local_participant.register_rpc_method("over", lambda d: "é" * 7681)   # 15362 bytes
+    a.local_participant.register_rpc_method("edge", lambda d: "é" * 7680)   # 15360 bytes
+    old = await raw(mem, "old", 0)
+    p = await raw(mem, "p", 2)
+    await settle(lambda: len(a.remote_participants) == 2)
+    r = await request_v1(old, "a", "r-over", "over")
+    assert r["rpc_response"]["error"]["code"] == RpcError.RESPONSE_PAYLOAD_TOO_LARGE
+    assert "payload" not in r["rpc_response"]
+    r = await request_v1(old, "a", "r-edge", "edge")
+    assert r["rpc_response"]["payload"] == "é" * 7680
+    await _v2_request(p, "a", "s-over", "over", "x")
+    h = (await p.wait_for(_response_stream_header("s-over")))["stream_header"]
+    await p.wait_for(lambda q: "stream_trailer" in q and q["stream_trailer"]["stream_id"] == h["stream_id"])
+    assert _stream_text(p.packets, h["stream_id"]) == "é" * 7681
+    assert not [q for q in p.packets if "rpc_response" in q]
+    await close(a, old, p)
+
+
+async def test_a_request_arriving_with_the_join_is_answered_by_a_method_registered_before_connecting():
+    from lkedge import link, proto
+    from lkedge.config import RoomOptions
+    from lkedge.room import Room
+    mem = MemRoom()
+    peer = await raw(mem, "old", client_protocol=0)
+    b = Room(RoomOptions(auto_reconnect=False))
+    b.local_participant.register_rpc_method("early", lambda d: "here " + d.caller_identity)
+    t = mem.transport()
+    real = t._deliver
+    injected = []
+
+    async def deliver(frame):
+        await real(frame)
+        if not injected:   # the first frame is JOINED: the request follows in the same read
+            injected.append(1)
+            body = proto.encode(proto.DATA_PACKET, {"participant_identity": "old", "destination_identities": ["b"],
+                                                    "rpc_request": {"id": "r-early", "method": "early", "payload": "",
+                                                                    "response_timeout_ms": 8000, "version": 1}})
+            await real(link.frame_header(link.DATA, len(body)) + body)
+    t._deliver = deliver
+    await b.connect(t, "b")
+    r = await peer.wait_for(_is_response_to("r-early"))
+    assert injected and r["rpc_response"]["payload"] == "here old"
+    assert _kinds_of(peer.packets) == ["rpc_ack", "rpc_response"]
+    await close(b, peer)
+
+
+# ------------------------------------------------------------------ reserved topics
+async def test_reserved_rpc_topics_cannot_be_registered_or_unregistered_and_rpc_still_works():
+    mem, a, b = await pair()
+    for room in (a, b):
+        for topic in ("lk.rpc_request", "lk.rpc_response"):
+            for fn, args in ((room.register_text_stream_handler, (topic, lambda r, s: None)),
+                             (room.register_byte_stream_handler, (topic, lambda r, s: None)),
+                             (room.unregister_text_stream_handler, (topic,)),
+                             (room.unregister_byte_stream_handler, (topic,))):
+                try:
+                    fn(*args)
+                except ValueError as e:
+                    assert topic in str(e) and "reserved" in str(e), e
+                else:
+                    raise AssertionError("%r must be refused for %s" % (fn, topic))
+    b.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    big = "r" * 20000   # a chunked request stream and response stream: both topics still work
+    assert await a.local_participant.perform_rpc(destination_identity="b", method="echo", payload=big) == big
+    await close(a, b)
+
+
+# ------------------------------------------------------------- streaming extensions
+async def test_streaming_handler_response_to_a_v2_caller_is_an_incremental_uncompressed_stream():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, capabilities=[2])
+
+    async def gen(data):
+        return _Pieces(3, "abc" * 2000)   # compressible, and small enough to go inline if finite
+    a.local_participant.register_rpc_method("gen", gen, streaming=True)
+    await _v2_request(peer, "a", "g1", "gen", "x")
+    h = (await peer.wait_for(_response_stream_header("g1")))["stream_header"]
+    assert "total_length" not in h and "inline_content" not in h and not h.get("compression"), h
+    assert h["attributes"] == {"lk.rpc_request_id": "g1"}
+    await peer.wait_for(lambda p: "stream_trailer" in p and p["stream_trailer"]["stream_id"] == h["stream_id"])
+    assert _stream_text(peer.packets, h["stream_id"]) == "abc" * 6000
+    await close(a, peer)
+
+
+async def test_streaming_handler_gets_the_request_in_pieces_no_larger_than_piece_size():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, piece_size=512, read_buffer=512)
+    sizes = []
+
+    async def sink(data):
+        assert data.payload is None
+        parts = []
+        async for s in data.reader:
+            sizes.append(len(s.encode("utf-8")))
+            parts.append(s)
+        return str(len("".join(parts)))
+    a.local_participant.register_rpc_method("sink", sink, streaming=True)
+    payload = "ü" * 5000 + "x" * 3001     # one 13001-byte chunk
+    await _v2_request(peer, "a", "s1", "sink", payload)
+    h = (await peer.wait_for(_response_stream_header("s1")))["stream_header"]
+    assert _stream_text(peer.packets, h["stream_id"]) == str(len(payload))
+    # bounded: piece_size, plus at most the 3 bytes of a character split between pieces
+    assert sum(sizes) == 13001 and max(sizes) <= 512 + 3 and len(sizes) >= 26, sizes
+    await close(a, peer)
+
+
+async def test_streaming_call_sends_an_incremental_stream_to_v2_and_gathers_within_the_cap_for_v1():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    p = await raw(mem, "p", 2, (2,))
+    old = await raw(mem, "old", 0)
+    await settle(lambda: len(a.remote_participants) == 2)
+    lp = a.local_participant
+    task = asyncio.create_task(lp.perform_rpc_stream(destination_identity="p", method="m",
+                                                     payload=_Pieces(3, "x" * 1000)))
+    h = (await p.wait_for(_is_rpc_request))["stream_header"]
+    rid = h["attributes"]["lk.rpc_request_id"]
+    assert "total_length" not in h and "inline_content" not in h and not h.get("compression"), h
+    await p.wait_for(lambda q: "stream_trailer" in q)
+    assert _stream_text(p.packets, h["stream_id"]) == "x" * 3000
+    await _v2_response(p, "a", rid, "ok")
+    assert await (await task).read_all() == "ok"
+    # v1: the pieces are gathered into one packet, up to 15360 bytes
+    task = asyncio.create_task(lp.perform_rpc_stream(destination_identity="old", method="m",
+                                                     payload=_Pieces(3, "abc")))
+    req = await old.wait_for(lambda q: "rpc_request" in q)
+    assert req["rpc_request"]["payload"] == "abcabcabc"
+    rid = req["rpc_request"]["id"]
+    await old.send({"destination_identities": ["a"], "rpc_response": {"request_id": rid, "payload": "done"}})
+    assert await (await task).read_all() == "done"
+    src = _Pieces(16, "x" * 1000)
+    await raises_rpc(1402, lp.perform_rpc_stream(destination_identity="old", method="m", payload=src))
+    await asyncio.sleep(0.02)
+    assert len([q for q in old.packets if "rpc_request" in q]) == 1, "nothing sent for a 1402"
+    assert not a._calls and len(a._rpc_client) == 0
+    await close(a, p, old)
+
+
+async def test_cancelling_or_timing_out_a_call_while_its_response_stream_is_gathered_stops_reading_it():
+    # "Cancelling a call clears its pending state" and a call rejects exactly once:
+    # nothing of a call that is over may go on gathering its response in memory.
+    for how in ("cancel", "timeout"):
+        mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+        task = asyncio.create_task(a.local_participant.perform_rpc(
+            destination_identity="p", method="m", payload="x", response_timeout=20 if how == "cancel" else 1.0))
+        rid = _request_id_of(await peer.wait_for(_is_rpc_request))
+        await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+        await peer.send({"destination_identities": ["a"], "stream_header": {
+            "stream_id": "resp", "topic": "lk.rpc_response", "mime_type": "text/plain",
+            "text_header": {}, "attributes": {"lk.rpc_request_id": rid}}})
+        await peer.send({"destination_identities": ["a"], "stream_chunk": {
+            "stream_id": "resp", "chunk_index": 0, "content": b"part"}})
+        await settle(lambda: a._readers)
+        if how == "cancel":
+            await _cancelled(task)
+        else:
+            await raises_rpc(RpcError.RESPONSE_TIMEOUT, task)
+        assert not a._calls and len(a._rpc_client) == 0
+        await settle(lambda: all(t.done() for t in a._tasks))   # the gathering stopped
+        await peer.send({"destination_identities": ["a"], "stream_chunk": {
+            "stream_id": "resp", "chunk_index": 1, "content": b"more" * 1000}})
+        a.local_participant.register_rpc_method("echo", lambda d: d.payload)
+        r = await request_v1(peer, "a", "after", "echo", "still here")
+        assert r["rpc_response"]["payload"] == "still here", how
+        await close(a, peer)
+
+
+async def test_method_receives_request_id_caller_identity_payload_and_timeout_v1_and_v2():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    seen = []
+    a.local_participant.register_rpc_method("m", lambda d: seen.append(d) or "ok")
+    await peer.send({"destination_identities": ["a"], "rpc_request": {
+        "id": "id-v1", "method": "m", "payload": "pl ✓", "response_timeout_ms": 12500, "version": 1}})
+    await peer.wait_for(_is_response_to("id-v1"))
+    await _v2_request(peer, "a", "id-v2", "m", "pl2 ✓", attrs=_rpc_attrs("id-v2", "m", timeout="20000"))
+    await peer.wait_for(_response_stream_header("id-v2"))
+    got = [(d.request_id, d.caller_identity, d.payload, d.response_timeout) for d in seen]
+    assert got == [("id-v1", "p", "pl ✓", 12.5), ("id-v2", "p", "pl2 ✓", 20.0)], got
+    await close(a, peer)
+
+
+async def test_a_participant_advertising_protocol_1_calls_by_stream_but_never_inline_and_v1_by_packet():
+    mem = MemRoom()
+    a = await join(mem, "a", client_protocol=1)
+    p2 = await raw(mem, "p2", 2, (2,))
+    old = await raw(mem, "old", 0)
+    await settle(lambda: len(a.remote_participants) == 2)
+    for peer in (p2, old):
+        task = asyncio.create_task(a.local_participant.perform_rpc(
+            destination_identity=peer.identity, method="m", payload="small"))
+        first = await peer.wait_for(_is_rpc_request)
+        if peer is old:
+            assert first["rpc_request"]["version"] == 1
+        else:
+            h = first["stream_header"]
+            assert "inline_content" not in h and not h.get("compression"), h
+        await peer.send({"destination_identities": ["a"], "rpc_response": {
+            "request_id": _request_id_of(first), "payload": "ok"}})
+        assert await task == "ok"
+    await close(a, p2, old)
