@@ -699,7 +699,8 @@ def _utf8(data):
 
 def _jitter(ms):
     import os
-    return ms // 2 + (os.urandom(2)[0] << 8 | os.urandom(1)[0]) % (ms // 2 + 1)
+    r = os.urandom(2)
+    return ms // 2 + (r[0] << 8 | r[1]) % (ms // 2 + 1)
 
 
 def _version():
