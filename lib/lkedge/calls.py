@@ -173,7 +173,7 @@ async def start_call(lp, dest, method, payload, response_timeout, streaming):
                                "%r left while the request was being gathered" % (dest,))
     else:
         data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
-    call = client.start(now_ms(), dest, proto_v, method, len(data), timeout_ms)
+    call = client.start(now_ms(), dest, proto_v, method, len(data), timeout_ms, sending=True)
     w = _CallWaiter(streaming)
     room._calls[call.request_id] = w
     room._wake_timer()
@@ -187,7 +187,7 @@ async def start_call(lp, dest, method, payload, response_timeout, streaming):
             await writer.aclose()
         else:
             await send_finite(room, "text", data, TOPIC_RPC_REQUEST, [dest], call.stream_attributes())
-        client.sent(now_ms(), call.request_id)  # the response timer starts now
+        client.sent(now_ms(), call.request_id)  # the response timer starts now, not during the send
         room._wake_timer()
     except OSError as e:
         room._complete(client.complete(call.request_id, error=RpcError(RpcError.SEND_FAILED, None, str(e))))

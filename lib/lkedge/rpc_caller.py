@@ -6,15 +6,17 @@ choices where the spec is open are listed in lkedge.rpc.
 
 Caller: RpcClient(new_id=uuid4)          new_id: request id factory (tests pass their own)
     start(now_ms, destination, dest_client_protocol, method, payload_len,
-          response_timeout_ms=15000) -> PendingCall
+          response_timeout_ms=15000, sending=False) -> PendingCall
         dest_client_protocol None (not in the room) -> raises RpcError 1401;
         payload_len (UTF-8 bytes) > 15360 to a v1 destination -> raises RpcError 1402.
         Nothing is registered when it raises. Otherwise the ack AND response state are
-        registered before it returns, so the adapter sends afterwards.
-    sent(now_ms, request_id)            optional: the request's last byte went out; the
-                                        response timer restarts from here (client-sdk-js
-                                        starts it after publishing). Without it the
-                                        response timer counts from start().
+        registered before it returns, so the adapter sends afterwards. The ack timer
+        runs from start(). The response timer runs from start() too, unless
+        sending=True: then it is not armed until sent(), as client-sdk-js arms it only
+        once the request is published (a long request stream cannot time out while
+        it is still going out; acks and responses are taken meanwhile).
+    sent(now_ms, request_id)            the request's last byte went out: the response
+                                        timer (re)starts from here.
     on_ack(now_ms, sender, request_id) -> bool             True when it cleared an ack
     on_response(now_ms, sender, rpc_response_dict) -> Completion or None
         An ack or response handled at or after a deadline the call has reached is too
@@ -80,6 +82,7 @@ class PendingCall:
         self.responding = False   # a response stream was accepted: no second one
         self.ack_deadline = now_ms + RPC_ACK_TIMEOUT_MS
         self.response_deadline = now_ms + timeout_ms
+        self.sending = False      # the response timer waits for sent()
 
     def request_packet(self, payload):
         """The v1 rpc_request DataPacket; `payload` a str or a Blob of UTF-8 bytes."""
@@ -99,6 +102,9 @@ class PendingCall:
                 ATTR_RPC_TIMEOUT: str(self.wire_timeout_ms), ATTR_RPC_VERSION: "2"}
 
     def deadline(self):
+        """The next timer of this call, or None when none is armed."""
+        if self.sending:
+            return None if self.acked else self.ack_deadline
         if self.acked:
             return self.response_deadline
         return min(self.ack_deadline, self.response_deadline)
@@ -121,7 +127,7 @@ class RpcClient:
         return self._calls.get(request_id)
 
     def start(self, now_ms, destination, dest_client_protocol, method, payload_len,
-              response_timeout_ms=RPC_DEFAULT_TIMEOUT_MS):
+              response_timeout_ms=RPC_DEFAULT_TIMEOUT_MS, sending=False):
         if not isinstance(method, str) or not method:
             raise ValueError("RPC method name must be a non-empty str, got %r" % (method,))
         if not isinstance(response_timeout_ms, int) or not 0 < response_timeout_ms <= _UINT32_MAX:
@@ -139,12 +145,14 @@ class RpcClient:
         while rid in self._calls:  # ids are random UUIDs; never reuse a pending one
             rid = self._new_id()
         call = PendingCall(rid, destination, version, method, response_timeout_ms, now_ms)
+        call.sending = sending
         self._calls[rid] = call
         return call
 
     def sent(self, now_ms, request_id):
         call = self._calls.get(request_id)
         if call is not None:
+            call.sending = False
             call.response_deadline = now_ms + call.timeout_ms
 
     def _mine(self, sender, request_id):
@@ -207,7 +215,7 @@ class RpcClient:
         best = None
         for call in self._calls.values():
             d = call.deadline()
-            if best is None or d < best:
+            if d is not None and (best is None or d < best):
                 best = d
         return best
 
@@ -236,8 +244,9 @@ def _due(call, now_ms):
     its deadline, RESPONSE_TIMEOUT), or 0. When both have passed the earlier deadline
     decides; on a tie CONNECTION_TIMEOUT (client-sdk-js arms the ack timer first)."""
     ack_due = not call.acked and now_ms >= call.ack_deadline
-    if ack_due and (now_ms < call.response_deadline or call.ack_deadline <= call.response_deadline):
+    if ack_due and (call.sending or now_ms < call.response_deadline
+                    or call.ack_deadline <= call.response_deadline):
         return RpcError.CONNECTION_TIMEOUT
-    if now_ms >= call.response_deadline:
+    if not call.sending and now_ms >= call.response_deadline:
         return RpcError.RESPONSE_TIMEOUT
     return 0

@@ -1089,6 +1089,50 @@ async def test_response_timer_is_the_requested_timeout_default_15s_after_the_ack
         await close(a, peer)
 
 
+async def test_a_streaming_call_whose_request_outlasts_the_response_timeout_does_not_time_out_while_sending():
+    """The response timer starts once the request is out (client-sdk-js does the same):
+    a slow request stream longer than response_timeout is not a 1502."""
+    with _FakeClock() as clock:
+        mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+        go = asyncio.Event()
+
+        class Slow:
+            def __init__(self):
+                self.n = 0
+
+            def __aiter__(self):
+                return self
+
+            async def __anext__(self):
+                self.n += 1
+                if self.n == 2:
+                    await go.wait()
+                if self.n > 3:
+                    raise StopAsyncIteration
+                return "piece%d" % self.n
+
+        task = asyncio.create_task(a.local_participant.perform_rpc(
+            destination_identity="p", method="m", payload=Slow(), response_timeout=1))
+        rid = _request_id_of(await peer.wait_for(_is_rpc_request))
+        await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+        await settle(lambda: a._rpc_client.get(rid).acked)
+        clock.skew += 60000        # a minute into the send: still sending
+        a._wake_timer()
+        await asyncio.sleep(0.05)
+        assert not task.done(), "timed out while the request was still being sent"
+        go.set()
+        await peer.wait_for(lambda p: "stream_trailer" in p)
+        await settle(lambda: not a._rpc_client.get(rid).sending)
+        clock.skew += 800
+        a._wake_timer()
+        await asyncio.sleep(0.05)
+        assert not task.done(), "the response timer starts when the request is out"
+        clock.skew += 300
+        a._wake_timer()
+        await raises_rpc(RpcError.RESPONSE_TIMEOUT, asyncio.wait_for(task, 5))
+        await close(a, peer)
+
+
 async def test_v2_destination_leaving_fails_pending_call_with_1503_also_while_its_response_streams():
     for during_response in (False, True):
         mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)

@@ -270,6 +270,37 @@ def test_sent_restarts_the_response_timer():
     c.sent(0, "unknown")                   # unknown ids are ignored
 
 
+def test_response_timer_is_not_armed_while_the_request_is_still_being_sent():
+    """client-sdk-js arms the response timer once the request is published: a request
+    stream that takes longer than the timeout to go out is not a 1502."""
+    c = _client()
+    call = c.start(0, "b", 2, "m", 1, 1000, sending=True)
+    assert c.next_deadline() == 7000, "only the ack timer runs during the send"
+    c.on_ack(100, "b", call.request_id)
+    assert c.next_deadline() is None
+    assert c.handle_timer(60000) == [], "no response timeout while sending"
+    assert c.on_response(30000, "b", {"request_id": "nope", "payload": "x"}) is None
+    c.sent(60000, call.request_id)
+    assert c.next_deadline() == 61000
+    assert c.handle_timer(60999) == []
+    assert [x.error.code for x in c.handle_timer(61000)] == [1502]
+
+
+def test_ack_timer_runs_while_the_request_is_still_being_sent():
+    c = _client()
+    call = c.start(0, "b", 2, "m", 1, 60000, sending=True)
+    assert c.handle_timer(6999) == []
+    assert [(x.request_id, x.error.code) for x in c.handle_timer(7000)] == [(call.request_id, 1501)]
+
+
+def test_a_response_during_the_send_completes_the_call():
+    c = _client()
+    call = c.start(0, "b", 2, "m", 1, 1000, sending=True)
+    c.on_ack(10, "b", call.request_id)
+    done = c.on_response(50000, "b", {"request_id": call.request_id, "error": {"code": 1400, "message": "x"}})
+    assert done.error.code == 1400 and len(c) == 0
+
+
 def test_destination_leaving_rejects_1503_and_spares_other_calls():
     c = _client()
     a = c.start(0, "b", 0, "m", 1)
