@@ -30,15 +30,25 @@ reordered), but when a destination's queue is then at or over `queue_bytes`, the
 is PAUSEd until every destination that blocks it drops below `queue_bytes` again. A
 queue staying full longer than `stuck_ms` disconnects that receiver (LEAVE 6) and
 announces it as left. So a queue holds at most queue_bytes plus what paused senders had
-already read. Idle timeout does not run while a connection is paused by us.
+already read. Idle timeout does not run while a connection is paused by us. Whatever
+fills a queue (DATA, PONGs, PARTICIPANT churn) starts the stuck_ms clock, and a
+connection whose own queue is full is not read (its PINGs would only add PONGs).
 
 Forwarding: fields 4 (participant_identity) and 17 (participant_sid) written by the
 sender are removed and the verified identity and sid are written as the first fields.
+participant_sid (1) and participant_identity (5) inside a UserPacket (2) are removed
+too (LINK.md is silent on them; LiveKit's server overwrites them and some SDKs read
+them, so a sender's own values must not get through; writing the verified ones there
+as well would need twice the stamp room).
 A DATA frame up to max_frame (what JOINED announces) is taken and forwarded, with the
 stamp in front, as a frame of at most max_frame + link.STAMP_ROOM bytes, which
 participants accept; one whose stamp would need more (an identity of hundreds of bytes)
 is refused with LEAVE 4 naming both sizes. DATA from a participant without
 canPublishData: LEAVE 7.
+
+Hostile input: reasons the relay repeats (LEAVE, PARTICIPANT_LEFT, logs) are cut to
+MAX_REASON characters; an exception while handling a connection's bytes (a relay
+fault) ends that connection only, with LEAVE 4 and an `error` log line.
 """
 import os
 
@@ -65,7 +75,13 @@ _REASONS = {link.LEAVE_CLIENT: "client initiated", link.LEAVE_DUPLICATE: "duplic
             link.LEAVE_FORBIDDEN: "forbidden"}
 _RELAY_ONLY = (link.JOINED, link.PARTICIPANT, link.PARTICIPANT_LEFT)
 _STRIP = (4, 17)
+_F_USER = 2
+_USER_STRIP = (1, 5)    # UserPacket participant_sid, participant_identity
 _F_DEST = 5
+# Any reason the relay repeats (LEAVE, PARTICIPANT_LEFT, logs) is cut to this many
+# characters: a peer's text (its LEAVE reason, a bad JOIN key) must not make frames
+# larger than a board's control buffer nor flood the log.
+MAX_REASON = 512
 
 
 def random_sid():
@@ -114,8 +130,12 @@ class Router:
         self._conns = {}
         self._rooms = {}          # room -> {identity: _Conn}
         self._actions = []
+        self._now = 0             # the time of the input being handled
         self.metrics.set_gauge("lkedge_relay_connections", 0)
         self.metrics.set_gauge("lkedge_relay_paused_senders", 0)
+        # Counters without labels are shown from the start (0), so a first scrape has them.
+        for name in ("lkedge_relay_joins_total", "lkedge_relay_bytes_in_total", "lkedge_relay_bytes_out_total"):
+            self.metrics.inc(name, 0)
 
     # ------------------------------------------------------------ inspection
     def pop_actions(self):
@@ -139,6 +159,7 @@ class Router:
 
     # ------------------------------------------------------------ inputs
     def open(self, cid, now, transport="tcp", peer=""):
+        self._now = now
         if cid in self._conns:
             raise ValueError("connection id %r is already open" % (cid,))
         self._conns[cid] = _Conn(cid, now, self.max_frame, transport, peer)
@@ -149,6 +170,7 @@ class Router:
         c = self._conns.get(cid)
         if c is None or not data:
             return
+        self._now = now
         c.last_rx = now
         self.metrics.inc("lkedge_relay_bytes_in_total", len(data))
         try:
@@ -160,17 +182,25 @@ class Router:
                 self._event(c, ev, now)
         except link.LinkError as e:
             self._drop(c, link.LEAVE_PROTOCOL, str(e), now)
+        except Exception as e:   # a relay fault on this input: only this connection pays
+            if self._conns.get(cid) is c:
+                what = "%s: %s" % (e.__class__.__name__, e)
+                self._log("error", c, error=_clip(what))
+                self._drop(c, link.LEAVE_PROTOCOL, "the relay could not process this "
+                           "connection's input (%s)" % what, now)
 
     def drained(self, cid, nbytes, now):
         c = self._conns.get(cid)
         if c is None:
             return
+        self._now = now
         c.queued = max(0, c.queued - nbytes)
         if c.queued < self.queue_bytes:
             c.full_since = None
             self._release(c, now)
 
     def closed(self, cid, now, reason="transport closed"):
+        self._now = now
         c = self._conns.get(cid)
         if c is not None:
             self._remove(c, 0, reason, now, announce=True)
@@ -178,11 +208,13 @@ class Router:
     def fail(self, cid, code, reason, now):
         """The adapter found the peer misbehaving below the link (e.g. a text WebSocket
         message): LEAVE code, close, announce."""
+        self._now = now
         c = self._conns.get(cid)
         if c is not None:
             self._drop(c, code, reason, now)
 
     def tick(self, now):
+        self._now = now
         for c in list(self._conns.values()):
             if self._conns.get(c.cid) is not c:
                 continue        # removed by an earlier step of this tick
@@ -213,6 +245,7 @@ class Router:
         return best
 
     def shutdown(self, now):
+        self._now = now
         for c in list(self._conns.values()):
             self._send_leave(c, link.LEAVE_SHUTDOWN, "relay shutting down")
             self._remove(c, link.LEAVE_SHUTDOWN, "relay shutting down", now, announce=False)
@@ -245,6 +278,10 @@ class Router:
                 self._join(c, body, now)
         elif t == link.PING:
             self._send(c, link.encode_frame(link.PONG, body), link.PONG)
+            if c.queued >= self.queue_bytes:
+                # it does not read its PONGs: read no more PINGs until it does (and it
+                # is dropped with LEAVE 6 if its queue stays full past stuck_ms)
+                self._block(c, c, now)
         elif t == link.LEAVE:
             reason = _leave_reason(body)
             self._remove(c, link.LEAVE_CLIENT, reason, now, announce=True)
@@ -303,20 +340,22 @@ class Router:
         if not c.can_publish:
             self._drop(c, link.LEAVE_FORBIDDEN, "DATA without the canPublishData grant", now)
             return
+        mv = memoryview(body)
         try:
             fields = relayside.scan_fields(body)
             dests = _destinations(body, fields)
             _check_whole(body)
+            stamp = proto.encode(proto.DATA_PACKET, {"participant_identity": c.info["identity"],
+                                                     "participant_sid": c.info["sid"]})
+            parts = [stamp]
+            for num, wt, start, vs, end in fields:
+                if num == _F_USER and wt == 2:
+                    parts.append(_strip_user(mv, start, vs, end))
+                elif num not in _STRIP:
+                    parts.append(mv[start:end])
         except ValueError as e:
             self._drop(c, link.LEAVE_PROTOCOL, "malformed DataPacket: %s" % e, now)
             return
-        stamp = proto.encode(proto.DATA_PACKET, {"participant_identity": c.info["identity"],
-                                                 "participant_sid": c.info["sid"]})
-        mv = memoryview(body)
-        parts = [stamp]
-        for num, _wt, start, _vs, end in fields:
-            if num not in _STRIP:
-                parts.append(mv[start:end])
         packet = b"".join(parts)
         if 1 + len(packet) > self.max_frame + link.STAMP_ROOM:
             self._drop(c, link.LEAVE_PROTOCOL, "DATA of %d bytes is %d with the sender "
@@ -379,12 +418,13 @@ class Router:
         self._actions.append((CLOSE, c.cid))
 
     def _send_leave(self, c, code, reason):
-        self._send(c, relayside.encode_control(link.LEAVE, {"code": code, "reason": reason}),
+        self._send(c, relayside.encode_control(link.LEAVE, {"code": code, "reason": _clip(reason)}),
                    link.LEAVE)
 
     def _remove(self, c, code, reason, now, announce):
         if self._conns.pop(c.cid, None) is None:
             return
+        reason = _clip(reason)
         self.metrics.inc("lkedge_relay_leaves_total", code=code)
         if c.info is not None:
             members = self._rooms.get(c.room, {})
@@ -410,6 +450,8 @@ class Router:
     # ------------------------------------------------------------ helpers
     def _send(self, c, frame, t):
         c.queued += len(frame)
+        if c.queued >= self.queue_bytes and c.full_since is None:
+            c.full_since = self._now    # whatever fills it (PONGs, PARTICIPANT churn)
         self.metrics.inc("lkedge_relay_frames_out_total", type=relayside.type_name(t))
         self.metrics.inc("lkedge_relay_bytes_out_total", len(frame))
         self._actions.append((SEND, c.cid, frame))
@@ -472,6 +514,31 @@ def _check_whole(body):
     except _DecodeError as e:
         relayside.decode_packet(body)   # raises with the field and the cause, if it can tell
         raise ValueError("refused by the protobuf parser (%s), in a part lkedge does not decode" % e)
+
+
+def _clip(text):
+    if len(text) <= MAX_REASON:
+        return text
+    return "%s... (%d more characters)" % (text[:MAX_REASON], len(text) - MAX_REASON)
+
+
+def _varint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return out
+
+
+def _strip_user(mv, start, vs, end):
+    """Field 2 (user) without the participant_sid (1) and participant_identity (5) the
+    sender wrote in its UserPacket (LiveKit's server overwrites them; SDKs read them)."""
+    sub = relayside.scan_fields(mv[vs:end])
+    if not any(f[0] in _USER_STRIP for f in sub):
+        return mv[start:end]
+    inner = b"".join(mv[vs + s:vs + e] for num, _wt, s, _v, e in sub if num not in _USER_STRIP)
+    return b"\x12" + _varint(len(inner)) + inner
 
 
 def _destinations(body, fields):

@@ -20,6 +20,7 @@ import json
 import sys
 import time
 
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from lkedge import link
@@ -114,7 +115,7 @@ class _Link:
                 srv.router.receive(self.cid, data, now_ms())
                 srv.apply()
         except _PeerError as e:
-            srv.router.fail(self.cid, link.LEAVE_PROTOCOL, str(e), now_ms())
+            srv.router.fail(self.cid, e.code, str(e), now_ms())
         except (OSError, EOFError) as e:
             reason = "transport error: %s" % (str(e) or e.__class__.__name__)
         except ConnectionClosed as e:
@@ -155,7 +156,28 @@ class _Link:
 
 
 class _PeerError(Exception):
-    """The peer broke the transport's rules (the router answers LEAVE 4)."""
+    """The peer broke the transport's rules (the router answers LEAVE code, default 4)."""
+
+    def __init__(self, reason, code=link.LEAVE_PROTOCOL):
+        super().__init__(reason)
+        self.code = code
+
+
+class _BoundedWsConnection(ServerConnection):
+    """websockets writes its automatic replies (a pong for every ping) whether or not
+    the peer reads them, and keeps reading meanwhile: a peer that pings and never reads
+    would grow the write buffer without bound. Past `write_cap` bytes it is aborted and
+    `overflow` says why (its link gets LEAVE 6: a receiver stuck)."""
+    write_cap = 1 << 20
+    overflow = None
+
+    def data_received(self, data):
+        super().data_received(data)
+        size = self.transport.get_write_buffer_size()
+        if size > self.write_cap and self.overflow is None:
+            self.overflow = ("WebSocket peer does not read: %d bytes of writes and automatic "
+                             "replies (pongs) queued, over %d" % (size, self.write_cap))
+            self.transport.abort()
 
 
 class _StreamLink(_Link):
@@ -194,7 +216,12 @@ class _WsLink(_Link):
 
     async def read(self):
         while True:     # an empty binary message carries no bytes: wait for the next
-            msg = await self.ws.recv()
+            try:
+                msg = await self.ws.recv()
+            except ConnectionClosed:
+                if getattr(self.ws, "overflow", None):
+                    raise _PeerError(self.ws.overflow, link.LEAVE_IDLE)
+                raise
             if isinstance(msg, str):
                 raise _PeerError("text WebSocket message: the link is carried in binary messages")
             if msg:
@@ -289,9 +316,12 @@ class RelayServer:
         if self.ws_port is not None:
             from websockets.asyncio.server import serve
             mf = self.router.max_frame
+            # room for one frame being sent (the writer waits for each) and then some
+            conn = type("_WsConnection", (_BoundedWsConnection,),
+                        {"write_cap": 2 * (mf + link.STAMP_ROOM) + (1 << 20)})
             s = await serve(self._on_ws, self.host, self.ws_port, ssl=self.ssl,
                             compression=None, ping_interval=None,
-                            max_size=max(4 * mf, 1 << 20))
+                            max_size=max(4 * mf, 1 << 20), create_connection=conn)
             self._servers.append(s)
             self._add_url("wss" if tls else "ws", s)
         if self.http_port is not None:

@@ -15,7 +15,8 @@ From lkedge.link:
   `cbor.dumps(mapping)`.
 - Validators of the maps a relay receives, like link.check_joined (a NEW normalised
   dict, only the LINK.md keys, LinkError naming the key): `check_join(d)` (required v,
-  token; client_protocol → 0, capabilities → [], sdk and sdk_version → ""),
+  token; client_protocol → 0, capabilities → [], sdk and sdk_version → ""; at most
+  MAX_CAPABILITIES capabilities, int32 values, MAX_SDK_TEXT characters of sdk texts),
   `check_participant_left(d)` (required identity; reason → ""), `check_leave(d)`
   (required code; reason → "").
 """
@@ -103,12 +104,34 @@ def encode_control(type, mapping):
     return link.encode_frame(type, cbor.dumps(mapping))
 
 
+# What a JOIN may claim about itself. The relay repeats client_protocol and capabilities
+# to everyone in the room (PARTICIPANT, JOINED), so they must stay small enough for a
+# board's control-frame buffer; both are int32 in LiveKit's ParticipantInfo.
+MAX_CAPABILITIES = 16
+MAX_SDK_TEXT = 128
+_INT32_MAX = 0x7FFFFFFF
+
+
 def check_join(d):
     w = "JOIN"
-    return {"v": _version(d, w), "token": _get(d, w, "token", "text"),
-            "client_protocol": _get(d, w, "client_protocol", "int", 0),
-            "capabilities": _get(d, w, "capabilities", "ints", []),
-            "sdk": _get(d, w, "sdk", "text", ""), "sdk_version": _get(d, w, "sdk_version", "text", "")}
+    out = {"v": _version(d, w), "token": _get(d, w, "token", "text"),
+           "client_protocol": _get(d, w, "client_protocol", "int", 0),
+           "capabilities": _get(d, w, "capabilities", "ints", []),
+           "sdk": _get(d, w, "sdk", "text", ""), "sdk_version": _get(d, w, "sdk_version", "text", "")}
+    caps = out["capabilities"]
+    if len(caps) > MAX_CAPABILITIES:
+        raise link.LinkError('JOIN: key "capabilities" has %d items, at most %d'
+                             % (len(caps), MAX_CAPABILITIES))
+    for key, v in (("client_protocol", out["client_protocol"]),
+                   ("capabilities", max(caps) if caps else 0)):
+        if v > _INT32_MAX:
+            raise link.LinkError('JOIN: key "%s" holds %d, over the int32 maximum %d'
+                                 % (key, v, _INT32_MAX))
+    for key in ("sdk", "sdk_version"):
+        if len(out[key]) > MAX_SDK_TEXT:
+            raise link.LinkError('JOIN: key "%s" is %d characters, at most %d'
+                                 % (key, len(out[key]), MAX_SDK_TEXT))
+    return out
 
 
 def check_participant_left(d):
