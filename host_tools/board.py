@@ -304,6 +304,32 @@ def add_arguments(parser):
                         help="also make this path a symlink to the pty (a stable name for scripts)")
 
 
+def _check(args, flash):
+    """The reason the options cannot work, or None (checked before the pty line is printed)."""
+    mp = args.micropython
+    if mp and not (os.path.isfile(mp) and os.access(mp, os.X_OK)):
+        found = None
+        if os.sep not in mp:  # a command name: beside this Python, else on PATH
+            here = os.path.join(os.path.dirname(sys.executable), mp)
+            found = here if os.access(here, os.X_OK) else shutil.which(mp)
+        if not found:
+            return "--micropython %s is not an executable file (the MicroPython unix port)" % mp
+        args.micropython = found
+    if os.path.exists(flash) and not os.path.isdir(flash):
+        return "--flash %s is a file, not a folder (the board's flash filesystem)" % flash
+    try:
+        os.makedirs(flash, exist_ok=True)
+    except OSError as e:
+        return "cannot make the flash folder %s: %s" % (flash, e.strerror or e)
+    link = args.port_link
+    if link:
+        if os.path.lexists(link) and not os.path.islink(link):
+            return "--port-link %s exists and is not a symlink: refusing to replace it" % link
+        if not os.path.isdir(os.path.dirname(os.path.abspath(link))):
+            return "--port-link %s: folder %s does not exist" % (link, os.path.dirname(link) or ".")
+    return None
+
+
 def run(args):
     try:
         profile = profiles.load(args.profile)
@@ -311,6 +337,10 @@ def run(args):
         print("lkedge board: %s" % e, file=sys.stderr)
         return 2
     flash = args.flash or "./.board-%s" % profile["name"]
+    why = _check(args, flash)
+    if why is not None:
+        print("lkedge board: %s" % why, file=sys.stderr)
+        return 2
     sup = Supervisor(profile, flash, find_micropython(args.micropython))
     if args.port_link:
         if os.path.islink(args.port_link):

@@ -400,9 +400,19 @@ def run_names(args):
             table = read_table(args.table)
         else:
             table = {new: old for old, new in deploy_renames(args.lib, args.firmware).items()}
-    except (OSError, BuildError) as e:
+    except OSError as e:
+        where = ("--table %s" % args.table) if args.table else "the library"
+        hint = ""
+        if args.table:
+            hint = (" (a deployed board has it: mpremote connect PORT fs cp :%s/renames.txt %s)"
+                    % ("/lib/lkedge", args.table))
+        print("lkedge names: cannot read %s: %s%s" % (where, e.strerror or e, hint), file=sys.stderr)
+        return 2
+    except BuildError as e:
         print("lkedge names: %s" % e, file=sys.stderr)
         return 2
+    if not args.text and sys.stdin.isatty():
+        print("lkedge names: paste the board's traceback, then Ctrl-D", file=sys.stderr, flush=True)
     text = " ".join(args.text) if args.text else sys.stdin.read()
     sys.stdout.write(untranslate(text, table) + ("\n" if args.text else ""))
     return 0

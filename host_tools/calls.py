@@ -4,6 +4,7 @@ All three join the room through the relay like any participant (the same lkedge
 library the boards run), with a token minted from the relay's keys unless --token is
 given.
 """
+import argparse
 import asyncio
 import hashlib
 import importlib.util
@@ -12,6 +13,7 @@ import os
 import sys
 import time
 
+from lkedge import link
 from lkedge.config import RoomOptions
 from lkedge.room import ConnectError, Room
 from lkedge.rpc import RpcError
@@ -19,6 +21,27 @@ from lkedge.rpc import RpcError
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_RPC, EXIT_CONNECT = 0, 1, 2, 3, 4
 DEFAULT_URL = "tcp://127.0.0.1:7880"
 DEFAULT_ROOM = "lkedge"
+
+
+# LEAVE codes after which the Room does not rejoin (as lkedge.room decides).
+_FINAL_LEAVE = (link.LEAVE_CLIENT, link.LEAVE_DUPLICATE, link.LEAVE_UNAUTHORIZED, link.LEAVE_FORBIDDEN)
+
+
+class UsageError(Exception):
+    """Bad arguments found before joining (exit 2); the message says what and what to do."""
+
+
+def _seconds(minimum_exclusive):
+    """An argparse type: a number of seconds above (or, for None, at least) zero."""
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r is not a number of seconds" % text)
+        if v != v or (v <= 0 if minimum_exclusive else v < 0):
+            raise argparse.ArgumentTypeError("%r must be %s" % (text, "above 0" if minimum_exclusive else "0 or more"))
+        return v
+    return parse
 
 
 def add_connection_arguments(p, identity_default):
@@ -36,30 +59,79 @@ def add_connection_arguments(p, identity_default):
                    help="client_protocol to advertise (default %(default)s)")
     p.add_argument("--no-compression", action="store_true",
                    help="do not advertise or use DEFLATE_RAW compression")
+    p.add_argument("--cafile", default=os.environ.get("LKEDGE_CAFILE"), metavar="PEM",
+                   help="CA certificate(s) to trust for tls:// and wss://, e.g. the relay's own "
+                        "--tls-cert when it is self-signed (env LKEDGE_CAFILE; default: the system's)")
 
 
-def _token(args):
+def prepare_connection(args):
+    """Check the connection arguments and mint the token before any network use: sets
+    args.token (minted unless given) and args.minted. Raises UsageError."""
+    from lkedge.transport import TransportError, parse_url
+    try:
+        scheme = parse_url(args.url)[0]
+    except TransportError as e:
+        hint = ""
+        if args.url.lower().startswith(("http://", "https://")):
+            hint = " (http:// is the relay's /healthz and /metrics port; the link is tcp://HOST:7880 or ws://HOST:7881)"
+        raise UsageError("bad --url (or LKEDGE_URL): %s%s" % (e, hint))
+    if args.cafile is not None:
+        if scheme not in ("tls", "wss"):
+            raise UsageError("--cafile (or LKEDGE_CAFILE) is for tls:// and wss:// URLs, not %s" % args.url)
+        if not os.path.isfile(args.cafile):
+            raise UsageError("--cafile %s: no such file (give the PEM certificate the relay's "
+                             "--tls-cert uses, or its CA)" % args.cafile)
+    args.minted = not args.token
     if args.token:
-        return args.token
+        return
     from lkedge_host.relay import auth
-    key, secret = auth.resolve_keys(args.api_key, args.api_secret)
-    return auth.mint_token(key, secret, identity=args.identity, room=args.room)
+    try:
+        key, secret = auth.resolve_keys(args.api_key, args.api_secret)
+        args.token = auth.mint_token(key, secret, identity=args.identity, room=args.room)
+    except (ValueError, auth.KeyConfigError) as e:
+        raise UsageError("cannot mint a token: %s" % e)
+    args.key = key
 
 
-async def _join(args, command):
-    """A joined Room, or None after saying on stderr why `lkedge <command>` could not join."""
+def _join_failure(args, e):
+    """The one-line reason a join failed, with what to do about it."""
+    msg = str(e)
+    twice = "%s: %s: " % (args.url, args.url)
+    if twice in msg:  # "cannot reach the relay at URL: URL: cause"
+        msg = msg.replace(twice, "%s: " % args.url)
+    if getattr(e, "leave_code", None) == 3 and getattr(args, "minted", False):
+        msg += ("; the token was minted here with API key %r: give the relay's keys (--api-key/"
+                "--api-secret or LIVEKIT_API_KEY/LIVEKIT_API_SECRET) or a --token it accepts" % args.key)
+    elif "CERTIFICATE_VERIFY_FAILED" in msg and args.cafile is None:
+        msg += "; to trust the relay's own (e.g. self-signed) certificate use --cafile CERT.pem"
+    return msg
+
+
+def room_options(args, auto_reconnect=False):
     opts = RoomOptions(client_protocol=args.protocol, read_buffer=65536, piece_size=65536,
-                       auto_reconnect=False)
+                       auto_reconnect=auto_reconnect)
     if args.no_compression:
         opts.advertise_compression = False
         opts.compress = False
-    room = Room(opts)
+    if args.cafile is not None:
+        opts.transport_options = {"cafile": args.cafile}
+    return opts
+
+
+async def _join(args, command, auto_reconnect=False):
+    """A joined Room, or None after saying on stderr why `lkedge <command>` could not join."""
+    room = Room(room_options(args, auto_reconnect))
     try:
-        await room.connect(args.url, _token(args))
+        await room.connect(args.url, args.token)
     except (ConnectError, OSError) as e:
-        print("lkedge %s: cannot join: %s" % (command, e), file=sys.stderr)
+        print("lkedge %s: cannot join: %s" % (command, _join_failure(args, e)), file=sys.stderr)
         return None
     return room
+
+
+def _usage(command, e):
+    print("lkedge %s: error: %s" % (command, e), file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _human(n):
@@ -133,14 +205,44 @@ class _TextPieces:
 
 
 def _read_payload(arg):
+    """The request payload (text); UsageError naming the file for an unreadable @file."""
     if arg is None:
         return ""
     if arg == "-":
-        return sys.stdin.read()
+        try:
+            return sys.stdin.read()
+        except UnicodeDecodeError as e:
+            raise UsageError("standard input is not UTF-8 text (%s): an RPC payload is text; "
+                             "encode binary data first, e.g. base64" % e.reason)
     if arg.startswith("@"):
-        with open(arg[1:], encoding="utf-8") as f:
-            return f.read()
+        path = arg[1:]
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise UsageError("payload file %s does not exist (@FILE reads a file; to send "
+                             "text that starts with @, pipe it in with -)" % path)
+        except IsADirectoryError:
+            raise UsageError("payload file %s is a directory" % path)
+        except UnicodeDecodeError as e:
+            raise UsageError("payload file %s is not UTF-8 text (byte %d: %s): an RPC payload is "
+                             "text; encode binary data first, e.g. base64" % (path, e.start, e.reason))
+        except OSError as e:
+            raise UsageError("cannot read payload file %s: %s" % (path, e.strerror or e))
     return arg
+
+
+def _check_output(path):
+    """UsageError unless `path` can be written (checked before the call, not after it)."""
+    if path is None or path == "-":
+        return
+    if os.path.isdir(path):
+        raise UsageError("--output %s is a directory" % path)
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise UsageError("--output %s: folder %s does not exist" % (path, folder))
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        raise UsageError("--output %s is not writable" % path)
 
 
 # ------------------------------------------------------------------ call
@@ -149,10 +251,11 @@ def add_call_arguments(p):
     p.add_argument("method", help="method name registered there")
     p.add_argument("payload", nargs="?", default=None,
                    help="request payload: text, @file to read a file, - for stdin (default empty)")
-    p.add_argument("--timeout", type=float, default=15.0, help="response timeout in seconds (default %(default)s)")
-    p.add_argument("--wait", type=float, default=5.0,
+    p.add_argument("--timeout", type=_seconds(True), default=15.0,
+                   help="response timeout in seconds (default %(default)s)")
+    p.add_argument("--wait", type=_seconds(False), default=5.0,
                    help="seconds to wait for the destination to appear in the room (default %(default)s)")
-    p.add_argument("--output", "-o", default=None, help="write the response to this file instead of stdout")
+    p.add_argument("--output", "-o", default=None, help="write the response to this file instead of stdout (- for stdout)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or timing on stderr")
     add_connection_arguments(p, "cli-%d" % os.getpid())
 
@@ -163,12 +266,15 @@ async def _wait_for(room, identity, seconds):
         await asyncio.sleep(0.05)
 
 
-async def _call(args):
-    payload = _read_payload(args.payload)
+async def _call(args, payload):
     room = await _join(args, "call")
     if room is None:
         return EXIT_CONNECT
     try:
+        if room.local_participant.identity == args.destination:
+            print("lkedge call: error: %r is our own identity in room %s (the token's): give --identity "
+                  "or --token of another participant" % (args.destination, room.name), file=sys.stderr)
+            return EXIT_USAGE
         await _wait_for(room, args.destination, args.wait)
         size = len(payload.encode())
         up = Progress("sending", size)
@@ -180,7 +286,14 @@ async def _call(args):
         if not args.quiet:
             up.finish()
         down = Progress("receiving")
-        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+        to_file = args.output not in (None, "-")
+        try:
+            out = open(args.output, "w", encoding="utf-8") if to_file else sys.stdout
+        except OSError as e:
+            reader.cancel()
+            print("lkedge call: error: cannot write --output %s: %s" % (args.output, e.strerror or e),
+                  file=sys.stderr)
+            return EXIT_ERROR
         h = hashlib.sha256()
         try:
             async for piece in reader:
@@ -189,9 +302,9 @@ async def _call(args):
                 h.update(b)
                 down.add(len(b))
         finally:
-            if args.output:
+            if to_file:
                 out.close()
-        if not args.output:
+        if not to_file:
             out.write("\n")
             out.flush()
         if not args.quiet:
@@ -203,13 +316,43 @@ async def _call(args):
     except RpcError as e:
         print("lkedge call: RPC error %d: %s%s" % (e.code, e.message, (" (%s)" % e.data) if e.data else ""),
               file=sys.stderr)
+        if e.code == RpcError.RECIPIENT_NOT_FOUND:
+            others = sorted(room.remote_participants)
+            print("lkedge call: %r did not join room %s within --wait %g s; in the room: %s" % (
+                args.destination, room.name, args.wait, ", ".join(others) if others else "nobody else"),
+                file=sys.stderr)
+        elif e.code == RpcError.RECIPIENT_DISCONNECTED and room.leave_code is not None:
+            print("lkedge call: the relay ended our own link: LEAVE %s %s" % (room.leave_code, room.leave_reason),
+                  file=sys.stderr)
         return EXIT_RPC
     finally:
         await room.disconnect()
 
 
+def _token_identity(token):
+    """The identity (sub) a token names, read without verifying it (the relay does), or None."""
+    try:
+        import jwt
+        return jwt.decode(token, options={"verify_signature": False}).get("sub")
+    except Exception:
+        return None
+
+
 def run_call(args):
-    return asyncio.run(_call(args))
+    try:
+        given = bool(args.token)
+        payload = _read_payload(args.payload)
+        _check_output(args.output)
+        prepare_connection(args)
+        ours = _token_identity(args.token) if given else args.identity
+        if args.destination == ours:
+            raise UsageError("destination %r is the identity this call would join as (joining "
+                             "with it would replace that participant): %s" % (
+                                 args.destination, "use a token for another identity" if given
+                                 else "choose another --identity"))
+    except UsageError as e:
+        return _usage("call", e)
+    return asyncio.run(_call(args, payload))
 
 
 # ------------------------------------------------------------------ room
@@ -242,6 +385,10 @@ async def _room(args):
 
 
 def run_room(args):
+    try:
+        prepare_connection(args)
+    except UsageError as e:
+        return _usage("room", e)
     return asyncio.run(_room(args))
 
 
@@ -279,15 +426,30 @@ async def _serve(args):
     if not methods and hook is None:
         print("lkedge serve: %s defines no public functions" % args.file, file=sys.stderr)
         return EXIT_USAGE
-    room = await _join(args, "serve")
+    # A server stays: after a link loss (relay restarted, network) it rejoins by itself.
+    room = await _join(args, "serve", auto_reconnect=True)
     if room is None:
         return EXIT_CONNECT
+
+    def say(msg):
+        print("lkedge serve: " + msg, file=sys.stderr, flush=True)
+
+    room.on("disconnected", lambda why: say("link lost: %s" % why))
+    room.on("reconnecting", lambda: say("rejoining %s ..." % args.url))
+    room.on("reconnected", lambda: say("rejoined room %s as %s" % (room.name, room.local_participant.identity)))
     for name, fn in methods.items():
         room.local_participant.register_rpc_method(name, _logged(name, fn))
     if hook is not None:
-        r = hook(room)
-        if inspect.isawaitable(r):
-            await r
+        try:
+            r = hook(room)
+            if inspect.isawaitable(r):
+                await r
+        except Exception as e:
+            import traceback
+            say("register(room) in %s failed (its traceback follows); nothing served" % args.file)
+            traceback.print_exception(type(e), e, e.__traceback__.tb_next, file=sys.stderr)
+            await room.disconnect()
+            return EXIT_ERROR
     print("lkedge serve: %s in room %s serving %s" % (room.local_participant.identity, room.name,
                                                       ", ".join(sorted(methods)) or "(register hook)"), flush=True)
     stop = asyncio.Event()
@@ -298,9 +460,28 @@ async def _serve(args):
             loop.add_signal_handler(sig, stop.set)
     except (NotImplementedError, RuntimeError):
         pass
-    await stop.wait()
+    code = EXIT_OK
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), 0.25)
+        except asyncio.TimeoutError:
+            pass
+        # The Room stops rejoining after a LEAVE that would only repeat (a duplicate
+        # identity, a refused token, data forbidden): nothing would be served any more,
+        # so say so and stop. Between retries it is "disconnected" with no such code.
+        if (room.connection_state == "disconnected" and room.leave_code in _FINAL_LEAVE
+                and not stop.is_set()):
+            why = "LEAVE %s %s" % (room.leave_code, room.leave_reason)
+            hint = ""
+            if room.leave_code == 2:
+                hint = " (another participant joined as %r: give each its own --identity)" % room.local_participant.identity
+            say("stopped: the relay will not take us back: %s%s" % (why, hint))
+            code = EXIT_CONNECT
+            break
     await room.disconnect()
-    return EXIT_OK
+    if code == EXIT_OK:
+        say("stopped")
+    return code
 
 
 def _logged(name, fn):
@@ -310,6 +491,10 @@ def _logged(name, fn):
             r = fn(data)
             if inspect.isawaitable(r):
                 r = await r
+            if r is not None and not isinstance(r, str):
+                # The caller gets the standard 1500 "Application error in method handler".
+                raise TypeError("%s returned %s, not str: return text (e.g. json.dumps(...))"
+                                % (name, type(r).__name__))
             print("call %s from %s ok %.1f ms" % (name, data.caller_identity, (time.monotonic() - t0) * 1000),
                   file=sys.stderr, flush=True)
             return r
@@ -320,6 +505,10 @@ def _logged(name, fn):
 
 
 def run_serve(args):
+    try:
+        prepare_connection(args)
+    except UsageError as e:
+        return _usage("serve", e)
     return asyncio.run(_serve(args))
 
 

@@ -7,6 +7,7 @@ missing or broken module gives a one-line error, not a traceback.
 """
 import argparse
 import importlib
+import os
 import sys
 
 # name: (module, add-arguments function, run function, help)
@@ -35,7 +36,8 @@ EXIT_CODES = """exit codes:
   2    usage: bad arguments or configuration
   3    RPC error returned by the remote participant
   4    connection failure (relay unreachable, refused, or the link was lost)
-  130  interrupted (Ctrl-C), except relay, serve and board: they stop with 0"""
+  130  interrupted (Ctrl-C), except relay, serve and board: they stop with 0
+       (serve rejoins after a link loss; it exits 4 if the relay will not take it back)"""
 
 
 def _parser():
@@ -81,13 +83,27 @@ def main(argv=None):
             return 1
         add, run = loaded
         add(subs[name])
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command is None:
+        parser.error("unrecognized arguments: %s" % " ".join(extra))
     if args.command is None:
         parser.print_help()
         return 2
+    if extra:  # said by the command's own parser, with its usage line (exits 2)
+        subs[args.command].error("unrecognized arguments: %s" % " ".join(extra))
     try:
         return int(run(args) or 0)
+    except BrokenPipeError:
+        # stdout closed early (`lkedge call ... | head`): stop quietly, as a Unix tool does.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+        except (OSError, ValueError):
+            pass
+        return 1
     except KeyboardInterrupt:
+        print("\nlkedge %s: interrupted" % args.command if sys.stderr.isatty()
+              else "lkedge %s: interrupted" % args.command, file=sys.stderr)
         return 130
 
 

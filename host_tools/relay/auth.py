@@ -105,6 +105,7 @@ def mint_token(api_key, api_secret, identity, room, ttl_s=DEFAULT_TTL_S,
 class Verifier:
     def __init__(self, api_key, api_secret, rooms=None):
         self._verifier = api.TokenVerifier(api_key, api_secret)
+        self._key = api_key
         self._secret = api_secret
         self.rooms = set(rooms) if rooms else None
 
@@ -114,6 +115,10 @@ class Verifier:
         raw = self._raw_claims(token)
         if "exp" not in raw:
             raise AuthError("token has no exp claim (an expiry is required)")
+        if raw.get("iss") != self._key:
+            # Said before the signature: a token minted with other keys fails both, and
+            # the issuer is what tells its holder which keys to use.
+            raise AuthError("token issuer %r is not this relay's API key" % (raw.get("iss"),))
         try:
             claims = self._verifier.verify(token)
         except jwt.ExpiredSignatureError:
@@ -124,6 +129,8 @@ class Verifier:
             raise AuthError("token signature does not verify with this relay's API secret")
         except (jwt.InvalidTokenError, ValueError, TypeError) as e:
             raise AuthError("token rejected: %s" % e)
+        except AttributeError as e:    # e.g. "video" not a JSON object
+            raise AuthError("token claims malformed (video, sip, ... must be JSON objects): %s" % e)
         return self._grant(claims)
 
     def _raw_claims(self, token):
@@ -145,6 +152,12 @@ class Verifier:
                             % (video.room_join if video else None,))
         if not video.room:
             raise AuthError("token names no room (video.room)")
+        if not isinstance(video.room, str) or not isinstance(claims.identity, str):
+            raise AuthError("token room (video.room) and identity (sub) must be strings, got %s and %s"
+                            % (type(video.room).__name__, type(claims.identity).__name__))
+        if claims.attributes is not None and not isinstance(claims.attributes, dict):
+            raise AuthError("token attributes must be a JSON object, got %s"
+                            % type(claims.attributes).__name__)
         if self.rooms is not None and video.room not in self.rooms:
             raise AuthError("room %r is not served by this relay" % video.room)
         attrs = claims.attributes or {}

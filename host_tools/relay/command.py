@@ -10,7 +10,9 @@ asked). With no keys configured it first prints the development keys, which work
 on loopback. Logs go to stderr, one key=value line per join/leave/error.
 """
 import asyncio
+import errno
 import signal
+import socket
 import ssl
 import sys
 
@@ -80,6 +82,18 @@ def build(args):
     if args.max_frame < 16384:
         raise ValueError("--max-frame %d is too small: a 15000-byte stream chunk plus headers "
                          "needs at least 16384" % args.max_frame)
+    ports = {}
+    for flag, port in (("--port", args.port), ("--ws-port", None if args.no_ws else args.ws_port),
+                       ("--http-port", args.http_port)):
+        if port is None:
+            continue
+        if not 0 <= port <= 65535:
+            raise ValueError("%s %d is not a port: use 1..65535, or 0 %s" % (
+                flag, port, "for no HTTP listener" if flag == "--http-port" else "for a free one"))
+        if port and port in ports:
+            raise ValueError("%s and %s are both %d: each listener needs its own port"
+                             % (ports[port], flag, port))
+        ports[port] = flag
     for name in ("idle_timeout", "join_timeout", "send_timeout"):
         if getattr(args, name) <= 0:
             raise ValueError("--%s must be positive" % name.replace("_", "-"))
@@ -107,7 +121,13 @@ async def _main(args):
         await srv.start()
     except (OSError, ImportError) as e:
         await srv.stop()
-        return _fail("cannot start listening: %s" % e, EXIT_ERROR)
+        hint = ""
+        if isinstance(e, socket.gaierror):
+            hint = " (--host %r is not an address of this machine)" % args.host
+        elif getattr(e, "errno", None) == errno.EADDRINUSE:
+            hint = (" (another relay, or another program, has that port: stop it or choose "
+                    "--port/--ws-port/--http-port; 0 picks a free one)")
+        return _fail("cannot start listening: %s%s" % (e, hint), EXIT_ERROR)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, srv.request_stop)

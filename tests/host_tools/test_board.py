@@ -220,3 +220,22 @@ def test_a_missing_profile_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lkedge_host.board", "--profile", "nosuch",
                         "--flash", str(tmp_path / "f")], capture_output=True, text=True, timeout=20)
     assert r.returncode == 2 and "no board profile 'nosuch'" in r.stderr
+
+
+def test_option_mistakes_are_said_before_the_board_starts(tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+
+    def run(*args):
+        r = subprocess.run([sys.executable, "-m", "lkedge_host.board", "--profile", "unix"] + list(args),
+                           capture_output=True, text=True, timeout=20)
+        assert r.returncode == 2, (r.returncode, r.stderr)
+        assert "Traceback" not in r.stderr and "emulated on" not in r.stdout
+        return r.stderr
+
+    assert "--micropython /no/such/micropython is not an executable file" in run(
+        "--flash", str(tmp_path / "f"), "--micropython", "/no/such/micropython")
+    assert "is a file, not a folder" in run("--flash", str(a_file))
+    assert "exists and is not a symlink" in run("--flash", str(tmp_path / "f"), "--port-link", str(a_file))
+    assert "does not exist" in run("--flash", str(tmp_path / "f"), "--port-link", str(tmp_path / "no" / "pty"))
+    assert a_file.read_text() == ""

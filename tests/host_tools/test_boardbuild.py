@@ -245,3 +245,10 @@ def test_lkedge_names_turns_a_board_traceback_back_into_source_names(tmp_path, c
     table.write_text("just-one-column\n")
     assert cli.main(["names", "--table", str(table), "x"]) == 2
     assert "line 1: expected 'board_name private_name'" in capsys.readouterr().err
+
+
+def test_names_with_a_missing_table_says_where_to_get_one(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "lkedge_host.cli", "names", "--table", str(tmp_path / "renames.txt"),
+                        "x"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cannot read --table" in r.stderr and "fs cp :/lib/lkedge/renames.txt" in r.stderr

@@ -175,7 +175,31 @@ def test_a_bad_port_fails_with_a_clear_message(firmware, lib, tmp_path):
                         "--profile", "unix", "--firmware", firmware, "--lib", lib],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
-    assert "lkedge deploy: mpremote failed while reading the board's files" in r.stderr
+    assert "lkedge deploy: no serial port %s: is the board plugged in" % (tmp_path / "no-such-tty") in r.stderr
+    assert "deploy: compiling" not in r.stderr  # said before any work
+
+
+@pytest.mark.parametrize("extra, said", [
+    (["--profile", "esp8266"], "no board profile 'esp8266'"),
+    (["--api-key", "only-a-key"], "cannot mint the board's token: API key given without API secret"),
+    (["--relay", "127.0.0.1:7880"], "bad --relay: 127.0.0.1:7880: not a URL"),
+    (["--room", ""], "--room must not be empty"),
+    (["--token-ttl", "5x"], "bad duration '5x'"),
+])
+def test_option_mistakes_are_usage_errors_said_before_any_work(firmware, lib, tmp_path, extra, said):
+    r = subprocess.run([sys.executable, "-m", "lkedge_host.cli", "deploy", "--port", str(tmp_path / "tty"),
+                        "--firmware", firmware, "--lib", lib] + extra, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert said in r.stderr and "Traceback" not in r.stderr and "deploy: compiling" not in r.stderr
+
+
+def test_token_ttl_takes_durations_like_lkedge_token():
+    import argparse
+    p = argparse.ArgumentParser()
+    deploy.add_arguments(p)
+    assert p.parse_args(["--port", "x"]).token_ttl == 30 * 86400
+    assert p.parse_args(["--port", "x", "--token-ttl", "12h"]).token_ttl == 12 * 3600
+    assert p.parse_args(["--port", "x", "--token-ttl", "600"]).token_ttl == 600
 
 
 def test_a_syntax_error_names_the_file(unix_board, firmware, lib):

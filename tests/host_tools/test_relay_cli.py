@@ -205,3 +205,53 @@ def test_port_in_use_is_a_clear_error():
         s.close()
     assert r.returncode == 1 and "cannot start listening" in r.stderr
     assert "Traceback" not in r.stderr and READY not in r.stdout
+
+
+def _relay_usage(*args):
+    r = subprocess.run([sys.executable, "-m", "lkedge_host.cli", "relay"] + list(args),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and READY not in r.stdout
+    return r.stderr
+
+
+def test_ports_out_of_range_or_given_twice_are_usage_errors():
+    assert "--port -1 is not a port" in _relay_usage("--port", "-1", "--ws-port", "0", "--http-port", "0")
+    assert "--ws-port 70000 is not a port" in _relay_usage("--port", "0", "--ws-port", "70000", "--http-port", "0")
+    assert "0 for no HTTP listener" in _relay_usage("--port", "0", "--ws-port", "0", "--http-port", "65536")
+    err = _relay_usage("--port", "7990", "--ws-port", "7990", "--http-port", "0")
+    assert "--port and --ws-port are both 7990" in err
+
+
+def test_port_in_use_says_what_to_do():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    try:
+        r = subprocess.run([sys.executable, "-m", "lkedge_host.cli", "relay", "--port", "0", "--ws-port",
+                            str(s.getsockname()[1]), "--http-port", "0"],
+                           capture_output=True, text=True, timeout=30)
+    finally:
+        s.close()
+    assert r.returncode == 1 and "address already in use" in r.stderr
+    assert "0 picks a free one" in r.stderr
+
+
+def test_a_token_of_other_keys_is_refused_for_its_issuer():
+    theirs = auth.mint_token("otherkey", "o" * 40, identity="a", room="r")
+    v = auth.Verifier("relaykey", "r" * 40)
+    try:
+        v.verify(theirs)
+    except auth.AuthError as e:
+        assert str(e) == "token issuer 'otherkey' is not this relay's API key"
+    else:
+        raise AssertionError("accepted")
+    # the right issuer with the wrong secret is still a signature failure
+    forged = auth.mint_token("relaykey", "x" * 40, identity="a", room="r")
+    try:
+        v.verify(forged)
+    except auth.AuthError as e:
+        assert "signature" in str(e)
+    else:
+        raise AssertionError("accepted")

@@ -320,3 +320,9 @@ def test_big_room_joined_stays_small_and_the_rest_follow_as_participant_frames()
     listed = [p["identity"] for p in frames[0][2]["participants"]]
     announced = [f[2]["identity"] for f in frames[1:] if f[0] == _link.PARTICIPANT]
     assert len(listed) < 300 and sorted(listed + announced) == ["p%03d" % i for i in range(300)]
+
+
+def test_counters_without_labels_are_exposed_from_the_start():
+    text = Sim().r.metrics.render()
+    for name in ("lkedge_relay_joins_total", "lkedge_relay_bytes_in_total", "lkedge_relay_bytes_out_total"):
+        assert "\n%s 0\n" % name in text, name

@@ -1,0 +1,255 @@
+"""What `lkedge call`, `room` and `serve` say when a person gets something wrong, or when
+the room changes under them: a clear line and an exit code, never a traceback or a
+silent hang (real processes, as a person runs them)."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from lkedge_host.relay.process import RelayProcess
+
+LKEDGE = [os.path.join(os.path.dirname(sys.executable), "lkedge")]
+NOWHERE = "tcp://127.0.0.1:1"   # nothing listens: a command that tried to join would exit 4
+
+HANDLERS = '''
+import asyncio
+
+def echo(data):
+    return data.payload
+
+async def sleepy(data):
+    await asyncio.sleep(float(data.payload or 30))
+    return "woke"
+
+def number(data):
+    return 42
+'''
+
+
+def _env():
+    env = dict(os.environ)
+    for k in ("LKEDGE_URL", "LKEDGE_ROOM", "LKEDGE_TOKEN", "LKEDGE_CAFILE", "LIVEKIT_API_KEY",
+              "LIVEKIT_API_SECRET"):
+        env.pop(k, None)
+    return env
+
+
+def _lk(*args, stdin=None):
+    return subprocess.run(LKEDGE + list(args), input=stdin, capture_output=True, text=True, timeout=60,
+                          env=_env())
+
+
+def _usage_error(r, *texts):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    for t in texts:
+        assert t in r.stderr, r.stderr
+
+
+class _Serve:
+    """`lkedge serve FILE` in the background, its stderr collected line by line."""
+
+    def __init__(self, path, url, identity="host", *extra):
+        self.proc = subprocess.Popen(LKEDGE + ["serve", path, "--url", url, "--identity", identity] + list(extra),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        line = self.proc.stdout.readline()
+        assert "serving" in line, line + self.proc.stderr.read()
+        self.lines = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stderr.readline, "")),
+                                       daemon=True)
+        self.reader.start()
+
+    @property
+    def err(self):
+        return "".join(self.lines)
+
+    def wait_for(self, text, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.err:
+                return
+            time.sleep(0.05)
+        raise AssertionError("%r not in serve's stderr: %r" % (text, self.err))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(10)
+        self.reader.join(5)
+        return code
+
+
+@pytest.fixture(scope="module")
+def handlers(tmp_path_factory):
+    f = tmp_path_factory.mktemp("serve") / "handlers.py"
+    f.write_text(HANDLERS)
+    return str(f)
+
+
+@pytest.fixture(scope="module")
+def served(handlers):
+    with RelayProcess() as relay:
+        s = _Serve(handlers, relay.url)
+        yield relay, s
+        s.stop()
+
+
+# ------------------------------------------------------------------ before joining
+def test_payload_file_mistakes_are_usage_errors_naming_the_file(tmp_path):
+    _usage_error(_lk("call", "host", "echo", "@" + str(tmp_path / "nope.txt"), "--url", NOWHERE),
+                 "payload file", "nope.txt", "does not exist")
+    _usage_error(_lk("call", "host", "echo", "@" + str(tmp_path), "--url", NOWHERE), "is a directory")
+    binary = tmp_path / "photo.bin"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    _usage_error(_lk("call", "host", "echo", "@" + str(binary), "--url", NOWHERE),
+                 "photo.bin is not UTF-8 text", "base64")
+
+
+def test_an_unwritable_output_is_found_before_the_call(tmp_path):
+    _usage_error(_lk("call", "host", "echo", "hi", "-o", str(tmp_path / "missing" / "out.txt"), "--url", NOWHERE),
+                 "--output", "does not exist")
+    _usage_error(_lk("call", "host", "echo", "hi", "-o", str(tmp_path), "--url", NOWHERE), "is a directory")
+
+
+def test_timeout_and_wait_must_be_sane():
+    _usage_error(_lk("call", "host", "echo", "--timeout", "0", "--url", NOWHERE), "usage: lkedge call", "--timeout")
+    _usage_error(_lk("call", "host", "echo", "--timeout", "-5", "--url", NOWHERE), "--timeout")
+    _usage_error(_lk("call", "host", "echo", "--wait", "-1", "--url", NOWHERE), "--wait")
+
+
+@pytest.mark.parametrize("command", [["call", "host", "echo"], ["room"], ["serve", "HANDLERS"]])
+def test_half_given_api_keys_are_a_usage_error_not_a_traceback(command, handlers):
+    command = [handlers if a == "HANDLERS" else a for a in command]
+    _usage_error(_lk(*command, "--api-key", "only-a-key", "--url", NOWHERE),
+                 "cannot mint a token", "API key given without API secret")
+
+
+def test_a_malformed_url_is_a_usage_error_with_a_hint():
+    _usage_error(_lk("call", "host", "echo", "--url", "http://127.0.0.1:7882"), "bad --url", "/metrics",
+                 "tcp://HOST:7880")
+    _usage_error(_lk("room", "--url", "127.0.0.1:7880"), "bad --url", "not a URL")
+
+
+def test_calling_the_identity_we_would_join_as_is_refused():
+    # joining as "host" would replace the participant being called
+    _usage_error(_lk("call", "host", "echo", "--identity", "host", "--url", NOWHERE), "'host'", "--identity")
+    from lkedge_host.relay import auth
+    token = auth.mint_token(auth.DEV_API_KEY, auth.DEV_API_SECRET, identity="host", room="lkedge")
+    _usage_error(_lk("call", "host", "echo", "--token", token, "--url", NOWHERE), "'host'", "token")
+
+
+def test_an_unknown_option_shows_the_commands_own_usage():
+    r = _lk("call", "host", "echo", "--bogus", "--url", NOWHERE)
+    _usage_error(r, "usage: lkedge call", "unrecognized arguments: --bogus")
+    _usage_error(_lk("--bogus"), "unrecognized arguments: --bogus")
+
+
+def test_cafile_is_checked():
+    _usage_error(_lk("room", "--url", NOWHERE, "--cafile", "/no/such.pem"), "--cafile", "tls://")
+    _usage_error(_lk("room", "--url", "tls://127.0.0.1:1", "--cafile", "/no/such.pem"), "no such file")
+
+
+# ------------------------------------------------------------------ in a room
+def test_ctrl_c_on_a_long_call_says_interrupted_and_exits_130(served):
+    relay, _s = served
+    p = subprocess.Popen(LKEDGE + ["call", "host", "sleepy", "30", "--timeout", "60", "--url", relay.url],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    time.sleep(2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=10)
+    assert p.returncode == 130
+    assert "lkedge call: interrupted" in err and "Traceback" not in err
+
+
+def test_unknown_destination_names_the_room_and_who_is_in_it(served):
+    relay, _s = served
+    r = _lk("call", "ghost", "echo", "--wait", "0.3", "--url", relay.url)
+    assert r.returncode == 3
+    assert "'ghost' did not join room lkedge within --wait 0.3 s; in the room: host" in r.stderr
+
+
+def test_a_handler_returning_a_non_str_is_logged_as_failed(served):
+    relay, s = served
+    r = _lk("call", "host", "number", "--url", relay.url)
+    assert r.returncode == 3 and "1500" in r.stderr
+    s.wait_for("number returned int, not str")
+
+
+def test_our_own_link_ended_by_the_relay_is_said(served):
+    relay, _s = served
+    r = _lk("call", "host", "echo", "hi", "--url", relay.url, "--token", _no_publish_token())
+    assert r.returncode == 3
+    assert "the relay ended our own link: LEAVE 7" in r.stderr
+
+
+def _no_publish_token():
+    from lkedge_host.relay import auth
+    return auth.mint_token(auth.DEV_API_KEY, auth.DEV_API_SECRET, identity="mute", room="lkedge",
+                           can_publish_data=False)
+
+
+def test_a_token_minted_with_other_keys_says_which_keys_to_use():
+    with RelayProcess(extra_args=["--api-key", "prodkey", "--api-secret", "s" * 40]) as relay:
+        r = _lk("room", "--url", relay.url)
+    assert r.returncode == 4
+    assert "token issuer 'devkey' is not this relay's API key" in r.stderr
+    assert "minted here with API key 'devkey'" in r.stderr and "LIVEKIT_API_KEY" in r.stderr
+
+
+def test_a_self_signed_tls_relay_is_reached_with_cafile(tmp_path):
+    cert, key = str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    with RelayProcess(extra_args=["--tls-cert", cert, "--tls-key", key]) as relay:
+        assert relay.url.startswith("tls://")
+        r = _lk("room", "--url", relay.url)
+        assert r.returncode == 4 and "CERTIFICATE_VERIFY_FAILED" in r.stderr and "--cafile" in r.stderr
+        r = _lk("room", "--url", relay.url, "--cafile", cert)
+        assert r.returncode == 0, r.stderr
+        assert "room lkedge" in r.stdout
+
+
+def test_serve_rejoins_after_a_relay_restart_and_stops_when_replaced(handlers):
+    with RelayProcess() as relay:
+        s = _Serve(handlers, relay.url, "svc")
+        try:
+            relay.restart()   # same port: LEAVE 5, then the relay is back
+            s.wait_for("rejoined room lkedge as svc")
+            assert s.proc.poll() is None
+            r = _lk("call", "svc", "echo", "still here", "--url", relay.url)
+            assert r.returncode == 0 and r.stdout == "still here\n", r.stderr
+            # another participant takes the identity: the relay drops us for good
+            r = _lk("room", "--url", relay.url, "--identity", "svc")
+            assert r.returncode == 0
+            assert s.proc.wait(10) == 4
+        finally:
+            s.stop()
+    assert "link lost: LEAVE 5" in s.err
+    assert "stopped: the relay will not take us back: LEAVE 2" in s.err
+    assert "give each its own --identity" in s.err
+
+
+def test_a_failing_register_hook_is_reported_with_its_own_traceback(tmp_path):
+    f = tmp_path / "hook.py"
+    f.write_text("def register(room):\n    raise RuntimeError('hook broke')\n")
+    with RelayProcess() as relay:
+        r = subprocess.run(LKEDGE + ["serve", str(f), "--url", relay.url, "--identity", "hooked"],
+                           capture_output=True, text=True, timeout=30, env=_env())
+    assert r.returncode == 1
+    assert "register(room) in %s failed" % f in r.stderr and "RuntimeError: hook broke" in r.stderr
+    assert "calls.py" not in r.stderr and "link lost" not in r.stderr and "Task was destroyed" not in r.stderr
+
+
+def test_output_closed_early_stops_quietly(served):
+    relay, _s = served
+    p = subprocess.Popen(LKEDGE + ["call", "host", "echo", "x" * 100000, "--url", relay.url],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    p.stdout.close()   # as `lkedge call ... | head -c 10` does once it has its bytes
+    err = p.stderr.read()
+    assert p.wait(30) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
