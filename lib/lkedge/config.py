@@ -11,6 +11,10 @@ class RoomOptions:
     read_buffer      bytes read from the transport at once (the only network buffer)
     piece_size       largest piece a stream reader hands out (inflated data included)
     max_field        largest small protobuf field held whole (headers, attributes)
+    max_values       cap on all small values of one DataPacket held at once (identities,
+                     topic, ids, attributes...), in bytes plus 32 per value: a packet of
+                     thousands of tiny attributes would take ~20 times its size in heap;
+                     one over it is dropped with a warning (None: no cap)
     max_frame        largest LINK control frame held whole, and the DATA frame limit
                      until JOINED announces the relay's (DATA is streamed, never held)
     max_streams      incoming data streams open at once
@@ -36,6 +40,7 @@ class RoomOptions:
         self.read_buffer = 4096
         self.piece_size = 4096
         self.max_field = 16384
+        self.max_values = 1 << 20
         self.max_frame = 65536
         self.max_streams = 16
         self.max_inflated = None
@@ -59,12 +64,13 @@ class RoomOptions:
     @classmethod
     def for_board(cls, profile=None, **kw):
         """Small-buffer settings for a microcontroller; `profile` is a boards/ dict."""
-        opts = cls(read_buffer=512, piece_size=512, max_field=2048, max_frame=16384,
+        opts = cls(read_buffer=512, piece_size=512, max_field=2048, max_values=8192, max_frame=16384,
                    max_streams=4, max_rpc_payload=16384, max_rpc_handlers=4)
         if profile:
             link = profile.get("link", profile)
             for src, dst in (("read_buffer", "read_buffer"), ("piece_size", "piece_size"),
-                             ("max_field", "max_field"), ("max_streams", "max_streams"),
+                             ("max_field", "max_field"), ("max_values", "max_values"),
+                             ("max_streams", "max_streams"),
                              ("max_frame", "max_frame"),
                              ("advertise_compression", "advertise_compression"),
                              ("client_protocol", "client_protocol")):

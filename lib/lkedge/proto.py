@@ -25,7 +25,7 @@ Writing, byte-identical to livekit-protocol's SerializeToString(deterministic=Tr
   two cases of one oneof raise ValueError naming the field.
 
 Reading (results equal what the official parser reads, as dicts of present fields):
-- `PacketDecoder(max_field=4096)`: sans-I/O decoder of ONE DataPacket of known length.
+- `PacketDecoder(max_field=4096, max_values=None)`: sans-I/O decoder of ONE DataPacket of known length.
   `start(length)`; `receive(mv)` keeps a reference, copies nothing (call it when
   `next_event()` returned NEED_DATA; more bytes than `length`: ProtoError);
   `next_event()` -> NEED_DATA | [PIECE, key, mv, final] | (PACKET, msg).
@@ -46,7 +46,11 @@ Reading (results equal what the official parser reads, as dicts of present field
   truncation ("truncated ..."), a length overrunning its parent, groups (wire types
   3/4, which we do not support), varints over 10 bytes, field numbers outside
   [1, 2**29 - 1], invalid UTF-8 in a small string, a small bytes/string field over
-  `max_field`. After an error, next_event() and receive() raise it again until start().
+  `max_field`, a packet whose small values (every value kept in the msg dict: strings,
+  bytes, ints, map entries and repeated items) add up to over `max_values` bytes,
+  counting 32 more per value (about a board's cost of an object and its slot: thousands
+  of tiny attributes or identities in one frame would take ~20 times its size in heap).
+  After an error, next_event() and receive() raise it again until start().
 - `decode(schema, data) -> dict`: a whole message, big fields included as values (str
   for strings), no max_field.
 - `scan_fields` and `decode_packet` (= decode(DATA_PACKET, data)) are the relay's: they
@@ -571,8 +575,9 @@ def _from_varint(t, v):
 class PacketDecoder:
     """Sans-I/O streaming decoder of one DataPacket whose byte length is known."""
 
-    def __init__(self, max_field=4096):
+    def __init__(self, max_field=4096, max_values=None):
         self.max_field = max_field
+        self.max_values = max_values
         self._root = DATA_PACKET
         self._pieces = True      # False: big fields become dict values (decode())
         # per nesting level: schema, dict, absolute end, opening field index, kind
@@ -605,6 +610,7 @@ class PacketDecoder:
         self._mv = _EMPTY
         self._i = 0
         self._base = 0          # absolute offset of self._mv[0]
+        self._held = 0          # the msg's small values so far (max_values)
         for d in range(_MAX_DEPTH):
             self._msgs[d] = None
         self.msg = {}
@@ -849,6 +855,7 @@ class PacketDecoder:
                 self._st = _ST_VALUE
 
     def _set_data(self, data):
+        self._held += len(data)
         j = self._j
         sc = self._sch[self._d]
         if sc[_S_SPEC][3 * j + 2] & _TYPE != _T_STRING:
@@ -861,6 +868,10 @@ class PacketDecoder:
         self._set(j, s)
 
     def _set(self, j, v):
+        self._held += 32
+        if self.max_values is not None and self._held > self.max_values:
+            raise ProtoError("%s holds over %d bytes of small values (max_values; 32 more per value)"
+                             % (self._root[_S_NAME], self.max_values))
         d = self._d
         sc = self._sch[d]
         msg = self._msgs[d]

@@ -1,0 +1,207 @@
+"""What a remote peer can send a board-profile Room (RoomOptions.for_board()) without
+growing its memory past a bound, killing its link reader, or going unanswered.
+
+Runs on CPython and under MicroPython. Packets are written as raw bytes where the
+point is their size on the wire (thousands of tiny values), so the peer's side does
+not need the heap it would take to encode them from dicts.
+"""
+import asyncio
+import gc
+import sys
+
+from room_helpers import close, raw, settle
+
+from lkedge import link
+from lkedge.config import RoomOptions
+from lkedge.memroom import MemRoom
+from lkedge.room import Room
+
+MP_HEAPSIZE = "512K"
+_MP = sys.implementation.name == "micropython"
+
+
+def _varint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(num, data):
+    return _varint(num << 3 | 2) + _varint(len(data)) + data
+
+
+def _inline_text_header(stream_id, topic, extra=b""):
+    """A DataPacket body: an inline text stream of b"x" to "b" on `topic`; `extra`
+    goes into the header (attributes), or before it when it is DataPacket fields."""
+    hdr = (_field(1, stream_id) + _field(3, topic) + extra + _field(9, b"")
+           + bytes([5 << 3, 1]) + _field(11, b"x"))
+    return hdr
+
+
+def _alloc():
+    gc.collect()
+    return gc.mem_alloc() if _MP else 0
+
+
+async def _board(mem, identity="b", **kw):
+    o = RoomOptions.for_board(**kw)
+    o.auto_reconnect = False
+    r = Room(o)
+    await r.connect(mem.transport(), identity)
+    return r
+
+
+async def _board_and_peer(client_protocol=2, **kw):
+    mem = MemRoom()
+    b = await _board(mem, **kw)
+    peer = await raw(mem, "p", client_protocol)
+    await settle(lambda: "p" in b.remote_participants)
+    return mem, b, peer
+
+
+def _collect(got):
+    async def handler(reader, sender):
+        got.append(await reader.read_all())
+    return handler
+
+
+async def _send_raw(peer, body):
+    await peer.t.write(link.encode_frame(link.DATA, body))
+
+
+async def test_a_header_with_thousands_of_tiny_attributes_is_dropped_within_bounded_memory():
+    # ~15 KB on the wire, but ~160 KB of heap once decoded into a dict: one such
+    # packet would take a board's heap (and with it the link) if it were held.
+    mem, b, peer = await _board_and_peer()
+    got = []
+    b.register_text_stream_handler("t", _collect(got))
+    attrs = b"".join(_field(8, _field(1, b"%d" % i)) for i in range(2000))
+    body = _field(5, b"b") + _field(13, _inline_text_header(b"s-attrs", b"t", attrs))
+    attrs = None
+    base = _alloc()
+    await _send_raw(peer, body)
+    body = None
+    await _send_raw(peer, _field(5, b"b") + _field(13, _inline_text_header(b"s-next", b"t")))
+    await settle(lambda: got)
+    assert got == ["x"], "the oversized header must be dropped, the next stream taken: %r" % got
+    assert b.connection_state == "connected"
+    if _MP:
+        grown = _alloc() - base
+        assert grown < 24000, "a dropped header still holds %d bytes" % grown
+    await close(b, peer)
+
+
+async def test_a_packet_with_hundreds_of_destination_identities_is_dropped():
+    mem, b, peer = await _board_and_peer()
+    got = []
+    b.register_text_stream_handler("t", _collect(got))
+    dests = b"".join(_field(5, b"x%d" % i) for i in range(800))   # the relay keeps them
+    await _send_raw(peer, _field(5, b"b") + dests + _field(13, _inline_text_header(b"s-dests", b"t")))
+    dests = None
+    await _send_raw(peer, _field(5, b"b") + _field(13, _inline_text_header(b"s-next", b"t")))
+    await settle(lambda: got)
+    assert got == ["x"], got
+    assert b.connection_state == "connected"
+    await close(b, peer)
+
+
+async def test_max_values_is_a_room_option_and_normal_headers_fit_the_board_default():
+    o = RoomOptions.for_board()
+    assert o.max_values == 8192 and RoomOptions().max_values >= 1 << 20
+    mem, b, peer = await _board_and_peer()
+    got = []
+    b.register_text_stream_handler("t", _collect(got))
+    # an RPC-sized header with a dozen 40-byte attributes is well inside it
+    attrs = dict(("attribute-%02d" % i, "v" * 40) for i in range(12))
+    await peer.send({"destination_identities": ["b"], "stream_header": {
+        "stream_id": "s-ok", "topic": "t", "text_header": {}, "attributes": attrs,
+        "total_length": 1, "inline_content": b"y"}})
+    await settle(lambda: got)
+    assert got == ["y"]
+    await close(b, peer)
+
+
+async def test_a_packet_fanned_out_to_150_listed_boards_still_reaches_a_board():
+    """The relay forwards destination_identities as the sender wrote them: a fleet
+    message listing 150 boards (16-character identities) fits the board default."""
+    mem, b, peer = await _board_and_peer()
+    got = []
+    b.register_text_stream_handler("t", _collect(got))
+    fleet = ["b"] + ["board-%010d" % i for i in range(149)]
+    await peer.send({"destination_identities": fleet, "stream_header": {
+        "stream_id": "s-fleet", "topic": "t", "text_header": {}, "total_length": 1,
+        "inline_content": b"z", "attributes": {"kind": "config"}}})
+    await settle(lambda: got)
+    assert got == ["z"]
+    await close(b, peer)
+
+
+async def test_a_request_dropped_for_running_out_of_heap_is_answered_and_the_link_goes_on():
+    # Simulated: the heap runs out while one v1 request is handled (on a board: its
+    # 15 KB payload, while other handlers hold theirs). Only that packet is lost.
+    mem, b, peer = await _board_and_peer(client_protocol=0)
+    b.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    srv = b._rpc_server
+    real = srv.on_request_packet
+    failed = []
+
+    def on_request_packet(sender, req, payload=None):
+        if not failed:
+            failed.append(1)
+            raise MemoryError("simulated: memory allocation failed")
+        return real(sender, req, payload)
+    srv.on_request_packet = on_request_packet
+    await peer.send({"destination_identities": ["b"], "rpc_request": {
+        "id": "oom", "method": "echo", "payload": "q" * 15000, "response_timeout_ms": 8000, "version": 1}})
+    r = await peer.wait_for(lambda p: "rpc_response" in p and p["rpc_response"]["request_id"] == "oom")
+    assert r["rpc_response"]["error"]["code"] == 1500, r
+    assert "MemoryError" in r["rpc_response"]["error"]["data"] or "memory" in r["rpc_response"]["error"]["data"]
+    assert [p for p in peer.packets if "rpc_ack" in p and p["rpc_ack"]["request_id"] == "oom"]
+    await peer.send({"destination_identities": ["b"], "rpc_request": {
+        "id": "after", "method": "echo", "payload": "fine", "response_timeout_ms": 8000, "version": 1}})
+    r = await peer.wait_for(lambda p: "rpc_response" in p and p["rpc_response"]["request_id"] == "after")
+    assert r["rpc_response"]["payload"] == "fine"
+    assert b.connection_state == "connected"
+    await close(b, peer)
+
+
+async def test_a_v1_request_with_invalid_utf8_payload_is_acked_and_answered_1500():
+    mem, b, peer = await _board_and_peer(client_protocol=0)
+    b.local_participant.register_rpc_method("m", lambda d: "fine")
+    req = _field(1, b"r-bad") + _field(2, b"m") + _field(3, b"ok\xff\xfe") + bytes([4 << 3]) + _varint(8000) + bytes([5 << 3, 1])
+    await _send_raw(peer, _field(5, b"b") + _field(10, req))
+    r = await peer.wait_for(lambda p: "rpc_response" in p and p["rpc_response"]["request_id"] == "r-bad")
+    err = r["rpc_response"]["error"]
+    assert err["code"] == 1500 and "UTF-8" in err["data"], err
+    assert [p for p in peer.packets if "rpc_ack" in p and p["rpc_ack"]["request_id"] == "r-bad"]
+    assert b.connection_state == "connected"
+    await close(b, peer)
+
+
+async def test_a_v1_request_too_big_to_hold_is_answered_not_left_to_time_out():
+    # The relay forwards frames up to its own max_frame (65536 here); a board holds a
+    # v1 payload whole only up to its own.
+    mem, b, peer = await _board_and_peer(client_protocol=0)
+    b.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    await peer.send({"destination_identities": ["b"], "rpc_request": {
+        "id": "huge", "method": "echo", "payload": "h" * 30000, "response_timeout_ms": 8000, "version": 1}})
+    r = await peer.wait_for(lambda p: "rpc_response" in p and p["rpc_response"]["request_id"] == "huge")
+    assert r["rpc_response"]["error"]["code"] == 1500 and "max_frame" in r["rpc_response"]["error"]["data"]
+    assert b.connection_state == "connected"
+    await close(b, peer)
+
+
+async def test_a_v2_request_header_over_max_values_is_answered_with_an_error():
+    mem, b, peer = await _board_and_peer()
+    b.local_participant.register_rpc_method("m", lambda d: "fine")
+    attrs = (_field(8, _field(1, b"lk.rpc_request_id") + _field(2, b"rid-big"))
+             + b"".join(_field(8, _field(1, b"%d" % i)) for i in range(300)))
+    await _send_raw(peer, _field(5, b"b") + _field(13, _field(1, b"s-rpc") + _field(3, b"lk.rpc_request")
+                                                    + attrs + _field(9, b"")))
+    r = await peer.wait_for(lambda p: "rpc_response" in p and p["rpc_response"]["request_id"] == "rid-big")
+    assert r["rpc_response"]["error"]["code"] == 1500 and "max_values" in r["rpc_response"]["error"]["data"]
+    assert b.connection_state == "connected"
+    await close(b, peer)
