@@ -96,9 +96,6 @@ def prepare_connection(args):
 def _join_failure(args, e):
     """The one-line reason a join failed, with what to do about it."""
     msg = str(e)
-    twice = "%s: %s: " % (args.url, args.url)
-    if twice in msg:  # "cannot reach the relay at URL: URL: cause"
-        msg = msg.replace(twice, "%s: " % args.url)
     if getattr(e, "leave_code", None) == 3 and getattr(args, "minted", False):
         msg += ("; the token was minted here with API key %r: give the relay's keys (--api-key/"
                 "--api-secret or LIVEKIT_API_KEY/LIVEKIT_API_SECRET) or a --token it accepts" % args.key)

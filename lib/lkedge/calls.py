@@ -11,7 +11,7 @@ from .consts import (ATTR_RPC_REQUEST_ID, MAX_V1_PAYLOAD_BYTES, RPC_DEFAULT_TIME
 from .participant import _is_async_iterable
 from .rpc import RpcError
 from .rpc_caller import RpcClient
-from .sending import gather_text, send_finite
+from .sending import end_abnormally, gather_text, send_finite
 
 
 class _CallWaiter:
@@ -182,8 +182,12 @@ async def start_call(lp, dest, method, payload, response_timeout, streaming):
             await room._send(call.request_packet(data.decode("utf-8") if isinstance(data, bytes) else data))
         elif source is not None:
             writer = await lp._open_writer("text", TOPIC_RPC_REQUEST, [dest], call.stream_attributes(), None)
-            async for piece in source:
-                await writer.write(piece)
+            try:
+                async for piece in source:
+                    await writer.write(piece)
+            except BaseException as e:  # the handler's reader ends instead of waiting for the rest
+                await end_abnormally(room, writer.stream_id, [dest], e)
+                raise
             await writer.aclose()
         else:
             await send_finite(room, "text", data, TOPIC_RPC_REQUEST, [dest], call.stream_attributes())

@@ -54,6 +54,8 @@ class _Reader:
         self._data = None
         self._taken.set()
 
+    cancel = _abandon  # public: stop reading, drop the rest (and free the link)
+
     # ---- consumer side ----
     def _poll(self):
         """The unread memoryview; None at the end of the stream (its error raised);

@@ -121,9 +121,16 @@ class Room:
             try:
                 r = fn(*args)
                 if is_awaitable(r):
-                    self._spawn(r)
+                    self._spawn(self._listening(r, event))
             except Exception as e:
                 _warn("listener for %s failed: %r" % (event, e))
+
+    async def _listening(self, aw, event):
+        """An async listener, its failure reported as a sync one's (not left in a task)."""
+        try:
+            await aw
+        except Exception as e:
+            _warn("listener for %s failed: %r" % (event, e))
 
     def _spawn(self, coro):
         # Finished tasks are dropped at every spawn: each holds ~3 KB on a board.
@@ -169,8 +176,12 @@ class Room:
 
         Raises ConnectError with the relay's LEAVE code when the token is refused.
         """
+        if self.connection_state != "disconnected":
+            raise ConnectError("already %s: disconnect() first" % self.connection_state)
         if options is not None:
             self.options = options
+        if self._timer_task is not None:
+            self._timer_task.cancel()  # the last connection's, ended by a final LEAVE
         self._url = url
         self._token = token
         self._closing = False
@@ -190,7 +201,7 @@ class Room:
             await t.connect()
         except Exception as e:
             self.connection_state = "disconnected"
-            raise ConnectError("cannot reach the relay at %s: %s" % (self._url, e))
+            raise ConnectError("cannot reach the relay at %s: %s" % (self._url, _cause(e)))
         self._transport = t
         self._sender.transport = t
         self._joined = asyncio.Event()
@@ -198,15 +209,21 @@ class Room:
                 "client_protocol": self.options.client_protocol,
                 "capabilities": [CAP_COMPRESSION_DEFLATE_RAW] if self.can_inflate else [],
                 "sdk": self.options.sdk, "sdk_version": _version()}
-        await self._sender.send_frame(link.JOIN, cbor.dumps(join))
-        self._reader_task = asyncio.create_task(self._reader_loop(t))
         try:
+            await self._sender.send_frame(link.JOIN, cbor.dumps(join))
+            self._reader_task = asyncio.create_task(self._reader_loop(t))
             await asyncio.wait_for(self._joined.wait(), self.options.join_timeout_ms / 1000)
-        except asyncio.TimeoutError:
+        except BaseException as e:  # also cancelled: no link may stay open behind us
+            self.connection_state = "disconnected"
             await self._drop_transport()
-            raise ConnectError("no JOINED from the relay within %d ms" % self.options.join_timeout_ms)
+            if isinstance(e, asyncio.TimeoutError):
+                raise ConnectError("no JOINED from the relay within %d ms" % self.options.join_timeout_ms)
+            if isinstance(e, Exception):  # the JOIN could not be written
+                raise ConnectError("cannot reach the relay at %s: %s" % (self._url, _cause(e)))
+            raise
         if self.connection_state != "connected":
             code = self.leave_code
+            self.connection_state = "disconnected"
             await self._drop_transport()
             if code is None:
                 raise ConnectError("the link closed before JOINED: %s" % self.last_error)
@@ -222,11 +239,13 @@ class Room:
             except Exception:
                 pass
         await self._drop_transport()
+        # Taken before _fail_everything: the listeners it starts must run, not be cancelled.
+        tasks = [self._timer_task, self._reader_task] + self._tasks
+        self._tasks = []
         self._fail_everything("disconnected")
-        for task in [self._timer_task, self._reader_task] + self._tasks:
+        for task in tasks:
             if task is not None and not task.done():
                 task.cancel()
-        self._tasks = []
         self._invoking = set()  # a task cancelled before it started never says it ended
         self._handling = set()
         self.connection_state = "disconnected"
@@ -287,7 +306,7 @@ class Room:
         o = self.options
         buf = memoryview(bytearray(o.read_buffer))
         fr = link.FrameReader(max(o.max_frame, 16384))
-        dec = proto.PacketDecoder(o.max_field)
+        dec = proto.PacketDecoder(o.max_field, o.max_values)
         why = "relay closed the link"
         self._events = None  # _decoded's pending stream events belong to this task
         try:
@@ -312,11 +331,13 @@ class Room:
                                     if aw is None:
                                         break
                                     await aw
-                                except ValueError as err:  # ProtoError, bad UTF-8, a bad header
-                                    _warn("DataPacket from %r dropped: %s"
-                                          % (dec.msg.get("participant_identity", "?"), err))
+                                except (ValueError, MemoryError) as err:
+                                    # ProtoError, bad UTF-8, a bad header, or no heap
+                                    # for this packet: it alone is dropped
                                     self._skip_frame = True  # this packet only
                                     self._events = None
+                                    self._acc = None
+                                    await self._dropped(dec.msg, err)
                                     break
                     elif kind == link.DATA_START:
                         if self.connection_state != "connected":
@@ -369,12 +390,7 @@ class Room:
                 if aw is not None:
                     return aw
                 continue
-            try:
-                e = dec.next_event()
-            except proto.ProtoError as err:
-                _warn("malformed DataPacket dropped: %s" % err)
-                self._skip_frame = True
-                return None
+            e = dec.next_event()   # ProtoError: the reader task drops the packet
             if e == proto.NEED_DATA:
                 return None
             if e[0] != proto.PIECE:
@@ -464,6 +480,24 @@ class Room:
             await self._send_all(packets)
             if inv is not None:
                 self._invoke(inv, payload)
+
+    async def _dropped(self, msg, err):
+        """A packet dropped for `err`: warn, and answer the RPC request it carried (when
+        its id was read before the fault) with an error rather than leave the caller to
+        time out."""
+        sender = msg.get("participant_identity", "")
+        why = "DataPacket dropped: %s" % (err,)
+        _warn("%s from %r" % (why, sender))
+        req = msg.get("rpc_request")
+        hdr = msg.get("stream_header")
+        try:
+            if req and req.get("id"):
+                await self._send_all([rpc.ack_packet(sender, req["id"]), rpc.error_packet(
+                    sender, req["id"], rpc.RpcError(rpc.RpcError.APPLICATION_ERROR, None, why))])
+            elif hdr and hdr.get("topic") == TOPIC_RPC_REQUEST:
+                await self._send_all(self._rpc_server.on_refused_stream(sender, hdr.get("attributes"), why))
+        except MemoryError:
+            pass  # no heap even for the answer: the caller's timer will tell it
 
     # --------------------------------------------------------- stream events
     async def _stream_events(self, events):
@@ -695,6 +729,11 @@ def _utf8(data):
         return utf8.text(data)
     except UnicodeError:
         raise proto.ProtoError("payload is not valid UTF-8")
+
+
+def _cause(e):
+    """What went wrong, without the URL a TransportError already names."""
+    return getattr(e, "cause", None) or e
 
 
 def _jitter(ms):

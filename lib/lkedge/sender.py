@@ -55,6 +55,7 @@ class PacketSender:
         buf = self._buf
         size = len(buf)
         await self._lock.acquire()
+        n = -1  # no byte of this frame handed to the transport yet
         try:
             n = link.put_frame_header(buf, ftype, total)
             for s in segs:
@@ -76,5 +77,18 @@ class PacketSender:
                 n += k
             if n:
                 await t.write(buf[:n])
+            n = -1
+        except BaseException:
+            # Cancelled or failed with part of the frame out (a transport cannot take a
+            # write back): the next frame would follow half of this one and the relay
+            # would read garbage. End the link instead; the Room sees it and reconnects.
+            if n >= 0:
+                if self.transport is t:
+                    self.transport = None
+                try:
+                    await t.close()
+                except Exception:
+                    pass
+            raise
         finally:
             self._lock.release()

@@ -50,11 +50,27 @@ async def send_finite(room, kind, data, topic, dests, attributes, stream_id=None
         kw["mime_type"] = mime_type
     if text_options:
         kw.update(text_options)
-    for pkt in finite.finite_packets(kind, data, topic, dests, inline_ok, compress_ok,
-                                      stream_id=sid, attributes=attributes,
-                                      timestamp_ms=_now_epoch_ms(), **kw):
-        await room._send(pkt)
+    sent = 0
+    try:
+        for pkt in finite.finite_packets(kind, data, topic, dests, inline_ok, compress_ok,
+                                          stream_id=sid, attributes=attributes,
+                                          timestamp_ms=_now_epoch_ms(), **kw):
+            await room._send(pkt)
+            sent += 1
+    except BaseException as e:
+        if sent:  # the header is out (never an inline one: it is the only packet)
+            await end_abnormally(room, sid, dests, e)
+        raise
     return sid
+
+
+async def end_abnormally(room, sid, dests, e):
+    """A trailer with a reason for a stream cut short (cancelled, failed source): its
+    receivers end with "abnormal end" instead of waiting until we leave."""
+    try:
+        await room._send(streams.trailer_packet(sid, dests, "sender stopped: %r" % (e,)))
+    except Exception:
+        pass  # no link: its loss ends the stream for the receivers
 
 
 async def send_file(lp, file_path, topic, name, mime_type, destination_identities, attributes, stream_id):
@@ -92,11 +108,15 @@ async def send_file(lp, file_path, topic, name, mime_type, destination_identitie
         await room._send(hdr)
         index = 0
         left = size
-        while left:
-            n = min(left, STREAM_CHUNK_SIZE_BYTES)
-            await room._send(streams.chunk_packet(sid, index, dests, ReadBlob(f.readinto, n)))
-            index += 1
-            left -= n
+        try:
+            while left:
+                n = min(left, STREAM_CHUNK_SIZE_BYTES)
+                await room._send(streams.chunk_packet(sid, index, dests, ReadBlob(f.readinto, n)))
+                index += 1
+                left -= n
+        except BaseException as e:
+            await end_abnormally(room, sid, dests, e)
+            raise
     await room._send(streams.trailer_packet(sid, dests))
     return sid
 

@@ -647,7 +647,9 @@ async def test_a_field_too_big_to_hold_whole_drops_only_its_packet():
         "id": "huge", "method": "echo", "payload": "h" * 30000, "response_timeout_ms": 8000, "version": 1}})
     r = await request_v1(peer, "a", "after", "echo", "fine")
     assert r["rpc_response"]["payload"] == "fine"
-    assert not [p for p in peer.packets if "rpc_response" in p and p["rpc_response"]["request_id"] == "huge"]
+    # dropped, but answered (ack, then 1500 naming why), not left to time out
+    huge = [p["rpc_response"] for p in peer.packets if "rpc_response" in p and p["rpc_response"]["request_id"] == "huge"]
+    assert len(huge) == 1 and huge[0]["error"]["code"] == 1500 and "max_frame" in huge[0]["error"]["data"], huge
     await close(a, peer)
 
 

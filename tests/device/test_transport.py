@@ -91,6 +91,23 @@ async def test_tcp_refused_connection_is_reported_at_connect():
     await _expect_error_async(open_transport("tcp://127.0.0.1:%d" % port).connect(), ["connection refused", str(port)])
 
 
+async def test_room_connect_to_a_refused_port_names_the_url_once_and_the_cause():
+    from lkedge.config import RoomOptions
+    from lkedge.room import ConnectError, Room
+    srv, port = await _serve(lambda r, w: None)
+    await _stop(srv)
+    url = "tcp://127.0.0.1:%d" % port
+    room = Room(RoomOptions(auto_reconnect=False))
+    try:
+        await room.connect(url, "token")
+    except ConnectError as e:
+        msg = str(e)
+        assert msg == "cannot reach the relay at %s: connection refused" % url, msg
+    else:
+        raise AssertionError("connected to a port nobody listens on")
+    assert room.connection_state == "disconnected"
+
+
 async def _echo(r, w):
     while True:
         data = await r.read(512)

@@ -1,0 +1,452 @@
+"""Concurrency and cancellation through the whole stack: Room ⇄ memroom ⇄ Room/RawPeer.
+
+Runs on CPython and under MicroPython. Each test is named after the behaviour a user
+relies on: a cancelled send never corrupts the link and ends its stream for the
+receivers, failed/cancelled request streams free the handler, listener failures are
+reported, disconnect() runs the listeners it triggers, connect() twice is refused.
+"""
+import asyncio
+
+from room_helpers import close, join, pair, raw, settle
+
+import lkedge.room as room_module
+from lkedge import link
+from lkedge.memroom import MemRoom
+from lkedge.config import RoomOptions
+from lkedge.room import ConnectError
+
+MP_HEAPSIZE = "2M"
+
+
+def _gated_reader(gate, errors, done=None):
+    """A stream handler that waits for `gate` before reading to the end."""
+    async def handler(reader, sender):
+        await gate.wait()
+        try:
+            await reader.read_all()
+        except Exception as e:
+            errors.append(str(e))
+        if done is not None:
+            done.append(reader.info.topic)
+    return handler
+
+
+async def _hold_link_after_first_packet(room, aw):
+    """Start `aw` (a send) as a task and return it with the room's sender lock held by
+    us right after its first packet went out: the send now waits between packets."""
+    lock = room._sender._lock
+    await lock.acquire()
+    task = asyncio.create_task(aw)
+    await asyncio.sleep(0.01)   # the task encodes its header and queues for the link
+    lock.release()
+    await lock.acquire()        # behind the header: it waits for us at its next packet
+    return task, lock
+
+
+class _Source:
+    """An async iterable of str pieces (MicroPython has no async generators): yields
+    `first`, then waits for `gate`, then raises `error` (or ends)."""
+
+    def __init__(self, first, gate, error=None):
+        self.first = first
+        self.gate = gate
+        self.error = error
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self.first is not None:
+            s, self.first = self.first, None
+            return s
+        await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        raise StopAsyncIteration
+
+
+async def _cancelled(task):
+    try:
+        await task
+    except asyncio.CancelledError:
+        return True
+    return False
+
+
+async def test_send_bytes_cancelled_between_packets_ends_the_stream_abnormally():
+    mem, a, b = await pair()
+    gate = asyncio.Event()
+    gate.set()
+    errors = []
+    b.register_byte_stream_handler("t", _gated_reader(gate, errors))
+    task, lock = await _hold_link_after_first_packet(
+        a, a.local_participant.send_bytes(b"x" * 40000, topic="t", destination_identities=["b"], compress=False))
+    task.cancel()
+    await asyncio.sleep(0.01)
+    lock.release()
+    assert await _cancelled(task)
+    await settle(lambda: errors)
+    assert "abnormal end" in errors[0], errors
+    await settle(lambda: not b._handling)   # the handler's slot is free again
+    await close(a, b)
+
+
+async def test_send_text_failing_mid_stream_ends_the_stream_abnormally():
+    mem, a, b = await pair()
+    gate = asyncio.Event()
+    gate.set()
+    errors = []
+    b.register_text_stream_handler("t", _gated_reader(gate, errors))
+    task, lock = await _hold_link_after_first_packet(
+        a, a.local_participant.send_text("é" * 20000, topic="t", destination_identities=["b"], compress=False))
+    task.cancel()
+    lock.release()
+    assert await _cancelled(task)
+    await settle(lambda: errors)
+    assert "abnormal end" in errors[0], errors
+    await close(a, b)
+
+
+async def test_send_file_cancelled_between_chunks_ends_the_stream_abnormally():
+    import os
+    path = "/tmp/lkedge_test_send_file_cancel.bin"
+    with open(path, "wb") as f:
+        f.write(b"f" * 40000)
+    try:
+        mem, a, b = await pair()
+        gate = asyncio.Event()
+        gate.set()
+        errors = []
+        b.register_byte_stream_handler("t", _gated_reader(gate, errors))
+        task, lock = await _hold_link_after_first_packet(
+            a, a.local_participant.send_file(path, topic="t", destination_identities=["b"]))
+        task.cancel()
+        lock.release()
+        assert await _cancelled(task)
+        await settle(lambda: errors)
+        assert "abnormal end" in errors[0], errors
+        await close(a, b)
+    finally:
+        os.remove(path)
+
+
+async def test_send_cancelled_mid_frame_never_corrupts_the_link():
+    # The link stalls (as TCP does) while a chunk's content is being written, after
+    # the start of its frame went out. Cancelled there, the frame cannot be finished:
+    # the link ends (and the room reconnects) instead of the next packet following
+    # half a frame, which the relay would read as the rest of it.
+    mem = MemRoom()
+    t = _TestTransport(mem)
+    a = room_module.Room(RoomOptions(auto_reconnect=True, reconnect_min_ms=20))
+    await a.connect(t, "a")
+    b = await join(mem, "b")
+    await settle(lambda: "b" in a.remote_participants)
+    errors = []
+    got = []
+    gate = asyncio.Event()
+    gate.set()
+    b.register_byte_stream_handler("big", _gated_reader(gate, errors))
+
+    async def small(reader, sender):
+        got.append(await reader.read_all())
+    b.register_text_stream_handler("small", small)
+    t.stall_over = 5000   # a chunk's content: its frame's header part is already out
+    task = asyncio.create_task(a.local_participant.send_bytes(
+        b"y" * 100000, topic="big", destination_identities=["b"], compress=False))
+    await settle(lambda: t.stalled)
+    task.cancel()
+    t.stall_over = None
+    t.go.set()
+    assert await _cancelled(task)
+    await settle(lambda: errors)
+    assert "abnormal end" in errors[0], errors
+    await settle(lambda: a.connection_state == "connected" and "b" in a.remote_participants)
+    await a.local_participant.send_text("after", topic="small", destination_identities=["b"])
+    await settle(lambda: got)
+    assert got == ["after"], got
+    await close(a, b)
+
+
+async def test_perform_rpc_stream_source_failing_frees_the_handler():
+    mem, a, b = await pair()
+    seen = []
+
+    async def sink(data):
+        try:
+            async for _ in data.reader:
+                pass
+        except Exception as e:
+            seen.append(str(e))
+            raise
+        return "read all"
+    b.local_participant.register_rpc_method("sink", sink, streaming=True)
+
+    gate = asyncio.Event()
+    gate.set()
+    try:
+        await a.local_participant.perform_rpc_stream(destination_identity="b", method="sink",
+                                                     payload=_Source("first piece ", gate, ValueError("source broke")))
+    except ValueError as e:
+        assert "source broke" in str(e)
+    else:
+        raise AssertionError("the source's error was not raised")
+    await settle(lambda: seen)
+    assert "abnormal end" in seen[0], seen
+    await settle(lambda: not b._invoking)
+    await close(a, b)
+
+
+async def test_perform_rpc_stream_cancelled_while_sending_frees_the_handler():
+    mem, a, b = await pair()
+    seen = []
+
+    async def sink(data):
+        try:
+            async for _ in data.reader:
+                pass
+        except Exception as e:
+            seen.append(str(e))
+            raise
+        return "read all"
+    b.local_participant.register_rpc_method("sink", sink, streaming=True)
+    task = asyncio.create_task(a.local_participant.perform_rpc_stream(
+        destination_identity="b", method="sink", payload=_Source("first piece ", asyncio.Event())))
+    await settle(lambda: b._invoking)
+    task.cancel()
+    assert await _cancelled(task)
+    await settle(lambda: seen)
+    assert "abnormal end" in seen[0], seen
+    await settle(lambda: not b._invoking)
+    assert not a._calls
+    await close(a, b)
+
+
+async def test_async_listener_that_raises_is_reported():
+    warns = []
+    saved = room_module._warn
+    room_module._warn = warns.append
+    try:
+        mem = MemRoom()
+        a = await join(mem, "a")
+
+        async def bad(p):
+            raise RuntimeError("listener broke")
+        a.on("participant_connected", bad)
+        b = await join(mem, "b")
+        await settle(lambda: warns)
+    finally:
+        room_module._warn = saved
+    assert "participant_connected" in warns[0] and "listener broke" in warns[0], warns
+    await close(a, b)
+
+
+async def test_sync_listener_that_raises_does_not_stop_the_room():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    a.on("participant_connected", lambda p: 1 // 0)
+    seen = []
+    a.on("participant_connected", lambda p: seen.append(p.identity))
+    b = await join(mem, "b")
+    await settle(lambda: seen == ["b"])
+    await a.local_participant.send_text("hi", topic="x", destination_identities=["b"])
+    await close(a, b)
+
+
+async def test_disconnect_runs_async_listeners_it_triggers():
+    mem, a, b = await pair()
+    left = []
+
+    async def on_left(p):
+        await asyncio.sleep(0)
+        left.append(p.identity)
+    a.on("participant_disconnected", on_left)
+    await a.disconnect()
+    await settle(lambda: left == ["b"])
+    await close(b)
+
+
+async def test_disconnect_cancels_handlers_and_leaves_no_task_running():
+    mem, a, b = await pair()
+    started = asyncio.Event()
+
+    async def slow(data):
+        started.set()
+        await asyncio.sleep(60)
+    b.local_participant.register_rpc_method("slow", slow)
+    gate = asyncio.Event()
+    b.register_text_stream_handler("t", _gated_reader(gate, []))
+    failed = []
+
+    async def calling():
+        try:
+            await a.local_participant.perform_rpc(destination_identity="b", method="slow")
+        except Exception as e:
+            failed.append(getattr(e, "code", e))
+    call = asyncio.create_task(calling())
+    await started.wait()
+    await a.local_participant.send_text("held", topic="t", destination_identities=["b"])
+    await settle(lambda: b._handling)
+    tasks = [b._timer_task, b._reader_task] + list(b._tasks)
+    await b.disconnect()
+    await asyncio.sleep(0.05)
+    assert all(t.done() for t in tasks)
+    assert not b._tasks and not b._invoking and not b._handling
+    await call
+    assert failed == [1503], failed   # b left: the call fails at once
+    await close(a)
+
+
+async def test_connect_twice_is_refused():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    timer = a._timer_task
+    try:
+        await a.connect(mem.transport(), "a")
+    except Exception as e:
+        assert "already" in str(e), e
+    else:
+        raise AssertionError("a second connect() was accepted")
+    assert a._timer_task is timer and a.connection_state == "connected"
+    await close(a)
+    # after disconnect(), connect() works again
+    await a.connect(mem.transport(), "a")
+    assert a.connection_state == "connected"
+    await close(a)
+
+
+class _TestTransport:
+    """A MemTransport (made anew at each connect) whose next `fail` writes raise, and
+    whose writes longer than `stall_over` wait for `go`, as a full TCP socket would."""
+
+    def __init__(self, mem, fail=0):
+        self.mem = mem
+        self.fail = fail
+        self.t = None
+        self.stall_over = None
+        self.stalled = False
+        self.go = asyncio.Event()
+        self.eof = False
+
+    async def connect(self):
+        self.t = self.mem.transport()
+        await self.t.connect()
+
+    async def write(self, data):
+        if self.fail:
+            self.fail -= 1
+            raise OSError("write failed (test)")
+        if self.stall_over is not None and len(data) > self.stall_over:
+            self.stalled = True
+            await self.go.wait()
+        await self.t.write(data)
+
+    async def read_into(self, buf):
+        if self.eof:
+            return 0
+        return await self.t.read_into(buf)
+
+    async def close(self):
+        await self.t.close()
+
+
+async def test_connect_whose_join_write_fails_raises_connect_error():
+    mem = MemRoom()
+    r = room_module.Room()
+    try:
+        await r.connect(_TestTransport(mem, 1), "a")
+    except ConnectError as e:
+        assert "write failed" in str(e), e
+    else:
+        raise AssertionError("connect() succeeded")
+    assert r.connection_state == "disconnected" and r._reader_task is None
+
+
+async def test_reconnect_retries_when_join_write_fails():
+    mem = MemRoom()
+    t = _TestTransport(mem, 0)
+    a = await join(mem, "a", auto_reconnect=True, reconnect_min_ms=20, reconnect_max_ms=40)
+    a._url = t
+    b = await join(mem, "b")
+    await settle(lambda: "b" in a.remote_participants)
+    t.fail = 2   # the next two JOINs fail as they are written
+    await mem.kick("a", code=link.LEAVE_SHUTDOWN)
+    await settle(lambda: a.connection_state == "connected" and t.fail == 0)
+    assert "a" in mem.conns
+    await close(a, b)
+
+
+async def test_stream_handler_may_call_rpc_after_cancelling_its_reader():
+    mem, a, b = await pair()
+    a.local_participant.register_rpc_method("ping", lambda d: "pong")
+    out = []
+
+    async def handler(reader, sender):
+        async for piece in reader:
+            out.append(piece)
+            break
+        reader.cancel()   # the rest is dropped: the link is free for the call's answer
+        out.append(await b.local_participant.perform_rpc(destination_identity="a", method="ping",
+                                                          response_timeout=3))
+    b.register_byte_stream_handler("t", handler)
+    await a.local_participant.send_bytes(b"z" * 60000, topic="t", destination_identities=["b"], compress=False)
+    await settle(lambda: len(out) == 2)
+    assert out[1] == "pong"
+    await close(a, b)
+
+
+async def test_concurrent_senders_interleave_packets_never_frames():
+    mem, a, b = await pair(piece_size=1024)
+    got = {}
+
+    async def collect(reader, sender):
+        got[reader.info.topic] = await reader.read_all()
+    for t in ("t0", "t1", "t2", "t3"):
+        b.register_byte_stream_handler(t, collect)
+    payloads = dict((t, bytes([65 + i]) * (30000 + 7 * i)) for i, t in enumerate(("t0", "t1", "t2", "t3")))
+
+    async def send(t):
+        await a.local_participant.send_bytes(payloads[t], topic=t, destination_identities=["b"], compress=False)
+
+    async def call():
+        return await a.local_participant.perform_rpc(destination_identity="b", method="none")
+    b.local_participant.register_rpc_method("none", lambda d: "ok")
+    results = await asyncio.gather(*([send(t) for t in payloads] + [call()]))
+    assert results[-1] == "ok"
+    await settle(lambda: len(got) == 4)
+    for t in payloads:
+        assert got[t] == payloads[t], t
+    await close(a, b)
+
+
+async def test_use_after_disconnect_fails_clearly():
+    mem, a, b = await pair()
+    await a.disconnect()
+    for aw in (a.local_participant.send_text("x", topic="t"),
+               a.local_participant.stream_text(topic="t"),
+               a.local_participant.perform_rpc(destination_identity="b", method="m")):
+        try:
+            await asyncio.wait_for(aw, 2)
+        except asyncio.TimeoutError:
+            raise AssertionError("hangs after disconnect()")
+        except Exception as e:
+            assert str(e), e
+        else:
+            raise AssertionError("worked after disconnect()")
+    await close(b)
+
+
+async def test_connect_again_after_the_link_closed_before_joined():
+    mem = MemRoom()
+    r = room_module.Room()
+    t = _TestTransport(mem)
+    t.eof = True   # the relay hangs up before JOINED
+    try:
+        await r.connect(t, "a")
+    except ConnectError as e:
+        assert "before JOINED" in str(e), e
+    else:
+        raise AssertionError("connect() succeeded")
+    assert r.connection_state == "disconnected", r.connection_state
+    await r.connect(mem.transport(), "a")   # a later connect() is not refused
+    assert r.connection_state == "connected"
+    await close(r)
