@@ -36,6 +36,8 @@ def add_arguments(p):
       help="seconds a new connection has to send JOIN (default %(default)s)")
     a("--queue-bytes", type=int, default=1 << 20,
       help="per-connection send queue limit; senders to a full queue are paused (default %(default)s)")
+    a("--max-connections", type=int, default=10000,
+      help="connections open at once; one more gets LEAVE 5 \"relay full\" (default %(default)s)")
     a("--send-timeout", type=float, default=10.0,
       help="seconds a receiver may keep its queue full before LEAVE 6 (default %(default)s)")
     a("--api-key", default=None,
@@ -94,7 +96,7 @@ def build(args):
             raise ValueError("%s and %s are both %d: each listener needs its own port"
                              % (ports[port], flag, port))
         ports[port] = flag
-    for name in ("idle_timeout", "join_timeout", "send_timeout"):
+    for name in ("idle_timeout", "join_timeout", "send_timeout", "max_connections"):
         if getattr(args, name) <= 0:
             raise ValueError("--%s must be positive" % name.replace("_", "-"))
     if args.queue_bytes < args.max_frame:
@@ -104,7 +106,8 @@ def build(args):
     router = Router(verifier.verify, max_frame=args.max_frame,
                     join_timeout_ms=int(args.join_timeout * 1000),
                     idle_timeout_ms=int(args.idle_timeout * 1000),
-                    queue_bytes=args.queue_bytes, stuck_ms=int(args.send_timeout * 1000))
+                    queue_bytes=args.queue_bytes, stuck_ms=int(args.send_timeout * 1000),
+                    max_connections=args.max_connections)
     srv = RelayServer(router, host=args.host, port=args.port,
                       ws_port=None if args.no_ws else args.ws_port,
                       http_port=args.http_port or None, ssl=_tls(args),

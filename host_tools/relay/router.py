@@ -4,8 +4,9 @@ No sockets, no clock: the adapter (server.py) feeds events in and carries action
 
     r = Router(authenticate, max_frame=65536, join_timeout_ms=5000, idle_timeout_ms=30000,
                queue_bytes=1 << 20, stuck_ms=10000, server_version=..., metrics=None,
-               new_sid=None)
-    r.open(cid, now_ms, transport="tcp", peer="")   a connection arrived
+               new_sid=None, max_connections=10000)
+    r.open(cid, now_ms, transport="tcp", peer="")   a connection arrived (one over
+                                                      max_connections: LEAVE 5, closed)
     r.receive(cid, data, now_ms)                      bytes from it (any split)
     r.drained(cid, nbytes, now_ms)                    nbytes of its SENDs were written
     r.closed(cid, now_ms, reason="transport closed")  the transport ended (no LEAVE)
@@ -46,7 +47,10 @@ participants accept; one whose stamp would need more (an identity of hundreds of
 is refused with LEAVE 4 naming both sizes. DATA from a participant without
 canPublishData: LEAVE 7.
 
-Hostile input: reasons the relay repeats (LEAVE, PARTICIPANT_LEFT, logs) are cut to
+Hostile input: a participant's own control frames (JOIN, LEAVE, PING) are at most
+MAX_CONTROL_IN bytes, so a connection that has not joined cannot make the relay set
+aside more than that for a frame it announces (DATA before JOIN is refused at its
+header); at most max_connections connections are open at once. Reasons the relay repeats (LEAVE, PARTICIPANT_LEFT, logs) are cut to
 MAX_REASON characters; an exception while handling a connection's bytes (a relay
 fault) ends that connection only, with LEAVE 4 and an `error` log line.
 """
@@ -82,6 +86,10 @@ _F_DEST = 5
 # characters: a peer's text (its LEAVE reason, a bad JOIN key) must not make frames
 # larger than a board's control buffer nor flood the log.
 MAX_REASON = 512
+# The largest control frame a participant may send (JOIN with its token; LEAVE; PING):
+# the relay repeats a JOIN's claims in PARTICIPANT frames, which must fit a board's
+# 16 KiB control buffer anyway.
+MAX_CONTROL_IN = 16384
 
 
 def random_sid():
@@ -94,7 +102,7 @@ class _Conn:
         self.cid = cid
         self.transport = transport
         self.peer = peer
-        self.reader = link.FrameReader(max_frame)
+        self.reader = link.FrameReader(max_frame, min(max_frame, MAX_CONTROL_IN))
         self.opened = now
         self.last_rx = now
         self.info = None          # participant map once joined
@@ -114,7 +122,7 @@ class _Conn:
 class Router:
     def __init__(self, authenticate, max_frame=65536, join_timeout_ms=5000,
                  idle_timeout_ms=30000, queue_bytes=1 << 20, stuck_ms=10000,
-                 server_version=SERVER_VERSION, metrics=None, new_sid=None):
+                 server_version=SERVER_VERSION, metrics=None, new_sid=None, max_connections=10000):
         if max_frame < 16 * 1024:
             raise ValueError("max_frame %d cannot carry a 15000-byte chunk plus headers "
                              "(use at least 16384)" % max_frame)
@@ -124,6 +132,7 @@ class Router:
         self.idle_timeout_ms = idle_timeout_ms
         self.queue_bytes = queue_bytes
         self.stuck_ms = stuck_ms
+        self.max_connections = max_connections
         self.server_version = server_version
         self.metrics = metrics if metrics is not None else Metrics()
         self.new_sid = new_sid or random_sid
@@ -162,8 +171,14 @@ class Router:
         self._now = now
         if cid in self._conns:
             raise ValueError("connection id %r is already open" % (cid,))
-        self._conns[cid] = _Conn(cid, now, self.max_frame, transport, peer)
+        c = _Conn(cid, now, self.max_frame, transport, peer)
+        self._conns[cid] = c
         self.metrics.inc("lkedge_relay_connections_total", transport=transport)
+        if len(self._conns) > self.max_connections:
+            # full: LEAVE 5 (not final: a participant tries again with backoff)
+            self._drop(c, link.LEAVE_SHUTDOWN, "relay full: %d connections open, the limit; "
+                       "try again later" % self.max_connections, now)
+            return
         self._gauges()
 
     def receive(self, cid, data, now):

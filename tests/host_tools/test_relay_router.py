@@ -326,3 +326,31 @@ def test_counters_without_labels_are_exposed_from_the_start():
     text = Sim().r.metrics.render()
     for name in ("lkedge_relay_joins_total", "lkedge_relay_bytes_in_total", "lkedge_relay_bytes_out_total"):
         assert "\n%s 0\n" % name in text, name
+
+
+def test_a_control_frame_over_16384_bytes_is_refused_at_its_header_before_join():
+    """A connection that has not joined cannot make the relay set aside max_frame bytes:
+    its frame header alone announcing a 60000-byte JOIN gets LEAVE 4."""
+    s = Sim()
+    s.open(1)
+    s.feed(1, link.frame_header(link.JOIN, 60000))
+    assert 1 in s.closed
+    (t, leave), = s.take(1)
+    assert t == link.LEAVE and leave["code"] == link.LEAVE_PROTOCOL and "16384" in leave["reason"], leave
+    # a JOIN of ordinary size still works, and DATA up to max_frame after it
+    s.join(2, "alice@lab")
+    assert s.types(2) == [link.JOINED]
+
+
+def test_one_connection_over_max_connections_gets_leave_5_and_the_others_go_on():
+    s = Sim(max_connections=2)
+    s.join(1, "alice@lab")
+    s.join(2, "bob@lab")
+    s.open(3)
+    assert 3 in s.closed
+    (t, leave), = s.take(3)
+    assert t == link.LEAVE and leave["code"] == link.LEAVE_SHUTDOWN and "relay full" in leave["reason"], leave
+    assert s.r.connection_count() == 2 and 1 not in s.closed and 2 not in s.closed
+    s.feed(1, link.encode_control(link.LEAVE, {"code": 1, "reason": "bye"}))
+    s.join(4, "carol@lab")      # room again once one has gone
+    assert link.JOINED in s.types(4)
