@@ -5,7 +5,9 @@ logged to flash by the loop's exception handler; a MemoryError there resets the 
 (a heap that ran dry once is not trusted to recover). The watchdog (profile
 "watchdog_ms") is fed from its own task, so a stalled event loop resets the board.
 The room reconnects by itself after a link loss; telemetry queued meanwhile is sent
-after the reconnect (telemetry.py).
+after the reconnect (telemetry.py). Should the room give up (a final LEAVE: the
+board's identity joined from elsewhere, its token refused), the app joins again a
+minute later, and keeps trying.
 """
 import asyncio
 import time
@@ -17,6 +19,7 @@ from methods import App, reset_cause_name
 
 WIFI_TIMEOUT_MS = 20000
 WDT_FEED_MS = 1000
+REJOIN_MS = 60000
 
 
 def main():
@@ -99,8 +102,17 @@ async def _connect_forever(room, cfg):
 
 async def _telemetry_loop(tel, profile, interval_ms):
     import sensors
+    failing = False
     while True:
-        await tel.sample(sensors.read_all(profile), int(time.time()))
+        try:
+            await tel.sample(sensors.read_all(profile), int(time.time()))
+            failing = False
+        except MemoryError:
+            raise  # the exception handler resets the board
+        except Exception as e:  # a full flash: keep sending what is queued, sample again later
+            if not failing:  # once per failing spell, not once per sample
+                flashlog.error("telemetry sample not queued: %r (sampling goes on)" % (e,))
+            failing = True
         await _flush(tel)
         await _sleep_ms(interval_ms)
 
@@ -148,7 +160,18 @@ async def run():
     print("lkedge app: joined room %s as %s (mem_free %d)" % (room.name, tel.device, _mem_free()))
     flashlog.info("joined room %s as %s" % (room.name, tel.device))
     if tel.destination:
-        interval_ms = int(max(0.1, float(cfg.get("telemetry_interval_s", 10))) * 1000)
+        interval_ms = int(cfg["telemetry_interval_s"] * 1000)  # 0.1 .. 86400 s (config.load)
         asyncio.create_task(_telemetry_loop(tel, profile, interval_ms))
+    await _stay_joined(room, cfg)
+
+
+async def _stay_joined(room, cfg):
+    """The room reconnects by itself after a link loss, but gives up after a final
+    LEAVE (its identity joined elsewhere, its token refused): a board in the field must
+    not stay out for good, so it joins again REJOIN_MS later."""
     while True:
-        await _sleep_ms(3600000)
+        await _sleep_ms(REJOIN_MS)
+        if room.connection_state == "disconnected":
+            flashlog.error("out of the room (%s): joining again" % (room.last_error,))
+            await _connect_forever(room, cfg)
+            flashlog.info("joined room %s again" % (room.name,))

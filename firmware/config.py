@@ -4,23 +4,71 @@
      "token": "<LiveKit access token>",    identity and room come from it
      "wifi": {"ssid": "...", "password": "..."},
      "telemetry_to": "collector",          identity that receives telemetry ("" = off)
-     "telemetry_interval_s": 10,
+     "telemetry_interval_s": 10,           0.1 .. 86400
      "name": "pump-7"}                      a label shown by device.info
+
+load() never raises: a missing file gives the defaults; a malformed one, or a key of
+the wrong type or out of range, is named in the flash log and replaced by its default,
+so a bad config can never put the board into a reset loop (the app keeps running and
+retrying, and mpremote or config.update can fix it). config.update checks each key
+with problem() before anything is written.
 """
 import json
 
 PATH = "config.json"
 DEFAULTS = {"relay": "tcp://127.0.0.1:7880", "token": "", "wifi": {}, "telemetry_to": "",
             "telemetry_interval_s": 10, "name": ""}
+TYPES = {"relay": str, "token": str, "wifi": dict, "telemetry_to": str,
+         "telemetry_interval_s": (int, float), "name": str}
+INTERVAL_MAX_S = 86400
+
+
+def problem(key, value):
+    """Why `value` cannot be config key `key` (a message), or None when it can."""
+    want = TYPES.get(key)
+    if want is None:
+        return "unknown config key %r; known: %s" % (key, ", ".join(sorted(TYPES)))
+    if not isinstance(value, want) or isinstance(value, bool):
+        return "config key %r has the wrong type %s" % (key, type(value).__name__)
+    if key == "telemetry_interval_s" and not 0.1 <= value <= INTERVAL_MAX_S:  # also NaN
+        return "telemetry_interval_s must be between 0.1 and %d, got %r" % (INTERVAL_MAX_S, value)
+    if key == "wifi":
+        for k in value:
+            if k not in ("ssid", "password") or not isinstance(value[k], str):
+                return "config key 'wifi' takes {\"ssid\": str, \"password\": str}, not %r: %r" % (k, value[k])
+    if key == "relay":
+        from lkedge.transport import parse_url
+        try:
+            parse_url(value)
+        except OSError as e:
+            return "config key 'relay': %s" % (e,)
+    return None
+
+
+def _log(msg):
+    import flashlog
+    flashlog.error(msg)
 
 
 def load(path=PATH):
     cfg = dict(DEFAULTS)
     try:
         with open(path) as f:
-            cfg.update(json.load(f))
+            d = json.load(f)
     except OSError:
-        pass  # no config yet: defaults, the app reports the missing token
+        return cfg  # no config yet: defaults, the app reports the missing token
+    except ValueError as e:  # also a UnicodeError
+        _log("%s is not valid JSON (%s): running on the defaults" % (path, e))
+        return cfg
+    if not isinstance(d, dict):
+        _log("%s must hold a JSON object, not %s: running on the defaults" % (path, type(d).__name__))
+        return cfg
+    for k in d:
+        why = problem(k, d[k])
+        if why is None or k not in TYPES:
+            cfg[k] = d[k]  # unknown keys are kept (a newer deploy may write them)
+        else:
+            _log("%s: %s: using the default %r" % (path, why, DEFAULTS[k]))
     return cfg
 
 
@@ -35,6 +83,12 @@ def save(cfg, path=PATH):
 def load_profile(path="profile.json"):
     try:
         with open(path) as f:
-            return json.load(f)
+            p = json.load(f)
+        if isinstance(p, dict):
+            return p
+        _log("%s must hold a JSON object: running without pins or sensors" % path)
     except OSError:
-        return {"name": "unknown", "link": {}, "sensors": []}
+        pass
+    except ValueError as e:
+        _log("%s is not valid JSON (%s): running without pins or sensors" % (path, e))
+    return {"name": "unknown", "link": {}, "sensors": []}

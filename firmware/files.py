@@ -5,9 +5,13 @@
                -> {"path", "size", "sha256"} of what was written
     file.stat  {"path"} -> {"path", "size", "sha256"}
 
-Paths are relative to the board's root; ".." is refused. file.put writes to
-PATH.part and renames it at the end, so a broken upload never replaces a good file.
-Errors are RpcErrors with the codes below and a message naming the cause.
+Paths are relative to the board's root; ".." and control characters are refused.
+file.put writes to PATH.part and renames it at the end, so a broken upload (bad
+base64, the caller gone, a full flash) never replaces a good file and leaves no .part
+behind (a power cut midway can leave PATH.part; the next put of PATH overwrites it);
+a second put of a path already being written is refused (E_BUSY) instead of mixing
+the two uploads. Errors are RpcErrors with the codes below and a message naming the
+cause.
 """
 import json
 import os
@@ -25,7 +29,10 @@ E_BAD_PATH = 4002
 E_NO_HEADER = 4003
 E_NO_FILE = 4004
 E_BAD_BASE64 = 4006
+E_WRITE = 4007
+E_BUSY = 4008
 _HEADER_MAX = 512
+_writing = set()  # paths a file.put is writing now
 
 
 def rpc_error(code, message, data=None):
@@ -33,23 +40,34 @@ def rpc_error(code, message, data=None):
     return RpcError(code, message, data)
 
 
+async def read_request(reader, limit, method):
+    """The whole request text of a streaming method, at most `limit` characters."""
+    try:
+        return await reader.read_all(limit=limit)
+    except ValueError as e:
+        if type(e) is not ValueError:  # the stream broke: not the request's fault
+            raise
+        raise rpc_error(E_NOT_JSON, "%s: the request is over %d characters" % (method, limit))
+
+
 def request(payload, key):
-    """The JSON object of a request, which must hold `key`."""
+    """The JSON object of a request, which must hold `key` (None: any object)."""
     try:
         d = json.loads(payload) if payload else {}
     except ValueError:
         raise rpc_error(E_NOT_JSON, "the request must be a JSON object", payload[:100])
     if not isinstance(d, dict):
         raise rpc_error(E_NOT_JSON, "the request must be a JSON object", payload[:100])
-    if key not in d:
+    if key is not None and key not in d:
         raise rpc_error(E_MISSING, "missing %r in the request" % key)
     return d
 
 
 def safe_path(path):
     """Only files below the board's root; no way out with '..'."""
-    if not isinstance(path, str) or not path.strip("/") or ".." in path.split("/"):
-        raise rpc_error(E_BAD_PATH, "bad path %r: a file below / without '..'" % (path,))
+    if (not isinstance(path, str) or not path.strip("/") or ".." in path.split("/")
+            or path.endswith("/") or min(path) < " "):
+        raise rpc_error(E_BAD_PATH, "bad path %r: a file below / without '..' or control characters" % (path,))
     return path.lstrip("/")
 
 
@@ -60,6 +78,8 @@ def _hexdigest(h):
 
 def _open(path, mode):
     try:
+        if mode == "rb" and os.stat(path)[0] & 0x4000:  # a directory opens on some ports
+            raise rpc_error(E_NO_FILE, "cannot open %s: it is a directory" % path)
         return open(path, mode)
     except OSError as e:
         raise rpc_error(E_NO_FILE, "cannot open %s: %s" % (path, _errname(e)))
@@ -68,11 +88,13 @@ def _open(path, mode):
 def _errname(e):
     import errno
     code = e.args[0] if e.args else 0
+    if code == 28:  # not in MicroPython's errno table
+        return "ENOSPC, the flash is full"
     return errno.errorcode.get(code, str(code)) if hasattr(errno, "errorcode") else str(code)
 
 
 async def file_get(data):
-    req = request(await data.reader.read_all(limit=_HEADER_MAX), "path")
+    req = request(await read_request(data.reader, _HEADER_MAX, "file.get"), "path")
     path = safe_path(req["path"])
     return FileB64Source(_open(path, "rb"))
 
@@ -113,6 +135,16 @@ async def file_put(data):
     reader = data.reader
     head, rest = await _read_header(reader, bytearray(_HEADER_MAX))
     path = safe_path(request(head, "path")["path"])
+    if path in _writing:
+        raise rpc_error(E_BUSY, "file.put: %s is being written by another file.put; try again after it" % path)
+    _writing.add(path)
+    try:
+        return await _put(reader, path, rest)
+    finally:
+        _writing.discard(path)
+
+
+async def _put(reader, path, rest):
     tmp = path + ".part"
     h = hashlib.sha256()
     f = _open(tmp, "wb")
@@ -122,17 +154,24 @@ async def file_put(data):
         h.update(chunk)
 
     sink = B64Sink(write)
+    done = False
     try:
         sink.feed(rest)
         size = await sink.pump(reader)
         f.close()
-        f = None
         os.rename(tmp, path)
+        done = True
     except B64Error as e:
         raise rpc_error(E_BAD_BASE64, "file.put: bad base64 body: %s" % (e,))
+    except OSError as e:  # flash full, a directory in the way, ... (a broken link is a StreamError)
+        raise rpc_error(E_WRITE, "file.put: cannot write %s: %s (the old file, if any, is kept)"
+                        % (path, _errname(e)))
     finally:
-        if f is not None:
-            f.close()
+        if not done:
+            try:
+                f.close()
+            except OSError:
+                pass
             try:
                 os.remove(tmp)
             except OSError:

@@ -1,7 +1,8 @@
 """An on-flash log with a size bound: log.txt, rotated to log.old at LOG_MAX bytes.
 
 Lines are "<time> <LEVEL> <message>", ASCII only (other characters are escaped), so
-any byte offset of the log can be streamed as text. Writing never raises: a full
+any byte offset of the log can be streamed as text, and at most LINE_MAX characters
+(longer messages end in "..."), so the two files never hold more than 2 * LOG_MAX. Writing never raises: a full
 flash or an exhausted heap must not take the app down through its own log.
 """
 import sys
@@ -10,6 +11,7 @@ import time
 LOG = "log.txt"
 OLD = "log.old"
 LOG_MAX = 32768
+LINE_MAX = 1024  # a longer message is cut: one line never outgrows the log's bound
 
 
 def _size(path):
@@ -22,14 +24,19 @@ def _size(path):
 
 def _ascii(msg):
     for ch in msg:
-        if ord(ch) > 126:
+        if not 32 <= ord(ch) <= 126:  # also line breaks: one message, one line
             return "".join(c if 32 <= ord(c) <= 126 else "\\u%04x" % ord(c) for c in msg)
     return msg
 
 
 def write(level, msg):
     try:
-        line = "%d %s %s\n" % (time.time(), level, _ascii(msg))
+        if len(msg) > LINE_MAX:
+            msg = msg[:LINE_MAX - 3] + "..."
+        line = "%d %s %s" % (time.time(), level, _ascii(msg))
+        if len(line) > LINE_MAX:  # escapes made it longer
+            line = line[:LINE_MAX - 3] + "..."
+        line += "\n"
         print(line, end="")
         if _size(LOG) + len(line) > LOG_MAX:
             import os

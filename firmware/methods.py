@@ -6,7 +6,7 @@
     sensors.read   the profile's sensors, as JSON
     log.tail       streamed tail of the on-flash log (request JSON {"bytes": N}, optional)
     file.get / file.put / file.stat    see files.py
-    config.update  JSON patch of config.json (keys: CONFIG_TYPES); effective after reboot
+    config.update  JSON patch of config.json (keys and checks: config.py); effective after reboot
     reboot         answers, leaves the room, then resets the board
 """
 import gc
@@ -20,9 +20,6 @@ FIRMWARE_VERSION = "0.2.0"
 E_BAD_CONFIG = 4005
 LOG_TAIL_DEFAULT = 4096
 REBOOT_DELAY_MS = 200
-# config.update accepts these keys, with these types
-CONFIG_TYPES = {"relay": str, "token": str, "wifi": dict, "telemetry_to": str,
-                "telemetry_interval_s": (int, float), "name": str}
 
 
 def _sleep_ms(ms):
@@ -98,13 +95,10 @@ class App:
         return json.dumps(sensors.read_all(self.profile))
 
     async def log_tail(self, data):
-        text = await data.reader.read_all(limit=256)
-        n = LOG_TAIL_DEFAULT
-        if text:
-            req = files.request(text, "bytes")
-            n = req["bytes"]
-            if not isinstance(n, int) or n < 0:
-                raise files.rpc_error(files.E_NOT_JSON, "log.tail: \"bytes\" must be a non-negative int")
+        text = await files.read_request(data.reader, 256, "log.tail")
+        n = files.request(text, None).get("bytes", LOG_TAIL_DEFAULT)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise files.rpc_error(files.E_NOT_JSON, "log.tail: \"bytes\" must be a non-negative int")
         return flashlog.TailSource(n)
 
     def config_update(self, data):
@@ -133,6 +127,7 @@ class App:
 
 
 def _config_patch(payload):
+    import config
     try:
         patch = json.loads(payload)
     except ValueError:
@@ -140,15 +135,9 @@ def _config_patch(payload):
     if not isinstance(patch, dict):
         raise files.rpc_error(files.E_NOT_JSON, "config.update needs a JSON object", (payload or "")[:100])
     for k in patch:
-        want = CONFIG_TYPES.get(k)
-        if want is None:
-            raise files.rpc_error(E_BAD_CONFIG, "unknown config key %r; known: %s"
-                                  % (k, ", ".join(sorted(CONFIG_TYPES))))
-        if not isinstance(patch[k], want) or isinstance(patch[k], bool):
-            raise files.rpc_error(E_BAD_CONFIG, "config key %r has the wrong type %s" % (k, type(patch[k]).__name__))
-    t = patch.get("telemetry_interval_s")
-    if t is not None and t < 0.1:
-        raise files.rpc_error(E_BAD_CONFIG, "telemetry_interval_s must be at least 0.1, got %r" % (t,))
+        why = config.problem(k, patch[k])
+        if why is not None:
+            raise files.rpc_error(E_BAD_CONFIG, why)
     return patch
 
 

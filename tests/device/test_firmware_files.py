@@ -40,7 +40,19 @@ class PieceReader:
     async def read_all(self, limit=None):
         s = bytes(self.data[self.pos:]).decode()
         self.pos = len(self.data)
+        if limit is not None and len(s) > limit:  # as lkedge's readers do
+            raise ValueError("stream larger than the %d-character read_all limit" % limit)
         return s
+
+
+class SlowReader(PieceReader):
+    """A request stream whose pieces take a turn of the event loop each, so two
+    uploads interleave as they do on the board."""
+
+    async def readinto(self, buf):
+        import asyncio
+        await asyncio.sleep(0)
+        return await PieceReader.readinto(self, buf)
 
 
 class Data:
@@ -194,3 +206,115 @@ def test_config_update_patch_is_validated():
              ('[1, 2]', files.E_NOT_JSON), ('nope', files.E_NOT_JSON))
     for payload, code in cases:
         assert _code(methods._config_patch, payload) == code, payload
+
+
+def _put_body(name, content):
+    return (json.dumps({"path": name}) + "\n").encode() + binascii.b2a_base64(content)[:-1]
+
+
+def _absent(*names):
+    for n in names:
+        try:
+            os.stat(n)
+        except OSError:
+            continue
+        raise AssertionError("%s is on flash" % n)
+
+
+async def test_a_second_put_of_the_same_path_is_refused_while_the_first_runs():
+    import asyncio
+    name = PREFIX + "twice.bin"
+    a, b = _content(2000), bytes(reversed(_content(2000)))
+    try:
+        first = asyncio.create_task(files.file_put(Data(reader=SlowReader(_put_body(name, a), 64))))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert await _rpc_code(files.file_put(Data(reader=SlowReader(_put_body(name, b), 64)))) == files.E_BUSY
+        r = json.loads(await first)
+        with open(name, "rb") as f:
+            assert f.read() == a and r["sha256"] == _sha(a), "the two uploads were mixed"
+        # once the first is over, the path takes a new upload
+        json.loads(await files.file_put(Data(reader=PieceReader(_put_body(name, b), 500))))
+        with open(name, "rb") as f:
+            assert f.read() == b
+    finally:
+        _rm(name, name + ".part")
+
+
+class _FullFlashFile:
+    """A file on a flash that fills up after `room` bytes (OSError ENOSPC, 28)."""
+
+    def __init__(self, f, room):
+        self.f = f
+        self.room = room
+
+    def write(self, b):
+        if len(b) > self.room:
+            raise OSError(28)
+        self.room -= len(b)
+        return self.f.write(b)
+
+    def close(self):
+        self.f.close()
+
+
+async def test_file_put_on_a_full_flash_is_a_clear_error_that_keeps_the_old_file():
+    name = PREFIX + "full.bin"
+    with open(name, "wb") as f:
+        f.write(b"good")
+    real_open = files._open
+    files._open = lambda path, mode: _FullFlashFile(real_open(path, mode), 1000)
+    try:
+        try:
+            await files.file_put(Data(reader=PieceReader(_put_body(name, _content(3000)), 300)))
+        except RpcError as e:
+            assert e.code == files.E_WRITE and name in e.message and "ENOSPC" in e.message, e.message
+        else:
+            raise AssertionError("file.put on a full flash answered")
+        with open(name, "rb") as f:
+            assert f.read() == b"good"
+        _absent(name + ".part")
+    finally:
+        files._open = real_open
+        _rm(name, name + ".part")
+    assert not files._writing, "a failed put still holds its path"
+
+
+async def test_file_put_onto_a_directory_is_a_clear_error_and_leaves_no_part():
+    name = PREFIX + "dir"
+    os.mkdir(name)
+    try:
+        try:
+            await files.file_put(Data(reader=PieceReader(_put_body(name, b"abc"), 100)))
+        except RpcError as e:
+            assert e.code == files.E_WRITE and name in e.message, e.message
+        else:
+            raise AssertionError("file.put onto a directory answered")
+        _absent(name + ".part")
+    finally:
+        _rm(name + ".part")
+        os.rmdir(name)
+
+
+async def test_directories_control_characters_and_oversized_requests_are_refused():
+    d = PREFIX + "adir"
+    os.mkdir(d)
+    try:
+        assert _code(files.file_stat, Data(json.dumps({"path": d}))) == files.E_NO_FILE
+        assert await _rpc_code(files.file_get(Data(reader=PieceReader(json.dumps({"path": d}).encode())))) \
+            == files.E_NO_FILE
+        for bad in (d + "/", "a\x00b", "a\nb", ""):
+            assert _code(files.file_stat, Data(json.dumps({"path": bad}))) == files.E_BAD_PATH, repr(bad)
+        big = json.dumps({"path": "x" * 600}).encode()
+        assert await _rpc_code(files.file_get(Data(reader=PieceReader(big)))) == files.E_NOT_JSON
+    finally:
+        os.rmdir(d)
+
+
+async def test_log_tail_takes_an_empty_object_and_refuses_a_bool():
+    app = methods.App(None, {}, {}, None, 0)
+    src = await app.log_tail(Data(reader=PieceReader(b"{}")))
+    if src.f is not None:
+        src.f.close()
+    assert await _rpc_code(app.log_tail(Data(reader=PieceReader(b'{"bytes": true}')))) == files.E_NOT_JSON
+    assert await _rpc_code(app.log_tail(Data(reader=PieceReader(b" " * 300)))) == files.E_NOT_JSON

@@ -183,3 +183,46 @@ async def test_log_tail_streams_the_end_of_the_flash_log_in_whole_lines(rig):
             raise AssertionError("log.tail with a negative size answered")
     finally:
         await room.disconnect()
+
+
+async def test_bad_inputs_are_rpc_errors_and_leave_the_board_serving_without_a_leak(rig):
+    # a field user's mistakes, over and over: each is an RpcError naming the cause, the
+    # board keeps answering, and its free heap does not go down call after call
+    room = await _host(rig)
+    bad = ((("file.stat", json.dumps({"path": "lib"})), 4004), (("file.stat", json.dumps({"path": "a\u0000b"})), 4002),
+           (("file.stat", "[]"), 4000), (("file.stat", "{}"), 4001),
+           (("config.update", json.dumps({"telemetry_interval_s": 1e300})), 4005),
+           (("config.update", json.dumps({"wifi": {"ssid": 5}})), 4005),
+           (("config.update", json.dumps({"relay": "nonsense"})), 4005),
+           (("log.tail", json.dumps({"bytes": "all"})), 4000))
+    try:
+        free = []
+        for rnd in range(12):
+            for (method, payload), code in bad:
+                try:
+                    await _call(room, method, payload)
+                except RpcError as e:
+                    assert e.code == code, (method, payload, e)
+                else:
+                    raise AssertionError("%s %s answered instead of failing" % (method, payload))
+            free.append((await _info(room))["mem_free"])
+        print("mem_free over the rounds:", free)
+        assert min(free[4:]) >= free[3] - 2048, "the free heap shrinks call after call: %s" % free
+    finally:
+        await room.disconnect()
+
+
+async def test_a_board_pushed_out_by_its_own_identity_joins_again(rig):
+    # someone joins with the board's identity: the relay drops the board (a final
+    # LEAVE, the room gives up); once the impostor leaves, the board comes back
+    room = await _host(rig)
+    try:
+        twin = await demo.join(rig.url, identity=BOARD, room=ROOM)
+        await _until(lambda: room.remote_participants.get(BOARD) is not None, 10, "the twin")
+        await asyncio.sleep(2)
+        await twin.disconnect()
+        await _until(lambda: BOARD not in room.remote_participants, 10, "the twin to leave")
+        await demo.wait_for_participant(room, BOARD, 90)
+        assert (await _info(room))["identity"] == BOARD
+    finally:
+        await room.disconnect()

@@ -1,0 +1,149 @@
+"""The firmware's config.json loading and checks (firmware/config.py, config.update in
+methods.py), the flash log's bounds (flashlog.py) and the telemetry loop's resilience
+(app.py), without a room.
+
+Runs under CPython and MicroPython; files are made in the working directory with a
+per-test prefix and removed afterwards (the flash log is pointed at a prefixed file).
+"""
+import json
+import os
+
+MP_HEAPSIZE = "256K"
+
+import firmware_path  # noqa: E402,F401  (firmware/ on sys.path)
+
+import config  # noqa: E402
+import files  # noqa: E402
+import flashlog  # noqa: E402
+import methods  # noqa: E402
+from lkedge.rpc import RpcError  # noqa: E402
+
+PREFIX = "fwconfig_test_"
+
+
+def _rm(*names):
+    for n in names:
+        try:
+            os.remove(n)
+        except OSError:
+            pass
+
+
+class FlashLog:
+    """flashlog writes to prefixed files for the test (use with `with`); .text() reads it."""
+
+    def __enter__(self):
+        self.saved = (flashlog.LOG, flashlog.OLD)
+        flashlog.LOG, flashlog.OLD = PREFIX + "log.txt", PREFIX + "log.old"
+        _rm(flashlog.LOG, flashlog.OLD)
+        return self
+
+    def __exit__(self, *exc):
+        _rm(flashlog.LOG, flashlog.OLD)
+        flashlog.LOG, flashlog.OLD = self.saved
+
+    def text(self):
+        try:
+            with open(flashlog.LOG) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+
+def _load(text):
+    path = PREFIX + "config.json"
+    with open(path, "w") as f:
+        f.write(text)
+    try:
+        return config.load(path)
+    finally:
+        _rm(path)
+
+
+def test_a_malformed_config_file_gives_the_defaults_and_says_why():
+    with FlashLog() as log:
+        for text, why in (('{"relay": "tcp://h:1", ', "not valid JSON"), ("[1, 2]", "JSON object"),
+                          ("\xff\xfe", "")):
+            assert _load(text) == config.DEFAULTS, text
+            assert why in log.text(), (text, log.text())
+        assert config.load(PREFIX + "missing.json") == config.DEFAULTS
+
+
+def test_bad_keys_fall_back_to_their_defaults_one_by_one():
+    text = ('{"relay": "nonsense", "token": 5, "wifi": {"ssid": 5}, "telemetry_interval_s": 1e400,'
+            ' "telemetry_to": "collector", "name": "pump-7", "newer_key": [1]}')
+    with FlashLog() as log:
+        cfg = _load(text)
+        assert cfg["telemetry_to"] == "collector" and cfg["name"] == "pump-7" and cfg["newer_key"] == [1]
+        for k in ("relay", "token", "wifi", "telemetry_interval_s"):
+            assert cfg[k] == config.DEFAULTS[k], k
+            assert "'%s'" % k in log.text() or k + " must" in log.text(), (k, log.text())
+    # what a good deploy writes comes through whole
+    good = {"relay": "tcp://10.0.0.2:7880", "token": "t", "wifi": {"ssid": "s", "password": "p"},
+            "telemetry_to": "", "telemetry_interval_s": 0.5, "name": "b"}
+    assert _load(json.dumps(good)) == good
+
+
+def _code(payload):
+    try:
+        r = methods._config_patch(payload)
+    except RpcError as e:
+        return e.code
+    raise AssertionError("config.update %s was accepted: %r" % (payload, r))
+
+
+def test_config_update_refuses_values_the_board_could_not_boot_with():
+    for payload in ('{"telemetry_interval_s": 1e400}', '{"telemetry_interval_s": 1e9}',
+                    '{"wifi": {"ssid": 5}}', '{"wifi": {"ssid": "x", "pw": "y"}}',
+                    '{"relay": "nonsense"}', '{"relay": "tcp://host"}'):
+        assert _code(payload) == methods.E_BAD_CONFIG, payload
+    assert methods._config_patch('{"wifi": {"ssid": "x", "password": "y"}, "relay": "ws://h:80/x"}') == {
+        "wifi": {"ssid": "x", "password": "y"}, "relay": "ws://h:80/x"}
+
+
+def test_the_flash_log_stays_bounded_one_line_per_message():
+    with FlashLog() as log:
+        flashlog.error("x" * 100000)
+        flashlog.info("two\nlines\r\x00" + "\u00e9" * 2000)
+        lines = log.text().split("\n")
+        assert len(lines) == 3 and lines[2] == "", lines[2:]
+        for line in lines[:2]:
+            assert len(line) <= flashlog.LINE_MAX and line.endswith("..."), len(line)
+        assert "two\\u000alines" in lines[1]
+        for i in range(200):
+            flashlog.info("%d %s" % (i, "y" * 500))
+        for p in (flashlog.LOG, flashlog.OLD):
+            assert 0 < os.stat(p)[6] <= flashlog.LOG_MAX, p
+
+
+class _FlakyTelemetry:
+    """Telemetry whose first `fail` samples hit a full flash."""
+
+    def __init__(self, fail):
+        self.fail = fail
+        self.samples = 0
+        self.flushes = 0
+
+    async def sample(self, values, t):
+        if self.fail:
+            self.fail -= 1
+            raise OSError(28)
+        self.samples += 1
+
+    async def flush(self):
+        self.flushes += 1
+
+
+async def test_the_telemetry_loop_keeps_going_after_a_sample_fails():
+    import asyncio
+    import app
+    tel = _FlakyTelemetry(3)
+    with FlashLog() as log:
+        task = asyncio.create_task(app._telemetry_loop(tel, {"sensors": []}, 1))
+        for _ in range(200):
+            if tel.samples >= 2:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        assert tel.samples >= 2 and tel.flushes >= 5, (tel.samples, tel.flushes)
+        assert log.text().count("telemetry sample not queued") == 1, log.text()
