@@ -196,7 +196,11 @@ class Room:
     async def _open_link(self):
         self.connection_state = "connecting"
         self.leave_code = None
-        t = self._make_transport()
+        try:
+            t = self._make_transport()
+        except Exception as e:  # a malformed URL: nothing was opened
+            self.connection_state = "disconnected"
+            raise ConnectError("bad relay URL: %s" % (e,))
         try:
             await t.connect()
         except Exception as e:

@@ -108,6 +108,20 @@ async def test_room_connect_to_a_refused_port_names_the_url_once_and_the_cause()
     assert room.connection_state == "disconnected"
 
 
+async def test_room_connect_to_a_malformed_url_fails_clearly_and_can_be_retried():
+    from lkedge.config import RoomOptions
+    from lkedge.room import ConnectError, Room
+    room = Room(RoomOptions(auto_reconnect=False))
+    for _ in range(2):   # the second attempt is refused for the URL too, not "already connecting"
+        try:
+            await room.connect("nonsense", "token")
+        except ConnectError as e:
+            assert str(e).startswith("bad relay URL: ") and "nonsense" in str(e), str(e)
+        else:
+            raise AssertionError("connected to a malformed URL")
+        assert room.connection_state == "disconnected"
+
+
 async def _echo(r, w):
     while True:
         data = await r.read(512)
