@@ -21,9 +21,9 @@ mpremote in the same way. Steps, each reported on stderr as "deploy: ...":
 4. Copy only the files whose hash differs (one mpremote run), then reset the board.
 
 The default identity is "lkedge-" + the first 8 hex digits of machine.unique_id(); the
-default room "lkedge". Tokens come from lkedge_host.relay.auth when that module offers
-`mint_token`, else from livekit-api with the development keys (override with
---api-key/--api-secret or LIVEKIT_API_KEY/LIVEKIT_API_SECRET).
+default room "lkedge". Tokens are minted with lkedge_host.relay.auth, keys resolved as
+the relay does (--api-key/--api-secret, else LIVEKIT_API_KEY/LIVEKIT_API_SECRET, else
+the development keys), valid for --token-ttl (default 30d).
 
 Library API: `plan_build(profile, lib_dir, firmware_dir, out_dir) -> list[Artifact]`,
 `deploy(options) -> Report` (Report.copied, Report.unchanged, Report.removed: lists of

@@ -10,7 +10,8 @@ host tools (emulator heap, mpy-cross architecture). Keys:
     cpu_hz        machine.freq()
     mpy           {"march": mpy-cross -march value, "version": .mpy major version}
     link          lkedge.config.RoomOptions.for_board() settings: read_buffer,
-                  piece_size, max_field, max_frame, max_streams (ints > 0),
+                  piece_size, max_field, max_frame, max_streams (ints > 0), optional
+                  max_values (int > 0; default RoomOptions.for_board()'s),
                   advertise_compression (bool), client_protocol (0..2)
     pins          {"led": 2, ...} role -> pin id (int, or str such as "LED")
     sensors       [{"name", "kind": "adc"|"internal_temp"|"pin", "pin", "scale", "offset"}]
@@ -122,6 +123,8 @@ def _validate_link(link, heap, where):
     _need(isinstance(link, dict), where, "'link' must be an object")
     for key in LINK_INTS:
         _int(link, key, where + " link", lo=1)
+    if "max_values" in link:
+        _int(link, "max_values", where + " link", lo=1)
     _need(link["read_buffer"] + link["piece_size"] <= heap // 4, where,
           "link read_buffer + piece_size (%d) must stay under a quarter of the heap (%d)"
           % (link["read_buffer"] + link["piece_size"], heap // 4))

@@ -114,3 +114,18 @@ def test_board_json_is_the_profile_and_configures_room_options():
         assert opts.read_buffer == p["link"]["read_buffer"]
         assert opts.max_streams == p["link"]["max_streams"]
         assert opts.advertise_compression == p["link"]["advertise_compression"]
+
+
+def test_optional_max_values_is_checked_and_reaches_room_options(tmp_path):
+    import json
+    from lkedge.config import RoomOptions
+    p = profiles.load("esp32")
+    p["link"]["max_values"] = 12000
+    f = tmp_path / "esp32.json"
+    f.write_text(json.dumps(p))
+    assert RoomOptions.for_board(profiles.load(str(f))).max_values == 12000
+    p["link"]["max_values"] = 0
+    f.write_text(json.dumps(p))
+    with pytest.raises(profiles.ProfileError) as e:
+        profiles.load(str(f))
+    assert "max_values" in str(e.value)
