@@ -1,6 +1,16 @@
 """Importing this puts firmware/ on sys.path (both interpreters), so device tests can
-import the board application's modules by name, as the board does."""
+import the board application's modules by name, as the board does. rm(*names) removes
+the files the tests made (missing ones are fine)."""
+import os
 import sys
+
+
+def rm(*names):
+    for n in names:
+        try:
+            os.remove(n)
+        except OSError:
+            pass
 
 
 def _firmware_dir():

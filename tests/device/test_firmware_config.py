@@ -21,12 +21,7 @@ from lkedge.rpc import RpcError  # noqa: E402
 PREFIX = "fwconfig_test_"
 
 
-def _rm(*names):
-    for n in names:
-        try:
-            os.remove(n)
-        except OSError:
-            pass
+_rm = firmware_path.rm
 
 
 class FlashLog:

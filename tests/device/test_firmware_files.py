@@ -70,12 +70,7 @@ def _sha(b):
     return binascii.hexlify(hashlib.sha256(b).digest()).decode()
 
 
-def _rm(*names):
-    for n in names:
-        try:
-            os.remove(n)
-        except OSError:
-            pass
+_rm = firmware_path.rm
 
 
 async def _rpc_code(aw):

@@ -167,10 +167,8 @@ async def test_send_cancelled_mid_frame_never_corrupts_the_link():
     await close(a, b)
 
 
-async def test_perform_rpc_stream_source_failing_frees_the_handler():
-    mem, a, b = await pair()
-    seen = []
-
+def _sink_recording_errors(seen):
+    """A streaming handler that reads its request to the end, noting the reader's error."""
     async def sink(data):
         try:
             async for _ in data.reader:
@@ -179,7 +177,13 @@ async def test_perform_rpc_stream_source_failing_frees_the_handler():
             seen.append(str(e))
             raise
         return "read all"
-    b.local_participant.register_rpc_method("sink", sink, streaming=True)
+    return sink
+
+
+async def test_perform_rpc_stream_source_failing_frees_the_handler():
+    mem, a, b = await pair()
+    seen = []
+    b.local_participant.register_rpc_method("sink", _sink_recording_errors(seen), streaming=True)
 
     gate = asyncio.Event()
     gate.set()
@@ -199,16 +203,7 @@ async def test_perform_rpc_stream_source_failing_frees_the_handler():
 async def test_perform_rpc_stream_cancelled_while_sending_frees_the_handler():
     mem, a, b = await pair()
     seen = []
-
-    async def sink(data):
-        try:
-            async for _ in data.reader:
-                pass
-        except Exception as e:
-            seen.append(str(e))
-            raise
-        return "read all"
-    b.local_participant.register_rpc_method("sink", sink, streaming=True)
+    b.local_participant.register_rpc_method("sink", _sink_recording_errors(seen), streaming=True)
     task = asyncio.create_task(a.local_participant.perform_rpc_stream(
         destination_identity="b", method="sink", payload=_Source("first piece ", asyncio.Event())))
     await settle(lambda: b._invoking)

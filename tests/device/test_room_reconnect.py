@@ -86,18 +86,24 @@ def _restore():
     room_module.asyncio = asyncio
 
 
-async def test_reconnect_backoff_doubles_with_jitter_up_to_the_max_then_rejoins():
-    mem = MemRoom()
-    relay = _FlakyRelay(mem, fail=4)
-    events = []
-    board = await _board(mem, relay, events)
-    board.local_participant.register_rpc_method("ping", lambda d: "pong")
+async def _kick_and_wait_rejoined(mem, events):
+    """The relay drops "board" (LEAVE 5, not final); -> the recorded waits once it rejoined."""
     fake = _patched()
     try:
         await mem.kick("board", link.LEAVE_SHUTDOWN, "relay restarting")
         await settle(lambda: "reconnected" in events)
     finally:
         _restore()
+    return fake
+
+
+async def test_reconnect_backoff_doubles_with_jitter_up_to_the_max_then_rejoins():
+    mem = MemRoom()
+    relay = _FlakyRelay(mem, fail=4)
+    events = []
+    board = await _board(mem, relay, events)
+    board.local_participant.register_rpc_method("ping", lambda d: "pong")
+    fake = await _kick_and_wait_rejoined(mem, events)
     assert events == ["disconnected", "reconnecting", "reconnected"], events
     assert relay.connects == 6, "1 join, 4 refused attempts, 1 that succeeds: %d" % relay.connects
     nominal = [100, 200, 400, 400, 400]
@@ -121,12 +127,7 @@ async def test_reconnect_waits_are_jittered_not_fixed():
     events = []
     board = await _board(mem, relay, events)
     board.options.reconnect_min_ms = board.options.reconnect_max_ms = 1000
-    fake = _patched()
-    try:
-        await mem.kick("board", link.LEAVE_SHUTDOWN, "relay restarting")
-        await settle(lambda: "reconnected" in events)
-    finally:
-        _restore()
+    fake = await _kick_and_wait_rejoined(mem, events)
     waits = fake.waits_ms
     assert len(waits) == 13 and all(500 <= w <= 1000 for w in waits), waits
     assert len(set(waits)) > 1, "every wait was %d ms: no jitter" % waits[0]
