@@ -28,6 +28,9 @@ def add_arguments(p):
     a("--ws-port", type=int, default=7881, help="WebSocket link port; 0 picks a free one (default %(default)s)")
     a("--no-ws", action="store_true", help="no WebSocket listener")
     a("--http-port", type=int, default=7882, help="HTTP /healthz and /metrics port; 0 disables (default %(default)s)")
+    a("--http-host", default="127.0.0.1",
+      help="address of the HTTP port, which names rooms and identities without a token: "
+           "loopback unless you expose it on purpose (default %(default)s)")
     a("--max-frame", type=int, default=65536,
       help="largest link frame in bytes, announced in JOINED; at least 16384 (default %(default)s)")
     a("--idle-timeout", type=float, default=30.0,
@@ -110,7 +113,7 @@ def build(args):
                     max_connections=args.max_connections)
     srv = RelayServer(router, host=args.host, port=args.port,
                       ws_port=None if args.no_ws else args.ws_port,
-                      http_port=args.http_port or None, ssl=_tls(args),
+                      http_port=args.http_port or None, http_host=args.http_host, ssl=_tls(args),
                       serial=args.serial, serial_baud=args.serial_baud)
     return srv, auth.is_dev_keys(key, secret)
 

@@ -1,7 +1,8 @@
 """The relay's asyncio adapter: listeners and per-connection tasks around the Router.
 
     srv = RelayServer(router, host="127.0.0.1", port=7880, ws_port=7881, http_port=7882,
-                      ssl=None, serial=None, serial_baud=115200, log=sys.stderr)
+                      ssl=None, serial=None, serial_baud=115200, log=sys.stderr,
+                      http_host="127.0.0.1")   # the HTTP port stays on loopback by default
     await srv.start()          # binds every listener; srv.urls lists them (real ports)
     await srv.serve()          # until stop() (or request_stop() from a signal handler)
     await srv.stop()           # LEAVE 5 to everyone, flush (bounded), close listeners
@@ -264,9 +265,12 @@ class _SerialLink(_Link):
 
 class RelayServer:
     def __init__(self, router, host="127.0.0.1", port=7880, ws_port=7881, http_port=7882,
-                 ssl=None, serial=None, serial_baud=115200, log=None):
+                 ssl=None, serial=None, serial_baud=115200, log=None, http_host="127.0.0.1"):
         self.router = router
         self.host = host
+        # /healthz and /metrics name rooms and identities and need no token: loopback
+        # unless asked otherwise, whatever address the link listens on
+        self.http_host = http_host
         self.port = port
         self.ws_port = ws_port
         self.http_port = http_port
@@ -325,7 +329,7 @@ class RelayServer:
             self._servers.append(s)
             self._add_url("wss" if tls else "ws", s)
         if self.http_port is not None:
-            s = await asyncio.start_server(self._on_http, self.host, self.http_port)
+            s = await asyncio.start_server(self._on_http, self.http_host, self.http_port)
             self._servers.append(s)
             self._add_url("http", s)
         if self.serial:

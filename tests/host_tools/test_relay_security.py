@@ -218,3 +218,28 @@ def test_a_receiver_flooded_with_control_frames_is_dropped_when_stuck():
             break
     assert "watcher" not in s.r.rooms()["lab"], "queued %d bytes" % s.r.queued(1)
     assert s.r.metrics.get("lkedge_relay_leaves_total", code=link.LEAVE_IDLE) == 1
+
+
+async def test_the_http_port_stays_on_loopback_whatever_the_link_listens_on():
+    """/healthz names rooms and identities without a token: it is not exposed with the
+    link's address (127.0.0.2 stands for a public one here) unless asked for."""
+    import io
+    from lkedge_host.relay import auth
+    from lkedge_host.relay.router import Router
+    from lkedge_host.relay.server import RelayServer
+    v = auth.Verifier(auth.DEV_API_KEY, auth.DEV_API_SECRET)
+    srv = RelayServer(Router(v.verify), host="127.0.0.2", port=0, ws_port=None, http_port=0,
+                      log=io.StringIO())
+    await srv.start()
+    try:
+        assert srv.addresses["tcp"][0] == "127.0.0.2"
+        assert srv.addresses["http"][0] == "127.0.0.1"
+    finally:
+        await srv.stop()
+    srv = RelayServer(Router(v.verify), host="127.0.0.2", port=0, ws_port=None, http_port=0,
+                      http_host="127.0.0.3", log=io.StringIO())
+    await srv.start()
+    try:
+        assert srv.addresses["http"][0] == "127.0.0.3"
+    finally:
+        await srv.stop()
