@@ -320,16 +320,25 @@ class Router:
             self._drop(c, link.LEAVE_UNAUTHORIZED, str(e) or e.__class__.__name__, now)
             return
         room, identity = grant["room"], grant["identity"]
+        info = {"identity": identity, "sid": self.new_sid(),
+                "client_protocol": j["client_protocol"],
+                "capabilities": j["capabilities"],
+                "attributes": dict(grant.get("attributes") or {})}
+        announce = relayside.encode_control(link.PARTICIPANT, info)
+        if len(announce) > MAX_CONTROL_IN:
+            # Everyone gets this frame (and JOINED lists it): over a board's control
+            # buffer it would end every board's link, again at each rejoin.
+            self._drop(c, link.LEAVE_UNAUTHORIZED, "the token's identity and attributes make "
+                       "an announcement of %d bytes; boards take at most %d"
+                       % (len(announce), MAX_CONTROL_IN), now)
+            return
         members = self._rooms.setdefault(room, {})
         old = members.get(identity)
         if old is not None:
             self._drop(old, link.LEAVE_DUPLICATE, "identity %r joined again on another "
                        "connection" % identity, now)
             members = self._rooms.setdefault(room, {})
-        c.info = {"identity": identity, "sid": self.new_sid(),
-                  "client_protocol": j["client_protocol"],
-                  "capabilities": j["capabilities"],
-                  "attributes": dict(grant.get("attributes") or {})}
+        c.info = info
         c.room = room
         c.can_publish = bool(grant.get("can_publish_data", True))
         others = list(members.values())
@@ -342,7 +351,6 @@ class Router:
             link.JOINED)
         for o in rest:  # a big room: the rest follow at once, before anything else
             self._send(c, relayside.encode_control(link.PARTICIPANT, o.info), link.PARTICIPANT)
-        announce = relayside.encode_control(link.PARTICIPANT, c.info)
         for o in others:
             self._send(o, announce, link.PARTICIPANT)
         self.metrics.inc("lkedge_relay_joins_total")

@@ -354,3 +354,23 @@ def test_one_connection_over_max_connections_gets_leave_5_and_the_others_go_on()
     s.feed(1, link.encode_control(link.LEAVE, {"code": 1, "reason": "bye"}))
     s.join(4, "carol@lab")      # room again once one has gone
     assert link.JOINED in s.types(4)
+
+
+def test_a_token_whose_announcement_would_not_fit_a_board_is_refused_and_the_room_keeps_its_member():
+    """Every member gets a newcomer's PARTICIPANT frame (and JOINED lists it): one over a
+    board's 16384-byte control buffer would end each board's link at every rejoin."""
+    s = Sim()
+    s.join(1, "board@lab")
+
+    def big_attributes(token):
+        g = fake_auth(token.split("+")[0])
+        g["attributes"] = {"a%d" % i: "v" * 100 for i in range(int(token.split("+")[1]))}
+        return g
+    s.r.authenticate = big_attributes
+    s.join(2, "board@lab+200")              # ~21 KB of attributes, same identity even
+    (t, leave), = s.take(2)
+    assert t == link.LEAVE and leave["code"] == link.LEAVE_UNAUTHORIZED and "16384" in leave["reason"], leave
+    assert 2 in s.closed and 1 not in s.closed, "the refused join must not push the member out"
+    assert s.types(1) == [link.JOINED]      # nothing was announced to it
+    s.join(3, "host@lab+100")               # ~11 KB: fits, announced
+    assert s.types(1)[-1] == link.PARTICIPANT
