@@ -7,7 +7,7 @@ logged to flash by the loop's exception handler; a MemoryError there resets the 
 The room reconnects by itself after a link loss; telemetry queued meanwhile is sent
 after the reconnect (telemetry.py). Should the room give up (a final LEAVE: the
 board's identity joined from elsewhere, its token refused), the app joins again a
-minute later, and keeps trying.
+minute later (config "rejoin_s"), and keeps trying.
 """
 import asyncio
 import time
@@ -19,7 +19,6 @@ from methods import App, reset_cause_name
 
 WIFI_TIMEOUT_MS = 20000
 WDT_FEED_MS = 1000
-REJOIN_MS = 60000
 
 
 def main():
@@ -168,9 +167,9 @@ async def run():
 async def _stay_joined(room, cfg):
     """The room reconnects by itself after a link loss, but gives up after a final
     LEAVE (its identity joined elsewhere, its token refused): a board in the field must
-    not stay out for good, so it joins again REJOIN_MS later."""
+    not stay out for good, so it joins again cfg["rejoin_s"] later."""
     while True:
-        await _sleep_ms(REJOIN_MS)
+        await _sleep_ms(int(cfg["rejoin_s"] * 1000))
         if room.connection_state == "disconnected":
             flashlog.error("out of the room (%s): joining again" % (room.last_error,))
             await _connect_forever(room, cfg)

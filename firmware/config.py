@@ -5,6 +5,8 @@
      "wifi": {"ssid": "...", "password": "..."},
      "telemetry_to": "collector",          identity that receives telemetry ("" = off)
      "telemetry_interval_s": 10,           0.1 .. 86400
+     "rejoin_s": 60,                       1 .. 86400: how soon to join again after the
+                                           room gave up (a final LEAVE)
      "name": "pump-7"}                      a label shown by device.info
 
 load() never raises: a missing file gives the defaults; a malformed one, or a key of
@@ -17,9 +19,9 @@ import json
 
 PATH = "config.json"
 DEFAULTS = {"relay": "tcp://127.0.0.1:7880", "token": "", "wifi": {}, "telemetry_to": "",
-            "telemetry_interval_s": 10, "name": ""}
+            "telemetry_interval_s": 10, "rejoin_s": 60, "name": ""}
 TYPES = {"relay": str, "token": str, "wifi": dict, "telemetry_to": str,
-         "telemetry_interval_s": (int, float), "name": str}
+         "telemetry_interval_s": (int, float), "rejoin_s": (int, float), "name": str}
 INTERVAL_MAX_S = 86400
 
 
@@ -32,6 +34,8 @@ def problem(key, value):
         return "config key %r has the wrong type %s" % (key, type(value).__name__)
     if key == "telemetry_interval_s" and not 0.1 <= value <= INTERVAL_MAX_S:  # also NaN
         return "telemetry_interval_s must be between 0.1 and %d, got %r" % (INTERVAL_MAX_S, value)
+    if key == "rejoin_s" and not 1 <= value <= INTERVAL_MAX_S:
+        return "rejoin_s must be between 1 and %d, got %r" % (INTERVAL_MAX_S, value)
     if key == "wifi":
         for k in value:
             if k not in ("ssid", "password") or not isinstance(value[k], str):

@@ -66,16 +66,16 @@ def test_a_malformed_config_file_gives_the_defaults_and_says_why():
 
 def test_bad_keys_fall_back_to_their_defaults_one_by_one():
     text = ('{"relay": "nonsense", "token": 5, "wifi": {"ssid": 5}, "telemetry_interval_s": 1e400,'
-            ' "telemetry_to": "collector", "name": "pump-7", "newer_key": [1]}')
+            ' "rejoin_s": 0, "telemetry_to": "collector", "name": "pump-7", "newer_key": [1]}')
     with FlashLog() as log:
         cfg = _load(text)
         assert cfg["telemetry_to"] == "collector" and cfg["name"] == "pump-7" and cfg["newer_key"] == [1]
-        for k in ("relay", "token", "wifi", "telemetry_interval_s"):
+        for k in ("relay", "token", "wifi", "telemetry_interval_s", "rejoin_s"):
             assert cfg[k] == config.DEFAULTS[k], k
             assert "'%s'" % k in log.text() or k + " must" in log.text(), (k, log.text())
     # what a good deploy writes comes through whole
     good = {"relay": "tcp://10.0.0.2:7880", "token": "t", "wifi": {"ssid": "s", "password": "p"},
-            "telemetry_to": "", "telemetry_interval_s": 0.5, "name": "b"}
+            "telemetry_to": "", "telemetry_interval_s": 0.5, "rejoin_s": 5, "name": "b"}
     assert _load(json.dumps(good)) == good
 
 

@@ -214,15 +214,18 @@ async def test_bad_inputs_are_rpc_errors_and_leave_the_board_serving_without_a_l
 
 async def test_a_board_pushed_out_by_its_own_identity_joins_again(rig):
     # someone joins with the board's identity: the relay drops the board (a final
-    # LEAVE, the room gives up); once the impostor leaves, the board comes back
+    # LEAVE, the room gives up); rejoin_s later the board joins again (and, the newer
+    # connection winning, pushes the impostor out in turn)
     room = await _host(rig)
     try:
+        await _call(room, "config.update", json.dumps({"rejoin_s": 2}))  # 60 s by default
+        await _reboot_and_rejoin(room)
         twin = await demo.join(rig.url, identity=BOARD, room=ROOM)
-        await _until(lambda: room.remote_participants.get(BOARD) is not None, 10, "the twin")
-        await asyncio.sleep(2)
+        t0 = time.monotonic()
+        await _until(lambda: twin.connection_state == "disconnected", 20, "the board to come back")
+        assert time.monotonic() - t0 < 15, "rejoin_s 2 was not taken"
+        await demo.wait_for_participant(room, BOARD, 10)
+        assert (await _info(room))["identity"] == BOARD   # the board itself answers
         await twin.disconnect()
-        await _until(lambda: BOARD not in room.remote_participants, 10, "the twin to leave")
-        await demo.wait_for_participant(room, BOARD, 90)
-        assert (await _info(room))["identity"] == BOARD
     finally:
         await room.disconnect()
