@@ -170,7 +170,14 @@ async def _stay_joined(room, cfg):
     not stay out for good, so it joins again cfg["rejoin_s"] later."""
     while True:
         await _sleep_ms(int(cfg["rejoin_s"] * 1000))
-        if room.connection_state == "disconnected":
+        if _gave_up(room):
             flashlog.error("out of the room (%s): joining again" % (room.last_error,))
             await _connect_forever(room, cfg)
             flashlog.info("joined room %s again" % (room.name,))
+
+
+def _gave_up(room):
+    """True once the room stopped rejoining by itself (a final LEAVE): a connect()
+    from here while it retries would race its own retries."""
+    from lkedge import link
+    return room.connection_state == "disconnected" and room.leave_code in link.FINAL_LEAVE

@@ -64,11 +64,14 @@ def request(payload, key):
 
 
 def safe_path(path):
-    """Only files below the board's root; no way out with '..'."""
-    if (not isinstance(path, str) or not path.strip("/") or ".." in path.split("/")
-            or path.endswith("/") or min(path) < " "):
+    """Only files below the board's root; no way out with '..'. -> the path in one
+    spelling ("./a//b" and "/a/b" are "a/b"), so that checks keyed on it (a put in
+    progress) see every spelling of one file."""
+    parts = path.split("/") if isinstance(path, str) else [".."]
+    parts = [p for p in parts if p and p != "."]
+    if (not parts or ".." in parts or path.endswith("/") or min(path) < " "):
         raise rpc_error(E_BAD_PATH, "bad path %r: a file below / without '..' or control characters" % (path,))
-    return path.lstrip("/")
+    return "/".join(parts)
 
 
 def _hexdigest(h):

@@ -23,8 +23,6 @@ DEFAULT_URL = "tcp://127.0.0.1:7880"
 DEFAULT_ROOM = "lkedge"
 
 
-# LEAVE codes after which the Room does not rejoin (as lkedge.room decides).
-_FINAL_LEAVE = (link.LEAVE_CLIENT, link.LEAVE_DUPLICATE, link.LEAVE_UNAUTHORIZED, link.LEAVE_FORBIDDEN)
 
 
 class UsageError(Exception):
@@ -32,7 +30,8 @@ class UsageError(Exception):
 
 
 def _seconds(minimum_exclusive):
-    """An argparse type: a number of seconds above (or, for None, at least) zero."""
+    """An argparse type: a number of seconds above (or, for None, at least) zero. Above
+    zero is a response timeout, which travels as whole milliseconds in a uint32."""
     def parse(text):
         try:
             v = float(text)
@@ -40,8 +39,13 @@ def _seconds(minimum_exclusive):
             raise argparse.ArgumentTypeError("%r is not a number of seconds" % text)
         if v != v or (v <= 0 if minimum_exclusive else v < 0):
             raise argparse.ArgumentTypeError("%r must be %s" % (text, "above 0" if minimum_exclusive else "0 or more"))
+        if minimum_exclusive and not 1 <= v * 1000 <= _TIMEOUT_MAX_S * 1000:
+            raise argparse.ArgumentTypeError("%r must be between 0.001 and %d seconds" % (text, _TIMEOUT_MAX_S))
         return v
     return parse
+
+
+_TIMEOUT_MAX_S = 0xFFFFFFFF // 1000   # response_timeout_ms is a uint32
 
 
 def add_connection_arguments(p, identity_default):
@@ -465,8 +469,8 @@ async def _serve(args):
             pass
         # The Room stops rejoining after a LEAVE that would only repeat (a duplicate
         # identity, a refused token, data forbidden): nothing would be served any more,
-        # so say so and stop. Between retries it is "disconnected" with no such code.
-        if (room.connection_state == "disconnected" and room.leave_code in _FINAL_LEAVE
+        # so say so and stop (between its own retries it is "reconnecting").
+        if (room.connection_state == "disconnected" and room.leave_code in link.FINAL_LEAVE
                 and not stop.is_set()):
             why = "LEAVE %s %s" % (room.leave_code, room.leave_reason)
             hint = ""

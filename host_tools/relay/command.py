@@ -129,7 +129,9 @@ async def _main(args):
         await srv.stop()
         hint = ""
         if isinstance(e, socket.gaierror):
-            hint = " (--host %r is not an address of this machine)" % args.host
+            bad = _unresolved([("--host", args.host)] + ([("--http-host", args.http_host)]
+                                                         if args.http_port else []))
+            hint = " (%s is not an address of this machine)" % (" nor ".join(bad) or "--host")
         elif getattr(e, "errno", None) == errno.EADDRINUSE:
             hint = (" (another relay, or another program, has that port: stop it or choose "
                     "--port/--ws-port/--http-port; 0 picks a free one)")
@@ -145,6 +147,18 @@ async def _main(args):
     await srv.serve()
     _say("stopped")
     return EXIT_OK
+
+
+def _unresolved(hosts):
+    """The `--flag 'host'` of each of (flag, host) whose name does not resolve."""
+    out = []
+    for flag, host in hosts:
+        try:
+            if host:
+                socket.getaddrinfo(host, None)
+        except socket.gaierror:
+            out.append("%s %r" % (flag, host))
+    return out
 
 
 def run(args):

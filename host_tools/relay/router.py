@@ -324,13 +324,13 @@ class Router:
                 "client_protocol": j["client_protocol"],
                 "capabilities": j["capabilities"],
                 "attributes": dict(grant.get("attributes") or {})}
-        announce = relayside.encode_control(link.PARTICIPANT, info)
-        if len(announce) > MAX_CONTROL_IN:
+        body = cbor.dumps(info)
+        if 1 + len(body) > MAX_CONTROL_IN:  # type + body, as a board's FrameReader counts
             # Everyone gets this frame (and JOINED lists it): over a board's control
             # buffer it would end every board's link, again at each rejoin.
             self._drop(c, link.LEAVE_UNAUTHORIZED, "the token's identity and attributes make "
                        "an announcement of %d bytes; boards take at most %d"
-                       % (len(announce), MAX_CONTROL_IN), now)
+                       % (1 + len(body), MAX_CONTROL_IN), now)
             return
         members = self._rooms.setdefault(room, {})
         old = members.get(identity)
@@ -351,6 +351,7 @@ class Router:
             link.JOINED)
         for o in rest:  # a big room: the rest follow at once, before anything else
             self._send(c, relayside.encode_control(link.PARTICIPANT, o.info), link.PARTICIPANT)
+        announce = link.encode_frame(link.PARTICIPANT, body)
         for o in others:
             self._send(o, announce, link.PARTICIPANT)
         self.metrics.inc("lkedge_relay_joins_total")

@@ -364,7 +364,10 @@ class RelayServer:
     async def _serial_loop(self, port):
         try:
             while not self._stopping:
+                t0 = time.monotonic()
                 await _SerialLink(self, self._cid(), port, self.serial).run()
+                if time.monotonic() - t0 < 1 and not self._stopping:
+                    await asyncio.sleep(1)  # ended at once (e.g. relay full): no tight loop
         finally:
             port.close()
 

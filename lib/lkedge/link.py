@@ -71,6 +71,10 @@ LEAVE_PROTOCOL = const(4)
 LEAVE_SHUTDOWN = const(5)
 LEAVE_IDLE = const(6)
 LEAVE_FORBIDDEN = const(7)
+# After these a participant does not rejoin by itself: a new JOIN would get the same
+# answer (another connection took the identity, the token is refused or forbids data)
+# or the participant left on purpose.
+FINAL_LEAVE = (LEAVE_CLIENT, LEAVE_DUPLICATE, LEAVE_UNAUTHORIZED, LEAVE_FORBIDDEN)
 
 MAX_PING_BODY = const(64)
 # The relay takes DATA frames up to the max_frame JOINED announces and forwards them

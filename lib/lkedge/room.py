@@ -47,11 +47,6 @@ def _warn(msg):
     print("lkedge:", msg)
 
 
-# LEAVE codes after which reconnecting would only repeat the refusal.
-_FINAL_LEAVE = (link.LEAVE_DUPLICATE, link.LEAVE_UNAUTHORIZED, link.LEAVE_FORBIDDEN,
-                link.LEAVE_CLIENT)
-
-
 class Room:
     """A participant's view of one room (names follow the LiveKit Python SDK)."""
 
@@ -203,9 +198,15 @@ class Room:
             raise ConnectError("bad relay URL: %s" % (e,))
         try:
             await t.connect()
-        except Exception as e:
+        except BaseException as e:  # also cancelled: else "connecting" refuses every connect()
             self.connection_state = "disconnected"
-            raise ConnectError("cannot reach the relay at %s: %s" % (self._url, _cause(e)))
+            if isinstance(e, Exception):
+                raise ConnectError("cannot reach the relay at %s: %s" % (self._url, _cause(e)))
+            try:
+                await t.close()  # it may be half open
+            except Exception:
+                pass
+            raise
         self._transport = t
         self._sender.transport = t
         self._joined = asyncio.Event()
@@ -247,8 +248,9 @@ class Room:
         tasks = [self._timer_task, self._reader_task] + self._tasks
         self._tasks = []
         self._fail_everything("disconnected")
-        for task in tasks:
-            if task is not None and not task.done():
+        me = asyncio.current_task()  # a handler calling disconnect() goes on (MicroPython
+        for task in tasks:           # cannot cancel the running task: RuntimeError)
+            if task is not None and task is not me and not task.done():
                 task.cancel()
         self._invoking = set()  # a task cancelled before it started never says it ended
         self._handling = set()
@@ -286,7 +288,7 @@ class Room:
         await self._drop_transport()
         self._fail_everything(why)
         self._emit("disconnected", why)
-        if not self.options.auto_reconnect or self.leave_code in _FINAL_LEAVE:
+        if not self.options.auto_reconnect or self.leave_code in link.FINAL_LEAVE:
             self.connection_state = "disconnected"
             return
         self._emit("reconnecting")
@@ -299,10 +301,12 @@ class Room:
                 return
             except ConnectError as e:
                 self.last_error = str(e)
-                if e.leave_code in _FINAL_LEAVE:
+                if e.leave_code in link.FINAL_LEAVE:
                     self.connection_state = "disconnected"
                     self._emit("disconnected", str(e))
                     return
+                # _open_link left "disconnected": still trying, so connect() is refused
+                self.connection_state = "reconnecting"
             delay = min(delay * 2, self.options.reconnect_max_ms)
 
     # ----------------------------------------------------------- reader task

@@ -68,7 +68,7 @@ async def end_abnormally(room, sid, dests, e):
     """A trailer with a reason for a stream cut short (cancelled, failed source): its
     receivers end with "abnormal end" instead of waiting until we leave."""
     try:
-        await room._send(streams.trailer_packet(sid, dests, "sender stopped: %r" % (e,)))
+        await room._send(streams.trailer_packet(sid, dests, ("sender stopped: %r" % (e,))[:200]))
     except Exception:
         pass  # no link: its loss ends the stream for the receivers
 

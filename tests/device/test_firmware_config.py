@@ -142,3 +142,42 @@ async def test_the_telemetry_loop_keeps_going_after_a_sample_fails():
         task.cancel()
         assert tel.samples >= 2 and tel.flushes >= 5, (tel.samples, tel.flushes)
         assert log.text().count("telemetry sample not queued") == 1, log.text()
+
+
+class _FakeRoom:
+    """A room as the app sees it: between two of its own retries it is "disconnected"
+    with no final LEAVE code; after a final LEAVE it has given up."""
+
+    def __init__(self):
+        self.connection_state = "disconnected"
+        self.leave_code = None
+        self.last_error = "cannot reach the relay"
+        self.name = "r"
+        self.connects = 0
+
+    async def connect(self, url, token):
+        self.connects += 1
+        self.connection_state = "connected"
+        self.leave_code = None
+
+
+async def test_the_app_rejoins_only_a_room_that_gave_up():
+    # The Room retries by itself after a link loss and is "disconnected" while it waits
+    # between attempts: a second connect() from the app then would race the Room's own
+    # (two links, or "already connected" retried forever). Only a final LEAVE is the
+    # app's to repair.
+    import asyncio
+    import app
+    room = _FakeRoom()
+    with FlashLog() as log:
+        task = asyncio.create_task(app._stay_joined(room, {"rejoin_s": 0.02, "relay": "tcp://h:1", "token": "t"}))
+        await asyncio.sleep(0.2)
+        assert room.connects == 0, "connected over the Room's own retries"
+        room.leave_code = 3   # the relay refused the token: the Room gave up
+        for _ in range(100):
+            if room.connects:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        assert room.connects == 1 and room.connection_state == "connected", room.connects
+        assert "joining again" in log.text(), log.text()

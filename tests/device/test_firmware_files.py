@@ -225,6 +225,8 @@ async def test_a_second_put_of_the_same_path_is_refused_while_the_first_runs():
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         assert await _rpc_code(files.file_put(Data(reader=SlowReader(_put_body(name, b), 64)))) == files.E_BUSY
+        for other in ("./" + name, "/" + name, ".//" + name):   # the same file spelled otherwise
+            assert await _rpc_code(files.file_put(Data(reader=SlowReader(_put_body(other, b), 64)))) == files.E_BUSY, other
         r = json.loads(await first)
         with open(name, "rb") as f:
             assert f.read() == a and r["sha256"] == _sha(a), "the two uploads were mixed"

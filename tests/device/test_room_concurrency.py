@@ -445,3 +445,64 @@ async def test_connect_again_after_the_link_closed_before_joined():
     await r.connect(mem.transport(), "a")   # a later connect() is not refused
     assert r.connection_state == "connected"
     await close(r)
+
+
+class _NeverConnects:
+    """A transport whose connect() hangs (a relay host that drops SYNs), counting closes."""
+
+    def __init__(self):
+        self.closed = 0
+
+    async def connect(self):
+        await asyncio.sleep(60)
+
+    async def close(self):
+        self.closed += 1
+
+
+async def test_connect_cancelled_while_reaching_the_relay_can_be_retried():
+    # asyncio.wait_for(room.connect(...), t) gives up while the transport connects: the
+    # room must not stay "connecting", which refuses every later connect().
+    mem = MemRoom()
+    r = room_module.Room()
+    t = _NeverConnects()
+    try:
+        await asyncio.wait_for(r.connect(t, "a"), 0.05)
+    except asyncio.TimeoutError:
+        pass
+    else:
+        raise AssertionError("connect() returned")
+    assert r.connection_state == "disconnected", r.connection_state
+    assert t.closed == 1, "a half-open transport is closed: %d" % t.closed
+    await r.connect(mem.transport(), "a")
+    assert r.connection_state == "connected"
+    await close(r)
+
+
+async def test_a_handler_may_call_disconnect():
+    # The handler's own task is among those disconnect() cancels: MicroPython refuses to
+    # cancel the running task (RuntimeError "can't cancel self"), which left the room
+    # "connected" without a link. The handler goes on after disconnect() returns.
+    mem, a, b = await pair()
+    out = []
+
+    async def leave(data):
+        try:
+            await b.disconnect()
+            await asyncio.sleep(0)
+            out.append("after")
+        except BaseException as e:
+            out.append(repr(e))
+            raise
+        return "bye"
+    b.local_participant.register_rpc_method("leave", leave)
+    try:
+        await a.local_participant.perform_rpc(destination_identity="b", method="leave", response_timeout=3)
+    except Exception as e:
+        assert getattr(e, "code", None) == 1503, repr(e)   # b left before it could answer
+    else:
+        raise AssertionError("answered after disconnect()")
+    await settle(lambda: out)
+    assert out == ["after"], out
+    assert b.connection_state == "disconnected" and b._transport is None
+    await close(a)

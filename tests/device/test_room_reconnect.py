@@ -207,3 +207,25 @@ async def test_calls_in_flight_fail_with_recipient_disconnected_when_the_link_is
     assert board.remote_participants == {}
     await peer.close()
     await board.disconnect()
+
+
+async def test_between_failed_attempts_the_room_stays_reconnecting_and_refuses_connect():
+    # A failed attempt must not leave "disconnected" during the next backoff: a
+    # connect() accepted there would open a second link beside the retrying one.
+    from lkedge.room import ConnectError
+    mem = MemRoom()
+    relay = _FlakyRelay(mem, fail=None)
+    events = []
+    board = await _board(mem, relay, events)
+    await mem.kick("board", link.LEAVE_SHUTDOWN, "relay restarting")
+    await settle(lambda: relay.connects >= 2)   # an attempt failed: the room waits for the next
+    assert board.connection_state == "reconnecting", board.connection_state
+    try:
+        await board.connect(mem.transport(), "board")
+    except ConnectError as e:
+        assert "already reconnecting" in str(e), e
+    else:
+        raise AssertionError("connect() accepted while the room was reconnecting")
+    assert "board" not in mem.conns
+    await board.disconnect()
+    assert board.connection_state == "disconnected"

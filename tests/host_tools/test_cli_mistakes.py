@@ -253,3 +253,11 @@ def test_output_closed_early_stops_quietly(served):
     err = p.stderr.read()
     assert p.wait(30) == 1
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_a_timeout_outside_what_a_call_can_carry_is_a_usage_error():
+    # a response timeout travels as whole milliseconds in a uint32: 0.0001 s (0 ms),
+    # inf and 1e7 s were accepted here and then ended the call in a traceback
+    for t in ("0.0001", "inf", "1e7"):
+        _usage_error(_lk("call", "host", "echo", "--timeout", t, "--url", NOWHERE), "--timeout", t)
+    _usage_error(_lk("call", "host", "echo", "--wait", "nan", "--url", NOWHERE), "--wait")

@@ -255,3 +255,13 @@ def test_a_token_of_other_keys_is_refused_for_its_issuer():
         assert "signature" in str(e)
     else:
         raise AssertionError("accepted")
+
+
+def test_an_unknown_http_host_is_named_as_such():
+    # --host is fine here: the hint must name --http-host, not --host
+    r = subprocess.run([sys.executable, "-m", "lkedge_host.cli", "relay", "--port", "0", "--ws-port", "0",
+                        "--http-port", "17999", "--http-host", "no-such-host.invalid"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "cannot start listening" in r.stderr, r.stderr
+    assert "--http-host 'no-such-host.invalid' is not an address of this machine" in r.stderr, r.stderr
+    assert "--host '127.0.0.1'" not in r.stderr and "Traceback" not in r.stderr

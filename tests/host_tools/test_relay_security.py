@@ -109,6 +109,8 @@ async def test_join_claims_are_bounded_so_announcements_fit_a_board():
         for extra, words in (({"capabilities": [1] * 2000}, '"capabilities" has 2000 items'),
                              ({"client_protocol": 1 << 40}, '"client_protocol" holds'),
                              ({"capabilities": [1 << 40]}, '"capabilities" holds'),
+                             ({"capabilities": [2, -(1 << 40)]}, 'non-negative integers'),
+                             ({"client_protocol": -(1 << 40)}, '"client_protocol"'),
                              ({"sdk": "s" * 3000}, '"sdk" is 3000 characters')):
             eve = await r.connect()
             join = {"v": 1, "token": r.token("eve"), "client_protocol": 2, "capabilities": [],
