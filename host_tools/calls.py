@@ -29,20 +29,29 @@ class UsageError(Exception):
     """Bad arguments found before joining (exit 2); the message says what and what to do."""
 
 
-def _seconds(minimum_exclusive):
-    """An argparse type: a number of seconds above (or, for None, at least) zero. Above
-    zero is a response timeout, which travels as whole milliseconds in a uint32."""
-    def parse(text):
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError("%r is not a number of seconds" % text)
-        if v != v or (v <= 0 if minimum_exclusive else v < 0):
-            raise argparse.ArgumentTypeError("%r must be %s" % (text, "above 0" if minimum_exclusive else "0 or more"))
-        if minimum_exclusive and not 1 <= v * 1000 <= _TIMEOUT_MAX_S * 1000:
-            raise argparse.ArgumentTypeError("%r must be between 0.001 and %d seconds" % (text, _TIMEOUT_MAX_S))
-        return v
-    return parse
+def _number(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number of seconds" % text)
+    if v != v:
+        raise argparse.ArgumentTypeError("%r is not a number of seconds" % text)
+    return v
+
+
+def _timeout(text):
+    """--timeout: it travels as whole milliseconds in a uint32."""
+    v = _number(text)
+    if not 0.001 <= v <= _TIMEOUT_MAX_S:
+        raise argparse.ArgumentTypeError("%r must be between 0.001 and %d seconds" % (text, _TIMEOUT_MAX_S))
+    return v
+
+
+def _wait(text):
+    v = _number(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError("%r must be 0 or more" % text)
+    return v
 
 
 _TIMEOUT_MAX_S = 0xFFFFFFFF // 1000   # response_timeout_ms is a uint32
@@ -252,9 +261,9 @@ def add_call_arguments(p):
     p.add_argument("method", help="method name registered there")
     p.add_argument("payload", nargs="?", default=None,
                    help="request payload: text, @file to read a file, - for stdin (default empty)")
-    p.add_argument("--timeout", type=_seconds(True), default=15.0,
+    p.add_argument("--timeout", type=_timeout, default=15.0,
                    help="response timeout in seconds (default %(default)s)")
-    p.add_argument("--wait", type=_seconds(False), default=5.0,
+    p.add_argument("--wait", type=_wait, default=5.0,
                    help="seconds to wait for the destination to appear in the room (default %(default)s)")
     p.add_argument("--output", "-o", default=None, help="write the response to this file instead of stdout (- for stdout)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or timing on stderr")

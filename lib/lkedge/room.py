@@ -196,17 +196,6 @@ class Room:
         except Exception as e:  # a malformed URL: nothing was opened
             self.connection_state = "disconnected"
             raise ConnectError("bad relay URL: %s" % (e,))
-        try:
-            await t.connect()
-        except BaseException as e:  # also cancelled: else "connecting" refuses every connect()
-            self.connection_state = "disconnected"
-            if isinstance(e, Exception):
-                raise ConnectError("cannot reach the relay at %s: %s" % (self._url, _cause(e)))
-            try:
-                await t.close()  # it may be half open
-            except Exception:
-                pass
-            raise
         self._transport = t
         self._sender.transport = t
         self._joined = asyncio.Event()
@@ -214,16 +203,21 @@ class Room:
                 "client_protocol": self.options.client_protocol,
                 "capabilities": [CAP_COMPRESSION_DEFLATE_RAW] if self.can_inflate else [],
                 "sdk": self.options.sdk, "sdk_version": _version()}
+        waiting = False
         try:
+            await t.connect()
             await self._sender.send_frame(link.JOIN, cbor.dumps(join))
             self._reader_task = asyncio.create_task(self._reader_loop(t))
+            waiting = True
             await asyncio.wait_for(self._joined.wait(), self.options.join_timeout_ms / 1000)
-        except BaseException as e:  # also cancelled: no link may stay open behind us
+        except BaseException as e:
+            # Also when cancelled: no link may stay open behind us, and a room left
+            # "connecting" would refuse every later connect().
             self.connection_state = "disconnected"
             await self._drop_transport()
-            if isinstance(e, asyncio.TimeoutError):
+            if waiting and isinstance(e, asyncio.TimeoutError):
                 raise ConnectError("no JOINED from the relay within %d ms" % self.options.join_timeout_ms)
-            if isinstance(e, Exception):  # the JOIN could not be written
+            if isinstance(e, Exception):  # connecting or writing the JOIN failed
                 raise ConnectError("cannot reach the relay at %s: %s" % (self._url, _cause(e)))
             raise
         if self.connection_state != "connected":
