@@ -23,10 +23,10 @@ Outgoing
 
 Incoming
     IncomingStreams(has_handler, max_streams=8, can_inflate=True, max_inflated=None,
-                    piece_size=512)
+                    piece_size=512, evict_idle_ms=None)
         has_handler(kind, topic) -> bool decides which streams are wanted.
-        .header(sender, header_dict, inline)     inline: None or the whole content
-        .chunk(sender, stream_id, chunk_index, piece, final)   one piece of a chunk
+        .header(sender, header_dict, inline, now_ms=0)   inline: None or the whole content
+        .chunk(sender, stream_id, chunk_index, piece, final, now_ms=0)   one piece of a chunk
         .trailer(sender, trailer_dict)
         .participant_left(identity), .close_all(reason)
     Each returns an iterable of events: pull it to the end (a generator, whose work
@@ -40,6 +40,13 @@ Incoming
     StreamIgnored(stream_id, reason, sender, header) (the stream's packets are dropped;
         header and sender are set when the header itself was refused).
     A duplicate open stream_id yields StreamIgnored for the new header only.
+    When max_streams are open and another wanted stream arrives, the open stream whose
+    sender has been silent longest gives way if it has been silent for evict_idle_ms
+    or more (StreamEnded with "abnormal end: idle for N s while all M stream slots were
+    in use"; its later packets are dropped); otherwise the new one is refused. So a
+    peer that opens streams and never ends them (a writer left unclosed) cannot shut
+    others out for good, while a slow writer keeps its slot unless the slots run out.
+    Time is what the caller passes in (now_ms), as everywhere in the cores.
     A trailer with a non-empty reason ends the stream with "abnormal end: <reason>",
     as livekit-client (JS) does ("closed abnormally").
     StreamInfo: what handlers see (stream_id, topic, kind, ...; see the class).
@@ -55,6 +62,7 @@ except ImportError:  # CPython
         return x
 
 _MAX_IGNORED = const(16)         # remembered ids of ignored streams
+_FULL = "full"                   # _refusal: every slot taken (header() may make room)
 
 
 class StreamError(ValueError):
@@ -277,15 +285,17 @@ class _Open:
         self.dropping = False   # the current chunk is a duplicate
         self.ev = StreamData(info)
         self.one = (self.ev,)   # chunk()'s usual answer, made once per stream
+        self.heard_ms = 0       # when its sender's last header or chunk came (now_ms)
 
 
 class IncomingStreams:
     """Routes stream packets to events; see the module docstring."""
 
     def __init__(self, has_handler, max_streams=8, can_inflate=True, max_inflated=None,
-                 piece_size=512):
+                 piece_size=512, evict_idle_ms=None):
         self.has_handler = has_handler
         self.max_streams = max_streams
+        self.evict_idle_ms = evict_idle_ms
         self.can_inflate = can_inflate
         self.max_inflated = max_inflated
         self.piece_size = piece_size
@@ -293,9 +303,13 @@ class IncomingStreams:
         self._ignored = []      # bounded: ids whose chunks/trailer are dropped silently
 
     # ------------------------------------------------------------ header
-    def header(self, sender_identity, header, inline):
+    def header(self, sender_identity, header, inline, now_ms=0):
         sid = header.get("stream_id", "")
         why = self._refusal(header, sid, inline is not None)
+        if why is _FULL:
+            why = yield from self._evict_idle(now_ms)
+            if why is not None:
+                self._ignore(sid)
         if why is not None:
             yield StreamIgnored(sid, why, sender_identity, header)
             return
@@ -311,6 +325,7 @@ class IncomingStreams:
                 yield StreamIgnored(sid, "cannot inflate: %s" % (e,), sender_identity, header)
                 return
         st = _Open(info, inflater)
+        st.heard_ms = now_ms
         yield StreamOpened(info)
         if inline is None:
             self.open[sid] = st
@@ -343,10 +358,26 @@ class IncomingStreams:
             elif comp not in (COMPRESSION_NONE, COMPRESSION_DEFLATE_RAW):
                 why = "unknown compression type %r" % (comp,)
             elif not inline and len(self.open) >= self.max_streams:
-                why = "too many open streams (limit %d)" % self.max_streams
+                return _FULL  # header() makes room or refuses
         if why is not None and not inline:
             self._ignore(sid)
         return why
+
+    def _evict_idle(self, now_ms):
+        """All slots taken: end the stream silent longest if it has been silent for
+        evict_idle_ms (yields its StreamEnded); returns None, or why the new stream is
+        refused."""
+        limit = self.evict_idle_ms
+        idlest = None
+        for st in self.open.values():
+            if idlest is None or st.heard_ms < idlest.heard_ms:
+                idlest = st
+        if limit is None or idlest is None or now_ms - idlest.heard_ms < limit:
+            return "too many open streams (limit %d)" % self.max_streams
+        yield from self._end(idlest, StreamError(
+            "abnormal end: idle for %d s while all %d stream slots were in use"
+            % ((now_ms - idlest.heard_ms) // 1000, self.max_streams)))
+        return None
 
     def _new_inflater(self):
         from . import inflate
@@ -367,7 +398,7 @@ class IncomingStreams:
         yield StreamEnded(st.info, err)
 
     # ------------------------------------------------------------- chunks
-    def chunk(self, sender_identity, stream_id, chunk_index, piece, final):
+    def chunk(self, sender_identity, stream_id, chunk_index, piece, final, now_ms=0):
         st = self.open.get(stream_id)
         if st is None:
             if stream_id in self._ignored:
@@ -376,6 +407,7 @@ class IncomingStreams:
             return (StreamIgnored(stream_id, "chunk for a stream that is not open"),)
         if st.info.sender_identity != sender_identity:
             return ()  # only the stream's sender may add to it
+        st.heard_ms = now_ms
         if st.cur_index != chunk_index:
             if not len(piece) and final:
                 return ()  # an empty chunk is ignored

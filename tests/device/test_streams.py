@@ -535,6 +535,73 @@ def test_too_many_open_streams_are_rejected_with_a_reason():
     assert bytes(col.data["s4"]) == b"inline ok"
 
 
+def _header_at(inc, col, sid, now_ms, sender="a"):
+    h = dict(_hdr(sid)["stream_header"])
+    col.run(inc.header(sender, h, None, now_ms))
+
+
+def _chunk_at(inc, col, sid, index, data, now_ms, sender="a"):
+    col.run(inc.chunk(sender, sid, index, memoryview(data), True, now_ms))
+
+
+def test_when_all_slots_are_taken_the_stream_silent_longest_gives_way_after_evict_idle_ms():
+    inc, col = _inc("t", max_streams=2, evict_idle_ms=30000)
+    _header_at(inc, col, "s1", 0)
+    _header_at(inc, col, "s2", 1000)
+    _chunk_at(inc, col, "s1", 0, b"still here", 20000)  # s1 heard later than s2
+    _header_at(inc, col, "s3", 31000)  # s2 silent 30 s: it gives way
+    assert col.error_text("s2") == "abnormal end: idle for 30 s while all 2 stream slots were in use"
+    assert "s1" not in col.ended and "s3" in inc.open and not col.ignored
+    _chunk_at(inc, col, "s2", 0, b"late", 32000)  # the evicted stream's packets are dropped
+    feed(inc, col, "a", _trailer("s2"))
+    assert bytes(col.data["s2"]) == b"" and not col.ignored
+    _chunk_at(inc, col, "s3", 0, b"new", 32000)
+    feed(inc, col, "a", _trailer("s3"))
+    assert bytes(col.data["s3"]) == b"new" and col.ended["s3"] is None
+
+
+def test_a_full_house_of_recently_heard_streams_still_refuses_the_new_one():
+    inc, col = _inc("t", max_streams=2, evict_idle_ms=30000)
+    _header_at(inc, col, "s1", 0)
+    _header_at(inc, col, "s2", 0)
+    _chunk_at(inc, col, "s1", 0, b"x", 10000)
+    _chunk_at(inc, col, "s2", 0, b"x", 10000)
+    _header_at(inc, col, "s3", 39999)  # both silent 29.999 s: not yet
+    assert col.ignored == [("s3", "too many open streams (limit 2)")] and not col.ended
+    _chunk_at(inc, col, "s3", 0, b"x", 40000)  # the refused stream's packets are dropped quietly
+    assert len(col.ignored) == 1 and "s3" not in inc.open
+
+
+def test_without_evict_idle_ms_a_silent_stream_keeps_its_slot_for_good():
+    inc, col = _inc("t", max_streams=1)
+    _header_at(inc, col, "s1", 0)
+    _header_at(inc, col, "s2", 10 ** 9)
+    assert col.ignored == [("s2", "too many open streams (limit 1)")] and not col.ended
+
+
+def test_an_unwanted_stream_never_evicts_an_idle_one():
+    inc, col = _inc("t", max_streams=1, evict_idle_ms=1000)
+    _header_at(inc, col, "s1", 0)
+    col.run(inc.header("a", {"stream_id": "x", "topic": "nobody", "byte_header": {}}, None, 60000))
+    assert col.ignored == [("x", "no handler for bytes streams on topic 'nobody'")]
+    assert not col.ended and "s1" in inc.open
+
+
+def test_an_inline_stream_needs_no_slot_and_evicts_nothing():
+    inc, col = _inc("t", max_streams=1, evict_idle_ms=1000)
+    _header_at(inc, col, "s1", 0)
+    col.run(inc.header("a", _hdr("i")["stream_header"], b"inline", 60000))
+    assert bytes(col.data["i"]) == b"inline" and col.ended["i"] is None and "s1" in inc.open
+
+
+def test_a_chunk_from_another_identity_does_not_keep_a_stream_alive():
+    inc, col = _inc("t", max_streams=1, evict_idle_ms=30000)
+    _header_at(inc, col, "s1", 0)
+    _chunk_at(inc, col, "s1", 0, b"x", 29000, sender="mallory")
+    _header_at(inc, col, "s2", 30000, sender="b")
+    assert col.error_text("s1").startswith("abnormal end: idle for 30 s") and "s2" in inc.open
+
+
 def test_compressed_stream_without_an_inflater_is_ignored():
     inc, col = _inc("t", can_inflate=False)
     feed_all(inc, col, "a", [_hdr("z", compression=1), _chunk("z", 0, b"\x03\x00"), _trailer("z")])
