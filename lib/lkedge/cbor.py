@@ -1,6 +1,7 @@
 """The CBOR subset of the link (RFC 8949), for LINK.md control maps and telemetry.
 
-    dumps(obj) -> bytes        loads(data) -> obj        CBORError(ValueError)
+    dumps(obj) -> bytes        loads(data, max_values=None, drop=None) -> obj
+    CBORError(ValueError)      DROPPED
 
 Decoding takes any well-formed CBOR (RFC 8949) whose map keys are hashable:
 integers up to 64 bits (major types 0, 1), byte and text strings (2, 3), arrays (4) and
@@ -14,6 +15,19 @@ another type, truncated input, trailing bytes after the top-level item, invalid 
 unhashable or duplicate map keys, nesting (arrays, maps, tags) deeper than
 `MAX_DEPTH`. Every length is checked against the bytes still unread before anything is
 allocated, so a 4 GiB claim in a 10-byte input fails at once.
+
+A values budget, optional (without one, nothing is measured or dropped):
+`loads(data, max_values, drop)` bounds what a map holding the key `drop` may make in
+memory. When that key is met, the whole map is measured first by walking its bytes
+without building anything: the bytes of its strings plus 32 per value (the map itself,
+its keys, nested containers and their items), the accounting of proto's max_values. If
+that is over max_values, the value of `drop` is not built but walked (well-formed CBOR
+and valid UTF-8 are required as ever; its map keys are not checked for being hashable
+or repeated) and reads as `DROPPED`; the map's other keys are decoded as usual. Each
+map holding the key is measured on its own (LINK.md: one budget per participant map,
+which a JOINED frame nests in its "participants" array), so a frame of many small maps
+is not refused for its total, and a map over budget costs its other keys, not
+thousands of tiny objects (~15 times their wire size in heap on a board).
 
 Encoding is canonical for lengths and integers (shortest argument form) and keeps the
 insertion order of dicts, so for these types `dumps(x) == cbor2.dumps(x)`. Floats are
@@ -114,6 +128,10 @@ def dumps(obj):
 
 # ---------------------------------------------------------------- decoding
 
+# The value loads() puts in place of a value it did not build (max_values, drop).
+DROPPED = object()
+
+
 def _half_to_float(h):
     """IEEE 754 binary16 → float, by hand: not every port's struct has 'e'."""
     sign = -1.0 if h & 0x8000 else 1.0
@@ -127,10 +145,13 @@ def _half_to_float(h):
 
 
 class _Decoder:
-    def __init__(self, data):
+    def __init__(self, data, max_values=None, drop=None):
         self.mv = memoryview(data)
         self.pos = 0
         self.end = len(self.mv)
+        self.max_values = max_values
+        # the key whose value a map over max_values drops (DROPPED: none, it is no key)
+        self.drop = DROPPED if max_values is None or drop is None else drop
 
     def need(self, n, what):
         if n > self.end - self.pos:
@@ -143,7 +164,11 @@ class _Decoder:
         self.pos = p + n
         return self.mv[p:p + n]
 
-    def item(self, depth):
+    def item(self, depth, build=True):
+        """The next item; with build False, what building it would cost instead (the
+        bytes of its strings plus 32 per value, map keys and items included), checked
+        as well-formed all the same (map keys are not checked for being hashable or
+        repeated)."""
         self.need(1, "an item")
         start = self.pos
         ib = self.mv[start]
@@ -151,7 +176,8 @@ class _Decoder:
         major = ib >> 5
         ai = ib & 0x1f
         if major == 7:
-            return self.simple(ai, start)
+            v = self.simple(ai, start)
+            return v if build else 32
         if ai == 31:
             if major < 2 or major == 6:
                 raise CBORError("indefinite length (0x%02x) at offset %d is not well-formed for a %s"
@@ -166,47 +192,67 @@ class _Decoder:
                 size = 1 << (ai - 24)
                 raw = self.take(size, "the argument (%s)" % _MAJOR_NAMES.split(",")[major])
                 n = raw[0] if size == 1 else int.from_bytes(bytes(raw), "big")
-        if major == 0:
-            return n
-        if major == 1:
-            return -1 - n
         if major < 4:
-            if n < 0:
-                return self.chunks(major, start)
-            raw = self.take(n, "a byte string" if major == 2 else "a text string")
-            if major == 2:
-                return bytes(raw)
-            try:
-                return text(raw)
-            except UnicodeError:
-                raise CBORError("invalid UTF-8 in the text string at offset %d" % start)
+            if major == 0:
+                v = n
+            elif major == 1:
+                v = -1 - n
+            elif n < 0:
+                v = self.chunks(major, start)
+            else:
+                raw = self.take(n, "a byte string" if major == 2 else "a text string")
+                if major == 2:
+                    v = bytes(raw)
+                else:
+                    try:
+                        v = text(raw)
+                    except UnicodeError:
+                        raise CBORError("invalid UTF-8 in the text string at offset %d" % start)
+            if build:
+                return v
+            return 32 if major < 2 else 32 + (n if n >= 0 else self.pos - start)
         if depth >= MAX_DEPTH:
             raise CBORError("CBOR nested deeper than %d at offset %d" % (MAX_DEPTH, start))
         if major == 6:
-            return self.item(depth + 1)   # a tag: what it tags (nothing here needs the number)
+            return self.item(depth + 1, build)   # a tag: what it tags (the number is dropped)
+        # every item takes at least one byte: refuse impossible counts before looping
         left = self.end - self.pos
-        if major == 4:
-            # every item takes at least one byte: refuse impossible counts before looping
-            if n > left:
-                raise CBORError("truncated CBOR: array at offset %d claims %d items, only %d bytes left"
-                                % (start, n, left))
-            out = []
-            while self.more(n, len(out)):
-                out.append(self.item(depth + 1))
-            return out
-        if n > left // 2:
+        if major == 4 and n > left:
+            raise CBORError("truncated CBOR: array at offset %d claims %d items, only %d bytes left"
+                            % (start, n, left))
+        if major == 5 and n > left // 2:
             raise CBORError("truncated CBOR: map at offset %d claims %d pairs, only %d bytes left"
                             % (start, n, left))
-        out = {}
-        while self.more(n, len(out)):
+        out = [] if major == 4 else {}
+        cost = 32
+        i = 0
+        while self.more(n, i):
+            i += 1
             kpos = self.pos
-            k = self.item(depth + 1)
-            if isinstance(k, (list, dict)):
-                raise CBORError("unhashable map key (%s) at offset %d" % (type(k).__name__, kpos))
-            if k in out:
-                raise CBORError("duplicate map key %r at offset %d" % (k, kpos))
-            out[k] = self.item(depth + 1)
-        return out
+            k = self.item(depth + 1, build)
+            if not build:
+                cost += k + (self.item(depth + 1, False) if major == 5 else 0)
+            elif major == 4:
+                out.append(k)
+            else:
+                if isinstance(k, (list, dict)):
+                    raise CBORError("unhashable map key (%s) at offset %d" % (type(k).__name__, kpos))
+                if k in out:
+                    raise CBORError("duplicate map key %r at offset %d" % (k, kpos))
+                v = None
+                if k == self.drop:   # never, without a budget: see __init__
+                    # the whole map measured first, nothing built (loads' max_values)
+                    p = self.pos
+                    self.pos = start
+                    if self.item(depth, False) > self.max_values:
+                        v = DROPPED
+                    self.pos = p
+                if v is DROPPED:
+                    self.item(depth + 1, False)   # walked, not built
+                else:
+                    v = self.item(depth + 1)
+                out[k] = v
+        return out if build else cost
 
     def more(self, n, count):
         """Another item of a container: count < n, or with n = -1 (indefinite length)
@@ -255,9 +301,11 @@ class _Decoder:
                         % (ai, 0xe0 | ai, start))
 
 
-def loads(data):
-    """Decode exactly one CBOR item filling all of data (bytes-like)."""
-    d = _Decoder(data)
+def loads(data, max_values=None, drop=None):
+    """Decode exactly one CBOR item filling all of data (bytes-like). With max_values
+    and drop, a map holding the key `drop` gets DROPPED as that key's value when the
+    whole map would cost over max_values (see the module docstring)."""
+    d = _Decoder(data, max_values, drop)
     obj = d.item(0)
     if d.pos != d.end:
         raise CBORError("%d trailing bytes after the CBOR item (which ends at offset %d)"

@@ -14,7 +14,11 @@ class RoomOptions:
     max_values       cap on all small values of one DataPacket held at once (identities,
                      topic, ids, attributes...), in bytes plus 32 per value: a packet of
                      thousands of tiny attributes would take ~20 times its size in heap;
-                     one over it is dropped with a warning (None: no cap)
+                     one over it is dropped with a warning (None: no cap). The same cap
+                     applies to each participant the relay announces (PARTICIPANT,
+                     JOINED's list), counted while its CBOR is decoded: one over it is
+                     kept without its attributes (RemoteParticipant.attributes_dropped)
+                     and a warning names it
     max_frame        largest LINK control frame held whole, and the DATA frame limit
                      until JOINED announces the relay's (DATA is streamed, never held)
     max_streams      incoming data streams open at once

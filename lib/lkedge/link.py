@@ -7,17 +7,25 @@ API (docs/internals.md, with the details fixed here):
 - `encode_frame(type, body) -> bytes`, `frame_header(type, body_len) -> bytes` (the
   varint and the type byte; a DATA body is streamed after it);
   `put_frame_header(buf, type, body_len) -> n` writes the same into buf[:n] (n <= 6).
-- `decode_control(body) -> dict`: the CBOR map of a control body, checked to be a map
-  with text keys.
+- `decode_control(body, max_values=None) -> dict`: the CBOR map of a control body,
+  checked to be a map with text keys. With max_values (RoomOptions.max_values), each
+  participant map (a PARTICIPANT body, each entry of JOINED's "participants") is
+  budgeted while it is decoded, as a DataPacket is: if its values would take over
+  max_values bytes, counting 32 more per value, its "attributes" are not built and
+  read as `cbor.DROPPED` (cbor.loads' drop): thousands of tiny attributes cost a board
+  the frame's bytes, not ~15 times as much in objects. The rest of that map, and every
+  other map of the frame, reads whole.
 - Validators of the LINK.md maps a participant receives; each returns a NEW normalised
   dict holding only the LINK.md keys (unknown keys are ignored) and raises `LinkError`
   naming the key on a missing required key or a wrong type: `check_joined(d)` (its
   "participants" normalised by `participant_info`), `participant_info(d)` (for
   PARTICIPANT and JOINED entries: missing client_protocol → 0, capabilities → [],
-  attributes → {}; its optional second argument names the map in errors). "v" must
-  equal `LINK_VERSION`. Required: JOINED v, room, identity, sid, max_frame (>= 1);
-  participant identity, sid. Optional text fields default to "" (server_version),
-  participants to []. Text fields are `str`; ints are non-negative, never bool.
+  attributes → {}; attributes that decode_control dropped → {} and the extra key
+  "attributes_dropped": True; its optional second argument names the map in errors).
+  "v" must equal `LINK_VERSION`. Required: JOINED v, room, identity, sid, max_frame
+  (>= 1); participant identity, sid. Optional text fields default to ""
+  (server_version), participants to []. Text fields are `str`; ints are non-negative,
+  never bool.
 - What only a relay needs lives in lkedge.relayside, which a board never imports:
   `type_name`, `encode_control`, `check_join`, `check_participant_left`, `check_leave`
   (this module still answers those names, loading relayside on first use).
@@ -277,10 +285,11 @@ def _tname(x):
     return type(x).__name__
 
 
-def decode_control(body):
-    """The CBOR map of a control frame body; LinkError if not a map with text keys."""
+def decode_control(body, max_values=None):
+    """The CBOR map of a control frame body; LinkError if not a map with text keys.
+    With max_values, a participant map over it gets cbor.DROPPED for its attributes."""
     try:
-        d = cbor.loads(body)
+        d = cbor.loads(body, max_values, "attributes")
     except cbor.CBORError as e:
         raise LinkError("control body is not valid CBOR: %s" % e)
     if not isinstance(d, dict):
@@ -352,10 +361,14 @@ def _version(d, what):
 
 
 def participant_info(d, what="PARTICIPANT"):
-    return {"identity": _get(d, what, "identity", "text"), "sid": _get(d, what, "sid", "text"),
-            "client_protocol": _get(d, what, "client_protocol", "int", 0),
-            "capabilities": _get(d, what, "capabilities", "ints", []),
-            "attributes": _get(d, what, "attributes", "map", {})}
+    out = {"identity": _get(d, what, "identity", "text"), "sid": _get(d, what, "sid", "text"),
+           "client_protocol": _get(d, what, "client_protocol", "int", 0),
+           "capabilities": _get(d, what, "capabilities", "ints", []), "attributes": {}}
+    if d.get("attributes") is cbor.DROPPED:   # over max_values (decode_control)
+        out["attributes_dropped"] = True
+    else:
+        out["attributes"] = _get(d, what, "attributes", "map", {})
+    return out
 
 
 def check_joined(d):

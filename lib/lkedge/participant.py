@@ -34,7 +34,16 @@ def _now_epoch_ms():
 
 
 class RemoteParticipant:
-    """Another participant of the room, as the relay announced it."""
+    """Another participant of the room, as the relay announced it: identity, sid,
+    client_protocol, capabilities (these decide how calls and streams to it are sent),
+    attributes (dict of str to str) and attributes_dropped.
+
+    attributes_dropped is True when the participant's announcement would have held
+    more than RoomOptions.max_values (bytes plus 32 per value; 8 KiB with a board
+    profile) and its attributes were therefore not read: `attributes` is then empty
+    although the participant has some. Everything else about it is as announced, so
+    calls and streams to it work. A later announcement that fits clears it.
+    """
 
     def __init__(self, info):
         self.identity = info["identity"]
@@ -45,6 +54,7 @@ class RemoteParticipant:
         self.client_protocol = info.get("client_protocol", 0)
         self.capabilities = list(info.get("capabilities", ()))
         self.attributes = dict(info.get("attributes", {}))
+        self.attributes_dropped = info.get("attributes_dropped", False)
 
     def __repr__(self):
         return "RemoteParticipant(%r, protocol=%d, caps=%r)" % (

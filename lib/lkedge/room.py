@@ -619,7 +619,9 @@ class Room:
             return
         if ftype == link.PONG:
             return
-        d = link.decode_control(body)
+        # Participant maps are budgeted as DataPackets are (their attributes come from
+        # operators' tokens): one over max_values is announced without its attributes.
+        d = link.decode_control(body, self.options.max_values)
         if ftype == link.JOINED:
             d = link.check_joined(d)
             self.name = d["room"]
@@ -630,8 +632,8 @@ class Room:
             lp.identity = d["identity"]
             lp.sid = d.get("sid", "")
             self.remote_participants = {}
-            for p in d.get("participants", ()):
-                self._upsert(link.participant_info(p))
+            for p in d["participants"]:   # normalised by check_joined
+                self._upsert(p)
             self.connection_state = "connected"
             self._joined.set()
         elif ftype == link.PARTICIPANT:
@@ -646,6 +648,10 @@ class Room:
 
     def _upsert(self, info):
         ident = info["identity"]
+        if info.get("attributes_dropped"):
+            _warn("participant %r kept without its attributes (dropped): with them it "
+                  "would hold over %d bytes of values (RoomOptions.max_values; 32 more "
+                  "per value)" % (ident, self.options.max_values))
         p = self.remote_participants.get(ident)
         if p is None:
             p = RemoteParticipant(info)

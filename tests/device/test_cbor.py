@@ -181,3 +181,84 @@ def test_encoder_refuses_unsupported_values():
 
 def test_cbor_error_is_a_value_error():
     assert issubclass(cbor.CBORError, ValueError)
+
+
+# ---------------------------------------------------------- values budget (max_values)
+
+def _tiny_attributes(n, pre=b"", post=b""):
+    """pre + the CBOR map {"0": "", "1": "", ...} of n entries + post, as raw bytes made
+    in one allocation (no dict built: a 96 KiB heap holds the bytes, not the objects)."""
+    size = 3 + sum(2 + len(b"%d" % i) for i in range(n))
+    out = bytearray(len(pre) + size + len(post))
+    out[:len(pre)] = pre
+    j = len(pre)
+    out[j:j + 3] = b"\xb9" + bytes([n >> 8, n & 0xff])
+    j += 3
+    for i in range(n):
+        k = b"%d" % i
+        out[j] = 0x60 | len(k)
+        out[j + 1:j + 1 + len(k)] = k
+        out[j + 1 + len(k)] = 0x60
+        j += 2 + len(k)
+    out[j:] = post
+    return out
+
+
+def _participant(identity, attributes_cbor=None, n=0):
+    """A LINK.md participant map whose "attributes" value is the raw CBOR given, or n
+    tiny attributes."""
+    pre = b"\xa3" + cbor.dumps("identity") + cbor.dumps(identity) + cbor.dumps("attributes")
+    post = cbor.dumps("sid") + cbor.dumps("PA_" + identity)
+    if attributes_cbor is None:
+        return _tiny_attributes(n, pre, post)
+    return pre + attributes_cbor + post
+
+
+def test_a_map_over_max_values_gets_dropped_for_the_budgeted_key_and_keeps_the_rest():
+    body = _participant("op", n=1500)
+    d = cbor.loads(body, 8192, "attributes")
+    assert d["attributes"] is cbor.DROPPED
+    assert d["identity"] == "op" and d["sid"] == "PA_op", d   # keys after it are read too
+    body = _participant("op", n=300)   # ~20 KB of values: over 8192 too
+    assert cbor.loads(body, 8192, "attributes")["attributes"] is cbor.DROPPED
+    assert len(cbor.loads(body)["attributes"]) == 300            # no budget: as before
+    assert len(cbor.loads(body, 8192)["attributes"]) == 300      # a budget needs its key
+    assert len(cbor.loads(body, None, "attributes")["attributes"]) == 300
+
+
+def test_a_map_within_max_values_is_decoded_whole():
+    body = _participant("op", cbor.dumps({"room": "kitchen", "floor": "2"}))
+    assert cbor.loads(body, 8192, "attributes") == cbor.loads(body)
+    assert cbor.loads(body, 8192, "attributes")["attributes"] == {"room": "kitchen", "floor": "2"}
+
+
+def test_the_budget_counts_bytes_plus_32_per_value_like_a_datapacket():
+    # {"attributes": {"k": "v"}}: the map, the key (10 bytes), the inner map, "k", "v"
+    body = cbor.dumps({"attributes": {"k": "v"}})
+    cost = 32 + (10 + 32) + 32 + (1 + 32) + (1 + 32)
+    assert cbor.loads(body, cost, "attributes") == {"attributes": {"k": "v"}}
+    assert cbor.loads(body, cost - 1, "attributes")["attributes"] is cbor.DROPPED
+
+
+def test_each_map_holding_the_key_has_a_budget_of_its_own():
+    # a JOINED-like frame: the root is not budgeted as a whole, each entry is
+    small = cbor.dumps({"identity": "s", "attributes": {"a": "1"}})
+    entries = [small, _participant("big", n=600), small]
+    body = b"\xa2" + cbor.dumps("room") + cbor.dumps("r") + cbor.dumps("participants") + b"\x83" + b"".join(entries)
+    d = cbor.loads(body, 400, "attributes")
+    ps = d["participants"]
+    assert ps[0] == ps[2] == {"identity": "s", "attributes": {"a": "1"}}, ps
+    assert ps[1]["attributes"] is cbor.DROPPED and ps[1]["identity"] == "big"
+
+
+def test_a_dropped_value_must_still_be_well_formed():
+    ok = bytes(_tiny_attributes(600))
+    bad = (ok[:-1] + b"\x61\xff",           # invalid UTF-8 in the last value
+           ok[:-2],                          # truncated
+           ok[:-1] + b"\x1c")                # reserved additional info
+    for attrs, word in zip(bad, ("UTF-8", "truncated", "reserved")):
+        try:
+            cbor.loads(_participant("op", attrs), 8192, "attributes")
+            raise AssertionError("a malformed dropped value was accepted (%s)" % word)
+        except cbor.CBORError as e:
+            assert word in str(e), str(e)

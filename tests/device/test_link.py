@@ -226,6 +226,50 @@ def test_check_joined_validates_participants():
     must_fail(link.check_joined, d, '"room"')
 
 
+def _attributes_over(n):
+    """n tiny attributes, over the board default of max_values (8192) from about 120."""
+    return dict(("%d" % i, "") for i in range(n))
+
+
+def test_a_participant_over_max_values_is_read_without_its_attributes_and_flagged():
+    body = cbor.dumps({"identity": "op", "sid": "PA_op", "client_protocol": 2, "capabilities": [2],
+                       "attributes": _attributes_over(150)})
+    p = link.participant_info(link.decode_control(body, 8192))
+    assert p == {"identity": "op", "sid": "PA_op", "client_protocol": 2, "capabilities": [2],
+                 "attributes": {}, "attributes_dropped": True}, p
+    whole = link.participant_info(link.decode_control(body))   # no budget: as before
+    assert len(whole["attributes"]) == 150 and "attributes_dropped" not in whole
+    small = cbor.dumps({"identity": "op", "sid": "PA_op", "attributes": {"room": "kitchen"}})
+    assert link.participant_info(link.decode_control(small, 8192))["attributes"] == {"room": "kitchen"}
+
+
+def test_joined_with_one_participant_over_max_values_keeps_the_others_whole():
+    ps = [{"identity": "a", "sid": "PA_a", "attributes": {"k": "v"}},
+          {"identity": "big", "sid": "PA_big", "client_protocol": 2, "attributes": _attributes_over(150)},
+          {"identity": "c", "sid": "PA_c", "capabilities": [2]}]
+    body = cbor.dumps({"v": 1, "room": "r", "identity": "me", "sid": "PA_me", "max_frame": 65536,
+                       "participants": ps})
+    ps = None
+    j = link.check_joined(link.decode_control(body, 8192))
+    a, big, c = j["participants"]
+    assert a == {"identity": "a", "sid": "PA_a", "client_protocol": 0, "capabilities": [],
+                 "attributes": {"k": "v"}}, a
+    assert c == {"identity": "c", "sid": "PA_c", "client_protocol": 0, "capabilities": [2],
+                 "attributes": {}}, c
+    assert big == {"identity": "big", "sid": "PA_big", "client_protocol": 2, "capabilities": [],
+                   "attributes": {}, "attributes_dropped": True}, big
+
+
+def test_a_malformed_participant_is_refused_whether_or_not_its_attributes_fit():
+    body = cbor.dumps({"identity": "op", "sid": 5, "attributes": _attributes_over(150)})
+    must_fail(lambda b: link.participant_info(link.decode_control(b, 8192)), body, '"sid"')
+    try:
+        link.decode_control(body[:-1], 8192)
+        raise AssertionError("a truncated body was accepted")
+    except link.LinkError as e:
+        assert "not valid CBOR" in str(e), str(e)
+
+
 def test_leave_and_participant_left():
     assert relayside.check_leave({"code": 4, "reason": "frame too big"}) == {"code": 4, "reason": "frame too big"}
     assert relayside.check_leave({"code": 5}) == {"code": 5, "reason": ""}

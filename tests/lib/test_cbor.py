@@ -150,3 +150,58 @@ def test_four_gib_claims_fail_fast():
         with pytest.raises(cbor.CBORError, match="truncated"):
             cbor.loads(data)
     assert time.perf_counter() - t < 0.5
+
+
+# ---------------------------------------------------------- values budget (max_values)
+
+def _cost(x):
+    """What loads(..., max_values, drop) counts for x: the bytes of its strings plus 32
+    per value (containers, map keys and items included), computed on the object."""
+    if isinstance(x, str):
+        return 32 + len(x.encode("utf-8"))
+    if isinstance(x, bytes):
+        return 32 + len(x)
+    if isinstance(x, list):
+        return 32 + sum(_cost(v) for v in x)
+    if isinstance(x, dict):
+        return 32 + sum(_cost(k) + _cost(v) for k, v in x.items())
+    return 32
+
+
+@given(FINITE)
+def test_the_budget_counts_what_the_map_would_hold_bytes_plus_32_per_value(x):
+    m = {"identity": "op", "attributes": x, "sid": "PA_op"}
+    data = cbor.dumps(m)
+    whole = cbor.loads(data, _cost(m), "attributes")
+    assert same(whole, cbor.loads(data))
+    over = cbor.loads(data, _cost(m) - 1, "attributes")
+    assert over["attributes"] is cbor.DROPPED
+    assert over["identity"] == "op" and over["sid"] == "PA_op"
+
+
+def _matches(budgeted, plain, key):
+    """budgeted is plain with some values of `key` in maps replaced by DROPPED."""
+    if isinstance(plain, list):
+        return (isinstance(budgeted, list) and len(budgeted) == len(plain)
+                and all(_matches(b, p, key) for b, p in zip(budgeted, plain)))
+    if isinstance(plain, dict):
+        return (isinstance(budgeted, dict) and budgeted.keys() == plain.keys()
+                and all((k == key and budgeted[k] is cbor.DROPPED) or _matches(budgeted[k], plain[k], key)
+                        for k in plain))
+    return same(budgeted, plain)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=60), st.integers(min_value=0, max_value=600))
+def test_arbitrary_bytes_with_a_budget_fail_only_with_cbor_error_or_read_the_same_but_dropped(data, budget):
+    try:
+        got = cbor.loads(data, budget, 1)   # a short key, so that random maps hold it
+    except cbor.CBORError:
+        return
+    try:
+        plain = cbor.loads(data)
+    except cbor.CBORError as e:
+        # only what a dropped value is not checked for: its map keys
+        assert "map key" in str(e), e
+        return
+    assert _matches(got, plain, 1), (got, plain)
