@@ -8,6 +8,13 @@ The room reconnects by itself after a link loss; telemetry queued meanwhile is s
 after the reconnect (telemetry.py). Should the room give up (a final LEAVE: the
 board's identity joined from elsewhere, its token refused), the app joins again a
 minute later (config "rejoin_s"), and keeps trying.
+
+A config that cannot reach the room is not kept for ever (lastgood.py): once joined,
+the config is recorded as the last good one; a config whose Wi-Fi, relay or token
+never joined is on trial, and after "revert_after_s" (300) seconds of failing to
+bring the Wi-Fi up or to join (summed across resets) the app goes back to the last
+good config and resets into it. A Wi-Fi that does not come up within 20 s still ends
+in a reset (main.py), as it always did.
 """
 import asyncio
 import time
@@ -15,10 +22,13 @@ import time
 import config
 import flashlog
 import telemetry
+from lkedge.clock import now_ms
 from methods import App, reset_cause_name
 
 WIFI_TIMEOUT_MS = 20000
 WDT_FEED_MS = 1000
+RETRY_MIN_MS = 1000   # relay connect retries: doubling from here ...
+RETRY_MAX_MS = 30000  # ... up to this
 
 
 def main():
@@ -63,14 +73,33 @@ def _network_up(cfg, wdt):
     if wlan.isconnected() or not wifi.get("ssid"):
         return
     wlan.connect(wifi["ssid"], wifi.get("password", ""))
-    t0 = time.ticks_ms()
+    t0 = now_ms()
     while not wlan.isconnected():
-        if time.ticks_diff(time.ticks_ms(), t0) > WIFI_TIMEOUT_MS:
-            raise OSError("Wi-Fi %r: no connection after %d s" % (wifi["ssid"], WIFI_TIMEOUT_MS // 1000))
+        if now_ms() - t0 > WIFI_TIMEOUT_MS:
+            from lastgood import wifi_status
+            raise OSError("Wi-Fi %r: no connection after %g s (%s)"
+                          % (wifi["ssid"], WIFI_TIMEOUT_MS / 1000, wifi_status(network, wlan)))
         if wdt is not None:
             wdt.feed()
-        time.sleep_ms(200)
+        time.sleep_ms(200) if hasattr(time, "sleep_ms") else time.sleep(0.2)
     flashlog.info("wifi up: %s" % (wlan.ifconfig()[0],))
+
+
+def _wifi(cfg, wdt, trial, machine):
+    """_network_up; a failure counts against a config on trial (and may revert it)."""
+    try:
+        _network_up(cfg, wdt)
+    except OSError as e:
+        _failed(trial, str(e), machine)
+        raise  # main.py logs it and resets the board, as without a last good config
+
+
+def _failed(trial, why, machine):
+    """A failure to reach the room; a config on trial past its time is reverted and
+    the board resets into the last good one (lastgood.py)."""
+    if trial is not None and trial.failed(why):
+        flashlog.error("resetting into the last good config")
+        machine.reset()
 
 
 def _make_exception_handler(machine):
@@ -86,17 +115,21 @@ def _make_exception_handler(machine):
     return handler
 
 
-async def _connect_forever(room, cfg):
+async def _connect_forever(room, cfg, failed=None):
+    """Join, retrying with backoff; each failure is also told to `failed(why)`."""
     from lkedge.room import ConnectError
-    delay = 1000
+    delay = RETRY_MIN_MS
     while True:
         try:
             await room.connect(cfg["relay"], cfg["token"])
             return
         except (ConnectError, OSError) as e:
-            flashlog.error("connect to %s failed: %s" % (cfg["relay"], e))
+            why = "connect to %s failed: %s" % (cfg["relay"], e)
+            flashlog.error(why)
+            if failed is not None:
+                failed(why)
         await _sleep_ms(delay)
-        delay = min(delay * 2, 30000)
+        delay = min(delay * 2, RETRY_MAX_MS)
 
 
 async def _telemetry_loop(tel, profile, interval_ms):
@@ -147,14 +180,22 @@ async def run():
     flashlog.info("boot: firmware on %s, reset cause %s" % (profile.get("name"), reset_cause_name(machine)))
     if not cfg.get("token"):
         flashlog.error("config.json has no token: run `lkedge deploy` to write one")
+    import lastgood
+    trial = lastgood.Trial(cfg)
     wdt = _start_watchdog(profile, machine)
     if wdt is not None:
         asyncio.create_task(_feed_watchdog(wdt))
-    _network_up(cfg, wdt)
+    _wifi(cfg, wdt, trial, machine)
     room = Room(RoomOptions.for_board(profile))
     tel = _telemetry(room, cfg, profile)
-    App(room, cfg, profile, machine, started, tel).register()
-    await _connect_forever(room, cfg)
+    app = App(room, cfg, profile, machine, started, tel)
+    app.config_reverted = trial.reverted
+    app.register()
+    await _connect_forever(room, cfg, lambda why: _failed(trial, why, machine))
+    trial.joined()
+    trial = None
+    import sys
+    sys.modules.pop("lastgood", None)  # boot-time code: its heap is the methods' now
     tel.device = room.local_participant.identity
     print("lkedge app: joined room %s as %s (mem_free %d)" % (room.name, tel.device, _mem_free()))
     flashlog.info("joined room %s as %s" % (room.name, tel.device))

@@ -7,6 +7,10 @@
      "telemetry_interval_s": 10,           0.1 .. 86400
      "rejoin_s": 60,                       1 .. 86400: how soon to join again after the
                                            room gave up (a final LEAVE)
+     "revert_after_s": 300,                1 .. 86400: how long a config whose Wi-Fi,
+                                           relay or token never joined may try to reach
+                                           the room before the board goes back to the
+                                           last good one (lastgood.py)
      "name": "pump-7"}                      a label shown by device.info
 
 load() never raises: a missing file gives the defaults; a malformed one, or a key of
@@ -14,14 +18,19 @@ the wrong type or out of range, is named in the flash log and replaced by its de
 so a bad config can never put the board into a reset loop (the app keeps running and
 retrying, and mpremote or config.update can fix it). config.update checks each key
 with problem() before anything is written.
+
+Next to it (lastgood.py): config.good.json, the last config the board joined the room
+with; config.rejected.json, a config that could not reach the room and was reverted;
+config.trial.json, the bookkeeping of a config on trial.
 """
 import json
 
 PATH = "config.json"
 DEFAULTS = {"relay": "tcp://127.0.0.1:7880", "token": "", "wifi": {}, "telemetry_to": "",
-            "telemetry_interval_s": 10, "rejoin_s": 60, "name": ""}
+            "telemetry_interval_s": 10, "rejoin_s": 60, "revert_after_s": 300, "name": ""}
 TYPES = {"relay": str, "token": str, "wifi": dict, "telemetry_to": str,
-         "telemetry_interval_s": (int, float), "rejoin_s": (int, float), "name": str}
+         "telemetry_interval_s": (int, float), "rejoin_s": (int, float),
+         "revert_after_s": (int, float), "name": str}
 INTERVAL_MAX_S = 86400
 
 
@@ -34,8 +43,8 @@ def problem(key, value):
         return "config key %r has the wrong type %s" % (key, type(value).__name__)
     if key == "telemetry_interval_s" and not 0.1 <= value <= INTERVAL_MAX_S:  # also NaN
         return "telemetry_interval_s must be between 0.1 and %d, got %r" % (INTERVAL_MAX_S, value)
-    if key == "rejoin_s" and not 1 <= value <= INTERVAL_MAX_S:
-        return "rejoin_s must be between 1 and %d, got %r" % (INTERVAL_MAX_S, value)
+    if key in ("rejoin_s", "revert_after_s") and not 1 <= value <= INTERVAL_MAX_S:
+        return "%s must be between 1 and %d, got %r" % (key, INTERVAL_MAX_S, value)
     if key == "wifi":
         for k in value:
             if k not in ("ssid", "password") or not isinstance(value[k], str):
@@ -54,19 +63,34 @@ def _log(msg):
     flashlog.error(msg)
 
 
-def load(path=PATH):
-    cfg = dict(DEFAULTS)
+def read(path, instead):
+    """The JSON object in `path`, or None: a missing file silently, a malformed one
+    named in the flash log ("...: `instead`")."""
     try:
         with open(path) as f:
             d = json.load(f)
     except OSError:
-        return cfg  # no config yet: defaults, the app reports the missing token
+        return None
     except ValueError as e:  # also a UnicodeError
-        _log("%s is not valid JSON (%s): running on the defaults" % (path, e))
-        return cfg
+        _log("%s is not valid JSON (%s): %s" % (path, e, instead))
+        return None
     if not isinstance(d, dict):
-        _log("%s must hold a JSON object, not %s: running on the defaults" % (path, type(d).__name__))
-        return cfg
+        _log("%s must hold a JSON object, not %s: %s" % (path, type(d).__name__, instead))
+        return None
+    return d
+
+
+def load(path=None):
+    path = path or PATH
+    return checked(read(path, "running on the defaults"), path)
+
+
+def checked(d, path):
+    """Config dict `d` (read from `path`) with the defaults filled in and bad keys
+    replaced by their defaults (each named in the flash log)."""
+    cfg = dict(DEFAULTS)
+    if d is None:
+        return cfg  # no config yet: defaults, the app reports the missing token
     for k in d:
         why = problem(k, d[k])
         if why is None or k not in TYPES:
@@ -76,8 +100,9 @@ def load(path=PATH):
     return cfg
 
 
-def save(cfg, path=PATH):
+def save(cfg, path=None):
     import os
+    path = path or PATH
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(cfg, f)

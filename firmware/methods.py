@@ -2,11 +2,22 @@
 (or, for the streamed ones, an async iterable of str pieces).
 
     device.info    {firmware, lkedge, micropython, board, name, identity, unique_id,
-                    uptime_ms, mem_free, mem_alloc, reset_cause, calls, telemetry}
+                    uptime_ms, mem_free, mem_alloc, reset_cause, calls, telemetry,
+                    config_reverted}: config_reverted is null, or why the board went back
+                    to its last good config (lastgood.py) and runs it now
     sensors.read   the profile's sensors, as JSON
     log.tail       streamed tail of the on-flash log (request JSON {"bytes": N}, optional)
     file.get / file.put / file.stat    see files.py
-    config.update  JSON patch of config.json (keys and checks: config.py); effective after reboot
+    config.update  JSON patch of config.json (keys and checks: config.py); effective after
+                   reboot. Answers {"updated": [keys], "effective": "after reboot",
+                   "on_trial": bool, "revert_after_s": N}. on_trial: the new config's
+                   Wi-Fi, relay or token differ from the last good config's (the last one
+                   that joined the room), so if it cannot reach the room within N seconds
+                   of trying after the reboot, the board goes back to the last good config
+                   by itself (the rejected one is kept in config.rejected.json). false:
+                   nothing to go back to (no config has joined yet: a wrong Wi-Fi, relay
+                   or token then needs a person with USB), or nothing that decides
+                   joining changed.
     reboot         answers, leaves the room, then resets the board
 """
 import gc
@@ -47,6 +58,7 @@ class App:
         self.started_ms = started_ms
         self.telemetry = telemetry
         self.calls = 0
+        self.config_reverted = None  # set by the app (lastgood.Trial.reverted)
 
     def register(self):
         reg = self.room.local_participant.register_rpc_method
@@ -79,7 +91,7 @@ class App:
             "uptime_ms": time.ticks_diff(time.ticks_ms(), self.started_ms),
             "mem_free": gc.mem_free(), "mem_alloc": gc.mem_alloc(),
             "reset_cause": reset_cause_name(self.machine), "calls": self.calls,
-            "telemetry": self._telemetry_info(),
+            "telemetry": self._telemetry_info(), "config_reverted": self.config_reverted,
         })
 
     def _telemetry_info(self):
@@ -107,8 +119,12 @@ class App:
         cfg = config.load()
         cfg.update(patch)
         config.save(cfg)
-        flashlog.info("config updated by %s: %s" % (data.caller_identity, ",".join(sorted(patch))))
-        return json.dumps({"updated": sorted(patch), "effective": "after reboot"})
+        import lastgood
+        on_trial = lastgood.on_trial(cfg)
+        flashlog.info("config updated by %s: %s%s" % (data.caller_identity, ",".join(sorted(patch)),
+                                                     " (on trial after the reboot)" if on_trial else ""))
+        return json.dumps({"updated": sorted(patch), "effective": "after reboot", "on_trial": on_trial,
+                           "revert_after_s": cfg["revert_after_s"]})
 
     def reboot(self, data):
         import asyncio

@@ -2,8 +2,11 @@
 
 Each sensor: {"name": "temp", "kind": "adc", "pin": 34, "scale": 0.1, "offset": -40}
 or {"kind": "internal_temp"} (the RP2040's ADC channel 4 / the ESP32's
-esp32.raw_temperature()). Values are floats; a sensor that fails reads as None
-with its error, so one broken sensor never hides the others.
+esp32.raw_temperature()). Values are numbers; a sensor that fails reads as None
+with its error under "<name>.error", so one broken sensor never hides the others. A
+reading that is not a finite number (NaN or infinity: a floating ADC, a broken
+scale) counts as a failure too: None, with "<name>.error" saying "<name> read nan, not
+a finite number" (JSON has no NaN: most peers would refuse the whole answer).
 """
 
 
@@ -30,7 +33,10 @@ def read_all(profile):
     for s in profile.get("sensors", ()):
         name = s.get("name", "?")
         try:
-            out[name] = _read(s)
+            v = _read(s)
+            if isinstance(v, float) and v - v != 0:  # NaN and +-inf (finite: v - v == 0)
+                raise ValueError("%s read %r, not a finite number" % (name, v))
+            out[name] = v
         except Exception as e:
             out[name] = None
             out[name + ".error"] = str(e)

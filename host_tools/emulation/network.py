@@ -3,7 +3,15 @@
 The emulated board's traffic uses the host's own network stack, so a WLAN "connects"
 instantly to an emulated access point and reports the loopback address. Status codes
 follow the port of the board profile (ESP32 or the Pico W's CYW43).
+
+Every SSID is in range except those listed, comma-separated, in the environment
+variable LKEDGE_EMULATED_NO_AP of `lkedge board` (read at each boot of the emulated
+board): connecting to one of those never succeeds and status() reports
+STAT_NO_AP_FOUND, as a board out of reach of its access point does (tests use it to
+give the firmware a Wi-Fi config that cannot work).
 """
+import os
+
 import machine
 
 STA_IF = 0
@@ -11,9 +19,10 @@ AP_IF = 1
 AUTH_OPEN = 0
 AUTH_WPA2_PSK = 3
 
-_ESP32 = {"idle": 1000, "connecting": 1001, "got_ip": 1010}
-_CYW43 = {"idle": 0, "connecting": 1, "got_ip": 3}
+_ESP32 = {"idle": 1000, "connecting": 1001, "got_ip": 1010, "no_ap": 201, "wrong_password": 202}
+_CYW43 = {"idle": 0, "connecting": 1, "got_ip": 3, "no_ap": -2, "wrong_password": -3}
 _EMULATED_AP = "lkedge-emulated"
+_NO_AP = [s for s in (os.getenv("LKEDGE_EMULATED_NO_AP") or "").split(",") if s]
 _ADDR = ("127.0.0.1", "255.0.0.0", "127.0.0.1", "127.0.0.1")
 _hostname = ["lkedge"]
 
@@ -25,12 +34,15 @@ def _codes():
 STAT_IDLE = _ESP32["idle"]
 STAT_CONNECTING = _ESP32["connecting"]
 STAT_GOT_IP = _ESP32["got_ip"]
+STAT_NO_AP_FOUND = _ESP32["no_ap"]
+STAT_WRONG_PASSWORD = _ESP32["wrong_password"]
 
 
 def _sync_status_constants():
     g = globals()
     c = _codes()
     g["STAT_IDLE"], g["STAT_CONNECTING"], g["STAT_GOT_IP"] = c["idle"], c["connecting"], c["got_ip"]
+    g["STAT_NO_AP_FOUND"], g["STAT_WRONG_PASSWORD"] = c["no_ap"], c["wrong_password"]
 
 
 def hostname(name=None):
@@ -50,7 +62,7 @@ class WLAN:
         if interface not in (STA_IF, AP_IF):
             raise ValueError("invalid WLAN interface %r" % (interface,))
         self.interface = interface
-        st = WLAN._state.setdefault(interface, {"active": False, "ssid": "", "connected": False})
+        st = WLAN._state.setdefault(interface, {"active": False, "ssid": "", "connected": False, "no_ap": False})
         self._s = st
 
     def active(self, on=None):
@@ -64,10 +76,12 @@ class WLAN:
         if not self._s["active"]:
             raise OSError("Wifi Not Started: call WLAN.active(True) first")
         self._s["ssid"] = ssid or self._s["ssid"]
-        self._s["connected"] = True
+        self._s["no_ap"] = self._s["ssid"] in _NO_AP
+        self._s["connected"] = not self._s["no_ap"]
 
     def disconnect(self):
         self._s["connected"] = False
+        self._s["no_ap"] = False
 
     def isconnected(self):
         if self.interface == AP_IF:
@@ -80,7 +94,9 @@ class WLAN:
         if param is not None:
             raise ValueError("unknown status parameter %r" % (param,))
         c = _codes()
-        return c["got_ip"] if self.isconnected() else c["idle"]
+        if self.isconnected():
+            return c["got_ip"]
+        return c["no_ap"] if self._s["no_ap"] and self._s["active"] else c["idle"]
 
     def scan(self):
         bssid = b"\x02" + machine.unique_id()[:5]

@@ -1,5 +1,7 @@
 """The firmware on the emulated ESP32, through the real relay: telemetry across a relay
-restart and a board reboot, config.update + reboot, and handler errors.
+restart and a board reboot, config.update + reboot, handler errors, and keeping the
+last good config (a config whose Wi-Fi cannot connect goes back to the one that
+joined; a relay outage does not).
 
 One rig per module (relay, emulated esp32 board, firmware deployed with the real
 mpy-cross and mpremote); every test talks to the board from host participants that
@@ -21,6 +23,7 @@ from lkedge_host.relay.process import RelayProcess
 ROOM = "fw-test"
 BOARD = "fw-board"
 COLLECTOR = "collector"
+ABSENT_AP = "absent-ap"  # the emulated board never finds this access point
 
 
 class Rig:
@@ -29,8 +32,29 @@ class Rig:
         self.url = self.relay.url
         self.port = self.relay.port
         self.board = None
-        self.board, self.pty = board_mod.launch("esp32", os.path.join(tmp, "flash"))
+        self.flash = os.path.join(tmp, "flash")
+        saved = os.environ.get("LKEDGE_EMULATED_NO_AP")
+        os.environ["LKEDGE_EMULATED_NO_AP"] = ABSENT_AP  # emulation/network.py
+        try:
+            self.board, self.pty = board_mod.launch("esp32", self.flash)
+        finally:
+            if saved is None:
+                del os.environ["LKEDGE_EMULATED_NO_AP"]
+            else:
+                os.environ["LKEDGE_EMULATED_NO_AP"] = saved
         demo.deploy(self.pty, "esp32", self.url, identity=BOARD, room=ROOM)
+
+    def flash_json(self, name):
+        """A JSON file on the board's flash (the emulated flash is a host folder), or None."""
+        try:
+            with open(os.path.join(self.flash, name)) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+    def flash_log(self):
+        with open(os.path.join(self.flash, "log.txt")) as f:
+            return f.read()
 
     def crash_relay(self, hang_s, down_s):
         """The relay hangs (SIGSTOP: connections stay open, the kernel still accepts
@@ -111,7 +135,7 @@ async def test_config_update_takes_effect_after_reboot(rig):
     try:
         name = "pump-%d" % (time.time() * 1000 % 100000)
         r = json.loads(await _call(room, "config.update", json.dumps({"name": name})))
-        assert r == {"updated": ["name"], "effective": "after reboot"}
+        assert r == {"updated": ["name"], "effective": "after reboot", "on_trial": False, "revert_after_s": 300}
         assert (await _info(room))["name"] != name, "applied before the reboot"
         await _reboot_and_rejoin(room)
         info = await _info(room)
@@ -229,3 +253,62 @@ async def test_a_board_pushed_out_by_its_own_identity_joins_again(rig):
         await twin.disconnect()
     finally:
         await room.disconnect()
+
+
+def _join_keys(cfg):
+    w = cfg.get("wifi") or {}
+    return [w.get("ssid", ""), w.get("password", ""), cfg["relay"], cfg["token"]]
+
+
+async def test_a_config_that_joined_is_the_last_good_one_and_an_outage_does_not_revert_it(rig):
+    # the deployed config joined: it is recorded as the last good one
+    good = rig.flash_json("config.good.json")
+    assert good is not None and _join_keys(good) == _join_keys(rig.flash_json("config.json")), good
+    room = await _host(rig)
+    try:
+        r = json.loads(await _call(room, "config.update", json.dumps({"revert_after_s": 1})))
+        assert r["on_trial"] is False and r["revert_after_s"] == 1, r  # Wi-Fi, relay, token unchanged
+        await _reboot_and_rejoin(room)
+        assert rig.flash_json("config.good.json")["revert_after_s"] == 1, "the new config was not recorded"
+        # the board boots while the relay is down, far longer than revert_after_s
+        assert json.loads(await _call(room, "reboot"))["rebooting"] is True
+        rig.relay.kill()
+    finally:
+        await room.disconnect()
+    await asyncio.sleep(8)
+    rig.relay = RelayProcess(port=rig.port).start()
+    room = await _host(rig)
+    try:
+        info = await _info(room)
+        assert info["uptime_ms"] > 6000 and info["config_reverted"] is None, info
+    finally:
+        await room.disconnect()
+    log = rig.flash_log()
+    assert log.count("connect to %s failed" % rig.url) >= 3, log[-3000:]
+    assert "could not reach the room" not in log and rig.flash_json("config.rejected.json") is None
+    assert rig.flash_json("config.json")["revert_after_s"] == 1
+
+
+async def test_a_config_whose_wifi_cannot_connect_goes_back_to_the_last_good_one(rig):
+    room = await _host(rig)
+    try:
+        name = (await _info(room))["name"]
+        patch = {"wifi": {"ssid": ABSENT_AP, "password": "pw"}, "name": "stranded", "revert_after_s": 5}
+        r = json.loads(await _call(room, "config.update", json.dumps(patch)))
+        assert r["on_trial"] is True and r["revert_after_s"] == 5, r
+        # the board tries the Wi-Fi for 20 s (past revert_after_s), goes back, resets
+        assert json.loads(await _call(room, "reboot"))["rebooting"] is True
+        await _until(lambda: BOARD not in room.remote_participants, 10, "the board to leave")
+        t0 = time.monotonic()
+        await demo.wait_for_participant(room, BOARD, 60)
+        assert time.monotonic() - t0 > 15, "back before the Wi-Fi attempt could time out"
+        info = await _info(room)
+        assert info["name"] == name and "absent-ap" in info["config_reverted"], info
+    finally:
+        await room.disconnect()
+    rejected = rig.flash_json("config.rejected.json")
+    assert rejected["wifi"]["ssid"] == ABSENT_AP and rejected["name"] == "stranded", rejected
+    assert rig.flash_json("config.json") == rig.flash_json("config.good.json")
+    log = rig.flash_log()
+    assert "Wi-Fi 'absent-ap': no connection after 20 s (STAT_NO_AP_FOUND)" in log, log[-3000:]
+    assert "could not reach the room" in log and "config.rejected.json" in log, log[-3000:]

@@ -1,0 +1,373 @@
+"""Keep the last good config (firmware/lastgood.py and its use in app.py, config.update
+in methods.py), without a room: the app's own Wi-Fi and join steps run against a named
+fake of the board's `network` module (FakeNetwork: SSIDs listed as absent never
+connect) and a fake room whose connect() fails until told otherwise.
+
+Runs under CPython and MicroPython; files are made in the working directory with a
+per-run prefix (config.PATH, lastgood.GOOD, ... and the flash log are pointed at them)
+and removed afterwards.
+"""
+import binascii
+import json
+import os
+import sys
+
+MP_HEAPSIZE = "256K"
+
+import firmware_path  # noqa: E402,F401  (firmware/ on sys.path)
+
+import app  # noqa: E402
+import config  # noqa: E402
+import flashlog  # noqa: E402
+import lastgood  # noqa: E402
+import methods  # noqa: E402
+from lkedge.room import ConnectError  # noqa: E402
+
+# unique per run: two runs in one checkout at once must not share files
+PREFIX = "lastgood_test_%s_" % binascii.hexlify(os.urandom(3)).decode()
+_rm = firmware_path.rm
+GOOD_CFG = dict(config.DEFAULTS, relay="tcp://10.0.0.2:7880", token="tok-good",
+                wifi={"ssid": "home", "password": "pw"}, name="pump-7")
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _home(name):
+    return config if name == "PATH" else lastgood
+
+
+class Flash:
+    """config.json and its companions, and the flash log, as prefixed files (use with
+    `with`); a fake `network` module installed meanwhile (FakeNetwork)."""
+    NAMES = ("PATH", "GOOD", "REJECTED", "TRIAL")  # config.PATH, lastgood.GOOD, ...
+
+    def __init__(self, absent=(), wifi_ms=30):
+        self.network = FakeNetwork(absent)
+        self.wifi_ms = wifi_ms  # app.WIFI_TIMEOUT_MS meanwhile (it polls every 200 ms)
+
+    def __enter__(self):
+        self.saved = [getattr(_home(n), n) for n in self.NAMES] + [flashlog.LOG, flashlog.OLD, app.WIFI_TIMEOUT_MS,
+                                                                  app.RETRY_MIN_MS, app.RETRY_MAX_MS]
+        for n in self.NAMES:
+            setattr(_home(n), n, PREFIX + getattr(_home(n), n))
+        flashlog.LOG, flashlog.OLD = PREFIX + "log.txt", PREFIX + "log.old"
+        app.WIFI_TIMEOUT_MS, app.RETRY_MIN_MS, app.RETRY_MAX_MS = self.wifi_ms, 5, 20
+        self._clean()
+        self.had_network = sys.modules.get("network")
+        sys.modules["network"] = self.network
+        return self
+
+    def _clean(self):
+        for n in self.NAMES:
+            p = getattr(_home(n), n)
+            _rm(p, p + ".tmp")
+        _rm(flashlog.LOG, flashlog.OLD)
+
+    def __exit__(self, *exc):
+        self._clean()
+        if self.had_network is None:
+            sys.modules.pop("network", None)
+        else:
+            sys.modules["network"] = self.had_network
+        for n, v in zip(self.NAMES, self.saved):
+            setattr(_home(n), n, v)
+        flashlog.LOG, flashlog.OLD, app.WIFI_TIMEOUT_MS, app.RETRY_MIN_MS, app.RETRY_MAX_MS = self.saved[4:]
+
+    def log(self):
+        return (_read(flashlog.LOG) or b"").decode()
+
+    def write(self, name, text):
+        with open(getattr(_home(name), name), "w") as f:
+            f.write(text)
+
+    def exists(self, name):
+        return _read(getattr(_home(name), name)) is not None
+
+
+class FakeNetwork:
+    """FAKE of the board's `network` module (the unix port has none): a WLAN that
+    connects at once, except to the SSIDs in `absent`, whose status stays
+    STAT_NO_AP_FOUND (ESP32 numbering)."""
+    STA_IF = 0
+    STAT_IDLE = 1000
+    STAT_NO_AP_FOUND = 201
+    STAT_GOT_IP = 1010
+
+    def __init__(self, absent):
+        self.absent = list(absent)
+        self.connects = []
+
+    def WLAN(self, interface):
+        return _FakeWlan(self)
+
+
+class _FakeWlan:
+    def __init__(self, net):
+        self.net = net
+        self.up = False
+        self.ssid = None
+
+    def active(self, on=None):
+        return True
+
+    def connect(self, ssid, password):
+        self.net.connects.append(ssid)
+        self.ssid = ssid
+        self.up = ssid not in self.net.absent
+
+    def isconnected(self):
+        return self.up
+
+    def status(self):
+        if self.up:
+            return FakeNetwork.STAT_GOT_IP
+        return FakeNetwork.STAT_NO_AP_FOUND if self.ssid in self.net.absent else FakeNetwork.STAT_IDLE
+
+    def ifconfig(self):
+        return ("10.0.0.9", "255.255.255.0", "10.0.0.1", "10.0.0.1")
+
+
+class _Reset(Exception):
+    pass
+
+
+class FakeMachine:
+    """machine.reset() raises _Reset (a board would restart)."""
+
+    @staticmethod
+    def reset():
+        raise _Reset()
+
+
+class FailingRoom:
+    """A room whose connect() fails until `ok` is set."""
+
+    def __init__(self):
+        self.ok = False
+        self.attempts = 0
+
+    async def connect(self, url, token):
+        self.attempts += 1
+        if not self.ok:
+            raise ConnectError("cannot reach the relay at %s: connection refused" % url)
+
+
+def _cfg(**kw):
+    c = dict(GOOD_CFG)
+    c.update(kw)
+    return c
+
+
+def _boot(flash):
+    """What run() does before the room: load config.json, start a trial, bring the
+    Wi-Fi up. Returns (cfg, trial); raises OSError when the Wi-Fi fails (main.py then
+    resets the board) or _Reset when the config was reverted."""
+    cfg = config.load()
+    trial = lastgood.Trial(cfg)
+    app._wifi(cfg, None, trial, FakeMachine)
+    return cfg, trial
+
+
+def _connect(room, cfg, trial):
+    """What run() does next: join, each failure counted against a config on trial."""
+    return app._connect_forever(room, cfg, lambda why: app._failed(trial, why, FakeMachine))
+
+
+def _boot_fails(flash):
+    try:
+        _boot(flash)
+    except OSError as e:
+        return str(e)
+    raise AssertionError("the Wi-Fi came up")
+
+
+def _boot_resets(flash):
+    try:
+        _boot(flash)
+    except _Reset:
+        return
+    raise AssertionError("the board did not reset into the last good config")
+
+
+# A config.json as a person or an old deploy might have written it: its bytes must be
+# kept exactly in config.rejected.json.
+BAD_TEXT = '{ "wifi": {"ssid": "absent-ap", "password": "pw"},\n  "relay": "tcp://10.0.0.2:7880",' \
+           ' "token": "tok-good", "revert_after_s": 1, "name": "pump-7" }\n'
+
+
+def test_a_config_that_joined_becomes_the_last_good_one():
+    with Flash() as flash:
+        config.save(_cfg())
+        cfg, trial = _boot(flash)
+        assert not trial.on and not flash.exists("GOOD")  # nothing to go back to yet
+        trial.joined()
+        assert lastgood.load_good() == cfg and "recorded as the last good config" in flash.log()
+        # joined again with the same config: the file is not written again (flash wear)
+        flash.write("GOOD", json.dumps(cfg) + "\n\n")
+        _boot(flash)[1].joined()
+        assert _read(lastgood.GOOD).endswith(b"\n\n"), "config.good.json written again"
+        # a new config that joins replaces it, and ends its trial
+        config.save(_cfg(token="tok-2"))
+        cfg2, trial = _boot(flash)
+        assert trial.on
+        trial.failed("connect to x failed: refused")
+        assert flash.exists("TRIAL")
+        trial.joined()
+        assert lastgood.load_good() == cfg2 and not flash.exists("TRIAL")
+
+
+def test_a_config_with_a_bad_ssid_goes_back_to_the_last_good_one():
+    with Flash(absent=["absent-ap"], wifi_ms=1000) as flash:
+        config.save(GOOD_CFG, lastgood.GOOD)
+        flash.write("PATH", BAD_TEXT)
+        _boot_resets(flash)  # the first failure (1.2 s) is past revert_after_s (1 s)
+        assert flash.network.connects == ["absent-ap"]
+        assert config.load() == GOOD_CFG, "config.json is not the last good config"
+        assert _read(lastgood.REJECTED) == BAD_TEXT.encode(), "the rejected config was not kept as it was"
+        log = flash.log()
+        assert "could not reach the room" in log and "'absent-ap'" in log and "STAT_NO_AP_FOUND" in log, log
+        assert "config.good.json" in log and "config.rejected.json" in log and "resetting" in log, log
+        # the next boot: the good config, not on trial, and it says it was reverted
+        cfg, trial = _boot(flash)
+        assert flash.network.connects == ["absent-ap", "home"]
+        assert not trial.on and "'absent-ap'" in trial.reverted
+        trial.joined()
+        assert lastgood.Trial(cfg).reverted == trial.reverted, "the revert note did not outlive the join"
+        assert _read(lastgood.REJECTED) == BAD_TEXT.encode()
+
+
+def test_time_on_trial_adds_up_across_resets():
+    # each failed Wi-Fi attempt is followed by a reset: the time tried is kept on flash
+    with Flash(absent=["absent-ap"], wifi_ms=500) as flash:
+        config.save(GOOD_CFG, lastgood.GOOD)
+        config.save(_cfg(wifi={"ssid": "absent-ap"}, revert_after_s=1))
+        assert "STAT_NO_AP_FOUND" in _boot_fails(flash)  # ~0.6 s tried: not yet
+        note = json.loads(_read(lastgood.TRIAL))
+        assert 500 <= note["tried_ms"] < 1000 and "absent-ap" in note["why"], note
+        assert config.load()["wifi"]["ssid"] == "absent-ap" and not flash.exists("REJECTED")
+        _boot_resets(flash)  # ~1.2 s in all
+        assert config.load() == GOOD_CFG
+
+
+async def test_a_config_that_cannot_join_the_relay_goes_back_to_the_last_good_one():
+    with Flash() as flash:
+        config.save(GOOD_CFG, lastgood.GOOD)
+        config.save(_cfg(token="tok-wrong", revert_after_s=1))
+        cfg, trial = _boot(flash)
+        assert trial.on
+        room = FailingRoom()
+        try:
+            await _connect(room, cfg, trial)
+        except _Reset:
+            pass
+        else:
+            raise AssertionError("joined")
+        assert room.attempts >= 10, room.attempts  # 5, 10, 20, 20, ... ms apart for 1 s
+        assert config.load() == GOOD_CFG
+        assert json.loads(_read(lastgood.REJECTED))["token"] == "tok-wrong"
+        assert "connection refused" in flash.log()
+
+
+async def test_a_failing_network_does_not_revert_a_config_that_joined():
+    # the last good config itself, or one that differs only in keys that do not decide
+    # joining (here its name): an outage of any length is waited out
+    with Flash(absent=["home"], wifi_ms=1000) as flash:
+        config.save(GOOD_CFG, lastgood.GOOD)
+        config.save(_cfg(name="pump-8", revert_after_s=1))
+        for _ in range(2):
+            assert "'home'" in _boot_fails(flash)  # 1.2 s each, past revert_after_s
+        flash.network.absent = []
+        cfg, trial = _boot(flash)
+        assert not trial.on
+        room = FailingRoom()
+        task = app.asyncio.create_task(_connect(room, cfg, trial))
+        await app._sleep_ms(1200)
+        room.ok = True
+        await task  # no _Reset
+        assert room.attempts >= 10, room.attempts
+        trial.joined()
+        assert config.load()["name"] == "pump-8" and lastgood.load_good()["name"] == "pump-8"
+        assert not flash.exists("REJECTED") and not flash.exists("TRIAL")
+        assert "went back" not in flash.log()
+
+
+async def test_with_no_last_good_config_the_board_keeps_retrying():
+    with Flash(absent=["absent-ap"], wifi_ms=1000) as flash:
+        config.save(_cfg(wifi={"ssid": "absent-ap"}, revert_after_s=1))
+        for _ in range(2):
+            _boot_fails(flash)
+        assert not flash.exists("TRIAL") and not flash.exists("REJECTED"), "flash written for nothing"
+        flash.network.absent = []
+        cfg, trial = _boot(flash)
+        room = FailingRoom()
+        task = app.asyncio.create_task(_connect(room, cfg, trial))
+        await app._sleep_ms(1200)
+        room.ok = True
+        await task
+        trial.joined()
+        assert lastgood.load_good() == cfg and not flash.exists("REJECTED")
+
+
+def test_a_malformed_trial_note_or_good_file_does_not_stop_the_board():
+    with Flash() as flash:
+        flash.write("GOOD", "[1, 2")
+        flash.write("TRIAL", '{"keys": 5, "tried_ms": "x"}')
+        config.save(_cfg())
+        cfg, trial = _boot(flash)
+        assert not trial.on and trial.reverted is None
+        assert "config.good.json is not valid JSON" in flash.log().replace(PREFIX, "")
+        config.save(GOOD_CFG, lastgood.GOOD)
+        flash.write("TRIAL", json.dumps({"keys": lastgood.join_keys(_cfg(token="t2")), "tried_ms": "x"}))
+        config.save(_cfg(token="t2"))
+        trial = _boot(flash)[1]
+        assert trial.on and trial.base == 0
+
+
+class _Data:
+    def __init__(self, payload):
+        self.payload = payload
+        self.caller_identity = "ops"
+
+
+def test_config_update_says_whether_the_new_config_is_on_trial():
+    with Flash() as flash:
+        config.save(GOOD_CFG)
+        a = methods.App(None, GOOD_CFG, {}, None, 0)
+        # no config has joined yet: nothing to go back to
+        r = json.loads(a.config_update(_Data('{"wifi": {"ssid": "x", "password": "y"}}')))
+        assert r == {"updated": ["wifi"], "effective": "after reboot", "on_trial": False, "revert_after_s": 300}, r
+        config.save(GOOD_CFG)
+        config.save(GOOD_CFG, lastgood.GOOD)
+        r = json.loads(a.config_update(_Data('{"name": "pump-9", "revert_after_s": 60}')))
+        assert r["on_trial"] is False and r["revert_after_s"] == 60, r
+        for patch in ('{"wifi": {"ssid": "x", "password": "y"}}', '{"relay": "tcp://10.0.0.3:7880"}',
+                      '{"token": "t2"}'):
+            config.save(GOOD_CFG)
+            r = json.loads(a.config_update(_Data(patch)))
+            assert r["on_trial"] is True and r["revert_after_s"] == 300, (patch, r)
+        assert "on trial after the reboot" in flash.log()
+        for bad in ('{"revert_after_s": 0}', '{"revert_after_s": 1e9}', '{"revert_after_s": "5"}'):
+            try:
+                methods._config_patch(bad)
+            except Exception as e:
+                assert getattr(e, "code", None) == methods.E_BAD_CONFIG, (bad, e)
+            else:
+                raise AssertionError("config.update %s accepted" % bad)
+
+
+def test_device_info_shows_a_reverted_config():
+    if sys.implementation.name != "micropython":
+        return  # device.info reads gc.mem_free() and time.ticks_ms(): a board's API only
+    class _Room:
+        class local_participant:
+            identity = "b"
+    a = methods.App(_Room(), GOOD_CFG, {}, FakeMachine, 0)
+    assert json.loads(a.device_info(None))["config_reverted"] is None
+    a.config_reverted = "config.json could not reach the room"
+    assert json.loads(a.device_info(None))["config_reverted"] == "config.json could not reach the room"
