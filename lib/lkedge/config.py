@@ -22,6 +22,10 @@ class RoomOptions:
     max_frame        largest LINK control frame held whole, and the DATA frame limit
                      until JOINED announces the relay's (DATA is streamed, never held)
     max_streams      incoming data streams open at once
+    evict_idle_ms    when max_streams are open and another wanted stream arrives, the
+                     open stream silent longest gives way if nothing came for it this
+                     long (it ends "abnormal end: idle for N s ..."); None: a stream
+                     keeps its slot until it ends or its sender leaves
     max_inflated     cap on decompressed bytes of one stream (None: total_length only, and
                      a compressed stream without total_length is refused)
     advertise_compression  advertise CAP_COMPRESSION_DEFLATE_RAW (None: if we can inflate)
@@ -47,6 +51,7 @@ class RoomOptions:
         self.max_values = 1 << 20
         self.max_frame = 65536
         self.max_streams = 16
+        self.evict_idle_ms = 60000
         self.max_inflated = None
         self.advertise_compression = None
         self.client_protocol = 2
@@ -74,7 +79,7 @@ class RoomOptions:
             link = profile.get("link", profile)
             for src, dst in (("read_buffer", "read_buffer"), ("piece_size", "piece_size"),
                              ("max_field", "max_field"), ("max_values", "max_values"),
-                             ("max_streams", "max_streams"),
+                             ("max_streams", "max_streams"), ("evict_idle_ms", "evict_idle_ms"),
                              ("max_frame", "max_frame"),
                              ("advertise_compression", "advertise_compression"),
                              ("client_protocol", "client_protocol")):

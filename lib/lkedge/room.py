@@ -77,7 +77,7 @@ class Room:
         self.can_inflate = bool(adv and can_inflate and inf.reserve(o.piece_size))
         self._incoming = streams.IncomingStreams(
             self._has_handler, max_streams=o.max_streams, can_inflate=self.can_inflate,
-            max_inflated=o.max_inflated, piece_size=o.piece_size)
+            max_inflated=o.max_inflated, piece_size=o.piece_size, evict_idle_ms=o.evict_idle_ms)
         self._readers = {}
         self._invoking = set()  # Invocations being handled (at most max_rpc_handlers)
         self._handling = set()  # readers whose stream handler runs (at most max_streams)
@@ -401,7 +401,7 @@ class Room:
                 msg = dec.msg
                 ch = msg.get("stream_chunk") or {}
                 evs = self._incoming.chunk(msg.get("participant_identity", ""), ch.get("stream_id", ""),
-                                           ch.get("chunk_index", 0), e[2], e[3])
+                                           ch.get("chunk_index", 0), e[2], e[3], now_ms())
                 if type(evs) is not tuple:
                     self._events = evs
                 elif evs:  # the usual answer, no event or one: no iterator needed
@@ -456,7 +456,7 @@ class Room:
             return  # content went out piece by piece
         if "stream_header" in msg:
             inline = self._take_acc(proto.K_INLINE_CONTENT)
-            await self._stream_events(self._incoming.header(sender, msg["stream_header"], inline))
+            await self._stream_events(self._incoming.header(sender, msg["stream_header"], inline, now_ms()))
         elif "stream_trailer" in msg:
             await self._stream_events(self._incoming.trailer(sender, msg["stream_trailer"]))
         elif "rpc_ack" in msg:
@@ -532,6 +532,8 @@ class Room:
         r = self._readers.pop(ev.info.stream_id, None)
         if r is not None:
             r._end(ev.error)
+            if ev.evicted:   # the new stream takes its handler's slot now
+                self._handling.discard(r)
         if ev.info.compression and self.can_inflate:
             _inflate.reserve(self.options.piece_size)  # for the next compressed stream
 

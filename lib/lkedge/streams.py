@@ -36,7 +36,8 @@ Incoming
     buffer (the link's piece or the inflater's output) and the StreamData object itself
     is reused per stream: both are valid only until the next event is pulled.
     Events: StreamOpened(info), StreamData(info, data) (at most piece_size bytes,
-    inflated when compressed), StreamEnded(info, error) (error None or StreamError),
+    inflated when compressed), StreamEnded(info, error) (error None or StreamError;
+    .evicted True when it gave way to a new stream, see below),
     StreamIgnored(stream_id, reason, sender, header) (the stream's packets are dropped;
         header and sender are set when the header itself was refused).
     A duplicate open stream_id yields StreamIgnored for the new header only.
@@ -254,6 +255,10 @@ class StreamData:
 
 
 class StreamEnded:
+    """evicted: True when the stream gave way to a new one (evict_idle_ms): its
+    handler's slot is free at once, the handler learns it at its next read."""
+    evicted = False
+
     def __init__(self, info, error=None):
         self.info = info
         self.error = error
@@ -374,9 +379,11 @@ class IncomingStreams:
                 idlest = st
         if limit is None or idlest is None or now_ms - idlest.heard_ms < limit:
             return "too many open streams (limit %d)" % self.max_streams
-        yield from self._end(idlest, StreamError(
+        ended = self._end(idlest, StreamError(
             "abnormal end: idle for %d s while all %d stream slots were in use"
             % ((now_ms - idlest.heard_ms) // 1000, self.max_streams)))
+        ended[0].evicted = True
+        yield ended[0]
         return None
 
     def _new_inflater(self):

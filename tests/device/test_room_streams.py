@@ -651,3 +651,49 @@ async def test_reader_errors_name_length_exceeded_and_gaps_on_compressed_streams
     assert errors[0].startswith("length exceeded") and errors[1].startswith("length exceeded"), errors
     assert errors[2].startswith("gap in chunk indices"), errors
     await close(a, peer)
+
+
+async def test_a_stream_silent_for_evict_idle_ms_gives_way_when_every_slot_is_taken():
+    # A peer that opens streams and never ends them must not shut others out for good.
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=1,
+                                       evict_idle_ms=150)
+    other = await raw(mem, "q", client_protocol=2)
+    await settle(lambda: "q" in a.remote_participants)
+    errors, done = [], []
+
+    async def handler(reader, sender):
+        try:
+            done.append((reader.info.stream_id, await reader.read_all()))
+        except Exception as e:
+            errors.append((reader.info.stream_id, str(e)))
+    a.register_byte_stream_handler("t", handler)
+    hdr = {"topic": "t", "byte_header": {"name": "n"}}
+    await peer.send({"destination_identities": ["a"], "stream_header": dict(hdr, stream_id="stuck")})
+    await peer.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": "stuck", "content": b"x"}})
+    await asyncio.sleep(0.02)
+    # not idle long enough yet: the new stream is refused, the open one keeps its slot
+    await other.send({"destination_identities": ["a"], "stream_header": dict(hdr, stream_id="early")})
+    await asyncio.sleep(0.3)
+    assert not errors and "early" not in a._readers
+    # idle past evict_idle_ms: the stuck stream ends abnormally and the new one runs
+    await other.send({"destination_identities": ["a"], "stream_header": dict(hdr, stream_id="late")})
+    await other.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": "late", "content": b"ok"}})
+    await other.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "late"}})
+    await settle(lambda: done and errors)
+    assert done == [("late", b"ok")], done
+    assert errors[0][0] == "stuck" and "abnormal end: idle for" in errors[0][1], errors
+    await close(a, peer, other)
+
+
+async def test_without_evict_idle_ms_an_open_stream_keeps_its_slot():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=1,
+                                       evict_idle_ms=None)
+    errors = []
+    a.register_byte_stream_handler("t", error_collector(errors))
+    hdr = {"topic": "t", "byte_header": {"name": "n"}}
+    await peer.send({"destination_identities": ["a"], "stream_header": dict(hdr, stream_id="open")})
+    await asyncio.sleep(0.2)
+    await peer.send({"destination_identities": ["a"], "stream_header": dict(hdr, stream_id="new")})
+    await asyncio.sleep(0.05)
+    assert "open" in a._readers and "new" not in a._readers and not errors
+    await close(a, peer)

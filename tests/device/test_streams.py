@@ -560,6 +560,16 @@ def test_when_all_slots_are_taken_the_stream_silent_longest_gives_way_after_evic
     assert bytes(col.data["s3"]) == b"new" and col.ended["s3"] is None
 
 
+def test_the_stream_that_gave_way_is_marked_evicted_and_an_ordinary_end_is_not():
+    inc, col = _inc("t", max_streams=1, evict_idle_ms=1000)
+    _header_at(inc, col, "s1", 0)
+    evs = list(inc.header("a", dict(_hdr("s2")["stream_header"]), None, 1000))
+    ended = [e for e in evs if isinstance(e, streams.StreamEnded)]
+    assert len(ended) == 1 and ended[0].info.stream_id == "s1" and ended[0].evicted
+    evs = list(inc.trailer("a", _trailer("s2")["stream_trailer"]))
+    assert [e.evicted for e in evs if isinstance(e, streams.StreamEnded)] == [False]
+
+
 def test_a_full_house_of_recently_heard_streams_still_refuses_the_new_one():
     inc, col = _inc("t", max_streams=2, evict_idle_ms=30000)
     _header_at(inc, col, "s1", 0)

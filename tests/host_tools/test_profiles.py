@@ -129,3 +129,21 @@ def test_optional_max_values_is_checked_and_reaches_room_options(tmp_path):
     with pytest.raises(profiles.ProfileError) as e:
         profiles.load(str(f))
     assert "max_values" in str(e.value)
+
+
+def test_optional_evict_idle_ms_is_checked_and_reaches_room_options(tmp_path):
+    import json
+    from lkedge.config import RoomOptions
+    p = profiles.load("esp32")
+    assert RoomOptions.for_board(p).evict_idle_ms == 60000   # the default without the key
+    f = tmp_path / "esp32.json"
+    for value in (5000, None):
+        p["link"]["evict_idle_ms"] = value
+        f.write_text(json.dumps(p))
+        assert RoomOptions.for_board(profiles.load(str(f))).evict_idle_ms == value
+    for bad in (0, "60s", 1.5):
+        p["link"]["evict_idle_ms"] = bad
+        f.write_text(json.dumps(p))
+        with pytest.raises(profiles.ProfileError) as e:
+            profiles.load(str(f))
+        assert "evict_idle_ms" in str(e.value)
