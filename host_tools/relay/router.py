@@ -292,7 +292,7 @@ class Router:
             else:
                 self._join(c, body, now)
         elif t == link.PING:
-            self._send(c, link.encode_frame(link.PONG, body), link.PONG)
+            self._send(c, relayside.encode_frame(link.PONG, body), link.PONG)
             if c.queued >= self.queue_bytes:
                 # it does not read its PONGs: read no more PINGs until it does (and it
                 # is dropped with LEAVE 6 if its queue stays full past stuck_ms)
@@ -351,7 +351,7 @@ class Router:
             link.JOINED)
         for o in rest:  # a big room: the rest follow at once, before anything else
             self._send(c, relayside.encode_control(link.PARTICIPANT, o.info), link.PARTICIPANT)
-        announce = link.encode_frame(link.PARTICIPANT, body)
+        announce = relayside.encode_frame(link.PARTICIPANT, body)
         for o in others:
             self._send(o, announce, link.PARTICIPANT)
         self.metrics.inc("lkedge_relay_joins_total")
@@ -369,7 +369,7 @@ class Router:
             fields = relayside.scan_fields(body)
             dests = _destinations(body, fields)
             _check_whole(body)
-            stamp = proto.encode(proto.DATA_PACKET, {"participant_identity": c.info["identity"],
+            stamp = relayside.encode(proto.DATA_PACKET, {"participant_identity": c.info["identity"],
                                                      "participant_sid": c.info["sid"]})
             parts = [stamp]
             for num, wt, start, vs, end in fields:
@@ -386,7 +386,7 @@ class Router:
                        "stamped, over max_frame %d + %d" % (1 + len(body), 1 + len(packet),
                                                             self.max_frame, link.STAMP_ROOM), now)
             return
-        frame = link.encode_frame(link.DATA, packet)
+        frame = relayside.encode_frame(link.DATA, packet)
         for r in self._recipients(c, dests):
             self._send(r, frame, link.DATA)
             if r.queued >= self.queue_bytes:

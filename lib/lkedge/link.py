@@ -4,9 +4,10 @@
 
 API (docs/internals.md, with the details fixed here):
 
-- `encode_frame(type, body) -> bytes`, `frame_header(type, body_len) -> bytes` (the
-  varint and the type byte; a DATA body is streamed after it);
-  `put_frame_header(buf, type, body_len) -> n` writes the same into buf[:n] (n <= 6).
+- `put_frame_header(buf, type, body_len) -> n` writes the varint and the type byte
+  into buf[:n] (n <= 6); a DATA body is streamed after it. Whole frames,
+  `encode_frame(type, body) -> bytes` and `frame_header(type, body_len) -> bytes`, are
+  what hosts write: they live in lkedge.relayside and are answered here too.
 - `decode_control(body, max_values=None) -> dict`: the CBOR map of a control body,
   checked to be a map with text keys. With max_values (RoomOptions.max_values), each
   participant map (a PARTICIPANT body, each entry of JOINED's "participants") is
@@ -117,12 +118,6 @@ class LinkError(ValueError):
 
 # ---------------------------------------------------------------- writing
 
-def frame_header(type, body_len):
-    """varint(1 + body_len) followed by the type byte."""
-    out = bytearray(_MAX_VARINT_BYTES + 1)
-    return bytes(out[:put_frame_header(out, type, body_len)])
-
-
 def put_frame_header(buf, type, body_len):
     """frame_header() written at the start of buf (6 bytes at most); returns its length."""
     if not 0 <= type <= 0xff:
@@ -138,10 +133,6 @@ def put_frame_header(buf, type, body_len):
     buf[i] = n
     buf[i + 1] = type
     return i + 2
-
-
-def encode_frame(type, body):
-    return frame_header(type, len(body)) + bytes(body)
 
 
 # ---------------------------------------------------------------- reading
@@ -390,7 +381,7 @@ def check_joined(d):
 
 def __getattr__(name):
     """The relay-side names (lkedge.relayside), loaded on first use: a board never does."""
-    if name in "type_name encode_control check_join check_participant_left check_leave".split():
+    if name in "frame_header encode_frame type_name encode_control check_join check_participant_left check_leave".split():
         from . import relayside
         return getattr(relayside, name)
     raise AttributeError(name)

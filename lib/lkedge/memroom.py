@@ -95,7 +95,7 @@ class MemRoom:
                 if c is not conn:
                     await c.t._deliver(frame)
         elif ftype == link.PING:
-            await conn.t._deliver(link.encode_frame(link.PONG, body))
+            await conn.t._deliver(relayside.encode_frame(link.PONG, body))
         elif ftype == link.LEAVE:
             await self._leave(conn, "client initiated")
 
@@ -111,10 +111,10 @@ class MemRoom:
             if num == 5:
                 dests.append(bytes(body[vstart:end]).decode())
             kept.append(body[fstart:end])
-        stamp = proto.encode(proto.DATA_PACKET, {"participant_identity": conn.identity})
-        sid = proto.encode(proto.DATA_PACKET, {"participant_sid": conn.sid})
+        stamp = relayside.encode(proto.DATA_PACKET, {"participant_identity": conn.identity})
+        sid = relayside.encode(proto.DATA_PACKET, {"participant_sid": conn.sid})
         packet = stamp + sid + b"".join(kept)
-        frame = link.frame_header(link.DATA, len(packet)) + packet
+        frame = relayside.frame_header(link.DATA, len(packet)) + packet
         targets = dests or [i for i in self.conns if i != conn.identity]
         for ident in targets:
             c = self.conns.get(ident)
@@ -249,8 +249,8 @@ class RawPeer:
                 self._got.set()
 
     async def send(self, pkt):
-        body = proto.encode(proto.DATA_PACKET, pkt)
-        await self.t.write(link.encode_frame(link.DATA, body))
+        body = relayside.encode(proto.DATA_PACKET, pkt)
+        await self.t.write(relayside.encode_frame(link.DATA, body))
 
     async def wait_for(self, pred, timeout=5.0):
         """Wait until a received packet satisfies `pred`; returns it."""

@@ -53,9 +53,10 @@ Reading (results equal what the official parser reads, as dicts of present field
   After an error, next_event() and receive() raise it again until start().
 - `decode(schema, data) -> dict`: a whole message, big fields included as values (str
   for strings), no max_field.
-- `scan_fields` and `decode_packet` (= decode(DATA_PACKET, data)) are the relay's: they
-  live in lkedge.relayside, which a board never imports (this module still answers
-  those names, loading relayside on first use).
+- `encode`, `decode`, `scan_fields` and `decode_packet` (= decode(DATA_PACKET, data))
+  are what hosts and the relay use (a board sends with encode_segments and reads with
+  PacketDecoder): they live in lkedge.relayside, which a board never imports (this
+  module still answers those names, loading relayside on first use).
 """
 from .utf8 import encoded, text
 
@@ -524,19 +525,6 @@ def encode_segments(schema, msg):
     return segs
 
 
-def encode(schema, msg):
-    """The serialized message, byte-identical to SerializeToString(deterministic=True)."""
-    segs = encode_segments(schema, msg)
-    if len(segs) == 1 and isinstance(segs[0], bytes):
-        return segs[0]
-    out = bytearray()
-    for s in segs:
-        if not isinstance(s, _BYTES_LIKE):
-            raise ValueError("%s holds a Blob: use encode_segments()" % schema[_S_NAME])
-        out += s
-    return bytes(out)
-
-
 # ---------------------------------------------------------------- decoding
 
 # decoder states
@@ -904,19 +892,9 @@ class PacketDecoder:
         self._st = _ST_TAG
 
 
-def decode(schema, data):
-    """A whole message from bytes-like data, big fields included as values."""
-    dec = PacketDecoder(None)
-    dec._root = schema
-    dec._pieces = False
-    dec.start(len(data))
-    dec.receive(data)
-    return dec.next_event()[1]   # all bytes were given: PACKET, or a ProtoError
-
-
 def __getattr__(name):
     """The relay-side names (lkedge.relayside), loaded on first use: a board never does."""
-    if name in "scan_fields decode_packet".split():
+    if name in "encode decode scan_fields decode_packet".split():
         from . import relayside
         return getattr(relayside, name)
     raise AttributeError(name)

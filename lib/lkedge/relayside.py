@@ -8,8 +8,12 @@ From lkedge.proto:
   top-level fields of a message, not decoded; value_start is after the length prefix
   for wire type 2, after the tag otherwise. ProtoError on a truncated or malformed walk.
 - `decode_packet(data) -> dict` = proto.decode(DATA_PACKET, data): big fields included.
+- `encode(schema, msg) -> bytes` and `decode(schema, data) -> dict`: whole messages
+  (a board writes with encode_segments and reads with PacketDecoder).
 
 From lkedge.link:
+- `frame_header(type, body_len) -> bytes`, `encode_frame(type, body) -> bytes`: whole
+  frames (a board writes its frames with put_frame_header into its send buffer).
 - `type_name(t)` names a frame type for logs ("JOIN", ..., "type 0x42").
 - `encode_control(type, mapping) -> bytes`: a whole control frame whose body is
   `cbor.dumps(mapping)`.
@@ -80,9 +84,34 @@ def scan_fields(data):
     return out
 
 
+def encode(schema, msg):
+    """The serialized message, byte-identical to SerializeToString(deterministic=True)
+    (a board sends with proto.encode_segments instead, never holding a big value twice)."""
+    segs = proto.encode_segments(schema, msg)
+    if len(segs) == 1 and isinstance(segs[0], bytes):
+        return segs[0]
+    out = bytearray()
+    for s in segs:
+        if not isinstance(s, proto._BYTES_LIKE):
+            raise ValueError("%s holds a Blob: use encode_segments()" % schema[0])   # the name
+        out += s
+    return bytes(out)
+
+
+def decode(schema, data):
+    """A whole message from bytes-like data, big fields included as values (a board
+    reads packets piece by piece with proto.PacketDecoder instead)."""
+    dec = proto.PacketDecoder(None)
+    dec._root = schema
+    dec._pieces = False
+    dec.start(len(data))
+    dec.receive(data)
+    return dec.next_event()[1]   # all bytes were given: PACKET, or a ProtoError
+
+
 def decode_packet(data):
     """A whole DataPacket (host side, tests): big fields included as values."""
-    return proto.decode(proto.DATA_PACKET, data)
+    return decode(proto.DATA_PACKET, data)
 
 
 # ---------------------------------------------------------------- link
@@ -101,7 +130,18 @@ def encode_control(type, mapping):
         raise ValueError("DATA frames carry a DataPacket, not a control map")
     if not isinstance(mapping, dict):
         raise ValueError("a control body must be a dict, got %s" % _tname(mapping))
-    return link.encode_frame(type, cbor.dumps(mapping))
+    return encode_frame(type, cbor.dumps(mapping))
+
+
+def frame_header(type, body_len):
+    """varint(1 + body_len) followed by the type byte."""
+    out = bytearray(6)
+    return bytes(out[:link.put_frame_header(out, type, body_len)])
+
+
+def encode_frame(type, body):
+    """A whole frame (a board streams its frames through sender.PacketSender instead)."""
+    return frame_header(type, len(body)) + bytes(body)
 
 
 # What a JOIN may claim about itself. The relay repeats client_protocol and capabilities

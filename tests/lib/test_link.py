@@ -153,7 +153,8 @@ from lkedge import link
 def main():
     buf = bytearray(512)
     whole = memoryview(buf)
-    hdr = link.frame_header(link.DATA, 15000)
+    hdr = bytearray(6)
+    hdr = hdr[:link.put_frame_header(hdr, link.DATA, 15000)]
     r = link.FrameReader(16384)
     total = len(hdr) + 15000
     sent = got = used = pieces = 0
