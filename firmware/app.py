@@ -12,7 +12,8 @@ minute later (config "rejoin_s"), and keeps trying.
 A config that cannot reach the room is not kept for ever (lastgood.py): once joined,
 the config is recorded as the last good one; a config whose Wi-Fi, relay or token
 never joined is on trial, and after "revert_after_s" (300) seconds of failing to
-bring the Wi-Fi up or to join (summed across resets) the app goes back to the last
+bring the Wi-Fi up or to join in ways its change could explain (summed across resets;
+an outage does not count: lastgood.py has the rules) the app goes back to the last
 good config and resets into it. A Wi-Fi that does not come up within 20 s still ends
 in a reset (main.py), as it always did.
 """
@@ -86,18 +87,19 @@ def _network_up(cfg, wdt):
 
 
 def _wifi(cfg, wdt, trial, machine):
-    """_network_up; a failure counts against a config on trial (and may revert it)."""
+    """_network_up; a failure counts against a config whose Wi-Fi is on trial (and may
+    revert it) as at least one whole attempt, even one that failed at once."""
     try:
         _network_up(cfg, wdt)
-    except OSError as e:
-        _failed(trial, str(e), machine)
+    except Exception as e:  # an OSError, or whatever else the port's WLAN raises
+        _failed(trial, str(e), machine, "wifi", WIFI_TIMEOUT_MS)
         raise  # main.py logs it and resets the board, as without a last good config
 
 
-def _failed(trial, why, machine):
-    """A failure to reach the room; a config on trial past its time is reverted and
-    the board resets into the last good one (lastgood.py)."""
-    if trial is not None and trial.failed(why):
+def _failed(trial, why, machine, kind, at_least_ms=0):
+    """A failure to reach the room (lastgood.WIFI, RELAY or TOKEN); a config on trial
+    past its time is reverted and the board resets into the last good one."""
+    if trial is not None and trial.failed(why, kind, at_least_ms):
         flashlog.error("resetting into the last good config")
         machine.reset()
 
@@ -116,7 +118,7 @@ def _make_exception_handler(machine):
 
 
 async def _connect_forever(room, cfg, failed=None):
-    """Join, retrying with backoff; each failure is also told to `failed(why)`."""
+    """Join, retrying with backoff; each failure is also told to `failed(why, e)`."""
     from lkedge.room import ConnectError
     delay = RETRY_MIN_MS
     while True:
@@ -127,7 +129,7 @@ async def _connect_forever(room, cfg, failed=None):
             why = "connect to %s failed: %s" % (cfg["relay"], e)
             flashlog.error(why)
             if failed is not None:
-                failed(why)
+                failed(why, e)
         await _sleep_ms(delay)
         delay = min(delay * 2, RETRY_MAX_MS)
 
@@ -191,11 +193,12 @@ async def run():
     app = App(room, cfg, profile, machine, started, tel)
     app.config_reverted = trial.reverted
     app.register()
-    await _connect_forever(room, cfg, lambda why: _failed(trial, why, machine))
+    await _connect_forever(room, cfg, lambda why, e: _failed(trial, why, machine, lastgood.failure_kind(e)))
     trial.joined()
     trial = None
     import sys
     sys.modules.pop("lastgood", None)  # boot-time code: its heap is the methods' now
+    del lastgood
     tel.device = room.local_participant.identity
     print("lkedge app: joined room %s as %s (mem_free %d)" % (room.name, tel.device, _mem_free()))
     flashlog.info("joined room %s as %s" % (room.name, tel.device))

@@ -7,18 +7,33 @@ one's (a config.update, a redeploy) is on trial: those three decide whether the 
 can reach the room, so a config that changed only its name or telemetry is as good as
 the last one, and a network outage never reverts a config that has joined.
 
-The time a config on trial spends failing (each Wi-Fi attempt that ends without a
-connection, 20 s, and then the reset that follows as without a last good config; each
-relay attempt, with its backoff) is summed across resets in config.trial.json. At a
-failure past its "revert_after_s" (the config's own, default 300 s: about 6 minutes
-of wall time when the Wi-Fi fails, as each attempt is followed by a reset), the app
-goes back: config.json is copied byte for byte to config.rejected.json (for a person
+Only failures that what changed could explain count against a config on trial, so an
+outage never reverts a change that would have worked once it is over:
+    the Wi-Fi does not come up       counts when the Wi-Fi (SSID, password) changed
+    the relay cannot be reached, or  counts when the Wi-Fi or the relay changed
+      no JOINED comes, or the relay
+      turns the board away for
+      another reason
+    the relay refuses the token      counts when the relay or the token changed
+      (LEAVE 3 unauthorized, 7
+      forbidden)
+(A token-only change, say a rotated token, is reverted only when the relay refuses
+it: the old token may have expired meanwhile, and the board would be stranded on it.)
+
+The time a config on trial spends failing in ways that count (each Wi-Fi attempt that
+ends without a connection counts as at least the 20 s of an attempt, even one that
+fails at once, and is followed by a reset as without a last good config; each relay
+attempt counts from the previous failure, backoff included) is summed across resets
+in config.trial.json. At a counted failure past its "revert_after_s" (the config's
+own, default 300 s: about 6 minutes of wall time when the Wi-Fi fails, as each
+attempt is followed by a reset), the app goes back: config.json is copied byte for byte to config.rejected.json (for a person
 to see), the last good config is written to config.json, config.trial.json records
 why, the flash log says what happened and why, and the board resets into the good
 config. That one can never be on trial (it is the last good one), so the board cannot
 loop between configs; with no last good config (a fresh deploy that never joined)
 nothing is on trial and the app retries as it always did. device.info shows
 "config_reverted" (the reason) while the board runs the config it went back to.
+`lkedge deploy` removes all three files: what a person deploys starts afresh.
 
 Loaded at boot (the app drops it once joined) and by config.update (on_trial()).
 
@@ -40,10 +55,29 @@ _WIFI_STATUS = ("STAT_NO_AP_FOUND", "STAT_WRONG_PASSWORD", "STAT_CONNECT_FAIL", 
                 "STAT_ASSOC_FAIL", "STAT_HANDSHAKE_TIMEOUT", "STAT_CONNECTING", "STAT_IDLE")
 
 
+# failure kinds (app.py reports each failure as one) -> the changes that explain it
+WIFI = "wifi"
+RELAY = "relay"
+TOKEN = "token"
+_EXPLAINED_BY = {WIFI: (WIFI,), RELAY: (WIFI, RELAY), TOKEN: (RELAY, TOKEN)}
+
+
 def join_keys(cfg):
     """What decides whether a config can reach the room: Wi-Fi, relay and token."""
     w = cfg.get("wifi") or {}
     return [w.get("ssid", ""), w.get("password", ""), cfg.get("relay"), cfg.get("token")]
+
+
+def changed(good, cfg):
+    """Which of WIFI, RELAY, TOKEN differ between the two configs (a list)."""
+    g, c = join_keys(good), join_keys(cfg)
+    return [k for k, d in ((WIFI, g[:2] != c[:2]), (RELAY, g[2] != c[2]), (TOKEN, g[3] != c[3])) if d]
+
+
+def failure_kind(e):
+    """The kind of a failure to join: TOKEN for a relay that refused the token (a
+    ConnectError with LEAVE 3 or 7), else RELAY."""
+    return TOKEN if getattr(e, "leave_code", None) in (3, 7) else RELAY
 
 
 def load_good():
@@ -91,25 +125,30 @@ class Trial:
         if note is not None and note.get("keys") != self.keys:
             note = None  # about another config
         self.reverted = note.get("reverted") if note else None
-        self.on = self.good is not None and join_keys(self.good) != self.keys
+        self.changed = changed(self.good, cfg) if self.good is not None else []
+        self.on = bool(self.changed)
         base = note.get("tried_ms", 0) if (note and self.on) else 0
         self.base = base if isinstance(base, int) else 0
-        self.t0 = now_ms()
+        self.since = now_ms()   # the boot, then the last failure reported
         if self.on:
-            flashlog.info("config.json on trial (its Wi-Fi, relay or token never joined): back to %s "
-                          "unless it reaches the room within %s s of trying (%d s so far)"
-                          % (GOOD, cfg["revert_after_s"], self.base // 1000))
+            flashlog.info("config.json on trial (its %s never joined): back to %s unless it reaches "
+                          "the room within %s s of trying (%d s so far)"
+                          % (", ".join(self.changed), GOOD, cfg["revert_after_s"], self.base // 1000))
 
-    def failed(self, why):
-        """Report a failure to reach the room; True when the config was reverted (the
-        caller resets the board), False to go on trying."""
-        if not self.on:
+    def failed(self, why, kind, at_least_ms=0):
+        """Report a failure to reach the room, of kind WIFI, RELAY or TOKEN, that took
+        at least `at_least_ms`. True when the config was reverted (the caller resets
+        the board), False to go on trying."""
+        t = now_ms()
+        took = max(t - self.since, at_least_ms)
+        self.since = t
+        if not self.on or not [c for c in _EXPLAINED_BY[kind] if c in self.changed]:
+            return False   # not on trial, or a failure the change cannot explain: an outage
+        self.base += took
+        if self.base < self.cfg["revert_after_s"] * 1000:
+            _save_note({"keys": self.keys, "tried_ms": self.base, "why": why})
             return False
-        tried = self.base + now_ms() - self.t0
-        if tried < self.cfg["revert_after_s"] * 1000:
-            _save_note({"keys": self.keys, "tried_ms": tried, "why": why})
-            return False
-        return self._revert(why, tried)
+        return self._revert(why, self.base)
 
     def _revert(self, why, tried):
         try:
@@ -142,7 +181,9 @@ class Trial:
                 config.save(cfg, GOOD)
                 flashlog.info("config.json joined the room: recorded as the last good config (%s)" % GOOD)
             except OSError as e:
+                # the trial note stays: without it an outage could revert this config
                 flashlog.error("%s not written: %r" % (GOOD, e))
+                return
         if self.reverted is None:  # a trial over, or a stale note: nothing to keep
             import os
             try:

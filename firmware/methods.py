@@ -13,7 +13,8 @@
                    "on_trial": bool, "revert_after_s": N}. on_trial: the new config's
                    Wi-Fi, relay or token differ from the last good config's (the last one
                    that joined the room), so if it cannot reach the room within N seconds
-                   of trying after the reboot, the board goes back to the last good config
+                   of trying after the reboot, in ways the change explains (an outage does
+                   not count; lastgood.py), the board goes back to the last good config
                    by itself (the rejected one is kept in config.rejected.json). false:
                    nothing to go back to (no config has joined yet: a wrong Wi-Fi, relay
                    or token then needs a person with USB), or nothing that decides

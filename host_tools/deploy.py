@@ -16,8 +16,11 @@ mpremote in the same way. Steps, each reported on stderr as "deploy: ...":
 2. Ask the board (one mpremote exec) for the SHA-256 of every target file (hashlib on
    the board), its directory listings, its .mpy version and its unique id.
 3. Remove stale files: a `.py` next to a deployed `.mpy` (MicroPython imports the .py
-   first, so it would shadow the new code) and anything in /lib/lkedge/ that is no
-   longer part of the library; create missing folders.
+   first, so it would shadow the new code), anything in /lib/lkedge/ that is no
+   longer part of the library, and the firmware's last-good-config files
+   (config.good.json, config.trial.json, config.rejected.json: the deployed config
+   starts afresh instead of being on trial against an older one); create missing
+   folders.
 4. Copy only the files whose hash differs (one mpremote run), then reset the board.
 
 The default identity is "lkedge-" + the first 8 hex digits of machine.unique_id(); the
@@ -217,6 +220,16 @@ def _stale(arts, listing):
     return sorted(stale)
 
 
+# The firmware's last-good-config files (firmware/lastgood.py): a deploy writes a new
+# config.json (a new token at least), which would be on trial against the config the
+# board last joined with, and could be reverted to it; what a person deploys starts afresh.
+CONFIG_HISTORY = ("config.good.json", "config.trial.json", "config.rejected.json")
+
+
+def _config_history(listing):
+    return ["/" + n for n in CONFIG_HISTORY if n in (listing.get("/") or ())]
+
+
 def _dirs_of(paths):
     """Every folder (and its parents) that holds one of the board paths, with "/"."""
     dirs = {"/"}
@@ -304,14 +317,17 @@ def deploy(o):
         with open(cfg_path, "wb") as f:
             f.write(config_json(o.relay, token, identity, o.wifi_ssid, o.wifi_password))
         stale = _stale(arts, board["ls"])
+        history = _config_history(board["ls"])
         changed = [a for a in arts if board["hash"].get(a.board_path) != a.sha256]
         report.unchanged = [a.board_path for a in arts if a not in changed]
         new_dirs = [d for d in dirs if d != "/" and board["ls"].get(d) is None]
         cmds = []
-        if stale or new_dirs:
+        if stale or history or new_dirs:
             for p in stale:
                 _say("remove %s (stale)" % p)
-            cmds += ["exec", _prepare_code(stale, new_dirs), "+"]
+            for p in history:
+                _say("remove %s (the deployed config.json starts afresh, not on trial)" % p)
+            cmds += ["exec", _prepare_code(stale + history, new_dirs), "+"]
         for a in changed + [Artifact("/config.json", cfg_path)]:
             _say("copy %s (%d bytes)" % (a.board_path, os.path.getsize(a.local_path)))
             cmds += ["fs", "cp", a.local_path, ":" + a.board_path, "+"]
@@ -319,7 +335,7 @@ def deploy(o):
             cmds += ["reset"]
         _mpremote(mpremote, o.port, ["resume"] + cmds, "copying files")
         report.copied = [a.board_path for a in changed]
-        report.removed = stale
+        report.removed = stale + history
     _say("%d copied, %d unchanged, %d removed; config.json written for %s in room %s%s"
          % (len(report.copied), len(report.unchanged), len(report.removed), identity, o.room,
             "" if o.no_reset else "; board reset"))

@@ -22,7 +22,7 @@ AUTH_WPA2_PSK = 3
 _ESP32 = {"idle": 1000, "connecting": 1001, "got_ip": 1010, "no_ap": 201, "wrong_password": 202}
 _CYW43 = {"idle": 0, "connecting": 1, "got_ip": 3, "no_ap": -2, "wrong_password": -3}
 _EMULATED_AP = "lkedge-emulated"
-_NO_AP = [s for s in (os.getenv("LKEDGE_EMULATED_NO_AP") or "").split(",") if s]
+_NO_AP = [s.strip() for s in (os.getenv("LKEDGE_EMULATED_NO_AP") or "").split(",") if s.strip()]
 _ADDR = ("127.0.0.1", "255.0.0.0", "127.0.0.1", "127.0.0.1")
 _hostname = ["lkedge"]
 

@@ -148,14 +148,19 @@ class FakeMachine:
 class FailingRoom:
     """A room whose connect() fails until `ok` is set."""
 
-    def __init__(self):
+    def __init__(self, leave_code=None):
         self.ok = False
         self.attempts = 0
+        self.leave_code = leave_code  # None: unreachable; 3: the token is refused
 
     async def connect(self, url, token):
         self.attempts += 1
-        if not self.ok:
+        if self.ok:
+            return
+        if self.leave_code is None:
             raise ConnectError("cannot reach the relay at %s: connection refused" % url)
+        raise ConnectError("the relay refused to join: LEAVE %d token expired" % self.leave_code,
+                           self.leave_code)
 
 
 def _cfg(**kw):
@@ -176,7 +181,8 @@ def _boot(flash):
 
 def _connect(room, cfg, trial):
     """What run() does next: join, each failure counted against a config on trial."""
-    return app._connect_forever(room, cfg, lambda why: app._failed(trial, why, FakeMachine))
+    return app._connect_forever(room, cfg, lambda why, e: app._failed(trial, why, FakeMachine,
+                                                                       lastgood.failure_kind(e)))
 
 
 def _boot_fails(flash):
@@ -216,7 +222,7 @@ def test_a_config_that_joined_becomes_the_last_good_one():
         config.save(_cfg(token="tok-2"))
         cfg2, trial = _boot(flash)
         assert trial.on
-        trial.failed("connect to x failed: refused")
+        trial.failed("connect to x failed: refused", lastgood.TOKEN)
         assert flash.exists("TRIAL")
         trial.joined()
         assert lastgood.load_good() == cfg2 and not flash.exists("TRIAL")
@@ -255,23 +261,70 @@ def test_time_on_trial_adds_up_across_resets():
         assert config.load() == GOOD_CFG
 
 
-async def test_a_config_that_cannot_join_the_relay_goes_back_to_the_last_good_one():
+async def _connect_resets(room, cfg, trial):
+    try:
+        await _connect(room, cfg, trial)
+    except _Reset:
+        return
+    raise AssertionError("joined")
+
+
+async def test_a_config_that_cannot_reach_its_relay_goes_back_to_the_last_good_one():
     with Flash() as flash:
         config.save(GOOD_CFG, lastgood.GOOD)
-        config.save(_cfg(token="tok-wrong", revert_after_s=1))
+        config.save(_cfg(relay="tcp://10.0.0.3:7880", revert_after_s=1))
         cfg, trial = _boot(flash)
-        assert trial.on
+        assert trial.on and trial.changed == [lastgood.RELAY]
         room = FailingRoom()
+        await _connect_resets(room, cfg, trial)
+        assert room.attempts >= 10, room.attempts  # 5, 10, 20, 20, ... ms apart for 1 s
+        assert config.load() == GOOD_CFG
+        assert json.loads(_read(lastgood.REJECTED))["relay"] == "tcp://10.0.0.3:7880"
+        assert "connection refused" in flash.log()
+
+
+async def test_a_new_token_is_not_reverted_for_an_outage_only_when_the_relay_refuses_it():
+    # a rotated token during a relay outage: going back to the old token (which may
+    # have expired meanwhile) would strand the board; only a refusal counts
+    with Flash() as flash:
+        config.save(GOOD_CFG, lastgood.GOOD)
+        config.save(_cfg(token="tok-new", revert_after_s=1))
+        cfg, trial = _boot(flash)
+        assert trial.on and trial.changed == [lastgood.TOKEN]
+        room = FailingRoom()
+        task = app.asyncio.create_task(_connect(room, cfg, trial))
+        await app._sleep_ms(1300)   # unreachable for longer than revert_after_s
+        assert not task.done() and not flash.exists("TRIAL") and not flash.exists("REJECTED")
+        room.leave_code = 3   # the relay is back, and refuses the new token
         try:
-            await _connect(room, cfg, trial)
+            await task
         except _Reset:
             pass
         else:
             raise AssertionError("joined")
-        assert room.attempts >= 10, room.attempts  # 5, 10, 20, 20, ... ms apart for 1 s
+        assert config.load() == GOOD_CFG and json.loads(_read(lastgood.REJECTED))["token"] == "tok-new"
+        assert "LEAVE 3" in flash.log()
+
+
+async def test_only_failures_that_the_change_explains_count():
+    with Flash() as flash:
+        config.save(GOOD_CFG, lastgood.GOOD)
+        # only the Wi-Fi changed: a refused token is not its doing (the good config has it too)
+        config.save(_cfg(wifi={"ssid": "home2", "password": "pw"}, revert_after_s=1))
+        cfg, trial = _boot(flash)
+        assert trial.changed == [lastgood.WIFI]
+        room = FailingRoom(leave_code=3)
+        task = app.asyncio.create_task(_connect(room, cfg, trial))
+        await app._sleep_ms(1300)
+        assert not task.done() and not flash.exists("REJECTED")
+        room.leave_code = None   # but a relay it cannot reach may be the new network's doing
+        try:
+            await task
+        except _Reset:
+            pass
+        else:
+            raise AssertionError("joined")
         assert config.load() == GOOD_CFG
-        assert json.loads(_read(lastgood.REJECTED))["token"] == "tok-wrong"
-        assert "connection refused" in flash.log()
 
 
 async def test_a_failing_network_does_not_revert_a_config_that_joined():
@@ -312,6 +365,53 @@ async def test_with_no_last_good_config_the_board_keeps_retrying():
         await task
         trial.joined()
         assert lastgood.load_good() == cfg and not flash.exists("REJECTED")
+
+
+def test_a_wifi_attempt_that_fails_at_once_still_counts_as_a_whole_attempt():
+    # e.g. wlan.connect() raising at once for a password the port refuses: without a
+    # minimum each boot would add ~0 ms and the board would reset for ever
+    class Refusing(FakeNetwork):
+        def WLAN(self, interface):
+            w = _FakeWlan(self)
+
+            def connect(ssid, password):
+                raise RuntimeError("Wifi Invalid Password")   # not even an OSError
+            w.connect = connect
+            return w
+    with Flash(wifi_ms=600) as flash:
+        flash.network = Refusing([])
+        sys.modules["network"] = flash.network
+        config.save(GOOD_CFG, lastgood.GOOD)
+        config.save(_cfg(wifi={"ssid": "home", "password": "x"}, revert_after_s=1))
+        try:
+            _boot(flash)
+        except RuntimeError:
+            pass
+        assert json.loads(_read(lastgood.TRIAL))["tried_ms"] >= 600
+        _boot_resets(flash)   # the second attempt: 1.2 s counted, past 1 s
+        assert config.load() == GOOD_CFG
+
+
+def test_when_the_good_config_cannot_be_written_the_trial_note_stays():
+    with Flash() as flash:
+        config.save(GOOD_CFG, lastgood.GOOD)
+        config.save(_cfg(token="tok-2", revert_after_s=100))
+        cfg, trial = _boot(flash)
+        trial.failed("the relay refused to join: LEAVE 3", lastgood.TOKEN)
+        assert flash.exists("TRIAL")
+        save = config.save
+
+        def full(c, path=None):
+            if path == lastgood.GOOD:
+                raise OSError(28, "ENOSPC")
+            return save(c, path)
+        config.save = full
+        try:
+            trial.joined()
+        finally:
+            config.save = save
+        assert flash.exists("TRIAL") and lastgood.load_good() == GOOD_CFG
+        assert "not written" in flash.log()
 
 
 def test_a_malformed_trial_note_or_good_file_does_not_stop_the_board():

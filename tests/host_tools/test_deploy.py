@@ -120,6 +120,20 @@ def test_stale_py_files_that_would_shadow_mpy_are_removed(unix_board, firmware, 
     assert mpremote_out(unix_board, "exec", "import app; print(app.answer())") == "42\n"
 
 
+def test_a_deploy_starts_the_last_good_config_afresh(unix_board, firmware, lib, tmp_path):
+    # firmware/lastgood.py: the deployed config.json must not be on trial against (and
+    # reverted to) the config the board joined with before
+    note = tmp_path / "note.json"
+    note.write_text('{"token": "old"}')
+    for name in ("config.good.json", "config.trial.json", "config.rejected.json"):
+        mpremote_out(unix_board, "fs", "cp", str(note), ":" + name)
+    counts, log = run_deploy(unix_board, "unix", firmware, lib)
+    for name in ("config.good.json", "config.trial.json", "config.rejected.json"):
+        assert "deploy: remove /%s (the deployed config.json starts afresh" % name in log, log
+        assert not os.path.exists(str(tmp_path / "flash" / name)), name
+    assert counts[2] == 3, log
+
+
 def test_config_and_profile_json_are_written_for_the_firmware(unix_board, firmware, lib, tmp_path):
     run_deploy(unix_board, "unix", firmware, lib, "--relay", "tcp://10.0.0.5:7880",
                "--identity", "pump-7", "--room", "plant")
