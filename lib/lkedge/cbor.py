@@ -19,15 +19,19 @@ allocated, so a 4 GiB claim in a 10-byte input fails at once.
 A values budget, optional (without one, nothing is measured or dropped):
 `loads(data, max_values, drop)` bounds what a map holding the key `drop` may make in
 memory. When that key is met, the whole map is measured first by walking its bytes
-without building anything: the bytes of its strings plus 32 per value (the map itself,
-its keys, nested containers and their items), the accounting of proto's max_values. If
-that is over max_values, the value of `drop` is not built but walked (well-formed CBOR
-and valid UTF-8 are required as ever; its map keys are not checked for being hashable
-or repeated) and reads as `DROPPED`; the map's other keys are decoded as usual. Each
-map holding the key is measured on its own (LINK.md: one budget per participant map,
-which a JOINED frame nests in its "participants" array), so a frame of many small maps
-is not refused for its total, and a map over budget costs its other keys, not
-thousands of tiny objects (~15 times their wire size in heap on a board).
+and keeping nothing (text is still decoded to check it, as garbage): the bytes of its
+strings plus 32 per value (the map itself, its keys, nested containers and their
+items), the accounting of proto's max_values; the walk stops as soon as the total
+passes max_values. If it does, the value of `drop` is not built but walked
+(well-formed CBOR and valid UTF-8 are required as ever; its map keys are not checked
+for being hashable or repeated) and reads as `DROPPED`; the map's other keys are
+decoded as usual. A map that fits is not measured again inside that value, so nesting
+costs at most one extra walk. Indefinite-length strings are gathered into one buffer,
+never held as a list of chunk objects. Each map holding the key is measured on its
+own (LINK.md: one budget per participant map, which a JOINED frame nests in its
+"participants" array), so a frame of many small maps is not refused for its total,
+and a map over budget costs its other keys, not thousands of tiny objects (~15 times
+their wire size in heap on a board).
 
 Encoding is canonical for lengths and integers (shortest argument form) and keeps the
 insertion order of dicts, so for these types `dumps(x) == cbor2.dumps(x)`. Floats are
@@ -144,12 +148,19 @@ def _half_to_float(h):
     return sign * (frac + 1024) * (2.0 ** (exp - 25))
 
 
+class _Over(Exception):
+    """A map being measured passed max_values: the measuring stops there."""
+
+
 class _Decoder:
     def __init__(self, data, max_values=None, drop=None):
         self.mv = memoryview(data)
         self.pos = 0
         self.end = len(self.mv)
         self.max_values = max_values
+        self.fits = False
+        self.spent = 0
+        self.limit = None   # max_values only while a map is measured
         # the key whose value a map over max_values drops (DROPPED: none, it is no key)
         self.drop = DROPPED if max_values is None or drop is None else drop
 
@@ -177,7 +188,10 @@ class _Decoder:
         ai = ib & 0x1f
         if major == 7:
             v = self.simple(ai, start)
-            return v if build else 32
+            if build:
+                return v
+            self.spend(32)
+            return 32
         if ai == 31:
             if major < 2 or major == 6:
                 raise CBORError("indefinite length (0x%02x) at offset %d is not well-formed for a %s"
@@ -198,11 +212,11 @@ class _Decoder:
             elif major == 1:
                 v = -1 - n
             elif n < 0:
-                v = self.chunks(major, start)
+                v = self.chunks(major, start, build)
             else:
                 raw = self.take(n, "a byte string" if major == 2 else "a text string")
                 if major == 2:
-                    v = bytes(raw)
+                    v = bytes(raw) if build else None
                 else:
                     try:
                         v = text(raw)
@@ -210,7 +224,9 @@ class _Decoder:
                         raise CBORError("invalid UTF-8 in the text string at offset %d" % start)
             if build:
                 return v
-            return 32 if major < 2 else 32 + (n if n >= 0 else self.pos - start)
+            c = 32 if major < 2 else 32 + (n if n >= 0 else self.pos - start)
+            self.spend(c)
+            return c
         if depth >= MAX_DEPTH:
             raise CBORError("CBOR nested deeper than %d at offset %d" % (MAX_DEPTH, start))
         if major == 6:
@@ -225,6 +241,8 @@ class _Decoder:
                             % (start, n, left))
         out = [] if major == 4 else {}
         cost = 32
+        if not build:
+            self.spend(32)
         i = 0
         while self.more(n, i):
             i += 1
@@ -240,19 +258,39 @@ class _Decoder:
                 if k in out:
                     raise CBORError("duplicate map key %r at offset %d" % (k, kpos))
                 v = None
-                if k == self.drop:   # never, without a budget: see __init__
+                # never without a budget (see __init__); a str first: MicroPython warns
+                # when bytes and str are compared
+                is_drop = type(k) is str and k == self.drop and not self.fits
+                if is_drop:
                     # the whole map measured first, nothing built (loads' max_values)
                     p = self.pos
                     self.pos = start
-                    if self.item(depth, False) > self.max_values:
+                    self.spent = 0
+                    self.limit = self.max_values
+                    try:
+                        self.item(depth, False)
+                    except _Over:   # the rest is checked when walked or built below
                         v = DROPPED
+                    finally:
+                        self.limit = None
                     self.pos = p
                 if v is DROPPED:
                     self.item(depth + 1, False)   # walked, not built
+                elif is_drop:
+                    self.fits = True    # what a fitting map holds fits too: not measured again
+                    try:
+                        v = self.item(depth + 1)
+                    finally:
+                        self.fits = False
                 else:
                     v = self.item(depth + 1)
                 out[k] = v
         return out if build else cost
+
+    def spend(self, c):
+        self.spent += c
+        if self.limit is not None and self.spent > self.limit:
+            raise _Over()
 
     def more(self, n, count):
         """Another item of a container: count < n, or with n = -1 (indefinite length)
@@ -265,17 +303,27 @@ class _Decoder:
             return False
         return True
 
-    def chunks(self, major, start):
-        """An indefinite-length byte/text string: definite chunks of the same type."""
-        parts = []
+    def chunks(self, major, start, build=True):
+        """An indefinite-length byte/text string: definite chunks of the same type,
+        each checked (text: valid UTF-8 on its own), their bytes gathered in one buffer."""
+        buf = bytearray() if build else None
+        saved = self.spent, self.limit
+        self.limit = None   # the string's cost is counted by the caller
         while self.more(-1, 0):
             ib = self.mv[self.pos]
             if ib >> 5 != major or ib & 0x1f == 31:
                 raise CBORError("chunk 0x%02x at offset %d of the indefinite-length %s at offset %d "
                                 "is not a definite %s" % (ib, self.pos, _MAJOR_NAMES.split(",")[major],
                                                           start, _MAJOR_NAMES.split(",")[major]))
-            parts.append(self.item(MAX_DEPTH))
-        return (b"" if major == 2 else "").join(parts)
+            p = self.pos
+            self.item(MAX_DEPTH, False)   # checks the head, length and UTF-8
+            if build:
+                hl = 1 if ib & 0x1f < 24 else 1 + (1 << ((ib & 0x1f) - 24))
+                buf.extend(self.mv[p + hl:self.pos])
+        self.spent, self.limit = saved
+        if not build:
+            return None
+        return bytes(buf) if major == 2 else text(buf)
 
     def simple(self, ai, start):
         if ai == 20:
