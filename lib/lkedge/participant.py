@@ -137,6 +137,7 @@ class LocalParticipant:
             await self._send_error(inv, e)
         finally:
             room._invoking.discard(inv)   # admitted by Room._admit
+            room._lingering.discard(inv)  # or no longer counted there (Room._linger)
             if reader is not None:
                 reader._abandon()
 

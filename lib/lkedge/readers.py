@@ -18,6 +18,8 @@ _WAIT = object()  # _poll(): nothing offered yet
 class _Reader:
     """Common rendezvous machinery of text and byte readers."""
 
+    _inv = None   # the RPC request this reader feeds (Room._invoke), if any
+
     def __init__(self, info):
         self.info = info
         self._data = None        # memoryview offered by the producer, or None

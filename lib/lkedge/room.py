@@ -81,6 +81,7 @@ class Room:
         self._readers = {}
         self._invoking = set()  # Invocations being handled (at most max_rpc_handlers)
         self._handling = set()  # readers whose stream handler runs (at most max_streams)
+        self._lingering = set()  # the two above, of evicted streams still running (_linger)
         self._calls = {}
         self._tasks = []
         self._url = None
@@ -248,6 +249,7 @@ class Room:
                 task.cancel()
         self._invoking = set()  # a task cancelled before it started never says it ended
         self._handling = set()
+        self._lingering = set()
         self.connection_state = "disconnected"
 
     async def _drop_transport(self):
@@ -532,10 +534,23 @@ class Room:
         r = self._readers.pop(ev.info.stream_id, None)
         if r is not None:
             r._end(ev.error)
-            if ev.evicted:   # the new stream takes its handler's slot now
-                self._handling.discard(r)
+            if ev.evicted:
+                self._linger(r)
         if ev.info.compression and self.can_inflate:
             _inflate.reserve(self.options.piece_size)  # for the next compressed stream
+
+    def _linger(self, r):
+        """Reader r's stream gave way to a new one (evict_idle_ms): its handler or RPC
+        call learns it at its next read, and until it returns it lingers, no longer
+        counted in max_streams or max_rpc_handlers, so that what evicted it can run
+        now. At most max_streams linger at once (handlers that ignore the error); past
+        that the slot stays taken and the new stream or request is refused."""
+        if len(self._lingering) >= self.options.max_streams:
+            return
+        for slots, item in ((self._handling, r), (self._invoking, r._inv)):
+            if item is not None and item in slots:
+                slots.discard(item)
+                self._lingering.add(item)
 
     async def _stream_opened(self, info):
         topic = info.topic
@@ -583,6 +598,10 @@ class Room:
             return None
         n = self.options.max_rpc_handlers
         if len(self._invoking) >= n:
+            # request streams that went silent give way, as streams do for stream slots
+            for ev in self._incoming.evict_idle(now_ms(), TOPIC_RPC_REQUEST, "%d RPC handler slots" % n):
+                self._stream_ended(ev)
+        if len(self._invoking) >= n:
             packets.append(self._rpc_server.error_response(inv, rpc.RpcError(
                 rpc.RpcError.APPLICATION_ERROR, "Too many concurrent RPC requests",
                 "%d requests are being handled (RoomOptions.max_rpc_handlers)" % n)))
@@ -592,6 +611,8 @@ class Room:
     def _invoke(self, inv, payload, reader=None):
         """Run inv's handler as a task, counted in _invoking until it ends."""
         self._invoking.add(inv)
+        if reader is not None:
+            reader._inv = inv   # an eviction of its stream frees the slot (_linger)
         try:
             self._spawn(self.local_participant._invoke(inv, payload, reader))
         except BaseException:
@@ -612,6 +633,7 @@ class Room:
             _warn("stream handler for %r failed: %r" % (reader.info.topic, e))
         finally:
             self._handling.discard(reader)
+            self._lingering.discard(reader)
             reader._abandon()
 
     # ------------------------------------------------------------ control

@@ -44,7 +44,9 @@ Incoming
     When max_streams are open and another wanted stream arrives, the open stream whose
     sender has been silent longest gives way if it has been silent for evict_idle_ms
     or more (StreamEnded with "abnormal end: idle for N s while all M stream slots were
-    in use"; its later packets are dropped); otherwise the new one is refused. So a
+    in use"; its later packets are dropped); otherwise the new one is refused.
+    .evict_idle(now_ms, topic=None, full=None) does the same on the adapter's demand
+    (e.g. RPC handler slots all taken by request streams: topic lk.rpc_request). So a
     peer that opens streams and never ends them (a writer left unclosed) cannot shut
     others out for good, while a slow writer keeps its slot unless the slots run out.
     Time is what the caller passes in (now_ms), as everywhere in the cores.
@@ -312,8 +314,9 @@ class IncomingStreams:
         sid = header.get("stream_id", "")
         why = self._refusal(header, sid, inline is not None)
         if why is _FULL:
-            why = yield from self._evict_idle(now_ms)
-            if why is not None:
+            why = None
+            if not (yield from self.evict_idle(now_ms)):
+                why = "too many open streams (limit %d)" % self.max_streams
                 self._ignore(sid)
         if why is not None:
             yield StreamIgnored(sid, why, sender_identity, header)
@@ -330,6 +333,7 @@ class IncomingStreams:
                 yield StreamIgnored(sid, "cannot inflate: %s" % (e,), sender_identity, header)
                 return
         st = _Open(info, inflater)
+        inflater = None   # st holds it: ended, it must be freeable (Room reserves the window again)
         st.heard_ms = now_ms
         yield StreamOpened(info)
         if inline is None:
@@ -368,23 +372,24 @@ class IncomingStreams:
             self._ignore(sid)
         return why
 
-    def _evict_idle(self, now_ms):
-        """All slots taken: end the stream silent longest if it has been silent for
-        evict_idle_ms (yields its StreamEnded); returns None, or why the new stream is
-        refused."""
+    def evict_idle(self, now_ms, topic=None, full=None):
+        """Make room: end the open stream (of `topic`, if given) silent longest, if it
+        has been silent for evict_idle_ms; yields its StreamEnded (.evicted True) and
+        returns True, else False. `full` says what was full (default: the stream
+        slots), for the stream's error. header() calls it when every slot is taken; the
+        adapter when something a stream holds ran out (Room: RPC handler slots)."""
         limit = self.evict_idle_ms
         idlest = None
         for st in self.open.values():
-            if idlest is None or st.heard_ms < idlest.heard_ms:
+            if (topic is None or st.info.topic == topic) and (idlest is None or st.heard_ms < idlest.heard_ms):
                 idlest = st
         if limit is None or idlest is None or now_ms - idlest.heard_ms < limit:
-            return "too many open streams (limit %d)" % self.max_streams
-        ended = self._end(idlest, StreamError(
-            "abnormal end: idle for %d s while all %d stream slots were in use"
-            % ((now_ms - idlest.heard_ms) // 1000, self.max_streams)))
+            return False
+        ended = self._end(idlest, StreamError("abnormal end: idle for %d s while all %s were in use" % (
+            (now_ms - idlest.heard_ms) // 1000, full or "%d stream slots" % self.max_streams)))
         ended[0].evicted = True
         yield ended[0]
-        return None
+        return True
 
     def _new_inflater(self):
         from . import inflate
@@ -402,6 +407,7 @@ class IncomingStreams:
             err = self._short_error(st)
         except StreamError as e:
             err = self._short_error(st, e)
+        st.inflater = None   # its window freed before the adapter reserves one again
         yield StreamEnded(st.info, err)
 
     # ------------------------------------------------------------- chunks
@@ -486,6 +492,7 @@ class IncomingStreams:
             except StreamError as e:
                 err = self._short_error(st, e)
         del self.open[sid]
+        st.inflater = None
         yield StreamEnded(st.info, err)
 
     # ------------------------------------------------------ participants
@@ -493,12 +500,15 @@ class IncomingStreams:
         out = []
         for sid in [s for s, st in self.open.items() if st.info.sender_identity == identity]:
             st = self.open.pop(sid)
+            st.inflater = None
             out.append(StreamEnded(st.info, StreamError("abnormal end: sender left")))
         return out
 
     def close_all(self, reason):
-        out = [StreamEnded(st.info, StreamError("abnormal end: %s" % reason))
-               for st in self.open.values()]
+        out = []
+        for st in self.open.values():
+            st.inflater = None
+            out.append(StreamEnded(st.info, StreamError("abnormal end: %s" % reason)))
         self.open = {}
         self._ignored = []
         return out
@@ -517,6 +527,7 @@ class IncomingStreams:
         if self.open.get(sid) is st:
             del self.open[sid]
             self._ignore(sid)
+        st.inflater = None
         return (StreamEnded(st.info, err),)
 
     @staticmethod

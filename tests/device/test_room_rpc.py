@@ -1466,3 +1466,55 @@ async def test_a_participant_advertising_protocol_1_calls_by_stream_but_never_in
             "request_id": _request_id_of(first), "payload": "ok"}})
         assert await task == "ok"
     await close(a, p2, old)
+
+
+def _open_request(sid, rid, method="echo"):
+    """A v2 lk.rpc_request stream header whose stream is then left open."""
+    return {"destination_identities": ["a"], "stream_header": {
+        "stream_id": sid, "topic": "lk.rpc_request", "mime_type": "text/plain", "text_header": {},
+        "attributes": {"lk.rpc_request_id": rid, "lk.rpc_request_method": method,
+                       "lk.rpc_request_response_timeout_ms": "8000", "lk.rpc_request_version": "2"}}}
+
+
+async def test_an_evicted_request_stream_frees_its_handler_slot_for_the_request_that_evicted_it():
+    # stream slots and RPC handler slots both full of silent request streams: the one
+    # that gives way must free both, or the request that evicted it is refused anyway
+    mem, a, p = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=2,
+                                    max_rpc_handlers=2, evict_idle_ms=150)
+    q = await raw(mem, "q", client_protocol=2)
+    await settle(lambda: "q" in a.remote_participants)
+    a.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    await p.send(_open_request("s1", "r1"))
+    await p.send(_open_request("s2", "r2"))
+    await asyncio.sleep(0.3)
+    await q.send(_open_request("s3", "r3"))
+    await q.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": "s3", "content": b"hello"}})
+    await q.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "s3"}})
+    r1 = await p.wait_for(lambda x: "rpc_response" in x and x["rpc_response"]["request_id"] == "r1")
+    assert r1["rpc_response"]["error"]["code"] == 1500   # the evicted call is answered
+    head = (await q.wait_for(lambda x: "stream_header" in x))["stream_header"]   # r3's answer
+    assert head["topic"] == "lk.rpc_response" and head["attributes"]["lk.rpc_request_id"] == "r3", head
+    assert head["inline_content"] == b"hello", head
+    assert not [x for x in q.packets if "rpc_response" in x and "error" in x["rpc_response"]], q.packets
+    await close(a, p, q)
+
+
+async def test_silent_request_streams_holding_every_handler_slot_give_way_to_a_new_request():
+    # more stream slots than RPC handler slots: streams never run out, so the handler
+    # slots themselves make the silent request streams give way
+    mem, a, p = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=8,
+                                    max_rpc_handlers=4, evict_idle_ms=150)
+    q = await raw(mem, "q", client_protocol=0)
+    await settle(lambda: "q" in a.remote_participants)
+    a.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    for i in range(4):
+        await p.send(_open_request("s%d" % i, "r%d" % i))
+    await asyncio.sleep(0.05)
+    r = await request_v1(q, "a", "early", "echo", "hi")   # not silent long enough yet
+    assert r["rpc_response"]["error"]["message"] == "Too many concurrent RPC requests", r
+    await asyncio.sleep(0.3)
+    r = await request_v1(q, "a", "late", "echo", "hi")
+    assert r["rpc_response"].get("payload") == "hi", r
+    r0 = await p.wait_for(lambda x: "rpc_response" in x and x["rpc_response"]["request_id"] == "r0")
+    assert r0["rpc_response"]["error"]["code"] == 1500
+    await close(a, p, q)

@@ -697,3 +697,30 @@ async def test_without_evict_idle_ms_an_open_stream_keeps_its_slot():
     await asyncio.sleep(0.05)
     assert "open" in a._readers and "new" not in a._readers and not errors
     await close(a, peer)
+
+
+async def test_handlers_of_evicted_streams_that_ignore_the_error_linger_at_most_max_streams():
+    # an evicted stream's handler frees its slot at once, but handlers that swallow the
+    # error and keep running are bounded all the same: max_streams of them linger
+    mem, a, p = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=1,
+                                    evict_idle_ms=100)
+    running, peak, gate = [0], [0], asyncio.Event()
+
+    async def stubborn(reader, sender):
+        running[0] += 1
+        peak[0] = max(peak[0], running[0])
+        try:
+            await reader.read_all()
+        except Exception:
+            pass
+        await gate.wait()   # goes on working, holding what it has
+        running[0] -= 1
+    a.register_byte_stream_handler("t", stubborn)
+    for i in range(6):
+        await p.send({"destination_identities": ["a"], "stream_header": {
+            "stream_id": "s%d" % i, "topic": "t", "byte_header": {}}})
+        await asyncio.sleep(0.15)
+    assert peak[0] == 2, peak   # one counted in max_streams, one lingering
+    gate.set()
+    await settle(lambda: not running[0] and not a._handling and not a._lingering)
+    await close(a, p)
