@@ -261,22 +261,28 @@ def test_time_on_trial_adds_up_across_resets():
         assert config.load() == GOOD_CFG
 
 
-async def _connect_resets(room, cfg, trial):
+async def _resets(aw):
+    """Await `aw` (joining), which must end in a reset into the last good config."""
     try:
-        await _connect(room, cfg, trial)
+        await aw
     except _Reset:
         return
     raise AssertionError("joined")
 
 
+def _on_trial(flash, **changes):
+    """Boot on a config differing from the last good one by `changes` (revert_after_s 1)."""
+    config.save(GOOD_CFG, lastgood.GOOD)
+    config.save(_cfg(revert_after_s=1, **changes))
+    return _boot(flash)
+
+
 async def test_a_config_that_cannot_reach_its_relay_goes_back_to_the_last_good_one():
     with Flash() as flash:
-        config.save(GOOD_CFG, lastgood.GOOD)
-        config.save(_cfg(relay="tcp://10.0.0.3:7880", revert_after_s=1))
-        cfg, trial = _boot(flash)
+        cfg, trial = _on_trial(flash, relay="tcp://10.0.0.3:7880")
         assert trial.on and trial.changed == [lastgood.RELAY]
         room = FailingRoom()
-        await _connect_resets(room, cfg, trial)
+        await _resets(_connect(room, cfg, trial))
         assert room.attempts >= 10, room.attempts  # 5, 10, 20, 20, ... ms apart for 1 s
         assert config.load() == GOOD_CFG
         assert json.loads(_read(lastgood.REJECTED))["relay"] == "tcp://10.0.0.3:7880"
@@ -287,43 +293,29 @@ async def test_a_new_token_is_not_reverted_for_an_outage_only_when_the_relay_ref
     # a rotated token during a relay outage: going back to the old token (which may
     # have expired meanwhile) would strand the board; only a refusal counts
     with Flash() as flash:
-        config.save(GOOD_CFG, lastgood.GOOD)
-        config.save(_cfg(token="tok-new", revert_after_s=1))
-        cfg, trial = _boot(flash)
+        cfg, trial = _on_trial(flash, token="tok-new")
         assert trial.on and trial.changed == [lastgood.TOKEN]
         room = FailingRoom()
         task = app.asyncio.create_task(_connect(room, cfg, trial))
         await app._sleep_ms(1300)   # unreachable for longer than revert_after_s
         assert not task.done() and not flash.exists("TRIAL") and not flash.exists("REJECTED")
         room.leave_code = 3   # the relay is back, and refuses the new token
-        try:
-            await task
-        except _Reset:
-            pass
-        else:
-            raise AssertionError("joined")
+        await _resets(task)
         assert config.load() == GOOD_CFG and json.loads(_read(lastgood.REJECTED))["token"] == "tok-new"
         assert "LEAVE 3" in flash.log()
 
 
 async def test_only_failures_that_the_change_explains_count():
     with Flash() as flash:
-        config.save(GOOD_CFG, lastgood.GOOD)
         # only the Wi-Fi changed: a refused token is not its doing (the good config has it too)
-        config.save(_cfg(wifi={"ssid": "home2", "password": "pw"}, revert_after_s=1))
-        cfg, trial = _boot(flash)
+        cfg, trial = _on_trial(flash, wifi={"ssid": "home2", "password": "pw"})
         assert trial.changed == [lastgood.WIFI]
         room = FailingRoom(leave_code=3)
         task = app.asyncio.create_task(_connect(room, cfg, trial))
         await app._sleep_ms(1300)
         assert not task.done() and not flash.exists("REJECTED")
         room.leave_code = None   # but a relay it cannot reach may be the new network's doing
-        try:
-            await task
-        except _Reset:
-            pass
-        else:
-            raise AssertionError("joined")
+        await _resets(task)
         assert config.load() == GOOD_CFG
 
 

@@ -1476,14 +1476,20 @@ def _open_request(sid, rid, method="echo"):
                        "lk.rpc_request_response_timeout_ms": "8000", "lk.rpc_request_version": "2"}}}
 
 
+async def _echo_room_and_two_peers(max_streams, max_rpc_handlers, q_protocol):
+    """A room serving "echo" that evicts after 150 ms, its peer p and another peer q."""
+    mem, a, p = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=max_streams,
+                                    max_rpc_handlers=max_rpc_handlers, evict_idle_ms=150)
+    q = await raw(mem, "q", client_protocol=q_protocol)
+    await settle(lambda: "q" in a.remote_participants)
+    a.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    return a, p, q
+
+
 async def test_an_evicted_request_stream_frees_its_handler_slot_for_the_request_that_evicted_it():
     # stream slots and RPC handler slots both full of silent request streams: the one
     # that gives way must free both, or the request that evicted it is refused anyway
-    mem, a, p = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=2,
-                                    max_rpc_handlers=2, evict_idle_ms=150)
-    q = await raw(mem, "q", client_protocol=2)
-    await settle(lambda: "q" in a.remote_participants)
-    a.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    a, p, q = await _echo_room_and_two_peers(2, 2, 2)
     await p.send(_open_request("s1", "r1"))
     await p.send(_open_request("s2", "r2"))
     await asyncio.sleep(0.3)
@@ -1502,11 +1508,7 @@ async def test_an_evicted_request_stream_frees_its_handler_slot_for_the_request_
 async def test_silent_request_streams_holding_every_handler_slot_give_way_to_a_new_request():
     # more stream slots than RPC handler slots: streams never run out, so the handler
     # slots themselves make the silent request streams give way
-    mem, a, p = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=8,
-                                    max_rpc_handlers=4, evict_idle_ms=150)
-    q = await raw(mem, "q", client_protocol=0)
-    await settle(lambda: "q" in a.remote_participants)
-    a.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    a, p, q = await _echo_room_and_two_peers(8, 4, 0)
     for i in range(4):
         await p.send(_open_request("s%d" % i, "r%d" % i))
     await asyncio.sleep(0.05)
