@@ -77,14 +77,10 @@ class RoomOptions:
                    max_streams=4, max_rpc_payload=16384, max_rpc_handlers=4)
         if profile:
             link = profile.get("link", profile)
-            for src, dst in (("read_buffer", "read_buffer"), ("piece_size", "piece_size"),
-                             ("max_field", "max_field"), ("max_values", "max_values"),
-                             ("max_streams", "max_streams"), ("evict_idle_ms", "evict_idle_ms"),
-                             ("max_frame", "max_frame"),
-                             ("advertise_compression", "advertise_compression"),
-                             ("client_protocol", "client_protocol")):
-                if src in link:
-                    setattr(opts, dst, link[src])
+            for k in ("read_buffer", "piece_size", "max_field", "max_values", "max_streams",
+                      "evict_idle_ms", "max_frame", "advertise_compression", "client_protocol"):
+                if k in link:   # a profile's link keys are RoomOptions names
+                    setattr(opts, k, link[k])
         for k in kw:
             setattr(opts, k, kw[k])
         return opts
