@@ -13,7 +13,8 @@ host tools (emulator heap, mpy-cross architecture). Keys:
                   piece_size, max_field, max_frame, max_streams (ints > 0), optional
                   max_values (int > 0; default RoomOptions.for_board()'s),
                   evict_idle_ms (int > 0, or null: streams never give way; default
-                  RoomOptions' 60000),
+                  RoomOptions' 60000), max_attributes (int > 0, or null: no cap;
+                  default RoomOptions.for_board()'s 16384),
                   advertise_compression (bool), client_protocol (0..2)
     pins          {"led": 2, ...} role -> pin id (int, or str such as "LED")
     sensors       [{"name", "kind": "adc"|"internal_temp"|"pin", "pin", "scale", "offset"}]
@@ -127,8 +128,9 @@ def _validate_link(link, heap, where):
         _int(link, key, where + " link", lo=1)
     if "max_values" in link:
         _int(link, "max_values", where + " link", lo=1)
-    if link.get("evict_idle_ms") is not None:
-        _int(link, "evict_idle_ms", where + " link", lo=1)
+    for key in ("evict_idle_ms", "max_attributes"):   # optional: an int, or null for none
+        if link.get(key) is not None:
+            _int(link, key, where + " link", lo=1)
     _need(link["read_buffer"] + link["piece_size"] <= heap // 4, where,
           "link read_buffer + piece_size (%d) must stay under a quarter of the heap (%d)"
           % (link["read_buffer"] + link["piece_size"], heap // 4))

@@ -17,8 +17,10 @@ unhashable or duplicate map keys, nesting (arrays, maps, tags) deeper than
 allocated, so a 4 GiB claim in a 10-byte input fails at once.
 
 A values budget, optional (without one, nothing is measured or dropped):
-`loads(data, max_values, drop)` bounds what a map holding the key `drop` may make in
-memory. When that key is met, the whole map is measured first by walking its bytes
+`loads(data, max_values, drop, max_total=None)` bounds what a map holding the key
+`drop` may make in memory, and with max_total what all the values of `drop` in `data`
+make together (each value that would pass what is left of it is dropped, whatever its
+map costs; link: the attributes of all participants a JOINED frame lists). When that key is met, the whole map is measured first by walking its bytes
 and keeping nothing (text is still decoded to check it, as garbage): the bytes of its
 strings plus 32 per value (the map itself, its keys, nested containers and their
 items), the accounting of proto's max_values; the walk stops as soon as the total
@@ -153,16 +155,19 @@ class _Over(Exception):
 
 
 class _Decoder:
-    def __init__(self, data, max_values=None, drop=None):
+    def __init__(self, data, max_values=None, drop=None, max_total=None):
         self.mv = memoryview(data)
         self.pos = 0
         self.end = len(self.mv)
         self.max_values = max_values
+        self.max_total = max_total
+        self.total = 0      # what the values of `drop` kept so far cost (max_total)
         self.fits = False
         self.spent = 0
-        self.limit = None   # max_values only while a map is measured
-        # the key whose value a map over max_values drops (DROPPED: none, it is no key)
-        self.drop = DROPPED if max_values is None or drop is None else drop
+        self.limit = None   # a limit only while something is measured (_measure)
+        # the key whose value a map over budget drops (DROPPED: none, it is no key)
+        budget = max_values is not None or max_total is not None
+        self.drop = drop if budget and drop is not None else DROPPED
 
     def need(self, n, what):
         if n > self.end - self.pos:
@@ -262,18 +267,14 @@ class _Decoder:
                 # when bytes and str are compared
                 is_drop = type(k) is str and k == self.drop and not self.fits
                 if is_drop:
-                    # the whole map measured first, nothing built (loads' max_values)
-                    p = self.pos
-                    self.pos = start
-                    self.spent = 0
-                    self.limit = self.max_values
-                    try:
-                        self.item(depth, False)
-                    except _Over:   # the rest is checked when walked or built below
-                        v = DROPPED
-                    finally:
-                        self.limit = None
-                    self.pos = p
+                    # measured first, nothing built: the whole map against max_values,
+                    # then this value against what is left of max_total
+                    if self.max_values is not None:
+                        v = self._measure(start, depth, self.max_values)
+                    if v is not DROPPED and self.max_total is not None:
+                        v = self._measure(self.pos, depth + 1, self.max_total - self.total)
+                        if v is not DROPPED:
+                            self.total += v
                 if v is DROPPED:
                     self.item(depth + 1, False)   # walked, not built
                 elif is_drop:
@@ -286,6 +287,22 @@ class _Decoder:
                     v = self.item(depth + 1)
                 out[k] = v
         return out if build else cost
+
+    def _measure(self, at, depth, limit):
+        """What the item at offset `at` would cost, or DROPPED once that passes `limit`
+        (the rest is checked when it is walked or built afterwards); pos is kept."""
+        p = self.pos
+        self.pos = at
+        self.spent = 0
+        self.limit = limit
+        try:
+            self.item(depth, False)
+            return self.spent
+        except _Over:
+            return DROPPED
+        finally:
+            self.limit = None
+            self.pos = p
 
     def spend(self, c):
         self.spent += c
@@ -349,11 +366,13 @@ class _Decoder:
                         % (ai, 0xe0 | ai, start))
 
 
-def loads(data, max_values=None, drop=None):
+def loads(data, max_values=None, drop=None, max_total=None):
     """Decode exactly one CBOR item filling all of data (bytes-like). With max_values
     and drop, a map holding the key `drop` gets DROPPED as that key's value when the
-    whole map would cost over max_values (see the module docstring)."""
-    d = _Decoder(data, max_values, drop)
+    whole map would cost over max_values; with max_total, also when the values of
+    `drop` kept so far in `data` and this one would cost over max_total (see the
+    module docstring)."""
+    d = _Decoder(data, max_values, drop, max_total)
     obj = d.item(0)
     if d.pos != d.end:
         raise CBORError("%d trailing bytes after the CBOR item (which ends at offset %d)"

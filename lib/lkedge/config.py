@@ -19,6 +19,12 @@ class RoomOptions:
                      JOINED's list), counted while its CBOR is decoded: one over it is
                      kept without its attributes (RemoteParticipant.attributes_dropped)
                      and a warning names it
+    max_attributes   cap on the attributes of all remote participants held at once,
+                     counted as max_values counts (bytes plus 32 per key and per value):
+                     many participants each just under max_values would add up; one
+                     whose attributes would pass it is kept without them
+                     (RemoteParticipant.attributes_dropped) and a warning names it
+                     (None: no cap)
     max_frame        largest LINK control frame held whole, and the DATA frame limit
                      until JOINED announces the relay's (DATA is streamed, never held)
     max_streams      incoming data streams open at once
@@ -49,6 +55,7 @@ class RoomOptions:
         self.piece_size = 4096
         self.max_field = 16384
         self.max_values = 1 << 20
+        self.max_attributes = None
         self.max_frame = 65536
         self.max_streams = 16
         self.evict_idle_ms = 60000
@@ -73,11 +80,11 @@ class RoomOptions:
     @classmethod
     def for_board(cls, profile=None, **kw):
         """Small-buffer settings for a microcontroller; `profile` is a boards/ dict."""
-        opts = cls(read_buffer=512, piece_size=512, max_field=2048, max_values=8192, max_frame=16384,
-                   max_streams=4, max_rpc_payload=16384, max_rpc_handlers=4)
+        opts = cls(read_buffer=512, piece_size=512, max_field=2048, max_values=8192, max_attributes=16384,
+                   max_frame=16384, max_streams=4, max_rpc_payload=16384, max_rpc_handlers=4)
         if profile:
             link = profile.get("link", profile)
-            for k in ("read_buffer", "piece_size", "max_field", "max_values", "max_streams",
+            for k in ("read_buffer", "piece_size", "max_field", "max_values", "max_attributes", "max_streams",
                       "evict_idle_ms", "max_frame", "advertise_compression", "client_protocol"):
                 if k in link:   # a profile's link keys are RoomOptions names
                     setattr(opts, k, link[k])

@@ -276,11 +276,12 @@ def _tname(x):
     return type(x).__name__
 
 
-def decode_control(body, max_values=None):
+def decode_control(body, max_values=None, max_attributes=None):
     """The CBOR map of a control frame body; LinkError if not a map with text keys.
-    With max_values, a participant map over it gets cbor.DROPPED for its attributes."""
+    With max_values, a participant map over it gets cbor.DROPPED for its attributes;
+    with max_attributes, so do the participants past it, all of the frame together."""
     try:
-        d = cbor.loads(body, max_values, "attributes")
+        d = cbor.loads(body, max_values, "attributes", max_attributes)
     except cbor.CBORError as e:
         raise LinkError("control body is not valid CBOR: %s" % e)
     if not isinstance(d, dict):

@@ -47,6 +47,14 @@ def _warn(msg):
     print("lkedge:", msg)
 
 
+def _attributes_cost(attrs):
+    """What a participant's attributes count against max_attributes."""
+    n = 0
+    for k in attrs:
+        n += len(k) + len(attrs[k]) + 64
+    return n
+
+
 class Room:
     """A participant's view of one room (names follow the LiveKit Python SDK)."""
 
@@ -58,6 +66,7 @@ class Room:
         self.server_version = ""
         self.max_frame = o.max_frame
         self.remote_participants = {}
+        self._attributes_held = 0   # what remote_participants' attributes cost (max_attributes)
         self.local_participant = LocalParticipant(self)
         self.connection_state = "disconnected"
         self.leave_code = None
@@ -275,6 +284,7 @@ class Room:
         for p in list(self.remote_participants.values()):
             self._emit("participant_disconnected", p)
         self.remote_participants = {}
+        self._attributes_held = 0
 
     async def _link_lost(self, why):
         if self._closing:
@@ -645,7 +655,7 @@ class Room:
             return
         # Participant maps are budgeted as DataPackets are (their attributes come from
         # operators' tokens): one over max_values is announced without its attributes.
-        d = link.decode_control(body, self.options.max_values)
+        d = link.decode_control(body, self.options.max_values, self.options.max_attributes)
         if ftype == link.JOINED:
             d = link.check_joined(d)
             self.name = d["room"]
@@ -656,6 +666,7 @@ class Room:
             lp.identity = d["identity"]
             lp.sid = d.get("sid", "")
             self.remote_participants = {}
+            self._attributes_held = 0
             for p in d["participants"]:   # normalised by check_joined
                 self._upsert(p)
             self.connection_state = "connected"
@@ -672,11 +683,14 @@ class Room:
 
     def _upsert(self, info):
         ident = info["identity"]
-        if info.get("attributes_dropped"):
+        p = self.remote_participants.get(ident)
+        if info.get("attributes_dropped"):   # while decoding: one, or all of JOINED's
             _warn("participant %r kept without its attributes (dropped): with them it "
                   "would hold over %d bytes of values (RoomOptions.max_values; 32 more "
-                  "per value)" % (ident, self.options.max_values))
-        p = self.remote_participants.get(ident)
+                  "per value), or the frame's participants over max_attributes %r"
+                  % (ident, self.options.max_values, self.options.max_attributes))
+        else:
+            info = self._within_max_attributes(p, info)
         if p is None:
             p = RemoteParticipant(info)
             self.remote_participants[ident] = p
@@ -685,8 +699,25 @@ class Room:
             p._update(info)
             self._emit("participant_updated", p)
 
+    def _within_max_attributes(self, p, info):
+        """info, or a copy without attributes when they would push what all remote
+        participants hold past RoomOptions.max_attributes (self._attributes_held)."""
+        cap = self.options.max_attributes
+        old = _attributes_cost(p.attributes) if p is not None else 0
+        new = _attributes_cost(info["attributes"])
+        if cap is not None and self._attributes_held - old + new > cap:
+            _warn("participant %r kept without its attributes (dropped): the room's "
+                  "participants would hold over %d bytes of attributes "
+                  "(RoomOptions.max_attributes; 32 more per key and value)" % (info["identity"], cap))
+            info = dict(info, attributes={}, attributes_dropped=True)
+            new = 0
+        self._attributes_held += new - old
+        return info
+
     def _participant_left(self, identity, reason):
         p = self.remote_participants.pop(identity, None)
+        if p is not None:
+            self._attributes_held -= _attributes_cost(p.attributes)
         if self._rpc_client is not None:
             for c in self._rpc_client.on_participant_left(identity):
                 self._complete(c)

@@ -9,6 +9,7 @@ Runs on CPython and under MicroPython.
 from attribute_helpers import Warnings, join_with, participant_frame, relay_says
 from room_helpers import close, raw, settle
 
+from lkedge import cbor, link, relayside
 from lkedge.config import RoomOptions
 from lkedge.memroom import MemRoom
 
@@ -49,8 +50,9 @@ async def test_a_participant_whose_attributes_exceed_max_values_is_kept_without_
 async def test_a_participant_whose_attributes_fit_max_values_is_kept_whole():
     mem = MemRoom()
     b = await join_with(mem, "b", RoomOptions.for_board())
-    # a board's buffers with a host's max_values (1 MiB)
-    host = await join_with(mem, "host", RoomOptions.for_board(max_values=RoomOptions().max_values))
+    # a board's buffers with a host's max_values (1 MiB) and max_attributes (none)
+    host = await join_with(mem, "host", RoomOptions.for_board(max_values=RoomOptions().max_values,
+                                                               max_attributes=None))
     # ~7 KB of values (bytes plus 32 per value): inside the board's 8192
     attrs = dict(("attribute-%02d" % i, "v" * 24) for i in range(60))
     with Warnings() as warns:
@@ -89,3 +91,80 @@ async def test_joined_with_one_participant_over_max_values_keeps_the_others_whol
     assert len(warns) == 1 and "'big'" in warns[0], warns
     assert await b.local_participant.perform_rpc(destination_identity="big", method="echo", payload="x") == "x"
     await close(b, big, small, plain)
+
+
+async def test_attributes_of_all_participants_together_stay_within_max_attributes():
+    # each participant under max_values, but many of them add up: past the room-wide
+    # cap newcomers are kept without attributes; room is made again as others leave
+    mem = MemRoom()
+    b = await join_with(mem, "b", RoomOptions.for_board(max_attributes=3000))
+    await settle(lambda: b.connection_state == "connected")
+    attrs = {"k%02d" % i: "v" * 20 for i in range(10)}   # 10 * (3 + 20 + 64) = 870 counted
+    with Warnings() as warns:
+        for i in range(5):
+            await relay_says(mem, "b", participant_frame("op%d" % i, "PA_op%d" % i, attributes=attrs))
+        await settle(lambda: len(b.remote_participants) == 5)
+        kept = [b.remote_participants["op%d" % i].attributes == attrs for i in range(5)]
+        assert kept == [True, True, True, False, False], kept
+        assert [b.remote_participants["op%d" % i].attributes_dropped for i in range(5)] == [
+            False, False, False, True, True]
+        assert len(warns) == 2 and "'op3'" in warns[0] and "max_attributes" in warns[0], warns
+        assert b._attributes_held == 3 * 870
+        # one leaves: a later announcement of a participant without its attributes fits now
+        await relay_says(mem, "b", [relayside.encode_control(link.PARTICIPANT_LEFT, {"identity": "op0"})])
+        await settle(lambda: "op0" not in b.remote_participants)
+        await relay_says(mem, "b", participant_frame("op3", "PA_op3", attributes=attrs))
+        await settle(lambda: b.remote_participants["op3"].attributes == attrs)
+        assert not b.remote_participants["op3"].attributes_dropped and b._attributes_held == 3 * 870
+        # a participant whose attributes change is counted once, with the new ones
+        smaller = {"k": "v"}
+        await relay_says(mem, "b", participant_frame("op1", "PA_op1", attributes=smaller))
+        await settle(lambda: b.remote_participants["op1"].attributes == smaller)
+        assert b._attributes_held == 2 * 870 + 66
+    await close(b)
+
+
+# ------------------------------------------------------ decoding (link), both budgets
+def _tiny_attributes(n):
+    """n tiny attributes, over the board default of max_values (8192) from about 120."""
+    return dict(("%d" % i, "") for i in range(n))
+
+
+def test_joined_participants_past_max_attributes_together_are_read_without_theirs():
+    # each participant's ~3 KB is under max_values, but together they would pass the
+    # frame's max_attributes: later ones are dropped, a smaller one after them still fits
+    attrs = dict(("k%03d" % i, "v" * 20) for i in range(30))   # 30 * (4 + 20 + 64) + 32 = 2672
+    ps = [{"identity": "p%d" % i, "sid": "PA_%d" % i, "attributes": attrs} for i in range(4)]
+    ps.append({"identity": "small", "sid": "PA_s", "attributes": {"k": "v"}})
+    body = cbor.dumps({"v": 1, "room": "r", "identity": "me", "sid": "PA_me", "max_frame": 65536,
+                       "participants": ps})
+    ps = None
+    got = link.check_joined(link.decode_control(body, 8192, 6000))["participants"]
+    assert [p["attributes"] == attrs for p in got[:4]] == [True, True, False, False]
+    assert [p.get("attributes_dropped", False) for p in got] == [False, False, True, True, False]
+    assert got[4]["attributes"] == {"k": "v"}
+    whole = link.check_joined(link.decode_control(body, 8192))["participants"]   # no total: all
+    assert all(p["attributes"] == attrs for p in whole[:4])
+
+
+def test_a_joined_frame_of_many_participants_just_under_max_values_stays_within_max_attributes():
+    # 10 participants of 115 tiny attributes each (a ~5 KB frame), each just under the
+    # board's 8192: without a total they made ~97 KB of objects on this port, more than a
+    # board's whole heap; the board profile's max_attributes keeps 16 KiB of them
+    import gc
+    attrs = cbor.dumps(_tiny_attributes(115))   # the frame made as bytes: the test holds no
+    body = bytearray(cbor.dumps({"v": 1, "room": "r", "identity": "me", "sid": "PA_me",   # maps
+                                 "max_frame": 65536}))
+    body[0] += 1   # one more key: "participants", an array of 10 maps
+    body += cbor.dumps("participants") + b"\x8a"
+    for i in range(10):
+        body += b"\xa3" + cbor.dumps("identity") + cbor.dumps("p%d" % i) + cbor.dumps("sid")
+        body += cbor.dumps("PA_%d" % i) + cbor.dumps("attributes") + attrs
+    attrs = None
+    gc.collect()
+    before = gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0
+    got = link.check_joined(link.decode_control(body, 8192, 16384))["participants"]
+    gc.collect()
+    kept = (gc.mem_alloc() - before) if hasattr(gc, "mem_alloc") else 0
+    assert [len(p["attributes"]) for p in got] == [115, 115] + [0] * 8, [len(p["attributes"]) for p in got]
+    assert kept < 40000, kept

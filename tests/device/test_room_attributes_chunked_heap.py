@@ -24,12 +24,16 @@ def _text(s):
 
 
 def _chunked_frame(identity, sid, n):
-    """PARTICIPANT {identity, sid, attributes: {"k": <n one-byte chunks of "\\x01">}}."""
-    body = bytearray(b"\xa3" + _text("identity") + _text(identity) + _text("sid") + _text(sid)
-                     + _text("attributes") + b"\xa1" + _text("k") + b"\x7f")
-    body += b"\x61\x01" * n
-    body += b"\xff"
-    return [relayside.encode_frame(link.PARTICIPANT, bytes(body))]
+    """The pieces (1 KiB at most) of PARTICIPANT {identity, sid, attributes: {"k": <n
+    one-byte chunks of "\\x01">}}: the test holds no frame-sized block of its own."""
+    head = (b"\xa3" + _text("identity") + _text(identity) + _text("sid") + _text(sid)
+            + _text("attributes") + b"\xa1" + _text("k") + b"\x7f")
+    yield relayside.frame_header(link.PARTICIPANT, len(head) + 2 * n + 1) + head
+    while n:
+        k = min(n, 512)
+        yield b"\x61\x01" * k
+        n -= k
+    yield b"\xff"
 
 
 async def test_attributes_in_one_byte_chunks_are_kept_or_dropped_without_exhausting_the_heap():

@@ -147,3 +147,21 @@ def test_optional_evict_idle_ms_is_checked_and_reaches_room_options(tmp_path):
         with pytest.raises(profiles.ProfileError) as e:
             profiles.load(str(f))
         assert "evict_idle_ms" in str(e.value)
+
+
+def test_optional_max_attributes_is_checked_and_reaches_room_options(tmp_path):
+    import json
+    from lkedge.config import RoomOptions
+    p = profiles.load("esp32")
+    assert RoomOptions.for_board(p).max_attributes == 16384   # the board default
+    assert RoomOptions().max_attributes is None                # a host's: no cap
+    f = tmp_path / "esp32.json"
+    for value in (4096, None):
+        p["link"]["max_attributes"] = value
+        f.write_text(json.dumps(p))
+        assert RoomOptions.for_board(profiles.load(str(f))).max_attributes == value
+    p["link"]["max_attributes"] = -1
+    f.write_text(json.dumps(p))
+    with pytest.raises(profiles.ProfileError) as e:
+        profiles.load(str(f))
+    assert "max_attributes" in str(e.value)
