@@ -107,6 +107,7 @@ class Room:
         self._acc_key = None
         self._skip_frame = False
         self._events = None  # generator of the stream events of the current chunk piece
+        self._waited_ms = 0  # the reader task's time waiting for the application (_link_ms)
         self.last_error = None
 
     # ------------------------------------------------------------------ events
@@ -344,7 +345,9 @@ class Room:
                                     aw = self._decoded(dec)
                                     if aw is None:
                                         break
+                                    t0 = now_ms()
                                     await aw
+                                    self._waited_ms += now_ms() - t0
                                 except (ValueError, MemoryError) as err:
                                     # ProtoError, bad UTF-8, a bad header, or no heap
                                     # for this packet: it alone is dropped
@@ -413,7 +416,7 @@ class Room:
                 msg = dec.msg
                 ch = msg.get("stream_chunk") or {}
                 evs = self._incoming.chunk(msg.get("participant_identity", ""), ch.get("stream_id", ""),
-                                           ch.get("chunk_index", 0), e[2], e[3], now_ms())
+                                           ch.get("chunk_index", 0), e[2], e[3], self._link_ms())
                 if type(evs) is not tuple:
                     self._events = evs
                 elif evs:  # the usual answer, no event or one: no iterator needed
@@ -468,7 +471,8 @@ class Room:
             return  # content went out piece by piece
         if "stream_header" in msg:
             inline = self._take_acc(proto.K_INLINE_CONTENT)
-            await self._stream_events(self._incoming.header(sender, msg["stream_header"], inline, now_ms()))
+            await self._stream_events(self._incoming.header(sender, msg["stream_header"], inline,
+                                                            self._link_ms()))
         elif "stream_trailer" in msg:
             await self._stream_events(self._incoming.trailer(sender, msg["stream_trailer"]))
         elif "rpc_ack" in msg:
@@ -520,7 +524,9 @@ class Room:
         for ev in events:
             aw = self._stream_event(ev)
             if aw is not None:
+                t0 = now_ms()
                 await aw
+                self._waited_ms += now_ms() - t0
 
     async def _on_stream_event(self, ev):
         """A stream event other than data (see _stream_event)."""
@@ -548,6 +554,13 @@ class Room:
                 self._linger(r)
         if ev.info.compression and self.can_inflate:
             _inflate.reserve(self.options.piece_size)  # for the next compressed stream
+
+    def _link_ms(self):
+        """The clock of stream silence (evict_idle_ms): now_ms() less the time the link
+        reader waited for the application to take what it had read. Meanwhile nothing
+        is read, so no sender can be heard: a slow handler must not make the streams
+        queued behind it look silent."""
+        return now_ms() - self._waited_ms
 
     def _linger(self, r):
         """Reader r's stream gave way to a new one (evict_idle_ms): its handler or RPC
@@ -609,7 +622,7 @@ class Room:
         n = self.options.max_rpc_handlers
         if len(self._invoking) >= n:
             # request streams that went silent give way, as streams do for stream slots
-            for ev in self._incoming.evict_idle(now_ms(), TOPIC_RPC_REQUEST, "%d RPC handler slots" % n):
+            for ev in self._incoming.evict_idle(self._link_ms(), TOPIC_RPC_REQUEST, "%d RPC handler slots" % n):
                 self._stream_ended(ev)
         if len(self._invoking) >= n:
             packets.append(self._rpc_server.error_response(inv, rpc.RpcError(

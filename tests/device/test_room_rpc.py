@@ -1477,9 +1477,9 @@ def _open_request(sid, rid, method="echo"):
 
 
 async def _echo_room_and_two_peers(max_streams, max_rpc_handlers, q_protocol):
-    """A room serving "echo" that evicts after 150 ms, its peer p and another peer q."""
+    """A room serving "echo" that evicts after 300 ms, its peer p and another peer q."""
     mem, a, p = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=max_streams,
-                                    max_rpc_handlers=max_rpc_handlers, evict_idle_ms=150)
+                                    max_rpc_handlers=max_rpc_handlers, evict_idle_ms=300)
     q = await raw(mem, "q", client_protocol=q_protocol)
     await settle(lambda: "q" in a.remote_participants)
     a.local_participant.register_rpc_method("echo", lambda d: d.payload)
@@ -1492,12 +1492,14 @@ async def test_an_evicted_request_stream_frees_its_handler_slot_for_the_request_
     a, p, q = await _echo_room_and_two_peers(2, 2, 2)
     await p.send(_open_request("s1", "r1"))
     await p.send(_open_request("s2", "r2"))
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.5)
     await q.send(_open_request("s3", "r3"))
     await q.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": "s3", "content": b"hello"}})
     await q.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "s3"}})
-    r1 = await p.wait_for(lambda x: "rpc_response" in x and x["rpc_response"]["request_id"] == "r1")
-    assert r1["rpc_response"]["error"]["code"] == 1500   # the evicted call is answered
+    # the evicted call (r1 or r2: silent alike, either may go) is answered
+    gone = await p.wait_for(lambda x: "rpc_response" in x)
+    assert gone["rpc_response"]["request_id"] in ("r1", "r2"), gone
+    assert gone["rpc_response"]["error"]["code"] == 1500, gone
     head = (await q.wait_for(lambda x: "stream_header" in x))["stream_header"]   # r3's answer
     assert head["topic"] == "lk.rpc_response" and head["attributes"]["lk.rpc_request_id"] == "r3", head
     assert head["inline_content"] == b"hello", head
@@ -1514,9 +1516,9 @@ async def test_silent_request_streams_holding_every_handler_slot_give_way_to_a_n
     await asyncio.sleep(0.05)
     r = await request_v1(q, "a", "early", "echo", "hi")   # not silent long enough yet
     assert r["rpc_response"]["error"]["message"] == "Too many concurrent RPC requests", r
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.5)
     r = await request_v1(q, "a", "late", "echo", "hi")
     assert r["rpc_response"].get("payload") == "hi", r
-    r0 = await p.wait_for(lambda x: "rpc_response" in x and x["rpc_response"]["request_id"] == "r0")
-    assert r0["rpc_response"]["error"]["code"] == 1500
+    gone = await p.wait_for(lambda x: "rpc_response" in x)   # one of the four, silent alike
+    assert gone["rpc_response"]["error"]["code"] == 1500, gone
     await close(a, p, q)
