@@ -272,7 +272,8 @@ class _Decoder:
                     if self.max_values is not None:
                         v = self._measure(start, depth, self.max_values)
                     if v is not DROPPED and self.max_total is not None:
-                        v = self._measure(self.pos, depth + 1, self.max_total - self.total)
+                        # (an empty map, 32, always fits: nothing to drop)
+                        v = self._measure(self.pos, depth + 1, max(self.max_total - self.total, 32))
                         if v is not DROPPED:
                             self.total += v
                 if v is DROPPED:

@@ -48,10 +48,11 @@ def _warn(msg):
 
 
 def _attributes_cost(attrs):
-    """What a participant's attributes count against max_attributes."""
+    """What a participant's attributes count against max_attributes: their UTF-8
+    bytes plus 32 per key and per value, as max_values counts."""
     n = 0
     for k in attrs:
-        n += len(k) + len(attrs[k]) + 64
+        n += len(k.encode()) + len(attrs[k].encode()) + 64
     return n
 
 
@@ -345,9 +346,11 @@ class Room:
                                     aw = self._decoded(dec)
                                     if aw is None:
                                         break
-                                    t0 = now_ms()
-                                    await aw
-                                    self._waited_ms += now_ms() - t0
+                                    w0, t0 = self._waited_ms, now_ms()
+                                    try:
+                                        await aw
+                                    finally:   # nested counts (_stream_events) are inside this
+                                        self._waited_ms = w0 + now_ms() - t0
                                 except (ValueError, MemoryError) as err:
                                     # ProtoError, bad UTF-8, a bad header, or no heap
                                     # for this packet: it alone is dropped
@@ -524,9 +527,11 @@ class Room:
         for ev in events:
             aw = self._stream_event(ev)
             if aw is not None:
-                t0 = now_ms()
-                await aw
-                self._waited_ms += now_ms() - t0
+                w0, t0 = self._waited_ms, now_ms()
+                try:
+                    await aw
+                finally:
+                    self._waited_ms = w0 + now_ms() - t0
 
     async def _on_stream_event(self, ev):
         """A stream event other than data (see _stream_event)."""
@@ -620,9 +625,11 @@ class Room:
         if inv is None:
             return None
         n = self.options.max_rpc_handlers
-        if len(self._invoking) >= n:
+        if len(self._invoking) >= n and len(self._lingering) < self.options.max_streams:
             # request streams that went silent give way, as streams do for stream slots
-            for ev in self._incoming.evict_idle(self._link_ms(), TOPIC_RPC_REQUEST, "%d RPC handler slots" % n):
+            # (only those that hold a slot: ending another frees nothing)
+            held = [sid for sid, r in self._readers.items() if r._inv in self._invoking]
+            for ev in self._incoming.evict_idle(self._link_ms(), held, "%d RPC handler slots" % n):
                 self._stream_ended(ev)
         if len(self._invoking) >= n:
             packets.append(self._rpc_server.error_response(inv, rpc.RpcError(
@@ -702,6 +709,8 @@ class Room:
                   "would hold over %d bytes of values (RoomOptions.max_values; 32 more "
                   "per value), or the frame's participants over max_attributes %r"
                   % (ident, self.options.max_values, self.options.max_attributes))
+            if p is not None:
+                self._attributes_held -= _attributes_cost(p.attributes)
         else:
             info = self._within_max_attributes(p, info)
         if p is None:

@@ -45,8 +45,8 @@ Incoming
     sender has been silent longest gives way if it has been silent for evict_idle_ms
     or more (StreamEnded with "abnormal end: idle for N s while all M stream slots were
     in use"; its later packets are dropped); otherwise the new one is refused.
-    .evict_idle(now_ms, topic=None, full=None) does the same on the adapter's demand
-    (e.g. RPC handler slots all taken by request streams: topic lk.rpc_request). So a
+    .evict_idle(now_ms, among=None, full=None) does the same on the adapter's demand
+    (e.g. RPC handler slots all taken by request streams: among their ids). So a
     peer that opens streams and never ends them (a writer left unclosed) cannot shut
     others out for good, while a slow writer keeps its slot unless the slots run out.
     Time is what the caller passes in (now_ms), as everywhere in the cores.
@@ -372,16 +372,17 @@ class IncomingStreams:
             self._ignore(sid)
         return why
 
-    def evict_idle(self, now_ms, topic=None, full=None):
-        """Make room: end the open stream (of `topic`, if given) silent longest, if it
-        has been silent for evict_idle_ms; yields its StreamEnded (.evicted True) and
-        returns True, else False. `full` says what was full (default: the stream
-        slots), for the stream's error. header() calls it when every slot is taken; the
-        adapter when something a stream holds ran out (Room: RPC handler slots)."""
+    def evict_idle(self, now_ms, among=None, full=None):
+        """Make room: end the open stream (one whose id is in `among`, if given)
+        silent longest, if it has been silent for evict_idle_ms; yields its StreamEnded
+        (.evicted True) and returns True, else False. `full` says what was full
+        (default: the stream slots), for the stream's error. header() calls it when
+        every slot is taken; the adapter when something streams hold ran out (Room: RPC
+        handler slots, among the request streams that hold one)."""
         limit = self.evict_idle_ms
         idlest = None
         for st in self.open.values():
-            if (topic is None or st.info.topic == topic) and (idlest is None or st.heard_ms < idlest.heard_ms):
+            if (among is None or st.info.stream_id in among) and (idlest is None or st.heard_ms < idlest.heard_ms):
                 idlest = st
         if limit is None or idlest is None or now_ms - idlest.heard_ms < limit:
             return False

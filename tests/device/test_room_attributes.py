@@ -136,13 +136,14 @@ def test_joined_participants_past_max_attributes_together_are_read_without_their
     attrs = dict(("k%03d" % i, "v" * 20) for i in range(30))   # 30 * (4 + 20 + 64) + 32 = 2672
     ps = [{"identity": "p%d" % i, "sid": "PA_%d" % i, "attributes": attrs} for i in range(4)]
     ps.append({"identity": "small", "sid": "PA_s", "attributes": {"k": "v"}})
+    ps.append({"identity": "none", "sid": "PA_n", "attributes": {}})   # nothing to drop
     body = cbor.dumps({"v": 1, "room": "r", "identity": "me", "sid": "PA_me", "max_frame": 65536,
                        "participants": ps})
     ps = None
     got = link.check_joined(link.decode_control(body, 8192, 6000))["participants"]
     assert [p["attributes"] == attrs for p in got[:4]] == [True, True, False, False]
-    assert [p.get("attributes_dropped", False) for p in got] == [False, False, True, True, False]
-    assert got[4]["attributes"] == {"k": "v"}
+    assert [p.get("attributes_dropped", False) for p in got] == [False, False, True, True, False, False]
+    assert got[4]["attributes"] == {"k": "v"} and got[5]["attributes"] == {}
     whole = link.check_joined(link.decode_control(body, 8192))["participants"]   # no total: all
     assert all(p["attributes"] == attrs for p in whole[:4])
 
@@ -168,3 +169,42 @@ def test_a_joined_frame_of_many_participants_just_under_max_values_stays_within_
     kept = (gc.mem_alloc() - before) if hasattr(gc, "mem_alloc") else 0
     assert [len(p["attributes"]) for p in got] == [115, 115] + [0] * 8, [len(p["attributes"]) for p in got]
     assert kept < 40000, kept
+
+
+def _held_truth(room):
+    """What the room's remote participants' attributes count (bytes plus 32 per item)."""
+    return sum(len(k.encode()) + len(v.encode()) + 64 for p in room.remote_participants.values()
+               for k, v in p.attributes.items())
+
+
+async def test_the_attributes_budget_does_not_drift_when_a_participant_is_dropped_and_kept_in_turn():
+    mem = MemRoom()
+    b = await join_with(mem, "b", RoomOptions.for_board(max_attributes=3000))
+    attrs = {"k%02d" % i: "v" * 20 for i in range(10)}   # 870 counted
+    with Warnings():
+        for _ in range(3):   # kept, then over max_values (dropped while decoding), in turn
+            await relay_says(mem, "b", participant_frame("op", "PA_op", attributes=attrs))
+            await settle(lambda: "op" in b.remote_participants and b.remote_participants["op"].attributes == attrs)
+            await relay_says(mem, "b", participant_frame("op", "PA_op", n_attributes=2000))
+            await settle(lambda: b.remote_participants["op"].attributes_dropped)
+            assert b._attributes_held == _held_truth(b) == 0, b._attributes_held
+        await relay_says(mem, "b", participant_frame("op", "PA_op", attributes=attrs))
+        await settle(lambda: b.remote_participants["op"].attributes == attrs)
+        assert b._attributes_held == _held_truth(b) == 870
+        await relay_says(mem, "b", [relayside.encode_control(link.PARTICIPANT_LEFT, {"identity": "op"})])
+        await settle(lambda: "op" not in b.remote_participants)
+    assert b._attributes_held == 0
+    await close(b)
+
+
+async def test_the_attributes_budget_counts_utf8_bytes_not_characters():
+    mem = MemRoom()
+    b = await join_with(mem, "b", RoomOptions.for_board(max_attributes=3000))
+    attrs = {"k": "\U0001F600" * 700}   # 700 characters, 2800 bytes
+    with Warnings():
+        for i in range(4):
+            await relay_says(mem, "b", participant_frame("op%d" % i, "PA_%d" % i, attributes=attrs))
+        await settle(lambda: len(b.remote_participants) == 4)
+    assert [b.remote_participants["op%d" % i].attributes == attrs for i in range(4)] == [True] + [False] * 3
+    assert b._attributes_held == _held_truth(b) <= 3000
+    await close(b)

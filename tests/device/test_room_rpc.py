@@ -1522,3 +1522,31 @@ async def test_silent_request_streams_holding_every_handler_slot_give_way_to_a_n
     gone = await p.wait_for(lambda x: "rpc_response" in x)   # one of the four, silent alike
     assert gone["rpc_response"]["error"]["code"] == 1500, gone
     await close(a, p, q)
+
+
+async def test_a_full_house_of_rpc_handlers_evicts_only_a_request_stream_that_holds_a_slot():
+    # one RPC handler slot: s0's streaming handler answered without reading (its stream
+    # stays open but holds no slot), s1's handler holds the slot, reading; both go
+    # silent. A new request must take s1's slot, not end s0 for nothing.
+    a, p, q = await _echo_room_and_two_peers(8, 1, 0)
+    lp = a.local_participant
+    lp.register_rpc_method("quick", lambda d: "done", streaming=True)
+
+    async def reads(d):
+        out = []
+        async for x in d.reader:
+            out.append(x)
+        return "".join(out)
+    lp.register_rpc_method("reads", reads, streaming=True)
+    await p.send(_open_request("s0", "r0", "quick"))
+    await p.wait_for(lambda x: "stream_header" in x or "rpc_response" in x)   # r0 answered
+    await settle(lambda: not a._invoking)
+    await p.send(_open_request("s1", "r1", "reads"))
+    await settle(lambda: a._invoking)
+    await asyncio.sleep(0.5)   # both silent past evict_idle_ms
+    r = await request_v1(q, "a", "new", "echo", "hi")
+    assert r["rpc_response"].get("payload") == "hi", r
+    assert "s0" in a._incoming.open   # not ended for nothing
+    gone = await p.wait_for(lambda x: "rpc_response" in x and x["rpc_response"]["request_id"] == "r1")
+    assert gone["rpc_response"]["error"]["code"] == 1500, gone
+    await close(a, p, q)

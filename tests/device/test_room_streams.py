@@ -8,6 +8,7 @@ import asyncio
 from room_helpers import close, error_collector, join, pair, raw, room_and_peer, settle
 
 from lkedge import finite
+from lkedge.clock import now_ms
 from lkedge.memroom import MemRoom
 
 MP_HEAPSIZE = "1M"
@@ -766,4 +767,58 @@ async def test_time_the_link_waited_for_a_slow_handler_is_not_a_streams_silence(
     await settle(lambda: len(got.get("active", ())) == 4 and len(got.get("slow", ())) == 2)
     assert "active" not in errors, errors
     assert "new" not in a._readers   # refused: both slots were in use by streams not silent
+    await close(a, p, q)
+
+
+async def test_a_slow_inline_stream_is_waited_for_once_and_silent_streams_still_give_way():
+    # the wait for a slow inline stream's handler was counted twice (the packet's await
+    # and the stream event's inside it): link time ran backwards and a stream silent
+    # for longer than evict_idle_ms looked fresh
+    mem, a, p = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=2,
+                                    evict_idle_ms=300)
+    q = await raw(mem, "q", client_protocol=2)
+    await settle(lambda: "q" in a.remote_participants)
+    errors, started = {}, []
+
+    async def reads(d):
+        out = []
+        async for x in d.reader:
+            out.append(x)
+        return "".join(out)
+    a.local_participant.register_rpc_method("reads", reads, streaming=True)
+
+    async def handler(reader, sender):
+        sid = reader.info.stream_id
+        started.append(sid)
+        if sid == "inline":
+            await asyncio.sleep(0.4)   # the link waits for this one
+        try:
+            await reader.read_all()
+        except Exception as e:
+            errors[sid] = str(e)
+    a.register_byte_stream_handler("t", handler)
+
+    def header(sid, **kw):
+        h = dict({"stream_id": sid, "topic": "t", "byte_header": {}}, **kw)
+        return {"destination_identities": ["a"], "stream_header": h}
+    # the two stream slots: a byte stream (its handler counted in max_streams) and an
+    # RPC request stream (its handler counted in max_rpc_handlers), both gone silent
+    await p.send(header("stuck"))
+    await p.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "stuck2", "topic": "lk.rpc_request", "mime_type": "text/plain", "text_header": {},
+        "attributes": {"lk.rpc_request_id": "r2", "lk.rpc_request_method": "reads",
+                       "lk.rpc_request_response_timeout_ms": "8000", "lk.rpc_request_version": "2"}}})
+    await asyncio.sleep(0.05)
+    t0, waited0 = now_ms(), a._waited_ms
+    await q.send(header("inline", inline_content=b"x"))   # no slot needed
+    await settle(lambda: "inline" in started and "inline" not in a._readers)
+    assert a._waited_ms - waited0 <= now_ms() - t0   # never more than the time that passed
+    await asyncio.sleep(0.6)   # real silence, past evict_idle_ms
+    await q.send(header("late"))
+    await settle(lambda: "late" in started)
+
+    def gave_way():   # one of the two silent streams (either: silent alike)
+        return "abnormal end: idle for" in errors.get("stuck", "") or [
+            x for x in p.packets if "rpc_response" in x and x["rpc_response"]["request_id"] == "r2"]
+    await settle(gave_way)
     await close(a, p, q)
