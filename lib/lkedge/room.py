@@ -52,7 +52,7 @@ def _attributes_cost(attrs):
     bytes plus 32 per key and per value, as max_values counts."""
     n = 0
     for k in attrs:
-        n += len(k.encode()) + len(attrs[k].encode()) + 64
+        n += len(utf8.encoded(k)) + len(utf8.encoded(attrs[k])) + 64   # no copy on a board
     return n
 
 
