@@ -45,6 +45,8 @@ class RemoteParticipant:
     calls and streams to it work. A later announcement that fits clears it.
     """
 
+    _attributes_cost = 0   # what its attributes count in Room's max_attributes (Room._upsert)
+
     def __init__(self, info):
         self.identity = info["identity"]
         self._update(info)

@@ -47,7 +47,7 @@ def _warn(msg):
     print("lkedge:", msg)
 
 
-def _attributes_cost(attrs):
+def _cost_of(attrs):
     """What a participant's attributes count against max_attributes: their UTF-8
     bytes plus 32 per key and per value, as max_values counts."""
     n = 0
@@ -704,15 +704,23 @@ class Room:
     def _upsert(self, info):
         ident = info["identity"]
         p = self.remote_participants.get(ident)
+        old = p._attributes_cost if p is not None else 0
+        cost = 0
         if info.get("attributes_dropped"):   # while decoding: one, or all of JOINED's
             _warn("participant %r kept without its attributes (dropped): with them it "
                   "would hold over %d bytes of values (RoomOptions.max_values; 32 more "
                   "per value), or the frame's participants over max_attributes %r"
                   % (ident, self.options.max_values, self.options.max_attributes))
-            if p is not None:
-                self._attributes_held -= _attributes_cost(p.attributes)
         else:
-            info = self._within_max_attributes(p, info)
+            cost = _cost_of(info["attributes"])
+            cap = self.options.max_attributes
+            if cap is not None and self._attributes_held - old + cost > cap:
+                _warn("participant %r kept without its attributes (dropped): the room's "
+                      "participants would hold over %d bytes of attributes "
+                      "(RoomOptions.max_attributes; 32 more per key and value)" % (ident, cap))
+                info = dict(info, attributes={}, attributes_dropped=True)
+                cost = 0
+        self._attributes_held += cost - old
         if p is None:
             p = RemoteParticipant(info)
             self.remote_participants[ident] = p
@@ -720,26 +728,12 @@ class Room:
         else:
             p._update(info)
             self._emit("participant_updated", p)
-
-    def _within_max_attributes(self, p, info):
-        """info, or a copy without attributes when they would push what all remote
-        participants hold past RoomOptions.max_attributes (self._attributes_held)."""
-        cap = self.options.max_attributes
-        old = _attributes_cost(p.attributes) if p is not None else 0
-        new = _attributes_cost(info["attributes"])
-        if cap is not None and self._attributes_held - old + new > cap:
-            _warn("participant %r kept without its attributes (dropped): the room's "
-                  "participants would hold over %d bytes of attributes "
-                  "(RoomOptions.max_attributes; 32 more per key and value)" % (info["identity"], cap))
-            info = dict(info, attributes={}, attributes_dropped=True)
-            new = 0
-        self._attributes_held += new - old
-        return info
+        p._attributes_cost = cost   # as counted: later edits of p.attributes change nothing
 
     def _participant_left(self, identity, reason):
         p = self.remote_participants.pop(identity, None)
         if p is not None:
-            self._attributes_held -= _attributes_cost(p.attributes)
+            self._attributes_held -= p._attributes_cost
         if self._rpc_client is not None:
             for c in self._rpc_client.on_participant_left(identity):
                 self._complete(c)

@@ -499,18 +499,14 @@ class IncomingStreams:
     # ------------------------------------------------------ participants
     def participant_left(self, identity):
         out = []
-        for sid in [s for s, st in self.open.items() if st.info.sender_identity == identity]:
-            st = self.open.pop(sid)
-            st.inflater = None
-            out.append(StreamEnded(st.info, StreamError("abnormal end: sender left")))
+        for st in [st for st in self.open.values() if st.info.sender_identity == identity]:
+            out += self._end(st, StreamError("abnormal end: sender left"))
         return out
 
     def close_all(self, reason):
         out = []
-        for st in self.open.values():
-            st.inflater = None
-            out.append(StreamEnded(st.info, StreamError("abnormal end: %s" % reason)))
-        self.open = {}
+        for st in list(self.open.values()):
+            out += self._end(st, StreamError("abnormal end: %s" % reason))
         self._ignored = []
         return out
 

@@ -131,37 +131,26 @@ def test_optional_max_values_is_checked_and_reaches_room_options(tmp_path):
     assert "max_values" in str(e.value)
 
 
-def test_optional_evict_idle_ms_is_checked_and_reaches_room_options(tmp_path):
+@pytest.mark.parametrize("key, board_default, good, bad", [
+    ("evict_idle_ms", 60000, 5000, (0, "60s", 1.5)),
+    ("max_attributes", 16384, 4096, (-1, "16k", 1.5)),
+])
+def test_optional_int_or_null_link_keys_are_checked_and_reach_room_options(tmp_path, key, board_default,
+                                                                           good, bad):
     import json
     from lkedge.config import RoomOptions
     p = profiles.load("esp32")
-    assert RoomOptions.for_board(p).evict_idle_ms == 60000   # the default without the key
+    assert getattr(RoomOptions.for_board(p), key) == board_default   # the default without the key
+    if key == "max_attributes":
+        assert RoomOptions().max_attributes is None                   # a host's: no cap
     f = tmp_path / "esp32.json"
-    for value in (5000, None):
-        p["link"]["evict_idle_ms"] = value
+    for value in (good, None):
+        p["link"][key] = value
         f.write_text(json.dumps(p))
-        assert RoomOptions.for_board(profiles.load(str(f))).evict_idle_ms == value
-    for bad in (0, "60s", 1.5):
-        p["link"]["evict_idle_ms"] = bad
+        assert getattr(RoomOptions.for_board(profiles.load(str(f))), key) == value
+    for value in bad:
+        p["link"][key] = value
         f.write_text(json.dumps(p))
         with pytest.raises(profiles.ProfileError) as e:
             profiles.load(str(f))
-        assert "evict_idle_ms" in str(e.value)
-
-
-def test_optional_max_attributes_is_checked_and_reaches_room_options(tmp_path):
-    import json
-    from lkedge.config import RoomOptions
-    p = profiles.load("esp32")
-    assert RoomOptions.for_board(p).max_attributes == 16384   # the board default
-    assert RoomOptions().max_attributes is None                # a host's: no cap
-    f = tmp_path / "esp32.json"
-    for value in (4096, None):
-        p["link"]["max_attributes"] = value
-        f.write_text(json.dumps(p))
-        assert RoomOptions.for_board(profiles.load(str(f))).max_attributes == value
-    p["link"]["max_attributes"] = -1
-    f.write_text(json.dumps(p))
-    with pytest.raises(profiles.ProfileError) as e:
-        profiles.load(str(f))
-    assert "max_attributes" in str(e.value)
+        assert key in str(e.value)
