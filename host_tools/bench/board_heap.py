@@ -1,6 +1,6 @@
 """The smallest MicroPython heap that carries the bounded-memory scenario, by bisection.
 
-    .venv/bin/python -m lkedge_host.bench.board_heap [--sizes 65536,1048576,8388608]
+    .venv/bin/python -m lkedge_host.bench.board_heap [--sizes 64K,1M,8M] [--compression off|on|both]
     .venv/bin/python -m lkedge_host.bench.board_heap --garbage
 
 The scenario (tests/scenarios/board_memory.py runs on the board side): a real relay on
@@ -223,15 +223,37 @@ def smallest_heap(relay, nbytes, compress, lo=32 * 1024, hi=512 * 1024, step=102
     return hi, best
 
 
+_UNITS = {"": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20}
+
+
+def payload_sizes(text):
+    """'64K,1M,8388608' -> [65536, 1048576, 8388608] (K and M are binary units)."""
+    sizes = []
+    for item in text.split(","):
+        item = item.strip()
+        digits = item.rstrip("KkMmIiBb")
+        unit = item[len(digits):].upper()
+        if not digits.isdigit() or unit not in _UNITS or int(digits) == 0:
+            raise argparse.ArgumentTypeError(
+                "%r is not a payload size: give bytes, or a number with K or M (e.g. 64K, 1M)" % item)
+        sizes.append(int(digits) * _UNITS[unit])
+    return sizes
+
+
+COMPRESSION_MODES = {"off": [False], "on": [True], "both": [False, True]}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", default="65536,1048576,8388608", help="payload sizes in bytes, comma separated")
-    ap.add_argument("--compression", default="off,on", help="off, on, or both (default)")
+    ap.add_argument("--sizes", type=payload_sizes, default=[65536, 1048576, 8388608],
+                    help="payload sizes, comma separated: bytes, or with K or M (default 64K,1M,8M)")
+    ap.add_argument("--compression", choices=sorted(COMPRESSION_MODES), default="both",
+                    help="whether the board advertises compression (default: both, off first)")
     ap.add_argument("--garbage", action="store_true",
                     help="instead: bytes the board allocates per KiB moved (1 MiB, no compression)")
     a = ap.parse_args(argv)
-    sizes = [int(x) for x in a.sizes.split(",")]
-    modes = [m == "on" for m in a.compression.split(",")]
+    sizes = a.sizes
+    modes = COMPRESSION_MODES[a.compression]
     from lkedge_host.relay.process import RelayProcess
     with RelayProcess() as relay:
         if a.garbage:
