@@ -27,6 +27,11 @@ from livekit import api
 DEV_API_KEY = "devkey"
 DEV_API_SECRET = "lkedge-development-secret-loopback-only-0123456789"
 DEFAULT_TTL_S = 6 * 3600
+# The relay stamps the sender's identity and sid into every DATA frame it forwards, and
+# may make a frame longer than max_frame by at most link.STAMP_ROOM (512) doing so
+# (LINK.md): an identity of at most this many bytes always leaves room for the stamp,
+# so a DATA frame within max_frame is never refused for its sender's name.
+MAX_IDENTITY_BYTES = 256
 
 
 class AuthError(Exception):
@@ -155,6 +160,9 @@ class Verifier:
         if not isinstance(video.room, str) or not isinstance(claims.identity, str):
             raise AuthError("token room (video.room) and identity (sub) must be strings, got %s and %s"
                             % (type(video.room).__name__, type(claims.identity).__name__))
+        if len(claims.identity.encode("utf-8")) > MAX_IDENTITY_BYTES:
+            raise AuthError("token identity (sub) is %d bytes of UTF-8, over %d"
+                            % (len(claims.identity.encode("utf-8")), MAX_IDENTITY_BYTES))
         if claims.attributes is not None and not isinstance(claims.attributes, dict):
             raise AuthError("token attributes must be a JSON object, got %s"
                             % type(claims.attributes).__name__)

@@ -47,10 +47,12 @@ participants accept; one whose stamp would need more (an identity of hundreds of
 is refused with LEAVE 4 naming both sizes. DATA from a participant without
 canPublishData: LEAVE 7.
 
-Hostile input: a participant's own control frames (JOIN, LEAVE, PING) are at most
-MAX_CONTROL_IN bytes, so a connection that has not joined cannot make the relay set
-aside more than that for a frame it announces (DATA before JOIN is refused at its
-header); at most max_connections connections are open at once. Reasons the relay repeats (LEAVE, PARTICIPANT_LEFT, logs) are cut to
+Hostile input: a participant's own control frames (JOIN, LEAVE, PING) are held whole
+up to max_frame, like any frame LINK.md allows (a JOIN carries a token, which may hold
+large claims such as metadata); their buffers grow as their bytes arrive, so a
+connection that has not joined holds what it sent, at most max_frame, for at most
+join_timeout (DATA before JOIN is refused at its header); at most max_connections
+connections are open at once. Reasons the relay repeats (LEAVE, PARTICIPANT_LEFT, logs) are cut to
 MAX_REASON characters; an exception while handling a connection's bytes (a relay
 fault) ends that connection only, with LEAVE 4 and an `error` log line.
 """
@@ -86,10 +88,10 @@ _F_DEST = 5
 # characters: a peer's text (its LEAVE reason, a bad JOIN key) must not make frames
 # larger than a board's control buffer nor flood the log.
 MAX_REASON = 512
-# The largest control frame a participant may send (JOIN with its token; LEAVE; PING):
-# the relay repeats a JOIN's claims in PARTICIPANT frames, which must fit a board's
-# 16 KiB control buffer anyway.
-MAX_CONTROL_IN = 16384
+# The largest control frame a board holds whole (its profile's max_frame): the relay
+# announces a participant's identity and attributes to everyone in PARTICIPANT frames,
+# so a token whose announcement would pass this is refused (LEAVE 3).
+BOARD_CONTROL = 16384
 
 
 def random_sid():
@@ -102,7 +104,9 @@ class _Conn:
         self.cid = cid
         self.transport = transport
         self.peer = peer
-        self.reader = link.FrameReader(max_frame, min(max_frame, MAX_CONTROL_IN))
+        # LINK.md: any frame up to max_frame; a control body grows as it arrives, so a
+        # connection that has not joined holds only the bytes it actually sent
+        self.reader = link.FrameReader(max_frame, grow=True)
         self.opened = now
         self.last_rx = now
         self.info = None          # participant map once joined
@@ -325,12 +329,12 @@ class Router:
                 "capabilities": j["capabilities"],
                 "attributes": dict(grant.get("attributes") or {})}
         body = cbor.dumps(info)
-        if 1 + len(body) > MAX_CONTROL_IN:  # type + body, as a board's FrameReader counts
+        if 1 + len(body) > BOARD_CONTROL:  # type + body, as a board's FrameReader counts
             # Everyone gets this frame (and JOINED lists it): over a board's control
             # buffer it would end every board's link, again at each rejoin.
             self._drop(c, link.LEAVE_UNAUTHORIZED, "the token's identity and attributes make "
                        "an announcement of %d bytes; boards take at most %d"
-                       % (1 + len(body), MAX_CONTROL_IN), now)
+                       % (1 + len(body), BOARD_CONTROL), now)
             return
         members = self._rooms.setdefault(room, {})
         old = members.get(identity)

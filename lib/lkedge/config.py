@@ -26,7 +26,9 @@ class RoomOptions:
                      (RemoteParticipant.attributes_dropped) and a warning names it
                      (None: no cap)
     max_frame        largest LINK control frame held whole, and the DATA frame limit
-                     until JOINED announces the relay's (DATA is streamed, never held)
+                     until JOINED announces the relay's (DATA is streamed, never held);
+                     1 MiB on hosts: a relay may list a whole room in one JOINED (~100
+                     bytes per participant without attributes)
     max_streams      incoming data streams open at once
     evict_idle_ms    when max_streams are open and another wanted stream arrives, the
                      open stream silent longest gives way if nothing came for it this
@@ -56,7 +58,7 @@ class RoomOptions:
         self.max_field = 16384
         self.max_values = 1 << 20
         self.max_attributes = None
-        self.max_frame = 65536
+        self.max_frame = 1 << 20
         self.max_streams = 16
         self.evict_idle_ms = 60000
         self.max_inflated = None

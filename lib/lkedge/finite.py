@@ -13,18 +13,20 @@ Negotiation
     Deflater()                 .compress(data) -> bytes, .flush() -> bytes
 
     finite_packets(kind, payload, topic, destination_identities, inline_ok, compress_ok,
-                   stream_id=None, **header options) -> generator of packets
+                   stream_id=None, max_frame=None, **header options) -> generator of packets
         send_text/send_bytes: one inline packet, or header + chunks + trailer. With
         compress_ok the payload is deflated 64 KiB at a time as chunks are pulled (one
         raw-deflate stream); the inline check stops as soon as the output passes
         15000 bytes and the chunked path continues the same deflater.
-        A chunked header over 15000 bytes raises StreamError before anything is sent.
+        A chunked header over 15000 bytes raises StreamError before anything is sent;
+        chunks carry at most streams.chunk_room(..., max_frame) bytes each.
 """
 from . import utf8
 from .consts import (CAP_COMPRESSION_DEFLATE_RAW, CLIENT_PROTOCOL_DATA_STREAM_V2,
                      COMPRESSION_DEFLATE_RAW, COMPRESSION_NONE, STREAM_CHUNK_SIZE_BYTES)
 from .ids import uuid4
-from .streams import StreamError, _check_header, chunk_packet, header_packet, packet_size, trailer_packet
+from .streams import (StreamError, _check_header, chunk_packet, chunk_room, header_packet, packet_size,
+                      trailer_packet)
 
 try:
     from micropython import const
@@ -121,12 +123,13 @@ def _new_sink(io):
 
 
 def finite_packets(kind, payload, topic, destination_identities, inline_ok, compress_ok,
-                   stream_id=None, **options):
+                   stream_id=None, max_frame=None, **options):
     """The packets of a finite stream (STREAMS.md "Sending a finite payload").
 
     payload: the UTF-8 bytes of a text, or the bytes. options: header_packet's keyword
     arguments except total_length/inline_content/compression. Chunk contents are
-    memoryview slices of `payload` (plain) or bytes (compressed).
+    memoryview slices of `payload` (plain) or bytes (compressed), of at most
+    chunk_room(stream_id, destination_identities, max_frame) bytes.
     """
     sid = stream_id or uuid4()
     dests = destination_identities
@@ -141,11 +144,12 @@ def finite_packets(kind, payload, topic, destination_identities, inline_ok, comp
     hdr = header_packet(sid, kind, topic, dests, total_length=total,
                         compression=COMPRESSION_DEFLATE_RAW if comp else COMPRESSION_NONE, **options)
     _check_header(hdr)
+    room = chunk_room(sid, dests, max_frame)
     yield hdr
     if comp is not None:
-        yield from comp.chunks(sid, dests)
+        yield from comp.chunks(sid, dests, room)
     else:
-        yield from _plain_chunks(sid, dests, data, kind == "text")
+        yield from _plain_chunks(sid, dests, data, kind == "text", room)
     yield trailer_packet(sid, dests)
 
 
@@ -163,14 +167,14 @@ def _inline_packet(sid, kind, topic, dests, data, comp, options):
     return pkt if packet_size(pkt) <= STREAM_CHUNK_SIZE_BYTES else None
 
 
-def _plain_chunks(sid, dests, data, is_text):
+def _plain_chunks(sid, dests, data, is_text, room):
     index = 0
     off = 0
     total = len(data)
     while off < total:
-        end = off + STREAM_CHUNK_SIZE_BYTES
+        end = off + room
         if is_text and end < total:
-            end = off + utf8.cut(data[off:], STREAM_CHUNK_SIZE_BYTES)
+            end = off + utf8.cut(data[off:], room)
             if end == off:
                 raise StreamError("text is not valid UTF-8 near byte %d" % off)
         yield chunk_packet(sid, index, dests, data[off:end])
@@ -207,9 +211,8 @@ class _Compression:
             self._step()
         return self._out if self._done and len(self._out) <= limit else None
 
-    def chunks(self, sid, dests):
+    def chunks(self, sid, dests, n):
         index = 0
-        n = STREAM_CHUNK_SIZE_BYTES
         while True:
             while len(self._out) >= n:
                 yield chunk_packet(sid, index, dests, bytes(self._out[:n]))

@@ -30,7 +30,7 @@ API (docs/internals.md, with the details fixed here):
 - What only a relay needs lives in lkedge.relayside, which a board never imports:
   `type_name`, `encode_control`, `check_join`, `check_participant_left`, `check_leave`
   (this module still answers those names, loading relayside on first use).
-- `FrameReader(max_frame, max_control=None)`, sans-I/O. `receive(mv)` keeps a reference
+- `FrameReader(max_frame, max_control=None, grow=False)`, sans-I/O. `receive(mv)` keeps a reference
   to mv (copies nothing); call it only after `next_event()` returned `NEED_DATA`
   (else RuntimeError: the caller's mistake, not the peer's). Event kinds are the ints
   `NEED_DATA` (0), `FRAME`, `DATA_START`, `DATA_PIECE`, `DATA_END`.
@@ -38,7 +38,9 @@ API (docs/internals.md, with the details fixed here):
     `NEED_DATA`;
     `(FRAME, type, body)` for every known non-DATA type (body is `bytes`, buffered
       whole; type byte + body may not exceed `max_control`, default `max_frame`;
-      PING/PONG bodies may not exceed 64 bytes);
+      PING/PONG bodies may not exceed 64 bytes; the body's buffer is allocated once at
+      its header, or with grow=True as its bytes arrive, so that what a peer that has
+      not authenticated makes a relay hold follows what it sent, not what it announced);
     `(DATA_START, body_len)`, then `[DATA_PIECE, mv]` events, then `(DATA_END,)` for
       DATA frames, whose bodies are never buffered: each mv is the received memoryview
       itself when the piece spans all of it, else a slice of it, valid until the next
@@ -138,9 +140,10 @@ def put_frame_header(buf, type, body_len):
 # ---------------------------------------------------------------- reading
 
 class FrameReader:
-    def __init__(self, max_frame, max_control=None):
+    def __init__(self, max_frame, max_control=None, grow=False):
         self.max_frame = max_frame
         self.max_control = max_frame if max_control is None else max_control
+        self._grow = grow
         self._mv = _EMPTY
         self._pos = 0
         self._type = 0
@@ -224,8 +227,11 @@ class FrameReader:
                 take = min(left, end - pos)
                 if st == _ST_CTRL:
                     buf = self._buf
-                    start = len(buf) - left
-                    buf[start:start + take] = mv[pos:pos + take]
+                    if self._grow:
+                        buf.extend(mv[pos:pos + take])
+                    else:
+                        start = len(buf) - left
+                        buf[start:start + take] = mv[pos:pos + take]
                 self._pos = pos + take
                 self._left = left - take
                 if take == left:
@@ -261,7 +267,7 @@ class FrameReader:
             self._next_frame()
             return (FRAME, t, bytes(self._mv[pos:pos + body_len]))
         self._state = _ST_CTRL
-        self._buf = bytearray(body_len)
+        self._buf = bytearray() if self._grow else bytearray(body_len)
         return None
 
     def _next_frame(self):

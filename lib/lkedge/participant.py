@@ -217,7 +217,8 @@ class LocalParticipant:
                            total_size=None, **text_options):
         out = streams.OutgoingStream(stream_id or uuid4(), kind, topic, dests, attributes=attributes,
                                      name=name, mime_type=mime_type, total_length=total_size,
-                                     timestamp_ms=_now_epoch_ms(), **text_options)
+                                     timestamp_ms=_now_epoch_ms(), max_frame=self._room.max_frame,
+                                     **text_options)
         w = StreamWriter(self._room, out)
         await self._room._send(out.header())
         return w

@@ -682,6 +682,7 @@ class Room:
             self.sid = d.get("sid", "")
             self.server_version = d.get("server_version", "")
             self.max_frame = d.get("max_frame", self.max_frame)
+            self._sender.max_frame = self.max_frame
             lp = self.local_participant
             lp.identity = d["identity"]
             lp.sid = d.get("sid", "")

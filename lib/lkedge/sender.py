@@ -31,6 +31,9 @@ class PacketSender:
         self._buf = memoryview(bytearray(max(buf_size, 64)))
         self.transport = None
         self.packets = 0
+        # JOINED's max_frame: a larger DATA frame would make the relay end the link
+        # (LEAVE 4), failing everything else in flight, so send() refuses it instead.
+        self.max_frame = None
 
     # send() and send_frame() are plain functions returning the one coroutine that
     # writes (`await sender.send(pkt)` as usual): a coroutine of their own per packet
@@ -42,6 +45,9 @@ class PacketSender:
         total = 0
         for s in segs:
             total += _seg_len(s)
+        if self.max_frame is not None and 1 + total > self.max_frame:
+            raise ValueError("DATA frame of %d bytes (type byte + DataPacket) is over the relay's "
+                             "max_frame %d: not sent" % (1 + total, self.max_frame))
         self.packets += 1
         return self.send_frame_segments(link.DATA, segs, total)
 

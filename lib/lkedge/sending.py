@@ -53,8 +53,8 @@ async def send_finite(room, kind, data, topic, dests, attributes, stream_id=None
     sent = 0
     try:
         for pkt in finite.finite_packets(kind, data, topic, dests, inline_ok, compress_ok,
-                                          stream_id=sid, attributes=attributes,
-                                          timestamp_ms=_now_epoch_ms(), **kw):
+                                          stream_id=sid, max_frame=room.max_frame,
+                                          attributes=attributes, timestamp_ms=_now_epoch_ms(), **kw):
             await room._send(pkt)
             sent += 1
     except BaseException as e:
@@ -105,12 +105,13 @@ async def send_file(lp, file_path, topic, name, mime_type, destination_identitie
                 return sid
         hdr = streams.header_packet(sid, "bytes", topic, dests, **opts)
         streams._check_header(hdr)
+        room_n = streams.chunk_room(sid, dests, room.max_frame)
         await room._send(hdr)
         index = 0
         left = size
         try:
             while left:
-                n = min(left, STREAM_CHUNK_SIZE_BYTES)
+                n = min(left, room_n)
                 await room._send(streams.chunk_packet(sid, index, dests, ReadBlob(f.readinto, n)))
                 index += 1
                 left -= n

@@ -15,7 +15,12 @@ Outgoing
     chunk_packet(stream_id, index, destination_identities, content)
     trailer_packet(stream_id, destination_identities, reason="", attributes=None)
     packet_size(pkt) -> int    serialized DataPacket size (proto.encoded_size)
-    OutgoingStream(stream_id, kind, topic, destination_identities, **header options)
+    chunk_room(stream_id, destination_identities, max_frame=None) -> int
+        the most content one chunk of this stream may carry: 15000, or less when the
+        fields every chunk repeats (above all a long destination list) would take its
+        LINK frame over max_frame (JOINED's); StreamError when nothing would fit
+    OutgoingStream(stream_id, kind, topic, destination_identities, max_frame=None,
+                   **header options)
         .header() -> packet (once); .write(data) -> [chunk packets]; .close(reason="",
         attributes=None) -> trailer packet. Never inline, never compressed; text writes
         are cut on UTF-8 boundaries, a partial character waits for the next write.
@@ -123,6 +128,28 @@ def packet_size(pkt):
     return proto.encoded_size(proto.DATA_PACKET, pkt)
 
 
+# A chunk room below this means the destination list crowds out the content: refused,
+# not sent as thousands of slivers.
+_MIN_CHUNK_ROOM = const(256)
+
+
+def chunk_room(stream_id, destination_identities, max_frame=None):
+    """The most content one chunk of this stream may carry (see the module doc)."""
+    if max_frame is None:
+        return STREAM_CHUNK_SIZE_BYTES
+    # A 1-byte chunk at the largest index (5-byte varint) measures what every chunk
+    # repeats; a 15000-byte content adds itself plus at most one byte to each of the
+    # two length prefixes around it (content, stream_chunk). The frame adds its type.
+    fixed = 1 + packet_size(chunk_packet(stream_id, 0xFFFFFFFF, destination_identities, b"-")) + 1
+    room = min(STREAM_CHUNK_SIZE_BYTES, max_frame - fixed)
+    if room < _MIN_CHUNK_ROOM:
+        raise StreamError("a chunk of this stream repeats %d bytes of headers (%d destination "
+                          "identities): the relay's max_frame %d leaves %d bytes for content; "
+                          "send to fewer destinations at once" % (
+                              fixed, len(destination_identities), max_frame, max(room, 0)))
+    return room
+
+
 def _check_header(pkt):
     size = packet_size(pkt)
     if size > STREAM_CHUNK_SIZE_BYTES:
@@ -134,11 +161,13 @@ class OutgoingStream:
     """An incremental stream (stream_text/stream_bytes): header, write()s, close()."""
 
     def __init__(self, stream_id, kind, topic, destination_identities, attributes=None,
-                 name=None, mime_type=None, total_length=None, timestamp_ms=0, **text_options):
+                 name=None, mime_type=None, total_length=None, timestamp_ms=0, max_frame=None,
+                 **text_options):
         self.stream_id = stream_id
         self.kind = kind
         self.topic = topic
         self.destination_identities = list(destination_identities)
+        self._chunk = chunk_room(stream_id, self.destination_identities, max_frame)
         self.attributes = dict(attributes or {})
         self.name = name
         self.total_length = total_length
@@ -180,7 +209,7 @@ class OutgoingStream:
                               % (self._written + len(mv), self.total_length))
         out = []
         while len(mv):
-            n = min(len(mv), STREAM_CHUNK_SIZE_BYTES)
+            n = min(len(mv), self._chunk)
             if self.kind == "text":
                 n = self._text_cut(mv, n)
                 if n == 0:

@@ -69,6 +69,23 @@ def test_same_events_for_every_split_size():
         assert r.between_frames
 
 
+def test_a_growing_reader_gives_the_same_events_for_every_split_size():
+    data, expected = sample_stream()
+    for step in (1, 3, 64, 601, len(data)):
+        got = events(link.FrameReader(1000, grow=True), data, step)
+        assert got == expected, "step %d gave %r" % (step, got)
+
+
+def test_a_growing_reader_holds_what_arrived_not_what_the_header_announced():
+    r = link.FrameReader(65536, grow=True)
+    r.receive(memoryview(link.frame_header(link.JOIN, 60000) + b"\xa1" * 10))
+    assert r.next_event() == link.NEED_DATA
+    assert len(r._buf) == 10      # a board's reader (grow=False) holds 60000 at once
+    eager = link.FrameReader(65536)
+    eager.receive(memoryview(link.frame_header(link.JOIN, 60000) + b"\xa1" * 10))
+    assert eager.next_event() == link.NEED_DATA and len(eager._buf) == 60000
+
+
 def test_frame_header_and_encode_frame_bytes():
     assert link.encode_frame(link.PING, b"") == b"\x01\x06"
     assert link.frame_header(link.DATA, 15000) == b"\x99\x75\x10"   # n = 15001

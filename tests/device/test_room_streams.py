@@ -822,3 +822,54 @@ async def test_a_slow_inline_stream_is_waited_for_once_and_silent_streams_still_
             x for x in p.packets if "rpc_response" in x and x["rpc_response"]["request_id"] == "r2"]
     await settle(gave_way)
     await close(a, p, q)
+
+
+async def test_chunks_to_many_destinations_shrink_to_fit_the_relays_max_frame(tmp="stream_many.bin"):
+    # The destination list rides in every chunk packet: at 15000 bytes of content each
+    # frame would pass the max_frame JOINED announced, and the relay would end the link.
+    mem = MemRoom(max_frame=16384)
+    a = await join(mem, "a")
+    peer = await raw(mem, "old", client_protocol=0)
+    await settle(lambda: "old" in a.remote_participants)
+    dests = ["old"] + ["absent-participant-with-a-long-identity-%03d" % i for i in range(79)]
+    data = bytes(range(256)) * 120   # 30720 bytes
+    lp = a.local_participant
+    await lp.send_bytes(data, topic="finite", destination_identities=dests)
+    w = await lp.stream_bytes(topic="writer", destination_identities=dests)
+    await w.write(data)
+    await w.aclose()
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        await lp.send_file(tmp, topic="file", destination_identities=dests)
+    finally:
+        import os
+        os.remove(tmp)
+    for topic in ("finite", "writer", "file"):
+        hdr = await peer.wait_for(lambda p: p.get("stream_header", {}).get("topic") == topic)
+        sid = hdr["stream_header"]["stream_id"]
+        await peer.wait_for(lambda p: p.get("stream_trailer", {}).get("stream_id") == sid)
+        chunks = [p["stream_chunk"]["content"] for p in peer.packets
+                  if p.get("stream_chunk", {}).get("stream_id") == sid]
+        assert len(chunks) == 3 and b"".join(chunks) == data, (topic, [len(c) for c in chunks])
+    assert a.connection_state == "connected"
+    await close(a, peer)
+
+
+async def test_a_packet_over_the_relays_max_frame_is_refused_at_the_call_and_the_link_stays():
+    mem = MemRoom(max_frame=16384)
+    a = await join(mem, "a")
+    peer = await raw(mem, "p", client_protocol=2)
+    await settle(lambda: "p" in a.remote_participants)
+    w = await a.local_participant.stream_text(topic="t", destination_identities=["p"])
+    await w.write("ok")
+    try:   # a trailer's attributes have no 15000-byte rule of their own
+        await w.aclose(attributes={"big": "x" * 20000})
+    except ValueError as e:
+        assert "over the relay's max_frame 16384: not sent" in str(e), e
+    else:
+        raise AssertionError("a DATA frame over max_frame was sent")
+    await a.local_participant.send_text("still here", topic="t", destination_identities=["p"])
+    h = await peer.wait_for(lambda p: p.get("stream_header", {}).get("inline_content") == b"still here")
+    assert h and a.connection_state == "connected"
+    await close(a, peer)

@@ -16,8 +16,9 @@ def _inc(*topics, **kw):
     return streams.IncomingStreams(handler_for(*topics), **kw), Collector()
 
 
-def _finite(kind, payload, inline_ok=True, compress_ok=False, sid="s1", **kw):
-    return list(finite.finite_packets(kind, payload, "t", [], inline_ok, compress_ok, stream_id=sid, **kw))
+def _finite(kind, payload, inline_ok=True, compress_ok=False, sid="s1", dests=(), **kw):
+    return list(finite.finite_packets(kind, payload, "t", list(dests), inline_ok, compress_ok,
+                                      stream_id=sid, **kw))
 
 
 def _hdr(sid="s1", topic="t", kind="bytes", total_length=None, **extra):
@@ -734,3 +735,64 @@ def test_utf8_decoder_carries_partial_characters_and_rejects_bad_bytes():
         assert "2 of 4" in str(e)
     else:
         raise AssertionError("unfinished character accepted")
+
+
+# --------------------------------------------- chunks within the link's max_frame
+_MANY = ["participant-with-a-long-identity-%05d" % i for i in range(80)]   # ~3.4 KB per packet
+
+
+def _frame(pkt):
+    return 1 + streams.packet_size(pkt)   # LINK.md: n = type byte + DataPacket
+
+
+def test_chunk_room_is_15000_unless_max_frame_is_short_of_it():
+    assert streams.chunk_room("s", _MANY) == LIMIT            # no link limit known
+    assert streams.chunk_room("s", [], 16384) == LIMIT
+    assert streams.chunk_room("s", _MANY, 65536) == LIMIT
+    room = streams.chunk_room("s", _MANY, 16384)
+    assert 12000 < room < LIMIT, room
+
+
+def test_a_full_chunk_to_many_destinations_fits_the_links_max_frame():
+    room = streams.chunk_room("s", _MANY, 16384)
+    pkt = streams.chunk_packet("s", 0xFFFFFFFF, _MANY, bytes(room))
+    assert _frame(pkt) <= 16384, _frame(pkt)
+    assert _frame(streams.chunk_packet("s", 0, _MANY, bytes(LIMIT))) > 16384   # what 15000 would do
+
+
+def test_finite_chunks_to_many_destinations_stay_within_max_frame():
+    data = lcg_bytes(30000)
+    pkts = _finite("bytes", data, inline_ok=False, dests=_MANY, max_frame=16384)
+    chunks = [p for p in pkts if "stream_chunk" in p]
+    assert len(chunks) == 3 and all(_frame(p) <= 16384 for p in pkts), [_frame(p) for p in pkts]
+    off = 0
+    for c in chunks:   # in order, nothing lost (compared in place: a board-sized heap)
+        part = c["stream_chunk"]["content"]
+        assert part == memoryview(data)[off:off + len(part)]
+        off += len(part)
+    assert off == len(data)
+
+
+def test_finite_text_chunks_are_cut_between_characters_at_a_smaller_room_too():
+    text = "\u65e5" * 10000   # 30000 bytes: 3 chunks of whole characters
+    pkts = _finite("text", text.encode("utf-8"), inline_ok=False, dests=_MANY, max_frame=16384)
+    parts = [str(bytes(p["stream_chunk"]["content"]), "utf-8") for p in pkts if "stream_chunk" in p]
+    assert len(parts) == 3 and all(len(p) for p in parts)
+    assert sum(len(p) for p in parts) == 10000 and all(p == "\u65e5" * len(p) for p in parts)
+
+
+def test_incremental_chunks_to_many_destinations_stay_within_max_frame():
+    out = streams.OutgoingStream("s10", "bytes", "t", _MANY, max_frame=16384)
+    out.header()
+    chunks = out.write(b"z" * 30000)
+    assert len(chunks) == 3 and all(_frame(c) <= 16384 for c in chunks)
+
+
+def test_a_destination_list_that_leaves_no_room_for_content_is_refused_by_name():
+    crowd = ["p%05d" % i for i in range(500)]   # 4 KB of identities in every chunk
+    try:
+        streams.OutgoingStream("s11", "bytes", "t", crowd, max_frame=4096)
+    except streams.StreamError as e:
+        assert "500 destination identities" in str(e) and "fewer destinations" in str(e), str(e)
+    else:
+        raise AssertionError("a stream whose chunks cannot fit the link was accepted")

@@ -328,18 +328,29 @@ def test_counters_without_labels_are_exposed_from_the_start():
         assert "\n%s 0\n" % name in text, name
 
 
-def test_a_control_frame_over_16384_bytes_is_refused_at_its_header_before_join():
-    """A connection that has not joined cannot make the relay set aside max_frame bytes:
-    its frame header alone announcing a 60000-byte JOIN gets LEAVE 4."""
+def test_a_control_frame_over_max_frame_is_refused_at_its_header_before_join():
+    """LINK.md bounds every frame by max_frame alone: a connection that has not joined
+    makes the relay set aside at most max_frame; a header announcing more gets LEAVE 4
+    at once, before any of its body arrives."""
     s = Sim()
+    mf = s.r.max_frame
     s.open(1)
-    s.feed(1, link.frame_header(link.JOIN, 60000))
+    s.feed(1, link.frame_header(link.JOIN, mf))   # n = type byte + body = mf + 1
     assert 1 in s.closed
     (t, leave), = s.take(1)
-    assert t == link.LEAVE and leave["code"] == link.LEAVE_PROTOCOL and "16384" in leave["reason"], leave
+    assert t == link.LEAVE and leave["code"] == link.LEAVE_PROTOCOL and str(mf) in leave["reason"], leave
     # a JOIN of ordinary size still works, and DATA up to max_frame after it
     s.join(2, "alice@lab")
     assert s.types(2) == [link.JOINED]
+
+
+def test_a_large_join_on_its_way_holds_only_the_bytes_that_arrived():
+    # an unauthenticated peer announcing a JOIN of max_frame bytes and sending 10 of
+    # them must not make the relay set aside max_frame
+    s = Sim()
+    s.open(1)
+    s.feed(1, link.frame_header(link.JOIN, s.r.max_frame - 1) + b"\xa1" * 10)
+    assert 1 not in s.closed and len(s.r._conns[1].reader._buf) == 10
 
 
 def test_one_connection_over_max_connections_gets_leave_5_and_the_others_go_on():

@@ -166,12 +166,46 @@ async def test_malformed_claims_in_a_signed_token_get_leave_3_and_leave_no_trace
     async with RelayUnderTest() as r:      # no room restriction: any room a token names
         for token, words in ((signed(video={"roomJoin": True, "room": ["lab"]}), "must be strings"),
                              (signed(attributes=["a"]), "attributes must be a JSON object"),
-                             (signed(video="lab"), "claims malformed")):
+                             (signed(video="lab"), "claims malformed"),
+                             (signed(sub="\u00e9" * 129), "identity (sub) is 258 bytes of UTF-8, over 256")):
             p = await r.connect()
             await p.join(token, expect=False)
             reason = (await expect_leave(p, link.LEAVE_UNAUTHORIZED))["reason"]
             assert words in reason, reason
         assert r.router.connection_count() == 0 and r.router.rooms() == {}
+
+
+async def test_a_data_frame_of_max_frame_from_the_longest_identity_is_forwarded():
+    # LINK.md: only frames over max_frame are refused; the sender stamp the relay adds
+    # fits STAMP_ROOM for every identity a token may carry.
+    async with RelayUnderTest() as r:
+        longest = "i" * auth.MAX_IDENTITY_BYTES
+        alice = await r.peer(longest)
+        bob = await r.peer("bob")
+        mf = alice.joined["max_frame"]
+        pkt = models.DataPacket(user=models.UserPacket(payload=b"", topic="t"))
+        pkt.destination_identities.append("bob")
+        pad = mf - 1 - len(pkt.SerializeToString())
+        pkt.user.payload = b"p" * pad
+        pad -= 1 + len(pkt.SerializeToString()) - mf     # the length prefixes grew with it
+        pkt.user.payload = b"p" * pad
+        body = pkt.SerializeToString()
+        assert 1 + len(body) == mf, (1 + len(body), mf)
+        await alice.send_data(body)
+        got = parse(await _skip_to(bob, link.DATA))
+        assert got.participant_identity == longest and len(got.user.payload) == pad
+
+
+async def test_a_join_over_16_kib_within_max_frame_is_taken():
+    # LINK.md bounds frames by max_frame alone: a token with large claims that are not
+    # announced (metadata) makes a large JOIN, and it is still a JOIN.
+    token = jwt.encode({"iss": auth.DEV_API_KEY, "sub": "meta", "exp": int(time.time()) + 600,
+                        "metadata": "m" * 20000, "video": {"roomJoin": True, "room": "lab"}},
+                       auth.DEV_API_SECRET, algorithm="HS256")
+    async with RelayUnderTest() as r:
+        p = await r.connect()
+        joined = await p.join(token)
+        assert joined["identity"] == "meta" and joined["max_frame"] > 20000 + 100
 
 
 def test_a_relay_fault_on_one_input_drops_only_that_connection():
