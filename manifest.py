@@ -12,14 +12,17 @@ metadata(description="lkedge: a MicroPython board as a LiveKit room participant"
 # The port's own frozen modules (asyncio, network helpers, ...) stay in the firmware.
 include("$(PORT_DIR)/boards/manifest.py")
 
-# lib/lkedge/*.py -> the `lkedge` package.
-package("lkedge", base_path="lib")
+# lib/lkedge/*.py -> the `lkedge` package, less the modules for relays, tests and
+# CPython only (lkedge deploy's HOST_ONLY), which a board never imports.
+import os  # noqa: E402
+
+_HOST_ONLY = ("hoststream.py", "memroom.py", "relayside.py")
+package("lkedge", files=sorted(n for n in os.listdir("lib/lkedge") if n.endswith(".py") and n not in _HOST_ONLY),
+        base_path="lib")
 
 # The board application's modules (all of firmware/*.py but boot.py and main.py),
 # importable by name as from the filesystem. manifestfile.py runs this file with the
 # manifest's folder as the working directory, so relative paths name repo folders.
-import os  # noqa: E402
-
 if os.path.isdir("firmware"):
     for _name in sorted(os.listdir("firmware")):
         if _name.endswith(".py") and _name not in ("boot.py", "main.py"):

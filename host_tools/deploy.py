@@ -49,6 +49,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RELAY = "tcp://127.0.0.1:7880"
 DEFAULT_ROOM = "lkedge"
 KEEP_SOURCE = ("boot.py", "main.py")  # a board runs these two from source, by name
+# Library modules for relays, tests and CPython only: a board never imports them, so
+# they are not deployed (nor listed in package.json for mip, nor frozen by manifest.py).
+HOST_ONLY = ("hoststream.py", "memroom.py", "relayside.py")
 LIB_DIR_ON_BOARD = "/lib/lkedge"
 MPREMOTE_TIMEOUT_S = 120
 
@@ -125,6 +128,8 @@ def plan_build(profile, lib_dir, firmware_dir, out_dir, mpy_cross):
             f.write(boardbuild.renames_text(renames))
         arts.append(Artifact(LIB_DIR_ON_BOARD + "/renames.txt", table))  # flash only, never imported
     for src in sorted(glob.glob(os.path.join(lib_dir, "*.py"))):
+        if os.path.basename(src) in HOST_ONLY:
+            continue
         name = os.path.basename(src)[:-3]
         try:
             files = boardbuild.compile_module([mpy_cross], profiles.mpy_cross_args(profile), src, name, lib_out,

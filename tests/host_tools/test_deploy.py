@@ -159,12 +159,13 @@ def test_real_library_compiles_for_xtensawin_and_runs_on_the_esp32_board(tmp_pat
     try:
         counts, log = run_deploy(port, "esp32", firmware, REAL_LIB)
         assert "-march=xtensawin" in log
-        sources = [f for f in os.listdir(REAL_LIB) if f.endswith(".py")]
+        sources = [f for f in os.listdir(REAL_LIB) if f.endswith(".py") and f not in deploy.HOST_ONLY]
         with_texts = [f for f in sources
                       if boardbuild.board_source(open(os.path.join(REAL_LIB, f)).read(), f[:-3])[1]]
         # .mpy + .msg + the private-name table + firmware
         assert counts == [len(sources) + len(with_texts) + 1 + 5, 0, 0], log
         assert "copy /lib/lkedge/rpc.msg" in log and "copy /lib/lkedge/renames.txt" in log
+        assert "relayside" not in log and "memroom" not in log   # relays' and tests' only
         _after_reset()
         got = mpremote_out(port, "exec", "import lkedge.consts as c; print(c.__file__, c.CAP_COMPRESSION_DEFLATE_RAW)")
         assert got == "/lib/lkedge/consts.mpy 2\n"
@@ -226,9 +227,9 @@ def test_a_syntax_error_names_the_file(unix_board, firmware, lib):
 def test_package_json_lists_every_library_module_for_mip():
     with open(os.path.join(deploy.ROOT, "package.json")) as f:
         pkg = json.load(f)
-    lib_files = sorted(f for f in os.listdir(REAL_LIB) if f.endswith(".py"))
+    lib_files = sorted(f for f in os.listdir(REAL_LIB) if f.endswith(".py") and f not in deploy.HOST_ONLY)
     assert pkg["urls"] == [["lkedge/" + f, "lib/lkedge/" + f] for f in lib_files], \
-        "package.json must list exactly lib/lkedge/*.py (add new modules to it)"
+        "package.json must list exactly lib/lkedge/*.py but deploy.HOST_ONLY (add new modules to it)"
     assert pkg["deps"] == []  # lkedge needs only MicroPython built-ins
 
 
@@ -238,9 +239,10 @@ def test_mip_installs_the_package_onto_a_board(unix_board, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     installed = os.path.join(str(tmp_path / "flash"), "lib", "lkedge")
     for f in os.listdir(REAL_LIB):
-        if f.endswith(".py"):
+        if f.endswith(".py") and f not in deploy.HOST_ONLY:
             with open(os.path.join(REAL_LIB, f), "rb") as a, open(os.path.join(installed, f), "rb") as b:
                 assert a.read() == b.read(), f
+    assert not any(os.path.exists(os.path.join(installed, f)) for f in deploy.HOST_ONLY)
     assert mpremote_out(unix_board, "exec", "import lkedge.cbor as c; print(c.loads(c.dumps([1, 'a'])))") == "[1, 'a']\n"
 
 
@@ -257,7 +259,8 @@ def test_manifest_freezes_the_library_and_the_app_modules():
     try:
         with open("manifest.py") as f:
             exec(f.read(), api)
-        assert ("package", ("lkedge",), {"base_path": "lib"}) in calls
+        board_lib = sorted(f for f in os.listdir("lib/lkedge") if f.endswith(".py") and f not in deploy.HOST_ONLY)
+        assert ("package", ("lkedge",), {"files": board_lib, "base_path": "lib"}) in calls
         assert os.path.isdir(os.path.join("lib", "lkedge"))
         modules = [a[0] for name, a, k in calls if name == "module"]
         for name, a, k in calls:
