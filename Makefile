@@ -39,7 +39,7 @@ test-micropython: setup
 bench: setup
 	$(PY) -m lkedge_host.bench.throughput
 	$(PY) -m lkedge_host.bench.board_heap
-	$(PY) -m lkedge_host.bench.load --participants 1000 --seconds 60
+	$(PY) -m lkedge_host.bench.load --participants 1000 --seconds 60 --workers 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
