@@ -22,7 +22,16 @@ interpreter (exit codes in emulation/__init__.py) and the supervisor starts a ne
 with the same flash and the same pty, so mpremote stays connected across resets.
 
 Output nobody reads (no program has the pty open) is kept up to OUT_MAX bytes, oldest
-dropped, like a UART with no listener; the board is never blocked by it.
+dropped, like a UART with no listener; the board is never blocked by it, nor by its own
+log on stderr (lines wait, up to LOG_MAX bytes, until stderr takes them), so SIGTERM
+always stops it.
+
+One board per flash folder: the flash path makes the board's unique id (its room
+identity), so a second board on the same folder is refused while the first runs (an
+flock on FLASH.lock, beside the folder since the board sees everything inside it; the
+OS drops it when the process ends). Only the flash folder itself is made, never its
+parents. An interpreter that ends START_TRIES times in a row before it is ready (not a
+MicroPython unix port, a broken install) stops the board with exit status 1.
 
 Library use: `launch(profile, flash) -> (Popen, pty_path)` starts `python -m
 lkedge_host.board` and waits for the pty line (tests, demos).
@@ -33,6 +42,7 @@ import fcntl
 import hashlib
 import os
 import pty
+import select
 import selectors
 import shutil
 import signal
@@ -62,6 +72,13 @@ def interpreter_heapsize(heap, frozen=()):
     and the GC's block tables (about 1/32 of the heap; 1/16 leaves room)."""
     return heap + heap // 16 + ROM_HEAP + (FROZEN_HEAP if frozen else 0)
 CRASH_RESTART_DELAY_S = 0.5
+# An interpreter that ends this many times in a row before it reports ready (a wrong
+# --micropython, a broken install) is not a board in a reset loop: the board stops.
+START_TRIES = 3
+# Log lines nobody reads (stderr a full pipe) wait here, oldest dropped: the log must
+# never block the board, nor its shutdown on SIGTERM.
+LOG_MAX = 64 * 1024
+LOG_CHUNK = 512
 # A chip takes a moment to boot after a hard reset; the pause also keeps a firmware
 # that resets in a loop from spinning the host CPU. Input is held meanwhile.
 BOOT_TIME_S = 0.2
@@ -125,13 +142,18 @@ class Supervisor:
         self.wdt_deadline = None
         self.stopping = False
         self.resets = 0
+        self.logbuf = bytearray()
+        self.boot_out = bytearray()  # what the current interpreter said before it was ready
+        self.failed_starts = 0
+        self.failure = None
 
     def uid(self):
         n = 6 if self.profile["port"] == "esp32" else 8
         return hashlib.sha256((self.profile["name"] + ":" + self.flash).encode()).digest()[:n]
 
     def start(self, cause, mode, keep_watchdog=False):
-        os.makedirs(self.flash, exist_ok=True)
+        if not os.path.isdir(self.flash):
+            os.mkdir(self.flash)  # an erased flash: the folder itself, never its parents
         heap = self.profile["heap"]
         rd, wr = os.pipe()
         frozen = self.profile.get("frozen", [])
@@ -154,6 +176,7 @@ class Supervisor:
         self.ctl = rd
         self.ctl_buf = b""
         self.ready = False
+        self.boot_out = bytearray()
         if not keep_watchdog:
             self.wdt_ms = 0
             self.wdt_deadline = None
@@ -184,17 +207,22 @@ class Supervisor:
                 if data:
                     self.inbuf += data
             elif fd == self.board_master and mask & selectors.EVENT_READ:
-                data = self._read(fd)
-                if data:
-                    self.outbuf += data
-                    if len(self.outbuf) > OUT_MAX:
-                        del self.outbuf[:len(self.outbuf) - OUT_MAX]
+                self._board_data(self._read(fd))
             elif fd == self.ctl:
                 self._control()
         if self.ready and self.inbuf:
             self._write(self.board_master, self.inbuf)
         if self.outbuf:
             self._write(self.port_master, self.outbuf)
+
+    def _board_data(self, data):
+        if not data:
+            return
+        self.outbuf += data
+        if len(self.outbuf) > OUT_MAX:
+            del self.outbuf[:len(self.outbuf) - OUT_MAX]
+        if not self.ready:
+            self.boot_out = (self.boot_out + data)[-1024:]
 
     def _control(self):
         data = self._read(self.ctl)
@@ -245,16 +273,32 @@ class Supervisor:
         if code is None:
             return
         self._drain_board()
+        self._control()  # an "R" still in the pipe: the interpreter did start
+        if self._failed_start(code):
+            return
         cause, mode = self._next_boot(code)
         # a soft reboot does not stop an armed watchdog (it is hardware on a board)
         self._restart(cause, mode, keep_watchdog=code in (emu.EXIT_SOFT_FRIENDLY, emu.EXIT_SOFT_RAW))
+
+    def _failed_start(self, code):
+        """Count an interpreter that ended before it was ready; True when the board gives up."""
+        self.failed_starts = 0 if self.ready else self.failed_starts + 1
+        if self.failed_starts < START_TRIES:
+            return False
+        said = bytes(self.boot_out).decode("utf-8", "replace").strip()
+        self.failure = ("the interpreter %s ended with code %s before the board was ready, %d times in a row%s:"
+                        " stopping (--micropython must be the MicroPython unix port)"
+                        % (self.micropython, code, self.failed_starts, "; it said: " + said if said else ""))
+        self._say(self.failure)
+        self.stopping = True
+        return True
 
     def _drain_board(self):
         while True:
             data = self._read(self.board_master)
             if not data:
                 return
-            self.outbuf += data
+            self._board_data(data)
 
     def _restart(self, cause, mode, keep_watchdog=False):
         self.sel.unregister(self.ctl)  # before close: the new pipe may reuse the number
@@ -265,8 +309,30 @@ class Supervisor:
         self.sel.register(self.ctl, selectors.EVENT_READ)
 
     def _say(self, msg):
-        if self.log is not None:
-            print("lkedge board: %s" % msg, file=self.log, flush=True)
+        if self.log is None:
+            return
+        line = "lkedge board: %s\n" % msg
+        try:
+            self.log.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file (io.StringIO)
+            print(line, end="", file=self.log, flush=True)
+            return
+        self.logbuf += line.encode("utf-8", "replace")
+        while len(self.logbuf) > LOG_MAX:
+            del self.logbuf[:self.logbuf.index(b"\n") + 1]
+        self._flush_log()
+
+    def _flush_log(self):
+        """Write queued log lines as far as the log takes them without blocking."""
+        fd = self.log.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        try:
+            # POLLOUT on a pipe: a write of up to PIPE_BUF (4096) bytes does not block
+            while self.logbuf and poll.poll(0):
+                del self.logbuf[:os.write(fd, self.logbuf[:LOG_CHUNK])]
+        except OSError:
+            self.logbuf.clear()  # the log is gone (closed pipe): nobody to tell
 
     def serve(self):
         """Run until stop() or a signal; returns the process exit status (0)."""
@@ -281,9 +347,11 @@ class Supervisor:
                 events = sel.select(0.02 if (self.inbuf or self.outbuf) else 0.1)
                 self._pump(events)
                 self._check_exit()
+                if self.logbuf:
+                    self._flush_log()
         finally:
             self.shutdown()
-        return 0
+        return 1 if self.failure else 0
 
     def stop(self, *_):
         self.stopping = True
@@ -317,10 +385,9 @@ def _check(args, flash):
         args.micropython = found
     if os.path.exists(flash) and not os.path.isdir(flash):
         return "--flash %s is a file, not a folder (the board's flash filesystem)" % flash
-    try:
-        os.makedirs(flash, exist_ok=True)
-    except OSError as e:
-        return "cannot make the flash folder %s: %s" % (flash, e.strerror or e)
+    why = _make_flash(flash)
+    if why is not None:
+        return why
     link = args.port_link
     if link:
         if os.path.lexists(link) and not os.path.islink(link):
@@ -328,6 +395,65 @@ def _check(args, flash):
         if not os.path.isdir(os.path.dirname(os.path.abspath(link))):
             return "--port-link %s: folder %s does not exist" % (link, os.path.dirname(link) or ".")
     return None
+
+
+def _make_flash(flash):
+    """Make the flash folder itself, never its parents (a mistyped path must not become a tree)."""
+    parent = os.path.dirname(os.path.abspath(flash))
+    if not os.path.isdir(parent):
+        return "--flash %s: folder %s does not exist (only the flash folder itself is made)" % (flash, parent)
+    try:
+        if not os.path.isdir(flash):
+            os.mkdir(flash)
+    except OSError as e:
+        return "cannot make the flash folder %s: %s" % (flash, e.strerror or e)
+    return None
+
+
+def lock_path(flash):
+    """The lock of a flash folder: beside it, as the board sees every file inside it."""
+    return os.path.realpath(flash) + ".lock"
+
+
+def _lock_flash(flash, path):
+    """(fd, None) holding the flash folder's lock `path` for this process's life, or (None, why).
+
+    One board per flash: the flash path is the board's unique id (its room identity),
+    and two boards on it would push each other out of the room and share one flash log.
+    flock is released by the OS when the process ends, however it ends."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            return None, "cannot make the lock file %s: %s" % (path, e.strerror or e)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            return None, ("flash folder %s is in use by another emulated board (pid %s, lock %s); "
+                          "run a second board with its own flash: --flash OTHER_DIR" % (flash, pid, path))
+        if _same_file(fd, path):  # not a lock file a stopping board has just removed
+            os.ftruncate(fd, 0)
+            os.write(fd, b"%d\n" % os.getpid())
+            return fd, None
+        os.close(fd)
+
+
+def _same_file(fd, path):
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _unlock_flash(fd, path):
+    try:
+        os.unlink(path)  # while still locked: a board that opened it retries on a new file
+    except FileNotFoundError:
+        pass
+    os.close(fd)
 
 
 def run(args):
@@ -338,9 +464,19 @@ def run(args):
         return 2
     flash = args.flash or "./.board-%s" % profile["name"]
     why = _check(args, flash)
+    lock, lock_file = None, lock_path(flash)
+    if why is None:
+        lock, why = _lock_flash(flash, lock_file)
     if why is not None:
         print("lkedge board: %s" % why, file=sys.stderr)
         return 2
+    try:
+        return _run_board(args, profile, flash)
+    finally:
+        _unlock_flash(lock, lock_file)
+
+
+def _run_board(args, profile, flash):
     sup = Supervisor(profile, flash, find_micropython(args.micropython))
     if args.port_link:
         if os.path.islink(args.port_link):

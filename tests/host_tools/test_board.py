@@ -189,9 +189,9 @@ def _pty_session(port, chunks):
     return got
 
 
-def _readable(fd):
+def _readable(fd, timeout=0.05):
     import select
-    return bool(select.select([fd], [], [], 0.05)[0])
+    return bool(select.select([fd], [], [], timeout)[0])
 
 
 def test_friendly_repl_evaluates_lines_compound_statements_and_paste_mode(unix_board):
@@ -238,4 +238,140 @@ def test_option_mistakes_are_said_before_the_board_starts(tmp_path):
     assert "is a file, not a folder" in run("--flash", str(a_file))
     assert "exists and is not a symlink" in run("--flash", str(tmp_path / "f"), "--port-link", str(a_file))
     assert "does not exist" in run("--flash", str(tmp_path / "f"), "--port-link", str(tmp_path / "no" / "pty"))
+    no_parent = tmp_path / "no" / "such" / "flash"
+    assert "--flash %s: folder %s does not exist" % (no_parent, no_parent.parent) in run("--flash", str(no_parent))
+    assert not (tmp_path / "no").exists()  # only the flash folder itself is ever made
     assert a_file.read_text() == ""
+
+
+def _board_cmd(*args):
+    return [sys.executable, "-m", "lkedge_host.board"] + list(args)
+
+
+def _children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _gone(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(") ", 1)[1].startswith("Z")
+    except FileNotFoundError:
+        return True
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_a_second_board_on_the_same_flash_refuses_to_start(flash):
+    first, port = _start("unix", flash)
+    try:
+        r = subprocess.run(_board_cmd("--profile", "esp32", "--flash", flash), capture_output=True,
+                           text=True, timeout=20)
+        assert r.returncode == 2 and "emulated on" not in r.stdout, (r.stdout, r.stderr)
+        assert "flash folder %s is in use by another emulated board (pid %d" % (flash, first.pid) in r.stderr
+        assert "--flash OTHER_DIR" in r.stderr
+        # the lock is beside the flash folder: the board's filesystem does not show it
+        assert os.listdir(flash) == [] and out(port, "fs", "ls").strip() == "ls :"
+        assert os.path.exists(flash + ".lock")
+        interpreter = _children(first.pid)
+        first.kill()  # a crashed board leaves no stale lock behind
+        first.wait(5)
+        assert _wait_for(lambda: all(_gone(p) for p in interpreter))
+        again, _ = _start("unix", flash)
+        _stop(again)
+        assert again.returncode == 0
+        assert not os.path.exists(flash + ".lock")  # a board that stops removes its lock
+    finally:
+        _stop(first)
+
+
+def test_an_interpreter_that_cannot_start_stops_the_board(tmp_path):
+    r = subprocess.run(_board_cmd("--flash", str(tmp_path / "f"), "--micropython", "/bin/false"),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.stderr.count("restarting it as a hard reset") == board.START_TRIES - 1, r.stderr
+    assert "the interpreter /bin/false ended with code 1 before the board was ready, 3 times in a row" in r.stderr
+    fake = tmp_path / "not-micropython"
+    fake.write_text("#!/bin/sh\necho 'unknown option -X' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    r = subprocess.run(_board_cmd("--flash", str(tmp_path / "f"), "--micropython", str(fake)),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "ended with code 3" in r.stderr and "it said: unknown option -X" in r.stderr
+
+
+def test_a_board_whose_interpreter_crashes_is_restarted_each_time(flash):
+    proc, port = _start("unix", flash)
+    try:
+        for _ in range(board.START_TRIES + 1):
+            out(port, "exec", "print(1)")
+            (pid,) = _children(proc.pid)
+            os.kill(pid, 9)
+            assert _wait_for(lambda: _children(proc.pid) not in ([], [pid]))
+        assert out(port, "exec", "import machine; print(machine.reset_cause())") == "2\n"  # HARD_RESET
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0
+
+
+def _full_pipe():
+    """A pipe nobody reads that is already full: a blocking write to it never returns."""
+    rd, wr = os.pipe()
+    os.set_blocking(wr, False)
+    try:
+        while True:
+            os.write(wr, b"x" * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(wr, True)
+    return rd, wr
+
+
+def _start_logging_to(fd, flash):
+    proc = subprocess.Popen(_board_cmd("--profile", "unix", "--flash", flash), stdout=subprocess.PIPE,
+                            stderr=fd, text=True)
+    line = proc.stdout.readline() if _readable(proc.stdout.fileno(), 10) else ""
+    assert " emulated on " in line, line
+    return proc, line.split(" emulated on ", 1)[1].split(" ", 1)[0]
+
+
+def test_sigterm_stops_a_board_whose_log_nobody_reads(flash):
+    rd, wr = _full_pipe()
+    proc, _ = _start_logging_to(wr, flash)
+    try:
+        time.sleep(0.5)  # the board has something to log (its heap line) and has started
+        proc.terminate()
+        assert proc.wait(5) == 0
+    finally:
+        _stop(proc)
+        os.close(rd)
+        os.close(wr)
+
+
+def test_a_log_nobody_reads_does_not_block_the_board_and_is_written_later(flash):
+    rd, wr = _full_pipe()
+    proc, port = _start_logging_to(wr, flash)
+    try:
+        out(port, "exec", "--no-follow", "import machine; machine.reset()")
+        time.sleep(board.BOOT_TIME_S + 0.2)
+        assert out(port, "exec", "print(1+1)") == "2\n"
+        got = b""
+        end = time.monotonic() + 5
+        while b"machine.reset(): restarting" not in got and time.monotonic() < end:
+            got += os.read(rd, 65536) if _readable(rd) else b""
+        assert b"lkedge board: heap " in got and b"machine.reset(): restarting" in got
+    finally:
+        _stop(proc)
+        os.close(rd)
+        os.close(wr)
