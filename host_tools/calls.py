@@ -6,23 +6,26 @@ given.
 """
 import argparse
 import asyncio
+import codecs
 import hashlib
 import importlib.util
 import inspect
+import itertools
 import os
+import shutil
 import sys
 import time
 
 from lkedge import link
 from lkedge.config import RoomOptions
+from lkedge.consts import MAX_V1_PAYLOAD_BYTES, RPC_ACK_TIMEOUT_MS
 from lkedge.room import ConnectError, Room
 from lkedge.rpc import RpcError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_RPC, EXIT_CONNECT = 0, 1, 2, 3, 4
 DEFAULT_URL = "tcp://127.0.0.1:7880"
 DEFAULT_ROOM = "lkedge"
-
-
+_PIECE = 65536   # bytes: payloads over this are streamed in pieces of about this size
 
 
 class UsageError(Exception):
@@ -75,6 +78,7 @@ def add_connection_arguments(p, identity_default):
     p.add_argument("--cafile", default=os.environ.get("LKEDGE_CAFILE"), metavar="PEM",
                    help="CA certificate(s) to trust for tls:// and wss://, e.g. the relay's own "
                         "--tls-cert when it is self-signed (env LKEDGE_CAFILE; default: the system's)")
+    p.set_defaults(auto_identity=identity_default)  # an identity nobody chose: no one else has it
 
 
 def prepare_connection(args):
@@ -112,8 +116,14 @@ def _join_failure(args, e):
     if getattr(e, "leave_code", None) == 3 and getattr(args, "minted", False):
         msg += ("; the token was minted here with API key %r: give the relay's keys (--api-key/"
                 "--api-secret or LIVEKIT_API_KEY/LIVEKIT_API_SECRET) or a --token it accepts" % args.key)
-    elif "CERTIFICATE_VERIFY_FAILED" in msg and args.cafile is None:
-        msg += "; to trust the relay's own (e.g. self-signed) certificate use --cafile CERT.pem"
+    elif "CERTIFICATE_VERIFY_FAILED" in msg:
+        if args.cafile is None:
+            msg += "; to trust the relay's own (e.g. self-signed) certificate use --cafile CERT.pem"
+    elif args.url.lower().startswith(("tls:", "wss:")) and any(
+            t in msg for t in ("TLS handshake failed", "ConnectionResetError", "EOF")):
+        msg += ("; %sthe relay may not speak TLS there (a relay without --tls-cert takes tcp:// "
+                "on its link port and ws:// on its WebSocket port)" % (
+                    "" if "TLS handshake failed" in msg else "the TLS handshake failed: "))
     return msg
 
 
@@ -126,6 +136,68 @@ def room_options(args, auto_reconnect=False):
     if args.cafile is not None:
         opts.transport_options = {"cafile": args.cafile}
     return opts
+
+
+def _claims(token):
+    """What a token says (identity "sub", issuer "iss", room), read without verifying it (the
+    relay does); {} when it is not a JWT."""
+    try:
+        import jwt
+        return jwt.decode(token, options={"verify_signature": False})
+    except Exception:
+        return {}
+
+
+def _refuse_taken(args, taken, whose):
+    """UsageError when the identity our token names is in `taken`: joining with it would push
+    that participant out of the room (the relay ends its link with LEAVE 2)."""
+    ours = _claims(args.token).get("sub")
+    if ours in taken:
+        raise UsageError("%r, the identity we would join as, is %s: joining with it would push that "
+                         "participant out of the room (LEAVE 2); %s" % (
+                             ours, whose, "choose another --identity" if args.minted
+                             else "use a token for another identity"))
+
+
+def _probe_token(args):
+    """A token for a throwaway identity in the room ours names, minted with the keys that
+    signed ours; None for an identity nobody chose or keys that are not ours to use."""
+    claims = _claims(args.token)
+    room = (claims.get("video") or {}).get("room")
+    if claims.get("sub") == args.auto_identity or not room:
+        return None
+    from lkedge_host.relay import auth
+    try:
+        key, secret = auth.resolve_keys(args.api_key, args.api_secret)
+    except auth.KeyConfigError:
+        return None
+    if claims.get("iss") != key:
+        return None
+    return auth.mint_token(key, secret, identity="%s-probe" % args.auto_identity, room=room)
+
+
+async def _check_identity_free(args, command):
+    """Before joining under a chosen identity (--identity, --token), look at the room as a
+    throwaway participant and refuse (UsageError) when that identity is already in it. False
+    after saying why the room could not be joined."""
+    token = _probe_token(args)
+    if token is None:
+        return True
+    room = await _join(argparse.Namespace(**dict(vars(args), token=token)), command)
+    if room is None:
+        return False
+    try:
+        present = await _others(room)
+    finally:
+        await room.disconnect()
+    _refuse_taken(args, {p.identity for p in present}, "already in room %s" % room.name)
+    return True
+
+
+async def _others(room):
+    """The other participants, once those listed after JOINED (a big room) have come in."""
+    await asyncio.sleep(0.1)
+    return sorted(room.remote_participants.values(), key=lambda p: p.identity)
 
 
 async def _join(args, command, auto_reconnect=False):
@@ -154,13 +226,14 @@ def _human(n):
 class Progress:
     """A progress line on stderr for large transfers (redrawn in place on a tty)."""
 
-    def __init__(self, label, total=None, min_bytes=65536):
+    def __init__(self, label, total=None, min_bytes=_PIECE, quiet=False):
         self.label = label
         self.total = total
         self.done = 0
         self.t0 = time.monotonic()
         self.shown = False
         self.min_bytes = min_bytes
+        self.quiet = quiet
         self.tty = sys.stderr.isatty()
         self._last = 0.0
 
@@ -172,6 +245,8 @@ class Progress:
             self._draw(False)
 
     def _draw(self, final):
+        if self.quiet:
+            return
         rate = self.done / max(time.monotonic() - self.t0, 1e-6)
         if self.total:
             pct = 100.0 * self.done / self.total
@@ -182,64 +257,132 @@ class Progress:
         else:
             line = "%s %s %s/s" % (self.label, _human(self.done), _human(rate))
         if self.tty:
-            sys.stderr.write("\r" + line + ("\n" if final else ""))
+            sys.stderr.write("\r" + line + "\033[K" + ("\n" if final else ""))
         elif final:
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
         self.shown = True
 
-    def finish(self):
+    def finish(self, label=None):
+        self.label = label or self.label
         if self.done >= self.min_bytes:
             self._draw(True)
 
 
-class _TextPieces:
-    """The request payload as an async iterable of str pieces, counting progress."""
+class _Waiting:
+    """On a terminal, once the request is out: a line counting the seconds until the answer
+    starts (the relay may still be delivering the request, the handler working on it)."""
 
-    def __init__(self, text, progress, piece=65536):
-        self.text = text
-        self.pos = 0
+    def __init__(self, who, show):
+        self.task = asyncio.ensure_future(self._tick(who)) if show else None
+
+    async def _tick(self, who):
+        t0 = time.monotonic()
+        while True:
+            await asyncio.sleep(0.25)
+            sys.stderr.write("\rwaiting for %s's answer %.1f s\033[K" % (who, time.monotonic() - t0))
+            sys.stderr.flush()
+
+    def stop(self):
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+            sys.stderr.write("\r\033[K")  # the line is cleared before the answer is written
+            sys.stderr.flush()
+
+
+class _Pieces:
+    """str pieces as the async iterable perform_rpc_stream sends. A piece counts in `progress`
+    once the link has written it: the next one is asked for only then."""
+
+    def __init__(self, pieces, progress):
+        self.pieces = pieces
         self.progress = progress
-        self.piece = piece
+        self.held = 0
 
     def __aiter__(self):
         return self
 
     async def __anext__(self):
-        if self.pos >= len(self.text):
+        self.progress.add(self.held)
+        s = next(self.pieces, None)
+        self.held = 0 if s is None else len(s.encode())
+        if s is None:
             raise StopAsyncIteration
-        s = self.text[self.pos:self.pos + self.piece]
-        self.pos += len(s)
-        self.progress.add(len(s.encode()))
         return s
 
 
+class _Request:
+    """The request payload: `size` UTF-8 bytes of `text`, or of the file at `path` (a large
+    @file, read again in pieces while it is sent: any size takes bounded memory)."""
+
+    def __init__(self, text="", path=None, size=None):
+        self.text = text
+        self.path = path
+        self.size = len(text.encode()) if path is None else size
+
+    def payload(self, progress):
+        """What perform_rpc_stream sends: a small request as one str, a larger one in pieces."""
+        if self.path is not None:
+            return _Pieces(_file_pieces(self.path), progress)
+        if self.size <= _PIECE:
+            return self.text
+        t = self.text
+        return _Pieces((t[i:i + _PIECE] for i in range(0, len(t), _PIECE)), progress)
+
+
+_PAYLOAD_IS_TEXT = ": an RPC payload is text; encode binary data first, e.g. base64"
+
+
+def _utf8_pieces(chunks, what, why=_PAYLOAD_IS_TEXT):
+    """str pieces of an iterable of bytes, decoded as UTF-8 as they come; UsageError naming
+    `what` and the offset of its first byte that is not UTF-8."""
+    dec = codecs.getincrementaldecoder("utf-8")()
+    at = 0
+    for b in itertools.chain(chunks, (None,)):
+        held = len(dec.getstate()[0])   # bytes of a character cut by the previous chunk
+        try:
+            s = dec.decode(b or b"", final=b is None)
+        except UnicodeDecodeError as e:
+            raise UsageError("%s is not UTF-8 text (byte %d: %s)%s" % (what, at - held + e.start, e.reason, why))
+        at += len(b or b"")
+        if s:
+            yield s
+
+
+def _chunks(f):
+    return iter(lambda: f.read(_PIECE), b"")
+
+
+def _file_pieces(path):
+    """The text of payload file `path` in str pieces; UsageError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            yield from _utf8_pieces(_chunks(f), "payload file %s" % path)
+    except FileNotFoundError:
+        raise UsageError("payload file %s does not exist (@FILE reads a file; to send "
+                         "text that starts with @, pipe it in with -)" % path)
+    except IsADirectoryError:
+        raise UsageError("payload file %s is a directory" % path)
+    except OSError as e:
+        raise UsageError("cannot read payload file %s: %s" % (path, e.strerror or e))
+
+
 def _read_payload(arg):
-    """The request payload (text); UsageError naming the file for an unreadable @file."""
+    """The request (_Request), checked before joining: UsageError for an unreadable @file or
+    a payload that is not UTF-8 text. A large regular @file is streamed from the file."""
     if arg is None:
-        return ""
+        return _Request()
     if arg == "-":
-        try:
-            return sys.stdin.read()
-        except UnicodeDecodeError as e:
-            raise UsageError("standard input is not UTF-8 text (%s): an RPC payload is text; "
-                             "encode binary data first, e.g. base64" % e.reason)
-    if arg.startswith("@"):
-        path = arg[1:]
-        try:
-            with open(path, encoding="utf-8") as f:
-                return f.read()
-        except FileNotFoundError:
-            raise UsageError("payload file %s does not exist (@FILE reads a file; to send "
-                             "text that starts with @, pipe it in with -)" % path)
-        except IsADirectoryError:
-            raise UsageError("payload file %s is a directory" % path)
-        except UnicodeDecodeError as e:
-            raise UsageError("payload file %s is not UTF-8 text (byte %d: %s): an RPC payload is "
-                             "text; encode binary data first, e.g. base64" % (path, e.start, e.reason))
-        except OSError as e:
-            raise UsageError("cannot read payload file %s: %s" % (path, e.strerror or e))
-    return arg
+        return _Request("".join(_utf8_pieces(_chunks(sys.stdin.buffer), "standard input")))
+    if not arg.startswith("@"):
+        return _Request("".join(_utf8_pieces([os.fsencode(arg)], "the payload argument")))
+    path = arg[1:]
+    if os.path.isfile(path) and os.path.getsize(path) > _PIECE:
+        for _ in _file_pieces(path):  # all UTF-8 (one pass, in pieces)
+            pass
+        return _Request(path=path, size=os.path.getsize(path))
+    return _Request("".join(_file_pieces(path)))
 
 
 def _check_output(path):
@@ -255,19 +398,123 @@ def _check_output(path):
         raise UsageError("--output %s is not writable" % path)
 
 
+class OutputError(Exception):
+    """The response could not be written (exit 1); the message names where and why."""
+
+
+class _Sink:
+    """Where the response goes, as bytes. A regular --output FILE is written as a temporary
+    file beside it, renamed over FILE by commit() only: a failed or interrupted call leaves
+    FILE as it was. Standard output, and a device or pipe given as FILE, are written as they
+    are; only the default output on a terminal gets a newline after an answer without one."""
+
+    f = None
+
+    def __init__(self, path):
+        self.tmp = None
+        self.last = b""
+        self.newline = path is None and sys.stdout.isatty()
+        self.name = "standard output" if path in (None, "-") else path
+        if path in (None, "-"):
+            sys.stdout.flush()
+            self.f = sys.stdout.buffer
+            return
+        self.target = os.path.realpath(path)
+        if os.path.exists(self.target) and not os.path.isfile(self.target):
+            self.f = self._do(open, self.target, "wb")   # /dev/null, a FIFO: nothing to rename
+            return
+        self.tmp = "%s.%d.part" % (os.path.join(os.path.dirname(self.target), "." +
+                                                os.path.basename(self.target)), os.getpid())
+        self.f = self._do(open, self.tmp, "xb")
+        if os.path.exists(self.target):
+            self._do(shutil.copymode, self.target, self.tmp)
+
+    def _do(self, fn, *args):
+        try:
+            return fn(*args)
+        except BrokenPipeError:
+            raise   # stdout closed early (`| head`): cli.main stops quietly
+        except OSError as e:
+            if self.f is sys.stdout.buffer:
+                from .cli import drop_stdout
+                drop_stdout()   # no second error when Python flushes it at exit
+            raise OutputError("cannot write the response to %s: %s" % (self.name, e.strerror or e))
+
+    def write(self, b):
+        self._do(self.f.write, b)
+        self.last = b[-1:] or self.last
+
+    def commit(self):
+        if self.newline and self.last not in (b"", b"\n"):
+            self.write(b"\n")
+        self._do(self.f.flush)
+        if self.f is not sys.stdout.buffer:
+            self._do(self.f.close)
+        if self.tmp is not None:
+            self._do(os.replace, self.tmp, self.target)
+            self.tmp = None
+
+    def discard(self):
+        """After a failure: drop the temporary file; True when there was one (FILE not written)."""
+        if self.f is not None and self.f is not sys.stdout.buffer:
+            try:
+                self.f.close()
+            except OSError:
+                pass
+        if self.tmp is None:
+            return False
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+        self.tmp = None
+        return True
+
+
 # ------------------------------------------------------------------ call
+CALL_NOTES = """output:
+  The response is written as received, byte for byte, to standard output or to
+  -o FILE (- is standard output). Only when no -o is given and standard output is a
+  terminal does a response that does not end in a newline get one. -o FILE is written
+  to a temporary file beside FILE and renamed over it once the whole response is in:
+  a failed or interrupted call leaves FILE as it was.
+
+progress (on stderr, for more than 64 KiB; not with -q):
+  "sending" counts what our link has written to the relay, which may still be delivering
+  it when the bar ends ("sent to the relay"); then, on a terminal, "waiting for X's
+  answer" counts the seconds until the answer starts; "receiving" counts the answer.
+  A large @file is streamed from the file: it is never held whole in memory.
+
+exit codes:
+  0    ok
+  1    no answer within --timeout (1502) or no acknowledgement within 7 s (1501);
+       the response could not be written; any other error (the message says which)
+  2    usage: bad arguments, a payload that is not UTF-8 text, or an identity to join as
+       that is the destination's or already in the room
+  3    RPC error: returned by the destination, or said here: not in the room (1401), a
+       request too large for RPC v1 (1402), the destination left during the call (1503)
+  4    connection failure: the relay unreachable or refusing us, or our own link lost
+       or ended by the relay during the call (its LEAVE code and reason are shown)
+  130  interrupted (Ctrl-C)"""
+
+
 def add_call_arguments(p):
     p.add_argument("destination", help="identity of the participant to call")
     p.add_argument("method", help="method name registered there")
     p.add_argument("payload", nargs="?", default=None,
-                   help="request payload: text, @file to read a file, - for stdin (default empty)")
+                   help="request payload (UTF-8 text): text, @file to read a file (streamed when "
+                        "large), - for stdin (default empty)")
     p.add_argument("--timeout", type=_timeout, default=15.0,
-                   help="response timeout in seconds (default %(default)s)")
+                   help="seconds to wait for the answer once the request is sent (default %(default)s)")
     p.add_argument("--wait", type=_wait, default=5.0,
                    help="seconds to wait for the destination to appear in the room (default %(default)s)")
-    p.add_argument("--output", "-o", default=None, help="write the response to this file instead of stdout (- for stdout)")
+    p.add_argument("--output", "-o", default=None,
+                   help="write the response to this file (replaced only when the call succeeds) "
+                        "instead of stdout; - for stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or timing on stderr")
     add_connection_arguments(p, "cli-%d" % os.getpid())
+    p.epilog = CALL_NOTES
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 async def _wait_for(room, identity, seconds):
@@ -276,108 +523,142 @@ async def _wait_for(room, identity, seconds):
         await asyncio.sleep(0.05)
 
 
-async def _call(args, payload):
+def _say(code, msg):
+    print("lkedge call: " + msg, file=sys.stderr)
+    return code
+
+
+async def _call(args, request):
+    if not await _check_identity_free(args, "call"):
+        return EXIT_CONNECT
     room = await _join(args, "call")
     if room is None:
         return EXIT_CONNECT
+    sink = None
     try:
-        if room.local_participant.identity == args.destination:
-            print("lkedge call: error: %r is our own identity in room %s (the token's): give --identity "
-                  "or --token of another participant" % (args.destination, room.name), file=sys.stderr)
-            return EXIT_USAGE
-        await _wait_for(room, args.destination, args.wait)
-        size = len(payload.encode())
-        up = Progress("sending", size)
-        t0 = time.monotonic()
-        reader = await room.local_participant.perform_rpc_stream(
-            destination_identity=args.destination, method=args.method,
-            payload=_TextPieces(payload, up) if size > 65536 else payload,
-            response_timeout=args.timeout)
-        if not args.quiet:
-            up.finish()
-        down = Progress("receiving")
-        to_file = args.output not in (None, "-")
-        try:
-            out = open(args.output, "w", encoding="utf-8") if to_file else sys.stdout
-        except OSError as e:
-            reader.cancel()
-            print("lkedge call: error: cannot write --output %s: %s" % (args.output, e.strerror or e),
-                  file=sys.stderr)
-            return EXIT_ERROR
-        h = hashlib.sha256()
-        try:
-            async for piece in reader:
-                out.write(piece)
-                b = piece.encode()
-                h.update(b)
-                down.add(len(b))
-        finally:
-            if to_file:
-                out.close()
-        if not to_file:
-            out.write("\n")
-            out.flush()
-        if not args.quiet:
-            down.finish()
-            print("lkedge call: %s.%s ok in %.3f s (%s sent, %s received, sha256 %s)" % (
-                args.destination, args.method, time.monotonic() - t0, _human(size),
-                _human(down.done), h.hexdigest()[:16]), file=sys.stderr)
-        return EXIT_OK
+        sink = _Sink(args.output)
+        code = await _exchange(args, room, request, sink)
     except RpcError as e:
-        print("lkedge call: RPC error %d: %s%s" % (e.code, e.message, (" (%s)" % e.data) if e.data else ""),
-              file=sys.stderr)
-        if e.code == RpcError.RECIPIENT_NOT_FOUND:
-            others = sorted(room.remote_participants)
-            print("lkedge call: %r did not join room %s within --wait %g s; in the room: %s" % (
-                args.destination, room.name, args.wait, ", ".join(others) if others else "nobody else"),
-                file=sys.stderr)
-        elif e.code == RpcError.RECIPIENT_DISCONNECTED and room.leave_code is not None:
-            print("lkedge call: the relay ended our own link: LEAVE %s %s" % (room.leave_code, room.leave_reason),
-                  file=sys.stderr)
-        return EXIT_RPC
+        code = _rpc_failure(args, room, e, request)
+    except OutputError as e:
+        code = _say(EXIT_ERROR, str(e))
+    except BaseException:
+        _discard(args, sink)
+        raise
     finally:
         await room.disconnect()
+    if code != EXIT_OK:
+        _discard(args, sink)
+    return code
 
 
-def _token_identity(token):
-    """The identity (sub) a token names, read without verifying it (the relay does), or None."""
+def _discard(args, sink):
+    if sink is not None and sink.discard():
+        _say(None, "--output %s not written: the call did not complete (a file already there "
+                   "is left as it was)" % args.output)
+
+
+async def _exchange(args, room, request, sink):
+    await _wait_for(room, args.destination, args.wait)
+    up = Progress("sending", request.size, quiet=args.quiet)
+    t0 = time.monotonic()
+    reader = await room.local_participant.perform_rpc_stream(
+        destination_identity=args.destination, method=args.method,
+        payload=request.payload(up), response_timeout=args.timeout)
+    up.finish("sent to the relay")
+    down, h = await _receive(args, reader, sink)
+    sink.commit()
+    down.finish()
+    if not args.quiet:
+        _say(None, "%s.%s ok in %.3f s (%s sent, %s received, sha256 %s)" % (
+            args.destination, args.method, time.monotonic() - t0, _human(request.size),
+            _human(down.done), h.hexdigest()[:16]))
+    return EXIT_OK
+
+
+async def _receive(args, reader, sink):
+    """Write the answer to `sink` as it comes; -> (its Progress, its sha256)."""
+    down = Progress("receiving", quiet=args.quiet)
+    h = hashlib.sha256()
+    waiting = _Waiting(args.destination, not args.quiet and sys.stderr.isatty())
     try:
-        import jwt
-        return jwt.decode(token, options={"verify_signature": False}).get("sub")
-    except Exception:
-        return None
+        async for piece in reader:
+            waiting.stop()
+            b = piece.encode()
+            sink.write(b)
+            h.update(b)
+            down.add(len(b))
+    finally:
+        waiting.stop()
+    return down, h
+
+
+def _rpc_failure(args, room, e, request):
+    """Say why the call failed (what to do about it where we know); -> the exit code."""
+    if e.code == RpcError.RECIPIENT_DISCONNECTED and room.connection_state != "connected":
+        why = room.last_error if room.leave_code is None else "LEAVE %s %s" % (room.leave_code, room.leave_reason)
+        hint = " (the token does not grant canPublishData: it was minted with --no-publish-data)" \
+            if room.leave_code == link.LEAVE_FORBIDDEN else ""
+        return _say(EXIT_CONNECT, "our own link to the relay ended during the call: %s%s" % (why, hint))
+    if e.code == RpcError.RESPONSE_TIMEOUT:
+        return _say(EXIT_ERROR, "no answer from %r to %s within --timeout %g s (RPC error 1502); give a "
+                                "longer --timeout if the method needs more time" % (
+                                    args.destination, args.method, args.timeout))
+    if e.code == RpcError.CONNECTION_TIMEOUT:
+        return _say(EXIT_ERROR, "%r did not acknowledge the call within %d s (RPC error 1501): it may "
+                                "be gone or too busy" % (args.destination, RPC_ACK_TIMEOUT_MS // 1000))
+    _say(None, "RPC error %d: %s%s" % (e.code, e.message, (" (%s)" % e.data) if e.data else ""))
+    if e.code == RpcError.RECIPIENT_NOT_FOUND:
+        others = sorted(room.remote_participants)
+        _say(None, "%r did not join room %s within --wait %g s; in the room: %s" % (
+            args.destination, room.name, args.wait, ", ".join(others) if others else "nobody else"))
+    elif e.code == RpcError.REQUEST_PAYLOAD_TOO_LARGE and request.size > MAX_V1_PAYLOAD_BYTES:
+        _v1_hint(args, room, request.size)
+    return EXIT_RPC
+
+
+def _v1_hint(args, room, size):
+    """Say why a request of `size` bytes went as RPC v1 (at most 15360 bytes), if it did."""
+    rp = room.remote_participants.get(args.destination)
+    if args.protocol == 0:
+        why = "--protocol 0 makes this call use RPC v1"
+    elif rp is not None and rp.client_protocol == 0:
+        why = "%r speaks RPC v1 only (client_protocol 0)" % args.destination
+    else:
+        return  # the destination's own limit: its message says which
+    _say(None, "%s, which carries at most %d bytes of payload; this one is %d bytes. RPC v2 (the "
+               "default --protocol 2) streams a request of any size" % (why, MAX_V1_PAYLOAD_BYTES, size))
 
 
 def run_call(args):
     try:
-        given = bool(args.token)
-        payload = _read_payload(args.payload)
+        for what, text in (("the destination", args.destination), ("the method", args.method)):
+            list(_utf8_pieces([os.fsencode(text)], what, ": identities and method names are text"))
+        request = _read_payload(args.payload)
         _check_output(args.output)
         prepare_connection(args)
-        ours = _token_identity(args.token) if given else args.identity
-        if args.destination == ours:
-            raise UsageError("destination %r is the identity this call would join as (joining "
-                             "with it would replace that participant): %s" % (
-                                 args.destination, "use a token for another identity" if given
-                                 else "choose another --identity"))
+        _refuse_taken(args, {args.destination}, "the destination")
+        return asyncio.run(_call(args, request))
     except UsageError as e:
         return _usage("call", e)
-    return asyncio.run(_call(args, payload))
 
 
 # ------------------------------------------------------------------ room
 def add_room_arguments(p):
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_connection_arguments(p, "cli-room-%d" % os.getpid())
+    p.epilog = ("An --identity (or --token) already in the room is refused with exit 2: joining "
+                "as it would push that participant out (call does the same).")
 
 
 async def _room(args):
+    if not await _check_identity_free(args, "room"):
+        return EXIT_CONNECT
     room = await _join(args, "room")
     if room is None:
         return EXIT_CONNECT
     try:
-        await asyncio.sleep(0.1)
-        ps = sorted(room.remote_participants.values(), key=lambda p: p.identity)
+        ps = await _others(room)
         if args.json:
             import json
             print(json.dumps({"room": room.name, "participants": [
@@ -397,9 +678,9 @@ async def _room(args):
 def run_room(args):
     try:
         prepare_connection(args)
+        return asyncio.run(_room(args))
     except UsageError as e:
         return _usage("room", e)
-    return asyncio.run(_room(args))
 
 
 # ------------------------------------------------------------------ serve

@@ -32,10 +32,10 @@ COMMANDS = {
 
 EXIT_CODES = """exit codes:
   0    ok
-  1    error (the message says which)
+  1    error (the message says which), e.g. call: no answer within --timeout
   2    usage: bad arguments or configuration
-  3    RPC error returned by the remote participant
-  4    connection failure (relay unreachable, refused, or the link was lost)
+  3    RPC error returned by the remote participant (call --help: the ones said here)
+  4    connection failure (relay unreachable, refused, or our link lost or ended by it)
   130  interrupted (Ctrl-C), except relay, serve and board: they stop with 0
        (serve rejoins after a link loss; it exits 4 if the relay will not take it back)"""
 
@@ -71,6 +71,16 @@ def _command_name(argv):
     return None
 
 
+def drop_stdout():
+    """Point standard output at /dev/null once writing to it failed: no second error (and
+    traceback) when Python flushes it at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser, subs = _parser()
@@ -95,11 +105,7 @@ def main(argv=None):
         return int(run(args) or 0)
     except BrokenPipeError:
         # stdout closed early (`lkedge call ... | head`): stop quietly, as a Unix tool does.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
-        except (OSError, ValueError):
-            pass
+        drop_stdout()
         return 1
     except KeyboardInterrupt:
         print("\nlkedge %s: interrupted" % args.command if sys.stderr.isatty()

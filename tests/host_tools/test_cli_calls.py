@@ -33,7 +33,7 @@ def _lk(*args, stdin=None):
 def test_call_prints_the_response_and_exits_0(served):
     r = _lk("call", "host", "echo", "héllo", "--url", served.url)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == "héllo\n"
+    assert r.stdout == "héllo"   # as received: a newline is added on a terminal only
     assert "host.echo ok" in r.stderr
 
 
@@ -45,9 +45,17 @@ def test_call_reads_payload_from_file_and_stdin(served, tmp_path):
     r = _lk("call", "host", "echo", "@" + str(f), "--url", served.url, "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert hashlib.sha256(out.read_bytes()).hexdigest() == hashlib.sha256(big.encode()).hexdigest()
-    assert "sending" in r.stderr and "100.0%" in r.stderr
+    assert "sent to the relay [" in r.stderr and "100.0%" in r.stderr
     r = _lk("call", "host", "echo", "-", "--url", served.url, stdin="from stdin")
-    assert r.stdout == "from stdin\n"
+    assert r.stdout == "from stdin"
+
+
+@pytest.mark.parametrize("output", [["-o", "-"], []])
+def test_the_response_goes_to_stdout_byte_for_byte(served, output):
+    for payload in (b"abc", b"two lines\n", b"\xc3\xa9\r\n\n"):
+        r = subprocess.run(LKEDGE + ["call", "host", "echo", "-", "-q", "--url", served.url] + output,
+                           input=payload, capture_output=True, timeout=60)
+        assert r.returncode == 0 and r.stdout == payload, (r.stdout, r.stderr)
 
 
 def test_rpc_error_exits_3_with_code_and_message(served):

@@ -17,9 +17,21 @@ NOWHERE = "tcp://127.0.0.1:1"   # nothing listens: a command that tried to join 
 
 HANDLERS = '''
 import asyncio
+from lkedge.rpc import RpcError
 
 def echo(data):
     return data.payload
+
+def missing(data):
+    raise RpcError(4004, "no such file")
+
+def register(room):
+    async def count(data):   # streaming: the request is never held whole here either
+        n = 0
+        async for piece in data.reader:
+            n += len(piece.encode())
+        return str(n)
+    room.local_participant.register_rpc_method("count", count, streaming=True)
 
 async def sleepy(data):
     await asyncio.sleep(float(data.payload or 30))
@@ -179,11 +191,13 @@ def test_a_handler_returning_a_non_str_is_logged_as_failed(served):
     s.wait_for("number returned int, not str")
 
 
-def test_our_own_link_ended_by_the_relay_is_said(served):
+def test_our_own_link_ended_by_the_relay_is_a_connection_failure_with_its_leave(served):
+    # not "RPC error 1503: Recipient disconnected" with exit 3: the destination is fine
     relay, _s = served
     r = _lk("call", "host", "echo", "hi", "--url", relay.url, "--token", _no_publish_token())
-    assert r.returncode == 3
-    assert "the relay ended our own link: LEAVE 7" in r.stderr
+    assert r.returncode == 4, r.stderr
+    assert "our own link to the relay ended during the call: LEAVE 7" in r.stderr
+    assert "--no-publish-data" in r.stderr and "1503" not in r.stderr
 
 
 def _no_publish_token():
@@ -222,11 +236,12 @@ def test_serve_rejoins_after_a_relay_restart_and_stops_when_replaced(handlers):
             s.wait_for("rejoined room lkedge as svc")
             assert s.proc.poll() is None
             r = _lk("call", "svc", "echo", "still here", "--url", relay.url)
-            assert r.returncode == 0 and r.stdout == "still here\n", r.stderr
+            assert r.returncode == 0 and r.stdout == "still here", r.stderr
             # another participant takes the identity: the relay drops us for good
-            r = _lk("room", "--url", relay.url, "--identity", "svc")
-            assert r.returncode == 0
+            # (`room`/`call --identity svc` refuse to: a second serve does not)
+            second = _Serve(handlers, relay.url, "svc")
             assert s.proc.wait(10) == 4
+            second.stop()
         finally:
             s.stop()
     assert "link lost: LEAVE 5" in s.err
@@ -261,3 +276,175 @@ def test_a_timeout_outside_what_a_call_can_carry_is_a_usage_error():
     for t in ("0.0001", "inf", "1e7"):
         _usage_error(_lk("call", "host", "echo", "--timeout", t, "--url", NOWHERE), "--timeout", t)
     _usage_error(_lk("call", "host", "echo", "--wait", "nan", "--url", NOWHERE), "--wait")
+
+
+# ------------------------------------------------------------------ -o, stdout, payload text
+def _ctrl_c(relay, out):
+    p = subprocess.Popen(LKEDGE + ["call", "host", "sleepy", "30", "--timeout", "60", "-o", out, "--url", relay.url],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    time.sleep(2)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=10)[1]
+    return subprocess.CompletedProcess(p.args, p.returncode, "", err)
+
+
+@pytest.mark.parametrize("how,code", [("rpc error", 3), ("timeout", 1), ("ctrl-c", 130)])
+def test_a_failed_call_leaves_the_output_file_as_it_was(served, tmp_path, how, code):
+    relay, _s = served
+    out = tmp_path / "out8.b64"
+    out.write_text("the good copy\n")
+    if how == "ctrl-c":
+        r = _ctrl_c(relay, str(out))
+    else:
+        method = ["missing"] if how == "rpc error" else ["sleepy", "5", "--timeout", "0.3"]
+        r = _lk("call", "host", *method, "-o", str(out), "--url", relay.url)
+    assert r.returncode == code, r.stderr
+    assert out.read_text() == "the good copy\n"
+    assert sorted(os.listdir(tmp_path)) == ["out8.b64"]   # no temporary file left beside it
+    assert "--output %s not written" % out in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_complete_answer_replaces_the_output_file_keeping_its_mode(served, tmp_path):
+    relay, _s = served
+    out = tmp_path / "out.txt"
+    out.write_text("old")
+    os.chmod(out, 0o640)
+    r = _lk("call", "host", "echo", "new", "-o", str(out), "--url", relay.url)
+    assert r.returncode == 0, r.stderr
+    assert out.read_text() == "new" and (os.stat(out).st_mode & 0o777) == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["out.txt"]
+
+
+def test_an_output_that_fails_while_written_is_one_line_and_exit_1(served):
+    relay, _s = served
+    r = _lk("call", "host", "echo", "hi", "-o", "/dev/full", "--url", relay.url)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "cannot write the response to /dev/full: No space left on device" in r.stderr
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(LKEDGE + ["call", "host", "echo", "hi", "--url", relay.url], stdout=full,
+                           stderr=subprocess.PIPE, text=True, timeout=60, env=_env())
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert "cannot write the response to standard output: No space left on device" in r.stderr
+
+
+def test_payloads_not_utf8_on_stdin_or_argv_are_usage_errors_as_for_a_file():
+    r = subprocess.run(LKEDGE + ["call", "host", "echo", "-", "--url", NOWHERE], input=b"ok\xa6\xff",
+                       capture_output=True, timeout=60, env=_env())
+    _usage_error(_decoded(r), "standard input is not UTF-8 text (byte 2", "base64")
+    r = subprocess.run(LKEDGE + ["call", "host", "file.stat", b"\xe9", "--url", NOWHERE],
+                       capture_output=True, timeout=60, env=_env())
+    _usage_error(_decoded(r), "the payload argument is not UTF-8 text (byte 0", "base64")
+    r = subprocess.run(LKEDGE + ["call", b"b\xe9", "echo", "--url", NOWHERE], capture_output=True, timeout=60,
+                       env=_env())
+    _usage_error(_decoded(r), "the destination is not UTF-8 text")
+
+
+def _decoded(r):
+    return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(errors="replace"),
+                                       r.stderr.decode(errors="replace"))
+
+
+def test_a_large_payload_file_is_streamed_in_bounded_memory(served, tmp_path):
+    relay, _s = served
+    f = tmp_path / "put48.txt"
+    with open(f, "w") as w:
+        for _ in range(48):
+            w.write("é" * (512 * 1024))   # 48 MiB of UTF-8, a character cut at every 64 KiB piece
+    f_bad = tmp_path / "late.txt"
+    f_bad.write_bytes(b"a" * 200000 + b"\xff")
+    _usage_error(_lk("call", "host", "count", "@" + str(f_bad), "--url", NOWHERE),
+                 "late.txt is not UTF-8 text (byte 200000")   # found before joining
+    p = subprocess.Popen(LKEDGE + ["call", "host", "count", "@" + str(f), "-q", "--url", relay.url],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    out, err = p.stdout.read(), p.stderr.read()
+    _pid, status, usage = os.wait4(p.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, err
+    assert out.strip() == str(48 * 1024 * 1024).encode()
+    assert usage.ru_maxrss < 80 * 1024, usage.ru_maxrss   # KiB: not the file (48 MiB) held once, let alone twice
+
+
+def test_pieces_count_as_sent_once_the_link_wrote_them():
+    from lkedge_host.calls import Progress, _Pieces
+    import asyncio
+    progress = Progress("sending", 10, quiet=True)
+    pieces = _Pieces(iter(["abc", "défg"]), progress)
+
+    async def pull():
+        seen = [await pieces.__anext__()]
+        assert progress.done == 0             # handed to the writer, not yet written
+        seen.append(await pieces.__anext__())
+        assert progress.done == 3
+        try:
+            await pieces.__anext__()
+        except StopAsyncIteration:
+            return seen
+    assert asyncio.run(pull()) == ["abc", "défg"]
+    assert progress.done == 8
+
+
+def test_progress_says_sent_to_the_relay_then_waits_for_the_answer_on_a_terminal(served, tmp_path):
+    import pty
+    relay, _s = served
+    big = tmp_path / "big.txt"
+    big.write_text("x" * 300000)
+    r = _lk("call", "host", "count", "@" + str(big), "--url", relay.url)
+    assert r.returncode == 0 and "sent to the relay [" in r.stderr and "100.0%" in r.stderr, r.stderr
+    assert "waiting for" not in r.stderr   # not on a pipe
+    master, slave = pty.openpty()
+    p = subprocess.Popen(LKEDGE + ["call", "host", "sleepy", "1", "--url", relay.url],
+                         stdout=subprocess.PIPE, stderr=slave, env=_env())
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:   # EIO: the call ended and closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert p.wait(30) == 0 and p.stdout.read() == b"woke"
+    assert b"waiting for host's answer 0." in seen and b"host.sleepy ok" in seen, seen
+
+
+# ------------------------------------------------------------------ what a failure says
+def test_a_timeout_names_its_seconds_and_exits_1(served):
+    relay, _s = served
+    r = _lk("call", "host", "sleepy", "5", "--timeout", "0.3", "--url", relay.url)
+    assert r.returncode == 1, r.stderr   # no answer: not an error the destination returned
+    assert "no answer from 'host' to sleepy within --timeout 0.3 s" in r.stderr
+    assert "longer --timeout" in r.stderr
+
+
+def test_a_request_too_large_for_rpc_v1_names_the_limit_and_v2(served, tmp_path):
+    relay, _s = served
+    f = tmp_path / "big.txt"
+    f.write_text("y" * 100000)   # streamed in pieces, gathered for v1
+    for payload in ("z" * 20000, "@" + str(f)):
+        r = _lk("call", "host", "echo", payload, "--protocol", "0", "--url", relay.url)
+        assert r.returncode == 3 and "1402" in r.stderr, r.stderr
+        assert "at most 15360 bytes" in r.stderr and "--protocol 2" in r.stderr
+        assert "this one is %d bytes" % (20000 if payload[0] == "z" else 100000) in r.stderr
+
+
+def test_a_tls_url_for_a_plain_relay_says_the_handshake_failed(served):
+    relay, _s = served
+    for url in ("wss://" + relay.ws_url.split("://")[1], "tls://" + relay.url.split("://")[1]):
+        r = _lk("room", "--url", url)
+        assert r.returncode == 4, r.stderr
+        assert "TLS handshake failed" in r.stderr and "may not speak TLS there" in r.stderr, r.stderr
+
+
+def test_an_identity_already_in_the_room_is_refused_not_pushed_out(served):
+    relay, s = served
+    from lkedge_host.relay import auth
+    token = auth.mint_token(auth.DEV_API_KEY, auth.DEV_API_SECRET, identity="host", room="lkedge")
+    for command in (["room", "--identity", "host"], ["room", "--token", token],
+                    ["call", "ghost", "echo", "--identity", "host"]):
+        _usage_error(_lk(*command, "--url", relay.url), "'host'", "already in room lkedge", "LEAVE 2")
+    assert s.proc.poll() is None and "link lost" not in s.err
+    r = _lk("call", "host", "echo", "still served", "--url", relay.url)
+    assert r.returncode == 0 and r.stdout == "still served", r.stderr
+    r = _lk("room", "--identity", "newcomer", "--url", relay.url)
+    assert r.returncode == 0 and "host" in r.stdout, r.stderr
