@@ -31,6 +31,8 @@ import subprocess
 import sys
 import time
 
+from lkedge_host import units
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCENARIO = os.path.join(ROOT, "tests", "scenarios", "board_memory.py")
 
@@ -223,20 +225,18 @@ def smallest_heap(relay, nbytes, compress, lo=32 * 1024, hi=512 * 1024, step=102
     return hi, best
 
 
-_UNITS = {"": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20}
-
-
 def payload_sizes(text):
     """'64K,1M,8388608' -> [65536, 1048576, 8388608] (K and M are binary units)."""
     sizes = []
     for item in text.split(","):
-        item = item.strip()
-        digits = item.rstrip("KkMmIiBb")
-        unit = item[len(digits):].upper()
-        if not digits.isdigit() or unit not in _UNITS or int(digits) == 0:
+        try:
+            n = units.size(item)
+        except argparse.ArgumentTypeError:
+            n = 0
+        if n == 0:
             raise argparse.ArgumentTypeError(
-                "%r is not a payload size: give bytes, or a number with K or M (e.g. 64K, 1M)" % item)
-        sizes.append(int(digits) * _UNITS[unit])
+                "%r is not a payload size: give bytes, or a number with K or M (e.g. 64K, 1M)" % item.strip())
+        sizes.append(n)
     return sizes
 
 

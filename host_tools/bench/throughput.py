@@ -4,11 +4,14 @@
 
 Prints MB/s of one v2 byte stream of --mib MiB (incremental writer, 60000-byte writes,
 received by a handler that counts) and round trips per second of --calls small v2 RPCs
-done one after the other.
+done one after the other. --mib 0 or --calls 0 skips that part.
 """
 import argparse
 import asyncio
+import math
 import time
+
+from lkedge_host import units
 
 from lkedge.config import RoomOptions
 from lkedge.memroom import MemRoom
@@ -41,7 +44,7 @@ async def stream_bench(mib):
         done.set()
     b.register_byte_stream_handler("bench", handler)
     block = b"\xa5" * 60000
-    total = mib * 1024 * 1024
+    total = round(mib * 1024 * 1024)
     t0 = time.perf_counter()
     w = await a.local_participant.stream_bytes("bench.bin", topic="bench", destination_identities=["b"])
     left = total
@@ -72,15 +75,42 @@ async def rpc_bench(calls):
     return calls / dt, dt
 
 
+def mebibytes(text):
+    """--mib: 0 (skip), or MiB, fractions allowed, of at least one byte."""
+    try:
+        mib = float(text)
+    except ValueError:
+        mib = math.nan
+    if not (mib == 0 or (math.isfinite(mib) and mib * 1024 * 1024 >= 1)):
+        raise argparse.ArgumentTypeError(
+            "%r is not a size in MiB: give a positive number, fractions allowed (0.5 = 512 KiB), "
+            "or 0 to skip the byte stream" % text)
+    return mib
+
+
+def parser():
+    ap = argparse.ArgumentParser(prog="python -m lkedge_host.bench.throughput",
+                                 description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--mib", type=mebibytes, default=64,
+                    help="MiB sent as one v2 byte stream, fractions allowed (0.5); 0 skips the stream")
+    ap.add_argument("--calls", type=units.whole(0), default=10000,
+                    help="small v2 RPCs made one after the other; 0 skips them")
+    return ap
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mib", type=int, default=64)
-    ap.add_argument("--calls", type=int, default=10000)
+    ap = parser()
     a = ap.parse_args(argv)
-    mbps, dt = asyncio.run(stream_bench(a.mib))
-    print("v2 byte stream: %d MiB in %.2f s = %.1f MB/s" % (a.mib, dt, mbps))
-    rps, dt = asyncio.run(rpc_bench(a.calls))
-    print("small v2 RPC round trips: %d in %.2f s = %.0f calls/s (%.3f ms each)" % (a.calls, dt, rps, 1000 * dt / a.calls))
+    if not a.mib and not a.calls:
+        ap.error("--mib 0 and --calls 0 leave nothing to measure")
+    if a.mib:
+        mbps, dt = asyncio.run(stream_bench(a.mib))
+        print("v2 byte stream: %g MiB in %.2f s = %.1f MB/s" % (a.mib, dt, mbps))
+    if a.calls:
+        rps, dt = asyncio.run(rpc_bench(a.calls))
+        print("small v2 RPC round trips: %d in %.2f s = %.0f calls/s (%.3f ms each)"
+              % (a.calls, dt, rps, 1000 * dt / a.calls))
 
 
 if __name__ == "__main__":

@@ -11,14 +11,24 @@ on loopback. Logs go to stderr, one key=value line per join/leave/error.
 """
 import asyncio
 import errno
+import math
 import signal
 import socket
 import ssl
 import sys
 
+from .. import units
 from . import auth
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+# --max-frame bounds. At least a 15000-byte stream chunk plus headers. At most 16 MiB: the
+# wire allows ~4 GiB (the length varint may not exceed 32 bits), but the relay holds up to
+# max_frame of every connection that has not joined and of every control frame it reads,
+# so --max-connections times this is memory a stranger can make it take; a board holds
+# frames of tens of KiB, and 16 MiB is far above anything a participant needs.
+MIN_FRAME, MAX_FRAME = 16384, 16 << 20
+_DURATIONS = ("idle_timeout", "join_timeout", "send_timeout")
 
 
 def add_arguments(p):
@@ -31,18 +41,22 @@ def add_arguments(p):
     a("--http-host", default="127.0.0.1",
       help="address of the HTTP port, which names rooms and identities without a token: "
            "loopback unless you expose it on purpose (default %(default)s)")
-    a("--max-frame", type=int, default=65536,
-      help="largest link frame in bytes, announced in JOINED; at least 16384 (default %(default)s)")
-    a("--idle-timeout", type=float, default=30.0,
-      help="seconds of silence before a connection is closed with LEAVE 6 (default %(default)s)")
-    a("--join-timeout", type=float, default=5.0,
-      help="seconds a new connection has to send JOIN (default %(default)s)")
-    a("--queue-bytes", type=int, default=1 << 20,
-      help="per-connection send queue limit; senders to a full queue are paused (default %(default)s)")
+    a("--max-frame", type=units.size, default=65536,
+      help="largest link frame in bytes (or with K, M: 64K), announced in JOINED; "
+           "16K..16M (default %(default)s)")
+    a("--idle-timeout", type=units.seconds, default=30.0,
+      help="seconds (or with ms, s, m, h: 30s, 2m) of silence before a connection is closed "
+           "with LEAVE 6 (default %(default)s)")
+    a("--join-timeout", type=units.seconds, default=5.0,
+      help="seconds (or with ms, s, m, h) a new connection has to send JOIN (default %(default)s)")
+    a("--queue-bytes", type=units.size, default=1 << 20,
+      help="per-connection send queue limit in bytes (or with K, M: 1M), at least --max-frame; "
+           "senders to a full queue are paused (default %(default)s)")
     a("--max-connections", type=int, default=10000,
       help="connections open at once; one more gets LEAVE 5 \"relay full\" (default %(default)s)")
-    a("--send-timeout", type=float, default=10.0,
-      help="seconds a receiver may keep its queue full before LEAVE 6 (default %(default)s)")
+    a("--send-timeout", type=units.seconds, default=10.0,
+      help="seconds (or with ms, s, m, h) a receiver may keep its queue full before LEAVE 6 "
+           "(default %(default)s)")
     a("--api-key", default=None,
       help="LiveKit API key (default: env LIVEKIT_API_KEY, else the development key %r)" % auth.DEV_API_KEY)
     a("--api-secret", default=None,
@@ -78,15 +92,24 @@ def _tls(args):
     return ctx
 
 
-def build(args):
-    """-> (RelayServer, dev_keys: bool); ValueError/KeyConfigError on bad settings."""
-    from .router import Router
-    from .server import RelayServer
-    key, secret = auth.resolve_keys(args.api_key, args.api_secret)
-    auth.check_listen_keys(args.host, key, secret)
-    if args.max_frame < 16384:
-        raise ValueError("--max-frame %d is too small: a 15000-byte stream chunk plus headers "
-                         "needs at least 16384" % args.max_frame)
+def _check_limits(args):
+    """Sizes, durations and counts, each error naming its option and allowed range;
+    --max-frame first, as --queue-bytes is judged against it."""
+    if not MIN_FRAME <= args.max_frame <= MAX_FRAME:
+        raise ValueError("--max-frame %d is out of range: use %d..%d (16K..16M; a 15000-byte "
+                         "stream chunk plus headers needs 16K)" % (args.max_frame, MIN_FRAME, MAX_FRAME))
+    for name in _DURATIONS:
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value >= 0.001):
+            raise ValueError("--%s %s is out of range: use 1ms or more" % (name.replace("_", "-"), value))
+    if args.max_connections < 1:
+        raise ValueError("--max-connections %d is out of range: use 1 or more" % args.max_connections)
+    if args.queue_bytes < args.max_frame:
+        raise ValueError("--queue-bytes %d is out of range: use at least --max-frame %d"
+                         % (args.queue_bytes, args.max_frame))
+
+
+def _check_ports(args):
     ports = {}
     for flag, port in (("--port", args.port), ("--ws-port", None if args.no_ws else args.ws_port),
                        ("--http-port", args.http_port)):
@@ -99,12 +122,16 @@ def build(args):
             raise ValueError("%s and %s are both %d: each listener needs its own port"
                              % (ports[port], flag, port))
         ports[port] = flag
-    for name in ("idle_timeout", "join_timeout", "send_timeout", "max_connections"):
-        if getattr(args, name) <= 0:
-            raise ValueError("--%s must be positive" % name.replace("_", "-"))
-    if args.queue_bytes < args.max_frame:
-        raise ValueError("--queue-bytes %d must be at least --max-frame %d"
-                         % (args.queue_bytes, args.max_frame))
+
+
+def build(args):
+    """-> (RelayServer, dev_keys: bool); ValueError/KeyConfigError on bad settings."""
+    from .router import Router
+    from .server import RelayServer
+    key, secret = auth.resolve_keys(args.api_key, args.api_secret)
+    auth.check_listen_keys(args.host, key, secret)
+    _check_limits(args)
+    _check_ports(args)
     verifier = auth.Verifier(key, secret, rooms=args.room)
     router = Router(verifier.verify, max_frame=args.max_frame,
                     join_timeout_ms=int(args.join_timeout * 1000),

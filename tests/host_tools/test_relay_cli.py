@@ -1,4 +1,5 @@
-"""`lkedge relay` as a process (ready line, SIGTERM, key refusal), TLS, the serial bridge."""
+"""`lkedge relay` as a process (ready line, SIGTERM, key refusal), TLS, the serial bridge,
+its option values (sizes, durations, ranges)."""
 import asyncio
 import os
 import signal
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from linkpeer import LinkPeer
 from lkedge import link
 from lkedge_host.relay import auth
@@ -265,3 +267,64 @@ def test_an_unknown_http_host_is_named_as_such():
     assert r.returncode == 1 and "cannot start listening" in r.stderr, r.stderr
     assert "--http-host 'no-such-host.invalid' is not an address of this machine" in r.stderr, r.stderr
     assert "--host '127.0.0.1'" not in r.stderr and "Traceback" not in r.stderr
+
+
+# ---- sizes, durations and ranges, in-process (parser and build(), nothing listens)
+
+def _args(*argv):
+    import argparse
+    from lkedge_host.relay import command
+    p = argparse.ArgumentParser(prog="lkedge relay")
+    command.add_arguments(p)
+    return p.parse_args(["--port", "0", "--ws-port", "0", "--http-port", "0"] + list(argv))
+
+
+def _built(monkeypatch, *argv):
+    from lkedge_host.relay import command
+    monkeypatch.delenv("LIVEKIT_API_KEY", raising=False)
+    monkeypatch.delenv("LIVEKIT_API_SECRET", raising=False)
+    return command.build(_args(*argv))[0].router
+
+
+def test_sizes_and_durations_take_units_and_plain_numbers_keep_theirs(monkeypatch):
+    r = _built(monkeypatch, "--max-frame", "64K", "--queue-bytes", "1M", "--idle-timeout", "30s",
+               "--join-timeout", "500ms", "--send-timeout", "2m")
+    assert (r.max_frame, r.queue_bytes) == (65536, 1 << 20)
+    assert (r.idle_timeout_ms, r.join_timeout_ms, r.stuck_ms) == (30000, 500, 120000)
+    r = _built(monkeypatch, "--max-frame", "20000", "--queue-bytes", "40000", "--idle-timeout", "2.5",
+               "--join-timeout", "1", "--send-timeout", "1h")
+    assert (r.max_frame, r.queue_bytes) == (20000, 40000)
+    assert (r.idle_timeout_ms, r.join_timeout_ms, r.stuck_ms) == (2500, 1000, 3600000)
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["--join-timeout", "nan"], "argument --join-timeout: 'nan' is not a duration of 1ms or more"),
+    (["--idle-timeout", "inf"], "argument --idle-timeout: 'inf' is not a duration of 1ms or more"),
+    (["--send-timeout", "0"], "argument --send-timeout: '0' is not a duration of 1ms or more"),
+    (["--max-frame", "1.5K"], "argument --max-frame: '1.5K' is not a size"),
+    (["--queue-bytes", "1G"], "argument --queue-bytes: '1G' is not a size"),
+])
+def test_a_value_that_is_not_a_duration_or_size_names_its_option(argv, want, capsys):
+    with pytest.raises(SystemExit) as e:
+        _args(*argv)
+    assert e.value.code == 2
+    assert want in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["--max-frame", "100000000000"], "--max-frame 100000000000 is out of range: use 16384..16777216"),
+    (["--max-frame", "17M", "--queue-bytes", "64M"],
+     "--max-frame 17825792 is out of range: use 16384..16777216"),
+    (["--max-frame", "1000"], "--max-frame 1000 is out of range: use 16384..16777216"),
+    (["--max-frame", "64K", "--queue-bytes", "32K"],
+     "--queue-bytes 32768 is out of range: use at least --max-frame 65536"),
+    (["--max-connections", "0"], "--max-connections 0 is out of range: use 1 or more"),
+])
+def test_a_value_out_of_range_names_its_option_and_the_range(argv, want, monkeypatch):
+    with pytest.raises(ValueError) as e:
+        _built(monkeypatch, *argv)
+    assert str(e.value).startswith(want), str(e.value)
+
+
+def test_the_largest_frame_is_accepted(monkeypatch):
+    assert _built(monkeypatch, "--max-frame", "16M", "--queue-bytes", "16M").max_frame == 16 << 20
