@@ -1,7 +1,7 @@
 """argparse types for sizes, durations and counts, shared by the relay and the benchmarks.
 
     size("64K") -> 65536        bytes, or a whole number with K/KiB or M/MiB (binary, any case)
-    seconds("30s") -> 30.0      seconds, or a number with ms, s, m or h; at least 1 ms, finite
+    seconds("30s") -> 30.0      seconds, or a number with ms, s, m, h or d; at least 1 ms, finite
     whole(2)("10") -> 10        a whole number of at least 2 (a factory: whole(minimum))
 
 Each raises argparse.ArgumentTypeError, which argparse reports with the option's name.
@@ -10,7 +10,7 @@ import argparse
 import math
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20}
-_TIME_UNITS = {"": 1.0, "S": 1.0, "MS": 0.001, "M": 60.0, "H": 3600.0}
+_TIME_UNITS = {"": 1.0, "S": 1.0, "MS": 0.001, "M": 60.0, "H": 3600.0, "D": 86400.0}
 
 
 def _split(text, letters):
@@ -30,14 +30,14 @@ def size(text):
 
 
 def seconds(text):
-    num, unit = _split(text, "MmSsHh")
+    num, unit = _split(text, "MmSsHhDd")
     try:
         value = float(num) * _TIME_UNITS[unit]
     except (KeyError, ValueError):
         value = math.nan
     if not (math.isfinite(value) and value >= 0.001):
         raise argparse.ArgumentTypeError(
-            "%r is not a duration of 1ms or more: give seconds, or a number with ms, s, m or h "
+            "%r is not a duration of 1ms or more: give seconds, or a number with ms, s, m, h or d "
             "(e.g. 500ms, 30s, 2m)" % text)
     return value
 

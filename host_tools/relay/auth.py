@@ -17,6 +17,7 @@
   attributes=None, name=None) -> str` (HS256 JWT with roomJoin, room, canPublishData,
   canSubscribe). `parse_ttl("6h") -> seconds` (s, m, h, d suffixes or plain seconds).
 """
+import argparse
 import datetime
 import ipaddress
 import os
@@ -78,18 +79,16 @@ def check_listen_keys(host, key, secret):
 
 
 def parse_ttl(text):
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    t = str(text).strip().lower()
-    mult = units.get(t[-1:], None)
-    num = t[:-1] if mult else t
+    """Whole seconds of a token lifetime: seconds, or a number with s, m, h or d (6h)."""
+    from lkedge_host import units
     try:
-        value = float(num)
-    except ValueError:
-        raise ValueError("bad duration %r: use seconds or a number with s, m, h or d (e.g. 6h)" % text)
-    seconds = int(value * (mult or 1))
-    if seconds <= 0:
-        raise ValueError("duration %r must be positive" % text)
-    return seconds
+        seconds = units.seconds(text)
+    except argparse.ArgumentTypeError:
+        seconds = 0
+    if seconds < 1:
+        raise ValueError("bad duration %r: use seconds (1 or more) or a number with s, m, h or d "
+                         "(e.g. 6h)" % text)
+    return int(seconds)
 
 
 def mint_token(api_key, api_secret, identity, room, ttl_s=DEFAULT_TTL_S,

@@ -44,7 +44,7 @@ def test_token_usage_errors():
 def test_parse_ttl():
     assert [auth.parse_ttl(t) for t in ("6h", "30m", "45s", "2d", "120")] == [
         21600, 1800, 45, 172800, 120]
-    for bad in ("0", "-1h", "h", "1w"):
+    for bad in ("0", "-1h", "h", "1w", "nan", "inf", "0.5"):
         try:
             auth.parse_ttl(bad)
         except ValueError:

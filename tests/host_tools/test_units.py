@@ -19,12 +19,12 @@ def test_a_size_that_is_not_one_says_what_is_taken(bad):
 
 
 @pytest.mark.parametrize("text,want", [("30", 30.0), ("0.5", 0.5), ("500ms", 0.5), ("30s", 30.0),
-                                       ("2m", 120.0), ("1h", 3600.0)])
+                                       ("2m", 120.0), ("1h", 3600.0), ("2d", 172800.0)])
 def test_durations_are_seconds_or_ms_s_m_h(text, want):
     assert units.seconds(text) == want
 
 
-@pytest.mark.parametrize("bad", ["nan", "inf", "0", "0.5ms", "-1s", "3d", "s"])
+@pytest.mark.parametrize("bad", ["nan", "inf", "0", "0.5ms", "-1s", "3w", "s"])
 def test_a_duration_that_is_not_one_says_what_is_taken(bad):
     with pytest.raises(argparse.ArgumentTypeError, match="is not a duration of 1ms or more"):
         units.seconds(bad)
