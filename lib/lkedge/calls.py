@@ -12,6 +12,7 @@ from .participant import _is_async_iterable
 from .rpc import RpcError
 from .rpc_caller import RpcClient
 from .sending import end_abnormally, gather_text, send_finite
+from .utf8 import encoded_text
 
 
 class _CallWaiter:
@@ -172,7 +173,7 @@ async def start_call(lp, dest, method, payload, response_timeout, streaming):
                 raise RpcError(RpcError.RECIPIENT_DISCONNECTED, None,
                                "%r left while the request was being gathered" % (dest,))
     else:
-        data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        data = bytes(encoded_text(payload)) if isinstance(payload, str) else bytes(payload)
     call = client.start(now_ms(), dest, proto_v, method, len(data), timeout_ms, sending=True)
     w = _CallWaiter(streaming)
     room._calls[call.request_id] = w

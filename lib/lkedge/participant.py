@@ -12,6 +12,7 @@ from . import load, rpc, streams
 from .consts import ATTR_RPC_REQUEST_ID, MAX_V1_PAYLOAD_BYTES, MIME_BYTES, TOPIC_RPC_RESPONSE
 from .ids import uuid4
 from .readers import PayloadReader
+from .utf8 import encoded_text
 
 RpcError = rpc.RpcError
 RpcInvocationData = rpc.RpcInvocationData
@@ -144,8 +145,21 @@ class LocalParticipant:
                 reader._abandon()
 
     async def _send_error(self, inv, e):
+        srv = self._room._rpc_server
         try:
-            await self._room._send(self._room._rpc_server.error_response(inv, e))
+            await self._room._send(srv.error_response(inv, e))
+            return
+        except ValueError as e2:
+            # The error's text cannot go (not valid UTF-8, e.g. a path from a JSON
+            # "\ud800" escape, or too large for a frame): the caller still gets its code,
+            # with a message that says why the text is missing.
+            code = e.code if isinstance(e, RpcError) else RpcError.APPLICATION_ERROR
+            e = RpcError(code, "error message not sent: %s" % (e2,))
+        except Exception as e2:
+            _log_send_failure(inv, e2)
+            return
+        try:
+            await self._room._send(srv.error_response(inv, e))
         except Exception as e2:
             _log_send_failure(inv, e2)
 
@@ -168,7 +182,7 @@ class LocalParticipant:
                     return
                 await writer.aclose()
             else:
-                await load("sending").send_finite(room, "text", result.encode("utf-8"), TOPIC_RPC_RESPONSE,
+                await load("sending").send_finite(room, "text", encoded_text(result), TOPIC_RPC_RESPONSE,
                                                   [inv.caller_identity], attrs)
             return
         if _is_async_iterable(result):
@@ -187,7 +201,7 @@ class LocalParticipant:
         """Send a whole text as one stream (inline/compressed/chunked as negotiated)."""
         opts = {"reply_to_stream_id": reply_to_id} if reply_to_id else None
         return await load("sending").send_finite(
-            self._room, "text", text.encode("utf-8"), topic, destination_identities or [], attributes,
+            self._room, "text", encoded_text(text), topic, destination_identities or [], attributes,
             stream_id=stream_id, compress=compress, text_options=opts)
 
     async def send_bytes(self, data, *, name="unknown", mime_type=MIME_BYTES, destination_identities=None,

@@ -58,7 +58,7 @@ Reading (results equal what the official parser reads, as dicts of present field
   PacketDecoder): they live in lkedge.relayside, which a board never imports (this
   module still answers those names, loading relayside on first use).
 """
-from .utf8 import encoded, text
+from .utf8 import Utf8Error, encoded_text, text
 
 try:
     from micropython import const
@@ -320,7 +320,10 @@ def _data(sc, j, t, v, plan):
     plan[0] sums what stays out of the small-parts buffer: Blobs, and values of
     _COPY_MAX bytes or more (segments of their own, never copied)."""
     if isinstance(v, str):
-        b = encoded(v)
+        try:
+            b = encoded_text(v)
+        except Utf8Error as e:   # the relay would refuse the whole packet (LEAVE 4)
+            raise ValueError("%s is not valid UTF-8: %s" % (_fname(sc, j), e))
     elif isinstance(v, _BYTES_LIKE):
         b = v
     elif hasattr(v, "size"):   # a Blob

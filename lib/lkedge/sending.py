@@ -9,6 +9,7 @@ from . import finite, streams
 from .consts import STREAM_CHUNK_SIZE_BYTES
 from .ids import uuid4
 from .participant import _now_epoch_ms, is_awaitable
+from .utf8 import encoded_text
 
 
 class ReadBlob:
@@ -127,7 +128,7 @@ async def gather_text(source, cap, error):
     parts = []
     total = 0
     async for piece in source:
-        b = piece.encode("utf-8") if isinstance(piece, str) else bytes(piece)
+        b = bytes(encoded_text(piece)) if isinstance(piece, str) else bytes(piece)
         total += len(b)
         if total > cap:
             raise error

@@ -199,7 +199,7 @@ class OutgoingStream:
         if isinstance(data, str):
             if self.kind != "text":
                 raise StreamError("a byte stream takes bytes, not str")
-            data = utf8.encoded(data)   # a memoryview already on MicroPython
+            data = utf8.encoded_text(data)   # a memoryview already on MicroPython
         mv = data if isinstance(data, memoryview) else memoryview(data)
         if self._carry:
             mv = memoryview(self._carry + bytes(mv))

@@ -9,6 +9,8 @@ boundary.
     Utf8Decoder().decode(piece) -> str   carries 1-3 trailing bytes to the next piece
     Utf8Decoder().finish()    raises Utf8Error when a character was left unfinished
     encoded(s) -> bytes-like  the UTF-8 bytes of str s (no copy on MicroPython)
+    encoded_text(s) -> bytes-like   the same, refusing (Utf8Error) a str that is not
+                              valid UTF-8 (MicroPython's json makes one of "\ud800")
     text(data) -> str         strict decoding on every interpreter (UnicodeError): no
                               overlong forms, surrogates or code points past U+10FFFF
 """
@@ -120,6 +122,20 @@ def text(data):
     if _LAX and len(s) != len(data) and _bad_forms(data):
         raise UnicodeError("overlong form, surrogate or code point past U+10FFFF")
     return s
+
+
+def encoded_text(s):
+    """encoded(s), or Utf8Error when s is not valid UTF-8 text: MicroPython lets a JSON
+    escape such as "\ud800" make a str holding a lone surrogate, which protobuf string
+    fields (the relay checks them) and every receiver refuse. ASCII text costs a length
+    comparison; other text one scan of its bytes."""
+    try:
+        b = encoded(s)
+    except UnicodeError:   # CPython: a lone surrogate does not encode
+        raise Utf8Error("text holds a lone surrogate")
+    if _LAX and len(b) != len(s) and _bad_forms(b):
+        raise Utf8Error("text holds a surrogate, an overlong form or a code point past U+10FFFF")
+    return b
 
 
 def _decode(data, offset):

@@ -579,3 +579,15 @@ def test_decoder_allocates_under_2k_for_a_15000_byte_chunk():
         assert used < 8000, used
         return
     assert used < 2048, used
+
+
+def test_a_string_field_that_is_not_utf8_is_refused_naming_the_field():
+    import json
+    bad = json.loads('"x\\ud800"')   # MicroPython's json makes such a str too
+    try:
+        relayside.encode(RPC_ERROR, {"code": 1, "message": bad})
+    except ValueError as e:
+        assert "RpcError.message is not valid UTF-8" in str(e), str(e)
+    else:
+        raise AssertionError("a lone surrogate was encoded")
+    assert relayside.encode(RPC_ERROR, {"code": 1, "message": "é\U0001f600"})   # valid text goes

@@ -1550,3 +1550,61 @@ async def test_a_full_house_of_rpc_handlers_evicts_only_a_request_stream_that_ho
     gone = await p.wait_for(lambda x: "rpc_response" in x and x["rpc_response"]["request_id"] == "r1")
     assert gone["rpc_response"]["error"]["code"] == 1500, gone
     await close(a, p, q)
+
+
+# ------------------------------------------- text that is not valid UTF-8 never goes out
+# MicroPython's json makes a str holding a lone surrogate of "\ud800" (so does CPython's);
+# in a protobuf string field the relay refuses the whole packet and drops the sender.
+def _surrogate():
+    import json
+    return json.loads('"bad \\ud800 path"')
+
+
+async def test_an_rpc_error_whose_message_is_not_utf8_still_reaches_the_caller_with_its_code():
+    mem, a, b = await pair()
+
+    def stat(d):
+        raise RpcError(4002, _surrogate())
+    b.local_participant.register_rpc_method("stat", stat)
+    for payload in ("x", "y" * 20000):   # a v1-sized answer path and a streamed request
+        e = await raises_rpc(4002, a.local_participant.perform_rpc(
+            destination_identity="b", method="stat", payload=payload, response_timeout=3))
+        assert "error message not sent" in e.message and "not valid UTF-8" in e.message, e.message
+    assert b.connection_state == "connected" and a.connection_state == "connected"
+    await close(a, b)
+
+
+async def test_an_answer_that_is_not_utf8_is_an_application_error_to_v1_and_v2_callers():
+    mem, a, b = await pair()
+    b.local_participant.register_rpc_method("bad", lambda d: _surrogate())
+    await raises_rpc(1500, a.local_participant.perform_rpc(
+        destination_identity="b", method="bad", payload="", response_timeout=3))
+    peer = await raw(mem, "old", client_protocol=0)
+    await settle(lambda: "old" in b.remote_participants)
+    resp = await request_v1(peer, "b", "r1", "bad")
+    assert resp["rpc_response"]["error"]["code"] == 1500, resp
+    assert b.connection_state == "connected"
+    await close(a, b, peer)
+
+
+async def test_sending_text_that_is_not_utf8_is_refused_at_the_call():
+    mem, a, b = await pair()
+    lp = a.local_participant
+    for aw in (lp.send_text(_surrogate(), topic="t"),
+               lp.perform_rpc(destination_identity="b", method="m", payload=_surrogate()),
+               lp.send_text("ok", topic=_surrogate())):
+        try:
+            await aw
+        except ValueError as e:
+            assert "UTF-8" in str(e) or "surrogate" in str(e), e
+        else:
+            raise AssertionError("text that is not UTF-8 was sent")
+    w = await lp.stream_text(topic="t")
+    try:
+        await w.write(_surrogate())
+    except ValueError as e:
+        assert "surrogate" in str(e), e
+    else:
+        raise AssertionError("a stream writer took text that is not UTF-8")
+    assert a.connection_state == "connected"
+    await close(a, b)
