@@ -14,6 +14,7 @@ import itertools
 import os
 import shutil
 import sys
+import threading
 import time
 
 from lkedge import link
@@ -684,11 +685,41 @@ def run_room(args):
 
 
 # ------------------------------------------------------------------ serve
+SERVE_THREADS = 8   # plain (def) methods running at once; later calls wait for a free one
+
+SERVE_NOTES = """\
+methods:
+  Each public top-level function f(data) of FILE becomes a method named after it (an
+  rpc_name attribute overrides); register(room), if FILE has one, may add more with
+  room.local_participant.register_rpc_method. The line on stdout lists them all, and
+  each call is logged on stderr. A method returns a str (None for an empty answer) or
+  an async iterable of str; it raises lkedge.rpc.RpcError(code, message, data) for an
+  error the caller gets as it is. Any other exception, SystemExit and KeyboardInterrupt
+  too, answers 1500 naming it, and serve goes on serving.
+
+threads:
+  A plain function (def) runs in a thread of its own, at most %d at once (later calls
+  wait for one to finish), so a slow one holds up neither other calls nor the link's
+  keepalive; it must not use the room or asyncio (make it async def for that). An async
+  def method runs on serve's event loop: it must not block (no time.sleep, no blocking
+  I/O). Ctrl-C or SIGTERM stops serve at once, even with plain methods still running.
+
+exit codes:
+  0    stopped by Ctrl-C or SIGTERM
+  1    register(room) in FILE failed
+  2    usage: bad arguments, a FILE that cannot be loaded or has no methods, a token
+       without canPublishData (serve could never answer: the relay refuses data from it)
+  4    cannot join, or dropped for good by the relay: its identity joined elsewhere
+       (LEAVE 2), its token refused (LEAVE 3), data its token forbids (LEAVE 7)""" % SERVE_THREADS
+
+
 def add_serve_arguments(p):
     p.add_argument("file", help="a Python file: each public top-level function f(data) becomes "
                                "an RPC method named after it (rpc_name attribute overrides); an "
                                "optional register(room) is called for anything else")
     add_connection_arguments(p, "host")
+    p.epilog = SERVE_NOTES
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def load_methods(path):
@@ -708,28 +739,63 @@ def load_methods(path):
     return methods, getattr(mod, "register", None)
 
 
-async def _serve(args):
+def _load(args):
+    """(methods, hook) of args.file, or None after saying why it cannot be served."""
     try:
         methods, hook = load_methods(args.file)
     except Exception as e:
-        print("lkedge serve: cannot load %s: %s" % (args.file, e), file=sys.stderr)
-        return EXIT_USAGE
+        _said("cannot load %s: %s" % (args.file, e))
+        return None
     if not methods and hook is None:
-        print("lkedge serve: %s defines no public functions" % args.file, file=sys.stderr)
+        _said("%s defines no public functions" % args.file)
+        return None
+    return methods, hook
+
+
+def _said(msg):
+    print("lkedge serve: " + msg, file=sys.stderr, flush=True)
+
+
+def _refuse_mute(args):
+    """UsageError for a token without canPublishData: every answer is data the relay would
+    refuse (LEAVE 7 at the first call). Read without verifying, as the relay reads it."""
+    grant = (_claims(args.token).get("video") or {}).get("canPublishData")
+    if grant not in (None, True):
+        raise UsageError("the token does not grant canPublishData (minted with --no-publish-data?): "
+                         "serve could never answer a call (the relay would drop it with LEAVE 7 at its "
+                         "first answer); give a token that grants it")
+
+
+async def _serve(args):
+    loaded = _load(args)
+    if loaded is None:
         return EXIT_USAGE
     # A server stays: after a link loss (relay restarted, network) it rejoins by itself.
     room = await _join(args, "serve", auto_reconnect=True)
     if room is None:
         return EXIT_CONNECT
+    room.on("disconnected", lambda why: _said("link lost: %s" % why))
+    room.on("reconnecting", lambda: _said("rejoining %s ..." % args.url))
+    room.on("reconnected", lambda: _said("rejoined room %s as %s" % (room.name, room.local_participant.identity)))
+    names = await _register(args, room, *loaded)
+    if names is None:
+        await room.disconnect()
+        return EXIT_ERROR
+    print("lkedge serve: %s in room %s serving %s" % (room.local_participant.identity, room.name,
+                                                      ", ".join(names) or "no RPC method"), flush=True)
+    code = await _until_stopped(room)
+    await room.disconnect()
+    if code == EXIT_OK:
+        _said("stopped")
+    return code
 
-    def say(msg):
-        print("lkedge serve: " + msg, file=sys.stderr, flush=True)
 
-    room.on("disconnected", lambda why: say("link lost: %s" % why))
-    room.on("reconnecting", lambda: say("rejoining %s ..." % args.url))
-    room.on("reconnected", lambda: say("rejoined room %s as %s" % (room.name, room.local_participant.identity)))
+async def _register(args, room, methods, hook):
+    """Register the file's methods, run its register(room), then log (_logged) what that
+    added too: -> the sorted names of every method served, None if register(room) failed."""
+    slots = asyncio.Semaphore(SERVE_THREADS)
     for name, fn in methods.items():
-        room.local_participant.register_rpc_method(name, _logged(name, fn))
+        room.local_participant.register_rpc_method(name, _logged(name, fn, slots))
     if hook is not None:
         try:
             r = hook(room)
@@ -737,12 +803,25 @@ async def _serve(args):
                 await r
         except Exception as e:
             import traceback
-            say("register(room) in %s failed (its traceback follows); nothing served" % args.file)
+            _said("register(room) in %s failed (its traceback follows); nothing served" % args.file)
             traceback.print_exception(type(e), e, e.__traceback__.tb_next, file=sys.stderr)
-            await room.disconnect()
-            return EXIT_ERROR
-    print("lkedge serve: %s in room %s serving %s" % (room.local_participant.identity, room.name,
-                                                      ", ".join(sorted(methods)) or "(register hook)"), flush=True)
+            return None
+    return _log_all(room, slots)
+
+
+def _log_all(room, slots):
+    """Wrap (_logged) the methods register(room) added, as the file's own are: -> the sorted
+    names of every method registered."""
+    registered = room._rpc_server._methods   # name -> (handler, streaming): what is served
+    for name, (fn, streaming) in list(registered.items()):
+        if not getattr(fn, "_lkedge_serve", False):
+            room.local_participant.unregister_rpc_method(name)
+            room.local_participant.register_rpc_method(name, _logged(name, fn, slots), streaming)
+    return sorted(registered)
+
+
+async def _until_stopped(room):
+    """Serve until Ctrl-C or SIGTERM (EXIT_OK) or a LEAVE the relay would only repeat (EXIT_CONNECT)."""
     stop = asyncio.Event()
     try:
         import signal
@@ -751,7 +830,6 @@ async def _serve(args):
             loop.add_signal_handler(sig, stop.set)
     except (NotImplementedError, RuntimeError):
         pass
-    code = EXIT_OK
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), 0.25)
@@ -762,42 +840,97 @@ async def _serve(args):
         # so say so and stop (between its own retries it is "reconnecting").
         if (room.connection_state == "disconnected" and room.leave_code in link.FINAL_LEAVE
                 and not stop.is_set()):
-            why = "LEAVE %s %s" % (room.leave_code, room.leave_reason)
             hint = ""
             if room.leave_code == 2:
                 hint = " (another participant joined as %r: give each its own --identity)" % room.local_participant.identity
-            say("stopped: the relay will not take us back: %s%s" % (why, hint))
-            code = EXIT_CONNECT
-            break
-    await room.disconnect()
-    if code == EXIT_OK:
-        say("stopped")
-    return code
+            _said("stopped: the relay will not take us back: LEAVE %s %s%s" % (
+                room.leave_code, room.leave_reason, hint))
+            return EXIT_CONNECT
+    return EXIT_OK
 
 
-def _logged(name, fn):
+def _logged(name, fn, slots):
+    """fn as serve runs it: a plain function in a thread (_in_thread), every call logged,
+    any exception but RpcError (a BaseException too) answered as 1500 naming it."""
     async def handler(data):
         t0 = time.monotonic()
         try:
-            r = fn(data)
-            if inspect.isawaitable(r):
-                r = await r
-            if r is not None and not isinstance(r, str):
-                # The caller gets the standard 1500 "Application error in method handler".
+            r = await _run(fn, data, slots)
+            if not (r is None or isinstance(r, str) or hasattr(r, "__aiter__")):
                 raise TypeError("%s returned %s, not str: return text (e.g. json.dumps(...))"
                                 % (name, type(r).__name__))
-            print("call %s from %s ok %.1f ms" % (name, data.caller_identity, (time.monotonic() - t0) * 1000),
-                  file=sys.stderr, flush=True)
-            return r
-        except Exception as e:
-            print("call %s from %s failed: %r" % (name, data.caller_identity, e), file=sys.stderr, flush=True)
+        except asyncio.CancelledError:
             raise
+        except BaseException as e:   # SystemExit, KeyboardInterrupt: the call's failure, not serve's
+            _log_call(name, data, "failed: %r" % (e,))
+            raise _answer(e) from None
+        _log_call(name, data, "ok %.1f ms" % ((time.monotonic() - t0) * 1000))
+        return r
+    handler._lkedge_serve = True
     return handler
+
+
+def _log_call(name, data, outcome):
+    print("call %s from %s %s" % (name, data.caller_identity, outcome), file=sys.stderr, flush=True)
+
+
+def _answer(e):
+    """What the caller gets for a method's exception e: an RpcError as it is, anything else
+    as 1500 with the exception named."""
+    if isinstance(e, RpcError):
+        return e
+    what = "%s: %s" % (type(e).__name__, e) if str(e) else type(e).__name__
+    return RpcError(RpcError.APPLICATION_ERROR, None, what)
+
+
+async def _run(fn, data, slots):
+    """fn(data)'s result: an async def on the loop, anything else in a thread (what that
+    returns is awaited here, on the loop, when it is awaitable)."""
+    on_loop = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+    r = fn(data) if on_loop else await _in_thread(fn, data, slots)
+    if inspect.isawaitable(r):
+        r = await r
+    return r
+
+
+async def _in_thread(fn, data, slots):
+    """fn(data) in a daemon thread of its own once a slot is free (a daemon: one still running
+    does not hold up serve's exit). The slot is given back when fn returns, even if the call
+    was cancelled meanwhile, so that at most SERVE_THREADS run."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    await slots.acquire()
+
+    def run():
+        try:
+            out = (fn(data), None)
+        except BaseException as e:
+            out = (None, e)
+        try:
+            loop.call_soon_threadsafe(_settle, done, slots, out)
+        except RuntimeError:
+            pass   # the loop is closed: serve has stopped
+    try:
+        threading.Thread(target=run, name="lkedge-serve", daemon=True).start()
+    except BaseException:
+        slots.release()
+        raise
+    r, e = await done
+    if e is not None:
+        raise e
+    return r
+
+
+def _settle(done, slots, out):
+    slots.release()
+    if not done.cancelled():
+        done.set_result(out)
 
 
 def run_serve(args):
     try:
         prepare_connection(args)
+        _refuse_mute(args)
     except UsageError as e:
         return _usage("serve", e)
     return asyncio.run(_serve(args))

@@ -66,6 +66,15 @@ def test_rpc_error_exits_3_with_code_and_message(served):
     assert r.returncode == 3 and "1400" in r.stderr
 
 
+def test_store_reading_wants_a_json_object_and_says_so(served):
+    for payload, got in (("[1, 2]", "an array"), ('"str"', "a string"), ("5", "a number"), ("null", "null")):
+        r = _lk("call", "host", "store_reading", payload, "--url", served.url)
+        assert r.returncode == 3, r.stderr
+        assert "RPC error 4000: payload must be a JSON object" in r.stderr and "(got %s)" % got in r.stderr
+    r = _lk("call", "host", "store_reading", '{"temp_c": 21.5}', "--url", served.url)
+    assert r.returncode == 0 and '"keys": ["temp_c"]' in r.stdout, r.stderr
+
+
 def test_unknown_destination_is_1401_after_waiting(served):
     t0 = time.monotonic()
     r = _lk("call", "ghost", "echo", "--url", served.url, "--wait", "0.5")

@@ -1,0 +1,199 @@
+"""`lkedge serve` as it runs methods: plain ones in threads (a slow one holds up nothing),
+a method's SystemExit or KeyboardInterrupt an answer rather than the end of serve, every
+method (register(room)'s too) listed and logged, a token that could never answer refused.
+serve is a real process; calls come from a Room in the test (many at once, quickly)."""
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from lkedge.config import RoomOptions
+from lkedge.room import Room
+from lkedge.rpc import RpcError
+from lkedge_host.relay import auth
+from lkedge_host.relay.process import RelayProcess
+
+LKEDGE = [os.path.join(os.path.dirname(sys.executable), "lkedge")]
+NOWHERE = "tcp://127.0.0.1:1"   # nothing listens: a serve that tried to join would exit 4
+
+METHODS = '''
+import asyncio, threading, time
+
+_lock = threading.Lock()
+_running = [0, 0]   # now, most at once
+
+def hold(data):
+    with _lock:
+        _running[0] += 1
+        _running[1] = max(_running)
+    time.sleep(float(data.payload))   # blocking, as a plain function may
+    with _lock:
+        _running[0] -= 1
+    return "held"
+
+def peak(data):
+    return str(_running[1])
+
+def echo(data):
+    return data.payload
+
+def quits(data):
+    raise SystemExit(3)
+
+def interrupted(data):
+    raise KeyboardInterrupt
+
+async def quits_async(data):
+    raise SystemExit("from async")
+
+def register(room):
+    @room.local_participant.register_rpc_method("added")
+    def added(data):
+        return "added " + data.payload
+'''
+
+
+def _env():
+    env = dict(os.environ)
+    for k in ("LKEDGE_URL", "LKEDGE_ROOM", "LKEDGE_TOKEN", "LKEDGE_CAFILE", "LIVEKIT_API_KEY",
+              "LIVEKIT_API_SECRET"):
+        env.pop(k, None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def methods_file(tmp_path_factory):
+    f = tmp_path_factory.mktemp("serve") / "methods.py"
+    f.write_text(METHODS)
+    return str(f)
+
+
+@pytest.fixture(scope="module")
+def serve(methods_file):
+    """(relay, serve process, its first stdout line, its stderr lines so far)."""
+    with RelayProcess() as relay:
+        p = subprocess.Popen(LKEDGE + ["serve", methods_file, "--url", relay.url, "--identity", "host"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        line = p.stdout.readline()
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(p.stderr.readline, "")), daemon=True)
+        reader.start()
+        assert "serving" in line, line + p.stderr.read()
+        yield relay, p, line, lines
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+        p.wait(10)
+        reader.join(5)
+
+
+async def _caller(relay):
+    room = Room(RoomOptions())
+    token = auth.mint_token(auth.DEV_API_KEY, auth.DEV_API_SECRET, identity="tester", room="lkedge")
+    await room.connect(relay.url, token)
+    for _ in range(100):
+        if "host" in room.remote_participants:
+            break
+        await asyncio.sleep(0.05)
+    return room
+
+
+def _call(room, method, payload=""):
+    return room.local_participant.perform_rpc(destination_identity="host", method=method, payload=payload)
+
+
+async def test_a_slow_plain_method_holds_up_no_other_call(serve):
+    relay, p, _line, _lines = serve
+    room = await _caller(relay)
+    try:
+        slow = asyncio.ensure_future(_call(room, "hold", "3"))
+        await asyncio.sleep(0.3)   # its request is out first
+        t0 = time.monotonic()
+        assert await _call(room, "echo", "meanwhile") == "meanwhile"
+        assert time.monotonic() - t0 < 2 and not slow.done()
+        assert await slow == "held"
+    finally:
+        await room.disconnect()
+
+
+async def test_plain_methods_run_at_most_8_at_once_and_the_rest_wait(serve):
+    relay, _p, _line, _lines = serve
+    room = await _caller(relay)
+    try:
+        t0 = time.monotonic()
+        assert await asyncio.gather(*(_call(room, "hold", "1") for _ in range(10))) == ["held"] * 10
+        assert time.monotonic() - t0 >= 2   # two rounds: 8, then 2
+        assert await _call(room, "peak") == "8"
+    finally:
+        await room.disconnect()
+
+
+async def test_a_method_exiting_or_interrupted_is_a_1500_answer_and_serve_goes_on(serve):
+    relay, p, _line, lines = serve
+    room = await _caller(relay)
+    try:
+        for method, named in (("quits", "SystemExit: 3"), ("interrupted", "KeyboardInterrupt"),
+                              ("quits_async", "SystemExit: from async")):
+            with pytest.raises(RpcError) as e:
+                await _call(room, method)
+            assert (e.value.code, e.value.data) == (1500, named)
+        assert await _call(room, "echo", "still serving") == "still serving"
+    finally:
+        await room.disconnect()
+    assert p.poll() is None
+    assert "call quits from tester failed: SystemExit(3)" in "".join(lines)
+
+
+async def test_methods_register_adds_are_listed_and_logged(serve):
+    relay, _p, line, lines = serve
+    assert "serving added, echo, hold, interrupted, peak, quits, quits_async" in line
+    room = await _caller(relay)
+    try:
+        assert await _call(room, "added", "too") == "added too"
+    finally:
+        await room.disconnect()
+    for _ in range(100):
+        if "call added from tester ok" in "".join(lines):
+            break
+        time.sleep(0.05)
+    assert "call added from tester ok" in "".join(lines)
+
+
+def test_ctrl_c_stops_serve_with_0_even_with_a_plain_method_running(methods_file):
+    with RelayProcess() as relay:
+        p = subprocess.Popen(LKEDGE + ["serve", methods_file, "--url", relay.url, "--identity", "busy"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        assert "serving" in p.stdout.readline()
+        c = subprocess.Popen(LKEDGE + ["call", "busy", "hold", "30", "--url", relay.url],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        time.sleep(1.5)
+        p.send_signal(signal.SIGINT)
+        try:
+            assert p.wait(5) == 0
+        finally:
+            c.kill()
+            c.wait(10)
+        assert "lkedge serve: stopped" in p.stderr.read()
+
+
+def test_a_token_without_can_publish_data_is_refused_before_joining(methods_file):
+    mute = auth.mint_token(auth.DEV_API_KEY, auth.DEV_API_SECRET, identity="mute", room="lkedge",
+                           can_publish_data=False)
+    r = subprocess.run(LKEDGE + ["serve", methods_file, "--token", mute, "--url", NOWHERE],
+                       capture_output=True, text=True, timeout=30, env=_env())
+    assert r.returncode == 2 and "canPublishData" in r.stderr and "could never answer" in r.stderr, r.stderr
+    assert r.stdout == "" and "Traceback" not in r.stderr
+    ok = auth.mint_token(auth.DEV_API_KEY, auth.DEV_API_SECRET, identity="fine", room="lkedge")
+    r = subprocess.run(LKEDGE + ["serve", methods_file, "--token", ok, "--url", NOWHERE],
+                       capture_output=True, text=True, timeout=30, env=_env())
+    assert r.returncode == 4 and "cannot join" in r.stderr   # not refused: it went to join
+
+
+def test_help_says_how_methods_run():
+    r = subprocess.run(LKEDGE + ["serve", "--help"], capture_output=True, text=True, timeout=30, env=_env())
+    assert r.returncode == 0
+    assert "at most 8 at once" in r.stdout and "canPublishData" in r.stdout
