@@ -195,6 +195,7 @@ async def run():
     app.register()
     await _connect_forever(room, cfg, lambda why, e: _failed(trial, why, machine, lastgood.failure_kind(e)))
     trial.joined()
+    app.config_reverted = trial.reverted  # None once a newer config than the one gone back to joined
     trial = None
     import sys
     sys.modules.pop("lastgood", None)  # boot-time code: its heap is the methods' now

@@ -34,8 +34,13 @@ class FileB64Source:
 
 class B64Sink:
     """Decodes base64 text read with readinto() from a stream and hands the bytes to
-    `write(data)`. Keeps the 0-3 characters of a partial quad between reads; line
-    breaks in the text are ignored."""
+    `write(data)`. Keeps the 0-3 characters of a partial quad between reads. Line
+    breaks (CR, LF) anywhere are ignored, as in wrapped base64; anything else is a
+    B64Error naming the offset (in characters, line breaks not counted): a character
+    outside the alphabet (A-Z a-z 0-9 + /, so also spaces), '=' other than 1-2 at the
+    very end, text after it, or a partial quad at the end. (binascii skips what it
+    cannot decode and stops at '=' on both interpreters: each quad run is checked by
+    the length of what it gave.)"""
 
     def __init__(self, write, piece=512):
         self.write = write
@@ -44,6 +49,8 @@ class B64Sink:
         self.piece = piece
         self.carry = 0
         self.size = 0
+        self.chars = 0       # characters decoded so far (line breaks not counted)
+        self.ended = False   # the text ended in '=': nothing may follow
 
     async def pump(self, reader):
         """Read `reader` to its end; returns the number of decoded bytes."""
@@ -54,7 +61,8 @@ class B64Sink:
                 break
             self._decode(self.carry + n)
         if self.carry:
-            raise B64Error("base64 text ends in a partial quad (%d characters left)" % self.carry)
+            raise B64Error("the text ends in a partial quad of %d characters at offset %d (a quad is 4; "
+                           "the last one is padded with '=')" % (self.carry, self.chars))
         return self.size
 
     def feed(self, data):
@@ -67,19 +75,50 @@ class B64Sink:
             i += n
 
     def _decode(self, total):
-        mv = self.mv
-        if self.buf.find(b"\n", 0, total) >= 0 or self.buf.find(b"\r", 0, total) >= 0:
+        buf = self.buf
+        if buf.find(b"\n", 0, total) >= 0 or buf.find(b"\r", 0, total) >= 0:
             total = self._strip_breaks(total)  # rare: wrapped base64
+        if self.ended and total:
+            raise B64Error("text after the '=' padding that ends base64, at offset %d" % self.chars)
         cut = total - total % 4
         if cut:
-            try:
-                data = binascii.a2b_base64(mv[:cut])
-            except ValueError as e:
-                raise B64Error("invalid base64 after %d decoded bytes: %s" % (self.size, e))
-            self.size += len(data)
-            self.write(data)
+            self._quads(cut)
+            if self.ended and total > cut:
+                raise B64Error("text after the '=' padding that ends base64, at offset %d" % self.chars)
         self.carry = total - cut
-        mv[:self.carry] = mv[cut:total]
+        self.mv[:self.carry] = self.mv[cut:total]
+
+    def _quads(self, cut):
+        """Decode buf[:cut] (whole quads), refusing what binascii would skip or stop at."""
+        buf = self.buf
+        pad = 0
+        while pad < 3 and buf[cut - 1 - pad] == 61:  # '='
+            pad += 1
+        try:
+            data = binascii.a2b_base64(self.mv[:cut])
+        except ValueError:
+            data = None
+        if pad > 2 or data is None or len(data) != cut // 4 * 3 - pad:
+            raise B64Error(self._bad(cut - pad))
+        self.size += len(data)
+        self.chars += cut
+        self.ended = pad > 0
+        self.write(data)
+
+    def _bad(self, end):
+        """What is wrong in buf[:end] (the error path: a loop per character is fine)."""
+        buf = self.buf
+        for i in range(end):
+            c = buf[i]
+            if c == 61:
+                q = i - i % 4 + 4   # the end of this quad: all '=' from i on is a padded quad
+                if i % 4 > 1 and buf[i:q] == b"=" * (q - i):
+                    return "text after the '=' padding that ends base64, at offset %d" % (self.chars + q)
+                return "'=' at offset %d: it pads only the end of base64" % (self.chars + i)
+            if not (65 <= c <= 90 or 97 <= c <= 122 or 48 <= c <= 57 or c == 43 or c == 47):
+                what = "%r" % chr(c) if 32 < c < 127 else "byte 0x%02x" % c
+                return "%s at offset %d is not base64" % (what, self.chars + i)
+        return "too much '=' padding at offset %d" % (self.chars + end)
 
     def _strip_breaks(self, total):
         text = bytes(self.mv[:total]).replace(b"\r", b"").replace(b"\n", b"")

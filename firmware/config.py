@@ -14,10 +14,10 @@
      "name": "pump-7"}                      a label shown by device.info
 
 load() never raises: a missing file gives the defaults; a malformed one, or a key of
-the wrong type or out of range, is named in the flash log and replaced by its default,
-so a bad config can never put the board into a reset loop (the app keeps running and
-retrying, and mpremote or config.update can fix it). config.update checks each key
-with problem() before anything is written.
+the wrong type, out of range or holding text that is not UTF-8, is named in the flash
+log and replaced by its default, so a bad config can never put the board into a reset
+loop (the app keeps running and retrying, and mpremote or config.update can fix it).
+config.update checks each key with problem() before anything is written.
 
 Next to it (lastgood.py): config.good.json, the last config the board joined the room
 with; config.rejected.json, a config that could not reach the room and was reverted;
@@ -32,15 +32,44 @@ TYPES = {"relay": str, "token": str, "wifi": dict, "telemetry_to": str,
          "telemetry_interval_s": (int, float), "rejoin_s": (int, float),
          "revert_after_s": (int, float), "name": str}
 INTERVAL_MAX_S = 86400
+# MicroPython's json keeps a \ud800-\udfff escape as is, even a pair that CPython joins
+NOT_TEXT = " (a \\ud800-\\udfff escape? send characters past U+FFFF unescaped)"
+
+
+def is_text(s):
+    """Whether str `s` is valid UTF-8 text. MicroPython's json makes a str of a JSON
+    escape such as "\\ud800" that is not: such a str must not name a file, be stored
+    or be echoed in an answer (the answer would not be valid UTF-8 either)."""
+    from lkedge.utf8 import encoded, text
+    try:
+        text(encoded(s))
+        return True
+    except ValueError:  # UnicodeError is one (CPython: encoded() raises it)
+        return False
+
+
+def _bad_text(value):
+    """True when `value` is, or a dict holding as a key or value, a str that is not
+    valid UTF-8 text."""
+    if isinstance(value, dict):
+        for k in value:
+            if _bad_text(k) or _bad_text(value[k]):
+                return True
+        return False
+    return isinstance(value, str) and not is_text(value)
 
 
 def problem(key, value):
     """Why `value` cannot be config key `key` (a message), or None when it can."""
+    if _bad_text(key):
+        return "a config key is not UTF-8 text" + NOT_TEXT
     want = TYPES.get(key)
     if want is None:
         return "unknown config key %r; known: %s" % (key, ", ".join(sorted(TYPES)))
     if not isinstance(value, want) or isinstance(value, bool):
         return "config key %r has the wrong type %s" % (key, type(value).__name__)
+    if _bad_text(value):
+        return "config key %r: its text is not UTF-8" % (key,) + NOT_TEXT
     if key == "telemetry_interval_s" and not 0.1 <= value <= INTERVAL_MAX_S:  # also NaN
         return "telemetry_interval_s must be between 0.1 and %d, got %r" % (INTERVAL_MAX_S, value)
     if key in ("rejoin_s", "revert_after_s") and not 1 <= value <= INTERVAL_MAX_S:

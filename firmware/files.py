@@ -5,18 +5,22 @@
                -> {"path", "size", "sha256"} of what was written
     file.stat  {"path"} -> {"path", "size", "sha256"}
 
-Paths are relative to the board's root; ".." and control characters are refused.
-file.put writes to PATH.part and renames it at the end, so a broken upload (bad
-base64, the caller gone, a full flash) never replaces a good file and leaves no .part
-behind (a power cut midway can leave PATH.part; the next put of PATH overwrites it);
-a second put of a path already being written is refused (E_BUSY) instead of mixing
-the two uploads. Errors are RpcErrors with the codes below and a message naming the
-cause.
+Paths are relative to the board's root and must be UTF-8 text (MicroPython's json
+lets "\\ud800" through); "..", control characters (U+0000-U+001F, U+007F-U+009F) and a
+trailing "/" are refused. file.put checks its folder first (a missing one is named),
+writes to a temporary ".put-N.tmp" in that folder (N: the lowest not in use by
+another put) and renames it at the end, so a broken upload (bad base64, the caller
+gone, a full flash) never replaces a good file and leaves no temporary file behind (a
+power cut midway can leave one; the next put into that folder overwrites it); a
+second put of a path already being written is refused (E_BUSY) instead of mixing the
+two uploads. Errors are RpcErrors with the codes below and a message naming the
+user's path and the cause.
 """
 import json
 import os
 
 from b64pieces import B64Error, B64Sink, FileB64Source
+from config import NOT_TEXT, is_text
 
 try:
     import hashlib
@@ -32,7 +36,9 @@ E_BAD_BASE64 = 4006
 E_WRITE = 4007
 E_BUSY = 4008
 _HEADER_MAX = 512
-_writing = set()  # paths a file.put is writing now
+_writing = {}  # path -> its temporary file, for each file.put writing now
+_ERRNAMES = {20: "ENOTDIR, a folder in the path is a file", 28: "ENOSPC, the flash is full",
+             36: "ENAMETOOLONG, the name is too long"}  # not in MicroPython's errno table
 
 
 def rpc_error(code, message, data=None):
@@ -67,11 +73,21 @@ def safe_path(path):
     """Only files below the board's root; no way out with '..'. -> the path in one
     spelling ("./a//b" and "/a/b" are "a/b"), so that checks keyed on it (a put in
     progress) see every spelling of one file."""
-    parts = path.split("/") if isinstance(path, str) else [".."]
-    parts = [p for p in parts if p and p != "."]
-    if (not parts or ".." in parts or path.endswith("/") or min(path) < " "):
+    if not isinstance(path, str):
+        raise rpc_error(E_BAD_PATH, "bad path: a string, not %s" % type(path).__name__)
+    if not is_text(path):  # never echoed: the answer would not be UTF-8 either
+        raise rpc_error(E_BAD_PATH, "bad path: not UTF-8 text" + NOT_TEXT)
+    parts = [p for p in path.split("/") if p and p != "."]
+    if not parts or ".." in parts or path.endswith("/") or _has_control(path):
         raise rpc_error(E_BAD_PATH, "bad path %r: a file below / without '..' or control characters" % (path,))
     return "/".join(parts)
+
+
+def _has_control(s):
+    for c in s:
+        if c < " " or "\x7f" <= c <= "\x9f":
+            return True
+    return False
 
 
 def _hexdigest(h):
@@ -88,11 +104,15 @@ def _open(path, mode):
         raise rpc_error(E_NO_FILE, "cannot open %s: %s" % (path, _errname(e)))
 
 
+def _errno(e):
+    return e.args[0] if e.args else 0
+
+
 def _errname(e):
     import errno
-    code = e.args[0] if e.args else 0
-    if code == 28:  # not in MicroPython's errno table
-        return "ENOSPC, the flash is full"
+    code = _errno(e)
+    if code in _ERRNAMES:
+        return _ERRNAMES[code]
     return errno.errorcode.get(code, str(code)) if hasattr(errno, "errorcode") else str(code)
 
 
@@ -128,29 +148,77 @@ async def _read_header(reader, buf):
         got += n
         nl = buf.find(b"\n", 0, got)
         if nl >= 0:
-            return bytes(buf[:nl]).decode(), memoryview(buf)[nl + 1:got]
+            return _text(buf, nl), memoryview(buf)[nl + 1:got]
         if got == len(buf):
             raise rpc_error(E_NO_HEADER, "file.put: no newline in the first %d bytes; the first line "
                             "must be JSON {\"path\": ...}" % len(buf))
+
+
+def _text(buf, n):
+    from lkedge.utf8 import text
+    try:
+        return text(memoryview(buf)[:n])
+    except ValueError:  # UnicodeError is one
+        raise rpc_error(E_NOT_JSON, "file.put: the header line is not UTF-8 text")
 
 
 async def file_put(data):
     reader = data.reader
     head, rest = await _read_header(reader, bytearray(_HEADER_MAX))
     path = safe_path(request(head, "path")["path"])
-    if path in _writing:
-        raise rpc_error(E_BUSY, "file.put: %s is being written by another file.put; try again after it" % path)
-    _writing.add(path)
+    tmp = _claim(path)
     try:
-        return await _put(reader, path, rest)
+        _check_target(path)
+        return await _put(reader, path, tmp, rest)
     finally:
-        _writing.discard(path)
+        del _writing[path]
 
 
-async def _put(reader, path, rest):
-    tmp = path + ".part"
+def _claim(path):
+    """Mark `path` as being written (E_BUSY if it is) -> the temporary file for it: in
+    the same folder (the rename stays on one filesystem), short (a name that fits the
+    flash still fits with it), the lowest N not in use."""
+    busy = _writing
+    if path in busy or path in busy.values():
+        raise rpc_error(E_BUSY, "file.put: %s is being written by another file.put; try again after it" % path)
+    folder = path[:path.rfind("/") + 1]
+    n = 0
+    while True:
+        tmp = "%s.put-%d.tmp" % (folder, n)
+        if tmp != path and tmp not in busy and tmp not in busy.values():
+            busy[path] = tmp
+            return tmp
+        n += 1
+
+
+def _check_target(path):
+    """Refuse, naming the user's path, a put that cannot succeed: its folder is missing
+    or a file, or its name is too long."""
+    i = path.rfind("/")
+    if i > 0:
+        try:
+            folder = os.stat(path[:i])[0] & 0x4000
+        except OSError as e:
+            raise rpc_error(E_NO_FILE, "file.put: folder %s does not exist (%s)" % (path[:i], _errname(e)))
+        if not folder:
+            raise rpc_error(E_NO_FILE, "file.put: %s is a file, not a folder" % path[:i])
+    try:
+        os.stat(path)
+    except OSError as e:
+        if _errno(e) == 36:
+            raise rpc_error(E_BAD_PATH, "file.put: the name is too long for the flash: %s" % path)
+
+
+def _create(tmp, path):
+    try:
+        return open(tmp, "wb")
+    except OSError as e:
+        raise rpc_error(E_WRITE, "file.put: cannot write %s: %s" % (path, _errname(e)))
+
+
+async def _put(reader, path, tmp, rest):
     h = hashlib.sha256()
-    f = _open(tmp, "wb")
+    f = _create(tmp, path)
 
     def write(chunk):
         f.write(chunk)

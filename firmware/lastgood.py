@@ -32,7 +32,8 @@ why, the flash log says what happened and why, and the board resets into the goo
 config. That one can never be on trial (it is the last good one), so the board cannot
 loop between configs; with no last good config (a fresh deploy that never joined)
 nothing is on trial and the app retries as it always did. device.info shows
-"config_reverted" (the reason) while the board runs the config it went back to.
+"config_reverted" (the reason) while the board runs the config it went back to: once
+a config other than that one has joined the room, the note is removed.
 `lkedge deploy` removes all three files: what a person deploys starts afresh.
 
 Loaded at boot (the app drops it once joined) and by config.update (on_trial()).
@@ -184,6 +185,7 @@ class Trial:
                 # the trial note stays: without it an outage could revert this config
                 flashlog.error("%s not written: %r" % (GOOD, e))
                 return
+            self.reverted = None  # a config newer than the one gone back to joined
         if self.reverted is None:  # a trial over, or a stale note: nothing to keep
             import os
             try:

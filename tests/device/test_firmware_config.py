@@ -182,3 +182,25 @@ async def test_the_app_rejoins_only_a_room_that_gave_up():
         task.cancel()
         assert room.connects == 1 and room.connection_state == "connected", room.connects
         assert "joining again" in log.text(), log.text()
+
+
+def test_config_text_that_is_not_utf8_is_refused_and_never_echoed():
+    # MicroPython's json makes a str of "\ud800" that is not UTF-8: a name saved so made
+    # every device.info answer invalid, for good (it was even kept as the last good config)
+    for payload in ('{"name": "\\ud800"}', '{"name": "pump-\\udfff"}', '{"token": "a\\ud83db"}',
+                    '{"telemetry_to": "\\ud800"}', '{"wifi": {"ssid": "\\ud800", "password": "p"}}',
+                    '{"wifi": {"ssid": "s", "\\ud800": "p"}}', '{"\\ud800": 1}'):
+        try:
+            methods._config_patch(payload)
+        except RpcError as e:
+            assert e.code == methods.E_BAD_CONFIG and config.is_text(e.message), (payload, e.message)
+        else:
+            raise AssertionError("config.update %s was accepted" % payload)
+    assert methods._config_patch('{"name": "pump-\\u00e9\U0001f600"}') == {"name": "pump-\u00e9\U0001f600"}
+
+
+def test_a_config_file_with_text_that_is_not_utf8_falls_back_key_by_key():
+    with FlashLog() as log:
+        cfg = _load('{"name": "\\ud800", "token": "t", "wifi": {"ssid": "\\udc00"}}')
+        assert cfg["name"] == "" and cfg["wifi"] == {} and cfg["token"] == "t", cfg
+        assert "'name'" in log.text() and "'wifi'" in log.text() and config.is_text(log.text()), log.text()

@@ -73,6 +73,11 @@ def _sha(b):
 _rm = firmware_path.rm
 
 
+def _tmp(name, n=0):
+    """The temporary file a file.put of `name` writes first (the lowest N not in use)."""
+    return name[:name.rfind("/") + 1] + ".put-%d.tmp" % n
+
+
 async def _rpc_code(aw):
     try:
         r = await aw if not isinstance(aw, str) else aw
@@ -143,14 +148,14 @@ async def test_file_put_errors_name_the_cause_and_leave_no_file():
         assert await _rpc_code(files.file_put(Data(reader=PieceReader(b"x" * 600)))) == files.E_NO_HEADER
         assert await _rpc_code(files.file_put(Data(reader=PieceReader(b"[1]\nQUJD")))) == files.E_NOT_JSON
         assert await _rpc_code(files.file_put(Data(reader=PieceReader(b'{"path": "../up"}\nQUJD')))) == files.E_BAD_PATH
-        for n in (name, name + ".part"):
+        for n in (name, _tmp(name)):
             try:
                 os.stat(n)
                 raise AssertionError("%s was left behind by a failed upload" % n)
             except OSError:
                 pass
     finally:
-        _rm(name, name + ".part")
+        _rm(name, _tmp(name))
 
 
 async def test_file_put_keeps_the_old_file_when_the_upload_fails():
@@ -163,7 +168,7 @@ async def test_file_put_keeps_the_old_file_when_the_upload_fails():
         with open(name, "rb") as f:
             assert f.read() == b"good"
     finally:
-        _rm(name, name + ".part")
+        _rm(name, _tmp(name))
 
 
 def test_file_stat_gives_size_and_sha256_or_a_clear_error():
@@ -235,7 +240,7 @@ async def test_a_second_put_of_the_same_path_is_refused_while_the_first_runs():
         with open(name, "rb") as f:
             assert f.read() == b
     finally:
-        _rm(name, name + ".part")
+        _rm(name, _tmp(name))
 
 
 class _FullFlashFile:
@@ -259,8 +264,8 @@ async def test_file_put_on_a_full_flash_is_a_clear_error_that_keeps_the_old_file
     name = PREFIX + "full.bin"
     with open(name, "wb") as f:
         f.write(b"good")
-    real_open = files._open
-    files._open = lambda path, mode: _FullFlashFile(real_open(path, mode), 1000)
+    real_create = files._create
+    files._create = lambda tmp, path: _FullFlashFile(real_create(tmp, path), 1000)
     try:
         try:
             await files.file_put(Data(reader=PieceReader(_put_body(name, _content(3000)), 300)))
@@ -270,14 +275,14 @@ async def test_file_put_on_a_full_flash_is_a_clear_error_that_keeps_the_old_file
             raise AssertionError("file.put on a full flash answered")
         with open(name, "rb") as f:
             assert f.read() == b"good"
-        _absent(name + ".part")
+        _absent(_tmp(name))
     finally:
-        files._open = real_open
-        _rm(name, name + ".part")
+        files._create = real_create
+        _rm(name, _tmp(name))
     assert not files._writing, "a failed put still holds its path"
 
 
-async def test_file_put_onto_a_directory_is_a_clear_error_and_leaves_no_part():
+async def test_file_put_onto_a_directory_is_a_clear_error_and_leaves_no_temporary_file():
     name = PREFIX + "dir"
     os.mkdir(name)
     try:
@@ -287,9 +292,9 @@ async def test_file_put_onto_a_directory_is_a_clear_error_and_leaves_no_part():
             assert e.code == files.E_WRITE and name in e.message, e.message
         else:
             raise AssertionError("file.put onto a directory answered")
-        _absent(name + ".part")
+        _absent(_tmp(name))
     finally:
-        _rm(name + ".part")
+        _rm(_tmp(name))
         os.rmdir(name)
 
 
@@ -315,3 +320,132 @@ async def test_log_tail_takes_an_empty_object_and_refuses_a_bool():
         src.f.close()
     assert await _rpc_code(app.log_tail(Data(reader=PieceReader(b'{"bytes": true}')))) == files.E_NOT_JSON
     assert await _rpc_code(app.log_tail(Data(reader=PieceReader(b" " * 300)))) == files.E_NOT_JSON
+
+
+async def _put_error(body, step=7):
+    """The RpcError a file.put of `body` (header line included) ends in."""
+    try:
+        r = await files.file_put(Data(reader=PieceReader(body, step)))
+    except RpcError as e:
+        return e
+    raise AssertionError("file.put answered %r" % (r,))
+
+
+# Both interpreters' binascii skip what is not base64 and stop at '=': each of these
+# decoded to something (or to part of the file) and was written as the whole upload.
+BAD_BASE64 = (
+    (binascii.b2a_base64(_content(1000))[:-1] + binascii.b2a_base64(_content(999))[:-1], 1336),
+    (b"aGk=QUJD", 4), (b"QQ==QQ==", 4), (b"QQ==\nQUJD", 4), (b"QUJD=", 4), (b"QUJDQ===", 5),
+    (b"QUJ", 0), (b"QUJDR", 4), (b"QU JD", 2), (b"QUJD\tQUJD", 4), (b"QU*D", 2), (b"QUJD-_ab", 4),
+    (b"QUJD\xc3\xa9QUJD", 4), (b"QUJD\x00QUJ", 4), (b"Q=JD", 1))
+
+
+async def test_file_put_refuses_malformed_base64_naming_the_offset_and_writes_nothing():
+    name = PREFIX + "malformed.bin"
+    head = (json.dumps({"path": name}) + "\n").encode()
+    try:
+        for body, offset in BAD_BASE64:
+            for step in (1, 3, 512, 4096):
+                e = await _put_error(head + body, step)
+                assert e.code == files.E_BAD_BASE64, (body[:20], step, e.code, e.message)
+                assert "offset %d" % offset in e.message, (body[:20], step, e.message)
+                _absent(name, _tmp(name))
+    finally:
+        _rm(name, _tmp(name))
+
+
+def test_b64_sink_takes_line_breaks_and_padding_at_the_very_end():
+    for text, want in ((b"QUJD\r\nQQ==\n", b"ABCA"), (b"QUJDQUI=\n\n", b"ABCAB"), (b"", b""),
+                       (b"\nQUJD", b"ABC")):
+        out = []
+        sink = b64pieces.B64Sink(out.append, piece=4)
+        sink.feed(text)
+        assert b"".join(out) == want and sink.carry == 0, (text, out)
+
+
+def _text_ok(s):
+    import config
+    return config.is_text(s)
+
+
+async def test_paths_that_are_not_utf8_text_are_refused_without_echoing_them():
+    # MicroPython's json turns "\ud800" into a str that is not UTF-8: as a file name it
+    # made a file named by invalid bytes, and echoed in an error the answer was invalid
+    for path in ('"\\ud800"', '"a\\udfffb"', '"' + PREFIX + '\\ud83d.txt"'):
+        payload = '{"path": %s}' % path
+        for call in (lambda: files.file_stat(Data(payload)),
+                     lambda: files.file_get(Data(reader=PieceReader(payload.encode()))),
+                     lambda: files.file_put(Data(reader=PieceReader(payload.encode() + b"\nQUJD")))):
+            try:
+                r = call()
+                if not isinstance(r, str):
+                    r = await r
+            except RpcError as e:
+                assert e.code == files.E_BAD_PATH and _text_ok(e.message), (path, e.code, e.message)
+            else:
+                raise AssertionError("%s answered %r" % (payload, r))
+    assert not [n for n in os.listdir() if n.startswith(PREFIX)], "a file was made"
+    # raw bytes that are not UTF-8 in file.put's header line
+    e = await _put_error(b'{"path": "' + PREFIX.encode() + b'\xed\xa0\x80"}\nQUJD')
+    assert e.code == files.E_NOT_JSON and _text_ok(e.message), e.message
+    assert not [n for n in os.listdir() if n.startswith(PREFIX)], "a file was made"
+
+
+def test_del_and_c1_controls_are_control_characters():
+    for bad in ("a\x7fb", "a\x80b", "a\x85b", "a\x9fb"):
+        assert _code(files.file_stat, Data(json.dumps({"path": bad}))) == files.E_BAD_PATH, repr(bad)
+    for fine in ("a\xa0b", "caf\xe9", "\u20ac"):  # printable: only not there
+        assert _code(files.file_stat, Data(json.dumps({"path": PREFIX + fine}))) == files.E_NO_FILE, repr(fine)
+
+
+async def test_file_put_errors_name_the_users_path_not_the_temporary_file():
+    d = PREFIX + "plain"
+    with open(d, "wb") as f:
+        f.write(b"a file")
+    try:
+        for path, why in ((PREFIX + "nodir/t1.txt", "folder %snodir does not exist" % PREFIX),
+                          (d + "/t1.txt", "%s is a file, not a folder" % d)):
+            e = await _put_error(_put_body(path, b"abc"))
+            assert e.code == files.E_NO_FILE and why in e.message, e.message
+            assert ".tmp" not in e.message and ".part" not in e.message, e.message
+        _absent(_tmp(d))
+    finally:
+        _rm(d)
+
+
+async def test_file_put_takes_a_name_as_long_as_the_flash_does_and_says_when_it_is_too_long():
+    d = PREFIX + "long"
+    os.mkdir(d)
+    fits = d + "/" + "n" * 252  # was refused: NAME.part was 257 characters
+    try:
+        r = json.loads(await files.file_put(Data(reader=PieceReader(_put_body(fits, b"abc"), 500))))
+        assert r["size"] == 3 and r["path"] == fits
+        e = await _put_error(_put_body(d + "/" + "n" * 256, b"abc"), 500)
+        assert e.code == files.E_BAD_PATH and "too long" in e.message and ".tmp" not in e.message, e.message
+        assert os.listdir(d) == ["n" * 252], os.listdir(d)
+    finally:
+        _rm(fits, _tmp(fits))
+        os.rmdir(d)
+
+
+async def test_puts_into_one_folder_at_once_use_temporary_files_of_their_own():
+    import asyncio
+    d = PREFIX + "both"
+    os.mkdir(d)
+    a, b = _content(2000), bytes(reversed(_content(2000)))
+    try:
+        first = asyncio.create_task(files.file_put(Data(reader=SlowReader(_put_body(d + "/a", a), 64))))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        # a path named as the first one's temporary file is busy too
+        assert await _rpc_code(files.file_put(Data(reader=SlowReader(_put_body(_tmp(d + "/a"), b), 64)))) \
+            == files.E_BUSY
+        second = json.loads(await files.file_put(Data(reader=SlowReader(_put_body(d + "/b", b), 64))))
+        json.loads(await first)
+        for n, want in (("a", a), ("b", b)):
+            with open(d + "/" + n, "rb") as f:
+                assert f.read() == want, "the two uploads were mixed"
+        assert second["sha256"] == _sha(b) and sorted(os.listdir(d)) == ["a", "b"], os.listdir(d)
+    finally:
+        _rm(d + "/a", d + "/b", _tmp(d + "/a"), _tmp(d + "/a", 1))
+        os.rmdir(d)

@@ -463,3 +463,21 @@ def test_device_info_shows_a_reverted_config():
     assert json.loads(a.device_info(None))["config_reverted"] is None
     a.config_reverted = "config.json could not reach the room"
     assert json.loads(a.device_info(None))["config_reverted"] == "config.json could not reach the room"
+
+
+def test_the_revert_note_goes_once_a_newer_config_joins():
+    # after going back, a config.update that keeps the Wi-Fi, relay and token (a new
+    # name) and joins is newer than the config gone back to: config_reverted ends there
+    with Flash(absent=["absent-ap"], wifi_ms=1000) as flash:
+        config.save(GOOD_CFG, lastgood.GOOD)
+        flash.write("PATH", BAD_TEXT)
+        _boot_resets(flash)
+        cfg, trial = _boot(flash)
+        trial.joined()   # the config gone back to joined: the note stays
+        assert trial.reverted and lastgood.Trial(cfg).reverted == trial.reverted
+        config.save(_cfg(name="pump-9"))
+        cfg, trial = _boot(flash)
+        assert not trial.on and trial.reverted, "shown until the new config has joined"
+        trial.joined()
+        assert trial.reverted is None and not flash.exists("TRIAL")
+        assert lastgood.Trial(cfg).reverted is None and lastgood.load_good()["name"] == "pump-9"

@@ -8,6 +8,7 @@ mpy-cross and mpremote); every test talks to the board from host participants th
 use the same lkedge library.
 """
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -236,6 +237,50 @@ async def test_bad_inputs_are_rpc_errors_and_leave_the_board_serving_without_a_l
         await room.disconnect()
 
 
+async def _put(room, text):
+    """file.put with the request text `text` (header line and body) -> the answer."""
+    reader = await room.local_participant.perform_rpc_stream(
+        destination_identity=BOARD, method="file.put", payload=text, response_timeout=10)
+    return json.loads(await reader.read_all())
+
+
+async def _refused(aw, code, *words):
+    try:
+        r = await aw
+    except RpcError as e:
+        assert e.code == code and all(w in e.message for w in words), (code, words, e.code, e.message)
+        return e.message
+    raise AssertionError("answered %r instead of failing with %d" % (r, code))
+
+
+async def test_file_and_config_requests_the_board_cannot_keep_are_refused(rig):
+    # a black-box user's findings: each was written or saved (or answered with text
+    # that was not UTF-8, which dropped the board); now each is an RpcError
+    room = await _host(rig)
+    try:
+        r1, r2 = os.urandom(1000), os.urandom(1000)
+        two = base64.b64encode(r1).decode() + base64.b64encode(r2).decode()  # '==' mid-text
+        for body, offset in ((two, 1336), ("aGk=QUJD", 4), ("QU JD", 2)):
+            await _refused(_put(room, '{"path": "t1.bin"}\n' + body), 4006, "offset %d" % offset)
+        await _refused(_call(room, "file.stat", '{"path": "t1.bin"}'), 4004)
+        for payload in ('{"path": "\\ud800"}', '{"path": "a\\u007fb"}'):
+            await _refused(_call(room, "file.stat", payload), 4002)
+            await _refused(_put(room, payload + "\nQUJD"), 4002)
+        await _refused(_put(room, '{"path": "nodir/t1.txt"}\nQUJD'), 4004, "folder nodir does not exist")
+        await _refused(_call(room, "config.update", '{"name": "\\ud800"}'), 4005, "'name'")
+        assert (await _put(room, '{"path": "%s"}\nQUJD' % ("n" * 252)))["size"] == 3
+        info = await _info(room)   # still in the room, its name unchanged
+        assert info["identity"] == BOARD and "\ud800" not in info["name"], info
+        left = [n for n in os.listdir(rig.flash) if n.startswith((".put-", "t1", "a\x7f"))]
+        assert not left and rig.flash_json("config.json")["name"] == info["name"], left
+    finally:
+        await room.disconnect()
+        try:
+            os.remove(os.path.join(rig.flash, "n" * 252))
+        except FileNotFoundError:
+            pass
+
+
 async def test_a_board_pushed_out_by_its_own_identity_joins_again(rig):
     # someone joins with the board's identity: the relay drops the board (a final
     # LEAVE, the room gives up); rejoin_s later the board joins again (and, the newer
@@ -312,3 +357,13 @@ async def test_a_config_whose_wifi_cannot_connect_goes_back_to_the_last_good_one
     log = rig.flash_log()
     assert "Wi-Fi 'absent-ap': no connection after 20 s (STAT_NO_AP_FOUND)" in log, log[-3000:]
     assert "could not reach the room" in log and "config.rejected.json" in log, log[-3000:]
+    # a newer config (the same Wi-Fi, relay and token) joins: config_reverted ends
+    room = await _host(rig)
+    try:
+        await _call(room, "config.update", json.dumps({"name": "after-revert"}))
+        await _reboot_and_rejoin(room)
+        info = await _info(room)
+        assert info["name"] == "after-revert" and info["config_reverted"] is None, info
+    finally:
+        await room.disconnect()
+    assert rig.flash_json("config.trial.json") is None
