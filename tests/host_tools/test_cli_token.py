@@ -41,10 +41,37 @@ def test_token_usage_errors():
     assert r.returncode == 2 and "--identity" in r.stderr
 
 
+def test_token_lifetimes_over_ten_years_are_usage_errors():
+    for ttl in ("1e20", "inf", "99999999999999999999", "3651d"):
+        r = lkedge("token", "--identity", "b", "--room", "r", "--ttl", ttl)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (ttl, r.stderr)
+        assert "bad duration %r" % ttl in r.stderr and "at most 3650d, 10 years" in r.stderr, r.stderr
+    r = lkedge("token", "--identity", "b", "--room", "r", "--ttl", "3650d")
+    assert r.returncode == 0, r.stderr
+    claims = jwt.decode(r.stdout.strip(), options={"verify_signature": False})
+    assert abs(claims["exp"] - time.time() - auth.MAX_TTL_S) < 60
+
+
+def test_mint_token_refuses_a_lifetime_its_dates_cannot_hold():
+    try:
+        auth.mint_token(auth.DEV_API_KEY, auth.DEV_API_SECRET, identity="b", room="r", ttl_s=1e20)
+    except ValueError as e:
+        assert "over 315360000 s" in str(e)
+    else:
+        raise AssertionError("accepted")
+
+
+def test_token_identity_the_relay_would_refuse_is_a_usage_error():
+    r = lkedge("token", "--identity", "\u00e9" * 129, "--room", "r")
+    assert r.returncode == 2 and "identity is 258 bytes of UTF-8, over 256 (the relay refuses it)" in r.stderr
+    r = lkedge("token", "--identity", "i" * auth.MAX_IDENTITY_BYTES, "--room", "r")
+    assert r.returncode == 0, r.stderr
+
+
 def test_parse_ttl():
-    assert [auth.parse_ttl(t) for t in ("6h", "30m", "45s", "2d", "120")] == [
-        21600, 1800, 45, 172800, 120]
-    for bad in ("0", "-1h", "h", "1w", "nan", "inf", "0.5"):
+    assert [auth.parse_ttl(t) for t in ("6h", "30m", "45s", "2d", "120", "3650d")] == [
+        21600, 1800, 45, 172800, 120, auth.MAX_TTL_S]
+    for bad in ("0", "-1h", "h", "1w", "nan", "inf", "0.5", "1e20", "3651d", "315360001"):
         try:
             auth.parse_ttl(bad)
         except ValueError:

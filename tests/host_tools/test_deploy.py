@@ -2,9 +2,12 @@
 MicroPython. A tiny test firmware in a temp folder stands in for firmware/."""
 import json
 import os
+import pty
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -22,10 +25,14 @@ def mpremote_out(port, *args):
     return r.stdout.replace("\r\n", "\n")
 
 
+def deploy_cmd(port, firmware, lib, *extra, timeout=120):
+    return subprocess.run([sys.executable, "-m", "lkedge_host.cli", "deploy", "--port", port,
+                           "--firmware", firmware, "--lib", lib] + list(extra),
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def run_deploy(port, profile, firmware, lib, *extra):
-    r = subprocess.run([sys.executable, "-m", "lkedge_host.deploy", "--port", port, "--profile", profile,
-                        "--firmware", firmware, "--lib", lib] + list(extra),
-                       capture_output=True, text=True, timeout=120)
+    r = deploy_cmd(port, firmware, lib, "--profile", profile, *extra)
     assert r.returncode == 0, r.stderr
     m = re.search(r"deploy: (\d+) copied, (\d+) unchanged, (\d+) removed", r.stderr)
     assert m, r.stderr
@@ -200,6 +207,10 @@ def test_a_bad_port_fails_with_a_clear_message(firmware, lib, tmp_path):
     (["--relay", "127.0.0.1:7880"], "bad --relay: 127.0.0.1:7880: not a URL"),
     (["--room", ""], "--room must not be empty"),
     (["--token-ttl", "5x"], "bad duration '5x'"),
+    (["--token-ttl", "1e20"], "at most 3650d"),
+    (["--token-ttl", "99999999999999999999"], "at most 3650d"),
+    (["--identity", "i" * 300], "bad --identity: identity is 300 bytes of UTF-8, over 256"),
+    (["--identity", "\u00e9" * 129], "bad --identity: identity is 258 bytes of UTF-8, over 256"),
 ])
 def test_option_mistakes_are_usage_errors_said_before_any_work(firmware, lib, tmp_path, extra, said):
     r = subprocess.run([sys.executable, "-m", "lkedge_host.cli", "deploy", "--port", str(tmp_path / "tty"),
@@ -222,6 +233,164 @@ def test_a_syntax_error_names_the_file(unix_board, firmware, lib):
     r = subprocess.run([sys.executable, "-m", "lkedge_host.deploy", "--port", unix_board, "--profile", "unix",
                         "--firmware", firmware, "--lib", lib], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "mpy-cross failed on" in r.stderr and "broken.py" in r.stderr
+
+
+def _make(path, text=b""):
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY)
+    os.write(fd, text)
+    os.close(fd)
+
+
+def test_file_names_that_are_not_utf8_are_left_alone(unix_board, firmware, lib, tmp_path):
+    # A board can make such names; deploy must neither crash on them nor touch them.
+    flash = os.fsencode(str(tmp_path / "flash"))
+    os.makedirs(os.path.join(flash, b"lib", b"lkedge"))
+    _make(os.path.join(flash, b"lib", b"lkedge", b"\xed\xa0\x80.py"), b"x = 1\n")  # listed, not UTF-8
+    _make(os.path.join(flash, b"lib", b"lkedge", b"gone.py"))                     # really stale
+    _make(os.path.join(flash, b"\xff.py"))  # the emulated board cannot list / at all with this
+    counts, log = run_deploy(unix_board, "unix", firmware, lib)
+    assert "Traceback" not in log and counts[2] == 1, log
+    assert "deploy: remove /lib/lkedge/gone.py (stale)" in log
+    assert "deploy: leave /lib/lkedge/\\xed\\xa0\\x80.py alone (its name is not UTF-8" in log
+    assert "deploy: warning: cannot list / (a name there is not UTF-8)" in log
+    assert os.path.exists(os.path.join(flash, b"lib", b"lkedge", b"\xed\xa0\x80.py"))
+    assert os.path.exists(os.path.join(flash, b"\xff.py"))
+    assert not os.path.exists(os.path.join(flash, b"lib", b"lkedge", b"gone.py"))
+
+
+def _main_ran(flash, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if os.path.exists(os.path.join(flash, "main_ran")):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _marking_board(profile, tmp_path):
+    """A board whose main.py marks each boot with the file main_ran (removed after the first)."""
+    flash = str(tmp_path / "flash")
+    _write(flash, "main.py", "open('main_ran', 'w').close()\n")
+    proc, port = _board(profile, tmp_path)
+    assert _main_ran(flash), "the board did not boot"
+    os.remove(os.path.join(flash, "main_ran"))
+    return proc, port, flash
+
+
+@pytest.mark.parametrize("profile_args, said", [
+    ([], "the board is a MicroPython esp32 board but profile unix is for unix boards: use --profile esp32 or esp32s3"),
+    (["--profile", "picow"], "but profile picow is for rp2 boards: use --profile esp32 or esp32s3"),
+])
+def test_a_profile_for_another_port_is_refused_and_the_board_reset(tmp_path, firmware, lib, profile_args, said):
+    # The emulated board says its profile's port (its sys.platform is the unix port's).
+    proc, port, flash = _marking_board("esp32", tmp_path)
+    try:
+        r = deploy_cmd(port, firmware, lib, *profile_args)
+        assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "deploy: copy" not in r.stderr
+        # mpremote interrupted the firmware: a failure must not leave the board at its REPL
+        assert "deploy: board reset after the failure" in r.stderr
+        assert _main_ran(flash), "the board was not reset"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_no_reset_leaves_the_board_at_its_repl_after_a_failure(tmp_path, firmware, lib):
+    proc, port, flash = _marking_board("unix", tmp_path)
+    try:
+        r = deploy_cmd(port, firmware, lib, "--profile", "esp32", "--no-reset")
+        assert r.returncode == 2 and "profile esp32 is for esp32 boards: use --profile unix" in r.stderr
+        assert "the board is left at its REPL (--no-reset)" in r.stderr
+        assert not _main_ran(flash, 1.0)
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+class FakePty:
+    """A pty that is no MicroPython board: silent, or echoing what it is sent."""
+
+    def __init__(self, echo):
+        self.master, self.slave = pty.openpty()
+        self.path = os.ttyname(self.slave)
+        self.done = False
+        self.thread = threading.Thread(target=self._echo, daemon=True) if echo else None
+        if self.thread:
+            self.thread.start()
+
+    def _echo(self):
+        import select
+        while not self.done:
+            if select.select([self.master], [], [], 0.1)[0]:
+                try:
+                    os.write(self.master, os.read(self.master, 4096))
+                except OSError:
+                    time.sleep(0.1)
+
+    def close(self):
+        self.done = True
+        if self.thread:
+            self.thread.join(5)
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def test_a_pty_that_is_no_micropython_repl_fails_in_one_line(firmware, lib, tmp_path):
+    fake = FakePty(echo=True)
+    try:
+        # a link: mpremote then polls and gives up entering the raw REPL after 10 s
+        link = str(tmp_path / "ttyFAKE")
+        os.symlink(fake.path, link)
+        r = deploy_cmd(link, firmware, lib, timeout=90)
+    finally:
+        fake.close()
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == ("lkedge deploy: no MicroPython REPL answered on %s (is it a "
+                                                 "MicroPython board? is its firmware stuck?)" % link)
+    assert "Traceback" not in r.stderr and "reset" not in r.stderr
+
+
+def test_a_silent_pty_fails_in_one_line_after_the_query_timeout(firmware, lib, monkeypatch, capsys):
+    # mpremote waits for ever on a /dev/pts pty that never answers: deploy's query timeout ends it
+    monkeypatch.setattr(deploy, "QUERY_TIMEOUT_S", 3)
+    fake = FakePty(echo=False)
+    try:
+        code = deploy.main(["--port", fake.path, "--firmware", firmware, "--lib", lib])
+    finally:
+        fake.close()
+    err = capsys.readouterr().err
+    assert code == 1 and ("lkedge deploy: no MicroPython REPL answered on %s within 3 s (is it"
+                          % fake.path) in err, err
+    assert "reset" not in err
+
+
+@pytest.mark.parametrize("kind", ["plain file", "/dev/null"])
+def test_a_port_that_is_no_serial_port_fails_in_one_line(firmware, lib, tmp_path, kind):
+    port = "/dev/null" if kind == "/dev/null" else str(tmp_path / "not-a-tty")
+    if kind == "plain file":
+        _write(str(tmp_path), "not-a-tty", "text\n")
+    r = deploy_cmd(port, firmware, lib)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == \
+        "lkedge deploy: %s is not a serial port or pty" % port, r.stderr
+    assert "Traceback" not in r.stderr and "it may be in use" not in r.stderr
+
+
+def test_a_loopback_relay_that_does_not_listen_is_warned_about(unix_board, firmware, lib):
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(1)
+    url = "tcp://127.0.0.1:%d" % listening.getsockname()[1]
+    try:
+        _, log = run_deploy(unix_board, "unix", firmware, lib, "--relay", url, "--no-reset")
+        assert "warning: no relay" not in log, log
+    finally:
+        listening.close()
+    _, log = run_deploy(unix_board, "unix", firmware, lib, "--relay", url, "--no-reset")
+    assert "deploy: warning: no relay answers at %s (Connection refused)" % url in log, log
+    # another host's relay may be reachable from the board only: not checked
+    _, log = run_deploy(unix_board, "unix", firmware, lib, "--relay", "tcp://192.0.2.1:7880", "--no-reset")
+    assert "warning: no relay" not in log, log
 
 
 def test_package_json_lists_every_library_module_for_mip():

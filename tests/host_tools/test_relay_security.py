@@ -167,7 +167,7 @@ async def test_malformed_claims_in_a_signed_token_get_leave_3_and_leave_no_trace
         for token, words in ((signed(video={"roomJoin": True, "room": ["lab"]}), "must be strings"),
                              (signed(attributes=["a"]), "attributes must be a JSON object"),
                              (signed(video="lab"), "claims malformed"),
-                             (signed(sub="\u00e9" * 129), "identity (sub) is 258 bytes of UTF-8, over 256")):
+                             (signed(sub="\u00e9" * 129), "token (sub): identity is 258 bytes of UTF-8, over 256")):
             p = await r.connect()
             await p.join(token, expect=False)
             reason = (await expect_leave(p, link.LEAVE_UNAUTHORIZED))["reason"]
