@@ -17,6 +17,7 @@ NOWHERE = "tcp://127.0.0.1:1"   # nothing listens: a command that tried to join 
 
 HANDLERS = '''
 import asyncio
+import sys
 from lkedge.rpc import RpcError
 
 def echo(data):
@@ -34,6 +35,7 @@ def register(room):
     room.local_participant.register_rpc_method("count", count, streaming=True)
 
 async def sleepy(data):
+    print("sleepy started for", data.caller_identity, file=sys.stderr, flush=True)
     await asyncio.sleep(float(data.payload or 30))
     return "woke"
 
@@ -167,14 +169,10 @@ def test_cafile_is_checked():
 
 # ------------------------------------------------------------------ in a room
 def test_ctrl_c_on_a_long_call_says_interrupted_and_exits_130(served):
-    relay, _s = served
-    p = subprocess.Popen(LKEDGE + ["call", "host", "sleepy", "30", "--timeout", "60", "--url", relay.url],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    time.sleep(2)
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=10)
-    assert p.returncode == 130
-    assert "lkedge call: interrupted" in err and "Traceback" not in err
+    relay, s = served
+    r = _ctrl_c(relay, s)
+    assert r.returncode == 130, r.stderr
+    assert "lkedge call: interrupted" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_unknown_destination_names_the_room_and_who_is_in_it(served):
@@ -279,22 +277,33 @@ def test_a_timeout_outside_what_a_call_can_carry_is_a_usage_error():
 
 
 # ------------------------------------------------------------------ -o, stdout, payload text
-def _ctrl_c(relay, out):
-    p = subprocess.Popen(LKEDGE + ["call", "host", "sleepy", "30", "--timeout", "60", "-o", out, "--url", relay.url],
+def _ctrl_c(relay, s, *output):
+    """Ctrl-C on a call of `sleepy 30`, once serve has started it (a fixed delay raced the
+    caller's start on a loaded machine); the caller is killed if it does not stop, so no
+    stray participant stays in the room for the next tests."""
+    before = s.err.count("sleepy started")
+    p = subprocess.Popen(LKEDGE + ["call", "host", "sleepy", "30", "--timeout", "60", *output, "--url", relay.url],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    time.sleep(2)
-    p.send_signal(signal.SIGINT)
-    err = p.communicate(timeout=10)[1]
+    try:
+        deadline = time.monotonic() + 20
+        while s.err.count("sleepy started") == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        err = p.communicate(timeout=10)[1]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     return subprocess.CompletedProcess(p.args, p.returncode, "", err)
 
 
 @pytest.mark.parametrize("how,code", [("rpc error", 3), ("timeout", 1), ("ctrl-c", 130)])
 def test_a_failed_call_leaves_the_output_file_as_it_was(served, tmp_path, how, code):
-    relay, _s = served
+    relay, s = served
     out = tmp_path / "out8.b64"
     out.write_text("the good copy\n")
     if how == "ctrl-c":
-        r = _ctrl_c(relay, str(out))
+        r = _ctrl_c(relay, s, "-o", str(out))
     else:
         method = ["missing"] if how == "rpc error" else ["sleepy", "5", "--timeout", "0.3"]
         r = _lk("call", "host", *method, "-o", str(out), "--url", relay.url)

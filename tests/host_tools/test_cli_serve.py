@@ -17,6 +17,7 @@ from lkedge.room import Room
 from lkedge.rpc import RpcError
 from lkedge_host.relay import auth
 from lkedge_host.relay.process import RelayProcess
+from test_cli_mistakes import _env   # the environment without the user's LKEDGE_/LIVEKIT_ settings
 
 LKEDGE = [os.path.join(os.path.dirname(sys.executable), "lkedge")]
 NOWHERE = "tcp://127.0.0.1:1"   # nothing listens: a serve that tried to join would exit 4
@@ -56,14 +57,6 @@ def register(room):
     def added(data):
         return "added " + data.payload
 '''
-
-
-def _env():
-    env = dict(os.environ)
-    for k in ("LKEDGE_URL", "LKEDGE_ROOM", "LKEDGE_TOKEN", "LKEDGE_CAFILE", "LIVEKIT_API_KEY",
-              "LIVEKIT_API_SECRET"):
-        env.pop(k, None)
-    return env
 
 
 @pytest.fixture(scope="module")
