@@ -2,12 +2,20 @@
 import asyncio
 import inspect
 import os
+import signal
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for p in (os.path.join(ROOT, "lib"), os.path.join(ROOT, "tests", "device"), os.path.join(ROOT, "tests")):
     if p not in sys.path:
         sys.path.insert(0, p)
+
+# A suite started in the background by a non-interactive shell (`make test &`) inherits
+# SIGINT ignored, and so would every command it starts: Python keeps an ignored SIGINT,
+# so `lkedge call` could not be interrupted in the Ctrl-C tests. The default handler here
+# gives the commands the default disposition again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_pyfunc_call(pyfuncitem):
