@@ -796,3 +796,12 @@ def test_a_destination_list_that_leaves_no_room_for_content_is_refused_by_name()
         assert "500 destination identities" in str(e) and "fewer destinations" in str(e), str(e)
     else:
         raise AssertionError("a stream whose chunks cannot fit the link was accepted")
+
+
+def test_the_quick_bound_never_lets_a_full_chunk_pass_max_frame():
+    # chunk_room answers 15000 from a bound when the destinations are few; at every
+    # max_frame around that bound the full chunk must still fit
+    dests = ["\U0001f600" * 20, "b" * 200]   # 4-byte characters, a 2-byte length prefix
+    for mf in range(15200, 16200, 50):
+        room = streams.chunk_room("s" * 36, dests, mf)
+        assert _frame(streams.chunk_packet("s" * 36, 0xFFFFFFFF, dests, bytes(room))) <= mf, mf
