@@ -161,6 +161,7 @@ class Supervisor:
                 "flash=" + self.flash, "heap=%d" % heap, "cause=%d" % cause, "mode=" + mode,
                 "port=" + self.profile["port"], "freq=%d" % self.profile["cpu_hz"],
                 "uid=" + self.uid().hex(), "name=" + self.profile["name"], "ctl=%d" % wr,
+                "chip=" + self.profile.get("chip", ""),
                 "frozen=" + ",".join(frozen)]
         slave = self.board_slave
 

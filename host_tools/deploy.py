@@ -14,9 +14,11 @@ mpremote in the same way. Steps, each reported on stderr as "deploy: ...":
    main.py stay source; plus /profile.json (the profile, for the firmware) and
    /config.json (relay URL, a freshly minted access token, Wi-Fi placeholders).
 2. Ask the board (one mpremote exec) for the SHA-256 of every target file (hashlib on
-   the board), its directory listings, its port, its .mpy version and its unique id.
-   A board whose port (sys.platform; the emulated board's own port) is not the
-   profile's is refused (usage error), as is an .mpy version mpy-cross does not emit.
+   the board), its directory listings, its port, its chip, its .mpy version and its
+   unique id. A board whose port (sys.platform; the emulated board's own port) or chip
+   (the last word of sys.implementation._machine, "... with ESP32S3"; the emulated
+   board's profile's) is not the profile's is refused (usage error), as is an .mpy
+   version mpy-cross does not emit.
    Listings are read as bytes: a name that is not UTF-8 is never deploy's, so it is
    left alone.
 3. Remove stale files: a `.py` next to a deployed `.mpy` (MicroPython imports the .py
@@ -214,6 +216,13 @@ def _port():
         return machine._board['port']
     except Exception:
         return sys.platform
+def _chip():
+    try:
+        import machine
+        return machine._board['chip']
+    except Exception:
+        m = getattr(sys.implementation, '_machine', '')
+        return m.split(' with ')[-1] if ' with ' in m else ''
 def _uid():
     try:
         import machine
@@ -222,13 +231,15 @@ def _uid():
         return ''
 print('LKEDGE-DEPLOY ' + json.dumps({'hash': dict((p, _h(p)) for p in %(paths)s),
       'ls': dict((d, _ls(d)) for d in %(dirs)s), 'mpy': sys.implementation._mpy, 'uid': _uid(),
-      'port': _port()}))
+      'port': _port(), 'chip': _chip()}))
 """
 # _ls: names go as hex of their bytes (a bytes path lists bytes names on a board's
 # FAT/littlefs), so a name that is not UTF-8 cannot break the answer; 'unreadable' when
 # the board cannot list a folder at all (the emulated board's VfsPosix makes str names
 # and raises UnicodeError on a name that is not UTF-8). _port: the emulated board
 # (host_tools/emulation/machine.py) runs the unix port but knows its profile's port.
+# _chip: a real board's build names its chip last ("Generic ESP32S3 module with
+# ESP32S3"); the emulated board knows its profile's; '' when the build does not say.
 
 
 class _TimedOut(DeployError):
@@ -413,13 +424,24 @@ def _check_port(port):
 
 
 def check_board(profile, board, version):
-    """UsageError when the board's port is not the profile's; DeployError for another .mpy."""
+    """UsageError when the board's port or chip is not the profile's; DeployError for
+    another .mpy. A board whose build does not name its chip passes on its port alone."""
     port = "unix" if board["port"] in UNIX_PLATFORMS else board["port"]
+    chip = board.get("chip") or ""
     if port != profile["port"]:
-        fits = [n for n in profiles.names() if profiles.load(n)["port"] == port]
+        fits = [n for n in profiles.names() if profiles.load(n)["port"] == port
+                and (not chip or profiles.load(n).get("chip", chip) == chip)]
         raise UsageError("the board is a MicroPython %s board but profile %s is for %s boards: %s"
                          % (port, profile["name"], profile["port"],
                             "use --profile " + " or ".join(fits) if fits else "no profile is for it"))
+    if chip and profile.get("chip") and chip != profile["chip"]:
+        fits = [n for n in profiles.names() if profiles.load(n).get("chip") == chip]
+        raise UsageError("the board's chip is %s but profile %s is for %s boards (other pins and heap): %s"
+                         % (chip, profile["name"], profile["chip"],
+                            "use --profile " + " or ".join(fits) if fits else
+                            "no profile is for it: copy %s to a file of your own, set its \"chip\" "
+                            "to \"%s\" and its pins and heap to the board's, and pass that file to "
+                            "--profile" % (profiles.path_of(profile["name"]), chip)))
     if board["mpy"] & 0xFF != version:
         raise DeployError("the board runs .mpy v%d, mpy-cross emits v%d: use the mpy-cross "
                           "of the board's MicroPython version" % (board["mpy"] & 0xFF, version))

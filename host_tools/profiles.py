@@ -6,6 +6,9 @@ host tools (emulator heap, mpy-cross architecture). Keys:
     name          the file's base name ("esp32")
     description   one line for people
     port          "esp32" | "rp2" | "unix" (which emulated built-ins the board has)
+    chip          optional: the chip a real board names last in sys.implementation._machine
+                  ("Generic ESP32S3 module with ESP32S3" -> "ESP32S3"); `lkedge deploy`
+                  refuses a board of another chip (same port, other pins and heap)
     heap          free MicroPython heap in bytes that the firmware sees after boot
     cpu_hz        machine.freq()
     mpy           {"march": mpy-cross -march value, "version": .mpy major version}
@@ -100,6 +103,9 @@ def validate(p, where="profile"):
     _need(not base.endswith(".json") or base[:-5] == p["name"], where,
           "'name' is %r but the file is %s" % (p["name"], base))
     _need(p.get("port") in PORTS, where, "'port' must be one of %s, got %r" % (PORTS, p.get("port")))
+    _need("chip" not in p or isinstance(p["chip"], str) and p["chip"] and " " not in p["chip"], where,
+          "'chip' must be one word such as \"ESP32S3\" (the end of the board's "
+          "sys.implementation._machine), got %r" % (p.get("chip"),))
     heap = _int(p, "heap", where, lo=MIN_HEAP)
     _int(p, "cpu_hz", where, lo=1)
     _validate_mpy(p.get("mpy"), where)

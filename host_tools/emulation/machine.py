@@ -31,7 +31,8 @@ EXIT_SOFT_FRIENDLY = 101
 EXIT_SOFT_RAW = 102
 EXIT_DEEPSLEEP = 103
 
-_board = {"cause": PWRON_RESET, "uid": b"\x00" * 6, "freq": 240000000, "ctl": None, "port": "esp32"}
+_board = {"cause": PWRON_RESET, "uid": b"\x00" * 6, "freq": 240000000, "ctl": None, "port": "esp32",
+          "chip": ""}
 emulated_inputs = {}
 _pins = {}
 _adc_reads = {}
@@ -49,13 +50,15 @@ class ResetRequest(BaseException):
         self.code = code
 
 
-def _configure(cause, uid, freq_hz, ctl, port):
-    """Called once by the ROM at boot."""
+def _configure(cause, uid, freq_hz, ctl, port, chip=""):
+    """Called once by the ROM at boot. chip: the profile's (what a real board names after
+    " with " in sys.implementation._machine), for `lkedge deploy`'s check."""
     _board["cause"] = cause
     _board["uid"] = uid
     _board["freq"] = freq_hz
     _board["ctl"] = ctl
     _board["port"] = port
+    _board["chip"] = chip
 
 
 def _ctl(msg):

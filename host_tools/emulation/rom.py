@@ -471,7 +471,8 @@ def main():
     ctl = open("/dev/fd/" + args["ctl"], "wb") if args.get("ctl") else None
     port = args.get("port", "unix")
     uid = bytes(int(args.get("uid", "00" * 6)[i:i + 2], 16) for i in range(0, len(args.get("uid", "00" * 6)), 2))
-    machine._configure(int(args.get("cause", "1")), uid, int(args.get("freq", "240000000")), ctl, port)
+    machine._configure(int(args.get("cause", "1")), uid, int(args.get("freq", "240000000")), ctl, port,
+                       args.get("chip", ""))
     network._sync_status_constants()
     if port == "esp32":
         import esp32  # noqa: F401  (emulated built-in, kept in sys.modules)

@@ -278,8 +278,11 @@ def _marking_board(profile, tmp_path):
 
 
 @pytest.mark.parametrize("profile_args, said", [
-    ([], "the board is a MicroPython esp32 board but profile unix is for unix boards: use --profile esp32 or esp32s3"),
-    (["--profile", "picow"], "but profile picow is for rp2 boards: use --profile esp32 or esp32s3"),
+    ([], "the board is a MicroPython esp32 board but profile unix is for unix boards: use --profile esp32\n"),
+    (["--profile", "picow"], "but profile picow is for rp2 boards: use --profile esp32\n"),
+    # same port, same .mpy: only the chip tells an ESP32 from an ESP32-S3 (other pins, heap)
+    (["--profile", "esp32s3"], "the board's chip is ESP32 but profile esp32s3 is for ESP32S3 boards "
+                               "(other pins and heap): use --profile esp32\n"),
 ])
 def test_a_profile_for_another_port_is_refused_and_the_board_reset(tmp_path, firmware, lib, profile_args, said):
     # The emulated board says its profile's port (its sys.platform is the unix port's).
@@ -441,3 +444,50 @@ def test_manifest_freezes_the_library_and_the_app_modules():
         assert ("include", ("$(PORT_DIR)/boards/manifest.py",), {}) in calls
     finally:
         os.chdir(cwd)
+
+
+# A real board's build names its chip last in sys.implementation._machine; the probe's
+# _chip reads it there when the board has no emulated machine._board.
+@pytest.mark.parametrize("machine_text, chip", [
+    ("Generic ESP32S3 module with ESP32S3", "ESP32S3"),
+    ("Generic ESP32 module with ESP32", "ESP32"),
+    ("Raspberry Pi Pico W with RP2040", "RP2040"),
+    ("linux [GCC 14.2.1] version", ""),
+])
+def test_the_probe_reads_the_chip_from_the_board_build(machine_text, chip):
+    src = deploy._QUERY
+    body = src[src.index("def _chip():"):src.index("def _uid():")]
+    ns = {"sys": type("S", (), {"implementation": type("I", (), {"_machine": machine_text})})}
+    exec(body, ns)
+    assert ns["_chip"]() == chip
+
+
+def _probe(port, chip):
+    return {"port": port, "chip": chip, "mpy": 6, "uid": "", "hash": {}, "ls": {}}
+
+
+def test_a_profile_for_another_chip_of_the_same_port_is_refused():
+    with pytest.raises(deploy.UsageError) as e:
+        deploy.check_board(profiles.load("esp32"), _probe("esp32", "ESP32S3"), 6)
+    assert str(e.value) == ("the board's chip is ESP32S3 but profile esp32 is for ESP32 boards "
+                            "(other pins and heap): use --profile esp32s3")
+
+
+def test_a_chip_no_profile_is_for_says_how_to_make_one():
+    with pytest.raises(deploy.UsageError) as e:
+        deploy.check_board(profiles.load("esp32"), _probe("esp32", "ESP32C3"), 6)
+    assert "no profile is for it: copy %s to a file of your own, set its \"chip\" to \"ESP32C3\"" \
+        % profiles.path_of("esp32") in str(e.value)
+
+
+def test_a_board_that_does_not_name_its_chip_is_judged_by_its_port():
+    deploy.check_board(profiles.load("esp32s3"), _probe("esp32", ""), 6)
+    deploy.check_board(profiles.load("unix"), _probe("linux", ""), 6)
+
+
+def test_a_profile_chip_must_be_one_word(tmp_path):
+    p = dict(profiles.load("esp32"), chip="ESP32 S3")
+    f = tmp_path / "esp32.json"
+    f.write_text(json.dumps(p))
+    with pytest.raises(profiles.ProfileError, match="'chip' must be one word"):
+        profiles.load(str(f))
