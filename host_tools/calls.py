@@ -774,8 +774,7 @@ async def _serve(args):
     room = await _join(args, "serve", auto_reconnect=True)
     if room is None:
         return EXIT_CONNECT
-    room.on("disconnected", lambda why: _said("link lost: %s" % why))
-    room.on("reconnecting", lambda: _said("rejoining %s ..." % args.url))
+    room.on("reconnecting", lambda: _said("link lost: %s; rejoining %s ..." % (room.last_error, args.url)))
     room.on("reconnected", lambda: _said("rejoined room %s as %s" % (room.name, room.local_participant.identity)))
     names = await _register(args, room, *loaded)
     if names is None:

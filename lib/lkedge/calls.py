@@ -62,9 +62,27 @@ class _CallWaiter:
 
 
 def stream_failure(e):
+    # A response stream that breaks (abnormal end, wrong length) while its sender stays
+    # is the handler side's failure: 1500 as livekit-client says it (1503 is for a
+    # destination that left, which fails the call before its stream does).
     if isinstance(e, RpcError):
         return e
-    return RpcError(RpcError.RECIPIENT_DISCONNECTED, None, "response stream failed: %s" % e)
+    return RpcError(RpcError.APPLICATION_ERROR, None, "Error reading RPC response payload: %s" % e)
+
+
+# A v1 request carries the timeout as uint32 milliseconds.
+_MAX_TIMEOUT_S = 4294967
+
+
+def _timeout_ms(t):
+    """response_timeout (seconds) -> ms, or a clear error for what cannot be one."""
+    if t is None:
+        return RPC_DEFAULT_TIMEOUT_MS
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise TypeError("response_timeout must be a number of seconds, got %s" % type(t).__name__)
+    if not 0 < t <= _MAX_TIMEOUT_S:  # NaN fails both comparisons
+        raise ValueError("response_timeout must be over 0 and at most %d seconds, got %r" % (_MAX_TIMEOUT_S, t))
+    return max(1, int(t * 1000))
 
 
 class RpcResponseReader:
@@ -157,7 +175,7 @@ async def start_call(lp, dest, method, payload, response_timeout, streaming):
     """Start a call: returns (waiter, request_id) once the request is sent (or failed)."""
     room = lp._room
     client = caller(room)
-    timeout_ms = RPC_DEFAULT_TIMEOUT_MS if response_timeout is None else int(response_timeout * 1000)
+    timeout_ms = _timeout_ms(response_timeout)
     rp = room.remote_participants.get(dest)
     # We speak at most what we advertise: a participant configured as protocol 0
     # behaves as a v1-only SDK would, whatever the destination understands.
@@ -172,8 +190,11 @@ async def start_call(lp, dest, method, payload, response_timeout, streaming):
             if dest not in room.remote_participants:
                 raise RpcError(RpcError.RECIPIENT_DISCONNECTED, None,
                                "%r left while the request was being gathered" % (dest,))
+    elif isinstance(payload, str):
+        data = bytes(encoded_text(payload))
     else:
-        data = bytes(encoded_text(payload)) if isinstance(payload, str) else bytes(payload)
+        raise TypeError("payload must be a str (perform_rpc_stream also takes an async iterable "
+                        "of str pieces), got %s" % type(payload).__name__)
     call = client.start(now_ms(), dest, proto_v, method, len(data), timeout_ms, sending=True)
     w = _CallWaiter(streaming)
     room._calls[call.request_id] = w

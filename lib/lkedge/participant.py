@@ -8,7 +8,10 @@ What only some participants use is imported on first use, so a board pays for wh
 runs: calling (lkedge.calls, lkedge.rpc_caller) and sending whole payloads
 (lkedge.sending, lkedge.finite). Answering calls and incremental streams are here.
 """
+import asyncio
+
 from . import load, rpc, streams
+from .clock import now_ms
 from .consts import ATTR_RPC_REQUEST_ID, MAX_V1_PAYLOAD_BYTES, MIME_BYTES, TOPIC_RPC_RESPONSE
 from .ids import uuid4
 from .readers import PayloadReader
@@ -27,9 +30,11 @@ def _is_async_iterable(x):
 
 
 def _now_epoch_ms():
+    """A stream header's timestamp: ms since 1970, as LiveKit's (a board's port may
+    count time.time() in whole seconds, and from 2000)."""
     import time
     try:
-        return int(time.time() * 1000)
+        return time.time_ns() // 1000000 + (946684800000 if time.gmtime(0)[0] == 2000 else 0)
     except Exception:
         return 0
 
@@ -117,7 +122,8 @@ class LocalParticipant:
         room = self._room
         try:
             if inv.streaming:
-                data = RpcInvocationData(inv.request_id, inv.caller_identity, None, inv.response_timeout)
+                data = inv.data()
+                data.payload = None
                 data.reader = reader if reader is not None else PayloadReader(None, payload.encode("utf-8"))
             else:
                 if reader is not None:
@@ -129,15 +135,40 @@ class LocalParticipant:
                         raise RpcError(RpcError.REQUEST_PAYLOAD_TOO_LARGE, None,
                                        "%s: over max_rpc_payload of %r (a streaming handler "
                                        "takes any size)" % (e, inv.method))
-                data = RpcInvocationData(inv.request_id, inv.caller_identity, payload, inv.response_timeout)
+                data = inv.data()
+                data.payload = payload
             result = inv.handler(data)
             if is_awaitable(result):
-                result = await result
+                if not inv.streaming:  # Room's timer cancels it past the caller's timeout
+                    room._deadlines[inv] = (now_ms() + int(inv.response_timeout * 1000), asyncio.current_task())
+                try:
+                    result = await result
+                finally:
+                    room._deadlines.pop(inv, None)
             if result is None:
                 result = ""
+            elif not isinstance(result, str) and not (inv.streaming and _is_async_iterable(result)):
+                raise load("misuse").bad_answer(inv, result)
             await self._respond(inv, result)
         except Exception as e:
+            if not isinstance(e, RpcError):  # the caller gets 1500; the details belong here
+                load("misuse").handler_failed(inv, e)
             await self._send_error(inv, e)
+        except asyncio.CancelledError:
+            if inv in room._timed_out:
+                # Room's timer: a buffered handler still running once its caller gave up
+                # (as the LiveKit SDKs do), so a handler that hangs frees its slot.
+                room._timed_out.discard(inv)
+                await self._send_error(inv, RpcError(
+                    RpcError.RESPONSE_TIMEOUT, None,
+                    "the handler ran past the caller's response_timeout of %s s" % inv.response_timeout))
+                return
+            # The handler gave up (it awaited something cancelled) or the room is
+            # stopping it: while the link is up, the caller hears at once (RPC.md: the
+            # method raised "anything else"), not at its timeout.
+            if not room._closing and room._transport is not None:
+                await self._send_error(inv, RpcError(RpcError.APPLICATION_ERROR, None, "handler cancelled"))
+            raise
         finally:
             room._invoking.discard(inv)   # admitted by Room._admit
             room._lingering.discard(inv)  # or no longer counted there (Room._linger)
@@ -198,16 +229,22 @@ class LocalParticipant:
     # ========================================================= data streams
     async def send_text(self, text, *, destination_identities=None, topic="", attributes=None,
                         stream_id=None, reply_to_id=None, compress=None):
-        """Send a whole text as one stream (inline/compressed/chunked as negotiated)."""
+        """Send a whole text as one stream (inline/compressed/chunked as negotiated);
+        returns its StreamInfo (LiveKit's TextStreamInfo: .stream_id, .topic, ...)."""
+        if not isinstance(text, str):
+            raise load("misuse").wrong_type("send_text sends a str (send_bytes sends bytes)", text)
         opts = {"reply_to_stream_id": reply_to_id} if reply_to_id else None
         return await load("sending").send_finite(
-            self._room, "text", encoded_text(text), topic, destination_identities or [], attributes,
+            self._room, "text", encoded_text(text), topic, destination_identities, attributes,
             stream_id=stream_id, compress=compress, text_options=opts)
 
     async def send_bytes(self, data, *, name="unknown", mime_type=MIME_BYTES, destination_identities=None,
                          topic="", attributes=None, stream_id=None, compress=None):
+        """Send bytes as one byte stream; returns its StreamInfo (as send_text does)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise load("misuse").wrong_type("send_bytes sends bytes (send_text sends a str)", data)
         return await load("sending").send_finite(
-            self._room, "bytes", data, topic, destination_identities or [], attributes,
+            self._room, "bytes", data, topic, destination_identities, attributes,
             stream_id=stream_id, compress=compress, name=name, mime_type=mime_type)
 
     async def send_file(self, file_path, *, topic="", name=None, mime_type=MIME_BYTES,
@@ -229,6 +266,8 @@ class LocalParticipant:
 
     async def _open_writer(self, kind, topic, dests, attributes, stream_id, name=None, mime_type=None,
                            total_size=None, **text_options):
+        if isinstance(dests, str):
+            raise load("misuse").dests_str(dests)
         out = streams.OutgoingStream(stream_id or uuid4(), kind, topic, dests, attributes=attributes,
                                      name=name, mime_type=mime_type, total_length=total_size,
                                      timestamp_ms=_now_epoch_ms(), max_frame=self._room.max_frame,
@@ -257,7 +296,12 @@ class StreamWriter:
         if self._closed:
             return
         self._closed = True
-        await self._room._send(self._out.close(reason, attributes))
+        out = self._out
+        await self._room._send(out.close(reason, attributes))
+        if out.total_length is not None and out._written < out.total_length and not reason:
+            raise streams.StreamError("stream %s closed after %d of the %d bytes its total_size announced: "
+                                      "its receivers get an incomplete stream"
+                                      % (self.stream_id, out._written, out.total_length))
 
     close = aclose
 

@@ -11,6 +11,7 @@ return, which abandons the rest).
 import asyncio
 
 from . import utf8
+from .streams import StreamError
 
 _WAIT = object()  # _poll(): nothing offered yet
 
@@ -19,6 +20,8 @@ class _Reader:
     """Common rendezvous machinery of text and byte readers."""
 
     _inv = None   # the RPC request this reader feeds (Room._invoke), if any
+    _claimed = None   # the task that polled it first (Room: a sync handler handed it on)
+    _done = None      # an Event set when it ends or is abandoned, made on demand (Room)
 
     def __init__(self, info):
         self.info = info
@@ -49,12 +52,17 @@ class _Reader:
             self._ended = True
             self._error = error
         self._ready.set()
+        if self._done is not None:
+            self._done.set()
 
     def _abandon(self):
         """The consumer is gone: drop what it did not read, never block the producer."""
         self._abandoned = True
         self._data = None
         self._taken.set()
+        self._ready.set()  # a read waiting meanwhile learns it (_poll)
+        if self._done is not None:
+            self._done.set()
 
     cancel = _abandon  # public: stop reading, drop the rest (and free the link)
 
@@ -62,12 +70,17 @@ class _Reader:
     def _poll(self):
         """The unread memoryview; None at the end of the stream (its error raised);
         _WAIT while nothing is offered: then wait for `_ready` and poll again."""
+        if self._claimed is None:
+            self._claimed = asyncio.current_task()
         data = self._data
         if data is not None:
             return data
+        if self._ended and self._error is not None:
+            raise self._error
+        if self._abandoned:  # never a clean end: what it dropped was never read
+            raise StreamError("stream abandoned (its handler returned, or cancel() was called) "
+                              "before this read: the rest was dropped")
         if self._ended:
-            if self._error is not None:
-                raise self._error
             return None
         self._ready.clear()
         return _WAIT

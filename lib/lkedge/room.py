@@ -43,6 +43,9 @@ class ConnectError(Exception):
         self.leave_code = leave_code
 
 
+_UNREGISTER = object()
+
+
 def _warn(msg):
     print("lkedge:", msg)
 
@@ -90,6 +93,8 @@ class Room:
             max_inflated=o.max_inflated, piece_size=o.piece_size, evict_idle_ms=o.evict_idle_ms)
         self._readers = {}
         self._invoking = set()  # Invocations being handled (at most max_rpc_handlers)
+        self._deadlines = {}    # buffered handler's inv -> (ms its caller gives up, its task)
+        self._timed_out = set()  # invs the timer cancelled for that (LocalParticipant._invoke)
         self._handling = set()  # readers whose stream handler runs (at most max_streams)
         self._lingering = set()  # the two above, of evicted streams still running (_linger)
         self._calls = {}
@@ -116,7 +121,9 @@ class Room:
         """Register a listener: `room.on("participant_connected", fn)` or as decorator.
 
         Events: participant_connected(p), participant_disconnected(p),
-        disconnected(reason), reconnecting(), reconnected().
+        reconnecting() (the link was lost, why in room.last_error; the room rejoins),
+        reconnected(), disconnected(reason) (for good: disconnect(), a final LEAVE, or a
+        loss without auto_reconnect).
         """
         def reg(fn):
             self._listeners.setdefault(event, []).append(fn)
@@ -155,18 +162,22 @@ class Room:
         self._stream_handler(self._byte_handlers, topic, handler)
 
     def unregister_text_stream_handler(self, topic):
-        self._stream_handler(self._text_handlers, topic, None)
+        self._stream_handler(self._text_handlers, topic, _UNREGISTER)
 
     def unregister_byte_stream_handler(self, topic):
-        self._stream_handler(self._byte_handlers, topic, None)
+        self._stream_handler(self._byte_handlers, topic, _UNREGISTER)
 
     @staticmethod
     def _stream_handler(table, topic, handler):
-        """Register `handler` for `topic` in `table`, or unregister when it is None."""
+        """Register `handler` for `topic` in `table`, or unregister (_UNREGISTER)."""
+        if not isinstance(topic, str):
+            raise load("misuse").wrong_type("a stream topic is a str", topic)
         if topic in (TOPIC_RPC_REQUEST, TOPIC_RPC_RESPONSE):
             raise ValueError("topic %r is reserved for RPC; it cannot be (un)registered" % topic)
-        if handler is None:
+        if handler is _UNREGISTER:
             table.pop(topic, None)
+        elif not callable(handler):
+            raise load("misuse").wrong_type("a stream handler must be callable", handler)
         elif topic in table:
             raise ValueError("a stream handler for topic %r is already registered" % topic)
         else:
@@ -243,6 +254,7 @@ class Room:
     async def disconnect(self):
         """Leave the room: LEAVE 1 to the relay, pending calls fail, tasks stop."""
         self._closing = True
+        was = self.connection_state
         t = self._transport
         if t is not None and self.connection_state == "connected":
             try:
@@ -259,9 +271,13 @@ class Room:
             if task is not None and task is not me and not task.done():
                 task.cancel()
         self._invoking = set()  # a task cancelled before it started never says it ended
+        self._deadlines = {}
+        self._timed_out = set()
         self._handling = set()
         self._lingering = set()
         self.connection_state = "disconnected"
+        if was != "disconnected":
+            self._emit("disconnected", "client initiated")
 
     async def _drop_transport(self):
         t = self._transport
@@ -295,9 +311,11 @@ class Room:
         self.last_error = why
         await self._drop_transport()
         self._fail_everything(why)
-        self._emit("disconnected", why)
+        # As in the LiveKit SDKs: "disconnected" only when the room is gone for good; a
+        # link loss it rejoins after is "reconnecting" (why: room.last_error).
         if not self.options.auto_reconnect or self.leave_code in link.FINAL_LEAVE:
             self.connection_state = "disconnected"
+            self._emit("disconnected", why)
             return
         self._emit("reconnecting")
         delay = self.options.reconnect_min_ms
@@ -497,7 +515,7 @@ class Room:
             data = self._take_acc(proto.K_RPC_REQUEST_PAYLOAD)
             payload = _utf8(data) if data is not None else ""
             packets, inv = self._rpc_server.on_request_packet(sender, msg["rpc_request"], payload)
-            inv = self._admit(inv, packets)
+            inv = await self._admit(inv, packets)
             await self._send_all(packets)
             if inv is not None:
                 self._invoke(inv, payload)
@@ -585,7 +603,7 @@ class Room:
         sender = info.sender_identity
         if topic == TOPIC_RPC_REQUEST:
             packets, inv = self._rpc_server.on_request_stream(sender, info.attributes)
-            inv = self._admit(inv, packets)
+            inv = await self._admit(inv, packets)
             await self._send_all(packets)
             if inv is not None:
                 self._invoke(inv, None, self._new_reader(info))
@@ -617,7 +635,7 @@ class Room:
             self._handling.discard(reader)
             raise
 
-    def _admit(self, inv, packets):
+    async def _admit(self, inv, packets):
         """inv if a handler may run it now, else None with the error answer added to
         packets: every request costs a task and its state, so a flood of calls must
         not take a board's memory. (The reader task alone admits, one packet at a
@@ -625,6 +643,13 @@ class Room:
         if inv is None:
             return None
         n = self.options.max_rpc_handlers
+        # Handlers done but for their last steps end first: this task takes packets
+        # from its buffer without yielding, so a burst of quick calls would otherwise
+        # be refused by handlers that only wait for their turn to run.
+        for _ in range(4):
+            if len(self._invoking) < n:
+                break
+            await asyncio.sleep(0)
         if len(self._invoking) >= n and len(self._lingering) < self.options.max_streams:
             # request streams that went silent give way, as streams do for stream slots
             # (only those that hold a slot: ending another frees nothing)
@@ -659,6 +684,21 @@ class Room:
             r = handler(reader, sender)
             if is_awaitable(r):
                 await r
+            else:
+                # The LiveKit SDK idiom: a sync handler hands the reader to a task it
+                # creates, which runs before this one goes on. If that task has begun to
+                # read, the reader is its own until the stream ends or it cancels; the
+                # stream keeps its slot meanwhile. Else it is abandoned, as an async
+                # handler's is when it returns.
+                await asyncio.sleep(0)
+                task = reader._claimed
+                if task is not None and task is not asyncio.current_task():
+                    reader._done = done = asyncio.Event()
+                    while not (reader._abandoned or reader._ended or task.done()):
+                        try:  # a task that died without ending its read frees the link too
+                            await asyncio.wait_for(done.wait(), 1)
+                        except asyncio.TimeoutError:
+                            pass
         except Exception as e:
             _warn("stream handler for %r failed: %r" % (reader.info.topic, e))
         finally:
@@ -764,6 +804,12 @@ class Room:
             if client is not None:
                 for c in client.handle_timer(now):
                     self._complete(c)
+            if self._deadlines:  # checked at least every ping interval: late is fine
+                for inv, (at, task) in list(self._deadlines.items()):
+                    if now >= at:
+                        del self._deadlines[inv]
+                        self._timed_out.add(inv)
+                        task.cancel()
             if now - last_ping >= interval:
                 last_ping = now
                 if self.connection_state == "connected":

@@ -5,7 +5,7 @@ Imported on first use, with lkedge.finite (negotiation, inline/compressed/chunke
 packets): a board that only streams incrementally or answers RPCs with an async
 iterable never loads either.
 """
-from . import finite, streams
+from . import finite, load, streams
 from .consts import STREAM_CHUNK_SIZE_BYTES
 from .ids import uuid4
 from .participant import _now_epoch_ms, is_awaitable
@@ -40,6 +40,8 @@ class ReadBlob:
 async def send_finite(room, kind, data, topic, dests, attributes, stream_id=None, compress=None,
                       name=None, mime_type=None, text_options=None):
     """Send a whole payload as one stream: inline, compressed or chunked as negotiated."""
+    if isinstance(dests, str):
+        raise load("misuse").dests_str(dests)
     dests = dests or []
     want = room.options.compress if compress is None else compress
     inline_ok, compress_ok = finite.negotiate(room.recipients(dests), finite.can_compress(), want)
@@ -51,18 +53,25 @@ async def send_finite(room, kind, data, topic, dests, attributes, stream_id=None
         kw["mime_type"] = mime_type
     if text_options:
         kw.update(text_options)
-    sent = 0
+    sent = None
     try:
         for pkt in finite.finite_packets(kind, data, topic, dests, inline_ok, compress_ok,
                                           stream_id=sid, max_frame=room.max_frame,
                                           attributes=attributes, timestamp_ms=_now_epoch_ms(), **kw):
             await room._send(pkt)
-            sent += 1
+            if sent is None:
+                sent = _info(room, pkt, kind)
     except BaseException as e:
-        if sent:  # the header is out (never an inline one: it is the only packet)
+        if sent is not None:  # the header is out (never an inline one: it is the only packet)
             await end_abnormally(room, sid, dests, e)
         raise
-    return sid
+    return sent
+
+
+def _info(room, header_packet, kind):
+    """What send_text/send_bytes/send_file return, as LiveKit's TextStreamInfo /
+    ByteStreamInfo: the stream's id, topic, timestamp, mime type, size, attributes."""
+    return streams.StreamInfo(room.local_participant.identity, header_packet["stream_header"], kind)
 
 
 async def end_abnormally(room, sid, dests, e):
@@ -87,6 +96,8 @@ async def send_file(lp, file_path, topic, name, mime_type, destination_identitie
     size = os.stat(file_path)[6]
     if name is None:
         name = file_path.split("/")[-1]
+    if isinstance(destination_identities, str):
+        raise load("misuse").dests_str(destination_identities)
     dests = destination_identities or []
     if size <= STREAM_CHUNK_SIZE_BYTES // 2:
         with open(file_path, "rb") as f:
@@ -103,7 +114,7 @@ async def send_file(lp, file_path, topic, name, mime_type, destination_identitie
             pkt = streams.header_packet(sid, "bytes", topic, dests, inline_content=ReadBlob(f.readinto, size), **opts)
             if streams.packet_size(pkt) <= STREAM_CHUNK_SIZE_BYTES:
                 await room._send(pkt)
-                return sid
+                return _info(room, pkt, "bytes")
         hdr = streams.header_packet(sid, "bytes", topic, dests, **opts)
         streams._check_header(hdr)
         room_n = streams.chunk_room(sid, dests, room.max_frame)
@@ -120,7 +131,7 @@ async def send_file(lp, file_path, topic, name, mime_type, destination_identitie
             await end_abnormally(room, sid, dests, e)
             raise
     await room._send(streams.trailer_packet(sid, dests))
-    return sid
+    return _info(room, hdr, "bytes")
 
 
 async def gather_text(source, cap, error):
@@ -128,7 +139,12 @@ async def gather_text(source, cap, error):
     parts = []
     total = 0
     async for piece in source:
-        b = bytes(encoded_text(piece)) if isinstance(piece, str) else bytes(piece)
+        if isinstance(piece, str):
+            b = bytes(encoded_text(piece))
+        elif isinstance(piece, (bytes, bytearray, memoryview)):
+            b = bytes(piece)
+        else:  # bytes(5) would be five NULs
+            raise load("misuse").wrong_type("a piece must be a str", piece)
         total += len(b)
         if total > cap:
             raise error

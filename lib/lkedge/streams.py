@@ -461,7 +461,11 @@ class IncomingStreams:
         st.heard_ms = now_ms
         if st.cur_index != chunk_index:
             if not len(piece) and final:
-                return ()  # an empty chunk is ignored
+                # an empty chunk is ignored but uses its index, as in livekit-client:
+                # the chunk after it is no gap
+                if chunk_index == st.last_index + 1 and st.cur_index == -1:
+                    st.last_index = chunk_index
+                return ()
             err = self._start_chunk(st, chunk_index)
             if err is not None:
                 return self._end(st, err)

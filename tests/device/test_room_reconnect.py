@@ -104,7 +104,7 @@ async def test_reconnect_backoff_doubles_with_jitter_up_to_the_max_then_rejoins(
     board = await _board(mem, relay, events)
     board.local_participant.register_rpc_method("ping", lambda d: "pong")
     fake = await _kick_and_wait_rejoined(mem, events)
-    assert events == ["disconnected", "reconnecting", "reconnected"], events
+    assert events == ["reconnecting", "reconnected"], "a loss the room rejoins after is no disconnect: %r" % events
     assert relay.connects == 6, "1 join, 4 refused attempts, 1 that succeeds: %d" % relay.connects
     nominal = [100, 200, 400, 400, 400]
     assert len(fake.waits_ms) == len(nominal), fake.waits_ms

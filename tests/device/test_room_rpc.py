@@ -7,6 +7,7 @@ import asyncio
 
 from room_helpers import close, join, pair, raises_rpc, raw, request_v1, room_and_peer, settle
 
+from lkedge.clock import now_ms
 from lkedge.memroom import MemRoom
 from lkedge.rpc import RpcError
 
@@ -1608,3 +1609,134 @@ async def test_sending_text_that_is_not_utf8_is_refused_at_the_call():
         raise AssertionError("a stream writer took text that is not UTF-8")
     assert a.connection_state == "connected"
     await close(a, b)
+
+
+async def _raises(exc_type, aw, *words):
+    try:
+        await aw
+    except exc_type as e:
+        for w in words:
+            assert w in str(e), (w, str(e))
+        return e
+    raise AssertionError("expected %s" % exc_type.__name__)
+
+
+async def test_a_payload_that_is_not_a_str_is_refused_before_anything_is_sent():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    lp = a.local_participant
+    for bad in (5, [104, 105], None, b"\xff", {"a": 1}):
+        await _raises(TypeError, lp.perform_rpc(destination_identity="p", method="m", payload=bad),
+                      "payload must be a str")
+    await asyncio.sleep(0.05)
+    assert not [p for p in peer.packets if "rpc_request" in p or "stream_header" in p], peer.packets
+    assert not a._calls
+    await close(a, peer)
+
+
+async def test_response_timeout_must_be_a_positive_number_of_seconds():
+    mem, a, b = await pair()
+    b.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    lp = a.local_participant
+    for bad in ("5", True, [1]):
+        await _raises(TypeError, lp.perform_rpc(destination_identity="b", method="echo", response_timeout=bad),
+                      "response_timeout must be a number of seconds")
+    for bad in (0, -1, float("inf"), float("nan"), 1e10):
+        await _raises(ValueError, lp.perform_rpc(destination_identity="b", method="echo", response_timeout=bad),
+                      "response_timeout must be over 0 and at most 4294967 seconds")
+    assert await lp.perform_rpc(destination_identity="b", method="echo", payload="x", response_timeout=0.5) == "x"
+    await close(a, b)
+
+
+async def test_invocation_data_carries_the_method_name():
+    mem, a, b = await pair()
+    seen = []
+    b.local_participant.register_rpc_method("m.one", lambda d: seen.append(d.method) or "ok")
+    b.local_participant.register_rpc_method("m.two", lambda d: seen.append((d.method, d.payload)) or "ok",
+                                             streaming=True)
+    await a.local_participant.perform_rpc(destination_identity="b", method="m.one", payload="p")
+    await a.local_participant.perform_rpc(destination_identity="b", method="m.two", payload="p")
+    assert seen == ["m.one", ("m.two", None)], seen
+    await close(a, b)
+
+
+async def test_a_handler_that_raises_cancelled_error_is_answered_1500_at_once():
+    mem, a, b = await pair()
+
+    async def gives_up(d):
+        raise asyncio.CancelledError()
+    b.local_participant.register_rpc_method("gives_up", gives_up)
+    t0 = now_ms()
+    e = await raises_rpc(1500, a.local_participant.perform_rpc(
+        destination_identity="b", method="gives_up", response_timeout=5))
+    assert now_ms() - t0 < 2000, "answered at once, not at the caller's timeout"
+    assert not b._invoking, "its slot is free"
+    await close(a, b)
+
+
+async def test_a_buffered_handler_still_running_past_the_callers_timeout_is_cancelled_and_frees_its_slot():
+    # The handler's timeout is the one on the wire (a raw v1 caller may ask for 300 ms);
+    # the room's timer checks at least every ping interval.
+    mem, a, peer = await room_and_peer(peer_identity="old", client_protocol=0, max_rpc_handlers=1,
+                                       ping_interval_ms=100)
+    ended = []
+
+    async def hangs(d):
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            ended.append("cancelled")
+            raise
+    a.local_participant.register_rpc_method("hangs", hangs)
+    a.local_participant.register_rpc_method("ok", lambda d: "fine")
+    await peer.send({"destination_identities": ["a"], "rpc_request": {
+        "id": "h1", "method": "hangs", "payload": "", "response_timeout_ms": 300, "version": 1}})
+    r = await peer.wait_for(lambda p: "rpc_response" in p)
+    assert r["rpc_response"]["request_id"] == "h1" and r["rpc_response"]["error"]["code"] == 1502, r
+    assert ended == ["cancelled"] and not a._invoking
+    # the one handler slot is free again: the next call is answered, not refused
+    r = await request_v1(peer, "a", "o1", "ok")
+    assert r["rpc_response"].get("payload") == "fine", r
+    await close(a, peer)
+
+
+async def test_a_handler_answering_neither_str_nor_async_iterable_gets_1500_naming_it_to_a_v1_caller():
+    mem, a, peer = await room_and_peer(peer_identity="old", client_protocol=0)
+    a.local_participant.register_rpc_method("num", lambda d: 5)
+    a.local_participant.register_rpc_method("blob", lambda d: b"bytes", streaming=True)
+    r = await request_v1(peer, "a", "q1", "num")
+    err = r["rpc_response"]["error"]
+    assert err["code"] == 1500 and "answered int: a handler answers a str" in err["data"], err
+    r = await request_v1(peer, "a", "q2", "blob")
+    err = r["rpc_response"]["error"]
+    assert "answered bytes: a handler answers a str, or with streaming=True an async iterable" in err["data"], err
+    await close(a, peer)
+
+
+async def test_a_burst_of_quick_v1_calls_is_answered_not_refused_by_handlers_waiting_to_end():
+    mem, a, peer = await room_and_peer(peer_identity="old", client_protocol=0, max_rpc_handlers=4)
+    a.local_participant.register_rpc_method("quick", lambda d: "ok " + d.payload)
+    n = 16
+    for i in range(n):
+        await peer.send({"destination_identities": ["a"], "rpc_request": {
+            "id": "q%d" % i, "method": "quick", "payload": str(i), "response_timeout_ms": 8000, "version": 1}})
+    await peer.wait_for(lambda p: len([x for x in peer.packets if "rpc_response" in x]) == n)
+    answers = dict((p["rpc_response"]["request_id"], p["rpc_response"]) for p in peer.packets if "rpc_response" in p)
+    assert all(answers["q%d" % i].get("payload") == "ok %d" % i for i in range(n)), answers
+    await close(a, peer)
+
+
+async def test_a_response_stream_that_breaks_while_its_sender_stays_is_1500():
+    # livekit-client: "Error reading RPC response payload" (1503 is for a destination that left)
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    task = asyncio.create_task(a.local_participant.perform_rpc(
+        destination_identity="p", method="m", payload="x", response_timeout=5))
+    hdr = await peer.wait_for(lambda p: "stream_header" in p)
+    rid = hdr["stream_header"]["attributes"]["lk.rpc_request_id"]
+    await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "resp1", "timestamp": 1, "topic": "lk.rpc_response", "mime_type": "text/plain",
+        "text_header": {"operation_type": 0}, "attributes": {"lk.rpc_request_id": rid}}})
+    await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "resp1", "reason": "boom"}})
+    e = await raises_rpc(1500, task)
+    assert "Error reading RPC response payload" in e.data and "boom" in e.data, e.data
+    await close(a, peer)

@@ -413,16 +413,16 @@ async def test_inline_and_compression_are_negotiated_per_recipient_in_a_mixed_ro
     text = "abc" * 2000   # 6000 bytes: inline fits even uncompressed
     lp = a.local_participant
     # destinations alone count: the v1 participant in the room changes nothing
-    sid = await lp.send_text(text, topic="t", destination_identities=["v2"])
+    sid = (await lp.send_text(text, topic="t", destination_identities=["v2"])).stream_id
     head, chunks, trailers = await _sent_by(v2, sid)
     assert "inline_content" in head and not chunks and not trailers and head["total_length"] == 6000
     assert head.get("compression", 0) == (1 if finite.can_compress() else 0), head.get("compression")
-    sid = await lp.send_text(text, topic="t", destination_identities=["v1"])
+    sid = (await lp.send_text(text, topic="t", destination_identities=["v1"])).stream_id
     head, chunks, trailers = await _sent_by(v1, sid)
     assert "inline_content" not in head and head.get("compression", 0) == 0 and len(trailers) == 1
     assert b"".join(c["content"] for c in chunks) == text.encode()
     # a broadcast goes to every other participant: one of them is v1
-    sid = await lp.send_text(text, topic="t")
+    sid = (await lp.send_text(text, topic="t")).stream_id
     for peer in (v1, v2):
         head, chunks, trailers = await _sent_by(peer, sid)
         assert "inline_content" not in head and head.get("compression", 0) == 0, head
@@ -452,7 +452,7 @@ async def test_a_room_advertising_protocol_0_sends_v1_streams_even_to_v2_peers()
     a = await join(mem, "a", client_protocol=0)
     peer = await raw(mem, "p", client_protocol=2, capabilities=[2])
     await settle(lambda: "p" in a.remote_participants)
-    sid = await a.local_participant.send_text("hi", topic="t", destination_identities=["p"])
+    sid = (await a.local_participant.send_text("hi", topic="t", destination_identities=["p"])).stream_id
     head, chunks, trailers = await _sent_by(peer, sid)
     assert "inline_content" not in head and head.get("compression", 0) == 0
     assert [c["content"] for c in chunks] == [b"hi"] and len(trailers) == 1
@@ -462,10 +462,10 @@ async def test_a_room_advertising_protocol_0_sends_v1_streams_even_to_v2_peers()
 async def test_finite_stream_headers_carry_the_defaults_on_the_wire():
     mem, a, peer = await room_and_peer(peer_identity="old", client_protocol=0)
     lp = a.local_participant
-    head, _, _ = await _sent_by(peer, await lp.send_bytes(b"b", topic="t"))
+    head, _, _ = await _sent_by(peer, (await lp.send_bytes(b"b", topic="t")).stream_id)
     assert head["byte_header"].get("name") == "unknown" and head["mime_type"] == "application/octet-stream"
     assert "text_header" not in head
-    head, _, _ = await _sent_by(peer, await lp.send_text("t", topic="t"))
+    head, _, _ = await _sent_by(peer, (await lp.send_text("t", topic="t")).stream_id)
     assert head["mime_type"] == "text/plain" and head["text_header"].get("operation_type", 0) == 0
     assert "byte_header" not in head
     await close(a, peer)
@@ -872,4 +872,124 @@ async def test_a_packet_over_the_relays_max_frame_is_refused_at_the_call_and_the
     await a.local_participant.send_text("still here", topic="t", destination_identities=["p"])
     h = await peer.wait_for(lambda p: p.get("stream_header", {}).get("inline_content") == b"still here")
     assert h and a.connection_state == "connected"
+    await close(a, peer)
+
+
+async def _raises(exc_type, aw, *words):
+    try:
+        await aw
+    except exc_type as e:
+        for w in words:
+            assert w in str(e), (w, str(e))
+        return e
+    raise AssertionError("expected %s" % exc_type.__name__)
+
+
+async def test_a_sync_handler_may_hand_its_reader_to_a_task_as_in_the_livekit_sdk():
+    # LiveKit's idiom: handlers are sync and start a task that reads
+    mem, a, b = await pair()
+    got = []
+
+    async def consume(reader):
+        got.append(await reader.read_all())
+
+    def on_stream(reader, sender):
+        asyncio.create_task(consume(reader))
+    b.register_text_stream_handler("t", on_stream)
+    small, big = "inline", "ü" * 40000   # one packet; 80000 bytes in chunks
+    await a.local_participant.send_text(small, topic="t", destination_identities=["b"])
+    await a.local_participant.send_text(big, topic="t", destination_identities=["b"])
+    await settle(lambda: len(got) == 2)
+    assert got == [small, big] and not b._handling, "read whole, and the slots are free again"
+    await close(a, b)
+
+
+async def test_a_reader_read_after_its_handler_returned_says_so_instead_of_ending_empty():
+    mem, a, b = await pair()
+    kept = []
+    outcome = []
+
+    async def keep(reader, sender):
+        kept.append(reader)   # returns without reading: the rest is dropped
+    b.register_text_stream_handler("t", keep)
+    await a.local_participant.send_text("x" * 40000, topic="t", destination_identities=["b"])
+    await settle(lambda: kept and not b._handling)
+    try:
+        await kept[0].read_all()
+        outcome.append("read")
+    except Exception as e:
+        outcome.append(str(e))
+    assert outcome and "stream abandoned" in outcome[0], outcome
+    await close(a, b)
+
+
+async def test_stream_handler_registration_refuses_what_cannot_be_a_topic_or_a_handler():
+    mem, a, b = await pair()
+    for topic, handler, words in (("t", 5, "a stream handler must be callable, got int"),
+                                  ("t", "not a function", "must be callable, got str"),
+                                  (None, lambda r, s: None, "a stream topic is a str, got NoneType"),
+                                  ("t", None, "must be callable, got NoneType")):
+        try:
+            a.register_text_stream_handler(topic, handler)
+            raise AssertionError("accepted %r %r" % (topic, handler))
+        except TypeError as e:
+            assert words in str(e), (words, str(e))
+    assert not a._text_handlers
+    await close(a, b)
+
+
+async def test_send_functions_return_the_streams_info_as_the_livekit_sdk_does():
+    mem, a, b = await pair()
+    got = []
+    b.register_text_stream_handler("t", _collector(got))
+    info = await a.local_participant.send_text("hi", topic="t", attributes={"k": "v"}, destination_identities=["b"])
+    await settle(lambda: got)
+    assert info.stream_id == got[0][1].stream_id and info.topic == "t" and info.attributes == {"k": "v"}
+    assert info.mime_type == "text/plain" and info.total_length == 2 and info.kind == "text"
+    info = await a.local_participant.send_bytes(b"\x00\x01", name="b.bin", topic="x")
+    assert info.kind == "bytes" and info.name == "b.bin" and info.total_length == 2 and len(info.stream_id) == 36
+    await close(a, b)
+
+
+async def test_send_functions_refuse_wrong_types_before_sending():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    lp = a.local_participant
+    await _raises(TypeError, lp.send_text(b"bytes", topic="t"), "send_text sends a str", "got bytes")
+    await _raises(TypeError, lp.send_text(None, topic="t"), "send_text sends a str", "got NoneType")
+    await _raises(TypeError, lp.send_bytes("str", topic="t"), "send_bytes sends bytes", "got str")
+    await _raises(TypeError, lp.send_text("hi", topic="t", destination_identities="p"),
+                  "destination_identities is a list of identities, got the str 'p'")
+    await _raises(TypeError, lp.stream_text(topic="t", destination_identities="p"), "got the str 'p'")
+    await asyncio.sleep(0.05)
+    assert not [p for p in peer.packets if "stream_header" in p], peer.packets
+    await close(a, peer)
+
+
+async def test_a_byte_writer_closed_short_of_its_total_size_says_so_and_receivers_see_it_incomplete():
+    mem, a, b = await pair()
+    errors = []
+
+    async def on_bytes(reader, sender):
+        try:
+            await reader.read_all()
+        except Exception as e:
+            errors.append(str(e))
+    b.register_byte_stream_handler("f", on_bytes)
+    w = await a.local_participant.stream_bytes("f.bin", topic="f", total_size=10, destination_identities=["b"])
+    await w.write(b"12345")
+    await _raises(ValueError, w.aclose(), "closed after 5 of the 10 bytes its total_size announced")
+    await settle(lambda: errors)
+    assert "incomplete" in errors[0], errors
+    await close(a, b)
+
+
+async def test_stream_headers_carry_the_time_in_ms_since_1970():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    import time
+    before = int(time.time()) - 5
+    await a.local_participant.send_text("t", topic="t")
+    hdr = (await peer.wait_for(lambda p: "stream_header" in p))["stream_header"]
+    if time.gmtime(0)[0] == 2000:
+        before += 946684800
+    assert before * 1000 <= hdr["timestamp"] <= (before + 60) * 1000, hdr["timestamp"]
     await close(a, peer)

@@ -372,8 +372,22 @@ def test_chunks_are_delivered_as_they_arrive():
 
 def test_empty_chunk_is_ignored():
     inc, col = _inc("t")
-    feed_all(inc, col, "a", [_hdr("c"), _chunk("c", 0, b""), _chunk("c", 0, b"x"), _trailer("c")])
+    feed_all(inc, col, "a", [_hdr("c"), _chunk("c", 0, b""), _chunk("c", 1, b"x"), _trailer("c")])
     assert bytes(col.data["c"]) == b"x" and col.ended["c"] is None
+
+
+def test_empty_chunk_uses_its_index_as_in_livekit_client():
+    # livekit-client's ensureOrderedChunks: "Empty chunks consume their index", so the
+    # next chunk of a compressed stream is no gap, and a later chunk of that index is
+    # a duplicate
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("c", total_length=5, compression=1), _chunk("c", 0, HELLO[:3]),
+                             _chunk("c", 1, b""), _chunk("c", 2, HELLO[3:]), _trailer("c")])
+    assert bytes(col.data["c"]) == b"hello" and col.ended["c"] is None
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("d"), _chunk("d", 0, b"a"), _chunk("d", 1, b""), _chunk("d", 1, b"dup"),
+                             _chunk("d", 2, b"c"), _trailer("d")])
+    assert bytes(col.data["d"]) == b"ac" and col.ended["d"] is None
 
 
 def test_duplicate_chunk_index_is_dropped():

@@ -367,9 +367,9 @@ class Commands:
     async def cmd_send_text(self, cmd):
         if self._payload_size(cmd) > self.finite_limit:
             return await self.cmd_stream_text(cmd)
-        sid = await self.room.local_participant.send_text(
+        sid = (await self.room.local_participant.send_text(
             _text_payload(cmd), topic=cmd.get("topic", ""), attributes=cmd.get("attributes"),
-            destination_identities=_destinations(cmd), compress=cmd.get("compress"))
+            destination_identities=_destinations(cmd), compress=cmd.get("compress"))).stream_id
         return {"info": {"id": sid}, "via": "send_text"}
 
     async def cmd_send_bytes(self, cmd):
@@ -378,10 +378,10 @@ class Commands:
               "destination_identities": _destinations(cmd),
               "mime_type": cmd.get("mime_type") or "application/octet-stream"}
         if self._payload_size(cmd) > self.finite_limit:
-            sid = await lp.send_file(cmd["payload_file"], name=cmd.get("name") or "unknown", **kw)
+            sid = (await lp.send_file(cmd["payload_file"], name=cmd.get("name") or "unknown", **kw)).stream_id
             return {"info": {"id": sid}, "via": "send_file"}
-        sid = await lp.send_bytes(_bytes_payload(cmd), name=cmd.get("name") or "unknown",
-                                  compress=cmd.get("compress"), **kw)
+        sid = (await lp.send_bytes(_bytes_payload(cmd), name=cmd.get("name") or "unknown",
+                                  compress=cmd.get("compress"), **kw)).stream_id
         return {"info": {"id": sid}, "via": "send_bytes"}
 
     async def cmd_stream_text(self, cmd):

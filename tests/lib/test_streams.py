@@ -244,7 +244,7 @@ async def test_negotiation_per_recipient_on_captured_wire_bytes(monkeypatch):
     small = "abc\u00fc" * 1500                             # 7500 bytes
     big = random.Random(5).randbytes(30000).hex()          # 60000 bytes, ~33 KB deflated
     for name, compressed in (("v2c", True), ("v2", False)):
-        sid = await lp.send_text(small, topic="t", destination_identities=[name])
+        sid = (await lp.send_text(small, topic="t", destination_identities=[name])).stream_id
         mine, h, chunks, trailers = await _wait_stream(peers[name], sid)
         assert len(mine) == 1 and h.HasField("inline_content") and h.total_length == 7500
         assert list(mine[0].destination_identities) == [name]
@@ -253,7 +253,7 @@ async def test_negotiation_per_recipient_on_captured_wire_bytes(monkeypatch):
         assert h.WhichOneof("content_header") == "text_header" and h.mime_type == "text/plain"
         assert h.text_header.operation_type == models.DataStream.CREATE
     for name in ("v1c", "v0"):   # no inline, no compression: header, chunks cut between characters, trailer
-        sid = await lp.send_text(small * 3, topic="t", destination_identities=[name])
+        sid = (await lp.send_text(small * 3, topic="t", destination_identities=[name])).stream_id
         mine, h, chunks, trailers = await _wait_stream(peers[name], sid)
         assert not h.HasField("inline_content") and h.compression == models.DataStream.NONE
         assert h.total_length == 22500 and [c.chunk_index for c in chunks] == [0, 1]
@@ -261,7 +261,7 @@ async def test_negotiation_per_recipient_on_captured_wire_bytes(monkeypatch):
         assert "".join(c.content.decode("utf-8") for c in chunks) == small * 3
         assert len(trailers) == 1 and trailers[0].reason == "" and mine[-1].HasField("stream_trailer")
     # compression eligible, the compressed form too big for one packet: compressed chunks
-    sid = await lp.send_text(big, topic="t", destination_identities=["v2c"])
+    sid = (await lp.send_text(big, topic="t", destination_identities=["v2c"])).stream_id
     mine, h, chunks, trailers = await _wait_stream(peers["v2c"], sid)
     assert h.compression == models.DataStream.DEFLATE_RAW and not h.HasField("inline_content")
     assert h.total_length == len(big) and len(chunks) >= 3 and len(trailers) == 1
@@ -269,7 +269,7 @@ async def test_negotiation_per_recipient_on_captured_wire_bytes(monkeypatch):
     assert all(len(c.content) <= LIMIT for c in chunks) and len(chunks[0].content) == LIMIT
     assert inflate_raw(b"".join(c.content for c in chunks)) == big.encode()
     # a broadcast: one recipient below v2 makes it plain chunks for everyone
-    sid = await lp.send_bytes(b"\x00" * 9000, topic="t")
+    sid = (await lp.send_bytes(b"\x00" * 9000, topic="t")).stream_id
     for peer in peers.values():
         mine, h, chunks, trailers = await _wait_stream(peer, sid)
         assert not h.HasField("inline_content") and h.compression == models.DataStream.NONE

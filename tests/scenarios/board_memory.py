@@ -101,7 +101,8 @@ async def main(url, token, compress, response_bytes):
         print("FAIL %s: %r" % (what, e))
         done.set()
 
-    room.on("disconnected", lambda why: (print("LOST %s" % why), done.set()))
+    stopping = []  # our own disconnect() at the end is no loss
+    room.on("disconnected", lambda why: stopping or (print("LOST %s" % why), done.set()))
 
     async def sink(data):
         try:
@@ -166,6 +167,7 @@ async def main(url, token, compress, response_bytes):
     import micropython
     micropython.qstr_info()   # "qstr pool: n_pool=.., n_qstr=.., n_str_data_bytes=.., n_total_bytes=.."
     print("PEAK %d" % peak[0])   # last: the host stops reading here
+    stopping.append(1)
     await room.disconnect()
 
 

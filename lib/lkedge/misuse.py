@@ -1,0 +1,36 @@
+"""The application's mistakes: errors for wrong calls of the API, and the report of a
+failed RPC handler, built only when one happens.
+
+The checks stay where the mistake is made (one isinstance each); what they raise or
+print is built here, imported on first use (lkedge.load), so a board that makes none
+keeps neither this bytecode nor its texts in its heap.
+"""
+import sys
+
+
+def wrong_type(what, got):
+    """TypeError "<what>, got <type name>"."""
+    return TypeError("%s, got %s" % (what, type(got).__name__))
+
+
+def dests_str(d):
+    # "bob" would be sent to "b" and "o"
+    return TypeError("destination_identities is a list of identities, got the str %r" % (d,))
+
+
+def bad_answer(inv, result):
+    """What a handler that answered neither a str nor (streaming) an async iterable gets."""
+    return TypeError("RPC handler for %r answered %s: a handler answers a str%s" % (
+        inv.method, type(result).__name__,
+        ", or with streaming=True an async iterable of str pieces" if inv.streaming else ""))
+
+
+def handler_failed(inv, e):
+    """Print a handler's failure with its traceback (file and line) on this side: the
+    caller gets only 1500 (and, on v1, the exception's text)."""
+    print("lkedge: RPC handler for %r failed (caller %r gets 1500):" % (inv.method, inv.caller_identity))
+    if hasattr(sys, "print_exception"):
+        sys.print_exception(e)
+    else:
+        import traceback
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stdout)  # with the line above
