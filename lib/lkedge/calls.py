@@ -176,6 +176,11 @@ async def start_call(lp, dest, method, payload, response_timeout, streaming):
     room = lp._room
     client = caller(room)
     timeout_ms = _timeout_ms(response_timeout)
+    if room.connection_state != "connected":
+        raise RpcError(RpcError.SEND_FAILED, None, "not connected to a room (%s)%s" % (
+            room.connection_state, ": connect() first" if room.connection_state == "disconnected" else ""))
+    if dest == lp.identity:
+        raise RpcError(RpcError.RECIPIENT_NOT_FOUND, None, "%r is this participant: it cannot call itself" % (dest,))
     rp = room.remote_participants.get(dest)
     # We speak at most what we advertise: a participant configured as protocol 0
     # behaves as a v1-only SDK would, whatever the destination understands.

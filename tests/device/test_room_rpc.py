@@ -1740,3 +1740,13 @@ async def test_a_response_stream_that_breaks_while_its_sender_stays_is_1500():
     e = await raises_rpc(1500, task)
     assert "Error reading RPC response payload" in e.data and "boom" in e.data, e.data
     await close(a, peer)
+
+
+async def test_a_call_while_not_connected_or_to_oneself_says_so():
+    mem, a, b = await pair()
+    e = await raises_rpc(RpcError.RECIPIENT_NOT_FOUND, a.local_participant.perform_rpc(destination_identity="a", method="m"))
+    assert "'a' is this participant: it cannot call itself" in e.data, e.data
+    await close(a)
+    e = await raises_rpc(RpcError.SEND_FAILED, a.local_participant.perform_rpc(destination_identity="b", method="m"))
+    assert e.data == "not connected to a room (disconnected): connect() first", e.data
+    await close(b)
