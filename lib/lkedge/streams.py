@@ -494,7 +494,7 @@ class IncomingStreams:
             yield from self._end(st, e)
 
     def _start_chunk(self, st, index):
-        """Begin a chunk: StreamError for a gap on a compressed stream, else None."""
+        """Begin a chunk: StreamError for a gap in the indices, else None."""
         compressed = st.inflater is not None
         if st.cur_index != -1 and compressed:
             return StreamError("chunk %d of a compressed stream was cut short" % st.cur_index)
@@ -502,9 +502,12 @@ class IncomingStreams:
         if index <= st.last_index:
             st.dropping = True  # duplicate: dropped
             return None
-        if compressed and index != st.last_index + 1:
-            return StreamError("gap in chunk indices of a compressed stream: got %d after %d"
-                               % (index, st.last_index))
+        if index != st.last_index + 1:
+            # STREAMS.md makes it an error on a compressed stream; livekit-client on every
+            # stream ("Missing chunk(s)"): delivering the rest would hand out corrupt data
+            return StreamError("gap in chunk indices: chunk %d missing" % (st.last_index + 1)
+                               if index == st.last_index + 2 else "gap in chunk indices: chunks %d..%d missing"
+                               % (st.last_index + 1, index - 1))
         st.dropping = False
         st.last_index = index
         return None

@@ -422,10 +422,15 @@ def test_compressed_chunked_stream_goes_through_one_inflater_in_index_order():
     assert bytes(col.data["o"]) == b"hello" and col.ended["o"] is None
 
 
-def test_gap_on_uncompressed_stream_is_delivered():
+def test_gap_on_uncompressed_stream_is_an_error_as_in_livekit_client():
+    # STREAMS.md names compressed streams; livekit-client fails every stream with a
+    # missing chunk, and delivering "ac" for "abc" would be silent corruption
     inc, col = _inc("t")
     feed_all(inc, col, "a", [_hdr("c"), _chunk("c", 0, b"a"), _chunk("c", 2, b"c"), _trailer("c")])
-    assert bytes(col.data["c"]) == b"ac" and col.ended["c"] is None
+    assert bytes(col.data["c"]) == b"a" and str(col.ended["c"]) == "gap in chunk indices: chunk 1 missing"
+    inc, col = _inc("t")   # a stream whose first chunk is not 0
+    feed_all(inc, col, "a", [_hdr("d"), _chunk("d", 1, b"b"), _trailer("d")])
+    assert not bytes(col.data.get("d", b"")) and str(col.ended["d"]) == "gap in chunk indices: chunk 0 missing"
 
 
 def test_trailer_attributes_merge_over_header():
