@@ -34,3 +34,23 @@ def handler_failed(inv, e):
     else:
         import traceback
         traceback.print_exception(type(e), e, e.__traceback__, file=sys.stdout)  # with the line above
+
+
+async def handler_cancelled(lp, inv):
+    """A handler's task was cancelled. True when Room's timer did it, the handler having
+    run past its caller's response_timeout (as the LiveKit SDKs do, so a handler that
+    hangs frees its slot): answered 1502, the cancellation is spent. Else the handler
+    gave up (it awaited something cancelled) or the room is stopping it: while the link
+    is up the caller hears 1500 at once (RPC.md: the method raised "anything else"),
+    and the cancellation goes on (False)."""
+    from .rpc import RpcError
+    room = lp._room
+    if inv in room._timed_out:
+        room._timed_out.discard(inv)
+        await lp._send_error(inv, RpcError(RpcError.RESPONSE_TIMEOUT, None,
+                                           "the handler ran past the caller's response_timeout of %s s"
+                                           % inv.response_timeout))
+        return True
+    if not room._closing and room._transport is not None:
+        await lp._send_error(inv, RpcError(RpcError.APPLICATION_ERROR, None, "handler cancelled"))
+    return False

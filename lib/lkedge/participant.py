@@ -155,20 +155,8 @@ class LocalParticipant:
                 load("misuse").handler_failed(inv, e)
             await self._send_error(inv, e)
         except asyncio.CancelledError:
-            if inv in room._timed_out:
-                # Room's timer: a buffered handler still running once its caller gave up
-                # (as the LiveKit SDKs do), so a handler that hangs frees its slot.
-                room._timed_out.discard(inv)
-                await self._send_error(inv, RpcError(
-                    RpcError.RESPONSE_TIMEOUT, None,
-                    "the handler ran past the caller's response_timeout of %s s" % inv.response_timeout))
-                return
-            # The handler gave up (it awaited something cancelled) or the room is
-            # stopping it: while the link is up, the caller hears at once (RPC.md: the
-            # method raised "anything else"), not at its timeout.
-            if not room._closing and room._transport is not None:
-                await self._send_error(inv, RpcError(RpcError.APPLICATION_ERROR, None, "handler cancelled"))
-            raise
+            if not await load("misuse").handler_cancelled(self, inv):
+                raise
         finally:
             room._invoking.discard(inv)   # admitted by Room._admit
             room._lingering.discard(inv)  # or no longer counted there (Room._linger)

@@ -7,7 +7,9 @@ streaming handler answering as many bytes, then sends it a byte stream. Every by
 checked by SHA-256 (tests/scenarios/board_memory.py, lkedge_host.bench.board_heap).
 
 The heaps here are the measured minimums (the bisection benchmark prints them) plus a
-margin of about 10 KiB; they are deterministic: an allocation over the heap fails.
+margin of 4-5 KiB: where garbage happens to lie when a collection runs moves the
+minimum by 1-2 KiB between runs. An allocation over the heap fails, so a change that
+makes the board need more than that shows here; the benchmark says by how much.
 """
 import pytest
 
@@ -16,8 +18,8 @@ from lkedge_host.relay.process import RelayProcess
 
 KIB = 1024
 MIB = 1024 * 1024
-HEAP_PLAIN = 128 * KIB        # measured minimum 120-121 KiB for 64 KiB, 1 MiB and 8 MiB
-HEAP_COMPRESSED = 168 * KIB   # measured minimum 164-165 KiB for 1 and 8 MiB (a reserved 32 KiB window)
+HEAP_PLAIN = 130 * KIB        # measured minimum 124-125 KiB for 64 KiB, 1 MiB and 8 MiB
+HEAP_COMPRESSED = 172 * KIB   # measured minimum 167-168 KiB for 1 and 8 MiB (a reserved 32 KiB window)
 
 
 @pytest.fixture(scope="module")
