@@ -179,6 +179,8 @@ async def start_call(lp, dest, method, payload, response_timeout, streaming):
     if room.connection_state != "connected":
         raise RpcError(RpcError.SEND_FAILED, None, "not connected to a room (%s)%s" % (
             room.connection_state, ": connect() first" if room.connection_state == "disconnected" else ""))
+    if not isinstance(dest, str) or not dest:
+        raise TypeError("destination_identity must be a participant's identity (a non-empty str), got %r" % (dest,))
     if dest == lp.identity:
         raise RpcError(RpcError.RECIPIENT_NOT_FOUND, None, "%r is this participant: it cannot call itself" % (dest,))
     rp = room.remote_participants.get(dest)

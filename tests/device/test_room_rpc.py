@@ -1746,6 +1746,9 @@ async def test_a_call_while_not_connected_or_to_oneself_says_so():
     mem, a, b = await pair()
     e = await raises_rpc(RpcError.RECIPIENT_NOT_FOUND, a.local_participant.perform_rpc(destination_identity="a", method="m"))
     assert "'a' is this participant: it cannot call itself" in e.data, e.data
+    for bad in (None, "", 5):
+        await _raises(TypeError, a.local_participant.perform_rpc(destination_identity=bad, method="m"),
+                      "destination_identity must be a participant's identity (a non-empty str)")
     await close(a)
     e = await raises_rpc(RpcError.SEND_FAILED, a.local_participant.perform_rpc(destination_identity="b", method="m"))
     assert e.data == "not connected to a room (disconnected): connect() first", e.data
