@@ -34,7 +34,13 @@ parents. An interpreter that ends START_TRIES times in a row before it is ready 
 MicroPython unix port, a broken install) stops the board with exit status 1.
 
 Library use: `launch(profile, flash) -> (Popen, pty_path)` starts `python -m
-lkedge_host.board` and waits for the pty line (tests, demos).
+lkedge_host.board` and waits for the pty line (tests, demos). `EmulatedBoard` wraps it
+for tests of a firmware (docs/firmware.md):
+
+    with RelayProcess() as relay, EmulatedBoard("esp32", flash_dir) as b:
+        b.deploy("path/to/my_firmware", relay, identity="dut")   # lkedge deploy
+        ... join relay.url as a host, call "dut" ...
+        print(b.console())       # what the board printed (prints, tracebacks)
 """
 import argparse
 import errno
@@ -511,6 +517,71 @@ def launch(profile="unix", flash=None, timeout=10.0, extra=()):
         proc.wait()
         raise RuntimeError("lkedge board did not start within %s s: %r" % (timeout, line))
     return proc, line.split(" emulated on ", 1)[1].split(" ", 1)[0]
+
+
+class EmulatedBoard:
+    """An emulated board in the background (`lkedge board`), for tests and scripts.
+
+    `port` is its pty, `flash` its flash folder (give each board its own; None: the
+    default ./.board-PROFILE), `proc` the supervisor process. Use it in a `with`, or
+    call stop()."""
+
+    def __init__(self, profile="unix", flash=None, timeout=10.0):
+        self.profile = profile
+        self.flash = flash
+        self.proc, self.port = launch(profile, flash, timeout)
+
+    def deploy(self, firmware, relay, identity=None, room="lkedge", **more):
+        """`lkedge deploy` of the firmware folder `firmware` to this board (the board
+        resets and runs it); returns deploy's Report. `relay`: a link URL, or a
+        RelayProcess (its URL and its keys for the token). `more`: other deploy options
+        by their argparse names (no_reset=True, lib_only=True, token_ttl=600...)."""
+        from lkedge_host import deploy
+        url = getattr(relay, "url", relay)
+        if hasattr(relay, "key"):
+            more.setdefault("api_key", relay.key)
+            more.setdefault("api_secret", relay.secret)
+        return deploy.to_board(self.port, self.profile, firmware, relay=url, identity=identity, room=room,
+                               **more)
+
+    def console(self, quiet_s=0.3, max_s=5.0):
+        """What the board printed since the last read while no program had its port open
+        (prints, tracebacks, `lkedge:` warnings; up to OUT_MAX bytes kept), with \\r\\n as
+        \\n: read until the board is quiet for quiet_s (at most max_s). Do not call it
+        while mpremote uses the port."""
+        fd = os.open(self.port, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        out = bytearray()
+        try:
+            end = time.monotonic() + max_s
+            quiet = time.monotonic() + quiet_s
+            while time.monotonic() < min(end, quiet):
+                r, _, _ = select.select([fd], [], [], 0.05)
+                if r:
+                    try:
+                        data = os.read(fd, 65536)
+                    except (BlockingIOError, OSError):
+                        data = b""
+                    if data:
+                        out += data
+                        quiet = time.monotonic() + quiet_s
+        finally:
+            os.close(fd)
+        return out.decode("utf-8", "replace").replace("\r\n", "\n")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
 
 
 def main(argv=None):

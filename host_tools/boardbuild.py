@@ -318,10 +318,37 @@ def library_renames(lib_dir, outside_paths=()):
     return private_renames(texts, outside)
 
 
+# Never deployed from a firmware folder: obvious junk (said by `lkedge deploy`).
+JUNK_DIRS = ("__pycache__",)
+JUNK_SUFFIXES = (".pyc", "~", ".swp")
+
+
+def firmware_files(firmware_dir):
+    """(files, skipped) of a firmware folder, walked with its subfolders: files is a
+    sorted list of (board-relative path with "/", local path); skipped the relative
+    paths left out as junk (dotfiles and dot-folders, __pycache__, *.pyc, editor
+    backups; a skipped folder ends with "/")."""
+    files, skipped = [], []
+    for root, dirs, names in os.walk(firmware_dir):
+        rel_root = os.path.relpath(root, firmware_dir)
+        rel_root = "" if rel_root == "." else rel_root.replace(os.sep, "/") + "/"
+        for d in sorted(dirs):
+            if d.startswith(".") or d in JUNK_DIRS:
+                skipped.append(rel_root + d + "/")
+        dirs[:] = sorted(d for d in dirs if not (d.startswith(".") or d in JUNK_DIRS))
+        for n in sorted(names):
+            if n.startswith(".") or n.endswith(JUNK_SUFFIXES):
+                skipped.append(rel_root + n)
+            else:
+                files.append((rel_root + n, os.path.join(root, n)))
+    return sorted(files), sorted(skipped)
+
+
 def deploy_renames(lib_dir, firmware_dir):
-    """The table a deploy of lib_dir with firmware_dir/*.py (if that folder exists) makes."""
-    firmware = sorted(os.path.join(firmware_dir, n) for n in os.listdir(firmware_dir)
-                      if n.endswith(".py")) if os.path.isdir(firmware_dir) else []
+    """The table a deploy of lib_dir with firmware_dir (every .py in it and its
+    subfolders, if that folder exists) makes."""
+    firmware = [local for rel, local in firmware_files(firmware_dir)[0]
+                if rel.endswith(".py")] if os.path.isdir(firmware_dir) else []
     return library_renames(lib_dir, firmware)
 
 
@@ -374,45 +401,148 @@ def read_table(path):
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             parts = line.split()
+            if not parts:
+                continue
             if len(parts) != 2:
                 raise BuildError("%s line %d: expected 'board_name private_name', got %r" % (path, n, line.strip()))
             table[parts[0]] = parts[1]
     return table
 
 
-def untranslate(text, table):
-    """`text` (a board's traceback) with each board name written as its source name."""
-    return _WORD.sub(lambda m: table.get(m.group(0), m.group(0)), text)
+# A frame of a board's traceback, as MicroPython prints it: `  File "lkedge.room", line
+# 195, in connect` for the library's .mpy (compiled with -s lkedge.<module>), or
+# `File "lkedge/room.py", ...` / `"/lib/lkedge/room.py"` for one installed as source.
+_FRAME = re.compile(r'^(\s*File "([^"]*)", line (\d+), in )([^\s]+)')
+_LIB_FILE = re.compile(r'(?:^|/)lkedge[./](\w+?)(?:\.py|\.mpy)?$')
+# Names an exception message spells (MicroPython's texts): the object's type, the
+# attribute, the global, the imported name, the keyword argument.
+_MESSAGE_NAME = re.compile(r"'(\w+)'(?= object)|(?<=attribute ')\w+(?=')|(?<=name ')\w+(?=')"
+                           r"|(?<=import name )\w+|(?<=keyword argument ')\w+(?=')")
+
+
+def _library_module(path):
+    m = _LIB_FILE.search(path)
+    return m.group(1) if m else None
+
+
+def untranslate(text, table, frames=None):
+    """`text` (a board's traceback) with the board names written as source names, only
+    where the board build put them: the function name of a library frame (File
+    "lkedge.<module>"), and the names in the exception line right after a traceback
+    whose innermost frame is the library's (`'T' object has no attribute 'X'`, `name 'X'
+    isn't defined`, `can't import name X`, `unexpected keyword argument 'X'`). Anything
+    else (exception and errno names, asyncio's frames, the firmware's own) is left as
+    it is. `frames`, if a list, gets (module, line, source name) of each library frame."""
+    out = []
+    lib_frame = False  # the previous line was a frame, and of the library
+    for line in text.splitlines(True):
+        body = line.rstrip("\r\n")
+        end = line[len(body):]
+        m = _FRAME.match(body)
+        if m:
+            module = _library_module(m.group(2))
+            lib_frame = module is not None
+            if lib_frame:
+                name = table.get(m.group(4), m.group(4))
+                body = m.group(1) + name + body[m.end():]
+                if frames is not None:
+                    frames.append((module, int(m.group(3)), name))
+        elif lib_frame:
+            body = _MESSAGE_NAME.sub(
+                lambda n: "'%s'" % table.get(n.group(1), n.group(1)) if n.group(1)
+                else table.get(n.group(0), n.group(0)), body)
+            lib_frame = False
+        out.append(body + end)
+    return "".join(out)
+
+
+def check_frames(frames, lib_dir):
+    """Library frames (module, line, source name) that do not fit lib_dir's source: the
+    line is in no function of that name (line numbers of a board build are the
+    source's). Each is a sign that the table (or the library) is not the board's."""
+    misfits, funcs = [], {}
+    for module, line, name in frames:
+        if name.startswith("<"):
+            continue  # <module>, <lambda>, <genexpr>, <listcomp>...
+        if module not in funcs:
+            try:
+                with open(os.path.join(lib_dir, module + ".py"), encoding="utf-8") as f:
+                    tree = ast.parse(f.read())
+            except (OSError, SyntaxError, ValueError):
+                funcs[module] = None
+            else:
+                funcs[module] = [(n.name, n.lineno, n.end_lineno) for n in ast.walk(tree)
+                                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        fs = funcs[module]
+        if fs is None:
+            misfits.append("lkedge.%s is not in %s" % (module, lib_dir))
+        elif not any(n == name and a <= line <= b for n, a, b in fs):
+            misfits.append("lkedge.%s line %d is in no function %s" % (module, line, name))
+    return misfits
 
 
 def add_names_arguments(parser):
     parser.add_argument("text", nargs="*", help="text to translate (default: standard input)")
-    parser.add_argument("--table", help="a board's /lib/lkedge/renames.txt (default: the table a deploy of "
-                                        "--lib with --firmware makes)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--table", help="a board's /lib/lkedge/renames.txt (the surest: the table of what "
+                                       "the board runs)")
+    which.add_argument("--firmware", default=None,
+                       help="the firmware folder the board was deployed with: the table `lkedge deploy "
+                            "--firmware DIR` makes (default: this checkout's firmware/)")
+    which.add_argument("--lib-only", action="store_true",
+                       help="the board was deployed with `lkedge deploy --lib-only` (no firmware)")
     parser.add_argument("--lib", default=os.path.join(_ROOT, "lib", "lkedge"), help="lkedge library folder")
-    parser.add_argument("--firmware", default=os.path.join(_ROOT, "firmware"), help="firmware folder")
+
+
+def _names_table(args, say):
+    """{board name: source name} the options ask for; OSError/BuildError if unreadable."""
+    if args.table:
+        return read_table(args.table)
+    if args.lib_only:
+        firmware = None
+    elif args.firmware is None:
+        firmware = os.path.join(_ROOT, "firmware")
+        say("lkedge names: names as a deploy of %s with firmware %s makes them (a board deployed with "
+            "other firmware: --firmware DIR, or --table with its /lib/lkedge/renames.txt)"
+            % (args.lib, firmware))
+    else:
+        firmware = args.firmware
+    if firmware is not None and not os.path.isdir(firmware):
+        raise BuildError("--firmware %s is not a folder (the firmware folder the board was deployed with)"
+                         % firmware)
+    renames = library_renames(args.lib, []) if firmware is None else deploy_renames(args.lib, firmware)
+    return {new: old for old, new in renames.items()}
 
 
 def run_names(args):
     import sys
+
+    def say(msg):
+        print(msg, file=sys.stderr, flush=True)
+
     try:
-        if args.table:
-            table = read_table(args.table)
-        else:
-            table = {new: old for old, new in deploy_renames(args.lib, args.firmware).items()}
+        table = _names_table(args, say)
     except OSError as e:
-        where = ("--table %s" % args.table) if args.table else "the library"
+        where = ("--table %s" % args.table) if args.table else "the library %s" % args.lib
         hint = ""
         if args.table:
             hint = (" (a deployed board has it: mpremote connect PORT fs cp :%s/renames.txt %s)"
                     % ("/lib/lkedge", args.table))
-        print("lkedge names: cannot read %s: %s%s" % (where, e.strerror or e, hint), file=sys.stderr)
+        say("lkedge names: cannot read %s: %s%s" % (where, e.strerror or e, hint))
         return 2
     except BuildError as e:
-        print("lkedge names: %s" % e, file=sys.stderr)
+        say("lkedge names: %s" % e)
         return 2
     if not args.text and sys.stdin.isatty():
-        print("lkedge names: paste the board's traceback, then Ctrl-D", file=sys.stderr, flush=True)
+        say("lkedge names: paste the board's traceback, then Ctrl-D")
     text = " ".join(args.text) if args.text else sys.stdin.read()
-    sys.stdout.write(untranslate(text, table) + ("\n" if args.text else ""))
+    frames = []
+    sys.stdout.write(untranslate(text, table, frames) + ("\n" if args.text else ""))
+    sys.stdout.flush()
+    misfits = check_frames(frames, args.lib)
+    if misfits:
+        say("lkedge names: warning: the names may be wrong, the table does not fit this traceback "
+            "(%s%s): was the board deployed with another firmware folder or library? Pass the same "
+            "--firmware DIR, or --table with the board's /lib/lkedge/renames.txt"
+            % ("; ".join(misfits[:3]), "; ..." if len(misfits) > 3 else ""))
     return 0

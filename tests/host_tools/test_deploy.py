@@ -83,18 +83,19 @@ def _after_reset():
 
 def test_first_deploy_copies_everything_then_only_what_changed(unix_board, firmware, lib, tmp_path):
     # 2 lib modules + the rename table (the board build's _lkmsg in __init__) + boot.py,
-    # main.py, app.mpy, helper.mpy + profile.json
+    # main.py, app.mpy, helper.mpy + profile.json, and config.json (copied every time,
+    # with its fresh token: counted as copied)
     counts, log = run_deploy(unix_board, "unix", firmware, lib)
-    assert counts == [8, 0, 0], log
+    assert counts == [9, 0, 0], log
     assert "deploy: copy /config.json" in log
     _after_reset()
     counts, log = run_deploy(unix_board, "unix", firmware, lib)
-    assert counts == [0, 8, 0], log
-    assert log.count("deploy: copy ") == 1  # only the config, with its fresh token
+    assert counts == [1, 8, 0], log
+    assert log.count("deploy: copy ") == 1 and "deploy: copy /config.json" in log  # only the config
     _write(firmware, "app.py", "def answer():\n    return 43\n\ndef started():\n    pass\n")
     _after_reset()
     counts, log = run_deploy(unix_board, "unix", firmware, lib)
-    assert counts == [1, 7, 0] and "deploy: copy /app.mpy" in log, log
+    assert counts == [2, 7, 0] and "deploy: copy /app.mpy" in log, log
     _after_reset()
     assert mpremote_out(unix_board, "exec", "import app; print(app.answer())") == "43\n"
 
@@ -169,8 +170,8 @@ def test_real_library_compiles_for_xtensawin_and_runs_on_the_esp32_board(tmp_pat
         sources = [f for f in os.listdir(REAL_LIB) if f.endswith(".py") and f not in deploy.HOST_ONLY]
         with_texts = [f for f in sources
                       if boardbuild.board_source(open(os.path.join(REAL_LIB, f)).read(), f[:-3])[1]]
-        # .mpy + .msg + the private-name table + firmware
-        assert counts == [len(sources) + len(with_texts) + 1 + 5, 0, 0], log
+        # .mpy + .msg + the private-name table + firmware + config.json
+        assert counts == [len(sources) + len(with_texts) + 1 + 5 + 1, 0, 0], log
         assert "copy /lib/lkedge/rpc.msg" in log and "copy /lib/lkedge/renames.txt" in log
         assert "relayside" not in log and "memroom" not in log   # relays' and tests' only
         _after_reset()
@@ -390,7 +391,9 @@ def test_a_loopback_relay_that_does_not_listen_is_warned_about(unix_board, firmw
     finally:
         listening.close()
     _, log = run_deploy(unix_board, "unix", firmware, lib, "--relay", url, "--no-reset")
-    assert "deploy: warning: no relay answers at %s (Connection refused)" % url in log, log
+    assert "deploy: warning: no relay answers at %s (Connection refused): the board cannot join until one " \
+        "listens there" % url in log, log
+    assert "will retry" not in log  # only some firmware does
     # another host's relay may be reachable from the board only: not checked
     _, log = run_deploy(unix_board, "unix", firmware, lib, "--relay", "tcp://192.0.2.1:7880", "--no-reset")
     assert "warning: no relay" not in log, log
@@ -491,3 +494,118 @@ def test_a_profile_chip_must_be_one_word(tmp_path):
     f.write_text(json.dumps(p))
     with pytest.raises(profiles.ProfileError, match="'chip' must be one word"):
         profiles.load(str(f))
+
+
+# ------------------------------------------------------------------ your own firmware
+def test_a_missing_firmware_folder_is_a_usage_error_unless_lib_only(unix_board, lib, tmp_path):
+    missing = str(tmp_path / "no-such-firmware")
+    r = deploy_cmd(unix_board, missing, lib)
+    assert r.returncode == 2, r.stderr
+    assert "lkedge deploy: --firmware %s is not a folder" % missing in r.stderr and "--lib-only" in r.stderr
+    assert "deploy: compiling" not in r.stderr and "Traceback" not in r.stderr
+    # the library alone, asked for
+    r = subprocess.run([sys.executable, "-m", "lkedge_host.cli", "deploy", "--port", unix_board, "--lib", lib,
+                        "--lib-only", "--no-reset"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    flash = str(tmp_path / "flash")
+    assert os.path.exists(os.path.join(flash, "lib", "lkedge", "alpha.mpy"))
+    assert not os.path.exists(os.path.join(flash, "main.py"))  # not this checkout's firmware either
+    r = deploy_cmd(unix_board, missing, lib, "--lib-only")
+    assert r.returncode == 2 and "--lib-only deploys no firmware: leave out --firmware" in r.stderr, r.stderr
+
+
+def test_subfolders_and_data_files_are_deployed_and_junk_is_skipped(unix_board, firmware, lib, tmp_path):
+    _write(os.path.join(firmware, "drivers"), "__init__.py", "KIND = 'drivers'\n")
+    _write(os.path.join(firmware, "drivers"), "bme.py", "def read():\n    return 21.5\n")
+    _write(firmware, "settings.json", '{"interval": 5}\n')
+    _write(os.path.join(firmware, "web"), "index.html", "<p>hi</p>\n")
+    _write(os.path.join(firmware, "__pycache__"), "app.cpython-311.pyc", "junk")
+    _write(firmware, ".env", "SECRET=1\n")
+    _write(firmware, "old.pyc", "junk")
+    _write(firmware, "config.json", '{"mine": 1}\n')
+    counts, log = run_deploy(unix_board, "unix", firmware, lib, "--no-reset")
+    assert "deploy: skip .env, __pycache__/, old.pyc (not deployed" in log, log
+    assert "deploy: skip config.json: deploy writes /config.json itself" in log
+    for path in ("/drivers/__init__.mpy", "/drivers/bme.mpy", "/settings.json", "/web/index.html"):
+        assert "deploy: copy %s " % path in log, log
+    flash = str(tmp_path / "flash")
+    assert not os.path.exists(os.path.join(flash, ".env")) and not os.path.exists(os.path.join(flash, "__pycache__"))
+    with open(os.path.join(flash, "settings.json")) as f:
+        assert f.read() == '{"interval": 5}\n'
+    got = mpremote_out(unix_board, "exec", "import drivers, drivers.bme, json\n"
+                                           "print(drivers.__file__, drivers.bme.__file__, drivers.bme.read())\n"
+                                           "print(json.load(open('settings.json'))['interval'])")
+    assert got == "drivers/__init__.mpy drivers/bme.mpy 21.5\n5\n", got
+
+
+def test_files_an_earlier_deploy_put_there_are_removed_and_no_others(unix_board, firmware, lib, tmp_path):
+    flash = str(tmp_path / "flash")
+    _write(os.path.join(firmware, "drivers"), "bme.py", "X = 1\n")
+    _write(firmware, "settings.json", "{}\n")
+    _write(firmware, "notes.txt", "deployed\n")
+    run_deploy(unix_board, "unix", firmware, lib, "--no-reset")
+    with open(os.path.join(flash, ".lkedge-deployed")) as f:
+        manifest = f.read()
+    assert " /helper.mpy\n" in manifest and " /drivers/bme.mpy\n" in manifest and " /config.json\n" in manifest
+    _write(flash, "data.log", "the firmware's own data\n")        # never deploy's
+    _write(flash, "notes.txt", "changed on the board\n")          # deploy's, but changed since
+    for gone in ("helper.py", "settings.json", "notes.txt", os.path.join("drivers", "bme.py")):
+        os.remove(os.path.join(firmware, gone))
+    os.rmdir(os.path.join(firmware, "drivers"))
+    counts, log = run_deploy(unix_board, "unix", firmware, lib, "--no-reset")
+    for path in ("/helper.mpy", "/settings.json", "/drivers/bme.mpy"):
+        assert "deploy: remove %s (an earlier deploy put it there; no longer in the build)" % path in log, log
+    assert "deploy: leave /notes.txt: an earlier deploy put it there, but it changed on the board" in log
+    assert counts[2] == 3 and "/.lkedge-deployed records what deploy put on the board" in log, log
+    assert sorted(os.listdir(flash)) == [".lkedge-deployed", "app.mpy", "boot.py", "config.json", "data.log",
+                                         "lib", "main.py", "notes.txt", "profile.json"]
+    with open(os.path.join(flash, ".lkedge-deployed")) as f:
+        manifest = f.read()
+    assert "/helper.mpy" not in manifest and " /app.mpy\n" in manifest
+    assert "ImportError" in subprocess.run([MPREMOTE, "connect", unix_board, "exec", "import helper"],
+                                           capture_output=True, text=True, timeout=20).stdout
+
+
+@pytest.mark.parametrize("name", ["main.py", "boot.py"])
+def test_a_syntax_error_in_main_or_boot_py_fails_the_deploy(firmware, lib, name):
+    _write(firmware, name, "import sys\nif True\n    pass\n")
+    fake = FakePty(echo=False)  # the build fails before the board is asked anything
+    try:
+        r = deploy_cmd(fake.path, firmware, lib, timeout=60)
+    finally:
+        fake.close()
+    assert r.returncode == 1, r.stderr
+    assert "mpy-cross failed on %s" % os.path.join(firmware, name) in r.stderr and "line 2" in r.stderr, r.stderr
+    assert "deploy: copy" not in r.stderr
+
+
+def test_an_interrupted_copy_says_the_deploy_is_incomplete(unix_board, firmware, lib, monkeypatch, capsys):
+    real = deploy._mpremote
+
+    def interrupted(mpremote, port, args, what, *more):
+        if what == "copying files":
+            raise KeyboardInterrupt  # Ctrl-C while mpremote copies: some files new, some old
+        return real(mpremote, port, args, what, *more)
+
+    monkeypatch.setattr(deploy, "_mpremote", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        deploy.to_board(unix_board, "unix", firmware, lib=lib)
+    err = capsys.readouterr().err
+    assert "deploy: incomplete: it stopped while changing the board's files" in err, err
+    assert "run `lkedge deploy` again" in err
+    assert "deploy: board reset after the failure: it runs whatever firmware it now holds" in err
+    assert "its firmware runs again" not in err
+
+
+def test_a_relay_url_naming_an_http_port_is_warned_about(unix_board, firmware, lib):
+    import http.server
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = "tcp://127.0.0.1:%d" % server.server_address[1]
+    try:
+        _, log = run_deploy(unix_board, "unix", firmware, lib, "--relay", url, "--no-reset")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "deploy: warning: %s answers HTTP: that is a relay's WebSocket or HTTP port, not its link port" % url \
+        in log, log
