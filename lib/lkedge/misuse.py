@@ -54,3 +54,9 @@ async def handler_cancelled(lp, inv):
     if not room._closing and room._transport is not None:
         await lp._send_error(inv, RpcError(RpcError.APPLICATION_ERROR, None, "handler cancelled"))
     return False
+
+
+def async_generator(piece):
+    return TypeError("a handler yielded %r: MicroPython has no async generators (an async def with "
+                     "yield is a plain generator there); answer an object with __aiter__ and an "
+                     "async __anext__ instead" % (piece,))

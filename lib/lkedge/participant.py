@@ -9,6 +9,7 @@ runs: calling (lkedge.calls, lkedge.rpc_caller) and sending whole payloads
 (lkedge.sending, lkedge.finite). Answering calls and incremental streams are here.
 """
 import asyncio
+import sys
 
 from . import load, rpc, streams
 from .clock import now_ms
@@ -17,6 +18,7 @@ from .ids import uuid4
 from .readers import PayloadReader
 from .utf8 import encoded_text
 
+_MP = sys.implementation.name == "micropython"
 RpcError = rpc.RpcError
 RpcInvocationData = rpc.RpcInvocationData
 
@@ -27,6 +29,28 @@ def is_awaitable(x):
 
 def _is_async_iterable(x):
     return hasattr(x, "__aiter__")
+
+
+def awaiting(g):
+    """`await awaiting(g)` is `await g` for a handler's coroutine on MicroPython, where an
+    async def with yield is a plain generator too: awaited as is, its first piece
+    would leave the task waiting for ever; here it is a TypeError saying why (asyncio
+    coroutines only ever yield None)."""
+    send = exc = None
+    while True:
+        try:
+            v = g.send(send) if exc is None else g.throw(exc)
+        except StopIteration as e:
+            return e.value
+        if v is not None:
+            g.close()
+            raise load("misuse").async_generator(v)
+        try:
+            send = yield v
+            exc = None
+        except BaseException as e:  # a cancellation, thrown on into the handler
+            exc = e
+            send = None
 
 
 def _now_epoch_ms():
@@ -142,7 +166,7 @@ class LocalParticipant:
                 if not inv.streaming:  # Room's timer cancels it past the caller's timeout
                     room._deadlines[inv] = (now_ms() + int(inv.response_timeout * 1000), asyncio.current_task())
                 try:
-                    result = await result
+                    result = await (awaiting(result) if _MP else result)
                 finally:
                     room._deadlines.pop(inv, None)
             if result is None:

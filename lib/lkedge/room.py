@@ -18,7 +18,7 @@ from .clock import now_ms
 from .config import RoomOptions
 from .consts import (ATTR_RPC_REQUEST_ID, CAP_COMPRESSION_DEFLATE_RAW, TOPIC_RPC_REQUEST,
                      TOPIC_RPC_RESPONSE)
-from .participant import LocalParticipant, RemoteParticipant, is_awaitable
+from .participant import _MP, LocalParticipant, RemoteParticipant, awaiting, is_awaitable
 from .readers import ByteStreamReader, TextStreamReader
 from .sender import HEADER_ROOM, PacketSender
 
@@ -683,7 +683,7 @@ class Room:
         try:
             r = handler(reader, sender)
             if is_awaitable(r):
-                await r
+                await (awaiting(r) if _MP else r)
             else:
                 # The LiveKit SDK idiom: a sync handler hands the reader to a task it
                 # creates, which runs before this one goes on. If that task has begun to

@@ -1753,3 +1753,24 @@ async def test_a_call_while_not_connected_or_to_oneself_says_so():
     e = await raises_rpc(RpcError.SEND_FAILED, a.local_participant.perform_rpc(destination_identity="b", method="m"))
     assert e.data == "not connected to a room (disconnected): connect() first", e.data
     await close(b)
+
+
+async def test_an_async_def_with_yield_as_a_streaming_handler_answers_or_says_why_it_cannot():
+    # CPython: an async generator is an async iterable, streamed as the answer.
+    # MicroPython has no async generators: the same code is a plain generator, and
+    # awaited as a coroutine its first piece would leave the handler waiting for ever.
+    import sys
+    mem, a, peer = await room_and_peer(peer_identity="old", client_protocol=0, ping_interval_ms=100)
+
+    async def pieces(d):
+        yield "a"
+        yield "b"
+    a.local_participant.register_rpc_method("pieces", pieces, streaming=True)
+    r = await request_v1(peer, "a", "g1", "pieces")
+    if sys.implementation.name == "micropython":
+        err = r["rpc_response"]["error"]
+        assert err["code"] == 1500 and "MicroPython has no async generators" in err["data"], err
+        assert not a._invoking, "its slot is free"
+    else:
+        assert r["rpc_response"].get("payload") == "ab", r
+    await close(a, peer)
