@@ -10,7 +10,9 @@
 - `Verifier(api_key, api_secret, rooms=None)`: `verify(token) -> grant dict`
   {"identity", "room", "can_publish_data", "attributes", "name"}; `AuthError` (with a
   specific reason) for a bad signature/issuer, an expired token, a token WITHOUT `exp`
-  (checked here on the raw claims too, whatever the library version accepts), a
+  (checked here on the raw claims too, whatever the library version accepts) or with
+  an `exp` more than MAX_TTL_S (10 years, plus CLOCK_SKEW_S) ahead, a malformed claim
+  (named: a grant that is not a JSON object, a roomConfig that is not a RoomConfiguration), a
   missing `sub`, no `video.roomJoin`, no `video.room`, or a room outside `rooms` when the
   relay was restricted to some rooms.
 - `mint_token(api_key, api_secret, identity, room, ttl_s=6 h, can_publish_data=True,
@@ -23,6 +25,7 @@ import argparse
 import datetime
 import ipaddress
 import os
+import time
 
 import jwt
 from livekit import api
@@ -39,6 +42,49 @@ MAX_IDENTITY_BYTES = 256
 # relay's API keys, so one that outlives any deployment is a risk with no use; and far
 # longer lifetimes overflow the token library's date arithmetic (1e20 s: OverflowError).
 MAX_TTL_S = 3650 * 86400
+
+
+# A token minted for MAX_TTL_S on a host whose clock is ahead of the relay's by up to
+# this much is still taken.
+CLOCK_SKEW_S = 3600
+# The claims the token library reads as JSON objects (grants), and roomConfig, which it
+# parses as a LiveKit RoomConfiguration.
+_OBJECT_CLAIMS = ("video", "sip", "inference", "observability", "agent", "agentEndpoint",
+                  "agentThread")
+
+
+def _json_type(v):
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    return "an array" if isinstance(v, list) else "an object"
+
+
+def _show_number(v):
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e300:
+        v = int(v)
+    text = repr(v)
+    return text if len(text) <= 32 else "%s... (%d digits)" % (text[:24], len(text))
+
+
+def _malformed_claim(raw, exc):
+    """The reason for a signed token whose claims the token library cannot read: which
+    claim, and what is wrong with it (its own message would name neither)."""
+    for key in _OBJECT_CLAIMS:
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            return 'token claim "%s" must be a JSON object, got %s' % (key, _json_type(raw[key]))
+    detail = "%s: %s" % (exc.__class__.__name__, exc)
+    if len(detail) > 200:
+        detail = detail[:200] + "..."
+    if raw.get("roomConfig"):
+        return ('token claim "roomConfig" is malformed (not a LiveKit RoomConfiguration: %s)'
+                % detail)
+    return "token claims could not be read (%s)" % detail
 
 
 class AuthError(Exception):
@@ -137,6 +183,12 @@ class Verifier:
         raw = self._raw_claims(token)
         if "exp" not in raw:
             raise AuthError("token has no exp claim (an expiry is required)")
+        exp = raw["exp"]
+        if (isinstance(exp, (int, float)) and not isinstance(exp, bool)
+                and not exp <= time.time() + MAX_TTL_S + CLOCK_SKEW_S):   # NaN too
+            raise AuthError("token exp %s is more than 10 years ahead: the relay takes tokens "
+                            "valid for at most %d s (mint one with a shorter lifetime)"
+                            % (_show_number(exp), MAX_TTL_S))
         if raw.get("iss") != self._key:
             # Said before the signature: a token minted with other keys fails both, and
             # the issuer is what tells its holder which keys to use.
@@ -149,10 +201,10 @@ class Verifier:
             raise AuthError("token issuer is not this relay's API key")
         except jwt.InvalidSignatureError:
             raise AuthError("token signature does not verify with this relay's API secret")
-        except (jwt.InvalidTokenError, ValueError, TypeError) as e:
+        except jwt.InvalidTokenError as e:
             raise AuthError("token rejected: %s" % e)
-        except AttributeError as e:    # e.g. "video" not a JSON object
-            raise AuthError("token claims malformed (video, sip, ... must be JSON objects): %s" % e)
+        except Exception as e:   # signed, but a claim the token library reads is malformed
+            raise AuthError(_malformed_claim(raw, e))
         return self._grant(claims)
 
     def _raw_claims(self, token):

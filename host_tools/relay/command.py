@@ -29,6 +29,67 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 # frames of tens of KiB, and 16 MiB is far above anything a participant needs.
 MIN_FRAME, MAX_FRAME = 16384, 16 << 20
 _DURATIONS = ("idle_timeout", "join_timeout", "send_timeout")
+# File descriptors the relay needs besides one per link connection and per HTTP
+# connection: stdio, the event loop's, the listeners, a serial line, and connections
+# the relay holds briefly beyond --max-connections (refused ones until their LEAVE 5
+# is written, WebSocket and TLS handshakes not yet counted as connections).
+FD_RESERVE = 64
+
+
+class _DefaultInt(int):
+    """An option's default, told apart from the same number given on the command line."""
+
+
+def fd_budget(max_connections, http_connections, explicit, limits=None):
+    """-> (connections to serve, warning or None). Each connection holds a file
+    descriptor, so the soft RLIMIT_NOFILE is raised (toward the hard limit) to what
+    max_connections + http_connections + FD_RESERVE need. When the limit stays below
+    that, accept() would fail with EMFILE instead of answering LEAVE 5 "relay full":
+    a --max-connections given explicitly is then a usage error (ValueError naming both
+    numbers); the default is lowered to what fits, with the warning to log.
+    `limits` = (getrlimit, setrlimit) for tests; None: the resource module (no limit
+    to manage where it does not exist)."""
+    if limits is None:
+        try:
+            import resource
+        except ImportError:
+            return max_connections, None
+        limits = (lambda: resource.getrlimit(resource.RLIMIT_NOFILE),
+                  lambda soft, hard: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+        infinity = resource.RLIM_INFINITY
+    else:
+        infinity = -1
+    getlimit, setlimit = limits
+    other = http_connections + FD_RESERVE
+    need = max_connections + other
+    soft, hard = getlimit()
+    if soft != infinity and soft < need:
+        target = need if hard == infinity else min(need, hard)
+        if target > soft:
+            try:
+                setlimit(target, hard)
+                soft = target
+            except (ValueError, OSError):    # e.g. macOS caps it below the hard limit
+                pass
+    if soft == infinity or soft >= need:
+        return max_connections, None
+    fit = soft - other
+    what = ("%d link + %d HTTP connections + %d in reserve"
+            % (max_connections, http_connections, FD_RESERVE))
+    limit = "the open-file limit (RLIMIT_NOFILE) is %d and cannot be raised (hard limit %s)" % (
+        soft, "unlimited" if hard == infinity else hard)
+    if fit < 1:
+        raise ValueError("%s: too low for any link connection (the relay needs %d file "
+                         "descriptors besides them); raise the limit (ulimit -n %d)"
+                         % (limit, other, need))
+    if explicit:
+        raise ValueError("--max-connections %d needs %d file descriptors (%s), but %s: use "
+                         "--max-connections %d or less, or raise the limit (ulimit -n %d)"
+                         % (max_connections, need, what, limit, fit, need))
+    return fit, ("%s, below the %d file descriptors --max-connections %d needs (%s): serving "
+                 "at most %d connections (more get LEAVE 5 relay full); raise the limit "
+                 "(ulimit -n %d) or set --max-connections" % (limit, need, max_connections,
+                                                             what, fit, need))
 
 
 def add_arguments(p):
@@ -52,8 +113,11 @@ def add_arguments(p):
     a("--queue-bytes", type=units.size, default=1 << 20,
       help="per-connection send queue limit in bytes (or with K, M: 1M), at least --max-frame; "
            "senders to a full queue are paused (default %(default)s)")
-    a("--max-connections", type=int, default=10000,
-      help="connections open at once; one more gets LEAVE 5 \"relay full\" (default %(default)s)")
+    a("--max-connections", type=int, default=_DefaultInt(10000),
+      help="connections open at once; one more gets LEAVE 5 \"relay full\". Each needs a file "
+           "descriptor: the relay raises its open-file limit as needed, and refuses to start "
+           "if it cannot (without this option it serves fewer, with a warning) "
+           "(default %(default)s)")
     a("--send-timeout", type=units.seconds, default=10.0,
       help="seconds (or with ms, s, m, h) a receiver may keep its queue full before LEAVE 6 "
            "(default %(default)s)")
@@ -127,21 +191,26 @@ def _check_ports(args):
 def build(args):
     """-> (RelayServer, dev_keys: bool); ValueError/KeyConfigError on bad settings."""
     from .router import Router
-    from .server import RelayServer
+    from .server import HTTP_MAX_CONNECTIONS, RelayServer
     key, secret = auth.resolve_keys(args.api_key, args.api_secret)
     auth.check_listen_keys(args.host, key, secret)
     _check_limits(args)
     _check_ports(args)
     verifier = auth.Verifier(key, secret, rooms=args.room)
+    max_connections, warning = fd_budget(
+        args.max_connections, 2 * HTTP_MAX_CONNECTIONS if args.http_port else 0,
+        explicit=not isinstance(args.max_connections, _DefaultInt))
     router = Router(verifier.verify, max_frame=args.max_frame,
                     join_timeout_ms=int(args.join_timeout * 1000),
                     idle_timeout_ms=int(args.idle_timeout * 1000),
                     queue_bytes=args.queue_bytes, stuck_ms=int(args.send_timeout * 1000),
-                    max_connections=args.max_connections)
+                    max_connections=max_connections)
     srv = RelayServer(router, host=args.host, port=args.port,
                       ws_port=None if args.no_ws else args.ws_port,
                       http_port=args.http_port or None, http_host=args.http_host, ssl=_tls(args),
                       serial=args.serial, serial_baud=args.serial_baud)
+    if warning:
+        srv.warnings.append(warning)
     return srv, auth.is_dev_keys(key, secret)
 
 
@@ -150,6 +219,9 @@ async def _main(args):
         srv, dev = build(args)
     except (ValueError, auth.KeyConfigError) as e:
         return _fail(str(e))
+    from .server import log_line
+    for warning in srv.warnings:
+        log_line(srv.log, "warning", {"reason": warning})
     try:
         await srv.start()
     except (OSError, ImportError) as e:

@@ -45,7 +45,9 @@ A DATA frame up to max_frame (what JOINED announces) is taken and forwarded, wit
 stamp in front, as a frame of at most max_frame + link.STAMP_ROOM bytes, which
 participants accept; one whose stamp would need more (an identity of hundreds of bytes)
 is refused with LEAVE 4 naming both sizes. DATA from a participant without
-canPublishData: LEAVE 7.
+canPublishData: LEAVE 7. destination_identities are read by the official parser; the
+work of finding them in the room is bounded by the room's size, not the packet's, and
+the ones skipped (unknown, the sender) are counted once per packet (drops_total).
 
 Hostile input: a participant's own control frames (JOIN, LEAVE, PING) are held whole
 up to max_frame, like any frame LINK.md allows (a JOIN carries a token, which may hold
@@ -83,7 +85,6 @@ _RELAY_ONLY = (link.JOINED, link.PARTICIPANT, link.PARTICIPANT_LEFT)
 _STRIP = (4, 17)
 _F_USER = 2
 _USER_STRIP = (1, 5)    # UserPacket participant_sid, participant_identity
-_F_DEST = 5
 # Any reason the relay repeats (LEAVE, PARTICIPANT_LEFT, logs) is cut to this many
 # characters: a peer's text (its LEAVE reason, a bad JOIN key) must not make frames
 # larger than a board's control buffer nor flood the log.
@@ -370,9 +371,8 @@ class Router:
             return
         mv = memoryview(body)
         try:
+            dests = _check_whole(body).destination_identities
             fields = relayside.scan_fields(body)
-            dests = _destinations(body, fields)
-            _check_whole(body)
             stamp = relayside.encode(proto.DATA_PACKET, {"participant_identity": c.info["identity"],
                                                      "participant_sid": c.info["sid"]})
             parts = [stamp]
@@ -397,6 +397,12 @@ class Router:
                 self._block(c, r, now)
 
     def _recipients(self, c, dests):
+        """The members `dests` names (all others when empty). A DataPacket of max_frame
+        bytes can name tens of thousands of identities (three bytes each), so the work
+        here is bounded by the room, not by the packet: duplicates are folded at C speed
+        (dict.fromkeys keeps the list's order), and a list naming more distinct
+        identities than the room has members cannot all be members, so the room is
+        walked instead of the list. Skipped destinations are counted once per packet."""
         members = self._rooms.get(c.room, {})
         me = c.info["identity"]
         if not dests:
@@ -404,15 +410,17 @@ class Router:
             if not out:
                 self.metrics.inc("lkedge_relay_drops_total", reason="no_recipients")
             return out
-        out = []
-        for ident in dests:
-            m = members.get(ident)
-            if ident == me:
-                self.metrics.inc("lkedge_relay_drops_total", reason="destination_is_sender")
-            elif m is None:
-                self.metrics.inc("lkedge_relay_drops_total", reason="unknown_destination")
-            elif m not in out:
-                out.append(m)
+        wanted = dict.fromkeys(dests)
+        if len(wanted) > len(members):
+            out = [m for ident, m in members.items() if ident in wanted and ident != me]
+        else:
+            out = [members[ident] for ident in wanted if ident != me and ident in members]
+        to_self = me in wanted
+        unknown = len(wanted) - len(out) - to_self
+        if to_self:
+            self.metrics.inc("lkedge_relay_drops_total", reason="destination_is_sender")
+        if unknown:
+            self.metrics.inc("lkedge_relay_drops_total", unknown, reason="unknown_destination")
         return out
 
     # ------------------------------------------------------------ backpressure
@@ -532,13 +540,13 @@ def _split_for_joined(others):
 
 
 def _check_whole(body):
-    """ValueError unless the whole DataPacket parses as LiveKit's server parses it
-    (LINK.md: a malformed DataPacket is LEAVE 4, not forwarded). The official parser
-    decides, sub-messages and UTF-8 included, also in the oneof cases lkedge.proto
+    """The DataPacket as LiveKit's server parses it, or ValueError (LINK.md: a malformed
+    DataPacket is LEAVE 4, not forwarded). The official parser decides, sub-messages
+    and UTF-8 included (destination_identities too), also in the oneof cases lkedge.proto
     skips (chat, transcription, metrics, ...); it is also 15 times faster than ours,
     which is asked only for a message naming the fault."""
     try:
-        _OfficialDataPacket.FromString(bytes(body))
+        return _OfficialDataPacket.FromString(bytes(body))
     except _DecodeError as e:
         relayside.decode_packet(body)   # raises with the field and the cause, if it can tell
         raise ValueError("refused by the protobuf parser (%s), in a part lkedge does not decode" % e)
@@ -567,19 +575,6 @@ def _strip_user(mv, start, vs, end):
         return mv[start:end]
     inner = b"".join(mv[vs + s:vs + e] for num, _wt, s, _v, e in sub if num not in _USER_STRIP)
     return b"\x12" + _varint(len(inner)) + inner
-
-
-def _destinations(body, fields):
-    out = []
-    for num, wt, _start, vs, end in fields:
-        if num == _F_DEST:
-            if wt != 2:
-                continue    # a known field with another wire type is unknown (as officially)
-            try:
-                out.append(str(body[vs:end], "utf-8"))
-            except UnicodeError:
-                raise ValueError("destination_identities (5) holds invalid UTF-8")
-    return out
 
 
 def _leave_reason(body):

@@ -12,17 +12,28 @@ Each connection has a reader task (paused while the Router says so) and a writer
 that writes the Router's SENDs in order and reports them `drained` once the transport
 took them (TCP: after drain(); WebSocket: after send()). A CLOSE flushes what is queued,
 then closes; a receiver that cannot take it within CLOSE_GRACE_S is aborted.
+WebSocket: messages are read frame by frame (never whole), each WebSocket frame at most
+one max_frame link frame plus WS_FRAME_SLACK, with websockets parsing at most
+WS_MAX_QUEUE frames ahead; input websockets fails the connection for (a frame too big,
+bad framing) gets LEAVE 4 before the close frame, a text message LEAVE 4 too.
 The serial bridge treats the line as one link connection at a time: when that connection
-ends (LEAVE, error, timeout), a new one starts on the same line for the next JOIN.
+ends (LEAVE, error, timeout), a new one starts on the same line at its next byte (a
+quiet line has no connection: no JOIN timeout, no LEAVE, no log line).
+HTTP: one request per connection, HTTP_MAX_CONNECTIONS at once, heads of _HTTP_LIMIT
+bytes. accept() failing for want of file descriptors is one log line a minute, not a
+traceback a second. Log values are quoted as `_fmt` says.
 """
 import asyncio
 import collections
+import errno
 import json
 import sys
 import time
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 from lkedge import link
 
@@ -30,7 +41,21 @@ from . import router as rt
 
 CLOSE_GRACE_S = 1.0
 READ_SIZE = 65536
+# WebSocket: a frame may hold one max_frame link frame plus this (see RelayServer.start),
+# and websockets parses at most WS_MAX_QUEUE frames ahead of the reader.
+WS_FRAME_SLACK = 4096
+WS_MAX_QUEUE = 1
+# accept() failing for want of resources (see RelayServer._loop_exception): logged at
+# most once per ACCEPT_LOG_S.
+_ACCEPT_RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+ACCEPT_LOG_S = 60
+# The HTTP port: a request head (request line and headers) of at most _HTTP_LIMIT bytes
+# (else 431), complete within HTTP_TIMEOUT_S (else 408), HTTP_MAX_CONNECTIONS at once
+# (one more gets 503 without being read, and up to as many again wait CLOSE_GRACE_S
+# for it to be read). They count in the file descriptors the relay needs (command.py).
 _HTTP_LIMIT = 8192
+HTTP_TIMEOUT_S = 5
+HTTP_MAX_CONNECTIONS = 64
 
 
 def now_ms():
@@ -38,14 +63,24 @@ def now_ms():
 
 
 def _fmt(v):
+    """A value as it stands in a log line: bare when it is printable text without a
+    space, quote, = or backslash, else a JSON string in which every character that is
+    not printable is escaped: ASCII and C1 controls, DEL, the Unicode line and paragraph
+    separators (U+0085, U+2028, U+2029), format characters (bidi overrides), lone
+    surrogates... so that no value (an identity, a peer's reason) can end a line, forge
+    another or break the log's encoding. Printable non-ASCII text stays readable."""
     s = str(v)
-    if not s or any(ch in s for ch in ' "=\\') or any(ord(ch) < 32 for ch in s):
-        return json.dumps(s)
-    return s
+    if s and s.isprintable() and not any(ch in s for ch in ' "=\\'):
+        return s
+    return '"%s"' % "".join(_ESCAPES.get(ch) or (ch if ch.isprintable() or ch == " "
+                                                  else json.dumps(ch)[1:-1]) for ch in s)
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def log_line(stream, event, fields):
-    """One key=value line (values with spaces or quotes JSON-quoted)."""
+    """One key=value line (see _fmt for how values are quoted)."""
     parts = ["ts=%s" % time.strftime("%Y-%m-%dT%H:%M:%S"), "event=%s" % event]
     parts += ["%s=%s" % (k, _fmt(v)) for k, v in fields.items()]
     stream.write(" ".join(parts) + "\n")
@@ -164,18 +199,64 @@ class _PeerError(Exception):
         self.code = code
 
 
+# Close codes websockets fails a connection with for what the peer sent (malformed
+# WebSocket framing, a frame over our size limit, bad UTF-8 in a close reason): the
+# relay says LEAVE 4 first, as for any malformed input, while the link is writable.
+_WS_PEER_FAULTS = {1002: "WebSocket protocol error", 1007: "invalid WebSocket data",
+                   1009: "WebSocket frame too big"}
+
+
+def _ws_fragment_limits():
+    """True when this websockets can bound each WebSocket frame rather than each
+    message (max_size=(message, fragment): websockets 15 and later)."""
+    from websockets.server import ServerProtocol
+    return getattr(ServerProtocol(max_size=(None, 1 << 16)), "max_fragment_size", None) == 1 << 16
+
+
 class _BoundedWsConnection(ServerConnection):
     """websockets writes its automatic replies (a pong for every ping) whether or not
     the peer reads them, and keeps reading meanwhile: a peer that pings and never reads
     would grow the write buffer without bound. Past `write_cap` bytes it is aborted and
-    `overflow` says why (its link gets LEAVE 6: a receiver stuck)."""
+    `overflow` says why (its link gets LEAVE 6: a receiver stuck).
+
+    `kinds` holds the opcode (TEXT or BINARY) of each message whose first frame was
+    received, in order, so the reader (which takes frames undecoded) can refuse a text
+    message without websockets decoding it (invalid UTF-8 would close with 1007 and no
+    LEAVE). `on_fault(code, reason) -> [bytes]`, set by the link, runs when websockets
+    is about to fail the connection for the peer's bytes (_WS_PEER_FAULTS): the bytes
+    it returns (the LEAVE) are written before the close frame."""
     write_cap = 1 << 20
     overflow = None
+    on_fault = None
+    faulted = False
+
+    def __init__(self, protocol, *args, **kwargs):
+        super().__init__(protocol, *args, **kwargs)
+        self.kinds = collections.deque()
+        self._protocol_fail = protocol.fail
+        protocol.fail = self._fail
+
+    def process_event(self, event):
+        if isinstance(event, Frame) and event.opcode in (Opcode.TEXT, Opcode.BINARY):
+            self.kinds.append(event.opcode)
+        super().process_event(event)
+
+    def _fail(self, code, reason=""):
+        hook = self.on_fault
+        if hook is not None and code in _WS_PEER_FAULTS and self.protocol.state is State.OPEN:
+            self.on_fault = None
+            self.faulted = True     # what we write now was counted as queued already
+            try:
+                for data in hook(code, reason):
+                    self.protocol.send_binary(data)
+            except Exception:       # a relay fault: the close frame must still go
+                pass
+        self._protocol_fail(code, reason)
 
     def data_received(self, data):
         super().data_received(data)
         size = self.transport.get_write_buffer_size()
-        if size > self.write_cap and self.overflow is None:
+        if size > self.write_cap and self.overflow is None and not self.faulted:
             self.overflow = ("WebSocket peer does not read: %d bytes of writes and automatic "
                              "replies (pongs) queued, over %d" % (size, self.write_cap))
             self.transport.abort()
@@ -207,6 +288,10 @@ class _StreamLink(_Link):
 
 
 class _WsLink(_Link):
+    """The link byte stream in binary WebSocket messages (LINK.md: frames may be split
+    across or packed into messages). Frames of a message are taken one by one as they
+    arrive (never a whole message), and handed to the router READ_SIZE bytes at a time,
+    so a paused sender holds what a TCP one does: see RelayServer.start for the bounds."""
     kind = "ws"
 
     def __init__(self, server, cid, ws, kind):
@@ -214,19 +299,52 @@ class _WsLink(_Link):
         super().__init__(server, cid, "%s:%s" % peer[:2] if peer else "")
         self.kind = kind
         self.ws = ws
+        self._message = None        # the recv_streaming iterator of the current message
+        self._rest = None           # what the router has not had yet of the last frame
+        if isinstance(ws, _BoundedWsConnection):
+            ws.on_fault = self._fault
 
     async def read(self):
-        while True:     # an empty binary message carries no bytes: wait for the next
+        while True:
+            if self._rest:
+                piece, self._rest = self._rest[:READ_SIZE], self._rest[READ_SIZE:]
+                return piece
             try:
-                msg = await self.ws.recv()
+                if self._message is None:
+                    self._message = self.ws.recv_streaming(decode=False)
+                    frag = await self._message.__anext__()
+                    kinds = getattr(self.ws, "kinds", None)
+                    if kinds and kinds.popleft() is Opcode.TEXT:
+                        raise _PeerError("text WebSocket message: the link is carried in "
+                                         "binary messages")
+                else:
+                    frag = await self._message.__anext__()
+            except StopAsyncIteration:      # the message ended: the next one
+                self._message = None
+                continue
             except ConnectionClosed:
                 if getattr(self.ws, "overflow", None):
                     raise _PeerError(self.ws.overflow, link.LEAVE_IDLE)
                 raise
-            if isinstance(msg, str):
-                raise _PeerError("text WebSocket message: the link is carried in binary messages")
-            if msg:
-                return msg
+            self._rest = memoryview(frag)   # an empty frame carries no bytes: skipped
+
+    def _fault(self, code, reason):
+        """websockets fails the connection for the peer's bytes (close `code`): LEAVE 4
+        now, and everything queued for this link before it, ahead of the close frame."""
+        srv = self.server
+        if code == 1009:
+            why = ("%s (%s): the relay takes WebSocket %s of at most %d bytes, one "
+                   "max_frame (%d) link frame and some; split the link byte stream over "
+                   "more messages or fragments" % (_WS_PEER_FAULTS[code], reason,
+                                                   srv.ws_limit_unit, srv.ws_frame_limit,
+                                                   srv.router.max_frame))
+        else:
+            why = "%s (close code %d): %s" % (_WS_PEER_FAULTS[code], code, reason)
+        srv.router.fail(self.cid, link.LEAVE_PROTOCOL, why, now_ms())
+        srv.apply()
+        out = list(self.out)
+        self.out.clear()
+        return out
 
     async def write(self, data):
         await self.ws.send(data)
@@ -241,11 +359,15 @@ class _WsLink(_Link):
 class _SerialLink(_Link):
     kind = "serial"
 
-    def __init__(self, server, cid, port, device):
+    def __init__(self, server, cid, port, device, first=b""):
         super().__init__(server, cid, device)
         self.port = port
+        self._first = first     # the bytes that started this link connection
 
     async def read(self):
+        if self._first:
+            data, self._first = self._first, b""
+            return data
         loop = asyncio.get_running_loop()
         while True:
             # read() returns after its 0.1 s timeout with b"" when the line is quiet
@@ -279,11 +401,20 @@ class RelayServer:
         self.serial_baud = serial_baud
         self.log = log if log is not None else sys.stderr
         self.links = {}
+        self.warnings = []           # said at start (command.py logs them)
+        self.ws_frame_limit = None   # the largest WebSocket frame taken (set by start)
+        self.ws_limit_unit = "frames"  # or "messages" with websockets < 15
         self.urls = []
         self.addresses = {}      # "tcp"/"ws"/"http"/"serial" -> (host, port) or device
         self._next_cid = 0
         self._servers = []
         self._tasks = []
+        self._http_tasks = set()     # requests being served
+        self._loop_handler = None    # (loop, its exception handler before start())
+        self._accept_failures = 0
+        self._accept_logged = None
+        self._http_refused = 0       # 503s since the HTTP port was last idle
+        self._http_closing = 0       # 503s written, their sockets not yet closed
         self._stopped = asyncio.Event()
         self._stopping = False
 
@@ -312,6 +443,9 @@ class RelayServer:
 
     # ------------------------------------------------------------ listeners
     async def start(self):
+        loop = asyncio.get_running_loop()
+        self._loop_handler = (loop, loop.get_exception_handler())
+        loop.set_exception_handler(self._loop_exception)
         tls = self.ssl is not None
         if self.port is not None:
             s = await asyncio.start_server(self._on_tcp, self.host, self.port, ssl=self.ssl)
@@ -320,16 +454,34 @@ class RelayServer:
         if self.ws_port is not None:
             from websockets.asyncio.server import serve
             mf = self.router.max_frame
+            # Memory of a WebSocket link, as of a TCP one, is a few max_frame whatever it
+            # sends. LINK.md lets a message pack several frames, so messages are not
+            # bounded (a message is read frame by frame, never whole); each WebSocket
+            # FRAME is, to one max_frame link frame plus WS_FRAME_SLACK (its length varint
+            # and small frames packed with it, e.g. a PING). websockets buffers a frame
+            # whole before we see it, so this is what one connection can make it hold:
+            # the frame being parsed, at most max_queue + 1 parsed frames (it stops
+            # reading the socket past max_queue), the one the router is being fed from.
+            # A bigger frame is refused (LEAVE 4, close 1009) at its header, unread.
+            # A websockets older than 15 bounds only whole messages: then a message may
+            # pack frames up to the same total.
+            self.ws_frame_limit = mf + WS_FRAME_SLACK
+            if _ws_fragment_limits():
+                size, self.ws_limit_unit = (None, self.ws_frame_limit), "frames"
+            else:
+                size, self.ws_limit_unit = self.ws_frame_limit, "messages"
             # room for one frame being sent (the writer waits for each) and then some
             conn = type("_WsConnection", (_BoundedWsConnection,),
                         {"write_cap": 2 * (mf + link.STAMP_ROOM) + (1 << 20)})
             s = await serve(self._on_ws, self.host, self.ws_port, ssl=self.ssl,
-                            compression=None, ping_interval=None,
-                            max_size=max(4 * mf, 1 << 20), create_connection=conn)
+                            compression=None, ping_interval=None, max_size=size,
+                            max_queue=WS_MAX_QUEUE, create_connection=conn)
             self._servers.append(s)
             self._add_url("wss" if tls else "ws", s)
         if self.http_port is not None:
-            s = await asyncio.start_server(self._on_http, self.http_host, self.http_port)
+            # limit: a request head is read into at most 2 * _HTTP_LIMIT bytes
+            s = await asyncio.start_server(self._on_http, self.http_host, self.http_port,
+                                           limit=_HTTP_LIMIT)
             self._servers.append(s)
             self._add_url("http", s)
         if self.serial:
@@ -340,6 +492,31 @@ class RelayServer:
             self.addresses["serial"] = self.serial
         self._tasks.append(asyncio.ensure_future(self._timer()))
         return self.urls
+
+    def _loop_exception(self, loop, context):
+        """asyncio reports accept() failing for want of file descriptors (EMFILE: more
+        sockets than the open-file limit) with a traceback, and retries every second:
+        here it is one log line per ACCEPT_LOG_S, counting the failures in between."""
+        exc = context.get("exception")
+        if (isinstance(exc, OSError) and exc.errno in _ACCEPT_RESOURCE_ERRNOS
+                and "accept" in context.get("message", "")):
+            self._accept_failures += 1
+            t = time.monotonic()
+            if self._accept_logged is None or t - self._accept_logged >= ACCEPT_LOG_S:
+                self._accept_logged = t
+                log_line(self.log, "accept_failed", {
+                    "error": "%s (%s)" % (errno.errorcode.get(exc.errno, exc.errno), exc.strerror),
+                    "failures": self._accept_failures,
+                    "reason": "cannot accept connections: out of file descriptors or memory; "
+                              "listeners retry every second (raise the open-file limit, "
+                              "ulimit -n, or lower --max-connections)"})
+                self._accept_failures = 0
+            return
+        prev = self._loop_handler[1] if self._loop_handler else None
+        if prev is not None:
+            prev(loop, context)
+        else:
+            loop.default_exception_handler(context)
 
     def _add_url(self, scheme, server):
         sock = server.sockets[0]
@@ -362,10 +539,17 @@ class RelayServer:
         await _WsLink(self, self._cid(), ws, "wss" if self.ssl else "ws").run()
 
     async def _serial_loop(self, port):
+        loop = asyncio.get_running_loop()
         try:
             while not self._stopping:
+                # A quiet line has no peer yet: no link connection (so no JOIN timeout,
+                # LEAVE or log line every join-timeout period, which a board booting
+                # later could take for the answer to its JOIN) until a byte arrives.
+                first = await loop.run_in_executor(None, port.read, READ_SIZE)
+                if not first:
+                    continue            # read()'s 0.1 s timeout: the line is quiet
                 t0 = time.monotonic()
-                await _SerialLink(self, self._cid(), port, self.serial).run()
+                await _SerialLink(self, self._cid(), port, self.serial, first).run()
                 if time.monotonic() - t0 < 1 and not self._stopping:
                     await asyncio.sleep(1)  # ended at once (e.g. relay full): no tight loop
         finally:
@@ -381,25 +565,86 @@ class RelayServer:
 
     # ------------------------------------------------------------ HTTP
     async def _on_http(self, reader, writer):
+        """One request per connection (Connection: close). At most HTTP_MAX_CONNECTIONS
+        are served at once (one more gets 503 at once, unread); a request head over
+        _HTTP_LIMIT bytes gets 431, one not complete within HTTP_TIMEOUT_S 408."""
+        if self._stopping or len(self._http_tasks) >= HTTP_MAX_CONNECTIONS:
+            self._http_refuse(writer)
+            return
+        task = asyncio.current_task()
+        self._http_tasks.add(task)
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            await self._http_serve(reader, writer)
+        except asyncio.CancelledError:
+            # stop() cancels requests still being read; returning (not raising) keeps
+            # asyncio's stream callback from printing a traceback for each of them
+            writer.transport.abort()
+        finally:
+            self._http_tasks.discard(task)
+            if not self._http_tasks:
+                self._http_refused = 0
+
+    def _http_refuse(self, writer):
+        """503 without reading the request: the reply, our end of the stream, and the
+        socket closed CLOSE_GRACE_S later (closing at once, with the request unread,
+        would reset the connection and lose the reply). At most HTTP_MAX_CONNECTIONS
+        wait so; more are reset at once."""
+        if not self._http_refused:      # once per burst, not per connection
+            log_line(self.log, "http_refused", {
+                "reason": "relay stopping" if self._stopping else
+                "%d HTTP connections open, the limit" % HTTP_MAX_CONNECTIONS})
+        self._http_refused += 1
+        transport = writer.transport
+        if self._http_closing >= HTTP_MAX_CONNECTIONS:
+            transport.abort()
+            return
+        self._http_reply(writer, "503 Service Unavailable", "text/plain",
+                         "busy: %d HTTP connections open, the limit; try again\n"
+                         % HTTP_MAX_CONNECTIONS, head_only=False)
+        self._http_closing += 1
+
+        def close():
+            self._http_closing -= 1
+            transport.abort()
+        try:
+            writer.write_eof()
+        except OSError:
+            pass
+        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, close)
+
+    async def _http_serve(self, reader, writer):
+        method = None
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HTTP_TIMEOUT_S)
             line = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+            method = line[0] if line else None
             status, ctype, body = self._http_route(line)
-        except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, asyncio.TimeoutError,
-                ValueError, UnicodeError):
+        except asyncio.LimitOverrunError:
+            status, ctype, body = ("431 Request Header Fields Too Large", "text/plain",
+                                   "request head over %d bytes\n" % _HTTP_LIMIT)
+        except asyncio.TimeoutError:
+            status, ctype, body = ("408 Request Timeout", "text/plain",
+                                   "no complete request head within %d s\n" % HTTP_TIMEOUT_S)
+        except (asyncio.IncompleteReadError, ValueError, UnicodeError):
             status, ctype, body = "400 Bad Request", "text/plain", "bad request\n"
         except (OSError, ConnectionError):
-            writer.close()
+            writer.transport.abort()
             return
+        self._http_reply(writer, status, ctype, body, head_only=method == "HEAD")
+        try:
+            await asyncio.wait_for(writer.drain(), HTTP_TIMEOUT_S)
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), HTTP_TIMEOUT_S)
+        except (OSError, ConnectionError, asyncio.TimeoutError):
+            writer.transport.abort()
+
+    @staticmethod
+    def _http_reply(writer, status, ctype, body, head_only):
+        """The response; HEAD gets the head GET would (Content-Length too), no body."""
         data = body.encode()
         writer.write(("HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-                      "Connection: close\r\n\r\n" % (status, ctype, len(data))).encode() + data)
-        try:
-            await writer.drain()
-            writer.close()
-            await writer.wait_closed()
-        except (OSError, ConnectionError):
-            pass
+                      "Connection: close\r\n\r\n" % (status, ctype, len(data))).encode()
+                     + (b"" if head_only else data))
 
     def _http_route(self, line):
         if len(line) != 3 or line[0] not in ("GET", "HEAD"):
@@ -439,8 +684,10 @@ class RelayServer:
                                timeout=CLOSE_GRACE_S + 1)
         for s in self._servers:
             s.close()
-        for t in self._tasks:
+        for t in list(self._tasks) + list(self._http_tasks):
             t.cancel()
+        if self._http_tasks:
+            await asyncio.wait(list(self._http_tasks), timeout=CLOSE_GRACE_S)
         for t in self._tasks:
             try:
                 await t
@@ -451,6 +698,11 @@ class RelayServer:
                 await asyncio.wait_for(s.wait_closed(), 2)
             except (asyncio.TimeoutError, Exception):
                 pass
+        if self._loop_handler is not None:
+            loop, handler = self._loop_handler
+            if loop.get_exception_handler() == self._loop_exception:
+                loop.set_exception_handler(handler)
+            self._loop_handler = None
 
     async def _wait_link(self, ln):
         while self.links.get(ln.cid) is ln:

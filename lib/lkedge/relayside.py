@@ -22,10 +22,10 @@ From lkedge.link:
   token; client_protocol → 0, capabilities → [], sdk and sdk_version → ""; at most
   MAX_CAPABILITIES capabilities, int32 values, MAX_SDK_TEXT characters of sdk texts),
   `check_participant_left(d)` (required identity; reason → ""), `check_leave(d)`
-  (required code; reason → "").
+  (required code; reason → ""). A negative integer is named by its value.
 """
 from . import cbor, link, proto
-from .link import _get, _tname, _version
+from .link import _get, _is_int, _tname, _version
 
 
 # ---------------------------------------------------------------- proto
@@ -54,24 +54,39 @@ def _read_varint(mv, i, end, what=None):
 
 def scan_fields(data):
     """Top-level fields of a message, not decoded: [(number, wire_type, field_start,
-    value_start, end)], value_start after the length prefix for wire type 2."""
+    value_start, end)], value_start after the length prefix for wire type 2.
+    One-byte tags and lengths (nearly all of them) are read inline: a relay scans every
+    DATA it forwards, and a frame of tiny fields must not cost much more than one of a
+    single big field."""
     mv = data if isinstance(data, memoryview) else memoryview(data)
     end = len(mv)
     out = []
+    append = out.append
     i = 0
     while i < end:
         start = i
-        tag, i = _read_varint(mv, i, end, "tag")
+        tag = mv[i]
+        if tag < 0x80:
+            i += 1
+        else:
+            tag, i = _read_varint(mv, i, end, "tag")
         num = tag >> 3
         wt = tag & 7
         if not num or num > 0x1FFFFFFF:
             raise proto.ProtoError("field number %d at byte %d is out of range [1, 2**29 - 1]" % (num, start))
-        if wt == 0:
-            vstart = i
-            i = _read_varint(mv, i, end)[1]
-        elif wt == 2:
-            n, vstart = _read_varint(mv, i, end, "length")
+        if wt == 2:
+            if i < end and mv[i] < 0x80:
+                n = mv[i]
+                vstart = i + 1
+            else:
+                n, vstart = _read_varint(mv, i, end, "length")
             i = vstart + n
+        elif wt == 0:
+            vstart = i
+            if i < end and mv[i] < 0x80:
+                i += 1
+            else:
+                i = _read_varint(mv, i, end)[1]
         elif wt == 1 or wt == 5:
             vstart = i
             i += 8 if wt == 1 else 4
@@ -80,7 +95,7 @@ def scan_fields(data):
         if i > end:
             raise proto.ProtoError("truncated message: field %d at byte %d needs %d bytes, %d left" % (
                 num, start, i - vstart, end - vstart))
-        out.append((num, wt, start, vstart, i))
+        append((num, wt, start, vstart, i))
     return out
 
 
@@ -152,8 +167,22 @@ MAX_SDK_TEXT = 128
 _INT32_MAX = 0x7FFFFFFF
 
 
+def _negative(d, what, key, array=False):
+    """LinkError naming the value when d[key] (or, with array, an item of it) is a
+    negative integer: link._get says only "got int" for those."""
+    v = d.get(key) if isinstance(d, dict) else None
+    items = v if array and isinstance(v, list) else [v]
+    for i, x in enumerate(items):
+        if _is_int(x) and x < 0:
+            raise link.LinkError('%s: key "%s" must be %s, got %d%s' % (
+                what, key, "an array of non-negative integers" if array else
+                "a non-negative integer", x, " (item %d)" % i if array else ""))
+
+
 def check_join(d):
     w = "JOIN"
+    _negative(d, w, "client_protocol")
+    _negative(d, w, "capabilities", array=True)
     out = {"v": _version(d, w), "token": _get(d, w, "token", "text"),
            "client_protocol": _get(d, w, "client_protocol", "int", 0),
            "capabilities": _get(d, w, "capabilities", "ints", []),
@@ -181,4 +210,5 @@ def check_participant_left(d):
 
 def check_leave(d):
     w = "LEAVE"
+    _negative(d, w, "code")
     return {"code": _get(d, w, "code", "int"), "reason": _get(d, w, "reason", "text", "")}

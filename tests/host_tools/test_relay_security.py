@@ -166,7 +166,9 @@ async def test_malformed_claims_in_a_signed_token_get_leave_3_and_leave_no_trace
     async with RelayUnderTest() as r:      # no room restriction: any room a token names
         for token, words in ((signed(video={"roomJoin": True, "room": ["lab"]}), "must be strings"),
                              (signed(attributes=["a"]), "attributes must be a JSON object"),
-                             (signed(video="lab"), "claims malformed"),
+                             (signed(video="lab"), 'claim "video" must be a JSON object, got a string'),
+                             (signed(roomConfig={"maxParticipants": "zz"}),
+                              'claim "roomConfig" is malformed'),
                              (signed(sub="\u00e9" * 129), "token (sub): identity is 258 bytes of UTF-8, over 256")):
             p = await r.connect()
             await p.join(token, expect=False)
