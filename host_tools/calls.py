@@ -488,7 +488,8 @@ progress (on stderr, for more than 64 KiB; not with -q):
 
 exit codes:
   0    ok
-  1    no answer within --timeout (1502) or no acknowledgement within 7 s (1501);
+  1    no answer within --timeout, or the answer stopped that long (1502), or no
+       acknowledgement within 7 s (1501);
        the response could not be written; any other error (the message says which)
   2    usage: bad arguments, a payload that is not UTF-8 text, or an identity to join as
        that is the destination's or already in the room
@@ -506,7 +507,9 @@ def add_call_arguments(p):
                    help="request payload (UTF-8 text): text, @file to read a file (streamed when "
                         "large), - for stdin (default empty)")
     p.add_argument("--timeout", type=_timeout, default=15.0,
-                   help="seconds to wait for the answer once the request is sent (default %(default)s)")
+                   help="seconds to wait for the answer to start once the request is sent, and "
+                        "at most between two pieces of it (a long answer may take longer in all; "
+                        "default %(default)s)")
     p.add_argument("--wait", type=_wait, default=5.0,
                    help="seconds to wait for the destination to appear in the room (default %(default)s)")
     p.add_argument("--output", "-o", default=None,
@@ -585,6 +588,7 @@ async def _receive(args, reader, sink):
     try:
         async for piece in reader:
             waiting.stop()
+            args.answer_started = True   # a timeout from here on is a silence, not no answer
             b = piece.encode()
             sink.write(b)
             h.update(b)
@@ -601,6 +605,9 @@ def _rpc_failure(args, room, e, request):
         hint = " (the token does not grant canPublishData: it was minted with --no-publish-data)" \
             if room.leave_code == link.LEAVE_FORBIDDEN else ""
         return _say(EXIT_CONNECT, "our own link to the relay ended during the call: %s%s" % (why, hint))
+    if e.code == RpcError.RESPONSE_TIMEOUT and getattr(args, "answer_started", False):
+        return _say(EXIT_ERROR, "the answer from %r to %s stopped for more than --timeout %g s (RPC error "
+                                "1502): the answer is incomplete" % (args.destination, args.method, args.timeout))
     if e.code == RpcError.RESPONSE_TIMEOUT:
         return _say(EXIT_ERROR, "no answer from %r to %s within --timeout %g s (RPC error 1502); give a "
                                 "longer --timeout if the method needs more time" % (

@@ -42,6 +42,10 @@ class _CallWaiter:
     def attach_reader(self, reader, room):
         self.reader = reader  # finish() with an error ends it: nothing gathers for a dead call
         if self.streaming:
+            # response_timeout bounds each silence of a streamed answer from here on
+            # (Room refreshes it per piece it offers, RpcResponseReader per piece read)
+            reader._rid = reader.info.attributes.get(ATTR_RPC_REQUEST_ID, "")
+            room._rpc_client._heard(reader._rid, now_ms())
             self.event.set()
         else:
             room._spawn(self._gather(reader, room))
@@ -125,7 +129,9 @@ class RpcResponseReader:
             self._given = True
             return payload
         try:
-            return await w.reader.__anext__()
+            piece = await w.reader.__anext__()
+            self._room._rpc_client._heard(self.request_id, now_ms())  # a slow reader is no silent sender
+            return piece
         except StopAsyncIteration:
             self._finish(None)
             raise

@@ -3,29 +3,31 @@ failed RPC handler, built only when one happens.
 
 The checks stay where the mistake is made (one isinstance each); what they raise or
 print is built here, imported on first use (lkedge.load), so a board that makes none
-keeps neither this bytecode nor its texts in its heap.
+keeps neither this bytecode nor its texts in its heap. Its names are private (`_x`) so
+that a board build respells them as names the firmware already interned: a new public
+name in the modules that call them would cost every board a qstr (lkedge_host.boardbuild).
 """
 import sys
 
 
-def wrong_type(what, got):
+def _wrong_type(what, got):
     """TypeError "<what>, got <type name>"."""
     return TypeError("%s, got %s" % (what, type(got).__name__))
 
 
-def dests_str(d):
+def _dests_str(d):
     # "bob" would be sent to "b" and "o"
     return TypeError("destination_identities is a list of identities, got the str %r" % (d,))
 
 
-def bad_answer(inv, result):
+def _bad_answer(inv, result):
     """What a handler that answered neither a str nor (streaming) an async iterable gets."""
     return TypeError("RPC handler for %r answered %s: a handler answers a str%s" % (
         inv.method, type(result).__name__,
         ", or with streaming=True an async iterable of str pieces" if inv.streaming else ""))
 
 
-def handler_failed(inv, e):
+def _handler_failed(inv, e):
     """Print a handler's failure with its traceback (file and line) on this side: the
     caller gets only 1500 (and, on v1, the exception's text)."""
     print("lkedge: RPC handler for %r failed (caller %r gets 1500):" % (inv.method, inv.caller_identity))
@@ -36,7 +38,7 @@ def handler_failed(inv, e):
         traceback.print_exception(type(e), e, e.__traceback__, file=sys.stdout)  # with the line above
 
 
-async def handler_cancelled(lp, inv):
+async def _handler_cancelled(lp, inv):
     """A handler's task was cancelled. True when Room's timer did it, the handler having
     run past its caller's response_timeout (as the LiveKit SDKs do, so a handler that
     hangs frees its slot): answered 1502, the cancellation is spent. Else the handler
@@ -56,7 +58,7 @@ async def handler_cancelled(lp, inv):
     return False
 
 
-def async_generator(piece):
+def _async_generator(piece):
     return TypeError("a handler yielded %r: MicroPython has no async generators (an async def with "
                      "yield is a plain generator there); answer an object with __aiter__ and an "
                      "async __anext__ instead" % (piece,))

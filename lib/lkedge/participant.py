@@ -31,8 +31,8 @@ def _is_async_iterable(x):
     return hasattr(x, "__aiter__")
 
 
-def awaiting(g):
-    """`await awaiting(g)` is `await g` for a handler's coroutine on MicroPython, where an
+def _awaiting(g):
+    """`await _awaiting(g)` is `await g` for a handler's coroutine on MicroPython, where an
     async def with yield is a plain generator too: awaited as is, its first piece
     would leave the task waiting for ever; here it is a TypeError saying why (asyncio
     coroutines only ever yield None)."""
@@ -44,7 +44,7 @@ def awaiting(g):
             return e.value
         if v is not None:
             g.close()
-            raise load("misuse").async_generator(v)
+            raise load("misuse")._async_generator(v)
         try:
             send = yield v
             exc = None
@@ -166,20 +166,20 @@ class LocalParticipant:
                 if not inv.streaming:  # Room's timer cancels it past the caller's timeout
                     room._deadlines[inv] = (now_ms() + int(inv.response_timeout * 1000), asyncio.current_task())
                 try:
-                    result = await (awaiting(result) if _MP else result)
+                    result = await (_awaiting(result) if _MP else result)
                 finally:
                     room._deadlines.pop(inv, None)
             if result is None:
                 result = ""
             elif not isinstance(result, str) and not (inv.streaming and _is_async_iterable(result)):
-                raise load("misuse").bad_answer(inv, result)
+                raise load("misuse")._bad_answer(inv, result)
             await self._respond(inv, result)
         except Exception as e:
             if not isinstance(e, RpcError):  # the caller gets 1500; the details belong here
-                load("misuse").handler_failed(inv, e)
+                load("misuse")._handler_failed(inv, e)
             await self._send_error(inv, e)
         except asyncio.CancelledError:
-            if not await load("misuse").handler_cancelled(self, inv):
+            if not await load("misuse")._handler_cancelled(self, inv):
                 raise
         finally:
             room._invoking.discard(inv)   # admitted by Room._admit
@@ -244,7 +244,7 @@ class LocalParticipant:
         """Send a whole text as one stream (inline/compressed/chunked as negotiated);
         returns its StreamInfo (LiveKit's TextStreamInfo: .stream_id, .topic, ...)."""
         if not isinstance(text, str):
-            raise load("misuse").wrong_type("send_text sends a str (send_bytes sends bytes)", text)
+            raise load("misuse")._wrong_type("send_text sends a str (send_bytes sends bytes)", text)
         opts = {"reply_to_stream_id": reply_to_id} if reply_to_id else None
         return await load("sending").send_finite(
             self._room, "text", encoded_text(text), topic, destination_identities, attributes,
@@ -254,7 +254,7 @@ class LocalParticipant:
                          topic="", attributes=None, stream_id=None, compress=None):
         """Send bytes as one byte stream; returns its StreamInfo (as send_text does)."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise load("misuse").wrong_type("send_bytes sends bytes (send_text sends a str)", data)
+            raise load("misuse")._wrong_type("send_bytes sends bytes (send_text sends a str)", data)
         return await load("sending").send_finite(
             self._room, "bytes", data, topic, destination_identities, attributes,
             stream_id=stream_id, compress=compress, name=name, mime_type=mime_type)
@@ -279,7 +279,7 @@ class LocalParticipant:
     async def _open_writer(self, kind, topic, dests, attributes, stream_id, name=None, mime_type=None,
                            total_size=None, **text_options):
         if isinstance(dests, str):
-            raise load("misuse").dests_str(dests)
+            raise load("misuse")._dests_str(dests)
         out = streams.OutgoingStream(stream_id or uuid4(), kind, topic, dests, attributes=attributes,
                                      name=name, mime_type=mime_type, total_length=total_size,
                                      timestamp_ms=_now_epoch_ms(), max_frame=self._room.max_frame,

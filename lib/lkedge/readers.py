@@ -20,6 +20,7 @@ class _Reader:
     """Common rendezvous machinery of text and byte readers."""
 
     _inv = None   # the RPC request this reader feeds (Room._invoke), if any
+    _rid = None   # the streaming call whose answer this is (its timer restarts per piece)
     _claimed = None   # the task that polled it first (Room: a sync handler handed it on)
     _done = None      # an Event set when it ends or is abandoned, made on demand (Room)
 

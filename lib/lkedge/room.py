@@ -18,7 +18,7 @@ from .clock import now_ms
 from .config import RoomOptions
 from .consts import (ATTR_RPC_REQUEST_ID, CAP_COMPRESSION_DEFLATE_RAW, TOPIC_RPC_REQUEST,
                      TOPIC_RPC_RESPONSE)
-from .participant import _MP, LocalParticipant, RemoteParticipant, awaiting, is_awaitable
+from .participant import _MP, LocalParticipant, RemoteParticipant, _awaiting, is_awaitable
 from .readers import ByteStreamReader, TextStreamReader
 from .sender import HEADER_ROOM, PacketSender
 
@@ -71,6 +71,7 @@ class Room:
         self.max_frame = o.max_frame
         self.remote_participants = {}
         self._attributes_held = 0   # what remote_participants' attributes cost (max_attributes)
+        self._before_loss = None    # remote_participants when the link was lost (_joined_anew)
         self.local_participant = LocalParticipant(self)
         self.connection_state = "disconnected"
         self.leave_code = None
@@ -120,7 +121,10 @@ class Room:
     def on(self, event, callback=None):
         """Register a listener: `room.on("participant_connected", fn)` or as decorator.
 
-        Events: participant_connected(p), participant_disconnected(p),
+        Events: participant_connected(p) (one who joins after us: those already in
+        the room are in remote_participants once connect() returns),
+        participant_disconnected(p) (one who left, no longer in remote_participants),
+        participant_updated(p) (its attributes, capabilities or protocol changed),
         reconnecting() (the link was lost, why in room.last_error; the room rejoins),
         reconnected(), disconnected(reason) (for good: disconnect(), a final LEAVE, or a
         loss without auto_reconnect).
@@ -171,13 +175,13 @@ class Room:
     def _stream_handler(table, topic, handler):
         """Register `handler` for `topic` in `table`, or unregister (_UNREGISTER)."""
         if not isinstance(topic, str):
-            raise load("misuse").wrong_type("a stream topic is a str", topic)
+            raise load("misuse")._wrong_type("a stream topic is a str", topic)
         if topic in (TOPIC_RPC_REQUEST, TOPIC_RPC_RESPONSE):
             raise ValueError("topic %r is reserved for RPC; it cannot be (un)registered" % topic)
         if handler is _UNREGISTER:
             table.pop(topic, None)
         elif not callable(handler):
-            raise load("misuse").wrong_type("a stream handler must be callable", handler)
+            raise load("misuse")._wrong_type("a stream handler must be callable", handler)
         elif topic in table:
             raise ValueError("a stream handler for topic %r is already registered" % topic)
         else:
@@ -203,6 +207,7 @@ class Room:
         self._url = url
         self._token = token
         self._closing = False
+        self._before_loss = None  # a fresh room: its first JOINED announces nobody
         await self._open_link()
         self._timer_task = asyncio.create_task(self._timer_loop())
 
@@ -266,6 +271,7 @@ class Room:
         tasks = [self._timer_task, self._reader_task] + self._tasks
         self._tasks = []
         self._fail_everything("disconnected")
+        self._before_loss = None
         me = asyncio.current_task()  # a handler calling disconnect() goes on (MicroPython
         for task in tasks:           # cannot cancel the running task: RuntimeError)
             if task is not None and task is not me and not task.done():
@@ -299,8 +305,9 @@ class Room:
         for r in list(self._readers.values()):
             r._end(streams.StreamError("abnormal end: link lost"))
         self._readers = {}
-        for p in list(self.remote_participants.values()):
-            self._emit("participant_disconnected", p)
+        # No event per participant here (as in the LiveKit SDKs): the rejoin's JOINED
+        # tells who left and who came meanwhile (_joined_anew).
+        self._before_loss = self.remote_participants
         self.remote_participants = {}
         self._attributes_held = 0
 
@@ -315,6 +322,7 @@ class Room:
         # link loss it rejoins after is "reconnecting" (why: room.last_error).
         if not self.options.auto_reconnect or self.leave_code in link.FINAL_LEAVE:
             self.connection_state = "disconnected"
+            self._before_loss = None
             self._emit("disconnected", why)
             return
         self._emit("reconnecting")
@@ -453,6 +461,8 @@ class Room:
         if isinstance(ev, streams.StreamData):
             r = self._readers.get(ev.info.stream_id)
             if r is not None and r._put(ev.data):
+                if r._rid is not None:
+                    self._rpc_client._heard(r._rid, now_ms())
                 return r._taken.wait()
             return None
         return self._on_stream_event(ev)
@@ -683,7 +693,7 @@ class Room:
         try:
             r = handler(reader, sender)
             if is_awaitable(r):
-                await (awaiting(r) if _MP else r)
+                await (_awaiting(r) if _MP else r)
             else:
                 # The LiveKit SDK idiom: a sync handler hands the reader to a task it
                 # creates, which runs before this one goes on. If that task has begun to
@@ -729,7 +739,8 @@ class Room:
             self.remote_participants = {}
             self._attributes_held = 0
             for p in d["participants"]:   # normalised by check_joined
-                self._upsert(p)
+                self._upsert(p, False)
+            self._joined_anew()
             self.connection_state = "connected"
             self._joined.set()
         elif ftype == link.PARTICIPANT:
@@ -742,7 +753,19 @@ class Room:
             if not self._joined.is_set():
                 self._joined.set()
 
-    def _upsert(self, info):
+    def _joined_anew(self):
+        """After a rejoin: participant_disconnected for those gone meanwhile,
+        participant_connected for those new (the ones still here were never gone)."""
+        before, self._before_loss = self._before_loss, None
+        if before is not None:
+            for ident, p in before.items():
+                if ident not in self.remote_participants:
+                    self._emit("participant_disconnected", p)
+            for ident, p in self.remote_participants.items():
+                if ident not in before:
+                    self._emit("participant_connected", p)
+
+    def _upsert(self, info, _announce=True):
         ident = info["identity"]
         p = self.remote_participants.get(ident)
         old = p._attributes_cost if p is not None else 0
@@ -765,10 +788,12 @@ class Room:
         if p is None:
             p = RemoteParticipant(info)
             self.remote_participants[ident] = p
-            self._emit("participant_connected", p)
+            if _announce:
+                self._emit("participant_connected", p)
         else:
             p._update(info)
-            self._emit("participant_updated", p)
+            if _announce:
+                self._emit("participant_updated", p)
         p._attributes_cost = cost   # as counted: later edits of p.attributes change nothing
 
     def _participant_left(self, identity, reason):

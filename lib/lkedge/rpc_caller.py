@@ -22,6 +22,8 @@ Caller: RpcClient(new_id=uuid4)          new_id: request id factory (tests pass 
         An ack or response handled at or after a deadline the call has reached is too
         late: the ack is ignored (handle_timer then completes the call), the response
         completes it with the timeout instead, whether or not handle_timer ran first.
+    _heard(request_id, now_ms)            a streaming call's answer is coming: its
+                                        response timer restarts
     accept_response_stream(sender, request_id, now_ms=None) -> PendingCall or None
         a `lk.rpc_response` stream header: the adapter reads the payload, then calls
         complete(); None = ignore the stream (unknown id, not from the destination, a
@@ -191,6 +193,15 @@ class RpcClient:
         call.acked = True  # a response is arriving: the handler got the request
         call.responding = True
         return call
+
+    def _heard(self, request_id, now_ms):
+        """A streaming call's answer is coming (its stream opened, a piece arrived or was
+        read): its response timer restarts, so for perform_rpc_stream response_timeout
+        bounds the wait for the answer to start and each silence in it, not the whole
+        transfer (perform_rpc, as livekit-client, bounds the whole answer)."""
+        call = self._calls.get(request_id)
+        if call is not None:
+            call.response_deadline = now_ms + call.timeout_ms
 
     def on_refused_stream(self, sender, request_id, why):
         """A `lk.rpc_response` stream this participant could not take (no stream slot,

@@ -41,7 +41,7 @@ async def send_finite(room, kind, data, topic, dests, attributes, stream_id=None
                       name=None, mime_type=None, text_options=None):
     """Send a whole payload as one stream: inline, compressed or chunked as negotiated."""
     if isinstance(dests, str):
-        raise load("misuse").dests_str(dests)
+        raise load("misuse")._dests_str(dests)
     dests = dests or []
     want = room.options.compress if compress is None else compress
     inline_ok, compress_ok = finite.negotiate(room.recipients(dests), finite.can_compress(), want)
@@ -97,7 +97,7 @@ async def send_file(lp, file_path, topic, name, mime_type, destination_identitie
     if name is None:
         name = file_path.split("/")[-1]
     if isinstance(destination_identities, str):
-        raise load("misuse").dests_str(destination_identities)
+        raise load("misuse")._dests_str(destination_identities)
     dests = destination_identities or []
     if size <= STREAM_CHUNK_SIZE_BYTES // 2:
         with open(file_path, "rb") as f:
@@ -144,7 +144,7 @@ async def gather_text(source, cap, error):
         elif isinstance(piece, (bytes, bytearray, memoryview)):
             b = bytes(piece)
         else:  # bytes(5) would be five NULs
-            raise load("misuse").wrong_type("a piece must be a str", piece)
+            raise load("misuse")._wrong_type("a piece must be a str", piece)
         total += len(b)
         if total > cap:
             raise error

@@ -249,15 +249,39 @@ async def test_sync_listener_that_raises_does_not_stop_the_room():
 
 async def test_disconnect_runs_async_listeners_it_triggers():
     mem, a, b = await pair()
-    left = []
+    said = []
 
-    async def on_left(p):
+    async def on_disconnected(why):
         await asyncio.sleep(0)
-        left.append(p.identity)
-    a.on("participant_disconnected", on_left)
+        said.append(why)
+    a.on("disconnected", on_disconnected)
     await a.disconnect()
-    await settle(lambda: left == ["b"])
+    await settle(lambda: said == ["client initiated"])
     await close(b)
+
+
+async def test_participant_events_as_in_the_livekit_sdks():
+    # Those in the room at connect() are in remote_participants, not announced; our own
+    # disconnect() announces nobody; one who joins or leaves later is announced, and is
+    # (connected) or is no longer (disconnected) in remote_participants meanwhile.
+    mem, a, b = await pair()
+    events = []
+    o = RoomOptions()
+    o.auto_reconnect = False
+    c = room_module.Room(o)
+    c.on("participant_connected", lambda p: events.append(("connected", p.identity, sorted(c.remote_participants))))
+    c.on("participant_disconnected", lambda p: events.append(("left", p.identity, sorted(c.remote_participants))))
+    await c.connect(mem.transport(), "c")
+    assert sorted(c.remote_participants) == ["a", "b"] and events == [], events
+    d = await join(mem, "d")
+    await settle(lambda: events)
+    await b.disconnect()
+    await settle(lambda: len(events) == 2)
+    assert events == [("connected", "d", ["a", "b", "d"]), ("left", "b", ["a", "d"])], events
+    await c.disconnect()
+    await asyncio.sleep(0.05)
+    assert len(events) == 2, events
+    await close(a, d)
 
 
 async def test_disconnect_cancels_handlers_and_leaves_no_task_running():

@@ -1774,3 +1774,55 @@ async def test_an_async_def_with_yield_as_a_streaming_handler_answers_or_says_wh
     else:
         assert r["rpc_response"].get("payload") == "ab", r
     await close(a, peer)
+
+
+async def _answer_slowly(peer, rid, pieces, gap_s, stall_s=0):
+    await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "slow-" + rid, "timestamp": 1, "topic": "lk.rpc_response", "mime_type": "text/plain",
+        "text_header": {"operation_type": 0}, "attributes": {"lk.rpc_request_id": rid}}})
+    for i in range(pieces):
+        await asyncio.sleep(gap_s if i != pieces // 2 else stall_s or gap_s)
+        await peer.send({"destination_identities": ["a"], "stream_chunk": {
+            "stream_id": "slow-" + rid, "chunk_index": i, "content": b"p%d" % i}})
+    await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "slow-" + rid, "reason": ""}})
+
+
+async def _request_id(peer, n):
+    hdrs = await peer.wait_for(lambda p: len([x for x in peer.packets if "stream_header" in x]) >= n)
+    return [x for x in peer.packets if "stream_header" in x][n - 1]["stream_header"]["attributes"]["lk.rpc_request_id"]
+
+
+async def test_a_streamed_answer_may_outlast_response_timeout_while_its_pieces_keep_coming():
+    # perform_rpc_stream: response_timeout bounds the wait for the answer to start and
+    # each silence in it; perform_rpc (as livekit-client) bounds the whole answer.
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    lp = a.local_participant
+    task = asyncio.create_task(lp.perform_rpc_stream(destination_identity="p", method="m", response_timeout=0.5))
+    answering = asyncio.create_task(_answer_slowly(peer, await _request_id(peer, 1), 8, 0.15))
+    reader = await task
+    assert await reader.read_all() == "".join("p%d" % i for i in range(8))   # ~1.2 s in all
+    await answering
+    task = asyncio.create_task(lp.perform_rpc(destination_identity="p", method="m", response_timeout=0.5))
+    answering = asyncio.create_task(_answer_slowly(peer, await _request_id(peer, 2), 8, 0.15))
+    await raises_rpc(RpcError.RESPONSE_TIMEOUT, task)
+    await answering
+    await close(a, peer)
+
+
+async def test_a_streamed_answer_that_goes_silent_for_response_timeout_fails_1502():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    task = asyncio.create_task(a.local_participant.perform_rpc_stream(
+        destination_identity="p", method="m", response_timeout=0.4))
+    answering = asyncio.create_task(_answer_slowly(peer, await _request_id(peer, 1), 4, 0.05, stall_s=0.8))
+    reader = await task
+    got = []
+    try:
+        async for s in reader:
+            got.append(s)
+        raise AssertionError("the reader ended normally")
+    except RpcError as e:
+        assert e.code == RpcError.RESPONSE_TIMEOUT, e
+    assert got == ["p0", "p1"], got
+    await answering
+    await close(a, peer)
