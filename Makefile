@@ -38,6 +38,7 @@ test-micropython: setup
 
 bench: setup
 	$(PY) -m lkedge_host.bench.throughput
+	$(PY) -m lkedge_host.bench.board_calls
 	$(PY) -m lkedge_host.bench.board_heap
 	$(PY) -m lkedge_host.bench.load --participants 1000 --seconds 60 --workers 2
 

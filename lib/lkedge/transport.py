@@ -167,6 +167,15 @@ class StreamTransport:
                 if e.errno not in (106, 114, 115):  # EISCONN, EALREADY, EINPROGRESS: connected or on its way
                     sock.close()
                     raise
+            # Each frame is a write of its own (an ack, then its answer): with Nagle's
+            # algorithm the second waits for the peer's delayed ACK, ~40 ms a call.
+            # Ports that support it name TCP_NODELAY (esp32, rp2); the unix port passes
+            # Linux's numbers through.
+            if hasattr(socket, "TCP_NODELAY") or sys.platform == "linux":
+                try:
+                    sock.setsockopt(getattr(socket, "IPPROTO_TCP", 6), getattr(socket, "TCP_NODELAY", 1), 1)
+                except OSError:
+                    pass
         if ctx is not None:
             # TLS after the TCP check, so that a refused port is not reported as a TLS error.
             sock = ctx.wrap_socket(sock, server_hostname=tls[4], do_handshake_on_connect=False)
