@@ -29,7 +29,9 @@ always stops it.
 One board per flash folder: the flash path makes the board's unique id (its room
 identity), so a second board on the same folder is refused while the first runs (an
 flock on FLASH.lock, beside the folder since the board sees everything inside it; the
-OS drops it when the process ends). Only the flash folder itself is made, never its
+OS drops it when the process ends). The interpreter inherits that lock and is killed
+with the supervisor however it ends (PR_SET_PDEATHSIG), so a `kill -9` of `lkedge board`
+leaves no board running on the flash. Only the flash folder itself is made, never its
 parents. An interpreter that ends START_TRIES times in a row before it is ready (not a
 MicroPython unix port, a broken install) stops the board with exit status 1.
 
@@ -127,8 +129,9 @@ def _nonblocking(fd):
 class Supervisor:
     """Runs interpreters one after another on the same flash and the same pty."""
 
-    def __init__(self, profile, flash, micropython, log=sys.stderr):
+    def __init__(self, profile, flash, micropython, log=sys.stderr, lock_fd=None):
         self.profile = profile
+        self.lock_fd = lock_fd  # the flash's lock: interpreters inherit it (_child_setup)
         self.flash = os.path.abspath(flash)
         self.micropython = micropython
         self.log = log
@@ -170,14 +173,19 @@ class Supervisor:
                 "chip=" + self.profile.get("chip", ""),
                 "frozen=" + ",".join(frozen)]
         slave = self.board_slave
+        parent = os.getpid()
 
         def child_setup():
             os.setsid()
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # the pty's Ctrl-C signals this process
+            _die_with(parent)
 
         env = dict(os.environ, MICROPYPATH="")
+        # The interpreter holds the flash's lock too: should it outlive us (a kill -9 where
+        # _die_with cannot work), no second board starts on its flash meanwhile.
+        fds = (wr,) if self.lock_fd is None else (wr, self.lock_fd)
         self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, cwd=self.flash,
-                                     preexec_fn=child_setup, pass_fds=(wr,), env=env)
+                                     preexec_fn=child_setup, pass_fds=fds, env=env)
         os.close(wr)
         _nonblocking(rd)
         self.ctl = rd
@@ -417,6 +425,19 @@ def _make_flash(flash):
     return None
 
 
+def _die_with(parent):
+    """In an interpreter about to start: be killed when `parent` (the supervisor) dies,
+    however it dies (Linux PR_SET_PDEATHSIG); a kill -9 of `lkedge board` otherwise left
+    the board running, in the room, on a flash another board could then take."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except Exception:
+        return   # not Linux: the inherited flash lock still keeps a second board out
+    if os.getppid() != parent:   # it died before prctl took effect
+        os._exit(1)
+
+
 def lock_path(flash):
     """The lock of a flash folder: beside it, as the board sees every file inside it."""
     return os.path.realpath(flash) + ".lock"
@@ -478,13 +499,13 @@ def run(args):
         print("lkedge board: %s" % why, file=sys.stderr)
         return 2
     try:
-        return _run_board(args, profile, flash)
+        return _run_board(args, profile, flash, lock)
     finally:
         _unlock_flash(lock, lock_file)
 
 
-def _run_board(args, profile, flash):
-    sup = Supervisor(profile, flash, find_micropython(args.micropython))
+def _run_board(args, profile, flash, lock=None):
+    sup = Supervisor(profile, flash, find_micropython(args.micropython), lock_fd=lock)
     if args.port_link:
         if os.path.islink(args.port_link):
             os.unlink(args.port_link)

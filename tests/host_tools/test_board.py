@@ -4,6 +4,7 @@ Real parts: the MicroPython unix port, the board ROM running inside it, and the
 mpremote CLI from the venv, exactly as a user runs them against a serial port.
 """
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -375,3 +376,37 @@ def test_a_log_nobody_reads_does_not_block_the_board_and_is_written_later(flash)
         _stop(proc)
         os.close(rd)
         os.close(wr)
+
+
+def test_an_interpreter_never_outlives_its_board_even_one_deaf_to_hangups(tmp_path):
+    # A kill -9 of `lkedge board` closes the pty, whose hangup usually ends the
+    # interpreter; but a board started under nohup (SIGHUP ignored) whose firmware had
+    # reset it (as every deploy does) went on running, in the room, on a flash a second
+    # board could then take. It is killed with its supervisor, and holds the lock
+    # meanwhile.
+    flash = str(tmp_path / "flash")
+    os.mkdir(flash)
+    with open(os.path.join(flash, "main.py"), "w") as f:   # a firmware that runs, as a board's does
+        f.write("import asyncio, machine, os\n"
+                "try:\n    os.stat('booted')\nexcept OSError:\n"
+                "    open('booted', 'w').close()\n    machine.reset()\n"   # as a deploy's reset does
+                "async def run():\n    while True:\n        await asyncio.sleep(0.1)\n"
+                "asyncio.run(run())\n")
+    # started as under nohup: SIGHUP ignored, which its interpreter inherits
+    first = subprocess.Popen(_board_cmd("--profile", "esp32", "--flash", flash), stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        assert "emulated on" in first.stdout.readline()
+        assert _wait_for(lambda: os.path.exists(os.path.join(flash, "booted")))
+        time.sleep(1)   # the board restarted after its reset
+        assert _wait_for(lambda: _children(first.pid))
+        interpreter = _children(first.pid)
+        first.kill()
+        first.wait(5)
+        assert _wait_for(lambda: all(_gone(p) for p in interpreter)), "the interpreter outlived its board"
+        again, _ = _start("unix", flash)
+        _stop(again)
+        assert again.returncode == 0
+    finally:
+        _stop(first)
