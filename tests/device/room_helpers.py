@@ -56,6 +56,17 @@ def expect_rpc_error(code):
     return check
 
 
+async def raises(exc_type, aw, *words):
+    """Await aw, which must raise exc_type with each of `words` in its text; -> the error."""
+    try:
+        await aw
+    except exc_type as e:
+        for w in words:
+            assert w in str(e), (w, str(e))
+        return e
+    raise AssertionError("expected %s" % exc_type.__name__)
+
+
 async def raises_rpc(code, aw):
     try:
         await aw

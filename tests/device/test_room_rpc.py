@@ -5,7 +5,7 @@ client_protocol byte by byte, so the wire form of each rule is checked too.
 """
 import asyncio
 
-from room_helpers import close, join, pair, raises_rpc, raw, request_v1, room_and_peer, settle
+from room_helpers import close, join, pair, raises, raises_rpc, raw, request_v1, room_and_peer, settle
 
 from lkedge.clock import now_ms
 from lkedge.memroom import MemRoom
@@ -358,16 +358,23 @@ async def test_streaming_handler_failing_midway_sends_error_packet_then_abnormal
     await close(a, peer)
 
 
-async def test_call_failing_while_its_response_stream_is_read_raises_not_hangs():
-    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
-    task = asyncio.create_task(a.local_participant.perform_rpc_stream(
-        destination_identity="p", method="m", payload="x", response_timeout=0.4))
+async def _ack_and_open_response(peer, stream_id):
+    """As a v2 handler: ack the call whose request stream came first, open its response
+    stream `stream_id`; -> the request id."""
     hdr = await peer.wait_for(lambda p: "stream_header" in p)
     rid = hdr["stream_header"]["attributes"]["lk.rpc_request_id"]
     await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
     await peer.send({"destination_identities": ["a"], "stream_header": {
-        "stream_id": "resp1", "timestamp": 1, "topic": "lk.rpc_response", "mime_type": "text/plain",
+        "stream_id": stream_id, "timestamp": 1, "topic": "lk.rpc_response", "mime_type": "text/plain",
         "text_header": {"operation_type": 0}, "attributes": {"lk.rpc_request_id": rid}}})
+    return rid
+
+
+async def test_call_failing_while_its_response_stream_is_read_raises_not_hangs():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    task = asyncio.create_task(a.local_participant.perform_rpc_stream(
+        destination_identity="p", method="m", payload="x", response_timeout=0.4))
+    rid = await _ack_and_open_response(peer, "resp1")
     await peer.send({"destination_identities": ["a"], "stream_chunk": {
         "stream_id": "resp1", "chunk_index": 0, "content": b"part"}})
     reader = await task
@@ -1611,21 +1618,11 @@ async def test_sending_text_that_is_not_utf8_is_refused_at_the_call():
     await close(a, b)
 
 
-async def _raises(exc_type, aw, *words):
-    try:
-        await aw
-    except exc_type as e:
-        for w in words:
-            assert w in str(e), (w, str(e))
-        return e
-    raise AssertionError("expected %s" % exc_type.__name__)
-
-
 async def test_a_payload_that_is_not_a_str_is_refused_before_anything_is_sent():
     mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
     lp = a.local_participant
     for bad in (5, [104, 105], None, b"\xff", {"a": 1}):
-        await _raises(TypeError, lp.perform_rpc(destination_identity="p", method="m", payload=bad),
+        await raises(TypeError, lp.perform_rpc(destination_identity="p", method="m", payload=bad),
                       "payload must be a str")
     await asyncio.sleep(0.05)
     assert not [p for p in peer.packets if "rpc_request" in p or "stream_header" in p], peer.packets
@@ -1638,10 +1635,10 @@ async def test_response_timeout_must_be_a_positive_number_of_seconds():
     b.local_participant.register_rpc_method("echo", lambda d: d.payload)
     lp = a.local_participant
     for bad in ("5", True, [1]):
-        await _raises(TypeError, lp.perform_rpc(destination_identity="b", method="echo", response_timeout=bad),
+        await raises(TypeError, lp.perform_rpc(destination_identity="b", method="echo", response_timeout=bad),
                       "response_timeout must be a number of seconds")
     for bad in (0, -1, float("inf"), float("nan"), 1e10):
-        await _raises(ValueError, lp.perform_rpc(destination_identity="b", method="echo", response_timeout=bad),
+        await raises(ValueError, lp.perform_rpc(destination_identity="b", method="echo", response_timeout=bad),
                       "response_timeout must be over 0 and at most 4294967 seconds")
     assert await lp.perform_rpc(destination_identity="b", method="echo", payload="x", response_timeout=0.5) == "x"
     await close(a, b)
@@ -1730,12 +1727,7 @@ async def test_a_response_stream_that_breaks_while_its_sender_stays_is_1500():
     mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
     task = asyncio.create_task(a.local_participant.perform_rpc(
         destination_identity="p", method="m", payload="x", response_timeout=5))
-    hdr = await peer.wait_for(lambda p: "stream_header" in p)
-    rid = hdr["stream_header"]["attributes"]["lk.rpc_request_id"]
-    await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
-    await peer.send({"destination_identities": ["a"], "stream_header": {
-        "stream_id": "resp1", "timestamp": 1, "topic": "lk.rpc_response", "mime_type": "text/plain",
-        "text_header": {"operation_type": 0}, "attributes": {"lk.rpc_request_id": rid}}})
+    rid = await _ack_and_open_response(peer, "resp1")
     await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "resp1", "reason": "boom"}})
     e = await raises_rpc(1500, task)
     assert "Error reading RPC response payload" in e.data and "boom" in e.data, e.data
@@ -1747,7 +1739,7 @@ async def test_a_call_while_not_connected_or_to_oneself_says_so():
     e = await raises_rpc(RpcError.RECIPIENT_NOT_FOUND, a.local_participant.perform_rpc(destination_identity="a", method="m"))
     assert "'a' is this participant: it cannot call itself" in e.data, e.data
     for bad in (None, "", 5):
-        await _raises(TypeError, a.local_participant.perform_rpc(destination_identity=bad, method="m"),
+        await raises(TypeError, a.local_participant.perform_rpc(destination_identity=bad, method="m"),
                       "destination_identity must be a participant's identity (a non-empty str)")
     await close(a)
     e = await raises_rpc(RpcError.SEND_FAILED, a.local_participant.perform_rpc(destination_identity="b", method="m"))

@@ -5,7 +5,7 @@ the compressed-send checks adapt to `finite.can_compress()`).
 """
 import asyncio
 
-from room_helpers import close, error_collector, join, pair, raw, room_and_peer, settle
+from room_helpers import close, error_collector, join, pair, raises, raw, room_and_peer, settle
 
 from lkedge import finite
 from lkedge.clock import now_ms
@@ -875,16 +875,6 @@ async def test_a_packet_over_the_relays_max_frame_is_refused_at_the_call_and_the
     await close(a, peer)
 
 
-async def _raises(exc_type, aw, *words):
-    try:
-        await aw
-    except exc_type as e:
-        for w in words:
-            assert w in str(e), (w, str(e))
-        return e
-    raise AssertionError("expected %s" % exc_type.__name__)
-
-
 async def test_a_sync_handler_may_hand_its_reader_to_a_task_as_in_the_livekit_sdk():
     # LiveKit's idiom: handlers are sync and start a task that reads
     mem, a, b = await pair()
@@ -954,12 +944,12 @@ async def test_send_functions_return_the_streams_info_as_the_livekit_sdk_does():
 async def test_send_functions_refuse_wrong_types_before_sending():
     mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
     lp = a.local_participant
-    await _raises(TypeError, lp.send_text(b"bytes", topic="t"), "send_text sends a str", "got bytes")
-    await _raises(TypeError, lp.send_text(None, topic="t"), "send_text sends a str", "got NoneType")
-    await _raises(TypeError, lp.send_bytes("str", topic="t"), "send_bytes sends bytes", "got str")
-    await _raises(TypeError, lp.send_text("hi", topic="t", destination_identities="p"),
+    await raises(TypeError, lp.send_text(b"bytes", topic="t"), "send_text sends a str", "got bytes")
+    await raises(TypeError, lp.send_text(None, topic="t"), "send_text sends a str", "got NoneType")
+    await raises(TypeError, lp.send_bytes("str", topic="t"), "send_bytes sends bytes", "got str")
+    await raises(TypeError, lp.send_text("hi", topic="t", destination_identities="p"),
                   "destination_identities is a list of identities, got the str 'p'")
-    await _raises(TypeError, lp.stream_text(topic="t", destination_identities="p"), "got the str 'p'")
+    await raises(TypeError, lp.stream_text(topic="t", destination_identities="p"), "got the str 'p'")
     await asyncio.sleep(0.05)
     assert not [p for p in peer.packets if "stream_header" in p], peer.packets
     await close(a, peer)
@@ -977,7 +967,7 @@ async def test_a_byte_writer_closed_short_of_its_total_size_says_so_and_receiver
     b.register_byte_stream_handler("f", on_bytes)
     w = await a.local_participant.stream_bytes("f.bin", topic="f", total_size=10, destination_identities=["b"])
     await w.write(b"12345")
-    await _raises(ValueError, w.aclose(), "closed after 5 of the 10 bytes its total_size announced")
+    await raises(ValueError, w.aclose(), "closed after 5 of the 10 bytes its total_size announced")
     await settle(lambda: errors)
     assert "incomplete" in errors[0], errors
     await close(a, b)

@@ -5,6 +5,7 @@ per-test prefix and removed afterwards. The sender half (Telemetry) runs against
 in-memory room (lkedge.memroom, real LINK frames) with a collector participant.
 """
 import os
+import time
 
 MP_HEAPSIZE = "512K"  # two Rooms (board and collector) in one interpreter
 
@@ -15,7 +16,8 @@ from lkedge import cbor  # noqa: E402
 
 
 def _clean(prefix):
-    for name in (telemetry.QUEUE, telemetry.STATE, telemetry.QUEUE + ".tmp", telemetry.STATE + ".tmp"):
+    for name in (telemetry.QUEUE, telemetry.STATE, telemetry.BOOT, telemetry.QUEUE + ".tmp", telemetry.STATE + ".tmp",
+                 telemetry.BOOT + ".tmp"):
         try:
             os.remove(prefix + name)
         except OSError:
@@ -59,8 +61,22 @@ def test_batch_is_a_cbor_array_of_the_samples_in_order():
         q.add({"temp": 21.5, "ok": True}, 1700000000)
         q.add({"temp": None}, 1700000001)
         data, count, last, end = q.batch()
-        assert cbor.loads(data) == [{"seq": 0, "t": 1700000000, "v": {"temp": 21.5, "ok": True}},
-                                    {"seq": 1, "t": 1700000001, "v": {"temp": None}}]
+        got = cbor.loads(data)
+        for s in got:
+            assert s.pop("boot") == 0 and isinstance(s.pop("ms"), int)
+        assert got == [{"seq": 0, "t": 1700000000, "v": {"temp": 21.5, "ok": True}},
+                       {"seq": 1, "t": 1700000001, "v": {"temp": None}}]
+
+
+def test_records_carry_the_boot_counter_and_the_uptime():
+    with Flash("boot") as fl:
+        n = telemetry.next_boot(fl.prefix)
+        assert telemetry.next_boot(fl.prefix) == n + 1  # persisted: +1 at every boot
+        q = telemetry.TelemetryQueue(8192, prefix=fl.prefix, boot=n + 1)
+        q.add({}, None, 1234)
+        assert cbor.loads(q.batch()[0]) == [{"seq": 0, "t": None, "v": {}, "boot": n + 1, "ms": 1234}]
+        t = telemetry.wall_time()  # the host's clock is set
+        assert isinstance(t, int) and abs(t - time.time()) < 5
 
 
 def test_commit_advances_and_an_unconfirmed_batch_comes_again_after_reboot():
@@ -155,7 +171,9 @@ def test_a_bad_state_file_is_survived():
 
 
 # --------------------------------------------------------------- the sender
-async def _collector_pair():
+async def _collector_pair(sync=True):
+    """The board's room and a collector's; the collector takes telemetry (a byte stream
+    handler and, unless sync is False, telemetry.sync, answering once it has the batch)."""
     from room_helpers import join, settle
     from lkedge.memroom import MemRoom
     mem = MemRoom()
@@ -167,8 +185,17 @@ async def _collector_pair():
         for s in cbor.loads(await reader.read_all()):
             got.append(s["seq"])
     col.register_byte_stream_handler("telemetry", on_stream)
+    if sync:
+        col.local_participant.register_rpc_method(telemetry.SYNC_METHOD, lambda data: data.payload)
     await settle(lambda: "collector" in board.remote_participants)
     return mem, board, col, got
+
+
+def _sender(board, q, to="collector"):
+    logged = []
+    tel = telemetry.Telemetry(board, q, to, "board", log=logged.append)
+    tel.logged = logged
+    return tel
 
 
 async def test_flush_sends_everything_and_commits_on_the_receivers_answer():
@@ -177,12 +204,41 @@ async def test_flush_sends_everything_and_commits_on_the_receivers_answer():
         mem, board, col, got = await _collector_pair()
         try:
             q = fl.queue()
-            tel = telemetry.Telemetry(board, q, "collector", "board")
+            tel = _sender(board, q)
             for i in range(30):
                 await tel.sample({"i": i}, i)
-            assert await tel.flush() == 30  # the collector has no telemetry.sync: 1400 confirms
+            assert await tel.flush() == 30
             await settle(lambda: len(got) == 30)
             assert got == list(range(30)) and q.pending() == 0 and tel.sent == 30
+            assert not tel.logged
+        finally:
+            await close(board, col)
+
+
+async def test_unsupported_method_is_no_confirmation_and_is_logged_once():
+    # a participant with the receiver's identity that does not take telemetry (the CLI
+    # joined as it): its 1400 answer must not count as delivered
+    from room_helpers import close
+    with Flash("nosync") as fl:
+        mem, board, col, got = await _collector_pair(sync=False)
+        try:
+            q = fl.queue()
+            tel = _sender(board, q)
+            for i in range(5):
+                await tel.sample({"i": i}, i)
+            before = q.pending()
+            for _ in range(3):
+                assert await tel.flush() == 0
+            assert q.pending() == before and tel.sent == 0 and q.dropped == 0
+            assert len(tel.logged) == 1 and "does not take telemetry" in tel.logged[0], tel.logged
+            assert not tel.due()  # backs off ...
+            tel.kicked()          # ... until the receiver joins again
+            assert tel.due()
+            # a real receiver now: everything is still there, in order
+            col.local_participant.register_rpc_method(telemetry.SYNC_METHOD, lambda data: data.payload)
+            del got[:]
+            assert await tel.flush() == 5 and q.pending() == 0
+            assert "confirms again" in tel.logged[-1]
         finally:
             await close(board, col)
 
@@ -193,7 +249,7 @@ async def test_nothing_is_committed_while_the_receiver_is_away():
         mem, board, col, got = await _collector_pair()
         try:
             q = fl.queue()
-            tel = telemetry.Telemetry(board, q, "nobody", "board")
+            tel = _sender(board, q, "nobody")
             await tel.sample({}, 0)
             assert await tel.flush() == 0 and q.pending() > 0
         finally:
@@ -204,15 +260,16 @@ async def test_a_receiver_error_other_than_unsupported_method_is_no_confirmation
     from room_helpers import close
     from lkedge.rpc import RpcError
     with Flash("refuse") as fl:
-        mem, board, col, got = await _collector_pair()
+        mem, board, col, got = await _collector_pair(sync=False)
 
         def refuse(data):
             raise RpcError(4999, "not now")
         col.local_participant.register_rpc_method(telemetry.SYNC_METHOD, refuse)
         try:
             q = fl.queue()
-            tel = telemetry.Telemetry(board, q, "collector", "board")
+            tel = _sender(board, q)
             await tel.sample({}, 0)
             assert await tel.flush() == 0 and q.pending() > 0
+            assert "4999" in tel.logged[0]
         finally:
             await close(board, col)

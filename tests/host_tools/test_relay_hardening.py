@@ -18,6 +18,7 @@ from livekit.protocol import models
 from linkpeer import LinkPeer, RelayUnderTest
 from lkedge import link, relayside, ws
 from lkedge_host.relay import auth, command, server
+from lkedge_host.relay.process import _free_port
 from test_relay_router import Sim, data
 from test_relay_server import expect_leave, parse
 
@@ -381,12 +382,6 @@ def test_stopping_with_http_connections_open_prints_no_traceback():
     assert "Traceback" not in err and "CancelledError" not in err, err[-2000:]
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # ---------------------------------------------------------------- serial
