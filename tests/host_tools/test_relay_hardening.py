@@ -15,7 +15,7 @@ import time
 import jwt
 from livekit.protocol import models
 
-from linkpeer import LinkPeer, RelayUnderTest
+from linkpeer import RelayUnderTest
 from lkedge import link, relayside, ws
 from lkedge_host.relay import auth, command, server
 from lkedge_host.relay.process import _free_port
