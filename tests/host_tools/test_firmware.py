@@ -163,6 +163,8 @@ async def test_telemetry_survives_a_relay_restart_and_a_board_reboot(rig):
             if not set(sample["v"]) >= {"chip_temp_c", "light_v", "button"} or not isinstance(sample["t"], int):
                 bad.append(sample)
     col.register_byte_stream_handler("telemetry", on_telemetry)
+    # the confirmation (firmware/telemetry.py): without it the board keeps every batch
+    col.local_participant.register_rpc_method("telemetry.sync", lambda data: data.payload)
     try:
         await _call(col, "config.update", json.dumps({"telemetry_to": COLLECTOR, "telemetry_interval_s": 0.2}))
         await _reboot_and_rejoin(col)
