@@ -3,7 +3,7 @@ in methods.py), without a room: the app's own Wi-Fi and join steps run against a
 fake of the board's `network` module (FakeNetwork: SSIDs listed as absent never
 connect) and a fake room whose connect() fails until told otherwise.
 
-Runs under CPython and MicroPython; files are made in the working directory with a
+Runs under CPython and MicroPython; files are made in the temporary folder with a
 per-run prefix (config.PATH, lastgood.GOOD, ... and the flash log are pointed at them)
 and removed afterwards.
 """
@@ -23,8 +23,9 @@ import lastgood  # noqa: E402
 import methods  # noqa: E402
 from lkedge.room import ConnectError  # noqa: E402
 
-# unique per run: two runs in one checkout at once must not share files
-PREFIX = "lastgood_test_%s_" % binascii.hexlify(os.urandom(3)).decode()
+# unique per run: two runs at once must not share files; in the temporary folder, so a
+# run cut short leaves nothing in the checkout
+PREFIX = "%s/lastgood_test_%s_" % ((os.getenv("TMPDIR") or "/tmp").rstrip("/"), binascii.hexlify(os.urandom(3)).decode())
 _rm = firmware_path.rm
 GOOD_CFG = dict(config.DEFAULTS, relay="tcp://10.0.0.2:7880", token="tok-good",
                 wifi={"ssid": "home", "password": "pw"}, name="pump-7")
