@@ -71,10 +71,16 @@ async def _feed_watchdog(wdt):
         await _sleep_ms(WDT_FEED_MS)
 
 
+def _wifi_timeout_ms(cfg):
+    """One Wi-Fi attempt's limit: the config's wifi_timeout_s, else WIFI_TIMEOUT_MS."""
+    t = cfg.get("wifi_timeout_s")
+    return int(t * 1000) if t else WIFI_TIMEOUT_MS
+
+
 def _wifi_steps(cfg):
     """One Wi-Fi attempt, as a generator of the milliseconds to wait between polls
     (run blocking by _network_up, or awaited by _wifi_forever); raises OSError when no
-    connection came within WIFI_TIMEOUT_MS."""
+    connection came within _wifi_timeout_ms(cfg)."""
     try:
         import network
     except ImportError:
@@ -87,9 +93,9 @@ def _wifi_steps(cfg):
     wlan.connect(wifi["ssid"], wifi.get("password", ""))
     t0 = now_ms()
     while not wlan.isconnected():
-        if now_ms() - t0 > WIFI_TIMEOUT_MS:
+        if now_ms() - t0 > _wifi_timeout_ms(cfg):
             from lastgood import wifi_status
-            why = "Wi-Fi %r: no connection after %g s (%s)" % (wifi["ssid"], WIFI_TIMEOUT_MS / 1000,
+            why = "Wi-Fi %r: no connection after %g s (%s)" % (wifi["ssid"], _wifi_timeout_ms(cfg) / 1000,
                                                                 wifi_status(network, wlan))
             try:
                 wlan.disconnect()  # the next attempt starts afresh
@@ -115,7 +121,7 @@ def _wifi(cfg, wdt, trial, machine):
     try:
         _network_up(cfg, wdt)
     except Exception as e:  # an OSError, or whatever else the port's WLAN raises
-        _failed(trial, str(e), machine, "wifi", WIFI_TIMEOUT_MS)
+        _failed(trial, str(e), machine, "wifi", _wifi_timeout_ms(cfg))
         raise
 
 
@@ -135,7 +141,7 @@ async def _wifi_forever(cfg, trial, machine):
         except Exception as e:  # an OSError, or whatever else the port's WLAN raises
             why = str(e) or repr(e)
         flashlog.error("%s; trying again in %d s (attempt %d; sampling goes on)" % (why, delay // 1000, attempt))
-        _failed(trial, why, machine, "wifi", WIFI_TIMEOUT_MS)
+        _failed(trial, why, machine, "wifi", _wifi_timeout_ms(cfg))
         await _sleep_ms(delay)
         delay = min(delay * 2, WIFI_RETRY_MAX_MS)
         attempt += 1

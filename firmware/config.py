@@ -11,7 +11,9 @@
                                            relay or token never joined may try to reach
                                            the room before the board goes back to the
                                            last good one (lastgood.py)
-     "name": "pump-7"}                      a label shown by device.info
+     "name": "pump-7",                     a label shown by device.info
+     "wifi_timeout_s": 20}                 optional, 1 .. 300: how long one Wi-Fi attempt
+                                           waits to associate (slow access points)
 
 load() never raises: a missing file gives the defaults; a malformed one, or a key of
 the wrong type, out of range or holding text that is not UTF-8, is named in the flash
@@ -30,7 +32,7 @@ DEFAULTS = {"relay": "tcp://127.0.0.1:7880", "token": "", "wifi": {}, "telemetry
             "telemetry_interval_s": 10, "rejoin_s": 60, "revert_after_s": 300, "name": ""}
 TYPES = {"relay": str, "token": str, "wifi": dict, "telemetry_to": str,
          "telemetry_interval_s": (int, float), "rejoin_s": (int, float),
-         "revert_after_s": (int, float), "name": str}
+         "revert_after_s": (int, float), "name": str, "wifi_timeout_s": (int, float)}
 INTERVAL_MAX_S = 86400
 # MicroPython's json keeps a \ud800-\udfff escape as is, even a pair that CPython joins
 NOT_TEXT = " (a \\ud800-\\udfff escape? send characters past U+FFFF unescaped)"
@@ -72,6 +74,8 @@ def problem(key, value):
         return "config key %r: its text is not UTF-8" % (key,) + NOT_TEXT
     if key == "telemetry_interval_s" and not 0.1 <= value <= INTERVAL_MAX_S:  # also NaN
         return "telemetry_interval_s must be between 0.1 and %d, got %r" % (INTERVAL_MAX_S, value)
+    if key == "wifi_timeout_s" and not 1 <= value <= 300:
+        return "wifi_timeout_s must be between 1 and 300, got %r" % (value,)
     if key in ("rejoin_s", "revert_after_s") and not 1 <= value <= INTERVAL_MAX_S:
         return "%s must be between 1 and %d, got %r" % (key, INTERVAL_MAX_S, value)
     if key == "wifi":
@@ -125,7 +129,7 @@ def checked(d, path):
         if why is None or k not in TYPES:
             cfg[k] = d[k]  # unknown keys are kept (a newer deploy may write them)
         else:
-            _log("%s: %s: using the default %r" % (path, why, DEFAULTS[k]))
+            _log("%s: %s: using the default %r" % (path, why, DEFAULTS.get(k, "built in")))
     return cfg
 
 

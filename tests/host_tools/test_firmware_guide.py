@@ -123,9 +123,19 @@ def test_the_guides_commands_work_as_written(workdir):
         # the console: from boot on with `reset repl` (a terminal program: run in `script`)
         repl = next(c for c in cmds if c.startswith("mpremote connect ./board.pty reset repl"))
         if shutil.which("script"):
-            r = subprocess.run(["timeout", "8", "script", "-qc", command(repl), "/dev/null"], cwd=str(workdir),
-                               env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
-            assert "myfw: joined room lkedge as my-board" in r.stdout, r.stdout
+            # read until the line shows (at most 20 s), then stop the terminal program
+            p = subprocess.Popen(["script", "-qc", command(repl), "/dev/null"], cwd=str(workdir), env=env,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+            seen, end = b"", time.monotonic() + 20
+            os.set_blocking(p.stdout.fileno(), False)
+            while b"myfw: joined room lkedge as my-board" not in seen and time.monotonic() < end:
+                seen += p.stdout.read() or b""
+                time.sleep(0.1)
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(10)
+            p.stdout.close()
+            assert b"myfw: joined room lkedge as my-board" in seen, seen
         # what the board printed while nobody had the pty open is kept for the next reader
         assert "timeout 2 cat ./board.pty" in guide()
         r = run(command("mpremote connect ./board.pty reset"))
