@@ -17,7 +17,7 @@ import time
 import pytest
 
 from lkedge_host import board as board_mod
-from lkedge_host import demo
+from lkedge_host import demo, deploy
 from lkedge_host.relay import auth
 from lkedge_host.relay.process import RelayProcess
 
@@ -173,15 +173,26 @@ def test_deploy_turns_telemetry_on_and_a_redeploy_keeps_it(rig):
     assert "telemetry to collector every 10 s" in out, out
     cfg = rig.flash_json("config.json")
     assert cfg["telemetry_to"] == COLLECTOR and cfg["telemetry_interval_s"] == 10, cfg
-    base = _DEPLOY
-    out = rig.deploy(base + " --telemetry-interval 0.2")
-    assert "telemetry to collector every 0.2 s (telemetry_to kept from the board's config.json)" in out, out
-    out = rig.deploy(base)  # a plain redeploy: telemetry stays on, as it was
-    assert "telemetry to collector every 0.2 s (telemetry_to, telemetry_interval_s kept" in out, out
-    assert rig.flash_json("config.json")["telemetry_to"] == COLLECTOR
-    out = rig.deploy(base + ' --telemetry-to ""')
-    assert "telemetry is off" in out and "--telemetry-to IDENTITY" in out, out
-    assert rig.flash_json("config.json")["telemetry_to"] == ""
+    out = rig.deploy(_DEPLOY)  # a plain redeploy (to renew the token, say): telemetry stays on
+    assert "telemetry to collector every 10 s (telemetry_to kept from the board's config.json)" in out, out
+    cfg = rig.flash_json("config.json")
+    assert cfg["telemetry_to"] == COLLECTOR and cfg["telemetry_interval_s"] == 10, cfg
+
+
+# What a redeploy writes, from its options and the board's current config.json (read
+# by the deploy's query of the board): the combinations the two real deploys above skip.
+@pytest.mark.parametrize("to, interval, old, want_to, want_interval, said", [
+    (None, 0.2, {"telemetry_to": "collector", "telemetry_interval_s": 10}, "collector", 0.2,
+     "telemetry to collector every 0.2 s (telemetry_to kept from the board's config.json)"),
+    ("", None, {"telemetry_to": "collector", "telemetry_interval_s": 10}, "", 10, "telemetry is off"),
+    (None, None, None, "", deploy.TELEMETRY_INTERVAL_S, "--telemetry-to IDENTITY"),
+    ("other", 5, {"telemetry_to": "collector", "telemetry_interval_s": 10}, "other", 5, "telemetry to other every 5 s"),
+])
+def test_a_redeploy_takes_the_options_else_the_boards_telemetry_settings(to, interval, old, want_to,
+                                                                         want_interval, said):
+    o = type("Options", (), {"telemetry_to": to, "telemetry_interval": interval})()
+    got_to, got_interval, say = deploy.telemetry_settings(o, {"tel": old})
+    assert (got_to, got_interval) == (want_to, want_interval) and said in say, (got_to, got_interval, say)
 
 
 async def test_the_guides_receiver_and_a_cli_that_joins_as_the_receiver(rig):
