@@ -322,7 +322,7 @@ async def test_a_config_that_joined_is_the_last_good_one_and_an_outage_does_not_
         rig.relay.kill()
     finally:
         await room.disconnect()
-    await asyncio.sleep(8)
+    await asyncio.sleep(4)   # the relay down 4 times revert_after_s
     rig.relay = RelayProcess(port=rig.port).start()
     room = await _host(rig)
     try:
