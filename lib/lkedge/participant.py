@@ -278,8 +278,6 @@ class LocalParticipant:
 
     async def _open_writer(self, kind, topic, dests, attributes, stream_id, name=None, mime_type=None,
                            total_size=None, **text_options):
-        if isinstance(dests, str):
-            raise load("misuse")._dests_str(dests)
         out = streams.OutgoingStream(stream_id or uuid4(), kind, topic, dests, attributes=attributes,
                                      name=name, mime_type=mime_type, total_length=total_size,
                                      timestamp_ms=_now_epoch_ms(), max_frame=self._room.max_frame,

@@ -40,8 +40,6 @@ class ReadBlob:
 async def send_finite(room, kind, data, topic, dests, attributes, stream_id=None, compress=None,
                       name=None, mime_type=None, text_options=None):
     """Send a whole payload as one stream: inline, compressed or chunked as negotiated."""
-    if isinstance(dests, str):
-        raise load("misuse")._dests_str(dests)
     dests = dests or []
     want = room.options.compress if compress is None else compress
     inline_ok, compress_ok = finite.negotiate(room.recipients(dests), finite.can_compress(), want)
@@ -96,8 +94,6 @@ async def send_file(lp, file_path, topic, name, mime_type, destination_identitie
     size = os.stat(file_path)[6]
     if name is None:
         name = file_path.split("/")[-1]
-    if isinstance(destination_identities, str):
-        raise load("misuse")._dests_str(destination_identities)
     dests = destination_identities or []
     if size <= STREAM_CHUNK_SIZE_BYTES // 2:
         with open(file_path, "rb") as f:

@@ -59,7 +59,7 @@ Incoming
     as livekit-client (JS) does ("closed abnormally").
     StreamInfo: what handlers see (stream_id, topic, kind, ...; see the class).
 """
-from . import utf8
+from . import load, utf8
 from .consts import (COMPRESSION_DEFLATE_RAW, COMPRESSION_NONE, MIME_BYTES, MIME_TEXT,
                      OP_CREATE, STREAM_CHUNK_SIZE_BYTES)
 
@@ -82,6 +82,8 @@ def header_packet(stream_id, kind, topic, destination_identities, total_length=N
                   inline_content=None, compression=COMPRESSION_NONE, operation_type=OP_CREATE,
                   version=0, reply_to_stream_id="", attached_stream_ids=None, generated=False):
     """A DataPacket dict carrying a DataStream.Header (kind 'text' or 'bytes')."""
+    if isinstance(destination_identities, str):  # every stream's header is made here
+        raise load("misuse")._dests_str(destination_identities)
     if kind == "text":
         # Only fields that differ from their defaults (proto3 omits those anyway).
         th = {"operation_type": operation_type}
@@ -174,16 +176,17 @@ class OutgoingStream:
         self.stream_id = stream_id
         self.kind = kind
         self.topic = topic
-        self.destination_identities = list(destination_identities)
-        self._chunk = chunk_room(stream_id, self.destination_identities, max_frame)
         self.attributes = dict(attributes or {})
-        self.name = name
-        self.total_length = total_length
-        self.timestamp = timestamp_ms
-        self._hdr = header_packet(stream_id, kind, topic, self.destination_identities,
+        # first: it refuses a str for destination_identities ("bob" is no list)
+        self._hdr = header_packet(stream_id, kind, topic, destination_identities,
                                   total_length=total_length, attributes=self.attributes,
                                   mime_type=mime_type, name=name, timestamp_ms=timestamp_ms,
                                   **text_options)
+        self.destination_identities = list(destination_identities)
+        self._chunk = chunk_room(stream_id, self.destination_identities, max_frame)
+        self.name = name
+        self.total_length = total_length
+        self.timestamp = timestamp_ms
         self.mime_type = self._hdr["stream_header"]["mime_type"]
         self._index = 0
         self._written = 0
