@@ -4,6 +4,9 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
+# pytest-xdist workers: one per core (`make test PYTEST_WORKERS=0` runs in one process).
+PYTEST_WORKERS ?= auto
+PYTEST_PAR := -n $(PYTEST_WORKERS) --dist worksteal
 
 .PHONY: setup demo test test-micropython bench clean interop-node
 
@@ -31,10 +34,10 @@ demo: setup
 # The whole suite: CPython tests, and every tests/device module again under the real
 # MicroPython interpreter with a board-like heap (tests/test_micropython_half.py).
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_PAR) $(PYTEST_ARGS)
 
 test-micropython: setup
-	$(PY) -m pytest -q tests/test_micropython_half.py $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_PAR) tests/test_micropython_half.py $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m lkedge_host.bench.throughput

@@ -26,3 +26,15 @@ def pytest_pyfunc_call(pyfuncitem):
         asyncio.run(pyfuncitem.obj(**args))
         return True
     return None
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`-n`), build the shared compiled library once, in the controller,
+    before the workers start: two workers compiling into build/ at once would race."""
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
+    from mpybuild import compiled_lib
+    from py_peer import compiled_peer
+    compiled_lib()
+    compiled_peer()
