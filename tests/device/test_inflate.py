@@ -287,3 +287,14 @@ def test_reserve_says_whether_the_window_can_be_had_with_the_memory_there_is():
     hog = None
     gc.collect()
     assert inflate.reserve() is True and len(inflate._reserved) >= 32768
+
+
+def test_pieces_fill_the_piece_size_not_one_small_read_each():
+    # The MicroPython decoder reads ~240 bytes at a time (the staged input bounds each
+    # read); those reads fill the piece, so a reader of a 15000-byte-chunk stream gets
+    # pieces of up to piece_size: an echoing handler sends that many chunks, not 4,300.
+    sizes = []
+    total = _inflate_all(file_pieces(MIXED, Lcg(3), 15000, 15000), piece_size=4096,
+                         sink=lambda out: sizes.append(len(out)))
+    assert total == MIXED_LEN
+    assert total // len(sizes) >= 2048, (len(sizes), total // len(sizes))
