@@ -120,12 +120,27 @@ def _join_failure(args, e):
     elif "CERTIFICATE_VERIFY_FAILED" in msg:
         if args.cafile is None:
             msg += "; to trust the relay's own (e.g. self-signed) certificate use --cafile CERT.pem"
+    elif _http_port(args.url, msg):
+        msg += ("; %s answers HTTP: that is a relay's WebSocket or HTTP port, not its link port "
+                "(the one `lkedge relay` prints as \"link tcp://...\"; its WebSocket port takes "
+                "ws://)" % args.url)
     elif args.url.lower().startswith(("tls:", "wss:")) and any(
             t in msg for t in ("TLS handshake failed", "ConnectionResetError", "EOF")):
         msg += ("; %sthe relay may not speak TLS there (a relay without --tls-cert takes tcp:// "
                 "on its link port and ws:// on its WebSocket port)" % (
                     "" if "TLS handshake failed" in msg else "the TLS handshake failed: "))
     return msg
+
+
+def _http_port(url, msg):
+    """A tcp:// join that got no JOINED from a port that speaks HTTP (looked at only
+    after such a failure: the probe would be a junk frame to a relay's link port)."""
+    if not url.lower().startswith("tcp:") or not ("JOINED" in msg or "closed" in msg):
+        return False
+    from lkedge.transport import parse_url
+    from lkedge_host import relayprobe
+    _, host, port, _ = parse_url(url)
+    return relayprobe.answers_http(host, port)
 
 
 def room_options(args, auto_reconnect=False):

@@ -78,7 +78,7 @@ import subprocess
 import sys
 import tempfile
 
-from lkedge_host import boardbuild, profiles
+from lkedge_host import boardbuild, profiles, relayprobe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RELAY = "tcp://127.0.0.1:7880"
@@ -101,7 +101,6 @@ MPREMOTE_TIMEOUT_S = 120
 QUERY_TIMEOUT_S = 30
 RESET_TIMEOUT_S = 30
 RELAY_PROBE_S = 1.0
-HTTP_PROBE_S = 0.3
 # sys.platform of MicroPython's unix port (profile port "unix") on the hosts it builds on
 UNIX_PLATFORMS = ("linux", "darwin", "freebsd", "netbsd", "openbsd")
 NO_REPL = "no MicroPython REPL answered on %s%s (is it a MicroPython board? is its firmware stuck?)"
@@ -727,23 +726,12 @@ def _check_relay(url):
              "checkout's firmware/ does)" % (url, e.strerror or e))
         return
     try:
-        if scheme == "tcp" and _answers_http(sock):
+        if scheme == "tcp" and relayprobe.answers_http_on(sock):
             _say("warning: %s answers HTTP: that is a relay's WebSocket or HTTP port, not its link port; "
                  "a tcp:// board cannot join there (the link port is the one `lkedge relay` prints "
                  "as \"link tcp://...\")" % url)
     finally:
         sock.close()
-
-
-def _answers_http(sock):
-    """True if the peer answers an HTTP request with an HTTP status line. A relay's link
-    port reads it as a frame and says nothing within HTTP_PROBE_S."""
-    try:
-        sock.settimeout(HTTP_PROBE_S)
-        sock.sendall(b"HEAD / HTTP/1.0\r\n\r\n")
-        return sock.recv(5) == b"HTTP/"
-    except OSError:
-        return False
 
 
 def _update(o, profile, mpremote, arts, tmp, board, state):

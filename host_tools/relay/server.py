@@ -615,7 +615,12 @@ class RelayServer:
     async def _http_serve(self, reader, writer):
         method = None
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HTTP_TIMEOUT_S)
+            first = await asyncio.wait_for(reader.readexactly(1), HTTP_TIMEOUT_S)
+            if not b"A" <= first <= b"Z":
+                # No HTTP method starts so: a link frame (a board or `lkedge call` given
+                # this port with tcp://) is told at once, not after HTTP_TIMEOUT_S.
+                raise ValueError("not HTTP")
+            head = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HTTP_TIMEOUT_S)
             line = head.split(b"\r\n", 1)[0].decode("latin-1").split()
             method = line[0] if line else None
             status, ctype, body = self._http_route(line)

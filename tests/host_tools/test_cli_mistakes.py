@@ -453,6 +453,14 @@ def test_a_tls_url_for_a_plain_relay_says_the_handshake_failed(served):
         assert "TLS handshake failed" in r.stderr and "may not speak TLS there" in r.stderr, r.stderr
 
 
+def test_a_tcp_url_at_the_relays_http_port_says_it_is_not_the_link_port():
+    with RelayProcess(http=True) as relay:
+        url = "tcp://" + relay.http_url.split("://")[1]
+        r = _lk("room", "--url", url)
+    assert r.returncode == 4, r.stderr
+    assert "answers HTTP: that is a relay's WebSocket or HTTP port, not its link port" in r.stderr, r.stderr
+
+
 def test_an_identity_already_in_the_room_is_refused_not_pushed_out(served):
     relay, s = served
     from lkedge_host.relay import auth

@@ -341,6 +341,16 @@ async def test_http_request_heads_are_bounded_and_head_has_no_body():
         assert length > 0 and abs(length - len(gbody)) < 200   # counters moved in between
 
 
+async def test_a_link_frame_on_the_http_port_gets_400_at_once_not_after_the_head_timeout():
+    # A board or `lkedge call` given the HTTP port with tcp:// sends a link frame (no
+    # HTTP method starts with its length bytes): it learns at once that this is HTTP.
+    async with RelayUnderTest() as r:
+        rd, wr = await _http(r, b"\x00\x00\x00\x20\x0a\x1e", read=False)
+        out = await asyncio.wait_for(rd.read(), server.HTTP_TIMEOUT_S / 2)
+        wr.close()
+        assert out.startswith(b"HTTP/1.1 400 "), out[:60]
+
+
 async def test_http_connections_are_counted_and_one_over_the_limit_gets_503():
     async with RelayUnderTest() as r:
         idle = [await _http(r, b"GET /metrics HTTP/1.1\r\n", read=False)
