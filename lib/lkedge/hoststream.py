@@ -9,6 +9,8 @@ has no readinto), so a board does not load it.
 """
 import asyncio
 
+CLOSE_WAIT_S = 2
+
 
 async def open_stream(host, port, ctx, server_hostname):
     r, w = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=server_hostname)
@@ -40,4 +42,9 @@ class Stream:
         self.w.close()
 
     async def wait_closed(self):
-        await self.w.wait_closed()
+        # A graceful close waits until what is queued is written: never, on a link
+        # that stopped draining (Room ends such a link). Then the connection is reset.
+        try:
+            await asyncio.wait_for(self.w.wait_closed(), CLOSE_WAIT_S)
+        except (asyncio.TimeoutError, OSError):
+            self.w.transport.abort()

@@ -109,6 +109,10 @@ class Room:
         self._closing = False
         self._reader_task = None
         self._timer_task = None
+        self._pinger = None  # the last PING's task (_keepalive)
+        self._mute = 0       # PING intervals running through which the reader heard nothing
+        self._idle = 0       # 1: the reader waits for bytes; 2: it did at the last PING too
+        self._dead = None    # why the timer ended a silent link (the reader reports it)
         self._acc = None
         self._acc_n = 0
         self._acc_key = None
@@ -227,6 +231,8 @@ class Room:
         self._transport = t
         self._sender.transport = t
         self._joined = asyncio.Event()
+        self._dead = None
+        self._mute = self._idle = 0
         join = {"v": link.LINK_VERSION, "token": self._token,
                 "client_protocol": self.options.client_protocol,
                 "capabilities": [CAP_COMPRESSION_DEFLATE_RAW] if self.can_inflate else [],
@@ -262,13 +268,14 @@ class Room:
         was = self.connection_state
         t = self._transport
         if t is not None and self.connection_state == "connected":
-            try:
-                await self._sender.send_frame(link.LEAVE, cbor.dumps({"code": link.LEAVE_CLIENT, "reason": "client initiated"}))
+            try:  # bounded: on a link that does not drain, disconnect() must still end
+                await asyncio.wait_for(self._sender.send_frame(
+                    link.LEAVE, cbor.dumps({"code": link.LEAVE_CLIENT, "reason": "client initiated"})), 2)
             except Exception:
                 pass
         await self._drop_transport()
         # Taken before _fail_everything: the listeners it starts must run, not be cancelled.
-        tasks = [self._timer_task, self._reader_task] + self._tasks
+        tasks = [self._timer_task, self._reader_task, self._pinger] + self._tasks
         self._tasks = []
         self._fail_everything("disconnected")
         self._before_loss = None
@@ -353,7 +360,9 @@ class Room:
         self._events = None  # _decoded's pending stream events belong to this task
         try:
             while True:
+                self._idle = 1
                 n = await t.read_into(buf)
+                self._idle = 0
                 if not n:
                     break
                 fr.receive(buf[:n])
@@ -402,7 +411,9 @@ class Room:
                             why = "LEAVE %s %s" % (self.leave_code, self.leave_reason)
                             return
         except asyncio.CancelledError:
-            raise
+            if self._dead is None:
+                raise
+            why = self._dead  # the timer ended a link that went silent (_timer_loop)
         except Exception as e:
             why = "link error: %r" % (e,)
         finally:
@@ -838,10 +849,31 @@ class Room:
             if now - last_ping >= interval:
                 last_ping = now
                 if self.connection_state == "connected":
-                    try:
-                        await self._sender.send_frame(link.PING, b"k")
-                    except Exception:
-                        pass
+                    self._keepalive(interval)
+
+    def _keepalive(self, interval):
+        """One PING per interval, in a task of its own: the timer must not wait on a link
+        that does not drain. The relay answers every PING, so the link is dead (a NAT or
+        Wi-Fi gone without a close, the relay's host down) when the reader waited for
+        bytes through two whole intervals and none came (LINK.md: losing the link fails
+        everything pending, then rejoin). A reader held up by the application (a handler
+        not reading its stream) is no sign: the relay judges that one (LEAVE 6)."""
+        silent = self._idle == 2
+        if self._idle:
+            self._idle = 2
+        self._mute = self._mute + 1 if silent else 0
+        if self._mute >= 2 and self._reader_task is not None:
+            self._mute = 0
+            self._dead = "no PONG from the relay in %d ms: the link is dead" % (2 * interval)
+            self._reader_task.cancel()
+        elif self._pinger is None or self._pinger.done():
+            self._pinger = asyncio.create_task(self._ping())
+
+    async def _ping(self):
+        try:
+            await self._sender.send_frame(link.PING, b"k")
+        except Exception:
+            pass  # the link failed: the reader reports it
 
     def _wake_timer(self):
         self._timer_wake.set()

@@ -635,8 +635,8 @@ class WebSocketTransport(StreamTransport):
         if self._s is not None and not self._sent_close and not self._lock.locked():
             self._sent_close = True
             body = b"" if code is None else bytes((code >> 8, code & 0xFF)) + reason.encode()
-            try:
-                await StreamTransport.write(self, encode_frame(OP_CLOSE, body, new_mask_key()))
+            try:  # bounded: a link that does not drain must still be dropped
+                await asyncio.wait_for(StreamTransport.write(self, encode_frame(OP_CLOSE, body, new_mask_key())), 2)
             except Exception:  # the peer is already gone: closing anyway
                 pass
         await self._abort()

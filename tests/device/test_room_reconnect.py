@@ -229,3 +229,121 @@ async def test_between_failed_attempts_the_room_stays_reconnecting_and_refuses_c
     assert "board" not in mem.conns
     await board.disconnect()
     assert board.connection_state == "disconnected"
+
+
+class _BlackHole(_FlakyRelay):
+    """_FlakyRelay whose link can go silent without closing (a NAT or Wi-Fi gone):
+    with `hole` set, writes and reads wait until the Room closes the transport."""
+
+    def __init__(self, mem):
+        _FlakyRelay.__init__(self, mem)
+        self.hole = False
+        self._cut = None
+
+    async def connect(self):
+        self.hole = False
+        self._cut = asyncio.Event()
+        await _FlakyRelay.connect(self)
+
+    async def write(self, data):
+        if self.hole:
+            await self._cut.wait()
+            raise OSError("black hole (test)")
+        await self.t.write(data)
+
+    async def read_into(self, buf):
+        if not self.hole:
+            n = await self.t.read_into(buf)
+            if not self.hole:
+                return n
+        await self._cut.wait()
+        return 0
+
+    async def close(self):
+        self._cut.set()
+        await self.t.close()
+
+
+async def test_a_link_gone_silent_without_closing_is_lost_and_rejoined():
+    # Nothing closes a black-holed link: the Room must notice the unanswered PINGs,
+    # fail what is pending (RPC.md: 1503) and rejoin, as after any loss.
+    mem = MemRoom()
+    relay = _BlackHole(mem)
+    events = []
+    board = await _board(mem, relay, events, ping_interval_ms=100)
+    peer = await raw(mem, "host", client_protocol=2)
+    await settle(lambda: "host" in board.remote_participants)
+    await asyncio.sleep(0.5)   # five answered PINGs: a live link is kept
+    assert events == [] and relay.connects == 1, events
+    call = asyncio.create_task(board.local_participant.perform_rpc(
+        destination_identity="host", method="slow", payload="x", response_timeout=30))
+    await peer.wait_for(lambda p: "stream_header" in p or "rpc_request" in p)
+    relay.hole = True
+    try:
+        await asyncio.wait_for(call, 5)
+    except Exception as e:
+        from lkedge.rpc import RpcError
+        assert isinstance(e, RpcError) and e.code == RpcError.RECIPIENT_DISCONNECTED, repr(e)
+        assert "no PONG from the relay" in (e.data or ""), repr(e)
+    else:
+        raise AssertionError("the call succeeded on a dead link")
+    await settle(lambda: "reconnected" in events)
+    assert events[0] == "reconnecting" and relay.connects == 2, events
+    await peer.close()
+    await board.disconnect()
+
+
+async def test_a_link_that_stops_draining_does_not_stop_the_call_timers():
+    # A write stuck on a full link must not hold up the timer: a call's own timeout
+    # still fires (RPC.md: 1502), and the dead link is then dropped and rejoined.
+    mem = MemRoom()
+    relay = _BlackHole(mem)
+    events = []
+    board = await _board(mem, relay, events, ping_interval_ms=1000)
+    peer = await raw(mem, "host", client_protocol=2)
+    await settle(lambda: "host" in board.remote_participants)
+    relay.hole = True
+    stuck = asyncio.create_task(board.local_participant.send_text("x" * 40000, topic="t"))
+    await asyncio.sleep(0.05)
+    from lkedge.rpc import RpcError
+    try:
+        await asyncio.wait_for(board.local_participant.perform_rpc(
+            destination_identity="host", method="m", payload="x", response_timeout=0.3), 5)
+    except RpcError as e:
+        assert e.code in (RpcError.RESPONSE_TIMEOUT, RpcError.RECIPIENT_DISCONNECTED), repr(e)
+    else:
+        raise AssertionError("answered on a dead link")
+    await settle(lambda: "reconnected" in events, timeout=10)
+    try:
+        await stuck
+    except Exception:
+        pass   # the stream failed with the link: what matters is that it ended
+    await peer.close()
+    await board.disconnect()
+
+
+async def test_a_reader_busy_with_a_slow_handler_is_not_taken_for_a_dead_link():
+    # The reader waits for the application (a handler not reading its stream): no bytes
+    # are read, but the link answers PINGs; it must not be dropped.
+    mem = MemRoom(queue_bytes=16384)
+    relay = _FlakyRelay(mem)
+    events = []
+    board = await _board(mem, relay, events, ping_interval_ms=50, max_streams=1)
+    gate = asyncio.Event()
+
+    async def slow(reader, who):
+        await gate.wait()
+        async for _ in reader:
+            pass
+    board.register_text_stream_handler("t", slow)
+    host = Room(RoomOptions())
+    await host.connect(mem.transport(), "host")
+    await settle(lambda: "board" in host.remote_participants)
+    sent = asyncio.create_task(host.local_participant.send_text("y" * 60000, topic="t",
+                                                                destination_identities=["board"]))
+    await asyncio.sleep(0.5)   # ten PING intervals with the reader held up
+    gate.set()
+    await asyncio.wait_for(sent, 10)
+    assert events == [] and relay.connects == 1, events
+    await host.disconnect()
+    await board.disconnect()
