@@ -25,6 +25,13 @@ class RoomOptions:
                      whose attributes would pass it is kept without them
                      (RemoteParticipant.attributes_dropped) and a warning names it
                      (None: no cap)
+    max_participants cap on the remote participants held (each costs a board ~400-650
+                     bytes; a busy room would take its whole heap): the relay's
+                     announcements past it are not kept, with a warning. Such a
+                     participant's calls and streams are still served; calls to it
+                     fail with 1401 until one held leaves and it is announced again;
+                     streams to everyone go as to a v1 peer (chunked, uncompressed).
+                     None: no cap (hosts); boards 24
     max_frame        largest LINK control frame held whole, and the DATA frame limit
                      until JOINED announces the relay's (DATA is streamed, never held);
                      1 MiB on hosts: a relay may list a whole room in one JOINED (~100
@@ -58,6 +65,7 @@ class RoomOptions:
         self.max_field = 16384
         self.max_values = 1 << 20
         self.max_attributes = None
+        self.max_participants = None
         self.max_frame = 1 << 20
         self.max_streams = 16
         self.evict_idle_ms = 60000
@@ -83,10 +91,11 @@ class RoomOptions:
     def for_board(cls, profile=None, **kw):
         """Small-buffer settings for a microcontroller; `profile` is a boards/ dict."""
         opts = cls(read_buffer=512, piece_size=512, max_field=2048, max_values=8192, max_attributes=16384,
-                   max_frame=16384, max_streams=4, max_rpc_payload=16384, max_rpc_handlers=4)
+                   max_participants=24, max_frame=16384, max_streams=4, max_rpc_payload=16384, max_rpc_handlers=4)
         if profile:
             link = profile.get("link", profile)
-            for k in ("read_buffer", "piece_size", "max_field", "max_values", "max_attributes", "max_streams",
+            for k in ("read_buffer", "piece_size", "max_field", "max_values", "max_attributes", "max_participants",
+                      "max_streams",
                       "evict_idle_ms", "max_frame", "advertise_compression", "client_protocol"):
                 if k in link:   # a profile's link keys are RoomOptions names
                     setattr(opts, k, link[k])

@@ -71,6 +71,7 @@ class Room:
         self.max_frame = o.max_frame
         self.remote_participants = {}
         self._attributes_held = 0   # what remote_participants' attributes cost (max_attributes)
+        self._untracked = 0         # participants announced past max_participants, not held
         self._before_loss = None    # remote_participants when the link was lost (_joined_anew)
         self.local_participant = LocalParticipant(self)
         self.connection_state = "disconnected"
@@ -316,7 +317,7 @@ class Room:
         # tells who left and who came meanwhile (_joined_anew).
         self._before_loss = self.remote_participants
         self.remote_participants = {}
-        self._attributes_held = 0
+        self._attributes_held = self._untracked = 0
 
     async def _link_lost(self, why):
         if self._closing:
@@ -340,9 +341,9 @@ class Room:
                 await self._open_link()
                 self._emit("reconnected")
                 return
-            except ConnectError as e:
+            except Exception as e:   # MemoryError too: the loop must go on retrying
                 self.last_error = str(e)
-                if e.leave_code in link.FINAL_LEAVE:
+                if getattr(e, "leave_code", None) in link.FINAL_LEAVE:
                     self.connection_state = "disconnected"
                     self._emit("disconnected", str(e))
                     return
@@ -748,7 +749,7 @@ class Room:
             lp.identity = d["identity"]
             lp.sid = d.get("sid", "")
             self.remote_participants = {}
-            self._attributes_held = 0
+            self._attributes_held = self._untracked = 0
             for p in d["participants"]:   # normalised by check_joined
                 self._upsert(p, False)
             self._joined_anew()
@@ -795,6 +796,8 @@ class Room:
                       "(RoomOptions.max_attributes; 32 more per key and value)" % (ident, cap))
                 info = dict(info, attributes={}, attributes_dropped=True)
                 cost = 0
+        if p is None and self._crowded(ident):
+            return
         self._attributes_held += cost - old
         if p is None:
             p = RemoteParticipant(info)
@@ -807,8 +810,23 @@ class Room:
                 self._emit("participant_updated", p)
         p._attributes_cost = cost   # as counted: later edits of p.attributes change nothing
 
+    def _crowded(self, ident):
+        """True when a newcomer would pass max_participants: it is not held (its calls
+        and streams are served all the same; recipients() counts it as a v1 peer)."""
+        cap = self.options.max_participants
+        if cap is None or len(self.remote_participants) < cap:
+            return False
+        if not self._untracked:
+            _warn("participant %r not held: the room has more than max_participants=%d others "
+                  "(calls to such a participant fail with 1401; streams to everyone go uncompressed)"
+                  % (ident, cap))
+        self._untracked += 1
+        return True
+
     def _participant_left(self, identity, reason):
         p = self.remote_participants.pop(identity, None)
+        if p is None and self._untracked:
+            self._untracked -= 1
         if p is not None:
             self._attributes_held -= p._attributes_cost
         if self._rpc_client is not None:
@@ -858,6 +876,12 @@ class Room:
         bytes through two whole intervals and none came (LINK.md: losing the link fails
         everything pending, then rejoin). A reader held up by the application (a handler
         not reading its stream) is no sign: the relay judges that one (LEAVE 6)."""
+        rt = self._reader_task
+        if rt is not None and rt.done():
+            # It ended without starting the rejoin (no heap left even for that task):
+            # "connected" with nobody reading the link would be for good.
+            self._spawn(self._link_lost(self.last_error or "the link reader stopped"))
+            return
         silent = self._idle == 2
         if self._idle:
             self._idle = 2
@@ -899,7 +923,10 @@ class Room:
         livekit-client: nothing says it could read an inline or compressed stream."""
         mine = self.options.client_protocol
         if not destination_identities:
-            return [(min(p.client_protocol, mine), p.capabilities) for p in self.remote_participants.values()]
+            out = [(min(p.client_protocol, mine), p.capabilities) for p in self.remote_participants.values()]
+            if self._untracked:
+                out.append((0, ()))   # someone not held (max_participants): assume the least
+            return out
         out = []
         for i in destination_identities:
             p = self.remote_participants.get(i)

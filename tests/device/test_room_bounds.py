@@ -205,3 +205,77 @@ async def test_a_v2_request_header_over_max_values_is_answered_with_an_error():
     assert r["rpc_response"]["error"]["code"] == 1500 and "max_values" in r["rpc_response"]["error"]["data"]
     assert b.connection_state == "connected"
     await close(b, peer)
+
+
+async def test_participants_past_max_participants_are_not_held_and_still_served():
+    # A busy room must not take a board's heap (each participant held costs ~400-650
+    # bytes): past the cap they are not held, yet their calls are answered; calls to
+    # them fail 1401 and a stream to everyone counts them as v1 peers.
+    from room_helpers import join
+    from lkedge.rpc import RpcError
+    mem = MemRoom()
+    board = Room(RoomOptions.for_board(None, max_participants=3, auto_reconnect=False))
+    board.local_participant.register_rpc_method("ping", lambda d: "pong")
+    await board.connect(mem.transport(), "board")
+    peers = []
+    for i in range(5):   # (MicroPython has no await in a comprehension)
+        peers.append(await raw(mem, "p%d" % i, client_protocol=2, capabilities=(2,)))
+    late = await join(mem, "late")
+    await settle(lambda: len(mem.conns) == 7)
+    await asyncio.sleep(0.05)
+    assert sorted(board.remote_participants) == ["p0", "p1", "p2"], sorted(board.remote_participants)
+    assert (0, ()) in board.recipients(None) and len(board.recipients(None)) == 4
+    await settle(lambda: "board" in late.remote_participants)
+    assert await late.local_participant.perform_rpc(destination_identity="board", method="ping",
+                                                    payload="") == "pong"
+    try:
+        await board.local_participant.perform_rpc(destination_identity="late", method="ping", payload="")
+    except RpcError as e:
+        assert e.code == RpcError.RECIPIENT_NOT_FOUND, repr(e)
+    else:
+        raise AssertionError("a call to a participant not held went through")
+    await peers[0].close()    # one held leaves: the count of those not held stays
+    await settle(lambda: "p0" not in board.remote_participants)
+    assert (0, ()) in board.recipients(None)   # those not held are still there
+    await close(late, *peers[1:])
+    await settle(lambda: not board.remote_participants)
+    await asyncio.sleep(0.05)
+    assert board.recipients(None) == []       # and when they have left, they are counted out
+    await board.disconnect()
+
+
+async def test_a_crowded_room_leaves_a_board_heap_bounded_and_its_link_alive():
+    # The relay announces 200 participants to a board-profile Room (cap 24): the heap
+    # it holds for them is that of 24, and its link goes on (without the cap ~107 of
+    # them took a 160K board's heap and killed its link reader).
+    from lkedge import relayside
+    mem = MemRoom()
+    board = Room(RoomOptions.for_board(None, auto_reconnect=False, advertise_compression=False))
+    board.local_participant.register_rpc_method("ping", lambda d: "pong")
+    await board.connect(mem.transport(), "board")
+    t = mem.conns["board"].t
+    names = ["participant-with-a-longish-identity-%03d" % i for i in range(200)]
+    grown = []
+    for batch in (names[:24], names[24:]):
+        gc.collect()
+        before = gc.mem_alloc() if _MP else 0
+        for ident in batch:
+            await t._deliver(relayside.encode_control(link.PARTICIPANT, {
+                "identity": ident, "sid": "PA_" + ident[-3:], "client_protocol": 2,
+                "capabilities": [], "attributes": {}}))
+        await settle(lambda: len(board.remote_participants) == 24)
+        await asyncio.sleep(0.1)   # the board reads what is queued for it
+        gc.collect()
+        grown.append(gc.mem_alloc() - before if _MP else 0)
+    assert len(board.remote_participants) == 24 and (0, ()) in board.recipients(None)
+    if _MP:
+        assert grown[1] < 2048, grown        # 176 more announced, nothing more held
+        assert grown[0] > 24 * 200, grown    # (the 24 held do cost: the check can fail)
+    assert board.connection_state == "connected"
+    assert board._reader_task is not None and not board._reader_task.done()
+    for ident in names:
+        await t._deliver(relayside.encode_control(link.PARTICIPANT_LEFT, {"identity": ident, "reason": "gone"}))
+    await settle(lambda: not board.remote_participants)
+    await asyncio.sleep(0.05)
+    assert board.recipients(None) == []
+    await board.disconnect()
