@@ -144,6 +144,10 @@ class LocalParticipant:
     async def _invoke(self, inv, payload=None, reader=None):
         """Run a registered method for one request and send its answer."""
         room = self._room
+        if not inv.streaming:
+            # Room's timer cancels it past the caller's timeout, counted from the
+            # request: a request trickled in must not hold a handler slot for longer
+            room._deadlines[inv] = (now_ms() + int(inv.response_timeout * 1000), asyncio.current_task())
         try:
             if inv.streaming:
                 data = inv.data()
@@ -163,22 +167,25 @@ class LocalParticipant:
                 data.payload = payload
             result = inv.handler(data)
             if is_awaitable(result):
-                if not inv.streaming:  # Room's timer cancels it past the caller's timeout
-                    room._deadlines[inv] = (now_ms() + int(inv.response_timeout * 1000), asyncio.current_task())
-                try:
-                    result = await (_awaiting(result) if _MP else result)
-                finally:
-                    room._deadlines.pop(inv, None)
+                result = await (_awaiting(result) if _MP else result)
+            room._deadlines.pop(inv, None)
             if result is None:
                 result = ""
             elif not isinstance(result, str) and not (inv.streaming and _is_async_iterable(result)):
                 raise load("misuse")._bad_answer(inv, result)
             await self._respond(inv, result)
         except Exception as e:
-            if not isinstance(e, RpcError):  # the caller gets 1500; the details belong here
-                load("misuse")._handler_failed(inv, e)
-            await self._send_error(inv, e)
+            room._deadlines.pop(inv, None)
+            if isinstance(e, OSError) and room.connection_state != "connected":
+                # Not the handler's failure: its answer could not go, the link being
+                # gone (the caller got 1503 from that loss). Said once, no 1500 to try.
+                _log_send_failure(inv, e)
+            else:
+                if not isinstance(e, RpcError):  # the caller gets 1500; the details belong here
+                    load("misuse")._handler_failed(inv, e)
+                await self._send_error(inv, e)
         except asyncio.CancelledError:
+            room._deadlines.pop(inv, None)
             if not await load("misuse")._handler_cancelled(self, inv):
                 raise
         finally:

@@ -691,7 +691,7 @@ class Room:
         if reader is not None:
             reader._inv = inv   # an eviction of its stream frees the slot (_linger)
         try:
-            self._spawn(self.local_participant._invoke(inv, payload, reader))
+            inv._task = self._spawn(self.local_participant._invoke(inv, payload, reader))
         except BaseException:
             self._invoking.discard(inv)   # the task never ran: nobody else would
             raise
@@ -824,6 +824,13 @@ class Room:
         return True
 
     def _participant_left(self, identity, reason):
+        for inv in list(self._invoking):
+            if inv.caller_identity == identity:
+                # Its answer can reach nobody: the handler stops and frees its slot (a
+                # long streamed answer would hold it, and the board's link, for nothing).
+                t, inv._task = inv._task, None   # None: misuse._handler_cancelled logs why
+                if t is not None:
+                    t.cancel()
         p = self.remote_participants.pop(identity, None)
         if p is None and self._untracked:
             self._untracked -= 1

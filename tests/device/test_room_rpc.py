@@ -1818,3 +1818,62 @@ async def test_a_streamed_answer_that_goes_silent_for_response_timeout_fails_150
     assert got == ["p0", "p1"], got
     await answering
     await close(a, peer)
+
+
+async def test_a_trickled_request_to_a_buffered_handler_is_answered_1502_at_its_timeout():
+    # The caller's response_timeout counts from the request, payload reading included:
+    # a request trickled in (no trailer) must not hold a handler slot for longer.
+    mem = MemRoom()
+    a = await join(mem, "a", max_rpc_handlers=1, ping_interval_ms=50, evict_idle_ms=60000)
+    a.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    p = await raw(mem, "p", client_protocol=2)
+    await settle(lambda: "p" in a.remote_participants)
+    await _v2_request(p, "a", "r1", "echo", "he", attrs=_rpc_attrs("r1", "echo", timeout="300"),
+                      trailer=False)
+    r = await p.wait_for(lambda x: "rpc_response" in x, timeout=5)
+    assert r["rpc_response"]["error"]["code"] == 1502, r
+    await settle(lambda: not a._invoking)
+    q = await raw(mem, "q", client_protocol=1)
+    r = await request_v1(q, "a", "next", "echo", "hi")
+    assert r["rpc_response"].get("payload") == "hi", r
+    await close(a, p, q)
+
+
+async def test_a_callers_leaving_stops_its_handlers_and_frees_their_slots():
+    # Their answers can reach nobody: a long streamed answer would hold a handler slot,
+    # and the board's link, for nothing (with 4 slots, 4 callers that left locked a
+    # board out of all calls).
+    mem = MemRoom()
+    a = await join(mem, "a", max_rpc_handlers=1)
+    produced = []
+
+    class Endless:
+        def __aiter__(self):
+            return self
+
+        async def __anext__(self):
+            await asyncio.sleep(0.01)
+            produced.append(1)
+            return "x" * 100
+
+    a.local_participant.register_rpc_method("feed", lambda d: Endless(), streaming=True)
+    a.local_participant.register_rpc_method("quick", lambda d: "ok")
+    host = await join(mem, "host")
+    await settle(lambda: "a" in host.remote_participants)
+    call = asyncio.create_task(host.local_participant.perform_rpc(
+        destination_identity="a", method="feed", payload="", response_timeout=60))
+    await settle(lambda: len(produced) > 3)
+    await host.disconnect()
+    try:
+        await call
+    except Exception:
+        pass
+    await settle(lambda: not a._invoking)
+    n = len(produced)
+    await asyncio.sleep(0.1)
+    assert len(produced) <= n + 1, "the answer goes on after its caller left"
+    other = await join(mem, "other")
+    await settle(lambda: "a" in other.remote_participants)
+    assert await other.local_participant.perform_rpc(destination_identity="a", method="quick",
+                                                     payload="") == "ok"
+    await close(a, other)

@@ -485,3 +485,35 @@ async def test_streaming_handler_response_on_the_wire_is_incremental_uncompresse
     assert kinds(wire.sent_by("a")) == ["rpc_ack", "stream_header", "stream_chunk", "stream_chunk",
                                         "stream_chunk", "stream_trailer"]
     await close(a, peer)
+
+
+def test_an_answer_lost_with_the_link_is_one_log_line_not_a_handler_failure(capsys):
+    # The handler did not fail: its answer could not go, the link being gone (its
+    # caller got 1503 from that loss). One line says so; no traceback, no 1500 tried.
+    async def main():
+        mem = MemRoom()
+        a = await join(mem, "a")
+        gate = asyncio.Event()
+
+        async def slow(d):
+            await gate.wait()
+            return "late"
+        a.local_participant.register_rpc_method("slow", slow)
+        host = await join(mem, "host")
+        await settle(lambda: "a" in host.remote_participants)
+        call = asyncio.create_task(host.local_participant.perform_rpc(
+            destination_identity="a", method="slow", payload="", response_timeout=30))
+        await settle(lambda: a._invoking)
+        await mem.kick("a", link.LEAVE_SHUTDOWN, "relay restarting")
+        await settle(lambda: a.connection_state != "connected")
+        gate.set()
+        await settle(lambda: not a._invoking)
+        try:
+            await call
+        except RpcError as e:
+            assert e.code == RpcError.RECIPIENT_DISCONNECTED, e
+        await close(a, host)
+    asyncio.run(main())
+    out = capsys.readouterr().out
+    assert "could not answer RPC" in out, out
+    assert "failed (caller" not in out and "Traceback" not in out, out
