@@ -220,10 +220,16 @@ async def start_call(lp, dest, method, payload, response_timeout, streaming):
             try:
                 async for piece in source:
                     await writer.write(piece)
+                    if call.request_id not in room._calls:
+                        # The call is over (its destination left, the link was lost, an
+                        # error came back): the rest of the request would go to nobody.
+                        await end_abnormally(room, writer.stream_id, [dest], "the call ended")
+                        break
+                else:
+                    await writer.aclose()
             except BaseException as e:  # the handler's reader ends instead of waiting for the rest
                 await end_abnormally(room, writer.stream_id, [dest], e)
                 raise
-            await writer.aclose()
         else:
             await send_finite(room, "text", data, TOPIC_RPC_REQUEST, [dest], call.stream_attributes())
         client.sent(now_ms(), call.request_id)  # the response timer starts now, not during the send

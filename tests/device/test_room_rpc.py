@@ -1877,3 +1877,39 @@ async def test_a_callers_leaving_stops_its_handlers_and_frees_their_slots():
     assert await other.local_participant.perform_rpc(destination_identity="a", method="quick",
                                                      payload="") == "ok"
     await close(a, other)
+
+
+async def test_a_streamed_request_stops_when_its_destination_leaves():
+    # RPC.md: the destination leaving fails the call (1503) promptly; the rest of the
+    # request is not produced and sent to nobody (a 2 MB upload went on for 24 s).
+    mem, a, b = await pair()
+    pulled = []
+
+    class Endless:
+        def __aiter__(self):
+            return self
+
+        async def __anext__(self):
+            await asyncio.sleep(0.005)
+            pulled.append(1)
+            return "x" * 200
+
+    async def sink(data):
+        async for _ in data.reader:
+            pass
+        return "done"
+    b.local_participant.register_rpc_method("sink", sink, streaming=True)
+    call = asyncio.create_task(a.local_participant.perform_rpc_stream(
+        destination_identity="b", method="sink", payload=Endless(), response_timeout=30))
+    await settle(lambda: len(pulled) > 5)
+    await b.disconnect()
+
+    async def answer():
+        reader = await asyncio.wait_for(call, 5)   # returns once the request stopped
+        async for _ in reader:
+            pass
+    await raises_rpc(RpcError.RECIPIENT_DISCONNECTED, answer())
+    n = len(pulled)
+    await asyncio.sleep(0.1)
+    assert len(pulled) <= n + 1, "the request source is still pulled after the call ended"
+    await close(a)
