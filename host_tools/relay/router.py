@@ -32,8 +32,10 @@ is PAUSEd until every destination that blocks it drops below `queue_bytes` again
 queue staying full longer than `stuck_ms` disconnects that receiver (LEAVE 6) and
 announces it as left. So a queue holds at most queue_bytes plus what paused senders had
 already read. Idle timeout does not run while a connection is paused by us. Whatever
-fills a queue (DATA, PONGs, PARTICIPANT churn) starts the stuck_ms clock, and a
-connection whose own queue is full is not read (its PINGs would only add PONGs).
+fills a queue (DATA, PONGs, PARTICIPANT churn) starts the stuck_ms clock; a connection
+we paused gets 3 times stuck_ms (it may stop reading while it cannot send), and a fresh
+stuck_ms when it resumes. A PING from a connection whose own queue is full gets no PONG
+(the queued bytes show the link lives), so PINGs cannot grow a queue.
 
 Forwarding: fields 4 (participant_identity) and 17 (participant_sid) written by the
 sender are removed and the verified identity and sid are written as the first fields.
@@ -115,7 +117,8 @@ class _Conn:
         self.can_publish = False
         self.body = None          # DATA body being gathered
         self.queued = 0
-        self.full_since = None    # when the send queue reached queue_bytes
+        self.full_since = None    # when the send queue reached queue_bytes (or last moved, _moved)
+        self.moved = 0            # bytes drained since full_since
         self.blocked = set()      # senders paused because of this queue
         self.paused_by = set()    # destinations this sender waits for
 
@@ -218,6 +221,14 @@ class Router:
         if c.queued < self.queue_bytes:
             c.full_since = None
             self._release(c, now)
+        elif c.full_since is not None:
+            # Full, but reading: a slow receiver (a board working through a backlog
+            # of requests) is not a stuck one. Each 1/16 of the queue it drains buys it
+            # a fresh stuck_ms; one that reads a trickle is still dropped.
+            c.moved += nbytes
+            if c.moved >= self.queue_bytes // 16:
+                c.full_since = now
+                c.moved = 0
 
     def closed(self, cid, now, reason="transport closed"):
         self._now = now
@@ -241,7 +252,7 @@ class Router:
             if c.info is None and now - c.opened >= self.join_timeout_ms:
                 self._drop(c, link.LEAVE_PROTOCOL,
                            "no JOIN within %d ms of connecting" % self.join_timeout_ms, now)
-            elif c.full_since is not None and now - c.full_since >= self.stuck_ms:
+            elif c.full_since is not None and now - c.full_since >= self._stuck_limit(c):
                 self._drop(c, link.LEAVE_IDLE, "receiver stuck: %d bytes queued for %d ms"
                            % (c.queued, now - c.full_since), now)
             elif not c.paused_by and now - c.last_rx >= self.idle_timeout_ms:
@@ -258,11 +269,18 @@ class Router:
             else:
                 d = c.last_rx + self.idle_timeout_ms
             if c.full_since is not None:
-                s = c.full_since + self.stuck_ms
+                s = c.full_since + self._stuck_limit(c)
                 d = s if d is None else min(d, s)
             if d is not None and (best is None or d < best):
                 best = d
         return best
+
+    def _stuck_limit(self, c):
+        """A connection we paused (one of its destinations is full) cannot send, and a
+        participant that waits to send may stop reading: its own full queue is then
+        another's doing. Its clock runs 3 times as long, so the one that does not read
+        goes first; then it resumes with a fresh stuck_ms (_release)."""
+        return self.stuck_ms * 3 if c.paused_by else self.stuck_ms
 
     def shutdown(self, now):
         self._now = now
@@ -297,11 +315,15 @@ class Router:
             else:
                 self._join(c, body, now)
         elif t == link.PING:
-            self._send(c, relayside.encode_frame(link.PONG, body), link.PONG)
-            if c.queued >= self.queue_bytes:
-                # it does not read its PONGs: read no more PINGs until it does (and it
-                # is dropped with LEAVE 6 if its queue stays full past stuck_ms)
-                self._block(c, c, now)
+            if c.queued < self.queue_bytes:
+                self._send(c, relayside.encode_frame(link.PONG, body), link.PONG)
+            else:
+                # Its queue is full: the bytes in it tell it the link lives, so no PONG
+                # (one that never reads cannot grow its queue with PINGs, and is dropped
+                # with LEAVE 6 once stuck_ms passes). Not reading it instead would stop
+                # its answers too: a board flooded with requests could no longer send
+                # their acks, stop reading, and be dropped in its flooder's place.
+                self.metrics.inc("lkedge_relay_drops_total", reason="pong_queue_full")
         elif t == link.LEAVE:
             reason = _leave_reason(body)
             self._remove(c, link.LEAVE_CLIENT, reason, now, announce=True)
@@ -427,6 +449,7 @@ class Router:
     def _block(self, sender, dest, now):
         if dest.full_since is None:
             dest.full_since = now
+            dest.moved = 0
         dest.blocked.add(sender.cid)
         if not sender.paused_by:
             self._actions.append((PAUSE, sender.cid))
@@ -442,6 +465,8 @@ class Router:
             s.paused_by.discard(dest.cid)
             if not s.paused_by:
                 s.last_rx = now     # it was quiet because we stopped reading it
+                if s.full_since is not None:
+                    s.full_since = now   # its queue filled while it could not send
                 self._actions.append((RESUME, scid))
         dest.blocked = set()
         self._gauges()
@@ -488,6 +513,7 @@ class Router:
         c.queued += len(frame)
         if c.queued >= self.queue_bytes and c.full_since is None:
             c.full_since = self._now    # whatever fills it (PONGs, PARTICIPANT churn)
+            c.moved = 0
         self.metrics.inc("lkedge_relay_frames_out_total", type=relayside.type_name(t))
         self.metrics.inc("lkedge_relay_bytes_out_total", len(frame))
         self._actions.append((SEND, c.cid, frame))

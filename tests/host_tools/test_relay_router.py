@@ -385,3 +385,79 @@ def test_a_token_whose_announcement_would_not_fit_a_board_is_refused_and_the_roo
     assert s.types(1) == [link.JOINED]      # nothing was announced to it
     s.join(3, "host@lab+100")               # ~11 KB: fits, announced
     assert s.types(1)[-1] == link.PARTICIPANT
+
+
+def test_a_ping_on_a_full_queue_gets_no_pong_and_its_sender_is_still_read():
+    # Not reading a connection whose queue is full would stop its answers too: a board
+    # flooded with requests could no longer send their acks and was dropped (LEAVE 6)
+    # in its flooder's place. Its PING gets no PONG instead: the queue cannot grow.
+    s = Sim(queue_bytes=20000, stuck_ms=10000)
+    s.join(1, "a@r")
+    s.join(2, "b@r")
+    s.join(3, "c@r")
+    for _ in range(3):                       # b does not drain: its queue fills
+        s.r.receive(1, data(b"y" * 8000, dest=["b"]), s.now)
+        s.pump(drain=False)
+    queued = s.r.queued(2)
+    assert queued >= 20000
+    s.take(3)
+    s.feed(2, link.encode_frame(link.PING, b"k"))
+    s.pump(drain=False)
+    assert s.r.queued(2) == queued and not s.r.paused(2), "a PONG was queued or b paused"
+    s.r.receive(2, data(b"ack", dest=["c"]), s.now)
+    s.pump()
+    assert link.DATA in s.types(3), "b's answer was not forwarded"
+
+
+def test_a_sender_paused_by_a_receiver_that_never_reads_outlasts_it():
+    # f never reads; b answers f (paused: f is full) and, waiting to send, stops reading
+    # its own queue. f is dropped at stuck_ms; b, full only because we paused it, is
+    # kept, resumed, and gets a fresh stuck_ms to catch up.
+    s = Sim(queue_bytes=20000, stuck_ms=500)
+    s.join(1, "f@r")
+    s.join(2, "b@r")
+    s.join(3, "c@r")
+    for _ in range(3):
+        s.r.receive(2, data(b"a" * 8000, dest=["f"]), s.now)      # b's answers fill f
+        s.r.receive(3, data(b"r" * 8000, dest=["b"]), s.now)      # c's requests fill b
+        s.pump(drain=False)
+    assert s.r.paused(2) and s.r.queued(2) >= 20000
+    s.now = 500
+    s.r.tick(s.now)
+    s.pump(drain=False)
+    assert 1 in s.closed and 2 not in s.closed, (s.closed,)
+    assert not s.r.paused(2), "dropping f must resume b"
+    s.now = 999
+    s.r.tick(s.now)
+    s.pump(drain=False)
+    assert 2 not in s.closed, "b did not get a fresh stuck_ms once resumed"
+    s.r.drained(2, s.r.queued(2), s.now)
+    s.now = 2000
+    s.r.tick(s.now)
+    s.pump(drain=False)
+    assert 2 not in s.closed
+
+
+def test_a_full_receiver_that_keeps_reading_is_slow_not_stuck():
+    # Each 1/16 of the queue drained buys a fresh stuck_ms (a board working through a
+    # backlog); a receiver that drains less than that is still dropped.
+    s = Sim(queue_bytes=32000, stuck_ms=500)
+    s.join(1, "a@r")
+    s.join(2, "b@r")
+    for _ in range(5):
+        s.r.receive(1, data(b"y" * 8000, dest=["b"]), s.now)
+        s.pump(drain=False)
+    assert s.r.queued(2) >= 32000
+    for step in range(1, 5):          # 400 ms apart, 2000 bytes each: slow, not stuck
+        s.now = step * 400
+        s.r.drained(2, 2000, s.now)
+        s.r.receive(1, data(b"y" * 1900, dest=["b"]), s.now)   # its sender refills it
+        s.r.tick(s.now)
+        s.pump(drain=False)
+        assert 2 not in s.closed, step
+    s.now += 400
+    s.r.drained(2, 100, s.now)        # a trickle: no fresh stuck_ms
+    s.now += 200
+    s.r.tick(s.now)
+    s.pump(drain=False)
+    assert 2 in s.closed
