@@ -189,6 +189,9 @@ class LocalParticipant:
             if not await load("misuse")._handler_cancelled(self, inv):
                 raise
         finally:
+            # Room keeps finished tasks until its next spawn: their coroutines must not
+            # pin the request (a v1 payload is up to 15 KB, held twice) in a board's heap.
+            inv.payload = payload = data = result = None
             room._invoking.discard(inv)   # admitted by Room._admit
             room._lingering.discard(inv)  # or no longer counted there (Room._linger)
             if reader is not None:

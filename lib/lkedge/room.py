@@ -387,6 +387,10 @@ class Room:
                                         await aw
                                     finally:   # nested counts (_stream_events) are inside this
                                         self._waited_ms = w0 + now_ms() - t0
+                                        # A finished coroutine keeps its locals (a v1
+                                        # request's 15 KB payload, twice) until dropped:
+                                        # not until the next packet comes.
+                                        aw = None
                                 except (ValueError, MemoryError) as err:
                                     # ProtoError, bad UTF-8, a bad header, or no heap
                                     # for this packet: it alone is dropped
