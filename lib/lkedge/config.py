@@ -43,7 +43,9 @@ class RoomOptions:
                      keeps its slot until it ends or its sender leaves
     max_inflated     cap on decompressed bytes of one stream (None: total_length only, and
                      a compressed stream without total_length is refused)
-    advertise_compression  advertise CAP_COMPRESSION_DEFLATE_RAW (None: if we can inflate)
+    advertise_compression  advertise CAP_COMPRESSION_DEFLATE_RAW (None: if we can inflate,
+                     on MicroPython with a 32 KiB window held and 24 KiB left free beside
+                     it; True: whenever the window can be held)
     client_protocol  advertised protocol (2: RPC v2 and inline streams)
     compress         compress outgoing finite streams when every recipient can inflate
     ping_interval_ms keepalive period on the link

@@ -44,6 +44,9 @@ class ConnectError(Exception):
 
 
 _UNREGISTER = object()
+# Free heap advertise_compression=None wants beside the inflate window at Room(): joining
+# takes ~12 KiB on a board, a call or stream ~5 KiB more.
+_HEADROOM = 24576
 
 
 def _warn(msg):
@@ -88,8 +91,16 @@ class Room:
         can_inflate = inf is not None and inf.available()
         if adv is None:
             adv = can_inflate
-        # LINK.md: advertise the capability only with the memory to inflate.
-        self.can_inflate = bool(adv and can_inflate and inf.reserve(o.piece_size))
+        # LINK.md: advertise the capability only with the memory to inflate. Left to
+        # the Room (None), also with room to spare beside the window: a board that
+        # advertised with 4.7 KiB left dropped packets and lost its link reader.
+        can_inflate = adv and can_inflate and inf.reserve(o.piece_size)
+        if can_inflate and o.advertise_compression is None and hasattr(gc, "mem_free"):
+            gc.collect()
+            if gc.mem_free() < _HEADROOM:
+                inf._release()
+                can_inflate = False
+        self.can_inflate = bool(can_inflate)
         self._incoming = streams.IncomingStreams(
             self._has_handler, max_streams=o.max_streams, can_inflate=self.can_inflate,
             max_inflated=o.max_inflated, piece_size=o.piece_size, evict_idle_ms=o.evict_idle_ms)
@@ -814,7 +825,7 @@ class Room:
                 self._emit("participant_updated", p)
         p._attributes_cost = cost   # as counted: later edits of p.attributes change nothing
 
-    def _crowded(self, ident):
+    def _crowded(self, identity):
         """True when a newcomer would pass max_participants: it is not held (its calls
         and streams are served all the same; recipients() counts it as a v1 peer)."""
         cap = self.options.max_participants
@@ -823,7 +834,7 @@ class Room:
         if not self._untracked:
             _warn("participant %r not held: the room has more than max_participants=%d others "
                   "(calls to such a participant fail with 1401; streams to everyone go uncompressed)"
-                  % (ident, cap))
+                  % (identity, cap))
         self._untracked += 1
         return True
 
@@ -878,9 +889,9 @@ class Room:
             if now - last_ping >= interval:
                 last_ping = now
                 if self.connection_state == "connected":
-                    self._keepalive(interval)
+                    self._keepalive()
 
-    def _keepalive(self, interval):
+    def _keepalive(self):
         """One PING per interval, in a task of its own: the timer must not wait on a link
         that does not drain. The relay answers every PING, so the link is dead (a NAT or
         Wi-Fi gone without a close, the relay's host down) when the reader waited for
@@ -899,7 +910,7 @@ class Room:
         self._mute = self._mute + 1 if silent else 0
         if self._mute >= 2 and self._reader_task is not None:
             self._mute = 0
-            self._dead = "no PONG from the relay in %d ms: the link is dead" % (2 * interval)
+            self._dead = "no PONG from the relay in %d ms: the link is dead" % (2 * self.options.ping_interval_ms)
             self._reader_task.cancel()
         elif self._pinger is None or self._pinger.done():
             self._pinger = asyncio.create_task(self._ping())
