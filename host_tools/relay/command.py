@@ -188,6 +188,11 @@ def _check_ports(args):
         ports[port] = flag
 
 
+# lkedge.config.RoomOptions.ping_interval_ms's default, in seconds: JOINED does not
+# announce the idle timeout (LINK.md), so participants cannot adapt to a shorter one.
+PARTICIPANT_PING_S = 10
+
+
 def build(args):
     """-> (RelayServer, dev_keys: bool); ValueError/KeyConfigError on bad settings."""
     from .router import Router
@@ -211,6 +216,12 @@ def build(args):
                       serial=args.serial, serial_baud=args.serial_baud)
     if warning:
         srv.warnings.append(warning)
+    if args.idle_timeout < 2 * PARTICIPANT_PING_S:
+        srv.warnings.append(
+            "--idle-timeout %gs is under twice the %d s at which lkedge participants PING "
+            "(RoomOptions.ping_interval_ms): an idle participant whose PING is a little late is "
+            "dropped (LEAVE 6) and rejoins, failing what it had pending; use at least %d s"
+            % (args.idle_timeout, PARTICIPANT_PING_S, 2 * PARTICIPANT_PING_S))
     return srv, auth.is_dev_keys(key, secret)
 
 
