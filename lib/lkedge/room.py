@@ -659,6 +659,10 @@ class Room:
             return
         n = self.options.max_streams
         if len(self._handling) >= n:
+            # one sender's streams holding most handler slots give one up (evict_hog)
+            for ev in self._incoming.evict_hog(sender, [r.info.stream_id for r in self._handling]):
+                self._stream_ended(ev)
+        if len(self._handling) >= n:
             # A handler holds its stream's memory until it returns: inline streams and
             # slow handlers must not add up past max_streams. Its data is dropped.
             _warn("stream %s from %r dropped: %d stream handlers still running (max_streams)"

@@ -355,7 +355,7 @@ class IncomingStreams:
         why = self._refusal(header, sid, inline is not None)
         if why is _FULL:
             why = None
-            if not (yield from self.evict_idle(now_ms)):
+            if not (yield from self.evict_idle(now_ms)) and not (yield from self.evict_hog(sender_identity)):
                 why = "too many open streams (limit %d)" % self.max_streams
                 self._ignore(sid)
         if why is not None:
@@ -428,6 +428,35 @@ class IncomingStreams:
             return False
         ended = self._end(idlest, StreamError("abnormal end: idle for %d s while all %s were in use" % (
             (now_ms - idlest.heard_ms) // 1000, full or "%d stream slots" % self.max_streams)))
+        ended[0].evicted = True
+        yield ended[0]
+        return True
+
+    def evict_hog(self, sender, among=None):
+        """Make room for `sender` when another sender holds more than half the slots
+        (of the open streams whose id is in `among`, if given) and more than `sender`
+        does: that one's stream silent longest ends (evicted), so one participant's
+        trickled streams cannot lock every other sender out. Yields its StreamEnded and
+        returns True, else False."""
+        held = {}
+        for st in self.open.values():
+            if among is None or st.info.stream_id in among:
+                k = st.info.sender_identity
+                held[k] = held.get(k, 0) + 1
+        hog = None
+        for k in held:
+            if hog is None or held[k] > held[hog]:
+                hog = k
+        if (hog is None or hog == sender or held[hog] <= max(1, self.max_streams // 2)
+                or held.get(sender, 0) >= held[hog]):
+            return False
+        idlest = None
+        for st in self.open.values():
+            if (st.info.sender_identity == hog and (among is None or st.info.stream_id in among)
+                    and (idlest is None or st.heard_ms < idlest.heard_ms)):
+                idlest = st
+        ended = self._end(idlest, StreamError("abnormal end: %r held %d of the %d slots; another "
+                                              "sender's stream took this one" % (hog, held[hog], self.max_streams)))
         ended[0].evicted = True
         yield ended[0]
         return True

@@ -1014,3 +1014,37 @@ async def test_compression_left_to_the_room_is_advertised_only_with_heap_to_spar
     assert not auto.can_inflate and forced.can_inflate
     assert Room(RoomOptions(auto_reconnect=False)).can_inflate   # with heap to spare
     inflate._release()
+
+
+async def test_one_sender_holding_every_stream_slot_gives_one_up_to_another_sender():
+    # 4 slots, all taken by one participant's trickled streams: another's message was
+    # dropped for 75 s. A sender holding more than half gives its stalest one up.
+    mem = MemRoom()
+    b = await join(mem, "b", max_streams=4, evict_idle_ms=60000)
+    got = []
+    ended = []
+
+    async def chat(reader, sender):
+        try:
+            got.append((sender, await reader.read_all()))
+        except Exception as e:
+            ended.append((sender, str(e)))
+    b.register_text_stream_handler("chat", chat)
+    hog = await raw(mem, "hog")
+    good = await join(mem, "good")
+    await settle(lambda: "hog" in b.remote_participants and "good" in b.remote_participants)
+    for i in range(4):
+        await hog.send({"destination_identities": ["b"], "stream_header": {
+            "stream_id": "h%d" % i, "timestamp": 1, "topic": "chat", "mime_type": "text/plain",
+            "text_header": {"operation_type": 0}}})
+        await hog.send({"destination_identities": ["b"], "stream_chunk": {
+            "stream_id": "h%d" % i, "chunk_index": 0, "content": b"x"}})
+    await settle(lambda: len(b._handling) == 4)
+    await good.local_participant.send_text("hello", topic="chat", destination_identities=["b"])
+    await good.local_participant.send_text("y" * 40000, topic="chat", destination_identities=["b"])
+    await settle(lambda: len(got) == 2)
+    assert sorted(t for _, t in got) == ["hello", "y" * 40000] and all(s == "good" for s, _ in got), got
+    await settle(lambda: ended)
+    assert all(s == "hog" and "of the 4 slots; another sender's stream took this one" in e
+               for s, e in ended), ended
+    await close(b, hog, good)

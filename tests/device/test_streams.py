@@ -824,3 +824,16 @@ def test_the_quick_bound_never_lets_a_full_chunk_pass_max_frame():
     for mf in range(15200, 16200, 50):
         room = streams.chunk_room("s" * 36, dests, mf)
         assert _frame(streams.chunk_packet("s" * 36, 0xFFFFFFFF, dests, bytes(room))) <= mf, mf
+
+
+def test_a_sender_holding_more_than_half_the_slots_gives_its_stalest_one_up_to_another():
+    inc, col = _inc("t", max_streams=4)   # no evict_idle_ms: only fairness evicts
+    for i, t in enumerate((0, 10, 20)):
+        _header_at(inc, col, "h%d" % i, t)        # "a" (the default sender) takes 3 of 4
+    col.run(inc.header("b", _hdr("g1")["stream_header"], None, 30))
+    assert not col.ended and "g1" in inc.open    # a free slot: nothing to evict
+    col.run(inc.header("b", _hdr("g2")["stream_header"], None, 40))
+    assert "g2" in inc.open and "h0" not in inc.open, sorted(inc.open)
+    assert "'a' held 3 of the 4 slots" in str(col.ended["h0"]), col.ended
+    col.run(inc.header("b", _hdr("g3")["stream_header"], None, 50))
+    assert col.ignored[-1] == ("g3", "too many open streams (limit 4)"), col.ignored   # 2 and 2: fair
