@@ -714,10 +714,16 @@ methods:
   Each public top-level function f(data) of FILE becomes a method named after it (an
   rpc_name attribute overrides); register(room), if FILE has one, may add more with
   room.local_participant.register_rpc_method. The line on stdout lists them all, and
-  each call is logged on stderr. A method returns a str (None for an empty answer) or
-  an async iterable of str; it raises lkedge.rpc.RpcError(code, message, data) for an
-  error the caller gets as it is. Any other exception, SystemExit and KeyboardInterrupt
-  too, answers 1500 naming it, and serve goes on serving.
+  each call is logged on stderr (an answer in pieces once its last piece is out). A
+  method gets the request whole in data.payload and returns a str (None for an empty
+  answer) or an async iterable of str (an async generator, say), whose pieces go out
+  as they come: a stream to a v2 caller, gathered up to 15 KiB for a v1 one (1504
+  beyond). It raises lkedge.rpc.RpcError(code, message, data) for an error the caller
+  gets as it is. Any other exception, SystemExit and KeyboardInterrupt too, and an
+  answer or a piece that is not a str, answers 1500 naming it (logged as failed), and
+  serve goes on serving.
+  A method still running when its caller's response_timeout has passed is answered
+  1502 (a plain one's thread runs on to its end, holding its slot).
 
 threads:
   A plain function (def) runs in a thread of its own, at most %d at once (later calls
@@ -815,8 +821,11 @@ async def _register(args, room, methods, hook):
     """Register the file's methods, run its register(room), then log (_logged) what that
     added too: -> the sorted names of every method served, None if register(room) failed."""
     slots = asyncio.Semaphore(SERVE_THREADS)
+    limit = room.options.max_rpc_payload
     for name, fn in methods.items():
-        room.local_participant.register_rpc_method(name, _logged(name, fn, slots))
+        # streaming, so that an async iterable answer is streamed; _logged still hands fn
+        # the request whole in data.payload, as a buffered handler gets it
+        room.local_participant.register_rpc_method(name, _logged(name, fn, slots, whole=limit), True)
     if hook is not None:
         try:
             r = hook(room)
@@ -837,7 +846,7 @@ def _log_all(room, slots):
     for name, (fn, streaming) in list(registered.items()):
         if not getattr(fn, "_lkedge_serve", False):
             room.local_participant.unregister_rpc_method(name)
-            room.local_participant.register_rpc_method(name, _logged(name, fn, slots), streaming)
+            room.local_participant.register_rpc_method(name, _logged(name, fn, slots, streaming), streaming)
     return sorted(registered)
 
 
@@ -870,25 +879,115 @@ async def _until_stopped(room):
     return EXIT_OK
 
 
-def _logged(name, fn, slots):
-    """fn as serve runs it: a plain function in a thread (_in_thread), every call logged,
-    any exception but RpcError (a BaseException too) answered as 1500 naming it."""
+def _logged(name, fn, slots, streaming=False, whole=None):
+    """fn as serve runs it: a plain function in a thread (_in_thread), every call logged
+    (an answer in pieces when its last piece is out), any exception but RpcError (a
+    BaseException too) answered as 1500 naming it, as is an answer the library would
+    refuse. `streaming`: registered so (register(room)'s choice), fn reads data.reader.
+    `whole` (a file's method, registered streaming so that its async iterable answer is
+    streamed): fn gets the request in data.payload as a buffered handler does, at most
+    `whole` characters (else 1402), and runs within the caller's response_timeout (else
+    1502), as the library bounds a buffered handler."""
+    pieces_ok = streaming or whole is not None
+
     async def handler(data):
         t0 = time.monotonic()
         try:
-            r = await _run(fn, data, slots)
-            if not (r is None or isinstance(r, str) or hasattr(r, "__aiter__")):
-                raise TypeError("%s returned %s, not str: return text (e.g. json.dumps(...))"
-                                % (name, type(r).__name__))
+            if whole is None:
+                r = await _run(fn, data, slots)
+            else:
+                r = await _within(data, _with_payload(fn, data, slots, whole))
+            if not (r is None or isinstance(r, str) or (pieces_ok and hasattr(r, "__aiter__"))):
+                raise TypeError(_bad_answer(name, r))
         except asyncio.CancelledError:
             raise
         except BaseException as e:   # SystemExit, KeyboardInterrupt: the call's failure, not serve's
             _log_call(name, data, "failed: %r" % (e,))
             raise _answer(e) from None
+        if r is not None and not isinstance(r, str):
+            return _LoggedPieces(name, data, r, t0)
         _log_call(name, data, "ok %.1f ms" % ((time.monotonic() - t0) * 1000))
         return r
     handler._lkedge_serve = True
     return handler
+
+
+def _bad_answer(name, r):
+    if hasattr(r, "__aiter__"):   # only from a method register(room) added without streaming=True
+        return ("%s returned %s, not str: an answer in pieces needs register_rpc_method(..., streaming=True)"
+                % (name, type(r).__name__))
+    return ("%s returned %s, not str: return text (e.g. json.dumps(...)) or an async iterable of str"
+            % (name, type(r).__name__))
+
+
+async def _with_payload(fn, data, slots, limit):
+    """Read a streaming handler's request whole into data.payload, then run fn(data)."""
+    try:
+        payload = await data.reader.read_all(limit=limit)
+    except ValueError as e:
+        if type(e) is not ValueError:   # the request stream broke: not its size
+            raise
+        raise RpcError(RpcError.REQUEST_PAYLOAD_TOO_LARGE, None, "%s: over serve's max_rpc_payload" % e)
+    data.payload, data.reader = payload, None
+    return await _run(fn, data, slots)
+
+
+async def _within(data, aw):
+    """aw's result, or 1502 once the caller's response_timeout has passed (aw cancelled):
+    a method that hangs frees its handler slot, as the library does for buffered handlers."""
+    deadline = asyncio.timeout(data.response_timeout)
+    try:
+        async with deadline:
+            return await aw
+    except TimeoutError:
+        if not deadline.expired():
+            raise   # the method's own
+        raise RpcError(RpcError.RESPONSE_TIMEOUT, None,
+                       "the method ran past the caller's response_timeout of %g s" % data.response_timeout)
+
+
+class _LoggedPieces:
+    """An answer in pieces as the library streams it: each piece checked to be a str, the
+    call logged once the last piece is out (ok) or the pieces fail (1500 naming why)."""
+
+    def __init__(self, name, data, source, t0):
+        self.name, self.data, self.t0 = name, data, t0
+        self.source = source.__aiter__()
+        self.pieces = self.chars = 0
+        self.over = False
+        # The library sends the pieces in the task that ran the handler: when that task
+        # ends with the pieces unfinished, the library stopped taking them (the caller
+        # left, a v1 caller's answer outgrew 15 KiB: 1504); the call still gets its line.
+        asyncio.current_task().add_done_callback(self._stopped)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        try:
+            piece = await self.source.__anext__()
+            if not isinstance(piece, str):
+                raise TypeError("%s answered a piece of type %s, not str" % (self.name, type(piece).__name__))
+        except StopAsyncIteration:
+            self._log("ok %.1f ms (%d pieces, %d characters)"
+                      % ((time.monotonic() - self.t0) * 1000, self.pieces, self.chars))
+            raise
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            self._log("failed: %r" % (e,))
+            raise _answer(e) from None
+        self.pieces += 1
+        self.chars += len(piece)
+        return piece
+
+    def _log(self, outcome):
+        if not self.over:
+            self.over = True
+            _log_call(self.name, self.data, outcome)
+
+    def _stopped(self, task):
+        self._log("failed: the answer stopped after %d pieces (%d characters)" % (self.pieces, self.chars))
 
 
 def _log_call(name, data, outcome):

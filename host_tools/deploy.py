@@ -20,7 +20,8 @@ mpremote in the same way. Steps, each reported on stderr as "deploy: ...":
    writes itself: /profile.json (the profile, for the firmware) and /config.json
    (relay URL, a freshly minted access token, Wi-Fi placeholders, and the telemetry
    settings: --telemetry-to/--telemetry-interval, else those of the board's current
-   /config.json, read in step 2, else telemetry off, which deploy then says).
+   /config.json, read in step 2, else telemetry off; deploy says which when it deploys
+   this checkout's firmware/, the one that reads them).
 2. Ask the board (one mpremote exec) for the SHA-256 of every target file (hashlib on
    the board), its directory listings, its port, its chip, its .mpy version, its
    unique id and the telemetry keys of its /config.json. A board whose port (sys.platform; the emulated board's own port) or chip
@@ -46,6 +47,11 @@ mpremote in the same way. Steps, each reported on stderr as "deploy: ...":
    listens there, else a warning (a relay on another host is not checked: it may be
    reachable from the board but not from here); a tcp:// port that answers an HTTP
    request (the relay's WebSocket or HTTP port) is warned about too.
+
+A relay URL that is not loopback with a token signed with the development keys (no
+--api-key/--api-secret nor LIVEKIT_API_KEY/LIVEKIT_API_SECRET) is warned about before
+any work: a relay accepts those keys on loopback only, so one the board reaches
+elsewhere has real keys and refuses the board's token (LEAVE 3).
 
 mpremote interrupts the firmware to reach the board's REPL: a failure after that
 resets the board (unless --no-reset), so it is not left at its REPL. A port where no
@@ -594,9 +600,14 @@ def check_options(o):
         except ValueError as e:
             raise UsageError("bad --identity: %s" % e)
     try:
-        auth.resolve_keys(o.api_key, o.api_secret)
+        key, secret = auth.resolve_keys(o.api_key, o.api_secret)
     except auth.KeyConfigError as e:
         raise UsageError("cannot mint the board's token: %s" % e)
+    host = parse_url(o.relay)[1]
+    if auth.is_dev_keys(key, secret) and not auth.is_loopback(host):
+        _say("warning: the board's token is signed with the development keys (no --api-key/--api-secret "
+             "nor LIVEKIT_API_KEY/LIVEKIT_API_SECRET), which a relay accepts on loopback only: a relay at %s "
+             "has real keys and will refuse the board (LEAVE 3); give deploy the relay's keys" % host)
     if not os.path.isdir(o.lib):
         raise UsageError("--lib %s is not a folder (the lkedge library's lib/lkedge)" % o.lib)
     if getattr(o, "lib_only", False):
@@ -648,6 +659,12 @@ def firmware_dir(o):
     if getattr(o, "lib_only", False):
         return None
     return o.firmware if o.firmware is not None else os.path.join(ROOT, "firmware")
+
+
+def _ours(fw):
+    """Whether firmware folder `fw` is this checkout's firmware/ (whose telemetry deploy
+    sets up and reports; another firmware may not read those config.json keys)."""
+    return fw is not None and os.path.realpath(fw) == os.path.realpath(os.path.join(ROOT, "firmware"))
 
 
 def deploy(o):
@@ -742,7 +759,12 @@ def _update(o, profile, mpremote, arts, tmp, board, state):
     token = mint_token(identity, o.room, o.api_key, o.api_secret, o.token_ttl)
     cfg_path = os.path.join(tmp, "config.json")
     tel_to, tel_interval, tel_say = telemetry_settings(o, board)
-    _say(tel_say)
+    if _ours(firmware_dir(o)):
+        _say(tel_say)
+    elif getattr(o, "telemetry_to", None) is not None or getattr(o, "telemetry_interval", None) is not None:
+        # another firmware may not read them: say only what was asked for
+        _say("config.json telemetry_to %r, telemetry_interval_s %g (keys this checkout's firmware/ reads; "
+             "yours reads them if it wants)" % (tel_to, tel_interval))
     with open(cfg_path, "wb") as f:
         f.write(config_json(o.relay, token, identity, o.wifi_ssid, o.wifi_password, tel_to, tel_interval))
     config = Artifact("/config.json", cfg_path)

@@ -70,7 +70,8 @@ async def measure(relay, lib_dir, calls, heap):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m lkedge_host.bench.board_calls", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lkedge_host.bench.board_calls",
+                                description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--calls", type=units.whole(1), default=200,
                    help="calls to make one after the other (default %(default)s)")
     p.add_argument("--heap", type=units.size, default=512 * 1024,

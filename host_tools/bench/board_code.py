@@ -276,7 +276,7 @@ def unit_costs():
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lkedge_host.bench.board_code", description=__doc__.split("\n")[0])
     ap.add_argument("--unrun", action="store_true",
                     help="instead: what the functions the board_heap scenario never runs cost")
     if ap.parse_args(argv).unrun:

@@ -244,7 +244,7 @@ COMPRESSION_MODES = {"off": [False], "on": [True], "both": [False, True]}
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lkedge_host.bench.board_heap", description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=payload_sizes, default=[65536, 1048576, 8388608],
                     help="payload sizes, comma separated: bytes, or with K or M (default 64K,1M,8M)")
     ap.add_argument("--compression", choices=sorted(COMPRESSION_MODES), default="both",
