@@ -264,15 +264,21 @@ class _BlackHole(_FlakyRelay):
         await self.t.close()
 
 
-async def test_a_link_gone_silent_without_closing_is_lost_and_rejoined():
-    # Nothing closes a black-holed link: the Room must notice the unanswered PINGs,
-    # fail what is pending (RPC.md: 1503) and rejoin, as after any loss.
+async def _black_hole_board(ping_ms):
+    """A board (PINGing every ping_ms) and a raw peer "host" it sees, through a _BlackHole."""
     mem = MemRoom()
     relay = _BlackHole(mem)
     events = []
-    board = await _board(mem, relay, events, ping_interval_ms=100)
+    board = await _board(mem, relay, events, ping_interval_ms=ping_ms)
     peer = await raw(mem, "host", client_protocol=2)
     await settle(lambda: "host" in board.remote_participants)
+    return relay, events, board, peer
+
+
+async def test_a_link_gone_silent_without_closing_is_lost_and_rejoined():
+    # Nothing closes a black-holed link: the Room must notice the unanswered PINGs,
+    # fail what is pending (RPC.md: 1503) and rejoin, as after any loss.
+    relay, events, board, peer = await _black_hole_board(100)
     await asyncio.sleep(0.5)   # five answered PINGs: a live link is kept
     assert events == [] and relay.connects == 1, events
     call = asyncio.create_task(board.local_participant.perform_rpc(
@@ -296,12 +302,7 @@ async def test_a_link_gone_silent_without_closing_is_lost_and_rejoined():
 async def test_a_link_that_stops_draining_does_not_stop_the_call_timers():
     # A write stuck on a full link must not hold up the timer: a call's own timeout
     # still fires (RPC.md: 1502), and the dead link is then dropped and rejoined.
-    mem = MemRoom()
-    relay = _BlackHole(mem)
-    events = []
-    board = await _board(mem, relay, events, ping_interval_ms=1000)
-    peer = await raw(mem, "host", client_protocol=2)
-    await settle(lambda: "host" in board.remote_participants)
+    relay, events, board, peer = await _black_hole_board(1000)
     relay.hole = True
     stuck = asyncio.create_task(board.local_participant.send_text("x" * 40000, topic="t"))
     await asyncio.sleep(0.05)

@@ -1839,6 +1839,21 @@ async def test_a_trickled_request_to_a_buffered_handler_is_answered_1502_at_its_
     await close(a, p, q)
 
 
+class _Endless:
+    """Pieces of n characters for ever, one per 5 ms, each counted in `log`."""
+
+    def __init__(self, log, n):
+        self.log, self.n = log, n
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        await asyncio.sleep(0.005)
+        self.log.append(1)
+        return "x" * self.n
+
+
 async def test_a_callers_leaving_stops_its_handlers_and_frees_their_slots():
     # Their answers can reach nobody: a long streamed answer would hold a handler slot,
     # and the board's link, for nothing (with 4 slots, 4 callers that left locked a
@@ -1846,17 +1861,7 @@ async def test_a_callers_leaving_stops_its_handlers_and_frees_their_slots():
     mem = MemRoom()
     a = await join(mem, "a", max_rpc_handlers=1)
     produced = []
-
-    class Endless:
-        def __aiter__(self):
-            return self
-
-        async def __anext__(self):
-            await asyncio.sleep(0.01)
-            produced.append(1)
-            return "x" * 100
-
-    a.local_participant.register_rpc_method("feed", lambda d: Endless(), streaming=True)
+    a.local_participant.register_rpc_method("feed", lambda d: _Endless(produced, 100), streaming=True)
     a.local_participant.register_rpc_method("quick", lambda d: "ok")
     host = await join(mem, "host")
     await settle(lambda: "a" in host.remote_participants)
@@ -1885,22 +1890,13 @@ async def test_a_streamed_request_stops_when_its_destination_leaves():
     mem, a, b = await pair()
     pulled = []
 
-    class Endless:
-        def __aiter__(self):
-            return self
-
-        async def __anext__(self):
-            await asyncio.sleep(0.005)
-            pulled.append(1)
-            return "x" * 200
-
     async def sink(data):
         async for _ in data.reader:
             pass
         return "done"
     b.local_participant.register_rpc_method("sink", sink, streaming=True)
     call = asyncio.create_task(a.local_participant.perform_rpc_stream(
-        destination_identity="b", method="sink", payload=Endless(), response_timeout=30))
+        destination_identity="b", method="sink", payload=_Endless(pulled, 200), response_timeout=30))
     await settle(lambda: len(pulled) > 5)
     await b.disconnect()
 
