@@ -76,6 +76,18 @@ async def _board(mem, relay, events, **opts):
     return r
 
 
+async def _board_and_host(relay_type, **opts):
+    """A board (RoomOptions `opts`) through relay_type(MemRoom()), and a raw peer "host"
+    it sees: (mem, relay, events, board, peer)."""
+    mem = MemRoom()
+    relay = relay_type(mem)
+    events = []
+    board = await _board(mem, relay, events, **opts)
+    peer = await raw(mem, "host", client_protocol=2)
+    await settle(lambda: "host" in board.remote_participants)
+    return mem, relay, events, board, peer
+
+
 def _patched():
     fake = _Asyncio(asyncio)
     room_module.asyncio = fake
@@ -186,12 +198,7 @@ async def test_disconnect_during_backoff_stops_reconnecting():
 
 
 async def test_calls_in_flight_fail_with_recipient_disconnected_when_the_link_is_lost():
-    mem = MemRoom()
-    relay = _FlakyRelay(mem)
-    events = []
-    board = await _board(mem, relay, events, auto_reconnect=False)
-    peer = await raw(mem, "host", client_protocol=2)
-    await settle(lambda: "host" in board.remote_participants)
+    mem, relay, events, board, peer = await _board_and_host(_FlakyRelay, auto_reconnect=False)
     call = asyncio.create_task(board.local_participant.perform_rpc(
         destination_identity="host", method="slow", payload="x", response_timeout=30))
     await peer.wait_for(lambda p: "stream_header" in p or "rpc_request" in p)
@@ -264,21 +271,12 @@ class _BlackHole(_FlakyRelay):
         await self.t.close()
 
 
-async def _black_hole_board(ping_ms):
-    """A board (PINGing every ping_ms) and a raw peer "host" it sees, through a _BlackHole."""
-    mem = MemRoom()
-    relay = _BlackHole(mem)
-    events = []
-    board = await _board(mem, relay, events, ping_interval_ms=ping_ms)
-    peer = await raw(mem, "host", client_protocol=2)
-    await settle(lambda: "host" in board.remote_participants)
-    return relay, events, board, peer
 
 
 async def test_a_link_gone_silent_without_closing_is_lost_and_rejoined():
     # Nothing closes a black-holed link: the Room must notice the unanswered PINGs,
     # fail what is pending (RPC.md: 1503) and rejoin, as after any loss.
-    relay, events, board, peer = await _black_hole_board(100)
+    _, relay, events, board, peer = await _board_and_host(_BlackHole, ping_interval_ms=100)
     await asyncio.sleep(0.5)   # five answered PINGs: a live link is kept
     assert events == [] and relay.connects == 1, events
     call = asyncio.create_task(board.local_participant.perform_rpc(
@@ -302,7 +300,7 @@ async def test_a_link_gone_silent_without_closing_is_lost_and_rejoined():
 async def test_a_link_that_stops_draining_does_not_stop_the_call_timers():
     # A write stuck on a full link must not hold up the timer: a call's own timeout
     # still fires (RPC.md: 1502), and the dead link is then dropped and rejoined.
-    relay, events, board, peer = await _black_hole_board(1000)
+    _, relay, events, board, peer = await _board_and_host(_BlackHole, ping_interval_ms=1000)
     relay.hole = True
     stuck = asyncio.create_task(board.local_participant.send_text("x" * 40000, topic="t"))
     await asyncio.sleep(0.05)
