@@ -119,6 +119,7 @@ class _Conn:
         self.queued = 0
         self.full_since = None    # when the send queue reached queue_bytes (or last moved, _moved)
         self.moved = 0            # bytes drained since full_since
+        self.refreshed = False    # this full episode already got its fresh period (_release)
         self.blocked = set()      # senders paused because of this queue
         self.paused_by = set()    # destinations this sender waits for
 
@@ -220,6 +221,7 @@ class Router:
         c.queued = max(0, c.queued - nbytes)
         if c.queued < self.queue_bytes:
             c.full_since = None
+            c.refreshed = False
             self._release(c, now)
         elif c.full_since is not None:
             # Full, but reading: a slow receiver (a board working through a backlog
@@ -465,8 +467,11 @@ class Router:
             s.paused_by.discard(dest.cid)
             if not s.paused_by:
                 s.last_rx = now     # it was quiet because we stopped reading it
-                if s.full_since is not None:
-                    s.full_since = now   # its queue filled while it could not send
+                if s.full_since is not None and not s.refreshed:
+                    # its queue filled while it could not send: once per full episode
+                    # (pausing itself again and again must not keep a non-reader in)
+                    s.full_since = now
+                    s.refreshed = True
                 self._actions.append((RESUME, scid))
         dest.blocked = set()
         self._gauges()

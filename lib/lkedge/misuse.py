@@ -47,9 +47,6 @@ async def _handler_cancelled(lp, inv):
     and the cancellation goes on (False)."""
     from .rpc import RpcError
     room = lp._room
-    if inv._task is None:   # Room._participant_left: the caller left
-        print("lkedge: RPC handler for %r stopped: its caller %r left the room" % (inv.method, inv.caller_identity))
-        return False
     if inv in room._timed_out:
         room._timed_out.discard(inv)
         await lp._send_error(inv, RpcError(RpcError.RESPONSE_TIMEOUT, None,

@@ -173,17 +173,17 @@ class LocalParticipant:
                 result = ""
             elif not isinstance(result, str) and not (inv.streaming and _is_async_iterable(result)):
                 raise load("misuse")._bad_answer(inv, result)
-            await self._respond(inv, result)
+            try:
+                await self._respond(inv, result)
+            except OSError as e:
+                # Not the handler's failure: its answer could not go (the link is gone;
+                # the caller got 1503 from that loss). Said once, no 1500 to try.
+                _log_send_failure(inv, e)
         except Exception as e:
             room._deadlines.pop(inv, None)
-            if isinstance(e, OSError) and room.connection_state != "connected":
-                # Not the handler's failure: its answer could not go, the link being
-                # gone (the caller got 1503 from that loss). Said once, no 1500 to try.
-                _log_send_failure(inv, e)
-            else:
-                if not isinstance(e, RpcError):  # the caller gets 1500; the details belong here
-                    load("misuse")._handler_failed(inv, e)
-                await self._send_error(inv, e)
+            if not isinstance(e, RpcError):  # the caller gets 1500; the details belong here
+                load("misuse")._handler_failed(inv, e)
+            await self._send_error(inv, e)
         except asyncio.CancelledError:
             room._deadlines.pop(inv, None)
             if not await load("misuse")._handler_cancelled(self, inv):
@@ -226,12 +226,19 @@ class LocalParticipant:
                 try:
                     async for piece in result:
                         await writer.write(piece)
+                        if inv._gone:   # its caller left (Room._participant_left)
+                            break
                 except Exception as e:
                     # The caller is already reading this stream. The error packet first
                     # (it fails the call with the handler's error), then an abnormal end
                     # so no reader of the stream waits for the rest.
                     await self._send_error(inv, e)
                     await _end_abnormally(writer, e)
+                    return
+                if inv._gone:
+                    print("lkedge: RPC handler for %r stopped: its caller %r left the room"
+                          % (inv.method, inv.caller_identity))
+                    await _end_abnormally(writer, "caller left")
                     return
                 await writer.aclose()
             else:

@@ -47,6 +47,7 @@ _UNREGISTER = object()
 # Free heap advertise_compression=None wants beside the inflate window at Room(): joining
 # takes ~12 KiB on a board, a call or stream ~5 KiB more.
 _HEADROOM = 24576
+_UNTRACKED_MAX = 64   # participants not held whose leaving is still told apart
 
 
 def _warn(msg):
@@ -74,7 +75,10 @@ class Room:
         self.max_frame = o.max_frame
         self.remote_participants = {}
         self._attributes_held = 0   # what remote_participants' attributes cost (max_attributes)
-        self._untracked = 0         # participants announced past max_participants, not held
+        # hashes of participants announced past max_participants, not held (small ints:
+        # no string kept); at most _UNTRACKED_MAX, then _untracked_more until a rejoin
+        self._untracked = set()
+        self._untracked_more = False
         self._before_loss = None    # remote_participants when the link was lost (_joined_anew)
         self.local_participant = LocalParticipant(self)
         self.connection_state = "disconnected"
@@ -328,7 +332,9 @@ class Room:
         # tells who left and who came meanwhile (_joined_anew).
         self._before_loss = self.remote_participants
         self.remote_participants = {}
-        self._attributes_held = self._untracked = 0
+        self._attributes_held = 0
+        self._untracked = set()
+        self._untracked_more = False
 
     async def _link_lost(self, why):
         if self._closing:
@@ -438,6 +444,7 @@ class Room:
                     self.last_error = why
                     self._joined.set()  # wake connect(): it reports the failure
                 else:
+                    self._reader_task = None   # the rejoin is this task's: not _keepalive's
                     try:
                         self._spawn(self._link_lost(why))
                     except MemoryError:
@@ -658,9 +665,10 @@ class Room:
         if handler is None:
             return
         n = self.options.max_streams
-        if len(self._handling) >= n:
-            # one sender's streams holding most handler slots give one up (evict_hog)
-            for ev in self._incoming.evict_hog(sender, [r.info.stream_id for r in self._handling]):
+        if len(self._handling) >= n and len(self._lingering) < n:
+            # one sender's streams holding most handler slots give one up (_evict_hog;
+            # only while it can linger, or the slot would not be freed)
+            for ev in self._incoming._evict_hog(sender, [r.info.stream_id for r in self._handling]):
                 self._stream_ended(ev)
         if len(self._handling) >= n:
             # A handler holds its stream's memory until it returns: inline streams and
@@ -710,7 +718,7 @@ class Room:
         if reader is not None:
             reader._inv = inv   # an eviction of its stream frees the slot (_linger)
         try:
-            inv._task = self._spawn(self.local_participant._invoke(inv, payload, reader))
+            self._spawn(self.local_participant._invoke(inv, payload, reader))
         except BaseException:
             self._invoking.discard(inv)   # the task never ran: nobody else would
             raise
@@ -768,7 +776,9 @@ class Room:
             lp.identity = d["identity"]
             lp.sid = d.get("sid", "")
             self.remote_participants = {}
-            self._attributes_held = self._untracked = 0
+            self._attributes_held = 0
+            self._untracked = set()
+            self._untracked_more = False
             for p in d["participants"]:   # normalised by check_joined
                 self._upsert(p, False)
             self._joined_anew()
@@ -815,8 +825,10 @@ class Room:
                       "(RoomOptions.max_attributes; 32 more per key and value)" % (ident, cap))
                 info = dict(info, attributes={}, attributes_dropped=True)
                 cost = 0
-        if p is None and self._crowded(ident):
-            return
+        if p is None:
+            if self._crowded(ident):
+                return
+            self._untracked.discard(hash(ident))   # held now, if it was not before
         self._attributes_held += cost - old
         if p is None:
             p = RemoteParticipant(info)
@@ -835,24 +847,26 @@ class Room:
         cap = self.options.max_participants
         if cap is None or len(self.remote_participants) < cap:
             return False
-        if not self._untracked:
+        if not self._untracked and not self._untracked_more:
             _warn("participant %r not held: the room has more than max_participants=%d others "
                   "(calls to such a participant fail with 1401; streams to everyone go uncompressed)"
                   % (identity, cap))
-        self._untracked += 1
+        if len(self._untracked) < _UNTRACKED_MAX:
+            self._untracked.add(hash(identity))   # again on a change: a set counts it once
+        else:
+            self._untracked_more = True   # past counting: assume some stay, till a rejoin
         return True
 
     def _participant_left(self, identity, reason):
-        for inv in list(self._invoking):
+        for inv in self._invoking:
             if inv.caller_identity == identity:
-                # Its answer can reach nobody: the handler stops and frees its slot (a
-                # long streamed answer would hold it, and the board's link, for nothing).
-                t, inv._task = inv._task, None   # None: misuse._handler_cancelled logs why
-                if t is not None:
-                    t.cancel()
+                # Its answer can reach nobody: a streamed answer stops at its next piece
+                # (LocalParticipant._respond), freeing the slot and the link. Not a
+                # cancel: one inside a frame write would end the link for everyone.
+                inv._gone = True
         p = self.remote_participants.pop(identity, None)
-        if p is None and self._untracked:
-            self._untracked -= 1
+        if p is None:
+            self._untracked.discard(hash(identity))
         if p is not None:
             self._attributes_held -= p._attributes_cost
         if self._rpc_client is not None:
@@ -950,7 +964,7 @@ class Room:
         mine = self.options.client_protocol
         if not destination_identities:
             out = [(min(p.client_protocol, mine), p.capabilities) for p in self.remote_participants.values()]
-            if self._untracked:
+            if self._untracked or self._untracked_more:
                 out.append((0, ()))   # someone not held (max_participants): assume the least
             return out
         out = []

@@ -217,6 +217,8 @@ def error_packet(destination, request_id, error):
 class Invocation:
     """A request the adapter must run: the handler, and how the answer travels."""
 
+    _gone = False   # set by the adapter when the caller left: the answer stops
+
     def __init__(self, request_id, caller_identity, method, handler, streaming, transport,
                  response_timeout, payload=None):
         self.request_id = request_id

@@ -61,7 +61,7 @@ Incoming
 """
 from . import load, utf8
 from .consts import (COMPRESSION_DEFLATE_RAW, COMPRESSION_NONE, MIME_BYTES, MIME_TEXT,
-                     OP_CREATE, STREAM_CHUNK_SIZE_BYTES)
+                     OP_CREATE, STREAM_CHUNK_SIZE_BYTES, TOPIC_RPC_REQUEST, TOPIC_RPC_RESPONSE)
 
 try:
     from micropython import const
@@ -355,7 +355,7 @@ class IncomingStreams:
         why = self._refusal(header, sid, inline is not None)
         if why is _FULL:
             why = None
-            if not (yield from self.evict_idle(now_ms)) and not (yield from self.evict_hog(sender_identity)):
+            if not (yield from self.evict_idle(now_ms)) and not (yield from self._evict_hog(sender_identity)):
                 why = "too many open streams (limit %d)" % self.max_streams
                 self._ignore(sid)
         if why is not None:
@@ -432,7 +432,7 @@ class IncomingStreams:
         yield ended[0]
         return True
 
-    def evict_hog(self, sender, among=None):
+    def _evict_hog(self, sender, among=None):
         """Make room for `sender` when another sender holds more than half the slots
         (of the open streams whose id is in `among`, if given) and more than `sender`
         does: that one's stream silent longest ends (evicted), so one participant's
@@ -440,7 +440,9 @@ class IncomingStreams:
         returns True, else False."""
         held = {}
         for st in self.open.values():
-            if among is None or st.info.stream_id in among:
+            # RPC streams (lk.rpc_*) are not counted: request streams have their own
+            # slots, and a response stream is an answer to our own call
+            if (among is None or st.info.stream_id in among) and st.info.topic not in (TOPIC_RPC_REQUEST, TOPIC_RPC_RESPONSE):
                 k = st.info.sender_identity
                 held[k] = held.get(k, 0) + 1
         hog = None
@@ -453,6 +455,7 @@ class IncomingStreams:
         idlest = None
         for st in self.open.values():
             if (st.info.sender_identity == hog and (among is None or st.info.stream_id in among)
+                    and st.info.topic not in (TOPIC_RPC_REQUEST, TOPIC_RPC_RESPONSE)
                     and (idlest is None or st.heard_ms < idlest.heard_ms)):
                 idlest = st
         ended = self._end(idlest, StreamError("abnormal end: %r held %d of the %d slots; another "

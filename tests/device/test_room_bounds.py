@@ -277,7 +277,9 @@ async def test_a_crowded_room_leaves_a_board_heap_bounded_and_its_link_alive():
         await t._deliver(relayside.encode_control(link.PARTICIPANT_LEFT, {"identity": ident, "reason": "gone"}))
     await settle(lambda: not board.remote_participants)
     await asyncio.sleep(0.05)
-    assert board.recipients(None) == []
+    # past 64 not held, their leaving is no longer told apart: broadcasts stay as to a
+    # v1 peer (the safe side) until the board rejoins
+    assert board.recipients(None) == [(0, ())]
     await board.disconnect()
 
 
@@ -313,3 +315,26 @@ async def test_a_finished_v1_call_leaves_no_copy_of_its_payload_in_the_heap():
         # more; both pins did (+45 KB) before they were dropped.
         assert used[2] - used[1] < 20480 and used[3] - used[2] < 2048, used
     await close(p, board)
+
+
+async def test_a_participant_not_held_announced_again_is_counted_once():
+    # LINK.md: PARTICIPANT means joined, or changed: a change of one not held must not
+    # count it twice (a phantom v1 recipient for good), and its leaving counts it out.
+    from lkedge import relayside
+    mem = MemRoom()
+    board = Room(RoomOptions(max_participants=1, auto_reconnect=False))
+    await board.connect(mem.transport(), "board")
+    t = mem.conns["board"].t
+
+    def info(i, attrs=None):
+        return {"identity": i, "sid": "PA_" + i, "client_protocol": 2, "capabilities": [2],
+                "attributes": attrs or {}}
+    for frame in (info("held"), info("extra"), info("extra", {"k": "v"})):
+        await t._deliver(relayside.encode_control(link.PARTICIPANT, frame))
+    await settle(lambda: "held" in board.remote_participants)
+    await asyncio.sleep(0.05)
+    assert board.recipients(None) == [(2, [2]), (0, ())], board.recipients(None)
+    await t._deliver(relayside.encode_control(link.PARTICIPANT_LEFT, {"identity": "extra", "reason": "gone"}))
+    await asyncio.sleep(0.05)
+    assert board.recipients(None) == [(2, [2])], board.recipients(None)
+    await board.disconnect()

@@ -1909,3 +1909,20 @@ async def test_a_streamed_request_stops_when_its_destination_leaves():
     await asyncio.sleep(0.1)
     assert len(pulled) <= n + 1, "the request source is still pulled after the call ended"
     await close(a)
+
+
+async def test_a_caller_leaving_while_its_answer_waits_on_a_full_link_leaves_the_link_up():
+    # Stopping a departed caller's handler must not cut a frame in half: that would end
+    # the board's link, failing every other participant's calls with it.
+    mem = MemRoom(queue_bytes=1000)
+    a = await join(mem, "a")
+    a.local_participant.register_rpc_method("big", lambda d: _Endless([], 2000), streaming=True)
+    q = await raw(mem, "q", client_protocol=2)
+    await settle(lambda: "q" in a.remote_participants)
+    q._task.cancel()   # q stops reading: the answer's writes wait for room
+    await _v2_request(q, "a", "r0", "big")
+    await asyncio.sleep(0.2)
+    await q.t.close()  # q leaves
+    await settle(lambda: not a._invoking)
+    assert a.connection_state == "connected", (a.connection_state, a.last_error)
+    await close(a)

@@ -461,3 +461,31 @@ def test_a_full_receiver_that_keeps_reading_is_slow_not_stuck():
     s.r.tick(s.now)
     s.pump(drain=False)
     assert 2 in s.closed
+
+
+def test_a_receiver_that_never_reads_cannot_stay_by_getting_itself_paused_again_and_again():
+    # x never reads its full queue but keeps sending to a slow reader y: each pause and
+    # resume must not buy x a fresh period, or x stays for good and its senders with it.
+    s = Sim(queue_bytes=20000, stuck_ms=500)
+    s.join(1, "x@r")
+    s.join(2, "y@r")
+    s.join(3, "v@r")
+    for _ in range(3):
+        s.r.receive(3, data(b"v" * 8000), s.now)    # v broadcasts: x's queue fills
+        s.pump(drain=False)
+    s.r.drained(2, s.r.queued(2), s.now)
+    s.pump(drain=False)
+    assert s.r.queued(1) >= 20000
+    for step in range(1, 21):
+        s.now = step * 450
+        for _ in range(3):
+            if not s.r.paused(1):
+                s.r.receive(1, data(b"x" * 8000, dest=["y"]), s.now)
+                s.pump(drain=False)
+        s.r.drained(2, s.r.queued(2), s.now)   # y catches up: x resumes
+        s.pump(drain=False)
+        s.r.tick(s.now)
+        s.pump(drain=False)
+        if 1 in s.closed:
+            break
+    assert 1 in s.closed and s.now <= 3 * 500 + 500 + 450, s.now
