@@ -225,7 +225,14 @@ _ROM_NAMES = (
     "SHORT Signal TCSANOW UINT UINT16 UINT32 UINT64 UINT8 ULONG ULONGLONG USHORT VOID "
     "VfsRom ViperTypeError aes blit cryptolib decrypt ellipse encrypt fill_rect "
     "framebuf hline libc_ver pixel polar poly python_compiler rect scroll setraw "
-    "tcgetattr tcsetattr termios time_pulse_us vline"
+    "tcgetattr tcsetattr termios time_pulse_us vline "
+    # core builtins, exceptions and methods (any the library spells itself are skipped)
+    "abs all any bin callable chr classmethod delattr divmod enumerate eval exec filter "
+    "globals hex issubclass locals oct ord pow reversed round setattr sorted staticmethod "
+    "sum zip complex frozenset property AssertionError AttributeError EOFError "
+    "ImportError KeyError KeyboardInterrupt RuntimeError SystemExit UnicodeError "
+    "NotImplemented Ellipsis endswith lower upper strip rsplit replace extend insert "
+    "remove reverse sort clear copy values items keys update"
 ).split()
 
 _WORD = re.compile(r"\w+")
