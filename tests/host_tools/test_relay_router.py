@@ -195,11 +195,16 @@ def test_timers_join_idle_and_deadline():
     assert 3 not in s.closed
 
 
+def _joined(stuck_ms, *names):
+    """A Sim (queue_bytes 20000) with participants 1, 2, ... named `names` in room r."""
+    s = Sim(queue_bytes=20000, stuck_ms=stuck_ms)
+    for cid, name in enumerate(names, 1):
+        s.join(cid, name + "@r")
+    return s
+
+
 def test_full_queue_pauses_sender_then_resumes_or_drops_receiver():
-    s = Sim(queue_bytes=20000, stuck_ms=500)
-    s.join(1, "a@r")
-    s.join(2, "b@r")
-    s.join(3, "c@r")
+    s = _joined(500, "a", "b", "c")
     frame = data(b"y" * 8000, dest=["b"])
     s.feed(1, frame)
     s.feed(1, frame)
@@ -391,10 +396,7 @@ def test_a_ping_on_a_full_queue_gets_no_pong_and_its_sender_is_still_read():
     # Not reading a connection whose queue is full would stop its answers too: a board
     # flooded with requests could no longer send their acks and was dropped (LEAVE 6)
     # in its flooder's place. Its PING gets no PONG instead: the queue cannot grow.
-    s = Sim(queue_bytes=20000, stuck_ms=10000)
-    s.join(1, "a@r")
-    s.join(2, "b@r")
-    s.join(3, "c@r")
+    s = _joined(10000, "a", "b", "c")
     for _ in range(3):                       # b does not drain: its queue fills
         s.r.receive(1, data(b"y" * 8000, dest=["b"]), s.now)
         s.pump(drain=False)
@@ -413,10 +415,7 @@ def test_a_sender_paused_by_a_receiver_that_never_reads_outlasts_it():
     # f never reads; b answers f (paused: f is full) and, waiting to send, stops reading
     # its own queue. f is dropped at stuck_ms; b, full only because we paused it, is
     # kept, resumed, and gets a fresh stuck_ms to catch up.
-    s = Sim(queue_bytes=20000, stuck_ms=500)
-    s.join(1, "f@r")
-    s.join(2, "b@r")
-    s.join(3, "c@r")
+    s = _joined(500, "f", "b", "c")
     for _ in range(3):
         s.r.receive(2, data(b"a" * 8000, dest=["f"]), s.now)      # b's answers fill f
         s.r.receive(3, data(b"r" * 8000, dest=["b"]), s.now)      # c's requests fill b
@@ -466,10 +465,7 @@ def test_a_full_receiver_that_keeps_reading_is_slow_not_stuck():
 def test_a_receiver_that_never_reads_cannot_stay_by_getting_itself_paused_again_and_again():
     # x never reads its full queue but keeps sending to a slow reader y: each pause and
     # resume must not buy x a fresh period, or x stays for good and its senders with it.
-    s = Sim(queue_bytes=20000, stuck_ms=500)
-    s.join(1, "x@r")
-    s.join(2, "y@r")
-    s.join(3, "v@r")
+    s = _joined(500, "x", "y", "v")
     for _ in range(3):
         s.r.receive(3, data(b"v" * 8000), s.now)    # v broadcasts: x's queue fills
         s.pump(drain=False)
