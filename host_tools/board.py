@@ -522,13 +522,15 @@ def _run_board(args, profile, flash, lock=None):
             os.unlink(args.port_link)
 
 
-def launch(profile="unix", flash=None, timeout=10.0, extra=()):
-    """Start `python -m lkedge_host.board` in the background; returns (Popen, pty path)."""
+def launch(profile="unix", flash=None, timeout=10.0, extra=(), env=None):
+    """Start `python -m lkedge_host.board` in the background; returns (Popen, pty path).
+    `env`: variables to add to its environment (e.g. LKEDGE_EMULATED_NO_AP)."""
     cmd = [sys.executable, "-m", "lkedge_host.board", "--profile", profile]
     if flash:
         cmd += ["--flash", flash]
     cmd += list(extra)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True,
+                            env=dict(os.environ, **env) if env else None)
     ready = selectors.DefaultSelector()
     ready.register(proc.stdout, selectors.EVENT_READ)
     line = proc.stdout.readline() if ready.select(timeout) else ""

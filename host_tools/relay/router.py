@@ -34,7 +34,8 @@ announces it as left. So a queue holds at most queue_bytes plus what paused send
 already read. Idle timeout does not run while a connection is paused by us. Whatever
 fills a queue (DATA, PONGs, PARTICIPANT churn) starts the stuck_ms clock; a connection
 we paused gets 3 times stuck_ms (it may stop reading while it cannot send), and a fresh
-stuck_ms when it resumes. A PING from a connection whose own queue is full gets no PONG
+stuck_ms when it resumes (once per full episode); a full receiver that drains a
+sixteenth of queue_bytes gets a fresh stuck_ms too (slow, not stuck). A PING from a connection whose own queue is full gets no PONG
 (the queued bytes show the link lives), so PINGs cannot grow a queue.
 
 Forwarding: fields 4 (participant_identity) and 17 (participant_sid) written by the
@@ -117,7 +118,7 @@ class _Conn:
         self.can_publish = False
         self.body = None          # DATA body being gathered
         self.queued = 0
-        self.full_since = None    # when the send queue reached queue_bytes (or last moved, _moved)
+        self.full_since = None    # when the send queue reached queue_bytes (or got a fresh period)
         self.moved = 0            # bytes drained since full_since
         self.refreshed = False    # this full episode already got its fresh period (_release)
         self.blocked = set()      # senders paused because of this queue
@@ -229,8 +230,7 @@ class Router:
             # a fresh stuck_ms; one that reads a trickle is still dropped.
             c.moved += nbytes
             if c.moved >= self.queue_bytes // 16:
-                c.full_since = now
-                c.moved = 0
+                self._fresh(c, now, True)
 
     def closed(self, cid, now, reason="transport closed"):
         self._now = now
@@ -277,11 +277,18 @@ class Router:
                 best = d
         return best
 
+    @staticmethod
+    def _fresh(c, now, again=False):
+        """c's queue is full: its stuck clock starts now (again: restarts)."""
+        if again or c.full_since is None:
+            c.full_since = now
+            c.moved = 0
+
     def _stuck_limit(self, c):
         """A connection we paused (one of its destinations is full) cannot send, and a
         participant that waits to send may stop reading: its own full queue is then
         another's doing. Its clock runs 3 times as long, so the one that does not read
-        goes first; then it resumes with a fresh stuck_ms (_release)."""
+        goes first; then it resumes with a fresh stuck_ms, once per full episode (_release)."""
         return self.stuck_ms * 3 if c.paused_by else self.stuck_ms
 
     def shutdown(self, now):
@@ -449,9 +456,7 @@ class Router:
 
     # ------------------------------------------------------------ backpressure
     def _block(self, sender, dest, now):
-        if dest.full_since is None:
-            dest.full_since = now
-            dest.moved = 0
+        self._fresh(dest, now)
         dest.blocked.add(sender.cid)
         if not sender.paused_by:
             self._actions.append((PAUSE, sender.cid))
@@ -470,7 +475,7 @@ class Router:
                 if s.full_since is not None and not s.refreshed:
                     # its queue filled while it could not send: once per full episode
                     # (pausing itself again and again must not keep a non-reader in)
-                    s.full_since = now
+                    self._fresh(s, now, True)
                     s.refreshed = True
                 self._actions.append((RESUME, scid))
         dest.blocked = set()
@@ -516,9 +521,8 @@ class Router:
     # ------------------------------------------------------------ helpers
     def _send(self, c, frame, t):
         c.queued += len(frame)
-        if c.queued >= self.queue_bytes and c.full_since is None:
-            c.full_since = self._now    # whatever fills it (PONGs, PARTICIPANT churn)
-            c.moved = 0
+        if c.queued >= self.queue_bytes:
+            self._fresh(c, self._now)    # whatever fills it (PONGs, PARTICIPANT churn)
         self.metrics.inc("lkedge_relay_frames_out_total", type=relayside.type_name(t))
         self.metrics.inc("lkedge_relay_bytes_out_total", len(frame))
         self._actions.append((SEND, c.cid, frame))

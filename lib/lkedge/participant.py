@@ -168,6 +168,8 @@ class LocalParticipant:
             result = inv.handler(data)
             if is_awaitable(result):
                 result = await (_awaiting(result) if _MP else result)
+            # here and below, before anything is sent: the timer must not cancel a task
+            # in the middle of a frame (that would end the link)
             room._deadlines.pop(inv, None)
             if result is None:
                 result = ""

@@ -76,9 +76,8 @@ class Room:
         self.remote_participants = {}
         self._attributes_held = 0   # what remote_participants' attributes cost (max_attributes)
         # hashes of participants announced past max_participants, not held (small ints:
-        # no string kept); at most _UNTRACKED_MAX, then _untracked_more until a rejoin
+        # no string kept); past _UNTRACKED_MAX, None stands for "some more", till a rejoin
         self._untracked = set()
-        self._untracked_more = False
         self._before_loss = None    # remote_participants when the link was lost (_joined_anew)
         self.local_participant = LocalParticipant(self)
         self.connection_state = "disconnected"
@@ -334,7 +333,6 @@ class Room:
         self.remote_participants = {}
         self._attributes_held = 0
         self._untracked = set()
-        self._untracked_more = False
 
     async def _link_lost(self, why):
         if self._closing:
@@ -778,7 +776,6 @@ class Room:
             self.remote_participants = {}
             self._attributes_held = 0
             self._untracked = set()
-            self._untracked_more = False
             for p in d["participants"]:   # normalised by check_joined
                 self._upsert(p, False)
             self._joined_anew()
@@ -847,14 +844,12 @@ class Room:
         cap = self.options.max_participants
         if cap is None or len(self.remote_participants) < cap:
             return False
-        if not self._untracked and not self._untracked_more:
+        if not self._untracked:
             _warn("participant %r not held: the room has more than max_participants=%d others "
                   "(calls to such a participant fail with 1401; streams to everyone go uncompressed)"
                   % (identity, cap))
-        if len(self._untracked) < _UNTRACKED_MAX:
-            self._untracked.add(hash(identity))   # again on a change: a set counts it once
-        else:
-            self._untracked_more = True   # past counting: assume some stay, till a rejoin
+        # again on a change: a set counts it once; past counting, None (never discarded)
+        self._untracked.add(hash(identity) if len(self._untracked) < _UNTRACKED_MAX else None)
         return True
 
     def _participant_left(self, identity, reason):
@@ -926,10 +921,10 @@ class Room:
         if self._idle:
             self._idle = 2
         self._mute = self._mute + 1 if silent else 0
-        if self._mute >= 2 and self._reader_task is not None:
+        if self._mute >= 2 and rt is not None:
             self._mute = 0
             self._dead = "no PONG from the relay in %d ms: the link is dead" % (2 * self.options.ping_interval_ms)
-            self._reader_task.cancel()
+            rt.cancel()
         elif self._pinger is None or self._pinger.done():
             self._pinger = asyncio.create_task(self._ping())
 
@@ -964,7 +959,7 @@ class Room:
         mine = self.options.client_protocol
         if not destination_identities:
             out = [(min(p.client_protocol, mine), p.capabilities) for p in self.remote_participants.values()]
-            if self._untracked or self._untracked_more:
+            if self._untracked:
                 out.append((0, ()))   # someone not held (max_participants): assume the least
             return out
         out = []

@@ -1,6 +1,7 @@
 """Importing this puts firmware/ on sys.path (both interpreters), so device tests can
 import the board application's modules by name, as the board does. rm(*names) removes
-the files the tests made (missing ones are fine)."""
+the files the tests made (missing ones are fine); exists(path) says whether one is there
+(MicroPython has no os.path)."""
 import os
 import sys
 
@@ -11,6 +12,14 @@ def rm(*names):
             os.remove(n)
         except OSError:
             pass
+
+
+def exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
 
 
 def _firmware_dir():

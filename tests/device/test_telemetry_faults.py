@@ -299,7 +299,7 @@ def test_a_power_cut_before_the_compaction_rename_loses_nothing():
         q = fl.queue(max_bytes=1024)
         seq, dropped = _fill_until_cut(q, _CutOs(fl.path() + ".tmp", after=False))
         q2 = fl.queue(max_bytes=1024)
-        assert not _exists(fl.path() + ".tmp")
+        assert not firmware_path.exists(fl.path() + ".tmp")
         seqs = _drain(q2)
         assert seqs == list(range(seqs[0], seq)) and len(seqs) + q2.dropped == seq
 
@@ -337,14 +337,6 @@ def test_a_power_cut_between_state_saves_never_loses_a_confirmed_or_pending_samp
             # allowed: at least once), nothing unconfirmed is lost without a count
             assert not seqs or seqs == list(range(seqs[0], q2.seq)), (n, seqs)
             assert (seqs[0] if seqs else q2.seq) <= confirmed + 1 + q2.dropped, (n, seqs, confirmed, q2.dropped)
-
-
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
 
 
 def test_a_commit_after_drops_and_a_compaction_commits_only_what_was_sent():

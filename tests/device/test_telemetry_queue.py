@@ -95,16 +95,8 @@ def test_commit_advances_and_an_unconfirmed_batch_comes_again_after_reboot():
         assert _seqs(rest) == list(range(count, 5)) and last == 4
         q.commit(end)
         assert q.pending() == 0 and q.batch()[1] == 0
-        assert not _exists(fl.prefix + telemetry.QUEUE)  # all sent: the file is gone
+        assert not firmware_path.exists(fl.prefix + telemetry.QUEUE)  # all sent: the file is gone
         assert fl.queue().add({}, 0) == 5  # and the numbering still continues
-
-
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
 
 
 def test_a_torn_last_record_is_cut_off_at_boot():

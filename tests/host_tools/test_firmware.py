@@ -34,15 +34,8 @@ class Rig:
         self.port = self.relay.port
         self.board = None
         self.flash = os.path.join(tmp, "flash")
-        saved = os.environ.get("LKEDGE_EMULATED_NO_AP")
-        os.environ["LKEDGE_EMULATED_NO_AP"] = ABSENT_AP  # emulation/network.py
-        try:
-            self.board, self.pty = board_mod.launch("esp32", self.flash)
-        finally:
-            if saved is None:
-                del os.environ["LKEDGE_EMULATED_NO_AP"]
-            else:
-                os.environ["LKEDGE_EMULATED_NO_AP"] = saved
+        # emulation/network.py: the board never finds this access point
+        self.board, self.pty = board_mod.launch("esp32", self.flash, env={"LKEDGE_EMULATED_NO_AP": ABSENT_AP})
         demo.deploy(self.pty, "esp32", self.url, identity=BOARD, room=ROOM)
 
     def flash_json(self, name):

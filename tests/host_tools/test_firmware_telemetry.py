@@ -54,15 +54,8 @@ class Rig:
         self.relay = RelayProcess().start()
         self.url = self.relay.url
         self.flash = os.path.join(tmp, "flash")
-        saved = os.environ.get("LKEDGE_EMULATED_NO_AP")
-        os.environ["LKEDGE_EMULATED_NO_AP"] = ABSENT_AP
-        try:
-            self.board, self.pty = board_mod.launch("esp32", self.flash)
-        finally:
-            if saved is None:
-                del os.environ["LKEDGE_EMULATED_NO_AP"]
-            else:
-                os.environ["LKEDGE_EMULATED_NO_AP"] = saved
+        # emulation/network.py: the board never finds this access point
+        self.board, self.pty = board_mod.launch("esp32", self.flash, env={"LKEDGE_EMULATED_NO_AP": ABSENT_AP})
         os.symlink(self.pty, os.path.join(tmp, "board.pty"))  # the guide's ./board.pty
         self.env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
         for k in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
