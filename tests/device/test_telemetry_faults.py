@@ -16,6 +16,7 @@ MP_HEAPSIZE = "512K"  # two Rooms (board and collector) in one interpreter
 import firmware_path  # noqa: E402,F401  (firmware/ on sys.path)
 
 import telemetry  # noqa: E402
+from telemetry_helpers import collector_pair  # noqa: E402
 from lkedge import cbor  # noqa: E402
 
 _real_open = open
@@ -355,24 +356,13 @@ def test_a_commit_after_drops_and_a_compaction_commits_only_what_was_sent():
 
 # --------------------------------------------------------------- the sender
 async def _pair(delay_s):
-    from room_helpers import join, settle
-    from lkedge.memroom import MemRoom
+    """A collector whose telemetry.sync answers after delay_s[0] seconds."""
     import asyncio
-    mem = MemRoom()
-    board = await join(mem, "board", read_buffer=512, piece_size=512)
-    col = await join(mem, "collector")
-    got = []
-
-    async def on_stream(reader, sender):
-        for s in cbor.loads(await reader.read_all()):
-            got.append(s["seq"])
 
     async def sync(data):
         await asyncio.sleep(delay_s[0])
         return data.payload
-    col.register_byte_stream_handler("telemetry", on_stream)
-    col.local_participant.register_rpc_method(telemetry.SYNC_METHOD, sync)
-    await settle(lambda: "collector" in board.remote_participants)
+    _, board, col, got = await collector_pair(sync)
     return board, col, got
 
 

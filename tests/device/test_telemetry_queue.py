@@ -12,6 +12,7 @@ MP_HEAPSIZE = "512K"  # two Rooms (board and collector) in one interpreter
 import firmware_path  # noqa: E402,F401  (firmware/ on sys.path)
 
 import telemetry  # noqa: E402
+from telemetry_helpers import collector_pair  # noqa: E402
 from lkedge import cbor  # noqa: E402
 
 
@@ -163,26 +164,6 @@ def test_a_bad_state_file_is_survived():
 
 
 # --------------------------------------------------------------- the sender
-async def _collector_pair(sync=True):
-    """The board's room and a collector's; the collector takes telemetry (a byte stream
-    handler and, unless sync is False, telemetry.sync, answering once it has the batch)."""
-    from room_helpers import join, settle
-    from lkedge.memroom import MemRoom
-    mem = MemRoom()
-    board = await join(mem, "board", read_buffer=512, piece_size=512)
-    col = await join(mem, "collector")
-    got = []
-
-    async def on_stream(reader, sender):
-        for s in cbor.loads(await reader.read_all()):
-            got.append(s["seq"])
-    col.register_byte_stream_handler("telemetry", on_stream)
-    if sync:
-        col.local_participant.register_rpc_method(telemetry.SYNC_METHOD, lambda data: data.payload)
-    await settle(lambda: "collector" in board.remote_participants)
-    return mem, board, col, got
-
-
 def _sender(board, q, to="collector"):
     logged = []
     tel = telemetry.Telemetry(board, q, to, "board", log=logged.append)
@@ -193,7 +174,7 @@ def _sender(board, q, to="collector"):
 async def test_flush_sends_everything_and_commits_on_the_receivers_answer():
     from room_helpers import close, settle
     with Flash("flush") as fl:
-        mem, board, col, got = await _collector_pair()
+        mem, board, col, got = await collector_pair()
         try:
             q = fl.queue()
             tel = _sender(board, q)
@@ -212,7 +193,7 @@ async def test_unsupported_method_is_no_confirmation_and_is_logged_once():
     # joined as it): its 1400 answer must not count as delivered
     from room_helpers import close
     with Flash("nosync") as fl:
-        mem, board, col, got = await _collector_pair(sync=False)
+        mem, board, col, got = await collector_pair(sync=False)
         try:
             q = fl.queue()
             tel = _sender(board, q)
@@ -238,7 +219,7 @@ async def test_unsupported_method_is_no_confirmation_and_is_logged_once():
 async def test_nothing_is_committed_while_the_receiver_is_away():
     from room_helpers import close
     with Flash("away") as fl:
-        mem, board, col, got = await _collector_pair()
+        mem, board, col, got = await collector_pair()
         try:
             q = fl.queue()
             tel = _sender(board, q, "nobody")
@@ -252,7 +233,7 @@ async def test_a_receiver_error_other_than_unsupported_method_is_no_confirmation
     from room_helpers import close
     from lkedge.rpc import RpcError
     with Flash("refuse") as fl:
-        mem, board, col, got = await _collector_pair(sync=False)
+        mem, board, col, got = await collector_pair(sync=False)
 
         def refuse(data):
             raise RpcError(4999, "not now")
