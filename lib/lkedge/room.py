@@ -898,7 +898,10 @@ class Room:
                     if now >= at:
                         del self._deadlines[inv]
                         self._timed_out.add(inv)
-                        task.cancel()
+                        if self._sender._in_frame is task:
+                            self._sender._stop_after_frame = task  # once its frame is whole (PacketSender)
+                        else:
+                            task.cancel()
             if now - last_ping >= interval:
                 last_ping = now
                 if self.connection_state == "connected":

@@ -34,6 +34,9 @@ class PacketSender:
         # JOINED's max_frame: a larger DATA frame would make the relay end the link
         # (LEAVE 4), failing everything else in flight, so send() refuses it instead.
         self.max_frame = None
+        # The task writing a frame now, and one to cancel once its frame is whole (Room's
+        # handler deadline): a cancel inside a frame would end the link for everyone.
+        self._in_frame = self._stop_after_frame = None
 
     # send() and send_frame() are plain functions returning the one coroutine that
     # writes (`await sender.send(pkt)` as usual): a coroutine of their own per packet
@@ -61,6 +64,7 @@ class PacketSender:
         buf = self._buf
         size = len(buf)
         await self._lock.acquire()
+        me = self._in_frame = asyncio.current_task()
         n = -1  # no byte of this frame handed to the transport yet
         try:
             n = link.put_frame_header(buf, ftype, total)
@@ -97,4 +101,9 @@ class PacketSender:
                     pass
             raise
         finally:
+            self._in_frame = None
             self._lock.release()
+            if self._stop_after_frame is me:  # also dropped when the frame failed: the link is gone
+                self._stop_after_frame = me = None
+        if me is None:
+            raise asyncio.CancelledError

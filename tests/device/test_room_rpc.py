@@ -1839,6 +1839,50 @@ async def test_a_trickled_request_to_a_buffered_handler_is_answered_1502_at_its_
     await close(a, p, q)
 
 
+async def test_a_handler_past_its_deadline_inside_a_frame_is_stopped_once_the_frame_is_whole():
+    # The deadline's cancel must not cut a frame the handler is writing (its own
+    # send_bytes, held up by a slow receiver): half a frame on the link ends it for
+    # every call and stream of the board. The handler stops after that frame, the caller
+    # hears 1502, the link stays up.
+    mem = MemRoom(queue_bytes=4096)
+    # the timer checks deadlines every PING interval; its PING cannot go out behind the
+    # held frame, so a link silent for two intervals would end as dead (not this test)
+    a = await join(mem, "a", ping_interval_ms=1000, evict_idle_ms=60000)
+    stopped = []
+
+    async def shout(data):
+        try:
+            await a.local_participant.send_bytes(b"x" * 60000, name="big", destination_identities=["slow"])
+        except asyncio.CancelledError:
+            stopped.append(1)
+            raise
+        return "sent"
+    a.local_participant.register_rpc_method("shout", shout)
+    a.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    slow = await raw(mem, "slow")
+    gate = asyncio.Event()
+    read_into = slow.t.read_into
+
+    async def held(buf):   # reads nothing more until the gate opens: its queue fills
+        await gate.wait()
+        return await read_into(buf)
+    slow.t.read_into = held
+    q = await raw(mem, "q", client_protocol=1)
+    await settle(lambda: "slow" in a.remote_participants and "q" in a.remote_participants)
+    await q.send({"destination_identities": ["a"], "rpc_request": {
+        "id": "r1", "method": "shout", "payload": "", "response_timeout_ms": 300, "version": 1}})
+    await asyncio.sleep(1.4)           # past the deadline (checked at 1 s), the frame held up
+    assert not stopped and a.connection_state == "connected"
+    gate.set()
+    r = await q.wait_for(lambda x: "rpc_response" in x and x["rpc_response"]["request_id"] == "r1")
+    assert r["rpc_response"]["error"]["code"] == 1502, r
+    assert stopped == [1]
+    assert a.connection_state == "connected"
+    r = await request_v1(q, "a", "r2", "echo", "still here")
+    assert r["rpc_response"].get("payload") == "still here", r
+    await close(a, slow, q)
+
+
 class _Endless:
     """Pieces of n characters for ever, one per 5 ms, each counted in `log`."""
 
