@@ -118,6 +118,11 @@ def add_arguments(p):
            "descriptor: the relay raises its open-file limit as needed, and refuses to start "
            "if it cannot (without this option it serves fewer, with a warning) "
            "(default %(default)s)")
+    a("--socket-buffer", type=units.size, default=128 * 1024,
+      help="kernel send and receive buffer of each link socket in bytes (or with K, M: 128K); "
+           "bounds what a connection holds beyond --queue-bytes, so the stuck rule sees a slow "
+           "receiver's progress; one connection's throughput is at most about twice this per "
+           "round trip; 0 leaves the OS's autotuned buffers (default %(default)s)")
     a("--send-timeout", type=units.seconds, default=10.0,
       help="seconds (or with ms, s, m, h) a receiver may keep its queue full before LEAVE 6 "
            "(default %(default)s)")
@@ -168,6 +173,9 @@ def _check_limits(args):
             raise ValueError("--%s %s is out of range: use 1ms or more" % (name.replace("_", "-"), value))
     if args.max_connections < 1:
         raise ValueError("--max-connections %d is out of range: use 1 or more" % args.max_connections)
+    if args.socket_buffer and args.socket_buffer < 4096:
+        raise ValueError("--socket-buffer %d is out of range: use 0 (the OS's) or 4K or more"
+                         % args.socket_buffer)
     if args.queue_bytes < args.max_frame:
         raise ValueError("--queue-bytes %d is out of range: use at least --max-frame %d"
                          % (args.queue_bytes, args.max_frame))
@@ -213,7 +221,8 @@ def build(args):
     srv = RelayServer(router, host=args.host, port=args.port,
                       ws_port=None if args.no_ws else args.ws_port,
                       http_port=args.http_port or None, http_host=args.http_host, ssl=_tls(args),
-                      serial=args.serial, serial_baud=args.serial_baud)
+                      serial=args.serial, serial_baud=args.serial_baud,
+                      socket_buffer=args.socket_buffer)
     if warning:
         srv.warnings.append(warning)
     if args.idle_timeout < 2 * PARTICIPANT_PING_S:

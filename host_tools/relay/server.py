@@ -2,7 +2,8 @@
 
     srv = RelayServer(router, host="127.0.0.1", port=7880, ws_port=7881, http_port=7882,
                       ssl=None, serial=None, serial_baud=115200, log=sys.stderr,
-                      http_host="127.0.0.1")   # the HTTP port stays on loopback by default
+                      http_host="127.0.0.1",   # the HTTP port stays on loopback by default
+                      socket_buffer=SOCKET_BUFFER)  # each link socket's kernel buffers
     await srv.start()          # binds every listener; srv.urls lists them (real ports)
     await srv.serve()          # until stop() (or request_stop() from a signal handler)
     await srv.stop()           # LEAVE 5 to everyone, flush (bounded), close listeners
@@ -27,6 +28,7 @@ import asyncio
 import collections
 import errno
 import json
+import socket
 import sys
 import time
 
@@ -41,6 +43,12 @@ from . import router as rt
 
 CLOSE_GRACE_S = 1.0
 READ_SIZE = 65536
+# The kernel's send and receive buffers of each link socket (SO_SNDBUF, SO_RCVBUF; Linux
+# books twice this). Left to autotuning they grow to megabytes: a receiver reading
+# slowly then drains them for tens of seconds while the relay's own queue, which the
+# stuck rule watches, does not move (a board working through a flood of requests at
+# 55 KB/s was dropped as stuck), and a paused sender still has megabytes accepted.
+SOCKET_BUFFER = 128 * 1024
 # WebSocket: a frame may hold one max_frame link frame plus this (see RelayServer.start),
 # and websockets parses at most WS_MAX_QUEUE frames ahead of the reader.
 WS_FRAME_SLACK = 4096
@@ -387,8 +395,10 @@ class _SerialLink(_Link):
 
 class RelayServer:
     def __init__(self, router, host="127.0.0.1", port=7880, ws_port=7881, http_port=7882,
-                 ssl=None, serial=None, serial_baud=115200, log=None, http_host="127.0.0.1"):
+                 ssl=None, serial=None, serial_baud=115200, log=None, http_host="127.0.0.1",
+                 socket_buffer=SOCKET_BUFFER):
         self.router = router
+        self.socket_buffer = socket_buffer   # 0: the OS's (autotuned) buffers
         self.host = host
         # /healthz and /metrics name rooms and identities and need no token: loopback
         # unless asked otherwise, whatever address the link listens on
@@ -529,6 +539,7 @@ class RelayServer:
         if self._stopping:
             writer.close()
             return
+        self._bound(writer.get_extra_info("socket"))
         await _StreamLink(self, self._cid(), reader, writer,
                           "tls" if self.ssl else "tcp").run()
 
@@ -536,7 +547,18 @@ class RelayServer:
         if self._stopping:
             await ws.close()
             return
+        self._bound(ws.transport.get_extra_info("socket"))
         await _WsLink(self, self._cid(), ws, "wss" if self.ssl else "ws").run()
+
+    def _bound(self, sock):
+        """Bound the kernel's buffers of a link socket (SOCKET_BUFFER)."""
+        if sock is None or not self.socket_buffer:
+            return
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, self.socket_buffer)
+            except OSError:   # a platform that refuses: its defaults it is
+                pass
 
     async def _serial_loop(self, port):
         loop = asyncio.get_running_loop()

@@ -4,6 +4,7 @@ DataPackets are built and read with livekit-protocol (the official classes) as t
 oracle; the relay itself uses lkedge's own codecs.
 """
 import asyncio
+import socket
 import time
 
 import jwt
@@ -297,6 +298,50 @@ async def test_slow_receiver_is_bounded_and_dropped_with_leave_6():
         _t, left = await asyncio.wait_for(_skip_to(sender, link.PARTICIPANT_LEFT), 3)
         assert left["identity"] == "slow" and "stuck" in left["reason"]
         assert r.router.metrics.get("lkedge_relay_leaves_total", code=link.LEAVE_IDLE) == 1
+
+
+async def test_a_slow_receiver_that_keeps_reading_is_not_dropped_as_stuck():
+    # The stuck rule watches the relay's own queue. Left to autotuning, the kernel's
+    # buffers of the receiver's socket grow to megabytes, which a slow reader drains
+    # for many seconds while that queue does not move: it was dropped (LEAVE 6) though
+    # reading (a board working through a flood of requests). Bounded buffers
+    # (--socket-buffer) let its progress show.
+    queue = 256 * 1024
+    async with RelayUnderTest(queue_bytes=queue, stuck_ms=3000) as r:
+        sender = await r.peer("fast")
+        slow = await r.peer("slow")
+        await sender.expect(link.PARTICIPANT)
+        slow._task.cancel()
+        # a board's small TCP window (lwIP), not Linux's autotuned one, on the reader's side
+        slow._w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        got = [0]
+
+        async def read_slowly():   # 8 KiB every 50 ms: 160 KB/s, 10 times the rule's floor
+            while True:
+                data = await slow._r.read(8192)
+                if not data:
+                    return
+                got[0] += len(data)
+                await asyncio.sleep(0.05)
+        reading = asyncio.ensure_future(read_slowly())
+        chunk = user_packet(b"z" * 15000, dest=["slow"])
+
+        async def flood():
+            while True:
+                await sender.send_data(chunk)
+        flooding = asyncio.ensure_future(flood())
+        t_end = time.monotonic() + 15
+        try:   # until it has read 4 queues' worth, well past several stuck periods
+            while got[0] <= 4 * queue and time.monotonic() < t_end and "slow" in r.router.rooms()["lab"]:
+                await asyncio.sleep(0.05)
+        finally:
+            flooding.cancel()
+            reading.cancel()
+        assert "slow" in r.router.rooms()["lab"], \
+            "a receiver reading %d bytes was dropped: %s" % (got[0], r.logbuf.getvalue()[-1500:])
+        assert got[0] > 4 * queue, got[0]
+        for ln in r.srv.links.values():   # Linux books twice what was asked
+            assert ln.w.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) <= 2 * 131072
 
 
 async def _skip_to(peer, t):
