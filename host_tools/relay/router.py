@@ -16,7 +16,13 @@ No sockets, no clock: the adapter (server.py) feeds events in and carries action
     r.shutdown(now_ms)                                LEAVE 5 to everyone
     r.pop_actions() -> [action, ...]                  in order; the list is handed over
 
-Actions are tuples: (SEND, cid, bytes) queue bytes for cid; (CLOSE, cid) close cid after
+Actions are tuples: (SEND, cid, bytes, key) queue bytes for cid, `key` naming whose
+turn they take: the identity a DATA frame is from or a PARTICIPANT / PARTICIPANT_LEFT
+frame is about, "" for the relay's own frames (JOINED, PONG), None for a LEAVE (after
+everything else); the adapter writes a receiver's frames of one key in order and takes
+the keys in turn, so one sender flooding a receiver does not hold another's frames
+behind its backlog, while LINK.md's orders (PARTICIPANT before a newcomer's DATA,
+PARTICIPANT_LEFT after its last DATA, each sender's DATA in order) hold. (CLOSE, cid) close cid after
 its queued bytes (the router forgot it already; later bytes from it are ignored);
 (PAUSE, cid) stop reading from cid; (RESUME, cid) read again; (LOG, event, fields) one
 structured log line (fields is a dict).
@@ -386,10 +392,11 @@ class Router:
             "max_frame": self.max_frame, "participants": [o.info for o in listed]}),
             link.JOINED)
         for o in rest:  # a big room: the rest follow at once, before anything else
-            self._send(c, relayside.encode_control(link.PARTICIPANT, o.info), link.PARTICIPANT)
+            self._send(c, relayside.encode_control(link.PARTICIPANT, o.info), link.PARTICIPANT,
+                       o.info["identity"])
         announce = relayside.encode_frame(link.PARTICIPANT, body)
         for o in others:
-            self._send(o, announce, link.PARTICIPANT)
+            self._send(o, announce, link.PARTICIPANT, identity)
         self.metrics.inc("lkedge_relay_joins_total")
         self._log("join", c, sid=c.info["sid"], client_protocol=j["client_protocol"],
                   sdk=j["sdk"], sdk_version=j["sdk_version"])
@@ -422,8 +429,9 @@ class Router:
                                                             self.max_frame, link.STAMP_ROOM), now)
             return
         frame = relayside.encode_frame(link.DATA, packet)
+        key = c.info["identity"]
         for r in self._recipients(c, dests):
-            self._send(r, frame, link.DATA)
+            self._send(r, frame, link.DATA, key)
             if r.queued >= self.queue_bytes:
                 self._block(c, r, now)
 
@@ -490,7 +498,7 @@ class Router:
 
     def _send_leave(self, c, code, reason):
         self._send(c, relayside.encode_control(link.LEAVE, {"code": code, "reason": _clip(reason)}),
-                   link.LEAVE)
+                   link.LEAVE, None)
 
     def _remove(self, c, code, reason, now, announce):
         if self._conns.pop(c.cid, None) is None:
@@ -508,7 +516,7 @@ class Router:
                         "identity": c.info["identity"],
                         "reason": _REASONS.get(code, "disconnected") + ": " + reason})
                     for m in list(members.values()):
-                        self._send(m, left, link.PARTICIPANT_LEFT)
+                        self._send(m, left, link.PARTICIPANT_LEFT, c.info["identity"])
         for dcid in c.paused_by:
             d = self._conns.get(dcid)
             if d is not None:
@@ -519,13 +527,13 @@ class Router:
         self._gauges()
 
     # ------------------------------------------------------------ helpers
-    def _send(self, c, frame, t):
+    def _send(self, c, frame, t, key=""):
         c.queued += len(frame)
         if c.queued >= self.queue_bytes:
             self._fresh(c, self._now)    # whatever fills it (PONGs, PARTICIPANT churn)
         self.metrics.inc("lkedge_relay_frames_out_total", type=relayside.type_name(t))
         self.metrics.inc("lkedge_relay_bytes_out_total", len(frame))
-        self._actions.append((SEND, c.cid, frame))
+        self._actions.append((SEND, c.cid, frame, key))
 
     def _count_in(self, t):
         self.metrics.inc("lkedge_relay_frames_in_total", type=relayside.type_name(t))

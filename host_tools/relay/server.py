@@ -10,8 +10,10 @@
 
 Port 0 binds an ephemeral port; `None` (or http_port 0 from the CLI) disables a listener.
 Each connection has a reader task (paused while the Router says so) and a writer task
-that writes the Router's SENDs in order and reports them `drained` once the transport
-took them (TCP: after drain(); WebSocket: after send()). A CLOSE flushes what is queued,
+that writes the Router's SENDs and reports them `drained` once the transport took them
+(TCP: after drain(); WebSocket: after send()): each key's frames in order, the keys in
+turn (one frame each), a LEAVE after all (see router.py), so a receiver flooded by one
+sender still gets another's frames at once. A CLOSE flushes what is queued,
 then closes; a receiver that cannot take it within CLOSE_GRACE_S is aborted.
 WebSocket: messages are read frame by frame (never whole), each WebSocket frame at most
 one max_frame link frame plus WS_FRAME_SLACK, with websockets parsing at most
@@ -103,7 +105,10 @@ class _Link:
         self.server = server
         self.cid = cid
         self.peer = peer
-        self.out = collections.deque()
+        # What is queued for this link, by key (Router SEND actions): one deque per
+        # sender (or subject) in turn order, and the LEAVE that goes after them all.
+        self.out = {}
+        self.last = None
         self.wake = asyncio.Event()
         self.readable = asyncio.Event()
         self.readable.set()
@@ -125,9 +130,36 @@ class _Link:
         raise NotImplementedError
 
     # --- driven by the server
-    def enqueue(self, data):
-        self.out.append(data)
+    def enqueue(self, data, key=""):
+        if key is None:
+            self.last = data
+        else:
+            q = self.out.get(key)
+            if q is None:
+                q = self.out[key] = collections.deque()
+            q.append(data)
         self.wake.set()
+
+    def next_out(self):
+        """The next frame to write, or None: one of the key whose turn it is (the
+        oldest key first), which then goes to the back; the LEAVE once all are out."""
+        for key in self.out:
+            q = self.out.pop(key)
+            data = q.popleft()
+            if q:
+                self.out[key] = q
+            return data
+        data, self.last = self.last, None
+        return data
+
+    def take_all(self):
+        """Everything queued, in the order next_out would write it; the queue empties."""
+        out = []
+        data = self.next_out()
+        while data is not None:
+            out.append(data)
+            data = self.next_out()
+        return out
 
     def finish(self):
         if not self.closing:
@@ -177,11 +209,12 @@ class _Link:
         srv = self.server
         try:
             while True:
-                while self.out:
-                    data = self.out.popleft()
+                data = self.next_out()
+                while data is not None:
                     await self.write(data)
                     srv.router.drained(self.cid, len(data), now_ms())
                     srv.apply()
+                    data = self.next_out()
                 if self.closing:
                     break
                 self.wake.clear()
@@ -350,9 +383,7 @@ class _WsLink(_Link):
             why = "%s (close code %d): %s" % (_WS_PEER_FAULTS[code], code, reason)
         srv.router.fail(self.cid, link.LEAVE_PROTOCOL, why, now_ms())
         srv.apply()
-        out = list(self.out)
-        self.out.clear()
-        return out
+        return self.take_all()
 
     async def write(self, data):
         await self.ws.send(data)
@@ -439,7 +470,7 @@ class RelayServer:
             if ln is None:
                 continue
             if kind == rt.SEND:
-                ln.enqueue(a[2])
+                ln.enqueue(a[2], a[3])
             elif kind == rt.CLOSE:
                 ln.finish()
             elif kind == rt.PAUSE:

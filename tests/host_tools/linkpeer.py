@@ -32,9 +32,20 @@ class LinkPeer:
 
     # ---------------------------------------------------------------- opening
     @classmethod
-    async def tcp(cls, host, port, **kw):
+    async def tcp(cls, host, port, rcvbuf=None, **kw):
+        """rcvbuf: the socket's receive buffer, set before connecting (a board's small
+        TCP window rather than Linux's autotuned one; set later, it can stall a loopback
+        link whose segments are 64 KiB)."""
         self = cls(**kw)
-        self._r, self._w = await asyncio.open_connection(host, port)
+        if rcvbuf is None:
+            self._r, self._w = await asyncio.open_connection(host, port)
+        else:
+            import socket
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (host, port))
+            self._r, self._w = await asyncio.open_connection(sock=sock)
         self._kind = "tcp"
         self._task = asyncio.ensure_future(self._pump())
         return self
@@ -166,11 +177,12 @@ class RelayUnderTest:
     port), r.ws_url, r.http (host, port); r.token(identity, room="lab", **mint_options);
     await r.peer(identity, room="lab") -> a joined TCP LinkPeer (r.peers closes them)."""
 
-    def __init__(self, rooms=None, log=None, **router_options):
+    def __init__(self, rooms=None, log=None, server_options=None, **router_options):
         from lkedge_host.relay import auth
         self.auth = auth
         self.rooms = rooms
         self.options = router_options
+        self.server_options = server_options or {}
         self.log = log
         self.peers = []
 
@@ -183,7 +195,7 @@ class RelayUnderTest:
         self.router = Router(verifier.verify, **self.options)
         self.logbuf = io.StringIO()
         self.srv = RelayServer(self.router, port=0, ws_port=0, http_port=0,
-                               log=self.log or self.logbuf)
+                               log=self.log or self.logbuf, **self.server_options)
         await self.srv.start()
         self.tcp = self.srv.addresses["tcp"]
         self.ws_url = "ws://%s:%d" % self.srv.addresses["ws"]

@@ -485,3 +485,21 @@ def test_a_receiver_that_never_reads_cannot_stay_by_getting_itself_paused_again_
         if 1 in s.closed:
             break
     assert 1 in s.closed and s.now <= 3 * 500 + 500 + 450, s.now
+
+
+def test_sends_are_keyed_by_sender_or_subject_so_the_adapter_can_take_senders_in_turn():
+    # SEND's key: the identity a DATA frame is from or a PARTICIPANT(_LEFT) is about,
+    # "" for the relay's own frames, None for the LEAVE that goes after everything.
+    s = Sim()
+    s.join(1, "alice@lab")
+    s.join(2, "bob@lab")
+    s.r.open(3, s.now)
+    s.r.receive(3, link.encode_control(link.JOIN, {"v": 1, "token": "carol@lab"}), s.now)
+    keys = {(a[1], a[3]) for a in s.r.pop_actions() if a[0] == rt.SEND}
+    assert keys == {(3, ""), (1, "carol"), (2, "carol")}, keys   # JOINED; announcements
+    s.r.receive(2, data(b"hi", dest=["alice"]) + link.encode_frame(link.PING, b"k"), s.now)
+    sends = [(a[1], a[3]) for a in s.r.pop_actions() if a[0] == rt.SEND]
+    assert sends == [(1, "bob"), (2, "")], sends                    # DATA; PONG
+    s.r.fail(2, link.LEAVE_PROTOCOL, "bad", s.now)
+    sends = [(a[1], a[3]) for a in s.r.pop_actions() if a[0] == rt.SEND]
+    assert sends == [(2, None), (1, "bob"), (3, "bob")], sends      # LEAVE; PARTICIPANT_LEFT

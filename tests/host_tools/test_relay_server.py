@@ -309,11 +309,12 @@ async def test_a_slow_receiver_that_keeps_reading_is_not_dropped_as_stuck():
     queue = 256 * 1024
     async with RelayUnderTest(queue_bytes=queue, stuck_ms=3000) as r:
         sender = await r.peer("fast")
-        slow = await r.peer("slow")
+        # a board's small TCP window (lwIP), not Linux's autotuned one, on the reader's side
+        slow = await LinkPeer.tcp(*r.tcp, rcvbuf=16384)
+        r.peers.append(slow)
+        await slow.join(r.token("slow"))
         await sender.expect(link.PARTICIPANT)
         slow._task.cancel()
-        # a board's small TCP window (lwIP), not Linux's autotuned one, on the reader's side
-        slow._w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         got = [0]
 
         async def read_slowly():   # 8 KiB every 50 ms: 160 KB/s, 10 times the rule's floor
@@ -469,3 +470,56 @@ async def test_join_of_another_link_version_is_leave_4_and_identity_keys_in_join
                                          "identity": "admin", "room": "other"})
         _t, joined = await q.expect(link.JOINED)
         assert joined["identity"] == "real" and joined["room"] == "lab"
+
+
+def test_a_links_queue_takes_senders_in_turn_each_in_order_and_the_leave_last():
+    from lkedge_host.relay.server import _Link
+    ln = _Link(None, 1, "")
+    for data, key in ((b"joined", ""), (b"a1", "alice"), (b"a2", "alice"), (b"b1", "bob"),
+                      (b"leave", None), (b"a3", "alice")):
+        ln.enqueue(data, key)
+    assert ln.take_all() == [b"joined", b"a1", b"b1", b"a2", b"a3", b"leave"]
+    assert ln.next_out() is None
+
+
+async def test_a_flooded_receiver_gets_another_senders_frame_ahead_of_the_floods_backlog():
+    # One participant filling a board's queue (a flood of requests) must not hold
+    # everyone else's frames behind its backlog: a caller's request waited behind 1 MB
+    # that the board worked through at 55 KB/s, and timed out. Whatever the kernel's
+    # buffers already hold comes first either way; of the relay's own queue, the other
+    # sender's frame takes the next turn.
+    # a queue of 2 MiB: its backlog well beyond what the kernel's buffers hold (~0.5 MB)
+    async with RelayUnderTest(queue_bytes=2 << 20, stuck_ms=60000) as r:
+        flooder = await r.peer("flooder")
+        good = await r.peer("good")
+        # a board's small TCP window, not Linux's autotuned one (or it holds the backlog)
+        board = await LinkPeer.tcp(*r.tcp, rcvbuf=65536)
+        r.peers.append(board)
+        await board.join(r.token("board"))
+        await asyncio.wait_for(_skip_to(flooder, link.PARTICIPANT), 3)
+        board._task.cancel()          # reads nothing until the queue is full
+        chunk = user_packet(b"f" * 15000, dest=["board"])
+        t_end = time.monotonic() + 10
+        while r.router.queued(_cid(r, "board")) < r.router.queue_bytes and time.monotonic() < t_end:
+            await flooder.send_data(chunk)
+            await asyncio.sleep(0)    # the relay runs in this loop too
+        backlog = r.router.queued(_cid(r, "board")) // len(chunk)
+        assert backlog >= 120, backlog
+        await good.send_data(user_packet(b"call me", dest=["board"]))
+        await asyncio.sleep(0.2)      # routed into the queue behind the flood
+        board._task = asyncio.ensure_future(board._pump())
+        order = []
+        while "good" not in order and len(order) < 200:
+            _t, body = await asyncio.wait_for(_skip_to(board, link.DATA), 5)
+            order.append(parse(body).participant_identity)
+        at = order.index("good") if "good" in order else None
+        assert at is not None and at < backlog // 2, \
+            "another sender's frame came after %s of the flood's %d queued frames" % (at, backlog)
+
+
+def _cid(r, identity):
+    for cid, ln in r.srv.links.items():
+        c = r.router._conns.get(cid)
+        if c is not None and c.identity == identity:
+            return cid
+    raise KeyError(identity)
