@@ -422,7 +422,16 @@ class Room:
                         self._acc = None
                         dec.start(ev[1])
                     elif kind == link.FRAME:
-                        await self._on_control(ev[1], ev[2])
+                        try:
+                            await self._on_control(ev[1], ev[2])
+                        except MemoryError:
+                            if ev[1] != link.PARTICIPANT:
+                                raise
+                            # one announcement with no heap for it: that participant
+                            # is not held (as past max_participants), the link stays
+                            gc.collect()
+                            self._untracked.add(None)
+                            _warn("a participant announcement dropped: no heap to read it")
                         if ev[1] == link.JOINED:
                             # DATA is streamed, so any frame the relay forwards fits:
                             # up to its max_frame plus the sender stamp it adds.

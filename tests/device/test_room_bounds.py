@@ -244,6 +244,38 @@ async def test_participants_past_max_participants_are_not_held_and_still_served(
     await board.disconnect()
 
 
+async def test_a_participant_announcement_with_no_heap_to_read_it_is_dropped_not_the_link():
+    # A MemoryError reading one PARTICIPANT (its attributes, on a fragmented heap) ended
+    # the link, and the rejoin's bigger JOINED could fail the same way. Now that one
+    # participant is not held (as past max_participants) and the link stays.
+    from room_helpers import join
+    from lkedge import link
+    mem = MemRoom()
+    board = Room(RoomOptions.for_board(None, auto_reconnect=False))
+    board.local_participant.register_rpc_method("ping", lambda d: "pong")
+    await board.connect(mem.transport(), "board")
+    decode = link.decode_control
+
+    def no_heap_for_big(body, *limits):   # its announcement: not its JOIN, nor a JOINED
+        b = bytes(body)
+        if b"big" in b and b"sid" in b and b"participants" not in b:
+            raise MemoryError("memory allocation failed, allocating 8192 bytes")
+        return decode(body, *limits)
+    link.decode_control = no_heap_for_big
+    try:
+        big = await join(mem, "big")
+        small = await join(mem, "small")
+        await settle(lambda: "small" in board.remote_participants)
+    finally:
+        link.decode_control = decode
+    assert board.connection_state == "connected"
+    assert "big" not in board.remote_participants
+    assert (0, ()) in board.recipients(None)   # someone not held: assumed a v1 peer
+    assert await big.local_participant.perform_rpc(destination_identity="board", method="ping",
+                                                   payload="") == "pong"
+    await close(big, small, board)
+
+
 async def test_a_crowded_room_leaves_a_board_heap_bounded_and_its_link_alive():
     # The relay announces 200 participants to a board-profile Room (cap 24): the heap
     # it holds for them is that of 24, and its link goes on (without the cap ~107 of
