@@ -231,6 +231,13 @@ def build(args):
             "(RoomOptions.ping_interval_ms): an idle participant whose PING is a little late is "
             "dropped (LEAVE 6) and rejoins, failing what it had pending; use at least %d s"
             % (args.idle_timeout, PARTICIPANT_PING_S, 2 * PARTICIPANT_PING_S))
+    if args.send_timeout >= 2 * PARTICIPANT_PING_S:
+        srv.warnings.append(
+            "--send-timeout %gs is not under twice the %d s at which lkedge participants PING: "
+            "one paused behind a receiver that stopped reading hears nothing (not even its "
+            "PONGs) until that receiver is dropped, and after %d s of silence it takes its "
+            "link for dead and rejoins, failing what it had pending; use under %d s"
+            % (args.send_timeout, PARTICIPANT_PING_S, 2 * PARTICIPANT_PING_S, 2 * PARTICIPANT_PING_S))
     return srv, auth.is_dev_keys(key, secret)
 
 

@@ -307,6 +307,16 @@ def test_an_idle_timeout_shorter_than_two_participant_pings_is_warned_about(monk
     assert not [w for w in command.build(_args())[0].warnings if "--idle-timeout" in w]
 
 
+def test_a_send_timeout_of_two_participant_pings_or_more_is_warned_about(monkeypatch):
+    # a participant paused that long hears nothing and takes its link for dead
+    from lkedge_host.relay import command
+    monkeypatch.delenv("LIVEKIT_API_KEY", raising=False)
+    monkeypatch.delenv("LIVEKIT_API_SECRET", raising=False)
+    warned = [w for w in command.build(_args("--send-timeout", "30s"))[0].warnings if "--send-timeout" in w]
+    assert len(warned) == 1 and "use under 20 s" in warned[0], warned
+    assert not [w for w in command.build(_args("--send-timeout", "19s"))[0].warnings if "--send-timeout" in w]
+
+
 @pytest.mark.parametrize("argv, want", [
     (["--join-timeout", "nan"], "argument --join-timeout: 'nan' is not a duration of 1ms or more"),
     (["--idle-timeout", "inf"], "argument --idle-timeout: 'inf' is not a duration of 1ms or more"),
