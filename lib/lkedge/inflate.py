@@ -63,8 +63,15 @@ def available():
 # A board that advertises CAP_COMPRESSION_DEFLATE_RAW must find one contiguous block
 # for the 32 KiB window whenever a compressed stream arrives, however fragmented its
 # heap has become meanwhile. reserve() holds such a block; the next inflater frees it
-# just before DeflateIO allocates its window, which then lands in that hole.
+# just before DeflateIO allocates its decoder state (~1.4 KiB) and window, which then
+# land in that hole. The block is their size and little more, and the inflater takes
+# it again as soon as its stream ends, before anything else can take the hole: taken
+# later (when the stream's end reached the Room, the decoder still referenced), the
+# second block did not fit beside the first on a board's heap, the reservation was
+# lost, the hole went to other allocations, and every later compressed stream failed
+# for want of a window.
 _reserved = None
+_STATE = const(1536)
 
 
 def reserve(piece_size=512):
@@ -76,7 +83,7 @@ def reserve(piece_size=512):
         return _zlib is not None
     if _reserved is None:
         try:
-            _reserved = bytearray((1 << WINDOW_BITS) + _STAGE + piece_size + 1024)
+            _reserved = bytearray((1 << WINDOW_BITS) + _STATE)
         except MemoryError:
             return False
     return True
@@ -236,6 +243,13 @@ class _UzlibInflater(_Base):
                 self.eof = True  # the decoder met the end of the final block
             self._count(n)
             filled += n
+        if self.eof and self._dec is not None:
+            # done: its window goes back to the reservation before anything else can
+            # take the hole (a fragmented heap may have no other for the next stream)
+            self._dec = None
+            import gc
+            gc.collect()
+            reserve()
         if filled:
             yield out[:filled]
         if self.eof and self._wend > self._rpos:

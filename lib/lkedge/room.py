@@ -134,6 +134,9 @@ class Room:
         self._skip_frame = False
         self._events = None  # generator of the stream events of the current chunk piece
         self._waited_ms = 0  # the reader task's time waiting for the application (_link_ms)
+        # the inflate window to reserve again after a compressed stream (_stream_ended):
+        # 1 once the reader is done with that packet, 2 at the timer's ticks (it failed)
+        self._reserve_due = 0
         self.last_error = None
 
     # ------------------------------------------------------------------ events
@@ -376,6 +379,8 @@ class Room:
         self._events = None  # _decoded's pending stream events belong to this task
         try:
             while True:
+                if self._reserve_due == 1:
+                    self._reserve()
                 self._idle = 1
                 n = await t.read_into(buf)
                 self._idle = 0
@@ -627,7 +632,14 @@ class Room:
             if ev.evicted:
                 self._linger(r)
         if ev.info.compression and self.can_inflate:
-            _inflate.reserve(self.options.piece_size)  # for the next compressed stream
+            # for the next compressed stream, once this one's window is garbage: here
+            # the decoder that holds it is still referenced, and a board without the
+            # heap for a second window lost the reservation, its answer then landed in
+            # the hole, and every later compressed stream failed for want of a window
+            self._reserve_due = 1
+
+    def _reserve(self):
+        self._reserve_due = 0 if _inflate.reserve(self.options.piece_size) else 2
 
     def _link_ms(self):
         """The clock of stream silence (evict_idle_ms): now_ms() less the time the link
@@ -911,6 +923,8 @@ class Room:
                             self._sender._stop_after_frame = task  # once its frame is whole (PacketSender)
                         else:
                             task.cancel()
+            if self._reserve_due == 2:
+                self._reserve()
             if now - last_ping >= interval:
                 last_ping = now
                 if self.connection_state == "connected":

@@ -87,3 +87,60 @@ def test_importing_the_library_sets_a_gc_threshold_unless_the_application_chose_
         out = subprocess.run([_bin("micropython"), "-X", "heapsize=" + heap, "-c", code], capture_output=True,
                              text=True, timeout=30, env=env).stdout.strip()
         assert lo <= int(out) <= hi, (heap, before, out)
+
+
+def test_a_board_keeps_inflating_compressed_requests_one_after_another(relay):
+    """The inflate window's reservation is taken again as each compressed stream ends,
+    before anything else can take its hole: on a 192K board it was lost after the
+    first compressed request (taken while that request's decoder was still referenced,
+    the second block did not fit), the hole went to other allocations, and every later
+    compressed request failed "not enough memory to inflate (32 KiB window)"."""
+    import asyncio
+    import os
+    import random
+    import subprocess
+    import sys
+    import threading
+    import time
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from mpybuild import compiled_lib
+    from lkedge_host.bench.board_heap import _bin
+    from lkedge.config import RoomOptions
+    from lkedge.room import Room
+    scenario = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "scenarios", "board_compressed_echo.py")
+    env = dict(os.environ, MICROPYPATH=compiled_lib() + ":.frozen", LKEDGE_TOKEN=relay.token("board"))
+    board = subprocess.Popen([_bin("micropython"), "-X", "heapsize=192K", scenario, relay.url],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    threading.Thread(target=lambda: lines.extend(iter(board.stdout.readline, "")), daemon=True).start()
+
+    async def calls():
+        host = Room(RoomOptions(auto_reconnect=False))
+        await host.connect(relay.url, relay.token("host"))
+        try:
+            t_end = time.monotonic() + 20
+            while "board" not in host.remote_participants and time.monotonic() < t_end:
+                await asyncio.sleep(0.05)
+            assert host.remote_participants["board"].capabilities == [2]
+            rng = random.Random(7)
+            out = []
+            for _ in range(6):   # letters at random: compressed about 2:1
+                payload = "".join(rng.choice("abcdefgh") for _ in range(4000))
+                try:
+                    got = await host.local_participant.perform_rpc(
+                        destination_identity="board", method="echo", payload=payload, response_timeout=10)
+                    out.append("ok" if got == payload else "wrong answer")
+                except Exception as e:
+                    out.append(repr(e))
+            return out
+        finally:
+            await host.disconnect()
+    try:
+        out = asyncio.run(calls())
+    finally:
+        board.kill()
+        board.wait()
+    echoes = [ln.split()[2] for ln in lines if ln.startswith("ECHO ")]
+    assert out == ["ok"] * 6, (out, "".join(lines)[-1500:])
+    assert echoes == ["reserved=1"] * 6, echoes
