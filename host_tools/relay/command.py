@@ -173,8 +173,8 @@ def _check_limits(args):
             raise ValueError("--%s %s is out of range: use 1ms or more" % (name.replace("_", "-"), value))
     if args.max_connections < 1:
         raise ValueError("--max-connections %d is out of range: use 1 or more" % args.max_connections)
-    if args.socket_buffer and args.socket_buffer < 4096:
-        raise ValueError("--socket-buffer %d is out of range: use 0 (the OS's) or 4K or more"
+    if args.socket_buffer and not 4096 <= args.socket_buffer <= 64 << 20:
+        raise ValueError("--socket-buffer %d is out of range: use 0 (the OS's) or 4K..64M"
                          % args.socket_buffer)
     if args.queue_bytes < args.max_frame:
         raise ValueError("--queue-bytes %d is out of range: use at least --max-frame %d"

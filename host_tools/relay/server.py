@@ -588,8 +588,8 @@ class RelayServer:
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, opt, self.socket_buffer)
-            except OSError:   # a platform that refuses: its defaults it is
-                pass
+            except (OSError, ValueError, OverflowError, TypeError):
+                pass   # a platform (or size) it refuses: its defaults it is
 
     async def _serial_loop(self, port):
         loop = asyncio.get_running_loop()

@@ -82,10 +82,12 @@ class RemoteParticipant:
         self._update(info)
 
     def _update(self, info):
+        caps = list(info.get("capabilities", ()))   # allocated first: no heap for them
+        attrs = dict(info.get("attributes", {}))    # leaves it as it was, not half updated
         self.sid = info.get("sid", "")
         self.client_protocol = info.get("client_protocol", 0)
-        self.capabilities = list(info.get("capabilities", ()))
-        self.attributes = dict(info.get("attributes", {}))
+        self.capabilities = caps
+        self.attributes = attrs
         self.attributes_dropped = info.get("attributes_dropped", False)
 
     def __repr__(self):
@@ -195,6 +197,7 @@ class LocalParticipant:
             # pin the request (a v1 payload is up to 15 KB, held twice) in a board's heap.
             inv.payload = payload = data = result = None
             room._invoking.discard(inv)   # admitted by Room._admit
+            room._timed_out.discard(inv)  # past its deadline, it may have ended on its own
             room._lingering.discard(inv)  # or no longer counted there (Room._linger)
             if reader is not None:
                 reader._abandon()
@@ -318,8 +321,18 @@ class StreamWriter:
     async def write(self, data):
         if self._closed:
             raise ValueError("stream %s is closed" % self.stream_id)
-        for pkt in self._out.write(data):
-            await self._room._send(pkt)
+        for pkt in self._out.write(data):   # (a write it refuses raises before any)
+            try:
+                await self._room._send(pkt)
+            except BaseException as e:
+                # cut short (cancelled, a handler past its deadline, a failed link): its
+                # receivers end it as abnormal instead of waiting for the rest
+                if not self._closed:
+                    try:
+                        await self.aclose(reason=("sender stopped: %r" % (e,))[:200])
+                    except Exception:
+                        pass
+                raise
 
     async def aclose(self, reason="", attributes=None):
         if self._closed:

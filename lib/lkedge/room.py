@@ -846,15 +846,15 @@ class Room:
         if p is None:
             if self._crowded(ident):
                 return
+            p = RemoteParticipant(info)   # allocated before anything is counted: a
+            self.remote_participants[ident] = p   # MemoryError leaves the counts right
             self._untracked.discard(hash(ident))   # held now, if it was not before
-        self._attributes_held += cost - old
-        if p is None:
-            p = RemoteParticipant(info)
-            self.remote_participants[ident] = p
+            self._attributes_held += cost
             if _announce:
                 self._emit("participant_connected", p)
         else:
             p._update(info)
+            self._attributes_held += cost - old
             if _announce:
                 self._emit("participant_updated", p)
         p._attributes_cost = cost   # as counted: later edits of p.attributes change nothing
@@ -897,6 +897,7 @@ class Room:
     async def _timer_loop(self):
         last_ping = now_ms()
         interval = self.options.ping_interval_ms
+        soon = False
         while not self._closing:
             now = now_ms()
             client = self._rpc_client
@@ -904,6 +905,8 @@ class Room:
             wake = last_ping + interval
             if deadline is not None and deadline < wake:
                 wake = deadline
+            if soon and now + 20 < wake:
+                wake = now + 20   # a handler's cancel waits for a frame to be whole
             if wake > now:
                 self._timer_wake.clear()
                 try:
@@ -914,15 +917,30 @@ class Room:
             if client is not None:
                 for c in client.handle_timer(now):
                     self._complete(c)
+            soon = False
             if self._deadlines:  # checked at least every ping interval: late is fine
+                s = self._sender
                 for inv, (at, task) in list(self._deadlines.items()):
-                    if now >= at:
-                        del self._deadlines[inv]
+                    if at is None and s._stop_after_frame is not task:
+                        del self._deadlines[inv]   # stopped at its next frame (or ended)
+                    elif at is None or now >= at:
                         self._timed_out.add(inv)
-                        if self._sender._in_frame is task:
-                            self._sender._stop_after_frame = task  # once its frame is whole (PacketSender)
-                        else:
-                            task.cancel()
+                        # Never while a frame is being written: the cancel would land
+                        # in it (the handler's own write, or a sub-task's it awaits via
+                        # wait_for/gather) and half a frame ends the link for everyone.
+                        # The handler's own: it stops at the start of its next frame
+                        # (PacketSender), where its sender knows what went out; if it
+                        # sends no more, the cancel comes once no frame is under way.
+                        if s._in_frame is not None:
+                            if s._in_frame is task:
+                                s._stop_after_frame = task
+                                self._deadlines[inv] = (None, task)
+                            soon = True
+                            continue
+                        del self._deadlines[inv]
+                        if s._stop_after_frame is task:
+                            s._stop_after_frame = None
+                        task.cancel()
             if self._reserve_due == 2:
                 self._reserve()
             if now - last_ping >= interval:

@@ -34,8 +34,9 @@ class PacketSender:
         # JOINED's max_frame: a larger DATA frame would make the relay end the link
         # (LEAVE 4), failing everything else in flight, so send() refuses it instead.
         self.max_frame = None
-        # The task writing a frame now, and one to cancel once its frame is whole (Room's
-        # handler deadline): a cancel inside a frame would end the link for everyone.
+        # The task writing a frame now: Room's handler deadline does not cancel while
+        # one is (a cancel inside a frame would end the link for everyone); a handler
+        # caught in its own frame is stopped at the start of its next one instead.
         self._in_frame = self._stop_after_frame = None
 
     # send() and send_frame() are plain functions returning the one coroutine that
@@ -63,8 +64,15 @@ class PacketSender:
             raise OSError("not connected to a relay")
         buf = self._buf
         size = len(buf)
+        me = asyncio.current_task()
+        if me is self._stop_after_frame is not None:
+            # Room's deadline passed while it wrote its last frame: stopped here, before
+            # a byte of this one, where its caller knows what went out (a stream cut
+            # short gets its trailer)
+            self._stop_after_frame = None
+            raise asyncio.CancelledError
         await self._lock.acquire()
-        me = self._in_frame = asyncio.current_task()
+        self._in_frame = me
         n = -1  # no byte of this frame handed to the transport yet
         try:
             n = link.put_frame_header(buf, ftype, total)
@@ -103,7 +111,3 @@ class PacketSender:
         finally:
             self._in_frame = None
             self._lock.release()
-            if self._stop_after_frame is me:  # also dropped when the frame failed: the link is gone
-                self._stop_after_frame = me = None
-        if me is None:
-            raise asyncio.CancelledError

@@ -276,6 +276,33 @@ async def test_a_participant_announcement_with_no_heap_to_read_it_is_dropped_not
     await close(big, small, board)
 
 
+async def test_a_participant_the_board_cannot_allocate_charges_no_attribute_budget():
+    # The announcement decoded, but holding the participant ran out of heap: nothing of
+    # it may stay counted (its attributes would shrink max_attributes until a rejoin).
+    from lkedge import link, relayside
+    from lkedge import room as room_module
+    mem = MemRoom()
+    board = Room(RoomOptions.for_board(None, auto_reconnect=False))
+    await board.connect(mem.transport(), "board")
+    real = room_module.RemoteParticipant
+
+    def no_heap(info):
+        if info["identity"] == "big":
+            raise MemoryError("memory allocation failed")
+        return real(info)
+    room_module.RemoteParticipant = no_heap
+    try:
+        await mem.conns["board"].t._deliver(relayside.encode_control(link.PARTICIPANT, {
+            "identity": "big", "sid": "PA_x", "client_protocol": 2, "capabilities": [],
+            "attributes": {"k" * 50: "v" * 500}}))
+        await asyncio.sleep(0.1)
+    finally:
+        room_module.RemoteParticipant = real
+    assert board.connection_state == "connected"
+    assert "big" not in board.remote_participants and board._attributes_held == 0, board._attributes_held
+    await board.disconnect()
+
+
 async def test_a_crowded_room_leaves_a_board_heap_bounded_and_its_link_alive():
     # The relay announces 200 participants to a board-profile Room (cap 24): the heap
     # it holds for them is that of 24, and its link goes on (without the cap ~107 of

@@ -1839,23 +1839,30 @@ async def test_a_trickled_request_to_a_buffered_handler_is_answered_1502_at_its_
     await close(a, p, q)
 
 
-async def test_a_handler_past_its_deadline_inside_a_frame_is_stopped_once_the_frame_is_whole():
-    # The deadline's cancel must not cut a frame the handler is writing (its own
-    # send_bytes, held up by a slow receiver): half a frame on the link ends it for
-    # every call and stream of the board. The handler stops after that frame, the caller
-    # hears 1502, the link stays up.
+async def _handler_past_its_deadline_while_sending(how):
+    """A buffered handler sends to a receiver whose queue is full ("slow" reads nothing
+    until its gate opens), in `how`: its own send_bytes or a stream writer. Its caller's 300 ms pass meanwhile; the timer runs every
+    2 s. -> (what the handler saw, the caller's answer, the packets slow got, the Room)."""
     mem = MemRoom(queue_bytes=4096)
     # the timer checks deadlines every PING interval; its PING cannot go out behind the
     # held frame, so a link silent for two intervals would end as dead (not this test)
-    a = await join(mem, "a", ping_interval_ms=1000, evict_idle_ms=60000)
-    stopped = []
+    a = await join(mem, "a", ping_interval_ms=2000, evict_idle_ms=60000)
+    seen = []
 
     async def shout(data):
+        lp = a.local_participant
         try:
-            await a.local_participant.send_bytes(b"x" * 60000, name="big", destination_identities=["slow"])
+            if how == "writer":
+                w = await lp.stream_bytes(name="s", destination_identities=["slow"])
+                for _ in range(20):
+                    await w.write(b"y" * 3000)
+                await w.aclose()
+            else:
+                await lp.send_bytes(b"x" * 60000, name="big", destination_identities=["slow"])
         except asyncio.CancelledError:
-            stopped.append(1)
+            seen.append("cancelled")
             raise
+        seen.append("sent")
         return "sent"
     a.local_participant.register_rpc_method("shout", shout)
     a.local_participant.register_rpc_method("echo", lambda d: d.payload)
@@ -1871,16 +1878,91 @@ async def test_a_handler_past_its_deadline_inside_a_frame_is_stopped_once_the_fr
     await settle(lambda: "slow" in a.remote_participants and "q" in a.remote_participants)
     await q.send({"destination_identities": ["a"], "rpc_request": {
         "id": "r1", "method": "shout", "payload": "", "response_timeout_ms": 300, "version": 1}})
-    await asyncio.sleep(1.4)           # past the deadline (checked at 1 s), the frame held up
-    assert not stopped and a.connection_state == "connected"
+    await asyncio.sleep(2.4)           # past the deadline (checked at 2 s), a frame held up
+    assert not seen and a.connection_state == "connected", (seen, a.connection_state)
     gate.set()
-    r = await q.wait_for(lambda x: "rpc_response" in x and x["rpc_response"]["request_id"] == "r1")
-    assert r["rpc_response"]["error"]["code"] == 1502, r
-    assert stopped == [1]
-    assert a.connection_state == "connected"
+    r = await q.wait_for(lambda x: "rpc_response" in x and x["rpc_response"]["request_id"] == "r1",
+                         timeout=20)
+    return seen, r["rpc_response"], slow.packets, a, q, slow
+
+
+def _ids(packets, kind):
+    return [p[kind]["stream_id"] for p in packets if kind in p]
+
+
+async def _check_stopped_between_frames(how):
+    # Half a frame on the link ends it for every call and stream of the board: the
+    # deadline's cancel waits until no frame is being written. The handler stops at its
+    # next frame, the caller
+    # hears 1502, the stream it had started gets a trailer, the link stays up.
+    seen, resp, packets, a, q, slow = await _handler_past_its_deadline_while_sending(how)
+    assert seen == ["cancelled"], seen
+    assert resp.get("error", {}).get("code") == 1502, resp
+    assert a.connection_state == "connected", a.last_error
+    # (slow reads what is queued for it after the answer: its stream's end may follow)
+    await settle(lambda: _ids(packets, "stream_trailer") == _ids(packets, "stream_header"), timeout=10)
+    trailers = [p["stream_trailer"] for p in packets if "stream_trailer" in p]
+    assert len(trailers) <= 1, trailers   # none if stopped before its header went out
+    assert all("sender stopped" in t.get("reason", "") for t in trailers), trailers
     r = await request_v1(q, "a", "r2", "echo", "still here")
     assert r["rpc_response"].get("payload") == "still here", r
     await close(a, slow, q)
+
+
+async def test_a_handler_past_its_deadline_inside_its_own_frame_stops_at_its_next_frame():
+    await _check_stopped_between_frames("own")
+
+
+async def test_a_handler_past_its_deadline_inside_a_stream_writers_frame_stops_and_ends_that_stream():
+    await _check_stopped_between_frames("writer")
+
+
+async def test_a_handler_past_its_deadline_whose_frame_then_fails_is_still_stopped():
+    # The frame held up fails (the relay dropped the link); a handler that carries on
+    # after the OSError must still be stopped by its deadline, not run unbounded.
+    mem = MemRoom()
+    a = await join(mem, "a", ping_interval_ms=1000, evict_idle_ms=60000)
+    log = []
+    gate = asyncio.Event()
+    real = a._sender.transport
+    armed = []
+
+    class Stalls:
+        async def write(self, d):
+            if armed:
+                await gate.wait()
+                raise OSError(104, "ECONNRESET")
+            return await real.write(d)
+
+        def __getattr__(self, k):
+            return getattr(real, k)
+    a._sender.transport = Stalls()
+
+    async def work(data):
+        armed.append(1)
+        try:
+            await a.local_participant.send_text("x" * 100, destination_identities=["q"])
+        except OSError:
+            log.append("OSError")          # a best-effort send: carry on
+        try:
+            await asyncio.sleep(5)         # work that hangs
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+        log.append("ran to the end")
+        return "late"
+    a.local_participant.register_rpc_method("work", work)
+    q = await raw(mem, "q", client_protocol=1)
+    await settle(lambda: "q" in a.remote_participants)
+    await q.send({"destination_identities": ["a"], "rpc_request": {
+        "id": "r1", "method": "work", "payload": "", "response_timeout_ms": 300, "version": 1}})
+    await asyncio.sleep(1.4)               # the deadline passed inside the frame
+    gate.set()
+    await settle(lambda: "cancelled" in log, timeout=3)
+    assert log == ["OSError", "cancelled"], log
+    await settle(lambda: not a._invoking and not a._timed_out)
+    a._sender.transport = real
+    await close(a, q)
 
 
 class _Endless:

@@ -339,7 +339,8 @@ def test_a_value_that_is_not_a_duration_or_size_names_its_option(argv, want, cap
     (["--max-frame", "64K", "--queue-bytes", "32K"],
      "--queue-bytes 32768 is out of range: use at least --max-frame 65536"),
     (["--max-connections", "0"], "--max-connections 0 is out of range: use 1 or more"),
-    (["--socket-buffer", "1000"], "--socket-buffer 1000 is out of range: use 0 (the OS's) or 4K or more"),
+    (["--socket-buffer", "1000"], "--socket-buffer 1000 is out of range: use 0 (the OS's) or 4K..64M"),
+    (["--socket-buffer", "2147483648"], "--socket-buffer 2147483648 is out of range: use 0 (the OS's) or 4K..64M"),
 ])
 def test_a_value_out_of_range_names_its_option_and_the_range(argv, want, monkeypatch):
     with pytest.raises(ValueError) as e:
