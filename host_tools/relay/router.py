@@ -22,7 +22,12 @@ frame is about, "" for the relay's own frames (JOINED, PONG), None for a LEAVE (
 everything else); the adapter writes a receiver's frames of one key in order and takes
 the keys in turn, so one sender flooding a receiver does not hold another's frames
 behind its backlog, while LINK.md's orders (PARTICIPANT before a newcomer's DATA,
-PARTICIPANT_LEFT after its last DATA, each sender's DATA in order) hold. (CLOSE, cid) close cid after
+PARTICIPANT_LEFT after its last DATA, each sender's DATA in order) hold. (DISCARD, cid,
+key) drop what is queued for cid under key and report it `discarded`: a participant
+that leaves while a receiver's queue is half full or more loses its frames still queued
+there (its PARTICIPANT_LEFT follows), or participants joining, sending and leaving over and over
+would grow that queue without bound (1 GB in a minute, each leaving its first read
+behind). (CLOSE, cid) close cid after
 its queued bytes (the router forgot it already; later bytes from it are ignored);
 (PAUSE, cid) stop reading from cid; (RESUME, cid) read again; (LOG, event, fields) one
 structured log line (fields is a dict).
@@ -77,6 +82,7 @@ from lkedge import cbor, link, proto, relayside
 from .metrics import Metrics
 
 SEND = "send"
+DISCARD = "discard"
 CLOSE = "close"
 PAUSE = "pause"
 RESUME = "resume"
@@ -237,6 +243,20 @@ class Router:
             c.moved += nbytes
             if c.moved >= self.queue_bytes // 16:
                 self._fresh(c, now, True)
+
+    def discarded(self, cid, nbytes, nframes, source, now):
+        """A DISCARD dropped nframes (nbytes) queued for cid from `source`, who left."""
+        c = self._conns.get(cid)
+        if c is None or not nframes:
+            return
+        self._now = now
+        c.queued = max(0, c.queued - nbytes)
+        self.metrics.inc("lkedge_relay_drops_total", nframes, reason="sender_left_queue_full")
+        self._log("discard", c, left=source, frames=nframes, bytes=nbytes)
+        if c.queued < self.queue_bytes:
+            c.full_since = None
+            c.refreshed = False
+            self._release(c, now)
 
     def closed(self, cid, now, reason="transport closed"):
         self._now = now
@@ -515,8 +535,11 @@ class Router:
                     left = relayside.encode_control(link.PARTICIPANT_LEFT, {
                         "identity": c.info["identity"],
                         "reason": _REASONS.get(code, "disconnected") + ": " + reason})
+                    ident = c.info["identity"]
                     for m in list(members.values()):
-                        self._send(m, left, link.PARTICIPANT_LEFT, c.info["identity"])
+                        if m.queued * 2 >= self.queue_bytes:   # behind: half full or more
+                            self._actions.append((DISCARD, m.cid, ident))
+                        self._send(m, left, link.PARTICIPANT_LEFT, ident)
         for dcid in c.paused_by:
             d = self._conns.get(dcid)
             if d is not None:

@@ -140,6 +140,14 @@ class _Link:
             q.append(data)
         self.wake.set()
 
+    def discard(self, key):
+        """Drop what is queued under key (Router DISCARD); -> (bytes, frames)."""
+        q = self.out.pop(key, None) or ()
+        n = 0
+        for data in q:
+            n += len(data)
+        return n, len(q)
+
     def next_out(self):
         """The next frame to write, or None: one of the key whose turn it is (the
         oldest key first), which then goes to the back; the LEAVE once all are out."""
@@ -461,22 +469,31 @@ class RelayServer:
 
     # ------------------------------------------------------------ router glue
     def apply(self):
-        for a in self.router.pop_actions():
-            kind = a[0]
-            if kind == rt.LOG:
-                log_line(self.log, a[1], a[2])
-                continue
-            ln = self.links.get(a[1])
-            if ln is None:
-                continue
-            if kind == rt.SEND:
-                ln.enqueue(a[2], a[3])
-            elif kind == rt.CLOSE:
-                ln.finish()
-            elif kind == rt.PAUSE:
-                ln.readable.clear()
-            elif kind == rt.RESUME:
-                ln.readable.set()
+        actions = self.router.pop_actions()
+        while actions:
+            for a in actions:
+                self._apply(a)
+            actions = self.router.pop_actions()   # a DISCARD may resume senders
+
+    def _apply(self, a):
+        kind = a[0]
+        if kind == rt.LOG:
+            log_line(self.log, a[1], a[2])
+            return
+        ln = self.links.get(a[1])
+        if ln is None:
+            return
+        if kind == rt.SEND:
+            ln.enqueue(a[2], a[3])
+        elif kind == rt.DISCARD:
+            nbytes, nframes = ln.discard(a[2])
+            self.router.discarded(a[1], nbytes, nframes, a[2], now_ms())
+        elif kind == rt.CLOSE:
+            ln.finish()
+        elif kind == rt.PAUSE:
+            ln.readable.clear()
+        elif kind == rt.RESUME:
+            ln.readable.set()
 
     def _cid(self):
         self._next_cid += 1

@@ -503,3 +503,32 @@ def test_sends_are_keyed_by_sender_or_subject_so_the_adapter_can_take_senders_in
     s.r.fail(2, link.LEAVE_PROTOCOL, "bad", s.now)
     sends = [(a[1], a[3]) for a in s.r.pop_actions() if a[0] == rt.SEND]
     assert sends == [(2, None), (1, "bob"), (3, "bob")], sends      # LEAVE; PARTICIPANT_LEFT
+
+
+def test_a_sender_that_leaves_behind_a_full_queue_has_its_frames_there_discarded():
+    # Participants that join, send and leave over and over must not grow a slow
+    # receiver's queue without bound (each left its first read behind: 1 GB in a
+    # minute): what a leaver still has queued at a receiver at least half full is
+    # dropped, its PARTICIPANT_LEFT follows; a receiver keeping up loses nothing.
+    s = Sim(queue_bytes=40000, stuck_ms=60000)
+    s.join(1, "slow@lab")
+    s.join(2, "fast@lab")
+    s.join(3, "x@lab")
+    s.pump()
+    s.r.receive(3, data(b"z" * 30000, dest=["slow", "fast"]), s.now)
+    acts = s.r.pop_actions()
+    for a in acts:                       # fast reads it; slow does not
+        if a[0] == rt.SEND and a[1] == 2:
+            s.r.drained(2, len(a[2]), s.now)
+    assert s.r.queued(1) > 20000 and s.r.queued(2) == 0
+    s.r.closed(3, s.now)
+    acts = s.r.pop_actions()
+    kinds = [(a[0], a[1]) + ((a[2],) if a[0] == rt.DISCARD else (a[3],) if a[0] == rt.SEND else ())
+             for a in acts if a[0] in (rt.DISCARD, rt.SEND)]
+    assert kinds == [(rt.DISCARD, 1, "x"), (rt.SEND, 1, "x"), (rt.SEND, 2, "x")], kinds
+    left = [a for a in acts if a[0] == rt.SEND and a[1] == 1][0][2]
+    s.r.discarded(1, s.r.queued(1) - len(left), 1, "x", s.now)   # what the adapter dropped
+    assert s.r.queued(1) == len(left)
+    assert s.r.metrics.get("lkedge_relay_drops_total", reason="sender_left_queue_full") == 1
+    logs = [a for a in s.r.pop_actions() if a[0] == rt.LOG and a[1] == "discard"]
+    assert logs and logs[0][2]["left"] == "x" and logs[0][2]["frames"] == 1, logs

@@ -523,3 +523,26 @@ def _cid(r, identity):
         if c is not None and c.identity == identity:
             return cid
     raise KeyError(identity)
+
+
+async def test_participants_joining_sending_and_leaving_do_not_grow_a_slow_receivers_queue():
+    # Each left its first read behind in the receiver's queue: 18,000 of them made a
+    # 1 GB queue (and relay) in a minute. What a leaver still has queued at a receiver
+    # that is behind is dropped when it leaves.
+    queue = 256 * 1024
+    async with RelayUnderTest(queue_bytes=queue, stuck_ms=60000) as r:
+        board = await LinkPeer.tcp(*r.tcp, rcvbuf=65536)
+        r.peers.append(board)
+        await board.join(r.token("board"))
+        board._task.cancel()          # reads nothing: its queue fills, then stays full
+        chunk = user_packet(b"c" * 15000, dest=["board"])
+        peak = 0
+        for i in range(40):           # 40 x 60 KB = 2.4 MB, nine times the queue
+            p = await r.peer("churn-%d" % i)
+            await p.send_raw(link.encode_frame(link.DATA, chunk) * 4)
+            await asyncio.sleep(0.05)
+            await p.close()
+            await asyncio.sleep(0.05)
+            peak = max(peak, r.router.queued(_cid(r, "board")))
+        assert peak < 2 * queue, "the queue grew to %d with each leaver's frames" % peak
+        assert "event=discard" in r.logbuf.getvalue()
