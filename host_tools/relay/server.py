@@ -172,6 +172,16 @@ class _Link:
     def finish(self):
         if not self.closing:
             self.closing = True
+            # A backlog of half a queue or more (a receiver dropped as stuck, or far
+            # behind at shutdown) cannot go out within CLOSE_GRACE_S: dropped, so its
+            # LEAVE follows the frame being written instead of the link being cut in
+            # the middle of one with the LEAVE unsent.
+            n = 0
+            for q in self.out.values():
+                for data in q:
+                    n += len(data)
+            if n * 2 >= self.server.router.queue_bytes:
+                self.out = {}
             self.readable.set()        # a paused reader must notice the close
             self.wake.set()
             self.abort_handle = asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self._abort)

@@ -546,3 +546,20 @@ async def test_participants_joining_sending_and_leaving_do_not_grow_a_slow_recei
             peak = max(peak, r.router.queued(_cid(r, "board")))
         assert peak < 2 * queue, "the queue grew to %d with each leaver's frames" % peak
         assert "event=discard" in r.logbuf.getvalue()
+
+
+async def test_a_link_closed_with_a_backlog_of_half_a_queue_drops_it_and_keeps_its_leave():
+    # A receiver dropped as stuck (or far behind at shutdown) cannot take a big backlog
+    # within the close grace: flushing it first cut the link in the middle of a frame,
+    # the LEAVE unsent. A small backlog still goes out before the LEAVE.
+    from types import SimpleNamespace
+    from lkedge_host.relay.server import _Link
+    server = SimpleNamespace(router=SimpleNamespace(queue_bytes=1000))
+    for backlog, kept in ((3, [b"x" * 100] * 3), (6, [])):
+        ln = _Link(server, 1, "")
+        for _ in range(backlog):
+            ln.enqueue(b"x" * 100, "sender")
+        ln.enqueue(b"leave", None)
+        ln.finish()
+        ln.abort_handle.cancel()
+        assert ln.take_all() == kept + [b"leave"], backlog
