@@ -23,9 +23,9 @@ everything else); the adapter writes a receiver's frames of one key in order and
 the keys in turn, so one sender flooding a receiver does not hold another's frames
 behind its backlog, while LINK.md's orders (PARTICIPANT before a newcomer's DATA,
 PARTICIPANT_LEFT after its last DATA, each sender's DATA in order) hold. (DISCARD, cid,
-key) drop what is queued for cid under key and report it `discarded`: a participant
-that leaves while a receiver's queue is half full or more loses its frames still queued
-there (its PARTICIPANT_LEFT follows), or participants joining, sending and leaving over and over
+key) drop the DATA frames queued for cid under key and report them `discarded`: a
+participant that leaves while a receiver's queue is half full or more loses its DATA
+still queued there (its PARTICIPANT and PARTICIPANT_LEFT still go, in order), or participants joining, sending and leaving over and over
 would grow that queue without bound (1 GB in a minute, each leaving its first read
 behind). (CLOSE, cid) close cid after
 its queued bytes (the router forgot it already; later bytes from it are ignored);

@@ -141,12 +141,23 @@ class _Link:
         self.wake.set()
 
     def discard(self, key):
-        """Drop what is queued under key (Router DISCARD); -> (bytes, frames)."""
-        q = self.out.pop(key, None) or ()
+        """Drop the DATA frames queued under key (Router DISCARD), keeping its
+        PARTICIPANT / PARTICIPANT_LEFT frames in order (a receiver must not hear of a
+        leaving without the joining); -> (bytes, frames) dropped."""
+        q = self.out.get(key)
+        if not q:
+            return 0, 0
+        kept = collections.deque(d for d in q if _frame_type(d) != link.DATA)
         n = 0
         for data in q:
-            n += len(data)
-        return n, len(q)
+            if _frame_type(data) == link.DATA:
+                n += len(data)
+        dropped = len(q) - len(kept)
+        if kept:
+            self.out[key] = kept
+        else:
+            del self.out[key]
+        return n, dropped
 
     def next_out(self):
         """The next frame to write, or None: one of the key whose turn it is (the
@@ -319,6 +330,14 @@ class _BoundedWsConnection(ServerConnection):
             self.overflow = ("WebSocket peer does not read: %d bytes of writes and automatic "
                              "replies (pongs) queued, over %d" % (size, self.write_cap))
             self.transport.abort()
+
+
+def _frame_type(frame):
+    """The type of one whole link frame: the byte after its length varint (LINK.md)."""
+    i = 0
+    while frame[i] & 0x80:
+        i += 1
+    return frame[i + 1]
 
 
 class _StreamLink(_Link):

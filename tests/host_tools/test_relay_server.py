@@ -482,6 +482,19 @@ def test_a_links_queue_takes_senders_in_turn_each_in_order_and_the_leave_last():
     assert ln.next_out() is None
 
 
+def test_a_discard_drops_a_leavers_data_and_keeps_its_announcements_in_order():
+    from lkedge_host.relay.server import _Link
+    ln = _Link(None, 1, "")
+    data = link.encode_frame(link.DATA, b"d" * 10)
+    joined = link.encode_control(link.PARTICIPANT, {"identity": "x"})
+    left = link.encode_control(link.PARTICIPANT_LEFT, {"identity": "x"})
+    for f in (joined, data, data, left):
+        ln.enqueue(f, "x")
+    ln.enqueue(data, "y")
+    assert ln.discard("x") == (2 * len(data), 2)
+    assert ln.take_all() == [joined, data, left]   # x's announcements, in turn with y's DATA
+
+
 async def test_a_flooded_receiver_gets_another_senders_frame_ahead_of_the_floods_backlog():
     # One participant filling a board's queue (a flood of requests) must not hold
     # everyone else's frames behind its backlog: a caller's request waited behind 1 MB
