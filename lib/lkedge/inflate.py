@@ -197,6 +197,7 @@ class _UzlibInflater(_Base):
         self._rpos = 0                   # decoder's read position in the stage
         self._wend = 0                   # end of the staged (valid) input
         self._out = memoryview(bytearray(piece_size))
+        self._lent = False               # it took the reserved block (_read)
         self._dec = _deflate.DeflateIO(self._src, _deflate.RAW, WINDOW_BITS)
 
     def feed(self, piece):
@@ -247,9 +248,10 @@ class _UzlibInflater(_Base):
             # done: its window goes back to the reservation before anything else can
             # take the hole (a fragmented heap may have no other for the next stream)
             self._dec = None
-            import gc
-            gc.collect()
-            reserve()
+            if self._lent:
+                import gc
+                gc.collect()
+                reserve()
         if filled:
             yield out[:filled]
         if self.eof and self._wend > self._rpos:
@@ -261,8 +263,9 @@ class _UzlibInflater(_Base):
         corrupt = None
         if _reserved is not None and not self.total_out:
             # DeflateIO allocates its window at the first read: free the reserved
-            # block right before, so the window takes that hole.
+            # block right before, so the window takes that hole (given back at the end)
             _release()
+            self._lent = True
         try:
             n = self._dec.readinto(buf)
         except MemoryError:
