@@ -905,8 +905,8 @@ class Room:
             wake = last_ping + interval
             if deadline is not None and deadline < wake:
                 wake = deadline
-            if soon and now + 20 < wake:
-                wake = now + 20   # a handler's cancel waits for a frame to be whole
+            if soon and now + 100 < wake:
+                wake = now + 100  # a handler's cancel waits for a frame to be whole (each wait is garbage on a board)
             if wake > now:
                 self._timer_wake.clear()
                 try:
