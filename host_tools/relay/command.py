@@ -118,8 +118,8 @@ def add_arguments(p):
            "descriptor: the relay raises its open-file limit as needed, and refuses to start "
            "if it cannot (without this option it serves fewer, with a warning) "
            "(default %(default)s)")
-    a("--socket-buffer", type=units.size, default=128 * 1024,
-      help="kernel send and receive buffer of each link socket in bytes (or with K, M: 128K); "
+    a("--socket-buffer", type=units.size, default=64 * 1024,
+      help="kernel send and receive buffer of each link socket in bytes (or with K, M: 64K); "
            "bounds what a connection holds beyond --queue-bytes, so the stuck rule sees a slow "
            "receiver's progress; one connection's throughput is at most about twice this per "
            "round trip; 0 leaves the OS's autotuned buffers (default %(default)s)")
@@ -173,8 +173,9 @@ def _check_limits(args):
             raise ValueError("--%s %s is out of range: use 1ms or more" % (name.replace("_", "-"), value))
     if args.max_connections < 1:
         raise ValueError("--max-connections %d is out of range: use 1 or more" % args.max_connections)
-    if args.socket_buffer and not 4096 <= args.socket_buffer <= 64 << 20:
-        raise ValueError("--socket-buffer %d is out of range: use 0 (the OS's) or 4K..64M"
+    if args.socket_buffer and not 64 << 10 <= args.socket_buffer <= 64 << 20:
+        # under 64K a loopback link (64 KiB segments) stalls: 1.8 MB/s at 32K
+        raise ValueError("--socket-buffer %d is out of range: use 0 (the OS's) or 64K..64M"
                          % args.socket_buffer)
     if args.queue_bytes < args.max_frame:
         raise ValueError("--queue-bytes %d is out of range: use at least --max-frame %d"

@@ -50,7 +50,7 @@ READ_SIZE = 65536
 # slowly then drains them for tens of seconds while the relay's own queue, which the
 # stuck rule watches, does not move (a board working through a flood of requests at
 # 55 KB/s was dropped as stuck), and a paused sender still has megabytes accepted.
-SOCKET_BUFFER = 128 * 1024
+SOCKET_BUFFER = 64 * 1024
 # WebSocket: a frame may hold one max_frame link frame plus this (see RelayServer.start),
 # and websockets parses at most WS_MAX_QUEUE frames ahead of the reader.
 WS_FRAME_SLACK = 4096

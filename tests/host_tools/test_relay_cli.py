@@ -339,8 +339,8 @@ def test_a_value_that_is_not_a_duration_or_size_names_its_option(argv, want, cap
     (["--max-frame", "64K", "--queue-bytes", "32K"],
      "--queue-bytes 32768 is out of range: use at least --max-frame 65536"),
     (["--max-connections", "0"], "--max-connections 0 is out of range: use 1 or more"),
-    (["--socket-buffer", "1000"], "--socket-buffer 1000 is out of range: use 0 (the OS's) or 4K..64M"),
-    (["--socket-buffer", "2147483648"], "--socket-buffer 2147483648 is out of range: use 0 (the OS's) or 4K..64M"),
+    (["--socket-buffer", "32K"], "--socket-buffer 32768 is out of range: use 0 (the OS's) or 64K..64M"),
+    (["--socket-buffer", "2147483648"], "--socket-buffer 2147483648 is out of range: use 0 (the OS's) or 64K..64M"),
 ])
 def test_a_value_out_of_range_names_its_option_and_the_range(argv, want, monkeypatch):
     with pytest.raises(ValueError) as e:
@@ -348,11 +348,11 @@ def test_a_value_out_of_range_names_its_option_and_the_range(argv, want, monkeyp
     assert str(e.value).startswith(want), str(e.value)
 
 
-def test_socket_buffer_defaults_to_128k_takes_units_and_0_leaves_the_os_buffers(monkeypatch):
+def test_socket_buffer_defaults_to_64k_takes_units_and_0_leaves_the_os_buffers(monkeypatch):
     from lkedge_host.relay import command
     monkeypatch.delenv("LIVEKIT_API_KEY", raising=False)
     monkeypatch.delenv("LIVEKIT_API_SECRET", raising=False)
-    for argv, want in (((), 131072), (("--socket-buffer", "1M"), 1 << 20), (("--socket-buffer", "0"), 0)):
+    for argv, want in (((), 65536), (("--socket-buffer", "1M"), 1 << 20), (("--socket-buffer", "0"), 0)):
         assert command.build(_args(*argv))[0].socket_buffer == want, argv
 
 
