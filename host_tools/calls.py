@@ -20,6 +20,7 @@ import time
 from lkedge import link
 from lkedge.config import RoomOptions
 from lkedge.consts import MAX_V1_PAYLOAD_BYTES, RPC_ACK_TIMEOUT_MS
+from lkedge.participant import _whole_request
 from lkedge.room import ConnectError, Room
 from lkedge.rpc import RpcError
 
@@ -922,12 +923,7 @@ def _bad_answer(name, r):
 
 async def _with_payload(fn, data, slots, limit):
     """Read a streaming handler's request whole into data.payload, then run fn(data)."""
-    try:
-        payload = await data.reader.read_all(limit=limit)
-    except ValueError as e:
-        if type(e) is not ValueError:   # the request stream broke: not its size
-            raise
-        raise RpcError(RpcError.REQUEST_PAYLOAD_TOO_LARGE, None, "%s: over serve's max_rpc_payload" % e)
+    payload = await _whole_request(data.reader, limit, data.method)
     data.payload, data.reader = payload, None
     return await _run(fn, data, slots)
 

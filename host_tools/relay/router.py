@@ -25,9 +25,9 @@ behind its backlog, while LINK.md's orders (PARTICIPANT before a newcomer's DATA
 PARTICIPANT_LEFT after its last DATA, each sender's DATA in order) hold. (DISCARD, cid,
 key) drop the DATA frames queued for cid under key and report them `discarded`: a
 participant that leaves while a receiver's queue is half full or more loses its DATA
-still queued there (its PARTICIPANT and PARTICIPANT_LEFT still go, in order), or participants joining, sending and leaving over and over
-would grow that queue without bound (1 GB in a minute, each leaving its first read
-behind). (CLOSE, cid) close cid after
+still queued there (its PARTICIPANT and PARTICIPANT_LEFT still go, in order), or
+participants joining, sending and leaving over and over would grow that queue without
+bound (1 GB in a minute, each leaving its first read behind). (CLOSE, cid) close cid after
 its queued bytes (the router forgot it already; later bytes from it are ignored);
 (PAUSE, cid) stop reading from cid; (RESUME, cid) read again; (LOG, event, fields) one
 structured log line (fields is a dict).
@@ -46,8 +46,9 @@ already read. Idle timeout does not run while a connection is paused by us. What
 fills a queue (DATA, PONGs, PARTICIPANT churn) starts the stuck_ms clock; a connection
 we paused gets 3 times stuck_ms (it may stop reading while it cannot send), and a fresh
 stuck_ms when it resumes (once per full episode); a full receiver that drains a
-sixteenth of queue_bytes gets a fresh stuck_ms too (slow, not stuck). A PING from a connection whose own queue is full gets no PONG
-(the queued bytes show the link lives), so PINGs cannot grow a queue.
+sixteenth of queue_bytes gets a fresh stuck_ms too (slow, not stuck). A PING from a
+connection whose own queue is full gets no PONG (the queued bytes show the link lives),
+so PINGs cannot grow a queue.
 
 Forwarding: fields 4 (participant_identity) and 17 (participant_sid) written by the
 sender are removed and the verified identity and sid are written as the first fields.
@@ -231,12 +232,7 @@ class Router:
         if c is None:
             return
         self._now = now
-        c.queued = max(0, c.queued - nbytes)
-        if c.queued < self.queue_bytes:
-            c.full_since = None
-            c.refreshed = False
-            self._release(c, now)
-        elif c.full_since is not None:
+        if self._dequeued(c, nbytes, now) and c.full_since is not None:
             # Full, but reading: a slow receiver (a board working through a backlog
             # of requests) is not a stuck one. Each 1/16 of the queue it drains buys it
             # a fresh stuck_ms; one that reads a trickle is still dropped.
@@ -250,13 +246,19 @@ class Router:
         if c is None or not nframes:
             return
         self._now = now
-        c.queued = max(0, c.queued - nbytes)
         self.metrics.inc("lkedge_relay_drops_total", nframes, reason="sender_left_queue_full")
         self._log("discard", c, left=source, frames=nframes, bytes=nbytes)
-        if c.queued < self.queue_bytes:
-            c.full_since = None
-            c.refreshed = False
-            self._release(c, now)
+        self._dequeued(c, nbytes, now)
+
+    def _dequeued(self, c, nbytes, now):
+        """nbytes left c's queue (written or discarded); -> True while it is still full."""
+        c.queued = max(0, c.queued - nbytes)
+        if c.queued >= self.queue_bytes:
+            return True
+        c.full_since = None
+        c.refreshed = False
+        self._release(c, now)
+        return False
 
     def closed(self, cid, now, reason="transport closed"):
         self._now = now
@@ -532,10 +534,10 @@ class Router:
                 if not members:
                     del self._rooms[c.room]
                 elif announce:
-                    left = relayside.encode_control(link.PARTICIPANT_LEFT, {
-                        "identity": c.info["identity"],
-                        "reason": _REASONS.get(code, "disconnected") + ": " + reason})
                     ident = c.info["identity"]
+                    left = relayside.encode_control(link.PARTICIPANT_LEFT, {
+                        "identity": ident,
+                        "reason": _REASONS.get(code, "disconnected") + ": " + reason})
                     for m in list(members.values()):
                         if m.queued * 2 >= self.queue_bytes:   # behind: half full or more
                             self._actions.append((DISCARD, m.cid, ident))

@@ -147,14 +147,16 @@ class _Link:
         q = self.out.get(key)
         if not q:
             return 0, 0
-        kept = collections.deque(d for d in q if _frame_type(d) != link.DATA)
-        n = 0
+        kept = collections.deque()
+        n = dropped = 0
         for data in q:
             if _frame_type(data) == link.DATA:
                 n += len(data)
-        dropped = len(q) - len(kept)
+                dropped += 1
+            else:
+                kept.append(data)
         if kept:
-            self.out[key] = kept
+            self.out[key] = kept   # in its turn, as before
         else:
             del self.out[key]
         return n, dropped

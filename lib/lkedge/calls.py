@@ -11,7 +11,7 @@ from .consts import (ATTR_RPC_REQUEST_ID, MAX_V1_PAYLOAD_BYTES, RPC_DEFAULT_TIME
 from .participant import _is_async_iterable
 from .rpc import RpcError
 from .rpc_caller import RpcClient
-from .sending import end_abnormally, gather_text, send_finite
+from .sending import gather_text, send_finite
 from .utf8 import encoded_text
 
 
@@ -223,12 +223,12 @@ async def start_call(lp, dest, method, payload, response_timeout, streaming):
                     if call.request_id not in room._calls:
                         # The call is over (its destination left, the link was lost, an
                         # error came back): the rest of the request would go to nobody.
-                        await end_abnormally(room, writer.stream_id, [dest], "the call ended")
+                        await writer._cut("the call ended")
                         break
                 else:
                     await writer.aclose()
             except BaseException as e:  # the handler's reader ends instead of waiting for the rest
-                await end_abnormally(room, writer.stream_id, [dest], e)
+                await writer._cut("sender stopped: %r" % (e,))
                 raise
         else:
             await send_finite(room, "text", data, TOPIC_RPC_REQUEST, [dest], call.stream_attributes())

@@ -64,13 +64,14 @@ def available():
 # for the 32 KiB window whenever a compressed stream arrives, however fragmented its
 # heap has become meanwhile. reserve() holds such a block; the next inflater frees it
 # just before DeflateIO allocates its decoder state (~1.4 KiB) and window, which then
-# land in that hole. The block is their size and little more, and the inflater takes
-# it again as soon as its stream ends, before anything else can take the hole: taken
-# later (when the stream's end reached the Room, the decoder still referenced), the
-# second block did not fit beside the first on a board's heap, the reservation was
-# lost, the hole went to other allocations, and every later compressed stream failed
-# for want of a window.
+# land in that hole. The block is their size and little more, and an inflater takes
+# it again as soon as it is done with (close(): its stream ended, was cut short or
+# evicted), before anything else can take the hole: taken later (when the stream's
+# end reached the Room, the decoder still referenced), the second block did not fit
+# beside the first on a board's heap, the reservation was lost, the hole went to other
+# allocations, and every later compressed stream failed for want of a window.
 _reserved = None
+_wanted = False   # a reservation is to be held (reserve() succeeded, no _release())
 _STATE = const(1536)
 
 
@@ -78,7 +79,7 @@ def reserve(piece_size=512):
     """Hold a window-sized block for the next inflater. True when this interpreter can
     inflate with the memory it has: the block is held (MicroPython), or zlib allocates
     as it goes (CPython); False when the heap has no such block."""
-    global _reserved
+    global _reserved, _wanted
     if _deflate is None:
         return _zlib is not None
     if _reserved is None:
@@ -86,15 +87,23 @@ def reserve(piece_size=512):
             _reserved = bytearray((1 << WINDOW_BITS) + _STATE)
         except MemoryError:
             return False
+    _wanted = True
     return True
 
 
 def _release():
+    """Give the reservation up for good (a Room that will not advertise inflating)."""
+    global _wanted
+    _wanted = False
+    _lend()
+
+
+def _lend():
+    """Free the reserved block (for good, or for the window about to be allocated)."""
     global _reserved
-    if _reserved is not None:
-        _reserved = None
-        import gc
-        gc.collect()
+    _reserved = None
+    import gc
+    gc.collect()
 
 
 def Inflater(piece_size=512, max_output=None):
@@ -132,6 +141,9 @@ class _Base:
 
     def _after_end(self, extra):
         self._fail("%d bytes of data after the end of the deflate stream" % extra)
+
+    def close(self):
+        """Done with it (its stream ended, was cut short or evicted)."""
 
 
 # Defined only where zlib exists (CPython): on a board the class would be bytecode in
@@ -197,7 +209,6 @@ class _UzlibInflater(_Base):
         self._rpos = 0                   # decoder's read position in the stage
         self._wend = 0                   # end of the staged (valid) input
         self._out = memoryview(bytearray(piece_size))
-        self._lent = False               # it took the reserved block (_read)
         self._dec = _deflate.DeflateIO(self._src, _deflate.RAW, WINDOW_BITS)
 
     def feed(self, piece):
@@ -244,14 +255,8 @@ class _UzlibInflater(_Base):
                 self.eof = True  # the decoder met the end of the final block
             self._count(n)
             filled += n
-        if self.eof and self._dec is not None:
-            # done: its window goes back to the reservation before anything else can
-            # take the hole (a fragmented heap may have no other for the next stream)
-            self._dec = None
-            if self._lent:
-                import gc
-                gc.collect()
-                reserve()
+        if self.eof:
+            self.close()
         if filled:
             yield out[:filled]
         if self.eof and self._wend > self._rpos:
@@ -263,9 +268,8 @@ class _UzlibInflater(_Base):
         corrupt = None
         if _reserved is not None and not self.total_out:
             # DeflateIO allocates its window at the first read: free the reserved
-            # block right before, so the window takes that hole (given back at the end)
-            _release()
-            self._lent = True
+            # block right before, so the window takes that hole (given back: close())
+            _lend()
         try:
             n = self._dec.readinto(buf)
         except MemoryError:
@@ -286,6 +290,16 @@ class _UzlibInflater(_Base):
             self._fail("corrupt deflate data after %d input bytes: %r" % (self.total_in, corrupt))
         self._rpos = pos
         return n
+
+    def close(self):
+        # its window back to the reservation before anything else can take the hole
+        # (a fragmented heap may have no other for the next stream)
+        if self._dec is not None:
+            self._dec = None
+            if _wanted and _reserved is None:
+                import gc
+                gc.collect()
+                reserve()
 
     def _compact(self):
         """Move the unread staged bytes to the front, through the output buffer."""

@@ -157,14 +157,7 @@ class LocalParticipant:
                 data.reader = reader if reader is not None else PayloadReader(None, payload.encode("utf-8"))
             else:
                 if reader is not None:
-                    try:
-                        payload = await reader.read_all(limit=room.options.max_rpc_payload)
-                    except ValueError as e:
-                        if type(e) is not ValueError:  # a stream error, not read_all's limit
-                            raise
-                        raise RpcError(RpcError.REQUEST_PAYLOAD_TOO_LARGE, None,
-                                       "%s: over max_rpc_payload of %r (a streaming handler "
-                                       "takes any size)" % (e, inv.method))
+                    payload = await _whole_request(reader, room.options.max_rpc_payload, inv.method)
                 data = inv.data()
                 data.payload = payload
             result = inv.handler(data)
@@ -238,12 +231,12 @@ class LocalParticipant:
                     # (it fails the call with the handler's error), then an abnormal end
                     # so no reader of the stream waits for the rest.
                     await self._send_error(inv, e)
-                    await _end_abnormally(writer, e)
+                    await writer._cut("handler failed: %r" % (e,))
                     return
                 if inv._gone:
                     print("lkedge: RPC handler for %r stopped: its caller %r left the room"
                           % (inv.method, inv.caller_identity))
-                    await _end_abnormally(writer, "caller left")
+                    await writer._cut("caller left")
                     return
                 await writer.aclose()
             else:
@@ -327,12 +320,16 @@ class StreamWriter:
             except BaseException as e:
                 # cut short (cancelled, a handler past its deadline, a failed link): its
                 # receivers end it as abnormal instead of waiting for the rest
-                if not self._closed:
-                    try:
-                        await self.aclose(reason=("sender stopped: %r" % (e,))[:200])
-                    except Exception:
-                        pass
+                await self._cut("sender stopped: %r" % (e,))
                 raise
+
+    async def _cut(self, reason):
+        """End the stream as abnormal with `reason`, unless it has ended; never raises."""
+        if not self._closed:
+            try:
+                await self.aclose(reason=reason[:200])
+            except Exception:
+                pass  # the link itself failed: its loss ends the stream for the receivers
 
     async def aclose(self, reason="", attributes=None):
         if self._closed:
@@ -348,11 +345,16 @@ class StreamWriter:
     close = aclose
 
 
-async def _end_abnormally(writer, e):
+async def _whole_request(reader, limit, method):
+    """A request stream read whole, as a buffered handler gets it (also lkedge serve's
+    file methods); RpcError 1402 past `limit` characters."""
     try:
-        await writer.aclose(reason="handler failed: %r" % (e,))
-    except Exception:
-        pass  # the link itself failed: the caller learns it from the link
+        return await reader.read_all(limit=limit)
+    except ValueError as e:
+        if type(e) is not ValueError:  # a stream error, not read_all's limit
+            raise
+        raise RpcError(RpcError.REQUEST_PAYLOAD_TOO_LARGE, None,
+                       "%s: over max_rpc_payload of %r (a streaming handler takes any size)" % (e, method))
 
 
 def _log_send_failure(inv, e):

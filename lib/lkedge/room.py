@@ -22,19 +22,6 @@ from .participant import _MP, LocalParticipant, RemoteParticipant, _awaiting, is
 from .readers import ByteStreamReader, TextStreamReader
 from .sender import HEADER_ROOM, PacketSender
 
-_inflate = None  # lkedge.inflate, imported only by a Room that may advertise inflating
-
-
-def _inflater_module():
-    global _inflate
-    if _inflate is None:
-        try:
-            _inflate = load("inflate")
-        except ImportError:  # a board may ship without the inflater
-            return None
-    return _inflate
-
-
 class ConnectError(Exception):
     """connect() failed: transport error, refused token (LEAVE code), or no JOINED."""
 
@@ -90,7 +77,12 @@ class Room:
         self._rpc_client = None  # rpc_caller.RpcClient, made by the first call (lkedge.calls)
         self._rpc_server = rpc.RpcServer()
         adv = o.advertise_compression
-        inf = _inflater_module() if adv is not False else None
+        inf = None   # lkedge.inflate, imported only by a Room that may advertise inflating
+        if adv is not False:
+            try:
+                inf = load("inflate")
+            except ImportError:  # a board may ship without the inflater
+                pass
         can_inflate = inf is not None and inf.available()
         if adv is None:
             adv = can_inflate
@@ -134,9 +126,6 @@ class Room:
         self._skip_frame = False
         self._events = None  # generator of the stream events of the current chunk piece
         self._waited_ms = 0  # the reader task's time waiting for the application (_link_ms)
-        # the inflate window to reserve again after a compressed stream (_stream_ended):
-        # 1 once the reader is done with that packet, 2 at the timer's ticks (it failed)
-        self._reserve_due = 0
         self.last_error = None
 
     # ------------------------------------------------------------------ events
@@ -379,8 +368,6 @@ class Room:
         self._events = None  # _decoded's pending stream events belong to this task
         try:
             while True:
-                if self._reserve_due == 1:
-                    self._reserve()
                 self._idle = 1
                 n = await t.read_into(buf)
                 self._idle = 0
@@ -631,15 +618,6 @@ class Room:
             r._end(ev.error)
             if ev.evicted:
                 self._linger(r)
-        if ev.info.compression and self.can_inflate:
-            # for the next compressed stream, once this one's window is garbage: here
-            # the decoder that holds it is still referenced, and a board without the
-            # heap for a second window lost the reservation, its answer then landed in
-            # the hole, and every later compressed stream failed for want of a window
-            self._reserve_due = 1
-
-    def _reserve(self):
-        self._reserve_due = 0 if _inflate.reserve(self.options.piece_size) else 2
 
     def _link_ms(self):
         """The clock of stream silence (evict_idle_ms): now_ms() less the time the link
@@ -941,8 +919,6 @@ class Room:
                         if s._stop_after_frame is task:
                             s._stop_after_frame = None
                         task.cancel()
-            if self._reserve_due == 2:
-                self._reserve()
             if now - last_ping >= interval:
                 last_ping = now
                 if self.connection_state == "connected":

@@ -335,6 +335,13 @@ class _Open:
         self.heard_ms = 0       # when its sender's last header or chunk came (now_ms)
 
 
+def _done(st):
+    """The stream ended: its inflater, if any, gives its window back (inflate) now."""
+    if st.inflater is not None:
+        st.inflater.close()
+        st.inflater = None
+
+
 class IncomingStreams:
     """Routes stream packets to events; see the module docstring."""
 
@@ -373,7 +380,7 @@ class IncomingStreams:
                 yield StreamIgnored(sid, "cannot inflate: %s" % (e,), sender_identity, header)
                 return
         st = _Open(info, inflater)
-        inflater = None   # st holds it: ended, it must be freeable (Room reserves the window again)
+        inflater = None   # st holds it: ended, its window goes back (_done)
         st.heard_ms = now_ms
         yield StreamOpened(info)
         if inline is None:
@@ -480,7 +487,7 @@ class IncomingStreams:
             err = self._short_error(st)
         except StreamError as e:
             err = self._short_error(st, e)
-        st.inflater = None   # its window freed before the adapter reserves one again
+        _done(st)
         yield StreamEnded(st.info, err)
 
     # ------------------------------------------------------------- chunks
@@ -572,7 +579,7 @@ class IncomingStreams:
             except StreamError as e:
                 err = self._short_error(st, e)
         del self.open[sid]
-        st.inflater = None
+        _done(st)
         yield StreamEnded(st.info, err)
 
     # ------------------------------------------------------ participants
@@ -603,7 +610,7 @@ class IncomingStreams:
         if self.open.get(sid) is st:
             del self.open[sid]
             self._ignore(sid)
-        st.inflater = None
+        _done(st)
         return (StreamEnded(st.info, err),)
 
     @staticmethod

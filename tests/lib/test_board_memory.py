@@ -19,10 +19,11 @@ from lkedge_host.relay.process import RelayProcess
 KIB = 1024
 MIB = 1024 * 1024
 HEAP_PLAIN = 134 * KIB        # measured minimum 129 KiB for 1 MiB (session 11; 124-125 before)
-# measured minimum 168 KiB for 1 MiB (a reserved 32 KiB window and decoder state; 170-172
-# while the reservation had 2 KiB to spare): 5 KiB of margin, as the scenario's timing
-# under a loaded machine moves it by 1-2 KiB
-HEAP_COMPRESSED = 173 * KIB
+# measured minimum 168-171 KiB for 1 MiB (a reserved 32 KiB window and decoder state;
+# 170-172 while the reservation had 2 KiB to spare; which of these a build gets depends
+# on where its garbage happens to lie): 5 KiB of margin, as the scenario's timing under
+# a loaded machine moves it by 1-2 KiB more
+HEAP_COMPRESSED = 176 * KIB
 
 
 @pytest.fixture(scope="module")
