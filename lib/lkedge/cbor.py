@@ -138,11 +138,11 @@ def dumps(obj):
 DROPPED = object()
 
 
-def _half_to_float(h):
+def _half_to_float(x):
     """IEEE 754 binary16 → float, by hand: not every port's struct has 'e'."""
-    sign = -1.0 if h & 0x8000 else 1.0
-    exp = (h >> 10) & 0x1f
-    frac = h & 0x3ff
+    sign = -1.0 if x & 0x8000 else 1.0
+    exp = (x >> 10) & 0x1f
+    frac = x & 0x3ff
     if exp == 0:
         return sign * frac * (2.0 ** -24)
     if exp == 31:

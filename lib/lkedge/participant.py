@@ -31,19 +31,19 @@ def _is_async_iterable(x):
     return hasattr(x, "__aiter__")
 
 
-def _awaiting(g):
-    """`await _awaiting(g)` is `await g` for a handler's coroutine on MicroPython, where an
+def _awaiting(x):
+    """`await _awaiting(x)` is `await x` for a handler's coroutine on MicroPython, where an
     async def with yield is a plain generator too: awaited as is, its first piece
     would leave the task waiting for ever; here it is a TypeError saying why (asyncio
     coroutines only ever yield None)."""
     send = exc = None
     while True:
         try:
-            v = g.send(send) if exc is None else g.throw(exc)
+            v = x.send(send) if exc is None else x.throw(exc)
         except StopIteration as e:
             return e.value
         if v is not None:
-            g.close()
+            x.close()
             raise load("misuse")._async_generator(v)
         try:
             send = yield v

@@ -903,13 +903,15 @@ class Room:
                         del self._deadlines[inv]   # stopped at its next frame (or ended)
                     elif at is None or now >= at:
                         self._timed_out.add(inv)
-                        # Never while a frame is being written: the cancel would land
+                        # A transport that says what it wrote (t.sent: tcp, tls, ws)
+                        # lets the sender finish a frame a cancel lands in. On others,
+                        # never while a frame is being written: the cancel would land
                         # in it (the handler's own write, or a sub-task's it awaits via
                         # wait_for/gather) and half a frame ends the link for everyone.
                         # The handler's own: it stops at the start of its next frame
                         # (PacketSender), where its sender knows what went out; if it
                         # sends no more, the cancel comes once no frame is under way.
-                        if s._in_frame is not None:
+                        if s._in_frame is not None and getattr(s.transport, "sent", None) is None:
                             if s._in_frame is task:
                                 s._stop_after_frame = task
                                 self._deadlines[inv] = (None, task)

@@ -11,7 +11,11 @@ Runs unchanged on MicroPython asyncio and CPython asyncio.
                                   at least 1; 0 once the peer closed the stream
     await t.write(data)        bytes-like, written whole (drained) before returning; a
                                transport keeps no reference to data (the caller
-                               reuses its buffer for the next frame)
+                               reuses its buffer for the next frame). Cancelled inside
+                               write(), t.sent says how many bytes of data went out:
+                               `await t.write(data[t.sent:])` goes on exactly there
+                               (PacketSender finishes a frame so; a WebSocket transport
+                               finishes its message first, so its sent is all of data)
     await t.close()            idempotent
     t.url, t.close_code, t.close_reason   (close_* set for WebSocket closes)
 
@@ -21,7 +25,9 @@ WebSocket upgrade (the server's status line is shown), WebSocket protocol violat
 
 Options: `ssl` a ready SSLContext (either runtime); otherwise one is made: `verify`
 False skips certificate checks; `cadata` (PEM or DER bytes) / `cafile` (path) is the
-CA to trust. `headers` extra WebSocket upgrade headers. `rx_size` the WebSocket
+CA to trust. `timeout_ms` bounds connecting, and finishing a write that was cancelled
+halfway (a link that takes longer does not drain: it is closed, and the write fails).
+`headers` extra WebSocket upgrade headers. `rx_size` the WebSocket
 frame-header read buffer, `tx_chunk` the WebSocket masking buffer (both allocated once).
 The WebSocket options are accepted (and ignored) on tcp:// and tls:// too, so one
 set of options fits every URL.
@@ -97,6 +103,11 @@ def parse_url(url):
     return scheme, host, int(port), path
 
 
+def _writable(sock):
+    # MicroPython: awaited, waits until sock can take bytes (as its Stream.drain does)
+    yield getattr(asyncio.core, "_io_queue").queue_write(sock)
+
+
 def open_transport(url, **opts):
     """A not yet connected Transport for url (see the module docstring)."""
     scheme, host, port, path = parse_url(url)
@@ -116,7 +127,11 @@ class StreamTransport:
 
     close_code = None
     close_reason = ""
+    sent = 0          # bytes of the last write's data that went out (see write)
+    _guard = None     # the task closing a link whose cancelled write does not finish
+    _late = False     # closed by _close_late
     _s = None
+    _sock = None      # MicroPython: the socket under _s, written without its buffer
     _closed = False
 
     def __init__(self, url, tls, host, port, ssl=None, verify=True, cadata=None, cafile=None,
@@ -132,7 +147,7 @@ class StreamTransport:
     async def connect(self):
         if self._s is not None:
             raise TransportError(self.url, "already connected")
-        self._closed = False
+        self._closed = self._late = False
         try:
             await asyncio.wait_for(self._connect(), self._timeout_ms / 1000)
         except Exception as e:
@@ -181,6 +196,7 @@ class StreamTransport:
             sock = ctx.wrap_socket(sock, server_hostname=tls[4], do_handshake_on_connect=False)
             sock.setblocking(False)
             s = asyncio.StreamReader(sock)
+        self._sock = getattr(s, "s", None)
         if not hasattr(s, "readinto"):  # a MicroPython older than Stream.readinto
             from .hoststream import Stream
             s = Stream(s, s)
@@ -201,12 +217,50 @@ class StreamTransport:
     async def write(self, data):
         s = self._s
         if s is None:
+            if self._late:
+                raise TransportError(self.url, "closed: a write cancelled halfway did not finish within %d ms"
+                                     % self._timeout_ms)
             raise TransportError(self.url, "closed" if self._closed else "not connected")
+        self.sent = 0
         try:
-            s.write(data)
-            await s.drain()
+            w = self._sock
+            if w is None:  # CPython: the stream takes all of data at once, then drains
+                s.write(data)
+                self.sent = len(data)
+                await s.drain()
+                return
+            # MicroPython: Stream.drain forgets how much it wrote when cancelled (and
+            # would write it again), so the socket is written here and self.sent
+            # counts: a frame cancelled halfway can be finished instead of ending
+            # the link. Nothing is allocated unless the socket is full.
+            self.sent = w.write(data) or 0
+            if self.sent == len(data):
+                await asyncio.sleep(0)  # as Stream.drain: other tasks' frames get a turn
+                return
+            mv = data if isinstance(data, memoryview) else memoryview(data)
+            while self.sent < len(mv):
+                await _writable(w)
+                self.sent += w.write(mv[self.sent:]) or 0
         except Exception as e:
             raise await self._drop(e, "write")
+
+    def _hold(self, on):
+        """A write cancelled halfway is being finished (PacketSender, WebSocket): if
+        that takes timeout_ms, the link does not drain and is closed (the write fails).
+        Called with False once it is done."""
+        g = self._guard
+        if on and g is None:
+            self._guard = asyncio.create_task(self._close_late(asyncio.current_task()))
+        elif not on and g is not None:
+            self._guard = None
+            g.cancel()
+
+    async def _close_late(self, task):
+        await asyncio.sleep(self._timeout_ms / 1000)
+        self._guard = None
+        self._late = self._closed = True
+        await self._abort()
+        task.cancel()  # its write may wait on the socket for good: "closed" at its next
 
     async def close(self):
         self._closed = True
@@ -214,6 +268,7 @@ class StreamTransport:
 
     async def _abort(self):
         s, self._s = self._s, None
+        self._sock = None
         if s is not None:
             try:
                 s.close()
@@ -221,9 +276,9 @@ class StreamTransport:
             except Exception:  # closing a broken connection: nothing left to report
                 pass
 
-    async def _drop(self, e, doing):
+    async def _drop(self, e, what):
         """Drop the connection after exception e; -> the TransportError to raise,
-        "<doing> failed: <cause>" (just the cause when doing is "")."""
+        "<what> failed: <cause>" (just the cause when what is "")."""
         await self._abort()
         if isinstance(e, TransportError):
             return e
@@ -237,4 +292,4 @@ class StreamTransport:
             s = "TLS handshake failed: " + s
         else:
             s = "%s: %s" % (name, s) if s else name
-        return TransportError(self.url, "%s failed: %s" % (doing, s) if doing else s)
+        return TransportError(self.url, "%s failed: %s" % (what, s) if what else s)

@@ -37,15 +37,15 @@ def _is_cont(b):
     return (b & 0xC0) == 0x80
 
 
-def _seq_len(lead):
-    """Byte length of the character starting with `lead`, 0 when it cannot start one."""
-    if lead < 0x80:
+def _seq_len(b):
+    """Byte length of the character starting with `b`, 0 when it cannot start one."""
+    if b < 0x80:
         return 1
-    if lead >= 0xF8 or _is_cont(lead):
+    if b >= 0xF8 or _is_cont(b):
         return 0
-    if lead >= 0xF0:
+    if b >= 0xF0:
         return 4
-    if lead >= 0xE0:
+    if b >= 0xE0:
         return 3
     return 2
 

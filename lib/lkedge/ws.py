@@ -619,16 +619,48 @@ class WebSocketTransport(StreamTransport):
         if self._sent_close and self._s is not None:  # our close frame is on its way
             raise TransportError(self.url, "write after the WebSocket close")
         await self._lock.acquire()
+        stop = None  # a cancel that came mid-message: raised once the message is out
         try:
             for piece in self._enc.pieces(OP_BINARY, data, new_mask_key()):
-                await StreamTransport.write(self, piece)
+                try:
+                    await StreamTransport.write(self, piece)
+                except asyncio.CancelledError as e:
+                    # Half a message cannot be taken back (the link would be lost), and
+                    # the next write cannot go on from where it stopped: finished here,
+                    # within timeout_ms.
+                    if stop is None:
+                        stop = e
+                        self._hold(True)
+                    await self._rest(piece)
             if self._pong is not None:
                 pong, self._pong = self._pong, None
-                await StreamTransport.write(self, encode_frame(OP_PONG, pong, new_mask_key()))
+                piece = encode_frame(OP_PONG, pong, new_mask_key())
+                try:
+                    await StreamTransport.write(self, piece)
+                except asyncio.CancelledError as e:
+                    if stop is None:
+                        stop = e
+                        self._hold(True)
+                    await self._rest(piece)
         except Exception as e:
             raise await self._drop(e, "write")
         finally:
+            if stop is not None:
+                self._hold(False)
             self._lock.release()
+        self.sent = len(data)
+        if stop is not None:
+            raise stop
+
+    async def _rest(self, piece):
+        """The rest of piece after a cancelled write (more cancels wait for it too)."""
+        piece = piece[self.sent:]
+        while piece:
+            try:
+                await StreamTransport.write(self, piece)
+                return
+            except asyncio.CancelledError:
+                piece = piece[self.sent:]
 
     async def _fail(self, code, reason):
         """Send our close frame (best effort) and drop the connection."""

@@ -5,6 +5,7 @@ methods.py), the flash log's bounds (flashlog.py) and the telemetry loop's resil
 Runs under CPython and MicroPython; files are made in the working directory with a
 per-test prefix and removed afterwards (the flash log is pointed at a prefixed file).
 """
+import binascii
 import json
 import os
 
@@ -18,7 +19,9 @@ import flashlog  # noqa: E402
 import methods  # noqa: E402
 from lkedge.rpc import RpcError  # noqa: E402
 
-PREFIX = "fwconfig_test_"
+# A name of its own per run: the suite runs this module in parallel workers and
+# under MicroPython at the same time, all in one working directory.
+PREFIX = "fwconfig_test_%s_" % binascii.hexlify(os.urandom(3)).decode()
 
 
 _rm = firmware_path.rm

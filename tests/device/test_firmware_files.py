@@ -20,7 +20,9 @@ import files  # noqa: E402
 import methods  # noqa: E402
 from lkedge.rpc import RpcError  # noqa: E402
 
-PREFIX = "fwfiles_test_"
+# A name of its own per run: the suite runs this module in parallel workers and
+# under MicroPython at the same time, all in one working directory.
+PREFIX = "fwfiles_test_%s_" % binascii.hexlify(os.urandom(3)).decode()
 
 
 class PieceReader:

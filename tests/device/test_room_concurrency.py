@@ -167,6 +167,148 @@ async def test_send_cancelled_mid_frame_never_corrupts_the_link():
     await close(a, b)
 
 
+class _HalfTransport:
+    """Made like _TestTransport (defined below), but a write longer than `stall_over`
+    puts half of its data out, then waits for `go`, and says what went out (t.sent), as
+    transport.StreamTransport does: a frame cancelled there can be finished."""
+
+    def __init__(self, mem):
+        self.mem = mem
+        self.t = None
+        self.stall_over = None
+        self.stalled = asyncio.Event()
+        self.go = asyncio.Event()
+        self.pause = None
+        self.sent = 0
+
+    async def connect(self):
+        self.t = self.mem.transport()
+        await self.t.connect()
+
+    async def write(self, data):
+        self.sent = 0
+        if self.stall_over is not None and len(data) > self.stall_over:
+            half = len(data) // 2
+            await self.t.write(data[:half])
+            self.sent = half
+            self.stalled.set()
+            if self.pause is not None:   # a slow link: every long write waits halfway
+                await asyncio.sleep(self.pause)
+            else:
+                await self.go.wait()
+            data = data[half:]
+        await self.t.write(data)
+        self.sent += len(data)
+
+    async def read_into(self, buf):
+        return await self.t.read_into(buf)
+
+    async def close(self):
+        await self.t.close()
+
+
+async def _room_on_half_transport(**opts):
+    mem = MemRoom()
+    t = _HalfTransport(mem)
+    a = room_module.Room(RoomOptions(auto_reconnect=True, reconnect_min_ms=20, **opts))
+    lost = []
+    a.on("reconnecting", lambda: lost.append(1))
+    await a.connect(t, "a")
+    b = await join(mem, "b")
+    await settle(lambda: "b" in a.remote_participants)
+    errors = []
+    gate = asyncio.Event()
+    gate.set()
+    b.register_byte_stream_handler("big", _gated_reader(gate, errors))
+    got = []
+
+    async def small(reader, sender):
+        got.append(await reader.read_all())
+    b.register_text_stream_handler("small", small)
+    return t, a, b, lost, errors, got, mem
+
+
+async def _goes_on_after_the_cancel(t, a, b, lost, errors, got):
+    await settle(lambda: errors)
+    assert "abnormal end" in errors[0], errors
+    await a.local_participant.send_text("after", topic="small", destination_identities=["b"])
+    await settle(lambda: got)
+    assert got == ["after"], got
+    assert not lost and a.connection_state == "connected", "the link was ended: %r" % a.last_error
+    await close(a, b)
+
+
+async def test_send_cancelled_mid_frame_finishes_the_frame_and_keeps_the_link():
+    # A transport that says what went out (tcp://, tls:// and ws:// ones do): the
+    # frame the cancel landed in is finished, the stream ends abnormally for its
+    # receivers, and every other call and stream on the link goes on: no reconnect.
+    t, a, b, lost, errors, got, _ = await _room_on_half_transport()
+    t.stall_over = 5000
+    task = asyncio.create_task(a.local_participant.send_bytes(
+        b"y" * 100000, topic="big", destination_identities=["b"], compress=False))
+    await t.stalled.wait()
+    task.cancel()
+    t.stall_over = None
+    t.go.set()
+    assert await _cancelled(task)
+    await _goes_on_after_the_cancel(t, a, b, lost, errors, got)
+
+
+async def test_send_timed_out_by_wait_for_mid_frame_raises_timeout_and_keeps_the_link():
+    # The usual way to bound a send: asyncio.wait_for. It times out while a frame is
+    # half out; the frame is finished first, then wait_for raises TimeoutError.
+    t, a, b, lost, errors, got, _ = await _room_on_half_transport()
+    t.stall_over = 5000
+
+    async def release():
+        await t.stalled.wait()
+        await asyncio.sleep(0.2)   # well past the timeout below
+        t.stall_over = None
+        t.go.set()
+    asyncio.create_task(release())
+    try:
+        await asyncio.wait_for(a.local_participant.send_bytes(
+            b"y" * 100000, topic="big", destination_identities=["b"], compress=False), 0.05)
+    except asyncio.TimeoutError:
+        pass
+    else:
+        raise AssertionError("wait_for did not time out")
+    await _goes_on_after_the_cancel(t, a, b, lost, errors, got)
+
+
+async def test_a_handler_past_its_deadline_that_sends_through_a_task_of_its_own_keeps_the_link():
+    # The deadline's cancel reaches the handler between frames, and its wait_for
+    # passes it on to the send's own task a loop turn later, when that task is
+    # usually inside a frame again (here every frame waits halfway). That frame is
+    # finished, the caller hears 1502, the stream ends abnormally, the link stays up.
+    t, a, b, lost, errors, got, mem = await _room_on_half_transport(ping_interval_ms=500)
+    seen = []
+
+    async def shout(data):
+        try:
+            await asyncio.wait_for(a.local_participant.send_bytes(
+                b"x" * 600000, topic="big", destination_identities=["b"], compress=False), 30)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        seen.append("sent")
+        return "sent"
+    a.local_participant.register_rpc_method("shout", shout)
+    q = await raw(mem, "q", client_protocol=1)
+    await settle(lambda: "q" in a.remote_participants)
+    t.stall_over = 5000
+    t.pause = 0.02
+    await q.send({"destination_identities": ["a"], "rpc_request": {
+        "id": "r1", "method": "shout", "payload": "", "response_timeout_ms": 300, "version": 1}})
+    r = await q.wait_for(lambda x: "rpc_response" in x, timeout=20)
+    assert r["rpc_response"].get("error", {}).get("code") == 1502, r
+    await settle(lambda: seen)
+    assert seen == ["cancelled"], seen
+    t.stall_over = None
+    await _goes_on_after_the_cancel(t, a, b, lost, errors, got)
+    await close(q)
+
+
 def _sink_recording_errors(seen):
     """A streaming handler that reads its request to the end, noting the reader's error."""
     async def sink(data):

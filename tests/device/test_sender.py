@@ -95,3 +95,121 @@ async def test_sending_without_a_transport_is_an_oserror():
         assert "not connected" in str(e)
     else:
         raise AssertionError("sent without a transport")
+
+
+class HalfWire(Wire):
+    """A transport that can tell what went out (t.sent, as transport.StreamTransport):
+    a write longer than `stall_over` puts half of its data out, then waits for `go` (a
+    socket that stopped draining). `closed` says whether the sender ended the link."""
+
+    def __init__(self, stall_over=None):
+        super().__init__()
+        self.stall_over = stall_over
+        self.stalled = asyncio.Event()
+        self.go = asyncio.Event()
+        self.sent = 0
+        self.closed = False
+
+    async def write(self, data):
+        self.sent = 0
+        if self.stall_over is not None and len(data) > self.stall_over:
+            half = len(data) // 2
+            self.writes.append(bytes(data[:half]))
+            self.sent = half
+            self.stalled.set()
+            await self.go.wait()
+            data = data[half:]
+        self.writes.append(bytes(data))
+        self.sent += len(data)
+        await asyncio.sleep(0)
+
+    async def close(self):
+        self.closed = True
+
+
+async def _cancel_when_stalled(w, task):
+    await w.stalled.wait()
+    w.stall_over = None
+    task.cancel()
+    await asyncio.sleep(0)
+    w.go.set()
+    try:
+        await task
+    except asyncio.CancelledError:
+        return True
+    return False
+
+
+async def test_a_send_cancelled_inside_its_frame_finishes_the_frame_without_ending_the_link():
+    # Half a frame cannot be taken back: the link would have to end, failing every
+    # call and stream on it. A transport that says what went out lets the sender
+    # finish the frame; the cancel is held back until it is out, and a task whose
+    # whole work was that frame has nothing left to cancel: it ends as sent.
+    s = PacketSender(64)
+    s.transport = w = HalfWire(stall_over=1000)
+    pkt = chunk(1, bytes(range(256)) * 20)
+    task = asyncio.create_task(s.send(pkt))
+    assert not await _cancel_when_stalled(w, task), "a send whose frame went out whole was reported cancelled"
+    await s.send_frame(link.PING, b"k")
+    assert not w.closed and s.transport is w, "the link was ended"
+    assert frames(b"".join(w.writes)) == [(link.DATA, proto.encode(proto.DATA_PACKET, pkt)), (link.PING, b"k")]
+
+
+async def test_a_task_cancelled_inside_a_frame_sends_no_further_frame():
+    # The cancel is held back until the frame is out, then delivered before a byte of
+    # the task's next frame: its caller (a stream writer) knows what went out.
+    s = PacketSender(64)
+    s.transport = w = HalfWire(stall_over=1000)
+    sent = []
+
+    async def two():
+        await s.send(chunk(1, b"a" * 3000))
+        sent.append(1)
+        await s.send(chunk(2, b"b" * 10))
+        sent.append(2)
+    task = asyncio.create_task(two())
+    assert await _cancel_when_stalled(w, task)
+    assert sent == [1], sent
+    got = [proto.decode(proto.DATA_PACKET, body)["stream_chunk"]["chunk_index"] for _, body in frames(b"".join(w.writes))]
+    assert got == [1], got
+
+
+async def test_a_task_cancelled_inside_its_last_frame_is_cancelled_at_its_next_wait():
+    # It sends nothing more: the held-back cancel comes at whatever it awaits next.
+    s = PacketSender(64)
+    s.transport = w = HalfWire(stall_over=1000)
+    after = []
+
+    async def then_wait():
+        await s.send(chunk(1, b"a" * 3000))
+        after.append("sent")
+        await asyncio.sleep(5)
+        after.append("slept")
+    task = asyncio.create_task(then_wait())
+    assert await _cancel_when_stalled(w, task)
+    assert after == ["sent"], after
+    assert not w.closed
+
+
+async def test_a_cancel_inside_a_frame_on_a_transport_that_cannot_tell_what_went_out_ends_the_link():
+    s = PacketSender(64)
+    s.transport = w = Wire()
+    w.go = asyncio.Event()
+
+    async def stalling(data):
+        w.writes.append(bytes(data))
+        await w.go.wait()
+    w.write = stalling
+    closed = []
+
+    async def close():
+        closed.append(1)
+    w.close = close
+    task = asyncio.create_task(s.send(chunk(1, b"a" * 3000)))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    assert closed == [1] and s.transport is None
