@@ -417,11 +417,14 @@ class Room:
                         try:
                             await self._on_control(ev[1], ev[2])
                         except MemoryError:
-                            if ev[1] != link.PARTICIPANT:
-                                raise
-                            # one announcement with no heap for it: that participant
-                            # is not held (as past max_participants), the link stays
+                            # An announcement with no heap for it: who it announces is
+                            # not held (as past max_participants), the link stays. (A
+                            # rejoin would meet the same JOINED, over and over.)
                             gc.collect()
+                            if ev[1] == link.JOINED:
+                                self._joined_knowing_nobody(ev[2])
+                            elif ev[1] != link.PARTICIPANT:
+                                raise
                             self._untracked.add(None)
                             _warn("a participant announcement dropped: no heap to read it")
                         if ev[1] == link.JOINED:
@@ -763,23 +766,7 @@ class Room:
         # operators' tokens): one over max_values is announced without its attributes.
         d = link.decode_control(body, self.options.max_values, self.options.max_attributes)
         if ftype == link.JOINED:
-            d = link.check_joined(d)
-            self.name = d["room"]
-            self.sid = d.get("sid", "")
-            self.server_version = d.get("server_version", "")
-            self.max_frame = d.get("max_frame", self.max_frame)
-            self._sender.max_frame = self.max_frame
-            lp = self.local_participant
-            lp.identity = d["identity"]
-            lp.sid = d.get("sid", "")
-            self.remote_participants = {}
-            self._attributes_held = 0
-            self._untracked = set()
-            for p in d["participants"]:   # normalised by check_joined
-                self._upsert(p, False)
-            self._joined_anew()
-            self.connection_state = "connected"
-            self._joined.set()
+            self._on_joined(link.check_joined(d))
         elif ftype == link.PARTICIPANT:
             self._upsert(link.participant_info(d))
         elif ftype == link.PARTICIPANT_LEFT:
@@ -789,6 +776,34 @@ class Room:
             self.leave_reason = d.get("reason", "")
             if not self._joined.is_set():
                 self._joined.set()
+
+    def _joined_knowing_nobody(self, body):
+        """JOINED with no heap to read the participants it lists: joined all the same,
+        holding none of them (the list is walked, not built; the caller marks them not
+        held, so streams go to everyone as to v1 peers, and calls to them fail 1401
+        until the relay announces them again)."""
+        self.remote_participants = {}   # what a failed first try had made of them
+        d = cbor.loads(body, 0, "participants")
+        d["participants"] = []
+        self._on_joined(link.check_joined(d))
+
+    def _on_joined(self, d):
+        self.name = d["room"]
+        self.sid = d.get("sid", "")
+        self.server_version = d.get("server_version", "")
+        self.max_frame = d.get("max_frame", self.max_frame)
+        self._sender.max_frame = self.max_frame
+        lp = self.local_participant
+        lp.identity = d["identity"]
+        lp.sid = d.get("sid", "")
+        self.remote_participants = {}
+        self._attributes_held = 0
+        self._untracked = set()
+        for p in d["participants"]:   # normalised by check_joined
+            self._upsert(p, False)
+        self._joined_anew()
+        self.connection_state = "connected"
+        self._joined.set()
 
     def _joined_anew(self):
         """After a rejoin: participant_disconnected for those gone meanwhile,

@@ -303,6 +303,38 @@ async def test_a_participant_the_board_cannot_allocate_charges_no_attribute_budg
     await board.disconnect()
 
 
+async def test_a_joined_with_no_heap_to_read_its_participants_joins_knowing_nobody():
+    # A MemoryError reading JOINED's list (a crowded room, a fragmented heap) ended the
+    # link, and each rejoin met the same JOINED: a board that never got in. Now it
+    # joins holding none of them (as past max_participants), and serves them all.
+    from room_helpers import join
+    from lkedge import link
+    mem = MemRoom()
+    first = await join(mem, "first")
+    decode = link.decode_control
+
+    def no_heap_for_the_list(body, *limits):
+        if b"participants" in bytes(body) and b"first" in bytes(body):
+            raise MemoryError("memory allocation failed, allocating 8192 bytes")
+        return decode(body, *limits)
+    link.decode_control = no_heap_for_the_list
+    board = Room(RoomOptions.for_board(None, auto_reconnect=False))
+    board.local_participant.register_rpc_method("ping", lambda d: "pong")
+    try:
+        await board.connect(mem.transport(), "board")
+    finally:
+        link.decode_control = decode
+    assert board.connection_state == "connected" and board.local_participant.identity == "board"
+    assert board.name and board.max_frame
+    assert "first" not in board.remote_participants
+    assert (0, ()) in board.recipients(None)   # someone not held: assumed a v1 peer
+    assert await first.local_participant.perform_rpc(destination_identity="board", method="ping",
+                                                     payload="") == "pong"
+    later = await join(mem, "later")            # announced afterwards: held as usual
+    await settle(lambda: "later" in board.remote_participants)
+    await close(first, later, board)
+
+
 async def test_a_crowded_room_leaves_a_board_heap_bounded_and_its_link_alive():
     # The relay announces 200 participants to a board-profile Room (cap 24): the heap
     # it holds for them is that of 24, and its link goes on (without the cap ~107 of
