@@ -70,8 +70,8 @@ class RemoteParticipant:
 
     attributes_dropped is True when the participant's announcement would have held
     more than RoomOptions.max_values (bytes plus 32 per value; 8 KiB with a board
-    profile) and its attributes were therefore not read: `attributes` is then empty
-    although the participant has some. Everything else about it is as announced, so
+    profile), or the board had no heap to read them, and its attributes were therefore
+    not read: `attributes` is then empty although the participant has some. Everything else about it is as announced, so
     calls and streams to it work. A later announcement that fits clears it.
     """
 
@@ -88,7 +88,7 @@ class RemoteParticipant:
         self.client_protocol = info.get("client_protocol", 0)
         self.capabilities = caps
         self.attributes = attrs
-        self.attributes_dropped = info.get("attributes_dropped", False)
+        self.attributes_dropped = bool(info.get("attributes_dropped", False))
 
     def __repr__(self):
         return "RemoteParticipant(%r, protocol=%d, caps=%r)" % (

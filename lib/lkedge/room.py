@@ -31,6 +31,7 @@ class ConnectError(Exception):
 
 
 _UNREGISTER = object()
+_NO_HEAP = object()   # attributes_dropped: not for max_values, for want of heap (_announced_leanly)
 # Free heap advertise_compression=None wants beside the inflate window at Room(): joining
 # takes ~12 KiB on a board, a call or stream ~5 KiB more.
 _HEADROOM = 24576
@@ -417,16 +418,11 @@ class Room:
                         try:
                             await self._on_control(ev[1], ev[2])
                         except MemoryError:
-                            # An announcement with no heap for it: who it announces is
-                            # not held (as past max_participants), the link stays. (A
-                            # rejoin would meet the same JOINED, over and over.)
-                            gc.collect()
-                            if ev[1] == link.JOINED:
-                                self._joined_knowing_nobody(ev[2])
-                            elif ev[1] != link.PARTICIPANT:
+                            if ev[1] != link.JOINED and ev[1] != link.PARTICIPANT:
                                 raise
-                            self._untracked.add(None)
-                            _warn("a participant announcement dropped: no heap to read it")
+                            # The link stays: a rejoin would meet the same frame.
+                            gc.collect()
+                            self._announced_leanly(ev[1], ev[2])
                         if ev[1] == link.JOINED:
                             # DATA is streamed, so any frame the relay forwards fits:
                             # up to its max_frame plus the sender stamp it adds.
@@ -777,15 +773,33 @@ class Room:
             if not self._joined.is_set():
                 self._joined.set()
 
-    def _joined_knowing_nobody(self, body):
-        """JOINED with no heap to read the participants it lists: joined all the same,
-        holding none of them (the list is walked, not built; the caller marks them not
-        held, so streams go to everyone as to v1 peers, and calls to them fail 1401
-        until the relay announces them again)."""
-        self.remote_participants = {}   # what a failed first try had made of them
-        d = cbor.loads(body, 0, "participants")
-        d["participants"] = []
-        self._on_joined(link.check_joined(d))
+    def _announced_leanly(self, ftype, body):
+        """JOINED or PARTICIPANT that the heap could not hold as read: read again
+        without attributes (walked, not built: each participant kept as past max_values);
+        if that fails too, the participants are not held (as past max_participants:
+        streams go to everyone as to v1 peers, calls to them fail 1401 until the relay
+        announces them again), and JOINED joins all the same."""
+        try:
+            d = link.decode_control(body, 0)
+            if ftype == link.JOINED:
+                d = link.check_joined(d)
+                for p in d["participants"]:
+                    p["attributes_dropped"] = _NO_HEAP
+                self._on_joined(d)
+            else:
+                d = link.participant_info(d)
+                d["attributes_dropped"] = _NO_HEAP
+                self._upsert(d)
+            return
+        except MemoryError:
+            gc.collect()
+        if ftype == link.JOINED:
+            self.remote_participants = {}   # what the tries before made of them
+            d = cbor.loads(body, 0, "participants")
+            d["participants"] = []
+            self._on_joined(link.check_joined(d))
+        self._untracked.add(None)
+        _warn("a participant announcement dropped: no heap to read it")
 
     def _on_joined(self, d):
         self.name = d["room"]
@@ -822,7 +836,10 @@ class Room:
         p = self.remote_participants.get(ident)
         old = p._attributes_cost if p is not None else 0
         cost = 0
-        if info.get("attributes_dropped"):   # while decoding: one, or all of JOINED's
+        why = info.get("attributes_dropped")
+        if why is _NO_HEAP:
+            _warn("participant %r kept without its attributes: no heap to read them" % ident)
+        elif why:   # while decoding: one, or all of JOINED's
             _warn("participant %r kept without its attributes (dropped): with them it "
                   "would hold over %d bytes of values (RoomOptions.max_values; 32 more "
                   "per value), or the frame's participants over max_attributes %r"

@@ -335,6 +335,58 @@ async def test_a_joined_with_no_heap_to_read_its_participants_joins_knowing_nobo
     await close(first, later, board)
 
 
+def _no_heap_for_attributes(decode, needle):
+    """link.decode_control that fails a frame holding `needle` for want of heap unless
+    it is read without attributes (max_values 0: walked, not built)."""
+    def fake(body, *limits):
+        b = bytes(body)   # (not a JOIN: the room's relay side reads those)
+        if needle in b and b"token" not in b and (not limits or limits[0] != 0):
+            raise MemoryError("memory allocation failed, allocating 8192 bytes")
+        return decode(body, *limits)
+    return fake
+
+
+async def test_an_announcement_with_no_heap_for_its_attributes_keeps_the_participant_without_them():
+    # Read again without attributes, a participant is held as one past max_values is:
+    # known, called and streamed to as announced, attributes_dropped set.
+    from room_helpers import join
+    from lkedge import link
+    mem = MemRoom()
+    board = Room(RoomOptions.for_board(None, auto_reconnect=False))
+    await board.connect(mem.transport(), "board")
+    decode = link.decode_control
+    link.decode_control = _no_heap_for_attributes(decode, b"wide")
+    try:
+        wide = Room(RoomOptions(auto_reconnect=False))
+        await wide.connect(mem.transport(), "wide")
+        await settle(lambda: "wide" in board.remote_participants)
+    finally:
+        link.decode_control = decode
+    p = board.remote_participants["wide"]
+    assert p.attributes_dropped is True and p.client_protocol == 2, (p, p.attributes_dropped)
+    assert board.connection_state == "connected" and (0, ()) not in board.recipients(None)
+    await close(wide, board)
+
+
+async def test_a_joined_with_no_heap_for_attributes_holds_its_participants_without_them():
+    from room_helpers import join
+    from lkedge import link
+    mem = MemRoom()
+    first = await join(mem, "first")
+    decode = link.decode_control
+    link.decode_control = _no_heap_for_attributes(decode, b"participants")
+    board = Room(RoomOptions.for_board(None, auto_reconnect=False))
+    try:
+        await board.connect(mem.transport(), "board")
+    finally:
+        link.decode_control = decode
+    assert board.connection_state == "connected"
+    p = board.remote_participants["first"]
+    assert p.attributes_dropped is True and p.client_protocol == 2, (p, p.attributes_dropped)
+    assert (0, ()) not in board.recipients(None)   # everyone held
+    await close(first, board)
+
+
 async def test_a_crowded_room_leaves_a_board_heap_bounded_and_its_link_alive():
     # The relay announces 200 participants to a board-profile Room (cap 24): the heap
     # it holds for them is that of 24, and its link goes on (without the cap ~107 of
