@@ -175,8 +175,9 @@ def write_msg(path, texts):
 # ------------------------------------------------------------------ private names
 # Every identifier of loaded bytecode is a qstr: an entry in the interpreter's qstr pool
 # (about 12 bytes on a 64-bit port, plus its text) unless the firmware already has it.
-# The pool grows by doubling (25, 65, 145, 305, 625 dynamic qstrs...), so the library's
-# ~300 private names decide whether a board allocates the next, ~7 KiB, pool. A board
+# The pool grows by doubling (a new pool at the 21st, 61st, 141st, 301st, 621st dynamic
+# qstr...), so the library's ~300 private names decide whether a board allocates the
+# next, ~7 KiB, pool. A board
 # build therefore spells each private name (`_x`, not `__x__`) as a name the firmware
 # already interned: these are names of builtin modules, types and functions that hold no
 # protocol meaning for the runtime (no __dunder__, no read/write/send/close/...), so an

@@ -16,7 +16,8 @@ MicroPython with the library as a board build (`lkedge deploy`'s .mpy):
    number of functions and classes sets: no rewrite of the bodies gets below it;
 3. the unit costs on this interpreter: one empty function and one class with one
    empty method, from synthetic modules; and what an interned name costs on average
-   (its text and pool entry; the pools grow by doubling, 25, 65, 145, 305, 625 names).
+   (its text and pool entry; the pools grow by doubling, a new one at the 21st, 61st,
+   141st, 301st and 621st name).
 
 The difference between 1 and 2 is what the function bodies cost.
 

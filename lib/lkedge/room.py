@@ -365,7 +365,7 @@ class Room:
         buf = memoryview(bytearray(o.read_buffer))
         fr = link.FrameReader(max(o.max_frame, 16384))
         dec = proto.PacketDecoder(o.max_field, o.max_values)
-        why = "relay closed the link"
+        why = "the link closed without a LEAVE (the relay stopped, or the connection was cut)"
         self._events = None  # _decoded's pending stream events belong to this task
         try:
             while True:

@@ -177,6 +177,19 @@ async def test_without_auto_reconnect_a_lost_link_stays_disconnected():
     await board.disconnect()
 
 
+async def test_a_link_closed_without_a_leave_says_so():
+    # The relay's process killed, or the connection cut on the way: no LEAVE came, and
+    # the reason says that rather than that the relay closed it.
+    mem = MemRoom()
+    relay = _FlakyRelay(mem)
+    events = []
+    board = await _board(mem, relay, events, auto_reconnect=False)
+    relay.t._eof()   # the bytes end: no LEAVE before
+    await settle(lambda: board.connection_state == "disconnected")
+    assert board.last_error and "closed without a LEAVE" in board.last_error, board.last_error
+    await board.disconnect()
+
+
 async def test_disconnect_during_backoff_stops_reconnecting():
     mem = MemRoom()
     relay = _FlakyRelay(mem, fail=None)
