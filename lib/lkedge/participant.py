@@ -298,7 +298,12 @@ class LocalParticipant:
                                      timestamp_ms=_now_epoch_ms(), max_frame=self._room.max_frame,
                                      **text_options)
         w = StreamWriter(self._room, out)
-        await self._room._send(out.header())
+        try:
+            await self._room._send(out.header())
+        except BaseException as e:
+            if self._room._sender._went_out(e):   # cancelled once the header was out
+                await w._cut("sender stopped: %r" % (e,))
+            raise
         return w
 
 class StreamWriter:

@@ -277,6 +277,7 @@ class Room:
         t = self._transport
         if t is not None and self.connection_state == "connected":
             try:  # bounded: on a link that does not drain, disconnect() must still end
+                t._timeout_ms = 2000   # also finishing the LEAVE if the bound cuts it
                 await asyncio.wait_for(self._sender.send_frame(
                     link.LEAVE, cbor.dumps({"code": link.LEAVE_CLIENT, "reason": "client initiated"})), 2)
             except Exception:
@@ -993,11 +994,16 @@ class Room:
 
     # -------------------------------------------------------------- sending
     def _send(self, pkt):
+        # Only once JOINED: DATA before it is a protocol error for the relay, and a send
+        # racing a rejoin would fail on the transport being connected and close it, over
+        # and over: an application that sends all the time never got back in.
+        if self.connection_state != "connected":
+            raise OSError("not connected to a relay (%s)" % self.connection_state)
         return self._sender.send(pkt)  # the awaitable (see PacketSender.send)
 
     async def _send_all(self, packets):
         for p in packets or ():
-            await self._sender.send(p)
+            await self._send(p)
 
     def _complete(self, completion):
         if completion is None:

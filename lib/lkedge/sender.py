@@ -11,11 +11,8 @@ per packet keeps frames whole on the link while letting RPC acks slip in between
 chunks of a long stream.
 """
 import asyncio
-import sys
 
 from . import link, proto
-
-_COUNTS_CANCELS = sys.implementation.name != "micropython"  # CPython 3.11+ (see _finish)
 
 # Room of the buffer beyond the piece size: the frame and DataPacket headers of a
 # chunk (identities, stream id), so that a piece-sized chunk goes out in one write.
@@ -41,10 +38,9 @@ class PacketSender:
         # one is (a cancel inside a frame would end the link for everyone); a handler
         # caught in its own frame is stopped at the start of its next one instead.
         self._in_frame = self._stop_after_frame = None
-        self._cancel_held = False  # a cancel came inside the frame being written (_finish)
-        self._held = None        # the transport that guards its finishing (_hold)
-        self._owed = None        # the task whose cancel a frame held back
-        self._t = None           # the transport of the frame being written
+        self._held = None     # a cancel that came inside the frame being written (_finish)
+        self._went = None     # the last such cancel, raised once its frame was out (_went_out)
+        self._t = None        # the transport of the frame being written
 
     # send() and send_frame() are plain functions returning the one coroutine that
     # writes (`await sender.send(pkt)` as usual): a coroutine of their own per packet
@@ -72,19 +68,18 @@ class PacketSender:
         buf = self._buf
         size = len(buf)
         me = asyncio.current_task()
-        if me is self._stop_after_frame is not None or me is self._owed is not None:
-            # A cancel came while it wrote its last frame (Room's deadline, or one that
-            # landed inside that frame): it stops here, before a byte of this one, where
-            # its caller knows what went out (a stream cut short gets its trailer).
-            if me is self._owed:
-                self._owed = None
-            else:
-                self._stop_after_frame = None
+        if me is self._stop_after_frame is not None:
+            # Room's deadline passed while it wrote its last frame (on a transport that
+            # cannot finish a frame a cancel lands in): it stops here, before a byte of
+            # this one, where its caller knows what went out (a stream cut short gets
+            # its trailer)
+            self._stop_after_frame = None
             raise asyncio.CancelledError
         await self._lock.acquire()
         self._in_frame = me
         self._t = t
-        begun = False
+        self._went = None   # its callers have asked by now (it holds a traceback)
+        begun = wrote = False
         try:
             n = link.put_frame_header(buf, ftype, total)
             begun = True
@@ -122,15 +117,17 @@ class PacketSender:
                                 i += 1
                 try:
                     await t.write(x)
-                except asyncio.CancelledError:
-                    await self._finish(t, x)
+                except asyncio.CancelledError as e:
+                    await self._finish(t, x, e)
+                wrote = True
                 x = None
             begun = False
         except BaseException:
             # Failed with part of the frame out (a transport cannot take a write back):
             # the next frame would follow half of this one and the relay would read
-            # garbage. End the link instead; the Room sees it and reconnects.
-            if begun:
+            # garbage. End the link instead; the Room sees it and reconnects. (Not when
+            # no byte of it went out: a transport not connected yet is being connected.)
+            if begun and (wrote or getattr(t, "sent", 1)):
                 if self.transport is t:
                     self.transport = None
                 try:
@@ -141,60 +138,48 @@ class PacketSender:
         finally:
             self._in_frame = self._t = None
             self._lock.release()
-            cancelled, self._cancel_held = self._cancel_held, False
-            if self._held is not None:
-                self._held = None
-                try:
-                    t._hold(False)
-                except AttributeError:
-                    pass
-        if cancelled:
-            self._owed = me
-            asyncio.create_task(self._cancel_soon(me))
+            held, self._held = self._held, None
+            if held is not None:
+                _hold(t, False)
+        if held is not None:
+            # The frame is out whole: now the cancel, as asyncio.timeout and wait_for
+            # expect it. Its callers ask _went_out(e) whether this packet went out.
+            self._went = held
+            raise held
+
+    def _went_out(self, e):
+        """Whether CancelledError e came after its packet went out whole (a stream whose
+        header that was must still be ended)."""
+        return e is self._went
 
     async def _write_whole(self, data):
         """t.write(data) for a Blob: whole, even when cancelled meanwhile."""
         t = self._t
         try:
             await t.write(data)
-        except asyncio.CancelledError:
-            await self._finish(t, data)
+        except asyncio.CancelledError as e:
+            await self._finish(t, data, e)
 
-    async def _finish(self, t, data):
-        """A cancel landed in the write of data: the frame is finished (half of it would
-        end the link for every call and stream), and the cancel is delivered once it is
-        out. A link that takes the transport's timeout_ms for it is closed."""
+    async def _finish(self, t, data, e):
+        """Cancel e landed in the write of data: the frame is finished (half of it would
+        end the link for every call and stream), and e raised once it is out. A link
+        that takes the transport's timeout_ms for it is closed (the transport's guard)."""
         if getattr(t, "sent", None) is None:  # a transport that cannot tell what went out
-            raise asyncio.CancelledError
-        while True:
-            self._cancel_held = True
-            # CPython 3.11+ counts the cancels a task was asked (asyncio.timeout relies
-            # on it): this one is taken back, and asked again after the frame. The name
-            # is made at run time: spelled in bytecode it would cost a board an
-            # interned name (MicroPython keeps no such count).
-            un = getattr(asyncio.current_task(), b"uncancel".decode(), None) if _COUNTS_CANCELS else None
-            if un is not None:
-                un()
-            if self._held is None:
-                self._held = t
-                try:
-                    t._hold(True)
-                except AttributeError:  # a transport without the guard
-                    pass
-            data = data[t.sent:]
-            if not data:
-                return
+            raise e
+        if self._held is None:
+            self._held = e
+            _hold(t, True)
+        data = memoryview(data)[t.sent:]   # (no copy of a big bytes segment)
+        while data:
             try:
                 await t.write(data)
                 return
-            except asyncio.CancelledError:
-                pass
+            except asyncio.CancelledError:   # asked again: still one cancel
+                data = data[t.sent:]
 
-    async def _cancel_soon(self, task):
-        """The cancel a frame held back: raised at the start of the task's next frame,
-        or here, at whatever else it awaits first (a task cannot cancel itself)."""
-        await asyncio.sleep(0)
-        if self._owed is task:
-            self._owed = None
-            if not task.done():
-                task.cancel()
+
+def _hold(t, on):
+    try:
+        t._hold(on)
+    except AttributeError:  # a transport of its own without the guard (tests)
+        pass

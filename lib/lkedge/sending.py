@@ -51,7 +51,7 @@ async def send_finite(room, kind, data, topic, dests, attributes, stream_id=None
         kw["mime_type"] = mime_type
     if text_options:
         kw.update(text_options)
-    sent = None
+    sent = pkt = None
     try:
         for pkt in finite.finite_packets(kind, data, topic, dests, inline_ok, compress_ok,
                                           stream_id=sid, max_frame=room.max_frame,
@@ -60,10 +60,18 @@ async def send_finite(room, kind, data, topic, dests, attributes, stream_id=None
             if sent is None:
                 sent = _info(room, pkt, kind)
     except BaseException as e:
+        if room._sender._went_out(e):   # cancelled once pkt was out whole
+            if _last_of_stream(pkt):
+                raise   # the stream is whole at its receivers
+            sent = True
         if sent is not None:  # the header is out (never an inline one: it is the only packet)
             await end_abnormally(room, sid, dests, e)
         raise
     return sent
+
+
+def _last_of_stream(pkt):
+    return "stream_trailer" in pkt or "inline_content" in pkt.get("stream_header", ())
 
 
 def _info(room, header_packet, kind):
@@ -114,9 +122,14 @@ async def send_file(lp, file_path, topic, name, mime_type, destination_identitie
         hdr = streams.header_packet(sid, "bytes", topic, dests, **opts)
         streams._check_header(hdr)
         room_n = streams.chunk_room(sid, dests, room.max_frame)
-        await room._send(hdr)
         index = 0
         left = size
+        try:
+            await room._send(hdr)
+        except BaseException as e:
+            if room._sender._went_out(e):   # cancelled once the header was out
+                await end_abnormally(room, sid, dests, e)
+            raise
         try:
             while left:
                 n = min(left, room_n)

@@ -103,11 +103,6 @@ def parse_url(url):
     return scheme, host, int(port), path
 
 
-def _writable(sock):
-    # MicroPython: awaited, waits until sock can take bytes (as its Stream.drain does)
-    yield getattr(asyncio.core, "_io_queue").queue_write(sock)
-
-
 def open_transport(url, **opts):
     """A not yet connected Transport for url (see the module docstring)."""
     scheme, host, port, path = parse_url(url)
@@ -129,7 +124,9 @@ class StreamTransport:
     close_reason = ""
     sent = 0          # bytes of the last write's data that went out (see write)
     _guard = None     # the task closing a link whose cancelled write does not finish
-    _late = False     # closed by _close_late
+    _holds = 0        # writers finishing a cancelled write (_hold)
+    _gone = None      # why the connection ended (a TransportError): what later reads and
+                      # writes report, not the EBADF of a socket closed under them
     _s = None
     _sock = None      # MicroPython: the socket under _s, written without its buffer
     _closed = False
@@ -147,7 +144,8 @@ class StreamTransport:
     async def connect(self):
         if self._s is not None:
             raise TransportError(self.url, "already connected")
-        self._closed = self._late = False
+        self._closed = False
+        self._gone = None
         try:
             await asyncio.wait_for(self._connect(), self._timeout_ms / 1000)
         except Exception as e:
@@ -215,13 +213,10 @@ class StreamTransport:
             raise await self._drop(e, "read")
 
     async def write(self, data):
+        self.sent = 0
         s = self._s
         if s is None:
-            if self._late:
-                raise TransportError(self.url, "closed: a write cancelled halfway did not finish within %d ms"
-                                     % self._timeout_ms)
-            raise TransportError(self.url, "closed" if self._closed else "not connected")
-        self.sent = 0
+            raise self._gone or TransportError(self.url, "not connected")
         try:
             w = self._sock
             if w is None:  # CPython: the stream takes all of data at once, then drains
@@ -232,39 +227,54 @@ class StreamTransport:
             # MicroPython: Stream.drain forgets how much it wrote when cancelled (and
             # would write it again), so the socket is written here and self.sent
             # counts: a frame cancelled halfway can be finished instead of ending
-            # the link. Nothing is allocated unless the socket is full.
+            # the link. A full socket is polled, not waited on in asyncio's IO queue:
+            # a task cancelled there takes the socket's whole entry with it, the
+            # reader's wait too, and the link would be read no more. Nothing is
+            # allocated unless the socket is full.
             self.sent = w.write(data) or 0
             if self.sent == len(data):
                 await asyncio.sleep(0)  # as Stream.drain: other tasks' frames get a turn
                 return
             mv = data if isinstance(data, memoryview) else memoryview(data)
+            ms = 1
             while self.sent < len(mv):
-                await _writable(w)
-                self.sent += w.write(mv[self.sent:]) or 0
+                await asyncio.sleep_ms(ms)
+                n = w.write(mv[self.sent:])
+                if n:
+                    self.sent += n
+                    ms = 1
+                elif ms < 8:
+                    ms *= 2
         except Exception as e:
             raise await self._drop(e, "write")
 
     def _hold(self, on):
         """A write cancelled halfway is being finished (PacketSender, WebSocket): if
         that takes timeout_ms, the link does not drain and is closed (the write fails).
-        Called with False once it is done."""
+        Called with False once it is done; nested (a WebSocket message inside a frame)."""
+        self._holds += 1 if on else -1
         g = self._guard
         if on and g is None:
             self._guard = asyncio.create_task(self._close_late(asyncio.current_task()))
-        elif not on and g is not None:
+        elif not self._holds and g is not None:
             self._guard = None
             g.cancel()
 
     async def _close_late(self, task):
         await asyncio.sleep(self._timeout_ms / 1000)
         self._guard = None
-        self._late = self._closed = True
+        self._closing("closed: a write cancelled halfway did not finish within %d ms" % self._timeout_ms)
+        task.cancel()  # before the close can yield: it then finds the link closed
         await self._abort()
-        task.cancel()  # its write may wait on the socket for good: "closed" at its next
 
     async def close(self):
-        self._closed = True
+        self._closing("closed")
         await self._abort()
+
+    def _closing(self, why):
+        self._closed = True
+        if self._gone is None:
+            self._gone = TransportError(self.url, why)
 
     async def _abort(self):
         s, self._s = self._s, None
@@ -278,9 +288,13 @@ class StreamTransport:
 
     async def _drop(self, e, what):
         """Drop the connection after exception e; -> the TransportError to raise,
-        "<what> failed: <cause>" (just the cause when what is "")."""
+        "<what> failed: <cause>" (just the cause when what is ""), or the one that ended
+        it first (a read woken by a failed write's close says why the write failed)."""
         await self._abort()
+        if self._gone is not None:
+            return self._gone
         if isinstance(e, TransportError):
+            self._gone = e
             return e
         s = str(e).strip()
         name = type(e).__name__
@@ -292,4 +306,5 @@ class StreamTransport:
             s = "TLS handshake failed: " + s
         else:
             s = "%s: %s" % (name, s) if s else name
-        return TransportError(self.url, "%s failed: %s" % (what, s) if what else s)
+        self._gone = TransportError(self.url, "%s failed: %s" % (what, s) if what else s)
+        return self._gone

@@ -616,6 +616,7 @@ class WebSocketTransport(StreamTransport):
 
     async def write(self, data):
         # StreamTransport.write puts bytes on the socket (or says "closed"/"not connected").
+        self.sent = 0   # before the first wait: a cancel at the lock wrote nothing
         if self._sent_close and self._s is not None:  # our close frame is on its way
             raise TransportError(self.url, "write after the WebSocket close")
         await self._lock.acquire()
@@ -674,5 +675,5 @@ class WebSocketTransport(StreamTransport):
         await self._abort()
 
     async def close(self):
-        self._closed = True
+        self._closing("closed")
         await self._fail(CLOSE_NORMAL, "")

@@ -254,6 +254,34 @@ async def test_send_cancelled_mid_frame_finishes_the_frame_and_keeps_the_link():
     await _goes_on_after_the_cancel(t, a, b, lost, errors, got)
 
 
+async def test_send_cancelled_as_its_header_goes_out_still_ends_the_stream():
+    # The cancel is raised once the header's frame is out: its receivers have the
+    # stream open, so it is ended ("sender stopped"), not left to their idle timeout.
+    t, a, b, lost, errors, got, _ = await _room_on_half_transport()
+    t.stall_over = 40   # the first write that long is the header's frame
+    task = asyncio.create_task(a.local_participant.send_bytes(
+        b"y" * 100000, topic="big", destination_identities=["b"], compress=False))
+    await t.stalled.wait()
+    task.cancel()
+    t.stall_over = None
+    t.go.set()
+    assert await _cancelled(task)
+    await _goes_on_after_the_cancel(t, a, b, lost, errors, got)
+
+
+async def test_stream_writer_cancelled_as_its_header_goes_out_ends_the_stream():
+    t, a, b, lost, errors, got, _ = await _room_on_half_transport()
+    t.stall_over = 40
+    task = asyncio.create_task(a.local_participant.stream_bytes(
+        name="s", topic="big", destination_identities=["b"]))
+    await t.stalled.wait()
+    task.cancel()
+    t.stall_over = None
+    t.go.set()
+    assert await _cancelled(task)
+    await _goes_on_after_the_cancel(t, a, b, lost, errors, got)
+
+
 async def test_send_timed_out_by_wait_for_mid_frame_raises_timeout_and_keeps_the_link():
     # The usual way to bound a send: asyncio.wait_for. It times out while a frame is
     # half out; the frame is finished first, then wait_for raises TimeoutError.

@@ -7,7 +7,7 @@ the real asyncio), so the tests check the schedule without waiting it out.
 """
 import asyncio
 
-from room_helpers import raw, settle
+from room_helpers import close, raw, settle
 
 import lkedge.room as room_module
 from lkedge import link
@@ -188,6 +188,47 @@ async def test_a_link_closed_without_a_leave_says_so():
     await settle(lambda: board.connection_state == "disconnected")
     assert board.last_error and "closed without a LEAVE" in board.last_error, board.last_error
     await board.disconnect()
+
+
+class _SlowConnect(_FlakyRelay):
+    """Connecting takes a while (a TCP handshake, DNS): a write meanwhile fails."""
+
+    async def connect(self):
+        self.t = None
+        await asyncio.sleep(0.05)
+        await _FlakyRelay.connect(self)
+
+    async def write(self, data):
+        if self.t is None:
+            raise OSError("not connected (test)")
+        await self.t.write(data)
+
+
+async def test_an_application_sending_all_the_time_does_not_keep_the_rejoin_out():
+    # Its sends used to reach the transport being connected, fail there and close it:
+    # every attempt failed, for as long as the application kept sending.
+    mem = MemRoom()
+    relay = _SlowConnect(mem)
+    events = []
+    board = await _board(mem, relay, events)
+    peer = await raw(mem, "host", client_protocol=2)
+    await settle(lambda: "host" in board.remote_participants)
+    failures = []
+
+    async def chatter():
+        while True:
+            try:
+                await board.local_participant.send_text("x", topic="t", destination_identities=["host"])
+            except OSError as e:
+                failures.append(str(e))
+            await asyncio.sleep(0.001)
+    task = asyncio.create_task(chatter())
+    await mem.kick("board", link.LEAVE_SHUTDOWN, "relay restarting")
+    await settle(lambda: "reconnected" in events, timeout=5)
+    task.cancel()
+    assert board.connection_state == "connected", (events, board.last_error)
+    assert any("not connected to a relay" in f for f in failures), failures[:3]
+    await close(board, peer)
 
 
 async def test_disconnect_during_backoff_stops_reconnecting():

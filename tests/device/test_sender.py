@@ -140,24 +140,24 @@ async def _cancel_when_stalled(w, task):
     return False
 
 
-async def test_a_send_cancelled_inside_its_frame_finishes_the_frame_without_ending_the_link():
+async def test_a_send_cancelled_inside_its_frame_finishes_the_frame_then_is_cancelled():
     # Half a frame cannot be taken back: the link would have to end, failing every
     # call and stream on it. A transport that says what went out lets the sender
-    # finish the frame; the cancel is held back until it is out, and a task whose
-    # whole work was that frame has nothing left to cancel: it ends as sent.
+    # finish the frame; then the cancel is raised, and the sender can tell its
+    # caller that this packet went out (a stream whose header it was must be ended).
     s = PacketSender(64)
     s.transport = w = HalfWire(stall_over=1000)
     pkt = chunk(1, bytes(range(256)) * 20)
     task = asyncio.create_task(s.send(pkt))
-    assert not await _cancel_when_stalled(w, task), "a send whose frame went out whole was reported cancelled"
+    assert await _cancel_when_stalled(w, task), "the send was not cancelled"
     await s.send_frame(link.PING, b"k")
     assert not w.closed and s.transport is w, "the link was ended"
     assert frames(b"".join(w.writes)) == [(link.DATA, proto.encode(proto.DATA_PACKET, pkt)), (link.PING, b"k")]
 
 
 async def test_a_task_cancelled_inside_a_frame_sends_no_further_frame():
-    # The cancel is held back until the frame is out, then delivered before a byte of
-    # the task's next frame: its caller (a stream writer) knows what went out.
+    # The cancel is held back until the frame is out, then raised from that send: no
+    # byte of a next frame goes out.
     s = PacketSender(64)
     s.transport = w = HalfWire(stall_over=1000)
     sent = []
@@ -169,26 +169,9 @@ async def test_a_task_cancelled_inside_a_frame_sends_no_further_frame():
         sent.append(2)
     task = asyncio.create_task(two())
     assert await _cancel_when_stalled(w, task)
-    assert sent == [1], sent
+    assert sent == [], sent   # raised from the first send, once its frame was out
     got = [proto.decode(proto.DATA_PACKET, body)["stream_chunk"]["chunk_index"] for _, body in frames(b"".join(w.writes))]
     assert got == [1], got
-
-
-async def test_a_task_cancelled_inside_its_last_frame_is_cancelled_at_its_next_wait():
-    # It sends nothing more: the held-back cancel comes at whatever it awaits next.
-    s = PacketSender(64)
-    s.transport = w = HalfWire(stall_over=1000)
-    after = []
-
-    async def then_wait():
-        await s.send(chunk(1, b"a" * 3000))
-        after.append("sent")
-        await asyncio.sleep(5)
-        after.append("slept")
-    task = asyncio.create_task(then_wait())
-    assert await _cancel_when_stalled(w, task)
-    assert after == ["sent"], after
-    assert not w.closed
 
 
 async def test_a_cancel_inside_a_frame_on_a_transport_that_cannot_tell_what_went_out_ends_the_link():
