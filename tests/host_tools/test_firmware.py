@@ -309,7 +309,9 @@ async def test_a_config_that_joined_is_the_last_good_one_and_an_outage_does_not_
         r = json.loads(await _call(room, "config.update", json.dumps({"revert_after_s": 1})))
         assert r["on_trial"] is False and r["revert_after_s"] == 1, r  # Wi-Fi, relay, token unchanged
         await _reboot_and_rejoin(room)
-        assert rig.flash_json("config.good.json")["revert_after_s"] == 1, "the new config was not recorded"
+        # recorded once the board's connect() returned: a moment after the host sees it
+        await _until(lambda: (rig.flash_json("config.good.json") or {}).get("revert_after_s") == 1, 10,
+                     "the new config to be recorded as the last good one")
         # the board boots while the relay is down, far longer than revert_after_s
         assert json.loads(await _call(room, "reboot"))["rebooting"] is True
         rig.relay.kill()
