@@ -623,26 +623,10 @@ class WebSocketTransport(StreamTransport):
         stop = None  # a cancel that came mid-message: raised once the message is out
         try:
             for piece in self._enc.pieces(OP_BINARY, data, new_mask_key()):
-                try:
-                    await StreamTransport.write(self, piece)
-                except asyncio.CancelledError as e:
-                    # Half a message cannot be taken back (the link would be lost), and
-                    # the next write cannot go on from where it stopped: finished here,
-                    # within timeout_ms.
-                    if stop is None:
-                        stop = e
-                        self._hold(True)
-                    await self._rest(piece)
+                stop = await self._put(piece, stop)
             if self._pong is not None:
                 pong, self._pong = self._pong, None
-                piece = encode_frame(OP_PONG, pong, new_mask_key())
-                try:
-                    await StreamTransport.write(self, piece)
-                except asyncio.CancelledError as e:
-                    if stop is None:
-                        stop = e
-                        self._hold(True)
-                    await self._rest(piece)
+                stop = await self._put(encode_frame(OP_PONG, pong, new_mask_key()), stop)
         except Exception as e:
             raise await self._drop(e, "write")
         finally:
@@ -653,15 +637,26 @@ class WebSocketTransport(StreamTransport):
         if stop is not None:
             raise stop
 
-    async def _rest(self, piece):
-        """The rest of piece after a cancelled write (more cancels wait for it too)."""
+    async def _put(self, piece, stop):
+        """Write piece; -> the cancel to raise once the message is out (stop, or the one
+        that landed here). Half a message cannot be taken back (the link would be lost),
+        and the next write cannot go on from where it stopped: a piece a cancel lands in
+        is finished here (more cancels wait for it too), within timeout_ms (_hold)."""
+        try:
+            await StreamTransport.write(self, piece)
+            return stop
+        except asyncio.CancelledError as e:
+            if stop is None:
+                stop = e
+                self._hold(True)
         piece = piece[self.sent:]
         while piece:
             try:
                 await StreamTransport.write(self, piece)
-                return
+                break
             except asyncio.CancelledError:
                 piece = piece[self.sent:]
+        return stop
 
     async def _fail(self, code, reason):
         """Send our close frame (best effort) and drop the connection."""

@@ -238,48 +238,40 @@ async def _goes_on_after_the_cancel(t, a, b, lost, errors, got):
     await close(a, b)
 
 
-async def test_send_cancelled_mid_frame_finishes_the_frame_and_keeps_the_link():
-    # A transport that says what went out (tcp://, tls:// and ws:// ones do): the
-    # frame the cancel landed in is finished, the stream ends abnormally for its
-    # receivers, and every other call and stream on the link goes on: no reconnect.
+async def _cancelled_at_first_stall(stall_over, start):
+    """start(room) as a task on a half-writing link, cancelled in the first write longer
+    than stall_over (half of it out); the link must go on and the stream end abnormally."""
     t, a, b, lost, errors, got, _ = await _room_on_half_transport()
-    t.stall_over = 5000
-    task = asyncio.create_task(a.local_participant.send_bytes(
-        b"y" * 100000, topic="big", destination_identities=["b"], compress=False))
+    t.stall_over = stall_over
+    task = asyncio.create_task(start(a.local_participant))
     await t.stalled.wait()
     task.cancel()
     t.stall_over = None
     t.go.set()
     assert await _cancelled(task)
     await _goes_on_after_the_cancel(t, a, b, lost, errors, got)
+
+
+def _send_big(lp):
+    return lp.send_bytes(b"y" * 100000, topic="big", destination_identities=["b"], compress=False)
+
+
+async def test_send_cancelled_mid_frame_finishes_the_frame_and_keeps_the_link():
+    # A transport that says what went out (tcp://, tls:// and ws:// ones do): the
+    # frame the cancel landed in is finished, the stream ends abnormally for its
+    # receivers, and every other call and stream on the link goes on: no reconnect.
+    await _cancelled_at_first_stall(5000, _send_big)   # a chunk's frame
 
 
 async def test_send_cancelled_as_its_header_goes_out_still_ends_the_stream():
     # The cancel is raised once the header's frame is out: its receivers have the
     # stream open, so it is ended ("sender stopped"), not left to their idle timeout.
-    t, a, b, lost, errors, got, _ = await _room_on_half_transport()
-    t.stall_over = 40   # the first write that long is the header's frame
-    task = asyncio.create_task(a.local_participant.send_bytes(
-        b"y" * 100000, topic="big", destination_identities=["b"], compress=False))
-    await t.stalled.wait()
-    task.cancel()
-    t.stall_over = None
-    t.go.set()
-    assert await _cancelled(task)
-    await _goes_on_after_the_cancel(t, a, b, lost, errors, got)
+    await _cancelled_at_first_stall(40, _send_big)   # the first write that long: the header's frame
 
 
 async def test_stream_writer_cancelled_as_its_header_goes_out_ends_the_stream():
-    t, a, b, lost, errors, got, _ = await _room_on_half_transport()
-    t.stall_over = 40
-    task = asyncio.create_task(a.local_participant.stream_bytes(
-        name="s", topic="big", destination_identities=["b"]))
-    await t.stalled.wait()
-    task.cancel()
-    t.stall_over = None
-    t.go.set()
-    assert await _cancelled(task)
-    await _goes_on_after_the_cancel(t, a, b, lost, errors, got)
+    await _cancelled_at_first_stall(40, lambda lp: lp.stream_bytes(name="s", topic="big",
+                                                                   destination_identities=["b"]))
 
 
 async def test_send_timed_out_by_wait_for_mid_frame_raises_timeout_and_keeps_the_link():
@@ -477,8 +469,7 @@ async def test_disconnect_cancels_handlers_and_leaves_no_task_running():
     await settle(lambda: b._handling)
     tasks = [b._timer_task, b._reader_task] + list(b._tasks)
     await b.disconnect()
-    await asyncio.sleep(0.05)
-    assert all(t.done() for t in tasks)
+    await settle(lambda: all(t.done() for t in tasks))   # cancelled: each ends within a few loop turns
     assert not b._tasks and not b._invoking and not b._handling
     await call
     assert failed == [1503], failed   # b left: the call fails at once
