@@ -276,12 +276,17 @@ class Room:
         was = self.connection_state
         t = self._transport
         if t is not None and self.connection_state == "connected":
+            try:  # also finishing the LEAVE if the bound below cuts it: ~4 s in all
+                old, t._timeout_ms = t._timeout_ms, 2000
+            except AttributeError:   # a transport of one's own
+                old = None
             try:  # bounded: on a link that does not drain, disconnect() must still end
-                t._timeout_ms = 2000   # also finishing the LEAVE if the bound cuts it
                 await asyncio.wait_for(self._sender.send_frame(
                     link.LEAVE, cbor.dumps({"code": link.LEAVE_CLIENT, "reason": "client initiated"})), 2)
             except Exception:
                 pass
+            if old is not None:
+                t._timeout_ms = old   # (a transport passed in may be connected again)
         await self._drop_transport()
         # Taken before _fail_everything: the listeners it starts must run, not be cancelled.
         tasks = [self._timer_task, self._reader_task, self._pinger] + self._tasks

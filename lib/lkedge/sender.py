@@ -134,6 +134,8 @@ class PacketSender:
                     await t.close()
                 except Exception:
                     pass
+            if self._held is not None:
+                raise self._held   # cancelled: the link that failed meanwhile is the Room's
             raise
         finally:
             self._in_frame = self._t = None

@@ -239,6 +239,8 @@ class StreamTransport:
             ms = 1
             while self.sent < len(mv):
                 await asyncio.sleep_ms(ms)
+                if self._sock is not w:   # closed meanwhile (a TLS socket may not raise)
+                    raise self._gone or TransportError(self.url, "closed")
                 n = w.write(mv[self.sent:])
                 if n:
                     self.sent += n

@@ -622,13 +622,28 @@ class WebSocketTransport(StreamTransport):
         await self._lock.acquire()
         stop = None  # a cancel that came mid-message: raised once the message is out
         try:
-            for piece in self._enc.pieces(OP_BINARY, data, new_mask_key()):
-                stop = await self._put(piece, stop)
-            if self._pong is not None:
+            pieces = self._enc.pieces(OP_BINARY, data, new_mask_key())
+            while True:
+                for piece in pieces:
+                    try:
+                        await StreamTransport.write(self, piece)
+                    except asyncio.CancelledError as e:
+                        # Half a message cannot be taken back (the link would be lost),
+                        # and the next write cannot go on from where it stopped: the
+                        # piece is finished here, within timeout_ms (_hold).
+                        if stop is None:
+                            stop = e
+                            self._hold(True)
+                        await self._rest(piece)
+                if self._pong is None:
+                    break
                 pong, self._pong = self._pong, None
-                stop = await self._put(encode_frame(OP_PONG, pong, new_mask_key()), stop)
+                pieces = (encode_frame(OP_PONG, pong, new_mask_key()),)
         except Exception as e:
-            raise await self._drop(e, "write")
+            err = await self._drop(e, "write")
+            if stop is None:
+                raise err
+            raise stop   # cancelled: that the link failed meanwhile is the Room's to see
         finally:
             if stop is not None:
                 self._hold(False)
@@ -637,26 +652,15 @@ class WebSocketTransport(StreamTransport):
         if stop is not None:
             raise stop
 
-    async def _put(self, piece, stop):
-        """Write piece; -> the cancel to raise once the message is out (stop, or the one
-        that landed here). Half a message cannot be taken back (the link would be lost),
-        and the next write cannot go on from where it stopped: a piece a cancel lands in
-        is finished here (more cancels wait for it too), within timeout_ms (_hold)."""
-        try:
-            await StreamTransport.write(self, piece)
-            return stop
-        except asyncio.CancelledError as e:
-            if stop is None:
-                stop = e
-                self._hold(True)
+    async def _rest(self, piece):
+        """The rest of piece after a cancelled write (more cancels wait for it too)."""
         piece = piece[self.sent:]
         while piece:
             try:
                 await StreamTransport.write(self, piece)
-                break
+                return
             except asyncio.CancelledError:
                 piece = piece[self.sent:]
-        return stop
 
     async def _fail(self, code, reason):
         """Send our close frame (best effort) and drop the connection."""

@@ -492,7 +492,14 @@ async def main(url, timeout_ms):
     except OSError as e:
         print("OSERROR", e)
         return
-    await s.send_frame(0x06, b"after")
+    try:
+        await s.send_frame(0x06, b"after")
+    except OSError:   # the link was closed: why, as the transport tells
+        try:
+            await t.write(b"")
+        except OSError as e:
+            print("OSERROR", e)
+        return
     for _ in range(100):
         if r.done():
             break
@@ -619,4 +626,35 @@ async def test_a_frame_cancelled_halfway_on_a_link_that_does_not_drain_closes_it
         proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
     assert "STALLED True" in out, out
+    assert "CANCELLED" in out, out   # the cancel, not the link's failure, is what the task gets
     assert "OSERROR" in out and "a write cancelled halfway did not finish within 300 ms" in out, out
+
+
+async def test_a_websocket_write_whose_finishing_fails_still_raises_the_cancel_and_disarms_its_guard(monkeypatch):
+    # The piece a cancel landed in could not be finished (the connection reset): the
+    # task gets its cancel (not the link's error, which the Room sees on its own), and
+    # the guard is disarmed: left armed, it closed the next connection and cancelled
+    # whatever the task did by then.
+    calls = []
+
+    async def stalls_then_resets(self, data):
+        calls.append(len(data))
+        self.sent = 0
+        if len(calls) == 1:
+            self.sent = 3
+            await asyncio.sleep(10)      # a full socket: cancelled here
+        raise TransportError(self.url, "write failed: ECONNRESET")
+    monkeypatch.setattr(ws.StreamTransport, "write", stalls_then_resets)
+    t = ws.WebSocketTransport("ws://x/", False, "x", 80, "/", timeout_ms=300)
+    t._s = object()
+
+    async def abort():
+        t._s = None
+    t._abort = abort
+    task = asyncio.create_task(t.write(b"hello world"))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert t._holds == 0 and t._guard is None, (t._holds, t._guard)
+    assert "ECONNRESET" in str(t._gone)
