@@ -71,8 +71,9 @@ class RemoteParticipant:
     attributes_dropped is True when the participant's announcement would have held
     more than RoomOptions.max_values (bytes plus 32 per value; 8 KiB with a board
     profile), or the board had no heap to read them, and its attributes were therefore
-    not read: `attributes` is then empty although the participant has some. Everything else about it is as announced, so
-    calls and streams to it work. A later announcement that fits clears it.
+    not read: `attributes` is then empty although the participant has some. Everything
+    else about it is as announced, so calls and streams to it work. A later
+    announcement that fits clears it.
     """
 
     _attributes_cost = 0   # what its attributes count in Room's max_attributes (Room._upsert)

@@ -800,7 +800,7 @@ class Room:
         except MemoryError:
             gc.collect()
         if ftype == link.JOINED:
-            self.remote_participants = {}   # what the tries before made of them
+            self.remote_participants = {}   # freed before reading again: what the tries before made
             d = cbor.loads(body, 0, "participants")
             d["participants"] = []
             self._on_joined(link.check_joined(d))

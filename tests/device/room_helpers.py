@@ -86,12 +86,29 @@ async def room_and_peer(identity="a", peer_identity="old", client_protocol=0, ca
     return mem, room, peer
 
 
+async def send_request_v1(peer, to, request_id, method, payload="", version=1, timeout_ms=8000):
+    """Send a v1 rpc_request packet from a RawPeer (its caller gives up after timeout_ms)."""
+    await peer.send({"destination_identities": [to], "rpc_request": {
+        "id": request_id, "method": method, "payload": payload, "response_timeout_ms": timeout_ms,
+        "version": version}})
+
+
 async def request_v1(peer, to, request_id, method, payload="", version=1):
     """Send a v1 rpc_request packet from a RawPeer; returns the rpc_response packet."""
-    await peer.send({"destination_identities": [to], "rpc_request": {
-        "id": request_id, "method": method, "payload": payload, "response_timeout_ms": 8000,
-        "version": version}})
+    await send_request_v1(peer, to, request_id, method, payload, version)
     return await peer.wait_for(lambda p: "rpc_response" in p and p["rpc_response"]["request_id"] == request_id)
+
+
+async def noting_cancel(log, aw, done="sent"):
+    """await aw, noting in log "cancelled" if the task is cancelled there (then raised
+    on), else `done`; -> what aw returned. (Handlers that must show how they ended.)"""
+    try:
+        r = await aw
+    except asyncio.CancelledError:
+        log.append("cancelled")
+        raise
+    log.append(done)
+    return r
 
 
 def error_collector(errors):

@@ -5,7 +5,8 @@ client_protocol byte by byte, so the wire form of each rule is checked too.
 """
 import asyncio
 
-from room_helpers import close, join, pair, raises, raises_rpc, raw, request_v1, room_and_peer, settle
+from room_helpers import (close, join, noting_cancel, pair, raises, raises_rpc, raw, request_v1, room_and_peer,
+                          send_request_v1, settle)
 
 from lkedge.clock import now_ms
 from lkedge.memroom import MemRoom
@@ -1678,15 +1679,10 @@ async def test_a_buffered_handler_still_running_past_the_callers_timeout_is_canc
     ended = []
 
     async def hangs(d):
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            ended.append("cancelled")
-            raise
+        await noting_cancel(ended, asyncio.sleep(3600))
     a.local_participant.register_rpc_method("hangs", hangs)
     a.local_participant.register_rpc_method("ok", lambda d: "fine")
-    await peer.send({"destination_identities": ["a"], "rpc_request": {
-        "id": "h1", "method": "hangs", "payload": "", "response_timeout_ms": 300, "version": 1}})
+    await send_request_v1(peer, "a", "h1", "hangs", timeout_ms=300)
     r = await peer.wait_for(lambda p: "rpc_response" in p)
     assert r["rpc_response"]["request_id"] == "h1" and r["rpc_response"]["error"]["code"] == 1502, r
     assert ended == ["cancelled"] and not a._invoking
@@ -1849,20 +1845,18 @@ async def _handler_past_its_deadline_while_sending(how):
     a = await join(mem, "a", ping_interval_ms=2000, evict_idle_ms=60000)
     seen = []
 
-    async def shout(data):
+    async def send():
         lp = a.local_participant
-        try:
-            if how == "writer":
-                w = await lp.stream_bytes(name="s", destination_identities=["slow"])
-                for _ in range(20):
-                    await w.write(b"y" * 3000)
-                await w.aclose()
-            else:
-                await lp.send_bytes(b"x" * 60000, name="big", destination_identities=["slow"])
-        except asyncio.CancelledError:
-            seen.append("cancelled")
-            raise
-        seen.append("sent")
+        if how == "writer":
+            w = await lp.stream_bytes(name="s", destination_identities=["slow"])
+            for _ in range(20):
+                await w.write(b"y" * 3000)
+            await w.aclose()
+        else:
+            await lp.send_bytes(b"x" * 60000, name="big", destination_identities=["slow"])
+
+    async def shout(data):
+        await noting_cancel(seen, send())
         return "sent"
     a.local_participant.register_rpc_method("shout", shout)
     a.local_participant.register_rpc_method("echo", lambda d: d.payload)
@@ -1876,8 +1870,7 @@ async def _handler_past_its_deadline_while_sending(how):
     slow.t.read_into = held
     q = await raw(mem, "q", client_protocol=1)
     await settle(lambda: "slow" in a.remote_participants and "q" in a.remote_participants)
-    await q.send({"destination_identities": ["a"], "rpc_request": {
-        "id": "r1", "method": "shout", "payload": "", "response_timeout_ms": 300, "version": 1}})
+    await send_request_v1(q, "a", "r1", "shout", timeout_ms=300)
     await asyncio.sleep(2.4)           # past the deadline (checked at 2 s), a frame held up
     assert not seen and a.connection_state == "connected", (seen, a.connection_state)
     gate.set()
@@ -1944,18 +1937,12 @@ async def test_a_handler_past_its_deadline_whose_frame_then_fails_is_still_stopp
             await a.local_participant.send_text("x" * 100, destination_identities=["q"])
         except OSError:
             log.append("OSError")          # a best-effort send: carry on
-        try:
-            await asyncio.sleep(5)         # work that hangs
-        except asyncio.CancelledError:
-            log.append("cancelled")
-            raise
-        log.append("ran to the end")
+        await noting_cancel(log, asyncio.sleep(5), "ran to the end")   # work that hangs
         return "late"
     a.local_participant.register_rpc_method("work", work)
     q = await raw(mem, "q", client_protocol=1)
     await settle(lambda: "q" in a.remote_participants)
-    await q.send({"destination_identities": ["a"], "rpc_request": {
-        "id": "r1", "method": "work", "payload": "", "response_timeout_ms": 300, "version": 1}})
+    await send_request_v1(q, "a", "r1", "work", timeout_ms=300)
     await asyncio.sleep(1.4)               # the deadline passed inside the frame
     gate.set()
     await settle(lambda: "cancelled" in log, timeout=3)
