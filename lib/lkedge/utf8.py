@@ -10,7 +10,7 @@ boundary.
     Utf8Decoder().finish()    raises Utf8Error when a character was left unfinished
     encoded(s) -> bytes-like  the UTF-8 bytes of str s (no copy on MicroPython)
     encoded_text(s) -> bytes-like   the same, refusing (Utf8Error) a str that is not
-                              valid UTF-8 (MicroPython's json makes one of "\ud800")
+                              valid UTF-8 (MicroPython's json makes one of "\\ud800")
     text(data) -> str         strict decoding on every interpreter (UnicodeError): no
                               overlong forms, surrogates or code points past U+10FFFF
 """
@@ -126,7 +126,7 @@ def text(data):
 
 def encoded_text(s):
     """encoded(s), or Utf8Error when s is not valid UTF-8 text: MicroPython lets a JSON
-    escape such as "\ud800" make a str holding a lone surrogate, which protobuf string
+    escape such as "\\ud800" make a str holding a lone surrogate, which protobuf string
     fields (the relay checks them) and every receiver refuse. ASCII text costs a length
     comparison; other text one scan of its bytes."""
     try:
