@@ -184,8 +184,12 @@ class Verifier:
         if "exp" not in raw:
             raise AuthError("token has no exp claim (an expiry is required)")
         exp = raw["exp"]
-        if (isinstance(exp, (int, float)) and not isinstance(exp, bool)
-                and not exp <= time.time() + MAX_TTL_S + CLOCK_SKEW_S):   # NaN too
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+            # RFC 7519: a NumericDate. PyJWT also takes a numeric string, which got
+            # past the 10-year cap below ("99999999999").
+            raise AuthError("token exp %r is not a number (a JWT's exp is seconds since "
+                            "1970 as a JSON number)" % (exp,))
+        if not exp <= time.time() + MAX_TTL_S + CLOCK_SKEW_S:   # NaN too
             raise AuthError("token exp %s is more than 10 years ahead: the relay takes tokens "
                             "valid for at most %d s (mint one with a shorter lifetime)"
                             % (_show_number(exp), MAX_TTL_S))

@@ -27,7 +27,9 @@ key) drop the DATA frames queued for cid under key and report them `discarded`: 
 participant that leaves while a receiver's queue is half full or more loses its DATA
 still queued there (its PARTICIPANT and PARTICIPANT_LEFT still go, in order), or
 participants joining, sending and leaving over and over would grow that queue without
-bound (1 GB in a minute, each leaving its first read behind). (CLOSE, cid) close cid after
+bound (1 GB in a minute, each leaving its first read behind: once the queue is full
+they are paused, and a paused connection is not read, so its leaving is not seen
+either). (CLOSE, cid) close cid after
 its queued bytes (the router forgot it already; later bytes from it are ignored);
 (PAUSE, cid) stop reading from cid; (RESUME, cid) read again; (LOG, event, fields) one
 structured log line (fields is a dict).
@@ -127,6 +129,7 @@ class _Conn:
         self.opened = now
         self.last_rx = now
         self.info = None          # participant map once joined
+        self.stamp = None         # its identity and sid as DataPacket fields (forwarding)
         self.room = None
         self.can_publish = False
         self.body = None          # DATA body being gathered
@@ -202,7 +205,6 @@ class Router:
             self._drop(c, link.LEAVE_SHUTDOWN, "relay full: %d connections open, the limit; "
                        "try again later" % self.max_connections, now)
             return
-        self._gauges()
 
     def receive(self, cid, data, now):
         c = self._conns.get(cid)
@@ -403,6 +405,9 @@ class Router:
                        "connection" % identity, now)
             members = self._rooms.setdefault(room, {})
         c.info = info
+        # the same two fields go in front of every DATA it sends: encoded once
+        c.stamp = relayside.encode(proto.DATA_PACKET, {"participant_identity": identity,
+                                                       "participant_sid": info["sid"]})
         c.room = room
         c.can_publish = bool(grant.get("can_publish_data", True))
         others = list(members.values())
@@ -422,7 +427,6 @@ class Router:
         self.metrics.inc("lkedge_relay_joins_total")
         self._log("join", c, sid=c.info["sid"], client_protocol=j["client_protocol"],
                   sdk=j["sdk"], sdk_version=j["sdk_version"])
-        self._gauges()
 
     # ------------------------------------------------------------ DATA
     def _data(self, c, body, now):
@@ -433,9 +437,7 @@ class Router:
         try:
             dests = _check_whole(body).destination_identities
             fields = relayside.scan_fields(body)
-            stamp = relayside.encode(proto.DATA_PACKET, {"participant_identity": c.info["identity"],
-                                                     "participant_sid": c.info["sid"]})
-            parts = [stamp]
+            parts = [c.stamp]
             for num, wt, start, vs, end in fields:
                 if num == _F_USER and wt == 2:
                     parts.append(_strip_user(mv, start, vs, end))
@@ -492,7 +494,6 @@ class Router:
             self._actions.append((PAUSE, sender.cid))
             self._log("pause", sender, waiting_for=dest.identity, queued=dest.queued)
         sender.paused_by.add(dest.cid)
-        self._gauges()
 
     def _release(self, dest, now):
         for scid in dest.blocked:
@@ -509,7 +510,6 @@ class Router:
                     s.refreshed = True
                 self._actions.append((RESUME, scid))
         dest.blocked = set()
-        self._gauges()
 
     # ------------------------------------------------------------ leaving
     def _drop(self, c, code, reason, now):
@@ -549,7 +549,6 @@ class Router:
         c.paused_by = set()
         self._release(c, now)
         self._log("leave", c, code=code, reason=reason)
-        self._gauges()
 
     # ------------------------------------------------------------ helpers
     def _send(self, c, frame, t, key=""):
@@ -574,6 +573,9 @@ class Router:
         self._actions.append((LOG, event, out))
 
     def _gauges(self):
+        # Walks every connection and room: run when /metrics is read (queue_gauges), not
+        # on every frame drained (that made each forwarded frame cost time in proportion
+        # to the connections open, unauthenticated ones included).
         m = self.metrics
         m.set_gauge("lkedge_relay_connections", len(self._conns))
         m.set_gauge("lkedge_relay_paused_senders",
@@ -583,7 +585,9 @@ class Router:
             m.set_gauge("lkedge_relay_participants", len(members), room=name)
 
     def queue_gauges(self):
-        """Refresh the per-identity queue depth gauge (called when /metrics is read)."""
+        """Refresh the gauges: connections, paused senders, participants per room and
+        the per-identity queue depth (called when /metrics is read)."""
+        self._gauges()
         m = self.metrics
         m.clear_gauge("lkedge_relay_queue_bytes")
         for c in self._conns.values():

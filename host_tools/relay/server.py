@@ -15,6 +15,11 @@ that writes the Router's SENDs and reports them `drained` once the transport too
 turn (one frame each), a LEAVE after all (see router.py), so a receiver flooded by one
 sender still gets another's frames at once. A CLOSE flushes what is queued,
 then closes; a receiver that cannot take it within CLOSE_GRACE_S is aborted.
+A connection's input goes to the router in slices of RECEIVE_SLICE bytes, and the
+connection gives the event loop up after each read and whenever it has held it TURN_S,
+so a flood of tiny frames in one room does not delay the others.
+WebSocket: an upgrade request is at most WS_HANDSHAKE_LIMIT bytes (431), and requests in
+progress count in the router's max_connections (503 past it).
 WebSocket: messages are read frame by frame (never whole), each WebSocket frame at most
 one max_frame link frame plus WS_FRAME_SLACK, with websockets parsing at most
 WS_MAX_QUEUE frames ahead; input websockets fails the connection for (a frame too big,
@@ -45,6 +50,11 @@ from . import router as rt
 
 CLOSE_GRACE_S = 1.0
 READ_SIZE = 65536
+# A connection's input goes to the router RECEIVE_SLICE bytes at a time, and the
+# connection gives the event loop up after each read and once it has held it TURN_S
+# (see _Link._take): 2 KiB of 2-byte frames is ~1000 frames, a few ms of the router.
+RECEIVE_SLICE = 2048
+TURN_S = 0.005
 # The kernel's send and receive buffers of each link socket (SO_SNDBUF, SO_RCVBUF; Linux
 # books twice this). Left to autotuning they grow to megabytes: a receiver reading
 # slowly then drains them for tens of seconds while the relay's own queue, which the
@@ -55,6 +65,9 @@ SOCKET_BUFFER = 64 * 1024
 # and websockets parses at most WS_MAX_QUEUE frames ahead of the reader.
 WS_FRAME_SLACK = 4096
 WS_MAX_QUEUE = 1
+# A WebSocket upgrade request (request line and headers) may be this long; a longer one
+# gets 431 and is closed. Requests in progress count in max_connections.
+WS_HANDSHAKE_LIMIT = 16384
 # accept() failing for want of resources (see RelayServer._loop_exception): logged at
 # most once per ACCEPT_LOG_S.
 _ACCEPT_RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -219,8 +232,7 @@ class _Link:
                 data = await self.read()
                 if not data:
                     break
-                srv.router.receive(self.cid, data, now_ms())
-                srv.apply()
+                await self._take(data)
         except _PeerError as e:
             srv.router.fail(self.cid, e.code, str(e), now_ms())
         except (OSError, EOFError) as e:
@@ -235,6 +247,26 @@ class _Link:
         except asyncio.CancelledError:
             pass
         srv.links.pop(self.cid, None)
+
+    async def _take(self, data):
+        """Hand data to the router RECEIVE_SLICE bytes at a time, and let the other
+        connections run once per read and whenever this one has had the loop for
+        TURN_S: a read returns at once while the transport has bytes buffered, and a
+        read of tiny frames (an empty DATA is 2 bytes) costs the router microseconds
+        each, so one flooding connection held the event loop for seconds and delayed
+        everyone, in every room (LINK.md: other participants are unaffected)."""
+        srv = self.server
+        mv = memoryview(data)
+        t_end = time.monotonic() + TURN_S
+        for i in range(0, len(mv), RECEIVE_SLICE):
+            srv.router.receive(self.cid, mv[i:i + RECEIVE_SLICE], now_ms())
+            srv.apply()
+            if time.monotonic() >= t_end:
+                await asyncio.sleep(0)
+                if self.closing:
+                    return
+                t_end = time.monotonic() + TURN_S
+        await asyncio.sleep(0)
 
     async def _writer(self):
         srv = self.server
@@ -301,6 +333,40 @@ class _BoundedWsConnection(ServerConnection):
     overflow = None
     on_fault = None
     faulted = False
+    relay = None          # the RelayServer: handshakes in progress count in its limit
+    _counted = False
+    _head = 0             # bytes received before the handshake completed
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        r = self.relay
+        if r is None:
+            return
+        # An upgrade request in progress holds what its headers took (websockets keeps
+        # up to 128 lines of 8 KiB): unbounded, a thousand unfinished requests without a
+        # token held 1.1 GB. They count in max_connections like link connections.
+        if r.ws_handshakes + r.router.connection_count() >= r.router.max_connections:
+            self._refuse(b"503 Service Unavailable", "relay full: %d connections open, the "
+                         "limit; try again later" % r.router.max_connections)
+            return
+        r.ws_handshakes += 1
+        self._counted = True
+
+    def handshake_done(self):
+        """The upgrade request was taken (or the connection ended): uncounted."""
+        if self._counted:
+            self._counted = False
+            self.relay.ws_handshakes -= 1
+
+    def connection_lost(self, exc):
+        self.handshake_done()
+        super().connection_lost(exc)
+
+    def _refuse(self, status, why):
+        if not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\n"
+                                 b"Connection: close\r\n\r\n" + why.encode() + b"\n")
+            self.transport.close()
 
     def __init__(self, protocol, *args, **kwargs):
         super().__init__(protocol, *args, **kwargs)
@@ -326,6 +392,13 @@ class _BoundedWsConnection(ServerConnection):
         self._protocol_fail(code, reason)
 
     def data_received(self, data):
+        if self.protocol.state is State.CONNECTING:
+            self._head += len(data)
+            if self._head > WS_HANDSHAKE_LIMIT:
+                self.handshake_done()
+                self._refuse(b"431 Request Header Fields Too Large", "the WebSocket upgrade "
+                             "request is over %d bytes" % WS_HANDSHAKE_LIMIT)
+                return
         super().data_received(data)
         size = self.transport.get_write_buffer_size()
         if size > self.write_cap and self.overflow is None and not self.faulted:
@@ -481,6 +554,7 @@ class RelayServer:
         self.serial_baud = serial_baud
         self.log = log if log is not None else sys.stderr
         self.links = {}
+        self.ws_handshakes = 0   # WebSocket upgrade requests in progress (_BoundedWsConnection)
         self.warnings = []           # said at start (command.py logs them)
         self.ws_frame_limit = None   # the largest WebSocket frame taken (set by start)
         self.ws_limit_unit = "frames"  # or "messages" with websockets < 15
@@ -561,7 +635,7 @@ class RelayServer:
                 size, self.ws_limit_unit = self.ws_frame_limit, "messages"
             # room for one frame being sent (the writer waits for each) and then some
             conn = type("_WsConnection", (_BoundedWsConnection,),
-                        {"write_cap": 2 * (mf + link.STAMP_ROOM) + (1 << 20)})
+                        {"write_cap": 2 * (mf + link.STAMP_ROOM) + (1 << 20), "relay": self})
             s = await serve(self._on_ws, self.host, self.ws_port, ssl=self.ssl,
                             compression=None, ping_interval=None, max_size=size,
                             max_queue=WS_MAX_QUEUE, create_connection=conn)
@@ -623,6 +697,7 @@ class RelayServer:
                           "tls" if self.ssl else "tcp").run()
 
     async def _on_ws(self, ws):
+        ws.handshake_done()
         if self._stopping:
             await ws.close()
             return
