@@ -444,7 +444,9 @@ class Room:
             why = "link error: %r" % (e,)
         finally:
             if self._transport is t:
-                if not self._joined.is_set():
+                # Not joined (a LEAVE before JOINED sets _joined too): connect() reports
+                # it; a rejoin task started here would outlive the failed connect().
+                if self.connection_state != "connected":
                     self.last_error = why
                     self._joined.set()  # wake connect(): it reports the failure
                 else:

@@ -400,3 +400,62 @@ async def test_a_reader_busy_with_a_slow_handler_is_not_taken_for_a_dead_link():
     assert events == [] and relay.connects == 1, events
     await host.disconnect()
     await board.disconnect()
+
+
+class _RefusingRelay:
+    """A transport that answers any JOIN with LEAVE `code` and closes (a relay refusing
+    the token): the bytes a refusing relay sends, without one."""
+
+    def __init__(self, code=link.LEAVE_UNAUTHORIZED):
+        self.out = link.encode_control(link.LEAVE, {"code": code, "reason": "token is not a JWT"})
+        self.connects = 0
+
+    async def connect(self):
+        self.connects += 1
+
+    async def write(self, data):
+        pass
+
+    async def read_into(self, buf):
+        n = len(self.out)
+        buf[:n] = self.out
+        self.out = b""
+        return n
+
+    async def close(self):
+        pass
+
+
+async def test_a_connect_refused_with_a_leave_leaves_nothing_running():
+    # A LEAVE before JOINED made the reader start a rejoin as for a lost link: right
+    # after the failed connect() the room went "reconnecting" by itself (retrying the
+    # next connect()'s URL for ever), or a good connect() made at once was pushed out
+    # by that hidden rejoin (LEAVE 2).
+    from lkedge.room import ConnectError
+    events = []
+    board = Room(RoomOptions(reconnect_min_ms=10, reconnect_max_ms=20))
+    for ev in ("disconnected", "reconnecting", "reconnected"):
+        board.on(ev, (lambda name: lambda *a: events.append(name))(ev))
+    try:
+        await board.connect(_RefusingRelay(), "garbage")
+    except ConnectError as e:
+        assert e.leave_code == link.LEAVE_UNAUTHORIZED and "token is not a JWT" in str(e), e
+    else:
+        raise AssertionError("a refused JOIN connected")
+    mem = MemRoom()
+    relay = _FlakyRelay(mem)
+    await board.connect(relay, "board")          # at once, as a retrying caller does
+    await asyncio.sleep(0.1)
+    assert board.connection_state == "connected" and relay.connects == 1, (board.connection_state, relay.connects)
+    assert events == [], events
+    await board.disconnect()
+    # and after a refusal alone, nothing happens later either
+    events.clear()
+    board = Room(RoomOptions(reconnect_min_ms=10, reconnect_max_ms=20))
+    board.on("reconnecting", lambda *a: events.append("reconnecting"))
+    try:
+        await board.connect(_RefusingRelay(), "garbage")
+    except ConnectError:
+        pass
+    await asyncio.sleep(0.1)
+    assert board.connection_state == "disconnected" and events == [], (board.connection_state, events)
