@@ -95,6 +95,8 @@ DEPLOY_WRITES = ("config.json", "profile.json")
 # What deploy put on the board, one "sha256 path" a line: the next deploy removes the
 # files of it that are no longer in the build (and only those, unchanged since).
 MANIFEST = "/.lkedge-deployed"
+# A file being deployed is copied to its path + PART, then renamed into place.
+PART = ".lkedge-part"
 NO_FIRMWARE = ("--firmware %s is not a folder (your firmware's folder, with its main.py; "
                "--lib-only deploys the library without firmware)")
 # Library modules for relays, tests and CPython only: a board never imports them, so
@@ -499,12 +501,15 @@ def _dirs_of(paths):
     return dirs
 
 
-def _prepare_code(stale, dirs, keep_dirs=()):
+def _prepare_code(stale, dirs, keep_dirs=(), leftovers=()):
     """Remove `stale`, then the folders they leave empty (never "/", /lib or a folder the
-    build uses), then make `dirs`."""
+    build uses), then make `dirs`; remove those of `leftovers` that exist."""
     lines = ["import os"]
     for p in stale:
         lines.append("os.remove(%r)" % p)
+    if leftovers:
+        lines.append("for p in %r:\n    try:\n        os.remove(p)\n    except OSError:\n        pass"
+                     % (tuple(leftovers),))
     emptied = set()
     for p in stale:
         d = p.rsplit("/", 1)[0]
@@ -516,6 +521,12 @@ def _prepare_code(stale, dirs, keep_dirs=()):
     for d in sorted(dirs, key=len):
         lines.append("try:\n    os.mkdir(%r)\nexcept OSError:\n    pass" % d)
     return "\n".join(lines)
+
+
+def _rename_code(paths):
+    """Put each path's PART copy in its place (a rename replaces the old file on the
+    board's filesystems: LittleFS, FAT, the emulator's folder)."""
+    return "import os\nfor p in %r:\n    os.rename(p + %r, p)" % (tuple(paths), PART)
 
 
 # ----------------------------------------------------------------- config and token
@@ -782,12 +793,19 @@ def _update(o, profile, mpremote, arts, tmp, board, state):
     with open(last, "w", encoding="utf-8") as f:
         f.write(new)
     cmds = []
-    if report.removed or new_dirs:
-        cmds += ["exec", _prepare_code(report.removed, new_dirs, build_dirs), "+"]
+    copies = changed + [config]
+    # Leftovers of an interrupted deploy go first (their names are ours: PART).
+    cmds += ["exec", _prepare_code(report.removed, new_dirs, build_dirs,
+                                   [a.board_path + PART for a in arts + [config]]), "+"]
     cmds += ["fs", "cp", first, ":" + MANIFEST, "+"]
-    for a in changed + [config]:
-        _say("copy %s (%d bytes)" % (a.board_path, os.path.getsize(a.local_path)))
-        cmds += ["fs", "cp", a.local_path, ":" + a.board_path, "+"]
+    for a in copies:
+        _say("to copy: %s (%d bytes)" % (a.board_path, os.path.getsize(a.local_path)))
+        cmds += ["fs", "cp", a.local_path, ":" + a.board_path + PART, "+"]
+    # Each file is copied beside its old self and renamed over it only when every copy
+    # is there: a copy cut short (Ctrl-C, a cable pulled) leaves the old firmware whole.
+    # A truncated .mpy must never be imported: MicroPython 1.28 loops for ever on one,
+    # at every boot, out of reach of the REPL that a deploy needs.
+    cmds += ["exec", _rename_code([a.board_path for a in copies]), "+"]
     cmds += ["fs", "cp", last, ":" + MANIFEST, "+"]
     state["copying"] = True
     _mpremote(mpremote, o.port, ["resume"] + cmds + ([] if o.no_reset else ["reset"]), "copying files")
@@ -809,7 +827,8 @@ def add_arguments(parser):
                              "and main.py at its top stay source), other files copied as they are "
                              "(default: this checkout's firmware/)")
     parser.add_argument("--lib-only", action="store_true",
-                        help="deploy the library without any firmware (not with --firmware)")
+                        help="deploy the library without any firmware (not with --firmware); a firmware "
+                             "an earlier deploy put on the board is removed")
     parser.add_argument("--lib", default=os.path.join(ROOT, "lib", "lkedge"), help="lkedge library folder (default: this checkout's lib/lkedge)")
     parser.add_argument("--api-key", default=None,
                         help="API key for the token (else LIVEKIT_API_KEY, else the relay's development key)")

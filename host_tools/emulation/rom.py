@@ -388,9 +388,23 @@ class FlashVfs:
     def __init__(self, path):
         self.root = path
         self.v = os.VfsPosix(path)
-        for name in ("mount", "umount", "chdir", "getcwd", "mkdir", "remove", "rename",
+        for name in ("mount", "umount", "chdir", "getcwd", "mkdir", "remove",
                      "rmdir", "stat", "statvfs", "open"):
             setattr(self, name, getattr(self.v, name))
+
+    def rename(self, old, new):
+        # The unix port's VfsPosix.rename joins both paths to its folder in one buffer:
+        # with two absolute paths the first is lost (rename(root/new, root/new): ENOENT,
+        # MicroPython 1.28), with an absolute and a relative one the file leaves the
+        # flash. Relative paths are taken as they are, against the process's working
+        # directory, which VfsPosix.chdir keeps at the VFS cwd: so both go relative.
+        self.v.rename(self._relative(old), self._relative(new))
+
+    def _relative(self, path):
+        if not path.startswith("/"):
+            return path
+        depth = len([d for d in self.v.getcwd().split("/") if d])
+        return "../" * depth + path[1:] or "."
 
     def ilistdir(self, path):
         base = path if path.endswith("/") else path + "/"

@@ -76,6 +76,24 @@ def test_fs_cp_ls_and_back_use_the_flash_folder(unix_board, flash, tmp_path):
     assert back.read_text() == src.read_text()
 
 
+def test_rename_takes_absolute_and_relative_paths_on_the_flash_as_on_a_board(unix_board, flash):
+    # The unix port's VfsPosix.rename loses its first path when both are absolute (and
+    # moves the file out of the flash with one absolute, one relative); a board's
+    # LittleFS or FAT takes any. lkedge deploy renames its copies with absolute paths.
+    code = ("import os\n"
+            "for p in ('/a', '/sub/b'):\n    open(p + '.part', 'w').write(p)\n"
+            "os.rename('/a.part', '/a')\n"                 # both absolute
+            "os.chdir('/sub')\n"
+            "os.rename('/sub/b.part', 'b')\n"              # absolute, then relative to /sub
+            "os.rename('b', '/c')\n"                       # relative, then absolute
+            "os.chdir('/')\n"
+            "print(sorted(os.listdir('/')), os.listdir('/sub'))")
+    out(unix_board, "fs", "mkdir", ":sub")
+    assert out(unix_board, "exec", code) == "['a', 'c', 'sub'] []\n"
+    assert open(os.path.join(flash, "a")).read() == "/a"
+    assert open(os.path.join(flash, "c")).read() == "/sub/b"
+
+
 def test_run_executes_a_local_script(unix_board, tmp_path):
     script = tmp_path / "s.py"
     script.write_text("import sys\nprint(sys.platform, sum(range(5)))\n")

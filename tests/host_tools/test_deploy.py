@@ -87,15 +87,15 @@ def test_first_deploy_copies_everything_then_only_what_changed(unix_board, firmw
     # with its fresh token: counted as copied)
     counts, log = run_deploy(unix_board, "unix", firmware, lib)
     assert counts == [9, 0, 0], log
-    assert "deploy: copy /config.json" in log
+    assert "deploy: to copy: /config.json" in log
     _after_reset()
     counts, log = run_deploy(unix_board, "unix", firmware, lib)
     assert counts == [1, 8, 0], log
-    assert log.count("deploy: copy ") == 1 and "deploy: copy /config.json" in log  # only the config
+    assert log.count("deploy: to copy: ") == 1 and "deploy: to copy: /config.json" in log  # only the config
     _write(firmware, "app.py", "def answer():\n    return 43\n\ndef started():\n    pass\n")
     _after_reset()
     counts, log = run_deploy(unix_board, "unix", firmware, lib)
-    assert counts == [2, 7, 0] and "deploy: copy /app.mpy" in log, log
+    assert counts == [2, 7, 0] and "deploy: to copy: /app.mpy" in log, log
     _after_reset()
     assert mpremote_out(unix_board, "exec", "import app; print(app.answer())") == "43\n"
 
@@ -172,7 +172,7 @@ def test_real_library_compiles_for_xtensawin_and_runs_on_the_esp32_board(tmp_pat
                       if boardbuild.board_source(open(os.path.join(REAL_LIB, f)).read(), f[:-3])[1]]
         # .mpy + .msg + the private-name table + firmware + config.json
         assert counts == [len(sources) + len(with_texts) + 1 + 5 + 1, 0, 0], log
-        assert "copy /lib/lkedge/rpc.msg" in log and "copy /lib/lkedge/renames.txt" in log
+        assert "to copy: /lib/lkedge/rpc.msg" in log and "to copy: /lib/lkedge/renames.txt" in log
         assert "relayside" not in log and "memroom" not in log   # relays' and tests' only
         _after_reset()
         got = mpremote_out(port, "exec", "import lkedge.consts as c; print(c.__file__, c.CAP_COMPRESSION_DEFLATE_RAW)")
@@ -291,7 +291,7 @@ def test_a_profile_for_another_port_is_refused_and_the_board_reset(tmp_path, fir
     try:
         r = deploy_cmd(port, firmware, lib, *profile_args)
         assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
-        assert "deploy: copy" not in r.stderr
+        assert "deploy: to copy" not in r.stderr
         # mpremote interrupted the firmware: a failure must not leave the board at its REPL
         assert "deploy: board reset after the failure" in r.stderr
         assert _main_ran(flash), "the board was not reset"
@@ -527,7 +527,7 @@ def test_subfolders_and_data_files_are_deployed_and_junk_is_skipped(unix_board, 
     assert "deploy: skip .env, __pycache__/, old.pyc (not deployed" in log, log
     assert "deploy: skip config.json: deploy writes /config.json itself" in log
     for path in ("/drivers/__init__.mpy", "/drivers/bme.mpy", "/settings.json", "/web/index.html"):
-        assert "deploy: copy %s " % path in log, log
+        assert "deploy: to copy: %s " % path in log, log
     flash = str(tmp_path / "flash")
     assert not os.path.exists(os.path.join(flash, ".env")) and not os.path.exists(os.path.join(flash, "__pycache__"))
     with open(os.path.join(flash, "settings.json")) as f:
@@ -576,7 +576,7 @@ def test_a_syntax_error_in_main_or_boot_py_fails_the_deploy(firmware, lib, name)
         fake.close()
     assert r.returncode == 1, r.stderr
     assert "mpy-cross failed on %s" % os.path.join(firmware, name) in r.stderr and "line 2" in r.stderr, r.stderr
-    assert "deploy: copy" not in r.stderr
+    assert "deploy: to copy" not in r.stderr
 
 
 def test_an_interrupted_copy_says_the_deploy_is_incomplete(unix_board, firmware, lib, monkeypatch, capsys):
@@ -595,6 +595,45 @@ def test_an_interrupted_copy_says_the_deploy_is_incomplete(unix_board, firmware,
     assert "run `lkedge deploy` again" in err
     assert "deploy: board reset after the failure: it runs whatever firmware it now holds" in err
     assert "its firmware runs again" not in err
+
+
+def test_a_copy_cut_short_leaves_the_old_firmware_whole_and_the_next_deploy_finishes(
+        unix_board, firmware, lib, monkeypatch, capsys):
+    # Ctrl-C while mpremote copied left /lib/lkedge/proto.mpy truncated, and MicroPython
+    # loops for ever importing a truncated .mpy: the board hung at every boot, out of
+    # reach of the REPL a second deploy needs. Copies now go beside the old files and
+    # are renamed into place once all are there.
+    run_deploy(unix_board, "unix", firmware, lib)
+    _after_reset()
+    _write(firmware, "app.py", "def answer():\n    return 43\n\ndef started():\n    pass\n")
+    real = deploy._mpremote
+
+    def cut_short(mpremote, port, args, what, *more):
+        if what == "copying files":
+            # mpremote runs the commands up to the renames, then the line is cut: the
+            # new app.mpy is on the board beside the old, cut to 10 bytes as by a
+            # copy stopped halfway
+            at = next(i for i, a in enumerate(args) if a == "exec" and "os.rename" in args[i + 1])
+            cut = ("f = open('/app.mpy{0}', 'rb'); d = f.read(10); f.close(); "
+                   "f = open('/app.mpy{0}', 'wb'); f.write(d); f.close()").format(deploy.PART)
+            real(mpremote, port, args[:at] + ["exec", cut], what, *more)
+            raise KeyboardInterrupt
+        return real(mpremote, port, args, what, *more)
+
+    monkeypatch.setattr(deploy, "_mpremote", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        deploy.to_board(unix_board, "unix", firmware, lib=lib)
+    monkeypatch.setattr(deploy, "_mpremote", real)
+    _after_reset()
+    # the board runs its old firmware: every module it imports is whole
+    assert mpremote_out(unix_board, "exec", "import app; print(app.answer())") == "42\n"
+    listing = mpremote_out(unix_board, "fs", "ls", "/")
+    assert "app.mpy" + deploy.PART in listing, listing       # the cut copy, not imported
+    counts, log = run_deploy(unix_board, "unix", firmware, lib)
+    _after_reset()
+    assert mpremote_out(unix_board, "exec", "import app; print(app.answer())") == "43\n"
+    listing = mpremote_out(unix_board, "fs", "ls", "/", "+", "fs", "ls", "/lib/lkedge")
+    assert deploy.PART not in listing, listing                 # leftovers removed
 
 
 def test_a_relay_url_naming_an_http_port_is_warned_about(unix_board, firmware, lib):
