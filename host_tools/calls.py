@@ -101,6 +101,7 @@ def prepare_connection(args):
             raise UsageError("--cafile %s: no such file (give the PEM certificate the relay's "
                              "--tls-cert uses, or its CA)" % args.cafile)
     args.minted = not args.token
+    args.join_token = args.token
     if args.token:
         return
     from lkedge_host.relay import auth
@@ -110,6 +111,9 @@ def prepare_connection(args):
     except (ValueError, auth.KeyConfigError) as e:
         raise UsageError("cannot mint a token: %s" % e)
     args.key = key
+    # Minted here: every join mints afresh (Room.connect calls it at each rejoin), so a
+    # `lkedge serve` running for days never rejoins with an expired token.
+    args.join_token = lambda: auth.mint_token(key, secret, identity=args.identity, room=args.room)
 
 
 def _join_failure(args, e):
@@ -200,7 +204,7 @@ async def _check_identity_free(args, command):
     token = _probe_token(args)
     if token is None:
         return True
-    room = await _join(argparse.Namespace(**dict(vars(args), token=token)), command)
+    room = await _join(argparse.Namespace(**dict(vars(args), token=token, join_token=token)), command)
     if room is None:
         return False
     try:
@@ -221,7 +225,7 @@ async def _join(args, command, auto_reconnect=False):
     """A joined Room, or None after saying on stderr why `lkedge <command>` could not join."""
     room = Room(room_options(args, auto_reconnect))
     try:
-        await room.connect(args.url, args.token)
+        await room.connect(args.url, getattr(args, "join_token", args.token))
     except (ConnectError, OSError) as e:
         print("lkedge %s: cannot join: %s" % (command, _join_failure(args, e)), file=sys.stderr)
         return None

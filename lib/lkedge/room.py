@@ -208,6 +208,9 @@ class Room:
     async def connect(self, url, token, options=None):
         """Join the room at `url` (tcp://, tls://, ws://, wss://, or a Transport).
 
+        `token`: a str, or a function returning one, called at every join (this one and
+        each rejoin after a link loss), so that a long-lived participant that can mint
+        tokens never rejoins with an expired one.
         Raises ConnectError with the relay's LEAVE code when the token is refused.
         """
         if self.connection_state != "disconnected":
@@ -231,6 +234,13 @@ class Room:
     async def _open_link(self):
         self.connection_state = "connecting"
         self.leave_code = None
+        token = self._token
+        try:
+            if callable(token):
+                token = token()
+        except Exception as e:
+            self.connection_state = "disconnected"
+            raise ConnectError("the token function failed: %r" % (e,))
         try:
             t = self._make_transport()
         except Exception as e:  # a malformed URL: nothing was opened
@@ -241,7 +251,7 @@ class Room:
         self._joined = asyncio.Event()
         self._dead = None
         self._mute = self._idle = 0
-        join = {"v": link.LINK_VERSION, "token": self._token,
+        join = {"v": link.LINK_VERSION, "token": token,
                 "client_protocol": self.options.client_protocol,
                 "capabilities": [CAP_COMPRESSION_DEFLATE_RAW] if self.can_inflate else [],
                 "sdk": self.options.sdk, "sdk_version": _version()}

@@ -459,3 +459,39 @@ async def test_a_connect_refused_with_a_leave_leaves_nothing_running():
         pass
     await asyncio.sleep(0.1)
     assert board.connection_state == "disconnected" and events == [], (board.connection_state, events)
+
+
+async def test_a_token_function_is_called_at_every_join_and_its_failure_is_said():
+    # A long-lived participant that mints its own tokens (lkedge serve) rejoined with
+    # the token of its first join: after a relay restart six hours later, LEAVE 3
+    # "token expired", for good. Room.connect takes a function, called at each join.
+    from lkedge.room import ConnectError
+    mem = MemRoom()
+    relay = _FlakyRelay(mem)
+    events = []
+    calls = []
+
+    def token():
+        calls.append(1)
+        return "board"
+
+    board = Room(RoomOptions(reconnect_min_ms=10, reconnect_max_ms=20))
+    board.on("reconnected", lambda *a: events.append("reconnected"))
+    await board.connect(relay, token)
+    assert board.local_participant.identity == "board" and len(calls) == 1
+    await mem.kick("board", link.LEAVE_SHUTDOWN, "relay restarting")
+    await settle(lambda: events == ["reconnected"])
+    assert len(calls) == 2, calls
+    await board.disconnect()
+
+    def broken():
+        raise ValueError("no API secret")
+
+    board = Room(RoomOptions())
+    try:
+        await board.connect(MemRoom().transport(), broken)
+    except ConnectError as e:
+        assert "the token function failed" in str(e) and "no API secret" in str(e), e
+    else:
+        raise AssertionError("connect() went on without a token")
+    assert board.connection_state == "disconnected"

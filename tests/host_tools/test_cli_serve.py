@@ -190,3 +190,34 @@ def test_help_says_how_methods_run():
     r = subprocess.run(LKEDGE + ["serve", "--help"], capture_output=True, text=True, timeout=30, env=_env())
     assert r.returncode == 0
     assert "at most 8 at once" in r.stdout and "canPublishData" in r.stdout
+
+
+def test_a_minted_token_is_minted_afresh_at_every_join(monkeypatch):
+    # serve rejoins by itself; with one token minted at start (6 h), the first link
+    # loss after six hours ended it: "LEAVE 3 token expired". Minted here, every join
+    # (Room.connect calls join_token at each rejoin) mints a fresh one.
+    import argparse
+    from lkedge_host import calls
+    minted = []
+    real = auth.mint_token
+
+    def recording(*a, **kw):
+        minted.append(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(auth, "mint_token", recording)
+    args = argparse.Namespace(url="tcp://127.0.0.1:7880", cafile=None, token=None, api_key=None,
+                              api_secret=None, identity="svc", room="lab")
+    monkeypatch.delenv("LIVEKIT_API_KEY", raising=False)
+    monkeypatch.delenv("LIVEKIT_API_SECRET", raising=False)
+    calls.prepare_connection(args)
+    assert args.minted and len(minted) == 1
+    assert callable(args.join_token)
+    fresh = args.join_token()
+    assert len(minted) == 2 and minted[1]["identity"] == "svc" and minted[1]["room"] == "lab"
+    assert auth.Verifier(auth.DEV_API_KEY, auth.DEV_API_SECRET).verify(fresh)["identity"] == "svc"
+    # a token given by the user is used as it is, at every join
+    args = argparse.Namespace(url="tcp://127.0.0.1:7880", cafile=None, token=fresh, api_key=None,
+                              api_secret=None, identity="svc", room="lab")
+    calls.prepare_connection(args)
+    assert args.join_token == fresh and not args.minted
