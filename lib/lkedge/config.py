@@ -54,8 +54,8 @@ class RoomOptions:
     reconnect_min_ms / reconnect_max_ms   backoff bounds (exponential, with jitter)
     transport_options  keyword arguments for transport.open_transport (TLS: cadata,
                      cafile, verify, server_hostname; timeout_ms; headers)
-    max_rpc_payload  cap on a buffered RPC payload gathered in memory (v2 requests
-                     to a buffered handler, responses to perform_rpc); streaming
+    max_rpc_payload  cap in UTF-8 bytes on a buffered RPC payload gathered in memory
+                     (v2 requests to a buffered handler, responses to perform_rpc); streaming
                      handlers and calls are not capped
     max_rpc_handlers RPC requests handled at once; one more is acked and answered
                      with APPLICATION_ERROR "Too many concurrent RPC requests"

@@ -360,7 +360,7 @@ async def _whole_request(reader, limit, method):
         if type(e) is not ValueError:  # a stream error, not read_all's limit
             raise
         raise RpcError(RpcError.REQUEST_PAYLOAD_TOO_LARGE, None,
-                       "%s: over max_rpc_payload of %r (a streaming handler takes any size)" % (e, method))
+                       "%s: method %r takes its request whole, up to max_rpc_payload" % (e, method))
 
 
 def _log_send_failure(inv, e):

@@ -87,6 +87,7 @@ _HI = b"\xff\xff\xff\xff\xff\x9f\xbf\x8f\xbf"
 
 
 _lead_bytes = []   # _LEADS as one-byte strings, made at the first non-ASCII text
+_window = None     # _bad_forms' scratch for views, made at the first it scans
 
 # MicroPython checks only the shape of each sequence; CPython refuses these itself.
 try:
@@ -99,18 +100,40 @@ except UnicodeError:
 def _bad_forms(data):
     """True when well-shaped UTF-8 bytes hold an overlong form, a surrogate or a code
     point past U+10FFFF. Only lead bytes are looked for (never continuation bytes),
-    with find(), so a piece costs a few C scans, not a Python loop per byte."""
-    b = data if isinstance(data, (bytes, bytearray)) else bytes(data)  # find() needs one
+    with find(), so a piece costs a few C scans, not a Python loop per byte. A view
+    (a board's str lent as bytes) is scanned through a 256-byte window, never copied
+    whole: a 16 KiB answer's copy was the MemoryError that failed it."""
+    global _window
     if not _lead_bytes:
         for k in range(len(_LEADS)):
             _lead_bytes.append(_LEADS[k:k + 1])
+    if isinstance(data, (bytes, bytearray)):   # find() needs one of these
+        return _bad_in(data, len(data))
+    if _window is None:
+        _window = bytearray(256)
+    w = _window
+    n = len(data)
+    i = 0
+    while i < n:
+        k = min(n - i, 256)
+        w[:k] = data[i:i + k]
+        if i + k < n:    # the last byte is looked at again, first of the next window,
+            k -= 1       # where the byte after it is there to be checked
+        if _bad_in(w, k):
+            return True
+        i += k
+    return False
+
+
+def _bad_in(b, end):
+    # lead bytes in b[:end], each checked with the byte after it
     for k in range(len(_LEADS)):
         lead = _lead_bytes[k]
-        i = b.find(lead)
+        i = b.find(lead, 0, end)
         while i >= 0:
             if _LO[k] <= b[i + 1] <= _HI[k]:
                 return True
-            i = b.find(lead, i + 1)
+            i = b.find(lead, i + 1, end)
     return False
 
 

@@ -42,8 +42,8 @@ class PieceReader:
     async def read_all(self, limit=None):
         s = bytes(self.data[self.pos:]).decode()
         self.pos = len(self.data)
-        if limit is not None and len(s) > limit:  # as lkedge's readers do
-            raise ValueError("stream larger than the %d-character read_all limit" % limit)
+        if limit is not None and len(s.encode()) > limit:  # as lkedge's readers do
+            raise ValueError("stream larger than the %d-byte read_all limit" % limit)
         return s
 
 

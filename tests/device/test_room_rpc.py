@@ -486,6 +486,16 @@ async def test_buffered_payload_over_max_rpc_payload_is_1402_to_the_caller_and_1
     else:
         raise AssertionError("a 2000-character response to a 1000-character buffered caller must fail")
     assert await a.local_participant.perform_rpc(destination_identity="b", method="echo", payload="ok") == "ok"
+    # the cap counts UTF-8 bytes, what the payload takes in memory: 600 e-acutes are
+    # 1200 bytes (counted in characters, a board's 16384 let 64 KiB of emoji through)
+    try:
+        await a.local_participant.perform_rpc(destination_identity="b", method="echo", payload="\u00e9" * 600)
+    except RpcError as e:
+        assert e.code == RpcError.REQUEST_PAYLOAD_TOO_LARGE and "1000-byte" in e.data, (e.code, e.data)
+    else:
+        raise AssertionError("1200 bytes of UTF-8 to a 1000-byte buffered handler must fail")
+    assert await a.local_participant.perform_rpc(destination_identity="b", method="echo",
+                                                 payload="\u00e9" * 500) == "\u00e9" * 500
     await close(a, b)
 
 

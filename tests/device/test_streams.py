@@ -1,6 +1,7 @@
 """STREAMS.md rules on lkedge.streams, on MicroPython and CPython (no oracle here; the
 wire form is checked against livekit-protocol in tests/lib/test_streams.py)."""
 import gc
+import sys
 
 from stream_fixtures import lcg_bytes
 from stream_helpers import Collector, feed, feed_all, handler_for
@@ -754,6 +755,39 @@ def test_utf8_decoder_carries_partial_characters_and_rejects_bad_bytes():
         assert "2 of 4" in str(e)
     else:
         raise AssertionError("unfinished character accepted")
+
+
+def test_utf8_checks_of_a_long_view_find_bad_forms_at_every_window_edge():
+    # A view (a board's str lent as its bytes) is checked through a 256-byte window;
+    # a surrogate or an overlong form straddling two windows must still be found.
+    for bad in (b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80"):
+        for at in (0, 253, 254, 255, 256, 509, 510, 511, 700):
+            data = b"\xc3\xa9" * 400
+            data = data[:at] + bad + data[at + len(bad):]
+            if data[at - 1:at] == b"\xc3":    # do not cut an e-acute in two
+                data = data[:at - 1] + b"a" + data[at:]
+            try:
+                utf8.text(memoryview(data))
+            except (UnicodeError, ValueError):
+                pass
+            else:
+                raise AssertionError("%r at %d accepted" % (bad, at))
+    good = ("\u00e9\u65e5\U0001f600" * 300).encode("utf-8")
+    assert utf8.text(memoryview(good)) == "\u00e9\u65e5\U0001f600" * 300
+
+
+def test_checking_a_long_non_ascii_answer_does_not_copy_it():
+    # encoded_text(s) of a 16 KiB non-ASCII str copied all of it to look for bad forms:
+    # the MemoryError that failed a board's 16 KB echo ("allocating 16385 bytes").
+    s = "\u00e9" * 8192
+    gc.collect()
+    before = gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0
+    b = utf8.encoded_text(s)
+    took = (gc.mem_alloc() - before) if hasattr(gc, "mem_alloc") else 0
+    assert len(b) == 16384
+    if sys.implementation.name == "micropython":   # CPython's encode() is a copy anyway
+        # the window, and a small view per 256 bytes (garbage): a quarter of a copy
+        assert took < len(b) // 4, took
 
 
 # --------------------------------------------- chunks within the link's max_frame
