@@ -34,6 +34,9 @@ def run(args):
             k, v = kv.split("=", 1)
             attrs[k] = v
         key, secret = auth.resolve_keys(args.api_key, args.api_secret)
+        weak = auth.short_secret_warning(secret)
+        if weak:
+            print("lkedge token: warning: %s" % weak, file=sys.stderr)
         token = auth.mint_token(key, secret, identity=args.identity, room=args.room, ttl_s=ttl,
                                 can_publish_data=not args.no_publish_data, attributes=attrs)
     except (ValueError, auth.KeyConfigError) as e:

@@ -26,6 +26,7 @@ import datetime
 import ipaddress
 import os
 import time
+import warnings
 
 import jwt
 from livekit import api
@@ -153,6 +154,29 @@ def check_identity(identity):
         raise ValueError("identity is %d bytes of UTF-8, over %d (the relay refuses it)" % (n, MAX_IDENTITY_BYTES))
 
 
+# RFC 7518 3.2: an HS256 key must be at least 256 bits. PyJWT warns of a shorter one
+# with a raw Python warning (its file and source line); we say it once, in our words.
+MIN_SECRET_BYTES = 32
+
+
+def short_secret_warning(secret):
+    """A sentence when `secret` is too short for HS256, else None."""
+    n = len(secret.encode("utf-8"))
+    if n >= MIN_SECRET_BYTES:
+        return None
+    return ("the API secret is %d bytes: HS256 wants at least %d (RFC 7518), or its tokens can be "
+            "forged by guessing it; make one with `python -c \"import secrets; "
+            "print(secrets.token_urlsafe(32))\"`" % (n, MIN_SECRET_BYTES))
+
+
+def _unwarned(fn, *args):
+    """fn(*args) without PyJWT's InsecureKeyLengthWarning (short_secret_warning's caller
+    says it instead, once)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*HMAC key.*")
+        return fn(*args)
+
+
 def mint_token(api_key, api_secret, identity, room, ttl_s=DEFAULT_TTL_S,
                can_publish_data=True, attributes=None, name=None):
     if not identity or not room:
@@ -167,7 +191,7 @@ def mint_token(api_key, api_secret, identity, room, ttl_s=DEFAULT_TTL_S,
         tok = tok.with_attributes(dict(attributes))
     if name:
         tok = tok.with_name(name)
-    return tok.to_jwt()
+    return _unwarned(tok.to_jwt)
 
 
 class Verifier:
@@ -198,7 +222,7 @@ class Verifier:
             # the issuer is what tells its holder which keys to use.
             raise AuthError("token issuer %r is not this relay's API key" % (raw.get("iss"),))
         try:
-            claims = self._verifier.verify(token)
+            claims = _unwarned(self._verifier.verify, token)
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired")
         except jwt.InvalidIssuerError:

@@ -226,6 +226,9 @@ def build(args):
                       socket_buffer=args.socket_buffer)
     if warning:
         srv.warnings.append(warning)
+    weak = auth.short_secret_warning(secret)
+    if weak:
+        srv.warnings.append(weak)
     if args.idle_timeout < 2 * PARTICIPANT_PING_S:
         srv.warnings.append(
             "--idle-timeout %gs is under twice the %d s at which lkedge participants PING "

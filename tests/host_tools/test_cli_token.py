@@ -116,3 +116,14 @@ def test_dev_key_rules():
         else:
             raise AssertionError("dev keys allowed on %r" % host)
     auth.check_listen_keys("0.0.0.0", "real", "s" * 40)
+
+
+def test_a_short_secret_is_warned_about_in_our_words_not_pyjwts():
+    # PyJWT printed its InsecureKeyLengthWarning with its own file and source line
+    r = lkedge("token", "--identity", "a", "--room", "lab", "--api-key", "k", "--api-secret", "short")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("lkedge token: warning: the API secret is 5 bytes: HS256 wants at least 32"), r.stderr
+    assert "api_jwt.py" not in r.stderr and "InsecureKeyLengthWarning" not in r.stderr, r.stderr
+    assert auth.Verifier("k", "short").verify(r.stdout.strip())["identity"] == "a"
+    r = lkedge("token", "--identity", "a", "--room", "lab", "--api-key", "k", "--api-secret", "s" * 32)
+    assert r.returncode == 0 and r.stderr == "", r.stderr

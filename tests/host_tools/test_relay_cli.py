@@ -358,3 +358,11 @@ def test_socket_buffer_defaults_to_64k_takes_units_and_0_leaves_the_os_buffers(m
 
 def test_the_largest_frame_is_accepted(monkeypatch):
     assert _built(monkeypatch, "--max-frame", "16M", "--queue-bytes", "16M").max_frame == 16 << 20
+
+
+def test_a_short_api_secret_is_warned_about_at_start():
+    from lkedge_host.relay import command
+    warned = [w for w in command.build(_args("--api-key", "k", "--api-secret", "short"))[0].warnings
+              if "HS256" in w]
+    assert warned and "5 bytes" in warned[0] and "token_urlsafe" in warned[0], warned
+    assert not [w for w in command.build(_args())[0].warnings if "HS256" in w]
