@@ -126,9 +126,14 @@ def _join_failure(args, e):
         if args.cafile is None:
             msg += "; to trust the relay's own (e.g. self-signed) certificate use --cafile CERT.pem"
     elif _http_port(args.url, msg):
-        msg += ("; %s answers HTTP: that is a relay's WebSocket or HTTP port, not its link port "
-                "(the one `lkedge relay` prints as \"link tcp://...\"; its WebSocket port takes "
-                "ws://)" % args.url)
+        # said instead of the link's own account ("closed without a LEAVE ... the relay
+        # stopped"), which is not what happened
+        msg = ("%s answers HTTP: that is a relay's WebSocket or HTTP port, not its link port "
+               "(the one `lkedge relay` prints as \"link tcp://...\"; its WebSocket port takes "
+               "ws://)" % args.url)
+    elif args.url.lower().startswith("ws:") and "handshake" in msg:
+        msg += ("; is %s a relay's WebSocket port? (`lkedge relay` prints it as \"ws://...\"; "
+                "its link port takes tcp://)" % args.url)
     elif args.url.lower().startswith(("tls:", "wss:")) and any(
             t in msg for t in ("TLS handshake failed", "ConnectionResetError", "EOF")):
         msg += ("; %sthe relay may not speak TLS there (a relay without --tls-cert takes tcp:// "

@@ -459,6 +459,14 @@ def test_a_tcp_url_at_the_relays_http_port_says_it_is_not_the_link_port():
         r = _lk("room", "--url", url)
     assert r.returncode == 4, r.stderr
     assert "answers HTTP: that is a relay's WebSocket or HTTP port, not its link port" in r.stderr, r.stderr
+    assert "without a LEAVE" not in r.stderr and "relay stopped" not in r.stderr, r.stderr   # not what happened
+
+
+def test_a_ws_url_at_the_relays_link_port_says_which_port_takes_ws(served):
+    relay, _s = served
+    r = _lk("room", "--url", "ws://" + relay.url.split("://")[1])
+    assert r.returncode == 4, r.stderr
+    assert "a relay's WebSocket port?" in r.stderr and "link port takes tcp://" in r.stderr, r.stderr
 
 
 def test_an_identity_already_in_the_room_is_refused_not_pushed_out(served):
