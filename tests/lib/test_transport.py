@@ -258,7 +258,10 @@ async def test_refused_unresolvable_and_timeout():
         await open_transport("tcp://no-such-host.invalid:7000").connect()
 
     async def silent(r, w):
-        await asyncio.sleep(5)
+        try:
+            await asyncio.sleep(1)
+        finally:   # Python 3.12's Server.wait_closed waits for every connection to close
+            w.close()
     srv = await asyncio.start_server(silent, "127.0.0.1", 0)
     async with srv:
         with pytest.raises(TransportError, match="connect timed out after 300 ms"):
@@ -540,12 +543,20 @@ def _ws_unframe(data):
     return bytes(out)
 
 
-async def _deaf_server(ws_handshake, read_after, got):
-    """A peer that reads nothing for read_after seconds (None: never), then all."""
+async def _deaf_server(ws_handshake, read_after, got, done=None):
+    """A peer that reads nothing for read_after seconds (None: never, until the Event
+    `done` is set), then all. Its connections are closed when it is done with them:
+    Python 3.12's Server.wait_closed (`async with srv`) waits for every one."""
     import base64
     import hashlib
 
     async def conn(r, w):
+        try:
+            await _deaf(r, w)
+        finally:
+            w.close()
+
+    async def _deaf(r, w):
         if ws_handshake:
             head = await r.readuntil(b"\r\n\r\n")
             key = re.search(rb"Sec-WebSocket-Key: *(\S+)", head, re.I).group(1)
@@ -554,7 +565,7 @@ async def _deaf_server(ws_handshake, read_after, got):
                     b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n")
             await w.drain()
         if read_after is None:
-            await asyncio.sleep(30)
+            await asyncio.wait_for(done.wait(), 30)
             return
         await asyncio.sleep(read_after)
         w.write(b"\x82\x05hello" if ws_handshake else b"hello")   # for the board's reader
@@ -566,7 +577,6 @@ async def _deaf_server(ws_handshake, read_after, got):
                 break
             data += b
         got.append(_ws_unframe(data) if ws_handshake else bytes(data))
-        w.close()
     import socket
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # fills fast: the writer stalls
@@ -619,12 +629,14 @@ async def test_a_frame_cancelled_halfway_is_finished_and_the_link_goes_on(runtim
 @pytest.mark.parametrize("runtime,scheme", [("micropython", "tcp"), ("micropython", "ws"), ("cpython", "ws")])
 async def test_a_frame_cancelled_halfway_on_a_link_that_does_not_drain_closes_it_after_timeout_ms(
         runtime, scheme, tmp_path):
-    srv = await _deaf_server(scheme == "ws", None, [])
+    done = asyncio.Event()
+    srv = await _deaf_server(scheme == "ws", None, [], done)
     async with srv:
         url = "%s://127.0.0.1:%d%s" % (scheme, _port(srv), "/" if scheme == "ws" else "")
         cmd, env = _cancel_board_cmd(runtime, url, 300, tmp_path)
         proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+        done.set()
     assert "STALLED True" in out, out
     assert "CANCELLED" in out, out   # the cancel, not the link's failure, is what the task gets
     assert "OSERROR" in out and "a write cancelled halfway did not finish within 300 ms" in out, out
