@@ -504,6 +504,11 @@ def joined_event(room):
 def room_options(client_protocol, compression, board):
     kw = {"client_protocol": client_protocol, "advertise_compression": bool(compression),
           "auto_reconnect": False}
+    if board:
+        # The matrix echoes payloads of up to 20480 bytes through buffered calls and
+        # handlers; the board profile gathers at most 16 KiB (max_rpc_payload, UTF-8
+        # bytes: tests/device/test_room_rpc.py checks that cap).
+        kw["max_rpc_payload"] = 24 * 1024
     return RoomOptions.for_board(**kw) if board else RoomOptions(**kw)
 
 
