@@ -132,7 +132,10 @@ class Supervisor:
     def __init__(self, profile, flash, micropython, log=sys.stderr, lock_fd=None):
         self.profile = profile
         self.lock_fd = lock_fd  # the flash's lock: interpreters inherit it (_child_setup)
-        self.flash = os.path.abspath(flash)
+        # realpath: the ROM's VfsPosix root must be the interpreter's working directory
+        # as the OS reports it (symlinks resolved), or the emulated rename's relative
+        # paths (emulation/rom.py FlashVfs.rename) would be counted from the wrong root
+        self.flash = os.path.realpath(flash)
         self.micropython = micropython
         self.log = log
         self.port_master, self.port_slave = pty.openpty()

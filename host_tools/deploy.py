@@ -501,15 +501,12 @@ def _dirs_of(paths):
     return dirs
 
 
-def _prepare_code(stale, dirs, keep_dirs=(), leftovers=()):
+def _prepare_code(stale, dirs, keep_dirs=()):
     """Remove `stale`, then the folders they leave empty (never "/", /lib or a folder the
-    build uses), then make `dirs`; remove those of `leftovers` that exist."""
+    build uses), then make `dirs`."""
     lines = ["import os"]
     for p in stale:
         lines.append("os.remove(%r)" % p)
-    if leftovers:
-        lines.append("for p in %r:\n    try:\n        os.remove(p)\n    except OSError:\n        pass"
-                     % (tuple(leftovers),))
     emptied = set()
     for p in stale:
         d = p.rsplit("/", 1)[0]
@@ -521,6 +518,16 @@ def _prepare_code(stale, dirs, keep_dirs=(), leftovers=()):
     for d in sorted(dirs, key=len):
         lines.append("try:\n    os.mkdir(%r)\nexcept OSError:\n    pass" % d)
     return "\n".join(lines)
+
+
+def _leftovers_code(dirs):
+    """Remove every PART file in `dirs` (the folders any deploy put files in): copies an
+    interrupted deploy left, whether or not this build still has their file."""
+    # names as bytes, and a folder that cannot be listed skipped (UnicodeError: a name
+    # that is not UTF-8, not deploy's, as the query found): best effort, never a failure
+    return ("import os\nfor d in %r:\n    try:\n        for e in os.ilistdir(d):\n"
+            "            if e[0].endswith(%r):\n                os.remove(d.rstrip(b'/') + b'/' + e[0])\n"
+            "    except Exception:\n        pass" % (tuple(sorted(d.encode() for d in dirs)), PART.encode()))
 
 
 def _rename_code(paths):
@@ -715,10 +722,11 @@ def _on_board(o, profile, version, mpremote, arts, tmp):
         raise
 
 
-INCOMPLETE = ("incomplete: it stopped while changing the board's files, so the board may hold "
-              "part of the new firmware and part of the old one, and its firmware may fail to start; "
-              "run `lkedge deploy` again to finish (it copies what differs and removes what the old "
-              "firmware left)")
+INCOMPLETE = ("incomplete: it stopped while changing the board's files: the new files are copied "
+              "beside the old ones and put in place only at the end, so the board runs its old firmware "
+              "unless it stopped during that last step (then it may hold part of each, and fail to "
+              "start); run `lkedge deploy` again to finish (it copies what differs, removes what the "
+              "old firmware left, and the copies cut short)")
 
 
 def _reset_after_failure(o, mpremote, copying=False):
@@ -794,9 +802,10 @@ def _update(o, profile, mpremote, arts, tmp, board, state):
         f.write(new)
     cmds = []
     copies = changed + [config]
-    # Leftovers of an interrupted deploy go first (their names are ours: PART).
-    cmds += ["exec", _prepare_code(report.removed, new_dirs, build_dirs,
-                                   [a.board_path + PART for a in arts + [config]]), "+"]
+    # Leftovers of an interrupted deploy go first (their names are ours: PART), from
+    # every folder a deploy put files in (the old manifest's, this build's).
+    ever = _dirs_of([a.board_path for a in arts] + [path for _, path, _ in board.get("man") or ()])
+    cmds += ["exec", _prepare_code((), new_dirs) + "\n" + _leftovers_code(ever), "+"]
     cmds += ["fs", "cp", first, ":" + MANIFEST, "+"]
     for a in copies:
         _say("to copy: %s (%d bytes)" % (a.board_path, os.path.getsize(a.local_path)))
@@ -805,7 +814,10 @@ def _update(o, profile, mpremote, arts, tmp, board, state):
     # is there: a copy cut short (Ctrl-C, a cable pulled) leaves the old firmware whole.
     # A truncated .mpy must never be imported: MicroPython 1.28 loops for ever on one,
     # at every boot, out of reach of the REPL that a deploy needs.
-    cmds += ["exec", _rename_code([a.board_path for a in copies]), "+"]
+    # What the build no longer has goes with the renames, not before the copies: a
+    # deploy cut short before them leaves the old firmware whole (its app.py too).
+    cmds += ["exec", _rename_code([a.board_path for a in copies]) + "\n"
+             + _prepare_code(report.removed, (), build_dirs), "+"]
     cmds += ["fs", "cp", last, ":" + MANIFEST, "+"]
     state["copying"] = True
     _mpremote(mpremote, o.port, ["resume"] + cmds + ([] if o.no_reset else ["reset"]), "copying files")

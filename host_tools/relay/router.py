@@ -5,8 +5,10 @@ No sockets, no clock: the adapter (server.py) feeds events in and carries action
     r = Router(authenticate, max_frame=65536, join_timeout_ms=5000, idle_timeout_ms=30000,
                queue_bytes=1 << 20, stuck_ms=10000, server_version=..., metrics=None,
                new_sid=None, max_connections=10000)
-    r.open(cid, now_ms, transport="tcp", peer="")   a connection arrived (one over
-                                                      max_connections: LEAVE 5, closed)
+    r.open(cid, now_ms, transport="tcp", peer="", pending=0)
+                                                      a connection arrived (one over
+                                                      max_connections, with `pending` held
+                                                      elsewhere: LEAVE 5, closed)
     r.receive(cid, data, now_ms)                      bytes from it (any split)
     r.drained(cid, nbytes, now_ms)                    nbytes of its SENDs were written
     r.closed(cid, now_ms, reason="transport closed")  the transport ended (no LEAVE)
@@ -193,14 +195,16 @@ class Router:
         return len(self._conns)
 
     # ------------------------------------------------------------ inputs
-    def open(self, cid, now, transport="tcp", peer=""):
+    def open(self, cid, now, transport="tcp", peer="", pending=0):
+        """A new link connection; `pending`: connections the adapter holds that count in
+        max_connections too (WebSocket upgrade requests still being read)."""
         self._now = now
         if cid in self._conns:
             raise ValueError("connection id %r is already open" % (cid,))
         c = _Conn(cid, now, self.max_frame, transport, peer)
         self._conns[cid] = c
         self.metrics.inc("lkedge_relay_connections_total", transport=transport)
-        if len(self._conns) > self.max_connections:
+        if len(self._conns) + pending > self.max_connections:
             # full: LEAVE 5 (not final: a participant tries again with backoff)
             self._drop(c, link.LEAVE_SHUTDOWN, "relay full: %d connections open, the limit; "
                        "try again later" % self.max_connections, now)

@@ -219,7 +219,7 @@ class _Link:
 
     async def run(self):
         srv = self.server
-        srv.router.open(self.cid, now_ms(), transport=self.kind, peer=self.peer)
+        srv.router.open(self.cid, now_ms(), transport=self.kind, peer=self.peer, pending=srv.ws_handshakes)
         srv.links[self.cid] = self
         srv.apply()
         self.writer_task = asyncio.ensure_future(self._writer())

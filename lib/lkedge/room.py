@@ -110,6 +110,7 @@ class Room:
         self._tasks = []
         self._url = None
         self._token = None
+        self._opening = False   # _open_link waits for JOINED
         self._transport = None
         self._transport_factory = None
         self._joined = asyncio.Event()
@@ -238,9 +239,14 @@ class Room:
         try:
             if callable(token):
                 token = token()
+                if is_awaitable(token):   # an async def minting function
+                    token = await (_awaiting(token) if _MP else token)
         except Exception as e:
             self.connection_state = "disconnected"
             raise ConnectError("the token function failed: %r" % (e,))
+        if not isinstance(token, str):
+            self.connection_state = "disconnected"
+            raise ConnectError("a token is a str (or a function returning one), not %s" % type(token).__name__)
         try:
             t = self._make_transport()
         except Exception as e:  # a malformed URL: nothing was opened
@@ -256,6 +262,9 @@ class Room:
                 "capabilities": [CAP_COMPRESSION_DEFLATE_RAW] if self.can_inflate else [],
                 "sdk": self.options.sdk, "sdk_version": _version()}
         waiting = False
+        # While set, a link that ends is this attempt's failure, reported below, even
+        # after JOINED (a JOINED and a LEAVE in one read): no rejoin starts behind it.
+        self._opening = True
         try:
             await t.connect()
             await self._sender.send_frame(link.JOIN, cbor.dumps(join))
@@ -265,6 +274,7 @@ class Room:
         except BaseException as e:
             # Also when cancelled: no link may stay open behind us, and a room left
             # "connecting" would refuse every later connect().
+            self._opening = False
             self.connection_state = "disconnected"
             await self._drop_transport()
             if waiting and isinstance(e, asyncio.TimeoutError):
@@ -272,12 +282,13 @@ class Room:
             if isinstance(e, Exception):  # connecting or writing the JOIN failed
                 raise ConnectError("cannot reach the relay at %s: %s" % (self._url, _cause(e)))
             raise
-        if self.connection_state != "connected":
+        self._opening = False
+        if self.connection_state != "connected" or self._reader_task.done():
             code = self.leave_code
             self.connection_state = "disconnected"
             await self._drop_transport()
             if code is None:
-                raise ConnectError("the link closed before JOINED: %s" % self.last_error)
+                raise ConnectError("the link closed while joining: %s" % self.last_error)
             raise ConnectError("the relay refused to join: LEAVE %s %s" % (code, self.leave_reason), code)
 
     async def disconnect(self):
@@ -454,9 +465,10 @@ class Room:
             why = "link error: %r" % (e,)
         finally:
             if self._transport is t:
-                # Not joined (a LEAVE before JOINED sets _joined too): connect() reports
-                # it; a rejoin task started here would outlive the failed connect().
-                if self.connection_state != "connected":
+                # Still joining (a LEAVE before JOINED sets _joined too; or JOINED and a
+                # LEAVE came in one read): connect() reports it; a rejoin task started
+                # here would outlive the failed connect(), or run beside the rejoin loop.
+                if self._opening or self.connection_state != "connected":
                     self.last_error = why
                     self._joined.set()  # wake connect(): it reports the failure
                 else:

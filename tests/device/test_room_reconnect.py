@@ -495,3 +495,82 @@ async def test_a_token_function_is_called_at_every_join_and_its_failure_is_said(
     else:
         raise AssertionError("connect() went on without a token")
     assert board.connection_state == "disconnected"
+
+
+class _JoinedThenLeave(_FlakyRelay):
+    """_FlakyRelay whose links numbered in `bad` (1 = the first connect) end at once after
+    JOINED: the relay's first read carries JOINED and, right behind it, LEAVE 5 (a
+    relay stopping as it lets us in)."""
+
+    def __init__(self, mem, bad):
+        _FlakyRelay.__init__(self, mem)
+        self.bad = bad
+        self.first = False
+
+    async def connect(self):
+        await _FlakyRelay.connect(self)
+        self.first = self.connects in self.bad
+
+    async def read_into(self, buf):
+        n = await self.t.read_into(buf)
+        if self.first and n:
+            self.first = False
+            leave = link.encode_control(link.LEAVE, {"code": link.LEAVE_SHUTDOWN, "reason": "restarting"})
+            buf[n:n + len(leave)] = leave
+            n += len(leave)
+        return n
+
+
+async def test_a_link_lost_in_the_read_that_brought_joined_fails_that_join_alone():
+    # connect() raised ConnectError while a rejoin it had started ran on behind it
+    # (the room then "reconnecting", then "reconnected", on its own); in a rejoin, each
+    # such attempt started a second rejoin loop beside the first, which pushed each
+    # other out (LEAVE 2).
+    from lkedge.room import ConnectError
+    events = []
+    board = Room(RoomOptions(reconnect_min_ms=10, reconnect_max_ms=20))
+    for ev in ("disconnected", "reconnecting", "reconnected"):
+        board.on(ev, (lambda name: lambda *a: events.append(name))(ev))
+    relay = _JoinedThenLeave(MemRoom(), bad=(1,))
+    try:
+        await board.connect(relay, "board")
+    except ConnectError as e:
+        assert e.leave_code == link.LEAVE_SHUTDOWN, e
+    else:
+        raise AssertionError("a join whose link ended at once succeeded")
+    await asyncio.sleep(0.2)
+    assert board.connection_state == "disconnected" and events == [] and relay.connects == 1, \
+        (board.connection_state, events, relay.connects)
+    # in a rejoin: one loop retries until a join holds
+    mem = MemRoom()
+    relay = _JoinedThenLeave(mem, bad=(2, 3, 4))   # the connect holds, three rejoins do not
+    await board.connect(relay, "board")
+    assert board.connection_state == "connected"
+    await mem.kick("board", link.LEAVE_SHUTDOWN, "bye")
+    await settle(lambda: "reconnected" in events)
+    await asyncio.sleep(0.2)
+    assert events == ["reconnecting", "reconnected"], events
+    assert board.connection_state == "connected" and "board" in mem.conns
+    await board.disconnect()
+
+
+async def test_an_async_token_function_is_awaited_and_a_token_that_is_no_str_is_said():
+    from lkedge.room import ConnectError
+
+    async def token():
+        await asyncio.sleep(0)
+        return "board"
+
+    board = Room(RoomOptions())
+    await board.connect(MemRoom().transport(), token)
+    assert board.local_participant.identity == "board"
+    await board.disconnect()
+    for bad in (None, lambda: None):
+        board = Room(RoomOptions())
+        try:
+            await board.connect(MemRoom().transport(), bad)
+        except ConnectError as e:
+            assert "a token is a str" in str(e) and "NoneType" in str(e), e
+        else:
+            raise AssertionError("joined with a token of None")
+        assert board.connection_state == "disconnected"

@@ -760,12 +760,11 @@ def test_utf8_decoder_carries_partial_characters_and_rejects_bad_bytes():
 def test_utf8_checks_of_a_long_view_find_bad_forms_at_every_window_edge():
     # A view (a board's str lent as its bytes) is checked through a 256-byte window;
     # a surrogate or an overlong form straddling two windows must still be found.
+    # Each is well shaped, so MicroPython's own decoding lets it through: only the scan
+    # finds it (the text around it is ASCII, with no stray byte to give it away).
     for bad in (b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80"):
         for at in (0, 253, 254, 255, 256, 509, 510, 511, 700):
-            data = b"\xc3\xa9" * 400
-            data = data[:at] + bad + data[at + len(bad):]
-            if data[at - 1:at] == b"\xc3":    # do not cut an e-acute in two
-                data = data[:at - 1] + b"a" + data[at:]
+            data = b"a" * at + bad + b"b" * (800 - at)
             try:
                 utf8.text(memoryview(data))
             except (UnicodeError, ValueError):

@@ -94,6 +94,25 @@ def test_rename_takes_absolute_and_relative_paths_on_the_flash_as_on_a_board(uni
     assert open(os.path.join(flash, "c")).read() == "/sub/b"
 
 
+def test_rename_works_on_a_flash_reached_through_a_symlink(tmp_path):
+    # The emulated rename counts paths from the flash folder as the OS reports the
+    # working directory (symlinks resolved): a --flash path through a symlink (a macOS
+    # /tmp, a linked home) made every rename fail with ENOENT, and lkedge deploy with it.
+    real = tmp_path / "real-flash"
+    real.mkdir()
+    link = tmp_path / "linked-flash"
+    link.symlink_to(real)
+    proc, port = _start("unix", str(link))
+    try:
+        code = ("import os\nos.mkdir('/s')\nopen('/s/b.part', 'w').write('b')\nos.chdir('/s')\n"
+                "os.rename('/s/b.part', '/s/b')\nos.chdir('/')\nprint(os.listdir('/s'))")
+        assert out(port, "exec", code) == "['b']\n"
+        assert (real / "s" / "b").read_text() == "b"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
 def test_run_executes_a_local_script(unix_board, tmp_path):
     script = tmp_path / "s.py"
     script.write_text("import sys\nprint(sys.platform, sum(range(5)))\n")

@@ -598,13 +598,21 @@ def test_an_interrupted_copy_says_the_deploy_is_incomplete(unix_board, firmware,
 
 
 def test_a_copy_cut_short_leaves_the_old_firmware_whole_and_the_next_deploy_finishes(
-        unix_board, firmware, lib, monkeypatch, capsys):
+        unix_board, firmware, lib, monkeypatch, capsys, tmp_path):
     # Ctrl-C while mpremote copied left /lib/lkedge/proto.mpy truncated, and MicroPython
     # loops for ever importing a truncated .mpy: the board hung at every boot, out of
     # reach of the REPL a second deploy needs. Copies now go beside the old files and
     # are renamed into place once all are there.
     run_deploy(unix_board, "unix", firmware, lib)
     _after_reset()
+    # a module the user copied by hand as source, which the build's .mpy replaces (the
+    # deploy removes such a shadowing .py: only once the new files are in place), and a
+    # copy an earlier interrupted deploy left of a file this build no longer has
+    src = os.path.join(str(tmp_path), "helper.py")
+    with open(src, "w") as f:
+        f.write("VALUE = 'old helper source'\n")
+    mpremote_out(unix_board, "fs", "cp", src, ":/helper.py", "+", "exec",
+                 "open('/lib/gone.mpy%s', 'w').write('x')" % deploy.PART)
     _write(firmware, "app.py", "def answer():\n    return 43\n\ndef started():\n    pass\n")
     real = deploy._mpremote
 
@@ -625,15 +633,17 @@ def test_a_copy_cut_short_leaves_the_old_firmware_whole_and_the_next_deploy_fini
         deploy.to_board(unix_board, "unix", firmware, lib=lib)
     monkeypatch.setattr(deploy, "_mpremote", real)
     _after_reset()
-    # the board runs its old firmware: every module it imports is whole
+    # the board runs its old firmware: every module it imports is whole, its files kept
     assert mpremote_out(unix_board, "exec", "import app; print(app.answer())") == "42\n"
+    assert mpremote_out(unix_board, "exec", "import helper; print(helper.VALUE)") == "old helper source\n"
     listing = mpremote_out(unix_board, "fs", "ls", "/")
     assert "app.mpy" + deploy.PART in listing, listing       # the cut copy, not imported
     counts, log = run_deploy(unix_board, "unix", firmware, lib)
     _after_reset()
     assert mpremote_out(unix_board, "exec", "import app; print(app.answer())") == "43\n"
-    listing = mpremote_out(unix_board, "fs", "ls", "/", "+", "fs", "ls", "/lib/lkedge")
-    assert deploy.PART not in listing, listing                 # leftovers removed
+    assert mpremote_out(unix_board, "exec", "import helper; print(helper.VALUE)") == "helper\n"
+    listing = mpremote_out(unix_board, "fs", "ls", "/", "+", "fs", "ls", "/lib", "+", "fs", "ls", "/lib/lkedge")
+    assert deploy.PART not in listing and "helper.py" not in listing, listing   # leftovers removed
 
 
 def test_a_relay_url_naming_an_http_port_is_warned_about(unix_board, firmware, lib):

@@ -196,6 +196,11 @@ async def test_websocket_upgrade_requests_in_progress_are_bounded_and_counted_as
         answer = await asyncio.wait_for(rd.read(), 5)
         assert answer.startswith(b"HTTP/1.1 503 ") and b"relay full" in answer, answer
         wr.close()
+        # and on the TCP link port too: they hold the places a link connection needs
+        p = await r.connect()
+        await p.send_control(link.JOIN, {"v": 1, "token": r.token("t")})
+        leave = await expect_leave(p, link.LEAVE_SHUTDOWN)
+        assert "relay full" in leave["reason"], leave
         # once they go, the places are free again: a WebSocket participant joins
         for _rd, wr in pending:
             wr.close()
