@@ -241,8 +241,10 @@ class Room:
                 token = token()
                 if is_awaitable(token):   # an async def minting function
                     token = await (_awaiting(token) if _MP else token)
-        except Exception as e:
+        except BaseException as e:   # cancelled too: a room left "connecting" refuses connect()
             self.connection_state = "disconnected"
+            if not isinstance(e, Exception):
+                raise
             raise ConnectError("the token function failed: %r" % (e,))
         if not isinstance(token, str):
             self.connection_state = "disconnected"

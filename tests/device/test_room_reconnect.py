@@ -565,6 +565,19 @@ async def test_an_async_token_function_is_awaited_and_a_token_that_is_no_str_is_
     await board.connect(MemRoom().transport(), token)
     assert board.local_participant.identity == "board"
     await board.disconnect()
+    # cancelled while its token function runs: the room is not left "connecting"
+    async def slow():
+        await asyncio.sleep(10)
+        return "board"
+
+    board = Room(RoomOptions())
+    try:
+        await asyncio.wait_for(board.connect(MemRoom().transport(), slow), 0.05)
+    except asyncio.TimeoutError:
+        pass
+    assert board.connection_state == "disconnected", board.connection_state
+    await board.connect(MemRoom().transport(), "board")
+    await board.disconnect()
     for bad in (None, lambda: None):
         board = Room(RoomOptions())
         try:
