@@ -230,7 +230,7 @@ async def _join(args, command, auto_reconnect=False):
     """A joined Room, or None after saying on stderr why `lkedge <command>` could not join."""
     room = Room(room_options(args, auto_reconnect))
     try:
-        await room.connect(args.url, getattr(args, "join_token", args.token))
+        await room.connect(args.url, args.join_token)   # set by prepare_connection
     except (ConnectError, OSError) as e:
         print("lkedge %s: cannot join: %s" % (command, _join_failure(args, e)), file=sys.stderr)
         return None

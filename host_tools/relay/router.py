@@ -206,9 +206,12 @@ class Router:
         self.metrics.inc("lkedge_relay_connections_total", transport=transport)
         if len(self._conns) + pending > self.max_connections:
             # full: LEAVE 5 (not final: a participant tries again with backoff)
-            self._drop(c, link.LEAVE_SHUTDOWN, "relay full: %d connections open, the limit; "
-                       "try again later" % self.max_connections, now)
+            self._drop(c, link.LEAVE_SHUTDOWN, self.full_reason(), now)
             return
+
+    def full_reason(self):
+        """Why a connection past max_connections is turned away (LEAVE 5, HTTP 503)."""
+        return "relay full: %d connections open, the limit; try again later" % self.max_connections
 
     def receive(self, cid, data, now):
         c = self._conns.get(cid)

@@ -346,8 +346,7 @@ class _BoundedWsConnection(ServerConnection):
         # up to 128 lines of 8 KiB): unbounded, a thousand unfinished requests without a
         # token held 1.1 GB. They count in max_connections like link connections.
         if r.ws_handshakes + r.router.connection_count() >= r.router.max_connections:
-            self._refuse(b"503 Service Unavailable", "relay full: %d connections open, the "
-                         "limit; try again later" % r.router.max_connections)
+            self._refuse(b"503 Service Unavailable", r.router.full_reason())
             return
         r.ws_handshakes += 1
         self._counted = True

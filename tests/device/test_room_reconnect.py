@@ -13,7 +13,7 @@ import lkedge.room as room_module
 from lkedge import link
 from lkedge.config import RoomOptions
 from lkedge.memroom import MemRoom
-from lkedge.room import Room
+from lkedge.room import ConnectError, Room
 
 MP_HEAPSIZE = "1M"
 
@@ -86,6 +86,15 @@ async def _board_and_host(relay_type, **opts):
     peer = await raw(mem, "host", client_protocol=2)
     await settle(lambda: "host" in board.remote_participants)
     return mem, relay, events, board, peer
+
+
+async def _refused(coro):
+    """The ConnectError a connect() raises (AssertionError when it joins instead)."""
+    try:
+        await coro
+    except ConnectError as e:
+        return e
+    raise AssertionError("connect() joined where it must fail")
 
 
 def _patched():
@@ -273,7 +282,6 @@ async def test_calls_in_flight_fail_with_recipient_disconnected_when_the_link_is
 async def test_between_failed_attempts_the_room_stays_reconnecting_and_refuses_connect():
     # A failed attempt must not leave "disconnected" during the next backoff: a
     # connect() accepted there would open a second link beside the retrying one.
-    from lkedge.room import ConnectError
     mem = MemRoom()
     relay = _FlakyRelay(mem, fail=None)
     events = []
@@ -281,12 +289,8 @@ async def test_between_failed_attempts_the_room_stays_reconnecting_and_refuses_c
     await mem.kick("board", link.LEAVE_SHUTDOWN, "relay restarting")
     await settle(lambda: relay.connects >= 2)   # an attempt failed: the room waits for the next
     assert board.connection_state == "reconnecting", board.connection_state
-    try:
-        await board.connect(mem.transport(), "board")
-    except ConnectError as e:
-        assert "already reconnecting" in str(e), e
-    else:
-        raise AssertionError("connect() accepted while the room was reconnecting")
+    e = await _refused(board.connect(mem.transport(), "board"))
+    assert "already reconnecting" in str(e), e
     assert "board" not in mem.conns
     await board.disconnect()
     assert board.connection_state == "disconnected"
@@ -431,17 +435,12 @@ async def test_a_connect_refused_with_a_leave_leaves_nothing_running():
     # after the failed connect() the room went "reconnecting" by itself (retrying the
     # next connect()'s URL for ever), or a good connect() made at once was pushed out
     # by that hidden rejoin (LEAVE 2).
-    from lkedge.room import ConnectError
     events = []
     board = Room(RoomOptions(reconnect_min_ms=10, reconnect_max_ms=20))
     for ev in ("disconnected", "reconnecting", "reconnected"):
         board.on(ev, (lambda name: lambda *a: events.append(name))(ev))
-    try:
-        await board.connect(_RefusingRelay(), "garbage")
-    except ConnectError as e:
-        assert e.leave_code == link.LEAVE_UNAUTHORIZED and "token is not a JWT" in str(e), e
-    else:
-        raise AssertionError("a refused JOIN connected")
+    e = await _refused(board.connect(_RefusingRelay(), "garbage"))
+    assert e.leave_code == link.LEAVE_UNAUTHORIZED and "token is not a JWT" in str(e), e
     mem = MemRoom()
     relay = _FlakyRelay(mem)
     await board.connect(relay, "board")          # at once, as a retrying caller does
@@ -453,10 +452,7 @@ async def test_a_connect_refused_with_a_leave_leaves_nothing_running():
     events.clear()
     board = Room(RoomOptions(reconnect_min_ms=10, reconnect_max_ms=20))
     board.on("reconnecting", lambda *a: events.append("reconnecting"))
-    try:
-        await board.connect(_RefusingRelay(), "garbage")
-    except ConnectError:
-        pass
+    await _refused(board.connect(_RefusingRelay(), "garbage"))
     await asyncio.sleep(0.1)
     assert board.connection_state == "disconnected" and events == [], (board.connection_state, events)
 
@@ -465,7 +461,6 @@ async def test_a_token_function_is_called_at_every_join_and_its_failure_is_said(
     # A long-lived participant that mints its own tokens (lkedge serve) rejoined with
     # the token of its first join: after a relay restart six hours later, LEAVE 3
     # "token expired", for good. Room.connect takes a function, called at each join.
-    from lkedge.room import ConnectError
     mem = MemRoom()
     relay = _FlakyRelay(mem)
     events = []
@@ -488,12 +483,8 @@ async def test_a_token_function_is_called_at_every_join_and_its_failure_is_said(
         raise ValueError("no API secret")
 
     board = Room(RoomOptions())
-    try:
-        await board.connect(MemRoom().transport(), broken)
-    except ConnectError as e:
-        assert "the token function failed" in str(e) and "no API secret" in str(e), e
-    else:
-        raise AssertionError("connect() went on without a token")
+    e = await _refused(board.connect(MemRoom().transport(), broken))
+    assert "the token function failed" in str(e) and "no API secret" in str(e), e
     assert board.connection_state == "disconnected"
 
 
@@ -526,18 +517,13 @@ async def test_a_link_lost_in_the_read_that_brought_joined_fails_that_join_alone
     # (the room then "reconnecting", then "reconnected", on its own); in a rejoin, each
     # such attempt started a second rejoin loop beside the first, which pushed each
     # other out (LEAVE 2).
-    from lkedge.room import ConnectError
     events = []
     board = Room(RoomOptions(reconnect_min_ms=10, reconnect_max_ms=20))
     for ev in ("disconnected", "reconnecting", "reconnected"):
         board.on(ev, (lambda name: lambda *a: events.append(name))(ev))
     relay = _JoinedThenLeave(MemRoom(), bad=(1,))
-    try:
-        await board.connect(relay, "board")
-    except ConnectError as e:
-        assert e.leave_code == link.LEAVE_SHUTDOWN, e
-    else:
-        raise AssertionError("a join whose link ended at once succeeded")
+    e = await _refused(board.connect(relay, "board"))
+    assert e.leave_code == link.LEAVE_SHUTDOWN, e
     await asyncio.sleep(0.2)
     assert board.connection_state == "disconnected" and events == [] and relay.connects == 1, \
         (board.connection_state, events, relay.connects)
@@ -555,7 +541,6 @@ async def test_a_link_lost_in_the_read_that_brought_joined_fails_that_join_alone
 
 
 async def test_an_async_token_function_is_awaited_and_a_token_that_is_no_str_is_said():
-    from lkedge.room import ConnectError
 
     async def token():
         await asyncio.sleep(0)
@@ -580,10 +565,6 @@ async def test_an_async_token_function_is_awaited_and_a_token_that_is_no_str_is_
     await board.disconnect()
     for bad in (None, lambda: None):
         board = Room(RoomOptions())
-        try:
-            await board.connect(MemRoom().transport(), bad)
-        except ConnectError as e:
-            assert "a token is a str" in str(e) and "NoneType" in str(e), e
-        else:
-            raise AssertionError("joined with a token of None")
+        e = await _refused(board.connect(MemRoom().transport(), bad))
+        assert "a token is a str" in str(e) and "NoneType" in str(e), e
         assert board.connection_state == "disconnected"
