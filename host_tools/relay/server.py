@@ -44,7 +44,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from lkedge import link
+from lkedge import link, relayside
 
 from . import router as rt
 
@@ -361,6 +361,14 @@ class _BoundedWsConnection(ServerConnection):
         self.handshake_done()
         super().connection_lost(exc)
 
+    def _wrong_port(self):
+        links = [u for u in self.relay.urls if u.startswith(("tcp:", "tls:"))]
+        why = ("this is the relay's WebSocket port, which takes ws:// (or wss://) URLs; %s"
+               % ("its link port is " + links[0] if links else "this relay has no link port"))
+        if not self.transport.is_closing():
+            self.transport.write(relayside.encode_control(link.LEAVE, {"code": link.LEAVE_PROTOCOL, "reason": why}))
+            self.transport.close()
+
     def _refuse(self, status, why):
         if not self.transport.is_closing():
             self.transport.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\n"
@@ -392,6 +400,14 @@ class _BoundedWsConnection(ServerConnection):
 
     def data_received(self, data):
         if self.protocol.state is State.CONNECTING:
+            if not self._head and data and not 0x41 <= data[0] <= 0x5A and self.relay is not None:
+                # No HTTP request starts so (its method is upper case), a LINK client's
+                # JOIN does (its length varint): a tcp:// URL given this port. Told at
+                # once with a LEAVE it reads, not left waiting for a JOINED till its
+                # join timeout while websockets waits for a request line.
+                self.handshake_done()
+                self._wrong_port()
+                return
             self._head += len(data)
             if self._head > WS_HANDSHAKE_LIMIT:
                 self.handshake_done()

@@ -41,8 +41,11 @@ class RoomOptions:
                      open stream silent longest gives way if nothing came for it this
                      long (it ends "abnormal end: idle for N s ..."); None: a stream
                      keeps its slot until it ends or its sender leaves
-    max_inflated     cap on decompressed bytes of one stream (None: total_length only, and
-                     a compressed stream without total_length is refused)
+    max_inflated     cap on decompressed bytes of one stream, whatever its total_length
+                     says (a sender may claim any): 1 GiB - 1 byte (livekit-client takes up
+                     to 5 GB; readers hand inflated data out piece by piece, so this bounds
+                     time, not memory). None: total_length only, and a compressed stream
+                     without total_length is refused
     advertise_compression  advertise CAP_COMPRESSION_DEFLATE_RAW (None: if we can inflate,
                      on MicroPython with a 32 KiB window held and 24 KiB left free beside
                      it; True: whenever the window can be held)
@@ -71,7 +74,7 @@ class RoomOptions:
         self.max_frame = 1 << 20
         self.max_streams = 16
         self.evict_idle_ms = 60000
-        self.max_inflated = None
+        self.max_inflated = (1 << 30) - 1   # a small int on a 32-bit board too
         self.advertise_compression = None
         self.client_protocol = 2
         self.compress = True

@@ -96,8 +96,9 @@ class MemRoom:
                     await c.t._deliver(frame)
         elif ftype == link.PING:
             await conn.t._deliver(relayside.encode_frame(link.PONG, body))
-        elif ftype == link.LEAVE:
-            await self._leave(conn, "client initiated")
+        elif ftype == link.LEAVE:   # its reason passed on, as the relay does
+            d = relayside.check_leave(link.decode_control(body))
+            await self._leave(conn, "client initiated" + (": " + d["reason"] if d["reason"] else ""))
 
     async def _data(self, conn, body):
         if conn.identity is None:

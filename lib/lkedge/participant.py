@@ -179,7 +179,11 @@ class LocalParticipant:
                 _log_send_failure(inv, e)
         except Exception as e:
             room._deadlines.pop(inv, None)
-            if not isinstance(e, RpcError):  # the caller gets 1500; the details belong here
+            if reader is not None and e is reader._error:
+                # the caller's request stream failed (cut short, too long): not the
+                # handler's fault, and livekit-client's answer to it
+                e = _unreadable(e)
+            elif not isinstance(e, RpcError):  # the caller gets 1500; the details belong here
                 load("misuse")._handler_failed(inv, e)
             await self._send_error(inv, e)
         except asyncio.CancelledError:
@@ -275,17 +279,17 @@ class LocalParticipant:
             self._room, "bytes", data, topic, destination_identities, attributes,
             stream_id=stream_id, compress=compress, name=name, mime_type=mime_type)
 
-    async def send_file(self, file_path, *, topic="", name=None, mime_type=MIME_BYTES,
-                        destination_identities=None, attributes=None, stream_id=None):
+    async def send_file(self, file_path, *, topic="", name=None, mime_type=None,
+                        destination_identities=None, attributes=None, stream_id=None, compress=None):
         """Send a file as a byte stream, read through one small buffer (lkedge.sending)."""
         return await load("sending").send_file(self, file_path, topic, name, mime_type,
-                                               destination_identities, attributes, stream_id)
+                                               destination_identities, attributes, stream_id, compress)
 
     async def stream_text(self, *, destination_identities=None, topic="", attributes=None,
-                          stream_id=None, reply_to_id=None):
+                          stream_id=None, reply_to_id=None, total_size=None):
         """An incremental text stream: `await w.write(str)`, then `await w.aclose()`."""
         return await self._open_writer("text", topic, destination_identities or [], attributes, stream_id,
-                                       reply_to_stream_id=reply_to_id or "")
+                                       total_size=total_size, reply_to_stream_id=reply_to_id or "")
 
     async def stream_bytes(self, name="unknown", *, mime_type=MIME_BYTES, destination_identities=None,
                            topic="", attributes=None, stream_id=None, total_size=None):
@@ -357,10 +361,16 @@ async def _whole_request(reader, limit, method):
     try:
         return await reader.read_all(limit=limit)
     except ValueError as e:
-        if type(e) is not ValueError:  # a stream error, not read_all's limit
-            raise
+        if type(e) is not ValueError:  # a stream error (cut short, invalid UTF-8), not the limit
+            raise _unreadable(e)
         raise RpcError(RpcError.REQUEST_PAYLOAD_TOO_LARGE, None,
                        "%s: method %r takes its request whole, up to max_rpc_payload" % (e, method))
+
+
+def _unreadable(e):
+    """The answer to a request whose stream could not be read: livekit-client's data
+    ("Error reading RPC request payload"), and why."""
+    return RpcError(RpcError.APPLICATION_ERROR, None, "Error reading RPC request payload: %s" % (e,))
 
 
 def _log_send_failure(inv, e):

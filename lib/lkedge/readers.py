@@ -66,6 +66,10 @@ class _Reader:
             self._done.set()
 
     cancel = _abandon  # public: stop reading, drop the rest (and free the link)
+    close = _abandon   # the LiveKit SDK's names for it
+
+    async def aclose(self):
+        self._abandon()
 
     # ---- consumer side ----
     def _poll(self):

@@ -38,6 +38,10 @@ _HEADROOM = 24576
 _UNTRACKED_MAX = 64   # participants not held whose leaving is still told apart
 
 
+_EVENTS = ("participant_connected", "participant_disconnected", "participant_updated", "reconnecting",
+           "reconnected", "disconnected")
+
+
 def _warn(msg):
     print("lkedge:", msg)
 
@@ -140,12 +144,20 @@ class Room:
         participant_updated(p) (its attributes, capabilities or protocol changed),
         reconnecting() (the link was lost, why in room.last_error; the room rejoins),
         reconnected(), disconnected(reason) (for good: disconnect(), a final LEAVE, or a
-        loss without auto_reconnect).
+        loss without auto_reconnect). Another name (one of the LiveKit SDK's many others,
+        such as connection_state_changed) is refused: its listener would never run.
         """
+        if event not in _EVENTS:
+            raise ValueError("no event %r here: a Room emits %s" % (event, ", ".join(_EVENTS)))
+
         def reg(fn):
             self._listeners.setdefault(event, []).append(fn)
             return fn
         return reg(callback) if callback is not None else reg
+
+    def off(self, event, callback):
+        """Remove a listener on() added (ValueError if it is not one)."""
+        self._listeners.get(event, []).remove(callback)
 
     def _emit(self, event, *args):
         for fn in self._listeners.get(event, ()):
@@ -293,8 +305,11 @@ class Room:
                 raise ConnectError("the link closed while joining: %s" % self.last_error)
             raise ConnectError("the relay refused to join: LEAVE %s %s" % (code, self.leave_reason), code)
 
-    async def disconnect(self):
-        """Leave the room: LEAVE 1 to the relay, pending calls fail, tasks stop."""
+    async def disconnect(self, *, reason=None):
+        """Leave the room: LEAVE 1 to the relay, pending calls fail, tasks stop.
+        `reason` (as in the LiveKit SDK, which takes its enum) is the LEAVE's reason
+        text and the disconnected event's; default "client initiated"."""
+        reason = "client initiated" if reason is None else str(reason)
         self._closing = True
         was = self.connection_state
         t = self._transport
@@ -305,7 +320,7 @@ class Room:
                 old = None
             try:  # bounded: on a link that does not drain, disconnect() must still end
                 await asyncio.wait_for(self._sender.send_frame(
-                    link.LEAVE, cbor.dumps({"code": link.LEAVE_CLIENT, "reason": "client initiated"})), 2)
+                    link.LEAVE, cbor.dumps({"code": link.LEAVE_CLIENT, "reason": reason[:200]})), 2)
             except Exception:
                 pass
             if old is not None:
@@ -327,7 +342,7 @@ class Room:
         self._lingering = set()
         self.connection_state = "disconnected"
         if was != "disconnected":
-            self._emit("disconnected", "client initiated")
+            self._emit("disconnected", reason)
 
     async def _drop_transport(self):
         t = self._transport
@@ -778,9 +793,16 @@ class Room:
                             pass
         except Exception as e:
             _warn("stream handler for %r failed: %r" % (reader.info.topic, e))
+            reader._abandon()
         finally:
             self._handling.discard(reader)
             self._lingering.discard(reader)
+            if not (reader._abandoned or reader._claimed or reader._ended and reader._data is None):
+                # LiveKit's readers queue what comes; ours hand it over when read, so
+                # what nobody read is gone: said, not silent (cancel() says "on purpose")
+                _warn("stream %s from %r dropped unread: its handler returned without reading it (read "
+                      "it there or in a task that starts at once; reader.cancel() drops one on purpose)"
+                      % (reader.info.stream_id, sender))
             reader._abandon()
 
     # ------------------------------------------------------------ control
@@ -834,8 +856,7 @@ class Room:
         _warn("a participant announcement dropped: no heap to read it")
 
     def _on_joined(self, d):
-        self.name = d["room"]
-        self.sid = d.get("sid", "")
+        self.name = d["room"]   # (LINK.md's JOINED has no room sid: Room.sid stays "")
         self.server_version = d.get("server_version", "")
         self.max_frame = d.get("max_frame", self.max_frame)
         self._sender.max_frame = self.max_frame

@@ -333,8 +333,9 @@ class RpcServer:
             if not rid:
                 self.last_rejection = "RPC request stream from %r dropped: %s" % (sender, problem)
                 return [], None
-            return [error_packet(sender, rid, RpcError(RpcError.APPLICATION_ERROR,
-                                                       "RPC data stream malformed", problem))], None
+            # as livekit-client: the built-in message, "RPC data stream malformed" in data
+            return [error_packet(sender, rid, RpcError(RpcError.APPLICATION_ERROR, None,
+                                                       "RPC data stream malformed: " + problem))], None
         packets = [ack_packet(sender, rid)]
         if version != 2:
             packets.append(error_packet(sender, rid, RpcError(
@@ -352,8 +353,8 @@ class RpcServer:
         rid = (attributes or {}).get(ATTR_RPC_REQUEST_ID, "")
         if not rid:
             return []
-        return [error_packet(sender, rid, RpcError(RpcError.APPLICATION_ERROR,
-                                                   "RPC request stream refused", why))]
+        return [error_packet(sender, rid, RpcError(RpcError.APPLICATION_ERROR, None,
+                                                   "RPC request stream refused: " + why))]
 
     def response(self, inv, payload):
         if inv.transport == "stream":

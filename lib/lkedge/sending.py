@@ -6,7 +6,7 @@ packets): a board that only streams incrementally or answers RPCs with an async
 iterable never loads either.
 """
 from . import finite, load, streams
-from .consts import STREAM_CHUNK_SIZE_BYTES
+from .consts import MIME_BYTES, STREAM_CHUNK_SIZE_BYTES
 from .ids import uuid4
 from .participant import _now_epoch_ms, is_awaitable
 from .utf8 import encoded_text
@@ -89,25 +89,29 @@ async def end_abnormally(room, sid, dests, e):
         pass  # no link: its loss ends the stream for the receivers
 
 
-async def send_file(lp, file_path, topic, name, mime_type, destination_identities, attributes, stream_id):
+async def send_file(lp, file_path, topic, name, mime_type, destination_identities, attributes, stream_id,
+                    compress=None):
     """Send a file as a byte stream, read through one small buffer.
 
     Up to half a chunk the file is read whole and sent like send_bytes (inline and
     compressed where negotiated). A larger one goes inline where negotiated and its
     packet fits 15000 bytes, its content read from the file into the frame; else it
     is chunked straight from the file. Neither is compressed: that would need it in
-    memory.
+    memory. mime_type None: guessed from the name where the runtime can (CPython's
+    mimetypes, as the LiveKit SDK does), else application/octet-stream.
     """
     import os
     size = os.stat(file_path)[6]
     if name is None:
         name = file_path.split("/")[-1]
+    if mime_type is None:
+        mime_type = _guess_type(file_path)
     dests = destination_identities or []
     if size <= STREAM_CHUNK_SIZE_BYTES // 2:
         with open(file_path, "rb") as f:
             return await lp.send_bytes(f.read(), name=name, mime_type=mime_type,
                                        destination_identities=dests, topic=topic,
-                                       attributes=attributes, stream_id=stream_id)
+                                       attributes=attributes, stream_id=stream_id, compress=compress)
     sid = stream_id or uuid4()
     room = lp._room
     inline_ok = finite.negotiate(room.recipients(dests), False)[0]
@@ -141,6 +145,14 @@ async def send_file(lp, file_path, topic, name, mime_type, destination_identitie
             raise
     await room._send(streams.trailer_packet(sid, dests))
     return _info(room, hdr, "bytes")
+
+
+def _guess_type(path):
+    try:
+        import mimetypes   # not on MicroPython
+    except ImportError:
+        return MIME_BYTES
+    return mimetypes.guess_type(path)[0] or MIME_BYTES
 
 
 async def gather_text(source, cap, error):

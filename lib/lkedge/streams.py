@@ -255,16 +255,25 @@ class OutgoingStream:
 
 
 # ================================================================== incoming
+def _gap(last, index):
+    return StreamError("gap in chunk indices: chunk %d missing" % (last + 1) if index == last + 2
+                       else "gap in chunk indices: chunks %d..%d missing" % (last + 1, index - 1))
+
+
 class StreamInfo:
     """What a handler learns about an incoming stream (like LiveKit's TextStreamInfo /
-    ByteStreamInfo). `attributes` gets the trailer's attributes merged at the end."""
+    ByteStreamInfo: .size and .attachments are LiveKit's names for .total_length and
+    .attached_stream_ids). `attributes` gets the trailer's attributes merged at the end."""
 
     def __init__(self, sender_identity, header, kind):
         self.stream_id = header.get("stream_id", "")
         self.topic = header.get("topic", "")
         self.timestamp = header.get("timestamp", 0)
         self.mime_type = header.get("mime_type", "")
-        self.total_length = header.get("total_length")
+        # 0 is "unknown", as livekit-client reads it (some of its senders write 0 for a
+        # stream of unknown length)
+        self.total_length = header.get("total_length") or None
+        self.size = self.total_length   # LiveKit's name for it
         self.attributes = dict(header.get("attributes") or {})
         self.kind = kind
         self.sender_identity = sender_identity
@@ -275,7 +284,7 @@ class StreamInfo:
         self.operation_type = th.get("operation_type", OP_CREATE)
         self.version = th.get("version", 0)
         self.reply_to_stream_id = th.get("reply_to_stream_id", "")
-        self.attached_stream_ids = list(th.get("attached_stream_ids") or ())
+        self.attached_stream_ids = self.attachments = list(th.get("attached_stream_ids") or ())
         self.generated = bool(th.get("generated", False))
 
     def __repr__(self):
@@ -406,7 +415,7 @@ class IncomingStreams:
             comp = header.get("compression", COMPRESSION_NONE)
             if comp == COMPRESSION_DEFLATE_RAW and not self.can_inflate:
                 why = "compressed (DEFLATE_RAW) and this receiver cannot inflate"
-            elif (comp == COMPRESSION_DEFLATE_RAW and header.get("total_length") is None
+            elif (comp == COMPRESSION_DEFLATE_RAW and not header.get("total_length")
                   and self.max_inflated is None):
                 # Senders compress only finite streams; without a total_length nothing
                 # would bound what it inflates to (a decompression bomb).
@@ -504,7 +513,9 @@ class IncomingStreams:
         if st.cur_index != chunk_index:
             if not len(piece) and final:
                 # an empty chunk is ignored but uses its index, as in livekit-client:
-                # the chunk after it is no gap
+                # the chunk after it is no gap; one after a gap is no cover for it
+                if chunk_index > st.last_index + 1:
+                    return self._end(st, _gap(st.last_index, chunk_index))
                 if chunk_index == st.last_index + 1 and st.cur_index == -1:
                     st.last_index = chunk_index
                 return ()
@@ -547,9 +558,7 @@ class IncomingStreams:
         if index != st.last_index + 1:
             # STREAMS.md makes it an error on a compressed stream; livekit-client on every
             # stream ("Missing chunk(s)"): delivering the rest would hand out corrupt data
-            return StreamError("gap in chunk indices: chunk %d missing" % (st.last_index + 1)
-                               if index == st.last_index + 2 else "gap in chunk indices: chunks %d..%d missing"
-                               % (st.last_index + 1, index - 1))
+            return _gap(st.last_index, index)
         st.dropping = False
         st.last_index = index
         return None

@@ -403,6 +403,33 @@ async def test_sync_listener_that_raises_does_not_stop_the_room():
     await close(a, b)
 
 
+async def test_a_listener_off_is_no_longer_called_and_an_unknown_event_is_refused():
+    mem = MemRoom()
+    a = await join(mem, "a")
+    seen = []
+    fn = a.on("participant_connected", lambda p: seen.append(p.identity))
+    b = await join(mem, "b")
+    await settle(lambda: seen == ["b"])
+    a.off("participant_connected", fn)
+    c = await join(mem, "c")
+    await settle(lambda: "c" in a.remote_participants)
+    await asyncio.sleep(0.02)
+    assert seen == ["b"], seen
+    try:
+        a.off("participant_connected", fn)
+        raise AssertionError("a listener removed twice")
+    except ValueError:
+        pass
+    # a LiveKit SDK event this Room never emits: refused, not silently never called
+    for name in ("connection_state_changed", "participant_attributes_changed", "track_subscribed"):
+        try:
+            a.on(name, print)
+            raise AssertionError(name)
+        except ValueError as e:
+            assert ("no event %r here: a Room emits participant_connected" % name) in str(e), str(e)
+    await close(a, b, c)
+
+
 async def test_disconnect_runs_async_listeners_it_triggers():
     mem, a, b = await pair()
     said = []
@@ -413,6 +440,23 @@ async def test_disconnect_runs_async_listeners_it_triggers():
     a.on("disconnected", on_disconnected)
     await a.disconnect()
     await settle(lambda: said == ["client initiated"])
+    await close(b)
+
+
+async def test_disconnect_takes_a_reason_as_the_livekit_sdk_and_says_it():
+    mem, a, b = await pair()
+    said = []
+    a.on("disconnected", said.append)
+    left = []
+    real = mem._leave
+
+    async def leave(conn, reason):
+        left.append(reason)
+        await real(conn, reason)
+    mem._leave = leave
+    await a.disconnect(reason="going to sleep")
+    await settle(lambda: said and left)
+    assert said == ["going to sleep"] and left == ["client initiated: going to sleep"], (said, left)
     await close(b)
 
 

@@ -560,8 +560,8 @@ async def test_a_request_stream_refused_for_want_of_stream_slots_is_answered_wit
     r = await peer.wait_for(lambda p: "rpc_response" in p)
     assert r["rpc_response"]["request_id"] == "r-1"
     err = r["rpc_response"]["error"]
-    assert err["code"] == 1500 and err["message"] == "RPC request stream refused", err
-    assert "too many open streams (limit 1)" in err["data"], err
+    assert err["code"] == 1500 and err["message"] == "Application error in method handler", err
+    assert err["data"].startswith("RPC request stream refused: ") and "too many open streams (limit 1)" in err["data"], err
     await close(a, peer)
 
 
@@ -941,7 +941,8 @@ async def test_v2_malformed_request_stream_is_answered_1500_without_ack_and_unan
         await _v2_request(peer, "a", rid, "m", "x", attrs=attrs)
         r = await peer.wait_for(_is_response_to(rid))
         err = r["rpc_response"]["error"]
-        assert err["code"] == 1500 and err["message"] == "RPC data stream malformed", err
+        assert err["code"] == 1500 and err["message"] == "Application error in method handler", err
+        assert err["data"].startswith("RPC data stream malformed: "), err
         assert not [p for p in peer.packets if "rpc_ack" in p], "nothing is acked before it validates"
     await _v2_request(peer, "a", "", "m", "x", attrs={"lk.rpc_request_method": "m"})   # no id
     r = await request_v1(peer, "a", "after", "m")
@@ -2049,3 +2050,54 @@ async def test_a_caller_leaving_while_its_answer_waits_on_a_full_link_leaves_the
     await settle(lambda: not a._invoking)
     assert a.connection_state == "connected", (a.connection_state, a.last_error)
     await close(a)
+
+
+async def test_a_compressed_request_stream_without_total_length_is_answered():
+    # livekit-client takes one (its senders' comments expect compressed incremental
+    # streams); under RoomOptions' default max_inflated, so do we
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    a.local_participant.register_rpc_method("echo", lambda d: d.payload.upper())
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "req-z", "topic": "lk.rpc_request", "mime_type": "text/plain", "text_header": {},
+        "compression": 1,
+        "attributes": {"lk.rpc_request_id": "r-z", "lk.rpc_request_method": "echo",
+                       "lk.rpc_request_response_timeout_ms": "8000", "lk.rpc_request_version": "2"}}})
+    await peer.send({"destination_identities": ["a"], "stream_chunk": {
+        "stream_id": "req-z", "content": bytes.fromhex("cb48cdc9c90700")}})   # "hello", raw DEFLATE
+    await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "req-z"}})
+    hdr = await peer.wait_for(lambda p: "stream_header" in p and p["stream_header"]["topic"] == "lk.rpc_response")
+    body = await peer.wait_for(lambda p: "stream_chunk" in p or "inline_content" in p.get("stream_header", {}))
+    content = body["stream_header"]["inline_content"] if "stream_header" in body else body["stream_chunk"]["content"]
+    assert bytes(content) == b"HELLO", (hdr, body)
+    assert not [p for p in peer.packets if "rpc_response" in p], peer.packets
+    await close(a, peer)
+
+
+async def test_a_request_stream_cut_short_is_answered_as_livekit_client_does_not_as_a_handler_failure():
+    # livekit-client answers a request whose payload it cannot read 1500 with data
+    # "Error reading RPC request payload"; the handler did nothing wrong, so no
+    # "RPC handler ... failed" report either (buffered and streaming handlers alike)
+    from lkedge import misuse
+    failed = []
+    real, misuse._handler_failed = misuse._handler_failed, lambda inv, e: failed.append(e)
+    try:
+        mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+        a.local_participant.register_rpc_method("whole", lambda d: "never")
+
+        async def pieces(data):
+            async for _ in data.reader:
+                pass
+            return "never"
+        a.local_participant.register_rpc_method("pieces", pieces, streaming=True)
+        for rid, method in (("cut-w", "whole"), ("cut-p", "pieces")):
+            await _v2_request(peer, "a", rid, method, "part of it", trailer=False)
+            await peer.send({"destination_identities": ["a"], "stream_trailer": {
+                "stream_id": "req-" + rid, "reason": "sender stopped: cancelled"}})
+            r = await peer.wait_for(_is_response_to(rid))
+            err = r["rpc_response"]["error"]
+            assert err["code"] == 1500 and err["message"] == "Application error in method handler", err
+            assert err["data"].startswith("Error reading RPC request payload: abnormal end"), err
+        assert not failed, failed
+        await close(a, peer)
+    finally:
+        misuse._handler_failed = real

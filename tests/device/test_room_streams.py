@@ -356,6 +356,26 @@ async def test_stream_bytes_with_total_size_announces_it_and_refuses_more():
     await close(a, peer)
 
 
+async def test_stream_text_with_total_size_counts_utf8_bytes_as_the_livekit_sdk():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    w = await a.local_participant.stream_text(topic="t", destination_identities=["p"], total_size=4)
+    h = (await peer.wait_for(lambda p: "stream_header" in p))["stream_header"]
+    assert h["total_length"] == 4 and "text_header" in h
+    await w.write("h\u00e9")   # 3 bytes
+    try:
+        await w.write("\u00e9")   # 2 more: 5
+    except ValueError as e:
+        assert "length exceeded" in str(e), e
+    else:
+        raise AssertionError("writing past total_size must be refused")
+    await w.write("!")
+    await w.aclose()
+    await peer.wait_for(lambda p: "stream_trailer" in p)
+    chunks = [p["stream_chunk"]["content"] for p in peer.packets if "stream_chunk" in p]
+    assert b"".join(chunks).decode() == "h\u00e9!"
+    await close(a, peer)
+
+
 async def test_stream_handlers_running_at_once_are_bounded_by_max_streams():
     mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=2)
     gate = asyncio.Event()
@@ -896,6 +916,7 @@ async def test_a_sync_handler_may_hand_its_reader_to_a_task_as_in_the_livekit_sd
 
 
 async def test_a_reader_read_after_its_handler_returned_says_so_instead_of_ending_empty():
+    from attribute_helpers import Warnings
     mem, a, b = await pair()
     kept = []
     outcome = []
@@ -903,14 +924,52 @@ async def test_a_reader_read_after_its_handler_returned_says_so_instead_of_endin
     async def keep(reader, sender):
         kept.append(reader)   # returns without reading: the rest is dropped
     b.register_text_stream_handler("t", keep)
-    await a.local_participant.send_text("x" * 40000, topic="t", destination_identities=["b"])
-    await settle(lambda: kept and not b._handling)
+    with Warnings() as warns:
+        await a.local_participant.send_text("x" * 40000, topic="t", destination_identities=["b"])
+        await settle(lambda: kept and not b._handling)
     try:
         await kept[0].read_all()
         outcome.append("read")
     except Exception as e:
         outcome.append(str(e))
     assert outcome and "stream abandoned" in outcome[0], outcome
+    # and the drop was said when it happened (LiveKit's readers would have queued it)
+    assert len(warns) == 1 and "dropped unread: its handler returned without reading it" in warns[0], warns
+    await close(a, b)
+
+
+async def test_a_stream_dropped_on_purpose_or_read_is_not_warned_about():
+    from attribute_helpers import Warnings
+    mem, a, b = await pair()
+
+    async def skip(reader, sender):
+        reader.cancel()
+
+    async def close_it(reader, sender):
+        await reader.aclose()   # the LiveKit SDK's name
+
+    def sync_close(reader, sender):
+        reader.close()
+
+    async def read(reader, sender):
+        await reader.read_all()
+    got = []
+
+    def to_task(reader, sender):   # the LiveKit idiom: a task that reads at once
+        async def consume():
+            got.append(await reader.read_all())
+        asyncio.create_task(consume())
+    for topic, h in (("skip", skip), ("aclose", close_it), ("close", sync_close), ("read", read),
+                     ("task", to_task)):
+        b.register_text_stream_handler(topic, h)
+    with Warnings() as warns:
+        for topic in ("skip", "aclose", "close", "read", "task"):
+            for text in ("small", "y" * 40000):   # inline, and chunked
+                await a.local_participant.send_text(text, topic=topic, destination_identities=["b"])
+        await settle(lambda: len(got) == 2 and not b._handling)
+        await a.local_participant.send_text("z", topic="read", destination_identities=["b"])   # the link still flows
+        await settle(lambda: not b._handling)
+    assert warns == [], warns
     await close(a, b)
 
 
@@ -1048,3 +1107,64 @@ async def test_one_sender_holding_every_stream_slot_gives_one_up_to_another_send
     assert all(s == "hog" and "of the 4 slots; another sender's stream took this one" in e
                for s, e in ended), ended
     await close(b, hog, good)
+
+
+async def test_a_compressed_stream_without_total_length_is_taken_under_the_default_cap():
+    # livekit-client takes DEFLATE_RAW streams with or without a length (bounded by its
+    # 5 GB cap); RoomOptions.max_inflated bounds ours, so such a stream is no longer
+    # refused, and one that inflates past the cap ends with an error
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    assert a.options.max_inflated == (1 << 30) - 1
+    got = []
+    a.register_byte_stream_handler("m", _collector(got))
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "nl1", "topic": "m", "byte_header": {"name": "n"}, "compression": 1}})
+    await peer.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": "nl1", "content": HELLO}})
+    await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "nl1"}})
+    await settle(lambda: got)
+    assert got[0][2] == b"hello" and got[0][1].total_length is None, got
+    await close(a, peer)
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, max_inflated=4)
+    errors = []
+    a.register_byte_stream_handler("m", error_collector(errors))
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "nl2", "topic": "m", "byte_header": {"name": "n"}, "compression": 1,
+        "inline_content": HELLO}})
+    await settle(lambda: errors)
+    assert "decompression output exceeds 4 bytes" in errors[0], errors
+    await close(a, peer)
+
+
+async def test_the_room_sid_is_not_the_local_participants():
+    # LiveKit's Room.sid is the room's (RM_...); LINK.md's JOINED carries only the
+    # participant's sid, which is local_participant.sid: the room's stays unknown ("")
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    assert a.local_participant.sid == mem.conns["a"].sid != ""
+    assert a.sid == "" and a.name == mem.name
+    await close(a, peer)
+
+
+async def test_send_file_guesses_the_mime_type_where_it_can_and_takes_compress(tmp="stream_guess.json"):
+    # As the LiveKit SDK: the type from the name (CPython's mimetypes; a board has no
+    # such table: application/octet-stream), unless one is given; compress=False is
+    # honoured for a small file even to a recipient that could inflate
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, capabilities=[2])
+    with open(tmp, "w") as f:
+        f.write('{"a": 1}' * 200)
+    try:
+        await a.local_participant.send_file(tmp, topic="file", destination_identities=["p"], compress=False)
+        h1 = (await peer.wait_for(lambda p: "stream_header" in p))["stream_header"]
+        await a.local_participant.send_file(tmp, topic="file", destination_identities=["p"],
+                                            mime_type="text/x-mine")
+        h2 = (await peer.wait_for(lambda p: "stream_header" in p and p["stream_header"] is not h1))["stream_header"]
+    finally:
+        import os
+        os.remove(tmp)
+    try:
+        import mimetypes  # noqa: F401
+        guessed = "application/json"
+    except ImportError:
+        guessed = "application/octet-stream"
+    assert h1["mime_type"] == guessed and h1.get("compression", 0) == 0 and h1["inline_content"], h1
+    assert h2["mime_type"] == "text/x-mine" and h2.get("compression", 0) == (1 if finite.can_compress() else 0), h2
+    await close(a, peer)

@@ -407,11 +407,53 @@ def test_duplicate_chunk_index_on_a_compressed_stream_is_dropped():
     assert bytes(col.data["c"]) == b"hello" and col.ended["c"] is None
 
 
-def test_empty_chunk_on_a_compressed_stream_is_ignored_not_a_gap():
+def test_empty_chunk_on_a_compressed_stream_is_ignored():
     inc, col = _inc("t")
-    feed_all(inc, col, "a", [_hdr("c", total_length=5, compression=1), _chunk("c", 3, b""),
-                             _chunk("c", 0, HELLO), _chunk("c", 1, b""), _trailer("c")])
+    feed_all(inc, col, "a", [_hdr("c", total_length=5, compression=1), _chunk("c", 0, HELLO),
+                             _chunk("c", 1, b""), _chunk("c", 0, b""), _trailer("c")])
     assert bytes(col.data["c"]) == b"hello" and col.ended["c"] is None
+
+
+def test_an_empty_chunk_after_a_gap_is_the_gap_as_in_livekit_client():
+    # ensureOrderedChunks checks the index before it drops an empty chunk: "ab" then an
+    # empty chunk 2 and the trailer is a stream missing chunk 1, not a complete "ab"
+    for comp in ({}, {"compression": 1, "total_length": 5}):
+        inc, col = _inc("t")
+        first = HELLO if comp else b"ab"
+        feed_all(inc, col, "a", [_hdr("g", **comp), _chunk("g", 0, first), _chunk("g", 2, b""),
+                                 _trailer("g")])
+        assert str(col.ended["g"]) == "gap in chunk indices: chunk 1 missing", (comp, col.ended)
+    inc, col = _inc("t")   # before any chunk: chunks 0..2 missing
+    feed_all(inc, col, "a", [_hdr("h"), _chunk("h", 3, b""), _chunk("h", 0, b"x"), _trailer("h")])
+    assert str(col.ended["h"]) == "gap in chunk indices: chunks 0..2 missing", col.ended
+    assert not inc.open and not col.ignored   # its later packets dropped silently
+
+
+def test_total_length_0_means_unknown_as_in_livekit_client():
+    # livekit-client reads a header's totalLength of 0 as "size unknown" (its older
+    # senders wrote 0 for a stream of unknown length): data after it is no
+    # "length exceeded", and no end is "incomplete"
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("z", total_length=0), _chunk("z", 0, b"hello"), _trailer("z")])
+    assert bytes(col.data["z"]) == b"hello" and col.ended["z"] is None, col.ended
+    assert col.opened[0].total_length is None and col.opened[0].size is None
+    # compressed: as without a total_length, only under a cap (RoomOptions' default)
+    inc, col = _inc("t")
+    col.run(inc.header("a", _hdr("zi", total_length=0, compression=1)["stream_header"], HELLO))
+    assert "compressed without a total_length" in col.ignored[0][1], col.ignored
+    inc, col = _inc("t", max_inflated=1000)
+    col.run(inc.header("a", _hdr("zi", total_length=0, compression=1)["stream_header"], HELLO))
+    assert bytes(col.data["zi"]) == b"hello" and col.ended["zi"] is None, col.ended
+
+
+def test_stream_info_has_livekits_size_and_attachments():
+    inc, col = _inc("t")
+    feed_all(inc, col, "a", [_hdr("n", kind="text", total_length=3,
+                                  text_header={"attached_stream_ids": ["f1", "f2"]}),
+                             _chunk("n", 0, b"abc"), _trailer("n")])
+    info = col.opened[0]
+    assert info.size == info.total_length == 3
+    assert info.attachments == info.attached_stream_ids == ["f1", "f2"]
 
 
 def test_compressed_chunked_stream_goes_through_one_inflater_in_index_order():

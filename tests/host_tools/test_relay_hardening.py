@@ -170,6 +170,26 @@ async def test_a_paused_websocket_sender_holds_a_few_frames_not_a_queue_of_messa
         wr.close()
 
 
+async def test_a_link_client_at_the_websocket_port_is_told_at_once_with_a_leave_naming_the_link_port():
+    # A tcp:// URL given the WebSocket port: websockets waited for a request line that
+    # never came, and the client for a JOINED till its join timeout (10 s), then said
+    # nothing of why. No HTTP request begins with a JOIN frame's length varint.
+    from linkpeer import LinkPeer
+    async with RelayUnderTest() as r:
+        peer = await LinkPeer.tcp(*r.srv.addresses["ws"])
+        r.peers.append(peer)
+        t0 = time.monotonic()
+        await peer.join(r.token("lost"), expect=False)
+        body = await expect_leave(peer, link.LEAVE_PROTOCOL)
+        assert time.monotonic() - t0 < 2
+        assert "this is the relay's WebSocket port" in body["reason"], body
+        assert "its link port is tcp://%s:%d" % r.tcp in body["reason"], body
+        assert r.srv.ws_handshakes == 0
+        ok = await LinkPeer.ws(r.ws_url)   # a WebSocket client there still joins
+        r.peers.append(ok)
+        assert (await ok.join(r.token("fine")))["identity"] == "fine"
+
+
 async def test_websocket_upgrade_requests_in_progress_are_bounded_and_counted_as_connections():
     # Unfinished upgrade requests need no token: websockets held up to 128 header lines
     # of 8 KiB each, and they did not count in max_connections (1000 of them: 1.1 GB).

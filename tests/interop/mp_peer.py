@@ -497,7 +497,7 @@ class Commands:
 
 def joined_event(room):
     return {"event": "joined", "identity": room.local_participant.identity,
-            "sid": room.sid, "room": room.name, "server_version": room.server_version,
+            "sid": room.local_participant.sid, "room": room.name, "server_version": room.server_version,
             "participants": [p.identity for p in room.remote_participants.values()]}
 
 
