@@ -44,8 +44,8 @@ class RoomOptions:
     max_inflated     cap on decompressed bytes of one stream, whatever its total_length
                      says (a sender may claim any): 1 GiB - 1 byte (livekit-client takes up
                      to 5 GB; readers hand inflated data out piece by piece, so this bounds
-                     time, not memory). None: total_length only, and a compressed stream
-                     without total_length is refused
+                     time, not memory); boards 16 MiB. None: total_length only, and a
+                     compressed stream without total_length is refused
     advertise_compression  advertise CAP_COMPRESSION_DEFLATE_RAW (None: if we can inflate,
                      on MicroPython with a 32 KiB window held and 24 KiB left free beside
                      it; True: whenever the window can be held)
@@ -95,13 +95,16 @@ class RoomOptions:
     @classmethod
     def for_board(cls, profile=None, **kw):
         """Small-buffer settings for a microcontroller; `profile` is a boards/ dict."""
+        # max_inflated: a board inflates at ~1-3 MB/s inside its one link reader, so a
+        # 255 KB bomb claiming 256 MiB held its link (every call: 1501) for 99 s
         opts = cls(read_buffer=512, piece_size=512, max_field=2048, max_values=8192, max_attributes=16384,
-                   max_participants=24, max_frame=16384, max_streams=4, max_rpc_payload=16384, max_rpc_handlers=4)
+                   max_participants=24, max_frame=16384, max_streams=4, max_rpc_payload=16384, max_rpc_handlers=4,
+                   max_inflated=16 << 20)
         if profile:
             link = profile.get("link", profile)
             for k in ("read_buffer", "piece_size", "max_field", "max_values", "max_attributes", "max_participants",
                       "max_streams",
-                      "evict_idle_ms", "max_frame", "advertise_compression", "client_protocol"):
+                      "evict_idle_ms", "max_frame", "advertise_compression", "client_protocol", "max_inflated"):
                 if k in link:   # a profile's link keys are RoomOptions names
                     setattr(opts, k, link[k])
         for k in kw:

@@ -411,6 +411,7 @@ class Room:
         dec = proto.PacketDecoder(o.max_field, o.max_values)
         why = "the link closed without a LEAVE (the relay stopped, or the connection was cut)"
         self._events = None  # _decoded's pending stream events belong to this task
+        first = True
         try:
             while True:
                 self._idle = 1
@@ -418,6 +419,12 @@ class Room:
                 self._idle = 0
                 if not n:
                     break
+                if first and bytes(buf[:5]) == b"HTTP/":
+                    # an HTTP server's answer to our JOIN frame: said as such, not as a
+                    # relay that closed the link (a board's log is all its user sees)
+                    why = "%s answers HTTP: a web (HTTP or WebSocket) port, not a relay's link port" % self._url
+                    break
+                first = False
                 fr.receive(buf[:n])
                 while True:
                     ev = fr.next_event()
@@ -748,6 +755,9 @@ class Room:
             held = [sid for sid, r in self._readers.items() if r._inv in self._invoking]
             for ev in self._incoming.evict_idle(self._link_ms(), held, "%d RPC handler slots" % n):
                 self._stream_ended(ev)
+            if len(self._invoking) >= n:   # or one caller's, holding most of them
+                for ev in self._incoming._evict_hog(inv.caller_identity, held, n):
+                    self._stream_ended(ev)
         if len(self._invoking) >= n:
             packets.append(self._rpc_server.error_response(inv, rpc.RpcError(
                 rpc.RpcError.APPLICATION_ERROR, "Too many concurrent RPC requests",

@@ -61,7 +61,7 @@ Incoming
 """
 from . import load, utf8
 from .consts import (COMPRESSION_DEFLATE_RAW, COMPRESSION_NONE, MIME_BYTES, MIME_TEXT,
-                     OP_CREATE, STREAM_CHUNK_SIZE_BYTES, TOPIC_RPC_REQUEST, TOPIC_RPC_RESPONSE)
+                     OP_CREATE, STREAM_CHUNK_SIZE_BYTES, TOPIC_RPC_RESPONSE)
 
 try:
     from micropython import const
@@ -363,7 +363,10 @@ class IncomingStreams:
         self.max_inflated = max_inflated
         self.piece_size = piece_size
         self.open = {}          # stream_id -> _Open
-        self._ignored = []      # bounded: ids whose chunks/trailer are dropped silently
+        # hashes of the ids of ignored streams, whose chunks/trailer are dropped
+        # silently: ids are the sender's (up to max_field bytes each); small ints, so
+        # a sender that left pins no heap here
+        self._ignored = []
 
     # ------------------------------------------------------------ header
     def header(self, sender_identity, header, inline, now_ms=0):
@@ -448,18 +451,18 @@ class IncomingStreams:
         yield ended
         return True
 
-    def _evict_hog(self, sender, among=None):
-        """Make room for `sender` when another sender holds more than half the slots
-        (of the open streams whose id is in `among`, if given) and more than `sender`
-        does: that one's stream silent longest ends (evicted), so one participant's
-        trickled streams cannot lock every other sender out. Yields its StreamEnded and
-        returns True, else False. RPC streams (lk.rpc_*) are left out: request streams
-        have slots of their own, and a response stream answers our own call."""
+    def _evict_hog(self, sender, among=None, slots=None):
+        """Make room for `sender` when another sender holds more than half the `slots`
+        (default max_streams; of the open streams whose id is in `among`, if given) and
+        more than `sender` does: that one's stream silent longest ends (evicted), so
+        one participant's trickled streams, RPC requests too, cannot lock every other
+        sender out. Yields its StreamEnded and returns True, else False. Response
+        streams (lk.rpc_response) are left out: each answers a call of our own."""
+        slots = slots or self.max_streams
         cands = []   # (a loop, not a comprehension: that would be one more code object)
         held = {}
         for st in self.open.values():
-            if (among is None or st.info.stream_id in among) and st.info.topic not in (
-                    TOPIC_RPC_REQUEST, TOPIC_RPC_RESPONSE):
+            if (among is None or st.info.stream_id in among) and st.info.topic != TOPIC_RPC_RESPONSE:
                 cands.append(st)
                 k = st.info.sender_identity
                 held[k] = held.get(k, 0) + 1
@@ -467,7 +470,7 @@ class IncomingStreams:
         for k in held:
             if hog is None or held[k] > held[hog]:
                 hog = k
-        if (hog is None or hog == sender or held[hog] <= max(1, self.max_streams // 2)
+        if (hog is None or hog == sender or held[hog] <= max(1, slots // 2)
                 or held.get(sender, 0) >= held[hog]):
             return False
         idlest = None
@@ -475,7 +478,7 @@ class IncomingStreams:
             if st.info.sender_identity == hog and (idlest is None or st.heard_ms < idlest.heard_ms):
                 idlest = st
         ended = self._end(idlest, StreamError("abnormal end: %r held %d of the %d slots; another "
-                                              "sender's stream took this one" % (hog, held[hog], self.max_streams)))[0]
+                                              "sender's stream took this one" % (hog, held[hog], slots)))[0]
         ended.evicted = True
         yield ended
         return True
@@ -503,7 +506,7 @@ class IncomingStreams:
     def chunk(self, sender_identity, stream_id, chunk_index, piece, final, now_ms=0):
         st = self.open.get(stream_id)
         if st is None:
-            if stream_id in self._ignored:
+            if hash(stream_id) in self._ignored:
                 return ()
             self._ignore(stream_id)
             return (StreamIgnored(stream_id, "chunk for a stream that is not open"),)
@@ -568,8 +571,8 @@ class IncomingStreams:
         sid = trailer.get("stream_id", "")
         st = self.open.get(sid)
         if st is None:
-            if sid in self._ignored:
-                self._ignored.remove(sid)
+            if hash(sid) in self._ignored:
+                self._ignored.remove(hash(sid))
             else:
                 yield StreamIgnored(sid, "trailer for a stream that is not open")
             return
@@ -607,6 +610,7 @@ class IncomingStreams:
 
     # ------------------------------------------------------------ helpers
     def _ignore(self, sid):
+        sid = hash(sid)
         if sid in self._ignored:
             return
         if len(self._ignored) >= _MAX_IGNORED:

@@ -670,6 +670,41 @@ async def test_connect_again_after_the_link_closed_before_joined():
     await close(r)
 
 
+class _HttpServer:
+    """What a web server (a relay's HTTP port, say) answers a JOIN frame."""
+
+    def __init__(self):
+        self.answer = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+
+    async def connect(self):
+        pass
+
+    async def write(self, data):
+        pass
+
+    async def read_into(self, buf):   # the answer, then the end of the connection
+        n = len(self.answer)
+        buf[:n] = self.answer
+        self.answer = b""
+        return n
+
+    async def close(self):
+        pass
+
+
+async def test_a_join_answered_with_http_says_it_is_not_a_relays_link_port():
+    # A board given the relay's HTTP port logged "the link closed without a LEAVE (the
+    # relay stopped...)": not what happened, and its log is all a field user sees
+    r = room_module.Room(RoomOptions(auto_reconnect=False))
+    try:
+        await r.connect(_HttpServer(), "a")
+    except ConnectError as e:
+        assert "answers HTTP: a web (HTTP or WebSocket) port, not a relay's link port" in str(e), e
+    else:
+        raise AssertionError("connect() succeeded")
+    assert r.connection_state == "disconnected"
+
+
 class _NeverConnects:
     """A transport whose connect() hangs (a relay host that drops SYNs), counting closes."""
 

@@ -1496,14 +1496,18 @@ def _open_request(sid, rid, method="echo"):
                        "lk.rpc_request_response_timeout_ms": "8000", "lk.rpc_request_version": "2"}}}
 
 
-async def _echo_room_and_two_peers(max_streams, max_rpc_handlers, q_protocol):
-    """A room serving "echo" that evicts after 300 ms, its peer p and another peer q."""
+async def _echo_room_and_two_peers(max_streams, max_rpc_handlers, q_protocol, more=()):
+    """A room serving "echo" that evicts after 300 ms, its peer p and another peer q
+    (and a v2 peer for each identity in `more`, after q)."""
     mem, a, p = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=max_streams,
                                     max_rpc_handlers=max_rpc_handlers, evict_idle_ms=300)
     q = await raw(mem, "q", client_protocol=q_protocol)
-    await settle(lambda: "q" in a.remote_participants)
+    others = []
+    for ident in more:   # (no await inside a comprehension on MicroPython)
+        others.append(await raw(mem, ident, client_protocol=2))
+    await settle(lambda: len(a.remote_participants) == 2 + len(more))
     a.local_participant.register_rpc_method("echo", lambda d: d.payload)
-    return a, p, q
+    return (a, p, q) + tuple(others)
 
 
 async def test_an_evicted_request_stream_frees_its_handler_slot_for_the_request_that_evicted_it():
@@ -1529,18 +1533,35 @@ async def test_an_evicted_request_stream_frees_its_handler_slot_for_the_request_
 
 async def test_silent_request_streams_holding_every_handler_slot_give_way_to_a_new_request():
     # more stream slots than RPC handler slots: streams never run out, so the handler
-    # slots themselves make the silent request streams give way
-    a, p, q = await _echo_room_and_two_peers(8, 4, 0)
+    # slots themselves make the silent request streams give way (two callers holding
+    # two each: neither holds more than half, so only silence frees one)
+    a, p, q, p2 = await _echo_room_and_two_peers(8, 4, 0, ["p2"])
     for i in range(4):
-        await p.send(_open_request("s%d" % i, "r%d" % i))
+        await (p if i < 2 else p2).send(_open_request("s%d" % i, "r%d" % i))
     await asyncio.sleep(0.05)
     r = await request_v1(q, "a", "early", "echo", "hi")   # not silent long enough yet
     assert r["rpc_response"]["error"]["message"] == "Too many concurrent RPC requests", r
     await asyncio.sleep(0.5)
     r = await request_v1(q, "a", "late", "echo", "hi")
     assert r["rpc_response"].get("payload") == "hi", r
-    gone = await p.wait_for(lambda x: "rpc_response" in x)   # one of the four, silent alike
-    assert gone["rpc_response"]["error"]["code"] == 1500, gone
+    await settle(lambda: [x for x in p.packets + p2.packets if "rpc_response" in x])   # one of the four
+    gone = [x for x in p.packets + p2.packets if "rpc_response" in x]
+    assert gone[0]["rpc_response"]["error"]["code"] == 1500, gone
+    await close(a, p, p2, q)
+
+
+async def test_one_caller_holding_most_handler_slots_gives_one_up_to_another_caller_at_once():
+    # per-caller fairness: p's four request streams hold all four handler slots (not
+    # silent long enough to give way); q's request takes p's stalest slot at once
+    a, p, q = await _echo_room_and_two_peers(8, 4, 0)
+    for i in range(4):
+        await p.send(_open_request("s%d" % i, "r%d" % i))
+    await asyncio.sleep(0.05)
+    r = await request_v1(q, "a", "early", "echo", "hi")
+    assert r["rpc_response"].get("payload") == "hi", r
+    gone = await p.wait_for(lambda x: "rpc_response" in x)
+    err = gone["rpc_response"]["error"]
+    assert err["code"] == 1500 and "'p' held 4 of the 4 slots; another sender's stream took this one" in err["data"], err
     await close(a, p, q)
 
 
@@ -2101,3 +2122,33 @@ async def test_a_request_stream_cut_short_is_answered_as_livekit_client_does_not
         await close(a, peer)
     finally:
         misuse._handler_failed = real
+
+
+async def test_one_callers_trickled_request_streams_give_way_to_another_caller():
+    # Two lk.rpc_request streams that never end, a byte now and then (never idle), took
+    # both of a board's stream slots, with a 49-day timeout: every other caller's
+    # chunked request was refused for as long as the attacker stayed. A sender holding
+    # more than half the slots gives its stalest one up, RPC requests too.
+    mem = MemRoom()
+    a = await join(mem, "a", max_streams=2, evict_idle_ms=60000)
+
+    async def sink(data):
+        async for _ in data.reader:
+            pass
+        return "read"
+    a.local_participant.register_rpc_method("sink", sink, streaming=True)
+    a.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    hog = await raw(mem, "hog", client_protocol=2)
+    good = await join(mem, "good", compress=False)   # a chunked request: it needs a slot
+    await settle(lambda: "hog" in a.remote_participants and "good" in a.remote_participants)
+    for i in range(2):
+        await _v2_request(hog, "a", "h%d" % i, "sink", "x", trailer=False,
+                          attrs=_rpc_attrs("h%d" % i, "sink", timeout="4294967295"))
+    await settle(lambda: len(a._incoming.open) == 2)
+    reply = await good.local_participant.perform_rpc(destination_identity="a", method="echo",
+                                                     payload="z" * 20000, response_timeout=10)
+    assert reply == "z" * 20000
+    r = await hog.wait_for(lambda p: "rpc_response" in p)
+    err = r["rpc_response"]["error"]
+    assert err["code"] == 1500 and "held 2 of the 2 slots; another sender's stream took this one" in err["data"], err
+    await close(a, hog, good)

@@ -134,6 +134,9 @@ def test_optional_max_values_is_checked_and_reaches_room_options(tmp_path):
 @pytest.mark.parametrize("key, board_default, good, bad", [
     ("evict_idle_ms", 60000, 5000, (0, "60s", 1.5)),
     ("max_attributes", 16384, 4096, (-1, "16k", 1.5)),
+    # a board inflates inside its one link reader: a 255 KB bomb claiming 256 MiB held
+    # it (every call 1501) for 99 s; hosts take up to 1 GiB
+    ("max_inflated", 16 << 20, 1 << 20, (0, "16M", 1.5)),
 ])
 def test_optional_int_or_null_link_keys_are_checked_and_reach_room_options(tmp_path, key, board_default,
                                                                            good, bad):
@@ -143,6 +146,8 @@ def test_optional_int_or_null_link_keys_are_checked_and_reach_room_options(tmp_p
     assert getattr(RoomOptions.for_board(p), key) == board_default   # the default without the key
     if key == "max_attributes":
         assert RoomOptions().max_attributes is None                   # a host's: no cap
+    if key == "max_inflated":
+        assert RoomOptions().max_inflated == (1 << 30) - 1
     f = tmp_path / "esp32.json"
     for value in (good, None):
         p["link"][key] = value
