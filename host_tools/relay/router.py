@@ -77,6 +77,8 @@ connections are open at once. Reasons the relay repeats (LEAVE, PARTICIPANT_LEFT
 MAX_REASON characters; an exception while handling a connection's bytes (a relay
 fault) ends that connection only, with LEAVE 4 and an `error` log line.
 """
+import base64
+import json
 import os
 
 from google.protobuf.message import DecodeError as _DecodeError
@@ -131,6 +133,7 @@ class _Conn:
         self.opened = now
         self.last_rx = now
         self.info = None          # participant map once joined
+        self.claimed = None       # a refused token's unverified identity and room (for the log)
         self.stamp = None         # its identity and sid as DataPacket fields (forwarding)
         self.room = None
         self.can_publish = False
@@ -390,6 +393,9 @@ class Router:
         try:
             grant = self.authenticate(j["token"])
         except Exception as e:    # the verifier's reason goes back in LEAVE 3
+            # "token expired" alone does not say which board's token it was: the log
+            # names what the token claims, marked unverified
+            c.claimed = _claimed(j["token"])
             self._drop(c, link.LEAVE_UNAUTHORIZED, str(e) or e.__class__.__name__, now)
             return
         room, identity = grant["room"], grant["identity"]
@@ -576,6 +582,8 @@ class Router:
         if c.info is not None:
             out["room"] = c.room
             out["identity"] = c.info["identity"]
+        elif c.claimed:
+            out.update(c.claimed)
         out.update(fields)
         self._actions.append((LOG, event, out))
 
@@ -654,6 +662,23 @@ def _strip_user(mv, start, vs, end):
         return mv[start:end]
     inner = b"".join(mv[vs + s:vs + e] for num, _wt, s, _v, e in sub if num not in _USER_STRIP)
     return b"\x12" + _varint(len(inner)) + inner
+
+
+def _claimed(token):
+    """The identity and room an unverified token claims, {} if it claims none: for the
+    log of a refused join only, clipped, never trusted for anything else."""
+    try:
+        part = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        video = claims.get("video") if isinstance(claims.get("video"), dict) else {}
+        out = {}
+        if isinstance(claims.get("sub"), str):
+            out["unverified_identity"] = _clip(claims["sub"])
+        if isinstance(video.get("room"), str):
+            out["unverified_room"] = _clip(video["room"])
+        return out
+    except Exception:   # not a JWT at all: nothing to name
+        return {}
 
 
 def _leave_reason(body):

@@ -177,6 +177,25 @@ async def test_malformed_claims_in_a_signed_token_get_leave_3_and_leave_no_trace
         assert r.router.connection_count() == 0 and r.router.rooms() == {}
 
 
+async def test_a_refused_join_is_logged_with_what_its_token_claims_marked_unverified():
+    # A field board whose token expired logged only "reason=token expired": which of
+    # the boards it was, nobody could tell from the relay
+    async with RelayUnderTest() as r:
+        expired = jwt.encode({"iss": auth.DEV_API_KEY, "sub": "field-7", "exp": int(time.time()) - 3600,
+                              "video": {"roomJoin": True, "room": "lab"}}, auth.DEV_API_SECRET, algorithm="HS256")
+        forged = jwt.encode({"iss": auth.DEV_API_KEY, "sub": "admin", "exp": int(time.time()) + 600,
+                             "video": {"roomJoin": True, "room": "lab"}}, "not-the-secret" * 3, algorithm="HS256")
+        for token in (expired, forged, "not a token"):
+            p = await r.connect()
+            await p.join(token, expect=False)
+            await expect_leave(p, link.LEAVE_UNAUTHORIZED)
+        lines = [ln for ln in r.logbuf.getvalue().splitlines() if "event=leave" in ln]
+        assert "unverified_identity=field-7 unverified_room=lab" in lines[0], lines
+        assert "unverified_identity=admin" in lines[1] and " identity=" not in lines[1], lines
+        assert "unverified" not in lines[2], lines
+        assert r.router.rooms() == {}
+
+
 async def test_a_data_frame_of_max_frame_from_the_longest_identity_is_forwarded():
     # LINK.md: only frames over max_frame are refused; the sender stamp the relay adds
     # fits STAMP_ROOM for every identity a token may carry.
