@@ -77,7 +77,10 @@ def _last_of_stream(pkt):
 def _info(room, header_packet, kind):
     """What send_text/send_bytes/send_file return, as LiveKit's TextStreamInfo /
     ByteStreamInfo: the stream's id, topic, timestamp, mime type, size, attributes."""
-    return streams.StreamInfo(room.local_participant.identity, header_packet["stream_header"], kind)
+    h = header_packet["stream_header"]
+    info = streams.StreamInfo(room.local_participant.identity, h, kind)
+    info.total_length = info.size = h.get("total_length")   # ours: 0 is 0, not "unknown"
+    return info
 
 
 async def end_abnormally(room, sid, dests, e):

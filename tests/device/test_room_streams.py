@@ -998,6 +998,9 @@ async def test_send_functions_return_the_streams_info_as_the_livekit_sdk_does():
     assert info.mime_type == "text/plain" and info.total_length == 2 and info.kind == "text"
     info = await a.local_participant.send_bytes(b"\x00\x01", name="b.bin", topic="x")
     assert info.kind == "bytes" and info.name == "b.bin" and info.total_length == 2 and len(info.stream_id) == 36
+    assert info.size == 2
+    info = await a.local_participant.send_text("", topic="x")   # our own empty stream: 0, known
+    assert info.size == info.total_length == 0
     await close(a, b)
 
 
