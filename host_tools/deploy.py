@@ -24,7 +24,8 @@ mpremote in the same way. Steps, each reported on stderr as "deploy: ...":
    this checkout's firmware/, the one that reads them).
 2. Ask the board (one mpremote exec) for the SHA-256 of every target file (hashlib on
    the board), its directory listings, its port, its chip, its .mpy version, its
-   unique id and the telemetry keys of its /config.json. A board whose port (sys.platform; the emulated board's own port) or chip
+   unique id, the telemetry keys of its /config.json, and its free flash (os.statvfs,
+   with the .lkedge-part copies an interrupted deploy left). A board whose port (sys.platform; the emulated board's own port) or chip
    (the last word of sys.implementation._machine, "... with ESP32S3"; the emulated
    board's profile's) is not the profile's is refused (usage error), as is an .mpy
    version mpy-cross does not emit.
@@ -41,8 +42,13 @@ mpremote in the same way. Steps, each reported on stderr as "deploy: ...":
    folders.
 4. Copy only the files whose hash differs, and config.json (one mpremote run; the
    manifest is written first listing old and new files, last listing the new ones),
-   then reset the board. Interrupted here (Ctrl-C, a lost port), the deploy says it is
-   incomplete: the board may hold part of each firmware until a deploy runs again.
+   then reset the board. Before it, the free flash is checked against what the copies
+   take (each file in whole blocks of the board's filesystem, beside its old version
+   until the renames at the end): a deploy that does not fit stops with nothing
+   copied (NoSpace, exit 1), saying how much is free, how much it needs and what to do.
+   Interrupted here (Ctrl-C, a lost port), the deploy says it is incomplete: the board
+   may hold part of each firmware until a deploy runs again. A copy that finds the
+   flash full all the same (ENOSPC) says so, and its copies are removed before exit.
 5. With a loopback relay URL, one TCP connect (RELAY_PROBE_S) checks that a relay
    listens there, else a warning (a relay on another host is not checked: it may be
    reachable from the board but not from here); a tcp:// port that answers an HTTP
@@ -69,7 +75,7 @@ Report` (what `lkedge deploy` does, for scripts and tests), `plan_build(profile,
 lib_dir, firmware_dir, out_dir, mpy_cross) -> list[Artifact]`, `deploy(options) ->
 Report` (Report.copied (config.json included), Report.unchanged, Report.removed: lists
 of board paths), `DeployError` (a RuntimeError with the reason; UsageError for options
-that cannot work).
+that cannot work; NoSpace for a flash too full for the deploy).
 """
 import argparse
 import glob
@@ -97,6 +103,9 @@ DEPLOY_WRITES = ("config.json", "profile.json")
 MANIFEST = "/.lkedge-deployed"
 # A file being deployed is copied to its path + PART, then renamed into place.
 PART = ".lkedge-part"
+# The manifest's two versions are copied the same way, under two names: the union of the
+# old and the new files goes in place before the renames, the new files' alone after.
+MANIFEST_UNION, MANIFEST_NEW = MANIFEST + PART, MANIFEST + ".new" + PART
 NO_FIRMWARE = ("--firmware %s is not a folder (your firmware's folder, with its main.py; "
                "--lib-only deploys the library without firmware)")
 # Library modules for relays, tests and CPython only: a board never imports them, so
@@ -125,6 +134,18 @@ class UsageError(DeployError):
 
 class NoRepl(DeployError):
     """Nothing on the port speaks MicroPython's raw REPL: there is no board to reset."""
+
+
+class NoSpace(DeployError):
+    """The board's flash cannot hold what the deploy copies: found before the copies
+    (nothing copied), or by a copy that failed with ENOSPC. `cleanup`: the mpremote
+    commands that give the board back the space the deploy took (run before the reset);
+    `renaming`: the flash filled up after the new files began to replace the old."""
+
+    def __init__(self, msg, cleanup=(), renaming=False):
+        super().__init__(msg)
+        self.cleanup = list(cleanup)
+        self.renaming = renaming
 
 
 class Artifact:
@@ -317,10 +338,23 @@ def _tel():
         return dict((k, c[k]) for k in ('telemetry_to', 'telemetry_interval_s') if k in c)
     except Exception:
         return None
+def _fs():
+    try:
+        s = os.statvfs('/')
+        return [s[1] or s[0], s[4]]
+    except Exception:
+        return None
+def _parts(d):
+    try:
+        return [e[3] if len(e) > 3 else os.stat(d.rstrip('/') + '/' + e[0])[6]
+                for e in os.ilistdir(d) if e[0].endswith(%(part)r) and e[1] == 0x8000]
+    except Exception:
+        return []
 _m = _man()
 print('LKEDGE-DEPLOY ' + json.dumps({'hash': dict((p, _h(p)) for p in %(paths)s),
       'ls': dict((d, _ls(d)) for d in %(dirs)s), 'mpy': sys.implementation._mpy, 'uid': _uid(),
-      'port': _port(), 'chip': _chip(), 'man': _m, 'tel': _tel()}))
+      'port': _port(), 'chip': _chip(), 'man': _m, 'tel': _tel(), 'fs': _fs(),
+      'part': [n for d in %(dirs)s for n in _parts(d)]}))
 """
 # _ls: names go as hex of their bytes (a bytes path lists bytes names on a board's
 # FAT/littlefs), so a name that is not UTF-8 cannot break the answer; 'unreadable' when
@@ -334,6 +368,11 @@ print('LKEDGE-DEPLOY ' + json.dumps({'hash': dict((p, _h(p)) for p in %(paths)s)
 # (None: gone)]; 'man' False when there is none (never deployed, or before manifests).
 # _tel: the telemetry keys of the board's config.json (None: none, or unreadable), kept
 # by a deploy that does not set them.
+# _fs: the flash's free space, [block size, blocks free] (statvfs f_frsize, f_bavail;
+# None: the board cannot say), for the check before the copies (check_space). _parts: the
+# sizes of the PART copies an interrupted deploy left in the build's folders, which the
+# deploy removes before it copies (so their space counts as free); a folder that cannot
+# be listed counts none.
 
 
 class _TimedOut(DeployError):
@@ -349,7 +388,9 @@ def _mpremote(mpremote, port, args, what, timeout=MPREMOTE_TIMEOUT_S):
     # bytes: what a board prints (a file name, a traceback) need not be UTF-8
     out, err = (b.decode("utf-8", "replace") for b in (r.stdout, r.stderr))
     if r.returncode != 0:
-        raise _failure(port, what, err or out)
+        e = _failure(port, what, err or out)
+        e.out = out  # what the board printed before it failed (_update looks for RENAMING)
+        raise e
     return out
 
 
@@ -374,7 +415,8 @@ def _is_tty(port):
 
 
 def query_board(mpremote, port, paths, dirs):
-    code = _QUERY % {"paths": repr(sorted(paths)), "dirs": repr(sorted(dirs)), "manifest": MANIFEST}
+    code = _QUERY % {"paths": repr(sorted(paths)), "dirs": repr(sorted(dirs)), "manifest": MANIFEST,
+                     "part": PART}
     try:
         out = _mpremote(mpremote, port, ["exec", code], "reading the board's files", QUERY_TIMEOUT_S)
     except _TimedOut:
@@ -530,10 +572,106 @@ def _leftovers_code(dirs):
             "    except Exception:\n        pass" % (tuple(sorted(d.encode() for d in dirs)), PART.encode()))
 
 
+# Printed by the renames before the first: a copy that fails without it changed no file.
+RENAMING = "LKEDGE-DEPLOY-RENAMING"
+
+
 def _rename_code(paths):
-    """Put each path's PART copy in its place (a rename replaces the old file on the
-    board's filesystems: LittleFS, FAT, the emulator's folder)."""
-    return "import os\nfor p in %r:\n    os.rename(p + %r, p)" % (tuple(paths), PART)
+    """Put the union manifest, then each path's PART copy in its place (a rename replaces
+    the old file on the board's filesystems: LittleFS, FAT, the emulator's folder)."""
+    return ("import os\nprint(%r)\nos.rename(%r, %r)\nfor p in %r:\n    os.rename(p + %r, p)"
+            % (RENAMING, MANIFEST_UNION, MANIFEST, tuple(paths), PART))
+
+
+# ----------------------------------------------------------------- flash space
+# A new folder on LittleFS takes a metadata pair, two blocks (on FAT, one cluster).
+FOLDER_BLOCKS = 2
+# How a full flash shows: mpremote's cp names the host's strerror; a board's own
+# traceback (an exec) says ENOSPC, or only its number on ports without errno names.
+NO_SPACE = re.compile(r"No space left on device|ENOSPC|\[Errno 28\]|OSError: 28\b")
+LARGEST_SAID = 3
+
+
+def _blocks(size, block):
+    return -(-size // block)
+
+
+def _kib(n):
+    return "%d bytes" % n if n < 1024 else ("%.1f" % (n / 1024)).rstrip("0").rstrip(".") + " KiB"
+
+
+def space_needed(sizes, new_dirs, block):
+    """Bytes of flash a deploy takes while it copies: each file of `sizes` in whole
+    blocks (its copy sits beside the old file, which keeps its own blocks until the
+    renames at the end), and FOLDER_BLOCKS for each new folder."""
+    return block * (sum(_blocks(n, block) for n in sizes) + FOLDER_BLOCKS * len(new_dirs))
+
+
+def check_space(board, files, new_dirs, port):
+    """NoSpace (before anything is copied) when the board's free flash, with the
+    leftover PART copies the deploy removes first, is less than space_needed for
+    `files` ([(board path, local path)]). Returns (needed, free), None when the board
+    cannot say what is free (then a copy that finds the flash full says so)."""
+    if not board.get("fs"):
+        _say("warning: the board does not report its free flash (os.statvfs failed): not checked")
+        return None
+    block, avail = board["fs"]
+    parts = block * sum(_blocks(n, block) for n in board.get("part") or ())
+    free = block * avail + parts
+    sizes = [(os.path.getsize(local), path) for path, local in files]
+    need = space_needed([n for n, _ in sizes], new_dirs, block)
+    if need <= free:
+        return need, free
+    copied = sorted((n, path) for n, path in sizes if path != MANIFEST)
+    largest = ", ".join("%s %s" % (path, _kib(n)) for n, path in copied[::-1][:LARGEST_SAID])
+    raise NoSpace(
+        "the board's flash is too full for this deploy: it needs %s free, the board has %s free%s; nothing "
+        "was copied. The deploy copies %d file%s (largest: %s) and its record %s%s, in %d-byte blocks, each "
+        "beside its old version until all are renamed into place at the end (the old files keep their "
+        "space meanwhile). Free at least %s on the board and deploy again: `mpremote connect %s fs tree "
+        "-s :` shows what takes the space, `mpremote connect %s rm :PATH` removes a file the board does "
+        "not need (copy it off first with `mpremote connect %s cp :PATH .` if you want it); or deploy "
+        "fewer files (a smaller --firmware folder, or --lib-only)"
+        % (_kib(need), _kib(free), " (with %s of .lkedge-part copies an interrupted deploy left, removed "
+                                   "now)" % _kib(parts) if parts else "",
+           len(copied), "" if len(copied) == 1 else "s", largest, MANIFEST,
+           ", and makes %d folders" % len(new_dirs) if new_dirs else "",
+           block, _kib(need - free), port, port, port))
+
+
+def _cleanup_code(dirs, new_dirs):
+    """After a full flash stopped the copies: remove the deploy's PART copies (the
+    manifest's too) and the folders it made."""
+    code = _leftovers_code(dirs)
+    for d in sorted(new_dirs, key=len, reverse=True):
+        code += "\ntry:\n    os.rmdir(%r)\nexcept OSError:\n    pass" % d
+    return code
+
+
+def _filled(e, port, checked, dirs, new_dirs):
+    """The NoSpace for a copy that failed with ENOSPC (mpremote's DeployError `e`):
+    before the renames, with what puts the board back as it was (the PART copies and
+    new folders removed); after, with the PART copies left removed."""
+    renaming = RENAMING in (getattr(e, "out", "") or "")
+    why = [l for l in str(e).splitlines() if NO_SPACE.search(l)][-1].strip()
+    why = why.split("mpremote: ")[-1]  # "cp: PATH: No space left on device.", without our frame
+    checked = ("the check before the copies found %s free for the %s it needs (something else wrote to "
+               "the flash meanwhile, or its filesystem needs more than whole blocks)" % (_kib(checked[1]),
+                                                                                         _kib(checked[0]))
+               if checked else "the board did not report its free flash before the copies")
+    if renaming:
+        cleanup = ["exec", _leftovers_code(dirs)]
+        done = ("while the new files were put in place: the board may hold part of each firmware; the "
+                ".lkedge-part copies are removed")
+    else:
+        cleanup = ["exec", _cleanup_code(dirs, new_dirs)]
+        done = ("before any file was replaced: the copies are removed, the board keeps its old "
+                "firmware, whole, and the space it had")
+    return NoSpace("the board's flash is full: a copy failed (%s) %s; %s. Free space on the board and deploy "
+                   "again: `mpremote connect %s fs tree -s :` shows what takes the space, `mpremote connect %s "
+                   "rm :PATH` removes a file the board does not need; or deploy fewer files (a smaller "
+                   "--firmware folder, or --lib-only)" % (why, done, checked, port, port),
+                   cleanup, renaming)
 
 
 # ----------------------------------------------------------------- config and token
@@ -717,7 +855,13 @@ def _on_board(o, profile, version, mpremote, arts, tmp):
         return _update(o, profile, mpremote, arts, tmp, board, state)
     except NoRepl:
         raise
+    except NoSpace as e:
+        # not "run it again": it would stop at the same place; its copies go now
+        _reset_after_failure(o, mpremote, e.renaming, e.cleanup)
+        raise
     except BaseException:
+        if state["copying"]:
+            _say(INCOMPLETE)
         _reset_after_failure(o, mpremote, state["copying"])
         raise
 
@@ -729,9 +873,21 @@ INCOMPLETE = ("incomplete: it stopped while changing the board's files: the new 
               "old firmware left, and the copies cut short)")
 
 
-def _reset_after_failure(o, mpremote, copying=False):
-    if copying:
-        _say(INCOMPLETE)
+def _reset_after_failure(o, mpremote, copying=False, cleanup=()):
+    """Reset the board (unless --no-reset), after the mpremote commands `cleanup` (in the
+    same mpremote run) that undo what the failed deploy left on it."""
+    if cleanup:
+        try:
+            _mpremote(mpremote, o.port, list(cleanup) + ([] if o.no_reset else ["+", "reset"]),
+                      "removing the deploy's copies after the failure", RESET_TIMEOUT_S)
+            if not o.no_reset:
+                _say("board reset after the failure: %s" % ("it runs whatever firmware it now holds" if copying
+                                                            else "its files are as they were, its firmware "
+                                                            "runs again"))
+                return
+        except DeployError as e:
+            _say("warning: could not remove the deploy's .lkedge-part copies after the failure (%s): the next "
+                 "deploy removes them" % e)
     if o.no_reset:
         _say("the board is left at its REPL (--no-reset): `mpremote connect %s reset` restarts %s"
              % (o.port, "whatever firmware it now holds" if copying else "its firmware"))
@@ -772,8 +928,9 @@ def _check_relay(url):
 
 def _update(o, profile, mpremote, arts, tmp, board, state):
     """Steps 3 and 4 on a board that answered the query; returns (Report, identity).
-    The manifest goes first as the union of the old and the new files (an interrupted
-    deploy leaves no file of either unrecorded), and last as the new files alone."""
+    The manifest is replaced first by the union of the old and the new files (an
+    interrupted deploy leaves no file of either unrecorded), and last by the new files
+    alone; both are copied beside the old one, which a full flash leaves whole."""
     identity = o.identity or "lkedge-" + (board["uid"][:8] or profile["name"])
     token = mint_token(identity, o.room, o.api_key, o.api_secret, o.token_ttl)
     cfg_path = os.path.join(tmp, "config.json")
@@ -805,8 +962,11 @@ def _update(o, profile, mpremote, arts, tmp, board, state):
     # Leftovers of an interrupted deploy go first (their names are ours: PART), from
     # every folder a deploy put files in (the old manifest's, this build's).
     ever = _dirs_of([a.board_path for a in arts] + [path for _, path, _ in board.get("man") or ()])
+    # Before any copy: a flash too full for them stopped midway, leaving copies that took
+    # its last free space, and a deploy run again stopped at the same place.
+    checked = _check_space(o, board, copies, (first, last), new_dirs, ever)
     cmds += ["exec", _prepare_code((), new_dirs) + "\n" + _leftovers_code(ever), "+"]
-    cmds += ["fs", "cp", first, ":" + MANIFEST, "+"]
+    cmds += ["fs", "cp", first, ":" + MANIFEST_UNION, "+", "fs", "cp", last, ":" + MANIFEST_NEW, "+"]
     for a in copies:
         _say("to copy: %s (%d bytes)" % (a.board_path, os.path.getsize(a.local_path)))
         cmds += ["fs", "cp", a.local_path, ":" + a.board_path + PART, "+"]
@@ -817,12 +977,29 @@ def _update(o, profile, mpremote, arts, tmp, board, state):
     # What the build no longer has goes with the renames, not before the copies: a
     # deploy cut short before them leaves the old firmware whole (its app.py too).
     cmds += ["exec", _rename_code([a.board_path for a in copies]) + "\n"
-             + _prepare_code(report.removed, (), build_dirs), "+"]
-    cmds += ["fs", "cp", last, ":" + MANIFEST, "+"]
+             + _prepare_code(report.removed, (), build_dirs) + "\nos.rename(%r, %r)" % (MANIFEST_NEW, MANIFEST), "+"]
     state["copying"] = True
-    _mpremote(mpremote, o.port, ["resume"] + cmds + ([] if o.no_reset else ["reset"]), "copying files")
+    try:
+        _mpremote(mpremote, o.port, ["resume"] + cmds + ([] if o.no_reset else ["reset"]), "copying files")
+    except DeployError as e:
+        if not NO_SPACE.search(str(e)):
+            raise
+        raise _filled(e, o.port, checked, ever, new_dirs) from None
     report.copied = [a.board_path for a in changed + [config]]
     return report, identity
+
+
+def _check_space(o, board, copies, manifests, new_dirs, dirs):
+    """check_space for the copies and the manifest's two versions (on the flash beside the
+    old one until the renames); a NoSpace also removes the PART copies an interrupted
+    deploy left, whose space it counted as free."""
+    try:
+        return check_space(board, [(a.board_path, a.local_path) for a in copies]
+                           + [(MANIFEST, m) for m in manifests], new_dirs, o.port)
+    except NoSpace as e:
+        if board.get("part"):
+            e.cleanup = ["exec", _leftovers_code(dirs)]
+        raise
 
 
 def add_arguments(parser):

@@ -391,6 +391,36 @@ class FlashVfs:
         for name in ("mount", "umount", "chdir", "getcwd", "mkdir", "remove",
                      "rmdir", "stat", "statvfs", "open"):
             setattr(self, name, getattr(self.v, name))
+        # EMULATION: LKEDGE_EMULATED_FLASH_SIZE=BYTES in the environment of `lkedge board`
+        # gives the flash a size (else it has the host disk's): statvfs reports it, and a
+        # write past it fails with ENOSPC, as on a full LittleFS (tests of a full flash).
+        self.size = int(os.getenv("LKEDGE_EMULATED_FLASH_SIZE") or 0)
+        if self.size:
+            self.statvfs = self._statvfs
+            self.open = self._open
+
+    # A sized flash counts each file in whole FLASH_BLOCK blocks (folders are free): a
+    # model of LittleFS's blocks, not its exact accounting.
+    def _used(self, d="/"):
+        used = 0
+        for e in self.v.ilistdir(d):
+            p = d.rstrip("/") + "/" + e[0]
+            if e[1] == 0x4000:
+                used += self._used(p)
+            else:
+                used += _blocks(self.v.stat(p)[6])
+        return used
+
+    def _statvfs(self, path):
+        total = self.size // FLASH_BLOCK
+        free = max(0, total - self._used())
+        return (FLASH_BLOCK, FLASH_BLOCK, total, free, free, 0, 0, 0, 0, 255)
+
+    def _open(self, path, mode="r"):
+        f = self.v.open(path, mode)
+        if not any(c in mode for c in "wax+"):
+            return f
+        return _SizedFile(f, mode, self.size // FLASH_BLOCK - self._used())
 
     def rename(self, old, new):
         # The unix port's VfsPosix.rename joins both paths to its folder in one buffer:
@@ -416,6 +446,51 @@ class FlashVfs:
                 except OSError:
                     pass  # removed while listing
             yield (entry[0], entry[1], entry[2], size)
+
+
+FLASH_BLOCK = 4096  # a sized flash's block (LittleFS on an ESP32)
+ENOSPC = 28  # MicroPython's (its errno module lacks the name on the unix port)
+
+
+def _blocks(size):
+    return (size + FLASH_BLOCK - 1) // FLASH_BLOCK
+
+
+class _SizedFile(io.IOBase):
+    """A file open for writing on a sized flash: a write that would take more blocks
+    than are free raises OSError(ENOSPC), what was written before stays (a copy cut
+    short by a full flash, as on a board). `free`: the blocks free when it was opened."""
+
+    def __init__(self, f, mode, free):
+        self.f = f
+        self.free = free
+        self.size = f.seek(0, 2)  # "w" has truncated it, "a" writes at the end
+        if "a" not in mode:
+            f.seek(0)
+
+    def write(self, data):
+        end = self.f.tell() + len(data)
+        grows = _blocks(max(end, self.size)) - _blocks(self.size)
+        if grows > self.free:
+            raise OSError(ENOSPC)
+        self.free -= grows
+        self.size = max(end, self.size)
+        return self.f.write(data)
+
+    def readinto(self, buf):
+        return self.f.readinto(buf)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __iter__(self):
+        return self.f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
 
 
 def _mount_flash(path):

@@ -658,3 +658,185 @@ def test_a_relay_url_naming_an_http_port_is_warned_about(unix_board, firmware, l
         server.server_close()
     assert "deploy: warning: %s answers HTTP: that is a relay's WebSocket or HTTP port, not its link port" % url \
         in log, log
+
+
+# ------------------------------------------------------------------ a full flash
+# The emulated board's flash has the host disk's size unless LKEDGE_EMULATED_FLASH_SIZE
+# gives it one (emulation/rom.py): statvfs then reports it, in 4096-byte blocks, and a
+# write past it fails with ENOSPC as on a full LittleFS.
+FLASH_BLOCKS = 64
+
+
+@pytest.fixture
+def small_board(tmp_path):
+    flash = str(tmp_path / "flash")
+    proc, port = board.launch("unix", flash, env={"LKEDGE_EMULATED_FLASH_SIZE": str(FLASH_BLOCKS * 4096)})
+    yield port, flash
+    proc.terminate()
+    proc.wait(5)
+
+
+def _files(flash):
+    """Every file of the flash folder with its content (filler.bin left out)."""
+    out = {}
+    for d, _, names in os.walk(flash):
+        for n in names:
+            path = os.path.join(d, n)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, flash)] = f.read()
+    out.pop("filler.bin", None)
+    return out
+
+
+def _free_blocks(port):
+    return int(mpremote_out(port, "exec", "import os; print(os.statvfs('/')[4])"))
+
+
+def _fill(flash, port, leave_blocks):
+    """Write filler.bin into the flash so that `leave_blocks` blocks stay free."""
+    filler = os.path.join(flash, "filler.bin")
+    if os.path.exists(filler):
+        os.remove(filler)
+    size = (_free_blocks(port) - leave_blocks) * 4096
+    with open(os.path.join(flash, "filler.bin"), "wb") as f:
+        f.write(b"\xff" * size)
+
+
+def test_the_emulated_flash_size_is_what_statvfs_reports_and_a_write_past_it_fails(small_board):
+    port, flash = small_board
+    assert mpremote_out(port, "exec", "import os; print(os.statvfs('/')[:5])") == \
+        "(4096, 4096, %d, %d, %d)\n" % (FLASH_BLOCKS, FLASH_BLOCKS, FLASH_BLOCKS)
+    got = mpremote_out(port, "exec", "f = open('a.bin', 'wb')\ntry:\n    for i in range(100):\n"
+                                     "        f.write(bytes(4096))\nexcept OSError as e:\n    print(e.errno, i)\n"
+                                     "f.close()\nimport os\nprint(os.stat('a.bin')[6], os.statvfs('/')[4])")
+    assert got == "28 %d\n%d 0\n" % (FLASH_BLOCKS, FLASH_BLOCKS * 4096), got   # ENOSPC, what fit kept
+
+
+def test_a_deploy_that_does_not_fit_stops_before_copying_anything(small_board, firmware, lib):
+    port, flash = small_board
+    run_deploy(port, "unix", firmware, lib, "--no-reset")
+    before = _files(flash)
+    _write(firmware, "app.py", "def answer():\n    return 43\n\ndef started():\n    pass\n" + "X = 1\n" * 500)
+    _fill(flash, port, 2)
+    r = deploy_cmd(port, firmware, lib, "--profile", "unix")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    said = r.stderr.strip().splitlines()[-1]
+    # app.mpy, config.json and the manifest's two versions, in whole blocks
+    assert said.startswith("lkedge deploy: the board's flash is too full for this deploy: it needs 16 KiB "
+                           "free, the board has 8 KiB free; nothing was copied. The deploy copies 2 files "
+                           "(largest: /app.mpy "), said
+    assert "each beside its old version until all are renamed into place at the end" in said
+    assert "Free at least 8 KiB on the board and deploy again: `mpremote connect %s fs tree -s :`" % port in said
+    assert "`mpremote connect %s rm :PATH`" % port in said and "--lib-only" in said
+    assert "deploy: to copy" not in r.stderr and "run `lkedge deploy` again" not in r.stderr
+    assert "deploy: board reset after the failure: its files are unchanged" in r.stderr
+    assert _files(flash) == before                          # not one file copied, no .lkedge-part
+    os.remove(os.path.join(flash, "filler.bin"))            # space freed: the same deploy goes through
+    counts, _ = run_deploy(port, "unix", firmware, lib, "--no-reset")
+    assert counts == [2, 7, 0]
+
+
+def _leave_parts(flash, *names):
+    for name in names:
+        with open(os.path.join(flash, name + deploy.PART), "wb") as f:
+            f.write(b"\0" * 5000)                            # 2 blocks each
+
+
+def test_copies_an_interrupted_deploy_left_count_as_free_and_go_when_it_does_not_fit(small_board, firmware, lib):
+    # A deploy that stopped on a full flash (before this check) left .lkedge-part copies
+    # holding its last free space: the check counts them as free (the deploy removes
+    # them first), and a deploy that still does not fit removes them all the same.
+    port, flash = small_board
+    run_deploy(port, "unix", firmware, lib, "--no-reset")
+    _write(firmware, "app.py", "def answer():\n    return 43\n\ndef started():\n    pass\n")
+    # app.mpy, config.json and the manifest's two versions: 4 blocks, all in the copies' space
+    _leave_parts(flash, "app.mpy", os.path.join("lib", "lkedge", "alpha.mpy"))
+    _fill(flash, port, 0)
+    counts, log = run_deploy(port, "unix", firmware, lib, "--no-reset")
+    assert counts == [2, 7, 0], log
+    assert deploy.PART not in "".join(_files(flash)), sorted(_files(flash))
+    _leave_parts(flash, "app.mpy")
+    _fill(flash, port, 0)
+    r = deploy_cmd(port, firmware, lib, "--profile", "unix", "--no-reset")
+    assert r.returncode == 1, r.stderr
+    # config.json (the app is the same) and the manifest's two versions
+    assert ("it needs 12 KiB free, the board has 8 KiB free (with 8 KiB of .lkedge-part copies an interrupted "
+            "deploy left, removed now); nothing was copied. The deploy copies 1 file (largest: /config.json ")\
+        in r.stderr, r.stderr
+    assert deploy.PART not in "".join(_files(flash)), sorted(_files(flash))
+    assert _free_blocks(port) == 2
+
+
+def test_a_flash_that_fills_up_during_the_copies_is_said_and_the_board_keeps_its_space(
+        small_board, firmware, lib, monkeypatch, capsys):
+    # Something takes the space between the check and the copies (or the filesystem
+    # needs more than whole blocks): the copy fails with ENOSPC. Not "run it again",
+    # which would stop at the same place: the flash is full, and the deploy's copies
+    # and the folder it made are removed, leaving the board as it was.
+    port, flash = small_board
+    run_deploy(port, "unix", firmware, lib, "--no-reset")
+    before, free = _files(flash), _free_blocks(port)
+    _write(firmware, "app.py", "def answer():\n    return 43\n\ndef started():\n    pass\n")
+    _write(os.path.join(firmware, "drivers"), "bme.py", "X = 1\n")
+    real = deploy._mpremote
+
+    def filled(mpremote, port_, args, what, *more):
+        if what == "copying files":
+            _fill(flash, port, 3)   # the manifest's two versions and one copy fit, not the others
+        return real(mpremote, port_, args, what, *more)
+
+    monkeypatch.setattr(deploy, "_mpremote", filled)
+    with pytest.raises(deploy.NoSpace) as e:
+        deploy.to_board(port, "unix", firmware, lib=lib)
+    err = capsys.readouterr().err
+    said = str(e.value)
+    assert said.startswith("the board's flash is full: a copy failed (cp: /") and \
+        ".lkedge-part: No space left on device.) before any file was replaced: the copies are removed, the " \
+        "board keeps its old firmware, whole, and the space it had; the check before the copies found " in said
+    assert "`mpremote connect %s fs tree -s :`" % port in said, said
+    assert "incomplete" not in err and "run `lkedge deploy` again" not in err + said, err
+    assert "deploy: board reset after the failure: its files are as they were" in err, err
+    os.remove(os.path.join(flash, "filler.bin"))
+    assert _files(flash) == before and not os.path.exists(os.path.join(flash, "drivers"))
+    assert _free_blocks(port) == free
+    monkeypatch.setattr(deploy, "_mpremote", real)
+    _after_reset()
+    assert mpremote_out(port, "exec", "import app; print(app.answer())") == "42\n"
+
+
+def test_the_free_space_comes_with_the_query_not_another_round_trip(unix_board, firmware, lib, monkeypatch):
+    calls = []
+    real = deploy._mpremote
+
+    def counted(mpremote, port, args, what, *more):
+        calls.append(what)
+        return real(mpremote, port, args, what, *more)
+
+    monkeypatch.setattr(deploy, "_mpremote", counted)
+    deploy.to_board(unix_board, "unix", firmware, lib=lib, no_reset=True)
+    assert calls == ["reading the board's files", "copying files"]
+
+
+@pytest.mark.parametrize("sizes, new_dirs, block, needed", [
+    ([1, 4096, 4097], [], 4096, (1 + 1 + 2) * 4096),
+    ([0], ["/drivers"], 4096, 2 * 4096),               # a new folder: a LittleFS metadata pair
+    ([100, 100], [], 512, 2 * 512),                     # a FAT card's 512-byte clusters
+])
+def test_space_needed_counts_whole_blocks(sizes, new_dirs, block, needed):
+    assert deploy.space_needed(sizes, new_dirs, block) == needed
+
+
+def test_a_board_that_cannot_say_its_free_flash_is_not_checked(tmp_path, capsys):
+    assert deploy.check_space({"fs": None}, [], [], "PORT") is None
+    assert "warning: the board does not report its free flash (os.statvfs failed): not checked" \
+        in capsys.readouterr().err
+
+
+def test_a_flash_that_fills_up_during_the_renames_does_not_claim_the_old_firmware_is_whole():
+    e = deploy.DeployError("mpremote failed while copying files on P: Traceback (most recent call last):\n"
+                           "OSError: [Errno 28] ENOSPC")
+    e.out = deploy.RENAMING + "\n"
+    got = deploy._filled(e, "P", (8192, 4096), {"/"}, ["/drivers"])
+    assert got.renaming and "while the new files were put in place: the board may hold part of each" in str(got)
+    assert "OSError: [Errno 28] ENOSPC" in str(got) and "keeps its old firmware" not in str(got)
+    assert "rmdir" not in got.cleanup[1]   # only the copies go: the new files may be in those folders
