@@ -255,9 +255,9 @@ class OutgoingStream:
 
 
 # ================================================================== incoming
-def _gap(last, index):
-    return StreamError("gap in chunk indices: chunk %d missing" % (last + 1) if index == last + 2
-                       else "gap in chunk indices: chunks %d..%d missing" % (last + 1, index - 1))
+def _gap(last_index, index):   # (parameter names are interned on a board: existing ones)
+    return StreamError("gap in chunk indices: chunk %d missing" % (last_index + 1) if index == last_index + 2
+                       else "gap in chunk indices: chunks %d..%d missing" % (last_index + 1, index - 1))
 
 
 class StreamInfo:
@@ -451,14 +451,14 @@ class IncomingStreams:
         yield ended
         return True
 
-    def _evict_hog(self, sender, among=None, slots=None):
-        """Make room for `sender` when another sender holds more than half the `slots`
+    def _evict_hog(self, sender, among=None, limit=None):
+        """Make room for `sender` when another sender holds more than half the `limit` slots
         (default max_streams; of the open streams whose id is in `among`, if given) and
         more than `sender` does: that one's stream silent longest ends (evicted), so
         one participant's trickled streams, RPC requests too, cannot lock every other
         sender out. Yields its StreamEnded and returns True, else False. Response
         streams (lk.rpc_response) are left out: each answers a call of our own."""
-        slots = slots or self.max_streams
+        limit = limit or self.max_streams
         cands = []   # (a loop, not a comprehension: that would be one more code object)
         held = {}
         for st in self.open.values():
@@ -470,7 +470,7 @@ class IncomingStreams:
         for k in held:
             if hog is None or held[k] > held[hog]:
                 hog = k
-        if (hog is None or hog == sender or held[hog] <= max(1, slots // 2)
+        if (hog is None or hog == sender or held[hog] <= max(1, limit // 2)
                 or held.get(sender, 0) >= held[hog]):
             return False
         idlest = None
@@ -478,7 +478,7 @@ class IncomingStreams:
             if st.info.sender_identity == hog and (idlest is None or st.heard_ms < idlest.heard_ms):
                 idlest = st
         ended = self._end(idlest, StreamError("abnormal end: %r held %d of the %d slots; another "
-                                              "sender's stream took this one" % (hog, held[hog], slots)))[0]
+                                              "sender's stream took this one" % (hog, held[hog], limit)))[0]
         ended.evicted = True
         yield ended
         return True
