@@ -13,7 +13,9 @@ clock is set by NTP where the port has ntptime (best effort, once). The room
 reconnects by itself after a link loss; telemetry queued meanwhile is sent after the
 reconnect. Should the room give up (a final LEAVE: the board's identity joined from
 elsewhere, its token refused), the app joins again a minute later (config
-"rejoin_s"), and keeps trying.
+"rejoin_s"), and keeps trying. Failures to join go to the flash log once, then at
+most hourly while they stay the same (_connect_forever); a refused token is retried
+every 5 minutes, not every 30 s.
 
 A config that cannot reach the room is not kept for ever (lastgood.py): once joined,
 the config is recorded as the last good one; a config whose Wi-Fi, relay or token
@@ -38,6 +40,8 @@ NTP_TIMEOUT_S = 2
 WDT_FEED_MS = 1000
 RETRY_MIN_MS = 1000   # relay connect retries: doubling from here ...
 RETRY_MAX_MS = 30000  # ... up to this
+UNAUTHORIZED_RETRY_MS = 300000  # a refused token (LEAVE 3): a person must deploy a new one
+CONNECT_LOG_EVERY_MS = 3600000  # the same connect failure goes to the flash log this often
 
 
 def main():
@@ -187,20 +191,48 @@ def _make_exception_handler(machine):
 
 
 async def _connect_forever(room, cfg, failed=None):
-    """Join, retrying with backoff; each failure is also told to `failed(why, e)`."""
+    """Join, retrying with backoff; each failure is also told to `failed(why, e)`. A
+    refused token (LEAVE 3: expired, unauthorized) is retried only every
+    UNAUTHORIZED_RETRY_MS (or revert_after_s, if shorter: a config on trial is still
+    judged in time): it is no outage, a person must deploy a new token. The flash log
+    gets a failure once, then the same failure at most once per CONNECT_LOG_EVERY_MS
+    with a count (_log_connect): an expired token would otherwise fill the 64 KiB log in
+    hours, pushing out its history."""
     from lkedge.room import ConnectError
     delay = RETRY_MIN_MS
+    seen = [None, 0, 0]  # the failure last logged, when, how many like it since
     while True:
         try:
             await room.connect(cfg["relay"], cfg["token"])
+            _log_connect(None, seen)
             return
         except (ConnectError, OSError) as e:
             why = "connect to %s failed: %s" % (cfg["relay"], e)
-            flashlog.error(why)
+            _log_connect(why, seen)
             if failed is not None:
                 failed(why, e)
-        await _sleep_ms(delay)
+            wait = delay
+            if getattr(e, "leave_code", None) == 3:
+                wait = max(delay, min(UNAUTHORIZED_RETRY_MS, int(cfg["revert_after_s"] * 1000)))
+        await _sleep_ms(wait)
         delay = min(delay * 2, RETRY_MAX_MS)
+
+
+def _log_connect(why, seen):
+    """Log a failure to join (None: joined) unless it is the one logged last, less than
+    CONNECT_LOG_EVERY_MS ago (then only the console gets it); the next line written says
+    how many were not."""
+    last, at, quiet = seen
+    if why is not None and why == last and now_ms() - at < CONNECT_LOG_EVERY_MS:
+        print(why)
+        seen[2] += 1
+        return
+    if quiet and why != last:
+        flashlog.error("%s: %d more times, not logged" % (last, quiet))
+        quiet = 0
+    if why is not None:
+        flashlog.error(why + (" (%d more times since the last line, not logged)" % quiet if quiet else ""))
+    seen[0], seen[1], seen[2] = why, now_ms(), 0
 
 
 async def _telemetry_loop(tel, profile, interval_ms):
@@ -231,9 +263,11 @@ async def _telemetry_loop(tel, profile, interval_ms):
 
 
 def _telemetry(room, cfg, profile):
-    boot = telemetry.next_boot()
+    notes = []
+    boot = telemetry.next_boot(notes=notes)
     queue = telemetry.TelemetryQueue(profile.get("telemetry_queue_bytes", 8192), boot=boot)
-    for note in queue.notes:  # a lost state file (seq starts again), a damaged queue file
+    # a boot counter not written, a lost state file (seq starts again), a damaged queue file
+    for note in notes + queue.notes:
         flashlog.error(note)
     queue.notes = []
     tel = telemetry.Telemetry(room, queue, cfg.get("telemetry_to") or "", "")

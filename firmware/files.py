@@ -1,9 +1,11 @@
-"""The file methods: file.get (streamed download), file.put (streamed upload), file.stat.
+"""The file methods: file.get (streamed download), file.put (streamed upload),
+file.stat, file.delete.
 
-    file.get   request {"path"}            -> the file as base64 text, streamed
-    file.put   request: first line {"path"}, then the file as base64 text, streamed
-               -> {"path", "size", "sha256"} of what was written
-    file.stat  {"path"} -> {"path", "size", "sha256"}
+    file.get     request {"path"}            -> the file as base64 text, streamed
+    file.put     request: first line {"path"}, then the file as base64 text, streamed
+                 -> {"path", "size", "sha256"} of what was written
+    file.stat    {"path"} -> {"path", "size", "sha256"}
+    file.delete  {"path"} -> {"path", "size", "free"}: filedelete.py
 
 Paths are relative to the board's root and must be UTF-8 text (MicroPython's json
 lets "\\ud800" through); "..", control characters (U+0000-U+001F, U+007F-U+009F) and a
@@ -13,8 +15,12 @@ another put) and renames it at the end, so a broken upload (bad base64, the call
 gone, a full flash) never replaces a good file and leaves no temporary file behind (a
 power cut midway can leave one; the next put into that folder overwrites it); a
 second put of a path already being written is refused (E_BUSY) instead of mixing the
-two uploads. Errors are RpcErrors with the codes below and a message naming the
-user's path and the cause.
+two uploads. file.put leaves `reserve` bytes of the flash free (E_WRITE, "no space",
+beyond it): the firmware's own files must still grow when a user's upload has filled
+the flash (the telemetry queue, up to three times the profile's telemetry_queue_bytes
+while it is compacted; its state and boot counter, without which `dropped` and `boot`
+would not survive a reboot; config and log writes); file.delete makes room. Errors are
+RpcErrors with the codes below and a message naming the user's path and the cause.
 """
 import json
 import os
@@ -36,6 +42,9 @@ E_BAD_BASE64 = 4006
 E_WRITE = 4007
 E_BUSY = 4008
 _HEADER_MAX = 512
+RESERVE_MIN = 16384  # state, boot counter, config and log writes; App adds the queue's need
+reserve = RESERVE_MIN + 3 * 8192  # set from the profile by methods.App
+_MEASURE_EVERY = 8192  # file.put measures the free flash again after this many bytes
 _writing = {}  # path -> its temporary file, for each file.put writing now
 _ERRNAMES = {20: "ENOTDIR, a folder in the path is a file", 28: "ENOSPC, the flash is full",
              36: "ENAMETOOLONG, the name is too long"}  # not in MicroPython's errno table
@@ -216,11 +225,39 @@ def _create(tmp, path):
         raise rpc_error(E_WRITE, "file.put: cannot write %s: %s" % (path, _errname(e)))
 
 
+def _allowance(path, size, n):
+    """How many more bytes a put of `path` (`size` written so far) may write before it
+    measures again: the free flash beyond `reserve`, at most _MEASURE_EVERY (other puts
+    and the firmware write meanwhile). Raises E_WRITE, saying why, when that is under
+    the `n` bytes it is about to write."""
+    free = free_bytes(path)
+    if free is None or free - reserve >= n:
+        return _MEASURE_EVERY if free is None else min(free - reserve, _MEASURE_EVERY)
+    raise rpc_error(E_WRITE, "file.put: no space for %s after %d bytes: %d free, and the board keeps %d for its "
+                    "own files (telemetry, config, log); file.delete makes room (the old file is kept)"
+                    % (path, size, free, reserve))
+
+
+def free_bytes(path):
+    """Bytes free on the flash that holds file `path`, or None where the port cannot say."""
+    i = path.rfind("/")
+    try:
+        s = os.statvfs(path[:i] if i > 0 else ".")
+        return s[1] * s[4]  # fragment size * blocks free to us, as POSIX counts them
+    except (AttributeError, OSError):
+        return None
+
+
 async def _put(reader, path, tmp, rest):
     h = hashlib.sha256()
     f = _create(tmp, path)
+    room = [0]  # bytes it may write before it measures the free flash again
 
     def write(chunk):
+        n = len(chunk)
+        if room[0] < n:
+            room[0] = _allowance(path, sink.size - n, n)  # raises past the reserve
+        room[0] -= n
         f.write(chunk)
         h.update(chunk)
 
@@ -248,3 +285,4 @@ async def _put(reader, path, tmp, rest):
             except OSError:
                 pass
     return json.dumps({"path": path, "size": size, "sha256": _hexdigest(h)})
+

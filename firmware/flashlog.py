@@ -80,29 +80,43 @@ def exception(what, e):
 
 
 class TailSource:
-    """The last `n` bytes of the log as an async iterable of str pieces (from the start
-    of a line)."""
+    """The last `n` bytes of the log, log.old then log.txt (the half rotated out, then
+    the current one: right after a rotation log.txt holds a line or two), from the start
+    of a line, as an async iterable of str pieces. One buffer; the second file is opened
+    when the first is done."""
 
-    def __init__(self, n, path=LOG, piece=256):
+    def __init__(self, n, path=LOG, old=OLD, piece=256):
         self.f = None
+        self.then = None  # log.txt, when the tail starts in log.old
         self.buf = bytearray(piece)
         self.mv = memoryview(self.buf)
         size = _size(path)
-        if not size:
-            return
+        if size < n:  # the rest from the end of log.old
+            self.then = path if size else None
+            path, n, size = old, n - size, _size(old)
+        if size:
+            self._open(path, size - n)
+        elif self.then is not None:
+            self._open(self.then, 0)
+            self.then = None
+
+    def _open(self, path, at):
         self.f = open(path, "rb")
-        if size > n:
-            self.f.seek(size - n)
+        if at > 0:
+            self.f.seek(at)
             self.f.readline()  # skip the partial first line
 
     def __aiter__(self):
         return self
 
     async def __anext__(self):
-        n = self.f.readinto(self.buf) if self.f is not None else 0
-        if not n:
-            if self.f is not None:
-                self.f.close()
-                self.f = None
-            raise StopAsyncIteration
-        return bytes(self.mv[:n]).decode()
+        while self.f is not None:
+            n = self.f.readinto(self.buf)
+            if n:
+                return bytes(self.mv[:n]).decode()
+            self.f.close()
+            self.f = None
+            if self.then is not None:
+                self._open(self.then, 0)
+                self.then = None
+        raise StopAsyncIteration

@@ -6,8 +6,10 @@
                     config_reverted}: config_reverted is null, or why the board went back
                     to its last good config (lastgood.py) and runs it now
     sensors.read   the profile's sensors, as JSON
-    log.tail       streamed tail of the on-flash log (request JSON {"bytes": N}, optional)
+    log.tail       streamed tail of the on-flash log, log.old then log.txt (request JSON
+                   {"bytes": N}, optional)
     file.get / file.put / file.stat    see files.py
+    file.delete    see filedelete.py
     config.update  JSON patch of config.json (keys and checks: config.py); effective after
                    reboot. Answers {"updated": [keys], "effective": "after reboot",
                    "on_trial": bool, "revert_after_s": N}. on_trial: the new config's
@@ -61,6 +63,8 @@ class App:
         self.telemetry = telemetry
         self.calls = 0
         self.config_reverted = None  # set by the app (lastgood.Trial.reverted)
+        # file.put keeps this much flash for the firmware's own files (files.py)
+        files.reserve = files.RESERVE_MIN + 3 * profile.get("telemetry_queue_bytes", 8192)
 
     def register(self):
         reg = self.room.local_participant.register_rpc_method
@@ -70,6 +74,7 @@ class App:
         reg("file.get", self._counted(files.file_get), streaming=True)
         reg("file.put", self._counted(files.file_put), streaming=True)
         reg("file.stat", self._counted(files.file_stat))
+        reg("file.delete", self._counted(_file_delete))
         reg("config.update", self._counted(self.config_update))
         reg("reboot", self._counted(self.reboot))
 
@@ -103,7 +108,7 @@ class App:
         q = t.queue
         return {"to": t.destination, "next_seq": q.seq, "pending_bytes": q.pending(),
                 "dropped": q.dropped, "sent": t.sent, "boot": q.boot, "failures": t.failures,
-                "last_error": t.last_error}
+                "last_error": t.last_error, "unsaved": q.unsaved}
 
     def sensors_read(self, data):
         import sensors
@@ -143,6 +148,14 @@ class App:
         except Exception as e:  # leaving cleanly is a courtesy; the reset happens anyway
             flashlog.error("reboot: leaving the room failed: %r" % (e,))
         self.machine.reset()
+
+
+def _file_delete(data):
+    """file.delete (filedelete.py), imported for the call: its bytecode leaves the heap after."""
+    import sys
+    import filedelete
+    sys.modules.pop("filedelete", None)
+    return filedelete.file_delete(data)
 
 
 def _config_patch(payload):

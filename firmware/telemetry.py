@@ -26,7 +26,10 @@ seq by a higher `boot`). While the receiver is unreachable the queue keeps up to
 flash) or that was lost to a damaged queue file.
 
 The queue file telemetry.q, per record: 2-byte big-endian length, then the CBOR map.
-telemetry.st holds {"seq": next seq, "first": oldest unconfirmed seq, "dropped": N}.
+telemetry.st holds {"seq": next seq, "first": oldest unconfirmed seq, "dropped": N,
+"boot": the boot that wrote it}. A state the flash refuses (full) stays in RAM and is
+saved again with each sample, said once in the log; meanwhile no queue file is
+removed, since its records then hold the newest seq and boot for a reboot.
 The head (file offset of the oldest unconfirmed record) is found at boot by walking
 the file for "first", so no file rewrite can leave the state pointing into the wrong
 file: a power cut between a compaction's rename and its state save loses nothing.
@@ -74,9 +77,10 @@ def wall_time():
     return int(t) + _EPOCH
 
 
-def next_boot(prefix=""):
-    """Count this boot in `prefix`telemetry.boot; returns the new count (1 at the first)."""
-    return _boot_code().next_boot(prefix)
+def next_boot(prefix="", notes=None):
+    """Count this boot in `prefix`telemetry.boot; returns the new count (1 at the first),
+    never one an earlier boot used (telemetry_recover.next_boot)."""
+    return _boot_code().next_boot(prefix, notes)
 
 
 def _boot_code():
@@ -133,6 +137,21 @@ def _remove(path):
         pass
 
 
+def _replace(path, text):
+    """Write `text` to `path` through path.tmp and a rename, so a power cut leaves the
+    old file or the new one. -> None, or the OSError when the flash refused it (a full
+    flash; the .tmp, which the failed write may have left empty, is removed)."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, path)
+        return None
+    except OSError as e:
+        _remove(tmp)
+        return e
+
+
 def _cbor_array_header(n):
     if n < 24:
         return bytes((0x80 | n,))
@@ -161,23 +180,21 @@ class TelemetryQueue:
         self.dropped = 0    # samples lost: dropped when full, not queued, or damaged
         self.notes = []     # what recover() found wrong, for the app's log
         self.state_problem = None  # "missing" or "damaged" while _load() to recover()
+        self.unsaved = False  # the last state save failed (a full flash): the state is in RAM only
         code = _boot_code()
         code.load(self)
         code.recover(self)
 
     def _save(self):
-        """Write the state; False (and nothing raised) when the flash refused it: the
-        queue file still holds the samples, recover() rebuilds seq from it."""
-        tmp = self.st + ".tmp"
-        try:
-            with open(tmp, "w") as f:
-                json.dump({"seq": self.seq, "first": self.seq if self.first is None else self.first,
-                           "dropped": self.dropped}, f)
-            os.rename(tmp, self.st)  # a power cut leaves the old state or the new one
-            return True
-        except OSError:
-            _remove(tmp)
-            return False
+        """Write the state (with the boot number: next_boot() never reuses one a state
+        names). A flash that refuses it (full) loses nothing yet: seq, dropped and boot
+        stay in RAM, every later save tries again, and `notes` says so once (and once
+        more when a save succeeds again). -> whether it was saved."""
+        e = _replace(self.st, json.dumps({"seq": self.seq, "first": self.seq if self.first is None else self.first,
+                                          "dropped": self.dropped, "boot": self.boot}))
+        if (e is not None) != self.unsaved:  # rare: its note's code stays out of the heap
+            _boot_code().saved(self, e)
+        return e is None
 
     def recover(self):
         """Walk the whole queue file and check every record; skip damaged stretches to
@@ -252,7 +269,10 @@ class TelemetryQueue:
         # valid for the old file and the new one alike.
         if self.head >= self.end:
             self.first = self.seq
-            self._save()
+            if not self._save():  # the file goes only once the state holds seq and boot
+                if _size(self.q) != self.end:
+                    raise OSError(28)  # torn bytes that only this compaction would cut off
+                return
             _remove(self.q)
         else:
             self._rewrite([(self.head, self.end)])
@@ -320,11 +340,11 @@ class TelemetryQueue:
         if last is not None:
             self.first = last + 1
         if self.head >= self.end:  # all confirmed: the state says so first, then the file goes
-            self.base += self.end
-            self.head = self.end = 0
             self.first = self.seq
-            self._save()
-            _remove(self.q)
+            if self._save():  # unsaved: the file stays, its records keep seq and boot for a reboot
+                self.base += self.end
+                self.head = self.end = 0
+                _remove(self.q)
             return
         self._save()
 
@@ -375,7 +395,17 @@ class Telemetry:
 
     async def sample(self, values, t, ms=None):
         async with self.lock:
-            return self.queue.add(values, t, ms)
+            try:
+                return self.queue.add(values, t, ms)
+            finally:
+                self._notes()
+
+    def _notes(self):
+        """Log what the queue noted (damage found, a state save that failed or works
+        again); no allocation when there is nothing to say, as after most samples."""
+        notes = self.queue.notes
+        while notes:
+            self._write(notes.pop(0))
 
     def kicked(self):
         """The receiver joined or the link came back: send at once, whatever the backoff."""
@@ -400,9 +430,7 @@ class Telemetry:
             while self._reachable():
                 async with self.lock:
                     data, count, last, end = self.queue.batch()
-                    for note in self.queue.notes:  # damage found since boot
-                        self._write(note)
-                    self.queue.notes = []
+                    self._notes()  # damage found since boot
                 if not count:
                     break
                 ok = await self._send(data, count, last)

@@ -1,35 +1,86 @@
-"""Boot-time and repair code of the telemetry queue (telemetry.py): reading the state
-file, walking and rebuilding the queue file, the boot counter. Imported only when
+"""Boot-time, repair and rare code of the telemetry queue (telemetry.py): reading the
+state file, walking and rebuilding the queue file, the boot counter, the notes of a
+state save that failed. Imported only when
 needed and dropped from sys.modules afterwards (telemetry.py), so its bytecode does
 not stay in a board's heap.
 """
 import json
-import os
 
-from telemetry import BOOT, _read_record, _remove, _size
+from telemetry import BOOT, QUEUE, STATE, _read_record, _remove, _replace, _size
 
 
-def next_boot(prefix=""):
-    """Count this boot in `prefix`telemetry.boot; returns the new count (1 at the first)."""
+def next_boot(prefix="", notes=None):
+    """Count this boot: one more than any boot number the counter (`prefix`telemetry.boot),
+    the state or the queue's last record holds, so two boots never share one even when
+    the counter could not be written (a full flash): the boot's first sample, or its
+    state, then carries it. Returns it (1 at the first). A counter the flash refuses is
+    said in `notes`; a boot that could write none of the three queued no sample, so no
+    receiver saw its number."""
     path = prefix + BOOT
-    n = 0
+    _remove(path + ".tmp")  # left by a write that failed at an earlier boot
+    n = max(_int_in(path), _saved_boot(prefix)) + 1
+    e = _replace(path, str(n))
+    if e is not None and notes is not None:
+        notes.append("telemetry: boot counter %s not written (%r): boot %d is kept by the state "
+                     "and the queue at the next sample" % (path, e, n))
+    return n
+
+
+def _int_in(path):
     try:
         with open(path) as f:
-            n = int(f.read())
+            return int(f.read())
     except (OSError, ValueError):
-        pass
-    n += 1
+        return 0
+
+
+def _saved_boot(prefix):
+    """The boot number in the state file, or in the last good record of the queue file
+    if higher (an append whose state save failed); 0 when none."""
+    b = 0
     try:
-        with open(path + ".tmp", "w") as f:
-            f.write(str(n))
-        os.rename(path + ".tmp", path)
-    except OSError:
-        pass  # a full flash: records still carry a boot number, maybe a repeated one
-    return n
+        with open(prefix + STATE) as f:
+            b = json.load(f)["boot"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if not isinstance(b, int) or isinstance(b, bool):
+        b = 0
+    path = prefix + QUEUE
+    size = _size(path)
+    last = None
+    if size:
+        with open(path, "rb") as f:
+            off = 0
+            while off < size:
+                rec, _ = _read_record(f, off, size)
+                if rec is None:
+                    off += 1
+                else:
+                    off += 2 + len(rec)
+                    last = rec
+    if last is not None:
+        from lkedge import cbor
+        r = cbor.loads(last).get("boot")
+        if isinstance(r, int) and not isinstance(r, bool) and r > b:
+            b = r
+    return b
+
+
+def saved(q, e):
+    """A state save failed (`e`, the OSError) after one that worked, or worked after one
+    that failed: note it (once per change) and mark the queue unsaved or not."""
+    q.unsaved = e is not None
+    if e is None:
+        q.notes.append("telemetry: state saved to %s again" % q.st)
+    else:
+        q.notes.append("telemetry: state not saved to %s (%r): seq %d, dropped %d and boot %d kept in RAM and "
+                       "saved again with each sample (lost if the board resets first)"
+                       % (q.st, e, q.seq, q.dropped, q.boot))
 
 
 def load(q):
     q._head_hint = None
+    _remove(q.st + ".tmp")  # a state save cut short (a full flash, a power cut)
     try:
         with open(q.st) as f:
             d = json.load(f)

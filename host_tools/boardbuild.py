@@ -233,7 +233,9 @@ _ROM_NAMES = (
     "sum zip complex frozenset property AssertionError AttributeError EOFError "
     "ImportError KeyError KeyboardInterrupt RuntimeError SystemExit UnicodeError "
     "NotImplemented Ellipsis endswith lower upper strip rsplit replace extend insert "
-    "remove reverse sort clear copy values items keys update"
+    "remove reverse sort clear copy values items keys update "
+    # builtins and module members every port has (found unspelled by dir() on the unix port)
+    "help iter exit ipoll modify mount search match sep stderr"
 ).split()
 
 _WORD = re.compile(r"\w+")

@@ -1,4 +1,5 @@
-"""The firmware's file methods and base64 pieces (firmware/files.py, b64pieces.py) and
+"""The firmware's file methods and base64 pieces (firmware/files.py, filedelete.py,
+b64pieces.py), the flash log's tail (flashlog.py) and
 config.update's validation (methods.py), without a room: the RPC data object is given
 a reader that hands out the request in pieces of awkward sizes, as a stream does.
 
@@ -16,6 +17,7 @@ MP_HEAPSIZE = "256K"
 import firmware_path  # noqa: E402,F401  (firmware/ on sys.path)
 
 import b64pieces  # noqa: E402
+import filedelete  # noqa: E402
 import files  # noqa: E402
 import methods  # noqa: E402
 from lkedge.rpc import RpcError  # noqa: E402
@@ -451,3 +453,166 @@ async def test_puts_into_one_folder_at_once_use_temporary_files_of_their_own():
     finally:
         _rm(d + "/a", d + "/b", _tmp(d + "/a"), _tmp(d + "/a", 1))
         os.rmdir(d)
+
+
+# ------------------------------------------------------------ a full flash
+class _CountingFile:
+    """A file.put's temporary file that counts what is written to it into `flash.used`."""
+
+    def __init__(self, f, flash):
+        self.f = f
+        self.flash = flash
+
+    def write(self, b):
+        self.flash.used += len(b)
+        return self.f.write(b)
+
+    def close(self):
+        self.f.close()
+
+
+class _Flash:
+    """A flash of `free` bytes that file.put's writes use up (FAKE: `files.free_bytes`;
+    this machine's disk is not nearly full); the flash log pointed at files of this
+    test's own. Use with `with`."""
+
+    def __init__(self, free):
+        self.free = free
+        self.used = 0
+
+    def __enter__(self):
+        import flashlog
+        self.saved = (files.free_bytes, files.reserve, files._create, flashlog.LOG, flashlog.OLD)
+        create = files._create
+        files._create = lambda tmp, path: _CountingFile(create(tmp, path), self)
+        files.free_bytes = lambda path: self.free - self.used
+        files.reserve = 4096
+        flashlog.LOG, flashlog.OLD = PREFIX + "log.txt", PREFIX + "log.old"
+        return self
+
+    def __exit__(self, *exc):
+        import flashlog
+        _rm(flashlog.LOG, flashlog.OLD)
+        files.free_bytes, files.reserve, files._create, flashlog.LOG, flashlog.OLD = self.saved
+
+
+def test_the_free_flash_is_measured_with_statvfs():
+    free = files.free_bytes(PREFIX + "x")
+    assert isinstance(free, int) and free > 0, free
+
+
+async def test_file_put_keeps_the_reserve_free_for_the_firmwares_own_files():
+    name = PREFIX + "big.bin"
+    with open(name, "wb") as f:
+        f.write(b"good")
+    try:
+        with _Flash(free=4096 + 3000 + 4):  # room for 3000 bytes beyond the reserve
+            e = await _put_error(_put_body(name, _content(5000)), 500)
+            assert e.code == files.E_WRITE and "no space" in e.message and name in e.message, e.message
+            assert "4096" in e.message and "file.delete" in e.message and ".tmp" not in e.message, e.message
+            with open(name, "rb") as f:
+                assert f.read() == b"good"
+            _absent(_tmp(name))
+        with _Flash(free=4096 + 3000 + 4):
+            r = json.loads(await files.file_put(Data(reader=PieceReader(_put_body(name, _content(2900)), 500))))
+            assert r["size"] == 2900
+    finally:
+        _rm(name, _tmp(name))
+    assert not files._writing
+
+
+def test_file_delete_removes_a_users_file_and_says_what_is_free():
+    name = PREFIX + "del.bin"
+    with open(name, "wb") as f:
+        f.write(_content(700))
+    try:
+        with _Flash(free=100000):
+            import flashlog
+            r = json.loads(filedelete.file_delete(Data(json.dumps({"path": "./" + name}))))
+            assert r == {"path": name, "size": 700, "free": 100000}, r
+            _absent(name)
+            with open(flashlog.LOG) as f:
+                assert "file.delete by tester: %s (700 bytes)" % name in f.read()
+        assert _code(filedelete.file_delete, Data(json.dumps({"path": name}))) == files.E_NO_FILE
+    finally:
+        _rm(name)
+
+
+def test_file_delete_refuses_the_firmwares_own_files_and_bad_paths():
+    d = PREFIX + "deldir"
+    os.mkdir(d)
+    try:
+        for own in ("config.json", "config.good.json", "profile.json", "log.txt", "log.old", "telemetry.q",
+                    "telemetry.st", "telemetry.boot", "telemetry.st.tmp", ".lkedge-deployed", "main.py",
+                    "app.mpy", "lib/lkedge/room.mpy", "drivers/bme.mpy", "/config.json"):
+            assert _code(filedelete.file_delete, Data(json.dumps({"path": own}))) == filedelete.E_OWN, own
+        for bad, code in (("../x", files.E_BAD_PATH), ("a\x00b", files.E_BAD_PATH), ("", files.E_BAD_PATH),
+                          (d, files.E_NO_FILE)):
+            assert _code(filedelete.file_delete, Data(json.dumps({"path": bad}))) == code, bad
+        assert _code(filedelete.file_delete, Data("{}")) == files.E_MISSING
+        assert _code(filedelete.file_delete, Data("nope")) == files.E_NOT_JSON
+    finally:
+        os.rmdir(d)
+
+
+def test_file_delete_refuses_what_deploy_put_there():
+    name = PREFIX + "settings.json"   # a data file a deploy copied from the firmware folder
+    saved = filedelete._MANIFEST
+    try:
+        with open(name, "w") as f:
+            f.write("{}")
+        filedelete._MANIFEST = PREFIX + "manifest"
+        with open(filedelete._MANIFEST, "w") as f:
+            f.write("%s /lib/lkedge/room.mpy\n%s /%s\n" % ("0" * 64, "1" * 64, name))
+        assert _code(filedelete.file_delete, Data(json.dumps({"path": name}))) == filedelete.E_OWN
+        assert firmware_path.exists(name)
+    finally:
+        filedelete._MANIFEST = saved
+        _rm(name, PREFIX + "manifest")
+
+
+async def test_file_delete_refuses_a_file_a_put_is_writing():
+    import asyncio
+    name = PREFIX + "busy.bin"
+    try:
+        put = asyncio.create_task(files.file_put(Data(reader=SlowReader(_put_body(name, _content(2000)), 64))))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        for path in (name, _tmp(name)):
+            assert _code(filedelete.file_delete, Data(json.dumps({"path": path}))) == files.E_BUSY, path
+        await put
+    finally:
+        _rm(name, _tmp(name))
+
+
+async def _tail(n, log, old):
+    import flashlog
+    out = []
+    async for piece in flashlog.TailSource(n, log, old, piece=64):
+        out.append(piece)
+    return "".join(out)
+
+
+async def test_log_tail_reads_log_old_then_log_txt():
+    log, old = PREFIX + "log.txt", PREFIX + "log.old"
+    lines = ["%d INFO line %d of the rotated half\n" % (1000 + i, i) for i in range(300)]
+    with open(old, "w") as f:
+        f.write("".join(lines))
+    with open(log, "w") as f:
+        f.write("2000 INFO the first line after the rotation\n")
+    try:
+        text = await _tail(2048, log, old)
+        # the old firmware: log.txt alone, one line though log.old held 10 KB
+        assert text.endswith("of the rotated half\n2000 INFO the first line after the rotation\n"), text[-200:]
+        assert 2048 - 64 < len(text) <= 2048 and text.split("\n")[0] in [x[:-1] for x in lines], text[:80]
+        both = "".join(lines) + "2000 INFO the first line after the rotation\n"
+        assert await _tail(100000, log, old) == both
+        assert await _tail(30, log, old) == "", "a partial line"
+        _rm(old)
+        assert await _tail(2048, log, old) == "2000 INFO the first line after the rotation\n"
+        _rm(log)
+        with open(old, "w") as f:
+            f.write("".join(lines[:3]))
+        assert await _tail(2048, log, old) == "".join(lines[:3])
+    finally:
+        _rm(log, old)

@@ -482,3 +482,64 @@ def test_the_revert_note_goes_once_a_newer_config_joins():
         trial.joined()
         assert trial.reverted is None and not flash.exists("TRIAL")
         assert lastgood.Trial(cfg).reverted is None and lastgood.load_good()["name"] == "pump-9"
+
+
+# ------------------------------------------- joining: the flash log and the backoff
+def _connect_lines(log):
+    return [line for line in log.split("\n") if "connect to tcp://10.0.0.2:7880 failed" in line]
+
+
+async def test_the_same_connect_failure_goes_to_the_flash_log_once_then_hourly_with_a_count():
+    # an expired token retried for ever wrote one line per attempt: ~290 KB a day into a
+    # 64 KiB log, its history gone in hours
+    saved = app.CONNECT_LOG_EVERY_MS, app.UNAUTHORIZED_RETRY_MS
+    app.UNAUTHORIZED_RETRY_MS = 20
+    try:
+        with Flash() as flash:
+            room = FailingRoom()
+            task = app.asyncio.create_task(app._connect_forever(room, _cfg()))
+            await app._sleep_ms(300)   # 5, 10, 20, 20, ... ms apart: ~15 attempts
+            assert room.attempts >= 8 and len(_connect_lines(flash.log())) == 1, flash.log()
+            n = room.attempts
+            room.leave_code = 3   # another failure: logged at once, with the count of the first
+            await app._sleep_ms(100)
+            lines = _connect_lines(flash.log())
+            assert lines[1].endswith("connection refused: %d more times, not logged" % (n - 1)), lines
+            assert "LEAVE 3 token expired" in lines[2], lines
+            assert len(lines) == 3, lines   # those since: the console's only
+            app.CONNECT_LOG_EVERY_MS = 0   # an hour has passed: the same failure again, with a count
+            quiet = room.attempts - n - 1
+            assert quiet >= 2, quiet
+            await app._sleep_ms(60)
+            lines = _connect_lines(flash.log())
+            assert lines[3].endswith("LEAVE 3 token expired (%d more times since the last line, not logged)" % quiet), \
+                lines
+            room.ok = True
+            await task
+    finally:
+        app.CONNECT_LOG_EVERY_MS, app.UNAUTHORIZED_RETRY_MS = saved
+
+
+async def test_a_refused_token_is_retried_less_often_than_an_unreachable_relay():
+    saved = app.UNAUTHORIZED_RETRY_MS
+    app.UNAUTHORIZED_RETRY_MS = 200   # 300 s on a board
+    try:
+        with Flash():
+            counts = []
+            for leave_code in (None, 3):
+                room = FailingRoom(leave_code)
+                task = app.asyncio.create_task(app._connect_forever(room, _cfg()))
+                await app._sleep_ms(500)
+                counts.append(room.attempts)
+                room.ok = True
+                await task
+            assert counts[0] >= 15 and counts[1] <= 4, counts   # RETRY_MAX_MS is 20 here
+            # a config on trial is judged within revert_after_s all the same (above, 1 s)
+            room = FailingRoom(3)
+            task = app.asyncio.create_task(app._connect_forever(room, _cfg(revert_after_s=0.1)))
+            await app._sleep_ms(500)
+            assert room.attempts >= 4, room.attempts
+            room.ok = True
+            await task
+    finally:
+        app.UNAUTHORIZED_RETRY_MS = saved

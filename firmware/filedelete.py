@@ -1,0 +1,62 @@
+"""file.delete, apart from the other file methods (files.py): methods.py imports it for
+each call and drops it after, so its bytecode is not in a board's heap between calls.
+
+    file.delete  {"path"} -> {"path", "size": what it held, "free": flash bytes free
+                 now, null where the port cannot say}
+
+Paths follow file.put's rules (files.safe_path). Refused: the firmware's own files
+(E_OWN: its code, .py and .mpy files and anything in lib/; what `lkedge deploy` put
+there, listed in its manifest; the top-level config.*, log.*, telemetry.*, profile.*
+and .lkedge* files, their .tmp copies too), a file a file.put is writing (E_BUSY), a
+missing file or a folder (E_NO_FILE), a removal the flash refuses (E_WRITE). Each
+deletion goes to the flash log with the caller's identity.
+"""
+import json
+import os
+
+import files
+
+E_OWN = 4009
+_OWN = ("config.", "log.", "telemetry.", "profile.", ".lkedge")  # top-level names
+_MANIFEST = ".lkedge-deployed"  # what deploy put on the board, one "sha256 /path" a line
+
+
+def file_delete(data):
+    path = files.safe_path(files.request(data.payload, "path")["path"])
+    if path in files._writing or path in files._writing.values():
+        raise files.rpc_error(files.E_BUSY, "file.delete: %s is being written by a file.put; try again after it"
+                              % path)
+    if _own(path):
+        raise files.rpc_error(E_OWN, "file.delete: %s is the firmware's own file (its code, config, log or "
+                              "telemetry): not deleted" % path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise files.rpc_error(files.E_NO_FILE, "file.delete: cannot delete %s: %s" % (path, files._errname(e)))
+    if st[0] & 0x4000:
+        raise files.rpc_error(files.E_NO_FILE, "file.delete: %s is a folder; it deletes files only" % path)
+    try:
+        os.remove(path)
+    except OSError as e:
+        raise files.rpc_error(files.E_WRITE, "file.delete: cannot delete %s: %s" % (path, files._errname(e)))
+    import flashlog
+    flashlog.info("file.delete by %s: %s (%d bytes)" % (data.caller_identity, path, st[6]))
+    return json.dumps({"path": path, "size": st[6], "free": files.free_bytes(path)})
+
+
+def _own(path):
+    """Whether `path` (safe_path's spelling) is the firmware's own: code (.py, .mpy,
+    anything in lib/), its top-level config, log, telemetry and profile files (and their
+    .tmp copies), or a file deploy put there (listed in its manifest)."""
+    if path.startswith("lib/") or path.endswith((".py", ".mpy")):
+        return True
+    if "/" not in path and path.startswith(_OWN):
+        return True
+    try:
+        with open(_MANIFEST) as f:
+            for line in f:
+                if line.rstrip().endswith(" /" + path):
+                    return True
+    except OSError:
+        pass  # no manifest: a board deployed by other means
+    return False
