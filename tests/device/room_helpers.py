@@ -119,3 +119,28 @@ def error_collector(errors):
         except Exception as e:
             errors.append(str(e))
     return handler
+
+
+class CannedRelay:
+    """A transport that answers whatever is sent with the bytes `answer`, then ends the
+    connection (a relay refusing a JOIN, a web server), counting its connects."""
+
+    def __init__(self, answer):
+        self.answer = self.out = answer
+        self.connects = 0
+
+    async def connect(self):
+        self.connects += 1
+        self.out = self.answer
+
+    async def write(self, data):
+        pass
+
+    async def read_into(self, buf):
+        n = len(self.out)
+        buf[:n] = self.out
+        self.out = b""
+        return n
+
+    async def close(self):
+        pass

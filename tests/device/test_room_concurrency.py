@@ -7,7 +7,7 @@ reported, disconnect() runs the listeners it triggers, connect() twice is refuse
 """
 import asyncio
 
-from room_helpers import close, join, noting_cancel, pair, raw, send_request_v1, settle
+from room_helpers import CannedRelay, close, join, noting_cancel, pair, raw, send_request_v1, settle
 
 import lkedge.room as room_module
 from lkedge import link
@@ -670,34 +670,12 @@ async def test_connect_again_after_the_link_closed_before_joined():
     await close(r)
 
 
-class _HttpServer:
-    """What a web server (a relay's HTTP port, say) answers a JOIN frame."""
-
-    def __init__(self):
-        self.answer = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
-
-    async def connect(self):
-        pass
-
-    async def write(self, data):
-        pass
-
-    async def read_into(self, buf):   # the answer, then the end of the connection
-        n = len(self.answer)
-        buf[:n] = self.answer
-        self.answer = b""
-        return n
-
-    async def close(self):
-        pass
-
-
 async def test_a_join_answered_with_http_says_it_is_not_a_relays_link_port():
     # A board given the relay's HTTP port logged "the link closed without a LEAVE (the
     # relay stopped...)": not what happened, and its log is all a field user sees
     r = room_module.Room(RoomOptions(auto_reconnect=False))
     try:
-        await r.connect(_HttpServer(), "a")
+        await r.connect(CannedRelay(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"), "a")
     except ConnectError as e:
         assert "answers HTTP: a web (HTTP or WebSocket) port, not a relay's link port" in str(e), e
     else:

@@ -7,7 +7,7 @@ the real asyncio), so the tests check the schedule without waiting it out.
 """
 import asyncio
 
-from room_helpers import close, raw, settle
+from room_helpers import CannedRelay, close, raw, settle
 
 import lkedge.room as room_module
 from lkedge import link
@@ -406,28 +406,12 @@ async def test_a_reader_busy_with_a_slow_handler_is_not_taken_for_a_dead_link():
     await board.disconnect()
 
 
-class _RefusingRelay:
+class _RefusingRelay(CannedRelay):
     """A transport that answers any JOIN with LEAVE `code` and closes (a relay refusing
     the token): the bytes a refusing relay sends, without one."""
 
     def __init__(self, code=link.LEAVE_UNAUTHORIZED):
-        self.out = link.encode_control(link.LEAVE, {"code": code, "reason": "token is not a JWT"})
-        self.connects = 0
-
-    async def connect(self):
-        self.connects += 1
-
-    async def write(self, data):
-        pass
-
-    async def read_into(self, buf):
-        n = len(self.out)
-        buf[:n] = self.out
-        self.out = b""
-        return n
-
-    async def close(self):
-        pass
+        CannedRelay.__init__(self, link.encode_control(link.LEAVE, {"code": code, "reason": "token is not a JWT"}))
 
 
 async def test_a_connect_refused_with_a_leave_leaves_nothing_running():
