@@ -5,9 +5,10 @@ each call and drops it after, so its bytecode is not in a board's heap between c
                  now, null where the port cannot say}
 
 Paths follow file.put's rules (files.safe_path). Refused: the firmware's own files
-(E_OWN: its code, .py and .mpy files and anything in lib/; what `lkedge deploy` put
-there, listed in its manifest; the top-level config.*, log.*, telemetry.*, profile.*
-and .lkedge* files, their .tmp copies too), a file a file.put is writing (E_BUSY), a
+(E_OWN: anything in lib/, boot.py and main.py; what `lkedge deploy` put there, listed
+in its manifest, or, on a board without one, every .py and .mpy file; the files this
+firmware keeps at the top: its config, log, telemetry and profile files by name, their
+.tmp copies, and deploy's .lkedge* files), a file a file.put is writing (E_BUSY), a
 missing file or a folder (E_NO_FILE), a removal the flash refuses (E_WRITE). Each
 deletion goes to the flash log with the caller's identity.
 """
@@ -17,7 +18,9 @@ import os
 import files
 
 E_OWN = 4009
-_OWN = ("config.", "log.", "telemetry.", "profile.", ".lkedge")  # top-level names
+# the top-level files this firmware writes (a user's log.csv or config.bak is not one)
+_OWN = ("config.json", "config.good.json", "config.rejected.json", "config.trial.json", "log.txt", "log.old",
+        "telemetry.q", "telemetry.st", "telemetry.boot", "profile.json", "boot.py", "main.py")
 _MANIFEST = ".lkedge-deployed"  # what deploy put on the board, one "sha256 /path" a line
 
 
@@ -45,18 +48,19 @@ def file_delete(data):
 
 
 def _own(path):
-    """Whether `path` (safe_path's spelling) is the firmware's own: code (.py, .mpy,
-    anything in lib/), its top-level config, log, telemetry and profile files (and their
-    .tmp copies), or a file deploy put there (listed in its manifest)."""
-    if path.startswith("lib/") or path.endswith((".py", ".mpy")):
-        return True
-    if "/" not in path and path.startswith(_OWN):
+    """Whether `path` (safe_path's spelling) is the firmware's own: anything in lib/,
+    a top-level file of _OWN (or its .tmp copy) or of deploy (.lkedge*), a file deploy
+    put there (listed in its manifest) or, without a manifest, any code file. Compared
+    in lower case: on a FAT flash CONFIG.JSON is config.json."""
+    p = path.lower()
+    top = p[:-4] if p.endswith(".tmp") else p
+    if p.startswith("lib/") or ("/" not in p and (top in _OWN or p.startswith(".lkedge"))):
         return True
     try:
         with open(_MANIFEST) as f:
             for line in f:
-                if line.rstrip().endswith(" /" + path):
+                if line.rstrip().lower().endswith(" /" + p):
                     return True
-    except OSError:
-        pass  # no manifest: a board deployed by other means
+    except OSError:   # no manifest (deployed by other means): its code cannot be told apart
+        return p.endswith((".py", ".mpy"))
     return False

@@ -97,8 +97,11 @@ class MemRoom:
         elif ftype == link.PING:
             await conn.t._deliver(relayside.encode_frame(link.PONG, body))
         elif ftype == link.LEAVE:   # its reason passed on, as the relay does
-            d = relayside.check_leave(link.decode_control(body))
-            await self._leave(conn, "client initiated" + (": " + d["reason"] if d["reason"] else ""))
+            try:
+                reason = relayside.check_leave(link.decode_control(body))["reason"]
+            except link.LinkError as e:
+                reason = "(unreadable LEAVE: %s)" % e
+            await self._leave(conn, "client initiated" + (": " + reason if reason else ""))
 
     async def _data(self, conn, body):
         if conn.identity is None:

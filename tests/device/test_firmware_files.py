@@ -566,9 +566,17 @@ def test_file_delete_refuses_what_deploy_put_there():
             f.write("%s /lib/lkedge/room.mpy\n%s /%s\n" % ("0" * 64, "1" * 64, name))
         assert _code(filedelete.file_delete, Data(json.dumps({"path": name}))) == filedelete.E_OWN
         assert firmware_path.exists(name)
+        # a user's own files, though named like the firmware's: a manifest says what is code
+        for mine in (PREFIX + "mytool.py", "log.csv", "config.bak", "telemetry.csv"):
+            with open(mine, "w") as f:
+                f.write("x")
+            assert json.loads(filedelete.file_delete(Data(json.dumps({"path": mine}))))["path"] == mine
+            assert not firmware_path.exists(mine)
+        for own in ("CONFIG.JSON", "Log.Txt", "main.py"):   # a FAT flash ignores case
+            assert _code(filedelete.file_delete, Data(json.dumps({"path": own}))) == filedelete.E_OWN, own
     finally:
         filedelete._MANIFEST = saved
-        _rm(name, PREFIX + "manifest")
+        _rm(name, PREFIX + "manifest", PREFIX + "mytool.py", "log.csv", "config.bak", "telemetry.csv")
 
 
 async def test_file_delete_refuses_a_file_a_put_is_writing():

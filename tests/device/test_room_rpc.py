@@ -2115,6 +2115,19 @@ async def test_a_request_stream_cut_short_is_answered_as_livekit_client_does_not
         err = r["rpc_response"]["error"]
         assert err["code"] == 1500 and err["message"] == "Application error in method handler", err
         assert err["data"].startswith("Error reading RPC request payload: abnormal end"), err
+    for rid, method in (("bad-w", "whole"), ("bad-p", "pieces")):   # and text that is not UTF-8
+        await peer.send({"destination_identities": ["a"], "stream_header": {
+            "stream_id": "req-" + rid, "timestamp": 1, "topic": "lk.rpc_request", "mime_type": "text/plain",
+            "text_header": {"operation_type": 0}, "attributes": _rpc_attrs(rid, method)}})
+        await peer.send({"destination_identities": ["a"], "stream_chunk": {
+            "stream_id": "req-" + rid, "chunk_index": 0, "content": b"ok\xff\xfeok"}})
+        await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "req-" + rid}})
+        r = await peer.wait_for(_is_response_to(rid))
+        err = r["rpc_response"]["error"]
+        assert err["code"] == 1500 and err.get("data", "").startswith(
+            "Error reading RPC request payload: invalid UTF-8"), (rid, err)
+    r = await request_v1(peer, "a", "after", "whole", "x")   # the link goes on
+    assert r["rpc_response"]["payload"] == "never", r
     await close(a, peer)
 
 
