@@ -567,16 +567,19 @@ def test_file_delete_refuses_what_deploy_put_there():
         assert _code(filedelete.file_delete, Data(json.dumps({"path": name}))) == filedelete.E_OWN
         assert firmware_path.exists(name)
         # a user's own files, though named like the firmware's: a manifest says what is code
-        for mine in (PREFIX + "mytool.py", "log.csv", "config.bak", "telemetry.csv"):
-            with open(mine, "w") as f:
-                f.write("x")
+        mine = PREFIX + "mytool.py"
+        with open(mine, "w") as f:
+            f.write("x")
+        with _Flash(free=100000):   # (its log line goes to a file of the test's)
             assert json.loads(filedelete.file_delete(Data(json.dumps({"path": mine}))))["path"] == mine
-            assert not firmware_path.exists(mine)
-        for own in ("CONFIG.JSON", "Log.Txt", "main.py"):   # a FAT flash ignores case
+        _absent(mine)
+        for other in ("log.csv", "config.bak", "telemetry.csv", "notes/config.json", "notes/main.py"):
+            assert not filedelete._own(other), other
+        for own in ("CONFIG.JSON", "Log.Txt", "main.py", "telemetry.st.tmp"):   # a FAT flash ignores case
             assert _code(filedelete.file_delete, Data(json.dumps({"path": own}))) == filedelete.E_OWN, own
     finally:
         filedelete._MANIFEST = saved
-        _rm(name, PREFIX + "manifest", PREFIX + "mytool.py", "log.csv", "config.bak", "telemetry.csv")
+        _rm(name, PREFIX + "manifest", PREFIX + "mytool.py")
 
 
 async def test_file_delete_refuses_a_file_a_put_is_writing():
