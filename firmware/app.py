@@ -134,21 +134,22 @@ async def _wifi_forever(cfg, trial, machine):
     WIFI_RETRY_MAX_MS) until it is: no reset loop. Each failed attempt counts as in
     _wifi. The event loop runs meanwhile: sampling goes on, the watchdog task feeds."""
     delay = WIFI_RETRY_MIN_MS
-    attempt = 1
+    seen = [None, 0, 0]   # as a join's: the same failure to the flash log hourly (_log_connect)
     while True:
         try:
             for ms in _wifi_steps(cfg):
                 await _sleep_ms(ms)
+            _log_connect(None, seen)   # how many went unlogged, if any
             return
         except MemoryError:
             raise
         except Exception as e:  # an OSError, or whatever else the port's WLAN raises
             why = str(e) or repr(e)
-        flashlog.error("%s; trying again in %d s (attempt %d; sampling goes on)" % (why, delay // 1000, attempt))
+        _log_connect("%s; trying again with backoff, at most every %d s (sampling goes on)"
+                     % (why, WIFI_RETRY_MAX_MS // 1000), seen)
         _failed(trial, why, machine, "wifi", _wifi_timeout_ms(cfg))
         await _sleep_ms(delay)
         delay = min(delay * 2, WIFI_RETRY_MAX_MS)
-        attempt += 1
 
 
 def _set_clock():

@@ -543,3 +543,24 @@ async def test_a_refused_token_is_retried_less_often_than_an_unreachable_relay()
             await task
     finally:
         app.UNAUTHORIZED_RETRY_MS = saved
+
+
+async def test_a_wifi_that_stays_down_goes_to_the_flash_log_once_then_with_a_count():
+    # one line per attempt (every 5 min at most): a week without its access point
+    # wrote ~200 KB into the 64 KiB log, its history gone
+    saved = app.WIFI_RETRY_MIN_MS, app.WIFI_RETRY_MAX_MS
+    app.WIFI_RETRY_MIN_MS, app.WIFI_RETRY_MAX_MS = 5, 20
+    try:
+        with Flash(absent=["home"], wifi_ms=5) as flash:
+            task = app.asyncio.create_task(app._wifi_forever(_cfg(wifi={"ssid": "home"}), None, FakeMachine()))
+            await app._sleep_ms(1000)   # each attempt: ~200 ms of polling, then 5, 10, 20 ms
+            tries = len(flash.network.connects)
+            lines = [ln for ln in flash.log().split("\n") if "Wi-Fi 'home': no connection" in ln]
+            assert tries >= 3 and len(lines) == 1, (tries, flash.log())
+            flash.network.absent = []   # the access point is back (an attempt under way may still fail)
+            await task
+            lines = [ln for ln in flash.log().split("\n") if "Wi-Fi 'home': no connection" in ln]
+            assert len(lines) <= 4 and [ln for ln in lines if "more times, not logged" in ln], lines
+            assert "(STAT_NO_AP_FOUND); trying again with backoff" in lines[0], lines
+    finally:
+        app.WIFI_RETRY_MIN_MS, app.WIFI_RETRY_MAX_MS = saved
