@@ -532,17 +532,42 @@ def launch(profile="unix", flash=None, timeout=10.0, extra=(), env=None):
     if flash:
         cmd += ["--flash", flash]
     cmd += list(extra)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, **env) if env else None)
+    said = _relay_stderr(proc)
     ready = selectors.DefaultSelector()
     ready.register(proc.stdout, selectors.EVENT_READ)
-    line = proc.stdout.readline() if ready.select(timeout) else ""
+    line = proc.stdout.readline() if ready.select(timeout) else None
     ready.close()
-    if " emulated on " not in line:
+    if " emulated on " not in (line or ""):
+        try:   # its stdout ended (line ""): it is exiting
+            code = proc.wait(2) if line == "" else proc.poll()
+        except subprocess.TimeoutExpired:
+            code = None
         proc.kill()
         proc.wait()
-        raise RuntimeError("lkedge board did not start within %s s: %r" % (timeout, line))
+        time.sleep(0.1)   # its last words, through the thread
+        why = " ".join(s.strip() for s in said[-3:])
+        if code is not None:
+            raise RuntimeError("lkedge board exited (code %s) before it started: %s" % (code, why or "(it said nothing)"))
+        raise RuntimeError("lkedge board did not start within %s s%s" % (timeout, ": " + why if why else ""))
     return proc, line.split(" emulated on ", 1)[1].split(" ", 1)[0]
+
+
+def _relay_stderr(proc):
+    """Copy the board's stderr to ours as it comes (a test's output shows it, as when
+    it was inherited), keeping its last lines: why it exited, for launch's error."""
+    import threading
+    said = []
+
+    def pump():
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            said.append(line)
+            del said[:-10]
+    threading.Thread(target=pump, daemon=True).start()
+    return said
 
 
 class EmulatedBoard:
@@ -552,10 +577,19 @@ class EmulatedBoard:
     default ./.board-PROFILE), `proc` the supervisor process. Use it in a `with`, or
     call stop()."""
 
-    def __init__(self, profile="unix", flash=None, timeout=10.0):
+    def __init__(self, profile="unix", flash=None, timeout=10.0, env=None):
+        """`profile`: a boards/ name or a profile file's path; `env`: variables for this
+        board alone (e.g. {"LKEDGE_EMULATED_FLASH_SIZE": "262144"})."""
         self.profile = profile
         self.flash = flash
-        self.proc, self.port = launch(profile, flash, timeout)
+        self.proc, self.port = launch(profile, flash, timeout, env=env)
+
+    def reset(self, timeout=20.0):
+        """Reset the board (mpremote's `reset`, as a button press; the flash is kept):
+        its firmware starts again from boot.py."""
+        from lkedge_host import deploy
+        subprocess.run([deploy.find_tool("mpremote"), "connect", self.port, "reset"], check=True,
+                       capture_output=True, timeout=timeout)
 
     def deploy(self, firmware, relay, identity=None, room="lkedge", **more):
         """`lkedge deploy` of the firmware folder `firmware` to this board (the board

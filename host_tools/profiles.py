@@ -103,7 +103,8 @@ def validate(p, where="profile"):
     base = os.path.basename(where)
     _need(isinstance(p.get("name"), str) and p["name"], where, "'name' must be a non-empty string")
     _need(not base.endswith(".json") or base[:-5] == p["name"], where,
-          "'name' is %r but the file is %s" % (p["name"], base))
+          "'name' is %r but the file is %s: a profile is known by its name, so a copy names "
+          "itself as its file does (\"name\": %s)" % (p["name"], base, json.dumps(base[:-5])))
     _need(p.get("port") in PORTS, where, "'port' must be one of %s, got %r" % (PORTS, p.get("port")))
     _need("chip" not in p or isinstance(p["chip"], str) and p["chip"] and " " not in p["chip"], where,
           "'chip' must be one word such as \"ESP32S3\" (the end of the board's "

@@ -447,3 +447,29 @@ def test_an_interpreter_never_outlives_its_board_even_one_deaf_to_hangups(tmp_pa
         assert again.returncode == 0
     finally:
         _stop(first)
+
+
+def test_emulated_board_says_why_it_did_not_start_and_takes_env_and_reset(tmp_path):
+    # A copied profile whose name is not its file's: EmulatedBoard said only "did not
+    # start within 10.0 s: ''" (the reason went to stderr), after a second of waiting
+    import json
+    p = profiles.load("unix")
+    path = tmp_path / "my-unix.json"
+    path.write_text(json.dumps(p))
+    with pytest.raises(RuntimeError) as e:
+        board.EmulatedBoard(str(path), flash=str(tmp_path / "f1"))
+    assert "exited (code 2) before it started" in str(e.value), e.value
+    assert '\'name\' is \'unix\' but the file is my-unix.json' in str(e.value), e.value
+    assert '"name": "my-unix"' in str(e.value), e.value
+    p["name"] = "my-unix"
+    path.write_text(json.dumps(p))
+    # env for this board alone (not the test's process), and a reset as a button press
+    with board.EmulatedBoard(str(path), flash=str(tmp_path / "f2"), env={"LKEDGE_EMULATED_FLASH_SIZE": "65536"}) as b:
+        assert "LKEDGE_EMULATED_FLASH_SIZE" not in os.environ
+        got = out(b.port, "exec", "import os; s = os.statvfs('/'); print(s[0] * s[2])")
+        assert got == "65536\n", got
+        out(b.port, "exec", "import sys; sys.modules['marker'] = 1")
+        b.reset()
+        time.sleep(board.BOOT_TIME_S + 0.2)
+        assert out(b.port, "exec", "import sys, machine; print('marker' in sys.modules, machine.reset_cause())") \
+            == "False 5\n"

@@ -77,6 +77,6 @@ def test_telemetry_is_not_said_for_a_firmware_of_your_own(unix_board, firmware, 
     _, log = run_deploy(unix_board, "unix", firmware, lib, "--no-reset", "--telemetry-to", "collector")
     assert "deploy: config.json telemetry_to 'collector', telemetry_interval_s 10" in log, log
     assert "telemetry to collector every" not in log and "telemetry is off" not in log, log
-    cfg = json.loads(subprocess.run([deploy._tool("mpremote"), "connect", unix_board, "fs", "cat", ":/config.json"],
+    cfg = json.loads(subprocess.run([deploy.find_tool("mpremote"), "connect", unix_board, "fs", "cat", ":/config.json"],
                                     capture_output=True, text=True, timeout=30).stdout)
     assert cfg["telemetry_to"] == "collector"
