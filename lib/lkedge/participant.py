@@ -16,7 +16,7 @@ from .clock import now_ms
 from .consts import ATTR_RPC_REQUEST_ID, MAX_V1_PAYLOAD_BYTES, MIME_BYTES, TOPIC_RPC_RESPONSE
 from .ids import uuid4
 from .readers import PayloadReader
-from .utf8 import encoded_text
+from .utf8 import Utf8Error, encoded_text
 
 _MP = sys.implementation.name == "micropython"
 RpcError = rpc.RpcError
@@ -179,9 +179,9 @@ class LocalParticipant:
                 _log_send_failure(inv, e)
         except Exception as e:
             room._deadlines.pop(inv, None)
-            if reader is not None and e is reader._error:
-                # the caller's request stream failed (cut short, too long): not the
-                # handler's fault, and livekit-client's answer to it
+            if reader is not None and (e is reader._error or isinstance(e, Utf8Error)):
+                # the caller's request stream failed (cut short, too long, not UTF-8):
+                # not the handler's fault, and livekit-client's answer to it
                 e = _unreadable(e)
             elif not isinstance(e, RpcError):  # the caller gets 1500; the details belong here
                 load("misuse")._handler_failed(inv, e)

@@ -155,18 +155,10 @@ class TextStreamReader(_Reader):
             while data is _WAIT:
                 await self._ready.wait()
                 data = self._poll()
-            try:
-                if data is None:
-                    self._dec.finish()
-                    raise StopAsyncIteration
-                s = self._dec.decode(self._unread(data))
-            except utf8.Utf8Error as e:
-                # the stream's error from now on (later reads raise it, the rest is
-                # dropped): a request handler that lets it through failed on its input
-                self._error = e
-                self._ended = True
-                self._abandon()
-                raise
+            if data is None:
+                self._dec.finish()
+                raise StopAsyncIteration
+            s = self._dec.decode(self._unread(data))
             self._release(len(data) - self._off)
             if s:
                 return s
