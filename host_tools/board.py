@@ -555,15 +555,18 @@ def launch(profile="unix", flash=None, timeout=10.0, extra=(), env=None):
 
 
 def _relay_stderr(proc):
-    """Copy the board's stderr to ours as it comes (a test's output shows it, as when
-    it was inherited), keeping its last lines: why it exited, for launch's error."""
+    """Copy the board's stderr to our file descriptor 2 as it comes (as when it was
+    inherited: pytest's capture of a test takes it there, not a later test's output),
+    keeping its last lines: why it exited, for launch's error."""
     import threading
     said = []
 
     def pump():
         for line in proc.stderr:
-            sys.stderr.write(line)
-            sys.stderr.flush()
+            try:
+                os.write(2, line.encode("utf-8", "replace"))
+            except OSError:
+                pass
             said.append(line)
             del said[:-10]
     threading.Thread(target=pump, daemon=True).start()
