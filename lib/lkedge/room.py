@@ -412,6 +412,7 @@ class Room:
         why = "the link closed without a LEAVE (the relay stopped, or the connection was cut)"
         self._events = None  # _decoded's pending stream events belong to this task
         first = True
+        cancelled = False
         try:
             while True:
                 self._idle = 1
@@ -483,6 +484,9 @@ class Room:
                             return
         except asyncio.CancelledError:
             if self._dead is None:
+                # from outside (asyncio.run ending, a shutdown): no rejoin task behind
+                # it, which the closing loop would destroy pending
+                cancelled = True
                 raise
             why = self._dead  # the timer ended a link that went silent (_timer_loop)
         except Exception as e:
@@ -495,6 +499,8 @@ class Room:
                 if self._opening or self.connection_state != "connected":
                     self.last_error = why
                     self._joined.set()  # wake connect(): it reports the failure
+                elif cancelled:
+                    pass   # a loop going on has the timer: its _keepalive finds this task done
                 else:
                     self._reader_task = None   # the rejoin is this task's: not _keepalive's
                     try:

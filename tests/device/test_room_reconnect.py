@@ -355,6 +355,23 @@ async def test_a_link_gone_silent_without_closing_is_lost_and_rejoined():
     await board.disconnect()
 
 
+async def test_a_reader_cancelled_from_outside_starts_no_rejoin_of_its_own_and_the_timer_rejoins():
+    # asyncio.run() ending cancels every task: the reader's finally started a rejoin
+    # task then, which the closing loop destroyed ("Task was destroyed but it is
+    # pending!" after every program that did not disconnect()). A loop that goes on
+    # still has the timer, which finds the reader done and rejoins.
+    _, relay, events, board, peer = await _board_and_host(_FlakyRelay, ping_interval_ms=100)
+    spawned = len(board._tasks)
+    board._reader_task.cancel()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert board._reader_task.done() and events == [] and len(board._tasks) == spawned, (events, board._tasks)
+    await settle(lambda: "reconnected" in events, 5)
+    assert events[0] == "reconnecting" and relay.connects == 2, events
+    await peer.close()
+    await board.disconnect()
+
+
 async def test_a_link_that_stops_draining_does_not_stop_the_call_timers():
     # A write stuck on a full link must not hold up the timer: a call's own timeout
     # still fires (RPC.md: 1502), and the dead link is then dropped and rejoined.
