@@ -16,6 +16,10 @@ from . import auth
 _READY = re.compile(r"^lkedge relay: link (\S+)(.*)$")
 
 
+class _Exited(Exception):
+    pass
+
+
 def _free_port():
     import socket
     s = socket.socket()
@@ -45,7 +49,17 @@ class RelayProcess:
         self.key, self.secret = auth.resolve_keys(None, None, environ={})
 
     def start(self, timeout=20):
-        http_port = _free_port() if self.http else 0  # for the relay, 0 turns HTTP off
+        # The HTTP port is picked here (for the relay, 0 turns HTTP off), so another
+        # process may take it before the relay binds it (tests in parallel): then the
+        # relay exits, and a fresh pick is tried, twice at most.
+        for attempt in range(3 if self.http else 1):
+            try:
+                return self._start(_free_port() if self.http else 0, timeout)
+            except _Exited as e:
+                if attempt == (2 if self.http else 0):
+                    raise RuntimeError(str(e))
+
+    def _start(self, http_port, timeout):
         args = _lkedge_cmd() + ["relay", "--host", "127.0.0.1", "--port", str(self.port),
                                 "--ws-port", "0", "--http-port", str(http_port)] + self.extra_args
         env = dict(os.environ)
@@ -56,7 +70,11 @@ class RelayProcess:
         while time.monotonic() < t_end:
             line = self.proc.stdout.readline()
             if not line:
-                raise RuntimeError("lkedge relay exited (code %s) before it was ready" % self.proc.poll())
+                try:
+                    code = self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    code = None
+                raise _Exited("lkedge relay exited (code %s) before it was ready" % code)
             m = _READY.match(line.strip())
             if m:
                 self.url = m.group(1)

@@ -366,3 +366,22 @@ def test_a_short_api_secret_is_warned_about_at_start():
               if "HS256" in w]
     assert warned and "5 bytes" in warned[0] and "token_urlsafe" in warned[0], warned
     assert not [w for w in command.build(_args())[0].warnings if "HS256" in w]
+
+
+def test_relay_process_picks_another_http_port_when_its_pick_was_taken_meanwhile(monkeypatch):
+    # The HTTP port is picked before the relay binds it: a test running beside took it
+    # now and then, the relay exited, and a whole module's tests errored at setup
+    import socket
+    from lkedge_host.relay import process
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    picks = [taken.getsockname()[1]]
+    real = process._free_port
+    monkeypatch.setattr(process, "_free_port", lambda: picks.pop(0) if picks else real())
+    try:
+        with process.RelayProcess(http=True) as r:
+            assert not picks and r.http_url and r.http_url != "http://127.0.0.1:%d" % taken.getsockname()[1]
+            assert r.health()["status"] == "ok"
+    finally:
+        taken.close()
