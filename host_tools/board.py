@@ -532,9 +532,9 @@ def launch(profile="unix", flash=None, timeout=10.0, extra=(), env=None):
     if flash:
         cmd += ["--flash", flash]
     cmd += list(extra)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    profiles.load(profile)   # a bad profile raises its ProfileError here, saying why
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True,
                             env=dict(os.environ, **env) if env else None)
-    said = _relay_stderr(proc)
     ready = selectors.DefaultSelector()
     ready.register(proc.stdout, selectors.EVENT_READ)
     line = proc.stdout.readline() if ready.select(timeout) else None
@@ -546,31 +546,10 @@ def launch(profile="unix", flash=None, timeout=10.0, extra=(), env=None):
             code = None
         proc.kill()
         proc.wait()
-        time.sleep(0.1)   # its last words, through the thread
-        why = " ".join(s.strip() for s in said[-3:])
         if code is not None:
-            raise RuntimeError("lkedge board exited (code %s) before it started: %s" % (code, why or "(it said nothing)"))
-        raise RuntimeError("lkedge board did not start within %s s%s" % (timeout, ": " + why if why else ""))
+            raise RuntimeError("lkedge board exited (code %s) before it started: its reason is on stderr" % code)
+        raise RuntimeError("lkedge board did not start within %s s" % timeout)
     return proc, line.split(" emulated on ", 1)[1].split(" ", 1)[0]
-
-
-def _relay_stderr(proc):
-    """Copy the board's stderr to our file descriptor 2 as it comes (as when it was
-    inherited: pytest's capture of a test takes it there, not a later test's output),
-    keeping its last lines: why it exited, for launch's error."""
-    import threading
-    said = []
-
-    def pump():
-        for line in proc.stderr:
-            try:
-                os.write(2, line.encode("utf-8", "replace"))
-            except OSError:
-                pass
-            said.append(line)
-            del said[:-10]
-    threading.Thread(target=pump, daemon=True).start()
-    return said
 
 
 class EmulatedBoard:
