@@ -630,15 +630,20 @@ def check_space(board, files, new_dirs, port):
         "the board's flash is too full for this deploy: it needs %s free, the board has %s free%s; nothing "
         "was copied. The deploy copies %d file%s (largest: %s) and its record %s%s, in %d-byte blocks, each "
         "beside its old version until all are renamed into place at the end (the old files keep their "
-        "space meanwhile). Free at least %s on the board and deploy again: `mpremote connect %s fs tree "
-        "-s :` shows what takes the space, `mpremote connect %s rm :PATH` removes a file the board does "
-        "not need (copy it off first with `mpremote connect %s cp :PATH .` if you want it); or deploy "
-        "fewer files (a smaller --firmware folder, or --lib-only)"
+        "space meanwhile). Free at least %s on the board and deploy again: %s"
         % (_kib(need), _kib(free), " (with %s of .lkedge-part copies an interrupted deploy left, removed "
                                    "now)" % _kib(parts) if parts else "",
            len(copied), "" if len(copied) == 1 else "s", largest, MANIFEST,
            ", and makes %d folders" % len(new_dirs) if new_dirs else "",
-           block, _kib(need - free), port, port, port))
+           block, _kib(need - free), _make_room(port)))
+
+
+def _make_room(port):
+    """How to free flash on the board at `port`, for both NoSpace messages."""
+    return ("`mpremote connect %s fs tree -s :` shows what takes the space, `mpremote connect %s rm :PATH` "
+            "removes a file the board does not need (copy it off first with `mpremote connect %s cp :PATH .` "
+            "if you want it); or deploy fewer files (a smaller --firmware folder, or --lib-only)"
+            % (port, port, port))
 
 
 def _cleanup_code(dirs, new_dirs):
@@ -670,10 +675,7 @@ def _filled(e, port, checked, dirs, new_dirs):
         done = ("before any file was replaced: the copies are removed, the board keeps its old "
                 "firmware, whole, and the space it had")
     return NoSpace("the board's flash is full: a copy failed (%s) %s; %s. Free space on the board and deploy "
-                   "again: `mpremote connect %s fs tree -s :` shows what takes the space, `mpremote connect %s "
-                   "rm :PATH` removes a file the board does not need; or deploy fewer files (a smaller "
-                   "--firmware folder, or --lib-only)" % (why, done, checked, port, port),
-                   cleanup, renaming)
+                   "again: %s" % (why, done, checked, _make_room(port)), cleanup, renaming)
 
 
 # ----------------------------------------------------------------- config and token

@@ -571,8 +571,9 @@ class IncomingStreams:
         sid = trailer.get("stream_id", "")
         st = self.open.get(sid)
         if st is None:
-            if hash(sid) in self._ignored:
-                self._ignored.remove(hash(sid))
+            h = hash(sid)
+            if h in self._ignored:
+                self._ignored.remove(h)
             else:
                 yield StreamIgnored(sid, "trailer for a stream that is not open")
             return
