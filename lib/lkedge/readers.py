@@ -23,6 +23,7 @@ class _Reader:
     _rid = None   # the streaming call whose answer this is (its timer restarts per piece)
     _claimed = None   # the task that polled it first (Room: a sync handler handed it on)
     _done = None      # an Event set when it ends or is abandoned, made on demand (Room)
+    _drop_warn = None  # the sender, once its handler returned part-read (Room warns at a drop)
 
     def __init__(self, info):
         self.info = info

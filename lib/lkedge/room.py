@@ -42,6 +42,13 @@ _EVENTS = ("participant_connected", "participant_disconnected", "participant_upd
            "reconnected", "disconnected")
 
 
+def _dropped_warn(reader, sender):
+    _warn("stream %s from %r dropped %s (read it to its end there or in a task that starts at once; "
+          "reader.cancel() drops one on purpose)"
+          % (reader.info.stream_id, sender, "part-read: its handler returned before its end"
+             if reader._claimed else "unread: its handler returned without reading it"))
+
+
 def _warn(msg):
     print("lkedge:", msg)
 
@@ -556,6 +563,9 @@ class Room:
                 if r._rid is not None:
                     self._rpc_client._heard(r._rid, now_ms())
                 return r._taken.wait()
+            if r is not None and r._drop_warn is not None:
+                _dropped_warn(r, r._drop_warn)
+                r._drop_warn = None
             return None
         return self._on_stream_event(ev)
 
@@ -813,12 +823,16 @@ class Room:
         finally:
             self._handling.discard(reader)
             self._lingering.discard(reader)
-            if not (reader._abandoned or reader._claimed or reader._ended and reader._data is None):
-                # LiveKit's readers queue what comes; ours hand it over when read, so
-                # what nobody read is gone: said, not silent (cancel() says "on purpose")
-                _warn("stream %s from %r dropped unread: its handler returned without reading it (read "
-                      "it there or in a task that starts at once; reader.cancel() drops one on purpose)"
-                      % (reader.info.stream_id, sender))
+            # LiveKit's readers queue what comes; ours hand it over when read, so what
+            # nobody read is gone: said, not silent (cancel() says "on purpose")
+            if reader._abandoned or reader._ended and reader._data is None:
+                pass
+            elif reader._claimed and reader._data is None:
+                # read up to now: whether more comes is known only when it does
+                reader._abandon()
+                reader._drop_warn = sender
+            else:
+                _dropped_warn(reader, sender)
             reader._abandon()
 
     # ------------------------------------------------------------ control

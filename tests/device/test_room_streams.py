@@ -938,6 +938,28 @@ async def test_a_reader_read_after_its_handler_returned_says_so_instead_of_endin
     await close(a, b)
 
 
+async def test_a_stream_its_handler_read_only_part_of_is_warned_about_as_part_read():
+    from attribute_helpers import Warnings
+    mem, a, b = await pair()
+    seen = []
+
+    async def first_piece_only(reader, sender):
+        async for piece in reader:
+            seen.append(len(piece))
+            break   # returns mid-stream without cancel(): the rest is dropped
+    b.register_text_stream_handler("t", first_piece_only)
+    with Warnings() as warns:
+        await a.local_participant.send_text("x" * 40000, topic="t", destination_identities=["b"])
+        await settle(lambda: seen and not b._handling)
+        await a.local_participant.send_text("y", topic="t", destination_identities=["b"])  # the link flows
+        await settle(lambda: len(seen) == 2 and not b._handling)
+    assert seen[0] < 40000 and seen[1] == 1, seen
+    assert len(warns) == 1, warns
+    assert "dropped part-read: its handler returned before its end" in warns[0], warns
+    assert "reader.cancel() drops one on purpose" in warns[0], warns
+    await close(a, b)
+
+
 async def test_a_stream_dropped_on_purpose_or_read_is_not_warned_about():
     from attribute_helpers import Warnings
     mem, a, b = await pair()
