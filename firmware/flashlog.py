@@ -2,8 +2,9 @@
 
 Lines are "<time> <LEVEL> <message>", ASCII only (other characters are escaped), so
 any byte offset of the log can be streamed as text, and at most LINE_MAX characters
-(longer messages end in "..."), so the two files never hold more than 2 * LOG_MAX. Writing never raises: a full
-flash or an exhausted heap must not take the app down through its own log.
+(longer messages end in "..."), so the two files never hold more than 2 * LOG_MAX (3 * LOG_MAX
+while a log.tail is being read: see TailSource). Writing never raises: a full flash or an
+exhausted heap must not take the app down through its own log.
 """
 import sys
 import time
@@ -12,6 +13,15 @@ LOG = "log.txt"
 OLD = "log.old"
 LOG_MAX = 32768
 LINE_MAX = 1024  # a longer message is cut: one line never outgrows the log's bound
+HOLD_S = 10      # a tail that read a piece this recently holds rotation off (to 1.5 * LOG_MAX)
+
+# Rotation renames and removes the files a tail may have open (on FAT, a removed
+# file's clusters are reused while still open), so a tail being read holds it off by
+# a lease it renews per piece: one whose caller stalls lets it go by itself. A rotation
+# that happens all the same (a stalled tail, log.txt at 1.5 * LOG_MAX) is counted, and a
+# tail that sees the count move says so and stops instead of mixing the two files.
+_held = [0]       # time.time() until which rotation waits
+_rotations = [0]
 
 
 def _size(path):
@@ -38,13 +48,15 @@ def write(level, msg):
             line = line[:LINE_MAX - 3] + "..."
         line += "\n"
         print(line, end="")
-        if _size(LOG) + len(line) > LOG_MAX:
+        size = _size(LOG)
+        if size + len(line) > LOG_MAX and not (time.time() < _held[0] and size < LOG_MAX * 3 // 2):
             import os
             try:
                 os.remove(OLD)
             except OSError:
                 pass
             os.rename(LOG, OLD)
+            _rotations[0] += 1
         with open(LOG, "a") as f:
             f.write(line)
     except (OSError, MemoryError):
@@ -79,13 +91,20 @@ def exception(what, e):
     write("ERROR", "%s: %s" % (what, text))
 
 
+ROTATED = "\n(the log rotated while this tail was read, its reader stalled: lines may be missing; " \
+          "call log.tail again)\n"
+
+
 class TailSource:
     """The last `n` bytes of the log, log.old then log.txt (the half rotated out, then
     the current one: right after a rotation log.txt holds a line or two), from the start
     of a line, as an async iterable of str pieces. One buffer; the second file is opened
-    when the first is done."""
+    when the first is done. Rotation waits while it is read (HOLD_S per piece); if one
+    happens all the same, the tail ends with ROTATED."""
 
     def __init__(self, n, path=LOG, old=OLD, piece=256):
+        self.rotations = _rotations[0]
+        _held[0] = time.time() + HOLD_S
         self.f = None
         self.then = None  # log.txt, when the tail starts in log.old
         self.buf = bytearray(piece)
@@ -110,6 +129,11 @@ class TailSource:
         return self
 
     async def __anext__(self):
+        if self.f is not None and _rotations[0] != self.rotations:
+            self.f.close()
+            self.f = None
+            return ROTATED
+        _held[0] = max(_held[0], time.time() + HOLD_S)
         while self.f is not None:
             n = self.f.readinto(self.buf)
             if n:

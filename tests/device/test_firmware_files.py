@@ -604,6 +604,73 @@ async def _tail(n, log, old):
     return "".join(out)
 
 
+def _exists(name):
+    try:
+        os.stat(name)
+        return True
+    except OSError:
+        return False
+
+
+def _log_to(log, old, lines, fill):
+    import flashlog
+    flashlog.LOG, flashlog.OLD = log, old
+    with open(log, "w") as f:
+        f.write(fill)
+    for line in lines:
+        flashlog.write("INFO", line)
+
+
+async def test_log_tail_being_read_holds_rotation_off_and_a_stalled_one_says_it_rotated():
+    import flashlog
+    log, old = PREFIX + "log.txt", PREFIX + "log.old"
+    saved = flashlog.LOG, flashlog.OLD
+    fill = "".join("%d INFO filler line %04d\n" % (1000 + i, i) for i in range(1400))[:flashlog.LOG_MAX - 100]
+    fill = fill[:fill.rindex("\n") + 1]
+    try:
+        _log_to(log, old, [], fill)
+        tail = flashlog.TailSource(2048, log, old, piece=64)
+        first = await tail.__anext__()
+        # being read: these would have rotated log.txt, and the tail's file with it
+        for i in range(5):
+            flashlog.write("INFO", "written while the tail is read %d" % i)
+        assert not _exists(old) and os.stat(log)[6] > flashlog.LOG_MAX, "rotation held off"
+        rest = [first]
+        async for piece in tail:
+            rest.append(piece)
+        text = "".join(rest)
+        assert flashlog.ROTATED not in text and text.endswith("written while the tail is read 4\n"), text[-120:]
+        assert text.split("\n")[0] in fill.split("\n"), "starts at a line"
+        # the hold is bounded: past 1.5 * LOG_MAX the log rotates all the same
+        tail = flashlog.TailSource(2048, log, old, piece=64)
+        await tail.__anext__()
+        while not _exists(old):
+            flashlog.write("INFO", "x" * 1000)
+        assert os.stat(old)[6] <= flashlog.LOG_MAX * 3 // 2 + flashlog.LINE_MAX + 20
+        # ... and the tail, whose file went, says so instead of mixing the two files
+        pieces = []
+        async for piece in tail:
+            pieces.append(piece)
+        assert pieces == [flashlog.ROTATED], pieces
+        # a stalled tail's hold lapses by itself (HOLD_S after its last piece)
+        _rm(old)
+        _log_to(log, old, [], fill)
+        tail = flashlog.TailSource(2048, log, old, piece=64)
+        await tail.__anext__()
+        flashlog._held[0] = 0   # as HOLD_S later
+        for i in range(5):
+            flashlog.write("INFO", "written after the hold lapsed %d" % i)
+        assert _exists(old) and os.stat(log)[6] < 200, "rotated"
+        pieces = []
+        async for piece in tail:
+            pieces.append(piece)
+        assert pieces == [flashlog.ROTATED], pieces
+    finally:
+        flashlog.LOG, flashlog.OLD = saved
+        flashlog._held[0] = 0
+        _rm(log, old)
+
+
 async def test_log_tail_reads_log_old_then_log_txt():
     log, old = PREFIX + "log.txt", PREFIX + "log.old"
     lines = ["%d INFO line %d of the rotated half\n" % (1000 + i, i) for i in range(300)]
