@@ -45,6 +45,9 @@ _HEADER_MAX = 512
 RESERVE_MIN = 16384  # state, boot counter, config and log writes; App adds the queue's need
 reserve = RESERVE_MIN + 3 * 8192  # set from the profile by methods.App
 _MEASURE_EVERY = 8192  # file.put measures the free flash again after this many bytes
+# What puts running at once were allowed to write and have not yet: each counts the
+# others' as used, else each could write _MEASURE_EVERY into the reserve
+_granted = [0]
 _writing = {}  # path -> its temporary file, for each file.put writing now
 _ERRNAMES = {20: "ENOTDIR, a folder in the path is a file", 28: "ENOSPC, the flash is full",
              36: "ENAMETOOLONG, the name is too long"}  # not in MicroPython's errno table
@@ -227,15 +230,23 @@ def _create(tmp, path):
 
 def _allowance(path, size, n):
     """How many more bytes a put of `path` (`size` written so far) may write before it
-    measures again: the free flash beyond `reserve`, at most _MEASURE_EVERY (other puts
-    and the firmware write meanwhile). Raises E_WRITE, saying why, when that is under
+    measures again: half the free flash beyond `reserve` and beyond what other puts
+    may still write (_granted), at most _MEASURE_EVERY (the firmware writes meanwhile).
+    Counted in _granted until written. Raises E_WRITE, saying why, when that is under
     the `n` bytes it is about to write."""
     free = free_bytes(path)
-    if free is None or free - reserve >= n:
-        return _MEASURE_EVERY if free is None else min(free - reserve, _MEASURE_EVERY)
-    raise rpc_error(E_WRITE, "file.put: no space for %s after %d bytes: %d free, and the board keeps %d for its "
-                    "own files (telemetry, config, log); file.delete makes room (the old file is kept)"
-                    % (path, size, free, reserve))
+    if free is None:
+        grant = max(n, _MEASURE_EVERY)
+    elif free - reserve - _granted[0] >= n:
+        # half of what is left when it runs short: another put may need the rest
+        grant = max(n, min((free - reserve - _granted[0]) // 2, _MEASURE_EVERY))
+    else:
+        others = (" (other uploads running now may still write %d of it)" % _granted[0]) if _granted[0] else ""
+        raise rpc_error(E_WRITE, "file.put: no space for %s after %d bytes: %d free%s, and the board keeps %d "
+                        "for its own files (telemetry, config, log); file.delete makes room (the old file is "
+                        "kept)" % (path, size, free, others, reserve))
+    _granted[0] += grant
+    return grant
 
 
 def free_bytes(path):
@@ -256,8 +267,11 @@ async def _put(reader, path, tmp, rest):
     def write(chunk):
         n = len(chunk)
         if room[0] < n:
+            _granted[0] -= room[0]   # what it had left is not counted against itself
+            room[0] = 0
             room[0] = _allowance(path, sink.size - n, n)  # raises past the reserve
         room[0] -= n
+        _granted[0] -= n
         f.write(chunk)
         h.update(chunk)
 
@@ -275,6 +289,7 @@ async def _put(reader, path, tmp, rest):
         raise rpc_error(E_WRITE, "file.put: cannot write %s: %s (the old file, if any, is kept)"
                         % (path, _errname(e)))
     finally:
+        _granted[0] -= room[0]
         if not done:
             try:
                 f.close()

@@ -521,6 +521,42 @@ async def test_file_put_keeps_the_reserve_free_for_the_firmwares_own_files():
     assert not files._writing
 
 
+async def _puts_at_once(names, size):
+    import asyncio
+    outcome = []
+
+    async def put(name):
+        try:
+            outcome.append(json.loads(await files.file_put(
+                Data(reader=SlowReader(_put_body(name, _content(size)), 300))))["size"])
+        except RpcError as e:
+            outcome.append(e)
+    await asyncio.gather(*[put(n) for n in names])
+    return outcome
+
+
+async def test_uploads_running_at_once_together_keep_out_of_the_reserve():
+    names = [PREFIX + "con%d.bin" % i for i in range(3)]
+    try:
+        with _Flash(free=4096 + 12000) as flash:   # 12000 bytes beyond the reserve, for three 9000-byte puts
+            outcome = await _puts_at_once(names, 9000)
+            # each measured the same free flash; without counting what the others may
+            # still write, each wrote up to 8 KiB of it and together ate into the reserve
+            assert flash.used <= 12000, flash.used
+            failed = [x for x in outcome if not isinstance(x, int)]
+            assert len(failed) >= 2, outcome
+            for e in failed:
+                assert e.code == files.E_WRITE and "no space" in e.message, e.message
+            assert any("other uploads running now may still write" in e.message for e in failed), failed
+        assert files._granted[0] == 0, files._granted
+        with _Flash(free=4096 + 20000) as flash:   # room for both: neither is refused for the other's share
+            assert await _puts_at_once(names[:2], 9000) == [9000, 9000]
+            assert flash.used == 18000
+        assert files._granted[0] == 0, files._granted
+    finally:
+        _rm(*(names + [_tmp(n, i) for n in names for i in range(3)]))
+
+
 def test_file_delete_removes_a_users_file_and_says_what_is_free():
     name = PREFIX + "del.bin"
     with open(name, "wb") as f:
