@@ -420,7 +420,7 @@ class FlashVfs:
         f = self.v.open(path, mode)
         if not any(c in mode for c in "wax+"):
             return f
-        return _SizedFile(f, mode, self.size // FLASH_BLOCK - self._used())
+        return _SizedFile(f, mode, self)
 
     def rename(self, old, new):
         # The unix port's VfsPosix.rename joins both paths to its folder in one buffer:
@@ -459,11 +459,12 @@ def _blocks(size):
 class _SizedFile(io.IOBase):
     """A file open for writing on a sized flash: a write that would take more blocks
     than are free raises OSError(ENOSPC), what was written before stays (a copy cut
-    short by a full flash, as on a board). `free`: the blocks free when it was opened."""
+    short by a full flash, as on a board). The free blocks are counted when a write
+    needs a new one, not at open: files written at once share them."""
 
-    def __init__(self, f, mode, free):
+    def __init__(self, f, mode, flash):
         self.f = f
-        self.free = free
+        self.flash = flash
         self.size = f.seek(0, 2)  # "w" has truncated it, "a" writes at the end
         if "a" not in mode:
             f.seek(0)
@@ -471,9 +472,9 @@ class _SizedFile(io.IOBase):
     def write(self, data):
         end = self.f.tell() + len(data)
         grows = _blocks(max(end, self.size)) - _blocks(self.size)
-        if grows > self.free:
+        # this file's blocks so far are in _used (its writes go straight to the file)
+        if grows and grows > self.flash.size // FLASH_BLOCK - self.flash._used():
             raise OSError(ENOSPC)
-        self.free -= grows
         self.size = max(end, self.size)
         return self.f.write(data)
 

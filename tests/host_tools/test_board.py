@@ -248,9 +248,12 @@ def test_friendly_repl_evaluates_lines_compound_statements_and_paste_mode(unix_b
 def test_an_armed_watchdog_survives_a_soft_reset(unix_board):
     # mpremote soft-resets before each command; the watchdog keeps counting, as the
     # hardware watchdog of a board does
-    out(unix_board, "exec", "import machine; machine.WDT(timeout=600)")
+    # (2 s: the next mpremote command, its soft reset included, must come first, and
+    # on a loaded machine one took more than 0.6 s)
+    out(unix_board, "exec", "import machine; machine.WDT(timeout=2000)")
+    armed = time.monotonic()   # it fires 2 s after it was armed, so before armed + 2 s
     assert out(unix_board, "exec", "import machine; print(machine.reset_cause())") == "1\n"
-    time.sleep(0.6 + board.BOOT_TIME_S + 0.4)
+    time.sleep(max(0, armed + 2.0 + board.BOOT_TIME_S + 0.4 - time.monotonic()))
     assert out(unix_board, "exec", "import machine; print(machine.reset_cause())") == "3\n"
 
 

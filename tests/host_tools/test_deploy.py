@@ -710,6 +710,15 @@ def test_the_emulated_flash_size_is_what_statvfs_reports_and_a_write_past_it_fai
                                      "        f.write(bytes(4096))\nexcept OSError as e:\n    print(e.errno, i)\n"
                                      "f.close()\nimport os\nprint(os.stat('a.bin')[6], os.statvfs('/')[4])")
     assert got == "28 %d\n%d 0\n" % (FLASH_BLOCKS, FLASH_BLOCKS * 4096), got   # ENOSPC, what fit kept
+    # two files written at once share the free blocks (counted at each new block, not
+    # at open: each took all of them, and together they wrote twice what was free)
+    mpremote_out(port, "exec", "import os; os.remove('a.bin')")
+    _fill(flash, port, 4)
+    got = mpremote_out(port, "exec", "f1 = open('a.bin', 'wb')\nf2 = open('b.bin', 'wb')\n"
+                                     "f1.write(bytes(3 * 4096))\ntry:\n    f2.write(bytes(3 * 4096))\n"
+                                     "    print('both')\nexcept OSError as e:\n    print(e.errno)\n"
+                                     "f1.close()\nf2.close()\nimport os\nprint(os.statvfs('/')[4])")
+    assert got == "28\n1\n", got
 
 
 def test_a_deploy_that_does_not_fit_stops_before_copying_anything(small_board, firmware, lib):
