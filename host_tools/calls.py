@@ -21,6 +21,7 @@ from lkedge import link
 from lkedge.config import RoomOptions
 from lkedge.consts import MAX_V1_PAYLOAD_BYTES, RPC_ACK_TIMEOUT_MS
 from lkedge.participant import _whole_request
+from lkedge.readers import PayloadReader
 from lkedge.room import ConnectError, Room
 from lkedge.rpc import RpcError
 
@@ -100,6 +101,15 @@ def prepare_connection(args):
         if not os.path.isfile(args.cafile):
             raise UsageError("--cafile %s: no such file (give the PEM certificate the relay's "
                              "--tls-cert uses, or its CA)" % args.cafile)
+        import ssl
+        try:
+            ssl.create_default_context(cafile=args.cafile)
+        except (ssl.SSLError, OSError, ValueError) as e:
+            raise UsageError("--cafile %s holds no certificate to trust (%s): give the PEM certificate "
+                             "the relay's --tls-cert uses, or its CA" % (args.cafile, e))
+    if args.token == "":
+        raise UsageError("--token (or LKEDGE_TOKEN) is empty: give a token, or neither to mint one "
+                         "with the relay's keys")
     args.minted = not args.token
     args.join_token = args.token
     if args.token:
@@ -119,12 +129,17 @@ def prepare_connection(args):
 def _join_failure(args, e):
     """The one-line reason a join failed, with what to do about it."""
     msg = str(e)
-    if getattr(e, "leave_code", None) == 3 and getattr(args, "minted", False):
+    if getattr(e, "leave_code", None) == 3 and getattr(args, "minted", False) and any(
+            w in msg for w in ("issuer", "signature")):   # not for a room the relay does not serve
         msg += ("; the token was minted here with API key %r: give the relay's keys (--api-key/"
                 "--api-secret or LIVEKIT_API_KEY/LIVEKIT_API_SECRET) or a --token it accepts" % args.key)
     elif "CERTIFICATE_VERIFY_FAILED" in msg:
         if args.cafile is None:
             msg += "; to trust the relay's own (e.g. self-signed) certificate use --cafile CERT.pem"
+    elif _tls_port(args.url, msg):
+        scheme = "wss" if args.url.lower().startswith("ws:") else "tls"
+        msg = ("%s speaks TLS: that is a relay's %s port; use %s://%s" % (
+            args.url, scheme + "://", scheme, args.url.split("://", 1)[1]))
     elif _http_port(args.url, msg):
         # said instead of the link's own account ("closed without a LEAVE ... the relay
         # stopped"), which is not what happened
@@ -140,6 +155,16 @@ def _join_failure(args, e):
                 "on its link port and ws:// on its WebSocket port)" % (
                     "" if "TLS handshake failed" in msg else "the TLS handshake failed: "))
     return msg
+
+
+def _tls_port(url, msg):
+    """A tcp:// or ws:// join that failed at a port that speaks TLS (looked at only then)."""
+    if not url.lower().startswith(("tcp:", "ws:")) or "refused" in msg.lower():
+        return False
+    from lkedge.transport import parse_url
+    from lkedge_host import relayprobe
+    _, host, port, _ = parse_url(url)
+    return relayprobe.speaks_tls(host, port)
 
 
 def _http_port(url, msg):
@@ -522,7 +547,7 @@ exit codes:
        request too large for RPC v1 (1402), the destination left during the call (1503)
   4    connection failure: the relay unreachable or refusing us, or our own link lost
        or ended by the relay during the call (its LEAVE code and reason are shown)
-  130  interrupted (Ctrl-C)"""
+  130  interrupted (Ctrl-C); 143 (SIGTERM) and 129 (SIGHUP) likewise, the same clean stop"""
 
 
 def add_call_arguments(p):
@@ -663,7 +688,31 @@ def _v1_hint(args, room, size):
                "default --protocol 2) streams a request of any size" % (why, MAX_V1_PAYLOAD_BYTES, size))
 
 
+def _stop_on_signals():
+    """SIGTERM and SIGHUP (`timeout`, `kill`, a closed terminal) stop a command as Ctrl-C
+    does (the call's temporary -o file removed, the link left with a LEAVE) instead of
+    killing it on the spot. Returns the list the signals seen go to."""
+    import signal
+    seen = []
+
+    def stop(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+    return seen
+
+
+def _signalled(command, seen):
+    """The exit code of a command that a signal of _stop_on_signals stopped (128 + it)."""
+    import signal
+    print("lkedge %s: stopped by %s" % (command, signal.Signals(seen[0]).name), file=sys.stderr)
+    return 128 + seen[0]
+
+
 def run_call(args):
+    seen = _stop_on_signals()
     try:
         for what, text in (("the destination", args.destination), ("the method", args.method)):
             list(_utf8_pieces([os.fsencode(text)], what, ": identities and method names are text"))
@@ -674,6 +723,10 @@ def run_call(args):
         return asyncio.run(_call(args, request))
     except UsageError as e:
         return _usage("call", e)
+    except KeyboardInterrupt:
+        if seen:
+            return _signalled("call", seen)
+        raise
 
 
 # ------------------------------------------------------------------ room
@@ -709,11 +762,16 @@ async def _room(args):
 
 
 def run_room(args):
+    seen = _stop_on_signals()
     try:
         prepare_connection(args)
         return asyncio.run(_room(args))
     except UsageError as e:
         return _usage("room", e)
+    except KeyboardInterrupt:
+        if seen:
+            return _signalled("room", seen)
+        raise
 
 
 # ------------------------------------------------------------------ serve
@@ -764,6 +822,10 @@ def load_methods(path):
     """(methods dict, register hook or None) from a handler file."""
     if not os.path.exists(path):
         raise FileNotFoundError("no such handler file: %s" % path)
+    # its own folder first on sys.path, as `python FILE` has it: helpers beside it import
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location("lkedge_serve_methods", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -902,6 +964,8 @@ def _logged(name, fn, slots, streaming=False, whole=None):
 
     async def handler(data):
         t0 = time.monotonic()
+        # a request that came as an rpc_request packet (v1) is answered by one: 15360 bytes at most
+        packet = isinstance(data.reader, PayloadReader)
         try:
             if whole is None:
                 r = await _run(fn, data, slots)
@@ -916,6 +980,11 @@ def _logged(name, fn, slots, streaming=False, whole=None):
             raise _answer(e) from None
         if r is not None and not isinstance(r, str):
             return _LoggedPieces(name, data, r, t0)
+        n = len(r.encode("utf-8", "surrogatepass")) if packet and r else 0
+        if n > MAX_V1_PAYLOAD_BYTES:   # the library answers 1504 for it
+            _log_call(name, data, "failed: its %d-byte answer is over the %d bytes an answer to a v1 "
+                                  "request carries (1504 Response payload too large)" % (n, MAX_V1_PAYLOAD_BYTES))
+            return r
         _log_call(name, data, "ok %.1f ms" % ((time.monotonic() - t0) * 1000))
         return r
     handler._lkedge_serve = True
@@ -1058,7 +1127,12 @@ def run_serve(args):
         _refuse_mute(args)
     except UsageError as e:
         return _usage("serve", e)
-    return asyncio.run(_serve(args))
+    _stop_on_signals()   # serving, its own handlers take over (_until_stopped)
+    try:
+        return asyncio.run(_serve(args))
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM before serving began (joining): a stop too
+        _said("stopped before serving began")
+        return EXIT_OK
 
 
 # CLI frame protocol (host_tools/cli.py): one module serves three commands.

@@ -36,7 +36,8 @@ EXIT_CODES = """exit codes:
   2    usage: bad arguments or configuration
   3    RPC error returned by the remote participant (call --help: the ones said here)
   4    connection failure (relay unreachable, refused, or our link lost or ended by it)
-  130  interrupted (Ctrl-C), except relay, serve and board: they stop with 0
+  130  interrupted (Ctrl-C); call and room: 143 for SIGTERM, 129 for SIGHUP, the same
+       clean stop; relay, serve and board stop with 0
        (serve rejoins after a link loss; it exits 4 if the relay will not take it back)"""
 
 

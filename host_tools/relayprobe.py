@@ -31,3 +31,19 @@ def answers_http(host, port, timeout=HTTP_PROBE_S):
         return answers_http_on(sock, timeout)
     finally:
         sock.close()
+
+
+def speaks_tls(host, port, timeout=1.0):
+    """True if a TLS handshake (certificate not checked: this only asks whether the port
+    speaks TLS) completes at host:port: a tcp:// or ws:// URL given for a relay's tls://
+    or wss:// port."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            with ctx.wrap_socket(sock, server_hostname=host):
+                return True
+    except (OSError, ValueError):
+        return False

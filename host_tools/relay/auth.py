@@ -154,6 +154,17 @@ def check_identity(identity):
         raise ValueError("identity is %d bytes of UTF-8, over %d (the relay refuses it)" % (n, MAX_IDENTITY_BYTES))
 
 
+def check_text(value, what):
+    """ValueError unless `value` is a str that is UTF-8 text (no lone surrogates, which
+    a JWT's JSON can carry as \\udcff escapes and a command line as undecodable bytes)."""
+    if not isinstance(value, str):
+        raise ValueError("%s must be a string, got %s" % (what, type(value).__name__))
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("%s %r is not UTF-8 text" % (what, value)) from None
+
+
 # RFC 7518 3.2: an HS256 key must be at least 256 bits. PyJWT warns of a shorter one
 # with a raw Python warning (its file and source line); we say it once, in our words.
 MIN_SECRET_BYTES = 32
@@ -181,6 +192,11 @@ def mint_token(api_key, api_secret, identity, room, ttl_s=DEFAULT_TTL_S,
                can_publish_data=True, attributes=None, name=None):
     if not identity or not room:
         raise ValueError("a token needs a non-empty identity and room")
+    check_identity(identity)
+    check_text(room, "room")
+    for k, v in (attributes or {}).items():
+        check_text(k, "attribute key")
+        check_text(v, "attribute %r" % k)
     if abs(ttl_s) > MAX_TTL_S:
         raise ValueError("a token lifetime of %r s is over %d s (10 years)" % (ttl_s, MAX_TTL_S))
     grants = api.VideoGrants(room_join=True, room=room, can_publish_data=can_publish_data,
@@ -264,6 +280,14 @@ class Verifier:
         if claims.attributes is not None and not isinstance(claims.attributes, dict):
             raise AuthError("token attributes must be a JSON object, got %s"
                             % type(claims.attributes).__name__)
+        try:   # all of it goes out in CBOR text strings and DataPackets
+            check_text(video.room, "token room (video.room)")
+            check_text(claims.name or "", "token name")
+            for k, v in (claims.attributes or {}).items():
+                check_text(str(k), "token attribute key")
+                check_text(str(v), "token attribute %r" % k)
+        except ValueError as e:
+            raise AuthError(str(e))
         if self.rooms is not None and video.room not in self.rooms:
             raise AuthError("room %r is not served by this relay" % video.room)
         attrs = claims.attributes or {}

@@ -141,7 +141,8 @@ class RpcClient:
         version = 2 if dest_client_protocol >= CLIENT_PROTOCOL_DATA_STREAM_RPC else 1
         if version == 1 and payload_len > MAX_V1_PAYLOAD_BYTES:
             raise RpcError(RpcError.REQUEST_PAYLOAD_TOO_LARGE, None,
-                           "%d bytes to a v1 participant (client_protocol %d); the limit is %d"
+                           "%d bytes by RPC v1 (client_protocol %d, the lower of the caller's and the "
+                           "destination's); the limit is %d"
                            % (payload_len, dest_client_protocol, MAX_V1_PAYLOAD_BYTES))
         rid = self._new_id()
         while rid in self._calls:  # ids are random UUIDs; never reuse a pending one

@@ -41,6 +41,9 @@ async def sleepy(data):
 
 def number(data):
     return 42
+
+def big(data):
+    return "z" * int(data.payload)
 '''
 
 
@@ -224,6 +227,34 @@ def test_a_self_signed_tls_relay_is_reached_with_cafile(tmp_path):
         r = _lk("room", "--url", relay.url, "--cafile", cert)
         assert r.returncode == 0, r.stderr
         assert "room lkedge" in r.stdout
+        # the plain scheme at a TLS port: said, with the URL to use (was "the link
+        # closed without a LEAVE", and for ws:// "its link port takes tcp://")
+        plain = "tcp://" + relay.url.split("://", 1)[1]
+        r = _lk("room", "--url", plain)
+        assert r.returncode == 4, r.stderr
+        assert "%s speaks TLS: that is a relay's tls:// port; use %s" % (plain, relay.url) in r.stderr, r.stderr
+        ws = "ws://" + relay.ws_url.split("://", 1)[1]
+        r = _lk("room", "--url", ws)
+        assert r.returncode == 4 and "speaks TLS: that is a relay's wss:// port; use %s" % relay.ws_url \
+            in r.stderr, r.stderr
+    # a --cafile with no certificate in it (the key, say) is a usage error naming it
+    _usage_error(_lk("room", "--url", "tls://127.0.0.1:1", "--cafile", key),
+                 "--cafile %s holds no certificate to trust" % key)
+
+
+def test_a_refused_token_gets_the_keys_advice_only_when_the_keys_are_what_is_wrong():
+    with RelayProcess(extra_args=["--room", "only"]) as relay:
+        r = _lk("room", "--url", relay.url)   # minted for room lkedge, which it does not serve
+    assert r.returncode == 4 and "room 'lkedge' is not served by this relay" in r.stderr, r.stderr
+    assert "give the relay's keys" not in r.stderr, r.stderr
+    # an identity the relay would refuse is said before joining, as `lkedge token` does
+    _usage_error(_lk("call", "host", "echo", "--identity", "a" * 300, "--url", NOWHERE),
+                 "identity is 300 bytes of UTF-8, over 256")
+    # and an empty token is not taken as "mint one" (`--token "$(a command that failed)"`)
+    _usage_error(_lk("room", "--token", "", "--url", NOWHERE), "--token (or LKEDGE_TOKEN) is empty")
+    env = dict(_env(), LKEDGE_TOKEN="")
+    r = subprocess.run(LKEDGE + ["room", "--url", NOWHERE], capture_output=True, text=True, timeout=60, env=env)
+    _usage_error(r, "is empty")
 
 
 def test_serve_rejoins_after_a_relay_restart_and_stops_when_replaced(handlers):
@@ -277,10 +308,10 @@ def test_a_timeout_outside_what_a_call_can_carry_is_a_usage_error():
 
 
 # ------------------------------------------------------------------ -o, stdout, payload text
-def _ctrl_c(relay, s, *output):
-    """Ctrl-C on a call of `sleepy 30`, once serve has started it (a fixed delay raced the
-    caller's start on a loaded machine); the caller is killed if it does not stop, so no
-    stray participant stays in the room for the next tests."""
+def _ctrl_c(relay, s, *output, sig=signal.SIGINT):
+    """Ctrl-C (or `sig`) on a call of `sleepy 30`, once serve has started it (a fixed delay
+    raced the caller's start on a loaded machine); the caller is killed if it does not
+    stop, so no stray participant stays in the room for the next tests."""
     before = s.err.count("sleepy started")
     p = subprocess.Popen(LKEDGE + ["call", "host", "sleepy", "30", "--timeout", "60", *output, "--url", relay.url],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
@@ -288,7 +319,7 @@ def _ctrl_c(relay, s, *output):
         deadline = time.monotonic() + 20
         while s.err.count("sleepy started") == before and time.monotonic() < deadline:
             time.sleep(0.05)
-        p.send_signal(signal.SIGINT)
+        p.send_signal(sig)
         err = p.communicate(timeout=10)[1]
     finally:
         if p.poll() is None:
@@ -297,13 +328,17 @@ def _ctrl_c(relay, s, *output):
     return subprocess.CompletedProcess(p.args, p.returncode, "", err)
 
 
-@pytest.mark.parametrize("how,code", [("rpc error", 3), ("timeout", 1), ("ctrl-c", 130)])
+@pytest.mark.parametrize("how,code", [("rpc error", 3), ("timeout", 1), ("ctrl-c", 130), ("sigterm", 143),
+                                      ("sighup", 129)])
 def test_a_failed_call_leaves_the_output_file_as_it_was(served, tmp_path, how, code):
     relay, s = served
     out = tmp_path / "out8.b64"
     out.write_text("the good copy\n")
     if how == "ctrl-c":
         r = _ctrl_c(relay, s, "-o", str(out))
+    elif how.startswith("sig"):   # `timeout`, `kill`: a hidden .part file was left behind
+        r = _ctrl_c(relay, s, "-o", str(out), sig=getattr(signal, how.upper()))
+        assert "lkedge call: stopped by %s" % how.upper() in r.stderr, r.stderr
     else:
         method = ["missing"] if how == "rpc error" else ["sleepy", "5", "--timeout", "0.3"]
         r = _lk("call", "host", *method, "-o", str(out), "--url", relay.url)
@@ -481,3 +516,46 @@ def test_an_identity_already_in_the_room_is_refused_not_pushed_out(served):
     assert r.returncode == 0 and r.stdout == "still served", r.stderr
     r = _lk("room", "--identity", "newcomer", "--url", relay.url)
     assert r.returncode == 0 and "host" in r.stdout, r.stderr
+
+
+def test_serve_logs_an_answer_too_large_for_a_v1_caller_as_failed(served):
+    relay, s = served
+    r = _lk("call", "host", "big", "16000", "--protocol", "0", "--url", relay.url)
+    assert r.returncode == 3 and "1504" in r.stderr, r.stderr
+    s.wait_for("failed: its 16000-byte answer is over the 15360 bytes an answer to a v1 request carries")
+
+
+def test_a_call_too_large_for_v1_because_of_our_own_protocol_says_whose_it_is(served):
+    relay, _s = served
+    r = _lk("call", "host", "echo", "y" * 20000, "--protocol", "0", "--url", relay.url)
+    assert r.returncode == 3, r.stderr
+    assert "20000 bytes by RPC v1 (client_protocol 0, the lower of the caller's and the destination's)" \
+        in r.stderr, r.stderr
+
+
+def test_serve_stopped_while_joining_exits_0_and_imports_modules_beside_its_file(tmp_path):
+    import socket
+    (tmp_path / "helper.py").write_text("WORD = 'from the helper'\n")
+    f = tmp_path / "meth.py"
+    f.write_text("import helper\n\ndef word(data):\n    return helper.WORD\n")
+    silent = socket.socket()   # accepts, never answers: serve waits for its JOINED
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            p = subprocess.Popen(LKEDGE + ["serve", str(f), "--url", "tcp://127.0.0.1:%d" % silent.getsockname()[1]],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+            time.sleep(1.5)
+            p.send_signal(sig)
+            _out, err = p.communicate(timeout=15)
+            assert p.returncode == 0, (sig, p.returncode, err)
+            assert "stopped before serving began" in err and "Traceback" not in err, err
+    finally:
+        silent.close()
+    with RelayProcess() as relay:
+        srv = _Serve(str(f), relay.url, "beside")
+        try:
+            r = _lk("call", "beside", "word", "--url", relay.url)
+            assert r.returncode == 0 and r.stdout == "from the helper", r.stderr
+        finally:
+            srv.stop()

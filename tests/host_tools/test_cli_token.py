@@ -68,6 +68,15 @@ def test_token_identity_the_relay_would_refuse_is_a_usage_error():
     assert r.returncode == 0, r.stderr
 
 
+def test_a_room_or_attribute_that_is_not_utf8_is_a_usage_error():
+    # undecodable bytes on the command line became lone surrogates in the token's JSON,
+    # which the relay then failed on internally (LEAVE 4) instead of refusing the token
+    for args, words in (([b"--room", b"a\xff"], "room 'a\\udcff' is not UTF-8 text"),
+                        ([b"--room", b"r", b"--attribute", b"k=\xff"], "attribute 'k'")):
+        r = lkedge("token", "--identity", "i", *args)
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_parse_ttl():
     assert [auth.parse_ttl(t) for t in ("6h", "30m", "45s", "2d", "120", "3650d")] == [
         21600, 1800, 45, 172800, 120, auth.MAX_TTL_S]
