@@ -50,7 +50,9 @@ already read. Idle timeout does not run while a connection is paused by us. What
 fills a queue (DATA, PONGs, PARTICIPANT churn) starts the stuck_ms clock; a connection
 we paused gets 3 times stuck_ms (it may stop reading while it cannot send), and a fresh
 stuck_ms when it resumes (once per full episode); a full receiver that drains a
-sixteenth of queue_bytes gets a fresh stuck_ms too (slow, not stuck). A PING from a
+sixteenth of queue_bytes gets a fresh stuck_ms too (slow, not stuck). A receiver with
+any bytes queued that takes none of them for stuck_ms (3 times that while paused) is
+stuck too, full or not. A PING from a
 connection whose own queue is full gets no PONG (the queued bytes show the link lives),
 so PINGs cannot grow a queue.
 
@@ -142,6 +144,7 @@ class _Conn:
         self.full_since = None    # when the send queue reached queue_bytes (or got a fresh period)
         self.moved = 0            # bytes drained since full_since
         self.refreshed = False    # this full episode already got its fresh period (_release)
+        self.untaken_since = None  # since when bytes are queued with none of them taken
         self.blocked = set()      # senders paused because of this queue
         self.paused_by = set()    # destinations this sender waits for
 
@@ -244,6 +247,8 @@ class Router:
         if c is None:
             return
         self._now = now
+        if nbytes:   # it reads: its stuck clock starts again from now, if more is queued
+            c.untaken_since = now if c.queued > nbytes else None
         if self._dequeued(c, nbytes, now) and c.full_since is not None:
             # Full, but reading: a slow receiver (a board working through a backlog
             # of requests) is not a stuck one. Each 1/16 of the queue it drains buys it
@@ -265,6 +270,8 @@ class Router:
     def _dequeued(self, c, nbytes, now):
         """nbytes left c's queue (written or discarded); -> True while it is still full."""
         c.queued = max(0, c.queued - nbytes)
+        if not c.queued:
+            c.untaken_since = None
         if c.queued >= self.queue_bytes:
             return True
         c.full_since = None
@@ -297,6 +304,11 @@ class Router:
             elif c.full_since is not None and now - c.full_since >= self._stuck_limit(c):
                 self._drop(c, link.LEAVE_IDLE, "receiver stuck: %d bytes queued for %d ms"
                            % (c.queued, now - c.full_since), now)
+            elif c.untaken_since is not None and now - c.untaken_since >= self._stuck_limit(c):
+                # LINK.md: stuck past a deadline, full queue or not (one that stopped
+                # reading with less queued held it for ever, and calls to it hung)
+                self._drop(c, link.LEAVE_IDLE, "receiver stuck: %d bytes queued, none of them taken "
+                           "for %d ms" % (c.queued, now - c.untaken_since), now)
             elif not c.paused_by and now - c.last_rx >= self.idle_timeout_ms:
                 self._drop(c, link.LEAVE_IDLE, "nothing received for %d ms (idle timeout %d ms)"
                            % (now - c.last_rx, self.idle_timeout_ms), now)
@@ -310,9 +322,10 @@ class Router:
                 d = None
             else:
                 d = c.last_rx + self.idle_timeout_ms
-            if c.full_since is not None:
-                s = c.full_since + self._stuck_limit(c)
-                d = s if d is None else min(d, s)
+            for since in (c.full_since, c.untaken_since):
+                if since is not None:
+                    s = since + self._stuck_limit(c)
+                    d = s if d is None else min(d, s)
             if d is not None and (best is None or d < best):
                 best = d
         return best
@@ -516,10 +529,14 @@ class Router:
             s.paused_by.discard(dest.cid)
             if not s.paused_by:
                 s.last_rx = now     # it was quiet because we stopped reading it
-                if s.full_since is not None and not s.refreshed:
-                    # its queue filled while it could not send: once per full episode
-                    # (pausing itself again and again must not keep a non-reader in)
-                    self._fresh(s, now, True)
+                if not s.refreshed and (s.full_since is not None or s.untaken_since is not None):
+                    # its queue filled (or went unread) while it could not send: once
+                    # per episode (pausing itself again and again must not keep a
+                    # non-reader in)
+                    if s.full_since is not None:
+                        self._fresh(s, now, True)
+                    if s.untaken_since is not None:
+                        s.untaken_since = now
                     s.refreshed = True
                 self._actions.append((RESUME, scid))
         dest.blocked = set()
@@ -565,6 +582,8 @@ class Router:
 
     # ------------------------------------------------------------ helpers
     def _send(self, c, frame, t, key=""):
+        if not c.queued:
+            c.untaken_since = self._now
         c.queued += len(frame)
         if c.queued >= self.queue_bytes:
             self._fresh(c, self._now)    # whatever fills it (PONGs, PARTICIPANT churn)

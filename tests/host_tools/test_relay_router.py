@@ -437,6 +437,45 @@ def test_a_sender_paused_by_a_receiver_that_never_reads_outlasts_it():
     assert 2 not in s.closed
 
 
+def test_a_receiver_that_stops_reading_is_dropped_at_stuck_ms_though_its_queue_is_not_full():
+    # LINK.md: "a receiver stuck past a deadline is disconnected (LEAVE 6)". Only a full
+    # queue started the clock: one that stopped reading with 586 KB of 1 MiB queued
+    # was held for good, and calls to it hung until their own timeouts.
+    s = _joined(500, "a", "b", "c")
+    s.take(3)
+    s.r.receive(1, data(b"x" * 8000, dest=["b"]), s.now)
+    s.pump(drain=False)                       # b takes none of it
+    assert 0 < s.r.queued(2) < 20000 and not s.r.paused(1)
+    assert s.r.next_deadline() == 500
+    s.now = 499
+    s.r.tick(s.now)
+    s.pump(drain=False)
+    assert 2 not in s.closed
+    s.now = 500
+    s.r.tick(s.now)
+    s.pump(drain=False)
+    assert 2 in s.closed and s.out[2][-1][1]["code"] == link.LEAVE_IDLE
+    assert "none of them taken for 500 ms" in s.out[2][-1][1]["reason"], s.out[2][-1]
+    assert s.out[3][-1][0] == link.PARTICIPANT_LEFT
+
+
+def test_a_receiver_that_takes_what_is_queued_now_and_then_is_not_stuck():
+    s = _joined(500, "a", "b")
+    for step in range(1, 6):                 # 400 ms apart: each read restarts its clock
+        s.r.receive(1, data(b"x" * 3000, dest=["b"]), s.now)
+        s.pump(drain=False)
+        s.now = step * 400
+        s.r.drained(2, 1000, s.now)          # a part of it, not all
+        s.r.tick(s.now)
+        s.pump(drain=False)
+        assert 2 not in s.closed, step
+    s.r.drained(2, s.r.queued(2), s.now)     # all of it: no clock at all
+    s.now += 10000
+    s.r.tick(s.now)
+    s.pump(drain=False)
+    assert 2 not in s.closed
+
+
 def test_a_full_receiver_that_keeps_reading_is_slow_not_stuck():
     # Each 1/16 of the queue drained buys a fresh stuck_ms (a board working through a
     # backlog); a receiver that drains less than that is still dropped.
