@@ -20,6 +20,9 @@ connection gives the event loop up after each read and whenever it has held it T
 so a flood of tiny frames in one room does not delay the others.
 WebSocket: an upgrade request is at most WS_HANDSHAKE_LIMIT bytes (431), and requests in
 progress count in the router's max_connections (503 past it).
+TLS (tls:// and wss://): handshakes in progress count in max_connections too, from
+accept (past it the socket is closed before its TLS layer is made), and last at most the
+join timeout (_TlsHandshakes).
 WebSocket: messages are read frame by frame (never whole), each WebSocket frame at most
 one max_frame link frame plus WS_FRAME_SLACK, with websockets parsing at most
 WS_MAX_QUEUE frames ahead; input websockets fails the connection for (a frame too big,
@@ -219,7 +222,8 @@ class _Link:
 
     async def run(self):
         srv = self.server
-        srv.router.open(self.cid, now_ms(), transport=self.kind, peer=self.peer, pending=srv.ws_handshakes)
+        srv.router.open(self.cid, now_ms(), transport=self.kind, peer=self.peer,
+                        pending=srv.ws_handshakes + len(srv._tls))
         srv.links[self.cid] = self
         srv.apply()
         self.writer_task = asyncio.ensure_future(self._writer())
@@ -317,6 +321,70 @@ def _ws_fragment_limits():
     return getattr(ServerProtocol(max_size=(None, 1 << 16)), "max_fragment_size", None) == 1 << 16
 
 
+class _TlsHandshakes:
+    """TLS handshakes in progress on the tls:// and wss:// ports, counted from accept.
+
+    asyncio makes a connection's protocol at accept but calls it only once its TLS
+    handshake is done, and says nothing of one that fails or times out. Each holds a
+    descriptor and ~300 KB (the TLS layer's buffers), so they count in max_connections:
+    uncounted, 3000 sockets that never sent a ClientHello held 916 MB for 60 s (asyncio's
+    default handshake timeout) past --max-connections 100. The handshake timeout is the
+    join timeout, so an entry leaves the count at its handshake (done()) or, failed or
+    timed out, by its deadline (swept when the count matters)."""
+
+    def __init__(self, timeout_s):
+        self.timeout_s = timeout_s
+        self.pending = set()                  # tokens of handshakes in progress
+        self.deadlines = collections.deque()  # (deadline, token), in order: one timeout for all
+        self.refused = 0         # closed at accept since last logged
+        self.logged = None
+
+    def __len__(self):
+        now = time.monotonic()
+        dl = self.deadlines
+        while dl and (dl[0][0] <= now or dl[0][1] not in self.pending):
+            self.pending.discard(dl.popleft()[1])   # failed or timed out by now, or done
+        return len(self.pending)
+
+    def start(self, relay):
+        """A token for a new handshake; raises ConnectionRefusedError past max_connections
+        (raised in a protocol factory, asyncio then drops the socket, unread)."""
+        if relay.busy() >= relay.router.max_connections or relay._stopping:
+            self._refused(relay)
+            raise ConnectionRefusedError(relay.router.full_reason())
+        token = object()
+        self.pending.add(token)
+        self.deadlines.append((time.monotonic() + self.timeout_s + 0.5, token))
+        return token
+
+    def done(self, token):
+        self.pending.discard(token)
+
+    def _refused(self, relay):
+        # one log line a minute with the count, not one per connection (a flood)
+        self.refused += 1
+        t = time.monotonic()
+        if self.logged is None or t - self.logged >= ACCEPT_LOG_S:
+            self.logged = t
+            log_line(relay.log, "tls_refused", {"connections": self.refused,
+                                                "reason": relay.router.full_reason() + " (TLS handshakes "
+                                                "in progress count; closed at accept)"})
+            self.refused = 0
+
+
+class _TlsStreamProtocol(asyncio.StreamReaderProtocol):
+    """The tls:// port's protocol: made at accept (counted), called once TLS is up."""
+
+    def __init__(self, relay):
+        self._tls_token = relay._tls.start(relay)   # raises when full
+        self._tls = relay._tls
+        super().__init__(asyncio.StreamReader(limit=2 ** 16), relay._on_tcp)
+
+    def connection_made(self, transport):
+        self._tls.done(self._tls_token)
+        super().connection_made(transport)
+
+
 class _BoundedWsConnection(ServerConnection):
     """websockets writes its automatic replies (a pong for every ping) whether or not
     the peer reads them, and keeps reading meanwhile: a peer that pings and never reads
@@ -342,10 +410,13 @@ class _BoundedWsConnection(ServerConnection):
         r = self.relay
         if r is None:
             return
+        if self._tls_token is not None:   # its TLS handshake is done: now an upgrade request
+            r._tls.done(self._tls_token)
+            self._tls_token = None
         # An upgrade request in progress holds what its headers took (websockets keeps
         # up to 128 lines of 8 KiB): unbounded, a thousand unfinished requests without a
         # token held 1.1 GB. They count in max_connections like link connections.
-        if r.ws_handshakes + r.router.connection_count() >= r.router.max_connections:
+        if r.busy() >= r.router.max_connections:
             self._refuse(b"503 Service Unavailable", r.router.full_reason())
             return
         r.ws_handshakes += 1
@@ -375,7 +446,11 @@ class _BoundedWsConnection(ServerConnection):
                                  b"Connection: close\r\n\r\n" + why.encode() + b"\n")
             self.transport.close()
 
+    _tls_token = None
+
     def __init__(self, protocol, *args, **kwargs):
+        if self.relay is not None and self.relay.ssl is not None:   # made at accept: counted
+            self._tls_token = self.relay._tls.start(self.relay)      # (raises when full)
         super().__init__(protocol, *args, **kwargs)
         self.kinds = collections.deque()
         self._protocol_fail = protocol.fail
@@ -570,6 +645,7 @@ class RelayServer:
         self.log = log if log is not None else sys.stderr
         self.links = {}
         self.ws_handshakes = 0   # WebSocket upgrade requests in progress (_BoundedWsConnection)
+        self._tls = _TlsHandshakes(getattr(router, "join_timeout_ms", 5000) / 1000)
         self.warnings = []           # said at start (command.py logs them)
         self.ws_frame_limit = None   # the largest WebSocket frame taken (set by start)
         self.ws_limit_unit = "frames"  # or "messages" with websockets < 15
@@ -586,6 +662,11 @@ class RelayServer:
         self._http_closing = 0       # 503s written, their sockets not yet closed
         self._stopped = asyncio.Event()
         self._stopping = False
+
+    def busy(self):
+        """Connections that count in max_connections: links, and the WebSocket upgrade
+        requests and TLS handshakes in progress."""
+        return self.router.connection_count() + self.ws_handshakes + len(self._tls)
 
     # ------------------------------------------------------------ router glue
     def apply(self):
@@ -625,8 +706,13 @@ class RelayServer:
         self._loop_handler = (loop, loop.get_exception_handler())
         loop.set_exception_handler(self._loop_exception)
         tls = self.ssl is not None
+        hs = self._tls.timeout_s   # a TLS handshake has the time a JOIN has
         if self.port is not None:
-            s = await asyncio.start_server(self._on_tcp, self.host, self.port, ssl=self.ssl)
+            if tls:
+                s = await loop.create_server(lambda: _TlsStreamProtocol(self), self.host, self.port,
+                                             ssl=self.ssl, ssl_handshake_timeout=hs)
+            else:
+                s = await asyncio.start_server(self._on_tcp, self.host, self.port)
             self._servers.append(s)
             self._add_url("tls" if tls else "tcp", s)
         if self.ws_port is not None:
@@ -653,7 +739,8 @@ class RelayServer:
                         {"write_cap": 2 * (mf + link.STAMP_ROOM) + (1 << 20), "relay": self})
             s = await serve(self._on_ws, self.host, self.ws_port, ssl=self.ssl,
                             compression=None, ping_interval=None, max_size=size,
-                            max_queue=WS_MAX_QUEUE, create_connection=conn)
+                            max_queue=WS_MAX_QUEUE, create_connection=conn,
+                            **({"ssl_handshake_timeout": hs} if tls else {}))
             self._servers.append(s)
             self._add_url("wss" if tls else "ws", s)
         if self.http_port is not None:

@@ -237,6 +237,54 @@ async def test_websocket_upgrade_requests_in_progress_are_bounded_and_counted_as
         wr.close()
 
 
+async def test_tls_handshakes_in_progress_count_as_connections_and_last_the_join_timeout(tmp_path):
+    # Connections still in their TLS handshake were not counted anywhere and were held
+    # for asyncio's default 60 s: 3000 that never sent a ClientHello held 916 MB and
+    # 3000 descriptors past --max-connections 100.
+    import ssl
+    cert, key = str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    async with RelayUnderTest(max_connections=3, join_timeout_ms=1000, server_options={"ssl": ctx}) as r:
+        for kind in ("tcp", "ws"):
+            host, port = r.srv.addresses[kind]
+            conns = [await asyncio.open_connection(host, port) for _ in range(5)]
+            await asyncio.sleep(0.3)
+            assert len(r.srv._tls) == 3, (kind, len(r.srv._tls))
+
+            async def closed(rd, wait):
+                try:
+                    return await asyncio.wait_for(rd.read(1), wait) == b""
+                except asyncio.TimeoutError:
+                    return False
+                except OSError:
+                    return True
+            at_once = [await closed(rd, 0.2) for rd, _ in conns]
+            assert at_once.count(True) == 2, (kind, at_once)   # past the limit: closed unread
+            later = [await closed(rd, 2.5) for rd, _ in conns]
+            assert all(later), (kind, later)                   # the rest at the handshake timeout
+            for _ in range(100):   # and they leave the count (by their deadline at the latest)
+                if len(r.srv._tls) == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(r.srv._tls) == 0
+            for _, wr in conns:
+                wr.close()
+        assert "event=tls_refused" in r.logbuf.getvalue()
+        # the places are free again: a TLS participant joins
+        client = ssl.create_default_context(cafile=cert)
+        host, port = r.srv.addresses["tcp"]
+        rd, wr = await asyncio.open_connection(host, port, ssl=client)
+        wr.write(link.encode_control(link.JOIN, {"v": 1, "token": r.token("t")}))
+        head = await asyncio.wait_for(rd.readexactly(4), 5)   # varint(n) of 1-3 bytes, then the type
+        n_len = next(i for i, b in enumerate(head) if b < 0x80) + 1
+        assert head[n_len] == link.JOINED, head
+        wr.close()
+
+
 # ---------------------------------------------------------------- the event loop
 
 class _Recorder:
