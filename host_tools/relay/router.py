@@ -66,7 +66,9 @@ A DATA frame up to max_frame (what JOINED announces) is taken and forwarded, wit
 stamp in front, as a frame of at most max_frame + link.STAMP_ROOM bytes, which
 participants accept; one whose stamp would need more (an identity of hundreds of bytes)
 is refused with LEAVE 4 naming both sizes. DATA from a participant without
-canPublishData: LEAVE 7. destination_identities are read by the official parser; the
+canPublishData: LEAVE 7. destination_identities are read by the official parser (a
+UserPacket's own destination_identities when the packet's are empty, and its
+destination_sids too, as LiveKit's server reads them); the
 work of finding them in the room is bounded by the room's size, not the packet's, and
 the ones skipped (unknown, the sender) are counted once per packet (drops_total).
 
@@ -461,7 +463,7 @@ class Router:
             return
         mv = memoryview(body)
         try:
-            dests = _check_whole(body).destination_identities
+            dests = self._destinations(c, _check_whole(body))
             fields = relayside.scan_fields(body)
             parts = [c.stamp]
             for num, wt, start, vs, end in fields:
@@ -480,10 +482,30 @@ class Router:
             return
         frame = relayside.encode_frame(link.DATA, packet)
         key = c.info["identity"]
-        for r in self._recipients(c, dests):
+        for r in (self._recipients(c, dests) if dests is not None else ()):
             self._send(r, frame, link.DATA, key)
             if r.queued >= self.queue_bytes:
                 self._block(c, r, now)
+
+    def _destinations(self, c, pkt):
+        """Whom a DataPacket names, as LiveKit's server reads it: destination_identities
+        (5); when that is empty, a UserPacket's own (deprecated) destination_identities
+        (6), which some SDK versions write instead; and the UserPacket's
+        destination_sids (3), the members with those sids, in addition. Without them a
+        packet meant for one participant went to the whole room."""
+        dests = pkt.destination_identities
+        if not pkt.HasField("user"):
+            return dests
+        user = pkt.user
+        if not dests:
+            dests = user.destination_identities
+        if not user.destination_sids:
+            return dests
+        wanted = set(user.destination_sids)
+        by_sid = [m.info["identity"] for m in self._rooms.get(c.room, {}).values() if m.info["sid"] in wanted]
+        if len(by_sid) < len(wanted):
+            self.metrics.inc("lkedge_relay_drops_total", len(wanted) - len(by_sid), reason="unknown_destination")
+        return list(dests) + by_sid or None   # only unknown sids: nobody (not everyone)
 
     def _recipients(self, c, dests):
         """The members `dests` names (all others when empty). A DataPacket of max_frame

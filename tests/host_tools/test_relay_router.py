@@ -132,6 +132,35 @@ def test_routing_and_unknown_destinations():
     assert m.get("lkedge_relay_drops_total", reason="destination_is_sender") == 1
 
 
+def test_a_user_packets_own_destination_fields_are_honoured_as_livekits_server_does():
+    # Some LiveKit SDK versions address a UserPacket in its own (deprecated) fields:
+    # such a packet meant for c went to the whole room.
+    s = Sim()
+    for cid, who in ((1, "a@r"), (2, "b@r"), (3, "c@r"), (4, "d@r")):
+        s.join(cid, who)
+    sid = {cid: s.out[cid][0][1]["sid"] for cid in (1, 2, 3, 4)}
+    for cid in s.out:
+        s.take(cid)
+
+    def user(**kw):
+        return link.encode_frame(link.DATA, models.DataPacket(user=models.UserPacket(payload=b"x", **kw))
+                                 .SerializeToString())
+    got = {}
+    for name, frame in (("identities", user(destination_identities=["c"])),
+                        ("sids", user(destination_sids=[sid[3]])),
+                        ("both", user(destination_identities=["b"], destination_sids=[sid[3]])),
+                        ("unknown sid", user(destination_sids=["PA_nobody"]))):
+        s.feed(1, frame)
+        got[name] = sorted(cid for cid in (2, 3, 4) if s.take(cid))
+    assert got == {"identities": [3], "sids": [3], "both": [2, 3], "unknown sid": []}, got
+    # the packet's own destination_identities (5) win over the UserPacket's
+    s.feed(1, link.encode_frame(link.DATA, models.DataPacket(
+        destination_identities=["d"], user=models.UserPacket(payload=b"x", destination_identities=["c"]))
+        .SerializeToString()))
+    assert [cid for cid in (2, 3, 4) if s.take(cid)] == [4]
+    assert s.r.metrics.get("lkedge_relay_drops_total", reason="unknown_destination") == 1
+
+
 def test_data_split_byte_by_byte_is_reassembled():
     s = Sim()
     s.join(1, "a@r")
