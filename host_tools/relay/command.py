@@ -12,6 +12,7 @@ on loopback. Logs go to stderr, one key=value line per join/leave/error.
 import asyncio
 import errno
 import math
+import os
 import signal
 import socket
 import ssl
@@ -153,11 +154,30 @@ def _tls(args):
         raise ValueError("--tls-key needs --tls-cert")
     if not args.tls_cert:
         return None
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is not None and not os.path.isfile(path):
+            raise ValueError("%s %s: no such file" % (flag, path))
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+
+    def no_passphrase():
+        # instead of OpenSSL's prompt on the terminal (a relay started by a service
+        # manager has none, and it printed the prompt twice and then "Invalid argument")
+        raise ValueError("encrypted")
     try:
-        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key, password=no_passphrase)
+    except ValueError as e:
+        if str(e) != "encrypted":
+            raise
+        raise ValueError("the TLS private key in %s is encrypted (it asks for a passphrase, which the relay "
+                         "cannot be given): decrypt it, e.g. `openssl pkey -in KEY -out KEY.plain`"
+                         % (args.tls_key or args.tls_cert)) from None
     except (OSError, ssl.SSLError) as e:
-        raise ValueError("cannot load TLS certificate %s: %s" % (args.tls_cert, e))
+        what = ("no private key: give --tls-key, or a --tls-cert file holding the key too"
+                if not args.tls_key and "PEM lib" in str(e) else
+                "the certificate and key do not load together (%s); are they a PEM certificate and "
+                "its PEM private key?" % (e,))
+        raise ValueError("cannot load TLS certificate %s%s: %s" % (
+            args.tls_cert, " with key " + args.tls_key if args.tls_key else "", what))
     return ctx
 
 
@@ -173,6 +193,10 @@ def _check_limits(args):
             raise ValueError("--%s %s is out of range: use 1ms or more" % (name.replace("_", "-"), value))
     if args.max_connections < 1:
         raise ValueError("--max-connections %d is out of range: use 1 or more" % args.max_connections)
+    for room in args.room or ():
+        if not room.strip():
+            raise ValueError("--room %r names no room (every token names one: this relay would refuse "
+                             "them all)" % room)
     if args.socket_buffer and not 64 << 10 <= args.socket_buffer <= 64 << 20:
         # under 64K a loopback link (64 KiB segments) stalls: 1.8 MB/s at 32K
         raise ValueError("--socket-buffer %d is out of range: use 0 (the OS's) or 64K..64M"
@@ -267,7 +291,9 @@ async def _main(args):
                     "--port/--ws-port/--http-port; 0 picks a free one)")
         return _fail("cannot start listening: %s%s" % (e, hint), EXIT_ERROR)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too (its terminal closed): stop as for the others, LEAVE 5 to everyone,
+    # instead of dying without a word to the boards or the log
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, srv.request_stop)
     if dev:
         _say("development keys api_key=%s api_secret=%s (accepted on loopback only; set "

@@ -21,6 +21,8 @@ HELP = {
     "lkedge_relay_drops_total": ("counter", "DATA deliveries not made, by reason"),
     "lkedge_relay_queue_bytes": ("gauge", "Bytes queued for a connection and not yet written, per identity"),
     "lkedge_relay_paused_senders": ("gauge", "Senders paused because a destination queue is full"),
+    "lkedge_relay_pauses_total": ("counter", "Times a sender was paused because a destination queue was full"),
+    "lkedge_relay_refused_total": ("counter", "Connections turned away with LEAVE 5, by reason (full: past --max-connections)"),
 }
 
 

@@ -96,6 +96,8 @@ SEND = "send"
 DISCARD = "discard"
 CLOSE = "close"
 PAUSE = "pause"
+PAUSE_LOG_MS = 1000   # a sender paused this long is logged when it resumes ("paused")
+FULL_LOG_MS = 60000   # connections turned away as full: one "full" line a minute, counted
 RESUME = "resume"
 LOG = "log"
 
@@ -149,6 +151,7 @@ class _Conn:
         self.untaken_since = None  # since when bytes are queued with none of them taken
         self.blocked = set()      # senders paused because of this queue
         self.paused_by = set()    # destinations this sender waits for
+        self.paused_at = 0        # when its current pause began
 
     @property
     def identity(self):
@@ -176,6 +179,8 @@ class Router:
         self._rooms = {}          # room -> {identity: _Conn}
         self._actions = []
         self._now = 0             # the time of the input being handled
+        self._refused = 0         # connections turned away as full since the last "full" line
+        self._refused_logged = None
         self.metrics.set_gauge("lkedge_relay_connections", 0)
         self.metrics.set_gauge("lkedge_relay_paused_senders", 0)
         # Counters without labels are shown from the start (0), so a first scrape has them.
@@ -210,12 +215,21 @@ class Router:
         if cid in self._conns:
             raise ValueError("connection id %r is already open" % (cid,))
         c = _Conn(cid, now, self.max_frame, transport, peer)
+        if len(self._conns) + 1 + pending > self.max_connections:
+            # full: LEAVE 5 (not final: a participant tries again with backoff). Counted,
+            # and logged once a minute with the count: a flood of connections to a full
+            # relay wrote a line each (2000 in 2.6 s), and shutdowns' code 5 mixed in.
+            self._send_leave(c, link.LEAVE_SHUTDOWN, self.full_reason())
+            self._actions.append((CLOSE, cid))
+            self.metrics.inc("lkedge_relay_refused_total", reason="full")
+            self._refused += 1
+            if self._refused_logged is None or now - self._refused_logged >= FULL_LOG_MS:
+                self._refused_logged = now
+                self._log("full", c, refused=self._refused, reason=self.full_reason())
+                self._refused = 0
+            return
         self._conns[cid] = c
         self.metrics.inc("lkedge_relay_connections_total", transport=transport)
-        if len(self._conns) + pending > self.max_connections:
-            # full: LEAVE 5 (not final: a participant tries again with backoff)
-            self._drop(c, link.LEAVE_SHUTDOWN, self.full_reason(), now)
-            return
 
     def full_reason(self):
         """Why a connection past max_connections is turned away (LEAVE 5, HTTP 503)."""
@@ -540,7 +554,8 @@ class Router:
         dest.blocked.add(sender.cid)
         if not sender.paused_by:
             self._actions.append((PAUSE, sender.cid))
-            self._log("pause", sender, waiting_for=dest.identity, queued=dest.queued)
+            self.metrics.inc("lkedge_relay_pauses_total")
+            sender.paused_at = now
         sender.paused_by.add(dest.cid)
 
     def _release(self, dest, now):
@@ -551,6 +566,10 @@ class Router:
             s.paused_by.discard(dest.cid)
             if not s.paused_by:
                 s.last_rx = now     # it was quiet because we stopped reading it
+                if now - s.paused_at >= PAUSE_LOG_MS:
+                    # logged at its end, with how long: a healthy bulk transfer pauses
+                    # its sender hundreds of times a second, each too short to matter
+                    self._log("paused", s, ms=now - s.paused_at, waited_for=dest.identity)
                 if not s.refreshed and (s.full_since is not None or s.untaken_since is not None):
                     # its queue filled (or went unread) while it could not send: once
                     # per episode (pausing itself again and again must not keep a

@@ -107,7 +107,11 @@ _ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 def log_line(stream, event, fields):
     """One key=value line (see _fmt for how values are quoted)."""
-    parts = ["ts=%s" % time.strftime("%Y-%m-%dT%H:%M:%S"), "event=%s" % event]
+    # UTC with milliseconds (RFC 3339): lines of several hosts, and across a change of
+    # daylight saving time, sort and join by it
+    t = time.time()
+    parts = ["ts=%s.%03dZ" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)), int(t * 1000) % 1000),
+             "event=%s" % event]
     parts += ["%s=%s" % (k, _fmt(v)) for k, v in fields.items()]
     stream.write(" ".join(parts) + "\n")
     stream.flush()
@@ -210,6 +214,9 @@ class _Link:
                 for data in q:
                     n += len(data)
             if n * 2 >= self.server.router.queue_bytes:
+                lost = sum(1 for q in self.out.values() for data in q if _frame_type(data) == link.DATA)
+                if lost:   # DATA deliveries not made: counted as the router's drops are
+                    self.server.router.metrics.inc("lkedge_relay_drops_total", lost, reason="receiver_closed")
                 self.out = {}
             self.readable.set()        # a paused reader must notice the close
             self.wake.set()

@@ -132,6 +132,54 @@ async def test_tls_listener(tmp_path):
         assert proc.wait(10) == 0
 
 
+def test_tls_files_that_cannot_serve_are_said_for_what_they_are(tmp_path):
+    cert, key = _self_signed(str(tmp_path))
+    ports = ("--port", "0", "--ws-port", "0", "--http-port", "0")
+    # the missing file is the key (was: "cannot load TLS certificate c.pem: No such file")
+    assert "--tls-key %s: no such file" % (tmp_path / "nope.pem") in _relay_usage(
+        *ports, "--tls-cert", cert, "--tls-key", str(tmp_path / "nope.pem"))
+    assert "no private key: give --tls-key" in _relay_usage(*ports, "--tls-cert", cert)
+    # an encrypted key: said, not OpenSSL's passphrase prompt (printed twice), then EINVAL
+    enc_k, enc_c = str(tmp_path / "ek.pem"), str(tmp_path / "ec.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-keyout", enc_k, "-out", enc_c,
+                    "-days", "1", "-subj", "/CN=localhost", "-passout", "pass:secret"],
+                   check=True, capture_output=True, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "lkedge_host.cli", "relay", *ports, "--tls-cert", enc_c,
+                        "--tls-key", enc_k], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and "is encrypted (it asks for a passphrase" in r.stderr, r.stderr
+    assert "Enter PEM pass phrase" not in r.stderr, r.stderr
+    assert "do not load together" in _relay_usage(*ports, "--tls-cert", key, "--tls-key", cert)
+    # and an empty --room, which would refuse every token
+    assert "--room '' names no room" in _relay_usage(*ports, "--room", "")
+
+
+async def test_sighup_stops_the_relay_as_sigterm_does():
+    proc, urls, _ = start_relay()
+    try:
+        a = await LinkPeer.tcp(*_hostport(urls[0]))
+        await a.join(token("hup"))
+        proc.send_signal(signal.SIGHUP)   # its terminal closed: it died without a word
+        _t, body = await a.expect(link.LEAVE, 5)
+        assert body["code"] == link.LEAVE_SHUTDOWN
+        await a.close()
+        assert proc.wait(10) == 0
+        err = proc.stderr.read()
+        assert "stopped" in err or "code=5" in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_log_lines_carry_utc_time_with_milliseconds():
+    import io
+    import re
+    from lkedge_host.relay.server import log_line
+    out = io.StringIO()
+    log_line(out, "join", {"identity": "a"})
+    assert re.match(r"ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z event=join identity=a\n$", out.getvalue()), \
+        out.getvalue()
+
+
 async def _read_frames(fd, reader, want, timeout=3.0):
     out = []
     deadline = time.monotonic() + timeout

@@ -401,6 +401,69 @@ def test_one_connection_over_max_connections_gets_leave_5_and_the_others_go_on()
     assert link.JOINED in s.types(4)
 
 
+def _logs(s):
+    """Carry out the actions, returning the LOG ones as (event, fields)."""
+    out = []
+    while True:
+        actions = s.r.pop_actions()
+        if not actions:
+            return out
+        for a in actions:
+            if a[0] == rt.LOG:
+                out.append((a[1], a[2]))
+            elif a[0] == rt.SEND:
+                s._decode(a[1], a[2])
+                s.r.drained(a[1], len(a[2]), s.now)
+            elif a[0] == rt.CLOSE:
+                s.closed.add(a[1])
+
+
+def test_connections_turned_away_as_full_are_counted_and_logged_once_a_minute():
+    # 2000 connections to a full relay wrote 2000 log lines in 2.6 s, counted as leaves
+    # of code 5 (shutdown's) and as connections "accepted"
+    s = Sim(max_connections=1)
+    s.join(1, "alice@lab")
+    _logs(s)
+    events = []
+    for cid in range(2, 52):
+        s.r.open(cid, s.now)
+        s.out[cid] = []
+        s.readers[cid] = link.FrameReader(1 << 24)
+        events += _logs(s)
+        assert cid in s.closed and s.take(cid)[0][1]["code"] == link.LEAVE_SHUTDOWN
+    assert [e for e, _ in events] == ["full"] and events[0][1]["refused"] == 1, events
+    m = s.r.metrics
+    assert m.get("lkedge_relay_refused_total", reason="full") == 50
+    assert m.get("lkedge_relay_leaves_total", code=5) == 0
+    assert m.get("lkedge_relay_connections_total", transport="tcp") == 1
+    s.now = rt.FULL_LOG_MS
+    s.r.open(99, s.now)
+    s.out[99] = []
+    s.readers[99] = link.FrameReader(1 << 24)
+    (event, fields), = _logs(s)
+    assert event == "full" and fields["refused"] == 50, fields   # the 49 since, and this one
+
+
+def test_a_pause_is_logged_at_its_end_and_only_when_it_lasted():
+    s = _joined(60000, "a", "b")
+    _logs(s)
+    frame = data(b"y" * 8000, dest=["b"])
+    for pause_ms in (5, rt.PAUSE_LOG_MS + 200):
+        for _ in range(3):
+            s.r.receive(1, frame, s.now)
+        assert s.r.paused(1)
+        s.now += pause_ms
+        s.r.drained(2, s.r.queued(2), s.now)
+        logs = [x for x in _logs(s) if x[0] in ("pause", "paused")]
+        if pause_ms < rt.PAUSE_LOG_MS:
+            assert logs == [], logs    # a bulk transfer does this hundreds of times a second
+        else:
+            assert logs == [("paused", logs[0][1])] and logs[0][1]["ms"] == pause_ms, logs
+            assert logs[0][1]["waited_for"] == "b"
+    assert s.r.metrics.get("lkedge_relay_pauses_total") == 2
+
+
+
 def test_a_token_whose_announcement_would_not_fit_a_board_is_refused_and_the_room_keeps_its_member():
     """Every member gets a newcomer's PARTICIPANT frame (and JOINED lists it): one over a
     board's 16384-byte control buffer would end each board's link at every rejoin."""

@@ -298,6 +298,12 @@ async def test_slow_receiver_is_bounded_and_dropped_with_leave_6():
         _t, left = await asyncio.wait_for(_skip_to(sender, link.PARTICIPANT_LEFT), 3)
         assert left["identity"] == "slow" and "stuck" in left["reason"]
         assert r.router.metrics.get("lkedge_relay_leaves_total", code=link.LEAVE_IDLE) == 1
+        # the backlog it could not take is dropped with it, and counted as not delivered
+        for _ in range(100):
+            if r.router.metrics.get("lkedge_relay_drops_total", reason="receiver_closed"):
+                break
+            await asyncio.sleep(0.01)
+        assert r.router.metrics.get("lkedge_relay_drops_total", reason="receiver_closed") > 0
 
 
 async def test_a_slow_receiver_that_keeps_reading_is_not_dropped_as_stuck():
