@@ -20,7 +20,7 @@ HOLD_S = 10      # a tail that read a piece this recently holds rotation off (to
 # a lease it renews per piece: one whose caller stalls lets it go by itself. A rotation
 # that happens all the same (a stalled tail, log.txt at 1.5 * LOG_MAX) is counted, and a
 # tail that sees the count move says so and stops instead of mixing the two files.
-_held = [0]       # time.time() until which rotation waits
+_rotation_hold = [0]       # time.time() until which rotation waits
 _rotations = [0]
 
 
@@ -49,7 +49,7 @@ def write(level, msg):
         line += "\n"
         print(line, end="")
         size = _size(LOG)
-        if size + len(line) > LOG_MAX and not (time.time() < _held[0] and size < LOG_MAX * 3 // 2):
+        if size + len(line) > LOG_MAX and not (time.time() < _rotation_hold[0] and size < LOG_MAX * 3 // 2):
             import os
             try:
                 os.remove(OLD)
@@ -104,7 +104,7 @@ class TailSource:
 
     def __init__(self, n, path=LOG, old=OLD, piece=256):
         self.rotations = _rotations[0]
-        _held[0] = time.time() + HOLD_S
+        _rotation_hold[0] = time.time() + HOLD_S
         self.f = None
         self.then = None  # log.txt, when the tail starts in log.old
         self.buf = bytearray(piece)
@@ -133,7 +133,7 @@ class TailSource:
             self.f.close()
             self.f = None
             return ROTATED
-        _held[0] = max(_held[0], time.time() + HOLD_S)
+        _rotation_hold[0] = max(_rotation_hold[0], time.time() + HOLD_S)
         while self.f is not None:
             n = self.f.readinto(self.buf)
             if n:

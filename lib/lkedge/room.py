@@ -543,7 +543,14 @@ class Room:
             if e[1] == proto.K_CHUNK_CONTENT:
                 msg = dec.msg
                 ch = msg.get("stream_chunk") or {}
-                evs = self._incoming.chunk(msg.get("participant_identity", ""), ch.get("stream_id", ""),
+                if self._acc_key == e[1] or "stream_id" not in ch or "chunk_index" not in ch and self._late_index(ch):
+                    # content before its stream_id, or before a chunk_index that cannot
+                    # be the 0 it would be when absent (WIRE.md: fields come in any
+                    # order; no official serializer does this): held, within max_frame,
+                    # and routed at the packet's end (_on_packet)
+                    self._gather(dec, e[1], e[2], e[3])
+                    continue
+                evs = self._incoming.chunk(msg.get("participant_identity", ""), ch["stream_id"],
                                            ch.get("chunk_index", 0), e[2], e[3], self._link_ms())
                 if type(evs) is not tuple:
                     self._events = evs
@@ -553,6 +560,14 @@ class Room:
                         return aw
             elif e[1] != proto.K_USER_PAYLOAD:  # UserPackets are not part of this SDK
                 self._gather(dec, e[1], e[2], e[3])
+
+    def _late_index(self, msg):   # (parameter names are interned on a board: an existing one)
+        """Content of the stream_chunk `msg` whose chunk_index is not read yet: absent,
+        it is 0, which it cannot be past the stream's first chunk but as a duplicate of
+        it (then held too, and found a duplicate at the end): a chunk_index that comes
+        after its content."""
+        st = self._incoming.open.get(msg["stream_id"])
+        return st is not None and st.cur_index == -1 and st.last_index >= 0
 
     def _stream_event(self, ev):
         """The awaitable for one stream event, or None: data goes to its reader, which
@@ -600,8 +615,14 @@ class Room:
 
     async def _on_packet(self, msg):
         sender = msg.get("participant_identity", "")
-        if "stream_chunk" in msg:
-            return  # content went out piece by piece
+        if "stream_chunk" in msg:   # its content went out piece by piece, as it came, unless
+            ch = msg["stream_chunk"]
+            data = self._take_acc(proto.K_CHUNK_CONTENT)
+            if data is not None:   # it came before the stream_id: held until now
+                await self._stream_events(self._incoming.chunk(
+                    sender, ch.get("stream_id", ""), ch.get("chunk_index", 0), memoryview(data), True,
+                    self._link_ms()))
+            return
         if "stream_header" in msg:
             inline = self._take_acc(proto.K_INLINE_CONTENT)
             await self._stream_events(self._incoming.header(sender, msg["stream_header"], inline,
@@ -617,7 +638,9 @@ class Room:
             edata = self._take_acc(proto.K_RPC_ERROR_DATA)
             if self._rpc_client is None:
                 return
-            if data is not None:
+            # a compressed_payload after the payload is the oneof's case now (the
+            # decoder keeps the payload out of msg, so it could not clear it): ignored
+            if data is not None and "compressed_payload" not in resp:
                 resp["payload"] = _utf8(data)
             if edata is not None and "error" in resp:
                 resp["error"]["data"] = _utf8(edata)

@@ -693,7 +693,7 @@ async def test_log_tail_being_read_holds_rotation_off_and_a_stalled_one_says_it_
         _log_to(log, old, [], fill)
         tail = flashlog.TailSource(2048, log, old, piece=64)
         await tail.__anext__()
-        flashlog._held[0] = 0   # as HOLD_S later
+        flashlog._rotation_hold[0] = 0   # as HOLD_S later
         for i in range(5):
             flashlog.write("INFO", "written after the hold lapsed %d" % i)
         assert _exists(old) and os.stat(log)[6] < 200, "rotated"
@@ -703,7 +703,7 @@ async def test_log_tail_being_read_holds_rotation_off_and_a_stalled_one_says_it_
         assert pieces == [flashlog.ROTATED], pieces
     finally:
         flashlog.LOG, flashlog.OLD = saved
-        flashlog._held[0] = 0
+        flashlog._rotation_hold[0] = 0
         _rm(log, old)
 
 

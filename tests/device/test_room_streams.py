@@ -1193,3 +1193,68 @@ async def test_send_file_guesses_the_mime_type_where_it_can_and_takes_compress(t
     assert h1["mime_type"] == guessed and h1.get("compression", 0) == 0 and h1["inline_content"], h1
     assert h2["mime_type"] == "text/x-mine" and h2.get("compression", 0) == (1 if finite.can_compress() else 0), h2
     await close(a, peer)
+
+
+def _chunk_fields(sid, idx, content, order):
+    """A DataPacket with a stream_chunk whose fields are written in `order` (1 stream_id,
+    2 chunk_index, 3 content); chunk_index 0 left out, as serializers do."""
+    from lkedge import proto, relayside
+    parts = {1: relayside.encode(proto.STREAM_CHUNK, {"stream_id": sid}),
+             2: relayside.encode(proto.STREAM_CHUNK, {"chunk_index": idx}) if idx else b"",
+             3: relayside.encode(proto.STREAM_CHUNK, {"content": content})}
+    ch = b"".join(parts[k] for k in order)
+    return (relayside.encode(proto.DATA_PACKET, {"destination_identities": ["b"]})
+            + bytes([0x72, len(ch)]) + ch)   # field 14 (stream_chunk), length-delimited
+
+
+async def test_chunk_fields_in_any_order_route_the_content_as_in_field_order():
+    # WIRE.md: fields may arrive in any order. Content routed by what was read before it
+    # went to stream "" (content before stream_id) or as chunk 0 (before chunk_index).
+    from lkedge import link, relayside
+    for order in ((1, 2, 3), (3, 1, 2), (1, 3, 2), (3, 2, 1)):
+        mem = MemRoom()
+        b = await join(mem, "b")
+        got = []
+
+        async def handler(reader, who):
+            try:
+                got.append(await reader.read_all())
+            except Exception as e:
+                got.append("ERR %s" % e)
+        b.register_text_stream_handler("t", handler)
+        a = await raw(mem, "a", client_protocol=2)
+        await settle(lambda: "a" in b.remote_participants)
+        await a.send({"destination_identities": ["b"], "stream_header": {
+            "stream_id": "S", "topic": "t", "mime_type": "text/plain", "total_length": 9, "text_header": {}}})
+        for idx, content in ((0, b"abc"), (0, b"abc"), (1, b"def"), (2, b"ghi")):   # chunk 0 twice: a duplicate
+            await a.t.write(relayside.encode_frame(link.DATA, _chunk_fields("S", idx, content, order)))
+        await a.send({"destination_identities": ["b"], "stream_trailer": {"stream_id": "S"}})
+        await settle(lambda: got)
+        assert got == ["abcdefghi"], (order, got)
+        await close(b, a)
+
+
+async def test_a_response_whose_oneof_ends_on_compressed_payload_is_not_taken_as_its_payload():
+    # payload "stale", then compressed_payload: the official parser holds the latter (to
+    # be ignored), so the call stays pending; it completed with "stale"
+    from lkedge import link, proto, relayside
+    from lkedge.rpc import RpcError
+    mem = MemRoom()
+    a = await join(mem, "a")
+    peer = await raw(mem, "old", client_protocol=0)
+    await settle(lambda: "old" in a.remote_participants)
+    task = asyncio.create_task(a.local_participant.perform_rpc(
+        destination_identity="old", method="m", payload="x", response_timeout=1.0))
+    req = await peer.wait_for(lambda p: "rpc_request" in p)
+    rid = req["rpc_request"]["id"]
+    await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+    resp = (relayside.encode(proto.RPC_RESPONSE, {"request_id": rid, "payload": "stale"})
+            + relayside.encode(proto.RPC_RESPONSE, {"compressed_payload": b"zz"}))
+    body = relayside.encode(proto.DATA_PACKET, {"destination_identities": ["a"]}) + bytes([0x62, len(resp)]) + resp
+    await peer.t.write(relayside.encode_frame(link.DATA, body))
+    try:
+        got = await task
+    except RpcError as e:
+        got = e.code
+    assert got == RpcError.RESPONSE_TIMEOUT, got
+    await close(a, peer)
