@@ -1200,6 +1200,40 @@ async def test_late_or_unknown_acks_responses_and_response_streams_are_ignored()
     await close(a, peer)
 
 
+async def test_an_empty_payload_response_on_the_wire_is_a_success_with_the_empty_string():
+    # WIRE.md: an RpcResponse whose oneof holds payload "" is a success with "". The
+    # official serializer writes it as a present, empty field 2 (b"\x12\x00"): it
+    # must complete the call, not look like a response without an answer.
+    from lkedge import link, proto, relayside
+    mem, a, peer = await room_and_peer(peer_identity="old", client_protocol=0)
+    task = asyncio.create_task(a.local_participant.perform_rpc(
+        destination_identity="old", method="m", payload="x", response_timeout=2.0))
+    rid = (await peer.wait_for(lambda p: "rpc_request" in p))["rpc_request"]["id"]
+    await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+    resp = relayside.encode(proto.RPC_RESPONSE, {"request_id": rid}) + b"\x12\x00"
+    body = relayside.encode(proto.DATA_PACKET, {"destination_identities": ["a"]}) + bytes([0x62, len(resp)]) + resp
+    await peer.t.write(relayside.encode_frame(link.DATA, body))
+    assert await asyncio.wait_for(task, 5) == ""
+    await close(a, peer)
+
+
+async def test_a_response_stream_opened_after_the_calls_deadline_is_not_taken_as_its_answer():
+    with _FakeClock() as clock:
+        mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+        task = asyncio.create_task(a.local_participant.perform_rpc(
+            destination_identity="p", method="m", payload="x", response_timeout=10))
+        rid = _request_id_of(await peer.wait_for(_is_rpc_request))
+        await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+        await settle(lambda: a._rpc_client.get(rid).acked)
+        clock.skew += 10500   # past the response deadline, the timer not yet run
+        await _v2_response(peer, "a", rid, "too late")
+        await asyncio.sleep(0.05)
+        assert not task.done(), "the late stream completed the call"
+        a._wake_timer()
+        await raises_rpc(RpcError.RESPONSE_TIMEOUT, asyncio.wait_for(task, 5))
+        await close(a, peer)
+
+
 async def test_response_stream_from_other_identity_is_ignored_and_the_call_stays_pending():
     mem = MemRoom()
     a = await join(mem, "a")

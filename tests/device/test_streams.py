@@ -146,6 +146,29 @@ def test_chunked_header_over_15000_bytes_is_refused():
         raise AssertionError("oversized header accepted")
 
 
+def test_a_chunked_header_of_exactly_15000_bytes_is_taken_and_one_more_byte_refused():
+    # STREAMS.md: a header packet that "exceeds 15000 bytes" is refused: 15000 is not
+    def header_of(n):
+        try:
+            return _finite("bytes", b"x", inline_ok=False, attributes={"big": "v" * n})[0]
+        except streams.StreamError as e:
+            return e
+    n = LIMIT - 100
+    while not isinstance(header_of(n + 1), streams.StreamError):
+        n += 1
+    assert streams.packet_size(header_of(n)) == LIMIT, "the largest header taken is 15000 bytes"
+    err = str(header_of(n + 1))
+    assert "15001 bytes, over the 15000-byte limit" in err, err
+
+
+def test_a_header_of_an_unknown_compression_type_is_ignored_not_read_as_plain():
+    inc, col = _inc("t", can_inflate=True)
+    feed(inc, col, "a", _hdr("s1", total_length=3, compression=2))
+    assert col.ignored == [("s1", "unknown compression type 2")] and not col.opened, col.ignored
+    feed(inc, col, "a", _chunk("s1", 0, b"abc"))
+    assert not col.data and not col.opened, "its chunks went to a reader"
+
+
 def test_inline_packet_over_15000_bytes_falls_back_to_chunks_when_the_header_fits():
     attrs = {"big": "v" * (LIMIT - 200)}
     inline = streams.header_packet("s1", "bytes", "t", [], total_length=300, attributes=attrs,
