@@ -19,7 +19,7 @@ import time
 
 from lkedge import link
 from lkedge.config import RoomOptions
-from lkedge.consts import MAX_V1_PAYLOAD_BYTES, RPC_ACK_TIMEOUT_MS
+from lkedge.consts import CLIENT_PROTOCOL_DATA_STREAM_RPC, MAX_V1_PAYLOAD_BYTES, RPC_ACK_TIMEOUT_MS
 from lkedge.participant import _whole_request
 from lkedge.readers import PayloadReader
 from lkedge.room import ConnectError, Room
@@ -918,7 +918,8 @@ def _log_all(room, slots):
     for name, (fn, streaming) in list(registered.items()):
         if not getattr(fn, "_lkedge_serve", False):
             room.local_participant.unregister_rpc_method(name)
-            room.local_participant.register_rpc_method(name, _logged(name, fn, slots, streaming), streaming)
+            room.local_participant.register_rpc_method(name, _logged(name, fn, slots, streaming, room=room),
+                                                       streaming)
     return sorted(registered)
 
 
@@ -928,7 +929,7 @@ async def _until_stopped(room):
     try:
         import signal
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
     except (NotImplementedError, RuntimeError):
         pass
@@ -951,7 +952,17 @@ async def _until_stopped(room):
     return EXIT_OK
 
 
-def _logged(name, fn, slots, streaming=False, whole=None):
+def _came_as_packet(room, data):
+    """Whether this call's request came as an rpc_request packet (RPC v1), whose answer
+    goes back as one (at most 15360 bytes): a streaming handler's reader says so; a
+    buffered one's caller speaks v1 with us (v2 callers send requests as streams)."""
+    if data.reader is not None:
+        return isinstance(data.reader, PayloadReader)
+    p = room.remote_participants.get(data.caller_identity) if room is not None else None
+    return p is not None and min(p.client_protocol, room.options.client_protocol) < CLIENT_PROTOCOL_DATA_STREAM_RPC
+
+
+def _logged(name, fn, slots, streaming=False, whole=None, room=None):
     """fn as serve runs it: a plain function in a thread (_in_thread), every call logged
     (an answer in pieces when its last piece is out), any exception but RpcError (a
     BaseException too) answered as 1500 naming it, as is an answer the library would
@@ -964,8 +975,7 @@ def _logged(name, fn, slots, streaming=False, whole=None):
 
     async def handler(data):
         t0 = time.monotonic()
-        # a request that came as an rpc_request packet (v1) is answered by one: 15360 bytes at most
-        packet = isinstance(data.reader, PayloadReader)
+        packet = _came_as_packet(room, data)   # then answered by one: 15360 bytes at most
         try:
             if whole is None:
                 r = await _run(fn, data, slots)

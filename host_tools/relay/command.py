@@ -172,13 +172,31 @@ def _tls(args):
                          "cannot be given): decrypt it, e.g. `openssl pkey -in KEY -out KEY.plain`"
                          % (args.tls_key or args.tls_cert)) from None
     except (OSError, ssl.SSLError) as e:
-        what = ("no private key: give --tls-key, or a --tls-cert file holding the key too"
-                if not args.tls_key and "PEM lib" in str(e) else
-                "the certificate and key do not load together (%s); are they a PEM certificate and "
-                "its PEM private key?" % (e,))
         raise ValueError("cannot load TLS certificate %s%s: %s" % (
-            args.tls_cert, " with key " + args.tls_key if args.tls_key else "", what))
+            args.tls_cert, " with key " + args.tls_key if args.tls_key else "", _tls_why(args, e)))
     return ctx
+
+
+def _tls_why(args, e):
+    """What is wrong with the TLS files, from what they hold (OpenSSL says "PEM lib")."""
+    def holds(path):
+        try:
+            with open(path, "rb") as f:
+                text = f.read(1 << 20)
+        except OSError:
+            return set()
+        return {w for w, mark in (("cert", b"-----BEGIN CERTIFICATE"), ("key", b"PRIVATE KEY-----"))
+                if mark in text}
+    cert = holds(args.tls_cert)
+    key = holds(args.tls_key) if args.tls_key else cert
+    if "cert" not in cert:
+        return "%s holds no PEM certificate (-----BEGIN CERTIFICATE-----)%s" % (
+            args.tls_cert, ": it is a private key; give the certificate to --tls-cert and the key to --tls-key"
+            if "key" in cert else "")
+    if "key" not in key:
+        return ("no private key: give --tls-key, or a --tls-cert file holding the key too" if not args.tls_key
+                else "%s holds no PEM private key" % args.tls_key)
+    return ("the certificate and key do not load together (%s); is the key the certificate's own?" % (e,))
 
 
 def _check_limits(args):

@@ -295,6 +295,18 @@ class Router:
         self._release(c, now)
         return False
 
+    def untaken(self):
+        """The connections with bytes queued and none of them taken yet (stuck clocks
+        running): the adapter looks at their transports' progress (progress())."""
+        return [c.cid for c in self._conns.values() if c.untaken_since is not None]
+
+    def progress(self, cid, now):
+        """cid's transport took part of a frame (drained() comes per whole frame): its
+        stuck clock restarts."""
+        c = self._conns.get(cid)
+        if c is not None and c.untaken_since is not None:
+            c.untaken_since = now
+
     def closed(self, cid, now, reason="transport closed"):
         self._now = now
         c = self._conns.get(cid)
@@ -311,6 +323,11 @@ class Router:
 
     def tick(self, now):
         self._now = now
+        if self._refused and now - self._refused_logged >= FULL_LOG_MS:
+            # the refusals since the last "full" line: said within a minute of it
+            self._actions.append((LOG, "full", {"refused": self._refused, "reason": self.full_reason()}))
+            self._refused_logged = now
+            self._refused = 0
         for c in list(self._conns.values()):
             if self._conns.get(c.cid) is not c:
                 continue        # removed by an earlier step of this tick

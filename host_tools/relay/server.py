@@ -150,6 +150,12 @@ class _Link:
         raise NotImplementedError
 
     # --- driven by the server
+    last_buffered = 0   # the transport's write buffer at the last look (_progress)
+
+    def buffered(self):
+        """Bytes in the transport's write buffer, or None where it cannot say (serial)."""
+        return None
+
     def enqueue(self, data, key=""):
         if key is None:
             self.last = data
@@ -370,8 +376,14 @@ class _TlsHandshakes:
     def _refused(self, relay):
         # one log line a minute with the count, not one per connection (a flood)
         self.refused += 1
+        relay.router.metrics.inc("lkedge_relay_refused_total", reason="full_tls_handshake")
+        self.flush(relay)
+
+    def flush(self, relay):
+        """The refusals not yet logged, once ACCEPT_LOG_S has passed since the last line
+        (also from the relay's timer: a burst is said within a minute, not at the next)."""
         t = time.monotonic()
-        if self.logged is None or t - self.logged >= ACCEPT_LOG_S:
+        if self.refused and (self.logged is None or t - self.logged >= ACCEPT_LOG_S):
             self.logged = t
             log_line(relay.log, "tls_refused", {"connections": self.refused,
                                                 "reason": relay.router.full_reason() + " (TLS handshakes "
@@ -424,6 +436,7 @@ class _BoundedWsConnection(ServerConnection):
         # up to 128 lines of 8 KiB): unbounded, a thousand unfinished requests without a
         # token held 1.1 GB. They count in max_connections like link connections.
         if r.busy() >= r.router.max_connections:
+            r.router.metrics.inc("lkedge_relay_refused_total", reason="full_ws_upgrade")
             self._refuse(b"503 Service Unavailable", r.router.full_reason())
             return
         r.ws_handshakes += 1
@@ -515,6 +528,9 @@ def _frame_type(frame):
 class _StreamLink(_Link):
     kind = "tcp"
 
+    def buffered(self):
+        return self.w.transport.get_write_buffer_size()
+
     def __init__(self, server, cid, reader, writer, kind):
         peer = writer.get_extra_info("peername")
         super().__init__(server, cid, "%s:%s" % peer[:2] if peer else "")
@@ -543,6 +559,10 @@ class _WsLink(_Link):
     arrive (never a whole message), and handed to the router READ_SIZE bytes at a time,
     so a paused sender holds what a TCP one does: see RelayServer.start for the bounds."""
     kind = "ws"
+
+    def buffered(self):
+        t = self.ws.transport
+        return None if t is None else t.get_write_buffer_size()
 
     def __init__(self, server, cid, ws, kind):
         peer = ws.remote_address
@@ -845,8 +865,24 @@ class RelayServer:
             d = self.router.next_deadline()
             wait = 0.25 if d is None else min(0.25, max(0.005, (d - now_ms()) / 1000))
             await asyncio.sleep(wait)
-            self.router.tick(now_ms())
+            now = now_ms()
+            self._progress(now)
+            self.router.tick(now)
+            self._tls.flush(self)
             self.apply()
+
+    def _progress(self, now):
+        """A receiver whose transport buffer shrank took bytes: the router's stuck clock
+        restarts. drained() comes once per whole frame, and one big frame (--max-frame
+        up to 16M) to a steady slow reader took longer than --send-timeout."""
+        for cid in self.router.untaken():
+            ln = self.links.get(cid)
+            size = ln.buffered() if ln is not None else None
+            if size is None:
+                continue
+            if size < ln.last_buffered:
+                self.router.progress(cid, now)
+            ln.last_buffered = size
 
     # ------------------------------------------------------------ HTTP
     async def _on_http(self, reader, writer):

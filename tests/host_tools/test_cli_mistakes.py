@@ -27,6 +27,7 @@ def missing(data):
     raise RpcError(4004, "no such file")
 
 def register(room):
+    room.local_participant.register_rpc_method("big_added", lambda d: "z" * int(d.payload))   # buffered
     async def count(data):   # streaming: the request is never held whole here either
         n = 0
         async for piece in data.reader:
@@ -520,9 +521,15 @@ def test_an_identity_already_in_the_room_is_refused_not_pushed_out(served):
 
 def test_serve_logs_an_answer_too_large_for_a_v1_caller_as_failed(served):
     relay, s = served
-    r = _lk("call", "host", "big", "16000", "--protocol", "0", "--url", relay.url)
-    assert r.returncode == 3 and "1504" in r.stderr, r.stderr
-    s.wait_for("failed: its 16000-byte answer is over the 15360 bytes an answer to a v1 request carries")
+    for method in ("big", "big_added"):   # the file's own, and one register(room) added
+        r = _lk("call", "host", method, "16000", "--protocol", "0", "--url", relay.url)
+        assert r.returncode == 3 and "1504" in r.stderr, r.stderr
+        s.wait_for("call %s from" % method)
+        line = [ln for ln in s.err.splitlines() if "call %s from" % method in ln][-1]
+        assert "failed: its 16000-byte answer is over the 15360 bytes an answer to a v1 request carries" \
+            in line, line
+    r = _lk("call", "host", "big_added", "16000", "--url", relay.url)   # v2: streamed, any size
+    assert r.returncode == 0 and len(r.stdout) == 16000, r.stderr
 
 
 def test_a_call_too_large_for_v1_because_of_our_own_protocol_says_whose_it_is(served):
@@ -557,5 +564,10 @@ def test_serve_stopped_while_joining_exits_0_and_imports_modules_beside_its_file
         try:
             r = _lk("call", "beside", "word", "--url", relay.url)
             assert r.returncode == 0 and r.stdout == "from the helper", r.stderr
+            # SIGHUP while serving (its terminal closed): the same clean stop as SIGTERM
+            srv.proc.send_signal(signal.SIGHUP)
+            assert srv.proc.wait(10) == 0
+            srv.reader.join(5)
+            assert "lkedge serve: stopped" in srv.err and "before serving began" not in srv.err, srv.err
         finally:
             srv.stop()

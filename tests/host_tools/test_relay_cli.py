@@ -132,6 +132,14 @@ async def test_tls_listener(tmp_path):
         assert proc.wait(10) == 0
 
 
+def _other_key(tmp_path):
+    """A private key that is not the certificate's own."""
+    other = str(tmp_path / "other_key.pem")
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", other],
+                   check=True, capture_output=True, timeout=60)
+    return other
+
+
 def test_tls_files_that_cannot_serve_are_said_for_what_they_are(tmp_path):
     cert, key = _self_signed(str(tmp_path))
     ports = ("--port", "0", "--ws-port", "0", "--http-port", "0")
@@ -148,7 +156,14 @@ def test_tls_files_that_cannot_serve_are_said_for_what_they_are(tmp_path):
                         "--tls-key", enc_k], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert r.returncode == 2 and "is encrypted (it asks for a passphrase" in r.stderr, r.stderr
     assert "Enter PEM pass phrase" not in r.stderr, r.stderr
-    assert "do not load together" in _relay_usage(*ports, "--tls-cert", key, "--tls-key", cert)
+    assert "holds no PEM certificate (-----BEGIN CERTIFICATE-----): it is a private key" in _relay_usage(
+        *ports, "--tls-cert", key, "--tls-key", cert)   # the two swapped
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not PEM\n")
+    assert "%s holds no PEM certificate" % garbage in _relay_usage(*ports, "--tls-cert", str(garbage))
+    assert "%s holds no PEM private key" % garbage in _relay_usage(*ports, "--tls-cert", cert, "--tls-key",
+                                                                   str(garbage))
+    assert "do not load together" in _relay_usage(*ports, "--tls-cert", cert, "--tls-key", _other_key(tmp_path))
     # and an empty --room, which would refuse every token
     assert "--room '' names no room" in _relay_usage(*ports, "--room", "")
 

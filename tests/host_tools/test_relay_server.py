@@ -582,3 +582,37 @@ async def test_a_link_closed_with_a_backlog_of_half_a_queue_drops_it_and_keeps_i
         ln.finish()
         ln.abort_handle.cancel()
         assert ln.take_all() == kept + [b"leave"], backlog
+
+
+async def test_a_steady_reader_of_one_frame_longer_than_send_timeout_to_take_is_not_stuck():
+    # drained() comes once per whole frame: a 600 KB frame (--max-frame allows 16M) to a
+    # receiver reading ~160 KB/s takes ~4 s, and a 1 s stuck clock dropped it midway
+    # ("none of them taken") though it read all the time. Its transport's progress counts.
+    import socket as _socket
+    async with RelayUnderTest(max_frame=1 << 20, queue_bytes=4 << 20, stuck_ms=1000) as r:
+        a = await r.peer("a")
+        sock = _socket.socket()
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 16384)
+        sock.connect(r.tcp)
+        sock.setblocking(False)
+        rd, wr = await asyncio.open_connection(sock=sock)
+        wr.write(link.encode_control(link.JOIN, {"v": 1, "token": r.token("b"), "client_protocol": 2,
+                                                  "capabilities": [], "sdk": "t", "sdk_version": "1"}))
+        await wr.drain()
+        await a.expect(link.PARTICIPANT)
+        body = user_packet(b"x" * 600000, dest=["b"])
+        await a.send_data(body)
+        got, t0 = 0, time.monotonic()
+        while got < len(body) and time.monotonic() - t0 < 20:
+            try:
+                d = await asyncio.wait_for(rd.read(8192), 3)
+            except asyncio.TimeoutError:
+                break
+            if not d:
+                break
+            got += len(d)
+            await asyncio.sleep(0.05)   # ~160 KB/s, never a pause near the 1 s clock
+        took = time.monotonic() - t0
+        wr.close()
+        assert "code=6" not in r.logbuf.getvalue(), r.logbuf.getvalue()[-600:]
+        assert got > len(body) and took > 2, (got, took)   # the whole frame (and JOINED before it), slowly
