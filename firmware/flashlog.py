@@ -40,6 +40,7 @@ def _ascii(msg):
 
 
 def write(level, msg):
+    """Log one line (also printed); True when the flash took it."""
     try:
         if len(msg) > LINE_MAX:
             msg = msg[:LINE_MAX - 3] + "..."
@@ -59,8 +60,9 @@ def write(level, msg):
             _rotations[0] += 1
         with open(LOG, "a") as f:
             f.write(line)
+        return True
     except (OSError, MemoryError):
-        pass
+        return False
 
 
 def info(msg):
@@ -73,7 +75,7 @@ def error(msg):
 
 def exception(what, e):
     """Log an exception with its traceback on one line (falls back to its repr when
-    the heap is too short for the traceback text)."""
+    the heap is too short for the traceback text); True when the flash took it."""
     try:
         import io
         buf = io.StringIO()
@@ -88,7 +90,7 @@ def exception(what, e):
         import gc
         gc.collect()
         text = "%s: %s" % (type(e).__name__, e)
-    write("ERROR", "%s: %s" % (what, text))
+    return write("ERROR", "%s: %s" % (what, text))
 
 
 ROTATED = "\n(the log rotated while this tail was read, its reader stalled: lines may be missing; " \

@@ -409,3 +409,41 @@ async def test_a_config_whose_wifi_cannot_connect_goes_back_to_the_last_good_one
     finally:
         await room.disconnect()
     assert rig.flash_json("config.trial.json") is None
+
+
+@pytest.mark.parametrize("profile", ["esp32", "picow"])
+def test_a_board_without_the_library_frozen_says_its_memory_error(tmp_path, profile):
+    # README "Boards": on stock firmware the library's bytecode sits in the heap, which
+    # the esp32 and picow heaps do not have. The esp32 fails importing the library and
+    # logs it to flash; the picow fails past it, importing its own modules, with so
+    # little heap left that the flash log may not take the line: it reset every 5 s
+    # saying nothing anywhere (flashlog never raises, so main.py's fallback never ran).
+    import serial
+    from lkedge_host import profiles
+    p = profiles.load(profile)
+    p.pop("frozen", None)
+    p["name"] = "my-" + profile
+    path = tmp_path / ("my-%s.json" % profile)
+    path.write_text(json.dumps(p))
+    flash = str(tmp_path / "flash")
+    with RelayProcess() as relay:
+        proc, pty = board_mod.launch(str(path), flash)
+        try:
+            demo.deploy(pty, str(path), relay.url, identity="unfrozen", room=ROOM)
+            console = b""
+            with serial.Serial(pty, 115200, timeout=0.5) as line:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and console.count(b"MemoryError") < 2:
+                    console += line.read(4096)
+                    with open(os.path.join(flash, "log.txt")) as f:
+                        log = f.read()
+                    if log.count("MemoryError") >= 2:
+                        break
+        finally:
+            demo._stop(proc)
+    text = console.decode(errors="replace")
+    # the failure is said at every boot: in the flash log, or on the console when the
+    # flash log cannot take it
+    assert log.count("MemoryError") >= 2 or text.count("MemoryError") >= 2, (log[-1000:], text[-1000:])
+    if profile == "esp32":
+        assert "ERROR fatal:" in log and "lkedge" in log and "MemoryError" in log, log[-1500:]
