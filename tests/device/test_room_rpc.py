@@ -1217,6 +1217,23 @@ async def test_an_empty_payload_response_on_the_wire_is_a_success_with_the_empty
     await close(a, peer)
 
 
+async def test_a_response_whose_oneof_ends_on_compressed_payload_is_not_taken_as_its_payload():
+    # payload "stale", then compressed_payload: the official parser holds the latter (to
+    # be ignored), so the call stays pending; it completed with "stale"
+    from lkedge import link, proto, relayside
+    mem, a, peer = await room_and_peer(peer_identity="old", client_protocol=0)
+    task = asyncio.create_task(a.local_participant.perform_rpc(
+        destination_identity="old", method="m", payload="x", response_timeout=1.0))
+    rid = (await peer.wait_for(lambda p: "rpc_request" in p))["rpc_request"]["id"]
+    await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+    resp = (relayside.encode(proto.RPC_RESPONSE, {"request_id": rid, "payload": "stale"})
+            + relayside.encode(proto.RPC_RESPONSE, {"compressed_payload": b"zz"}))
+    body = relayside.encode(proto.DATA_PACKET, {"destination_identities": ["a"]}) + bytes([0x62, len(resp)]) + resp
+    await peer.t.write(relayside.encode_frame(link.DATA, body))
+    await raises_rpc(RpcError.RESPONSE_TIMEOUT, task)
+    await close(a, peer)
+
+
 async def test_a_response_stream_opened_after_the_calls_deadline_is_not_taken_as_its_answer():
     with _FakeClock() as clock:
         mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)

@@ -1232,29 +1232,3 @@ async def test_chunk_fields_in_any_order_route_the_content_as_in_field_order():
         await settle(lambda: got)
         assert got == ["abcdefghi"], (order, got)
         await close(b, a)
-
-
-async def test_a_response_whose_oneof_ends_on_compressed_payload_is_not_taken_as_its_payload():
-    # payload "stale", then compressed_payload: the official parser holds the latter (to
-    # be ignored), so the call stays pending; it completed with "stale"
-    from lkedge import link, proto, relayside
-    from lkedge.rpc import RpcError
-    mem = MemRoom()
-    a = await join(mem, "a")
-    peer = await raw(mem, "old", client_protocol=0)
-    await settle(lambda: "old" in a.remote_participants)
-    task = asyncio.create_task(a.local_participant.perform_rpc(
-        destination_identity="old", method="m", payload="x", response_timeout=1.0))
-    req = await peer.wait_for(lambda p: "rpc_request" in p)
-    rid = req["rpc_request"]["id"]
-    await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
-    resp = (relayside.encode(proto.RPC_RESPONSE, {"request_id": rid, "payload": "stale"})
-            + relayside.encode(proto.RPC_RESPONSE, {"compressed_payload": b"zz"}))
-    body = relayside.encode(proto.DATA_PACKET, {"destination_identities": ["a"]}) + bytes([0x62, len(resp)]) + resp
-    await peer.t.write(relayside.encode_frame(link.DATA, body))
-    try:
-        got = await task
-    except RpcError as e:
-        got = e.code
-    assert got == RpcError.RESPONSE_TIMEOUT, got
-    await close(a, peer)

@@ -232,6 +232,18 @@ def _joined(stuck_ms, *names):
     return s
 
 
+def _dropped_at(s, ms, cid):
+    """cid is kept at ms - 1 and dropped as stuck (LEAVE 6) at ms."""
+    s.now = ms - 1
+    s.r.tick(s.now)
+    s.pump(drain=False)
+    assert cid not in s.closed
+    s.now = ms
+    s.r.tick(s.now)
+    s.pump(drain=False)
+    assert cid in s.closed and s.out[cid][-1][1]["code"] == link.LEAVE_IDLE
+
+
 def test_full_queue_pauses_sender_then_resumes_or_drops_receiver():
     s = _joined(500, "a", "b", "c")
     frame = data(b"y" * 8000, dest=["b"])
@@ -252,14 +264,7 @@ def test_full_queue_pauses_sender_then_resumes_or_drops_receiver():
     s.r.receive(1, frame, s.now)
     s.pump(drain=False)
     assert 1 in s.paused
-    s.now = 499
-    s.r.tick(s.now)
-    s.pump(drain=False)
-    assert 2 not in s.closed
-    s.now = 500
-    s.r.tick(s.now)
-    s.pump(drain=False)
-    assert 2 in s.closed and s.out[2][-1][1]["code"] == link.LEAVE_IDLE
+    _dropped_at(s, 500, 2)
     assert 1 not in s.paused, "dropping the stuck receiver must resume its senders"
     assert s.out[3][-1][0] == link.PARTICIPANT_LEFT
 
@@ -540,14 +545,7 @@ def test_a_receiver_that_stops_reading_is_dropped_at_stuck_ms_though_its_queue_i
     s.pump(drain=False)                       # b takes none of it
     assert 0 < s.r.queued(2) < 20000 and not s.r.paused(1)
     assert s.r.next_deadline() == 500
-    s.now = 499
-    s.r.tick(s.now)
-    s.pump(drain=False)
-    assert 2 not in s.closed
-    s.now = 500
-    s.r.tick(s.now)
-    s.pump(drain=False)
-    assert 2 in s.closed and s.out[2][-1][1]["code"] == link.LEAVE_IDLE
+    _dropped_at(s, 500, 2)
     assert "none of them taken for 500 ms" in s.out[2][-1][1]["reason"], s.out[2][-1]
     assert s.out[3][-1][0] == link.PARTICIPANT_LEFT
 
