@@ -1200,38 +1200,41 @@ async def test_late_or_unknown_acks_responses_and_response_streams_are_ignored()
     await close(a, peer)
 
 
+async def _call_answered_with(response_fields, timeout):
+    """A v1 call to a raw peer, acked, then answered with an rpc_response whose fields
+    after its request_id are the raw protobuf bytes response_fields (WIRE.md's cases
+    the dict encoder would not write); -> what the call returns, or its RpcError code."""
+    from lkedge import link, proto, relayside
+    mem, a, peer = await room_and_peer(peer_identity="old", client_protocol=0)
+    task = asyncio.create_task(a.local_participant.perform_rpc(
+        destination_identity="old", method="m", payload="x", response_timeout=timeout))
+    rid = (await peer.wait_for(lambda p: "rpc_request" in p))["rpc_request"]["id"]
+    await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
+    resp = relayside.encode(proto.RPC_RESPONSE, {"request_id": rid}) + response_fields
+    body = relayside.encode(proto.DATA_PACKET, {"destination_identities": ["a"]}) + bytes([0x62, len(resp)]) + resp
+    await peer.t.write(relayside.encode_frame(link.DATA, body))
+    try:
+        got = await asyncio.wait_for(task, 5)
+    except RpcError as e:
+        got = e.code
+    await close(a, peer)
+    return got
+
+
 async def test_an_empty_payload_response_on_the_wire_is_a_success_with_the_empty_string():
     # WIRE.md: an RpcResponse whose oneof holds payload "" is a success with "". The
     # official serializer writes it as a present, empty field 2 (b"\x12\x00"): it
     # must complete the call, not look like a response without an answer.
-    from lkedge import link, proto, relayside
-    mem, a, peer = await room_and_peer(peer_identity="old", client_protocol=0)
-    task = asyncio.create_task(a.local_participant.perform_rpc(
-        destination_identity="old", method="m", payload="x", response_timeout=2.0))
-    rid = (await peer.wait_for(lambda p: "rpc_request" in p))["rpc_request"]["id"]
-    await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
-    resp = relayside.encode(proto.RPC_RESPONSE, {"request_id": rid}) + b"\x12\x00"
-    body = relayside.encode(proto.DATA_PACKET, {"destination_identities": ["a"]}) + bytes([0x62, len(resp)]) + resp
-    await peer.t.write(relayside.encode_frame(link.DATA, body))
-    assert await asyncio.wait_for(task, 5) == ""
-    await close(a, peer)
+    assert await _call_answered_with(b"\x12\x00", 2.0) == ""
 
 
 async def test_a_response_whose_oneof_ends_on_compressed_payload_is_not_taken_as_its_payload():
     # payload "stale", then compressed_payload: the official parser holds the latter (to
     # be ignored), so the call stays pending; it completed with "stale"
-    from lkedge import link, proto, relayside
-    mem, a, peer = await room_and_peer(peer_identity="old", client_protocol=0)
-    task = asyncio.create_task(a.local_participant.perform_rpc(
-        destination_identity="old", method="m", payload="x", response_timeout=1.0))
-    rid = (await peer.wait_for(lambda p: "rpc_request" in p))["rpc_request"]["id"]
-    await peer.send({"destination_identities": ["a"], "rpc_ack": {"request_id": rid}})
-    resp = (relayside.encode(proto.RPC_RESPONSE, {"request_id": rid, "payload": "stale"})
-            + relayside.encode(proto.RPC_RESPONSE, {"compressed_payload": b"zz"}))
-    body = relayside.encode(proto.DATA_PACKET, {"destination_identities": ["a"]}) + bytes([0x62, len(resp)]) + resp
-    await peer.t.write(relayside.encode_frame(link.DATA, body))
-    await raises_rpc(RpcError.RESPONSE_TIMEOUT, task)
-    await close(a, peer)
+    from lkedge import proto, relayside
+    fields = (relayside.encode(proto.RPC_RESPONSE, {"payload": "stale"})
+              + relayside.encode(proto.RPC_RESPONSE, {"compressed_payload": b"zz"}))
+    assert await _call_answered_with(fields, 1.0) == RpcError.RESPONSE_TIMEOUT
 
 
 async def test_a_response_stream_opened_after_the_calls_deadline_is_not_taken_as_its_answer():
