@@ -616,3 +616,30 @@ async def test_a_steady_reader_of_one_frame_longer_than_send_timeout_to_take_is_
         wr.close()
         assert "code=6" not in r.logbuf.getvalue(), r.logbuf.getvalue()[-600:]
         assert got > len(body) and took > 2, (got, took)   # the whole frame (and JOINED before it), slowly
+
+
+async def test_a_serial_links_frame_goes_out_in_slices_that_show_its_progress():
+    # A frame on a slow line takes seconds: written whole, nothing said the line moved
+    # until its end, and the stuck clock could run out on a receiver that reads.
+    from lkedge_host.relay import server as srv
+
+    class SlowLine:   # FAKE: a serial port at ~100 KB/s (this machine has no serial line)
+        def __init__(self):
+            self.got = bytearray()
+
+        def write(self, b):
+            time.sleep(len(b) / 100000)
+            self.got += b
+            return len(b)
+    line = SlowLine()
+    ln = srv._SerialLink(None, 1, line, "/dev/fake")
+    frame = bytes(range(256)) * 80   # 20 KiB: 0.2 s
+    task = asyncio.ensure_future(ln.write(frame))
+    seen = []
+    while not task.done():
+        seen.append(ln.buffered())
+        await asyncio.sleep(0.02)
+    await task
+    assert bytes(line.got) == frame and ln.buffered() == 0
+    left = [n for n in seen if n]
+    assert len(set(left)) >= 3 and left == sorted(left, reverse=True), seen   # shrinking as it goes
