@@ -42,7 +42,9 @@ E_BAD_BASE64 = 4006
 E_WRITE = 4007
 E_BUSY = 4008
 _HEADER_MAX = 512
-RESERVE_MIN = 16384  # state, boot counter, config and log writes; App adds the queue's need
+# state, boot counter and config writes (16 KiB), and the log past its usual 2 x 32 KiB
+# while a log.tail holds rotation off (flashlog: log.txt to 1.5 x); App adds the queue's need
+RESERVE_MIN = 16384 + 16384
 reserve = RESERVE_MIN + 3 * 8192  # set from the profile by methods.App
 _MEASURE_EVERY = 8192  # file.put measures the free flash again after this many bytes
 # What puts running at once were allowed to write and have not yet: each counts the
