@@ -2,7 +2,7 @@
 
 Lines are "<time> <LEVEL> <message>", ASCII only (other characters are escaped), so
 any byte offset of the log can be streamed as text, and at most LINE_MAX characters
-(longer messages end in "..."), so the two files never hold more than 2 * LOG_MAX (3 * LOG_MAX
+(longer messages end in "..."), so the two files never hold more than 2 * LOG_MAX (2.5 * LOG_MAX
 while a log.tail is being read: see TailSource). Writing never raises: a full flash or an
 exhausted heap must not take the app down through its own log.
 """
@@ -39,6 +39,13 @@ def _ascii(msg):
     return msg
 
 
+def _held_off(size):
+    """Whether a tail being read holds this rotation off: up to 1.5 * LOG_MAX of log.txt,
+    and not when log.old is such a held one (the two files stay within 2.5 * LOG_MAX,
+    what files.reserve counts)."""
+    return time.time() < _rotation_hold[0] and size < LOG_MAX * 3 // 2 and _size(OLD) <= LOG_MAX
+
+
 def write(level, msg):
     """Log one line (also printed); True when the flash took it."""
     try:
@@ -50,7 +57,7 @@ def write(level, msg):
         line += "\n"
         print(line, end="")
         size = _size(LOG)
-        if size + len(line) > LOG_MAX and not (time.time() < _rotation_hold[0] and size < LOG_MAX * 3 // 2):
+        if size + len(line) > LOG_MAX and not _held_off(size):
             import os
             try:
                 os.remove(OLD)

@@ -688,6 +688,17 @@ async def test_log_tail_being_read_holds_rotation_off_and_a_stalled_one_says_it_
         async for piece in tail:
             pieces.append(piece)
         assert pieces == [flashlog.ROTATED], pieces
+        # a log.old that a held rotation made (over LOG_MAX) holds no second one off:
+        # the two files stay within 2.5 x LOG_MAX, what files.reserve counts
+        with open(old, "w") as f:
+            for _ in range(flashlog.LOG_MAX // 1000 + 8):   # in pieces: a board-sized heap
+                f.write("o" * 999 + "\n")
+        _log_to(log, old, [], fill)
+        tail = flashlog.TailSource(2048, log, old, piece=64)
+        await tail.__anext__()
+        for i in range(5):
+            flashlog.write("INFO", "written past LOG_MAX beside a big log.old %d" % i)
+        assert os.stat(old)[6] <= flashlog.LOG_MAX, "not rotated at LOG_MAX"
         # a stalled tail's hold lapses by itself (HOLD_S after its last piece)
         _rm(old)
         _log_to(log, old, [], fill)
