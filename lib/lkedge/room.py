@@ -848,14 +848,11 @@ class Room:
             self._lingering.discard(reader)
             # LiveKit's readers queue what comes; ours hand it over when read, so what
             # nobody read is gone: said, not silent (cancel() says "on purpose")
-            if reader._abandoned or reader._ended and reader._data is None:
-                pass
-            elif reader._claimed and reader._data is None:
-                # read up to now: whether more comes is known only when it does
-                reader._abandon()
-                reader._drop_warn = sender
-            else:
-                _dropped_warn(reader, sender)
+            if not (reader._abandoned or reader._ended and reader._data is None):
+                if reader._claimed and reader._data is None:
+                    reader._drop_warn = sender   # read up to now: more may come, or not
+                else:
+                    _dropped_warn(reader, sender)
             reader._abandon()
 
     # ------------------------------------------------------------ control
