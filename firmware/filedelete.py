@@ -26,7 +26,7 @@ _MANIFEST = ".lkedge-deployed"  # what deploy put on the board, one "sha256 /pat
 
 def file_delete(data):
     path = files.safe_path(files.request(data.payload, "path")["path"])
-    if path in files._writing or path in files._writing.values():
+    if files._busy(path):
         raise files.rpc_error(files.E_BUSY, "file.delete: %s is being written by a file.put; try again after it"
                               % path)
     if _own(path):

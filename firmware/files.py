@@ -188,12 +188,17 @@ async def file_put(data):
         del _writing[path]
 
 
+def _busy(path):
+    """Whether a file.put is writing `path`, or uses it as its temporary file."""
+    return path in _writing or path in _writing.values()
+
+
 def _claim(path):
     """Mark `path` as being written (E_BUSY if it is) -> the temporary file for it: in
     the same folder (the rename stays on one filesystem), short (a name that fits the
     flash still fits with it), the lowest N not in use."""
     busy = _writing
-    if path in busy or path in busy.values():
+    if _busy(path):
         raise rpc_error(E_BUSY, "file.put: %s is being written by another file.put; try again after it" % path)
     folder = path[:path.rfind("/") + 1]
     n = 0

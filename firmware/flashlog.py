@@ -9,6 +9,8 @@ exhausted heap must not take the app down through its own log.
 import sys
 import time
 
+from lkedge.clock import now_ms
+
 LOG = "log.txt"
 OLD = "log.old"
 LOG_MAX = 32768
@@ -20,7 +22,7 @@ HOLD_S = 10      # a tail that read a piece this recently holds rotation off (to
 # a lease it renews per piece: one whose caller stalls lets it go by itself. A rotation
 # that happens all the same (a stalled tail, log.txt at 1.5 * LOG_MAX) is counted, and a
 # tail that sees the count move says so and stops instead of mixing the two files.
-_rotation_hold = [0]       # time.time() until which rotation waits
+_rotation_hold = [0]       # now_ms() until which rotation waits (monotonic: NTP moves time())
 _rotations = [0]
 
 
@@ -43,7 +45,7 @@ def _held_off(size):
     """Whether a tail being read holds this rotation off: up to 1.5 * LOG_MAX of log.txt,
     and not when log.old is such a held one (the two files stay within 2.5 * LOG_MAX,
     what files.reserve counts)."""
-    return time.time() < _rotation_hold[0] and size < LOG_MAX * 3 // 2 and _size(OLD) <= LOG_MAX
+    return now_ms() < _rotation_hold[0] and size < LOG_MAX * 3 // 2 and _size(OLD) <= LOG_MAX
 
 
 def write(level, msg):
@@ -113,7 +115,7 @@ class TailSource:
 
     def __init__(self, n, path=LOG, old=OLD, piece=256):
         self.rotations = _rotations[0]
-        _rotation_hold[0] = time.time() + HOLD_S
+        _rotation_hold[0] = now_ms() + HOLD_S * 1000
         self.f = None
         self.then = None  # log.txt, when the tail starts in log.old
         self.buf = bytearray(piece)
@@ -142,7 +144,7 @@ class TailSource:
             self.f.close()
             self.f = None
             return ROTATED
-        _rotation_hold[0] = max(_rotation_hold[0], time.time() + HOLD_S)
+        _rotation_hold[0] = max(_rotation_hold[0], now_ms() + HOLD_S * 1000)
         while self.f is not None:
             n = self.f.readinto(self.buf)
             if n:

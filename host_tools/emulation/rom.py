@@ -403,18 +403,19 @@ class FlashVfs:
     # model of LittleFS's blocks, not its exact accounting.
     def _used(self, d="/"):
         used = 0
-        for e in self.v.ilistdir(d):
-            p = d.rstrip("/") + "/" + e[0]
+        for e in self.ilistdir(d):
             if e[1] == 0x4000:
-                used += self._used(p)
+                used += self._used(d.rstrip("/") + "/" + e[0])
             else:
-                used += _blocks(self.v.stat(p)[6])
+                used += _blocks(e[3])
         return used
 
+    def _free_blocks(self):
+        return max(0, self.size // FLASH_BLOCK - self._used())
+
     def _statvfs(self, path):
-        total = self.size // FLASH_BLOCK
-        free = max(0, total - self._used())
-        return (FLASH_BLOCK, FLASH_BLOCK, total, free, free, 0, 0, 0, 0, 255)
+        free = self._free_blocks()
+        return (FLASH_BLOCK, FLASH_BLOCK, self.size // FLASH_BLOCK, free, free, 0, 0, 0, 0, 255)
 
     def _open(self, path, mode="r"):
         f = self.v.open(path, mode)
@@ -473,7 +474,7 @@ class _SizedFile(io.IOBase):
         end = self.f.tell() + len(data)
         grows = _blocks(max(end, self.size)) - _blocks(self.size)
         # this file's blocks so far are in _used (its writes go straight to the file)
-        if grows and grows > self.flash.size // FLASH_BLOCK - self.flash._used():
+        if grows and grows > self.flash._free_blocks():
             raise OSError(ENOSPC)
         self.size = max(end, self.size)
         return self.f.write(data)

@@ -306,7 +306,8 @@ async def _main(args):
             hint = " (%s is not an address of this machine)" % (" nor ".join(bad) or "--host")
         elif getattr(e, "errno", None) == errno.EADDRINUSE:
             hint = (" (another relay, or another program, has that port: stop it or choose "
-                    "--port/--ws-port/--http-port; 0 picks a free one)")
+                    "--port/--ws-port/--http-port; 0 picks a free one for --port and --ws-port, "
+                    "and turns the HTTP port off)")
         return _fail("cannot start listening: %s%s" % (e, hint), EXIT_ERROR)
     loop = asyncio.get_running_loop()
     # SIGHUP too (its terminal closed): stop as for the others, LEAVE 5 to everyone,

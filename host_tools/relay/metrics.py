@@ -22,7 +22,7 @@ HELP = {
     "lkedge_relay_queue_bytes": ("gauge", "Bytes queued for a connection and not yet written, per identity"),
     "lkedge_relay_paused_senders": ("gauge", "Senders paused because a destination queue is full"),
     "lkedge_relay_pauses_total": ("counter", "Times a sender was paused because a destination queue was full"),
-    "lkedge_relay_refused_total": ("counter", "Connections turned away with LEAVE 5, by reason (full: past --max-connections)"),
+    "lkedge_relay_refused_total": ("counter", "Connections turned away past --max-connections, by reason (full: LEAVE 5; full_tls_handshake: closed at accept, unread; full_ws_upgrade: HTTP 503)"),
 }
 
 

@@ -11,6 +11,10 @@ No sockets, no clock: the adapter (server.py) feeds events in and carries action
                                                       elsewhere: LEAVE 5, closed)
     r.receive(cid, data, now_ms)                      bytes from it (any split)
     r.drained(cid, nbytes, now_ms)                    nbytes of its SENDs were written
+    r.progress(cid, nbytes, now_ms)                   its transport took nbytes of a frame
+                                                      still being written (stuck clocks)
+    r.untaken() -> [cid, ...]                         connections with queued bytes none of
+                                                      which were taken yet (whose progress to look at)
     r.closed(cid, now_ms, reason="transport closed")  the transport ended (no LEAVE)
     r.fail(cid, code, reason, now_ms)                 the adapter saw a bad peer: LEAVE code
     r.tick(now_ms)                                    timers: JOIN, idle, stuck receivers
@@ -210,7 +214,7 @@ class Router:
     # ------------------------------------------------------------ inputs
     def open(self, cid, now, transport="tcp", peer="", pending=0):
         """A new link connection; `pending`: connections the adapter holds that count in
-        max_connections too (WebSocket upgrade requests still being read)."""
+        max_connections too (WebSocket upgrade requests still being read, TLS handshakes)."""
         self._now = now
         if cid in self._conns:
             raise ValueError("connection id %r is already open" % (cid,))
@@ -263,11 +267,26 @@ class Router:
         if c is None:
             return
         self._now = now
-        if nbytes:   # it reads: its stuck clock starts again from now, if more is queued
-            c.untaken_since = now if c.queued > nbytes else None
-        if self._dequeued(c, nbytes, now) and c.full_since is not None:
+        self._dequeued(c, nbytes, now)
+        self._took(c, nbytes, now)
+
+    def progress(self, cid, nbytes, now):
+        """cid's transport took nbytes of a frame still being written (drained() comes
+        per whole frame, and one big frame to a slow reader takes long): counted for
+        its stuck clocks as drained bytes are."""
+        c = self._conns.get(cid)
+        if c is not None:
+            self._now = now
+            self._took(c, nbytes, now)
+
+    def _took(self, c, nbytes, now):
+        if not nbytes:
+            return
+        if c.untaken_since is not None:   # it reads: its clock starts again from now
+            c.untaken_since = now
+        if c.full_since is not None:
             # Full, but reading: a slow receiver (a board working through a backlog
-            # of requests) is not a stuck one. Each 1/16 of the queue it drains buys it
+            # of requests) is not a stuck one. Each 1/16 of the queue it takes buys it
             # a fresh stuck_ms; one that reads a trickle is still dropped.
             c.moved += nbytes
             if c.moved >= self.queue_bytes // 16:
@@ -299,13 +318,6 @@ class Router:
         """The connections with bytes queued and none of them taken yet (stuck clocks
         running): the adapter looks at their transports' progress (progress())."""
         return [c.cid for c in self._conns.values() if c.untaken_since is not None]
-
-    def progress(self, cid, now):
-        """cid's transport took part of a frame (drained() comes per whole frame): its
-        stuck clock restarts."""
-        c = self._conns.get(cid)
-        if c is not None and c.untaken_since is not None:
-            c.untaken_since = now
 
     def closed(self, cid, now, reason="transport closed"):
         self._now = now

@@ -894,7 +894,7 @@ class RelayServer:
             if size is None:
                 continue
             if size < ln.last_buffered:
-                self.router.progress(cid, now)
+                self.router.progress(cid, ln.last_buffered - size, now)
             ln.last_buffered = size
 
     # ------------------------------------------------------------ HTTP

@@ -567,6 +567,27 @@ def test_a_receiver_that_takes_what_is_queued_now_and_then_is_not_stuck():
     assert 2 not in s.closed
 
 
+def test_progress_within_a_frame_keeps_a_full_receiver_that_reads_as_drained_bytes_do():
+    # The adapter reports what a transport took of a frame still being written; it
+    # restarted only the clock of a queue not full, so a full one reading one big
+    # frame steadily was dropped at stuck_ms all the same.
+    for reads in (True, False):
+        s = Sim(queue_bytes=20000, stuck_ms=1000)
+        s.join(1, "a@r")
+        s.join(2, "b@r")
+        for n in (15000, 6000):
+            s.r.receive(1, data(b"x" * n, dest=["b"]), s.now)
+            s.pump(drain=False)
+        assert s.r.queued(2) >= 20000 and 2 in s.r.untaken()
+        for t in range(100, 3001, 100):
+            s.now = t
+            if reads:
+                s.r.progress(2, 1300, t)   # > 1/16 of the queue a second
+            s.r.tick(t)
+            s.pump(drain=False)
+        assert (2 in s.closed) is (not reads), (reads, s.out[2][-1])
+
+
 def test_a_full_receiver_that_keeps_reading_is_slow_not_stuck():
     # Each 1/16 of the queue drained buys a fresh stuck_ms (a board working through a
     # backlog); a receiver that drains less than that is still dropped.
