@@ -134,12 +134,25 @@ def checked(d, path):
 
 
 def save(cfg, path=None):
+    replace(path or PATH, json.dumps(cfg))
+
+
+def replace(path, data):
+    """Write `data` (str or bytes) to `path` through path.tmp and a rename, so a power
+    cut leaves the old file or the new one; a write the flash refuses (full) raises its
+    OSError and leaves no .tmp behind (file.delete keeps those: the firmware's own)."""
     import os
-    path = path or PATH
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(cfg, f)
-    os.rename(tmp, path)  # a power cut never leaves half a config behind
+    try:
+        with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+        os.rename(tmp, path)
+    except OSError:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def load_profile(path="profile.json"):

@@ -153,12 +153,7 @@ class Trial:
     def _revert(self, why, tried):
         try:
             with open(config.PATH, "rb") as f:
-                raw = f.read()
-            tmp = REJECTED + ".tmp"
-            with open(tmp, "wb") as f:
-                f.write(raw)
-            import os
-            os.rename(tmp, REJECTED)
+                config.replace(REJECTED, f.read())
         except OSError as e:  # no config.json (defaults on trial) or a full flash
             flashlog.error("the rejected config not kept in %s: %r" % (REJECTED, e))
         msg = "config.json could not reach the room in %d s of trying, last: %s" % (tried // 1000, why)

@@ -207,3 +207,24 @@ def test_a_config_file_with_text_that_is_not_utf8_falls_back_key_by_key():
         cfg = _load('{"name": "\\ud800", "token": "t", "wifi": {"ssid": "\\udc00"}}')
         assert cfg["name"] == "" and cfg["wifi"] == {} and cfg["token"] == "t", cfg
         assert "'name'" in log.text() and "'wifi'" in log.text() and config.is_text(log.text()), log.text()
+
+
+def test_a_save_the_flash_refuses_leaves_the_old_file_and_no_tmp_behind():
+    # config.save, the lastgood copies and the telemetry files write through a .tmp;
+    # a failed one left its .tmp, which file.delete then refused as the firmware's own
+    folder = PREFIX + "dir"
+    os.mkdir(folder)   # a rename onto a folder fails, as a full flash fails the write
+    try:
+        try:
+            config.save({"name": "x"}, folder)
+            raise AssertionError("saved onto a folder")
+        except OSError:
+            pass
+        assert not firmware_path.exists(folder + ".tmp")
+        good = PREFIX + "good.json"
+        config.replace(good, b'{"name": "b"}')
+        with open(good) as f:
+            assert json.load(f) == {"name": "b"}
+    finally:
+        firmware_path.rm(PREFIX + "good.json", folder + ".tmp")
+        os.rmdir(folder)
