@@ -25,8 +25,7 @@ def add_arguments(p):
 
 def run(args):
     try:
-        ttl = auth.parse_ttl(args.ttl)
-        auth.check_identity(args.identity)
+        ttl = auth.parse_ttl(args.ttl)   # (mint_token checks the identity, room and attributes)
         attrs = {}
         for kv in args.attribute:
             if "=" not in kv:

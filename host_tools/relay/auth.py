@@ -146,10 +146,8 @@ def parse_ttl(text):
 
 def check_identity(identity):
     """ValueError unless the relay takes `identity`: UTF-8 text of at most MAX_IDENTITY_BYTES."""
-    try:
-        n = len(identity.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ValueError("identity %r is not UTF-8 text" % identity) from None
+    check_text(identity, "identity")
+    n = len(identity.encode("utf-8"))
     if n > MAX_IDENTITY_BYTES:
         raise ValueError("identity is %d bytes of UTF-8, over %d (the relay refuses it)" % (n, MAX_IDENTITY_BYTES))
 
