@@ -591,6 +591,25 @@ def test_file_delete_refuses_the_firmwares_own_files_and_bad_paths():
         os.rmdir(d)
 
 
+def test_file_delete_protects_every_file_the_firmware_names():
+    # _OWN spells the names so file.delete imports nothing more; this pins them to the
+    # modules' own constants, so a rename there cannot silently unprotect a file
+    import sys
+    import config
+    import flashlog
+    fresh = [m for m in ("lastgood", "telemetry") if m not in sys.modules]
+    import lastgood
+    import telemetry
+    try:
+        for name in (config.PATH, lastgood.GOOD, lastgood.REJECTED, lastgood.TRIAL, flashlog.LOG, flashlog.OLD,
+                     telemetry.QUEUE, telemetry.STATE, telemetry.BOOT):
+            assert name in filedelete._OWN, name
+            assert filedelete._own(name) and filedelete._own(name + ".tmp"), name
+    finally:   # the later tests here measure a board-sized heap: drop what this one loaded
+        for m in fresh:
+            del sys.modules[m]
+
+
 def test_file_delete_refuses_what_deploy_put_there():
     name = PREFIX + "settings.json"   # a data file a deploy copied from the firmware folder
     saved = filedelete._MANIFEST
