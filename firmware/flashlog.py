@@ -126,9 +126,6 @@ class TailSource:
             path, n, size = old, n - size, _size(old)
         if size:
             self._open(path, size - n)
-        elif self.then is not None:
-            self._open(self.then, 0)
-            self.then = None
 
     def _open(self, path, at):
         self.f = open(path, "rb")
@@ -140,18 +137,20 @@ class TailSource:
         return self
 
     async def __anext__(self):
-        if self.f is not None and _rotations[0] != self.rotations:
-            self.f.close()
-            self.f = None
+        if _rotations[0] != self.rotations and (self.f is not None or self.then is not None):
+            if self.f is not None:
+                self.f.close()
+            self.f = self.then = None
             return ROTATED
         _rotation_hold[0] = max(_rotation_hold[0], now_ms() + HOLD_S * 1000)
-        while self.f is not None:
+        while True:
+            if self.f is None:  # the next file: log.txt after log.old, or none
+                if self.then is None:
+                    raise StopAsyncIteration
+                self._open(self.then, 0)
+                self.then = None
             n = self.f.readinto(self.buf)
             if n:
                 return bytes(self.mv[:n]).decode()
             self.f.close()
             self.f = None
-            if self.then is not None:
-                self._open(self.then, 0)
-                self.then = None
-        raise StopAsyncIteration
