@@ -16,7 +16,6 @@ import pytest
 from mpybuild import compiled_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 DEVICE_TESTS = sorted(glob.glob(os.path.join(HERE, "device", "test_*.py")))
 
 
@@ -37,13 +36,15 @@ def test_device_tests_exist():
 
 
 @pytest.mark.parametrize("path", DEVICE_TESTS, ids=[os.path.basename(p) for p in DEVICE_TESTS])
-def test_device_module_under_micropython(path):
+def test_device_module_under_micropython(path, tmp_path):
     exe = micropython_binary()
     heap = heapsize_of(path)
     # The library comes from .mpy files, as on a board (tests/mpybuild.py).
     env = dict(os.environ, MICROPYPATH=compiled_lib() + ":" + os.path.join(HERE, "device") + ":.frozen")
+    # A working directory of its own: the files a module writes (file.put's .put-0.tmp,
+    # the flash log) must not meet those of the same module run by CPython meanwhile.
     r = subprocess.run([exe, "-X", "heapsize=" + heap, os.path.join(HERE, "mptest.py"), path],
-                       capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+                       capture_output=True, text=True, timeout=600, cwd=str(tmp_path), env=env)
     print(r.stdout[-20000:])
     print(r.stderr[-5000:], file=sys.stderr)
     m = re.search(r"^(\d+) passed, (\d+) failed$", r.stdout, re.M)

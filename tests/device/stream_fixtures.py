@@ -9,8 +9,10 @@ BOMB = "bomb"        # 16 MiB of zeros in about 16 KiB
 BOMB_LEN = 16 << 20
 
 
-def path(name, root="."):
-    return root + "/tests/device/fixtures/" + name + ".deflate"
+def path(name):
+    """The fixture's file, beside this module (whatever the working directory)."""
+    f = __file__
+    return (f[:f.rfind("/")] if "/" in f else ".") + "/fixtures/" + name + ".deflate"
 
 
 class Lcg:

@@ -60,7 +60,7 @@ def payloads():
 def main():
     for name, data in payloads().items():
         comp = raw_deflate(data)
-        with open(sf.path(name, os.path.join(HERE, "..", "..")), "wb") as f:
+        with open(sf.path(name), "wb") as f:
             f.write(comp)
         print(name, len(data), "->", len(comp), hashlib.sha256(data).hexdigest())
 

@@ -21,8 +21,6 @@ import stream_fixtures as sf  # noqa: E402
 from room_helpers import close, join, raw, settle  # noqa: E402
 from stream_helpers import Collector, feed_all  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def wire(pkt):
     """Our encoding, decoded by the official classes."""
@@ -195,7 +193,7 @@ def test_our_packets_round_trip_through_the_official_classes():
 
 def test_deflate_fixtures_decode_to_their_generated_payloads():
     for name, data in deflate_fixtures.payloads().items():
-        with open(sf.path(name, ROOT), "rb") as f:
+        with open(sf.path(name), "rb") as f:
             assert inflate_raw(f.read()) == data, name
     assert hashlib.sha256(deflate_fixtures.mixed_payload()).hexdigest() == sf.MIXED_SHA256
 
