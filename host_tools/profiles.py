@@ -19,7 +19,8 @@ host tools (emulator heap, mpy-cross architecture). Keys:
                   RoomOptions' 60000), max_attributes (int > 0, or null: no cap;
                   default RoomOptions.for_board()'s 16384), max_inflated (int > 0, or
                   null: a compressed stream is held to its total_length alone; default
-                  RoomOptions.for_board()'s 16 MiB),
+                  RoomOptions.for_board()'s 16 MiB), max_inflate_ratio (int > 0, or
+                  null: no cap; default RoomOptions.for_board()'s 100),
                   advertise_compression (bool), client_protocol (0..2)
     pins          {"led": 2, ...} role -> pin id (int, or str such as "LED")
     sensors       [{"name", "kind": "adc"|"internal_temp"|"pin", "pin", "scale", "offset"}]
@@ -137,7 +138,7 @@ def _validate_link(link, heap, where):
         _int(link, key, where + " link", lo=1)
     if "max_values" in link:
         _int(link, "max_values", where + " link", lo=1)
-    for key in ("evict_idle_ms", "max_attributes", "max_inflated"):   # optional: an int, or null for none
+    for key in ("evict_idle_ms", "max_attributes", "max_inflated", "max_inflate_ratio"):   # optional: an int, or null for none
         if link.get(key) is not None:
             _int(link, key, where + " link", lo=1)
     _need(link["read_buffer"] + link["piece_size"] <= heap // 4, where,

@@ -46,6 +46,12 @@ class RoomOptions:
                      to 5 GB; readers hand inflated data out piece by piece, so this bounds
                      time, not memory); boards 16 MiB. None: total_length only, and a
                      compressed stream without total_length is refused
+    max_inflate_ratio  cap on a compressed stream's decompressed bytes per compressed
+                     byte received so far, past its first 64 KiB (a stream over it ends
+                     with an error): a board inflates inside its one link reader, so a
+                     16 KB bomb of zeros that inflates to 16 MiB held its link for
+                     seconds. None: no cap (hosts); boards 100 (text and telemetry
+                     compress 3-20 times; zeros, about 1000)
     advertise_compression  advertise CAP_COMPRESSION_DEFLATE_RAW (None: if we can inflate,
                      on MicroPython with a 32 KiB window held and 24 KiB left free beside
                      it; True: whenever the window can be held)
@@ -75,6 +81,7 @@ class RoomOptions:
         self.max_streams = 16
         self.evict_idle_ms = 60000
         self.max_inflated = (1 << 30) - 1   # a small int on a 32-bit board too
+        self.max_inflate_ratio = None
         self.advertise_compression = None
         self.client_protocol = 2
         self.compress = True
@@ -99,12 +106,13 @@ class RoomOptions:
         # 255 KB bomb claiming 256 MiB held its link (every call: 1501) for 99 s
         opts = cls(read_buffer=512, piece_size=512, max_field=2048, max_values=8192, max_attributes=16384,
                    max_participants=24, max_frame=16384, max_streams=4, max_rpc_payload=16384, max_rpc_handlers=4,
-                   max_inflated=16 << 20)
+                   max_inflated=16 << 20, max_inflate_ratio=100)
         if profile:
             link = profile.get("link", profile)
             for k in ("read_buffer", "piece_size", "max_field", "max_values", "max_attributes", "max_participants",
                       "max_streams",
-                      "evict_idle_ms", "max_frame", "advertise_compression", "client_protocol", "max_inflated"):
+                      "evict_idle_ms", "max_frame", "advertise_compression", "client_protocol", "max_inflated",
+                      "max_inflate_ratio"):
                 if k in link:   # a profile's link keys are RoomOptions names
                     setattr(opts, k, link[k])
         for k in kw:

@@ -1,14 +1,16 @@
 """Raw DEFLATE decompression (RFC 1951, 32 KiB window) fed piece by piece.
 
-    inf = Inflater(piece_size=512, max_output=None)
+    inf = Inflater(piece_size=512, max_output=None, max_inflate_ratio=None)
     for out in inf.feed(piece): ...    # bytes-like pieces of at most piece_size bytes
     for out in inf.finish(): ...       # all input given: drain, check the stream ended
     available() -> bool                # can this interpreter inflate at all?
 
 Each output piece is valid only until the next one is pulled (MicroPython: a view of
 one preallocated buffer). Errors raise InflateError (a ValueError) naming the cause:
-corrupt data, truncated input, data after the end, output over `max_output`; after an
-error the Inflater is dead and every further call raises the same error.
+corrupt data, truncated input, data after the end, output over `max_output`, output
+past its first _RATIO_FREE bytes over `max_inflate_ratio` times the input given so far
+(a decompression bomb: bounds the work one input byte can cause); after an error the
+Inflater is dead and every further call raises the same error.
 
 CPython uses zlib.decompressobj(-15) with max_length, so output stays bounded.
 
@@ -49,6 +51,7 @@ WINDOW_BITS = const(15)
 _WORST_IN_PER_OUT = const(6)    # input bytes one output byte may need (see above)
 _MARGIN = const(600)            # two dynamic block headers (~290 bytes each) and more
 _STAGE = const(2048)            # staged compressed bytes (MicroPython)
+_RATIO_FREE = const(65536)      # output free of max_inflate_ratio (small, very compressible data)
 
 
 class InflateError(ValueError):
@@ -106,21 +109,22 @@ def _lend():
     gc.collect()
 
 
-def Inflater(piece_size=512, max_output=None):
+def Inflater(piece_size=512, max_output=None, max_inflate_ratio=None):
     """A raw-DEFLATE decoder for this interpreter (see the module docstring)."""
     if _zlib is not None:
-        return _ZlibInflater(piece_size, max_output)
+        return _ZlibInflater(piece_size, max_output, max_inflate_ratio)
     if _deflate is not None:
-        return _UzlibInflater(piece_size, max_output)
+        return _UzlibInflater(piece_size, max_output, max_inflate_ratio)
     raise InflateError("no raw-DEFLATE decoder on this interpreter (no zlib, no deflate module)")
 
 
 class _Base:
-    def __init__(self, piece_size, max_output):
+    def __init__(self, piece_size, max_output, max_inflate_ratio):
         if piece_size < 1:
             raise ValueError("piece_size must be at least 1, got %r" % (piece_size,))
         self.piece_size = piece_size
         self.max_output = max_output
+        self.max_inflate_ratio = max_inflate_ratio
         self.total_in = 0
         self.total_out = 0
         self.eof = False
@@ -138,6 +142,10 @@ class _Base:
         self.total_out += n
         if self.max_output is not None and self.total_out > self.max_output:
             self._fail("decompression output exceeds %d bytes" % self.max_output)
+        r = self.max_inflate_ratio
+        if r is not None and self.total_out > r * self.total_in + _RATIO_FREE:
+            self._fail("decompression bomb: %d bytes inflated from %d, more than %d times as many "
+                       "(RoomOptions.max_inflate_ratio)" % (self.total_out, self.total_in, r))
 
     def _after_end(self, extra):
         self._fail("%d bytes of data after the end of the deflate stream" % extra)
@@ -152,8 +160,8 @@ if _zlib is not None:
     class _ZlibInflater(_Base):
         """CPython: zlib's pieces are handed out as they come (no decompress-into API)."""
 
-        def __init__(self, piece_size, max_output):
-            _Base.__init__(self, piece_size, max_output)
+        def __init__(self, piece_size, max_output, max_inflate_ratio):
+            _Base.__init__(self, piece_size, max_output, max_inflate_ratio)
             self._d = _zlib.decompressobj(-WINDOW_BITS)
 
         def feed(self, piece):
@@ -195,8 +203,8 @@ if _zlib is not None:
 class _UzlibInflater(_Base):
     """MicroPython: DeflateIO over a staged io.BytesIO; output from one buffer."""
 
-    def __init__(self, piece_size, max_output):
-        _Base.__init__(self, piece_size, max_output)
+    def __init__(self, piece_size, max_output, max_inflate_ratio):
+        _Base.__init__(self, piece_size, max_output, max_inflate_ratio)
         import gc
         import io
         gc.collect()

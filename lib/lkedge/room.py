@@ -110,7 +110,8 @@ class Room:
         self.can_inflate = bool(can_inflate)
         self._incoming = streams.IncomingStreams(
             self._has_handler, max_streams=o.max_streams, can_inflate=self.can_inflate,
-            max_inflated=o.max_inflated, piece_size=o.piece_size, evict_idle_ms=o.evict_idle_ms)
+            max_inflated=o.max_inflated, piece_size=o.piece_size, evict_idle_ms=o.evict_idle_ms,
+            max_inflate_ratio=o.max_inflate_ratio)
         self._readers = {}
         self._invoking = set()  # Invocations being handled (at most max_rpc_handlers)
         self._deadlines = {}    # buffered handler's inv -> (ms its caller gives up, its task)

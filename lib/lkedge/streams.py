@@ -28,7 +28,7 @@ Outgoing
 
 Incoming
     IncomingStreams(has_handler, max_streams=8, can_inflate=True, max_inflated=None,
-                    piece_size=512, evict_idle_ms=None)
+                    piece_size=512, evict_idle_ms=None, max_inflate_ratio=None)
         has_handler(kind, topic) -> bool decides which streams are wanted.
         .header(sender, header_dict, inline, now_ms=0)   inline: None or the whole content
         .chunk(sender, stream_id, chunk_index, piece, final, now_ms=0)   one piece of a chunk
@@ -355,12 +355,13 @@ class IncomingStreams:
     """Routes stream packets to events; see the module docstring."""
 
     def __init__(self, has_handler, max_streams=8, can_inflate=True, max_inflated=None,
-                 piece_size=512, evict_idle_ms=None):
+                 piece_size=512, evict_idle_ms=None, max_inflate_ratio=None):
         self.has_handler = has_handler
         self.max_streams = max_streams
         self.evict_idle_ms = evict_idle_ms
         self.can_inflate = can_inflate
         self.max_inflated = max_inflated
+        self.max_inflate_ratio = max_inflate_ratio
         self.piece_size = piece_size
         self.open = {}          # stream_id -> _Open
         # hashes of the ids of ignored streams, whose chunks/trailer are dropped
@@ -485,7 +486,7 @@ class IncomingStreams:
 
     def _new_inflater(self):
         from . import inflate
-        return inflate.Inflater(self.piece_size, self.max_inflated)
+        return inflate.Inflater(self.piece_size, self.max_inflated, self.max_inflate_ratio)
 
     def _inline(self, st, inline):
         mv = memoryview(inline)

@@ -7,7 +7,7 @@ import binascii
 import gc
 import hashlib
 
-from stream_fixtures import (BOMB, MIXED, MIXED_LEN, MIXED_SHA256, RANDOM, RANDOM_LEN, Lcg,
+from stream_fixtures import (BOMB, BOMB_LEN, MIXED, MIXED_LEN, MIXED_SHA256, RANDOM, RANDOM_LEN, Lcg,
                              file_pieces)
 
 from lkedge import inflate, streams
@@ -18,8 +18,8 @@ from lkedge import inflate, streams
 MP_HEAPSIZE = "192K"
 
 
-def _inflate_all(pieces, piece_size=512, max_output=None, sink=None):
-    inf = inflate.Inflater(piece_size, max_output)
+def _inflate_all(pieces, piece_size=512, max_output=None, sink=None, max_inflate_ratio=None):
+    inf = inflate.Inflater(piece_size, max_output, max_inflate_ratio)
     total = 0
     for p in pieces:
         for out in inf.feed(p):
@@ -106,6 +106,37 @@ def test_bomb_is_stopped_at_the_output_cap():
         _inflate_all(file_pieces(BOMB, Lcg(5)), max_output=cap, sink=count)
     _expect_error(run, "exceeds", str(cap))
     assert cap - 512 < seen[0] <= cap, seen  # stopped right at the cap, nothing past it
+
+
+def test_a_bomb_is_stopped_by_max_inflate_ratio_long_before_the_output_cap():
+    # 16 MiB of zeros from 16 KB: the work one input byte may cause is bounded, not
+    # only the total (a board inflates inside its one link reader)
+    fed = [0]
+    seen = [0]
+
+    def pieces():
+        for p in file_pieces(BOMB, Lcg(9)):
+            fed[0] += len(p)
+            yield p
+
+    def count(out):
+        seen[0] += len(out)
+        assert seen[0] <= 100 * fed[0] + 65536, (seen[0], fed[0])
+
+    def run():
+        _inflate_all(pieces(), max_output=BOMB_LEN, sink=count, max_inflate_ratio=100)
+    msg = _expect_error(run, "decompression bomb", "more than 100 times", "max_inflate_ratio")
+    assert 65536 < seen[0] < 200000, (seen[0], msg)   # stopped within a few pieces of input
+
+
+def test_max_inflate_ratio_lets_ordinary_compressible_data_through():
+    h = hashlib.sha256()   # MIXED inflates about 40 times
+    total = _inflate_all(file_pieces(MIXED, Lcg(10)), sink=h.update, max_inflate_ratio=100)
+    assert total == MIXED_LEN and binascii.hexlify(h.digest()).decode() == MIXED_SHA256
+    _expect_error(lambda: _inflate_all(file_pieces(MIXED, Lcg(10)), max_inflate_ratio=20), "decompression bomb")
+    # small and very compressible: the first 64 KiB are free of the ratio
+    a40k = binascii.unhexlify("edc13101000000c2a0aceb5fc2cb164001" + "00" * 38 + "37")   # b"a" * 40000
+    assert _inflate_all([a40k], max_inflate_ratio=1) == 40000
 
 
 def test_data_after_the_end_is_an_error():
@@ -208,6 +239,14 @@ def test_stream_inflating_past_the_cap_ends_with_an_error_and_others_continue():
     list(inc.header("a", {"stream_id": "other", "topic": "t", "byte_header": {}}, None))
     err = _compressed_stream(inc, BOMB, "c3", None, lambda d: None, Lcg(8))
     assert err is not None and "decompression output exceeds 200000 bytes" in str(err), err
+    assert list(inc.open) == ["other"]
+
+
+def test_stream_inflating_past_max_inflate_ratio_ends_with_an_error_and_others_continue():
+    inc = streams.IncomingStreams(lambda k, t: True, max_inflate_ratio=100)
+    list(inc.header("a", {"stream_id": "other", "topic": "t", "byte_header": {}}, None))
+    err = _compressed_stream(inc, BOMB, "c4", BOMB_LEN, lambda d: None, Lcg(11))
+    assert err is not None and "decompression bomb" in str(err), err
     assert list(inc.open) == ["other"]
 
 

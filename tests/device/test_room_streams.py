@@ -270,6 +270,40 @@ async def test_a_compressed_stream_short_at_the_trailer_is_incomplete():
     await close(a, peer)
 
 
+async def test_a_compressed_stream_past_max_inflate_ratio_ends_and_the_link_goes_on():
+    # a 16 KB bomb claiming its real 16 MiB: a board's reader stops it after about
+    # 100 times what came (its link was held for seconds), its later chunks are dropped,
+    # and a call right behind it is answered
+    from lkedge.config import RoomOptions
+    from stream_fixtures import BOMB, BOMB_LEN, path
+    assert RoomOptions().max_inflate_ratio is None and RoomOptions.for_board().max_inflate_ratio == 100
+    assert RoomOptions.for_board({"link": {"max_inflate_ratio": 50}}).max_inflate_ratio == 50
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, max_inflate_ratio=100)
+    errors = []
+    a.register_byte_stream_handler("m", error_collector(errors))
+    a.local_participant.register_rpc_method("ping", lambda d: "pong")
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "bomb", "topic": "m", "total_length": BOMB_LEN, "compression": 1,
+        "byte_header": {"name": "n"}}})
+    with open(path(BOMB), "rb") as f:
+        i = 0
+        while True:
+            content = f.read(8192)
+            if not content:
+                break
+            await peer.send({"destination_identities": ["a"], "stream_chunk": {
+                "stream_id": "bomb", "chunk_index": i, "content": content}})
+            i += 1
+    await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "bomb"}})
+    await peer.send({"destination_identities": ["a"], "rpc_request": {
+        "id": "r1", "method": "ping", "payload": "", "response_timeout_ms": 5000, "version": 1}})
+    resp = await peer.wait_for(lambda p: "rpc_response" in p)
+    assert resp["rpc_response"] == {"request_id": "r1", "payload": "pong"}
+    await settle(lambda: errors)
+    assert len(errors) == 1 and "decompression bomb" in errors[0], errors
+    await close(a, peer)
+
+
 async def test_compression_is_advertised_only_when_this_receiver_can_inflate():
     from lkedge import inflate
     mem = MemRoom()

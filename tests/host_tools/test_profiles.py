@@ -137,6 +137,8 @@ def test_optional_max_values_is_checked_and_reaches_room_options(tmp_path):
     # a board inflates inside its one link reader: a 255 KB bomb claiming 256 MiB held
     # it (every call 1501) for 99 s; hosts take up to 1 GiB
     ("max_inflated", 16 << 20, 1 << 20, (0, "16M", 1.5)),
+    # and 16 KB of deflated zeros held it 6.3 s: the work per compressed byte is bounded
+    ("max_inflate_ratio", 100, 40, (0, "100x", 2.5)),
 ])
 def test_optional_int_or_null_link_keys_are_checked_and_reach_room_options(tmp_path, key, board_default,
                                                                            good, bad):
@@ -148,6 +150,8 @@ def test_optional_int_or_null_link_keys_are_checked_and_reach_room_options(tmp_p
         assert RoomOptions().max_attributes is None                   # a host's: no cap
     if key == "max_inflated":
         assert RoomOptions().max_inflated == (1 << 30) - 1
+    if key == "max_inflate_ratio":
+        assert RoomOptions().max_inflate_ratio is None                # a host's: no cap
     f = tmp_path / "esp32.json"
     for value in (good, None):
         p["link"][key] = value
