@@ -543,16 +543,22 @@ class WebSocketTransport(StreamTransport):
         key = new_key()
         await StreamTransport.write(self, handshake_request(self._host_header, self._path, key, self._headers))
         parser = ResponseParser(key)
+        rx = self._rx
+        # Read into the rx buffer, not by lines: MicroPython's readline has no bound (a
+        # server sending one endless header line took the whole heap); the parser's
+        # max_head bounds the head, and bytes past it are the first frames'.
         while not parser.done:
-            line = await self._s.readline()
-            if not line:
+            n = await StreamTransport.read_into(self, rx)
+            if not n:
                 raise TransportError(self.url, "connection closed during the WebSocket handshake%s"
                                      % (" (after %r)" % parser.status if parser.status else ""))
             try:
-                parser.feed(line)
+                used = parser.feed(rx[:n])
             except HandshakeError as e:
                 raise TransportError(self.url, "WebSocket handshake failed: %s" % e)
         self._dec = FrameDecoder()
+        if used < n:
+            self._dec.receive(rx[used:n])
         self._sent_close = False
         self.close_code = None
         self.close_reason = ""

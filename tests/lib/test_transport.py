@@ -624,6 +624,80 @@ async def test_a_frame_cancelled_halfway_is_finished_and_the_link_goes_on(runtim
         "the frame was not written whole, then the next (%d bytes read)" % (len(got[0]) if got else 0)
 
 
+WS_CLIENT = r'''
+import sys, asyncio
+from lkedge.transport import open_transport
+
+
+async def main(url):
+    try:
+        t = await open_transport(url, timeout_ms=5000).connect()
+    except OSError as e:
+        print("REFUSED", e)
+        return
+    buf = bytearray(16)
+    n = await t.read_into(buf)
+    print("READ", bytes(buf[:n]))
+    await t.close()
+
+asyncio.run(main(sys.argv[1]))
+'''
+
+
+async def _ws_head_server(after_head):
+    """Answers the upgrade, then sends `after_head` in the same write."""
+    import base64
+    import hashlib
+
+    async def conn(r, w):
+        try:
+            head = await r.readuntil(b"\r\n\r\n")
+            key = re.search(rb"Sec-WebSocket-Key: *(\S+)", head, re.I).group(1)
+            acc = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            w.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Accept: " + acc + after_head)
+            await w.drain()
+            await r.read()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            w.close()
+    return await asyncio.start_server(conn, "127.0.0.1", 0)
+
+
+async def _ws_client(runtime, url, tmp_path):
+    script = tmp_path / "ws_client.py"
+    script.write_text(WS_CLIENT)
+    if runtime == "micropython":
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        from mpybuild import compiled_lib
+        cmd = [_micropython(), "-X", "heapsize=128K", str(script), url]
+        env = dict(os.environ, MICROPYPATH=compiled_lib() + ":.frozen")
+    else:
+        cmd = [sys.executable, str(script), url]
+        env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "lib"))
+    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+
+
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+async def test_a_frame_in_the_same_segment_as_the_handshake_response_is_read(runtime, tmp_path):
+    srv = await _ws_head_server(b"\r\n\r\n\x82\x05hello")
+    async with srv:
+        out = await _ws_client(runtime, "ws://127.0.0.1:%d/" % _port(srv), tmp_path)
+    assert "READ b'hello'" in out, out
+
+
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+async def test_an_endless_handshake_header_line_is_refused_at_the_head_bound_not_with_the_heap(runtime, tmp_path):
+    # MicroPython's readline has no bound: 2 MB of one header line took a 128K heap
+    srv = await _ws_head_server(b"\r\nX-Long: " + b"a" * (2 << 20))
+    async with srv:
+        out = await _ws_client(runtime, "ws://127.0.0.1:%d/" % _port(srv), tmp_path)
+    assert "REFUSED" in out and "handshake response head over 4096 bytes without an end" in out, out
+    assert "MemoryError" not in out, out
+
+
 # (CPython over tcp:// is not among them: its asyncio transport takes a whole write at
 # once, so a frame is never half out there, whatever the socket does.)
 @pytest.mark.parametrize("runtime,scheme", [("micropython", "tcp"), ("micropython", "ws"), ("cpython", "ws")])
