@@ -56,6 +56,7 @@ import hashlib
 import sys
 
 from .transport import StreamTransport, TransportError
+from .utf8 import text
 
 try:
     from micropython import const
@@ -509,10 +510,16 @@ class FrameDecoder:
             return CLOSE
         if n == 1:
             raise WSError("close frame with a 1-byte payload (a code needs 2)")
-        self.close_code = (self._ctl[0] << 8) | self._ctl[1]
+        code = (self._ctl[0] << 8) | self._ctl[1]
+        # RFC 6455 7.4: 1004-1006 and 1015 are never sent (1005/1006 are what an endpoint
+        # reports when there was none), 1016-2999 are unassigned; echoing one back
+        # would send what no endpoint may
+        if not (1000 <= code <= 1014 and not 1004 <= code <= 1006 or 3000 <= code <= 4999):
+            raise WSError("close code %d, which no endpoint may send" % code)
+        self.close_code = code
         try:
-            self.close_reason = bytes(self._ctl[2:n]).decode()
-        except Exception:
+            self.close_reason = text(self._ctl[2:n])
+        except UnicodeError:
             raise WSError("close reason is not UTF-8")
         return CLOSE
 

@@ -264,6 +264,23 @@ def test_decoder_direct_payload_reads_skip_the_copy():
     assert dec.next_event() == ws.CLOSE and dec.close_code == ws.CLOSE_NO_STATUS
 
 
+def test_decoder_refuses_close_codes_no_endpoint_may_send_and_reasons_that_are_not_utf8():
+    # RFC 6455 7.4: an endpoint must not send 1005, 1006 or 1015 (nor the reserved
+    # 1004 or the unassigned 0-999 and 1016-2999); the transport would echo the code
+    def close(code, reason=b""):
+        dec = ws.FrameDecoder()
+        dec.receive(_server_frame(ws.OP_CLOSE, bytes((code >> 8, code & 0xFF)) + reason))
+        return dec
+    for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535):
+        _raises(close(code).next_event, ("close code %d" % code,))
+    for code in (1000, 1001, 1002, 1003, 1007, 1011, 1012, 1014, 3000, 4999):
+        dec = close(code, "bye \u00e9".encode())
+        assert dec.next_event() == ws.CLOSE and dec.close_code == code and dec.close_reason == "bye \u00e9"
+    # the same verdict on both interpreters (MicroPython's decode lets these through)
+    for bad in (b"\xed\xa0\x80", b"\xc0\xaf", b"\xff"):
+        _raises(close(1000, bad).next_event, ("close reason is not UTF-8",))
+
+
 def test_decoder_long_lengths():
     block = bytes(i & 0xFF for i in range(1000))
     dst = bytearray(777)
