@@ -494,6 +494,25 @@ class _BoundedWsConnection(ServerConnection):
                 pass
         self._protocol_fail(code, reason)
 
+    def send_data(self):
+        """websockets' send_data, but a transport closing (the peer reset it, or we
+        aborted it) is written no more: asyncio logs "socket.send() raised exception."
+        at each write past the 5th, so a peer that sent a burst of PINGs and reset
+        logged a line per pong (websockets writes them all in one call)."""
+        t = self.transport
+        for data in self.protocol.data_to_send():
+            if t.is_closing():
+                continue
+            if data:
+                t.write(data)
+            elif t.can_write_eof():   # half-close when possible (no TLS), as websockets does
+                try:
+                    t.write_eof()
+                except Exception:
+                    pass
+            else:
+                t.close()
+
     def data_received(self, data):
         if self.protocol.state is State.CONNECTING:
             if not self._head and data and not 0x41 <= data[0] <= 0x5A and self.relay is not None:

@@ -116,6 +116,27 @@ async def test_malformed_websocket_input_gets_leave_4_before_the_close_frame():
             assert words in reason, reason
 
 
+async def test_a_websocket_peer_that_pings_in_a_burst_and_resets_costs_no_log_line_per_pong(caplog):
+    # websockets answers every PING; written after the reset, asyncio logged
+    # "socket.send() raised exception." per pong past the 5th (about 2,000 lines for
+    # five such peers), outside the relay's own rate-limited log
+    import logging
+    import struct
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    async with RelayUnderTest() as r:
+        for _ in range(3):
+            rd, wr = await _raw_ws(r)
+            wr.write(ws.encode_frame(ws.OP_PING, b"pp", b"mask") * 2000)
+            await wr.drain()
+            wr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            wr.close()
+        await asyncio.sleep(1.0)
+        rd, wr = await _raw_ws(r)   # the relay still serves
+        wr.close()
+    lines = [rec.getMessage() for rec in caplog.records if "socket.send() raised" in rec.getMessage()]
+    assert len(lines) <= 3, "%d lines, e.g. %r" % (len(lines), lines[:1])
+
+
 async def test_a_websocket_message_is_read_as_its_fragments_arrive():
     # an unfinished fragmented message is not held by websockets until it ends: its
     # bytes reach the link at once (here DATA before JOIN: LEAVE 4 long before the
