@@ -21,6 +21,15 @@ ready. machine.reset(), soft reboots, deep sleep and a starved watchdog end the
 interpreter (exit codes in emulation/__init__.py) and the supervisor starts a new one
 with the same flash and the same pty, so mpremote stays connected across resets.
 
+A Ctrl-C in a garbage collection: the unix port raises KeyboardInterrupt from inside
+its SIGINT handler, wherever the interpreter is, and one that lands in a collection
+leaves the heap locked and half-marked for good ("heap is locked"; a board defers Ctrl-C
+to the next bytecode, so this is the emulation's alone). The interpreter cannot go on;
+when one ends so within CTRL_C_CRASH_S of a Ctrl-C, the supervisor says so and starts
+the next with the reset cause kept, boot.py run and main.py not (mode=repl): where the
+Ctrl-C was to leave the board, at its REPL, so mpremote's raw REPL request queued
+behind it is answered. Its RAM is lost, as after any reset.
+
 Output nobody reads (no program has the pty open) is kept up to OUT_MAX bytes, oldest
 dropped, like a UART with no listener; the board is never blocked by it, nor by its own
 log on stderr (lines wait, up to LOG_MAX bytes, until stderr takes them), so SIGTERM
@@ -80,6 +89,7 @@ def interpreter_heapsize(heap, frozen=()):
     and the GC's block tables (about 1/32 of the heap; 1/16 leaves room)."""
     return heap + heap // 16 + ROM_HEAP + (FROZEN_HEAP if frozen else 0)
 CRASH_RESTART_DELAY_S = 0.5
+CTRL_C_CRASH_S = 5.0   # an interpreter that ends "heap is locked" this soon after a Ctrl-C
 # An interpreter that ends this many times in a row before it reports ready (a wrong
 # --micropython, a broken install) is not a board in a reset loop: the board stops.
 START_TRIES = 3
@@ -156,6 +166,8 @@ class Supervisor:
         self.resets = 0
         self.logbuf = bytearray()
         self.boot_out = bytearray()  # what the current interpreter said before it was ready
+        self.out_tail = b""          # the last bytes it said (why it ended)
+        self.ctrl_c_at = None        # when a Ctrl-C last went to the interpreter
         self.failed_starts = 0
         self.failure = None
 
@@ -195,6 +207,7 @@ class Supervisor:
         self.ctl_buf = b""
         self.ready = False
         self.boot_out = bytearray()
+        self.out_tail = b""
         if not keep_watchdog:
             self.wdt_ms = 0
             self.wdt_deadline = None
@@ -229,6 +242,8 @@ class Supervisor:
             elif fd == self.ctl:
                 self._control()
         if self.ready and self.inbuf:
+            if 3 in self.inbuf:
+                self.ctrl_c_at = time.monotonic()
             self._write(self.board_master, self.inbuf)
         if self.outbuf:
             self._write(self.port_master, self.outbuf)
@@ -241,6 +256,7 @@ class Supervisor:
             del self.outbuf[:len(self.outbuf) - OUT_MAX]
         if not self.ready:
             self.boot_out = (self.boot_out + data)[-1024:]
+        self.out_tail = (self.out_tail + data)[-256:]
 
     def _control(self):
         data = self._read(self.ctl)
@@ -275,7 +291,16 @@ class Supervisor:
         if code == emu.EXIT_DEEPSLEEP:
             time.sleep(BOOT_TIME_S)
             return emu.DEEPSLEEP_RESET, "friendly"
-        self._say("the interpreter ended with code %s: restarting it as a hard reset" % code)
+        if (b"heap is locked" in self.out_tail and self.ctrl_c_at is not None
+                and time.monotonic() - self.ctrl_c_at < CTRL_C_CRASH_S):
+            self._say("a Ctrl-C landed in a garbage collection, which the unix port cannot resume "
+                      "(a board defers it): the interpreter is restarted at the REPL, as the Ctrl-C "
+                      "was to leave it (boot.py run, main.py not; the RAM is lost)")
+            self.ctrl_c_at = None
+            return cause, "repl"
+        lines = [ln for ln in self.out_tail.decode("utf-8", "replace").splitlines() if ln.strip()]
+        self._say("the interpreter ended with code %s%s: restarting it as a hard reset"
+                  % (code, "; it last said: " + lines[-1].strip()[:200] if lines else ""))
         time.sleep(CRASH_RESTART_DELAY_S)
         return HARD_RESET, "friendly"
 

@@ -9,8 +9,11 @@ with flow-control windows), executing everything in one persistent namespace.
 
 Started by the host supervisor (lkedge_host.board) as
 
-    micropython -X heapsize=N rom.py flash=DIR heap=BYTES cause=N mode=friendly|raw
+    micropython -X heapsize=N rom.py flash=DIR heap=BYTES cause=N mode=friendly|raw|repl
                  port=esp32 freq=HZ uid=HEX name=PROFILE ctl=FD
+
+(mode=repl: the friendly REPL after boot.py, main.py not run; see "A Ctrl-C in a
+garbage collection" in lkedge_host/board.py)
 
 with stdin/stdout on a pseudo-terminal whose line discipline turns Ctrl-C into SIGINT
 (that is how a running program gets KeyboardInterrupt, as on a board) and fd FD a pipe
@@ -549,7 +552,9 @@ def _boot_and_serve(rom, ctl):
                 rom.run_file("boot.py")
             if phase == 2:
                 phase = 3
-                if not rom.raw:  # pyexec: main.py only when booting into the friendly REPL
+                # pyexec: main.py only when booting into the friendly REPL; mode=repl
+                # is where a Ctrl-C that cost the interpreter left main.py: ended
+                if not rom.raw and rom.args.get("mode") != "repl":
                     rom.run_file("main.py")
             rom.serve()
         except KeyboardInterrupt:

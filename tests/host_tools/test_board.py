@@ -170,6 +170,28 @@ def test_boot_and_main_run_on_boot_and_ctrl_c_interrupts_main(flash):
         proc.wait(5)
 
 
+def test_a_ctrl_c_that_lands_in_a_garbage_collection_leaves_the_board_at_its_repl(flash):
+    # The unix port raises KeyboardInterrupt from its SIGINT handler, so a Ctrl-C in a
+    # collection leaves the heap locked: the interpreter died and came back as a hard
+    # reset running main.py, and mpremote failed ("could not enter raw repl", 6 of 6
+    # with this main.py). It comes back at the REPL, the reset cause kept.
+    os.makedirs(flash)
+    with open(os.path.join(flash, "main.py"), "w") as f:
+        f.write("import gc\nx = [bytearray(16) for i in range(4000)]\nopen('main_started', 'w').close()\n"
+                "while True:\n    gc.collect()\n")
+    proc, port = _start("unix", flash)
+    try:
+        for cause in ("1\n", "5\n"):   # power-on, then machine.reset()'s: kept
+            assert _wait_for(lambda: os.path.exists(os.path.join(flash, "main_started")))
+            os.remove(os.path.join(flash, "main_started"))
+            assert out(port, "exec", "import machine; print(machine.reset_cause())") == cause
+            assert not os.path.exists(os.path.join(flash, "main_started"))
+            out(port, "reset")   # main.py runs again
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
 def test_profile_heap_limit_is_in_effect(flash):
     heap = profiles.load("esp32")["heap"]
     proc, port = _start("esp32", flash)
