@@ -52,8 +52,19 @@ def _parser():
     return p, subs
 
 
+# The tools read their repository: boards/ (profiles), firmware/ and lib/ (what deploy
+# compiles and copies), tests' device helpers for the emulation. Installed from a wheel
+# (`pip install <checkout>`) only the packages come along.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOT_A_CHECKOUT = ("lkedge runs from a checkout of its repository (it reads boards/, firmware/ and lib/ "
+                  "there), and %s has none: install it editable, `pip install -e <checkout>` (`make "
+                  "setup` does, into the checkout's .venv), not from a wheel or an sdist")
+
+
 def _load(name):
     """-> (add_arguments, run), or an error message."""
+    if not all(os.path.isdir(os.path.join(_ROOT, d)) for d in ("boards", "firmware", "lib")):
+        return NOT_A_CHECKOUT % _ROOT
     module, add_name, run_name, _ = COMMANDS[name]
     try:
         mod = importlib.import_module(module)

@@ -571,3 +571,15 @@ def test_serve_stopped_while_joining_exits_0_and_imports_modules_beside_its_file
             assert "lkedge serve: stopped" in srv.err and "before serving began" not in srv.err, srv.err
         finally:
             srv.stop()
+
+
+def test_installed_without_its_checkout_the_command_says_so(tmp_path, monkeypatch, capsys):
+    # `pip install <checkout>` (a wheel) brings the packages alone: each command said
+    # "No module named lkedge_host.relay" or failed later on a missing boards/ folder
+    from lkedge_host import cli
+    monkeypatch.setattr(cli, "_ROOT", str(tmp_path))
+    for command in ("relay", "board", "call"):
+        assert cli.main([command, "--help"]) == 1
+        err = capsys.readouterr().err
+        assert "runs from a checkout of its repository" in err and "pip install -e <checkout>" in err, err
+        assert str(tmp_path) in err
