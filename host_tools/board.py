@@ -602,8 +602,12 @@ class EmulatedBoard:
         """`lkedge deploy` of the firmware folder `firmware` to this board (the board
         resets and runs it); returns deploy's Report. `relay`: a link URL, or a
         RelayProcess (its URL and its keys for the token). `more`: other deploy options
-        by their argparse names (no_reset=True, lib_only=True, token_ttl=600...)."""
+        by their argparse names (no_reset=True, lib_only=True, token_ttl=600...); the
+        profile is the board's own. Raises deploy.DeployError or one of its kinds."""
         from lkedge_host import deploy
+        if "profile" in more:   # the board runs one profile: deploying another cannot work
+            raise TypeError("EmulatedBoard.deploy() takes no profile=: the profile is the board's own "
+                            "(%r, given to EmulatedBoard())" % self.profile)
         url = getattr(relay, "url", relay)
         if hasattr(relay, "key"):
             more.setdefault("api_key", relay.key)

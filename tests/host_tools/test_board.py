@@ -497,3 +497,7 @@ def test_emulated_board_says_why_it_did_not_start_and_takes_env_and_reset(tmp_pa
         time.sleep(board.BOOT_TIME_S + 0.2)
         assert out(b.port, "exec", "import sys, machine; print('marker' in sys.modules, machine.reset_cause())") \
             == "False 5\n"
+        # the board runs one profile: deploy's profile= said only "got multiple values"
+        with pytest.raises(TypeError) as e:
+            b.deploy(str(tmp_path), "tcp://127.0.0.1:1", profile="esp32")
+        assert "takes no profile=" in str(e.value) and "my-unix" in str(e.value), e.value

@@ -514,6 +514,19 @@ def test_a_missing_firmware_folder_is_a_usage_error_unless_lib_only(unix_board, 
     assert r.returncode == 2 and "--lib-only deploys no firmware: leave out --firmware" in r.stderr, r.stderr
 
 
+def test_a_firmware_folder_without_main_py_is_deployed_with_a_warning(unix_board, firmware, lib, tmp_path):
+    # it deployed silently (and removed the main.py an earlier deploy put there): the
+    # board then sat at its REPL and never joined
+    r = deploy_cmd(unix_board, firmware, lib, "--no-reset")
+    assert r.returncode == 0 and "no main.py" not in r.stderr, r.stderr
+    os.remove(os.path.join(firmware, "main.py"))
+    r = deploy_cmd(unix_board, firmware, lib, "--no-reset")
+    assert r.returncode == 0, r.stderr
+    assert "deploy: warning: --firmware %s has no main.py: the board will boot to its REPL and run nothing" \
+        % firmware in r.stderr, r.stderr
+    assert not os.path.exists(os.path.join(str(tmp_path / "flash"), "main.py"))
+
+
 def test_subfolders_and_data_files_are_deployed_and_junk_is_skipped(unix_board, firmware, lib, tmp_path):
     _write(os.path.join(firmware, "drivers"), "__init__.py", "KIND = 'drivers'\n")
     _write(os.path.join(firmware, "drivers"), "bme.py", "def read():\n    return 21.5\n")
