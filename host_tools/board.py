@@ -407,7 +407,8 @@ class Supervisor:
 
 def add_arguments(parser):
     parser.add_argument("--profile", default="unix",
-                        help="board profile from boards/ (default: unix); one of: %s" % ", ".join(profiles.names()))
+                        help="board profile: one of boards/ (%s; default: unix), or a profile file's path "
+                             "(a copy with its own \"name\", e.g. ./my-esp32.json)" % ", ".join(profiles.names()))
     parser.add_argument("--flash", default=None,
                         help="folder that is the board's flash filesystem (default: ./.board-PROFILE)")
     parser.add_argument("--micropython", default=None, help="the unix-port interpreter to run")

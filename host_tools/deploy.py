@@ -120,7 +120,8 @@ RESET_TIMEOUT_S = 30
 RELAY_PROBE_S = 1.0
 # sys.platform of MicroPython's unix port (profile port "unix") on the hosts it builds on
 UNIX_PLATFORMS = ("linux", "darwin", "freebsd", "netbsd", "openbsd")
-NO_REPL = "no MicroPython REPL answered on %s%s (is it a MicroPython board? is its firmware stuck?)"
+NO_REPL = ("no MicroPython REPL answered on %s%s (is it a MicroPython board? is its firmware stuck? is "
+           "another program, a terminal or a `cat`, reading the port? close it and try again)")
 NOT_A_TTY = "%s is not a serial port or pty"
 
 

@@ -66,6 +66,42 @@ def test_rpc_error_exits_3_with_code_and_message(served):
     assert r.returncode == 3 and "1400" in r.stderr
 
 
+FAILING_HANDLER = r'''
+import asyncio, sys
+from lkedge.room import Room
+
+
+async def main(url, token):
+    room = Room()
+    room.local_participant.register_rpc_method("broken", lambda data: 1 // 0)
+    await room.connect(url, token)
+    print("joined", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+'''
+
+
+def test_a_handler_that_failed_without_a_reason_points_at_its_console(served, tmp_path):
+    # a board's handler that raises answers the SDKs' bare 1500: the reason is on the
+    # board's console, which the caller was not told to look at
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING_HANDLER)
+    p = subprocess.Popen([sys.executable, str(script), served.url, served.token("dev")], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert p.stdout.readline().strip() == "joined"
+        r = _lk("call", "dev", "broken", "--url", served.url)
+        assert r.returncode == 3, r.stderr
+        assert "RPC error 1500: Application error in method handler" in r.stderr, r.stderr
+        assert "the handler of broken on 'dev' failed without saying why to callers; its console" in r.stderr
+        r = _lk("call", "host", "store_reading", "not json", "--url", served.url)
+        assert r.returncode == 3 and "console" not in r.stderr, r.stderr   # an error that says why
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
 def test_store_reading_wants_a_json_object_and_says_so(served):
     for payload, got in (("[1, 2]", "an array"), ('"str"', "a string"), ("5", "a number"), ("null", "null")):
         r = _lk("call", "host", "store_reading", payload, "--url", served.url)

@@ -351,7 +351,9 @@ def test_a_pty_that_is_no_micropython_repl_fails_in_one_line(firmware, lib, tmp_
         fake.close()
     assert r.returncode == 1, r.stderr
     assert r.stderr.strip().splitlines()[-1] == ("lkedge deploy: no MicroPython REPL answered on %s (is it a "
-                                                 "MicroPython board? is its firmware stuck?)" % link)
+                                                 "MicroPython board? is its firmware stuck? is another program, "
+                                                 "a terminal or a `cat`, reading the port? close it and try "
+                                                 "again)" % link)
     assert "Traceback" not in r.stderr and "reset" not in r.stderr
 
 
