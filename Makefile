@@ -28,7 +28,8 @@ $(NODE_DIR)/build/peer.cjs: $(NODE_DIR)/package-lock.json $(NODE_DIR)/build.mjs 
 	npm run --prefix $(NODE_DIR) build
 
 # The main job: relay + emulated ESP32 + deploy with mpremote + calls from the host.
-demo: setup
+# (Python alone: the Node interop peer is the suite's.)
+demo: $(VENV)/.installed
 	$(PY) -m lkedge_host.demo
 
 # The whole suite: CPython tests, and every tests/device module again under the real
