@@ -51,7 +51,7 @@ class RoomOptions:
                      with an error): a board inflates inside its one link reader, so a
                      16 KB bomb of zeros that inflates to 16 MiB held its link for
                      seconds. None: no cap (hosts); boards 100 (text and telemetry
-                     compress 3-20 times; zeros, about 1000)
+                     compress 3-20 times; a short pattern repeated 400-500, zeros 1000)
     advertise_compression  advertise CAP_COMPRESSION_DEFLATE_RAW (None: if we can inflate,
                      on MicroPython with a 32 KiB window held and 24 KiB left free beside
                      it; True: whenever the window can be held)

@@ -509,6 +509,10 @@ def room_options(client_protocol, compression, board):
         # handlers; the board profile gathers at most 16 KiB (max_rpc_payload, UTF-8
         # bytes: tests/device/test_room_rpc.py checks that cap).
         kw["max_rpc_payload"] = 24 * 1024
+        # The matrix's text is a short pattern repeated (the Node peer's patternText):
+        # deflated it shrinks 405 times, past a board's max_inflate_ratio of 100, which
+        # tests/device/test_room_streams.py and test_inflate.py check
+        kw["max_inflate_ratio"] = None
     return RoomOptions.for_board(**kw) if board else RoomOptions(**kw)
 
 
