@@ -24,11 +24,12 @@ with the same flash and the same pty, so mpremote stays connected across resets.
 A Ctrl-C in a garbage collection: the unix port raises KeyboardInterrupt from inside
 its SIGINT handler, wherever the interpreter is, and one that lands in a collection
 leaves the heap locked and half-marked for good ("heap is locked"; a board defers Ctrl-C
-to the next bytecode, so this is the emulation's alone). The interpreter cannot go on;
-when one ends so within CTRL_C_CRASH_S of a Ctrl-C, the supervisor says so and starts
-the next with the reset cause kept, boot.py run and main.py not (mode=repl): where the
-Ctrl-C was to leave the board, at its REPL, so mpremote's raw REPL request queued
-behind it is answered. Its RAM is lost, as after any reset.
+to the next bytecode, so this is the emulation's alone). The interpreter cannot go on:
+the ROM tells the supervisor ("G" on its control pipe, emulation/rom.py _gc_interrupted)
+as it ends, and the supervisor says so and starts the next with the reset cause and an
+armed watchdog kept, boot.py run and main.py not (mode=repl): where the Ctrl-C was to
+leave the board, at its REPL, so mpremote's raw REPL request queued behind it is
+answered. Its RAM is lost, as after any reset.
 
 Output nobody reads (no program has the pty open) is kept up to OUT_MAX bytes, oldest
 dropped, like a UART with no listener; the board is never blocked by it, nor by its own
@@ -89,7 +90,6 @@ def interpreter_heapsize(heap, frozen=()):
     and the GC's block tables (about 1/32 of the heap; 1/16 leaves room)."""
     return heap + heap // 16 + ROM_HEAP + (FROZEN_HEAP if frozen else 0)
 CRASH_RESTART_DELAY_S = 0.5
-CTRL_C_CRASH_S = 5.0   # an interpreter that ends "heap is locked" this soon after a Ctrl-C
 # An interpreter that ends this many times in a row before it reports ready (a wrong
 # --micropython, a broken install) is not a board in a reset loop: the board stops.
 START_TRIES = 3
@@ -167,7 +167,7 @@ class Supervisor:
         self.logbuf = bytearray()
         self.boot_out = bytearray()  # what the current interpreter said before it was ready
         self.out_tail = b""          # the last bytes it said (why it ended)
-        self.ctrl_c_at = None        # when a Ctrl-C last went to the interpreter
+        self.gc_interrupted = False  # it said "G": a Ctrl-C landed in a collection
         self.failed_starts = 0
         self.failure = None
 
@@ -208,6 +208,7 @@ class Supervisor:
         self.ready = False
         self.boot_out = bytearray()
         self.out_tail = b""
+        self.gc_interrupted = False
         if not keep_watchdog:
             self.wdt_ms = 0
             self.wdt_deadline = None
@@ -242,8 +243,6 @@ class Supervisor:
             elif fd == self.ctl:
                 self._control()
         if self.ready and self.inbuf:
-            if 3 in self.inbuf:
-                self.ctrl_c_at = time.monotonic()
             self._write(self.board_master, self.inbuf)
         if self.outbuf:
             self._write(self.port_master, self.outbuf)
@@ -273,6 +272,8 @@ class Supervisor:
             elif line.startswith(b"W"):
                 self.wdt_ms = int(line[1:])
                 self.wdt_deadline = now + self.wdt_ms / 1000
+            elif line == b"G":
+                self.gc_interrupted = True
             elif line == b"F" and self.wdt_ms:
                 self.wdt_deadline = now + self.wdt_ms / 1000
 
@@ -291,12 +292,10 @@ class Supervisor:
         if code == emu.EXIT_DEEPSLEEP:
             time.sleep(BOOT_TIME_S)
             return emu.DEEPSLEEP_RESET, "friendly"
-        if (b"heap is locked" in self.out_tail and self.ctrl_c_at is not None
-                and time.monotonic() - self.ctrl_c_at < CTRL_C_CRASH_S):
+        if self.gc_interrupted:
             self._say("a Ctrl-C landed in a garbage collection, which the unix port cannot resume "
                       "(a board defers it): the interpreter is restarted at the REPL, as the Ctrl-C "
                       "was to leave it (boot.py run, main.py not; the RAM is lost)")
-            self.ctrl_c_at = None
             return cause, "repl"
         lines = [ln for ln in self.out_tail.decode("utf-8", "replace").splitlines() if ln.strip()]
         self._say("the interpreter ended with code %s%s: restarting it as a hard reset"
@@ -321,7 +320,9 @@ class Supervisor:
             return
         cause, mode = self._next_boot(code)
         # a soft reboot does not stop an armed watchdog (it is hardware on a board)
-        self._restart(cause, mode, keep_watchdog=code in (emu.EXIT_SOFT_FRIENDLY, emu.EXIT_SOFT_RAW))
+        # nor does a Ctrl-C (mode=repl: one that cost the interpreter)
+        self._restart(cause, mode, keep_watchdog=code in (emu.EXIT_SOFT_FRIENDLY, emu.EXIT_SOFT_RAW)
+                      or mode == "repl")
 
     def _failed_start(self, code):
         """Count an interpreter that ended before it was ready; True when the board gives up."""

@@ -672,7 +672,8 @@ def _rpc_failure(args, room, e, request):
             args.destination, room.name, args.wait, ", ".join(others) if others else "nobody else"))
     elif e.code == RpcError.REQUEST_PAYLOAD_TOO_LARGE and request.size > MAX_V1_PAYLOAD_BYTES:
         _v1_hint(args, room, request.size)
-    elif e.code == RpcError.APPLICATION_ERROR and e.message == RpcError.ErrorMessage[RpcError.APPLICATION_ERROR]:
+    elif (e.code == RpcError.APPLICATION_ERROR and e.message == RpcError.ErrorMessage[RpcError.APPLICATION_ERROR]
+          and not e.data):
         # the SDKs' handler failure says nothing more to the caller, by design
         _say(None, "the handler of %s on %r failed without saying why to callers; its console (an lkedge "
                    "board: `mpremote connect PORT repl`; lkedge serve: its stderr) has the traceback"

@@ -57,8 +57,8 @@ def _parser():
 # (`pip install <checkout>`) only the packages come along.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOT_A_CHECKOUT = ("lkedge runs from a checkout of its repository (it reads boards/, firmware/ and lib/ "
-                  "there), and %s has none: install it editable, `pip install -e <checkout>` (`make "
-                  "setup` does, into the checkout's .venv), not from a wheel or an sdist")
+                  "there), and %s has none: install it editable, `pip install -e <checkout>` (the "
+                  "checkout's `make demo` does so into its .venv), not from a wheel or an sdist")
 
 
 def _load(name):

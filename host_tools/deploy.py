@@ -777,8 +777,8 @@ def check_options(o):
     elif not os.path.isdir(firmware_dir(o)):
         raise UsageError(NO_FIRMWARE % firmware_dir(o))
     elif not os.path.isfile(os.path.join(firmware_dir(o), "main.py")):   # what a board runs at boot
-        _say("warning: --firmware %s has no main.py: the board will boot to its REPL and run nothing "
-             "(a main.py an earlier deploy put there is removed); --lib-only deploys the library alone"
+        _say("warning: --firmware %s has no main.py: the board will run its boot.py, if any, and stop at "
+             "its REPL (a main.py an earlier deploy put there is removed); --lib-only deploys the library alone"
              % firmware_dir(o))
     _check_port(o.port)
 

@@ -17,7 +17,8 @@ garbage collection" in lkedge_host/board.py)
 
 with stdin/stdout on a pseudo-terminal whose line discipline turns Ctrl-C into SIGINT
 (that is how a running program gets KeyboardInterrupt, as on a board) and fd FD a pipe
-to the supervisor (ctl=FD: "R" ready, "W<ms>" watchdog armed, "F" fed).
+to the supervisor (ctl=FD: "R" ready, "W<ms>" watchdog armed, "F" fed, "G" a Ctrl-C
+landed in a garbage collection: see _gc_interrupted).
 
 The flash: the supervisor runs the interpreter with the flash folder as its working
 directory, and the ROM mounts the same folder as the VFS root (os.VfsPosix at "/"), so
@@ -561,6 +562,23 @@ def _boot_and_serve(rom, ctl):
             continue
 
 
+def _gc_interrupted():
+    """Whether the heap is locked by a collection a Ctrl-C cut short: the unix port
+    raises KeyboardInterrupt from its SIGINT handler, and one that lands in a collection
+    leaves it locked and half-marked for good (a board defers Ctrl-C). Told apart from
+    user code's micropython.heap_lock(), which heap_unlock() counts. Allocates nothing
+    unless the heap takes it."""
+    import micropython
+    micropython.heap_lock()
+    if micropython.heap_unlock():
+        return False
+    try:
+        [0]
+    except MemoryError:
+        return True
+    return False
+
+
 def main():
     code = machine.EXIT_RESET
     args = _args()
@@ -586,6 +604,10 @@ def main():
         code = machine.EXIT_SOFT_RAW if rom.raw else machine.EXIT_SOFT_FRIENDLY
     except machine.ResetRequest as r:
         code = r.code
+    except MemoryError:
+        if ctl is not None and _gc_interrupted():
+            ctl.write(b"G\n")   # the supervisor restarts the board at its REPL
+        raise
     del keep
     while True:
         try:

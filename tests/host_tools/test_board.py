@@ -192,6 +192,34 @@ def test_a_ctrl_c_that_lands_in_a_garbage_collection_leaves_the_board_at_its_rep
         proc.wait(5)
 
 
+def test_after_a_ctrl_c_in_a_collection_an_armed_watchdog_still_runs_and_user_heap_locks_are_not_taken_for_one(
+        flash):
+    os.makedirs(flash)
+    with open(os.path.join(flash, "main.py"), "w") as f:
+        f.write("import gc, machine\nw = machine.WDT(timeout=2000)\nx = [bytearray(16) for i in range(4000)]\n"
+                "open('main_started', 'w').close()\nwhile True:\n    gc.collect()\n    w.feed()\n")
+    proc, port = _start("unix", flash)
+    try:
+        assert _wait_for(lambda: os.path.exists(os.path.join(flash, "main_started")))
+        os.remove(os.path.join(flash, "main_started"))
+        assert out(port, "exec", "print('at the repl')") == "at the repl\n"
+        # nobody feeds it at the REPL: it resets the board, as on a board after Ctrl-C
+        assert _wait_for(lambda: os.path.exists(os.path.join(flash, "main_started")), timeout=10)
+        os.remove(os.path.join(flash, "main.py"))
+        assert out(port, "exec", "import machine; print(machine.reset_cause())") == "3\n"   # WDT_RESET
+        # a heap locked by user code is not a collection cut short: the board restarts
+        # as after any crash (hard reset), saying what the interpreter last said
+        try:   # (mpremote waits for the end of an output that never comes)
+            mpremote(port, "exec", "import micropython; micropython.heap_lock(); x = [1] * 100", timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        assert _wait_for(lambda: out(port, "exec", "import machine; print(machine.reset_cause())") == "2\n",
+                         timeout=20)
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
 def test_profile_heap_limit_is_in_effect(flash):
     heap = profiles.load("esp32")["heap"]
     proc, port = _start("esp32", flash)

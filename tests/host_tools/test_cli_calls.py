@@ -69,11 +69,16 @@ def test_rpc_error_exits_3_with_code_and_message(served):
 FAILING_HANDLER = r'''
 import asyncio, sys
 from lkedge.room import Room
+from lkedge.rpc import RpcError
 
 
 async def main(url, token):
     room = Room()
     room.local_participant.register_rpc_method("broken", lambda data: 1 // 0)
+
+    def said(data):
+        raise RpcError(1500, None, "disk full")
+    room.local_participant.register_rpc_method("said", said)
     await room.connect(url, token)
     print("joined", flush=True)
     await asyncio.sleep(60)
@@ -95,8 +100,11 @@ def test_a_handler_that_failed_without_a_reason_points_at_its_console(served, tm
         assert r.returncode == 3, r.stderr
         assert "RPC error 1500: Application error in method handler" in r.stderr, r.stderr
         assert "the handler of broken on 'dev' failed without saying why to callers; its console" in r.stderr
-        r = _lk("call", "host", "store_reading", "not json", "--url", served.url)
-        assert r.returncode == 3 and "console" not in r.stderr, r.stderr   # an error that says why
+        for args in (("dev", "said"), ("host", "store_reading", "not json")):   # errors that say why
+            r = _lk("call", *args, "--url", served.url)
+            assert r.returncode == 3 and "console" not in r.stderr, r.stderr
+        assert "RPC error 1500: Application error in method handler (disk full)" in _lk(
+            "call", "dev", "said", "--url", served.url).stderr
     finally:
         p.terminate()
         p.wait(10)

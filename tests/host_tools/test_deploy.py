@@ -524,8 +524,8 @@ def test_a_firmware_folder_without_main_py_is_deployed_with_a_warning(unix_board
     os.remove(os.path.join(firmware, "main.py"))
     r = deploy_cmd(unix_board, firmware, lib, "--no-reset")
     assert r.returncode == 0, r.stderr
-    assert "deploy: warning: --firmware %s has no main.py: the board will boot to its REPL and run nothing" \
-        % firmware in r.stderr, r.stderr
+    assert "deploy: warning: --firmware %s has no main.py: the board will run its boot.py, if any, and stop " \
+        "at its REPL" % firmware in r.stderr, r.stderr
     assert not os.path.exists(os.path.join(str(tmp_path / "flash"), "main.py"))
 
 

