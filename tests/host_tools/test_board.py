@@ -170,16 +170,23 @@ def test_boot_and_main_run_on_boot_and_ctrl_c_interrupts_main(flash):
         proc.wait(5)
 
 
+def _start_collecting(flash, watchdog=False):
+    """A board whose main.py collects garbage all the time, over many objects (so a
+    Ctrl-C lands in a collection), feeding a 2 s watchdog it armed if `watchdog`."""
+    os.makedirs(flash)
+    with open(os.path.join(flash, "main.py"), "w") as f:
+        f.write("import gc, machine\n" + ("w = machine.WDT(timeout=2000)\n" if watchdog else "")
+                + "x = [bytearray(16) for i in range(4000)]\nopen('main_started', 'w').close()\n"
+                + "while True:\n    gc.collect()\n" + ("    w.feed()\n" if watchdog else ""))
+    return _start("unix", flash)
+
+
 def test_a_ctrl_c_that_lands_in_a_garbage_collection_leaves_the_board_at_its_repl(flash):
     # The unix port raises KeyboardInterrupt from its SIGINT handler, so a Ctrl-C in a
     # collection leaves the heap locked: the interpreter died and came back as a hard
     # reset running main.py, and mpremote failed ("could not enter raw repl", 6 of 6
     # with this main.py). It comes back at the REPL, the reset cause kept.
-    os.makedirs(flash)
-    with open(os.path.join(flash, "main.py"), "w") as f:
-        f.write("import gc\nx = [bytearray(16) for i in range(4000)]\nopen('main_started', 'w').close()\n"
-                "while True:\n    gc.collect()\n")
-    proc, port = _start("unix", flash)
+    proc, port = _start_collecting(flash)
     try:
         for cause in ("1\n", "5\n"):   # power-on, then machine.reset()'s: kept
             assert _wait_for(lambda: os.path.exists(os.path.join(flash, "main_started")))
@@ -194,11 +201,7 @@ def test_a_ctrl_c_that_lands_in_a_garbage_collection_leaves_the_board_at_its_rep
 
 def test_after_a_ctrl_c_in_a_collection_an_armed_watchdog_still_runs_and_user_heap_locks_are_not_taken_for_one(
         flash):
-    os.makedirs(flash)
-    with open(os.path.join(flash, "main.py"), "w") as f:
-        f.write("import gc, machine\nw = machine.WDT(timeout=2000)\nx = [bytearray(16) for i in range(4000)]\n"
-                "open('main_started', 'w').close()\nwhile True:\n    gc.collect()\n    w.feed()\n")
-    proc, port = _start("unix", flash)
+    proc, port = _start_collecting(flash, watchdog=True)
     try:
         assert _wait_for(lambda: os.path.exists(os.path.join(flash, "main_started")))
         os.remove(os.path.join(flash, "main_started"))
