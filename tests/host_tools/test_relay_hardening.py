@@ -701,3 +701,44 @@ def test_forwarding_still_works_with_destinations_read_by_the_official_parser():
     assert t == link.DATA and parse(body).participant_identity == "a"
     s.feed(1, link.encode_frame(link.DATA, b"\x2a\x02\xff\xfe"))
     assert "destination_identities is not valid UTF-8" in s.take(1)[-1][1]["reason"]
+
+
+def test_grants_are_taken_only_as_livekit_spells_them():
+    # each of these was let through by a mutant no test caught (mutation review)
+    v = auth.Verifier(auth.DEV_API_KEY, auth.DEV_API_SECRET)
+
+    def refused(words, **over):
+        try:
+            v.verify(_signed(**over))
+        except auth.AuthError as e:
+            assert words in str(e), (words, str(e))
+        else:
+            raise AssertionError("accepted: %r" % (over,))
+    refused("no identity", sub="")
+    claims = {"iss": auth.DEV_API_KEY, "exp": int(time.time()) + 600, "video": {"roomJoin": True, "room": "lab"}}
+    try:   # no sub at all
+        v.verify(jwt.encode(claims, auth.DEV_API_SECRET, algorithm="HS256"))
+    except auth.AuthError as e:
+        assert "no identity" in str(e), e
+    else:
+        raise AssertionError("a token without sub was accepted")
+    refused("names no room", video={"roomJoin": True})
+    refused("names no room", video={"roomJoin": True, "room": ""})
+    for join in (1, "yes", "true", None):   # JSON true, not merely truthy
+        refused("roomJoin grant", video={"roomJoin": join, "room": "lab"})
+    # canPublishData: absent or true allows; anything else forbids
+    for value, allowed in ((None, True), (True, True), (False, False), ("false", False), (0, False),
+                           ("true", False), (1, False)):
+        video = {"roomJoin": True, "room": "lab"}
+        if value is not None:
+            video["canPublishData"] = value
+        assert v.verify(_signed(video=video))["can_publish_data"] is allowed, value
+    # the identity's bound, at the byte
+    assert v.verify(_signed(sub="é" * (auth.MAX_IDENTITY_BYTES // 2)))["identity"]
+    refused("identity", sub="x" * (auth.MAX_IDENTITY_BYTES + 1))
+
+
+def test_development_keys_are_the_pair_not_either_half():
+    assert auth.is_dev_keys(auth.DEV_API_KEY, auth.DEV_API_SECRET)
+    assert not auth.is_dev_keys(auth.DEV_API_KEY, "a-real-secret-of-32-characters-at-least")
+    assert not auth.is_dev_keys("APIrealkey", auth.DEV_API_SECRET)
