@@ -591,6 +591,16 @@ def test_file_delete_refuses_the_firmwares_own_files_and_bad_paths():
         os.rmdir(d)
 
 
+def test_a_put_never_takes_as_its_temporary_file_a_path_being_written():
+    # mutation review: neither the target itself nor another put's target was pinned
+    try:
+        assert files._claim(".put-0.tmp") == ".put-1.tmp"   # a user's file named like one
+        assert files._claim("x.bin") == ".put-2.tmp"        # not the first put's target or temp
+        assert files._claim("d/.put-0.tmp") == "d/.put-1.tmp"
+    finally:
+        files._writing.clear()
+
+
 def test_file_delete_protects_every_file_the_firmware_names():
     # _OWN spells the names so file.delete imports nothing more; this pins them to the
     # modules' own constants, so a rename there cannot silently unprotect a file

@@ -4,6 +4,7 @@ Runs under CPython and MicroPython. Files are made in the working directory with
 per-test prefix and removed afterwards. The sender half (Telemetry) runs against an
 in-memory room (lkedge.memroom, real LINK frames) with a collector participant.
 """
+import asyncio
 import os
 import time
 
@@ -186,6 +187,32 @@ async def test_flush_sends_everything_and_commits_on_the_receivers_answer():
             assert not tel.logged
         finally:
             await close(board, col)
+
+
+async def test_telemetry_goes_to_its_receiver_alone_not_to_the_room():
+    # the library's default destination is everyone (mutation review: dropping
+    # destination_identities went unnoticed)
+    from room_helpers import close, join, settle
+    with Flash("dest") as fl:
+        mem, board, col, got = await collector_pair()
+        eve = await join(mem, "eve")
+        overheard = []
+
+        async def on_stream(reader, sender):
+            overheard.append(await reader.read_all())
+        eve.register_byte_stream_handler("telemetry", on_stream)
+        try:
+            await settle(lambda: "eve" in board.remote_participants)
+            tel = _sender(board, fl.queue())
+            for i in range(3):
+                await tel.sample({"i": i}, i)
+            assert await tel.flush() == 3
+            await settle(lambda: len(got) == 3)
+            for _ in range(20):   # what eve would get has had time to come
+                await asyncio.sleep(0.01)
+            assert got == [0, 1, 2] and overheard == [], overheard
+        finally:
+            await close(board, col, eve)
 
 
 async def test_unsupported_method_is_no_confirmation_and_is_logged_once():
