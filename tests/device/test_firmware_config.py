@@ -109,6 +109,12 @@ def test_the_flash_log_stays_bounded_one_line_per_message():
         for line in lines[:2]:
             assert len(line) <= flashlog.LINE_MAX and line.endswith("..."), len(line)
         assert "two\\u000alines" in lines[1]
+        # line breaks and tabs alone are escaped too: a caller's identity in a logged
+        # message cannot forge a line (mutation review)
+        flashlog.info("by eve\n2026-12-06 ERROR forged line")
+        flashlog.info("tab\there")
+        last = log.text().split("\n")[-3:]
+        assert "by eve\\u000a2026-12-06 ERROR forged line" in last[0] and "tab\\u0009here" in last[1], last
         for i in range(200):
             flashlog.info("%d %s" % (i, "y" * 500))
         for p in (flashlog.LOG, flashlog.OLD):
