@@ -147,3 +147,18 @@ def test_serve_refuses_a_file_without_methods(tmp_path):
     f.write_text("X = 1\n")
     r = _lk("serve", str(f), "--url", "tcp://127.0.0.1:1")
     assert r.returncode == 2 and "defines no public functions" in r.stderr
+
+
+def test_the_output_files_temporary_is_created_anew_never_through_what_is_there(tmp_path, monkeypatch):
+    # the temporary beside -o FILE is opened exclusively: a symlink planted at its name
+    # is not followed (mutation review: "xb" -> "wb" went unnoticed)
+    from lkedge_host import calls
+    monkeypatch.setattr(os, "getpid", lambda: 4242)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "out.txt"
+    os.symlink(str(victim), str(tmp_path / ".out.txt.4242.part"))
+    with pytest.raises(calls.OutputError) as e:
+        calls._Sink(str(out))
+    assert "cannot write the response to %s" % out in str(e.value), e.value
+    assert victim.read_text() == "keep me"
