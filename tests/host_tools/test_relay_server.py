@@ -643,3 +643,31 @@ async def test_a_serial_links_frame_goes_out_in_slices_that_show_its_progress():
     assert bytes(line.got) == frame and ln.buffered() == 0
     left = [n for n in seen if n]
     assert len(set(left)) >= 3 and left == sorted(left, reverse=True), seen   # shrinking as it goes
+
+
+async def test_a_paused_sender_the_relay_closes_ends_its_link():
+    # a sender paused (its receiver's queue full) waits on `readable`; closed by the
+    # router (here: its identity joined again), finish() must wake it, or its link's
+    # run() never returns and the link is held for good (mutation review)
+    async with RelayUnderTest(queue_bytes=64 * 1024, stuck_ms=60000) as r:
+        before = set(r.srv.links)
+        sender = await r.peer("fast")
+        (cid,) = set(r.srv.links) - before
+        slow = await r.peer("slow")
+        await sender.expect(link.PARTICIPANT)
+        slow._task.cancel()             # stop reading: the kernel buffers fill, then ours
+        chunk = user_packet(b"z" * 15000, dest=["slow"])
+        deadline = time.monotonic() + 8
+        while r.srv.links[cid].readable.is_set() and time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(sender.send_data(chunk), 0.5)
+            except asyncio.TimeoutError:
+                pass
+            await asyncio.sleep(0)
+        assert not r.srv.links[cid].readable.is_set(), "the sender was never paused"
+        await r.peer("fast")            # the same identity again: the paused one is closed
+        for _ in range(300):
+            if cid not in r.srv.links:
+                break
+            await asyncio.sleep(0.01)
+        assert cid not in r.srv.links, "the paused link the router closed was never let go"
