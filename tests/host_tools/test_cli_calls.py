@@ -162,3 +162,21 @@ def test_the_output_files_temporary_is_created_anew_never_through_what_is_there(
         calls._Sink(str(out))
     assert "cannot write the response to %s" % out in str(e.value), e.value
     assert victim.read_text() == "keep me"
+
+
+async def test_a_destination_that_never_acknowledges_is_exit_1_after_the_ack_timeout(served):
+    # 1501 is said here, not returned by the destination: exit 1 as documented, not 3
+    # (mutation review)
+    import asyncio
+    from linkpeer import LinkPeer
+    host, port = served.url[len("tcp://"):].rsplit(":", 1)
+    mute = await LinkPeer.tcp(host, int(port))
+    await mute.join(served.token("mute"))
+    try:
+        proc = await asyncio.create_subprocess_exec(*LKEDGE, "call", "mute", "m", "--url", served.url,
+                                                    "--timeout", "30", stderr=subprocess.PIPE)
+        err = (await asyncio.wait_for(proc.communicate(), 40))[1].decode()
+        assert proc.returncode == 1, err
+        assert "'mute' did not acknowledge the call within 7 s (RPC error 1501)" in err, err
+    finally:
+        await mute.close()
