@@ -146,7 +146,9 @@ class _Base:
         if self.max_output is not None and self.total_out > self.max_output:
             self._fail("decompression output exceeds %d bytes" % self.max_output)
         r = self.max_inflate_ratio
-        if r is not None and self.total_out > r * self.total_in + _RATIO_FREE:
+        # out - FREE > r * in, said without the product: past 2**30 (r * 10 MB in) it is a
+        # long int on a 32-bit board, a heap allocation per output piece
+        if r is not None and (self.total_out - _RATIO_FREE - 1) // r >= self.total_in:
             self._fail("decompression bomb: %d bytes inflated from %d, more than %d times as many "
                        "(RoomOptions.max_inflate_ratio)" % (self.total_out, self.total_in, r))
 
