@@ -29,6 +29,8 @@ import subprocess
 import tempfile
 import tokenize
 
+from lkedge_host import ROOT as _ROOT
+
 _MIN_LEN = 12
 _CALL = "_lkmsg"
 
@@ -402,7 +404,6 @@ def compile_module(mpy_cross, args, src, module, out_dir, renames=None):
 
 
 # ------------------------------------------------------------- `lkedge names`
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def read_table(path):

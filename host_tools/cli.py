@@ -10,6 +10,8 @@ import importlib
 import os
 import sys
 
+from lkedge_host import ROOT as _ROOT
+
 # name: (module, add-arguments function, run function, help)
 COMMANDS = {
     "relay": ("lkedge_host.relay.command", "add_arguments", "run",
@@ -55,7 +57,6 @@ def _parser():
 # The tools read their repository: boards/ (profiles), firmware/ and lib/ (what deploy
 # compiles and copies), tests' device helpers for the emulation. Installed from a wheel
 # (`pip install <checkout>`) only the packages come along.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOT_A_CHECKOUT = ("lkedge runs from a checkout of its repository (it reads boards/, firmware/ and lib/ "
                   "there), and %s has none: install it editable, `pip install -e <checkout>` (the "
                   "checkout's `make demo` does so into its .venv), not from a wheel or an sdist")

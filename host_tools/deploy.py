@@ -90,9 +90,8 @@ import subprocess
 import sys
 import tempfile
 
-from lkedge_host import boardbuild, profiles, relayprobe
+from lkedge_host import ROOT, boardbuild, profiles, relayprobe
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RELAY = "tcp://127.0.0.1:7880"
 DEFAULT_ROOM = "lkedge"
 KEEP_SOURCE = ("boot.py", "main.py")  # a board runs these two from source, by name

@@ -37,7 +37,9 @@ list, ProfileError (ValueError).
 import json
 import os
 
-BOARDS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "boards")
+from lkedge_host import ROOT
+
+BOARDS_DIR = os.path.join(ROOT, "boards")
 
 PORTS = ("esp32", "rp2", "unix")
 MARCHES = ("x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp",
