@@ -283,6 +283,34 @@ def test_paused_sender_is_not_idled_out():
     assert 1 not in s.closed and 2 in s.closed      # b silent: idle; a paused: kept
 
 
+def test_a_resumed_sender_gets_a_whole_idle_timeout_from_its_resume():
+    # It was quiet because the relay stopped reading it: silence while paused is not
+    # idleness, so the idle clock starts again at the resume, not at its last frame.
+    s = Sim(queue_bytes=20000, stuck_ms=10000, idle_timeout_ms=300)
+    s.join(1, "a@r")
+    s.join(2, "b@r")
+    for _ in range(3):
+        s.r.receive(1, data(b"y" * 8000, dest=["b"]), s.now)
+        s.pump(drain=False)
+    assert 1 in s.paused
+    for s.now in range(200, 1001, 200):         # b stays alive (it sends) but reads nothing
+        s.r.receive(2, data(b"k", dest=["a"]), s.now)
+        s.r.tick(s.now)
+        s.pump(drain=False)
+    s.r.drained(2, s.r.queued(2), s.now)        # b reads at 1000 ms: a resumes
+    s.pump(drain=False)
+    assert 1 not in s.paused
+    assert s.r.next_deadline() == 1300
+    s.now = 1299
+    s.r.receive(2, data(b"k", dest=["a"]), s.now)
+    s.r.tick(s.now)
+    s.pump()
+    assert 1 not in s.closed, "a resumed sender must not be idled out for the pause"
+    s.now = 1300
+    s.r.tick(s.now)
+    s.pump()
+    assert 1 in s.closed and s.out[1][-1][1]["code"] == link.LEAVE_IDLE
+
 def test_data_up_to_max_frame_is_forwarded_with_the_stamp_beyond_it():
     s = Sim(max_frame=16384)
     s.join(1, "a-long-identity@r")
