@@ -711,3 +711,32 @@ def test_a_sender_that_leaves_behind_a_full_queue_has_its_frames_there_discarded
     assert s.r.metrics.get("lkedge_relay_drops_total", reason="sender_left_queue_full") == 1
     logs = [a for a in s.r.pop_actions() if a[0] == rt.LOG and a[1] == "discard"]
     assert logs and logs[0][2]["left"] == "x" and logs[0][2]["frames"] == 1, logs
+
+
+def test_a_queue_at_exactly_queue_bytes_is_full_and_one_byte_below_it_is_not():
+    # LINK.md: a destination "at or over" queue_bytes pauses its sender until it drops
+    # "below" it again; the boundary itself counts as full on the way up and down.
+    frame = data(b"y" * 1000, dest=["b"])
+    probe = Sim(queue_bytes=1 << 20)
+    probe.join(1, "a@r")
+    probe.join(2, "b@r")
+    probe.r.receive(1, frame, probe.now)
+    probe.pump(drain=False)
+    size = probe.r.queued(2)                    # one DATA frame as queued, stamped
+    s = Sim(queue_bytes=2 * size, stuck_ms=10000)
+    s.join(1, "a@r")
+    s.join(2, "b@r")
+    s.r.receive(1, frame, s.now)
+    s.pump(drain=False)
+    assert 1 not in s.paused
+    s.r.receive(1, frame, s.now)                # queued == queue_bytes: full
+    s.pump(drain=False)
+    assert s.r.queued(2) == 2 * size and 1 in s.paused
+    s.r.receive(1, frame, s.now)                # what was in flight is still routed
+    s.pump(drain=False)
+    s.r.drained(2, size, s.now)                 # back to exactly queue_bytes: still full
+    s.pump(drain=False)
+    assert s.r.queued(2) == 2 * size and 1 in s.paused
+    s.r.drained(2, 1, s.now)                    # one byte below: a resumes
+    s.pump(drain=False)
+    assert 1 not in s.paused
