@@ -740,3 +740,54 @@ def test_a_queue_at_exactly_queue_bytes_is_full_and_one_byte_below_it_is_not():
     s.r.drained(2, 1, s.now)                    # one byte below: a resumes
     s.pump(drain=False)
     assert 1 not in s.paused
+
+
+def _stamped_size(identity, n):
+    """(incoming frame size, forwarded frame size) of a DATA frame with an n-byte payload
+    from `identity`, through a relay whose max_frame does not bind."""
+    s = Sim(max_frame=1 << 20)
+    s.join(1, identity + "@r")
+    s.join(2, "b@r")
+    s.take(2)
+    body = models.DataPacket(user=models.UserPacket(payload=b"p" * n)).SerializeToString()
+    s.feed(1, link.encode_frame(link.DATA, body))
+    (t, got), = s.take(2)
+    return 1 + len(body), 1 + len(got)
+
+
+def test_data_stamped_to_exactly_max_frame_plus_the_stamp_room_is_forwarded_one_byte_more_is_not():
+    ident = "a" * 600                           # a stamp of more than STAMP_ROOM bytes
+    limit = 16384 + link.STAMP_ROOM
+    n = next(n for n in range(15000, 16384) if _stamped_size(ident, n)[1] == limit)
+    for payload, forwarded in ((n, True), (n + 1, False)):
+        s = Sim(max_frame=16384)
+        s.join(1, ident + "@r")
+        s.join(2, "b@r")
+        s.take(2)
+        body = models.DataPacket(user=models.UserPacket(payload=b"p" * payload)).SerializeToString()
+        assert 1 + len(body) <= 16384            # the frame itself is within max_frame
+        s.feed(1, link.encode_frame(link.DATA, body))
+        assert (s.types(2) == [link.DATA]) is forwarded and (1 in s.closed) is not forwarded, payload
+
+
+def test_an_announcement_of_exactly_a_boards_control_buffer_is_accepted_one_byte_more_is_not():
+    from lkedge import cbor
+    s = Sim()
+    s.join(1, "board@lab")
+
+    def attributes(token):
+        name, n = token.split("+")
+        g = fake_auth(name)
+        g["attributes"] = {"k": "v" * int(n)}
+        return g
+    s.r.authenticate = attributes
+    s.join(2, "host2@lab+16000")
+    announced = s.out[1][-1][1]
+    size = 1 + len(cbor.dumps(announced))       # type byte + body, as a board counts
+    exact = 16000 + rt.BOARD_CONTROL - size
+    for cid, n, accepted in ((3, exact + 1, False), (4, exact, True)):
+        s.join(cid, "host%d@lab+%d" % (cid, n))  # identities of one length: same size
+        assert (s.types(1)[-1] == link.PARTICIPANT and s.out[1][-1][1]["identity"] == "host%d" % cid) \
+            is accepted, n
+        assert (cid in s.closed) is not accepted
+    assert 1 + len(cbor.dumps(s.out[1][-1][1])) == rt.BOARD_CONTROL
