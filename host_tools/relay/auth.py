@@ -6,7 +6,8 @@
   first, then LIVEKIT_API_KEY / LIVEKIT_API_SECRET, else the development keys. One of
   the pair without the other raises `KeyConfigError`.
 - `is_dev_keys(key, secret)`, `is_loopback(host)`, `check_listen_keys(host, key, secret)`
-  (KeyConfigError with the reason when dev keys would listen beyond loopback).
+  (KeyConfigError with the reason when the public development secret, with the
+  development key or any other, would listen beyond loopback).
 - `Verifier(api_key, api_secret, rooms=None)`: `verify(token) -> grant dict`
   {"identity", "room", "can_publish_data", "attributes", "name"}; `AuthError` (with a
   specific reason) for a bad signature/issuer, an expired token, a token WITHOUT `exp`
@@ -124,11 +125,20 @@ def is_loopback(host):
 
 
 def check_listen_keys(host, key, secret):
-    if is_dev_keys(key, secret) and not is_loopback(host):
+    # The secret is what signs tokens, and a key name is no secret (every token carries
+    # it as `iss`): the public secret under another key name is as open as the pair.
+    if secret != DEV_API_SECRET or is_loopback(host):
+        return
+    if key == DEV_API_KEY:
         raise KeyConfigError(
             "refusing to listen on %r with the public development keys: they are accepted "
             "only on loopback (127.0.0.1, ::1, localhost). Set --api-key/--api-secret or "
             "LIVEKIT_API_KEY/LIVEKIT_API_SECRET for a non-loopback host" % host)
+    raise KeyConfigError(
+        "refusing to listen on %r: the API secret is the public development secret (anyone "
+        "can sign tokens with it, whatever the key name %r), accepted only on loopback "
+        "(127.0.0.1, ::1, localhost). Give a secret of your own (--api-secret or "
+        "LIVEKIT_API_SECRET) for a non-loopback host" % (host, key))
 
 
 def parse_ttl(text):

@@ -4,6 +4,7 @@ import sys
 import time
 
 import jwt
+import pytest
 
 from lkedge_host import cli
 from lkedge_host.relay import auth
@@ -125,6 +126,20 @@ def test_dev_key_rules():
         else:
             raise AssertionError("dev keys allowed on %r" % host)
     auth.check_listen_keys("0.0.0.0", "real", "s" * 40)
+
+
+def test_the_public_development_secret_under_another_key_name_listens_on_loopback_only():
+    # The secret signs the tokens and the key name is public (`iss`): renaming the key
+    # does not make the public secret private.
+    auth.check_listen_keys("127.0.0.1", "mykey", auth.DEV_API_SECRET)
+    with pytest.raises(auth.KeyConfigError) as e:
+        auth.check_listen_keys("0.0.0.0", "mykey", auth.DEV_API_SECRET)
+    assert "the API secret is the public development secret" in str(e.value)
+    assert "'mykey'" in str(e.value) and "--api-secret" in str(e.value)
+    auth.check_listen_keys("0.0.0.0", auth.DEV_API_KEY, "a secret of my own, 32 bytes or more")
+    r = lkedge("relay", "--host", "0.0.0.0", "--port", "0", "--ws-port", "0",
+               "--api-key", "mykey", "--api-secret", auth.DEV_API_SECRET)
+    assert r.returncode != 0 and "the API secret is the public development secret" in r.stderr, r.stderr
 
 
 def test_a_short_secret_is_warned_about_in_our_words_not_pyjwts():
