@@ -564,3 +564,60 @@ async def test_a_wifi_that_stays_down_goes_to_the_flash_log_once_then_with_a_cou
             assert "(STAT_NO_AP_FOUND); trying again with backoff" in lines[0], lines
     finally:
         app.WIFI_RETRY_MIN_MS, app.WIFI_RETRY_MAX_MS = saved
+
+
+def _trial_at(changed_cfg, clock):
+    """A Trial of changed_cfg against GOOD_CFG, with lastgood's clock read from clock[0]."""
+    config.save(GOOD_CFG, lastgood.GOOD)
+    saved = lastgood.now_ms
+    lastgood.now_ms = lambda: clock[0]
+    try:
+        return lastgood.Trial(changed_cfg), saved
+    except BaseException:
+        lastgood.now_ms = saved
+        raise
+
+
+def test_only_failures_that_what_changed_can_explain_count_against_a_config_on_trial():
+    # the table in lastgood's docstring, each change against each failure kind
+    W, R, T = lastgood.WIFI, lastgood.RELAY, lastgood.TOKEN
+    changes = {W: {"wifi": {"ssid": "other", "password": "pw"}}, R: {"relay": "tcp://10.0.0.9:7880"},
+               T: {"token": "tok-new"}}
+    counts = {W: (W, R), R: (R, T), T: (T,)}   # change -> the failure kinds that count
+    for change, kw in changes.items():
+        for kind in (W, R, T):
+            with Flash():
+                clock = [1000]
+                trial, saved = _trial_at(_cfg(revert_after_s=3600, **kw), clock)
+                try:
+                    assert trial.on and trial.changed == [change]
+                    clock[0] = 1700
+                    assert trial.failed("why", kind) is False
+                    counted = kind in counts[change]
+                    assert trial.base == (700 if counted else 0), (change, kind, trial.base)
+                    note = json.loads(_read(lastgood.TRIAL) or b"{}")
+                    assert note.get("tried_ms") == (700 if counted else None), (change, kind, note)
+                finally:
+                    lastgood.now_ms = saved
+
+
+def test_trial_time_counts_from_the_previous_failure_and_at_least_the_attempts_minimum():
+    with Flash():
+        clock = [1000]
+        trial, saved = _trial_at(_cfg(relay="tcp://10.0.0.9:7880", revert_after_s=3600), clock)
+        try:
+            clock[0] = 1500
+            trial.failed("refused", lastgood.RELAY)             # 500 since the boot
+            assert trial.base == 500
+            clock[0] = 1600
+            trial.failed("no wifi", lastgood.WIFI, at_least_ms=20000)  # an outage: not counted
+            assert trial.base == 500
+            clock[0] = 1650
+            trial.failed("refused", lastgood.RELAY)             # 50 since the outage, not 150
+            assert trial.base == 550
+            clock[0] = 1700
+            trial.failed("refused", lastgood.RELAY, at_least_ms=2000)  # 50 took, 2000 counted
+            assert trial.base == 2550
+            assert json.loads(_read(lastgood.TRIAL))["tried_ms"] == 2550
+        finally:
+            lastgood.now_ms = saved
