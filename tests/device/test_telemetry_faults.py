@@ -412,3 +412,77 @@ def test_send_failures_are_logged_at_most_once_per_period():
     finally:
         telemetry.LOG_EVERY_MS = saved
     assert logged[-1] == "telemetry send failed: c (1 more failures not logged since the last line)"
+
+
+class _ClockAt:
+    """lkedge.clock.now_ms read from self.ms while in use (with)."""
+
+    def __init__(self, ms):
+        self.ms = ms
+
+    def __enter__(self):
+        import lkedge.clock
+        self.saved = lkedge.clock.now_ms
+        lkedge.clock.now_ms = lambda: self.ms
+        return self
+
+    def __exit__(self, *exc):
+        import lkedge.clock
+        lkedge.clock.now_ms = self.saved
+
+
+def test_a_failed_send_backs_off_doubling_to_its_cap_and_a_kick_or_success_ends_it():
+    tel = telemetry.Telemetry(None, None, "collector", "board", log=lambda msg: None)
+    with _ClockAt(10000) as clock:
+        assert tel.due()
+        waits = []
+        for _ in range(9):
+            tel._failed("x")
+            waits.append(tel.retry_ms)
+            assert tel.retry_at == clock.ms + tel.retry_ms
+            clock.ms = tel.retry_at - 1
+            assert not tel.due()
+            clock.ms = tel.retry_at           # due again exactly at retry_at
+            assert tel.due()
+        assert waits == [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000], waits
+        assert tel.failures == 9
+        tel.kicked()                          # the receiver joined: at once, from the start
+        assert tel.due() and tel.retry_ms == 0
+        tel._failed("x")
+        assert tel.retry_ms == 1000
+        tel._succeeded()
+        assert tel.due() and tel.retry_ms == 0 and tel.failures == 0
+        tel._failed("x")
+        assert tel.retry_ms == 1000
+
+
+class _NeverConfirms:
+    """A named fake of the room's local participant: the stream goes out, and every
+    telemetry.sync times out (1502), recording the response_timeout it was given."""
+
+    def __init__(self):
+        self.identity = "board"
+        self.timeouts = []
+
+    async def send_bytes(self, data, **kw):
+        pass
+
+    async def perform_rpc(self, destination_identity, method, payload, response_timeout):
+        from lkedge.rpc import RpcError
+        self.timeouts.append(response_timeout)
+        raise RpcError(1502, "Response timeout")
+
+
+async def test_the_confirmation_timeout_grows_with_the_batch_doubles_after_each_timeout_and_is_capped():
+    class Room:
+        local_participant = _NeverConfirms()
+    tel = telemetry.Telemetry(Room(), None, "collector", "board", log=lambda msg: None)
+    batch = b"x" * 3000                       # 2 whole KiB: 2 s more than the base
+    for _ in range(6):
+        assert await tel._send(batch, 10, 9) is False
+    assert Room.local_participant.timeouts == [7, 12, 22, 42, 60, 60], Room.local_participant.timeouts
+    assert tel.timeout_s == telemetry.SYNC_TIMEOUT_MAX_S
+    tel._succeeded()                          # a confirmation: back to the base
+    assert tel.timeout_s == telemetry.SYNC_TIMEOUT_S
+    assert await tel._send(b"x" * 100, 1, 0) is False
+    assert Room.local_participant.timeouts[-1] == telemetry.SYNC_TIMEOUT_S

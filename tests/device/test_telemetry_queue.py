@@ -101,6 +101,21 @@ def test_commit_advances_and_an_unconfirmed_batch_comes_again_after_reboot():
         assert fl.queue().add({}, 0) == 5  # and the numbering still continues
 
 
+def test_a_partly_committed_queue_resumes_after_the_confirmed_part_after_a_reboot():
+    # commit(end, last) of a batch that is not all of the queue: the state's "first"
+    # names the next seq, so a reboot sends on from there, not the confirmed part again
+    with Flash("partial") as fl:
+        q = fl.queue()
+        for i in range(8):
+            q.add({"i": i}, i)
+        data, count, last, end = q.batch(max_bytes=40)
+        assert 0 < count < 8 and last == count - 1
+        q.commit(end, last)
+        q = fl.queue()                        # a reboot
+        rest, n, last2, end2 = q.batch()
+        assert _seqs(rest) == list(range(count, 8)) and n == 8 - count and last2 == 7
+
+
 def test_a_torn_last_record_is_cut_off_at_boot():
     with Flash("torn") as fl:
         q = fl.queue()
