@@ -234,3 +234,15 @@ def test_a_save_the_flash_refuses_leaves_the_old_file_and_no_tmp_behind():
     finally:
         firmware_path.rm(PREFIX + "good.json", folder + ".tmp")
         os.rmdir(folder)
+
+
+def test_each_numeric_key_takes_its_bounds_and_refuses_just_past_them():
+    bounds = {"telemetry_interval_s": (0.1, 86400), "wifi_timeout_s": (1, 300),
+              "rejoin_s": (1, 86400), "revert_after_s": (1, 86400)}
+    for key, (low, high) in bounds.items():
+        for ok in (low, high, (low + high) / 2):
+            assert config.problem(key, ok) is None, (key, ok)
+        for bad in (low - 0.01, high + 0.01, float("nan")):
+            said = config.problem(key, bad)
+            assert said is not None and key in said and ("%r" % (bad,)) in said, (key, bad, said)
+        assert "wrong type" in config.problem(key, True)
