@@ -864,3 +864,18 @@ def test_a_flash_that_fills_up_during_the_renames_does_not_claim_the_old_firmwar
     assert got.renaming and "while the new files were put in place: the board may hold part of each" in str(got)
     assert "OSError: [Errno 28] ENOSPC" in str(got) and "keeps its old firmware" not in str(got)
     assert "rmdir" not in got.cleanup[1]   # only the copies go: the new files may be in those folders
+
+
+@pytest.mark.parametrize("where, name, says", [
+    ("", "app.mpy", "another file of the firmware also is"),          # beside app.py: both /app.mpy
+    ("lib/lkedge", "alpha.py", "the library is"),                     # the library's /lib/lkedge/alpha.mpy
+])
+def test_two_files_that_would_be_one_path_on_the_board_are_refused_before_anything_is_copied(
+        firmware, lib, tmp_path, where, name, says):
+    _write(os.path.join(firmware, where), name, "X = 1\n")
+    with pytest.raises(deploy.UsageError) as e:
+        deploy.plan_build(profiles.load("unix"), lib, firmware, str(tmp_path / "out"),
+                          deploy.find_tool("mpy-cross", None))
+    said = str(e.value)
+    on_board = "/" + "/".join(p for p in (where, name[:-3] + ".mpy" if name.endswith(".py") else name) if p)
+    assert " would be %s on the board, which %s" % (on_board, says) in said, said
