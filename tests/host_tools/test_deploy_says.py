@@ -80,3 +80,34 @@ def test_telemetry_is_not_said_for_a_firmware_of_your_own(unix_board, firmware, 
     cfg = json.loads(subprocess.run([deploy.find_tool("mpremote"), "connect", unix_board, "fs", "cat", ":/config.json"],
                                     capture_output=True, text=True, timeout=30).stdout)
     assert cfg["telemetry_to"] == "collector"
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--telemetry-interval", "0.09"], "--telemetry-interval must be between 0.1 and 86400 seconds, got 0.09"),
+    (["--telemetry-interval", "86400.5"], "--telemetry-interval must be between 0.1 and 86400 seconds, got 86400.5"),
+    (["--telemetry-interval", "nan"], "--telemetry-interval must be between 0.1 and 86400 seconds, got nan"),
+    (["--telemetry-to", "x" * 257], "bad --telemetry-to: "),
+    (["--telemetry-to", "a\udcffb"], "bad --telemetry-to: "),
+])
+def test_telemetry_options_the_board_would_refuse_are_refused_before_any_work(argv, said):
+    with pytest.raises(deploy.UsageError) as e:
+        deploy.check_options(_options(*argv))
+    assert str(e.value).startswith(said), str(e.value)
+
+
+@pytest.mark.parametrize("argv", [["--telemetry-interval", "0.1"], ["--telemetry-interval", "86400"],
+                                  ["--telemetry-to", "x" * 256], ["--telemetry-to", "collector"]])
+def test_telemetry_options_at_their_bounds_are_taken(argv):
+    deploy.check_options(_options(*argv))
+
+
+def test_stale_files_are_the_lib_files_no_longer_built_and_sources_shadowing_a_deployed_mpy(tmp_path):
+    built = tmp_path / "built"
+    built.write_bytes(b"")
+    arts = [deploy.Artifact(p, str(built)) for p in ("/lib/lkedge/room.mpy", "/lib/lkedge/room.msg", "/app.mpy",
+                                              "/drivers/bme.mpy", "/main.py")]
+    listing = {"/": ["app.py", "app.mpy", "main.py", "data.txt"],
+               "/drivers": ["bme.py", "notes.txt"],
+               "/lib/lkedge": ["room.mpy", "room.msg", "old.mpy", "old.msg", "old.py", "renames.txt", "readme.txt"]}
+    assert deploy._stale(arts, listing) == ["/app.py", "/drivers/bme.py", "/lib/lkedge/old.mpy",
+                                            "/lib/lkedge/old.msg", "/lib/lkedge/old.py"]
