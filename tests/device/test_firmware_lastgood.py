@@ -621,3 +621,74 @@ def test_trial_time_counts_from_the_previous_failure_and_at_least_the_attempts_m
             assert json.loads(_read(lastgood.TRIAL))["tried_ms"] == 2550
         finally:
             lastgood.now_ms = saved
+
+
+class _Waits:
+    """app._sleep_ms recording its waits and returning at once (use with `with`)."""
+
+    def __enter__(self):
+        self.saved = app._sleep_ms
+        self.ms = []
+
+        async def sleep_ms(ms):
+            self.ms.append(ms)
+        app._sleep_ms = sleep_ms
+        return self
+
+    def __exit__(self, *exc):
+        app._sleep_ms = self.saved
+
+
+async def test_the_wifi_is_tried_again_doubling_the_wait_up_to_its_cap_and_a_memory_error_is_raised():
+    fails = [9]
+
+    def steps(cfg):
+        if fails[0]:
+            fails[0] -= 1
+            raise OSError("no AP")
+        return [250]                          # the attempt that works: one poll
+    saved = app._wifi_steps
+    app._wifi_steps = steps
+    try:
+        with Flash(), _Waits() as waits:
+            await app._wifi_forever(_cfg(), None, FakeMachine())
+            assert waits.ms == [5000, 10000, 20000, 40000, 80000, 160000, 300000, 300000, 300000, 250], waits.ms
+
+            class Retried(BaseException):
+                pass
+            calls = []
+
+            def no_heap(cfg):
+                calls.append(1)
+                raise MemoryError() if len(calls) == 1 else Retried()
+            app._wifi_steps = no_heap
+            try:
+                await app._wifi_forever(_cfg(), None, FakeMachine())
+            except MemoryError:
+                pass                          # main.py's handler resets the board
+            except Retried:
+                raise AssertionError("a MemoryError must not be retried as a Wi-Fi failure")
+            assert calls == [1] and waits.ms[-1] == 250
+    finally:
+        app._wifi_steps = saved
+
+
+async def test_joining_is_tried_again_doubling_up_to_its_cap_and_a_refused_token_waits_longer():
+    class Refusing:
+        def __init__(self, codes):
+            self.codes = codes
+
+        async def connect(self, url, token):
+            if self.codes:
+                raise ConnectError("refused", self.codes.pop(0))
+    with Flash(), _Waits() as waits:
+        app.RETRY_MIN_MS, app.RETRY_MAX_MS = 1000, 30000   # the firmware's (Flash shortens them)
+        await app._connect_forever(Refusing([None] * 7), _cfg())
+        assert waits.ms == [1000, 2000, 4000, 8000, 16000, 30000, 30000], waits.ms
+        del waits.ms[:]
+        # LEAVE 3: a person must deploy a new token; the wait is UNAUTHORIZED_RETRY_MS,
+        # or revert_after_s when shorter, and never less than the backoff
+        await app._connect_forever(Refusing([3, None, 3]), _cfg(revert_after_s=3600))
+        await app._connect_forever(Refusing([None, None, 3]), _cfg(revert_after_s=1))
+        assert waits.ms == [app.UNAUTHORIZED_RETRY_MS, 2000, app.UNAUTHORIZED_RETRY_MS,
+                            1000, 2000, 4000], waits.ms
