@@ -583,3 +583,22 @@ def test_installed_without_its_checkout_the_command_says_so(tmp_path, monkeypatc
         err = capsys.readouterr().err
         assert "runs from a checkout of its repository" in err and "pip install -e <checkout>" in err, err
         assert str(tmp_path) in err
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_an_output_the_user_may_not_write_is_refused_before_the_call(tmp_path, monkeypatch, exists):
+    # as root every file is writable, so the check is driven by os.access itself here
+    from lkedge_host import calls
+    out = tmp_path / "out.txt"
+    if exists:
+        out.write_text("old")
+    asked = []
+
+    def access(path, mode):
+        asked.append((str(path), mode))
+        return False
+    monkeypatch.setattr(calls.os, "access", access)
+    with pytest.raises(calls.UsageError) as e:
+        calls._check_output(str(out))
+    assert str(e.value) == "--output %s is not writable" % out
+    assert asked == [(str(out) if exists else str(tmp_path), os.W_OK)], asked
