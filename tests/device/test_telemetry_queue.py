@@ -288,3 +288,30 @@ async def test_a_receiver_error_other_than_unsupported_method_is_no_confirmation
             assert "4999" in tel.logged[0]
         finally:
             await close(board, col)
+
+
+def test_a_state_file_with_a_count_that_is_no_count_is_damaged_and_the_queue_is_followed():
+    bad = ('{"seq": "5", "first": 0, "dropped": 0, "boot": 1}', '{"seq": -1, "first": 0, "dropped": 0, "boot": 1}',
+           '{"seq": true, "first": 0, "dropped": 0, "boot": 1}', '{"seq": 5, "first": 0, "dropped": -2, "boot": 1}',
+           '{"seq": 5, "first": 0, "dropped": 1.5, "boot": 1}', '{"seq": 5, "first": "0", "dropped": 0, "boot": 1}',
+           '{"seq": 5, "first": -1, "dropped": 0, "boot": 1}', '{"seq": 5, "first": false, "dropped": 0, "boot": 1}',
+           '{"first": 0, "dropped": 0, "boot": 1}', '[5, 0, 0]', '5')
+    for text in bad:
+        with Flash("countstate") as fl:
+            q = fl.queue()
+            for i in range(3):
+                q.add({"i": i}, i)
+            with open(fl.prefix + telemetry.STATE, "w") as f:
+                f.write(text)
+            q = fl.queue()
+            said = [n for n in q.notes if "damaged: seq follows the queue file" in n]
+            assert said and q.seq == 3 and q.batch()[1] == 3, (text, q.seq, q.notes)
+            assert isinstance(q.dropped, int) and not isinstance(q.dropped, bool) and q.dropped >= 0, text
+    with Flash("countstate") as fl:     # the counts at their least are good ones
+        q = fl.queue()
+        for i in range(3):
+            q.add({"i": i}, i)
+        with open(fl.prefix + telemetry.STATE, "w") as f:
+            f.write('{"seq": 3, "first": 0, "dropped": 0, "boot": 1}')
+        q = fl.queue()
+        assert not [n for n in q.notes if "damaged" in n] and q.seq == 3 and q.batch()[1] == 3, q.notes
