@@ -872,12 +872,49 @@ def _refuse_mute(args):
                          "first answer); give a token that grants it")
 
 
+class _EarlyStop:
+    """Until serving begins, Ctrl-C, SIGTERM and SIGHUP stop serve: they are remembered
+    (`seen`) and cancel the main task, again every 0.2 s while it is joining. Raised from
+    a signal handler, a KeyboardInterrupt could land inside the joining task, which then
+    kept it (a stop while connecting printed "Task exception was never retrieved"); and
+    Python 3.11's wait_for loses a cancel that comes as the awaited step ends (a stop
+    while connecting then waited for the join's 10 s timeout, or was not a stop at all)."""
+
+    def __init__(self):
+        import signal
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.seen = []
+        self.joining = True
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            try:
+                self.loop.add_signal_handler(sig, self._stop, sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+
+    def _stop(self, sig):
+        self.seen.append(sig)
+        self._cancel()
+
+    def _cancel(self):
+        if not self.task.done():
+            self.task.cancel()
+            if self.joining:
+                self.loop.call_later(0.2, self._cancel)
+
+
 async def _serve(args):
+    stop = _EarlyStop()   # _until_stopped takes the signals over once serving
     loaded = _load(args)
     if loaded is None:
         return EXIT_USAGE
     # A server stays: after a link loss (relay restarted, network) it rejoins by itself.
     room = await _join(args, "serve", auto_reconnect=True)
+    stop.joining = False
+    if stop.seen:   # a stop whose cancels the join's steps all lost
+        if room is not None:
+            await room.disconnect()
+        raise asyncio.CancelledError()
     if room is None:
         return EXIT_CONNECT
     room.on("reconnecting", lambda: _said("link lost: %s; rejoining %s ..." % (room.last_error, args.url)))
@@ -886,6 +923,9 @@ async def _serve(args):
     if names is None:
         await room.disconnect()
         return EXIT_ERROR
+    if stop.seen:   # during register(room)
+        await room.disconnect()
+        raise asyncio.CancelledError()
     print("lkedge serve: %s in room %s serving %s" % (room.local_participant.identity, room.name,
                                                       ", ".join(names) or "no RPC method"), flush=True)
     code = await _until_stopped(room)
@@ -1146,7 +1186,7 @@ def run_serve(args):
     _stop_on_signals()   # serving, its own handlers take over (_until_stopped)
     try:
         return asyncio.run(_serve(args))
-    except KeyboardInterrupt:   # Ctrl-C or SIGTERM before serving began (joining): a stop too
+    except (KeyboardInterrupt, asyncio.CancelledError):   # Ctrl-C, SIGTERM or SIGHUP while joining: a stop too
         _said("stopped before serving began")
         return EXIT_OK
 

@@ -69,17 +69,21 @@ def _usage_error(r, *texts):
 
 
 class _Serve:
-    """`lkedge serve FILE` in the background, its stderr collected line by line."""
+    """`lkedge serve FILE` in the background, its stderr collected line by line. It never
+    outlives the test: a start that fails kills it, and stop() kills one that does not
+    stop on Ctrl-C (the next tests would meet it in the room under the same identity)."""
 
     def __init__(self, path, url, identity="host", *extra):
         self.proc = subprocess.Popen(LKEDGE + ["serve", path, "--url", url, "--identity", identity] + list(extra),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-        line = self.proc.stdout.readline()
-        assert "serving" in line, line + self.proc.stderr.read()
         self.lines = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stderr.readline, "")),
                                        daemon=True)
         self.reader.start()
+        self.line = self.proc.stdout.readline()   # "" when it ended first
+        if "serving" not in self.line:
+            self.stop()
+            raise AssertionError("lkedge serve did not start: %r %s" % (self.line, self.err))
 
     @property
     def err(self):
@@ -93,10 +97,16 @@ class _Serve:
             time.sleep(0.05)
         raise AssertionError("%r not in serve's stderr: %r" % (text, self.err))
 
-    def stop(self):
+    def stop(self, timeout=10):
+        """Ctrl-C it; -> its exit code (None when it had to be killed)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
-        code = self.proc.wait(10)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            code = None
         self.reader.join(5)
         return code
 
@@ -261,6 +271,7 @@ def test_a_refused_token_gets_the_keys_advice_only_when_the_keys_are_what_is_wro
 def test_serve_rejoins_after_a_relay_restart_and_stops_when_replaced(handlers):
     with RelayProcess() as relay:
         s = _Serve(handlers, relay.url, "svc")
+        second = None
         try:
             relay.restart()   # same port: LEAVE 5, then the relay is back
             s.wait_for("rejoined room lkedge as svc")
@@ -271,9 +282,10 @@ def test_serve_rejoins_after_a_relay_restart_and_stops_when_replaced(handlers):
             # (`room`/`call --identity svc` refuse to: a second serve does not)
             second = _Serve(handlers, relay.url, "svc")
             assert s.proc.wait(10) == 4
-            second.stop()
         finally:
             s.stop()
+            if second is not None:
+                second.stop()
     assert "link lost: LEAVE 5" in s.err
     assert "stopped: the relay will not take us back: LEAVE 2" in s.err
     assert "give each its own --identity" in s.err
@@ -548,13 +560,21 @@ def test_serve_stopped_while_joining_exits_0_and_imports_modules_beside_its_file
     silent = socket.socket()   # accepts, never answers: serve waits for its JOINED
     silent.bind(("127.0.0.1", 0))
     silent.listen(4)
+    silent.settimeout(60)
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             p = subprocess.Popen(LKEDGE + ["serve", str(f), "--url", "tcp://127.0.0.1:%d" % silent.getsockname()[1]],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-            time.sleep(1.5)
+            try:
+                # its link is up: it is joining (a fixed 1.5 s landed in its imports
+                # on a loaded machine, a Python traceback instead of a stop)
+                conn, _ = silent.accept()
+            except socket.timeout:
+                p.kill()
+                raise AssertionError("serve never connected: %s" % (p.communicate()[1],))
             p.send_signal(sig)
             _out, err = p.communicate(timeout=15)
+            conn.close()
             assert p.returncode == 0, (sig, p.returncode, err)
             assert "stopped before serving began" in err and "Traceback" not in err, err
     finally:

@@ -4,10 +4,8 @@ method (register(room)'s too) listed and logged, a token that could never answer
 serve is a real process; calls come from a Room in the test (many at once, quickly)."""
 import asyncio
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -17,7 +15,7 @@ from lkedge.room import Room
 from lkedge.rpc import RpcError
 from lkedge_host.relay import auth
 from lkedge_host.relay.process import RelayProcess
-from test_cli_mistakes import _env   # the environment without the user's LKEDGE_/LIVEKIT_ settings
+from test_cli_mistakes import _env, _Serve   # no LKEDGE_/LIVEKIT_ settings; serve in the background
 
 LKEDGE = [os.path.join(os.path.dirname(sys.executable), "lkedge")]
 NOWHERE = "tcp://127.0.0.1:1"   # nothing listens: a serve that tried to join would exit 4
@@ -70,18 +68,11 @@ def methods_file(tmp_path_factory):
 def serve(methods_file):
     """(relay, serve process, its first stdout line, its stderr lines so far)."""
     with RelayProcess() as relay:
-        p = subprocess.Popen(LKEDGE + ["serve", methods_file, "--url", relay.url, "--identity", "host"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-        line = p.stdout.readline()
-        lines = []
-        reader = threading.Thread(target=lambda: lines.extend(iter(p.stderr.readline, "")), daemon=True)
-        reader.start()
-        assert "serving" in line, line + p.stderr.read()
-        yield relay, p, line, lines
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-        p.wait(10)
-        reader.join(5)
+        s = _Serve(methods_file, relay.url)
+        try:
+            yield relay, s.proc, s.line, s.lines
+        finally:
+            s.stop()
 
 
 async def _caller(relay):
@@ -158,19 +149,16 @@ async def test_methods_register_adds_are_listed_and_logged(serve):
 
 def test_ctrl_c_stops_serve_with_0_even_with_a_plain_method_running(methods_file):
     with RelayProcess() as relay:
-        p = subprocess.Popen(LKEDGE + ["serve", methods_file, "--url", relay.url, "--identity", "busy"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-        assert "serving" in p.stdout.readline()
+        s = _Serve(methods_file, relay.url, "busy")
         c = subprocess.Popen(LKEDGE + ["call", "busy", "hold", "30", "--url", relay.url],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
         time.sleep(1.5)
-        p.send_signal(signal.SIGINT)
         try:
-            assert p.wait(5) == 0
+            assert s.stop(5) == 0
         finally:
             c.kill()
             c.wait(10)
-        assert "lkedge serve: stopped" in p.stderr.read()
+        assert "lkedge serve: stopped" in s.err
 
 
 def test_a_token_without_can_publish_data_is_refused_before_joining(methods_file):
