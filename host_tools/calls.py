@@ -894,13 +894,15 @@ class _EarlyStop:
 
     def _stop(self, sig):
         self.seen.append(sig)
-        self._cancel()
-
-    def _cancel(self):
         if not self.task.done():
             self.task.cancel()
-            if self.joining:
-                self.loop.call_later(0.2, self._cancel)
+            self.loop.call_later(0.2, self._again)
+
+    def _again(self):
+        # only while joining: serve's own LEAVE after the join must not be cut short
+        if self.joining and not self.task.done():
+            self.task.cancel()
+            self.loop.call_later(0.2, self._again)
 
 
 async def _serve(args):
