@@ -17,7 +17,8 @@ garbage collection" in lkedge_host/board.py)
 
 with stdin/stdout on a pseudo-terminal whose line discipline turns Ctrl-C into SIGINT
 (that is how a running program gets KeyboardInterrupt, as on a board) and fd FD a pipe
-to the supervisor (ctl=FD: "R" ready, "W<ms>" watchdog armed, "F" fed, "G" a Ctrl-C
+to the supervisor (ctl=FD: "R" ready, "W<ms>" watchdog armed, "F" fed, "X<code>" the
+exit code it is about to end with, "G" a Ctrl-C
 landed in a garbage collection: see _gc_interrupted).
 
 The flash: the supervisor runs the interpreter with the flash folder as its working
@@ -83,10 +84,12 @@ class Console:
                 # the tty has VMIN=0, so readinto returns what is there instead of
                 # waiting for the whole buffer
                 n = sys.stdin.buffer.readinto(self.buf)
+                # kept before the try ends: a Ctrl-C is raised at the next jump, which
+                # may be the try's own exit, outside it; the bytes read stay for the
+                # next getc() instead of being lost with the local
+                self.pos, self.end = 0, n or 0
             except KeyboardInterrupt:
                 return 3
-            self.pos = 0
-            self.end = n or 0
         c = self.buf[self.pos]
         self.pos += 1
         return c
@@ -142,6 +145,7 @@ class Rom:
         self.cont = False
         self.paste = False
         self.esc = 0
+        self.serving = False  # serve() has shown its banner
 
     # ----------------------------------------------------------- execution
     def print_exc(self, e):
@@ -358,10 +362,18 @@ class Rom:
 
     # ----------------------------------------------------------- main loop
     def serve(self):
-        if self.raw:
-            self.raw_enter()
+        if self.serving:
+            # Back after a Ctrl-C that landed outside the loop's try (between bytes, or
+            # in the banner): it is the byte itself, as below. Showing the banner again
+            # (and clearing the raw REPL's line) gave mpremote a second "raw REPL"
+            # prompt in the middle of its exchange.
+            self.raw_char(3) if self.raw else self.friendly_char(3)
         else:
-            self.friendly_enter()
+            self.serving = True
+            if self.raw:
+                self.raw_enter()
+            else:
+                self.friendly_enter()
         while True:
             c = self.con.getc()
             try:
@@ -609,6 +621,11 @@ def main():
             ctl.write(b"G\n")   # the supervisor restarts the board at its REPL
         raise
     del keep
+    if ctl is not None:
+        # Said before the exit: the unix port leaves SIGINT to its default action once
+        # the ROM has ended, so a Ctrl-C then kills the interpreter (-2), and the
+        # supervisor would take a machine.reset() for a crash
+        ctl.write(("X%d\n" % code).encode())
     while True:
         try:
             sys.exit(code)

@@ -532,3 +532,55 @@ def test_emulated_board_says_why_it_did_not_start_and_takes_env_and_reset(tmp_pa
         with pytest.raises(TypeError) as e:
             b.deploy(str(tmp_path), "tcp://127.0.0.1:1", profile="esp32")
         assert "takes no profile=" in str(e.value) and "my-unix" in str(e.value), e.value
+
+
+def test_a_ctrl_c_that_kills_the_interpreter_on_its_way_out_keeps_the_exit_it_announced(flash):
+    # The unix port leaves SIGINT to its default action once the ROM has ended: a Ctrl-C
+    # then (mpremote's, as a machine.reset() completes) killed it with -2, and the board
+    # restarted as after a crash (a hard reset, its cause lost). The ROM says "X<code>"
+    # on its control pipe first; a -SIGINT after that is the exit it announced.
+    sup = board.Supervisor(profiles.load("unix"), flash, board.find_micropython())
+    rd, wr = os.pipe()
+    os.set_blocking(rd, False)
+    sup.ctl, sup.ctl_buf = rd, b""
+    try:
+        assert sup._ended_with(-signal.SIGINT) == -signal.SIGINT   # nothing said: a crash
+        os.write(wr, b"R\nX100\n")
+        sup._control()
+        assert sup.exiting == 100
+        assert sup._ended_with(-signal.SIGINT) == 100               # machine.reset()'s
+        assert sup._ended_with(-signal.SIGKILL) == -signal.SIGKILL  # not a Ctrl-C: as it is
+        assert sup._ended_with(100) == 100
+    finally:
+        os.close(rd)
+        os.close(wr)
+        for fd in (sup.port_master, sup.port_slave, sup.board_master, sup.board_slave):
+            os.close(fd)
+
+
+def test_the_rom_says_the_exit_code_it_ends_with_before_it_ends(flash):
+    # what _ended_with relies on: "X100" for machine.reset(), on the control pipe
+    from lkedge_host import emulation as emu
+    sup = board.Supervisor(profiles.load("unix"), flash, board.find_micropython(), log=None)
+    said = b""
+    try:
+        sup.start(emu.PWRON_RESET, "friendly")
+        deadline = time.monotonic() + 20
+        while b"R\n" not in said and time.monotonic() < deadline:
+            if _readable(sup.ctl, 0.1):
+                said += os.read(sup.ctl, 256)
+        assert b"R\n" in said, said
+        os.write(sup.board_master, b"\r\x01import machine; machine.reset()\x04")
+        while sup.proc.poll() is None and time.monotonic() < deadline:
+            if _readable(sup.board_master, 0.1):
+                os.read(sup.board_master, 4096)   # its console, drained
+        while _readable(sup.ctl, 0.1):
+            chunk = os.read(sup.ctl, 256)
+            if not chunk:
+                break
+            said += chunk
+        assert sup.proc.returncode == emu.EXIT_RESET and said.endswith(b"X%d\n" % emu.EXIT_RESET), said
+    finally:
+        sup.shutdown()
+        for fd in (sup.port_master, sup.port_slave, sup.board_master, sup.board_slave, sup.ctl):
+            os.close(fd)
