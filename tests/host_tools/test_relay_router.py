@@ -269,7 +269,8 @@ def test_full_queue_pauses_sender_then_resumes_or_drops_receiver():
     assert s.out[3][-1][0] == link.PARTICIPANT_LEFT
 
 
-def test_paused_sender_is_not_idled_out():
+def _a_paused_by_b():
+    """A Sim (idle timeout 300 ms) where a (1) is paused by b (2), which reads nothing."""
     s = Sim(queue_bytes=20000, stuck_ms=10000, idle_timeout_ms=300)
     s.join(1, "a@r")
     s.join(2, "b@r")
@@ -277,6 +278,11 @@ def test_paused_sender_is_not_idled_out():
         s.r.receive(1, data(b"y" * 8000, dest=["b"]), s.now)
         s.pump(drain=False)
     assert 1 in s.paused
+    return s
+
+
+def test_paused_sender_is_not_idled_out():
+    s = _a_paused_by_b()
     s.now = 1000
     s.r.tick(s.now)
     s.pump(drain=False)
@@ -286,13 +292,7 @@ def test_paused_sender_is_not_idled_out():
 def test_a_resumed_sender_gets_a_whole_idle_timeout_from_its_resume():
     # It was quiet because the relay stopped reading it: silence while paused is not
     # idleness, so the idle clock starts again at the resume, not at its last frame.
-    s = Sim(queue_bytes=20000, stuck_ms=10000, idle_timeout_ms=300)
-    s.join(1, "a@r")
-    s.join(2, "b@r")
-    for _ in range(3):
-        s.r.receive(1, data(b"y" * 8000, dest=["b"]), s.now)
-        s.pump(drain=False)
-    assert 1 in s.paused
+    s = _a_paused_by_b()
     for s.now in range(200, 1001, 200):         # b stays alive (it sends) but reads nothing
         s.r.receive(2, data(b"k", dest=["a"]), s.now)
         s.r.tick(s.now)
