@@ -226,9 +226,10 @@ class Supervisor:
                 return None
             raise
 
-    def _write(self, fd, buf):
+    def _write(self, fd, buf, end=None):
+        """Write what the fd takes of buf (of buf[:end]) and drop it from buf."""
         try:
-            n = os.write(fd, buf)
+            n = os.write(fd, buf if end is None else buf[:end])
         except (BlockingIOError, InterruptedError):
             return
         del buf[:n]
@@ -245,16 +246,12 @@ class Supervisor:
             elif fd == self.ctl:
                 self._control()
         if self.ready and self.inbuf:
-            # A Ctrl-C goes in a write of its own, the bytes after it at the next turn:
-            # written with them (mpremote's "\r\x03\r\x01" held while the board
-            # booted), the bytes after the SIGINT were lost to the booting interpreter
-            # about once in 14 boots (its Ctrl-A unseen, mpremote waited for ever for
-            # the raw REPL); once in ~300 apart. Why is not known (lkedge notes).
-            cut = self.inbuf.find(3) + 1 or len(self.inbuf)
-            chunk = self.inbuf[:cut]
-            n = len(chunk)
-            self._write(self.board_master, chunk)
-            del self.inbuf[:n - len(chunk)]
+            # A Ctrl-C ends a write, the bytes after it go at the next turn: written
+            # with them (mpremote's "\r\x03\r\x01" held while the board booted), the
+            # bytes after the SIGINT were lost to the booting interpreter about once
+            # in 14 boots (its Ctrl-A unseen, mpremote waited for ever for the raw
+            # REPL); about once in 300 apart. Why is not known yet.
+            self._write(self.board_master, self.inbuf, self.inbuf.find(3) + 1 or None)
         if self.outbuf:
             self._write(self.port_master, self.outbuf)
 

@@ -1185,7 +1185,7 @@ def run_serve(args):
         _refuse_mute(args)
     except UsageError as e:
         return _usage("serve", e)
-    _stop_on_signals()   # serving, its own handlers take over (_until_stopped)
+    _stop_on_signals()   # until the loop runs: then _EarlyStop's, and once serving _until_stopped's
     try:
         return asyncio.run(_serve(args))
     except (KeyboardInterrupt, asyncio.CancelledError):   # Ctrl-C, SIGTERM or SIGHUP while joining: a stop too
