@@ -15,7 +15,9 @@ port. Runs until stopped (SIGINT/SIGTERM).
 The host side of the emulation is this supervisor. It owns the pty that mpremote
 opens, and runs the interpreter on a second, private pty whose line discipline turns
 Ctrl-C (0x03) into SIGINT for the interpreter (with NOFLSH, so the bytes after it stay
-queued), which is how a running program on the board gets KeyboardInterrupt. Bytes are
+queued), which is how a running program on the board gets KeyboardInterrupt; the ROM
+turns that off while its REPL reads, which then gets Ctrl-C as a byte (emulation/rom.py
+Console: a signal that came as a read returned lost that read's bytes). Bytes are
 copied both ways; input is held back until the new interpreter reports that it is
 ready. machine.reset(), soft reboots, deep sleep and a starved watchdog end the
 interpreter (exit codes in emulation/__init__.py) and the supervisor starts a new one
@@ -226,10 +228,10 @@ class Supervisor:
                 return None
             raise
 
-    def _write(self, fd, buf, end=None):
-        """Write what the fd takes of buf (of buf[:end]) and drop it from buf."""
+    def _write(self, fd, buf):
+        """Write what the fd takes of buf and drop it from buf."""
         try:
-            n = os.write(fd, buf if end is None else buf[:end])
+            n = os.write(fd, buf)
         except (BlockingIOError, InterruptedError):
             return
         del buf[:n]
@@ -246,12 +248,7 @@ class Supervisor:
             elif fd == self.ctl:
                 self._control()
         if self.ready and self.inbuf:
-            # A Ctrl-C ends a write, the bytes after it go at the next turn: written
-            # with them (mpremote's "\r\x03\r\x01" held while the board booted), the
-            # bytes after the SIGINT were lost to the booting interpreter about once
-            # in 14 boots (its Ctrl-A unseen, mpremote waited for ever for the raw
-            # REPL); about once in 300 apart. Why is not known yet.
-            self._write(self.board_master, self.inbuf, self.inbuf.find(3) + 1 or None)
+            self._write(self.board_master, self.inbuf)
         if self.outbuf:
             self._write(self.port_master, self.outbuf)
 

@@ -16,7 +16,8 @@ Started by the host supervisor (lkedge_host.board) as
 garbage collection" in lkedge_host/board.py)
 
 with stdin/stdout on a pseudo-terminal whose line discipline turns Ctrl-C into SIGINT
-(that is how a running program gets KeyboardInterrupt, as on a board) and fd FD a pipe
+while a program runs (that is how it gets KeyboardInterrupt, as on a board; the REPL
+reads Ctrl-C as a byte, see Console) and fd FD a pipe
 to the supervisor (ctl=FD: "R" ready, "W<ms>" watchdog armed, "F" fed, "X<code>" the
 exit code it is about to end with, "G" a Ctrl-C
 landed in a garbage collection: see _gc_interrupted).
@@ -42,6 +43,7 @@ import io
 import os
 import select
 import sys
+import termios
 
 ROM_DIR = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
 sys.path[:] = [ROM_DIR]
@@ -66,27 +68,74 @@ def _args():
     return out
 
 
+# termios.h (the unix port's termios module does not name it): the line discipline
+# turns Ctrl-C into SIGINT
+_ISIG = 0o1
+
+
 class Console:
-    """Bytes from the pty (stdin) and to it (stdout); Ctrl-C arrives as SIGINT."""
+    """Bytes from the pty (stdin) and to it (stdout).
+
+    Ctrl-C is a signal only while a program runs, as on a board (pyexec.c sets the
+    interrupt character around execution alone): run() turns the line discipline's
+    ISIG on, and getc() turns it off again before it reads. The unix port raises
+    KeyboardInterrupt from inside its SIGINT handler, so a signal that arrived as a read
+    returned took the bytes of that read with it: mpremote's Ctrl-A after its Ctrl-C was
+    lost, and mpremote, which never times out on a pty, waited for ever (1 boot in 300
+    of a reproducer that held mpremote's bytes through a reset). With ISIG off, the ROM
+    reads Ctrl-C as the byte 3, in order with the others."""
 
     def __init__(self):
-        self.buf = bytearray(256)
+        self.buf = bytearray(256 + 8)  # reads fill 256; the rest takes late Ctrl-Cs
+        self.view = memoryview(self.buf)[:256]
         self.pos = 0
         self.end = 0
         self.poll = select.poll()
         self.poll.register(sys.stdin, select.POLLIN)
         self.out = sys.stdout.buffer
+        try:
+            self.attrs = termios.tcgetattr(0)
+        except OSError:
+            self.attrs = None  # not a terminal: no signals to switch
+        self.isig = bool(self.attrs and self.attrs[3] & _ISIG)
+
+    def signals(self, on):
+        """Ctrl-C as SIGINT (on) or as the byte 3 (off)."""
+        a = self.attrs
+        if a is not None:
+            a[3] = a[3] | _ISIG if on else a[3] & ~_ISIG
+            self.isig = on
+            termios.tcsetattr(0, termios.TCSANOW, a)
+
+    def quiet(self):
+        """Signals off. A Ctrl-C the line discipline turned into SIGINT before the switch
+        is delivered as tcsetattr returns (the switch waits for the input being
+        processed), so it is raised here: it becomes the byte, after those read."""
+        while True:
+            try:
+                self.signals(False)
+                return
+            except KeyboardInterrupt:
+                # switched again, whether or not the signal came on the switch's return
+                if self.pos:
+                    n = self.end - self.pos
+                    self.buf[:n] = self.buf[self.pos:self.end]
+                    self.pos, self.end = 0, n
+                if self.end < len(self.buf):
+                    self.buf[self.end] = 3
+                    self.end += 1
 
     def getc(self):
+        if self.isig:
+            self.quiet()
         while self.pos >= self.end:
             try:
                 self.poll.poll(-1)
                 # the tty has VMIN=0, so readinto returns what is there instead of
                 # waiting for the whole buffer
-                n = sys.stdin.buffer.readinto(self.buf)
-                # kept before the try ends: a Ctrl-C is raised at the next jump, which
-                # may be the try's own exit, outside it; the bytes read stay for the
-                # next getc() instead of being lost with the local
+                n = sys.stdin.buffer.readinto(self.view)
+                # kept before the try ends: a SIGINT from elsewhere (or any, with stdin
+                # not a terminal) is raised at the next jump, maybe the try's own exit
                 self.pos, self.end = 0, n or 0
             except KeyboardInterrupt:
                 return 3
@@ -160,6 +209,7 @@ class Rom:
         """Compile and execute like pyexec.c's parse_compile_execute."""
         w = self.con.write
         try:
+            self.con.signals(True)  # a Ctrl-C interrupts the program (getc turns them off)
             if mode == "single":
                 self.run_single(src)
             else:
@@ -557,6 +607,9 @@ def _boot_and_serve(rom, ctl):
     while True:
         try:
             if phase == 0:
+                # on before input flows: mpremote's Ctrl-C, held while the board booted,
+                # must interrupt boot.py or main.py, not wait as a byte behind them
+                rom.con.signals(True)
                 if ctl is not None:
                     ctl.write(b"R\n")  # the SIGINT handler is in place: input may flow
                 phase = 1

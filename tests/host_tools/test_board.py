@@ -584,3 +584,54 @@ def test_the_rom_says_the_exit_code_it_ends_with_before_it_ends(flash):
         sup.shutdown()
         for fd in (sup.port_master, sup.port_slave, sup.board_master, sup.board_slave, sup.ctl):
             os.close(fd)
+
+
+def _signals_on(sup):
+    """Whether the interpreter's terminal turns Ctrl-C into SIGINT now (its ISIG; the
+    pty's master reports the board side's flags)."""
+    import termios
+    return bool(termios.tcgetattr(sup.board_master)[3] & termios.ISIG)
+
+
+def test_a_ctrl_c_is_a_signal_while_a_program_runs_and_a_byte_at_the_repl(flash):
+    # The unix port raises KeyboardInterrupt from inside its SIGINT handler, so a signal
+    # that came as the ROM's read returned took that read's bytes with it: mpremote's
+    # Ctrl-A after its Ctrl-C was lost, and mpremote (no timeout on a pty) waited for
+    # ever, 1 boot in 300 of a reproducer. As on a board (pyexec.c), Ctrl-C is an
+    # interrupt only while a program runs; the REPL reads it as a byte, in order.
+    from lkedge_host import emulation as emu
+    os.makedirs(flash)
+    with open(os.path.join(flash, "main.py"), "w") as f:
+        f.write("import time\nwhile True:\n    time.sleep_ms(5)\n")
+    sup = board.Supervisor(profiles.load("unix"), flash, board.find_micropython(), log=None)
+    seen = [b""]
+
+    def console(until):
+        deadline = time.monotonic() + 20
+        while until not in seen[0] and time.monotonic() < deadline:
+            if _readable(sup.board_master, 0.05):
+                seen[0] += os.read(sup.board_master, 4096)
+        assert until in seen[0], seen[0]
+        seen[0] = seen[0].split(until, 1)[1]   # what came after it is looked at next
+
+    try:
+        sup.start(emu.PWRON_RESET, "friendly")
+        assert _wait_for(lambda: _readable(sup.ctl, 0) and b"R\n" in os.read(sup.ctl, 256), 20)
+        assert _signals_on(sup)                          # main.py runs: Ctrl-C interrupts it
+        os.write(sup.board_master, b"\x03")
+        console(b"KeyboardInterrupt")
+        console(b">>> ")
+        assert _wait_for(lambda: not _signals_on(sup))   # the REPL reads: a byte
+        os.write(sup.board_master, b"\x03\x01")          # one write: both reach the REPL
+        console(b"raw REPL; CTRL-B to exit\r\n>")
+        os.write(sup.board_master, b"import time\nwhile True:\n    time.sleep_ms(5)\n\x04")
+        console(b"OK")
+        assert _wait_for(lambda: _signals_on(sup))       # a program again
+        os.write(sup.board_master, b"\x03")
+        console(b"KeyboardInterrupt")
+        console(b"\x04>")
+        assert _wait_for(lambda: not _signals_on(sup))
+    finally:
+        sup.shutdown()
+        for fd in (sup.port_master, sup.port_slave, sup.board_master, sup.board_slave, sup.ctl):
+            os.close(fd)
