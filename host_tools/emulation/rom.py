@@ -17,7 +17,7 @@ garbage collection" in lkedge_host/board.py)
 
 with stdin/stdout on a pseudo-terminal whose line discipline turns Ctrl-C into SIGINT
 while a program runs (that is how it gets KeyboardInterrupt, as on a board; the REPL
-reads Ctrl-C as a byte, see Console) and fd FD a pipe
+reads Ctrl-C as a byte: Console) and fd FD a pipe
 to the supervisor (ctl=FD: "R" ready, "W<ms>" watchdog armed, "F" fed, "X<code>" the
 exit code it is about to end with, "G" a Ctrl-C
 landed in a garbage collection: see _gc_interrupted).
@@ -68,22 +68,25 @@ def _args():
     return out
 
 
-# termios.h (the unix port's termios module does not name it): the line discipline
-# turns Ctrl-C into SIGINT
+# termios.h (the unix port's termios module does not name them): the line discipline
+# turns Ctrl-C into SIGINT; a read waits for this many bytes
 _ISIG = 0o1
+_VMIN = 6
 
 
 class Console:
     """Bytes from the pty (stdin) and to it (stdout).
 
-    Ctrl-C is a signal only while a program runs, as on a board (pyexec.c sets the
-    interrupt character around execution alone): run() turns the line discipline's
-    ISIG on, and getc() turns it off again before it reads. The unix port raises
-    KeyboardInterrupt from inside its SIGINT handler, so a signal that arrived as a read
-    returned took the bytes of that read with it: mpremote's Ctrl-A after its Ctrl-C was
-    lost, and mpremote, which never times out on a pty, waited for ever (1 boot in 300
-    of a reproducer that held mpremote's bytes through a reset). With ISIG off, the ROM
-    reads Ctrl-C as the byte 3, in order with the others."""
+    The terminal is set as a board's UART behaves for whoever reads it. While a program
+    runs (run(), and boot), Ctrl-C is a signal, as on a board (pyexec.c sets the
+    interrupt character around execution alone), and a read waits for its bytes
+    (sys.stdin.read(3) returned '' at once with the REPL's setting). While the ROM's REPL
+    reads (getc()), Ctrl-C is the byte 3, in order with the others, and a read returns
+    what is there: the unix port raises KeyboardInterrupt from inside its SIGINT
+    handler, so a signal that arrived as a read returned took the bytes of that read
+    with it (mpremote's Ctrl-A after its Ctrl-C was lost, and mpremote, which never
+    times out on a pty, waited for ever: 1 boot in 300 of a reproducer that held
+    mpremote's bytes through a reset)."""
 
     def __init__(self):
         self.buf = bytearray(256 + 8)  # reads fill 256; the rest takes late Ctrl-Cs
@@ -96,24 +99,27 @@ class Console:
         try:
             self.attrs = termios.tcgetattr(0)
         except OSError:
-            self.attrs = None  # not a terminal: no signals to switch
-        self.isig = bool(self.attrs and self.attrs[3] & _ISIG)
+            self.attrs = None  # not a terminal: nothing to set
+        # as if a program ran: the first getc() sets the REPL's terminal, whatever an
+        # earlier interpreter left (a read with VMIN=1 would wait for 256 bytes)
+        self.program = self.attrs is not None
 
-    def signals(self, on):
-        """Ctrl-C as SIGINT (on) or as the byte 3 (off)."""
+    def program_mode(self, on):
+        """The terminal as a program sees it (on) or as the REPL reads it (off)."""
         a = self.attrs
         if a is not None:
             a[3] = a[3] | _ISIG if on else a[3] & ~_ISIG
-            self.isig = on
+            a[6][_VMIN] = 1 if on else 0
+            self.program = on
             termios.tcsetattr(0, termios.TCSANOW, a)
 
-    def quiet(self):
-        """Signals off. A Ctrl-C the line discipline turned into SIGINT before the switch
-        is delivered as tcsetattr returns (the switch waits for the input being
-        processed), so it is raised here: it becomes the byte, after those read."""
+    def repl_mode(self):
+        """program_mode(False). A Ctrl-C the line discipline turned into SIGINT before
+        the switch is delivered as tcsetattr returns (the switch waits for the input
+        being processed), so it is raised here: it becomes the byte, after those read."""
         while True:
             try:
-                self.signals(False)
+                self.program_mode(False)
                 return
             except KeyboardInterrupt:
                 # switched again, whether or not the signal came on the switch's return
@@ -126,8 +132,8 @@ class Console:
                     self.end += 1
 
     def getc(self):
-        if self.isig:
-            self.quiet()
+        if self.program:
+            self.repl_mode()
         while self.pos >= self.end:
             try:
                 self.poll.poll(-1)
@@ -209,7 +215,7 @@ class Rom:
         """Compile and execute like pyexec.c's parse_compile_execute."""
         w = self.con.write
         try:
-            self.con.signals(True)  # a Ctrl-C interrupts the program (getc turns them off)
+            self.con.program_mode(True)  # Ctrl-C interrupts it (getc() sets the REPL's)
             if mode == "single":
                 self.run_single(src)
             else:
@@ -221,6 +227,8 @@ class Rom:
                 w(b"\x04\x04")
             raise SoftReset()
         except BaseException as e:  # KeyboardInterrupt included: the board survives it
+            if isinstance(e, KeyboardInterrupt):
+                _take_locks()
             if eof:
                 w(b"\x04")
             self.print_exc(e)
@@ -609,7 +617,7 @@ def _boot_and_serve(rom, ctl):
             if phase == 0:
                 # on before input flows: mpremote's Ctrl-C, held while the board booted,
                 # must interrupt boot.py or main.py, not wait as a byte behind them
-                rom.con.signals(True)
+                rom.con.program_mode(True)
                 if ctl is not None:
                     ctl.write(b"R\n")  # the SIGINT handler is in place: input may flow
                 phase = 1
@@ -624,7 +632,22 @@ def _boot_and_serve(rom, ctl):
                     rom.run_file("main.py")
             rom.serve()
         except KeyboardInterrupt:
+            _take_locks()
             continue
+
+
+def _take_locks():
+    """After a Ctrl-C in a program: take the interpreter's locks once. The unix port
+    raises KeyboardInterrupt from inside its SIGINT handler, wherever the interpreter
+    was, and one raised while it held a lock leaves that lock held: the next taker waits
+    for ever. Taken here, right after the Ctrl-C, that wait is where the supervisor
+    looks for it (lkedge_host/board.py _check_stuck) and restarts the board at its
+    REPL; met later, at the next compile, mpremote's request would already be taken
+    (its "OK" sent) and mpremote would wait for ever. The locks: the names table's (a
+    compile looks a name up), the heap's (compiling allocates), the C library
+    allocator's (a directory listing)."""
+    compile("_lk", "<lock check>", "eval")
+    os.listdir("/")
 
 
 def _gc_interrupted():

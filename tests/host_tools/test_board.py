@@ -223,6 +223,47 @@ def test_after_a_ctrl_c_in_a_collection_an_armed_watchdog_still_runs_and_user_he
         proc.wait(5)
 
 
+def test_a_ctrl_c_that_leaves_the_interpreter_waiting_on_its_own_lock_leaves_the_board_at_its_repl(flash):
+    # The unix port raises KeyboardInterrupt from inside its SIGINT handler: one that
+    # lands while the interpreter holds a lock of its own leaves the lock held, and the
+    # interpreter waits for it for ever (seen as a hang of mpremote, 1 in 500 rounds of
+    # a reset-and-raw-REPL reproducer under load). Here main.py takes its own lock again
+    # after the KeyboardInterrupt: the same state, every time. mpremote's command runs,
+    # at the REPL where the Ctrl-C was to leave the board, the reset cause kept.
+    os.makedirs(flash)
+    with open(os.path.join(flash, "main.py"), "w") as f:
+        f.write("import _thread, time\nlock = _thread.allocate_lock()\nlock.acquire()\n"
+                "open('main_started', 'w').close()\ntry:\n    while True:\n        time.sleep_ms(5)\n"
+                "except KeyboardInterrupt:\n    lock.acquire()\n")
+    proc, port = _start("unix", flash)
+    try:
+        assert _wait_for(lambda: os.path.exists(os.path.join(flash, "main_started")), 20)
+        os.remove(os.path.join(flash, "main_started"))
+        assert out(port, "exec", "import machine; print(machine.reset_cause())") == "1\n"
+        assert not os.path.exists(os.path.join(flash, "main_started"))   # main.py did not run again
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_only_a_single_threaded_process_waiting_on_a_lock_is_taken_for_stuck():
+    code = ("import threading, sys, time\nl = threading.Lock()\nl.acquire()\n"
+            "if sys.argv[1] == 'thread':\n    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+            "if sys.argv[1] == 'sleep':\n    time.sleep(60)\n"
+            "print('ready', flush=True)\nl.acquire()\n")
+    for how, stuck in (("lock", True), ("thread", False), ("sleep", False)):
+        p = subprocess.Popen([sys.executable, "-c", code, how], stdout=subprocess.PIPE)
+        try:
+            if how != "sleep":
+                assert p.stdout.readline() == b"ready\n"
+            assert _wait_for(lambda: board._stuck_on_its_lock(p.pid) == stuck or stuck is False, 10)
+            time.sleep(0.3)
+            assert board._stuck_on_its_lock(p.pid) == stuck, how
+        finally:
+            p.kill()
+            p.wait()
+
+
 def test_profile_heap_limit_is_in_effect(flash):
     heap = profiles.load("esp32")["heap"]
     proc, port = _start("esp32", flash)
@@ -593,16 +634,17 @@ def _signals_on(sup):
     return bool(termios.tcgetattr(sup.board_master)[3] & termios.ISIG)
 
 
-def test_a_ctrl_c_is_a_signal_while_a_program_runs_and_a_byte_at_the_repl(flash):
+def test_a_ctrl_c_is_a_signal_and_stdin_waits_while_a_program_runs_and_the_repl_reads_bytes(flash):
     # The unix port raises KeyboardInterrupt from inside its SIGINT handler, so a signal
     # that came as the ROM's read returned took that read's bytes with it: mpremote's
     # Ctrl-A after its Ctrl-C was lost, and mpremote (no timeout on a pty) waited for
     # ever, 1 boot in 300 of a reproducer. As on a board (pyexec.c), Ctrl-C is an
-    # interrupt only while a program runs; the REPL reads it as a byte, in order.
+    # interrupt only while a program runs; the REPL reads it as a byte, in order. And a
+    # program's sys.stdin.read(3) waits for 3 bytes, as on a board (it returned '').
     from lkedge_host import emulation as emu
     os.makedirs(flash)
     with open(os.path.join(flash, "main.py"), "w") as f:
-        f.write("import time\nwhile True:\n    time.sleep_ms(5)\n")
+        f.write("import sys, time\nprint('got', sys.stdin.read(3))\nwhile True:\n    time.sleep_ms(5)\n")
     sup = board.Supervisor(profiles.load("unix"), flash, board.find_micropython(), log=None)
     seen = [b""]
 
@@ -618,19 +660,23 @@ def test_a_ctrl_c_is_a_signal_while_a_program_runs_and_a_byte_at_the_repl(flash)
         sup.start(emu.PWRON_RESET, "friendly")
         assert _wait_for(lambda: _readable(sup.ctl, 0) and b"R\n" in os.read(sup.ctl, 256), 20)
         assert _signals_on(sup)                          # main.py runs: Ctrl-C interrupts it
+        os.write(sup.board_master, b"ab")
+        assert not _readable(sup.board_master, 0.3)      # the read waits for a third byte
+        os.write(sup.board_master, b"c")
+        console(b"got abc\r\n")
         os.write(sup.board_master, b"\x03")
         console(b"KeyboardInterrupt")
         console(b">>> ")
-        assert _wait_for(lambda: not _signals_on(sup))   # the REPL reads: a byte
+        assert _wait_for(lambda: not _signals_on(sup), 20)   # the REPL reads: a byte
         os.write(sup.board_master, b"\x03\x01")          # one write: both reach the REPL
         console(b"raw REPL; CTRL-B to exit\r\n>")
         os.write(sup.board_master, b"import time\nwhile True:\n    time.sleep_ms(5)\n\x04")
         console(b"OK")
-        assert _wait_for(lambda: _signals_on(sup))       # a program again
+        assert _wait_for(lambda: _signals_on(sup), 20)       # a program again
         os.write(sup.board_master, b"\x03")
         console(b"KeyboardInterrupt")
         console(b"\x04>")
-        assert _wait_for(lambda: not _signals_on(sup))
+        assert _wait_for(lambda: not _signals_on(sup), 20)
     finally:
         sup.shutdown()
         for fd in (sup.port_master, sup.port_slave, sup.board_master, sup.board_slave, sup.ctl):
