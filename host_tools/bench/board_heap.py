@@ -187,6 +187,8 @@ def run_scenario(relay, heap, nbytes, compress, timeout=120, garbage=False, lib_
     for line in lines:
         if line.startswith(("MEM ", "LIVE ")):
             result.update(dict(kv.split("=") for kv in line.split()[1:]))
+        elif line.startswith("ROMFS "):
+            result["romfs"] = dict(kv.split("=") for kv in line.split()[1:])
         elif line.startswith("GARBAGE "):
             result["garbage"] = dict(kv.split("=") for kv in line.split()[1:])
         elif line.startswith("qstr pool:"):
@@ -210,14 +212,14 @@ async def _wait_line_keep(lines, prefix, timeout, proc):
     raise RuntimeError("board not %s within %d s" % (prefix, timeout))
 
 
-def smallest_heap(relay, nbytes, compress, lo=32 * 1024, hi=512 * 1024, step=1024):
+def smallest_heap(relay, nbytes, compress, lo=32 * 1024, hi=512 * 1024, step=1024, env=None):
     """Bisection on the heap size (KiB granularity); returns (heap, result of that run)."""
-    best = run_scenario(relay, hi, nbytes, compress)
+    best = run_scenario(relay, hi, nbytes, compress, env=env)
     if not best["ok"]:
         return None, best
     while hi - lo > step:
         mid = (lo + hi) // 2 // step * step
-        r = run_scenario(relay, mid, nbytes, compress)
+        r = run_scenario(relay, mid, nbytes, compress, env=env)
         if r["ok"]:
             hi, best = mid, r
         else:
@@ -243,6 +245,22 @@ def payload_sizes(text):
 COMPRESSION_MODES = {"off": [False], "on": [True], "both": [False, True]}
 
 
+def romfs_image(out_dir):
+    """The suite's board build of lkedge as a ROMFS image, built by the real mpremote
+    (`mpremote romfs build`, as `mpremote romfs deploy` writes one to a board's ROMFS
+    partition); returns its path."""
+    import shutil
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from mpybuild import compiled_lib
+    tree = os.path.join(out_dir, "tree")
+    shutil.copytree(os.path.join(compiled_lib(), "lkedge"), os.path.join(tree, "lkedge"),
+                    ignore=shutil.ignore_patterns("*.stamp"))
+    image = os.path.join(out_dir, "lkedge.romfs")
+    subprocess.run([_bin("mpremote"), "romfs", "--no-mpy", "--output", image, "build", tree],
+                   check=True, stdout=subprocess.DEVNULL)
+    return image
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lkedge_host.bench.board_heap", description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=payload_sizes, default=[65536, 1048576, 8388608],
@@ -251,6 +269,9 @@ def main(argv=None):
                     help="whether the board advertises compression (default: both, off first)")
     ap.add_argument("--garbage", action="store_true",
                     help="instead: bytes the board allocates per KiB moved (1 MiB, no compression)")
+    ap.add_argument("--romfs", action="store_true",
+                    help="the library from a ROMFS image, its bytecode executed in place (the image "
+                         "is read into the heap here; the heap without it is printed too)")
     a = ap.parse_args(argv)
     sizes = a.sizes
     modes = COMPRESSION_MODES[a.compression]
@@ -267,10 +288,15 @@ def main(argv=None):
                   "included), answer sent %s B, byte stream received with readinto %s B"
                   % (g["request"], g["answer"], g["stream"]))
             return
+        env = image = None
+        if a.romfs:
+            import tempfile
+            image = romfs_image(tempfile.mkdtemp(prefix="lkedge-romfs-"))
+            env = {"LKEDGE_ROMFS": image, "LKEDGE_ROMFS_AT": "/rom"}
         for compress in modes:
             for n in sizes:
                 t0 = time.monotonic()
-                heap, r = smallest_heap(relay, n, compress)
+                heap, r = smallest_heap(relay, n, compress, env=env)
                 if heap is None:
                     print("payload %8d B compression %-3s: FAILED even at 512 KiB: %s" % (
                         n, "on" if compress else "off", r["error"]))
@@ -281,6 +307,11 @@ def main(argv=None):
                           n, "on" if compress else "off", heap // 1024, r.get("import"), r.get("room"),
                           r.get("joined"), r.get("call"), r.get("stream"), r.get("qstrs"), r.get("qstr_bytes"),
                           time.monotonic() - t0), flush=True)
+                if image:
+                    size = os.path.getsize(image)
+                    print("    the ROMFS image took %d B of that heap (%s B in use once mounted): with it "
+                          "in a board's flash, ~%d KiB" % (size, r.get("romfs", {}).get("heap"),
+                                                           (heap - size) // 1024), flush=True)
 
 
 if __name__ == "__main__":

@@ -26,3 +26,19 @@ def test_an_unknown_compression_mode_is_refused_not_taken_for_off(capsys):
     with pytest.raises(SystemExit):
         board_heap.main(["--compression", "yes"])
     assert "invalid choice: 'yes'" in capsys.readouterr().err
+
+
+def test_the_romfs_image_mounts_on_micropython_and_the_library_imports_from_it(tmp_path):
+    # --romfs: the board build as mpremote builds a ROMFS image; the real interpreter
+    # mounts it and runs the library from it, its bytecode in place (far less heap)
+    import subprocess
+    image = board_heap.romfs_image(str(tmp_path))
+    code = ("import gc, sys, vfs\nvfs.mount(vfs.VfsRom(open(%r, 'rb').read()), '/rom')\n"
+            "sys.path.insert(0, '/rom')\ngc.collect()\nbase = gc.mem_alloc()\n"
+            "import lkedge.room\nprint(lkedge.room.__file__)\ngc.collect()\nprint(gc.mem_alloc() - base)\n" % image)
+    r = subprocess.run([board_heap._bin("micropython"), "-X", "heapsize=512K", "-c", code],
+                       capture_output=True, text=True, timeout=60, env={"MICROPYPATH": ".frozen"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    where, heap = r.stdout.split()
+    assert where == "/rom/lkedge/room.mpy"
+    assert int(heap) < 70000   # loaded from files, these modules take ~100 KB
