@@ -51,6 +51,11 @@ import machine  # noqa: E402  (the emulated built-ins, loaded before the flash i
 import network  # noqa: E402
 
 _BANNER_RAW = b"raw REPL; CTRL-B to exit\r\n"
+# The ROM's own room, given up when a program's exception is shown: a board's REPL works
+# from static buffers, so a program that filled the heap is still interrupted, its
+# traceback shown and the REPL answers; the ROM, which needs heap for each, died
+# (mpremote, which waits for ever on a pty, with it). Taken again when there is room.
+_RESERVE = 8192
 _PASTE_WINDOW = 128  # pyexec.c: half of a 256-byte stdin buffer
 _COMPOUND = ("if", "while", "for", "try", "with", "def", "class", "async", "@", "elif", "else",
              "except", "finally", "match")
@@ -136,7 +141,7 @@ class Console:
             self.repl_mode()
         while self.pos >= self.end:
             try:
-                self.poll.poll(-1)
+                self.poll.ipoll(-1)  # ipoll: no list allocated (the heap may be full)
                 # the tty has VMIN=0, so readinto returns what is there instead of
                 # waiting for the whole buffer
                 n = sys.stdin.buffer.readinto(self.view)
@@ -201,15 +206,28 @@ class Rom:
         self.paste = False
         self.esc = 0
         self.serving = False  # serve() has shown its banner
+        self.reserve = None   # _RESERVE bytes, taken before the heap is measured (main)
 
     # ----------------------------------------------------------- execution
     def print_exc(self, e):
-        buf = io.StringIO()
-        sys.print_exception(e, buf)
-        for line in buf.getvalue().split("\n"):
-            # frames of the ROM and the emulated built-ins are firmware, not user code
-            if line and ROM_DIR not in line:
-                self.con.write(line.encode() + b"\r\n")
+        self.reserve = None  # the heap may be all the program's: room to show this
+        try:
+            buf = io.StringIO()
+            sys.print_exception(e, buf)
+            for line in buf.getvalue().split("\n"):
+                # frames of the ROM and the emulated built-ins are firmware, not user code
+                if line and ROM_DIR not in line:
+                    self.con.write(line.encode() + b"\r\n")
+        except MemoryError:
+            self.con.write(b"MemoryError: no heap left to show the exception\r\n")
+
+    def keep_room(self):
+        if self.reserve is None:
+            gc.collect()  # the first fit is then where it was, unless the program took it
+            try:
+                self.reserve = bytearray(_RESERVE)
+            except MemoryError:
+                pass  # the program's data holds it: again after the next command
 
     def run(self, src, mode, eof, filename="<stdin>"):
         """Compile and execute like pyexec.c's parse_compile_execute."""
@@ -234,9 +252,11 @@ class Rom:
             self.print_exc(e)
             if eof:
                 w(b"\x04")
+            self.keep_room()
             return
         if eof:
             w(b"\x04\x04")
+        self.keep_room()
 
     def run_single(self, src):
         """A friendly REPL entry: an expression's value is shown via (cooked) print."""
@@ -439,6 +459,14 @@ class Rom:
             except KeyboardInterrupt:
                 # a Ctrl-C that landed in the ROM's own code acts like the byte itself
                 self.raw_char(3) if self.raw else self.friendly_char(3)
+            except MemoryError:
+                if _gc_interrupted():
+                    raise  # the heap is locked: main() tells the supervisor
+                # a heap the program's data fills: the input so far is dropped, as a
+                # board's REPL drops a line too long for its buffer
+                self.reserve = None
+                self.con.write(b"\r\nMemoryError: no heap left for the REPL's input\r\n")
+                self.line = bytearray()
 
 
 def _cooked_print(*args, sep=" ", end="\n", file=None):
@@ -646,8 +674,15 @@ def _take_locks():
     (its "OK" sent) and mpremote would wait for ever. The locks: the names table's (a
     compile looks a name up), the heap's (compiling allocates), the C library
     allocator's (a directory listing)."""
-    compile("_lk", "<lock check>", "eval")
-    os.listdir("/")
+    try:
+        compile("_lk", "<lock check>", "eval")
+        os.listdir("/")
+    except MemoryError:
+        if _gc_interrupted():
+            raise  # the heap is locked: main() tells the supervisor
+        # a heap the program filled: its REPL says so at the next command, as before
+    except OSError:
+        pass  # the flash folder gone: the REPL's next file access says it
 
 
 def _gc_interrupted():
@@ -684,7 +719,10 @@ def main():
     _mount_flash(args["flash"])
     sys.argv[:] = []
     _load_frozen(args.get("frozen", "").split(","))
-    keep = _ballast(int(args.get("heap", "0")))
+    # the ballast leaves the user's heap and the ROM's room, which is taken right after
+    # it: where the user's heap starts, so that giving it up leaves no hole in between
+    keep = _ballast(int(args.get("heap", "0")) + _RESERVE)
+    rom.keep_room()
     try:
         _boot_and_serve(rom, ctl)
     except SoftReset:

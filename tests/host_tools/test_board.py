@@ -264,6 +264,25 @@ def test_only_a_single_threaded_process_waiting_on_a_lock_is_taken_for_stuck():
             p.wait()
 
 
+def test_a_firmware_that_filled_the_heap_is_interrupted_and_mpremote_gets_in(flash):
+    # A board's REPL works from static buffers; the ROM needs heap to show the
+    # KeyboardInterrupt and to read the next command: it died for want of 152 bytes,
+    # came back as a hard reset running main.py again, and mpremote waited for ever.
+    os.makedirs(flash)
+    with open(os.path.join(flash, "main.py"), "w") as f:
+        f.write("import time\nx = []\ntry:\n    while True:\n        x.append(bytearray(1000))\n"
+                "except MemoryError:\n    pass\nopen('full', 'w').close()\nwhile True:\n    time.sleep_ms(5)\n")
+    proc, port = _start("unix", flash)
+    try:
+        assert _wait_for(lambda: os.path.exists(os.path.join(flash, "full")), 20)
+        os.remove(os.path.join(flash, "full"))
+        assert out(port, "exec", "print('in repl')") == "in repl\n"
+        assert not os.path.exists(os.path.join(flash, "full"))   # no reset ran main.py again
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
 def test_profile_heap_limit_is_in_effect(flash):
     heap = profiles.load("esp32")["heap"]
     proc, port = _start("esp32", flash)
