@@ -245,6 +245,7 @@ class Rom:
                 w(b"\x04\x04")
             raise SoftReset()
         except BaseException as e:  # KeyboardInterrupt included: the board survives it
+            self.reserve = None  # the heap may be all the program's: room for what follows
             if isinstance(e, KeyboardInterrupt):
                 _take_locks()
             if eof:
