@@ -223,6 +223,24 @@ def test_after_a_ctrl_c_in_a_collection_an_armed_watchdog_still_runs_and_user_he
         proc.wait(5)
 
 
+def _mpremote_gets_in(flash, main_py, code, expect):
+    """Boot a board whose main.py (`main_py`, which ends its setup by writing the file
+    "started") then runs for ever; mpremote's exec of `code` prints `expect`, at the
+    REPL where its Ctrl-C leaves the board: main.py did not run again."""
+    os.makedirs(flash)
+    with open(os.path.join(flash, "main.py"), "w") as f:
+        f.write(main_py)
+    proc, port = _start("unix", flash)
+    try:
+        assert _wait_for(lambda: os.path.exists(os.path.join(flash, "started")), 20)
+        os.remove(os.path.join(flash, "started"))
+        assert out(port, "exec", code) == expect
+        assert not os.path.exists(os.path.join(flash, "started"))
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
 def test_a_ctrl_c_that_leaves_the_interpreter_waiting_on_its_own_lock_leaves_the_board_at_its_repl(flash):
     # The unix port raises KeyboardInterrupt from inside its SIGINT handler: one that
     # lands while the interpreter holds a lock of its own leaves the lock held, and the
@@ -230,20 +248,10 @@ def test_a_ctrl_c_that_leaves_the_interpreter_waiting_on_its_own_lock_leaves_the
     # a reset-and-raw-REPL reproducer under load). Here main.py takes its own lock again
     # after the KeyboardInterrupt: the same state, every time. mpremote's command runs,
     # at the REPL where the Ctrl-C was to leave the board, the reset cause kept.
-    os.makedirs(flash)
-    with open(os.path.join(flash, "main.py"), "w") as f:
-        f.write("import _thread, time\nlock = _thread.allocate_lock()\nlock.acquire()\n"
-                "open('main_started', 'w').close()\ntry:\n    while True:\n        time.sleep_ms(5)\n"
-                "except KeyboardInterrupt:\n    lock.acquire()\n")
-    proc, port = _start("unix", flash)
-    try:
-        assert _wait_for(lambda: os.path.exists(os.path.join(flash, "main_started")), 20)
-        os.remove(os.path.join(flash, "main_started"))
-        assert out(port, "exec", "import machine; print(machine.reset_cause())") == "1\n"
-        assert not os.path.exists(os.path.join(flash, "main_started"))   # main.py did not run again
-    finally:
-        proc.terminate()
-        proc.wait(5)
+    _mpremote_gets_in(flash, "import _thread, time\nlock = _thread.allocate_lock()\nlock.acquire()\n"
+                      "open('started', 'w').close()\ntry:\n    while True:\n        time.sleep_ms(5)\n"
+                      "except KeyboardInterrupt:\n    lock.acquire()\n",
+                      "import machine; print(machine.reset_cause())", "1\n")
 
 
 def test_only_a_single_threaded_process_waiting_on_a_lock_is_taken_for_stuck():
@@ -268,19 +276,9 @@ def test_a_firmware_that_filled_the_heap_is_interrupted_and_mpremote_gets_in(fla
     # A board's REPL works from static buffers; the ROM needs heap to show the
     # KeyboardInterrupt and to read the next command: it died for want of 152 bytes,
     # came back as a hard reset running main.py again, and mpremote waited for ever.
-    os.makedirs(flash)
-    with open(os.path.join(flash, "main.py"), "w") as f:
-        f.write("import time\nx = []\ntry:\n    while True:\n        x.append(bytearray(1000))\n"
-                "except MemoryError:\n    pass\nopen('full', 'w').close()\nwhile True:\n    time.sleep_ms(5)\n")
-    proc, port = _start("unix", flash)
-    try:
-        assert _wait_for(lambda: os.path.exists(os.path.join(flash, "full")), 20)
-        os.remove(os.path.join(flash, "full"))
-        assert out(port, "exec", "print('in repl')") == "in repl\n"
-        assert not os.path.exists(os.path.join(flash, "full"))   # no reset ran main.py again
-    finally:
-        proc.terminate()
-        proc.wait(5)
+    _mpremote_gets_in(flash, "import time\nx = []\ntry:\n    while True:\n        x.append(bytearray(1000))\n"
+                      "except MemoryError:\n    pass\nopen('started', 'w').close()\n"
+                      "while True:\n    time.sleep_ms(5)\n", "print('in repl')", "in repl\n")
 
 
 def test_profile_heap_limit_is_in_effect(flash):
