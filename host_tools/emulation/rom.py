@@ -625,37 +625,15 @@ def _load_frozen(names):
 
 
 def _ballast(target):
-    """Pin the heap surplus so that `target` bytes are free for user code, in one piece.
-    The ROM is compiled at boot, and what the compiler threw away leaves holes between
-    what the ROM keeps: one ballast block after them left the holes to user code (of a
-    110 KiB heap, ~50 KiB in holes; the largest free block 57 KiB and shrinking as the
-    ROM grew). The user's share is held while ballast pieces fill the holes, so that
-    what is freed for user code is the one region it took."""
+    """Pin the heap surplus so that `target` bytes are free for user code."""
     gc.collect()
-    free = gc.mem_free()
-    if free < target:
-        sys.stdout.write("lkedge ROM: only %d bytes of heap free, the profile wants %d\r\n" % (free, target))
+    surplus = gc.mem_free() - target
+    if surplus < 0:
+        sys.stdout.write("lkedge ROM: only %d bytes of heap free, the profile wants %d\r\n"
+                         % (gc.mem_free(), target))
+    if surplus <= 64:
         return None
-    try:
-        share = bytearray(target)  # the first fit of its size: the large region after the holes
-    except MemoryError:
-        share = None  # no region that large: the holes stay, as before
-    pieces = []
-    n = free
-    while n >= 64:
-        try:
-            pieces.append(bytearray(n))
-        except MemoryError:
-            n //= 2
-    share = None
-    gc.collect()
-    extra = gc.mem_free() - target  # what the pieces did not fill (list growth, crumbs)
-    if extra > 64:
-        try:
-            pieces.append(bytearray(extra - 64))
-        except MemoryError:
-            pass
-    return pieces
+    return bytearray(surplus - 64)
 
 
 def _boot_and_serve(rom, ctl):
