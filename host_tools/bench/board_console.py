@@ -66,7 +66,8 @@ class Console:
 
 
 def run(rounds, seed, out=sys.stdout):
-    flash = tempfile.mkdtemp(prefix="lkedge-console-") + "/flash"
+    tmp = tempfile.TemporaryDirectory(prefix="lkedge-console-")  # removed when run() returns
+    flash = os.path.join(tmp.name, "flash")
     os.makedirs(flash)
     with open(os.path.join(flash, "main.py"), "w") as f:
         f.write("open('main_ran', 'w').close()\n")   # a firmware that writes to its flash

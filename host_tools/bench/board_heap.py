@@ -149,9 +149,7 @@ def run_scenario(relay, heap, nbytes, compress, timeout=120, garbage=False, lib_
     env: more environment for the board. A board that passed is given a few seconds to
     finish on its own (its atexit handlers run) before it is stopped."""
     if lib_dir is None:
-        sys.path.insert(0, os.path.join(ROOT, "tests"))
-        from mpybuild import compiled_lib
-        lib_dir = compiled_lib()
+        lib_dir = _suite_build()
     env = dict(os.environ, MICROPYPATH=lib_dir + ":.frozen", LKEDGE_TOKEN=relay.token("board"), **(env or {}))
     proc = subprocess.Popen([_bin("micropython"), "-X", "heapsize=%d" % heap, SCENARIO, relay.url,
                              "1" if compress else "0", str(nbytes)] + (["garbage"] if garbage else []),
@@ -245,15 +243,20 @@ def payload_sizes(text):
 COMPRESSION_MODES = {"off": [False], "on": [True], "both": [False, True]}
 
 
+def _suite_build():
+    """The folder of the suite's board build of lib/lkedge (tests/mpybuild.py)."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from mpybuild import compiled_lib
+    return compiled_lib()
+
+
 def romfs_image(out_dir):
     """The suite's board build of lkedge as a ROMFS image, built by the real mpremote
     (`mpremote romfs build`, as `mpremote romfs deploy` writes one to a board's ROMFS
     partition); returns its path."""
     import shutil
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from mpybuild import compiled_lib
     tree = os.path.join(out_dir, "tree")
-    shutil.copytree(os.path.join(compiled_lib(), "lkedge"), os.path.join(tree, "lkedge"),
+    shutil.copytree(os.path.join(_suite_build(), "lkedge"), os.path.join(tree, "lkedge"),
                     ignore=shutil.ignore_patterns("*.stamp"))
     image = os.path.join(out_dir, "lkedge.romfs")
     subprocess.run([_bin("mpremote"), "romfs", "--no-mpy", "--output", image, "build", tree],
@@ -291,7 +294,8 @@ def main(argv=None):
         env = image = None
         if a.romfs:
             import tempfile
-            image = romfs_image(tempfile.mkdtemp(prefix="lkedge-romfs-"))
+            tmp = tempfile.TemporaryDirectory(prefix="lkedge-romfs-")  # removed when main() returns
+            image = romfs_image(tmp.name)
             env = {"LKEDGE_ROMFS": image, "LKEDGE_ROMFS_AT": "/rom"}
         for compress in modes:
             for n in sizes:

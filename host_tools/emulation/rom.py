@@ -210,7 +210,6 @@ class Rom:
 
     # ----------------------------------------------------------- execution
     def print_exc(self, e):
-        self.reserve = None  # the heap may be all the program's: room to show this
         try:
             buf = io.StringIO()
             sys.print_exception(e, buf)
