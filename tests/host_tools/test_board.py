@@ -289,8 +289,11 @@ def test_profile_heap_limit_is_in_effect(flash):
         assert heap * 0.9 < free <= heap, (free, heap)
         r = mpremote(port, "exec", "b = bytearray(%d)" % (heap + 1024))
         assert r.returncode == 1 and "MemoryError" in r.stdout
-        # the board is still usable after the failed allocation
-        assert out(port, "exec", "print(len(bytearray(%d)))" % (heap // 2)) == "%d\n" % (heap // 2)
+        # the board is still usable after the failed allocation, and the heap is free in
+        # one piece, not in the holes the ROM's own compilation left (57 KiB was the
+        # largest block of 110 KiB)
+        big = heap * 3 // 4
+        assert out(port, "exec", "print(len(bytearray(%d)))" % big) == "%d\n" % big
     finally:
         proc.terminate()
         proc.wait(5)
