@@ -41,6 +41,7 @@ surplus as ballast; user code then sees `heap` bytes free at the prompt, in one 
 import builtins
 import gc
 import io
+import micropython as _micropython
 import os
 import select
 import sys
@@ -75,8 +76,9 @@ def _args():
 
 
 # termios.h (the unix port's termios module does not name them): the line discipline
-# turns Ctrl-C into SIGINT; a read waits for this many bytes
+# turns the interrupt character (cc[VINTR]) into SIGINT; a read waits for VMIN bytes
 _ISIG = 0o1
+_VINTR = 0
 _VMIN = 6
 
 
@@ -110,11 +112,15 @@ class Console:
         # earlier interpreter left (a read with VMIN=1 would wait for 256 bytes)
         self.program = self.attrs is not None
 
-    def program_mode(self, on):
-        """The terminal as a program sees it (on) or as the REPL reads it (off)."""
+    def program_mode(self, on, intr=3):
+        """The terminal as a program sees it (on; `intr` its interrupt character, as
+        micropython.kbd_intr() sets it, -1 none) or as the REPL reads it (off)."""
         a = self.attrs
         if a is not None:
-            a[3] = a[3] | _ISIG if on else a[3] & ~_ISIG
+            signals = on and 0 <= intr <= 255
+            a[3] = a[3] | _ISIG if signals else a[3] & ~_ISIG
+            if signals:
+                a[6][_VINTR] = bytes((intr,))
             a[6][_VMIN] = 1 if on else 0
             self.program = on
             termios.tcsetattr(0, termios.TCSANOW, a)
@@ -470,6 +476,23 @@ class Rom:
                 self.line = bytearray()
 
 
+class _Micropython:
+    """The micropython module as user code sees it, but for kbd_intr(), which sets the
+    emulated UART's interrupt character for the rest of the program, as on a board
+    (kbd_intr(-1): Ctrl-C is a byte the program reads). The unix port's own leaves
+    SIGINT to its default action instead: a Ctrl-C then ended the interpreter, which
+    restarted as after a crash."""
+
+    def __init__(self, con):
+        self.con = con
+
+    def __getattr__(self, name):
+        return getattr(_micropython, name)
+
+    def kbd_intr(self, chr):
+        self.con.program_mode(True, chr)
+
+
 def _cooked_print(*args, sep=" ", end="\n", file=None):
     """print() to the console with \\n sent as \\r\\n, as a board's stdout does."""
     if file is not None and file is not sys.stdout:
@@ -718,9 +741,8 @@ def _gc_interrupted():
     leaves it locked and half-marked for good (a board defers Ctrl-C). Told apart from
     user code's micropython.heap_lock(), which heap_unlock() counts. Allocates nothing
     unless the heap takes it."""
-    import micropython
-    micropython.heap_lock()
-    if micropython.heap_unlock():
+    _micropython.heap_lock()  # the module itself: the user's (_Micropython) is Python code
+    if _micropython.heap_unlock():
         return False
     try:
         [0]
@@ -741,6 +763,7 @@ def main():
     if port == "esp32":
         import esp32  # noqa: F401  (emulated built-in, kept in sys.modules)
     con = Console()
+    sys.modules["micropython"] = _Micropython(con)
     rom = Rom(args, con)
     builtins.print = _cooked_print
     _mount_flash(args["flash"])

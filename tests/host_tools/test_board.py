@@ -704,3 +704,32 @@ def test_a_ctrl_c_is_a_signal_and_stdin_waits_while_a_program_runs_and_the_repl_
         sup.shutdown()
         for fd in (sup.port_master, sup.port_slave, sup.board_master, sup.board_slave, sup.ctl):
             os.close(fd)
+
+
+def test_kbd_intr_sets_the_interrupt_character_of_the_program_as_on_a_board(flash):
+    # micropython.kbd_intr(-1): Ctrl-C is a byte the program reads; kbd_intr(c): c
+    # interrupts it, until the program ends. The unix port's own kbd_intr(-1) left
+    # SIGINT to its default action: a Ctrl-C ended the interpreter, and the board
+    # restarted as after a crash.
+    from lkedge_host import emulation as emu
+    os.makedirs(flash)
+    with open(os.path.join(flash, "main.py"), "w") as f:
+        f.write("import micropython, sys, time\nmicropython.kbd_intr(-1)\nprint('reading')\n"
+                "print('got', repr(sys.stdin.read(1)))\n"
+                "micropython.kbd_intr(ord('x'))\nprint('now x')\nwhile True:\n    time.sleep_ms(5)\n")
+    sup = board.Supervisor(profiles.load("unix"), flash, board.find_micropython(), log=None)
+    seen = b""
+    try:
+        sup.start(emu.PWRON_RESET, "friendly")
+        for send, until in ((b"", b"reading\r\n"), (b"\x03", b"now x\r\n"), (b"x", b"KeyboardInterrupt")):
+            os.write(sup.board_master, send)
+            deadline = time.monotonic() + 20
+            while until not in seen and time.monotonic() < deadline:
+                if _readable(sup.board_master, 0.05):
+                    seen += os.read(sup.board_master, 4096)
+            assert until in seen, seen
+        assert b"got '\\x03'" in seen and sup.proc.poll() is None
+    finally:
+        sup.shutdown()
+        for fd in (sup.port_master, sup.port_slave, sup.board_master, sup.board_slave, sup.ctl):
+            os.close(fd)
