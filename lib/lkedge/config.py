@@ -58,7 +58,8 @@ class RoomOptions:
     client_protocol  advertised protocol (2: RPC v2 and inline streams)
     compress         compress outgoing finite streams when every recipient can inflate
     ping_interval_ms keepalive period on the link
-    join_timeout_ms  how long connect() waits for JOINED
+    join_timeout_ms  how long connect() waits for JOINED once the link is open (writing
+                     the JOIN included: a relay that never reads cannot hold it)
     auto_reconnect   reconnect with backoff after the link is lost
     reconnect_min_ms / reconnect_max_ms   backoff bounds (exponential, with jitter)
     transport_options  keyword arguments for transport.open_transport (TLS: cadata,

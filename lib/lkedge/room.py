@@ -288,11 +288,9 @@ class Room:
         # after JOINED (a JOINED and a LEAVE in one read): no rejoin starts behind it.
         self._opening = True
         try:
-            await t.connect()
-            await self._sender.send_frame(link.JOIN, cbor.dumps(join))
-            self._reader_task = asyncio.create_task(self._reader_loop(t))
+            await t.connect()   # bounded by the transport's own timeout_ms
             waiting = True
-            await asyncio.wait_for(self._joined.wait(), self.options.join_timeout_ms / 1000)
+            await asyncio.wait_for(self._join_link(t, join), self.options.join_timeout_ms / 1000)
         except BaseException as e:
             # Also when cancelled: no link may stay open behind us, and a room left
             # "connecting" would refuse every later connect().
@@ -312,6 +310,13 @@ class Room:
             if code is None:
                 raise ConnectError("the link closed while joining: %s" % self.last_error)
             raise ConnectError("the relay refused to join: LEAVE %s %s" % (code, self.leave_reason), code)
+
+    async def _join_link(self, t, join):
+        # Under join_timeout_ms with the wait for JOINED: a relay that never reads its
+        # link may not take even the JOIN, and connect() must still end.
+        await self._sender.send_frame(link.JOIN, cbor.dumps(join))
+        self._reader_task = asyncio.create_task(self._reader_loop(t))
+        await self._joined.wait()
 
     async def disconnect(self, *, reason=None):
         """Leave the room: LEAVE 1 to the relay, pending calls fail, tasks stop.

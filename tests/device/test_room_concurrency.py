@@ -742,3 +742,17 @@ async def test_a_handler_may_call_disconnect():
     assert out == ["after"], out
     assert b.connection_state == "disconnected" and b._transport is None
     await close(a)
+
+
+async def test_join_timeout_bounds_a_join_write_the_relay_never_takes():
+    mem = MemRoom()
+    t = _TestTransport(mem, 0)
+    t.stall_over = 0   # the JOIN's write waits for ever
+    r = room_module.Room(RoomOptions(join_timeout_ms=100))
+    try:
+        await asyncio.wait_for(r.connect(t, "a"), 5)   # (without the bound: for ever)
+    except ConnectError as e:
+        assert "no JOINED from the relay within 100 ms" in str(e), e
+    else:
+        raise AssertionError("connect() succeeded")
+    assert t.stalled and r.connection_state == "disconnected" and r._reader_task is None
