@@ -36,7 +36,7 @@ API (docs/internals.md, with the details fixed here):
   `NEED_DATA` (0), `FRAME`, `DATA_START`, `DATA_PIECE`, `DATA_END`.
   `next_event()` returns:
     `NEED_DATA`;
-    `(FRAME, type, body)` for every known non-DATA type (body is `bytes`, buffered
+    `(FRAME, type, body)` for every known non-DATA type (body is bytes-like: `bytes`, or the `bytearray` it was buffered in; buffered
       whole; type byte + body may not exceed `max_control`, default `max_frame`;
       PING/PONG bodies may not exceed 64 bytes; the body's buffer is allocated once at
       its header, or with grow=True as its bytes arrive, so that what a peer that has
@@ -238,7 +238,10 @@ class FrameReader:
                     self._next_frame()
                     if st == _ST_CTRL:
                         self._buf = None
-                        return (FRAME, self._type, bytes(buf))
+                        # the buffer itself, not a bytes copy: a second block of the
+                        # frame's size (14 KiB for a participant's attributes) at once
+                        # was what a fragmented board's heap lacked
+                        return (FRAME, self._type, buf)
         self._mv = _EMPTY     # all of mv is consumed: do not pin the caller's buffer
         self._pos = 0
         return NEED_DATA

@@ -46,7 +46,7 @@ def run(reader, chunks):
         reader.receive(mv)
         while (ev := reader.next_event()) != link.NEED_DATA:
             if ev[0] == link.FRAME:
-                assert type(ev[2]) is bytes
+                assert type(ev[2]) in (bytes, bytearray)   # whole here: a copy; split: its buffer
                 out.append(("FRAME", ev[1], ev[2]))
             elif ev[0] == link.DATA_START:
                 body, n = bytearray(), ev[1]
