@@ -166,6 +166,10 @@ def run_scenario(relay, heap, nbytes, compress, timeout=120, garbage=False, lib_
             caps = await asyncio.wait_for(
                 _unless_board_gave_up(_host_side(relay, proc, nbytes, lines, timeout), lines), timeout)
             result["caps"] = caps
+            if compress and caps != [2]:
+                # a board without the heap to hold the window does not advertise, and
+                # its exchange passes uncompressed: no measure of inflating
+                raise RuntimeError("the board did not advertise compression (no heap for the window)")
             peak = await _wait_line(lines, "PEAK ", 10)
             result["peak"] = int(peak.split()[1])
             result["ok"] = True
