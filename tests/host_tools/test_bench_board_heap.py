@@ -42,3 +42,14 @@ def test_the_romfs_image_mounts_on_micropython_and_the_library_imports_from_it(t
     where, heap = r.stdout.split()
     assert where == "/rom/lkedge/room.mpy"
     assert int(heap) < 70000   # loaded from files, these modules take ~100 KB
+
+
+def test_a_compressed_run_whose_board_did_not_advertise_compression_is_no_pass():
+    # 150 KiB holds the library and the exchange, not the 32 KiB window beside them: the
+    # board joins without the capability and the host sends uncompressed, which passed
+    # and let a bisection settle below any heap that inflates.
+    from lkedge_host.relay.process import RelayProcess
+    with RelayProcess() as relay:
+        r = board_heap.run_scenario(relay, 150 * 1024, 64 * 1024, True, timeout=60)
+    assert not r["ok"] and r.get("caps") == [], r
+    assert "did not advertise compression" in r["error"], r["error"]
