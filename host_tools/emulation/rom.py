@@ -489,8 +489,8 @@ class _Micropython:
     def __getattr__(self, name):
         return getattr(_micropython, name)
 
-    def kbd_intr(self, chr):
-        self.con.program_mode(True, chr)
+    def kbd_intr(self, c):
+        self.con.program_mode(True, c)
 
 
 def _cooked_print(*args, sep=" ", end="\n", file=None):

@@ -36,8 +36,9 @@ API (docs/internals.md, with the details fixed here):
   `NEED_DATA` (0), `FRAME`, `DATA_START`, `DATA_PIECE`, `DATA_END`.
   `next_event()` returns:
     `NEED_DATA`;
-    `(FRAME, type, body)` for every known non-DATA type (body is bytes-like: `bytes`, or the `bytearray` it was buffered in; buffered
-      whole; type byte + body may not exceed `max_control`, default `max_frame`;
+    `(FRAME, type, body)` for every known non-DATA type (body is bytes-like: `bytes`,
+      or the `bytearray` it was gathered in across reads; buffered whole; type byte +
+      body may not exceed `max_control`, default `max_frame`;
       PING/PONG bodies may not exceed 64 bytes; the body's buffer is allocated once at
       its header, or with grow=True as its bytes arrive, so that what a peer that has
       not authenticated makes a relay hold follows what it sent, not what it announced);

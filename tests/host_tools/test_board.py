@@ -654,6 +654,38 @@ def _signals_on(sup):
     return bool(termios.tcgetattr(sup.board_master)[3] & termios.ISIG)
 
 
+class _Supervised:
+    """A Supervisor (no loop of its own) booting `main_py` from the flash, and what its
+    interpreter says on its pty, read up to an expected text."""
+
+    def __init__(self, flash, main_py):
+        from lkedge_host import emulation as emu
+        os.makedirs(flash)
+        with open(os.path.join(flash, "main.py"), "w") as f:
+            f.write(main_py)
+        self.sup = board.Supervisor(profiles.load("unix"), flash, board.find_micropython(), log=None)
+        self.seen = b""
+        self.sup.start(emu.PWRON_RESET, "friendly")
+
+    def send(self, data):
+        os.write(self.sup.board_master, data)
+
+    def until(self, text):
+        """Wait (20 s at most) for `text`; what came after it is looked at next."""
+        deadline = time.monotonic() + 20
+        while text not in self.seen and time.monotonic() < deadline:
+            if _readable(self.sup.board_master, 0.05):
+                self.seen += os.read(self.sup.board_master, 4096)
+        assert text in self.seen, self.seen
+        self.seen = self.seen.split(text, 1)[1]
+
+    def close(self):
+        sup = self.sup
+        sup.shutdown()
+        for fd in (sup.port_master, sup.port_slave, sup.board_master, sup.board_slave, sup.ctl):
+            os.close(fd)
+
+
 def test_a_ctrl_c_is_a_signal_and_stdin_waits_while_a_program_runs_and_the_repl_reads_bytes(flash):
     # The unix port raises KeyboardInterrupt from inside its SIGINT handler, so a signal
     # that came as the ROM's read returned took that read's bytes with it: mpremote's
@@ -661,49 +693,33 @@ def test_a_ctrl_c_is_a_signal_and_stdin_waits_while_a_program_runs_and_the_repl_
     # ever, 1 boot in 300 of a reproducer. As on a board (pyexec.c), Ctrl-C is an
     # interrupt only while a program runs; the REPL reads it as a byte, in order. And a
     # program's sys.stdin.read(3) waits for 3 bytes, as on a board (it returned '').
-    from lkedge_host import emulation as emu
-    os.makedirs(flash)
-    with open(os.path.join(flash, "main.py"), "w") as f:
-        f.write("import sys, time\nprint('got', sys.stdin.read(3))\nwhile True:\n    time.sleep_ms(5)\n")
-    sup = board.Supervisor(profiles.load("unix"), flash, board.find_micropython(), log=None)
-    seen = [b""]
-
-    def console(until):
-        deadline = time.monotonic() + 20
-        while until not in seen[0] and time.monotonic() < deadline:
-            if _readable(sup.board_master, 0.05):
-                seen[0] += os.read(sup.board_master, 4096)
-        assert until in seen[0], seen[0]
-        seen[0] = seen[0].split(until, 1)[1]   # what came after it is looked at next
-
+    b = _Supervised(flash, "import sys, time\nprint('got', sys.stdin.read(3))\nwhile True:\n    time.sleep_ms(5)\n")
+    sup = b.sup
     try:
-        sup.start(emu.PWRON_RESET, "friendly")
         assert _wait_for(lambda: _readable(sup.ctl, 0) and b"R\n" in os.read(sup.ctl, 256), 20)
         assert _signals_on(sup)                          # main.py runs: Ctrl-C interrupts it
-        os.write(sup.board_master, b"ab")
+        b.send(b"ab")
         assert not _readable(sup.board_master, 0.3)      # the read waits for a third byte
-        os.write(sup.board_master, b"c")
-        console(b"got abc\r\n")
-        os.write(sup.board_master, b"\x03")
-        console(b"KeyboardInterrupt")
-        console(b">>> ")
+        b.send(b"c")
+        b.until(b"got abc\r\n")
+        b.send(b"\x03")
+        b.until(b"KeyboardInterrupt")
+        b.until(b">>> ")
         assert _wait_for(lambda: not _signals_on(sup), 20)   # the REPL reads: a byte
-        os.write(sup.board_master, b"\x03\x01")          # one write: both reach the REPL
-        console(b"raw REPL; CTRL-B to exit\r\n>")
-        os.write(sup.board_master, b"import time\nprint('running')\nwhile True:\n    time.sleep_ms(5)\n\x04")
+        b.send(b"\x03\x01")                              # one write: both reach the REPL
+        b.until(b"raw REPL; CTRL-B to exit\r\n>")
+        b.send(b"import time\nprint('running')\nwhile True:\n    time.sleep_ms(5)\n\x04")
         # in its loop: a Ctrl-C in the compile could leave a lock held (see _take_locks),
         # which only the supervisor's loop, not run here, restarts from
-        console(b"OK")
-        console(b"running")
+        b.until(b"OK")
+        b.until(b"running")
         assert _signals_on(sup)                          # a program again
-        os.write(sup.board_master, b"\x03")
-        console(b"KeyboardInterrupt")
-        console(b"\x04>")
+        b.send(b"\x03")
+        b.until(b"KeyboardInterrupt")
+        b.until(b"\x04>")
         assert _wait_for(lambda: not _signals_on(sup), 20)
     finally:
-        sup.shutdown()
-        for fd in (sup.port_master, sup.port_slave, sup.board_master, sup.board_slave, sup.ctl):
-            os.close(fd)
+        b.close()
 
 
 def test_kbd_intr_sets_the_interrupt_character_of_the_program_as_on_a_board(flash):
@@ -711,25 +727,16 @@ def test_kbd_intr_sets_the_interrupt_character_of_the_program_as_on_a_board(flas
     # interrupts it, until the program ends. The unix port's own kbd_intr(-1) left
     # SIGINT to its default action: a Ctrl-C ended the interpreter, and the board
     # restarted as after a crash.
-    from lkedge_host import emulation as emu
-    os.makedirs(flash)
-    with open(os.path.join(flash, "main.py"), "w") as f:
-        f.write("import micropython, sys, time\nmicropython.kbd_intr(-1)\nprint('reading')\n"
-                "print('got', repr(sys.stdin.read(1)))\n"
-                "micropython.kbd_intr(ord('x'))\nprint('now x')\nwhile True:\n    time.sleep_ms(5)\n")
-    sup = board.Supervisor(profiles.load("unix"), flash, board.find_micropython(), log=None)
-    seen = b""
+    b = _Supervised(flash, "import micropython, sys, time\nmicropython.kbd_intr(-1)\nprint('reading')\n"
+                    "print('got', repr(sys.stdin.read(1)))\n"
+                    "micropython.kbd_intr(ord('x'))\nprint('now x')\nwhile True:\n    time.sleep_ms(5)\n")
     try:
-        sup.start(emu.PWRON_RESET, "friendly")
-        for send, until in ((b"", b"reading\r\n"), (b"\x03", b"now x\r\n"), (b"x", b"KeyboardInterrupt")):
-            os.write(sup.board_master, send)
-            deadline = time.monotonic() + 20
-            while until not in seen and time.monotonic() < deadline:
-                if _readable(sup.board_master, 0.05):
-                    seen += os.read(sup.board_master, 4096)
-            assert until in seen, seen
-        assert b"got '\\x03'" in seen and sup.proc.poll() is None
+        b.until(b"reading\r\n")
+        b.send(b"\x03")
+        b.until(b"got '\\x03'")
+        b.until(b"now x\r\n")
+        b.send(b"x")
+        b.until(b"KeyboardInterrupt")
+        assert b.sup.proc.poll() is None
     finally:
-        sup.shutdown()
-        for fd in (sup.port_master, sup.port_slave, sup.board_master, sup.board_slave, sup.ctl):
-            os.close(fd)
+        b.close()
