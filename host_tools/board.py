@@ -90,10 +90,33 @@ ROM_HEAP = 96 * 1024
 FROZEN_HEAP = 256 * 1024
 
 
-def interpreter_heapsize(heap, frozen=()):
+def interpreter_heapsize(heap, frozen=(), romfs_bytes=0):
     """-X heapsize for a profile heap: plus the ROM's share, the frozen modules' share,
-    and the GC's block tables (about 1/32 of the heap; 1/16 leaves room)."""
-    return heap + heap // 16 + ROM_HEAP + (FROZEN_HEAP if frozen else 0)
+    the ROMFS partition's bytes and the GC's block tables (about 1/32 of the heap; 1/16
+    leaves room). The partition is one block the ROM takes before anything else (a
+    board maps its flash); the holes its compilation leaves below it cannot be part of
+    the user's heap, which is one region after it: the ROM's share again for those."""
+    return (heap + heap // 16 + ROM_HEAP + (FROZEN_HEAP if frozen else 0)
+            + (romfs_bytes + romfs_bytes // 16 + ROM_HEAP if romfs_bytes else 0))
+
+
+def romfs_path(flash):
+    """The file that holds a flash folder's ROMFS partition: beside the folder, as a
+    board's partitions sit beside its filesystem (erasing the filesystem keeps it)."""
+    return os.path.realpath(flash) + ".romfs"
+
+
+def _romfs_file(flash, size):
+    """romfs_path(flash), made `size` bytes of erased flash (0xff) if missing; a file of
+    another size (the profile changed) is cut or padded with erased bytes."""
+    path = romfs_path(flash)
+    with open(path, "ab") as f:
+        have = f.tell()
+        if have < size:
+            f.write(b"\xff" * (size - have))
+    if have > size:
+        os.truncate(path, size)
+    return path
 CRASH_RESTART_DELAY_S = 0.5
 # An interpreter that ends this many times in a row before it reports ready (a wrong
 # --micropython, a broken install) is not a board in a reset loop: the board stops.
@@ -207,12 +230,15 @@ class Supervisor:
         heap = self.profile["heap"]
         rd, wr = os.pipe()
         frozen = self.profile.get("frozen", [])
-        args = [self.micropython, "-X", "heapsize=%d" % interpreter_heapsize(heap, frozen), emu.ROM_PATH,
+        romfs = self.profile.get("romfs_bytes", 0)
+        args = [self.micropython, "-X", "heapsize=%d" % interpreter_heapsize(heap, frozen, romfs), emu.ROM_PATH,
                 "flash=" + self.flash, "heap=%d" % heap, "cause=%d" % cause, "mode=" + mode,
                 "port=" + self.profile["port"], "freq=%d" % self.profile["cpu_hz"],
                 "uid=" + self.uid().hex(), "name=" + self.profile["name"], "ctl=%d" % wr,
                 "chip=" + self.profile.get("chip", ""),
                 "frozen=" + ",".join(frozen)]
+        if romfs:
+            args += ["romfs=" + _romfs_file(self.flash, romfs), "romfs_bytes=%d" % romfs]
         slave = self.board_slave
         parent = os.getpid()
 
@@ -612,7 +638,8 @@ def _run_board(args, profile, flash, lock=None):
     signal.signal(signal.SIGINT, sup.stop)
     print("lkedge board: %s emulated on %s (flash %s)" % (profile["name"], sup.port_name, flash), flush=True)
     sup._say("heap %d bytes free for user code (-X heapsize=%d); Ctrl-C here stops the board"
-             % (profile["heap"], interpreter_heapsize(profile["heap"], profile.get("frozen", []))))
+             % (profile["heap"], interpreter_heapsize(profile["heap"], profile.get("frozen", []),
+                                                      profile.get("romfs_bytes", 0))))
     try:
         return sup.serve()
     finally:

@@ -495,8 +495,8 @@ def check_frames(frames, lib_dir):
 def add_names_arguments(parser):
     parser.add_argument("text", nargs="*", help="text to translate (default: standard input)")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--table", help="a board's /lib/lkedge/renames.txt (the surest: the table of what "
-                                       "the board runs)")
+    which.add_argument("--table", help="a board's /lib/lkedge/renames.txt (/rom/lib/lkedge/renames.txt after a "
+                                       "deploy --romfs; the surest: the table of what the board runs)")
     which.add_argument("--firmware", default=None,
                        help="the firmware folder the board was deployed with: the table `lkedge deploy "
                             "--firmware DIR` makes (default: this checkout's firmware/)")
@@ -537,8 +537,8 @@ def run_names(args):
         where = ("--table %s" % args.table) if args.table else "the library %s" % args.lib
         hint = ""
         if args.table:
-            hint = (" (a deployed board has it: mpremote connect PORT fs cp :%s/renames.txt %s)"
-                    % ("/lib/lkedge", args.table))
+            hint = (" (a deployed board has it: mpremote connect PORT fs cp :%s/renames.txt %s; "
+                    ":/rom/lib/lkedge/renames.txt on a board deployed with --romfs)" % ("/lib/lkedge", args.table))
         say("lkedge names: cannot read %s: %s%s" % (where, e.strerror or e, hint))
         return 2
     except BuildError as e:

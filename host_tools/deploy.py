@@ -2,7 +2,7 @@
 
     lkedge deploy --port PORT --profile NAME [--relay URL] [--identity ID] [--room ROOM]
                   [--firmware DIR | --lib-only] [--token-ttl 30d] [--wifi-ssid S] [--wifi-password P]
-                  [--telemetry-to IDENTITY] [--telemetry-interval S] [--no-reset]
+                  [--telemetry-to IDENTITY] [--telemetry-interval S] [--romfs] [--no-reset]
     python -m lkedge_host.deploy ...        (the same, without the CLI frame)
 
 PORT is a serial device or the pty of `lkedge board`; both are driven by the real
@@ -54,6 +54,15 @@ mpremote in the same way. Steps, each reported on stderr as "deploy: ...":
    reachable from the board but not from here); a tcp:// port that answers an HTTP
    request (the relay's WebSocket or HTTP port) is warned about too.
 
+--romfs (lkedge_host.romfs says how): the library's files and the firmware's compiled
+modules go into a ROMFS image (real `mpremote romfs build`) instead of /lib/lkedge and
+/, written to the board's ROMFS partition with `mpremote romfs deploy` (unless it holds
+that image already) and read back before step 4; /.lkedge-romfs records it, and the
+flash copies they replace are removed in step 4. A board without a partition, or one
+too small for the image, is a usage error found at the query, before anything changes.
+A deploy without --romfs on a board with that record erases the partition's header
+and removes the record, so that /rom/lib cannot shadow what it copies.
+
 A relay URL that is not loopback with a token signed with the development keys (no
 --api-key/--api-secret nor LIVEKIT_API_KEY/LIVEKIT_API_SECRET) is warned about before
 any work: a relay accepts those keys on loopback only, so one the board reaches
@@ -90,7 +99,7 @@ import subprocess
 import sys
 import tempfile
 
-from lkedge_host import ROOT, boardbuild, profiles, relayprobe
+from lkedge_host import ROOT, boardbuild, profiles, relayprobe, romfs
 
 DEFAULT_RELAY = "tcp://127.0.0.1:7880"
 DEFAULT_ROOM = "lkedge"
@@ -163,6 +172,7 @@ class Report:
         self.copied = []
         self.unchanged = []
         self.removed = []
+        self.romfs = None   # with --romfs: "written", or "unchanged" (the partition held the image)
 
 
 def _say(msg):
@@ -352,8 +362,9 @@ def _parts(d):
                 for e in os.ilistdir(d) if e[0].endswith(%(part)r) and e[1] == 0x8000]
     except Exception:
         return []
+%(romfs)s
 _m = _man()
-print('LKEDGE-DEPLOY ' + json.dumps({'hash': dict((p, _h(p)) for p in %(paths)s),
+print('LKEDGE-DEPLOY ' + json.dumps({'rom': _rom(%(rom_n)d), 'hash': dict((p, _h(p)) for p in %(paths)s),
       'ls': dict((d, _ls(d)) for d in %(dirs)s), 'mpy': sys.implementation._mpy, 'uid': _uid(),
       'port': _port(), 'chip': _chip(), 'man': _m, 'tel': _tel(), 'fs': _fs(),
       'part': [n for d in %(dirs)s for n in _parts(d)]}))
@@ -416,9 +427,11 @@ def _is_tty(port):
         os.close(fd)
 
 
-def query_board(mpremote, port, paths, dirs):
+def query_board(mpremote, port, paths, dirs, rom_n=0):
+    """The board's files, folders and facts (see _QUERY); `rom_n` > 0: with the sha256
+    of the ROMFS partition's first rom_n bytes ('rom', lkedge_host.romfs)."""
     code = _QUERY % {"paths": repr(sorted(paths)), "dirs": repr(sorted(dirs)), "manifest": MANIFEST,
-                     "part": PART}
+                     "part": PART, "romfs": romfs.QUERY_FUNCTION, "rom_n": rom_n}
     try:
         out = _mpremote(mpremote, port, ["exec", code], "reading the board's files", QUERY_TIMEOUT_S)
     except _TimedOut:
@@ -507,7 +520,7 @@ def _earlier_deploy(arts, board, already):
                  "firmware left, such as /%s, are not known to be deploy's and stay"
                  % (MANIFEST, others[0]))
         return []
-    keep = set(a.board_path for a in arts) | {"/config.json", MANIFEST} | already
+    keep = set(a.board_path for a in arts) | {"/config.json", MANIFEST, romfs.MARKER} | already
     recorded, now = {}, {}
     for sha, path, current in entries:
         recorded.setdefault(path, set()).add(sha)
@@ -844,23 +857,51 @@ def deploy(o):
     with tempfile.TemporaryDirectory(prefix="lkedge-deploy-") as tmp:
         _say("compiling with %s %s" % (os.path.basename(mpy_cross), " ".join(profiles.mpy_cross_args(profile))))
         arts = plan_build(profile, o.lib, firmware_dir(o), tmp, mpy_cross)
-        report, identity = _on_board(o, profile, version, mpremote, arts, tmp)
+        image = None
+        if getattr(o, "romfs", False):
+            arts, image = _romfs_build(mpremote, arts, tmp)
+        report, identity = _on_board(o, profile, version, mpremote, arts, tmp, image)
     _check_relay(o.relay)
     _say("%d copied, %d unchanged, %d removed (%s records what deploy put on the board: the next "
-         "deploy removes what it no longer builds); config.json written for %s in room %s%s"
-         % (len(report.copied), len(report.unchanged), len(report.removed), MANIFEST, identity, o.room,
+         "deploy removes what it no longer builds)%s; config.json written for %s in room %s%s"
+         % (len(report.copied), len(report.unchanged), len(report.removed), MANIFEST,
+            "; the library's ROMFS image %s" % report.romfs if report.romfs else "", identity, o.room,
             "" if o.no_reset else "; board reset"))
     return report
 
 
-def _on_board(o, profile, version, mpremote, arts, tmp):
-    """Query and update the board. mpremote interrupts its firmware: on any failure once a
-    REPL answered, reset it (unless --no-reset) so that it is not left at its REPL."""
-    state = {"copying": False}
+def _romfs_build(mpremote, arts, tmp):
+    """--romfs: the library's files and the firmware's modules out of `arts`, into a
+    ROMFS image (romfs.image_path); returns (the artifacts that stay on the flash, with
+    the ROMFS record romfs.MARKER, the image)."""
+    inside = [(romfs.image_path(a.board_path), a) for a in arts if romfs.image_path(a.board_path)]
     try:
-        board = query_board(mpremote, o.port, [a.board_path for a in arts], _dirs_of(a.board_path for a in arts))
+        image = romfs.build_image(mpremote, [(where, a.local_path) for where, a in inside], tmp)
+    except RuntimeError as e:
+        raise DeployError(str(e))
+    lib = sum(1 for _, a in inside if a.board_path.startswith(LIB_DIR_ON_BOARD + "/"))
+    _say("--romfs: the library (%d files, /rom/lib/lkedge on the board) and %d firmware modules (/rom/lib) as a "
+         "ROMFS image of %d bytes" % (lib, len(inside) - lib, image.size))
+    rest = [a for a in arts if not romfs.image_path(a.board_path)]
+    return rest + [Artifact(romfs.MARKER, romfs.marker_file(image, tmp))], image
+
+
+def _on_board(o, profile, version, mpremote, arts, tmp, image=None):
+    """Query and update the board. mpremote interrupts its firmware: on any failure once a
+    REPL answered, reset it (unless --no-reset) so that it is not left at its REPL.
+    `image`: --romfs, the library's ROMFS image (romfs.Image)."""
+    state = {"copying": False}
+    dirs = _dirs_of(a.board_path for a in arts)
+    if image is not None:
+        dirs |= _dirs_of([LIB_DIR_ON_BOARD + "/x"])   # the library's old copies there are removed
+    try:
+        board = query_board(mpremote, o.port, [a.board_path for a in arts], dirs, image.size if image else 0)
         check_board(profile, board, version)
-        return _update(o, profile, mpremote, arts, tmp, board, state)
+        if image is not None:
+            why = romfs.fits(board.get("rom"), image)
+            if why:
+                raise UsageError(why)
+        return _update(o, profile, mpremote, arts, tmp, board, state, image)
     except NoRepl:
         raise
     except NoSpace as e:
@@ -868,7 +909,9 @@ def _on_board(o, profile, version, mpremote, arts, tmp):
         _reset_after_failure(o, mpremote, e.renaming, e.cleanup)
         raise
     except BaseException:
-        if state["copying"]:
+        if state.get("romfs"):
+            _say(INCOMPLETE_ROMFS)
+        elif state["copying"]:
             _say(INCOMPLETE)
         _reset_after_failure(o, mpremote, state["copying"])
         raise
@@ -879,6 +922,12 @@ INCOMPLETE = ("incomplete: it stopped while changing the board's files: the new 
               "unless it stopped during that last step (then it may hold part of each, and fail to "
               "start); run `lkedge deploy` again to finish (it copies what differs, removes what the "
               "old firmware left, and the copies cut short)")
+
+
+INCOMPLETE_ROMFS = ("incomplete: it stopped while writing the board's ROMFS partition, before any flash file "
+                    "changed: its record %s says \"writing\", so the board's boot.py leaves the partition out "
+                    "of sys.path (a half-written one is never imported) and the firmware finds no module there "
+                    "until a deploy --romfs finishes; run `lkedge deploy --romfs` again" % romfs.MARKER)
 
 
 def _reset_after_failure(o, mpremote, copying=False, cleanup=()):
@@ -934,8 +983,9 @@ def _check_relay(url):
         sock.close()
 
 
-def _update(o, profile, mpremote, arts, tmp, board, state):
+def _update(o, profile, mpremote, arts, tmp, board, state, image=None):
     """Steps 3 and 4 on a board that answered the query; returns (Report, identity).
+    With `image` (--romfs), the ROMFS partition is written and checked first.
     The manifest is replaced first by the union of the old and the new files (an
     interrupted deploy leaves no file of either unrecorded), and last by the new files
     alone; both are copied beside the old one, which a full flash leaves whole."""
@@ -954,6 +1004,12 @@ def _update(o, profile, mpremote, arts, tmp, board, state):
     config = Artifact("/config.json", cfg_path)
     report = Report()
     report.removed = _removals(arts, board)
+    # Without --romfs, the record of an earlier deploy --romfs goes, and the partition
+    # that record names is erased (its header: nothing is mounted at /rom after the reset)
+    recorded = image is None and romfs.MARKER[1:] in (board["ls"].get("/") or ())
+    erase = recorded and board.get("rom") is not None
+    if recorded:
+        report.removed.append(romfs.MARKER)
     changed = [a for a in arts if board["hash"].get(a.board_path) != a.sha256]
     report.unchanged = [a.board_path for a in arts if a not in changed]
     build_dirs = _dirs_of(a.board_path for a in arts)
@@ -984,9 +1040,20 @@ def _update(o, profile, mpremote, arts, tmp, board, state):
     # at every boot, out of reach of the REPL that a deploy needs.
     # What the build no longer has goes with the renames, not before the copies: a
     # deploy cut short before them leaves the old firmware whole (its app.py too).
-    cmds += ["exec", _rename_code([a.board_path for a in copies]) + "\n"
-             + _prepare_code(report.removed, (), build_dirs) + "\nos.rename(%r, %r)" % (MANIFEST_NEW, MANIFEST), "+"]
+    # (--romfs: the library's folder on the flash goes too, once its files have)
+    gone = "\ntry:\n    os.rmdir(%r)\nexcept OSError:\n    pass" % LIB_DIR_ON_BOARD if image is not None else ""
+    cmds += ["exec", (romfs.ERASE_CODE if erase else "") + _rename_code([a.board_path for a in copies]) + "\n"
+             + _prepare_code(report.removed, (), build_dirs) + gone + "\nos.rename(%r, %r)" % (MANIFEST_NEW, MANIFEST),
+             "+"]
     state["copying"] = True
+    if image is not None:
+        state["romfs"] = True
+        report.romfs = _write_romfs(o, mpremote, board, image)
+        state["romfs"] = False
+    elif erase:
+        _say("the board's ROMFS partition holds what an earlier deploy --romfs put there (%s): its header is "
+             "erased with the renames, so that /rom/lib, before /lib on sys.path, cannot shadow the library in "
+             "%s and the firmware's modules now on the flash" % (romfs.MARKER, LIB_DIR_ON_BOARD))
     try:
         _mpremote(mpremote, o.port, ["resume"] + cmds + ([] if o.no_reset else ["reset"]), "copying files")
     except DeployError as e:
@@ -995,6 +1062,22 @@ def _update(o, profile, mpremote, arts, tmp, board, state):
         raise _filled(e, o.port, checked, ever, new_dirs) from None
     report.copied = [a.board_path for a in changed + [config]]
     return report, identity
+
+
+def _write_romfs(o, mpremote, board, image):
+    """Step 4a with --romfs: the image to the partition unless it holds it already;
+    returns what Report.romfs says."""
+    rom = board["rom"]
+    if romfs.holds(rom, image):
+        _say("the ROMFS partition already holds this library's image (%d bytes): not written" % image.size)
+        return "unchanged"
+    _say("writing the library's ROMFS image (%d bytes) to the board's %d-byte ROMFS partition with mpremote "
+         "romfs deploy, then reading it back" % (image.size, rom[0]))
+    try:
+        romfs.write(lambda args, what: _mpremote(mpremote, o.port, ["resume"] + args, what), image)
+    except RuntimeError as e:
+        raise DeployError(str(e))
+    return "written"
 
 
 def _check_space(o, board, copies, manifests, new_dirs, dirs):
@@ -1027,6 +1110,10 @@ def add_arguments(parser):
                         help="deploy the library without any firmware (not with --firmware); a firmware "
                              "an earlier deploy put on the board is removed")
     parser.add_argument("--lib", default=os.path.join(ROOT, "lib", "lkedge"), help="lkedge library folder (default: this checkout's lib/lkedge)")
+    parser.add_argument("--romfs", action="store_true",
+                        help="put the library and the firmware's modules in the board's ROMFS partition (a "
+                             "MicroPython 1.25+ firmware built with one), where their bytecode runs from flash "
+                             "instead of the heap; boot.py, main.py and data files stay on the flash")
     parser.add_argument("--api-key", default=None,
                         help="API key for the token (else LIVEKIT_API_KEY, else the relay's development key)")
     parser.add_argument("--api-secret", default=None,

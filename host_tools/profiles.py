@@ -29,6 +29,10 @@ host tools (emulator heap, mpy-cross architecture). Keys:
     frozen        [module, ...] modules frozen into this board's firmware (manifest.py):
                   their bytecode lives in flash, not in the heap. The emulated board
                   loads them before it measures the heap it hands to user code.
+    romfs_bytes   optional: the size of the firmware's ROMFS partition (MicroPython 1.25+
+                  built with MICROPY_VFS_ROM; a multiple of 4096), where `lkedge deploy
+                  --romfs` puts the library so that its bytecode runs from flash; absent
+                  or 0: no partition. The emulated board keeps it in FLASH.romfs.
 
 API: load(name_or_path) -> dict, names() -> list, path_of(name) -> str,
 board_json(profile) -> bytes (the /profile.json payload), mpy_cross_args(profile) ->
@@ -53,6 +57,8 @@ MIN_HEAP = 16 * 1024
 INFLATE_BYTES = 33 * 1024
 MIN_HEAP_FOR_INFLATE = 4 * INFLATE_BYTES
 RP2_MAX_WATCHDOG_MS = 8388  # the RP2040 watchdog counter's limit
+ROMFS_BLOCK = 4096  # a flash erase block: a ROMFS partition is a whole number of them
+MAX_ROMFS = 16 * 1024 * 1024  # the largest flash of the boards we know
 
 
 class ProfileError(ValueError):
@@ -125,6 +131,10 @@ def validate(p, where="profile"):
     frozen = p.get("frozen", [])
     _need(isinstance(frozen, list) and all(isinstance(m, str) and m for m in frozen), where,
           "'frozen' must be a list of module names, got %r" % (frozen,))
+    if p.get("romfs_bytes"):
+        romfs = _int(p, "romfs_bytes", where, lo=ROMFS_BLOCK, hi=MAX_ROMFS)
+        _need(romfs % ROMFS_BLOCK == 0, where, "'romfs_bytes' = %d must be a multiple of %d (the flash's "
+              "erase block)" % (romfs, ROMFS_BLOCK))
 
 
 def _validate_mpy(mpy, where):

@@ -13,7 +13,9 @@ Started by the host supervisor (lkedge_host.board) as
                  port=esp32 freq=HZ uid=HEX name=PROFILE ctl=FD
 
 (mode=repl: the friendly REPL after boot.py, main.py not run; see "A Ctrl-C in a
-garbage collection" in lkedge_host/board.py)
+garbage collection" in lkedge_host/board.py), and, for a profile with a ROMFS
+partition, romfs=FILE romfs_bytes=N (emulation/rompart.py: vfs.rom_ioctl(), the image
+mounted at /rom with /rom and /rom/lib on sys.path)
 
 with stdin/stdout on a pseudo-terminal whose line discipline turns Ctrl-C into SIGINT
 while a program runs (that is how it gets KeyboardInterrupt, as on a board; the REPL
@@ -634,17 +636,33 @@ def _load_frozen(names):
     """Emulate modules frozen into the firmware: load them (from the deployed .mpy in
     /lib) before the heap is measured, so their bytecode is not charged to user code,
     as on a board where frozen bytecode runs from flash. Missing ones (nothing deployed
-    yet) are skipped: the firmware's own import then reports them."""
+    yet) are skipped: the firmware's own import then reports them. Not from the ROMFS
+    partition: a firmware that freezes the library has no need to put it there, and
+    only the firmware's boot.py knows whether a deploy finished writing it."""
     loaded = []
+    path = sys.path[:]
+    sys.path[:] = [".frozen", "/lib"]   # (.frozen: asyncio, which the library imports)
+    try:
+        _import_all(names, loaded)
+    finally:
+        sys.path[:] = path
+    return loaded
+
+
+def _import_all(names, loaded):
     for name in names:
         if not name:
             continue
+        had = list(sys.modules)
         try:
             __import__(name)
             loaded.append(name)
         except ImportError:
-            pass
-    return loaded
+            # what the failed import left goes (a /lib/lkedge folder without the
+            # module made "lkedge" a namespace package there, hiding /rom/lib/lkedge)
+            for n in list(sys.modules):
+                if n not in had:
+                    del sys.modules[n]
 
 
 def _ballast(target):
@@ -757,6 +775,12 @@ def main():
     ctl = open("/dev/fd/" + args["ctl"], "wb") if args.get("ctl") else None
     port = args.get("port", "unix")
     uid = bytes(int(args.get("uid", "00" * 6)[i:i + 2], 16) for i in range(0, len(args.get("uid", "00" * 6)), 2))
+    # The ROMFS partition first: its one block goes below everything the ROM allocates
+    part = None
+    if args.get("romfs"):
+        import rompart
+        part = rompart.Partition(args["romfs"], int(args["romfs_bytes"]))
+        sys.modules["vfs"] = rompart.Vfs(part)   # with rom_ioctl(), for mpremote romfs
     machine._configure(int(args.get("cause", "1")), uid, int(args.get("freq", "240000000")), ctl, port,
                        args.get("chip", ""))
     network._sync_status_constants()
@@ -767,6 +791,8 @@ def main():
     rom = Rom(args, con)
     builtins.print = _cooked_print
     _mount_flash(args["flash"])
+    if part is not None:
+        rompart.mount(part, sys.path)
     sys.argv[:] = []
     _load_frozen(args.get("frozen", "").split(","))
     # the ballast leaves the user's heap and the ROM's room, which is taken right after

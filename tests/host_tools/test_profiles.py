@@ -24,8 +24,8 @@ def _bad(tmp_path, mutate, base="esp32"):
     return str(e.value)
 
 
-def test_the_four_boards_exist_and_validate():
-    assert profiles.names() == ["esp32", "esp32s3", "picow", "unix"]
+def test_the_five_boards_exist_and_validate():
+    assert profiles.names() == ["esp32", "esp32s3", "picow", "picow-romfs", "unix"]
     for name in profiles.names():
         assert profiles.load(name)["name"] == name
 
@@ -35,6 +35,7 @@ def test_heaps_are_realistic_for_each_board():
     assert 100 * 1024 <= heap["esp32"] <= 120 * 1024      # ESP32 without PSRAM
     assert heap["esp32s3"] >= 2 * 1024 * 1024              # PSRAM: several MiB
     assert 150 * 1024 <= heap["picow"] <= 170 * 1024       # RP2040
+    assert heap["picow-romfs"] == heap["picow"]             # the same board, another firmware
     assert heap["unix"] == 1024 * 1024
 
 
@@ -71,7 +72,7 @@ def test_name_must_match_the_file(tmp_path):
 
 
 def test_unknown_profile_lists_the_known_ones():
-    with pytest.raises(profiles.ProfileError, match="no board profile 'esp8266'.*esp32, esp32s3, picow, unix"):
+    with pytest.raises(profiles.ProfileError, match="no board profile 'esp8266'.*esp32, esp32s3, picow, picow-romfs, unix"):
         profiles.load("esp8266")
 
 
@@ -84,7 +85,8 @@ def test_invalid_json_is_reported(tmp_path):
 
 def test_architectures_match_the_chips():
     march = dict((n, profiles.load(n)["mpy"]["march"]) for n in profiles.names())
-    assert march == {"esp32": "xtensawin", "esp32s3": "xtensawin", "picow": "armv6m", "unix": "host"}
+    assert march == {"esp32": "xtensawin", "esp32s3": "xtensawin", "picow": "armv6m", "picow-romfs": "armv6m",
+                     "unix": "host"}
 
 
 def test_mpy_version_matches_mpy_cross_and_the_interpreter(tmp_path):
@@ -163,3 +165,17 @@ def test_optional_int_or_null_link_keys_are_checked_and_reach_room_options(tmp_p
         with pytest.raises(profiles.ProfileError) as e:
             profiles.load(str(f))
         assert key in str(e.value)
+
+
+def test_only_picow_romfs_has_a_romfs_partition_and_it_freezes_nothing():
+    has = dict((n, profiles.load(n).get("romfs_bytes", 0)) for n in profiles.names())
+    assert has == {"esp32": 0, "esp32s3": 0, "picow": 0, "picow-romfs": 256 * 1024, "unix": 0}
+    # the library goes to the partition instead of being frozen into the firmware
+    assert "frozen" not in profiles.load("picow-romfs") and profiles.load("picow")["frozen"]
+
+
+def test_a_romfs_partition_is_whole_flash_blocks_of_a_sane_size(tmp_path):
+    assert "multiple of 4096" in _bad(tmp_path, lambda p: p.update(romfs_bytes=5000))
+    assert "below the minimum 4096" in _bad(tmp_path, lambda p: p.update(romfs_bytes=-4096))
+    assert "above the maximum" in _bad(tmp_path, lambda p: p.update(romfs_bytes=32 * 1024 * 1024))
+    assert "'romfs_bytes' must be an integer" in _bad(tmp_path, lambda p: p.update(romfs_bytes="256K"))
