@@ -860,6 +860,7 @@ def deploy(o):
         image = None
         if getattr(o, "romfs", False):
             arts, image = _romfs_build(mpremote, arts, tmp)
+            _check_boot_guard(firmware_dir(o))
         report, identity = _on_board(o, profile, version, mpremote, arts, tmp, image)
     _check_relay(o.relay)
     _say("%d copied, %d unchanged, %d removed (%s records what deploy put on the board: the next "
@@ -884,6 +885,24 @@ def _romfs_build(mpremote, arts, tmp):
          "ROMFS image of %d bytes" % (lib, len(inside) - lib, image.size))
     rest = [a for a in arts if not romfs.image_path(a.board_path)]
     return rest + [Artifact(romfs.MARKER, romfs.marker_file(image, tmp))], image
+
+
+def _check_boot_guard(fw):
+    """--romfs: warn when the firmware's boot.py does not keep a half-written partition
+    off sys.path (the check in this checkout's firmware/boot.py, which reads romfs.MARKER)."""
+    if fw is None:
+        return   # --lib-only: the board's boot.py is not deploy's to know
+    boot = os.path.join(fw, "boot.py")
+    text = ""
+    if os.path.isfile(boot):
+        with open(boot, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    if romfs.MARKER not in text:
+        _say("warning: %s does not check %s: a deploy --romfs cut short leaves a half-written partition that "
+             "the board then imports at boot (a truncated .mpy can hang it there, out of the REPL's reach); "
+             "copy the check of this checkout's firmware/boot.py into it (docs/firmware.md, \"The library in "
+             "ROMFS\")" % (boot if os.path.isfile(boot) else "--firmware %s has no boot.py, so it" % fw,
+                            romfs.MARKER))
 
 
 def _on_board(o, profile, version, mpremote, arts, tmp, image=None):

@@ -121,3 +121,13 @@ def test_a_partition_without_a_valid_image_is_not_mounted(romfs_board, flash):
         f.write(b"\xd2\xcd\x31\xff\xff\xff\xff")   # the magic, then no image
     out(romfs_board, "reset")
     assert out(romfs_board, "exec", "import sys; print(sys.path)") == "['', '.frozen', '/lib']\n"
+
+
+def test_the_partition_file_follows_the_profiles_size_and_keeps_its_bytes(tmp_path):
+    flash = str(tmp_path / "flash")
+    path = board._romfs_file(flash, 8192)
+    assert path == board.romfs_path(flash) and open(path, "rb").read() == b"\xff" * 8192   # erased flash
+    with open(path, "r+b") as f:
+        f.write(b"image")
+    assert open(board._romfs_file(flash, 4096), "rb").read() == b"image" + b"\xff" * 4091       # cut
+    assert open(board._romfs_file(flash, 12288), "rb").read() == b"image" + b"\xff" * 12283     # padded

@@ -101,6 +101,19 @@ def test_romfs_puts_the_library_and_the_firmware_modules_in_the_partition(romfs_
     assert counts == [1, 5, 0] and "the library's ROMFS image unchanged" in log and "not written" in log, log
 
 
+def test_a_boot_py_without_the_partition_check_is_warned_about(romfs_board, firmware, lib):
+    _write(firmware, "boot.py", "# a boot.py of its own\n")
+    counts, log = run_deploy(romfs_board, "picow-romfs", firmware, lib, "--romfs")
+    assert "boot.py does not check /.lkedge-romfs: a deploy --romfs cut short leaves a half-written" in log, log
+    os.remove(os.path.join(firmware, "boot.py"))
+    counts, log = run_deploy(romfs_board, "picow-romfs", firmware, lib, "--romfs")
+    assert "has no boot.py, so it does not check /.lkedge-romfs" in log, log
+    # this checkout's boot.py has the check: nothing said
+    shutil.copyfile(REAL_BOOT, os.path.join(firmware, "boot.py"))
+    counts, log = run_deploy(romfs_board, "picow-romfs", firmware, lib, "--romfs")
+    assert "does not check" not in log, log
+
+
 def test_a_library_in_lib_moves_to_the_partition_and_back(romfs_board, firmware, lib):
     run_deploy(romfs_board, "picow-romfs", firmware, lib)
     _after_reset()
