@@ -108,16 +108,16 @@ class Image:
 
 def image_path(board_path):
     """Where a file the deploy builds goes in the image (its board path under /rom), or
-    None for a file that stays on the flash: the library's files (/lib/lkedge/x ->
-    lib/lkedge/x) and the firmware's compiled modules (/app.mpy -> lib/app.mpy,
-    /drivers/b.mpy -> lib/drivers/b.mpy: importable by the same names from /rom/lib)
-    go in; boot.py, main.py (run from source by name), data files, config.json and
-    profile.json (read by path) stay."""
-    if board_path.startswith(LIB_ON_BOARD + "/"):
+    None for a file that stays on the flash. In: the library's files (/lib/lkedge/x ->
+    lib/lkedge/x) and the firmware's compiled modules, importable by the same names
+    from /rom/lib (/app.mpy -> lib/app.mpy, /drivers/b.mpy -> lib/drivers/b.mpy, and
+    /lib/x.mpy, on /lib's path, -> lib/x.mpy). Out: boot.py, main.py (run from source
+    by name), data files, config.json and profile.json (read by path)."""
+    if not board_path.endswith(".mpy") and not board_path.startswith(LIB_ON_BOARD + "/"):
+        return None
+    if board_path.startswith("/lib/"):
         return board_path[1:]
-    if board_path.endswith(".mpy"):
-        return "lib" + board_path
-    return None
+    return "lib" + board_path
 
 
 def build_image(mpremote, files, out_dir):

@@ -76,17 +76,31 @@ def _after_reset():
     time.sleep(0.1 + board.BOOT_TIME_S + 0.3)
 
 
+def test_what_goes_in_the_image_and_what_stays_on_the_flash():
+    goes = {"/lib/lkedge/room.mpy": "lib/lkedge/room.mpy", "/lib/lkedge/room.msg": "lib/lkedge/room.msg",
+            "/lib/lkedge/renames.txt": "lib/lkedge/renames.txt", "/app.mpy": "lib/app.mpy",
+            "/drivers/bme.mpy": "lib/drivers/bme.mpy", "/lib/extra.mpy": "lib/extra.mpy",
+            "/boot.py": None, "/main.py": None, "/settings.json": None, "/config.json": None,
+            "/profile.json": None, "/lib/data.txt": None, "/www/index.html": None}
+    assert dict((p, romfs.image_path(p)) for p in goes) == goes
+
+
 WHERE = "import app, lkedge.alpha as a; print(app.__file__, a.__file__, app.answer(), a.name())"
 
 
 def test_romfs_puts_the_library_and_the_firmware_modules_in_the_partition(romfs_board, firmware, lib, tmp_path):
+    # modules in subfolders keep their names: drivers.bme, and extra from the firmware's lib/
+    _write(os.path.join(firmware, "drivers"), "bme.py", "KIND = 'bme'\n")
+    _write(os.path.join(firmware, "lib"), "extra.py", "KIND = 'extra'\n")
     counts, log = run_deploy(romfs_board, "picow-romfs", firmware, lib, "--romfs")
-    assert "--romfs: the library (3 files, /rom/lib/lkedge on the board) and 1 firmware modules (/rom/lib)" in log
+    assert "--romfs: the library (3 files, /rom/lib/lkedge on the board) and 3 firmware modules (/rom/lib)" in log
     assert "then reading it back" in log and "the library's ROMFS image written" in log
     # on the flash: boot.py, main.py, the data file, profile.json, the ROMFS record, config.json
     assert counts == [6, 0, 0], log
     _after_reset()
     assert out(romfs_board, "exec", WHERE) == "/rom/lib/app.mpy /rom/lib/lkedge/alpha.mpy 42 alpha\n"
+    got = out(romfs_board, "exec", "import drivers.bme as b, extra; print(b.__file__, b.KIND, extra.__file__)")
+    assert got == "/rom/lib/drivers/bme.mpy bme /rom/lib/extra.mpy\n"
     flash = out(romfs_board, "exec", "import os; print(sorted(os.listdir('/')), 'lib' in os.listdir('/'))")
     assert flash == ("['.lkedge-deployed', '.lkedge-romfs', 'boot.py', 'config.json', 'main.py', 'main_ran', "
                      "'profile.json', 'rom', 'settings.json'] False\n")   # (rom: the mount point)
