@@ -4,7 +4,6 @@ MicroPython. A tiny firmware with this checkout's boot.py stands in for firmware
 import asyncio
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -14,51 +13,18 @@ import pytest
 
 from lkedge_host import board, deploy, demo, romfs
 from lkedge_host.relay.process import RelayProcess
+from test_deploy import _write, firmware, lib, run_deploy  # noqa: F401 (firmware, lib: fixtures)
+from test_deploy import mpremote_out as out
 
-MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
 REAL_LIB = os.path.join(deploy.ROOT, "lib", "lkedge")
 REAL_BOOT = os.path.join(deploy.ROOT, "firmware", "boot.py")
 
 
-def out(port, *args):
-    r = subprocess.run([MPREMOTE, "connect", port] + list(args), capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, (r.stdout, r.stderr)
-    return r.stdout.replace("\r\n", "\n")
-
-
-def run_deploy(port, profile, firmware, lib, *extra):
-    r = subprocess.run([sys.executable, "-m", "lkedge_host.cli", "deploy", "--port", port, "--profile", profile,
-                        "--firmware", firmware, "--lib", lib] + list(extra), capture_output=True, text=True,
-                       timeout=180)
-    assert r.returncode == 0, r.stderr
-    m = re.search(r"deploy: (\d+) copied, (\d+) unchanged, (\d+) removed", r.stderr)
-    assert m, r.stderr
-    return [int(x) for x in m.groups()], r.stderr
-
-
-def _write(d, name, text):
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, name), "w") as f:
-        f.write(text)
-
-
-@pytest.fixture
-def firmware(tmp_path):
-    d = str(tmp_path / "firmware")
-    os.makedirs(d)
-    shutil.copyfile(REAL_BOOT, os.path.join(d, "boot.py"))
-    _write(d, "main.py", "import app\napp.started()\n")
-    _write(d, "app.py", "def answer():\n    return 42\n\ndef started():\n    open('main_ran', 'w').close()\n")
-    _write(d, "settings.json", '{"kept": "on the flash"}\n')
-    return d
-
-
-@pytest.fixture
-def lib(tmp_path):
-    d = str(tmp_path / "lib")
-    _write(d, "__init__.py", "__version__ = 'test'\n")
-    _write(d, "alpha.py", "def name():\n    return 'alpha'\n")
-    return d
+@pytest.fixture(autouse=True)
+def _with_this_boot_py(firmware):
+    """test_deploy's tiny firmware, with this checkout's boot.py (its ROMFS check) and a data file."""
+    shutil.copyfile(REAL_BOOT, os.path.join(firmware, "boot.py"))
+    _write(firmware, "settings.json", '{"kept": "on the flash"}\n')
 
 
 @pytest.fixture
@@ -93,7 +59,7 @@ def test_romfs_puts_the_library_and_the_firmware_modules_in_the_partition(romfs_
     _write(os.path.join(firmware, "drivers"), "bme.py", "KIND = 'bme'\n")
     _write(os.path.join(firmware, "lib"), "extra.py", "KIND = 'extra'\n")
     counts, log = run_deploy(romfs_board, "picow-romfs", firmware, lib, "--romfs")
-    assert "--romfs: the library (3 files, /rom/lib/lkedge on the board) and 3 firmware modules (/rom/lib)" in log
+    assert "--romfs: the library (3 files, /rom/lib/lkedge on the board) and 4 firmware modules (/rom/lib)" in log
     assert "then reading it back" in log and "the library's ROMFS image written" in log
     # on the flash: boot.py, main.py, the data file, profile.json, the ROMFS record, config.json
     assert counts == [6, 0, 0], log
