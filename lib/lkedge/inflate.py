@@ -217,7 +217,8 @@ class _UzlibInflater(_Base):
         if gc.mem_free() + (len(_reserved) if _reserved is not None else 0) < need:
             raise MemoryError("inflating needs about %d bytes of heap, %d free" % (need, gc.mem_free()))
         self._src = io.BytesIO(_STAGE)
-        self._src.write(bytes(_STAGE))  # reserve the staging area once
+        self._src.seek(_STAGE - 1)   # the staging area's size, once: the byte at its end,
+        self._src.write(b"\0")       # (zeros before it, without a 2 KiB bytes(_STAGE) of garbage)
         self._src.seek(0)
         self._rpos = 0                   # decoder's read position in the stage
         self._wend = 0                   # end of the staged (valid) input

@@ -23,14 +23,32 @@ HEAP_PLAIN = 136 * KIB        # measured minimum 132 KiB for 1 MiB (2026-12-06, 
 # 170-172 while the reservation had 2 KiB to spare; which of these a build gets depends
 # on where its garbage happens to lie): 4 KiB of margin, as the scenario's timing under
 # a loaded machine moves it by 1-2 KiB more
-HEAP_COMPRESSED = 178 * KIB
+HEAP_COMPRESSED = 178 * KIB   # (174 since the inflater's stage no longer makes 2 KiB of garbage, 2026-12-07)
 QSTR_POOL_EDGE = 620
+# The issue's targets, met with the library in a ROMFS partition (`lkedge deploy --romfs`,
+# the picow-romfs profile), where its bytecode runs from flash and only its objects take
+# heap. Measured minimums at fixed heaps (2026-12-07): 87.8 KiB for 64 KiB and 1 MiB
+# without compression, 125.8 KiB for 1 MiB arriving compressed; three CPU hogs on two
+# cores did not move the compressed run at 128 (6 of 6). The unix port has no partition:
+# each run reads the image into its heap first and gets that much more heap.
+TARGET_PLAIN = 96 * KIB
+TARGET_COMPRESSED = 128 * KIB
 
 
 @pytest.fixture(scope="module")
 def relay():
     with RelayProcess() as r:
         yield r
+
+
+@pytest.fixture(scope="module")
+def romfs(tmp_path_factory):
+    """(the environment that runs the scenario from the board build's ROMFS image, the
+    image's size)"""
+    import os
+    from lkedge_host.bench.board_heap import romfs_image
+    image = romfs_image(str(tmp_path_factory.mktemp("romfs")))
+    return {"LKEDGE_ROMFS": image, "LKEDGE_ROMFS_AT": "/rom"}, os.path.getsize(image)
 
 
 def _ok(r):
@@ -54,6 +72,21 @@ def test_1mib_compressed_stream_inflates_within_bounded_heap(relay):
     # respell private names, give parameters names already interned.
     assert int(r["qstrs"]) <= QSTR_POOL_EDGE, \
         "%s interned names: over %d, MicroPython added a ~7 KB pool" % (r["qstrs"], QSTR_POOL_EDGE)
+
+
+@pytest.mark.parametrize("nbytes", [64 * KIB, MIB])
+def test_from_romfs_a_v2_call_and_byte_stream_fit_the_issues_96_kib(relay, romfs, nbytes):
+    env, image = romfs
+    r = run_scenario(relay, TARGET_PLAIN + image, nbytes, compress=False, timeout=60, env=env)
+    _ok(r)
+    assert r["caps"] == [] and "romfs" in r, r   # (romfs: the board imported from the image)
+
+
+def test_from_romfs_1mib_compressed_fits_the_issues_128_kib(relay, romfs):
+    env, image = romfs
+    r = run_scenario(relay, TARGET_COMPRESSED + image, MIB, compress=True, timeout=60, env=env)
+    _ok(r)
+    assert r["caps"] == [2] and "romfs" in r, r
 
 
 def test_the_board_makes_little_garbage_per_kib_moved(relay):
