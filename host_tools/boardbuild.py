@@ -237,7 +237,12 @@ _ROM_NAMES = (
     "NotImplemented Ellipsis endswith lower upper strip rsplit replace extend insert "
     "remove reverse sort clear copy values items keys update "
     # builtins and module members every port has (found unspelled by dir() on the unix port)
-    "help iter exit ipoll modify mount search match sep stderr"
+    "help iter exit ipoll modify mount search match sep stderr "
+    # members of the unix port's frozen modules and their classes (argparse, mip,
+    # asyncio, requests: a firmware that freezes none of them pays the qstr)
+    "ArgumentParser ArgumentTypeError Loop add_argument allowed_mip_url_prefixes awrite "
+    "call_exception_handler core dump get_exception_handler install parse parse_args "
+    "parse_known_args peek push select usage"
 ).split()
 
 _WORD = re.compile(r"\w+")
@@ -262,19 +267,32 @@ def _const_names(text):
     return out
 
 
+def _prose(text):
+    """Where the docstrings start: MicroPython compiles them to nothing, so a name they
+    mention is prose, never a getattr. (A docstring's prefix is indentation: its column
+    is the same in characters, as tokenize counts, and in bytes, as ast does.)"""
+    tree = ast.parse(text)
+    docs = _docstrings(tree)
+    return set((n.lineno, n.col_offset) for n in ast.walk(tree) if id(n) in docs)
+
+
 def private_renames(lib_texts, outside_texts):
     """{private name: board name} for the whole library (one table: modules import each
-    other's private names). A private name that appears in a string (getattr) or in any
-    of `outside_texts` (code run against the board build: firmware, device tests) keeps
-    its spelling; board names are never spelled anywhere in either."""
+    other's private names). A private name that appears in a string that is a value
+    (getattr) or in any of `outside_texts` (code run against the board build: firmware,
+    device tests) keeps its spelling; one a docstring mentions does not (a traceback's
+    names go back through renames.txt); board names are never spelled anywhere."""
     private, spelled, keep = set(), set(), set()
     for text in lib_texts:
         keep.update(_const_names(text))
+        prose = _prose(text)
         for tok in _tokens(text):
             if tok.type == tokenize.NAME:
                 spelled.add(tok.string)
                 if _is_private(tok.string):
                     private.add(tok.string)
+            elif tok.type == tokenize.STRING and tok.start in prose:
+                spelled.update(_WORD.findall(tok.string))   # (a board name it spells stays unused)
             elif tok.type == tokenize.STRING:
                 words = _WORD.findall(tok.string)
                 spelled.update(words)
