@@ -596,6 +596,13 @@ class IncomingStreams:
         _done(st)
         yield StreamEnded(st.info, err)
 
+    def end(self, stream_id, err):
+        """End open stream `stream_id` with `err` (the StreamEnded, or () if it is not
+        open): for the adapter, when what fed it is gone (Room: the packet whose inline
+        content it was is dropped)."""
+        st = self.open.get(stream_id)
+        return () if st is None else self._end(st, err)
+
     # ------------------------------------------------------ participants
     def participant_left(self, identity):
         out = []

@@ -1,0 +1,101 @@
+"""Room: a stream header's compressed inline content goes to its stream as it comes
+(room.py _inline_streams), not gathered whole beside the 32 KiB window; its header's
+compression field, which comes after the content on the wire, is checked at the
+packet's end. Runs on CPython and MicroPython."""
+from room_helpers import close, error_collector, room_and_peer, settle
+
+from lkedge import link, proto, relayside
+
+ZEROS_2000 = bytes.fromhex("63601805a360148c8251300a46c1500700")  # 2000 zero bytes as raw DEFLATE
+
+
+def _varint(n):
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+async def _send_raw(peer, to, header_bytes, tail=b""):
+    """A DataPacket for `to` whose stream_header (field 13) is `header_bytes` as they
+    are (fields in any order), then `tail` (more DataPacket bytes)."""
+    body = relayside.encode(proto.DATA_PACKET, {"destination_identities": [to]})
+    body += b"\x6a" + _varint(len(header_bytes)) + header_bytes + tail
+    await peer.t.write(relayside.encode_frame(link.DATA, body))
+
+
+def _reading(got):
+    async def handler(reader, sender):
+        try:
+            got.append((await reader.read_all(), dict(reader.info.attributes)))
+        except Exception as e:
+            got.append(("error", str(e)))
+    return handler
+
+
+async def test_compressed_inline_content_is_inflated_and_late_attributes_are_merged():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, advertise_compression=True)
+    got = []
+    a.register_byte_stream_handler("t", _reading(got))
+    head = relayside.encode(proto.STREAM_HEADER, {
+        "stream_id": "s1", "topic": "t", "total_length": 2000, "byte_header": {"name": "n"},
+        "attributes": {"early": "1"}, "inline_content": ZEROS_2000, "compression": 1})
+    # attributes after the content (a serializer may write fields in any order): merged
+    late = relayside.encode(proto.STREAM_HEADER, {"attributes": {"late": "2"}})
+    await _send_raw(peer, "a", head + late)
+    await settle(lambda: got)
+    assert got == [(bytes(2000), {"early": "1", "late": "2"})], got
+    await close(a, peer)
+
+
+async def test_inline_content_shorter_than_total_length_without_compression_ends_the_stream_with_why():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, advertise_compression=True)
+    errors = []
+    a.register_byte_stream_handler("t", error_collector(errors))
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "s2", "topic": "t", "total_length": 2000, "byte_header": {"name": "n"},
+        "inline_content": ZEROS_2000}})
+    await settle(lambda: errors)
+    assert errors == ["inline content shorter than total_length but not compressed (DEFLATE_RAW)"], errors
+    await close(a, peer)
+
+
+async def test_a_packet_dropped_after_its_inline_content_ends_that_stream_with_the_cause():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, advertise_compression=True,
+                                       max_values=300)
+    errors = []
+    a.register_byte_stream_handler("t", error_collector(errors))
+    head = relayside.encode(proto.STREAM_HEADER, {
+        "stream_id": "s3", "topic": "t", "total_length": 2000, "byte_header": {"name": "n"},
+        "inline_content": ZEROS_2000, "compression": 1})
+    # after the content, attributes over the room's max_values: the packet is dropped
+    late = relayside.encode(proto.STREAM_HEADER, {"attributes": dict(("k%d" % i, "v" * 40) for i in range(10))})
+    await _send_raw(peer, "a", head + late)
+    await settle(lambda: errors)
+    assert errors == ["abnormal end: DataPacket dropped: DataPacket holds over 300 bytes of small values "
+                      "(max_values; 32 more per value)"], errors
+    # the room goes on: the next stream is taken
+    got = []
+    a.register_byte_stream_handler("u", _reading(got))
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "s4", "topic": "u", "total_length": 2000, "byte_header": {"name": "n"},
+        "inline_content": ZEROS_2000, "compression": 1}})
+    await settle(lambda: got)
+    assert got == [(bytes(2000), {})], got
+    await close(a, peer)
+
+
+async def test_inline_content_twice_in_one_header_drops_the_packet_and_ends_its_stream():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, advertise_compression=True)
+    errors = []
+    a.register_byte_stream_handler("t", error_collector(errors))
+    head = relayside.encode(proto.STREAM_HEADER, {
+        "stream_id": "s5", "topic": "t", "total_length": 2000, "byte_header": {"name": "n"},
+        "inline_content": ZEROS_2000})
+    again = relayside.encode(proto.STREAM_HEADER, {"inline_content": ZEROS_2000, "compression": 1})
+    await _send_raw(peer, "a", head + again)
+    await settle(lambda: errors)
+    assert len(errors) == 1 and "inline_content twice in one stream header" in errors[0], errors
+    await close(a, peer)
