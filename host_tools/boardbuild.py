@@ -26,6 +26,7 @@ import os
 import re
 import struct
 import subprocess
+import sys
 import tempfile
 import tokenize
 
@@ -242,7 +243,18 @@ _ROM_NAMES = (
     # asyncio, requests: a firmware that freezes none of them pays the qstr)
     "ArgumentParser ArgumentTypeError Loop add_argument allowed_mip_url_prefixes awrite "
     "call_exception_handler core dump get_exception_handler install parse parse_args "
-    "parse_known_args peek push select usage"
+    "parse_known_args peek push select usage "
+    # keyword-argument and member names the unix port interns (found by checking which
+    # identifiers in its binary add no qstr; socket, block-device and generator
+    # protocol names left out)
+    "abs_tol action argparse auth backlog bound_method branch cert_reqs certfile cipher "
+    "client_id consume_unknown deps description dict_view do_install funcs invert "
+    "keepends keyfile lookahead main_task nargs no_mpy opt_names optname out_buf "
+    "package_json_url parse_headers peername ph_key poller preview progsize "
+    "psk_identity psk_key ptr16 ptr32 readsize rel_tol render_arg requesting "
+    "return_exceptions return_unknown runq_len separators server_psk_keys server_side "
+    "sgen short_hash status_code store_const store_false store_true uint unsafe urls "
+    "usys verify_callback waitq_len"
 ).split()
 
 _WORD = re.compile(r"\w+")
@@ -305,7 +317,7 @@ def private_renames(lib_texts, outside_texts):
     targets = [t for t in _ROM_NAMES if t not in spelled]
     if len(names) > len(targets):  # the rest keep their spelling: correct, only less saved
         print("boardbuild: %d private names left as they are (add interned names to _ROM_NAMES)"
-              % (len(names) - len(targets)))
+              % (len(names) - len(targets)), file=sys.stderr)   # (not in `lkedge names` output)
     return dict(zip(names, targets))
 
 
