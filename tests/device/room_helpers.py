@@ -144,3 +144,18 @@ class CannedRelay:
 
     async def close(self):
         pass
+
+
+def varint(n):
+    """Protobuf's base-128 varint of n >= 0 (for packets written by hand)."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def field(num, data):
+    """A length-delimited protobuf field: its tag, its length, `data`."""
+    return varint(num << 3 | 2) + varint(len(data)) + data

@@ -10,6 +10,8 @@ import gc
 import sys
 
 from room_helpers import close, raw, settle
+from room_helpers import field as _field
+from room_helpers import varint as _varint
 
 from lkedge import link
 from lkedge.config import RoomOptions
@@ -18,19 +20,6 @@ from lkedge.room import Room
 
 MP_HEAPSIZE = "512K"
 _MP = sys.implementation.name == "micropython"
-
-
-def _varint(n):
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(num, data):
-    return _varint(num << 3 | 2) + _varint(len(data)) + data
 
 
 def _inline_text_header(stream_id, topic, extra=b""):

@@ -2,28 +2,27 @@
 (room.py _inline_streams), not gathered whole beside the 32 KiB window; its header's
 compression field, which comes after the content on the wire, is checked at the
 packet's end. Runs on CPython and MicroPython."""
-from room_helpers import close, error_collector, room_and_peer, settle
+from room_helpers import close, error_collector, field, room_and_peer, settle
 
 from lkedge import link, proto, relayside
 
 ZEROS_2000 = bytes.fromhex("63601805a360148c8251300a46c1500700")  # 2000 zero bytes as raw DEFLATE
 
 
-def _varint(n):
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-async def _send_raw(peer, to, header_bytes, tail=b""):
+async def _send_raw(peer, to, header_bytes):
     """A DataPacket for `to` whose stream_header (field 13) is `header_bytes` as they
-    are (fields in any order), then `tail` (more DataPacket bytes)."""
-    body = relayside.encode(proto.DATA_PACKET, {"destination_identities": [to]})
-    body += b"\x6a" + _varint(len(header_bytes)) + header_bytes + tail
+    are (fields in any order)."""
+    body = relayside.encode(proto.DATA_PACKET, {"destination_identities": [to]}) + field(13, header_bytes)
     await peer.t.write(relayside.encode_frame(link.DATA, body))
+
+
+async def _board_and_peer(**opts):
+    """A Room that takes compressed streams on topic "t" (their errors: `errors`), and
+    a peer "p"."""
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, advertise_compression=True, **opts)
+    errors = []
+    a.register_byte_stream_handler("t", error_collector(errors))
+    return a, peer, errors
 
 
 def _reading(got):
@@ -51,9 +50,7 @@ async def test_compressed_inline_content_is_inflated_and_late_attributes_are_mer
 
 
 async def test_inline_content_shorter_than_total_length_without_compression_ends_the_stream_with_why():
-    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, advertise_compression=True)
-    errors = []
-    a.register_byte_stream_handler("t", error_collector(errors))
+    a, peer, errors = await _board_and_peer()
     await peer.send({"destination_identities": ["a"], "stream_header": {
         "stream_id": "s2", "topic": "t", "total_length": 2000, "byte_header": {"name": "n"},
         "inline_content": ZEROS_2000}})
@@ -63,10 +60,7 @@ async def test_inline_content_shorter_than_total_length_without_compression_ends
 
 
 async def test_a_packet_dropped_after_its_inline_content_ends_that_stream_with_the_cause():
-    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, advertise_compression=True,
-                                       max_values=300)
-    errors = []
-    a.register_byte_stream_handler("t", error_collector(errors))
+    a, peer, errors = await _board_and_peer(max_values=300)
     head = relayside.encode(proto.STREAM_HEADER, {
         "stream_id": "s3", "topic": "t", "total_length": 2000, "byte_header": {"name": "n"},
         "inline_content": ZEROS_2000, "compression": 1})
@@ -88,9 +82,7 @@ async def test_a_packet_dropped_after_its_inline_content_ends_that_stream_with_t
 
 
 async def test_inline_content_twice_in_one_header_drops_the_packet_and_ends_its_stream():
-    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, advertise_compression=True)
-    errors = []
-    a.register_byte_stream_handler("t", error_collector(errors))
+    a, peer, errors = await _board_and_peer()
     head = relayside.encode(proto.STREAM_HEADER, {
         "stream_id": "s5", "topic": "t", "total_length": 2000, "byte_header": {"name": "n"},
         "inline_content": ZEROS_2000})
