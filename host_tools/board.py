@@ -640,6 +640,9 @@ def _run_board(args, profile, flash, lock=None):
     sup._say("heap %d bytes free for user code (-X heapsize=%d); Ctrl-C here stops the board"
              % (profile["heap"], interpreter_heapsize(profile["heap"], profile.get("frozen", []),
                                                       profile.get("romfs_bytes", 0))))
+    if profile.get("romfs_bytes"):
+        sup._say("ROMFS partition of %d bytes in %s (`lkedge deploy --romfs`, `mpremote romfs query`)"
+                 % (profile["romfs_bytes"], romfs_path(flash)))
     try:
         return sup.serve()
     finally:

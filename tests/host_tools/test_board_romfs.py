@@ -131,3 +131,23 @@ def test_the_partition_file_follows_the_profiles_size_and_keeps_its_bytes(tmp_pa
         f.write(b"image")
     assert open(board._romfs_file(flash, 4096), "rb").read() == b"image" + b"\xff" * 4091       # cut
     assert open(board._romfs_file(flash, 12288), "rb").read() == b"image" + b"\xff" * 12283     # padded
+
+
+def test_lkedge_board_says_where_the_partition_is(tmp_path):
+    flash = str(tmp_path / "flash")
+    proc = subprocess.Popen([sys.executable, "-m", "lkedge_host.board", "--profile", "picow-romfs", "--flash", flash],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import select
+    import time
+    try:
+        said = ""
+        end = time.monotonic() + 10
+        while "ROMFS partition" not in said and time.monotonic() < end:
+            if select.select([proc.stderr], [], [], 0.2)[0]:
+                data = os.read(proc.stderr.fileno(), 4096).decode()
+                assert data, said   # (it exited)
+                said += data
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert "ROMFS partition of %d bytes in %s" % (PARTITION, board.romfs_path(flash)) in said, said
