@@ -117,6 +117,8 @@ def _romfs_file(flash, size):
     if have > size:
         os.truncate(path, size)
     return path
+
+
 CRASH_RESTART_DELAY_S = 0.5
 # An interpreter that ends this many times in a row before it reports ready (a wrong
 # --micropython, a broken install) is not a board in a reset loop: the board stops.

@@ -875,7 +875,8 @@ def _romfs_build(mpremote, arts, tmp):
     """--romfs: the library's files and the firmware's modules out of `arts`, into a
     ROMFS image (romfs.image_path); returns (the artifacts that stay on the flash, with
     the ROMFS record romfs.MARKER, the image)."""
-    inside = [(romfs.image_path(a.board_path), a) for a in arts if romfs.image_path(a.board_path)]
+    where = [(romfs.image_path(a.board_path, LIB_DIR_ON_BOARD), a) for a in arts]
+    inside = [(w, a) for w, a in where if w]
     try:
         image = romfs.build_image(mpremote, [(where, a.local_path) for where, a in inside], tmp)
     except RuntimeError as e:
@@ -883,7 +884,7 @@ def _romfs_build(mpremote, arts, tmp):
     lib = sum(1 for _, a in inside if a.board_path.startswith(LIB_DIR_ON_BOARD + "/"))
     _say("--romfs: the library (%d files, /rom/lib/lkedge on the board) and %d firmware modules (/rom/lib) as a "
          "ROMFS image of %d bytes" % (lib, len(inside) - lib, image.size))
-    rest = [a for a in arts if not romfs.image_path(a.board_path)]
+    rest = [a for w, a in where if not w]
     return rest + [Artifact(romfs.MARKER, romfs.marker_file(image, tmp))], image
 
 
@@ -912,7 +913,7 @@ def _on_board(o, profile, version, mpremote, arts, tmp, image=None):
     state = {"copying": False}
     dirs = _dirs_of(a.board_path for a in arts)
     if image is not None:
-        dirs |= _dirs_of([LIB_DIR_ON_BOARD + "/x"])   # the library's old copies there are removed
+        dirs |= {"/lib", LIB_DIR_ON_BOARD}   # the library's old copies there are removed
     try:
         board = query_board(mpremote, o.port, [a.board_path for a in arts], dirs, image.size if image else 0)
         check_board(profile, board, version)

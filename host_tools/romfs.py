@@ -32,7 +32,6 @@ import os
 import subprocess
 
 MARKER = "/.lkedge-romfs"
-LIB_ON_BOARD = "/lib/lkedge"    # where the library goes without --romfs
 IN_IMAGE = "lib/lkedge"         # its place in the image: /rom/lib/lkedge on the board
 ROMFS_HEADER = b"\xd2\xcd\x31"
 RESULT = "LKEDGE-ROMFS "
@@ -90,8 +89,8 @@ vfs.rom_ioctl(3, 0, 0, max(vfs.rom_ioctl(6, 0), 4))
 
 NO_PARTITION = ("the board has no ROMFS partition: its MicroPython is built without one (ROMFS needs "
                 "MicroPython 1.25+ built with MICROPY_VFS_ROM and a partition for it; the stock ESP32 and "
-                "Pico W firmware has none). Deploy without --romfs (the library goes to %s), or flash a "
-                "firmware with a ROMFS partition (docs/firmware.md, \"The library in ROMFS\")" % LIB_ON_BOARD)
+                "Pico W firmware has none). Deploy without --romfs (the library goes to the flash's /lib), or "
+                "flash a firmware with a ROMFS partition (docs/firmware.md, \"The library in ROMFS\")")
 
 
 class Image:
@@ -106,14 +105,15 @@ class Image:
         self.sha256 = hashlib.sha256(data).hexdigest()
 
 
-def image_path(board_path):
+def image_path(board_path, library):
     """Where a file the deploy builds goes in the image (its board path under /rom), or
-    None for a file that stays on the flash. In: the library's files (/lib/lkedge/x ->
-    lib/lkedge/x) and the firmware's compiled modules, importable by the same names
-    from /rom/lib (/app.mpy -> lib/app.mpy, /drivers/b.mpy -> lib/drivers/b.mpy, and
-    /lib/x.mpy, on /lib's path, -> lib/x.mpy). Out: boot.py, main.py (run from source
-    by name), data files, config.json and profile.json (read by path)."""
-    if not board_path.endswith(".mpy") and not board_path.startswith(LIB_ON_BOARD + "/"):
+    None for a file that stays on the flash. In: the files in `library`, the library's
+    folder on the flash (/lib/lkedge/x -> lib/lkedge/x), and the firmware's compiled
+    modules, importable by the same names from /rom/lib (/app.mpy -> lib/app.mpy,
+    /drivers/b.mpy -> lib/drivers/b.mpy, and /lib/x.mpy, on /lib's path, -> lib/x.mpy).
+    Out: boot.py, main.py (run from source by name), data files, config.json and
+    profile.json (read by path)."""
+    if not board_path.endswith(".mpy") and not board_path.startswith(library + "/"):
         return None
     if board_path.startswith("/lib/"):
         return board_path[1:]

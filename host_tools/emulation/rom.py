@@ -643,26 +643,22 @@ def _load_frozen(names):
     path = sys.path[:]
     sys.path[:] = [".frozen", "/lib"]   # (.frozen: asyncio, which the library imports)
     try:
-        _import_all(names, loaded)
+        for name in names:
+            if not name:
+                continue
+            had = list(sys.modules)
+            try:
+                __import__(name)
+                loaded.append(name)
+            except ImportError:
+                # what the failed import left goes (a /lib/lkedge folder without the
+                # module made "lkedge" a namespace package there, hiding /rom/lib/lkedge)
+                for n in list(sys.modules):
+                    if n not in had:
+                        del sys.modules[n]
     finally:
         sys.path[:] = path
     return loaded
-
-
-def _import_all(names, loaded):
-    for name in names:
-        if not name:
-            continue
-        had = list(sys.modules)
-        try:
-            __import__(name)
-            loaded.append(name)
-        except ImportError:
-            # what the failed import left goes (a /lib/lkedge folder without the
-            # module made "lkedge" a namespace package there, hiding /rom/lib/lkedge)
-            for n in list(sys.modules):
-                if n not in had:
-                    del sys.modules[n]
 
 
 def _ballast(target):

@@ -601,16 +601,15 @@ class Room:
             h = dict(msg["stream_header"])
             h["compression"] = COMPRESSION_DEFLATE_RAW
             self._inline = [h["stream_id"], msg["participant_identity"], final]
-            return self._inline_open(h, piece, final)
+            return self._inline_open(h, msg["participant_identity"], piece, final)
         if st[2]:
             raise ValueError("inline_content twice in one stream header")
         st[2] = final
         return self._incoming.chunk(st[1], st[0], 0, piece, final, self._link_ms())
 
-    def _inline_open(self, h, piece, final):
-        sid, sender = self._inline[0], self._inline[1]
+    def _inline_open(self, h, sender, piece, final):
         yield from self._incoming.header(sender, h, None, self._link_ms())
-        yield from self._incoming.chunk(sender, sid, 0, piece, final, self._link_ms())
+        yield from self._incoming.chunk(sender, h["stream_id"], 0, piece, final, self._link_ms())
 
     def _inline_end(self, h):
         """The stream events that end a stream fed from its header's inline content, at

@@ -48,7 +48,7 @@ def test_what_goes_in_the_image_and_what_stays_on_the_flash():
             "/drivers/bme.mpy": "lib/drivers/bme.mpy", "/lib/extra.mpy": "lib/extra.mpy",
             "/boot.py": None, "/main.py": None, "/settings.json": None, "/config.json": None,
             "/profile.json": None, "/lib/data.txt": None, "/www/index.html": None}
-    assert dict((p, romfs.image_path(p)) for p in goes) == goes
+    assert dict((p, romfs.image_path(p, deploy.LIB_DIR_ON_BOARD)) for p in goes) == goes
 
 
 WHERE = "import app, lkedge.alpha as a; print(app.__file__, a.__file__, app.answer(), a.name())"
