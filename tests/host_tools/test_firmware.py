@@ -344,11 +344,15 @@ def _join_keys(cfg):
 
 
 async def test_a_config_that_joined_is_the_last_good_one_and_an_outage_does_not_revert_it(rig):
-    # the deployed config joined: it is recorded as the last good one
-    good = rig.flash_json("config.good.json")
-    assert good is not None and _join_keys(good) == _join_keys(rig.flash_json("config.json")), good
+    # the deployed config joined: it is recorded as the last good one, a moment after the
+    # host sees the board (this test may be the first of the module on its worker, the
+    # board just deployed)
     room = await _host(rig)
     try:
+        await _until(lambda: rig.flash_json("config.good.json") is not None, 10,
+                     "the deployed config to be recorded as the last good one")
+        good = rig.flash_json("config.good.json")
+        assert _join_keys(good) == _join_keys(rig.flash_json("config.json")), good
         r = json.loads(await _call(room, "config.update", json.dumps({"revert_after_s": 1})))
         assert r["on_trial"] is False and r["revert_after_s"] == 1, r  # Wi-Fi, relay, token unchanged
         await _reboot_and_rejoin(room)
