@@ -584,14 +584,16 @@ class Room:
     # and gathered.
     def _inline_streams(self, dec):
         """Whether this inline_content piece goes to its stream as it comes: it is the
-        stream's (_inline), or the first of a compressed one whose stream can open."""
+        stream's (_inline), or the first of a compressed one whose stream can open (not
+        a duplicate of an open one: gathered, its header is refused whole, and its
+        content never reaches the open stream)."""
         if self._inline is not None:
             return True
         msg = dec.msg
         h = msg.get("stream_header") or {}
         return ("participant_identity" in msg and "stream_id" in h and dec.big_len < h.get("total_length", 0)
                 and h.get("compression", COMPRESSION_DEFLATE_RAW) == COMPRESSION_DEFLATE_RAW
-                and len(self._incoming.open) < self.options.max_streams)
+                and len(self._incoming.open) < self.options.max_streams and h["stream_id"] not in self._incoming.open)
 
     def _inline_piece(self, dec, piece, final):
         """The stream events of a piece of compressed inline content (_inline_streams)."""

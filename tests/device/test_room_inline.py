@@ -91,3 +91,23 @@ async def test_inline_content_twice_in_one_header_drops_the_packet_and_ends_its_
     await settle(lambda: errors)
     assert len(errors) == 1 and "inline_content twice in one stream header" in errors[0], errors
     await close(a, peer)
+
+
+async def test_a_duplicate_header_with_compressed_inline_content_leaves_the_open_stream_alone():
+    # STREAMS.md: a header whose stream_id is already open is ignored. Its inline
+    # content must not become the open stream's chunk 0, nor its end the stream's.
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, advertise_compression=True)
+    got = []
+    a.register_byte_stream_handler("t", _reading(got))
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "s6", "topic": "t", "total_length": 6, "byte_header": {"name": "n"},
+        "attributes": {"first": "1"}}})
+    await peer.send({"destination_identities": ["a"], "stream_header": {
+        "stream_id": "s6", "topic": "t", "total_length": 2000, "byte_header": {"name": "n"},
+        "attributes": {"dup": "1"}, "inline_content": ZEROS_2000, "compression": 1}})
+    await peer.send({"destination_identities": ["a"], "stream_chunk": {
+        "stream_id": "s6", "chunk_index": 0, "content": b"abcdef"}})
+    await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "s6"}})
+    await settle(lambda: got)
+    assert got == [(b"abcdef", {"first": "1"})], got
+    await close(a, peer)
