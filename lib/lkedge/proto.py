@@ -627,6 +627,10 @@ class PacketDecoder:
             self._fail(ProtoError("%d bytes received beyond the %d-byte %s" % (
                 over, self._ends[0], self._root[_S_NAME])))
 
+    def _packet_left(self):
+        """Bytes of the packet after the big field being read (known at its first piece)."""
+        return self._ends[0] - self._base - self._i - self._left
+
     def _fail(self, e):
         self._err = e
         self._mv = _EMPTY

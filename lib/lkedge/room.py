@@ -580,18 +580,24 @@ class Room:
     # compression field comes after its content on the wire (field 12 after 11), so
     # compression is told from the content being shorter than total_length (a sender
     # compresses inline content only when that makes it shorter); the field itself is
-    # checked at the packet's end (_inline_end). Uncompressed inline content is small,
-    # and gathered.
+    # checked at the packet's end (_inline_end). Fields may come in any order and the
+    # last occurrence wins (WIRE.md), so the stream opens at the content only when
+    # nothing can follow it in the packet but that field: 0 bytes, or the 2 of
+    # compression = 1 when it did not come before (a later topic, kind or stream_id
+    # would have routed it elsewhere; official serializers write in field order).
+    # Otherwise, and uncompressed inline content (small), it is gathered.
     def _inline_streams(self, dec):
         """Whether this inline_content piece goes to its stream as it comes: it is the
         stream's (_inline), or the first of a compressed one whose stream can open (not
         a duplicate of an open one: gathered, its header is refused whole, and its
-        content never reaches the open stream)."""
+        content never reaches the open stream) and whose header is complete."""
         if self._inline is not None:
             return True
         msg = dec.msg
         h = msg.get("stream_header") or {}
+        n = dec._packet_left()
         return ("participant_identity" in msg and "stream_id" in h and dec.big_len < h.get("total_length", 0)
+                and (n == 0 or n == 2 and "compression" not in h)
                 and h.get("compression", COMPRESSION_DEFLATE_RAW) == COMPRESSION_DEFLATE_RAW
                 and len(self._incoming.open) < self.options.max_streams and h["stream_id"] not in self._incoming.open)
 
@@ -826,6 +832,20 @@ class Room:
         if handler is None:
             return
         n = self.options.max_streams
+        # Handlers whose streams have ended need nothing more from the link. Those done
+        # but for their last steps get a few loop turns to return (this task takes
+        # packets from its buffer without yielding); while one whose stream ended well
+        # holds a slot (writing what it read to flash, say), a stream arriving waits up
+        # to 2 s for a slot, as the link waits for a slow reader, rather than be dropped
+        # (a sender of files one after another would lose all but max_streams). Not for
+        # handlers still reading (their data may be behind this header), nor for long
+        # for those of failed or evicted streams (which may ignore the error).
+        t = now_ms() + 2000
+        i = 0
+        while len(self._handling) >= n and now_ms() < t and [
+                r for r in self._handling if r._ended and (i < 4 or r._error is None)]:
+            await asyncio.sleep(0 if i < 4 else 0.01)
+            i += 1
         if len(self._handling) >= n and len(self._lingering) < n:
             # one sender's streams holding most handler slots give one up (_evict_hog;
             # only while it can linger, or the slot would not be freed)

@@ -60,16 +60,16 @@ async def test_inline_content_shorter_than_total_length_without_compression_ends
 
 
 async def test_a_packet_dropped_after_its_inline_content_ends_that_stream_with_the_cause():
-    a, peer, errors = await _board_and_peer(max_values=300)
+    a, peer, errors = await _board_and_peer()
     head = relayside.encode(proto.STREAM_HEADER, {
         "stream_id": "s3", "topic": "t", "total_length": 2000, "byte_header": {"name": "n"},
-        "inline_content": ZEROS_2000, "compression": 1})
-    # after the content, attributes over the room's max_values: the packet is dropped
-    late = relayside.encode(proto.STREAM_HEADER, {"attributes": dict(("k%d" % i, "v" * 40) for i in range(10))})
-    await _send_raw(peer, "a", head + late)
+        "inline_content": ZEROS_2000})
+    # after the content, where compression = 1 would be, 2 bytes of a field of wire
+    # type 7 (there is none): the packet is dropped
+    await _send_raw(peer, "a", head + b"\x67\x00")
     await settle(lambda: errors)
-    assert errors == ["abnormal end: DataPacket dropped: DataPacket holds over 300 bytes of small values "
-                      "(max_values; 32 more per value)"], errors
+    assert len(errors) == 1 and errors[0].startswith("abnormal end: DataPacket dropped: "), errors
+    assert "wire type 7" in errors[0], errors
     # the room goes on: the next stream is taken
     got = []
     a.register_byte_stream_handler("u", _reading(got))
@@ -82,14 +82,33 @@ async def test_a_packet_dropped_after_its_inline_content_ends_that_stream_with_t
 
 
 async def test_inline_content_twice_in_one_header_drops_the_packet_and_ends_its_stream():
+    # an empty inline_content after the first (2 bytes, where compression = 1 could
+    # be): the last occurrence would win, and the stream it went to ends
     a, peer, errors = await _board_and_peer()
     head = relayside.encode(proto.STREAM_HEADER, {
         "stream_id": "s5", "topic": "t", "total_length": 2000, "byte_header": {"name": "n"},
         "inline_content": ZEROS_2000})
-    again = relayside.encode(proto.STREAM_HEADER, {"inline_content": ZEROS_2000, "compression": 1})
-    await _send_raw(peer, "a", head + again)
+    await _send_raw(peer, "a", head + field(11, b""))
     await settle(lambda: errors)
     assert len(errors) == 1 and "inline_content twice in one stream header" in errors[0], errors
+    await close(a, peer)
+
+
+async def test_header_fields_after_compressed_inline_content_are_honoured():
+    # WIRE.md: fields in any order, the last occurrence wins. The content cannot go to
+    # a stream before the fields after it are read: here the topic, kind, stream_id
+    # and attributes that come after it decide where it goes.
+    a, peer, errors = await _board_and_peer()
+    got = []
+    a.register_text_stream_handler("late", _reading(got))
+    head = relayside.encode(proto.STREAM_HEADER, {
+        "stream_id": "early-id", "topic": "t", "total_length": 2000, "byte_header": {"name": "n"},
+        "inline_content": ZEROS_2000, "compression": 1})
+    late = relayside.encode(proto.STREAM_HEADER, {"stream_id": "s7", "topic": "late", "text_header": {},
+                                                  "attributes": {"k": "v"}})
+    await _send_raw(peer, "a", head + late)
+    await settle(lambda: got)
+    assert got == [("\0" * 2000, {"k": "v"})] and not errors, (got, errors)
     await close(a, peer)
 
 

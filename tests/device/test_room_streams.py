@@ -5,7 +5,7 @@ the compressed-send checks adapt to `finite.can_compress()`).
 """
 import asyncio
 
-from room_helpers import close, error_collector, join, pair, raises, raw, room_and_peer, settle
+from room_helpers import close, error_collector, join, pair, raises, raw, request_v1, room_and_peer, settle
 
 from lkedge import finite
 from lkedge.clock import now_ms
@@ -425,11 +425,56 @@ async def test_stream_handlers_running_at_once_are_bounded_by_max_streams():
             "stream_id": "s%d" % i, "topic": "slow", "byte_header": {"name": "n"}, "inline_content": b"x"}})
     await asyncio.sleep(0.1)
     assert running == ["s0", "s1"], running
+    # the others wait for a slot (their handlers' streams ended well, so one will
+    # free without anything more from the link), then run in turn: none is dropped
     gate.set()
-    await settle(lambda: not a._handling)
+    await settle(lambda: len(running) == 5 and not a._handling)
+    assert running == ["s0", "s1", "s2", "s3", "s4"], running
     await peer.send({"destination_identities": ["a"], "stream_header": {
         "stream_id": "s9", "topic": "slow", "byte_header": {"name": "n"}, "inline_content": b"x"}})
     await settle(lambda: "s9" in running)
+    await close(a, peer)
+
+
+async def test_files_sent_one_after_another_all_reach_a_handler_that_takes_time_after_reading():
+    # a host sends files back to back to a board whose handler writes each to flash
+    # after reading it: all arrive, in order, though the board handles one at a time
+    mem, a, b = await pair(max_streams=1)
+    got = []
+
+    async def store(reader, sender):
+        data = await reader.read_all()
+        await asyncio.sleep(0.05)   # the flash write
+        got.append(data)
+    b.register_byte_stream_handler("file", store)
+    for i in range(6):
+        await a.local_participant.send_bytes(b"%d" % i * (100 + i), topic="file", destination_identities=["b"])
+    await settle(lambda: len(got) == 6)
+    assert got == [b"%d" % i * (100 + i) for i in range(6)], [len(g) for g in got]
+    await close(a, b)
+
+
+async def test_a_stream_waits_at_most_2_s_for_a_handler_slot_then_is_dropped_and_the_link_goes_on():
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=1)
+    gate = asyncio.Event()
+    running = []
+
+    async def slow(reader, sender):
+        await reader.read_all()
+        running.append(reader.info.stream_id)
+        await gate.wait()
+    a.register_byte_stream_handler("slow", slow)
+    a.local_participant.register_rpc_method("ping", lambda data: "pong")
+    for sid in ("s0", "s1"):
+        await peer.send({"destination_identities": ["a"], "stream_header": {
+            "stream_id": sid, "topic": "slow", "byte_header": {"name": "n"}, "inline_content": b"x"}})
+    t0 = now_ms()
+    resp = await request_v1(peer, "a", "r1", "ping")   # read after s1's wait ended
+    assert resp["rpc_response"]["payload"] == "pong", resp
+    assert now_ms() - t0 >= 1500, now_ms() - t0   # it waited (no upper bound: load varies)
+    gate.set()
+    await settle(lambda: not a._handling)
+    assert running == ["s0"], running   # s1 was dropped
     await close(a, peer)
 
 
