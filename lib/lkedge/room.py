@@ -842,8 +842,12 @@ class Room:
         # for those of failed or evicted streams (which may ignore the error).
         t = now_ms() + 2000
         i = 0
-        while len(self._handling) >= n and now_ms() < t and [
-                r for r in self._handling if r._ended and (i < 4 or r._error is None)]:
+        while len(self._handling) >= n and now_ms() < t:
+            for r in self._handling:
+                if r._ended and (i < 4 or r._error is None):
+                    break
+            else:
+                break
             await asyncio.sleep(0 if i < 4 else 0.01)
             i += 1
         if len(self._handling) >= n and len(self._lingering) < n:
