@@ -638,6 +638,10 @@ def _run_board(args, profile, flash, lock=None):
         os.symlink(sup.port_name, args.port_link)
     signal.signal(signal.SIGTERM, sup.stop)
     signal.signal(signal.SIGINT, sup.stop)
+    if profile.get("romfs_bytes"):
+        # there before "emulated on" is said (each boot checks it again): a script that
+        # starts the board and then looks at its partition finds it
+        _romfs_file(flash, profile["romfs_bytes"])
     print("lkedge board: %s emulated on %s (flash %s)" % (profile["name"], sup.port_name, flash), flush=True)
     sup._say("heap %d bytes free for user code (-X heapsize=%d); Ctrl-C here stops the board"
              % (profile["heap"], interpreter_heapsize(profile["heap"], profile.get("frozen", []),

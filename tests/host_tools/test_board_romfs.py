@@ -151,3 +151,14 @@ def test_lkedge_board_says_where_the_partition_is(tmp_path):
         proc.terminate()
         proc.wait(10)
     assert "ROMFS partition of %d bytes in %s" % (PARTITION, board.romfs_path(flash)) in said, said
+
+
+def test_the_partition_file_is_there_once_the_board_says_it_is_emulated(flash):
+    # launch() returns at "emulated on": a script may open the partition at once (the
+    # file was made at the first boot, a moment later, and such a script failed)
+    proc, port = board.launch("picow-romfs", flash)
+    try:
+        assert os.path.getsize(board.romfs_path(flash)) == PARTITION
+    finally:
+        proc.terminate()
+        proc.wait(5)
