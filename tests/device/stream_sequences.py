@@ -17,7 +17,7 @@ play(acts) sends them, ends every stream, sends a fresh stream ("canary"), and c
 """
 import asyncio
 
-from room_helpers import close, room_and_peer, settle
+from room_helpers import close, field, room_and_peer, settle
 
 from lkedge import link, proto, relayside
 
@@ -63,16 +63,6 @@ def part(data, i):
     return data[i * step:(i + 1) * step]
 
 
-def _field(num, data):
-    out = bytearray([num << 3 | 2])
-    n = len(data)
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out) + data
-
-
 async def _send_header(peer, action):
     _, sid, variant, mode, compressed, kind, order = action
     data = wire(sid, variant, compressed)
@@ -88,7 +78,7 @@ async def _send_header(peer, action):
         h["inline_content"] = data
     # one encoded field per key, in `order`
     fields = b"".join(relayside.encode(proto.STREAM_HEADER, {k: h[k]}) for k in order if k in h)
-    body = relayside.encode(proto.DATA_PACKET, {"destination_identities": ["a"]}) + _field(13, fields)
+    body = relayside.encode(proto.DATA_PACKET, {"destination_identities": ["a"]}) + field(13, fields)
     await peer.t.write(relayside.encode_frame(link.DATA, body))
 
 

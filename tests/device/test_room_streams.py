@@ -410,16 +410,21 @@ async def test_stream_text_with_total_size_counts_utf8_bytes_as_the_livekit_sdk(
     await close(a, peer)
 
 
+def _read_then_wait(running, gate):
+    """A stream handler that reads its stream promptly (the link waits for it), notes
+    its id in `running`, then goes on until `gate` is set."""
+    async def slow(reader, sender):
+        await reader.read_all()
+        running.append(reader.info.stream_id)
+        await gate.wait()
+    return slow
+
+
 async def test_stream_handlers_running_at_once_are_bounded_by_max_streams():
     mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=2)
     gate = asyncio.Event()
     running = []
-
-    async def slow(reader, sender):
-        await reader.read_all()   # read promptly (the link waits for it), then take long
-        running.append(reader.info.stream_id)
-        await gate.wait()
-    a.register_byte_stream_handler("slow", slow)
+    a.register_byte_stream_handler("slow", _read_then_wait(running, gate))
     for i in range(5):   # inline: no stream stays open, only the handlers run on
         await peer.send({"destination_identities": ["a"], "stream_header": {
             "stream_id": "s%d" % i, "topic": "slow", "byte_header": {"name": "n"}, "inline_content": b"x"}})
@@ -458,12 +463,7 @@ async def test_a_stream_waits_at_most_2_s_for_a_handler_slot_then_is_dropped_and
     mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, max_streams=1)
     gate = asyncio.Event()
     running = []
-
-    async def slow(reader, sender):
-        await reader.read_all()
-        running.append(reader.info.stream_id)
-        await gate.wait()
-    a.register_byte_stream_handler("slow", slow)
+    a.register_byte_stream_handler("slow", _read_then_wait(running, gate))
     a.local_participant.register_rpc_method("ping", lambda data: "pong")
     for sid in ("s0", "s1"):
         await peer.send({"destination_identities": ["a"], "stream_header": {

@@ -2,10 +2,10 @@
 identities, two rooms, a participant without canPublishData), DATA (named destinations,
 ghosts, forged participant_identity and participant_sid, split across reads), garbage,
 PINGs, transports closing, time passing, and receivers that read at once or hold their
-queues (small queue_bytes: pauses, discards, stuck receivers). The adapter is played as
-server.py's Link plays it (a queue per key taken in turn, DATA of a sender who left
-dropped on DISCARD, the LEAVE last). Whatever the sequence, LINK.md's relay rules hold
-for what every participant reads:
+queues (small queue_bytes: pauses, discards, stuck receivers). Between the Router and
+the readers are server.py's own per-connection queues (_Link: a queue per key taken in
+turn, DATA of a sender who left dropped on DISCARD, the LEAVE last). Whatever the
+sequence, LINK.md's relay rules hold for what every participant reads:
 
 - JOINED (or a refusing LEAVE) first, nothing after a LEAVE;
 - DATA only from a participant announced to it (JOINED's list or PARTICIPANT) and not
@@ -20,7 +20,8 @@ from livekit.protocol import models
 
 from lkedge import link
 from lkedge_host.relay import router as rt
-from test_relay_router import fake_auth
+from lkedge_host.relay import server
+from test_relay_router import Sim
 
 TOKENS = ("a@r", "b@r", "c@r", "a@r", "d@o", "e@r!")   # "a" twice: the later one wins
 CIDS = range(1, 7)
@@ -50,72 +51,28 @@ joins = st.lists(st.tuples(st.sampled_from(TOKENS[:3] + TOKENS[4:]), st.booleans
 sequences = st.tuples(joins, ops).map(lambda t: t[0] + t[1])
 
 
-class Link:
-    """One connection as server.py's Link holds it: a queue per key, taken in turn."""
+class Link(server._Link):
+    """server.py's own queues of one connection (a queue per key, taken in turn; DATA of
+    a sender who left dropped on DISCARD; the LEAVE last), without a transport: this
+    test writes what next_out() gives, or holds it."""
+    hold = False
+
+    def __init__(self, cid):
+        server._Link.__init__(self, None, cid, "test")
+
+
+class Play(Sim):
+    """Sim's Router and frame decoding (its `out`: cid -> [(type, decoded)] in the order
+    read), with server.py's queues in between."""
 
     def __init__(self):
-        self.out = {}
-        self.last = None
-        self.hold = False
-        self.closing = False
-
-    def enqueue(self, data, key):
-        if key is None:
-            self.last = data
-        else:
-            self.out.setdefault(key, []).append(data)
-
-    def discard(self, key):
-        q = self.out.get(key) or []
-        kept = [d for d in q if d[0] != link.DATA]
-        n = sum(len(d) for d in q if d[0] == link.DATA)
-        if kept:
-            self.out[key] = kept
-        else:
-            self.out.pop(key, None)
-        return n, len(q) - len(kept)
-
-    def next_out(self):
-        for key in list(self.out):
-            q = self.out.pop(key)
-            data = q.pop(0)
-            if q:
-                self.out[key] = q
-            return data
-        data, self.last = self.last, None
-        return data
-
-
-class Play:
-    def __init__(self):
-        n = [0]
-
-        def sid():
-            n[0] += 1
-            return "PA_%d" % n[0]
-        self.r = rt.Router(fake_auth, new_sid=sid, queue_bytes=600, stuck_ms=5000, max_frame=16384)
-        self.now = 0
+        Sim.__init__(self, queue_bytes=600, stuck_ms=5000, max_frame=16384)
         self.links = {}
-        self.readers = {}
-        self.log = {}          # cid -> [(type, decoded)] in the order read
         self.who = {}          # cid -> identity it joined as
         self.seq = {}          # cid -> DATA frames sent
 
     def apply(self):
-        actions = self.r.pop_actions()
-        while actions:
-            for a in actions:
-                ln = self.links.get(a[1]) if a[0] != rt.LOG else None
-                if ln is None:
-                    continue
-                if a[0] == rt.SEND:
-                    ln.enqueue(a[2], a[3])
-                elif a[0] == rt.DISCARD:
-                    nbytes, nframes = ln.discard(a[2])
-                    self.r.discarded(a[1], nbytes, nframes, a[2], self.now)
-                elif a[0] == rt.CLOSE:
-                    ln.closing = True
-            actions = self.r.pop_actions()
+        self.apply_only()
         for cid, ln in list(self.links.items()):
             if not ln.hold:
                 self.write(cid, 1 << 30)
@@ -127,7 +84,7 @@ class Play:
             if data is None:
                 break
             n -= 1
-            self.read(cid, data)
+            self._decode(cid, data)
             self.r.drained(cid, len(data), self.now)
             self.apply_only()
 
@@ -148,24 +105,6 @@ class Play:
                     ln.closing = True
             actions = self.r.pop_actions()
 
-    def read(self, cid, frame):
-        rd = self.readers[cid]
-        rd.receive(memoryview(frame))
-        body = None
-        while True:
-            ev = rd.next_event()
-            if ev == link.NEED_DATA:
-                return
-            if ev[0] == link.DATA_START:
-                body = bytearray()
-            elif ev[0] == link.DATA_PIECE:
-                body += ev[1]
-            elif ev[0] == link.DATA_END:
-                self.log[cid].append((link.DATA, bytes(body)))
-            else:
-                self.log[cid].append((ev[1], link.decode_control(ev[2]) if ev[1] not in (link.PING, link.PONG)
-                                      else None))
-
     def op(self, o):
         kind, cid = o[0], o[1] if len(o) > 1 else None
         live = sorted(c for c, ln in self.links.items() if not ln.closing)
@@ -174,9 +113,9 @@ class Play:
         if kind == "join":
             if cid in self.links:
                 return
-            self.links[cid] = Link()
+            self.links[cid] = Link(cid)
             self.readers[cid] = link.FrameReader(1 << 20)
-            self.log[cid] = []
+            self.out[cid] = []
             self.r.open(cid, self.now)
             self.who[cid] = o[2].rstrip("!").split("@")[0]
             self.r.receive(cid, link.encode_control(link.JOIN, {"v": 1, "token": o[2]}), self.now)
@@ -211,7 +150,7 @@ class Play:
 
 
 def _check(play):
-    for cid, frames in play.log.items():
+    for cid, frames in play.out.items():
         me = play.who[cid]
         known = set()       # identities announced to this reader and not left since
         last = {}           # sender cid -> last DATA seq read
@@ -231,14 +170,16 @@ def _check(play):
             elif t == link.DATA:
                 p = models.DataPacket()
                 p.ParseFromString(m)
-                src, n = (int(x) for x in p.user.payload.decode().split(":")[:2])
-                sender = play.who[src]
-                assert p.participant_identity == sender, ("identity not the verified one", cid, p)
-                assert p.participant_sid.startswith("PA_") and p.participant_sid != "PA_forged", p
-                # the stamp first: field 4 (identity) then 17 (sid)
+                # the stamp first: field 4 (identity) then 17 (sid), never forged ones
                 assert m[0] == 0x22 and m[2 + m[1]] == 0x8a, m[:40]
-                assert sender != me or src != cid, ("own DATA", cid)
-                assert sender in known, ("DATA from a participant not announced", cid, sender, frames)
+                assert p.participant_sid.startswith("PA_") and p.participant_sid != "PA_forged", p
+                assert p.participant_identity != me, ("own DATA", cid, p)
+                assert p.participant_identity in known, ("DATA from a participant not announced", cid, p, frames)
+                tag = p.user.payload.split(b":")
+                if len(tag) < 3 or not (tag[0].isdigit() and tag[1].isdigit()):
+                    continue   # what garbage before it made of a sender's bytes: no tag to follow
+                src, n = int(tag[0]), int(tag[1])
+                assert p.participant_identity == play.who[src], ("identity not the verified one", cid, p)
                 assert n > last.get(src, 0), ("out of order", cid, src, frames)
                 last[src] = n
 
