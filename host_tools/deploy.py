@@ -124,6 +124,10 @@ MPREMOTE_TIMEOUT_S = 120
 # The file query is the first contact: a board answers it in seconds (mpremote gives up
 # entering the raw REPL after 10 s on a serial port, but waits for ever on a /dev/pts pty).
 QUERY_TIMEOUT_S = 30
+# A board in a reset loop (firmware that fails at boot and resets after main.py's 5 s
+# pause) misses a Ctrl-C that comes while it resets, and mpremote sends only one: the
+# query is tried again, when the next Ctrl-C is most likely to land in the pause.
+QUERY_TRIES = 2
 RESET_TIMEOUT_S = 30
 RELAY_PROBE_S = 1.0
 # sys.platform of MicroPython's unix port (profile port "unix") on the hosts it builds on
@@ -409,7 +413,9 @@ def _mpremote(mpremote, port, args, what, timeout=MPREMOTE_TIMEOUT_S):
 
 def _failure(port, what, err):
     if "could not enter raw repl" in err:
-        return NoRepl(NO_REPL % (port, ""))
+        e = NoRepl(NO_REPL % (port, ""))
+        e.retry = True   # (query_board tries again: the board may have been resetting)
+        return e
     if "failed to access" in err and not _is_tty(port):
         return NoRepl(NOT_A_TTY % port)
     return DeployError("mpremote failed while %s on %s: %s" % (what, port, err.strip()))
@@ -432,10 +438,17 @@ def query_board(mpremote, port, paths, dirs, rom_n=0):
     of the ROMFS partition's first rom_n bytes ('rom', lkedge_host.romfs)."""
     code = _QUERY % {"paths": repr(sorted(paths)), "dirs": repr(sorted(dirs)), "manifest": MANIFEST,
                      "part": PART, "romfs": romfs.QUERY_FUNCTION, "rom_n": rom_n}
-    try:
-        out = _mpremote(mpremote, port, ["exec", code], "reading the board's files", QUERY_TIMEOUT_S)
-    except _TimedOut:
-        raise NoRepl(NO_REPL % (port, " within %d s" % QUERY_TIMEOUT_S)) from None
+    for attempt in range(1, QUERY_TRIES + 1):
+        try:
+            out = _mpremote(mpremote, port, ["exec", code], "reading the board's files", QUERY_TIMEOUT_S)
+            break
+        except (_TimedOut, NoRepl) as e:
+            if isinstance(e, NoRepl) and not getattr(e, "retry", False):
+                raise   # not a serial port: another try would say the same
+            if attempt == QUERY_TRIES:
+                raise (e if isinstance(e, NoRepl) else NoRepl(NO_REPL % (
+                    port, " in %d tries of %d s" % (QUERY_TRIES, QUERY_TIMEOUT_S)))) from None
+            _say("no REPL answered on %s yet (a board restarting misses mpremote's Ctrl-C): trying again" % port)
     man = []
     for line in out.splitlines():
         if line.startswith("LKEDGE-DEPLOY-MAN "):
