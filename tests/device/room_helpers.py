@@ -159,3 +159,25 @@ def varint(n):
 def field(num, data):
     """A length-delimited protobuf field: its tag, its length, `data`."""
     return varint(num << 3 | 2) + varint(len(data)) + data
+
+
+class Rng:
+    """A small seeded generator for the sequence tests: the same sequences on both
+    interpreters (no random module needed)."""
+
+    def __init__(self, seed):
+        self.s = seed
+
+    def below(self, n):
+        self.s = (self.s * 1103515245 + 12345) & 0x7FFFFFFF
+        return (self.s >> 8) % n
+
+    def pick(self, seq):
+        return seq[self.below(len(seq))]
+
+    def shuffled(self, seq):
+        out = list(seq)
+        for i in range(len(out) - 1, 0, -1):
+            j = self.below(i + 1)
+            out[i], out[j] = out[j], out[i]
+        return out

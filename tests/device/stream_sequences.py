@@ -163,30 +163,9 @@ async def play(acts):
         await close(a, peer)
 
 
-class Rng:
-    """A small seeded generator (the same sequences on both interpreters)."""
-
-    def __init__(self, seed):
-        self.s = seed
-
-    def below(self, n):
-        self.s = (self.s * 1103515245 + 12345) & 0x7FFFFFFF
-        return (self.s >> 8) % n
-
-    def pick(self, seq):
-        return seq[self.below(len(seq))]
-
-    def order(self):
-        keys = list(HEADER_KEYS)
-        for i in range(len(keys) - 1, 0, -1):
-            j = self.below(i + 1)
-            keys[i], keys[j] = keys[j], keys[i]
-        return keys
-
-
 def random_header(rng, sid=None):
     return ("header", sid or rng.pick(SIDS), rng.below(2), rng.pick(("chunked", "inline")), rng.below(2) == 1,
-            rng.pick(("bytes", "text")), rng.order())
+            rng.pick(("bytes", "text")), rng.shuffled(HEADER_KEYS))
 
 
 def random_acts(rng):
