@@ -1,4 +1,4 @@
-"""Sequences of stream packets fed to a Room by one peer, and what must come of them
+"""Sequences of stream packets fed to a Room by a peer (and another), and what must come of them
 (tests/device/test_room_stream_sequences.py on both interpreters, with its own seeded
 generator; tests/lib/test_room_stream_sequences.py with hypothesis).
 
@@ -6,18 +6,20 @@ An action is one of
     ("header", sid, variant, "chunked" | "inline", compressed, "bytes" | "text", order)
     ("chunk", sid, variant, compressed, index)       index 0..PARTS (PARTS: past the end)
     ("trailer", sid)
+    ("q-chunk", ...), ("q-trailer", sid)             the same from another participant, q
 A header of `sid` and `variant` announces content(sid, variant); chunk i carries part
 i of it (deflated when `compressed`); `order` is the order its fields go on the wire.
 
 play(acts) sends them, ends every stream, sends a fresh stream ("canary"), and checks:
 - a stream a handler reads to the end successfully holds exactly one header's content;
 - a stream whose own packets came whole and in order arrives whole, whatever duplicate
-  headers came meanwhile (expected());
+  headers came meanwhile, and whatever chunks and trailers another participant sent
+  for its id (expected(): only a stream's sender may add to it);
 - nothing escapes to the event loop, and the canary arrives whole.
 """
 import asyncio
 
-from room_helpers import close, field, room_and_peer, settle
+from room_helpers import close, field, raw, room_and_peer, settle
 
 from lkedge import link, proto, relayside
 
@@ -94,7 +96,7 @@ def expected(acts):
         return {}
     out = {}
     for sid in sids:
-        seq = [a for a in acts if a[1] == sid]
+        seq = [a for a in acts if a[1] == sid and not a[0].startswith("q-")]
         if seq[0][0] != "header":
             continue
         variant, mode, compressed = seq[0][2], seq[0][3], seq[0][4]
@@ -115,6 +117,8 @@ async def play(acts):
     came of them (module docstring); returns [(stream_id, "ok" | "error", data)]."""
     mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, advertise_compression=True,
                                        max_streams=3)
+    other = await raw(mem, "q", client_protocol=2)
+    await settle(lambda: "q" in a.remote_participants)
     loop = asyncio.get_event_loop()
     escaped = []
     loop.set_exception_handler(lambda lp, ctx: escaped.append(ctx.get("exception") or ctx.get("message")))
@@ -136,12 +140,13 @@ async def play(acts):
         for act in acts:
             if act[0] == "header":
                 await _send_header(peer, act)
-            elif act[0] == "chunk":
+            elif act[0] in ("chunk", "q-chunk"):
                 _, sid, variant, compressed, i = act
-                await peer.send({"destination_identities": ["a"], "stream_chunk": {
+                await (other if act[0] == "q-chunk" else peer).send({"destination_identities": ["a"], "stream_chunk": {
                     "stream_id": sid, "chunk_index": i, "content": part(wire(sid, variant, compressed), i)}})
             else:
-                await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": act[1]}})
+                await (other if act[0] == "q-trailer" else peer).send({"destination_identities": ["a"],
+                                                                         "stream_trailer": {"stream_id": act[1]}})
         for sid in SIDS:   # whatever is still open ends
             await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": sid}})
         c = canary()
@@ -160,7 +165,7 @@ async def play(acts):
         return done
     finally:
         loop.set_exception_handler(None)
-        await close(a, peer)
+        await close(a, peer, other)
 
 
 def random_header(rng, sid=None):
@@ -172,14 +177,25 @@ def random_acts(rng):
     """Any sequence of up to 14 actions."""
     out = []
     for _ in range(rng.below(15)):
-        k = rng.below(3)
+        k = rng.below(4)
         if k == 0:
             out.append(random_header(rng))
         elif k == 1:
-            out.append(("chunk", rng.pick(SIDS), rng.below(2), rng.below(2) == 1, rng.below(PARTS + 1)))
-        else:
+            out.append(random_chunk(rng))
+        elif k == 2:
             out.append(("trailer", rng.pick(SIDS)))
+        else:
+            out.append(random_foreign(rng))
     return out
+
+
+def random_chunk(rng, kind="chunk", sid=None):
+    return (kind, sid or rng.pick(SIDS), rng.below(2), rng.below(2) == 1, rng.below(PARTS + 1))
+
+
+def random_foreign(rng, sid=None):
+    """A chunk or a trailer from q, the other participant."""
+    return random_chunk(rng, "q-chunk", sid) if rng.below(2) else ("q-trailer", sid or rng.pick(SIDS))
 
 
 def whole_streams(rng):
@@ -194,6 +210,8 @@ def whole_streams(rng):
             body = [("chunk", sid, head[2], head[4], i) for i in range(PARTS)]
             for _ in range(rng.below(4)):
                 body.insert(rng.below(len(body) + 1), random_header(rng, sid))
+            for _ in range(rng.below(3)):   # the other participant's, for this id
+                body.insert(rng.below(len(body) + 1), random_foreign(rng, sid))
             body.append(("trailer", sid))
         streams.append([head] + body)
     merged = []

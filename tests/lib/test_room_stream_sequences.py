@@ -26,7 +26,9 @@ headers = st.tuples(st.just("header"), st.sampled_from(SIDS), st.integers(0, 1),
 chunks = st.tuples(st.just("chunk"), st.sampled_from(SIDS), st.integers(0, 1), st.booleans(),
                    st.integers(0, PARTS))
 trailers = st.tuples(st.just("trailer"), st.sampled_from(SIDS))
-actions = st.lists(st.one_of(headers, chunks, trailers), max_size=14)
+# from q, another participant: never part of p's streams
+foreign = st.one_of(chunks.map(lambda c: ("q-chunk",) + c[1:]), trailers.map(lambda t: ("q-trailer",) + t[1:]))
+actions = st.lists(st.one_of(headers, chunks, trailers, foreign), max_size=14)
 
 
 @st.composite
@@ -41,6 +43,8 @@ def whole_streams_and_duplicates(draw):
             body = [("chunk", sid, variant, compressed, i) for i in range(PARTS)]
             for _ in range(draw(st.integers(0, 3))):
                 body.insert(draw(st.integers(0, len(body))), draw(headers.map(lambda h: h[:1] + (sid,) + h[2:])))
+            for _ in range(draw(st.integers(0, 2))):
+                body.insert(draw(st.integers(0, len(body))), draw(foreign.map(lambda f: f[:1] + (sid,) + f[2:])))
             body.append(("trailer", sid))
         streams.append([head] + body)
     merged = []
