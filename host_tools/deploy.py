@@ -442,13 +442,15 @@ def query_board(mpremote, port, paths, dirs, rom_n=0):
         try:
             out = _mpremote(mpremote, port, ["exec", code], "reading the board's files", QUERY_TIMEOUT_S)
             break
-        except (_TimedOut, NoRepl) as e:
-            if isinstance(e, NoRepl) and not getattr(e, "retry", False):
+        except _TimedOut:
+            failed = NoRepl(NO_REPL % (port, " in %d tries of %d s" % (QUERY_TRIES, QUERY_TIMEOUT_S)))
+        except NoRepl as e:
+            if not getattr(e, "retry", False):
                 raise   # not a serial port: another try would say the same
-            if attempt == QUERY_TRIES:
-                raise (e if isinstance(e, NoRepl) else NoRepl(NO_REPL % (
-                    port, " in %d tries of %d s" % (QUERY_TRIES, QUERY_TIMEOUT_S)))) from None
-            _say("no REPL answered on %s yet (a board restarting misses mpremote's Ctrl-C): trying again" % port)
+            failed = e
+        if attempt == QUERY_TRIES:
+            raise failed from None
+        _say("no REPL answered on %s yet (a board restarting misses mpremote's Ctrl-C): trying again" % port)
     man = []
     for line in out.splitlines():
         if line.startswith("LKEDGE-DEPLOY-MAN "):

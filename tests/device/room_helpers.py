@@ -39,6 +39,16 @@ async def settle(pred, timeout=5.0):
     raise AssertionError("condition not reached within %.1f s" % timeout)
 
 
+def watch_escapes():
+    """A list that collects what escapes to the event loop from now on (exceptions of
+    tasks nobody awaited), as the loop's exception handler; the caller sets it back with
+    asyncio.get_event_loop().set_exception_handler(None)."""
+    escaped = []
+    asyncio.get_event_loop().set_exception_handler(
+        lambda lp, ctx: escaped.append(ctx.get("exception") or ctx.get("message")))
+    return escaped
+
+
 async def close(*rooms):
     for r in rooms:
         if hasattr(r, "disconnect"):

@@ -13,7 +13,7 @@ escapes to the event loop, and that the Room answers a call made afterwards.
 import asyncio
 import json
 
-from room_helpers import close, room_and_peer, settle
+from room_helpers import close, room_and_peer, settle, watch_escapes
 
 from lkedge.consts import ATTR_RPC_METHOD, ATTR_RPC_REQUEST_ID, ATTR_RPC_TIMEOUT, ATTR_RPC_VERSION
 from lkedge.rpc import RpcError
@@ -124,9 +124,7 @@ def _answer_matches(got, want, slow_before):
 
 async def play(caller_protocol, reqs):
     mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=caller_protocol, max_rpc_handlers=2)
-    loop = asyncio.get_event_loop()
-    escaped = []
-    loop.set_exception_handler(lambda lp, ctx: escaped.append(ctx.get("exception") or ctx.get("message")))
+    escaped = watch_escapes()
 
     async def slow(data):
         await asyncio.sleep(0.1)
@@ -163,7 +161,7 @@ async def play(caller_protocol, reqs):
         await settle(lambda: "after" in _answers(peer.packets)[0])
         assert _answers(peer.packets)[0]["after"] == [("ok", payload(3))]
     finally:
-        loop.set_exception_handler(None)
+        asyncio.get_event_loop().set_exception_handler(None)
         await close(a, peer)
 
 

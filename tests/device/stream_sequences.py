@@ -19,7 +19,7 @@ play(acts) sends them, ends every stream, sends a fresh stream ("canary"), and c
 """
 import asyncio
 
-from room_helpers import close, field, raw, room_and_peer, settle
+from room_helpers import close, field, raw, room_and_peer, settle, watch_escapes
 
 from lkedge import link, proto, relayside
 
@@ -119,9 +119,7 @@ async def play(acts):
                                        max_streams=3)
     other = await raw(mem, "q", client_protocol=2)
     await settle(lambda: "q" in a.remote_participants)
-    loop = asyncio.get_event_loop()
-    escaped = []
-    loop.set_exception_handler(lambda lp, ctx: escaped.append(ctx.get("exception") or ctx.get("message")))
+    escaped = watch_escapes()
     done = []
 
     async def reading(reader, sender):
@@ -164,7 +162,7 @@ async def play(acts):
         assert not escaped, (acts, escaped)
         return done
     finally:
-        loop.set_exception_handler(None)
+        asyncio.get_event_loop().set_exception_handler(None)
         await close(a, peer, other)
 
 

@@ -25,6 +25,15 @@ async def _board_and_peer(**opts):
     return a, peer, errors
 
 
+def _head(sid, **fields):
+    """The encoded StreamHeader of stream `sid` on topic "t": 2000 zero bytes, deflated
+    inline (without the compression field unless `fields` add it; they add or replace)."""
+    h = {"stream_id": sid, "topic": "t", "total_length": 2000, "byte_header": {"name": "n"},
+         "inline_content": ZEROS_2000}
+    h.update(fields)
+    return relayside.encode(proto.STREAM_HEADER, h)
+
+
 def _reading(got):
     async def handler(reader, sender):
         try:
@@ -38,9 +47,7 @@ async def test_compressed_inline_content_is_inflated_and_late_attributes_are_mer
     mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, advertise_compression=True)
     got = []
     a.register_byte_stream_handler("t", _reading(got))
-    head = relayside.encode(proto.STREAM_HEADER, {
-        "stream_id": "s1", "topic": "t", "total_length": 2000, "byte_header": {"name": "n"},
-        "attributes": {"early": "1"}, "inline_content": ZEROS_2000, "compression": 1})
+    head = _head("s1", attributes={"early": "1"}, compression=1)
     # attributes after the content (a serializer may write fields in any order): merged
     late = relayside.encode(proto.STREAM_HEADER, {"attributes": {"late": "2"}})
     await _send_raw(peer, "a", head + late)
@@ -61,9 +68,7 @@ async def test_inline_content_shorter_than_total_length_without_compression_ends
 
 async def test_a_packet_dropped_after_its_inline_content_ends_that_stream_with_the_cause():
     a, peer, errors = await _board_and_peer()
-    head = relayside.encode(proto.STREAM_HEADER, {
-        "stream_id": "s3", "topic": "t", "total_length": 2000, "byte_header": {"name": "n"},
-        "inline_content": ZEROS_2000})
+    head = _head("s3")
     # after the content, where compression = 1 would be, 2 bytes of a field of wire
     # type 7 (there is none): the packet is dropped
     await _send_raw(peer, "a", head + b"\x67\x00")
@@ -85,10 +90,7 @@ async def test_inline_content_twice_in_one_header_drops_the_packet_and_ends_its_
     # an empty inline_content after the first (2 bytes, where compression = 1 could
     # be): the last occurrence would win, and the stream it went to ends
     a, peer, errors = await _board_and_peer()
-    head = relayside.encode(proto.STREAM_HEADER, {
-        "stream_id": "s5", "topic": "t", "total_length": 2000, "byte_header": {"name": "n"},
-        "inline_content": ZEROS_2000})
-    await _send_raw(peer, "a", head + field(11, b""))
+    await _send_raw(peer, "a", _head("s5") + field(11, b""))
     await settle(lambda: errors)
     assert len(errors) == 1 and "inline_content twice in one stream header" in errors[0], errors
     await close(a, peer)
@@ -101,9 +103,7 @@ async def test_header_fields_after_compressed_inline_content_are_honoured():
     a, peer, errors = await _board_and_peer()
     got = []
     a.register_text_stream_handler("late", _reading(got))
-    head = relayside.encode(proto.STREAM_HEADER, {
-        "stream_id": "early-id", "topic": "t", "total_length": 2000, "byte_header": {"name": "n"},
-        "inline_content": ZEROS_2000, "compression": 1})
+    head = _head("early-id", compression=1)
     late = relayside.encode(proto.STREAM_HEADER, {"stream_id": "s7", "topic": "late", "text_header": {},
                                                   "attributes": {"k": "v"}})
     await _send_raw(peer, "a", head + late)

@@ -16,7 +16,7 @@ import asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from room_helpers import close, raw, room_and_peer, settle
+from room_helpers import close, raw, room_and_peer, settle, watch_escapes
 
 from lkedge.consts import ATTR_RPC_METHOD, ATTR_RPC_REQUEST_ID
 from lkedge.rpc import RpcError
@@ -96,9 +96,7 @@ async def _play(callee_protocol, script, rnd):
     mem, a, p = await room_and_peer(peer_identity="p", client_protocol=callee_protocol)
     q = await raw(mem, "q", client_protocol=2)
     await settle(lambda: "q" in a.remote_participants)
-    loop = asyncio.get_running_loop()
-    escaped = []
-    loop.set_exception_handler(lambda lp, ctx: escaped.append(ctx.get("exception") or ctx.get("message")))
+    escaped = watch_escapes()
 
     async def call(i):
         try:
@@ -109,17 +107,13 @@ async def _play(callee_protocol, script, rnd):
     try:
         tasks = [asyncio.ensure_future(call(i)) for i in range(len(script))]
         ids = await _request_ids(p, len(script))
-        # each call's answer in order, its noise anywhere; the streams of the callee
-        # and of the other participant interleaved at random
-        lanes = {"p": [], "q": []}
+        # each call's answer (its packets in order) and its noise, in a random order but
+        # for a callee's duplicate, after all the answers (before, it would be the first)
+        runs = []
         for i, (outcome, noise) in enumerate(script):
-            lanes["p"].append(_packets("a", ids[i], i, outcome))
-            for kind in noise:
-                who, pkts = _noise("a", ids[i], i, kind)
-                lanes[who].insert(rnd.randint(0, len(lanes[who])), pkts)
-        runs = [("p", pk) for pk in lanes["p"]] + [("q", pk) for pk in lanes["q"]]
+            runs.append(("p", _packets("a", ids[i], i, outcome)))
+            runs += [_noise("a", ids[i], i, kind) for kind in noise]
         rnd.shuffle(runs)
-        # (a callee's duplicate goes after all its answers: before, it would be the first)
         for who, pkts in sorted(runs, key=lambda r: r[1][-1].get("rpc_response", {}).get("payload") == "second"):
             for pkt in pkts:
                 await (p if who == "p" else q).send(pkt)
@@ -132,13 +126,12 @@ async def _play(callee_protocol, script, rnd):
         assert not escaped, escaped
         # the Room goes on: another call is answered
         t = asyncio.ensure_future(call(99))
-        await settle(lambda: any(pk.get("rpc_request", {}).get("method") == "m99" or pk.get(
-            "stream_header", {}).get("attributes", {}).get(ATTR_RPC_METHOD) == "m99" for pk in p.packets))
         rid = (await _request_ids(p, len(script) + 1))[99]
         for pkt in _packets("a", rid, 99, "packet"):
             await p.send(pkt)
         assert await t == _answer(99, "packet")
     finally:
+        asyncio.get_event_loop().set_exception_handler(None)
         await close(a, p, q)
 
 
