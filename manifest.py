@@ -16,7 +16,7 @@ include("$(PORT_DIR)/boards/manifest.py")
 # CPython only (lkedge deploy's HOST_ONLY), which a board never imports.
 import os  # noqa: E402
 
-_HOST_ONLY = ("hoststream.py", "memroom.py", "relayside.py")
+_HOST_ONLY = ("hoststream.py", "hostwait.py", "memroom.py", "relayside.py")
 package("lkedge", files=sorted(n for n in os.listdir("lib/lkedge") if n.endswith(".py") and n not in _HOST_ONLY),
         base_path="lib")
 

@@ -118,7 +118,7 @@ NO_FIRMWARE = ("--firmware %s is not a folder (your firmware's folder, with its 
                "--lib-only deploys the library without firmware)")
 # Library modules for relays, tests and CPython only: a board never imports them, so
 # they are not deployed (nor listed in package.json for mip, nor frozen by manifest.py).
-HOST_ONLY = ("hoststream.py", "memroom.py", "relayside.py")
+HOST_ONLY = ("hoststream.py", "hostwait.py", "memroom.py", "relayside.py")
 LIB_DIR_ON_BOARD = "/lib/lkedge"
 MPREMOTE_TIMEOUT_S = 120
 # The file query is the first contact: a board answers it in seconds (mpremote gives up

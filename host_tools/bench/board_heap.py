@@ -117,6 +117,9 @@ async def _unless_board_gave_up(coro, lines):
         return task.result()
     finally:
         task.cancel()  # also when this wait itself is cancelled (the run's time limit)
+        # what it fails with once cancelled is no news (the board gave up): asked for,
+        # so asyncio prints no "Task exception was never retrieved" in the bisection
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 async def _wait_line(lines, prefix, timeout):

@@ -9,6 +9,8 @@ has no readinto), so a board does not load it.
 """
 import asyncio
 
+from .clock import wait_for
+
 CLOSE_WAIT_S = 2
 
 
@@ -45,6 +47,6 @@ class Stream:
         # A graceful close waits until what is queued is written: never, on a link
         # that stopped draining (Room ends such a link). Then the connection is reset.
         try:
-            await asyncio.wait_for(self.w.wait_closed(), CLOSE_WAIT_S)
+            await wait_for(self.w.wait_closed(), CLOSE_WAIT_S)
         except (asyncio.TimeoutError, OSError):
             self.w.transport.abort()

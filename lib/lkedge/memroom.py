@@ -15,6 +15,7 @@ tests can play a LiveKit peer of any client_protocol byte by byte.
 import asyncio
 
 from . import link, proto, relayside
+from .clock import wait_for
 
 
 def _identity_from_token(token):
@@ -268,7 +269,7 @@ class RawPeer:
                         return p
                 self._got.clear()
                 await self._got.wait()
-        return await asyncio.wait_for(loop(), timeout)
+        return await wait_for(loop(), timeout)
 
     async def close(self):
         await self.t.close()

@@ -14,7 +14,7 @@ import asyncio
 import gc
 
 from . import cbor, link, load, proto, rpc, streams, utf8
-from .clock import now_ms
+from .clock import now_ms, wait_for
 from .config import RoomOptions
 from .consts import (ATTR_RPC_REQUEST_ID, CAP_COMPRESSION_DEFLATE_RAW, COMPRESSION_DEFLATE_RAW,
                      TOPIC_RPC_REQUEST, TOPIC_RPC_RESPONSE)
@@ -291,7 +291,7 @@ class Room:
         try:
             await t.connect()   # bounded by the transport's own timeout_ms
             waiting = True
-            await asyncio.wait_for(self._join_link(t, join), self.options.join_timeout_ms / 1000)
+            await wait_for(self._join_link(t, join), self.options.join_timeout_ms / 1000)
         except BaseException as e:
             # Also when cancelled: no link may stay open behind us, and a room left
             # "connecting" would refuse every later connect().
@@ -327,36 +327,43 @@ class Room:
         self._closing = True
         was = self.connection_state
         t = self._transport
-        if t is not None and self.connection_state == "connected":
-            try:  # also finishing the LEAVE if the bound below cuts it: ~4 s in all
-                old, t._timeout_ms = t._timeout_ms, 2000
-            except AttributeError:   # a transport of one's own
-                old = None
-            try:  # bounded: on a link that does not drain, disconnect() must still end
-                await asyncio.wait_for(self._sender.send_frame(
-                    link.LEAVE, cbor.dumps({"code": link.LEAVE_CLIENT, "reason": reason[:200]})), 2)
-            except Exception:
-                pass
+        # Cancelled meanwhile, it still leaves (the link closed, tasks stopped, calls
+        # failed), then the cancel goes on: a Room half left would refuse connect().
+        old = None
+        try:
+            if t is not None and self.connection_state == "connected":
+                try:  # also finishing the LEAVE if the bound below cuts it: ~4 s in all
+                    old, t._timeout_ms = t._timeout_ms, 2000
+                except AttributeError:   # a transport of one's own
+                    pass
+                try:  # bounded: on a link that does not drain, disconnect() must still end
+                    await wait_for(self._sender.send_frame(
+                        link.LEAVE, cbor.dumps({"code": link.LEAVE_CLIENT, "reason": reason[:200]})), 2)
+                except Exception:
+                    pass
+        finally:
             if old is not None:
                 t._timeout_ms = old   # (a transport passed in may be connected again)
-        await self._drop_transport()
-        # Taken before _fail_everything: the listeners it starts must run, not be cancelled.
-        tasks = [self._timer_task, self._reader_task, self._pinger] + self._tasks
-        self._tasks = []
-        self._fail_everything("disconnected")
-        self._before_loss = None
-        me = asyncio.current_task()  # a handler calling disconnect() goes on (MicroPython
-        for task in tasks:           # cannot cancel the running task: RuntimeError)
-            if task is not None and task is not me and not task.done():
-                task.cancel()
-        self._invoking = set()  # a task cancelled before it started never says it ended
-        self._deadlines = {}
-        self._timed_out = set()
-        self._handling = set()
-        self._lingering = set()
-        self.connection_state = "disconnected"
-        if was != "disconnected":
-            self._emit("disconnected", reason)
+            try:
+                await self._drop_transport()
+            finally:
+                # Taken before _fail_everything: the listeners it starts must run, not be cancelled.
+                tasks = [self._timer_task, self._reader_task, self._pinger] + self._tasks
+                self._tasks = []
+                self._fail_everything("disconnected")
+                self._before_loss = None
+                me = asyncio.current_task()  # a handler calling disconnect() goes on (MicroPython
+                for task in tasks:           # cannot cancel the running task: RuntimeError)
+                    if task is not None and task is not me and not task.done():
+                        task.cancel()
+                self._invoking = set()  # a task cancelled before it started never says it ended
+                self._deadlines = {}
+                self._timed_out = set()
+                self._handling = set()
+                self._lingering = set()
+                self.connection_state = "disconnected"
+                if was != "disconnected":
+                    self._emit("disconnected", reason)
 
     async def _drop_transport(self):
         t = self._transport
@@ -933,7 +940,7 @@ class Room:
                     reader._done = done = asyncio.Event()
                     while not (reader._abandoned or reader._ended or task.done()):
                         try:  # a task that died without ending its read frees the link too
-                            await asyncio.wait_for(done.wait(), 1)
+                            await wait_for(done.wait(), 1)
                         except asyncio.TimeoutError:
                             pass
         except Exception as e:
@@ -1119,7 +1126,7 @@ class Room:
             if wake > now:
                 self._timer_wake.clear()
                 try:
-                    await asyncio.wait_for(self._timer_wake.wait(), (wake - now) / 1000)
+                    await wait_for(self._timer_wake.wait(), (wake - now) / 1000)
                 except asyncio.TimeoutError:
                     pass
             now = now_ms()

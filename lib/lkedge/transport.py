@@ -51,6 +51,8 @@ Runtime differences (MicroPython unix port 1.29, mbedTLS):
 import asyncio
 import sys
 
+from .clock import wait_for
+
 _SCHEMES = ("tcp", "tls", "ws", "wss")
 
 
@@ -147,7 +149,7 @@ class StreamTransport:
         self._closed = False
         self._gone = None
         try:
-            await asyncio.wait_for(self._connect(), self._timeout_ms / 1000)
+            await wait_for(self._connect(), self._timeout_ms / 1000)
         except Exception as e:
             if isinstance(e, asyncio.TimeoutError):
                 await self._abort()

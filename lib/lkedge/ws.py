@@ -55,6 +55,7 @@ import binascii
 import hashlib
 import sys
 
+from .clock import wait_for
 from .transport import StreamTransport, TransportError
 from .utf8 import text
 
@@ -681,7 +682,7 @@ class WebSocketTransport(StreamTransport):
             self._sent_close = True
             body = b"" if code is None else bytes((code >> 8, code & 0xFF)) + reason.encode()
             try:  # bounded: a link that does not drain must still be dropped
-                await asyncio.wait_for(StreamTransport.write(self, encode_frame(OP_CLOSE, body, new_mask_key())), 2)
+                await wait_for(StreamTransport.write(self, encode_frame(OP_CLOSE, body, new_mask_key())), 2)
             except Exception:  # the peer is already gone: closing anyway
                 pass
         await self._abort()
