@@ -18,6 +18,7 @@ import threading
 import time
 
 from lkedge import link
+from lkedge.clock import wait_for   # (asyncio's before 3.12 can lose a cancel)
 from lkedge.config import RoomOptions
 from lkedge.consts import CLIENT_PROTOCOL_DATA_STREAM_RPC, MAX_V1_PAYLOAD_BYTES, RPC_ACK_TIMEOUT_MS
 from lkedge.participant import _whole_request
@@ -983,7 +984,7 @@ async def _until_stopped(room):
         pass
     while not stop.is_set():
         try:
-            await asyncio.wait_for(stop.wait(), 0.25)
+            await wait_for(stop.wait(), 0.25)
         except asyncio.TimeoutError:
             pass
         # The Room stops rejoining after a LEAVE that would only repeat (a duplicate

@@ -48,6 +48,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from lkedge import link, relayside
+from lkedge.clock import wait_for   # (asyncio's before 3.12 can lose a cancel)
 
 from . import router as rt
 
@@ -308,7 +309,7 @@ class _Link:
             if self.abort_handle is not None:
                 self.abort_handle.cancel()
             try:
-                await asyncio.wait_for(self.close_transport(), CLOSE_GRACE_S)
+                await wait_for(self.close_transport(), CLOSE_GRACE_S)
             except Exception:
                 self.abort_transport()
 
@@ -968,12 +969,12 @@ class RelayServer:
     async def _http_serve(self, reader, writer):
         method = None
         try:
-            first = await asyncio.wait_for(reader.readexactly(1), HTTP_TIMEOUT_S)
+            first = await wait_for(reader.readexactly(1), HTTP_TIMEOUT_S)
             if not b"A" <= first <= b"Z":
                 # No HTTP method starts so: a link frame (a board or `lkedge call` given
                 # this port with tcp://) is told at once, not after HTTP_TIMEOUT_S.
                 raise ValueError("not HTTP")
-            head = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HTTP_TIMEOUT_S)
+            head = first + await wait_for(reader.readuntil(b"\r\n\r\n"), HTTP_TIMEOUT_S)
             line = head.split(b"\r\n", 1)[0].decode("latin-1").split()
             method = line[0] if line else None
             status, ctype, body = self._http_route(line)
@@ -990,9 +991,9 @@ class RelayServer:
             return
         self._http_reply(writer, status, ctype, body, head_only=method == "HEAD")
         try:
-            await asyncio.wait_for(writer.drain(), HTTP_TIMEOUT_S)
+            await wait_for(writer.drain(), HTTP_TIMEOUT_S)
             writer.close()
-            await asyncio.wait_for(writer.wait_closed(), HTTP_TIMEOUT_S)
+            await wait_for(writer.wait_closed(), HTTP_TIMEOUT_S)
         except (OSError, ConnectionError, asyncio.TimeoutError):
             writer.transport.abort()
 
@@ -1053,7 +1054,7 @@ class RelayServer:
                 pass
         for s in self._servers:
             try:
-                await asyncio.wait_for(s.wait_closed(), 2)
+                await wait_for(s.wait_closed(), 2)
             except (asyncio.TimeoutError, Exception):
                 pass
         if self._loop_handler is not None:
