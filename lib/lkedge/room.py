@@ -973,7 +973,9 @@ class Room:
         elif ftype == link.PARTICIPANT:
             self._upsert(link.participant_info(d))
         elif ftype == link.PARTICIPANT_LEFT:
-            self._participant_left(d.get("identity", ""), d.get("reason", ""))
+            # its identity a text string, as PARTICIPANT's: a list or a map was a
+            # TypeError that ended the link, a number was taken for nobody
+            self._participant_left(link._get(d, "PARTICIPANT_LEFT", "identity", "text"))
         elif ftype == link.LEAVE:
             self.leave_code = d.get("code")
             self.leave_reason = d.get("reason", "")
@@ -1089,7 +1091,7 @@ class Room:
         self._untracked.add(hash(identity) if len(self._untracked) < _UNTRACKED_MAX else None)
         return True
 
-    def _participant_left(self, identity, reason):
+    def _participant_left(self, identity):
         for inv in self._invoking:
             if inv.caller_identity == identity:
                 # Its answer can reach nobody: a streamed answer stops at its next piece

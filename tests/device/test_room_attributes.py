@@ -208,3 +208,29 @@ async def test_the_attributes_budget_counts_utf8_bytes_not_characters():
     assert [b.remote_participants["op%d" % i].attributes == attrs for i in range(4)] == [True] + [False] * 3
     assert b._attributes_held == _held_truth(b) <= 3000
     await close(b)
+
+
+async def test_a_participant_left_whose_identity_is_no_text_string_ends_the_link_saying_so():
+    # As a malformed PARTICIPANT does (LinkError naming the frame and the key): a list
+    # identity was an unhashable TypeError, a number was taken for nobody.
+    for identity, kind in (([1], "list"), ({"a": "b"}, "dict"), (5, "int"), (None, "NoneType")):
+        mem = MemRoom()
+        b = await join_with(mem, "b", RoomOptions.for_board())
+        p = await join_with(mem, "p", RoomOptions.for_board())
+        await settle(lambda: "p" in b.remote_participants)
+        lost = []
+        b.on("disconnected", lost.append)
+        await relay_says(mem, "b", [relayside.encode_control(link.PARTICIPANT_LEFT, {"identity": identity})])
+        await settle(lambda: lost)
+        want = 'PARTICIPANT_LEFT: key "identity" must be a text string, got %s' % kind
+        assert want in lost[0] and want in str(b.last_error), (lost, b.last_error)
+        await close(b, p)
+    # a well-formed one with a reason that is no text is taken (the reason is not used)
+    mem = MemRoom()
+    b = await join_with(mem, "b", RoomOptions.for_board())
+    p = await join_with(mem, "p", RoomOptions.for_board())
+    await settle(lambda: "p" in b.remote_participants)
+    await relay_says(mem, "b", [relayside.encode_control(link.PARTICIPANT_LEFT, {"identity": "p", "reason": 7})])
+    await settle(lambda: "p" not in b.remote_participants)
+    assert b.connection_state == "connected"
+    await close(b, p)
