@@ -969,6 +969,9 @@ class Room:
         # operators' tokens): one over max_values is announced without its attributes.
         d = link.decode_control(body, self.options.max_values, self.options.max_attributes)
         if ftype == link.JOINED:
+            if self._joined.is_set():   # (a new Event for each link: connect, rejoin)
+                # it would change our identity and drop everyone without an event
+                raise link.LinkError("a second JOINED on one link")
             self._on_joined(link.check_joined(d))
         elif ftype == link.PARTICIPANT:
             self._upsert(link.participant_info(d))

@@ -10,7 +10,7 @@ import asyncio
 from room_helpers import CannedRelay, close, raw, settle
 
 import lkedge.room as room_module
-from lkedge import link
+from lkedge import link, relayside
 from lkedge.config import RoomOptions
 from lkedge.memroom import MemRoom
 from lkedge.room import ConnectError, Room
@@ -197,6 +197,25 @@ async def test_a_link_closed_without_a_leave_says_so():
     await settle(lambda: board.connection_state == "disconnected")
     assert board.last_error and "closed without a LEAVE" in board.last_error, board.last_error
     await board.disconnect()
+
+
+async def test_a_second_joined_on_one_link_is_a_protocol_error_and_the_room_rejoins_as_itself():
+    # A JOINED answers the JOIN once; a second one on the same link would have changed
+    # the room's identity, name and max_frame and dropped everyone without an event.
+    mem, relay, events, board, peer = await _board_and_host(_FlakyRelay)
+    j = {"v": 1, "room": "other", "identity": "zz", "sid": "PA_zz", "max_frame": 100, "participants": []}
+    fake = _patched()
+    try:
+        await relay.t._deliver(relayside.encode_control(link.JOINED, j))
+        await settle(lambda: "reconnected" in events)
+    finally:
+        _restore()
+    assert "a second JOINED on one link" in str(board.last_error), board.last_error
+    assert events == ["reconnecting", "reconnected"], events
+    assert (board.local_participant.identity, board.name, board.max_frame) == ("board", mem.name, mem.max_frame)
+    assert "host" in board.remote_participants
+    await board.disconnect()
+    await peer.close()
 
 
 class _SlowConnect(_FlakyRelay):
