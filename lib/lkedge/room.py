@@ -1044,6 +1044,11 @@ class Room:
 
     def _upsert(self, info, _announce=True):
         ident = info["identity"]
+        if ident == self.local_participant.identity:
+            # LINK.md announces everyone else: a relay that announced us too would make
+            # us a remote participant of our own (LiveKit's SDKs never list themselves)
+            _warn("the relay announced this participant, %r, as another: ignored" % ident)
+            return
         p = self.remote_participants.get(ident)
         old = p._attributes_cost if p is not None else 0
         cost = 0

@@ -234,3 +234,23 @@ async def test_a_participant_left_whose_identity_is_no_text_string_ends_the_link
     await settle(lambda: "p" not in b.remote_participants)
     assert b.connection_state == "connected"
     await close(b, p)
+
+
+async def test_a_relay_that_announces_the_participant_itself_is_ignored_and_warned_about():
+    # LINK.md: JOINED lists everyone else, PARTICIPANT announces the others. A relay
+    # that lists the joiner too made it a remote participant of its own, with a
+    # participant_connected event for itself.
+    mem = MemRoom()
+    p = await join_with(mem, "p", RoomOptions.for_board())
+    mem.conns["p"].info["identity"] = "b"   # JOINED's list then holds "b" itself
+    with Warnings() as warns:
+        b = await join_with(mem, "b", RoomOptions.for_board())
+        events = []
+        b.on("participant_connected", events.append)
+        b.on("participant_updated", events.append)
+        await relay_says(mem, "b", participant_frame("b", "PA_b"))
+        await settle(lambda: len(warns) == 2)
+    assert list(b.remote_participants) == [] and events == [], (list(b.remote_participants), events)
+    assert all("'b'" in w and "ignored" in w for w in warns), warns
+    assert b.connection_state == "connected"
+    await close(b, p)
