@@ -204,7 +204,7 @@ async def test_a_second_joined_on_one_link_is_a_protocol_error_and_the_room_rejo
     # the room's identity, name and max_frame and dropped everyone without an event.
     mem, relay, events, board, peer = await _board_and_host(_FlakyRelay)
     j = {"v": 1, "room": "other", "identity": "zz", "sid": "PA_zz", "max_frame": 100, "participants": []}
-    fake = _patched()
+    _patched()   # (the backoff's wait returns at once)
     try:
         await relay.t._deliver(relayside.encode_control(link.JOINED, j))
         await settle(lambda: "reconnected" in events)
