@@ -235,7 +235,7 @@ _ROM_NAMES = (
     "globals hex issubclass locals oct ord pow reversed round setattr sorted staticmethod "
     "sum zip complex frozenset property AssertionError AttributeError EOFError "
     "ImportError KeyError KeyboardInterrupt RuntimeError SystemExit UnicodeError "
-    "NotImplemented Ellipsis endswith lower upper strip rsplit replace extend insert "
+    "NotImplemented Ellipsis endswith lower upper strip replace extend insert "
     "remove reverse sort clear copy values items keys update "
     # builtins and module members every port has (found unspelled by dir() on the unix port)
     "help iter exit ipoll modify mount search match sep stderr "
@@ -314,7 +314,10 @@ def private_renames(lib_texts, outside_texts):
         spelled.update(words)
         keep.update(words)
     names = sorted(private - keep)
-    targets = [t for t in _ROM_NAMES if t not in spelled]
+    # Each board name once (dict.fromkeys keeps the order): one listed twice gave two
+    # private names one spelling, and the board ran them as one attribute (a Room's
+    # token became its frame reader's key, cleared by every frame: no rejoin, ever).
+    targets = [t for t in dict.fromkeys(_ROM_NAMES) if t not in spelled]
     if len(names) > len(targets):  # the rest keep their spelling: correct, only less saved
         print("boardbuild: %d private names left as they are (add interned names to _ROM_NAMES)"
               % (len(names) - len(targets)), file=sys.stderr)   # (not in `lkedge names` output)

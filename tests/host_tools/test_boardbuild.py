@@ -367,3 +367,18 @@ def test_names_warns_when_the_table_does_not_fit_the_traceback(tmp_path):
         r = _names("--table", _table_file(tmp_path), "--lib", str(lib), stdin="  File %s\n" % frame)
         assert r.returncode == 0 and "lkedge names: warning: the names may be wrong" in r.stderr, r.stderr
         assert said in r.stderr and "--firmware DIR" in r.stderr, r.stderr
+
+
+def test_no_two_private_names_ever_share_a_board_name():
+    # "rsplit" was listed twice: once a library had enough private names to reach the
+    # second, Room._token and Room._acc_key were one attribute on the board, and the
+    # reader clearing its key cleared the token (the board never rejoined a relay).
+    assert len(set(boardbuild._ROM_NAMES)) == len(boardbuild._ROM_NAMES), \
+        sorted(n for n in set(boardbuild._ROM_NAMES) if boardbuild._ROM_NAMES.count(n) > 1)
+    lib = "".join("_p%d = %d\n" % (i, i) for i in range(len(boardbuild._ROM_NAMES) + 50))
+    renames = boardbuild.private_renames([lib], [])
+    assert len(renames) == len(set(boardbuild._ROM_NAMES)) and len(set(renames.values())) == len(renames)
+    # and the tables this checkout builds (a deploy's, the suite's)
+    for table in (boardbuild.deploy_renames(os.path.join(ROOT, "lib", "lkedge"), os.path.join(ROOT, "firmware")),
+                  {old: new for new, old in boardbuild.read_table(os.path.join(compiled_lib(), "renames.txt")).items()}):
+        assert len(set(table.values())) == len(table)
