@@ -20,7 +20,8 @@ async def wait_for(aw, timeout):
     task = asyncio.ensure_future(aw)
     try:
         done, _ = await asyncio.wait((task,), timeout=timeout)
-    except BaseException:   # this task was cancelled: aw is too, and ends first
+    except asyncio.CancelledError:   # this task was cancelled: aw is too, and ends first
+        # (not on GeneratorExit: a coroutine closed, its loop maybe gone, awaits nothing)
         await _stopped(task)
         raise
     if not done:

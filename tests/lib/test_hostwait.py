@@ -48,19 +48,21 @@ def test_the_result_and_the_exception_of_the_awaitable_come_through():
         run(wait_for(fails(), 1))
 
 
+async def _slow(ended):
+    """Sleeps long; cancelled, its clean-up takes a while (to be waited for), then says so."""
+    try:
+        await asyncio.sleep(10)
+    finally:
+        await asyncio.sleep(0.01)
+        ended.append("cleaned up")
+
+
 def test_a_timeout_cancels_the_awaitable_and_waits_for_it_to_end_first():
     ended = []
 
-    async def slow():
-        try:
-            await asyncio.sleep(10)
-        finally:
-            await asyncio.sleep(0.01)   # its clean-up takes a while: waited for
-            ended.append("cleaned up")
-
     async def main():
         try:
-            await wait_for(slow(), 0.02)
+            await wait_for(_slow(ended), 0.02)
         except asyncio.TimeoutError:
             return list(ended)
         raise AssertionError("no TimeoutError")
@@ -80,15 +82,8 @@ def test_an_awaitable_that_finishes_its_work_when_cancelled_at_the_timeout_gives
 def test_an_outside_cancel_cancels_the_awaitable_and_waits_for_it_before_going_on():
     ended = []
 
-    async def slow():
-        try:
-            await asyncio.sleep(10)
-        finally:
-            await asyncio.sleep(0.01)
-            ended.append("cleaned up")
-
     async def main():
-        t = asyncio.ensure_future(wait_for(slow(), 5))
+        t = asyncio.ensure_future(wait_for(_slow(ended), 5))
         await asyncio.sleep(0.01)
         t.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -123,3 +118,17 @@ def test_a_failure_of_the_awaitable_while_it_is_cancelled_is_not_left_unretrieve
 def test_clock_wait_for_is_this_one_before_3_12_and_asyncios_after():
     want = hostwait.wait_for if sys.version_info < (3, 12) else asyncio.wait_for
     assert clock.wait_for is want
+
+
+def test_a_coroutine_closed_while_it_waits_closes_quietly_even_with_its_loop_gone():
+    # a Room left connected when its loop ended: its timer's coroutine is closed when it
+    # is collected, and must not try to cancel a task on the closed loop (an "Exception
+    # ignored ... Event loop is closed" in every such test run)
+    loop = asyncio.new_event_loop()
+    coro = wait_for(asyncio.sleep(10), 5)
+    loop.run_until_complete(asyncio.sleep(0))
+    step = loop.create_task(coro)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert not step.done()
+    loop.close()
+    coro.close()   # GeneratorExit inside wait_for: no RuntimeError
