@@ -124,7 +124,6 @@ class Room:
         self._token = None
         self._opening = False   # _open_link waits for JOINED
         self._transport = None
-        self._transport_factory = None
         self._joined = asyncio.Event()
         self._timer_wake = asyncio.Event()
         self._closing = False
