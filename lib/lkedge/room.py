@@ -964,13 +964,14 @@ class Room:
             return
         if ftype == link.PONG:
             return
+        if ftype == link.JOINED and self._joined.is_set():   # (a new Event per link)
+            # before decoding: the low-heap path (_announced_leanly) must not take it
+            # either; it would change our identity and drop everyone without an event
+            raise link.LinkError("a second JOINED on one link")
         # Participant maps are budgeted as DataPackets are (their attributes come from
         # operators' tokens): one over max_values is announced without its attributes.
         d = link.decode_control(body, self.options.max_values, self.options.max_attributes)
         if ftype == link.JOINED:
-            if self._joined.is_set():   # (a new Event for each link: connect, rejoin)
-                # it would change our identity and drop everyone without an event
-                raise link.LinkError("a second JOINED on one link")
             self._on_joined(link.check_joined(d))
         elif ftype == link.PARTICIPANT:
             self._upsert(link.participant_info(d))
