@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= auto
 PYTEST_PAR := -n $(PYTEST_WORKERS) --dist worksteal
 
-.PHONY: setup demo test test-micropython bench clean interop-node
+.PHONY: setup demo test test-micropython bench clean interop-node browser
 
 setup: $(VENV)/.installed interop-node
 
@@ -18,14 +18,22 @@ $(VENV)/.installed: requirements-dev.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-# The interop peer: livekit-client's own RPC and data-stream managers in Node, built
-# from the committed lockfile.
+# The browser client (clients/browser: livekit-client's own RPC and data-stream managers
+# on the relay's WebSocket port) and the interop peer built from its packages, both from
+# the one committed lockfile.
+CLIENT_DIR := clients/browser
 NODE_DIR := tests/interop/node
-interop-node: $(NODE_DIR)/build/peer.cjs
+interop-node: $(CLIENT_DIR)/dist/lkedge.mjs $(NODE_DIR)/build/peer.cjs
+browser: $(CLIENT_DIR)/dist/lkedge.mjs
 
-$(NODE_DIR)/build/peer.cjs: $(NODE_DIR)/package-lock.json $(NODE_DIR)/build.mjs $(wildcard $(NODE_DIR)/src/*.ts)
-	npm ci --prefix $(NODE_DIR) --no-audit --no-fund
-	npm run --prefix $(NODE_DIR) build
+$(CLIENT_DIR)/node_modules/.package-lock.json: $(CLIENT_DIR)/package-lock.json
+	npm ci --prefix $(CLIENT_DIR) --no-audit --no-fund
+
+$(CLIENT_DIR)/dist/lkedge.mjs: $(CLIENT_DIR)/node_modules/.package-lock.json $(CLIENT_DIR)/build.mjs $(wildcard $(CLIENT_DIR)/src/*.ts)
+	cd $(CLIENT_DIR) && node build.mjs
+
+$(NODE_DIR)/build/peer.cjs: $(CLIENT_DIR)/node_modules/.package-lock.json $(NODE_DIR)/build.mjs $(wildcard $(NODE_DIR)/src/*.ts) $(wildcard $(CLIENT_DIR)/src/*.ts)
+	node $(NODE_DIR)/build.mjs
 
 # The main job: relay + emulated ESP32 + deploy with mpremote + calls from the host.
 # (Python alone: the Node interop peer is the suite's.)

@@ -13,8 +13,8 @@ line on stdin ({"id", "cmd", ...}); replies {"id", "ok": true, ...} or {"id", "o
 "error": {"code", "message", "data"}} in any order; unsolicited lines are events
 ({"event": ...}). The first line is the "joined" (or "join_failed") event.
 
-Build the bundle first: `npm ci --prefix tests/interop/node && npm run --prefix
-tests/interop/node build`.
+Build the bundle first (`make setup` does): `npm ci --prefix clients/browser && node
+tests/interop/node/build.mjs` (the peer is built from the browser client's packages).
 """
 import json
 import os
@@ -28,8 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 NODE_DIR = os.path.join(HERE, "node")
 BUNDLE = os.path.join(NODE_DIR, "build", "peer.cjs")
 SELFTEST = os.path.join(NODE_DIR, "build", "selftest.cjs")
-BUILD_HINT = ("npm ci --prefix tests/interop/node && "
-              "npm run --prefix tests/interop/node build")
+BUILD_HINT = "npm ci --prefix clients/browser && node tests/interop/node/build.mjs"
 
 
 class NodePeerError(Exception):
@@ -53,6 +52,14 @@ def node_executable():
     return node
 
 
+def websocket_flags():
+    """Node's own WebSocket (what the browser client uses there) is on from Node 22;
+    Node 20 needs a flag for it."""
+    out = subprocess.run([node_executable(), "--version"], capture_output=True, text=True).stdout
+    major = int(out.strip().lstrip("v").split(".")[0] or 0)
+    return ["--experimental-websocket"] if major < 22 else []
+
+
 def require_bundle(path=BUNDLE):
     if not os.path.exists(path):
         raise NodePeerError("interop peer bundle %s is missing; build it with: %s"
@@ -64,14 +71,17 @@ class NodePeer:
     """One Node peer process joined to a relay. Thread-safe request/reply and event waits."""
 
     def __init__(self, host, port, token, client_protocol=2, capabilities=(2,), ping_ms=5000,
-                 name="node", raw_remote_protocol=False, verbose=False):
+                 name="node", raw_remote_protocol=False, verbose=False, ws_url=None):
         self.name = name
-        self.argv = [node_executable(), require_bundle(), "--host", str(host), "--port",
+        self.argv = [node_executable()] + (websocket_flags() if ws_url else []) + [
+                     require_bundle(), "--host", str(host), "--port",
                      str(port), "--token", token, "--client-protocol", str(client_protocol),
                      "--capabilities", ",".join(str(c) for c in capabilities) or "none",
                      "--ping-ms", str(ping_ms)]
         if raw_remote_protocol:
             self.argv.append("--raw-remote-protocol")
+        if ws_url:   # the browser client's Room over the relay's WebSocket port
+            self.argv += ["--ws-url", ws_url]
         if verbose:
             self.argv.append("--verbose")
         self.proc = None

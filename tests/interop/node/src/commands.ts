@@ -6,8 +6,8 @@
  */
 import { writeFileSync } from 'fs';
 import * as path from 'path';
-import { type LinkPeer } from './peer';
-import { RpcError } from './lk';
+import { type LinkPeer } from '../../../../clients/browser/src/peer';
+import { RpcError } from '../../../../clients/browser/src/lk';
 import { bytesPayload, patternText, sha256Hex, splitText, textPayload, utf8 } from './payloads';
 
 export type Emit = (obj: Record<string, unknown>) => void;

@@ -4,18 +4,24 @@
  *
  *   node build/peer.cjs --host 127.0.0.1 --port 7880 --token JWT
  *        [--client-protocol 2] [--capabilities 2[,1]|none] [--ping-ms 5000] [--verbose]
- *        [--raw-remote-protocol]
+ *        [--raw-remote-protocol] [--ws-url ws://HOST:PORT]
  *
  * --raw-remote-protocol: do not cap remote protocols at our advertised one (peer.ts).
+ * --ws-url: join as the browser client does (clients/browser's Room over the relay's
+ *   WebSocket port, which also rejoins after a lost link) instead of over TCP; the
+ *   room_* commands (roomcommands.ts) then drive its public API. Node 20 needs
+ *   --experimental-websocket for it.
  *
  * Exit codes: 0 after "quit" or stdin EOF, 2 bad arguments, 3 could not join.
  * First stdout line: {"event":"joined",...} or {"event":"join_failed","error":...}.
  */
 import * as readline from 'readline';
 import { CommandHandler } from './commands';
-import { LinkConnection } from './link';
-import { LinkPeer } from './peer';
-import { livekitClientVersion } from './lk';
+import { connectTcp } from './tcplink';
+import { LinkPeer } from '../../../../clients/browser/src/peer';
+import { livekitClientVersion } from '../../../../clients/browser/src/lk';
+import { Room } from '../../../../clients/browser/src/index';
+import { RoomCommands } from './roomcommands';
 
 interface Args {
   host: string;
@@ -26,10 +32,11 @@ interface Args {
   pingMs: number;
   verbose: boolean;
   rawRemoteProtocol: boolean;
+  wsUrl: string;
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { host: '127.0.0.1', port: 0, token: '', clientProtocol: 2, capabilities: [2], pingMs: 5000, verbose: false, rawRemoteProtocol: false };
+  const args: Args = { host: '127.0.0.1', port: 0, token: '', clientProtocol: 2, capabilities: [2], pingMs: 5000, verbose: false, rawRemoteProtocol: false, wsUrl: '' };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     const value = () => {
@@ -50,15 +57,41 @@ function parseArgs(argv: string[]): Args {
     } else if (flag === '--ping-ms') args.pingMs = int(value());
     else if (flag === '--verbose') args.verbose = true;
     else if (flag === '--raw-remote-protocol') args.rawRemoteProtocol = true;
+    else if (flag === '--ws-url') args.wsUrl = value();
     else throw new Error(`unknown argument ${flag}`);
   }
-  if (!args.port) throw new Error('--port is required');
+  if (!args.port && !args.wsUrl) throw new Error('--port (or --ws-url) is required');
   if (!args.token) throw new Error('--token is required');
   return args;
 }
 
 function emitLine(obj: Record<string, unknown>): void {
   process.stdout.write(JSON.stringify(obj, (_k, v) => (typeof v === 'bigint' ? Number(v) : v)) + '\n');
+}
+
+function reportPeerEvents(peer: LinkPeer): void {
+  peer.on('participant_joined', (p) => emitLine({ event: 'participant_joined', participant: p }));
+  peer.on('participant_updated', (p) => emitLine({ event: 'participant_updated', participant: p }));
+  peer.on('participant_left', (identity, reason) => emitLine({ event: 'participant_left', identity, reason }));
+  peer.on('leave', (code, reason) => emitLine({ event: 'leave', code, reason }));
+  peer.on('protocol_error', (err) => emitLine({ event: 'protocol_error', message: err.message }));
+}
+
+/** The browser client's way in: its Room, with its own events reported too. */
+async function joinRoom(args: Args): Promise<Room> {
+  const room = await Room.connect(args.wsUrl, args.token, {
+    clientProtocol: args.clientProtocol,
+    capabilities: args.capabilities,
+    pingIntervalMs: args.pingMs,
+    verbose: args.verbose,
+    reconnectMinMs: 200,
+    reconnectMaxMs: 2000,
+  });
+  reportPeerEvents(room.peer);
+  room.on('reconnecting', (why) => emitLine({ event: 'reconnecting', reason: why }));
+  room.on('reconnected', () => emitLine({ event: 'reconnected', joined: room.joined }));
+  room.on('disconnected', (why) => emitLine({ event: 'disconnected', reason: why }));
+  return room;
 }
 
 async function main(): Promise<void> {
@@ -75,25 +108,26 @@ async function main(): Promise<void> {
     process.stderr.write(`peer: ${(err as Error).message}\n`);
     process.exit(2);
   }
-  const peer = new LinkPeer({
-    clientProtocol: args.clientProtocol,
-    capabilities: args.capabilities,
-    verbose: args.verbose,
-    rawRemoteProtocol: args.rawRemoteProtocol,
-  });
-  peer.on('participant_joined', (p) => emitLine({ event: 'participant_joined', participant: p }));
-  peer.on('participant_updated', (p) => emitLine({ event: 'participant_updated', participant: p }));
-  peer.on('participant_left', (identity, reason) => emitLine({ event: 'participant_left', identity, reason }));
-  peer.on('leave', (code, reason) => emitLine({ event: 'leave', code, reason }));
-  peer.on('disconnected', (reason) => emitLine({ event: 'disconnected', reason }));
-  peer.on('protocol_error', (err) => emitLine({ event: 'protocol_error', message: err.message }));
-
+  let peer: LinkPeer;
+  let room: Room | null = null;
   try {
-    const link = await LinkConnection.connect(args.host, args.port, args.pingMs);
-    const joined = await peer.join(link, args.token);
+    if (args.wsUrl) {
+      room = await joinRoom(args);
+      peer = room.peer;
+    } else {
+      peer = new LinkPeer({
+        clientProtocol: args.clientProtocol,
+        capabilities: args.capabilities,
+        verbose: args.verbose,
+        rawRemoteProtocol: args.rawRemoteProtocol,
+      });
+      reportPeerEvents(peer);
+      peer.on('disconnected', (reason) => emitLine({ event: 'disconnected', reason }));
+      await peer.join(await connectTcp(args.host, args.port, args.pingMs), args.token);
+    }
     emitLine({
       event: 'joined',
-      ...joined,
+      ...peer.joined,
       livekit_client: livekitClientVersion,
       client_protocol: args.clientProtocol,
       capabilities: args.capabilities,
@@ -107,12 +141,15 @@ async function main(): Promise<void> {
   const quit = () => {
     if (quitting) return;
     quitting = true;
-    peer.closeWriters();
-    peer.leave('client initiated');
+    if (room) void room.disconnect();
+    else {
+      peer.closeWriters();
+      peer.leave('client initiated');
+    }
     // Let the LEAVE frame flush before exiting.
     setTimeout(() => process.exit(0), 50);
   };
-  const commands = new CommandHandler(peer, emitLine, quit);
+  const commands = room ? new RoomCommands(room, emitLine, quit) : new CommandHandler(peer, emitLine, quit);
   const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
   rl.on('line', (line) => {
     if (line.trim()) void commands.run(line);

@@ -5,8 +5,8 @@
  */
 import { strict as assert } from 'assert';
 import { CommandHandler } from './commands';
-import { LinkConnection } from './link';
-import { LinkPeer } from './peer';
+import { connectTcp } from './tcplink';
+import { LinkPeer } from '../../../../clients/browser/src/peer';
 import { patternText, sha256Hex } from './payloads';
 import { TestRelay, testToken } from './testrelay';
 
@@ -69,7 +69,7 @@ async function joinPeer(
   rawRemoteProtocol = false,
 ): Promise<Driver> {
   const peer = new LinkPeer({ clientProtocol, capabilities, name: identity, rawRemoteProtocol });
-  const link = await LinkConnection.connect('127.0.0.1', port, 1000);
+  const link = await connectTcp('127.0.0.1', port, 1000);
   await peer.join(link, testToken(identity, 'selftest'));
   return new Driver(peer);
 }

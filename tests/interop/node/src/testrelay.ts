@@ -7,7 +7,7 @@
  */
 import { DataPacket } from '@livekit/protocol';
 import * as net from 'net';
-import { decode as cborDecode } from './cbor';
+import { decode as cborDecode } from '../../../../clients/browser/src/cbor';
 import {
   DATA,
   FrameParser,
@@ -19,7 +19,7 @@ import {
   PONG,
   encodeControl,
   encodeFrame,
-} from './link';
+} from '../../../../clients/browser/src/link';
 
 interface Member {
   socket: net.Socket;

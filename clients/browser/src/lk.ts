@@ -21,3 +21,21 @@ export type {
   TextStreamReader,
   ByteStreamReader,
 } from '../node_modules/livekit-client/src/room/data-stream/incoming/StreamReader';
+export type { PerformRpcParams, RpcInvocationData } from '../node_modules/livekit-client/src/room/rpc/utils';
+export type {
+  ByteStreamHandler,
+  TextStreamHandler,
+} from '../node_modules/livekit-client/src/room/data-stream/incoming/StreamReader';
+export type {
+  ByteStreamWriter,
+  TextStreamWriter,
+} from '../node_modules/livekit-client/src/room/data-stream/outgoing/StreamWriter';
+export type {
+  ByteStreamInfo,
+  SendBytesOptions,
+  SendFileOptions,
+  SendTextOptions,
+  StreamBytesOptions,
+  StreamTextOptions,
+  TextStreamInfo,
+} from '../node_modules/livekit-client/src/room/types';

@@ -1,6 +1,7 @@
 /**
  * LINK.md (version 1) on the participant side: frame codec and a connection that joins a
- * room through a relay over any reliable byte stream (TCP here).
+ * room through a relay over any reliable byte stream. The stream itself is a ByteChannel:
+ * wslink.ts (a WebSocket, browsers and Node 22+) or a TCP socket (the Node interop peer).
  *
  *   frame = varint(n) , type , body        n = 1 + len(body)
  *
@@ -8,7 +9,6 @@
  * unchanged. The connection keeps the relay alive with PINGs and answers its PINGs.
  */
 import { EventEmitter } from 'events';
-import * as net from 'net';
 import { type CborValue, decode as cborDecode, encode as cborEncode } from './cbor';
 
 export const LINK_VERSION = 1;
@@ -165,9 +165,24 @@ export function decodeJoined(body: Uint8Array): JoinedInfo {
 }
 
 /**
+ * The byte stream under a link. The connection calls write/end/destroy; the channel
+ * reports what arrives with conn.receive(chunk) and its end with conn.channelClosed(err).
+ */
+export interface ByteChannel {
+  /** Queues bytes; false when the channel's buffer is full (wait for drained()). */
+  write(bytes: Uint8Array): boolean;
+  /** Resolves once the buffer has room again. */
+  drained(): Promise<void>;
+  /** Closes after what is queued has been sent. */
+  end(): void;
+  /** Closes at once. */
+  destroy(): void;
+}
+
+/**
  * One participant's link to the relay. Events: 'joined' (JoinedInfo), 'participant'
  * (ParticipantInfo), 'participant_left' (identity, reason), 'leave' (code, reason),
- * 'data' (Uint8Array DataPacket), 'close' (Error | undefined).
+ * 'data' (Uint8Array DataPacket), 'protocol_error' (Error), 'close' (Error | undefined).
  */
 export class LinkConnection extends EventEmitter {
   private parser: FrameParser;
@@ -176,27 +191,16 @@ export class LinkConnection extends EventEmitter {
   joined: JoinedInfo | null = null;
 
   constructor(
-    private socket: net.Socket,
+    private channel: ByteChannel,
     private pingMs: number,
     maxIncomingFrame = 16 * 1024 * 1024,
   ) {
     super();
     this.parser = new FrameParser(maxIncomingFrame);
-    socket.on('data', (chunk: Buffer) => this.onBytes(chunk));
-    socket.on('error', (err) => this.shutdown(err));
-    socket.on('close', () => this.shutdown(undefined));
   }
 
-  static connect(host: string, port: number, pingMs: number): Promise<LinkConnection> {
-    return new Promise((resolve, reject) => {
-      const socket = net.createConnection({ host, port });
-      socket.setNoDelay(true);
-      socket.once('error', reject);
-      socket.once('connect', () => {
-        socket.off('error', reject);
-        resolve(new LinkConnection(socket, pingMs));
-      });
-    });
+  get isClosed(): boolean {
+    return this.closed;
   }
 
   join(opts: JoinOptions): void {
@@ -212,35 +216,30 @@ export class LinkConnection extends EventEmitter {
     );
   }
 
-  /** Sends one DATA frame; resolves once the socket accepted it (backpressure). */
+  /** Sends one DATA frame; resolves once the channel accepted it (backpressure). */
   async sendData(packet: Uint8Array): Promise<void> {
     if (this.closed) throw new LinkError('link is closed');
     const maxFrame = this.joined?.max_frame;
     if (maxFrame !== undefined && packet.length + 1 > maxFrame) {
       throw new LinkError(`DataPacket of ${packet.length} bytes exceeds the relay's max_frame ${maxFrame}`);
     }
-    if (!this.write(encodeFrame(DATA, packet))) {
-      await new Promise<void>((resolve) => this.socket.once('drain', resolve));
-    }
+    if (!this.write(encodeFrame(DATA, packet))) await this.channel.drained();
   }
 
   leave(reason: string): void {
     if (this.closed) return;
     this.write(encodeControl(LEAVE, { code: LEAVE_CLIENT, reason }));
-    this.socket.end();
+    this.channel.end();
   }
 
-  private write(frame: Uint8Array): boolean {
-    return this.socket.write(frame);
-  }
-
-  private onBytes(chunk: Uint8Array): void {
+  /** The channel's bytes, as they arrive. */
+  receive(chunk: Uint8Array): void {
     let frames: Array<[number, Uint8Array]>;
     try {
       frames = this.parser.push(chunk);
     } catch (err) {
-      this.shutdown(err as Error);
-      this.socket.destroy();
+      this.channelClosed(err as Error);
+      this.channel.destroy();
       return;
     }
     for (const [type, body] of frames) {
@@ -250,6 +249,18 @@ export class LinkConnection extends EventEmitter {
         this.emit('protocol_error', err);
       }
     }
+  }
+
+  /** The channel ended: err when it failed, undefined when it closed cleanly. */
+  channelClosed(err: Error | undefined): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.pingTimer) clearInterval(this.pingTimer);
+    this.emit('close', err);
+  }
+
+  private write(frame: Uint8Array): boolean {
+    return this.channel.write(frame);
   }
 
   private onFrame(type: number, body: Uint8Array): void {
@@ -289,12 +300,5 @@ export class LinkConnection extends EventEmitter {
     this.pingTimer = setInterval(() => {
       if (!this.closed) this.write(encodeFrame(PING, new TextEncoder().encode(String(Date.now()))));
     }, this.pingMs);
-  }
-
-  private shutdown(err: Error | undefined): void {
-    if (this.closed) return;
-    this.closed = true;
-    if (this.pingTimer) clearInterval(this.pingTimer);
-    this.emit('close', err);
   }
 }

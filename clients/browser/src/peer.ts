@@ -47,12 +47,24 @@ import {
 } from './lk';
 import { WireTrace } from './trace';
 
-/** The StructuredLogger the managers expect, writing to stderr (stdout is the command channel). */
-export function makeLogger(name: string, verbose: boolean): any {
+/** Where log lines go: `level` is trace/debug/info/warn/error. */
+export type LogSink = (level: string, line: string) => void;
+
+/** Node: stderr (the interop peer's stdout is its command channel); browsers: the console. */
+export const defaultLogSink: LogSink = (level, line) => {
+  const proc = (globalThis as any).process;
+  if (proc?.stderr?.write) proc.stderr.write(line + '\n');
+  else if (level === 'error') console.error(line);
+  else if (level === 'warn') console.warn(line);
+  else console.log(line);
+};
+
+/** The StructuredLogger the managers expect; trace/debug/info only when verbose. */
+export function makeLogger(name: string, verbose: boolean, sink: LogSink = defaultLogSink): any {
   const emit = (level: string) => (msg: unknown, ...rest: unknown[]) => {
     if (!verbose && (level === 'trace' || level === 'debug' || level === 'info')) return;
     const extra = rest.length ? ' ' + rest.map((r) => (r instanceof Error ? r.message : safeJson(r))).join(' ') : '';
-    process.stderr.write(`[${name}] ${level}: ${String(msg)}${extra}\n`);
+    sink(level, `[${name}] ${level}: ${String(msg)}${extra}`);
   };
   return {
     trace: emit('trace'),
@@ -112,6 +124,8 @@ export interface PeerOptions {
   name?: string;
   /** Do not cap remote protocols at our own (see the constructor). */
   rawRemoteProtocol?: boolean;
+  /** Where the managers' log lines go (defaultLogSink unless given). */
+  logSink?: LogSink;
 }
 
 /**
@@ -141,13 +155,16 @@ export class LinkPeer extends EventEmitter {
 
   droppedDuplicates = 0;
 
+  /** The code of the relay's LEAVE on the current link, if it sent one. */
+  lastLeaveCode: number | null = null;
+
   private link: LinkConnection | null = null;
 
   private lastSequence = new Map<string, number>();
 
   constructor(readonly options: PeerOptions) {
     super();
-    const log = makeLogger(options.name ?? 'peer', !!options.verbose);
+    const log = makeLogger(options.name ?? 'peer', !!options.verbose, options.logSink);
     this.engine = new LinkEngine(() => this.link, this.sent);
     // The managers only ever compare a REMOTE protocol with 1 or 2. A real 2.23.0 client is
     // itself at 2, so capping the remote value at our advertised one changes nothing for a
@@ -184,6 +201,7 @@ export class LinkPeer extends EventEmitter {
   /** Takes over a connected link, JOINs, and resolves with JOINED. */
   join(link: LinkConnection, token: string): Promise<JoinedInfo> {
     this.link = link;
+    this.lastLeaveCode = null;
     this.engine.resetSequence();
     link.on('participant', (p: ParticipantInfo) => {
       const known = this.participants.has(p.identity);
@@ -193,7 +211,10 @@ export class LinkPeer extends EventEmitter {
     link.on('participant_left', (identity: string, reason: string) => this.onParticipantLeft(identity, reason));
     link.on('data', (bytes: Uint8Array) => this.onData(bytes));
     link.on('protocol_error', (err: Error) => this.emit('protocol_error', err));
-    link.on('leave', (code: number, reason: string) => this.emit('leave', code, reason));
+    link.on('leave', (code: number, reason: string) => {
+      this.lastLeaveCode = code;
+      this.emit('leave', code, reason);
+    });
     link.on('close', (err?: Error) => this.onClose(err));
     return new Promise((resolve, reject) => {
       const fail = (err?: Error) => reject(err ?? new Error('link closed before JOINED'));

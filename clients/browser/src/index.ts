@@ -1,0 +1,329 @@
+/**
+ * lkedge in the browser: join an lkedge relay's room over its WebSocket port and call
+ * boards' RPC methods, serve methods boards call, and send and receive data streams.
+ *
+ *   import { Room } from './lkedge.mjs';
+ *   const room = await Room.connect('ws://relay.local:7881', token);
+ *   const answer = await room.localParticipant.performRpc({
+ *     destinationIdentity: 'board-1', method: 'device.info', payload: '' });
+ *
+ * The RPC and data-stream work is livekit-client's own (its RpcClientManager,
+ * RpcServerManager and data-stream managers, unmodified: peer.ts), so a browser behaves
+ * on the wire exactly as a LiveKit web client does; the names follow livekit-client's
+ * Room and LocalParticipant. What lkedge adds is the link to the relay (LINK.md over
+ * WebSocket) and what LINK.md asks of a participant: a lost link fails every pending
+ * call (RECIPIENT_DISCONNECTED) and is rejoined with backoff and jitter, with methods and
+ * stream handlers kept; a LEAVE that says "don't come back" (client, duplicate identity,
+ * unauthorized, forbidden) ends the room.
+ */
+import { EventEmitter } from 'events';
+import { type JoinedInfo, LinkError, type ParticipantInfo } from './link';
+import {
+  type ByteStreamHandler,
+  type ByteStreamInfo,
+  type ByteStreamWriter,
+  type PerformRpcParams,
+  RpcError,
+  type RpcInvocationData,
+  type SendBytesOptions,
+  type SendFileOptions,
+  type SendTextOptions,
+  type StreamBytesOptions,
+  type StreamTextOptions,
+  type TextStreamHandler,
+  type TextStreamInfo,
+  type TextStreamWriter,
+} from './lk';
+import { LinkPeer, type LogSink } from './peer';
+import { connectWebSocket } from './wslink';
+
+export { RpcError, LinkError };
+export type {
+  ByteStreamHandler,
+  ByteStreamInfo,
+  ParticipantInfo,
+  PerformRpcParams,
+  RpcInvocationData,
+  TextStreamHandler,
+  TextStreamInfo,
+};
+
+/** LEAVE codes after which rejoining cannot help (LINK.md): the room ends. */
+const FINAL_LEAVE = [1, 2, 3, 7];
+
+/** A token, or a function that mints one; it is called at every join and rejoin. */
+export type TokenSource = string | (() => string | Promise<string>);
+
+export interface ConnectOptions {
+  /** Advertised client_protocol: 2 (RPC v2, inline and compressed streams) unless set. */
+  clientProtocol?: number;
+  /** Advertised capabilities: [2] (deflate-raw) when the runtime has DecompressionStream. */
+  capabilities?: number[];
+  /** Keepalive PING period, ms (10000). */
+  pingIntervalMs?: number;
+  /** How long opening the WebSocket and then joining may each take, ms (10000). */
+  joinTimeoutMs?: number;
+  /** Rejoin after a lost link (true). */
+  autoReconnect?: boolean;
+  /** Rejoin backoff bounds, ms (500 and 30000; doubled each try, with jitter). */
+  reconnectMinMs?: number;
+  reconnectMaxMs?: number;
+  /** Bytes queued in the WebSocket before senders wait (1 MiB). */
+  sendHighWater?: number;
+  /** Log livekit-client's info/debug lines too. */
+  verbose?: boolean;
+  /** Where log lines go (the console unless given). */
+  logSink?: LogSink;
+}
+
+export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'disconnected';
+
+function defaults(o: ConnectOptions): Required<Omit<ConnectOptions, 'logSink'>> & { logSink?: LogSink } {
+  const canInflate = typeof (globalThis as any).DecompressionStream !== 'undefined';
+  return {
+    clientProtocol: o.clientProtocol ?? 2,
+    capabilities: o.capabilities ?? (canInflate ? [2] : []),
+    pingIntervalMs: o.pingIntervalMs ?? 10000,
+    joinTimeoutMs: o.joinTimeoutMs ?? 10000,
+    autoReconnect: o.autoReconnect ?? true,
+    reconnectMinMs: o.reconnectMinMs ?? 500,
+    reconnectMaxMs: o.reconnectMaxMs ?? 30000,
+    sendHighWater: o.sendHighWater ?? 1 << 20,
+    verbose: o.verbose ?? false,
+    logSink: o.logSink,
+  };
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Full jitter on the upper half: many clients cut off together do not return together. */
+const jitter = (ms: number) => ms / 2 + Math.random() * (ms / 2);
+
+/** The joining participant's side: calls, methods it serves, streams it sends. */
+export class LocalParticipant {
+  constructor(private room: Room) {}
+
+  get identity(): string {
+    return this.room.joined?.identity ?? '';
+  }
+
+  get sid(): string {
+    return this.room.joined?.sid ?? '';
+  }
+
+  /** Calls `method` on another participant; resolves with its answer or rejects with RpcError. */
+  async performRpc(params: PerformRpcParams): Promise<string> {
+    const [, completion] = await this.room.peer.rpcClient.performRpc(params);
+    return completion;
+  }
+
+  /** Serves `method`: the handler's string is the answer; a thrown RpcError is sent as is. */
+  registerRpcMethod(method: string, handler: (data: RpcInvocationData) => Promise<string>): void {
+    this.room.registerRpcMethod(method, handler);
+  }
+
+  unregisterRpcMethod(method: string): void {
+    this.room.unregisterRpcMethod(method);
+  }
+
+  sendText(text: string, options?: SendTextOptions): Promise<TextStreamInfo> {
+    return this.room.peer.outgoing.sendText(text, options);
+  }
+
+  sendBytes(bytes: Uint8Array, options?: SendBytesOptions): Promise<ByteStreamInfo> {
+    return this.room.peer.outgoing.sendBytes(bytes, options);
+  }
+
+  sendFile(file: File, options?: SendFileOptions): Promise<{ id: string }> {
+    return this.room.peer.outgoing.sendFile(file, options);
+  }
+
+  streamText(options?: StreamTextOptions): Promise<TextStreamWriter> {
+    return this.room.peer.outgoing.streamText(options);
+  }
+
+  streamBytes(options?: StreamBytesOptions): Promise<ByteStreamWriter> {
+    return this.room.peer.outgoing.streamBytes(options);
+  }
+}
+
+/**
+ * A room joined through an lkedge relay. Events: 'participantConnected' (ParticipantInfo),
+ * 'participantUpdated' (ParticipantInfo), 'participantDisconnected' (identity, reason),
+ * 'reconnecting' (why), 'reconnected', 'disconnected' (why), 'protocolError' (Error).
+ */
+export class Room extends EventEmitter {
+  readonly localParticipant: LocalParticipant;
+
+  /** Remote participants by identity, as the relay announced them. */
+  readonly remoteParticipants = new Map<string, ParticipantInfo>();
+
+  readonly peer: LinkPeer;
+
+  state: ConnectionState = 'disconnected';
+
+  joined: JoinedInfo | null = null;
+
+  /** Why the link was last lost or refused. */
+  lastError = '';
+
+  private options: ReturnType<typeof defaults>;
+
+  private leaving = false;
+
+  private constructor(
+    private url: string,
+    private token: TokenSource,
+    options: ConnectOptions,
+  ) {
+    super();
+    this.options = defaults(options);
+    this.localParticipant = new LocalParticipant(this);
+    this.peer = new LinkPeer({
+      clientProtocol: this.options.clientProtocol,
+      capabilities: this.options.capabilities,
+      verbose: this.options.verbose,
+      name: 'lkedge',
+      logSink: this.options.logSink,
+    });
+    this.peer.on('participant_joined', (p: ParticipantInfo) => this.announced(p, 'participantConnected'));
+    this.peer.on('participant_updated', (p: ParticipantInfo) => this.announced(p, 'participantUpdated'));
+    this.peer.on('participant_left', (identity: string, reason: string) => {
+      this.remoteParticipants.delete(identity);
+      this.emit('participantDisconnected', identity, reason);
+    });
+    this.peer.on('protocol_error', (err: Error) => this.emit('protocolError', err));
+    this.peer.on('disconnected', (why: string) => this.linkLost(why));
+  }
+
+  /** Joins the room the token names, through the relay's WebSocket port (ws:// or wss://). */
+  static async connect(url: string, token: TokenSource, options: ConnectOptions = {}): Promise<Room> {
+    const room = new Room(url, token, options);
+    await room.open();
+    return room;
+  }
+
+  get name(): string {
+    return this.joined?.room ?? '';
+  }
+
+  registerRpcMethod(method: string, handler: (data: RpcInvocationData) => Promise<string>): void {
+    this.peer.rpcServer.registerRpcMethod(method, handler);
+  }
+
+  unregisterRpcMethod(method: string): void {
+    this.peer.rpcServer.unregisterRpcMethod(method);
+  }
+
+  registerTextStreamHandler(topic: string, handler: TextStreamHandler): void {
+    this.peer.incoming.registerTextStreamHandler(topic, handler);
+  }
+
+  unregisterTextStreamHandler(topic: string): void {
+    this.peer.incoming.unregisterTextStreamHandler(topic);
+  }
+
+  registerByteStreamHandler(topic: string, handler: ByteStreamHandler): void {
+    this.peer.incoming.registerByteStreamHandler(topic, handler);
+  }
+
+  unregisterByteStreamHandler(topic: string): void {
+    this.peer.incoming.unregisterByteStreamHandler(topic);
+  }
+
+  /** Leaves the room (LEAVE, then the WebSocket closes); pending calls fail with 1503. */
+  async disconnect(reason = 'client initiated'): Promise<void> {
+    if (this.state === 'disconnected' && !this.peer.connected) return;
+    this.leaving = true;
+    this.failPending('left the room');
+    this.peer.closeWriters();
+    this.peer.leave(reason);
+    this.ended('left the room');
+  }
+
+  private async open(): Promise<void> {
+    this.state = 'connecting';
+    try {
+      const token = typeof this.token === 'function' ? await this.token() : this.token;
+      if (typeof token !== 'string') throw new LinkError(`a token is a string, got ${typeof token}`);
+      const o = this.options;
+      const link = await connectWebSocket(this.url, {
+        pingMs: o.pingIntervalMs,
+        timeoutMs: o.joinTimeoutMs,
+        highWater: o.sendHighWater,
+      });
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          link.leave('join timeout');
+          reject(new LinkError(`no JOINED from ${this.url} within ${o.joinTimeoutMs} ms`));
+        }, o.joinTimeoutMs);
+      });
+      try {
+        this.joined = await Promise.race([this.peer.join(link, token), late]);
+      } finally {
+        clearTimeout(timer);
+      }
+    } catch (err) {
+      this.state = 'disconnected';
+      this.lastError = (err as Error).message;
+      throw err;
+    }
+    this.remoteParticipants.clear();
+    for (const p of this.joined.participants) this.remoteParticipants.set(p.identity, p);
+    this.state = 'connected';
+  }
+
+  private announced(p: ParticipantInfo, event: string): void {
+    this.remoteParticipants.set(p.identity, p);
+    this.emit(event, p);
+  }
+
+  /** LINK.md: losing the link fails everything pending. */
+  private failPending(why: string): void {
+    // The client manager fails a participant's calls with RECIPIENT_DISCONNECTED; every
+    // call is to someone the room knew or knows.
+    const known = new Set([...this.remoteParticipants.keys(), ...this.peer.participants.keys()]);
+    for (const identity of known) this.peer.rpcClient.handleParticipantDisconnected(identity);
+    this.lastError = why;
+  }
+
+  private ended(why: string): void {
+    if (this.state === 'disconnected' && this.leaving) return;
+    this.state = 'disconnected';
+    this.remoteParticipants.clear();
+    this.emit('disconnected', why);
+  }
+
+  private async linkLost(why: string): Promise<void> {
+    if (this.leaving || this.state === 'connecting') return;
+    this.failPending(why);
+    this.remoteParticipants.clear();
+    const code = this.peer.lastLeaveCode;
+    if (!this.options.autoReconnect || (code !== null && FINAL_LEAVE.includes(code))) {
+      this.ended(code !== null ? `LEAVE ${code}: ${why}` : why);
+      return;
+    }
+    this.state = 'reconnecting';
+    this.emit('reconnecting', why);
+    let delay = this.options.reconnectMinMs;
+    while (!this.leaving) {
+      await sleep(jitter(delay));
+      if (this.leaving) return;
+      try {
+        await this.open();
+        this.emit('reconnected');
+        return;
+      } catch (err) {
+        this.lastError = (err as Error).message;
+        const leave = /LEAVE (\d+)/.exec(this.lastError);
+        if (leave && FINAL_LEAVE.includes(Number(leave[1]))) {
+          this.ended(this.lastError);
+          return;
+        }
+        this.state = 'reconnecting';
+      }
+      delay = Math.min(delay * 2, this.options.reconnectMaxMs);
+    }
+  }
+}

@@ -1,0 +1,183 @@
+"""The browser client (clients/browser) against the real relay's WebSocket port and a
+MicroPython participant standing in for a board.
+
+The client runs under Node, whose WebSocket is the same standard API a browser's is
+(Node 20: --experimental-websocket), inside the interop peer started with --ws-url: its
+Room.connect, Room.registerRpcMethod and localParticipant.performRpc / sendText are the
+code a web page calls (the room_* commands of tests/interop/node/src/roomcommands.ts).
+No browser runs here; the bundle a page loads (dist/lkedge.mjs) is built from the same
+sources and checked to load and export the API below.
+"""
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
+from nodepeer import CommandFailed, NodePeer, NodePeerError, node_executable  # noqa: E402
+from py_peer import MpPeer  # noqa: E402
+
+from lkedge_host.relay.process import RelayProcess  # noqa: E402
+
+BUNDLE = os.path.join(ROOT, "clients", "browser", "dist", "lkedge.mjs")
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _relay(room):
+    # A fixed WebSocket port, so that a restarted relay is where the browser left it; one
+    # taken meanwhile by a test running in parallel makes the relay exit: pick again.
+    for attempt in range(3):
+        try:
+            return RelayProcess(room=room, extra_args=["--ws-port", str(_free_port())]).start()
+        except RuntimeError:
+            if attempt == 2:
+                raise
+
+
+def _browser(relay, identity="browser", token=None):
+    peer = NodePeer(relay.host, relay.port, token or relay.token(identity), name=identity,
+                    ws_url=relay.ws_url)
+    peer.start()
+    return peer
+
+
+def _board(relay, identity="board"):
+    board = MpPeer(relay.host, relay.port, relay.token(identity), name=identity, heapsize="256K")
+    board.start()
+    return board
+
+
+@pytest.fixture(scope="module")
+def room():
+    relay = _relay("browser")
+    board = _board(relay)
+    board.call("register_rpc", method="echo", behaviour="echo")
+    board.call("register_stream_handler", topic="chat", kind="text")
+    browser = _browser(relay)
+    yield relay, board, browser
+    browser.close()
+    board.close()
+    relay.stop()
+
+
+def test_browser_calls_a_board_method_with_a_payload_over_the_v1_limit(room):
+    _, board, browser = room
+    payload = "é" * 60000  # 120,000 UTF-8 bytes: a v2 call, sent as a data stream
+    reply = browser.call("room_perform_rpc", destination="board", method="echo", payload=payload)
+    assert reply["payload_len"] == 120000
+    assert reply["payload_sha256"] == hashlib.sha256(payload.encode()).hexdigest()
+    invoked = board.wait_event("rpc_invoked", method="echo")
+    assert invoked["caller"] == "browser"  # stamped by the relay from the token
+
+
+def test_board_calls_a_method_the_browser_registered(room):
+    _, board, browser = room
+    browser.call("room_register_rpc", method="browser.greet", prefix="hello, ")
+    reply = board.call("perform_rpc", destination="browser", method="browser.greet", payload="board")
+    assert reply["payload"] == "hello, board"
+
+
+def test_a_browser_method_that_throws_rpc_error_reaches_the_board_with_its_code(room):
+    _, board, browser = room
+    browser.call("room_register_rpc", method="browser.refuse", fail=2001)
+    with pytest.raises(CommandFailed) as e:
+        board.call("perform_rpc", destination="browser", method="browser.refuse", payload="x")
+    assert e.value.code == 2001
+    assert "refused by browser" in e.value.error["message"]
+
+
+def test_calling_a_method_the_board_lacks_rejects_with_unsupported_method(room):
+    _, _, browser = room
+    with pytest.raises(CommandFailed) as e:
+        browser.call("room_perform_rpc", destination="board", method="no.such.method", payload="")
+    assert e.value.code == 1400  # UNSUPPORTED_METHOD, answered by the board
+
+
+def test_browser_text_stream_reaches_the_board_with_its_sender_verified(room):
+    _, board, browser = room
+    browser.call("room_send_text", topic="chat", destination="board", payload="hi from a page")
+    got = board.wait_event("stream", topic="chat")
+    assert got["text"] == "hi from a page"
+    assert got["sender"] == "browser"  # stamped by the relay from the token
+
+
+def test_room_state_lists_the_board_and_names_the_room(room):
+    _, _, browser = room
+    state = browser.call("room_state")
+    assert state["state"] == "connected"
+    assert state["name"] == "browser"
+    assert state["identity"] == "browser"
+    assert state["remote"] == ["board"]
+
+
+def test_expired_token_is_refused_with_the_relays_leave_code():
+    relay = _relay("browser-auth")
+    try:
+        with pytest.raises(NodePeerError) as e:
+            _browser(relay, token=relay.token("late", ttl_s=-60))
+        assert "LEAVE 3" in str(e.value)
+    finally:
+        relay.stop()
+
+
+def test_a_lost_link_fails_pending_calls_then_the_browser_rejoins_with_its_methods():
+    relay = _relay("browser-rejoin")
+    board = browser = None
+    try:
+        board = _board(relay)
+        board.call("register_rpc", method="slow", behaviour="echo", sleep_ms=20000)
+        browser = _browser(relay)
+        browser.call("room_register_rpc", method="browser.greet", prefix="again, ")
+        pending = browser.send("room_perform_rpc", destination="board", method="slow", payload="x",
+                               timeout_ms=30000)
+        board.wait_event("rpc_invoked", method="slow")
+        relay.restart()
+        failed = browser.wait_reply(pending, timeout=10)
+        assert not failed["ok"] and failed["error"]["code"] == 1503  # RECIPIENT_DISCONNECTED
+        browser.wait_event("reconnecting")
+        browser.wait_event("reconnected", timeout=15)
+        # the interop board does not rejoin (auto_reconnect off): a fresh one calls the
+        # method the browser registered before the loss
+        board.close()
+        board = _board(relay, identity="board-2")
+        reply = board.call("perform_rpc", destination="browser", method="browser.greet", payload="board")
+        assert reply["payload"] == "again, board"
+    finally:
+        for p in (browser, board):
+            if p is not None:
+                p.close()
+        relay.stop()
+
+
+def test_disconnect_leaves_the_room_and_the_board_sees_it_go(room):
+    relay, board, _ = room
+    other = _browser(relay, identity="tab-2")
+    board.wait_event("participant_joined", timeout=10)
+    reply = other.call("room_disconnect")
+    assert reply["state"] == "disconnected"
+    left = board.wait_event("participant_left", timeout=10)
+    assert left["identity"] == "tab-2"
+    other.close()
+
+
+def test_the_page_bundle_loads_as_an_es_module_and_exports_the_api():
+    assert os.path.exists(BUNDLE), "clients/browser/dist/lkedge.mjs is missing: make setup builds it"
+    script = ("const m = await import(%s); console.log(JSON.stringify({room: typeof m.Room.connect, "
+              "rpcError: new m.RpcError(1400, 'x').code}))" % json.dumps("file://" + BUNDLE))
+    out = subprocess.run([node_executable(), "--input-type=module", "-e", script],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"room": "function", "rpcError": 1400}
