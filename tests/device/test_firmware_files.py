@@ -523,15 +523,20 @@ async def test_file_put_keeps_the_reserve_free_for_the_firmwares_own_files():
 
 async def _puts_at_once(names, size):
     import asyncio
+    import gc
     outcome = []
 
-    async def put(name):
+    async def put(body):
         try:
-            outcome.append(json.loads(await files.file_put(
-                Data(reader=SlowReader(_put_body(name, _content(size)), 300))))["size"])
+            outcome.append(json.loads(await files.file_put(Data(reader=SlowReader(body, 300))))["size"])
         except RpcError as e:
             outcome.append(e)
-    await asyncio.gather(*[put(n) for n in names])
+    # The requests are built first, after a collection: built inside the running puts,
+    # each 12 KB base64 text had to fit between their buffers, and a 256 KiB MicroPython
+    # heap failed to find room in about one run of three (MemoryError in this helper)
+    gc.collect()
+    bodies = [_put_body(n, _content(size)) for n in names]
+    await asyncio.gather(*[put(b) for b in bodies])
     return outcome
 
 
