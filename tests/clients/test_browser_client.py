@@ -143,10 +143,14 @@ def test_a_lost_link_fails_pending_calls_then_the_browser_rejoins_with_its_metho
         browser.call("room_register_rpc", method="browser.greet", prefix="again, ")
         pending = browser.send("room_perform_rpc", destination="board", method="slow", payload="x",
                                timeout_ms=30000)
+        # and one to an identity nobody announced (it would wait for its 7 s ack timeout)
+        unheard = browser.send("room_perform_rpc", destination="ghost", method="any", payload="x",
+                               timeout_ms=30000)
         board.wait_event("rpc_invoked", method="slow")
         relay.restart()
-        failed = browser.wait_reply(pending, timeout=10)
-        assert not failed["ok"] and failed["error"]["code"] == 1503  # RECIPIENT_DISCONNECTED
+        for cid in (pending, unheard):
+            failed = browser.wait_reply(cid, timeout=3)
+            assert not failed["ok"] and failed["error"]["code"] == 1503  # RECIPIENT_DISCONNECTED
         browser.wait_event("reconnecting")
         browser.wait_event("reconnected", timeout=15)
         # the interop board does not rejoin (auto_reconnect off): a fresh one calls the

@@ -113,8 +113,17 @@ export class LocalParticipant {
 
   /** Calls `method` on another participant; resolves with its answer or rejects with RpcError. */
   async performRpc(params: PerformRpcParams): Promise<string> {
-    const [, completion] = await this.room.peer.rpcClient.performRpc(params);
-    return completion;
+    const calling = this.room.calling;
+    const who = params.destinationIdentity;
+    calling.set(who, (calling.get(who) ?? 0) + 1);
+    try {
+      const [, completion] = await this.room.peer.rpcClient.performRpc(params);
+      return await completion;
+    } finally {
+      const left = (calling.get(who) ?? 1) - 1;
+      if (left) calling.set(who, left);
+      else calling.delete(who);
+    }
   }
 
   /** Serves `method`: the handler's string is the answer; a thrown RpcError is sent as is. */
@@ -166,6 +175,9 @@ export class Room extends EventEmitter {
 
   /** Why the link was last lost or refused. */
   lastError = '';
+
+  /** Identities with calls of ours pending, and how many (someone never announced too). */
+  readonly calling = new Map<string, number>();
 
   private options: ReturnType<typeof defaults>;
 
@@ -281,9 +293,14 @@ export class Room extends EventEmitter {
 
   /** LINK.md: losing the link fails everything pending. */
   private failPending(why: string): void {
-    // The client manager fails a participant's calls with RECIPIENT_DISCONNECTED; every
-    // call is to someone the room knew or knows.
-    const known = new Set([...this.remoteParticipants.keys(), ...this.peer.participants.keys()]);
+    // The client manager fails a participant's calls with RECIPIENT_DISCONNECTED; a call
+    // may be to someone the relay never announced (it waits for its ack timeout, 7 s, on
+    // a live link), so those we call count too.
+    const known = new Set([
+      ...this.remoteParticipants.keys(),
+      ...this.peer.participants.keys(),
+      ...this.calling.keys(),
+    ]);
     for (const identity of known) this.peer.rpcClient.handleParticipantDisconnected(identity);
     this.lastError = why;
   }
