@@ -11,7 +11,6 @@ sources and checked to load and export the API below.
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -23,17 +22,9 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
 from nodepeer import CommandFailed, NodePeer, NodePeerError, node_executable  # noqa: E402
 from py_peer import MpPeer  # noqa: E402
 
-from lkedge_host.relay.process import RelayProcess  # noqa: E402
+from lkedge_host.relay.process import RelayProcess, _free_port  # noqa: E402
 
 BUNDLE = os.path.join(ROOT, "clients", "browser", "dist", "lkedge.mjs")
-
-
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _relay(room):
