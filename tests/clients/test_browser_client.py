@@ -144,8 +144,11 @@ def test_a_lost_link_fails_pending_calls_then_the_browser_rejoins_with_its_metho
             assert not failed["ok"] and failed["error"]["code"] == 1503  # RECIPIENT_DISCONNECTED
         browser.wait_event("reconnecting")
         browser.wait_event("reconnected", timeout=15)
-        # the interop board does not rejoin (auto_reconnect off): a fresh one calls the
-        # method the browser registered before the loss
+        # the interop board does not rejoin: the rejoin's JOINED says it left meanwhile
+        gone = browser.wait_event("room_participant_disconnected", identity="board")
+        assert gone["reason"] == "left while the link was down"
+        assert browser.call("room_state")["remote"] == []
+        # a fresh board calls the method the browser registered before the loss
         board.close()
         board = _board(relay, identity="board-2")
         reply = board.call("perform_rpc", destination="browser", method="browser.greet", payload="board")
@@ -157,14 +160,28 @@ def test_a_lost_link_fails_pending_calls_then_the_browser_rejoins_with_its_metho
         relay.stop()
 
 
+def test_a_newer_tab_with_the_same_identity_ends_the_older_one_without_a_rejoin(room):
+    relay, _, _ = room
+    older = _browser(relay, identity="tab")
+    newer = _browser(relay, identity="tab")
+    try:
+        ended = older.wait_event("disconnected", timeout=10)
+        assert ended["reason"].startswith("LEAVE 2")  # duplicate identity: final
+        assert not [e for e in older.events() if e["event"] == "reconnecting"]
+        assert older.call("room_state")["state"] == "disconnected"
+        assert newer.call("room_state")["state"] == "connected"
+    finally:
+        newer.close()
+        older.close()
+
+
 def test_disconnect_leaves_the_room_and_the_board_sees_it_go(room):
     relay, board, _ = room
     other = _browser(relay, identity="tab-2")
-    board.wait_event("participant_joined", timeout=10)
+    board.wait_event("participant_joined", timeout=10, identity="tab-2")
     reply = other.call("room_disconnect")
     assert reply["state"] == "disconnected"
-    left = board.wait_event("participant_left", timeout=10)
-    assert left["identity"] == "tab-2"
+    board.wait_event("participant_left", timeout=10, identity="tab-2")
     other.close()
 
 

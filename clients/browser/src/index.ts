@@ -183,6 +183,9 @@ export class Room extends EventEmitter {
 
   private leaving = false;
 
+  /** Who was in the room when the link was lost: a rejoin's JOINED tells who left meanwhile. */
+  private beforeLoss: Map<string, ParticipantInfo> | null = null;
+
   private constructor(
     private url: string,
     private token: TokenSource,
@@ -284,6 +287,20 @@ export class Room extends EventEmitter {
     this.remoteParticipants.clear();
     for (const p of this.joined.participants) this.remoteParticipants.set(p.identity, p);
     this.state = 'connected';
+    this.announceChanges();
+  }
+
+  /** After a rejoin: events for those who left or came while the link was down. */
+  private announceChanges(): void {
+    const before = this.beforeLoss;
+    this.beforeLoss = null;
+    if (!before) return;
+    for (const identity of before.keys()) {
+      if (!this.remoteParticipants.has(identity)) this.emit('participantDisconnected', identity, 'left while the link was down');
+    }
+    for (const [identity, p] of this.remoteParticipants) {
+      if (!before.has(identity)) this.emit('participantConnected', p);
+    }
   }
 
   private announced(p: ParticipantInfo, event: string): void {
@@ -315,6 +332,7 @@ export class Room extends EventEmitter {
   private async linkLost(why: string): Promise<void> {
     if (this.leaving || this.state === 'connecting') return;
     this.failPending(why);
+    this.beforeLoss = new Map(this.remoteParticipants);
     this.remoteParticipants.clear();
     const code = this.peer.lastLeaveCode;
     if (!this.options.autoReconnect || (code !== null && FINAL_LEAVE.includes(code))) {

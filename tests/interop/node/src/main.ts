@@ -91,6 +91,10 @@ async function joinRoom(args: Args): Promise<Room> {
   room.on('reconnecting', (why) => emitLine({ event: 'reconnecting', reason: why }));
   room.on('reconnected', () => emitLine({ event: 'reconnected', joined: room.joined }));
   room.on('disconnected', (why) => emitLine({ event: 'disconnected', reason: why }));
+  room.on('participantConnected', (p) => emitLine({ event: 'room_participant_connected', identity: p.identity }));
+  room.on('participantDisconnected', (identity, reason) =>
+    emitLine({ event: 'room_participant_disconnected', identity, reason }),
+  );
   return room;
 }
 
