@@ -105,6 +105,20 @@ def test_browser_text_stream_reaches_the_board_with_its_sender_verified(room):
     assert got["sender"] == "browser"  # stamped by the relay from the token
 
 
+def test_a_file_the_board_streams_to_the_browser_arrives_whole(room, tmp_path):
+    _, board, browser = room
+    browser.call("register_stream_handler", topic="file", kind="bytes")
+    data = bytes((i * 7 + (i >> 8)) & 255 for i in range(200000))
+    path = tmp_path / "reading.bin"
+    path.write_bytes(data)
+    board.call("stream_bytes", topic="file", destination="browser", payload_file=str(path),
+               name="reading.bin", piece_bytes=4096)
+    got = browser.wait_event("stream", topic="file", timeout=20)
+    assert got["sender"] == "board"
+    assert (got["len"], got["sha256"]) == (200000, hashlib.sha256(data).hexdigest())
+    assert got["info"]["name"] == "reading.bin"
+
+
 def test_room_state_lists_the_board_and_names_the_room(room):
     _, _, browser = room
     state = browser.call("room_state")
