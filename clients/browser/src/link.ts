@@ -49,29 +49,47 @@ export function encodeControl(type: number, map: { [key: string]: CborValue }): 
   return encodeFrame(type, cborEncode(map));
 }
 
-/** Splits a byte stream into (type, body) frames; bodies are copies that outlive the input. */
+/**
+ * Splits a byte stream into (type, body) frames; bodies are copies that outlive the input.
+ * A frame that arrives in many pieces is joined once, when all of it is there: joining
+ * at every piece would copy a 16 MiB frame in 4 KiB WebSocket messages ~32 GB.
+ */
 export class FrameParser {
-  private buf = new Uint8Array(0);
+  private pieces: Uint8Array[] = [];
+
+  private held = 0;
+
+  /** Bytes to hold before parsing again: the end of the frame begun (0: unknown yet). */
+  private want = 0;
 
   constructor(public maxFrame: number) {}
 
   push(chunk: Uint8Array): Array<[number, Uint8Array]> {
-    const joined = new Uint8Array(this.buf.length + chunk.length);
-    joined.set(this.buf, 0);
-    joined.set(chunk, this.buf.length);
+    if (!chunk.length) return [];
+    this.pieces.push(chunk);
+    this.held += chunk.length;
+    if (this.held < this.want) return [];
+    const joined = this.pieces.length === 1 ? this.pieces[0] : concat(this.pieces, this.held);
     const frames: Array<[number, Uint8Array]> = [];
     let pos = 0;
+    this.want = 0;
     for (;;) {
       const parsed = this.readVarint(joined, pos);
       if (parsed === null) break;
       const [n, bodyStart] = parsed;
       if (n === 0) throw new LinkError('frame with length 0 (a frame holds at least its type byte)');
       if (n > this.maxFrame) throw new LinkError(`frame of ${n} bytes (type + body) exceeds max_frame ${this.maxFrame}`);
-      if (bodyStart + n > joined.length) break;
+      if (bodyStart + n > joined.length) {
+        this.want = bodyStart + n - pos;
+        break;
+      }
       frames.push([joined[bodyStart], joined.slice(bodyStart + 1, bodyStart + n)]);
       pos = bodyStart + n;
     }
-    this.buf = joined.slice(pos);
+    // What is left is copied: the caller's chunk may be a view it reuses.
+    const rest = joined.slice(pos);
+    this.pieces = rest.length ? [rest] : [];
+    this.held = rest.length;
     return frames;
   }
 
@@ -86,6 +104,16 @@ export class FrameParser {
     }
     return null;
   }
+}
+
+function concat(pieces: Uint8Array[], size: number): Uint8Array {
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const p of pieces) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 export interface ParticipantInfo {

@@ -9,6 +9,7 @@ import { connectTcp } from './tcplink';
 import { LinkPeer } from '../../../../clients/browser/src/peer';
 import { patternText, sha256Hex } from './payloads';
 import { TestRelay, testToken } from './testrelay';
+import { DATA, FrameParser, encodeFrame } from '../../../../clients/browser/src/link';
 
 class Driver {
   readonly events: Record<string, any>[] = [];
@@ -244,6 +245,30 @@ async function main() {
     relay.kick('alice');
     const r = await pending;
     assert.equal(r.error.code, 1503);
+  });
+
+  await check('link frames split anywhere, or packed together, parse to the same frames', async () => {
+    let seed = 7;
+    const rand = (n: number) => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const sent: Array<[number, Uint8Array]> = [];
+    for (const size of [0, 1, 127, 128, 16383, 16384, 70000, 3]) {
+      sent.push([DATA, Uint8Array.from({ length: size }, (_, i) => (i * 31 + size) & 255)]);
+    }
+    const wire = Buffer.concat(sent.map(([t, b]) => encodeFrame(t, b)));
+    for (let round = 0; round < 50; round++) {
+      const parser = new FrameParser(1 << 20);
+      const got: Array<[number, Uint8Array]> = [];
+      for (let at = 0; at < wire.length; ) {
+        const k = 1 + rand(round % 2 ? 9000 : 40);
+        got.push(...parser.push(Uint8Array.from(wire.subarray(at, at + k))));
+        at += k;
+      }
+      assert.deepEqual(got.map(([t, b]) => [t, Buffer.from(b).toString('hex')]), sent.map(([t, b]) => [t, Buffer.from(b).toString('hex')]));
+    }
+    assert.throws(() => new FrameParser(100).push(encodeFrame(DATA, new Uint8Array(100))), /exceeds max_frame 100/);
   });
 
   relay.close();
