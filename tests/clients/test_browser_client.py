@@ -174,6 +174,26 @@ def test_a_lost_link_fails_pending_calls_then_the_browser_rejoins_with_its_metho
         relay.stop()
 
 
+def test_a_token_function_is_called_again_at_each_rejoin(tmp_path):
+    relay = _relay("browser-token")
+    browser = None
+    try:
+        token_file = tmp_path / "token"
+        token_file.write_text(relay.token("kiosk"))
+        browser = NodePeer(relay.host, relay.port, "", name="kiosk", ws_url=relay.ws_url,
+                           token_file=str(token_file))
+        browser.start()
+        # what the rejoin reads now is refused: so it was read again, not kept
+        token_file.write_text(relay.token("kiosk", ttl_s=-60))
+        relay.restart()
+        ended = browser.wait_event("disconnected", timeout=15)
+        assert ended["reason"].startswith("relay refused JOIN: LEAVE 3"), ended
+    finally:
+        if browser is not None:
+            browser.close()
+        relay.stop()
+
+
 def test_a_newer_tab_with_the_same_identity_ends_the_older_one_without_a_rejoin(room):
     relay, _, _ = room
     older = _browser(relay, identity="tab")

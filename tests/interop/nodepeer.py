@@ -71,7 +71,8 @@ class NodePeer:
     """One Node peer process joined to a relay. Thread-safe request/reply and event waits."""
 
     def __init__(self, host, port, token, client_protocol=2, capabilities=(2,), ping_ms=5000,
-                 name="node", raw_remote_protocol=False, verbose=False, ws_url=None):
+                 name="node", raw_remote_protocol=False, verbose=False, ws_url=None,
+                 token_file=None):
         self.name = name
         self.argv = [node_executable()] + (websocket_flags() if ws_url else []) + [
                      require_bundle(), "--host", str(host), "--port",
@@ -82,6 +83,9 @@ class NodePeer:
             self.argv.append("--raw-remote-protocol")
         if ws_url:   # the browser client's Room over the relay's WebSocket port
             self.argv += ["--ws-url", ws_url]
+        if token_file:   # read at every join instead of the token (which may then be "")
+            i = self.argv.index("--token")
+            self.argv[i:i + 2] = ["--token-file", token_file]
         if verbose:
             self.argv.append("--verbose")
         self.proc = None

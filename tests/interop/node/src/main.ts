@@ -2,11 +2,12 @@
  * lkedge interop peer: livekit-client's real RPC and data-stream managers joined to an
  * lkedge relay over LINK.md, driven by JSON lines on stdin, answering on stdout.
  *
- *   node build/peer.cjs --host 127.0.0.1 --port 7880 --token JWT
+ *   node build/peer.cjs --host 127.0.0.1 --port 7880 --token JWT | --token-file PATH
  *        [--client-protocol 2] [--capabilities 2[,1]|none] [--ping-ms 5000] [--verbose]
  *        [--raw-remote-protocol] [--ws-url ws://HOST:PORT]
  *
  * --raw-remote-protocol: do not cap remote protocols at our advertised one (peer.ts).
+ * --token-file: (with --ws-url) a file holding the token, read at every join and rejoin.
  * --ws-url: join as the browser client does (clients/browser's Room over the relay's
  *   WebSocket port, which also rejoins after a lost link) instead of over TCP; the
  *   room_* commands (roomcommands.ts) then drive its public API. Node 20 needs
@@ -15,6 +16,7 @@
  * Exit codes: 0 after "quit" or stdin EOF, 2 bad arguments, 3 could not join.
  * First stdout line: {"event":"joined",...} or {"event":"join_failed","error":...}.
  */
+import { readFileSync } from 'fs';
 import * as readline from 'readline';
 import { CommandHandler } from './commands';
 import { connectTcp } from './tcplink';
@@ -33,10 +35,11 @@ interface Args {
   verbose: boolean;
   rawRemoteProtocol: boolean;
   wsUrl: string;
+  tokenFile: string;
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { host: '127.0.0.1', port: 0, token: '', clientProtocol: 2, capabilities: [2], pingMs: 5000, verbose: false, rawRemoteProtocol: false, wsUrl: '' };
+  const args: Args = { host: '127.0.0.1', port: 0, token: '', clientProtocol: 2, capabilities: [2], pingMs: 5000, verbose: false, rawRemoteProtocol: false, wsUrl: '', tokenFile: '' };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     const value = () => {
@@ -50,6 +53,7 @@ function parseArgs(argv: string[]): Args {
     if (flag === '--host') args.host = value();
     else if (flag === '--port') args.port = int(value());
     else if (flag === '--token') args.token = value();
+    else if (flag === '--token-file') args.tokenFile = value();
     else if (flag === '--client-protocol') args.clientProtocol = int(value());
     else if (flag === '--capabilities') {
       const v = value();
@@ -61,7 +65,8 @@ function parseArgs(argv: string[]): Args {
     else throw new Error(`unknown argument ${flag}`);
   }
   if (!args.port && !args.wsUrl) throw new Error('--port (or --ws-url) is required');
-  if (!args.token) throw new Error('--token is required');
+  if (!args.token && !args.tokenFile) throw new Error('--token (or --token-file) is required');
+  if (args.tokenFile && !args.wsUrl) throw new Error('--token-file needs --ws-url');
   return args;
 }
 
@@ -79,7 +84,9 @@ function reportPeerEvents(peer: LinkPeer): void {
 
 /** The browser client's way in: its Room, with its own events reported too. */
 async function joinRoom(args: Args): Promise<Room> {
-  const room = await Room.connect(args.wsUrl, args.token, {
+  // --token-file: the token as a function, read again at every join and rejoin
+  const token = args.tokenFile ? () => readFileSync(args.tokenFile, 'utf8').trim() : args.token;
+  const room = await Room.connect(args.wsUrl, token, {
     clientProtocol: args.clientProtocol,
     capabilities: args.capabilities,
     pingIntervalMs: args.pingMs,
