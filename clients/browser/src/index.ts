@@ -17,7 +17,7 @@
  * unauthorized, forbidden) ends the room.
  */
 import { EventEmitter } from 'events';
-import { type JoinedInfo, LinkError, type ParticipantInfo } from './link';
+import { type JoinedInfo, type LinkConnection, LinkError, type ParticipantInfo } from './link';
 import {
   type ByteStreamHandler,
   type ByteStreamInfo,
@@ -208,7 +208,6 @@ export class Room extends EventEmitter {
       this.emit('participantDisconnected', identity, reason);
     });
     this.peer.on('protocol_error', (err: Error) => this.emit('protocolError', err));
-    this.peer.on('disconnected', (why: string) => this.linkLost(why));
   }
 
   /** Joins the room the token names, through the relay's WebSocket port (ws:// or wss://). */
@@ -258,6 +257,7 @@ export class Room extends EventEmitter {
 
   private async open(): Promise<void> {
     this.state = 'connecting';
+    let joinedLink: LinkConnection | null = null;
     try {
       const token = typeof this.token === 'function' ? await this.token() : this.token;
       if (typeof token !== 'string') throw new LinkError(`a token is a string, got ${typeof token}`);
@@ -279,6 +279,7 @@ export class Room extends EventEmitter {
       } finally {
         clearTimeout(timer);
       }
+      joinedLink = link;
     } catch (err) {
       this.state = 'disconnected';
       this.lastError = (err as Error).message;
@@ -288,6 +289,13 @@ export class Room extends EventEmitter {
     for (const p of this.joined.participants) this.remoteParticipants.set(p.identity, p);
     this.state = 'connected';
     this.announceChanges();
+    // Only a link that joined is lost: one that fails while joining fails open() (a
+    // handler on every link started a second rejoin loop when an attempt failed so).
+    // Last, so that a link gone already (JOINED and LEAVE in one read) is lost after
+    // the room is set up, not while.
+    const lost = (err?: Error) => void this.linkLost(err ? err.message : 'the link closed');
+    if (joinedLink!.isClosed) lost();
+    else joinedLink!.once('close', lost);
   }
 
   /** After a rejoin: events for those who left or came while the link was down. */
@@ -330,7 +338,7 @@ export class Room extends EventEmitter {
   }
 
   private async linkLost(why: string): Promise<void> {
-    if (this.leaving || this.state === 'connecting') return;
+    if (this.leaving) return;
     this.failPending(why);
     this.beforeLoss = new Map(this.remoteParticipants);
     this.remoteParticipants.clear();
