@@ -588,9 +588,15 @@ class Room:
     # compresses inline content only when that makes it shorter); the field itself is
     # checked at the packet's end (_inline_end). Fields may come in any order and the
     # last occurrence wins (WIRE.md), so the stream opens at the content only when
-    # nothing can follow it in the packet but that field: 0 bytes, or the 2 of
+    # nothing can follow it in the header but that field: 0 bytes, or the 2 of
     # compression = 1 when it did not come before (a later topic, kind or stream_id
-    # would have routed it elsewhere; official serializers write in field order).
+    # would have routed it elsewhere; official serializers write in field order); and
+    # at most 7 bytes of the packet's own after the header: the `sequence` (field 16: 2
+    # bytes of tag, up to 5 of value) livekit-client writes there on reliable packets,
+    # which changes nothing here (gathering made a board need ~8 KiB more heap for a
+    # browser's 64 KiB request deflated to 10 KB than for ours). Anything else there that
+    # changed the header (a second stream_header merges into the first) is found at the
+    # packet's end and ends the stream with an error (_inline_end).
     # Otherwise, and uncompressed inline content (small), it is gathered.
     def _inline_streams(self, dec):
         """Whether this inline_content piece goes to its stream as it comes: it is the
@@ -601,9 +607,10 @@ class Room:
             return True
         msg = dec.msg
         h = msg.get("stream_header") or {}
-        n = dec._packet_left()
+        t = dec._ends[0] - dec._ends[1]   # the packet's own bytes after the header
+        n = dec._packet_left() - t
         return ("participant_identity" in msg and "stream_id" in h and dec.big_len < h.get("total_length", 0)
-                and (n == 0 or n == 2 and "compression" not in h)
+                and (n == 0 or n == 2 and "compression" not in h) and t < 8
                 and h.get("compression", COMPRESSION_DEFLATE_RAW) == COMPRESSION_DEFLATE_RAW
                 and len(self._incoming.open) < self.options.max_streams and h["stream_id"] not in self._incoming.open)
 
@@ -614,7 +621,7 @@ class Room:
             msg = dec.msg
             h = dict(msg["stream_header"])
             h["compression"] = COMPRESSION_DEFLATE_RAW
-            self._inline = [h["stream_id"], msg["participant_identity"], final]
+            self._inline = [h["stream_id"], msg["participant_identity"], final, h]
             return self._inline_open(h, msg["participant_identity"], piece, final)
         if st[2]:
             raise ValueError("inline_content twice in one stream header")
@@ -629,12 +636,14 @@ class Room:
         """The stream events that end a stream fed from its header's inline content, at
         the packet's end: as its trailer would (the content inflated to the end, its
         length checked, the header's attributes merged), or with an error when the
-        header does not say the content is compressed after all."""
-        sid, sender = self._inline[0], self._inline[1]
+        header does not say the content is compressed after all, or changed after it."""
+        sid, sender, _, opened = self._inline
         self._inline = None
         if h is None or h.get("compression") != COMPRESSION_DEFLATE_RAW:
             return self._incoming.end(sid, streams.StreamError(
                 "inline content shorter than total_length but not compressed (DEFLATE_RAW)"))
+        if h != opened:   # (its attributes dict is the same object: merged, as they may be)
+            return self._incoming.end(sid, streams.StreamError("the stream header changed after its inline content"))
         return self._incoming.trailer(sender, {"stream_id": sid, "attributes": h.get("attributes")})
 
     def _late_index(self, msg):   # (parameter names are interned on a board: an existing one)
