@@ -216,6 +216,10 @@ def test_disconnect_leaves_the_room_and_the_board_sees_it_go(room):
     reply = other.call("room_disconnect")
     assert reply["state"] == "disconnected"
     board.wait_event("participant_left", timeout=10, identity="tab-2")
+    # a call with no link fails at once, as an RpcError like any other failed call
+    with pytest.raises(CommandFailed) as e:
+        other.call("room_perform_rpc", destination="board", method="echo", payload="x", timeout=5)
+    assert e.value.code == 1505 and "not connected" in e.value.error["data"], e.value.error
     other.close()
 
 

@@ -117,7 +117,15 @@ export class LocalParticipant {
     const who = params.destinationIdentity;
     calling.set(who, (calling.get(who) ?? 0) + 1);
     try {
-      const [, completion] = await this.room.peer.rpcClient.performRpc(params);
+      let completion: Promise<string>;
+      try {
+        [, completion] = await this.room.peer.rpcClient.performRpc(params);
+      } catch (err) {
+        // not sent (no link while the room rejoins, a closed WebSocket): an RpcError
+        // like every other failure of a call, 1505 as livekit-client names it
+        if (err instanceof RpcError) throw err;
+        throw RpcError.builtIn('SEND_FAILED', (err as Error).message ?? String(err));
+      }
       return await completion;
     } finally {
       const left = (calling.get(who) ?? 1) - 1;
