@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= auto
 PYTEST_PAR := -n $(PYTEST_WORKERS) --dist worksteal
 
-.PHONY: setup demo test test-micropython bench clean interop-node browser
+.PHONY: setup demo test test-micropython bench clean interop-node browser lint
 
 setup: $(VENV)/.installed interop-node
 
@@ -44,6 +44,10 @@ demo: $(VENV)/.installed
 # MicroPython interpreter with a board-like heap (tests/test_micropython_half.py).
 test: setup
 	$(PY) -m pytest -q $(PYTEST_PAR) $(PYTEST_ARGS)
+
+# pyflakes' checks over every Python file (.flake8); also a test in `make test`.
+lint: $(VENV)/.installed
+	$(PY) -m flake8 lib host_tools firmware examples tests boards
 
 test-micropython: setup
 	$(PY) -m pytest -q $(PYTEST_PAR) tests/test_micropython_half.py $(PYTEST_ARGS)

@@ -313,7 +313,7 @@ async def run():
     if wdt is not None:
         wdt.feed()
     _set_clock()
-    await _connect_forever(room, cfg, lambda why, e: _failed(trial, why, machine, lastgood.failure_kind(e)))
+    await _connect_forever(room, cfg, lambda why, e: _failed(trial, why, machine, lastgood.failure_kind(e)))  # noqa: F821 (lastgood: deleted below, once joined)
     trial.joined()
     app.config_reverted = trial.reverted  # None once a newer config than the one gone back to joined
     trial = None

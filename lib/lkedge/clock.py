@@ -33,4 +33,4 @@ except ImportError:  # CPython (and other Pythons without ticks_ms)
     if sys.version_info < (3, 12):
         from .hostwait import wait_for
     else:
-        from asyncio import wait_for
+        from asyncio import wait_for  # noqa: F401 (clock.wait_for)

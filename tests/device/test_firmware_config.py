@@ -14,7 +14,6 @@ MP_HEAPSIZE = "320K"  # the firmware runs from source here; the flash log test n
 import firmware_path  # noqa: E402,F401  (firmware/ on sys.path)
 
 import config  # noqa: E402
-import files  # noqa: E402
 import flashlog  # noqa: E402
 import methods  # noqa: E402
 from lkedge.rpc import RpcError  # noqa: E402

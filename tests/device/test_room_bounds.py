@@ -338,7 +338,6 @@ def _no_heap_for_attributes(decode, needle):
 async def test_an_announcement_with_no_heap_for_its_attributes_keeps_the_participant_without_them():
     # Read again without attributes, a participant is held as one past max_values is:
     # known, called and streamed to as announced, attributes_dropped set.
-    from room_helpers import join
     from lkedge import link
     mem = MemRoom()
     board = Room(RoomOptions.for_board(None, auto_reconnect=False))

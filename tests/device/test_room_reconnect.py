@@ -264,7 +264,7 @@ async def test_disconnect_during_backoff_stops_reconnecting():
     relay = _FlakyRelay(mem, fail=None)
     events = []
     board = await _board(mem, relay, events)
-    fake = _patched()
+    _patched()
     try:
         await mem.kick("board", link.LEAVE_SHUTDOWN, "relay restarting")
         await settle(lambda: relay.connects >= 3)

@@ -375,7 +375,7 @@ async def test_call_failing_while_its_response_stream_is_read_raises_not_hangs()
     mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
     task = asyncio.create_task(a.local_participant.perform_rpc_stream(
         destination_identity="p", method="m", payload="x", response_timeout=0.4))
-    rid = await _ack_and_open_response(peer, "resp1")
+    await _ack_and_open_response(peer, "resp1")
     await peer.send({"destination_identities": ["a"], "stream_chunk": {
         "stream_id": "resp1", "chunk_index": 0, "content": b"part"}})
     reader = await task
@@ -1750,7 +1750,7 @@ async def test_a_handler_that_raises_cancelled_error_is_answered_1500_at_once():
         raise asyncio.CancelledError()
     b.local_participant.register_rpc_method("gives_up", gives_up)
     t0 = now_ms()
-    e = await raises_rpc(1500, a.local_participant.perform_rpc(
+    await raises_rpc(1500, a.local_participant.perform_rpc(
         destination_identity="b", method="gives_up", response_timeout=5))
     assert now_ms() - t0 < 2000, "answered at once, not at the caller's timeout"
     assert not b._invoking, "its slot is free"
@@ -1809,7 +1809,7 @@ async def test_a_response_stream_that_breaks_while_its_sender_stays_is_1500():
     mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
     task = asyncio.create_task(a.local_participant.perform_rpc(
         destination_identity="p", method="m", payload="x", response_timeout=5))
-    rid = await _ack_and_open_response(peer, "resp1")
+    await _ack_and_open_response(peer, "resp1")
     await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": "resp1", "reason": "boom"}})
     e = await raises_rpc(1500, task)
     assert "Error reading RPC response payload" in e.data and "boom" in e.data, e.data
@@ -1863,7 +1863,7 @@ async def _answer_slowly(peer, rid, pieces, gap_s, stall_s=0):
 
 
 async def _request_id(peer, n):
-    hdrs = await peer.wait_for(lambda p: len([x for x in peer.packets if "stream_header" in x]) >= n)
+    await peer.wait_for(lambda p: len([x for x in peer.packets if "stream_header" in x]) >= n)
     return [x for x in peer.packets if "stream_header" in x][n - 1]["stream_header"]["attributes"]["lk.rpc_request_id"]
 
 

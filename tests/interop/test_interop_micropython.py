@@ -13,8 +13,6 @@ Needs the Node bundle (make setup) and the micropython unix port in the venv.
 import os
 import sys
 
-import pytest
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from py_peer import MpPeer, sha  # noqa: E402
 from test_interop_cpython import (  # noqa: E402,F401  (collected here with OURS = "mp")
