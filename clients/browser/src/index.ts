@@ -113,6 +113,11 @@ export class LocalParticipant {
 
   /** Calls `method` on another participant; resolves with its answer or rejects with RpcError. */
   async performRpc(params: PerformRpcParams): Promise<string> {
+    if (this.room.state !== 'connected') {
+      // fails at once: with no link the client manager would take a v1 path for a
+      // participant no longer known, and the call would wait out its 7 s ack timeout
+      throw RpcError.builtIn('SEND_FAILED', `not connected to the relay (${this.room.state})`);
+    }
     const calling = this.room.calling;
     const who = params.destinationIdentity;
     calling.set(who, (calling.get(who) ?? 0) + 1);

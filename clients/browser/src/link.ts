@@ -216,6 +216,8 @@ export class LinkConnection extends EventEmitter {
   private parser: FrameParser;
   private pingTimer: ReturnType<typeof setInterval> | null = null;
   private closed = false;
+  /** leave() was called: nothing more goes out but what was queued before it. */
+  private left = false;
   joined: JoinedInfo | null = null;
 
   constructor(
@@ -246,7 +248,7 @@ export class LinkConnection extends EventEmitter {
 
   /** Sends one DATA frame; resolves once the channel accepted it (backpressure). */
   async sendData(packet: Uint8Array): Promise<void> {
-    if (this.closed) throw new LinkError('link is closed');
+    if (this.closed || this.left) throw new LinkError('link is closed');
     const maxFrame = this.joined?.max_frame;
     if (maxFrame !== undefined && packet.length + 1 > maxFrame) {
       throw new LinkError(`DataPacket of ${packet.length} bytes exceeds the relay's max_frame ${maxFrame}`);
@@ -255,7 +257,8 @@ export class LinkConnection extends EventEmitter {
   }
 
   leave(reason: string): void {
-    if (this.closed) return;
+    if (this.closed || this.left) return;
+    this.left = true;
     this.write(encodeControl(LEAVE, { code: LEAVE_CLIENT, reason }));
     this.channel.end();
   }
