@@ -13,13 +13,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
-from nodepeer import CommandFailed, NodePeer, NodePeerError, node_executable  # noqa: E402
+from nodepeer import CommandFailed, NodePeer, NodePeerError, node_executable, websocket_flags  # noqa: E402
 from py_peer import MpPeer  # noqa: E402
 
 from lkedge_host.relay.process import RelayProcess, _free_port  # noqa: E402
@@ -231,3 +232,29 @@ def test_the_page_bundle_loads_as_an_es_module_and_exports_the_api():
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"room": "function", "rpcError": 1400}
+
+
+def test_a_join_refused_with_a_leave_that_may_pass_leaves_no_rejoin_loop_behind():
+    # Room.connect rejects; nothing may go on trying for a room the page never got (a
+    # close handler on every link, not only on joined ones, started a loop here)
+    from websockets.sync.server import serve
+
+    from lkedge import cbor, link, relayside
+    joins = []
+
+    def relay_full(ws):
+        joins.append(ws.recv())
+        ws.send(relayside.encode_frame(link.LEAVE, cbor.dumps({"code": 5, "reason": "relay full"})))
+        ws.close()
+    script = ("const m = await import(%s); try { await m.Room.connect(process.argv[1], 't', "
+              "{reconnectMinMs: 50, reconnectMaxMs: 100, logSink: () => {}}); console.log('joined'); } "
+              "catch (e) { console.log(e.message); } setTimeout(() => process.exit(0), 1500);"
+              % json.dumps("file://" + BUNDLE))
+    with serve(relay_full, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = "ws://127.0.0.1:%d" % server.socket.getsockname()[1]
+        out = subprocess.run([node_executable()] + websocket_flags() + ["--input-type=module", "-e", script, url],
+                             capture_output=True, text=True, timeout=30)
+        server.shutdown()
+    assert out.stdout.startswith("relay refused JOIN: LEAVE 5"), out.stdout + out.stderr
+    assert len(joins) == 1, "%d JOINs after connect() was refused" % len(joins)
