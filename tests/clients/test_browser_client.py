@@ -253,7 +253,7 @@ def test_a_join_refused_with_a_leave_that_may_pass_leaves_no_rejoin_loop_behind(
     with serve(relay_full, "127.0.0.1", 0) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         url = "ws://127.0.0.1:%d" % server.socket.getsockname()[1]
-        out = subprocess.run([node_executable()] + websocket_flags() + ["--input-type=module", "-e", script, url],
+        out = subprocess.run([node_executable()] + list(websocket_flags()) + ["--input-type=module", "-e", script, url],
                              capture_output=True, text=True, timeout=30)
         server.shutdown()
     assert out.stdout.startswith("relay refused JOIN: LEAVE 5"), out.stdout + out.stderr

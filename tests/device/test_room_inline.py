@@ -132,7 +132,6 @@ async def test_a_duplicate_header_with_compressed_inline_content_leaves_the_open
     await close(a, peer)
 
 
-
 # Raw DEFLATE of 1000 "x" then 2000 zero bytes: a stored block (not final) and then
 # ZEROS_2000's final block; 1022 bytes that inflate to 3000.
 X_THEN_ZEROS = b"\x00\xe8\x03\x17\xfc" + b"x" * 1000 + ZEROS_2000

@@ -16,6 +16,7 @@ line on stdin ({"id", "cmd", ...}); replies {"id", "ok": true, ...} or {"id", "o
 Build the bundle first (`make setup` does): `npm ci --prefix clients/browser && node
 tests/interop/node/build.mjs` (the peer is built from the browser client's packages).
 """
+import functools
 import json
 import os
 import shutil
@@ -52,12 +53,13 @@ def node_executable():
     return node
 
 
+@functools.lru_cache(maxsize=None)
 def websocket_flags():
     """Node's own WebSocket (what the browser client uses there) is on from Node 22;
     Node 20 needs a flag for it."""
     out = subprocess.run([node_executable(), "--version"], capture_output=True, text=True).stdout
     major = int(out.strip().lstrip("v").split(".")[0] or 0)
-    return ["--experimental-websocket"] if major < 22 else []
+    return ("--experimental-websocket",) if major < 22 else ()
 
 
 def require_bundle(path=BUNDLE):
@@ -74,7 +76,7 @@ class NodePeer:
                  name="node", raw_remote_protocol=False, verbose=False, ws_url=None,
                  token_file=None):
         self.name = name
-        self.argv = [node_executable()] + (websocket_flags() if ws_url else []) + [
+        self.argv = [node_executable()] + list(websocket_flags() if ws_url else ()) + [
                      require_bundle(), "--host", str(host), "--port",
                      str(port), "--token", token, "--client-protocol", str(client_protocol),
                      "--capabilities", ",".join(str(c) for c in capabilities) or "none",

@@ -268,8 +268,10 @@ export class Room extends EventEmitter {
     this.ended('left the room');
   }
 
+  /** Joins over a new link; a rejoin stays 'reconnecting' until it has joined. */
   private async open(): Promise<void> {
-    this.state = 'connecting';
+    const rejoin = this.state === 'reconnecting';
+    if (!rejoin) this.state = 'connecting';
     let joinedLink: LinkConnection | null = null;
     try {
       const token = typeof this.token === 'function' ? await this.token() : this.token;
@@ -294,7 +296,7 @@ export class Room extends EventEmitter {
       }
       joinedLink = link;
     } catch (err) {
-      this.state = 'disconnected';
+      if (!rejoin) this.state = 'disconnected';
       this.lastError = (err as Error).message;
       throw err;
     }
@@ -334,11 +336,7 @@ export class Room extends EventEmitter {
     // The client manager fails a participant's calls with RECIPIENT_DISCONNECTED; a call
     // may be to someone the relay never announced (it waits for its ack timeout, 7 s, on
     // a live link), so those we call count too.
-    const known = new Set([
-      ...this.remoteParticipants.keys(),
-      ...this.peer.participants.keys(),
-      ...this.calling.keys(),
-    ]);
+    const known = new Set([...this.remoteParticipants.keys(), ...this.calling.keys()]);
     for (const identity of known) this.peer.rpcClient.handleParticipantDisconnected(identity);
     this.lastError = why;
   }
@@ -350,13 +348,19 @@ export class Room extends EventEmitter {
     this.emit('disconnected', why);
   }
 
+  /** The relay's last LEAVE says rejoining cannot help. */
+  private finalLeave(): boolean {
+    const code = this.peer.lastLeaveCode;
+    return code !== null && FINAL_LEAVE.includes(code);
+  }
+
   private async linkLost(why: string): Promise<void> {
     if (this.leaving) return;
     this.failPending(why);
     this.beforeLoss = new Map(this.remoteParticipants);
     this.remoteParticipants.clear();
-    const code = this.peer.lastLeaveCode;
-    if (!this.options.autoReconnect || (code !== null && FINAL_LEAVE.includes(code))) {
+    if (!this.options.autoReconnect || this.finalLeave()) {
+      const code = this.peer.lastLeaveCode;
       this.ended(code !== null ? `LEAVE ${code}: ${why}` : why);
       return;
     }
@@ -370,14 +374,12 @@ export class Room extends EventEmitter {
         await this.open();
         this.emit('reconnected');
         return;
-      } catch (err) {
-        this.lastError = (err as Error).message;
-        const leave = /LEAVE (\d+)/.exec(this.lastError);
-        if (leave && FINAL_LEAVE.includes(Number(leave[1]))) {
+      } catch {
+        // open() kept the why in lastError, and the attempt's LEAVE code in the peer
+        if (this.finalLeave()) {
           this.ended(this.lastError);
           return;
         }
-        this.state = 'reconnecting';
       }
       delay = Math.min(delay * 2, this.options.reconnectMaxMs);
     }
