@@ -5,8 +5,9 @@ The client runs under Node, whose WebSocket is the same standard API a browser's
 (Node 20: --experimental-websocket), inside the interop peer started with --ws-url: its
 Room.connect, Room.registerRpcMethod and localParticipant.performRpc / sendText are the
 code a web page calls (the room_* commands of tests/interop/node/src/roomcommands.ts).
-No browser runs here; the bundle a page loads (dist/lkedge.mjs) is built from the same
-sources and checked to load and export the API below.
+No browser runs here (test_browser_page.py runs the example page in Chromium); the
+bundle a page loads (dist/lkedge.mjs) is built from the same sources and checked to load
+and export the API below.
 """
 import hashlib
 import json

@@ -1,0 +1,158 @@
+"""The example page (examples/browser/index.html) and the bundle it loads, in a real
+browser: headless Chromium over its DevTools protocol (tests/clients/chromium.py), against
+the real relay's WebSocket port, a MicroPython board and a CPython participant.
+
+What Node cannot stand in for is checked here: the bundle loading as an ES module from a
+page, the browser's own WebSocket, crypto.randomUUID (livekit-client's stream ids; only
+in a secure context, which http://127.0.0.1 is), CompressionStream and
+DecompressionStream ('deflate-raw') as streams are compressed to a board and from a host,
+and the page's own controls. Without a Chromium (Debian's `chromium`; `.ci/run` installs
+it in CI) these tests are skipped, and say why.
+"""
+import functools
+import hashlib
+import http.server
+import json
+import os
+import sys
+import threading
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
+from chromium import Chromium, executable  # noqa: E402
+from py_peer import MpPeer, PyPeer  # noqa: E402
+from test_browser_client import _relay  # noqa: E402
+
+pytestmark = pytest.mark.skipif(executable() is None, reason="no Chromium here (Debian's `chromium` package, "
+                                "or LKEDGE_CHROMIUM=path): the example page is not run in a browser")
+
+PAGE = "/examples/browser/index.html"
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    # A module script must come as JavaScript (Python 3.11 does not map .mjs).
+    extensions_map = dict(http.server.SimpleHTTPRequestHandler.extensions_map, **{".mjs": "text/javascript"})
+
+    def log_message(self, *args):
+        pass
+
+
+def _serve_repository():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Files, directory=ROOT))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _js(value):
+    return json.dumps(value)
+
+
+@pytest.fixture(scope="module")
+def room():
+    relay = _relay("page")
+    board = MpPeer(relay.host, relay.port, relay.token("board"), name="board", heapsize="256K")
+    board.start()
+    host = PyPeer(relay.host, relay.port, relay.token("host"), name="host")
+    host.start()
+    server = _serve_repository()
+    page = Chromium.start("http://127.0.0.1:%d%s" % (server.server_address[1], PAGE))
+    try:
+        for peer in (board, host):
+            peer.call("register_rpc", method="echo", behaviour="echo")
+            peer.call("register_stream_handler", topic="chat", kind="text")
+        # the page's script is a module: its handlers are set once the bundle has loaded
+        page.wait_for("typeof document.getElementById('connect')?.onclick === 'function'",
+                      what="page script (the bundle did not load as an ES module?)")
+        page.evaluate("document.getElementById('url').value = %s; document.getElementById('token').value = %s;"
+                      "document.getElementById('connect').click()" % (_js(relay.ws_url), _js(relay.token("browser"))))
+        page.wait_for("document.getElementById('state').textContent.startsWith('joined')", what="join")
+        yield relay, board, host, page
+    finally:
+        page.close()
+        server.shutdown()
+        host.close()
+        board.close()
+        relay.stop()
+
+
+def _log_line(page, containing, timeout=20):
+    """The newest line of the page's log that contains `containing`, waited for."""
+    return page.wait_for("[...document.querySelectorAll('#log div')].map((d) => d.textContent)"
+                         ".find((t) => t.includes(%s))" % _js(containing), timeout, what=repr(containing))
+
+
+def _call_from_page(page, dest, method, payload):
+    page.evaluate("document.getElementById('dest').value = %s; document.getElementById('method').value = %s;"
+                  "document.getElementById('payload').value = %s; document.getElementById('call').click()"
+                  % (_js(dest), _js(method), _js(payload)))
+
+
+def test_the_page_joins_and_lists_the_board_and_the_host_with_what_they_advertise(room):
+    _, _, _, page = room
+    shown = page.wait_for("document.getElementById('participants').textContent.includes('host')",
+                          what="participants") and page.evaluate(
+        "[...document.querySelectorAll('#participants li')].map((li) => li.textContent)")
+    assert sorted(shown) == ["board (client_protocol 2, capabilities [2])",
+                             "host (client_protocol 2, capabilities [2])"]
+    assert page.evaluate("document.getElementById('state').textContent") == "joined page as browser"
+
+
+def test_the_browser_advertises_deflate_raw_because_it_has_decompression_streams(room):
+    _, _, host, _ = room
+    seen = {p["identity"]: p for p in host.call("participants")["participants"]}
+    assert seen["browser"]["client_protocol"] == 2
+    assert seen["browser"]["capabilities"] == [2]
+
+
+def test_the_page_calls_the_board_with_a_payload_over_the_v1_limit(room):
+    _, board, _, page = room
+    payload = "é" * 60000  # 120,000 UTF-8 bytes: a v2 call, its request and answer sent as data streams
+    _call_from_page(page, "board", "echo", payload)
+    line = _log_line(page, "echo answered in ")
+    answer = line.split(" ms: ", 1)[1]
+    assert hashlib.sha256(answer.encode()).hexdigest() == hashlib.sha256(payload.encode()).hexdigest()
+    invoked = board.wait_event("rpc_invoked", method="echo")
+    assert invoked["caller"] == "browser"  # stamped by the relay from the token
+
+
+def test_the_page_shows_unsupported_method_for_a_method_the_board_lacks(room):
+    _, _, _, page = room
+    _call_from_page(page, "board", "no.such.method", "")
+    line = _log_line(page, "no.such.method failed")
+    assert line.endswith("no.such.method failed: RpcError 1400: Method not supported at destination")
+
+
+def test_text_the_page_sends_reaches_everyone_compressed_with_its_sender_verified(room):
+    _, board, host, page = room
+    text = "".join("reading %d ok; " % i for i in range(3000))  # ~45 KB, compressible
+    page.evaluate("document.getElementById('topic').value = 'chat'; document.getElementById('text').value = %s;"
+                  "document.getElementById('send').click()" % _js(text))
+    assert _log_line(page, "sent %d bytes on chat" % len(text))
+    for peer in (board, host):
+        got = peer.wait_event("stream", topic="chat", timeout=20)
+        assert got["sender"] == "browser"  # stamped by the relay from the token
+        assert (got["len"], got["sha256"]) == (len(text), hashlib.sha256(text.encode()).hexdigest())
+        # both advertise deflate-raw: the page's CompressionStream compressed it, and
+        # the board inflated it within its heap
+        assert got["info"]["compression"] == 1, (peer, got["info"])
+
+
+def test_the_board_calls_the_method_the_page_serves(room):
+    _, board, _, page = room
+    reply = board.call("perform_rpc", destination="browser", method="browser.echo", payload="from a board")
+    assert reply["payload"] == "from a board"
+    assert _log_line(page, "board called browser.echo (12 characters)")
+
+
+def test_a_compressed_text_from_the_host_is_inflated_by_the_browser(room, tmp_path):
+    _, _, host, page = room
+    text = "".join("sample %05d\n" % i for i in range(8000))  # 104 KB, deflates to a few KB
+    path = tmp_path / "samples.txt"
+    path.write_text(text)
+    host.call("send_text", topic="chat", destination="browser", payload_file=str(path))
+    line = _log_line(page, "host on chat: ")
+    assert line.split("host on chat: ", 1)[1] == text
