@@ -32,7 +32,7 @@ browser: $(CLIENT_DIR)/dist/lkedge.mjs
 $(CLIENT_DIR)/node_modules/.package-lock.json: $(CLIENT_DIR)/package-lock.json
 	npm ci --prefix $(CLIENT_DIR) --no-audit --no-fund
 
-$(CLIENT_DIR)/dist/lkedge.mjs: $(CLIENT_DIR)/node_modules/.package-lock.json $(CLIENT_DIR)/build.mjs $(wildcard $(CLIENT_DIR)/src/*.ts)
+$(CLIENT_DIR)/dist/lkedge.mjs: $(CLIENT_DIR)/node_modules/.package-lock.json $(CLIENT_DIR)/build.mjs $(CLIENT_DIR)/lkedge.d.mts $(wildcard $(CLIENT_DIR)/src/*.ts)
 	cd $(CLIENT_DIR) && node build.mjs
 
 $(NODE_DIR)/build/peer.cjs: $(CLIENT_DIR)/node_modules/.package-lock.json $(NODE_DIR)/build.mjs $(wildcard $(NODE_DIR)/src/*.ts) $(wildcard $(CLIENT_DIR)/src/*.ts)
@@ -48,9 +48,11 @@ demo: $(VENV)/.installed
 test: setup
 	$(PY) -m pytest -q $(PYTEST_PAR) $(PYTEST_ARGS)
 
-# pyflakes' checks over every Python file (.flake8); also a test in `make test`.
-lint: $(VENV)/.installed
+# pyflakes' checks over every Python file (.flake8), and the browser client's type check
+# (clients/browser/typecheck.mjs); both are tests in `make test` too.
+lint: $(VENV)/.installed $(CLIENT_DIR)/node_modules/.package-lock.json
 	$(PY) -m flake8 lib host_tools firmware examples tests boards
+	cd $(CLIENT_DIR) && node typecheck.mjs
 
 test-micropython: setup
 	$(PY) -m pytest -q $(PYTEST_PAR) tests/test_micropython_half.py $(PYTEST_ARGS)

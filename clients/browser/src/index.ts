@@ -41,6 +41,7 @@ export { RpcError, LinkError };
 export type {
   ByteStreamHandler,
   ByteStreamInfo,
+  LogSink,
   ParticipantInfo,
   PerformRpcParams,
   RpcInvocationData,
