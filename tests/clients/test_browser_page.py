@@ -64,12 +64,7 @@ def room():
         for peer in (board, host):
             peer.call("register_rpc", method="echo", behaviour="echo")
             peer.call("register_stream_handler", topic="chat", kind="text")
-        # the page's script is a module: its handlers are set once the bundle has loaded
-        page.wait_for("typeof document.getElementById('connect')?.onclick === 'function'",
-                      what="page script (the bundle did not load as an ES module?)")
-        page.evaluate("document.getElementById('url').value = %s; document.getElementById('token').value = %s;"
-                      "document.getElementById('connect').click()" % (_js(relay.ws_url), _js(relay.token("browser"))))
-        page.wait_for("document.getElementById('state').textContent.startsWith('joined')", what="join")
+        _join(page, relay)
         yield relay, board, host, page
     finally:
         page.close()
@@ -77,6 +72,15 @@ def room():
         host.close()
         board.close()
         relay.stop()
+
+
+def _join(page, relay):
+    # the page's script is a module: its handlers are set once the bundle has loaded
+    page.wait_for("typeof document.getElementById('connect')?.onclick === 'function'",
+                  what="page script (the bundle did not load as an ES module?)")
+    page.evaluate("document.getElementById('url').value = %s; document.getElementById('token').value = %s;"
+                  "document.getElementById('connect').click()" % (_js(relay.ws_url), _js(relay.token("browser"))))
+    page.wait_for("document.getElementById('state').textContent.startsWith('joined')", what="join")
 
 
 def _log_line(page, containing, timeout=20):
@@ -156,3 +160,36 @@ def test_a_compressed_text_from_the_host_is_inflated_by_the_browser(room, tmp_pa
     host.call("send_text", topic="chat", destination="browser", payload_file=str(path))
     line = _log_line(page, "host on chat: ")
     assert line.split("host on chat: ", 1)[1] == text
+
+
+def test_after_a_relay_restart_the_page_rejoins_once_and_serves_again():
+    # The browser's WebSocket reports a refused connection with `error` and then `close`
+    # (Node 20's with `error` alone): each failed attempt while the relay is down must
+    # count once, or two rejoin loops would push each other out (LEAVE 2).
+    relay = _relay("page2")
+    server = _serve_repository()
+    page = Chromium.start("http://127.0.0.1:%d%s" % (server.server_address[1], PAGE))
+    host = None
+    try:
+        _join(page, relay)
+        relay.stop()
+        page.wait_for("document.getElementById('state').textContent === 'reconnecting'", what="link loss")
+        page.evaluate("new Promise((ok) => setTimeout(ok, 1500))")  # attempts refused meanwhile
+        relay.start()
+        page.wait_for("document.getElementById('state').textContent === 'joined page2 again'", 30, what="rejoin")
+        # a participant of the new relay calls the method the page registered before the loss
+        host = PyPeer(relay.host, relay.port, relay.token("host"), name="host")
+        host.start()
+        reply = host.call("perform_rpc", destination="browser", method="browser.echo", payload="after the restart")
+        assert reply["payload"] == "after the restart"
+        page.evaluate("new Promise((ok) => setTimeout(ok, 1000))")  # a second loop would have joined by now
+        assert page.evaluate("document.getElementById('state').textContent") == "joined page2 again"
+        lost = page.evaluate("[...document.querySelectorAll('#log div')].filter((d) =>"
+                             " d.textContent.includes('link lost')).length")
+        assert lost == 1
+    finally:
+        page.close()
+        server.shutdown()
+        if host is not None:
+            host.close()
+        relay.stop()
