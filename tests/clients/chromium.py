@@ -22,10 +22,11 @@ from websockets.sync.client import connect
 
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # The flags a root user on a closed network needs: without the sandbox (root), and with
-# nothing that phones home (its refused connections pile up otherwise).
+# nothing that phones home (its refused connections pile up otherwise); shared memory in
+# /tmp, as a container's /dev/shm may be tiny.
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-extensions", "--remote-debugging-port=0")
+         "--disable-extensions", "--disable-dev-shm-usage", "--remote-debugging-port=0")
 
 
 class PageError(AssertionError):

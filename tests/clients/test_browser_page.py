@@ -59,15 +59,21 @@ def room():
     host = PyPeer(relay.host, relay.port, relay.token("host"), name="host")
     host.start()
     server = _serve_repository()
-    page = Chromium.start("http://127.0.0.1:%d%s" % (server.server_address[1], PAGE))
+    page = None
     try:
+        page = Chromium.start("http://127.0.0.1:%d%s" % (server.server_address[1], PAGE))
         for peer in (board, host):
             peer.call("register_rpc", method="echo", behaviour="echo")
             peer.call("register_stream_handler", topic="chat", kind="text")
         _join(page, relay)
+        # the relay announces the page to the others as it joins: their calls to it and
+        # what they say of it count from then on
+        for peer in (board, host):
+            peer.wait_event("participant_joined", identity="browser")
         yield relay, board, host, page
     finally:
-        page.close()
+        if page is not None:
+            page.close()
         server.shutdown()
         host.close()
         board.close()
@@ -168,9 +174,9 @@ def test_after_a_relay_restart_the_page_rejoins_once_and_serves_again():
     # count once, or two rejoin loops would push each other out (LEAVE 2).
     relay = _relay("page2")
     server = _serve_repository()
-    page = Chromium.start("http://127.0.0.1:%d%s" % (server.server_address[1], PAGE))
-    host = None
+    page = host = None
     try:
+        page = Chromium.start("http://127.0.0.1:%d%s" % (server.server_address[1], PAGE))
         _join(page, relay)
         relay.stop()
         page.wait_for("document.getElementById('state').textContent === 'reconnecting'", what="link loss")
@@ -188,7 +194,8 @@ def test_after_a_relay_restart_the_page_rejoins_once_and_serves_again():
                              " d.textContent.includes('link lost')).length")
         assert lost == 1
     finally:
-        page.close()
+        if page is not None:
+            page.close()
         server.shutdown()
         if host is not None:
             host.close()
