@@ -34,6 +34,7 @@ import {
   type TextStreamInfo,
   type TextStreamWriter,
 } from './lk';
+import type { ConnectOptions, ConnectionState, TokenSource } from '../lkedge.mjs';
 import { LinkPeer, type LogSink } from './peer';
 import { connectWebSocket } from './wslink';
 
@@ -52,32 +53,9 @@ export type {
 /** LEAVE codes after which rejoining cannot help (LINK.md): the room ends. */
 const FINAL_LEAVE = [1, 2, 3, 7];
 
-/** A token, or a function that mints one; it is called at every join and rejoin. */
-export type TokenSource = string | (() => string | Promise<string>);
-
-export interface ConnectOptions {
-  /** Advertised client_protocol: 2 (RPC v2, inline and compressed streams) unless set. */
-  clientProtocol?: number;
-  /** Advertised capabilities: [2] (deflate-raw) when the runtime has DecompressionStream. */
-  capabilities?: number[];
-  /** Keepalive PING period, ms (10000). */
-  pingIntervalMs?: number;
-  /** How long opening the WebSocket and then joining may each take, ms (10000). */
-  joinTimeoutMs?: number;
-  /** Rejoin after a lost link (true). */
-  autoReconnect?: boolean;
-  /** Rejoin backoff bounds, ms (500 and 30000; doubled each try, with jitter). */
-  reconnectMinMs?: number;
-  reconnectMaxMs?: number;
-  /** Bytes queued in the WebSocket before senders wait (1 MiB). */
-  sendHighWater?: number;
-  /** Log livekit-client's info/debug lines too. */
-  verbose?: boolean;
-  /** Where log lines go (the console unless given). */
-  logSink?: LogSink;
-}
-
-export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'disconnected';
+// The public option and state types are the declarations' own (lkedge.d.mts, the one
+// place they are written; type imports leave nothing in the bundle).
+export type { ConnectOptions, ConnectionState, TokenSource };
 
 function defaults(o: ConnectOptions): Required<Omit<ConnectOptions, 'logSink'>> & { logSink?: LogSink } {
   const canInflate = typeof (globalThis as any).DecompressionStream !== 'undefined';

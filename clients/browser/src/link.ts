@@ -10,6 +10,7 @@
  */
 import { EventEmitter } from 'events';
 import { type CborValue, decode as cborDecode, encode as cborEncode } from './cbor';
+import type { ParticipantInfo } from '../lkedge.mjs';
 
 export const LINK_VERSION = 1;
 export const JOIN = 0x01;
@@ -116,13 +117,8 @@ function concat(pieces: Uint8Array[], size: number): Uint8Array {
   return out;
 }
 
-export interface ParticipantInfo {
-  identity: string;
-  sid: string;
-  client_protocol: number;
-  capabilities: number[];
-  attributes: { [key: string]: string };
-}
+// A PARTICIPANT map as the API gives it: declared once, in lkedge.d.mts
+export type { ParticipantInfo };
 
 export interface JoinedInfo {
   room: string;
