@@ -87,6 +87,14 @@ class Chromium:
             raise PageError("%s threw: %s%s" % (expression[:200], text, self._console_tail()))
         return reply["result"].get("value")
 
+    def set_files(self, selector, paths):
+        """Choose files in an <input type=file>, as a user picking them would."""
+        root = self._send("DOM.getDocument", {"depth": 0})["root"]["nodeId"]
+        node = self._send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+        if not node:
+            raise PageError("no %s in the page" % selector)
+        self._send("DOM.setFileInputFiles", {"nodeId": node, "files": [os.path.abspath(p) for p in paths]})
+
     def wait_for(self, expression, timeout=20, what=None):
         """Poll a JavaScript expression until it is truthy; its value."""
         end = time.monotonic() + timeout

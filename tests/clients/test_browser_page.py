@@ -65,6 +65,7 @@ def room():
         for peer in (board, host):
             peer.call("register_rpc", method="echo", behaviour="echo")
             peer.call("register_stream_handler", topic="chat", kind="text")
+        board.call("register_stream_handler", topic="file", kind="bytes")
         _join(page, relay)
         # the relay announces the page to the others as it joins: their calls to it and
         # what they say of it count from then on
@@ -166,6 +167,43 @@ def test_a_compressed_text_from_the_host_is_inflated_by_the_browser(room, tmp_pa
     host.call("send_text", topic="chat", destination="browser", payload_file=str(path))
     line = _log_line(page, "host on chat: ")
     assert line.split("host on chat: ", 1)[1] == text
+
+
+def _pattern(n):
+    return bytes((i * 7 + (i >> 8)) & 255 for i in range(n))
+
+
+def test_a_file_the_board_streams_is_listed_with_a_link_that_saves_it_whole(room, tmp_path):
+    _, board, _, page = room
+    data = _pattern(200000)
+    path = tmp_path / "reading.bin"
+    path.write_bytes(data)
+    board.call("stream_bytes", topic="file", destination="browser", payload_file=str(path), name="reading.bin",
+               piece_bytes=4096)
+    page.wait_for("[...document.querySelectorAll('#files li')].some((li) =>"
+                  " li.textContent === 'board sent reading.bin: 200000 bytes save')", what="the file listed")
+    # what the link saves, hashed in the page
+    saved = page.evaluate(
+        "(async () => { const a = [...document.querySelectorAll('#files li a')].find((a) => a.download ==="
+        " 'reading.bin'); const b = await (await fetch(a.href)).arrayBuffer();"
+        " const d = new Uint8Array(await crypto.subtle.digest('SHA-256', b));"
+        " return [b.byteLength, [...d].map((x) => x.toString(16).padStart(2, '0')).join('')]; })()")
+    assert saved == [200000, hashlib.sha256(data).hexdigest()]
+
+
+def test_a_file_chosen_in_the_page_reaches_the_board_whole_with_progress(room, tmp_path):
+    _, board, _, page = room
+    data = _pattern(150000)
+    path = tmp_path / "up.bin"
+    path.write_bytes(data)
+    page.set_files("#file", [str(path)])
+    page.evaluate("document.getElementById('dest').value = 'board'; document.getElementById('sendfile').click()")
+    assert _log_line(page, "sent up.bin (150000 bytes) to board")
+    assert page.evaluate("document.getElementById('sendprogress').textContent") == "100%"
+    got = board.wait_event("stream", topic="file", timeout=20)
+    assert got["sender"] == "browser"
+    assert (got["len"], got["sha256"]) == (150000, hashlib.sha256(data).hexdigest())
+    assert got["info"]["name"] == "up.bin"
 
 
 def test_after_a_relay_restart_the_page_rejoins_once_and_serves_again():
