@@ -48,12 +48,12 @@ class Chromium:
         self.console = []   # "type: text" of every console call and uncaught exception
 
     @classmethod
-    def start(cls, url, timeout=30):
+    def start(cls, url, flags=(), timeout=30):
         exe = executable()
         if exe is None:
             return None
         profile = tempfile.mkdtemp(prefix="lkedge-chromium-")
-        proc = subprocess.Popen([exe, *FLAGS, "--user-data-dir=" + profile, url],
+        proc = subprocess.Popen([exe, *FLAGS, *flags, "--user-data-dir=" + profile, url],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         stack = contextlib.ExitStack()

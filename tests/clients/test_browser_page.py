@@ -14,6 +14,7 @@ import hashlib
 import http.server
 import json
 import os
+import subprocess
 import sys
 import threading
 
@@ -26,6 +27,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
 from chromium import Chromium, executable  # noqa: E402
 from py_peer import MpPeer, PyPeer  # noqa: E402
 from test_browser_client import _relay  # noqa: E402
+
+from lkedge_host.relay.process import RelayProcess  # noqa: E402
 
 pytestmark = pytest.mark.skipif(executable() is None, reason="no Chromium here (Debian's `chromium` package, "
                                 "or LKEDGE_CHROMIUM=path): the example page is not run in a browser")
@@ -237,4 +240,44 @@ def test_after_a_relay_restart_the_page_rejoins_once_and_serves_again():
         server.shutdown()
         if host is not None:
             host.close()
+        relay.stop()
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1, and the base64 SHA-256 of its public key (what
+    Chromium's --ignore-certificate-errors-spki-list trusts: this key, no other)."""
+    cert, key = str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    spki = subprocess.run("openssl x509 -in %s -pubkey -noout | openssl pkey -pubin -outform der"
+                          " | openssl dgst -sha256 -binary | openssl base64" % cert, shell=True, check=True,
+                          capture_output=True, text=True, timeout=60).stdout.strip()
+    return cert, key, spki
+
+
+def test_the_page_joins_a_tls_relay_over_wss_and_calls_through_it(tmp_path):
+    # A page served over https may only open wss:// (README, "What browsers need"): the
+    # relay's TLS WebSocket port, through Chromium's own TLS stack. The method called is
+    # served by a second Room the test opens in the same page from the bundle.
+    cert, key, spki = _self_signed(tmp_path)
+    relay = RelayProcess(room="tls", extra_args=["--tls-cert", cert, "--tls-key", key]).start()
+    server = _serve_repository()
+    page = None
+    try:
+        assert relay.ws_url.startswith("wss://127.0.0.1:")
+        page = Chromium.start("http://127.0.0.1:%d%s" % (server.server_address[1], PAGE),
+                              flags=("--ignore-certificate-errors-spki-list=" + spki,))
+        _join(page, relay)
+        assert page.evaluate(
+            "(async () => { const { Room } = await import('/clients/browser/dist/lkedge.mjs');"
+            " const second = await Room.connect(%s, %s);"
+            " second.registerRpcMethod('echo', async (d) => `${d.callerIdentity} said ${d.payload}`);"
+            " return second.state; })()" % (_js(relay.ws_url), _js(relay.token("second")))) == "connected"
+        _call_from_page(page, "second", "echo", "over wss")
+        assert _log_line(page, "echo answered in ").endswith(" ms: browser said over wss")
+    finally:
+        if page is not None:
+            page.close()
+        server.shutdown()
         relay.stop()
