@@ -87,6 +87,11 @@ class Chromium:
             raise PageError("%s threw: %s%s" % (expression[:200], text, self._console_tail()))
         return reply["result"].get("value")
 
+    def hide(self):
+        """Put another tab in front: this page is then hidden (document.visibilityState),
+        as a tab the user left is."""
+        self._send("Target.createTarget", {"url": "about:blank", "newWindow": False, "background": False})
+
     def set_files(self, selector, paths):
         """Choose files in an <input type=file>, as a user picking them would."""
         root = self._send("DOM.getDocument", {"depth": 0})["root"]["nodeId"]

@@ -281,3 +281,43 @@ def test_the_page_joins_a_tls_relay_over_wss_and_calls_through_it(tmp_path):
             page.close()
         server.shutdown()
         relay.stop()
+
+
+def test_a_hidden_tab_keeps_its_link_while_its_own_timers_are_throttled():
+    # Chrome wakes a hidden tab's chained timers (those that ran 5 times or more) once a
+    # minute: intensive wake-up throttling, after 5 minutes hidden (5 s here, by its
+    # feature flag). PINGs from such a timer let the relay close the link as idle, again
+    # and again. The client's PINGs tick in a worker, whose timers are not throttled.
+    # (A Room that PINGs every second, so that its timer is chained within the 5 s.)
+    relay = RelayProcess(room="hidden", extra_args=["--idle-timeout", "15"]).start()
+    server = _serve_repository()
+    page = host = None
+    try:
+        page = Chromium.start("http://127.0.0.1:%d%s" % (server.server_address[1], PAGE),
+                              flags=("--enable-features=IntensiveWakeUpThrottling:grace_period_seconds/5",))
+        page.wait_for("typeof document.getElementById('connect')?.onclick === 'function'", what="page script")
+        assert page.evaluate(
+            "(async () => { const { Room } = await import('/clients/browser/dist/lkedge.mjs');"
+            " window.events = []; window.room = await Room.connect(%s, %s, { pingIntervalMs: 1000 });"
+            " for (const e of ['reconnecting', 'disconnected']) room.on(e, (why) => events.push(`${e}: ${why}`));"
+            " room.registerRpcMethod('hello', async (d) => `hello ${d.callerIdentity}`);"
+            " window.gaps = []; let last = performance.now();"  # the page's own timer, to see the throttling
+            " setInterval(() => { const now = performance.now(); gaps.push(now - last); last = now; }, 1000);"
+            " return room.state; })()" % (_js(relay.ws_url), _js(relay.token("browser")))) == "connected"
+        page.hide()
+        assert page.evaluate("document.visibilityState") == "hidden"
+        # a wake-up held back past the relay's idle timeout: PINGs from a page timer
+        # would have stopped as long, and the relay closed the link (LEAVE 6) meanwhile
+        page.wait_for("gaps.some((g) => g > 16000)", 80, what="a throttled timer")
+        assert page.evaluate("[room.state, events]") == ["connected", []]
+        host = PyPeer(relay.host, relay.port, relay.token("host"), name="host")
+        host.start()
+        reply = host.call("perform_rpc", destination="browser", method="hello", payload="")
+        assert reply["payload"] == "hello host"
+    finally:
+        if page is not None:
+            page.close()
+        server.shutdown()
+        if host is not None:
+            host.close()
+        relay.stop()

@@ -210,7 +210,7 @@ export interface ByteChannel {
  */
 export class LinkConnection extends EventEmitter {
   private parser: FrameParser;
-  private pingTimer: ReturnType<typeof setInterval> | null = null;
+  private stopPings: (() => void) | null = null;
   private closed = false;
   /** leave() was called: nothing more goes out but what was queued before it. */
   private left = false;
@@ -282,7 +282,7 @@ export class LinkConnection extends EventEmitter {
   channelClosed(err: Error | undefined): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.pingTimer) clearInterval(this.pingTimer);
+    if (this.stopPings) this.stopPings();
     this.emit('close', err);
   }
 
@@ -323,9 +323,49 @@ export class LinkConnection extends EventEmitter {
   }
 
   private startPings(): void {
-    if (this.pingTimer || this.pingMs <= 0) return;
-    this.pingTimer = setInterval(() => {
+    if (this.stopPings || this.pingMs <= 0) return;
+    this.stopPings = every(this.pingMs, () => {
       if (!this.closed) this.write(encodeFrame(PING, new TextEncoder().encode(String(Date.now()))));
-    }, this.pingMs);
+    });
   }
+}
+
+/**
+ * Calls `fn` every `ms` until the returned function is called. In a page, the ticks come
+ * from a dedicated worker: a hidden tab's own timers are throttled to one a minute
+ * (Chrome's intensive wake-up throttling, after 5 minutes hidden; Safari does the like),
+ * and PINGs that late let the relay close the link as idle (30 s by default), over and
+ * over. A worker's timers are not throttled so, and its messages reach the page at once.
+ * Where no worker can be made (Node; a Content-Security-Policy without blob: workers),
+ * setInterval.
+ */
+export function every(ms: number, fn: () => void): () => void {
+  const g = globalThis as any;
+  let timer: ReturnType<typeof setInterval> | undefined;
+  let worker: any;
+  let url: string | undefined;
+  const stop = () => {
+    if (timer !== undefined) clearInterval(timer);
+    if (worker) worker.terminate();
+    if (url) g.URL.revokeObjectURL(url);
+    timer = worker = url = undefined;
+  };
+  // A worker refused (a CSP): the constructor throws, or the worker reports an error.
+  const fallBack = () => {
+    stop();
+    timer = setInterval(fn, ms);
+  };
+  if (typeof g.document === 'undefined' || typeof g.Worker !== 'function' || typeof g.Blob !== 'function') {
+    fallBack();
+    return stop;
+  }
+  try {
+    url = g.URL.createObjectURL(new g.Blob([`setInterval(() => postMessage(0), ${ms});`], { type: 'text/javascript' }));
+    worker = new g.Worker(url);
+    worker.onmessage = () => fn();
+    worker.onerror = fallBack;
+  } catch {
+    fallBack();
+  }
+  return stop;
 }
