@@ -9,6 +9,7 @@ DecompressionStream ('deflate-raw') as streams are compressed to a board and fro
 and the page's own controls. Without a Chromium (Debian's `chromium`; `.ci/run` installs
 it in CI) these tests are skipped, and say why.
 """
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -52,6 +53,26 @@ def _serve_repository():
 
 def _js(value):
     return json.dumps(value)
+
+
+@contextlib.contextmanager
+def _page_alone(relay, flags=()):
+    """The example page in a Chromium of its own, on `relay`; -> (page, closing): what
+    else the test starts goes on `closing` (an ExitStack) to be stopped with them."""
+    with contextlib.ExitStack() as closing:
+        closing.callback(relay.stop)
+        server = _serve_repository()
+        closing.callback(server.shutdown)
+        page = Chromium.start("http://127.0.0.1:%d%s" % (server.server_address[1], PAGE), flags=flags)
+        closing.callback(page.close)
+        yield page, closing
+
+
+def _host(relay, closing):
+    host = PyPeer(relay.host, relay.port, relay.token("host"), name="host")
+    host.start()
+    closing.callback(host.close)
+    return host
 
 
 @pytest.fixture(scope="module")
@@ -214,10 +235,7 @@ def test_after_a_relay_restart_the_page_rejoins_once_and_serves_again():
     # (Node 20's with `error` alone): each failed attempt while the relay is down must
     # count once, or two rejoin loops would push each other out (LEAVE 2).
     relay = _relay("page2")
-    server = _serve_repository()
-    page = host = None
-    try:
-        page = Chromium.start("http://127.0.0.1:%d%s" % (server.server_address[1], PAGE))
+    with _page_alone(relay) as (page, closing):
         _join(page, relay)
         relay.stop()
         page.wait_for("document.getElementById('state').textContent === 'reconnecting'", what="link loss")
@@ -225,8 +243,7 @@ def test_after_a_relay_restart_the_page_rejoins_once_and_serves_again():
         relay.start()
         page.wait_for("document.getElementById('state').textContent === 'joined page2 again'", 30, what="rejoin")
         # a participant of the new relay calls the method the page registered before the loss
-        host = PyPeer(relay.host, relay.port, relay.token("host"), name="host")
-        host.start()
+        host = _host(relay, closing)
         reply = host.call("perform_rpc", destination="browser", method="browser.echo", payload="after the restart")
         assert reply["payload"] == "after the restart"
         page.evaluate("new Promise((ok) => setTimeout(ok, 1000))")  # a second loop would have joined by now
@@ -234,13 +251,6 @@ def test_after_a_relay_restart_the_page_rejoins_once_and_serves_again():
         lost = page.evaluate("[...document.querySelectorAll('#log div')].filter((d) =>"
                              " d.textContent.includes('link lost')).length")
         assert lost == 1
-    finally:
-        if page is not None:
-            page.close()
-        server.shutdown()
-        if host is not None:
-            host.close()
-        relay.stop()
 
 
 def _self_signed(tmp_path):
@@ -262,12 +272,8 @@ def test_the_page_joins_a_tls_relay_over_wss_and_calls_through_it(tmp_path):
     # served by a second Room the test opens in the same page from the bundle.
     cert, key, spki = _self_signed(tmp_path)
     relay = RelayProcess(room="tls", extra_args=["--tls-cert", cert, "--tls-key", key]).start()
-    server = _serve_repository()
-    page = None
-    try:
-        assert relay.ws_url.startswith("wss://127.0.0.1:")
-        page = Chromium.start("http://127.0.0.1:%d%s" % (server.server_address[1], PAGE),
-                              flags=("--ignore-certificate-errors-spki-list=" + spki,))
+    assert relay.ws_url.startswith("wss://127.0.0.1:")
+    with _page_alone(relay, flags=("--ignore-certificate-errors-spki-list=" + spki,)) as (page, _):
         _join(page, relay)
         assert page.evaluate(
             "(async () => { const { Room } = await import('/clients/browser/dist/lkedge.mjs');"
@@ -276,11 +282,6 @@ def test_the_page_joins_a_tls_relay_over_wss_and_calls_through_it(tmp_path):
             " return second.state; })()" % (_js(relay.ws_url), _js(relay.token("second")))) == "connected"
         _call_from_page(page, "second", "echo", "over wss")
         assert _log_line(page, "echo answered in ").endswith(" ms: browser said over wss")
-    finally:
-        if page is not None:
-            page.close()
-        server.shutdown()
-        relay.stop()
 
 
 def test_a_hidden_tab_keeps_its_link_while_its_own_timers_are_throttled():
@@ -290,11 +291,8 @@ def test_a_hidden_tab_keeps_its_link_while_its_own_timers_are_throttled():
     # and again. The client's PINGs tick in a worker, whose timers are not throttled.
     # (A Room that PINGs every second, so that its timer is chained within the 5 s.)
     relay = RelayProcess(room="hidden", extra_args=["--idle-timeout", "15"]).start()
-    server = _serve_repository()
-    page = host = None
-    try:
-        page = Chromium.start("http://127.0.0.1:%d%s" % (server.server_address[1], PAGE),
-                              flags=("--enable-features=IntensiveWakeUpThrottling:grace_period_seconds/5",))
+    flags = ("--enable-features=IntensiveWakeUpThrottling:grace_period_seconds/5",)
+    with _page_alone(relay, flags) as (page, closing):
         page.wait_for("typeof document.getElementById('connect')?.onclick === 'function'", what="page script")
         assert page.evaluate(
             "(async () => { const { Room } = await import('/clients/browser/dist/lkedge.mjs');"
@@ -310,14 +308,5 @@ def test_a_hidden_tab_keeps_its_link_while_its_own_timers_are_throttled():
         # would have stopped as long, and the relay closed the link (LEAVE 6) meanwhile
         page.wait_for("gaps.some((g) => g > 16000)", 80, what="a throttled timer")
         assert page.evaluate("[room.state, events]") == ["connected", []]
-        host = PyPeer(relay.host, relay.port, relay.token("host"), name="host")
-        host.start()
-        reply = host.call("perform_rpc", destination="browser", method="hello", payload="")
+        reply = _host(relay, closing).call("perform_rpc", destination="browser", method="hello", payload="")
         assert reply["payload"] == "hello host"
-    finally:
-        if page is not None:
-            page.close()
-        server.shutdown()
-        if host is not None:
-            host.close()
-        relay.stop()
