@@ -17,7 +17,7 @@
  * unauthorized, forbidden) ends the room.
  */
 import { EventEmitter } from 'events';
-import { type JoinedInfo, type LinkConnection, LinkError, type ParticipantInfo } from './link';
+import { after, type JoinedInfo, type LinkConnection, LinkError, type ParticipantInfo } from './link';
 import {
   type ByteStreamHandler,
   type ByteStreamInfo,
@@ -73,7 +73,6 @@ function defaults(o: ConnectOptions): Required<Omit<ConnectOptions, 'logSink'>> 
   };
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Full jitter on the upper half: many clients cut off together do not return together. */
 const jitter = (ms: number) => ms / 2 + Math.random() * (ms / 2);
@@ -347,7 +346,7 @@ export class Room extends EventEmitter {
     this.emit('reconnecting', why);
     let delay = this.options.reconnectMinMs;
     while (!this.leaving) {
-      await sleep(jitter(delay));
+      await after(jitter(delay)); // (not the page's timers: a hidden tab's wake once a minute)
       if (this.leaving) return;
       try {
         await this.open();

@@ -330,6 +330,16 @@ export class LinkConnection extends EventEmitter {
   }
 }
 
+/** Resolves after `ms`, ticked as every() ticks (a hidden tab's rejoin is not held back a minute). */
+export function after(ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const stop = every(ms, () => {
+      stop();
+      resolve();
+    });
+  });
+}
+
 /**
  * Calls `fn` every `ms` until the returned function is called. In a page, the ticks come
  * from a dedicated worker: a hidden tab's own timers are throttled to one a minute
