@@ -78,14 +78,12 @@ def _host(relay, closing):
 @pytest.fixture(scope="module")
 def room():
     relay = _relay("page")
-    board = MpPeer(relay.host, relay.port, relay.token("board"), name="board", heapsize="256K")
-    board.start()
-    host = PyPeer(relay.host, relay.port, relay.token("host"), name="host")
-    host.start()
-    server = _serve_repository()
-    page = None
-    try:
-        page = Chromium.start("http://127.0.0.1:%d%s" % (server.server_address[1], PAGE))
+    with _page_alone(relay) as (page, closing):
+        # the board and the host join first; the page joins once they serve
+        board = MpPeer(relay.host, relay.port, relay.token("board"), name="board", heapsize="256K")
+        board.start()
+        closing.callback(board.close)
+        host = _host(relay, closing)
         for peer in (board, host):
             peer.call("register_rpc", method="echo", behaviour="echo")
             peer.call("register_stream_handler", topic="chat", kind="text")
@@ -96,13 +94,6 @@ def room():
         for peer in (board, host):
             peer.wait_event("participant_joined", identity="browser")
         yield relay, board, host, page
-    finally:
-        if page is not None:
-            page.close()
-        server.shutdown()
-        host.close()
-        board.close()
-        relay.stop()
 
 
 def _join(page, relay):

@@ -73,7 +73,6 @@ function defaults(o: ConnectOptions): Required<Omit<ConnectOptions, 'logSink'>> 
   };
 }
 
-
 /** Full jitter on the upper half: many clients cut off together do not return together. */
 const jitter = (ms: number) => ms / 2 + Math.random() * (ms / 2);
 
