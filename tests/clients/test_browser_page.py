@@ -40,13 +40,20 @@ PAGE = "/examples/browser/index.html"
 class _Files(http.server.SimpleHTTPRequestHandler):
     # What `python3 -m http.server` serves (README): a module script must come as
     # JavaScript, and Python's own table maps .mjs so.
+    extra_headers = {}
+
+    def end_headers(self):
+        for name, value in self.extra_headers.items():
+            self.send_header(name, value)
+        super().end_headers()
 
     def log_message(self, *args):
         pass
 
 
-def _serve_repository():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Files, directory=ROOT))
+def _serve_repository(headers=None):
+    handler = type("_FilesWith", (_Files,), {"extra_headers": dict(headers or {})})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=ROOT))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -56,12 +63,13 @@ def _js(value):
 
 
 @contextlib.contextmanager
-def _page_alone(relay, flags=()):
-    """The example page in a Chromium of its own, on `relay`; -> (page, closing): what
-    else the test starts goes on `closing` (an ExitStack) to be stopped with them."""
+def _page_alone(relay, flags=(), headers=None):
+    """The example page in a Chromium of its own, on `relay` (served with `headers`
+    added); -> (page, closing): what else the test starts goes on `closing` (an
+    ExitStack) to be stopped with them."""
     with contextlib.ExitStack() as closing:
         closing.callback(relay.stop)
-        server = _serve_repository()
+        server = _serve_repository(headers)
         closing.callback(server.shutdown)
         page = Chromium.start("http://127.0.0.1:%d%s" % (server.server_address[1], PAGE), flags=flags)
         closing.callback(page.close)
@@ -279,20 +287,14 @@ def test_a_hidden_tab_keeps_its_link_while_its_own_timers_are_throttled():
     # Chrome wakes a hidden tab's chained timers (those that ran 5 times or more) once a
     # minute: intensive wake-up throttling, after 5 minutes hidden (5 s here, by its
     # feature flag). PINGs from such a timer let the relay close the link as idle, again
-    # and again. The client's PINGs tick in a worker, whose timers are not throttled.
-    # (A Room that PINGs every second, so that its timer is chained within the 5 s.)
+    # and again. The client's PINGs tick in a worker, whose timers are not throttled; so
+    # do the polls of a send waiting for the WebSocket to drain, or a send from a hidden
+    # tab would crawl. (A Room that PINGs every second, so that its timer is chained
+    # within the 5 s, and waits for a drain past 64 KiB queued.)
     relay = RelayProcess(room="hidden", extra_args=["--idle-timeout", "15"]).start()
     flags = ("--enable-features=IntensiveWakeUpThrottling:grace_period_seconds/5",)
     with _page_alone(relay, flags) as (page, closing):
-        page.wait_for("typeof document.getElementById('connect')?.onclick === 'function'", what="page script")
-        assert page.evaluate(
-            "(async () => { const { Room } = await import('/clients/browser/dist/lkedge.mjs');"
-            " window.events = []; window.room = await Room.connect(%s, %s, { pingIntervalMs: 1000 });"
-            " for (const e of ['reconnecting', 'disconnected']) room.on(e, (why) => events.push(`${e}: ${why}`));"
-            " room.registerRpcMethod('hello', async (d) => `hello ${d.callerIdentity}`);"
-            " window.lastTick = performance.now();"  # the page's own timer, to see the throttling
-            " setInterval(() => { lastTick = performance.now(); }, 1000);"
-            " return room.state; })()" % (_js(relay.ws_url), _js(relay.token("browser")))) == "connected"
+        _room_in_page(page, relay)
         page.hide()
         assert page.evaluate("document.visibilityState") == "hidden"
         # the page's timer held back well past the relay's idle timeout: PINGs from a page
@@ -300,5 +302,60 @@ def test_a_hidden_tab_keeps_its_link_while_its_own_timers_are_throttled():
         # wake-ups come on the minute: within ~40 s of hiding, 20 s of them held back)
         page.wait_for("performance.now() - lastTick > 20000", 100, what="a throttled timer")
         assert page.evaluate("[room.state, events]") == ["connected", []]
-        reply = _host(relay, closing).call("perform_rpc", destination="browser", method="hello", payload="")
+        host = _host(relay, closing)
+        reply = host.call("perform_rpc", destination="browser", method="hello", payload="")
         assert reply["payload"] == "hello host"
+        # 4 MiB sent from the hidden tab, uncompressed: ~128 waits for the WebSocket to
+        # drain, each polled every 5 ms. From the page's own timeouts each poll would wake
+        # once a second at best (a hidden tab's timers) and then once a minute: minutes.
+        _send_past_high_water(page, host)
+        assert page.evaluate("document.visibilityState") == "hidden"
+
+
+def _room_in_page(page, relay):
+    """A Room opened in the page from the bundle as `window.room`, PINGing every second
+    and waiting for the WebSocket to drain past 64 KiB queued; it serves "hello", and
+    `window.events` collects its reconnecting and disconnected events. `window.lastTick`
+    is when the page's own 1 s timer last ran."""
+    page.wait_for("typeof document.getElementById('connect')?.onclick === 'function'", what="page script")
+    assert page.evaluate(
+        "(async () => { const { Room } = await import('/clients/browser/dist/lkedge.mjs');"
+        " window.events = []; window.room = await Room.connect(%s, %s,"
+        " { pingIntervalMs: 1000, sendHighWater: 65536 });"
+        " for (const e of ['reconnecting', 'disconnected']) room.on(e, (why) => events.push(`${e}: ${why}`));"
+        " room.registerRpcMethod('hello', async (d) => `hello ${d.callerIdentity}`);"
+        " window.lastTick = performance.now();"
+        " setInterval(() => { lastTick = performance.now(); }, 1000);"
+        " return room.state; })()" % (_js(relay.ws_url), _js(relay.token("browser")))) == "connected"
+
+
+def _send_past_high_water(page, host):
+    """4 MiB of random bytes from the page's Room to `host`, uncompressed: ~128 waits
+    for the WebSocket to drain. Checks that they arrive whole."""
+    host.call("register_stream_handler", kind="bytes", topic="big")
+    sha = page.evaluate(
+        "(async () => { const b = new Uint8Array(4 << 20);"
+        " for (let i = 0; i < b.length; i += 65536) crypto.getRandomValues(b.subarray(i, i + 65536));"
+        " window.sent = room.localParticipant.sendBytes(b, { topic: 'big', destinationIdentities: ['host'],"
+        " compress: false }).then((info) => `sent ${info.id}`, (e) => `failed: ${e.message}`);"
+        " const d = new Uint8Array(await crypto.subtle.digest('SHA-256', b));"
+        " return [...d].map((x) => x.toString(16).padStart(2, '0')).join(''); })()")
+    got = host.wait_event("stream", topic="big", timeout=30)
+    assert (got["len"], got["sha256"]) == (4 << 20, sha)
+    assert page.evaluate("window.sent").startswith("sent ")
+
+
+def test_a_page_whose_policy_refuses_workers_keeps_its_link_and_sends_on_its_own_timers():
+    # A Content-Security-Policy without blob: workers refuses the ticker worker: the
+    # PINGs and the drain polls fall back to the page's own timers. (The relay closes a
+    # link silent for 3 s; the Room PINGs every second.)
+    relay = RelayProcess(room="csp", extra_args=["--idle-timeout", "3"]).start()
+    with _page_alone(relay, headers={"Content-Security-Policy": "worker-src 'none'"}) as (page, closing):
+        page.evaluate("window.refused = []; document.addEventListener('securitypolicyviolation',"
+                      " (e) => refused.push(e.violatedDirective)); 0")
+        _room_in_page(page, relay)
+        page.wait_for("refused.length > 0", what="the policy refusing the worker")
+        assert page.evaluate("refused[0]") == "worker-src"
+        page.evaluate("new Promise((ok) => setTimeout(ok, 6000))")  # twice the idle timeout
+        assert page.evaluate("[room.state, events]") == ["connected", []]
+        _send_past_high_water(page, _host(relay, closing))

@@ -345,37 +345,76 @@ export function after(ms: number): Promise<void> {
  * from a dedicated worker: a hidden tab's own timers are throttled to one a minute
  * (Chrome's intensive wake-up throttling, after 5 minutes hidden; Safari does the like),
  * and PINGs that late let the relay close the link as idle (30 s by default), over and
- * over. A worker's timers are not throttled so, and its messages reach the page at once.
- * Where no worker can be made (Node; a Content-Security-Policy without blob: workers),
- * setInterval.
+ * over; a send that waits for the WebSocket to drain would crawl likewise. A worker's
+ * timers are not throttled so, and its messages reach the page at once. One worker ticks
+ * every timer of the page, and ends when none is left. Where no worker can be made
+ * (Node; a Content-Security-Policy without blob: workers), setInterval.
  */
 export function every(ms: number, fn: () => void): () => void {
+  const id = nextTick++;
+  const tick: Tick = { ms, fn };
+  ticks.set(id, tick);
+  const worker = tickWorker();
+  if (worker) worker.postMessage([id, ms]);
+  else tick.interval = setInterval(fn, ms);
+  return () => {
+    if (!ticks.delete(id)) return;
+    if (tick.interval !== undefined) clearInterval(tick.interval);
+    else ticker?.worker.postMessage([id, 0]);
+    if (ticks.size === 0) endTicker(); // an idle page keeps no thread
+  };
+}
+
+interface Tick {
+  ms: number;
+  fn: () => void;
+  /** Set when this timer runs on the page's own setInterval instead of the worker. */
+  interval?: ReturnType<typeof setInterval>;
+}
+
+const ticks = new Map<number, Tick>();
+let nextTick = 1;
+let ticker: { worker: any; url: string } | undefined;
+/** A worker was refused here once (a CSP): setInterval from then on. */
+let workerRefused = false;
+
+// [id, ms] starts timer `id`, [id, 0] stops it; each tick posts its id.
+const TICKER_SOURCE =
+  'const t = new Map(); onmessage = (e) => { const [id, ms] = e.data;' +
+  ' if (ms > 0) t.set(id, setInterval(() => postMessage(id), ms));' +
+  ' else { clearInterval(t.get(id)); t.delete(id); } };';
+
+function tickWorker(): any | undefined {
+  if (ticker) return ticker.worker;
   const g = globalThis as any;
-  let timer: ReturnType<typeof setInterval> | undefined;
-  let worker: any;
+  if (workerRefused || typeof g.document === 'undefined' || typeof g.Worker !== 'function' || typeof g.Blob !== 'function') {
+    return undefined;
+  }
   let url: string | undefined;
-  const stop = () => {
-    if (timer !== undefined) clearInterval(timer);
-    if (worker) worker.terminate();
-    if (url) g.URL.revokeObjectURL(url);
-    timer = worker = url = undefined;
-  };
-  // A worker refused (a CSP): the constructor throws, or the worker reports an error.
-  const fallBack = () => {
-    stop();
-    timer = setInterval(fn, ms);
-  };
-  if (typeof g.document === 'undefined' || typeof g.Worker !== 'function' || typeof g.Blob !== 'function') {
-    fallBack();
-    return stop;
-  }
   try {
-    url = g.URL.createObjectURL(new g.Blob([`setInterval(() => postMessage(0), ${ms});`], { type: 'text/javascript' }));
-    worker = new g.Worker(url);
-    worker.onmessage = () => fn();
-    worker.onerror = fallBack;
+    url = g.URL.createObjectURL(new g.Blob([TICKER_SOURCE], { type: 'text/javascript' })) as string;
+    const worker = new g.Worker(url);
+    ticker = { worker, url };
+    worker.onmessage = (ev: MessageEvent) => ticks.get(ev.data as number)?.fn();
+    // A worker refused (a CSP) reports an error after it was made: its timers move to
+    // the page's own.
+    worker.onerror = () => {
+      workerRefused = true;
+      endTicker();
+      for (const t of ticks.values()) if (t.interval === undefined) t.interval = setInterval(t.fn, t.ms);
+    };
+    return worker;
   } catch {
-    fallBack();
+    // ... or the constructor throws
+    workerRefused = true;
+    if (url) g.URL.revokeObjectURL(url);
+    return undefined;
   }
-  return stop;
+}
+
+function endTicker(): void {
+  if (!ticker) return;
+  ticker.worker.terminate();
+  (globalThis as any).URL.revokeObjectURL(ticker.url);
+  ticker = undefined;
 }

@@ -6,7 +6,7 @@
  * Uses the runtime's WebSocket: every browser, Node 22 and later (Node 20 with
  * --experimental-websocket).
  */
-import { type ByteChannel, LinkConnection, LinkError } from './link';
+import { type ByteChannel, every, LinkConnection, LinkError } from './link';
 
 /** Browsers have no 'drain' event: bufferedAmount is polled this often while full. */
 const DRAIN_POLL_MS = 5;
@@ -28,12 +28,16 @@ class WebSocketChannel implements ByteChannel {
   }
 
   drained(): Promise<void> {
+    const done = () => this.ws.readyState !== WebSocket.OPEN || this.ws.bufferedAmount < this.highWater / 2;
+    if (done()) return Promise.resolve();
+    // Polled from the worker's ticks (every()): a chain of the page's own timeouts would
+    // wake once a minute in a hidden tab, and a send from it crawl.
     return new Promise<void>((resolve) => {
-      const check = () => {
-        if (this.ws.readyState !== WebSocket.OPEN || this.ws.bufferedAmount < this.highWater / 2) resolve();
-        else setTimeout(check, DRAIN_POLL_MS);
-      };
-      check();
+      const stop = every(DRAIN_POLL_MS, () => {
+        if (!done()) return;
+        stop();
+        resolve();
+      });
     });
   }
 
