@@ -351,6 +351,8 @@ def test_a_page_whose_policy_refuses_workers_keeps_its_link_and_sends_on_its_own
     # link silent for 3 s; the Room PINGs every second.)
     relay = RelayProcess(room="csp", extra_args=["--idle-timeout", "3"]).start()
     with _page_alone(relay, headers={"Content-Security-Policy": "worker-src 'none'"}) as (page, closing):
+        # (once the page has loaded: before, a script may run in the blank page it replaces)
+        page.wait_for("typeof document.getElementById('connect')?.onclick === 'function'", what="page script")
         page.evaluate("window.refused = []; document.addEventListener('securitypolicyviolation',"
                       " (e) => refused.push(e.violatedDirective)); 0")
         _room_in_page(page, relay)

@@ -197,8 +197,23 @@ class PyPeer(NodePeer):
         self._stop_loop()
 
     def _stop_loop(self):
+        # What asyncio.run does at its end: the tasks still there (cancelled by
+        # disconnect(), or a crash's) are cancelled and awaited, so that none is destroyed
+        # pending when the loop goes ("Task was destroyed but it is pending!").
         loop = self.loop
+        try:
+            asyncio.run_coroutine_threadsafe(_end_tasks(), loop).result(5)
+        except Exception:
+            pass
         loop.call_soon_threadsafe(loop.stop)
+
+
+async def _end_tasks():
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # ================================================================ suite helpers
