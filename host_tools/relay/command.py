@@ -108,7 +108,8 @@ def add_arguments(p):
            "16K..16M (default %(default)s)")
     a("--idle-timeout", type=units.seconds, default=30.0,
       help="seconds (or with ms, s, m, h: 30s, 2m) of silence before a connection is closed "
-           "with LEAVE 6 (default %(default)s)")
+           "with LEAVE 6; a participant quiet for half of it gets a PING from the relay, and "
+           "its PONG counts (default %(default)s)")
     a("--join-timeout", type=units.seconds, default=5.0,
       help="seconds (or with ms, s, m, h) a new connection has to send JOIN (default %(default)s)")
     a("--queue-bytes", type=units.size, default=1 << 20,

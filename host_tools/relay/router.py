@@ -106,6 +106,7 @@ RESUME = "resume"
 LOG = "log"
 
 SERVER_VERSION = "1.9.0"
+RELAY_PING_BODY = b"relay"   # what the relay's own PINGs carry (a PONG echoes it)
 # The identity of a JOINED/PARTICIPANT sid: "PA_" and 12 characters, as LiveKit's.
 _SID_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -156,6 +157,7 @@ class _Conn:
         self.blocked = set()      # senders paused because of this queue
         self.paused_by = set()    # destinations this sender waits for
         self.paused_at = 0        # when its current pause began
+        self.pinged_at = None     # when the relay last PINGed it (a quiet spell's one PING)
 
     @property
     def identity(self):
@@ -355,8 +357,30 @@ class Router:
                 self._drop(c, link.LEAVE_IDLE, "receiver stuck: %d bytes queued, none of them taken "
                            "for %d ms" % (c.queued, now - c.untaken_since), now)
             elif not c.paused_by and now - c.last_rx >= self.idle_timeout_ms:
-                self._drop(c, link.LEAVE_IDLE, "nothing received for %d ms (idle timeout %d ms)"
-                           % (now - c.last_rx, self.idle_timeout_ms), now)
+                unanswered = "" if not self._pinged(c) else ", nor a PONG to the relay's PING of %d ms ago" % (
+                    now - c.pinged_at)
+                self._drop(c, link.LEAVE_IDLE, "nothing received for %d ms (idle timeout %d ms)%s"
+                           % (now - c.last_rx, self.idle_timeout_ms, unanswered), now)
+            elif self._ping_due(c) is not None and now >= self._ping_due(c):
+                c.pinged_at = now
+                self._send(c, relayside.encode_frame(link.PING, RELAY_PING_BODY), link.PING)
+
+    @staticmethod
+    def _pinged(c):
+        """The relay PINGed c since it last heard from it (a PONG within the same ms
+        counts as heard after: a PING goes out at least 1 ms after last_rx)."""
+        return c.pinged_at is not None and c.pinged_at > c.last_rx
+
+    def _ping_due(self, c):
+        """When the relay PINGs c: a joined participant quiet for half the idle timeout
+        gets one PING, so that one whose own PINGs run late (a hidden browser tab's
+        throttled timers, a board busy past its interval) but who still reads and answers
+        (LINK.md: PING goes both ways, a PONG echoes it) is not closed as idle. None: not
+        to be PINGed (not joined, paused by us, already PINGed this quiet spell, or its
+        queue full: queued bytes it does not take are the stuck clocks' business)."""
+        if c.info is None or c.paused_by or self._pinged(c) or c.queued >= self.queue_bytes:
+            return None
+        return c.last_rx + max(1, self.idle_timeout_ms // 2)
 
     def next_deadline(self):
         best = None
@@ -367,6 +391,9 @@ class Router:
                 d = None
             else:
                 d = c.last_rx + self.idle_timeout_ms
+                p = self._ping_due(c)
+                if p is not None:
+                    d = min(d, p)
             for since in (c.full_since, c.untaken_since):
                 if since is not None:
                     s = since + self._stuck_limit(c)

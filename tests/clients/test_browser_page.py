@@ -15,9 +15,11 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
+import urllib.request
 
 import pytest
 
@@ -291,7 +293,7 @@ def test_a_hidden_tab_keeps_its_link_while_its_own_timers_are_throttled():
     # do the polls of a send waiting for the WebSocket to drain, or a send from a hidden
     # tab would crawl. (A Room that PINGs every second, so that its timer is chained
     # within the 5 s, and waits for a drain past 64 KiB queued.)
-    relay = RelayProcess(room="hidden", extra_args=["--idle-timeout", "15"]).start()
+    relay = RelayProcess(room="hidden", extra_args=["--idle-timeout", "15"], http=True).start()
     flags = ("--enable-features=IntensiveWakeUpThrottling:grace_period_seconds/5",)
     with _page_alone(relay, flags) as (page, closing):
         _room_in_page(page, relay)
@@ -302,6 +304,10 @@ def test_a_hidden_tab_keeps_its_link_while_its_own_timers_are_throttled():
         # wake-ups come on the minute: within ~40 s of hiding, 20 s of them held back)
         page.wait_for("performance.now() - lastTick > 20000", 100, what="a throttled timer")
         assert page.evaluate("[room.state, events]") == ["connected", []]
+        # ... kept by its own PINGs: our relay PINGs a participant quiet for half its idle
+        # timeout, and a page answers from its WebSocket's events, which are not
+        # throttled; it never had to (the page is the only participant so far)
+        assert _relay_pings_sent(relay) == 0
         host = _host(relay, closing)
         reply = host.call("perform_rpc", destination="browser", method="hello", payload="")
         assert reply["payload"] == "hello host"
@@ -310,6 +316,14 @@ def test_a_hidden_tab_keeps_its_link_while_its_own_timers_are_throttled():
         # once a second at best (a hidden tab's timers) and then once a minute: minutes.
         _send_past_high_water(page, host)
         assert page.evaluate("document.visibilityState") == "hidden"
+
+
+def _relay_pings_sent(relay):
+    """The PINGs the relay has sent (its /metrics)."""
+    with urllib.request.urlopen(relay.http_url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found = re.search(r'^lkedge_relay_frames_out_total\{type="PING"\} (\d+)', text, re.M)
+    return int(found.group(1)) if found else 0
 
 
 def _room_in_page(page, relay):

@@ -81,6 +81,8 @@ class Sim:
                 body += ev[1]
             elif ev[0] == link.DATA_END:
                 self.out[cid].append((link.DATA, bytes(body)))
+            elif ev[1] in (link.PING, link.PONG):   # bodies that are bytes, not CBOR
+                self.out[cid].append((ev[1], bytes(ev[2])))
             else:
                 self.out[cid].append((ev[1], link.decode_control(ev[2])))
 
@@ -215,13 +217,64 @@ def test_timers_join_idle_and_deadline():
     s.join(3, "b@r")
     s.now = 900
     s.feed(3, link.encode_frame(link.PONG, b""))
-    assert s.r.next_deadline() == 100 + 1000
     s.now = 1100
     s.r.tick(s.now)
     s.pump()
     assert 2 in s.closed and s.out[2][-1][1]["code"] == link.LEAVE_IDLE
     assert s.out[3][-1] == (link.PARTICIPANT_LEFT, {"identity": "a", "reason": s.out[3][-1][1]["reason"]})
     assert 3 not in s.closed
+
+
+def test_the_relay_pings_a_participant_quiet_for_half_the_idle_timeout_once():
+    # LINK.md: PING goes both ways. A participant whose own PINGs run late (a hidden
+    # tab's throttled timers) but who answers is not closed as idle; one that does not
+    # answer is, at the idle timeout, as before.
+    s = Sim(idle_timeout_ms=1000)
+    s.join(1, "a@r")
+    s.join(2, "b@r")
+    assert s.r.next_deadline() == 500
+    s.now = 499
+    s.r.tick(s.now)
+    s.pump()
+    assert link.PING not in s.types(1)
+    s.now = 500
+    s.r.tick(s.now)
+    s.pump()
+    for cid in (1, 2):
+        assert s.out[cid][-1] == (link.PING, rt.RELAY_PING_BODY)
+    assert s.r.next_deadline() == 1000, "one PING per quiet spell, then the idle timeout"
+    s.now = 700
+    s.feed(2, link.encode_frame(link.PONG, rt.RELAY_PING_BODY))      # b answers, a does not
+    s.now = 1000
+    s.r.tick(s.now)
+    s.pump()
+    assert 1 in s.closed and 2 not in s.closed
+    reason = s.out[1][-1][1]["reason"]
+    assert s.out[1][-1][1]["code"] == link.LEAVE_IDLE and "nor a PONG to the relay's PING of 500 ms ago" in reason
+    assert s.r.next_deadline() == 700 + 500, "b's next quiet spell gets its own PING"
+    for s.now in range(1200, 3001, 500):    # b answers every PING: kept, however late its own PINGs
+        s.r.tick(s.now)
+        s.pump()
+        assert s.out[2][-1] == (link.PING, rt.RELAY_PING_BODY)
+        s.feed(2, link.encode_frame(link.PONG, rt.RELAY_PING_BODY))
+    assert 2 not in s.closed
+
+
+def test_the_relay_does_not_ping_a_participant_whose_queue_is_full():
+    # the bytes queued for it show it the link lives; whether it takes them is the stuck
+    # clocks' business, and PINGs must not add to a queue that does not drain
+    s = _joined(10 ** 6, "a", "b")
+    s.r.idle_timeout_ms = 1000
+    frame = data(b"y" * 8000, dest=["b"])
+    for _ in range(3):
+        s.r.receive(1, frame, s.now)
+        s.pump(drain=False)
+    assert s.r.queued(2) >= 20000
+    before = len(s.out[2])
+    s.now = 600
+    s.r.tick(s.now)
+    s.pump(drain=False)
+    assert s.out[2][before:] == []
 
 
 def _joined(stuck_ms, *names):
@@ -300,7 +353,7 @@ def test_a_resumed_sender_gets_a_whole_idle_timeout_from_its_resume():
     s.r.drained(2, s.r.queued(2), s.now)        # b reads at 1000 ms: a resumes
     s.pump(drain=False)
     assert 1 not in s.paused
-    assert s.r.next_deadline() == 1300
+    assert s.r.next_deadline() == 1150      # the relay's PING to a, quiet for half the idle timeout
     s.now = 1299
     s.r.receive(2, data(b"k", dest=["a"]), s.now)
     s.r.tick(s.now)

@@ -249,15 +249,25 @@ async def test_ping_pong_and_idle_timeout():
         for i in range(6):              # a pinging peer outlives the idle timeout
             await a.send_raw(link.encode_frame(link.PING, b"t%d" % i))
             await asyncio.sleep(0.15)
-        while True:
+        # then alice stops PINGing but answers the relay's PINGs (at half the idle
+        # timeout of quiet): she outlives it too; bob, silent, does not
+        end = time.monotonic() + 1.2
+        while time.monotonic() < end:
             try:
-                got.append(await a.next_frame(0.2))
+                f = await a.next_frame(0.1)
             except asyncio.TimeoutError:
-                break
+                continue
+            got.append(f)
+            if f[0] == link.PING:
+                await a.send_raw(link.encode_frame(link.PONG, f[1]))
         assert [f for f in got if f[0] == link.PONG] == [(link.PONG, b"t%d" % i) for i in range(6)]
+        assert (link.PING, b"relay") in got
         left = [f[1] for f in got if f[0] == link.PARTICIPANT_LEFT]
         assert len(left) == 1 and left[0]["identity"] == "bob" and "idle" in left[0]["reason"]
-        await expect_leave(b, link.LEAVE_IDLE)
+        # bob got the relay's PING and did not answer
+        assert await b.next_frame(1) == (link.PING, b"relay")
+        body = await expect_leave(b, link.LEAVE_IDLE)
+        assert "nor a PONG to the relay's PING" in body["reason"]
         assert r.router.rooms()["lab"] == ["alice"]
 
 
