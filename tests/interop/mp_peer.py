@@ -501,9 +501,11 @@ def joined_event(room):
             "participants": [p.identity for p in room.remote_participants.values()]}
 
 
-def room_options(client_protocol, compression, board):
+def room_options(client_protocol, compression, board, ping_interval_ms=None):
     kw = {"client_protocol": client_protocol, "advertise_compression": bool(compression),
           "auto_reconnect": False}
+    if ping_interval_ms is not None:
+        kw["ping_interval_ms"] = ping_interval_ms
     if board:
         # The matrix echoes payloads of up to 20480 bytes through buffered calls and
         # handlers; the board profile gathers at most 16 KiB (max_rpc_payload, UTF-8
@@ -521,7 +523,7 @@ def _args(argv):
     opts = {"--client-protocol": "2", "--compression": "1", "--board": "1"}
     i = 1
     while i < len(argv):
-        if argv[i] not in ("--url", "--client-protocol", "--compression", "--board"):
+        if argv[i] not in ("--url", "--client-protocol", "--compression", "--board", "--ping-interval"):
             raise SystemExit("mp_peer: unknown argument %r" % argv[i])
         opts[argv[i]] = argv[i + 1]
         i += 2
@@ -537,8 +539,9 @@ def _write_line(obj):
 
 async def main(argv):
     o = _args(argv)
+    ping = o.get("--ping-interval")
     room = Room(room_options(int(o["--client-protocol"]), o["--compression"] == "1",
-                             o["--board"] == "1"))
+                             o["--board"] == "1", None if ping is None else int(ping)))
     cmds = Commands(room, _write_line, streaming=True)
     try:
         await room.connect(o["--url"], o["token"])

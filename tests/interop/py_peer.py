@@ -1,12 +1,13 @@
 """Our participants for the interop suites, driven like the Node peer (nodepeer.NodePeer).
 
-    PyPeer(host, port, token, client_protocol=2, compression=True, name="py")
+    PyPeer(host, port, token, client_protocol=2, compression=True, name="py",
+           ping_interval_ms=None)
         the CPython library in THIS process: a Room on its own asyncio loop in a thread,
         commands run by mp_peer.Commands in buffered mode (perform_rpc / whole-string
         handlers / send_text / send_bytes, the LiveKit-style API).
         .crash(): drops the TCP connection without LEAVE (a participant that died).
     MpPeer(host, port, token, client_protocol=2, compression=True, name="mp",
-           heapsize="256K")
+           heapsize="256K", ping_interval_ms=None)
         tests/interop/mp_peer.py (mpy-compiled, run as `micropython -m mp_peer`) under
         the MicroPython unix port, with the mpy-compiled library (tests/mpybuild.py),
         board-sized RoomOptions and the bounded-memory (streaming) API for payloads
@@ -71,7 +72,7 @@ class MpPeer(NodePeer):
     """mp_peer.py in a MicroPython process; same JSON-lines protocol as the Node peer."""
 
     def __init__(self, host, port, token, client_protocol=2, compression=True, name="mp",
-                 heapsize="256K"):
+                 heapsize="256K", ping_interval_ms=None):
         NodePeer.__init__(self, host, port, token, name=name)
         from mpybuild import compiled_lib
         self.mpypath = compiled_lib()
@@ -83,6 +84,8 @@ class MpPeer(NodePeer):
                      "--url", "tcp://%s:%d" % (host, port),
                      "--client-protocol", str(client_protocol),
                      "--compression", "1" if compression else "0", "--board", "1"]
+        if ping_interval_ms is not None:
+            self.argv += ["--ping-interval", str(ping_interval_ms)]
 
     def send(self, cmd, **fields):
         # Raw UTF-8, no \u escapes: MicroPython's json.loads turns an escaped surrogate
@@ -117,8 +120,10 @@ class _FakeProc:
 class PyPeer(NodePeer):
     """The CPython library in this process, on a private event loop thread."""
 
-    def __init__(self, host, port, token, client_protocol=2, compression=True, name="py"):
+    def __init__(self, host, port, token, client_protocol=2, compression=True, name="py",
+                 ping_interval_ms=None):
         NodePeer.__init__(self, host, port, token, name=name)
+        self.ping_interval_ms = ping_interval_ms
         self.url = "tcp://%s:%d" % (host, port)
         self.token = token
         self.client_protocol = client_protocol
@@ -147,7 +152,7 @@ class PyPeer(NodePeer):
         from mp_peer import Commands, joined_event, room_options
         from lkedge.room import Room
         from lkedge.transport import open_transport
-        self.room = Room(room_options(self.client_protocol, self.compression, False))
+        self.room = Room(room_options(self.client_protocol, self.compression, False, self.ping_interval_ms))
         self.commands = Commands(self.room, self._emit, streaming=False,
                                  finite_limit=1 << 62)
         # Our own transport object, so crash() can drop it without a LEAVE.
