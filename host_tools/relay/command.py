@@ -275,9 +275,10 @@ def build(args):
     if args.idle_timeout < 2 * PARTICIPANT_PING_S:
         srv.warnings.append(
             "--idle-timeout %gs is under twice the %d s at which lkedge participants PING "
-            "(RoomOptions.ping_interval_ms): an idle participant whose PING is a little late is "
-            "dropped (LEAVE 6) and rejoins, failing what it had pending; use at least %d s"
-            % (args.idle_timeout, PARTICIPANT_PING_S, 2 * PARTICIPANT_PING_S))
+            "(RoomOptions.ping_interval_ms): an idle participant then stays joined only by "
+            "answering the relay's PINGs (one after %gs of quiet), and one that does not answer "
+            "them is dropped (LEAVE 6) and rejoins, failing what it had pending; use at least %d s"
+            % (args.idle_timeout, PARTICIPANT_PING_S, args.idle_timeout / 2, 2 * PARTICIPANT_PING_S))
     if args.send_timeout >= 2 * PARTICIPANT_PING_S:
         srv.warnings.append(
             "--send-timeout %gs is not under twice the %d s at which lkedge participants PING: "
