@@ -376,8 +376,10 @@ class Router:
         gets one PING, so that one whose own PINGs run late (a hidden browser tab's
         throttled timers, a board busy past its interval) but who still reads and answers
         (LINK.md: PING goes both ways, a PONG echoes it) is not closed as idle. None: not
-        to be PINGed (not joined, paused by us, already PINGed this quiet spell, or its
-        queue full: queued bytes it does not take are the stuck clocks' business)."""
+        to be PINGed (not joined; already PINGed this quiet spell; its queue full: queued
+        bytes it does not take are the stuck clocks' business; or paused by us: we do not
+        read it, so its PONG could not go out, and a participant that answers from its
+        reader, as ours do, would stop reading meanwhile and be dropped as stuck)."""
         if c.info is None or c.paused_by or self._pinged(c) or c.queued >= self.queue_bytes:
             return None
         return c.last_rx + max(1, self.idle_timeout_ms // 2)
