@@ -86,6 +86,20 @@ class RelayProcess:
                 return self
         raise RuntimeError("lkedge relay not ready within %d s" % timeout)
 
+    def counter(self, name, **labels):
+        """A counter's value from the relay's /metrics (0 while it has none); needs
+        http=True. counter("lkedge_relay_frames_out_total", type="PING")."""
+        import urllib.request
+        if not self.http_url:
+            raise RuntimeError("the relay was started without its HTTP port (RelayProcess(http=True))")
+        with urllib.request.urlopen(self.http_url + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        key = name + ("{%s}" % ",".join('%s="%s"' % kv for kv in sorted(labels.items())) if labels else "")
+        for line in text.splitlines():
+            if line.startswith(key + " "):
+                return int(float(line.split()[-1]))
+        return 0
+
     def _drain(self):
         """Keep reading the relay's stdout so a long run never blocks on a full pipe."""
         import threading
