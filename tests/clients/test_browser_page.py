@@ -316,21 +316,21 @@ def test_a_hidden_tab_keeps_its_link_while_its_own_timers_are_throttled():
         assert page.evaluate("document.visibilityState") == "hidden"
 
 
-def _room_in_page(page, relay):
-    """A Room opened in the page from the bundle as `window.room`, PINGing every second
-    and waiting for the WebSocket to drain past 64 KiB queued; it serves "hello", and
+def _room_in_page(page, relay, ping_ms=1000):
+    """A Room opened in the page from the bundle as `window.room`, PINGing every
+    `ping_ms` and waiting for the WebSocket to drain past 64 KiB queued; it serves "hello", and
     `window.events` collects its reconnecting and disconnected events. `window.lastTick`
     is when the page's own 1 s timer last ran."""
     page.wait_for("typeof document.getElementById('connect')?.onclick === 'function'", what="page script")
     assert page.evaluate(
         "(async () => { const { Room } = await import('/clients/browser/dist/lkedge.mjs');"
         " window.events = []; window.room = await Room.connect(%s, %s,"
-        " { pingIntervalMs: 1000, sendHighWater: 65536 });"
+        " { pingIntervalMs: %d, sendHighWater: 65536 });"
         " for (const e of ['reconnecting', 'disconnected']) room.on(e, (why) => events.push(`${e}: ${why}`));"
         " room.registerRpcMethod('hello', async (d) => `hello ${d.callerIdentity}`);"
         " window.lastTick = performance.now();"
         " setInterval(() => { lastTick = performance.now(); }, 1000);"
-        " return room.state; })()" % (_js(relay.ws_url), _js(relay.token("browser")))) == "connected"
+        " return room.state; })()" % (_js(relay.ws_url), _js(relay.token("browser")), ping_ms)) == "connected"
 
 
 def _send_past_high_water(page, host):
@@ -365,3 +365,16 @@ def test_a_page_whose_policy_refuses_workers_keeps_its_link_and_sends_on_its_own
         page.evaluate("new Promise((ok) => setTimeout(ok, 6000))")  # twice the idle timeout
         assert page.evaluate("[room.state, events]") == ["connected", []]
         _send_past_high_water(page, _host(relay, closing))
+
+
+def test_a_page_whose_own_pings_are_late_keeps_its_link_by_answering_the_relays():
+    # Our relay PINGs a participant quiet for half its idle timeout (README, "Keepalive
+    # both ways"); the page answers from its WebSocket's events, whatever its timers do.
+    relay = RelayProcess(room="late", extra_args=["--idle-timeout", "2"], http=True).start()
+    with _page_alone(relay) as (page, closing):
+        _room_in_page(page, relay, ping_ms=60000)
+        page.evaluate("new Promise((ok) => setTimeout(ok, 5000))")   # 2.5 idle timeouts
+        assert page.evaluate("[room.state, events]") == ["connected", []]
+        reply = _host(relay, closing).call("perform_rpc", destination="browser", method="hello", payload="")
+        assert reply["payload"] == "hello host"
+        assert relay.counter("lkedge_relay_frames_out_total", type="PING") >= 2
