@@ -362,8 +362,18 @@ class Router:
                 self._drop(c, link.LEAVE_IDLE, "nothing received for %d ms (idle timeout %d ms)%s"
                            % (now - c.last_rx, self.idle_timeout_ms, unanswered), now)
             elif self._ping_due(c) is not None and now >= self._ping_due(c):
-                c.pinged_at = now
-                self._send(c, relayside.encode_frame(link.PING, RELAY_PING_BODY), link.PING)
+                self._ping(c, now)
+
+    def _ping(self, c, now):
+        c.pinged_at = now
+        was_empty = not c.queued
+        self._send(c, relayside.encode_frame(link.PING, RELAY_PING_BODY), link.PING)
+        if was_empty:
+            # Our PING must not make a participant that neither reads nor sends stuck
+            # sooner than it was idle: its untaken clock ends just after the idle
+            # timeout (which says why better), unless it starts sending meanwhile
+            # without reading, which is being stuck.
+            c.untaken_since = max(now, c.last_rx + self.idle_timeout_ms - self._stuck_limit(c) + 1)
 
     @staticmethod
     def _pinged(c):

@@ -260,6 +260,44 @@ def test_the_relay_pings_a_participant_quiet_for_half_the_idle_timeout_once():
     assert 2 not in s.closed
 
 
+def test_the_relays_ping_does_not_make_a_silent_participant_stuck_before_it_is_idle():
+    # one that neither reads nor sends was closed at the idle timeout, for being idle;
+    # the PING it does not take must not have it dropped as stuck sooner
+    s = Sim(idle_timeout_ms=1000, stuck_ms=400)
+    s.join(1, "a@r")
+    s.now = 500
+    s.r.tick(s.now)
+    s.pump(drain=False)
+    assert s.out[1][-1] == (link.PING, rt.RELAY_PING_BODY)
+    s.now = 999
+    s.r.tick(s.now)
+    s.pump(drain=False)
+    assert 1 not in s.closed
+    s.now = 1000
+    s.r.tick(s.now)
+    s.pump(drain=False)
+    assert 1 in s.closed and "nothing received for 1000 ms" in s.out[1][-1][1]["reason"]
+
+
+def test_a_participant_that_sends_but_does_not_take_the_relays_ping_is_stuck():
+    s = Sim(idle_timeout_ms=1000, stuck_ms=400)
+    s.join(1, "a@r")
+    s.join(2, "b@r")
+    s.take(1)
+    s.now = 500
+    s.r.tick(s.now)
+    s.pump(drain=False)                   # a's PING (and b's) queued, not taken
+    for s.now in range(600, 1001, 100):   # a sends on (not idle) but reads nothing
+        s.r.receive(1, data(b"k", dest=["b"]), s.now)
+        s.r.tick(s.now)
+        s.pump(drain=False)
+    assert 1 not in s.closed
+    s.now = 1001
+    s.r.tick(s.now)
+    s.pump(drain=False)
+    assert 1 in s.closed and "receiver stuck" in s.out[1][-1][1]["reason"]
+
+
 def test_the_relay_does_not_ping_a_participant_whose_queue_is_full():
     # the bytes queued for it show it the link lives; whether it takes them is the stuck
     # clocks' business, and PINGs must not add to a queue that does not drain
