@@ -2,7 +2,8 @@
 
 `Metrics` is a tiny registry: `inc(name, n=1, **labels)` adds to a counter,
 `set_gauge(name, value, **labels)` / `clear_gauge(name)` keep gauges, `get(name,
-**labels)` reads one value (tests), `render()` returns the exposition text. Every metric
+**labels)` reads one value (tests), `render()` returns the exposition text, whose lines
+name each series as `series(name, labels)` does. Every metric
 name is declared in `HELP` (an undeclared name is a programming error: KeyError), so the
 output always carries its # HELP / # TYPE lines.
 """
@@ -34,6 +35,12 @@ def _key(labels):
     return tuple(sorted(labels.items()))
 
 
+def series(name, labels):
+    """One series as the exposition names it: name{a="x",b="y"}, labels (a dict) sorted."""
+    lab = ",".join('%s="%s"' % (a, _escape(b)) for a, b in _key(labels))
+    return "%s{%s}" % (name, lab) if lab else name
+
+
 class Metrics:
     def __init__(self):
         self._values = {name: {} for name in HELP}
@@ -60,8 +67,7 @@ class Metrics:
         for name, (kind, text) in HELP.items():
             out.append("# HELP %s %s" % (name, text))
             out.append("# TYPE %s %s" % (name, kind))
-            series = self._values[name]
-            for k in sorted(series):
-                lab = ",".join('%s="%s"' % (a, _escape(b)) for a, b in k)
-                out.append("%s%s %s" % (name, "{%s}" % lab if lab else "", series[k]))
+            values = self._values[name]
+            for k in sorted(values):
+                out.append("%s %s" % (series(name, dict(k)), values[k]))
         return "\n".join(out) + "\n"

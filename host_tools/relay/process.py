@@ -12,6 +12,7 @@ import sys
 import time
 
 from . import auth
+from .metrics import series
 
 _READY = re.compile(r"^lkedge relay: link (\S+)(.*)$")
 
@@ -94,7 +95,7 @@ class RelayProcess:
             raise RuntimeError("the relay was started without its HTTP port (RelayProcess(http=True))")
         with urllib.request.urlopen(self.http_url + "/metrics", timeout=10) as r:
             text = r.read().decode()
-        key = name + ("{%s}" % ",".join('%s="%s"' % kv for kv in sorted(labels.items())) if labels else "")
+        key = series(name, labels)
         for line in text.splitlines():
             if line.startswith(key + " "):
                 return int(float(line.split()[-1]))

@@ -107,6 +107,7 @@ LOG = "log"
 
 SERVER_VERSION = "1.9.0"
 RELAY_PING_BODY = b"relay"   # what the relay's own PINGs carry (a PONG echoes it)
+_RELAY_PING = relayside.encode_frame(link.PING, RELAY_PING_BODY)
 # The identity of a JOINED/PARTICIPANT sid: "PA_" and 12 characters, as LiveKit's.
 _SID_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -361,13 +362,15 @@ class Router:
                     now - c.pinged_at)
                 self._drop(c, link.LEAVE_IDLE, "nothing received for %d ms (idle timeout %d ms)%s"
                            % (now - c.last_rx, self.idle_timeout_ms, unanswered), now)
-            elif self._ping_due(c) is not None and now >= self._ping_due(c):
-                self._ping(c, now)
+            else:
+                due = self._ping_due(c)
+                if due is not None and now >= due:
+                    self._ping(c, now)
 
     def _ping(self, c, now):
         c.pinged_at = now
         was_empty = not c.queued
-        self._send(c, relayside.encode_frame(link.PING, RELAY_PING_BODY), link.PING)
+        self._send(c, _RELAY_PING, link.PING)
         if was_empty:
             # Our PING must not make a participant that neither reads nor sends stuck
             # sooner than it was idle: its untaken clock ends just after the idle
