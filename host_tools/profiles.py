@@ -17,11 +17,15 @@ host tools (emulator heap, mpy-cross architecture). Keys:
                   max_values (int > 0; default RoomOptions.for_board()'s),
                   evict_idle_ms (int > 0, or null: streams never give way; default
                   RoomOptions' 60000), max_attributes (int > 0, or null: no cap;
-                  default RoomOptions.for_board()'s 16384), max_inflated (int > 0, or
-                  null: a compressed stream is held to its total_length alone; default
-                  RoomOptions.for_board()'s 16 MiB), max_inflate_ratio (int > 0, or
+                  default RoomOptions.for_board()'s 16384), max_participants (int >
+                  0, or null: no cap; default RoomOptions.for_board()'s 24),
+                  max_inflated (int > 0, or null: a compressed stream is held to its
+                  total_length alone; default RoomOptions.for_board()'s 16 MiB),
+                  max_inflate_ratio (int > 0, or
                   null: no cap; default RoomOptions.for_board()'s 100),
-                  advertise_compression (bool), client_protocol (0..2)
+                  advertise_compression (bool), client_protocol (0..2); any other
+                  key must be a RoomOptions setting too (checked as RoomOptions
+                  checks it: a misspelled key would otherwise go unnoticed)
     pins          {"led": 2, ...} role -> pin id (int, or str such as "LED")
     sensors       [{"name", "kind": "adc"|"internal_temp"|"pin", "pin", "scale", "offset"}]
     watchdog_ms   0 = no watchdog, else the machine.WDT timeout the firmware arms
@@ -150,7 +154,8 @@ def _validate_link(link, heap, where):
         _int(link, key, where + " link", lo=1)
     if "max_values" in link:
         _int(link, "max_values", where + " link", lo=1)
-    for key in ("evict_idle_ms", "max_attributes", "max_inflated", "max_inflate_ratio"):   # optional: an int, or null for none
+    for key in ("evict_idle_ms", "max_attributes", "max_participants", "max_inflated",
+                "max_inflate_ratio"):   # optional: an int, or null for none
         if link.get(key) is not None:
             _int(link, key, where + " link", lo=1)
     _need(link["read_buffer"] + link["piece_size"] <= heap // 4, where,
@@ -164,6 +169,11 @@ def _validate_link(link, heap, where):
           "the profile must not advertise it (minimum heap %d)" % (INFLATE_BYTES, heap, MIN_HEAP_FOR_INFLATE))
     _need(not adv or link["client_protocol"] >= 2, where,
           "advertise_compression needs client_protocol 2 (STREAMS.md)")
+    from lkedge.config import RoomOptions
+    try:   # the rest as the board checks it: every key a RoomOptions setting, of its type
+        RoomOptions.for_board({"link": link})
+    except (TypeError, ValueError) as e:
+        raise ProfileError("%s link: %s" % (where, e)) from None
 
 
 def _validate_pins(pins, where):

@@ -3,6 +3,13 @@
 A board profile gives small buffers and may turn off the inflate capability; the host
 defaults are roomier. Everything that bounds memory lives here, in one place.
 """
+from . import load
+
+# Settings that also take None (no cap; evict_idle_ms: never; advertise_compression: the
+# Room decides). Every other int setting is an int over 0 (client_protocol 0..2); the
+# others take the type of their default (RoomOptions.__init__).
+_NONE_OK = ("max_values", "max_attributes", "max_participants", "evict_idle_ms", "max_inflated",
+            "max_inflate_ratio", "advertise_compression")
 
 
 class RoomOptions:
@@ -69,6 +76,12 @@ class RoomOptions:
                      handlers and calls are not capped
     max_rpc_handlers RPC requests handled at once; one more is acked and answered
                      with APPLICATION_ERROR "Too many concurrent RPC requests"
+
+    Each setting is checked as the options are built (for_board's and a profile's
+    link keys too): the sizes, counts and times (ms) are ints over 0, or None where
+    said above; client_protocol is 0, 1 or 2; compress and auto_reconnect True or
+    False (advertise_compression also None); sdk a str; transport_options a dict.
+    Another type is a TypeError, an int out of range a ValueError, naming the setting.
     """
 
     def __init__(self, **kw):
@@ -96,26 +109,31 @@ class RoomOptions:
         self.sdk = "lkedge"
         self.transport_options = {}
         for k in kw:
-            if not hasattr(self, k):
+            v = kw[k]
+            d = getattr(self, k, self)   # the default says what the setting takes
+            if d is self or callable(d):
                 raise TypeError("unknown RoomOptions setting %r" % k)
-            setattr(self, k, kw[k])
+            # checked here, naming it, not met later far from its cause (with
+            # ping_interval_ms=0 the room's timer spun without ever yielding)
+            if v is None:
+                ok = k in _NONE_OK
+            elif type(d) is int or d is None and k != "advertise_compression":   # a count, a size, ms
+                ok = type(v) is int and (0 <= v <= 2 if k == "client_protocol" else v > 0)
+            else:
+                ok = isinstance(v, bool if d is None else type(d))   # bool (not 0/1), str, dict
+            if not ok:
+                raise load("misuse")._bad_setting(k, v, d)
+            setattr(self, k, v)
 
     @classmethod
     def for_board(cls, profile=None, **kw):
         """Small-buffer settings for a microcontroller; `profile` is a boards/ dict."""
         # max_inflated: a board inflates at ~1-3 MB/s inside its one link reader, so a
         # 255 KB bomb claiming 256 MiB held its link (every call: 1501) for 99 s
-        opts = cls(read_buffer=512, piece_size=512, max_field=2048, max_values=8192, max_attributes=16384,
-                   max_participants=24, max_frame=16384, max_streams=4, max_rpc_payload=16384, max_rpc_handlers=4,
-                   max_inflated=16 << 20, max_inflate_ratio=100)
+        board = dict(read_buffer=512, piece_size=512, max_field=2048, max_values=8192, max_attributes=16384,
+                     max_participants=24, max_frame=16384, max_streams=4, max_rpc_payload=16384,
+                     max_rpc_handlers=4, max_inflated=16 << 20, max_inflate_ratio=100)
         if profile:
-            link = profile.get("link", profile)
-            for k in ("read_buffer", "piece_size", "max_field", "max_values", "max_attributes", "max_participants",
-                      "max_streams",
-                      "evict_idle_ms", "max_frame", "advertise_compression", "client_protocol", "max_inflated",
-                      "max_inflate_ratio"):
-                if k in link:   # a profile's link keys are RoomOptions names
-                    setattr(opts, k, link[k])
-        for k in kw:
-            setattr(opts, k, kw[k])
-        return opts
+            board.update(profile.get("link", profile))   # a profile's link keys are RoomOptions names
+        board.update(kw)
+        return cls(**board)   # checked as any settings are

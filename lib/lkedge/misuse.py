@@ -15,6 +15,20 @@ def _wrong_type(what, got):
     return TypeError("%s, got %s" % (what, type(got).__name__))
 
 
+def _bad_setting(k, v, d):
+    """What RoomOptions raises for a value `v` its setting `k` (default `d`) cannot
+    take (RoomOptions.__init__): ValueError for an int out of range, else TypeError."""
+    from .config import _NONE_OK
+    number = type(d) is int or d is None and k != "advertise_compression"
+    what = ("0, 1 or 2" if k == "client_protocol" else "an int over 0" if number
+            else "True or False" if d is None or type(d) is bool else "a " + type(d).__name__)
+    if k in _NONE_OK:
+        what += ", or None"
+    if number and type(v) is int:
+        return ValueError("RoomOptions.%s is %s, got %r" % (k, what, v))
+    return TypeError("RoomOptions.%s is %s, got %s %r" % (k, what, type(v).__name__, v))
+
+
 def _dests_str(d):
     # "bob" would be sent to "b" and "o"
     return TypeError("destination_identities is a list of identities, got the str %r" % (d,))

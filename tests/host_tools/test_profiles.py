@@ -136,6 +136,7 @@ def test_optional_max_values_is_checked_and_reaches_room_options(tmp_path):
 @pytest.mark.parametrize("key, board_default, good, bad", [
     ("evict_idle_ms", 60000, 5000, (0, "60s", 1.5)),
     ("max_attributes", 16384, 4096, (-1, "16k", 1.5)),
+    ("max_participants", 24, 8, (0, "24", 1.5)),   # the board read it; nothing checked it
     # a board inflates inside its one link reader: a 255 KB bomb claiming 256 MiB held
     # it (every call 1501) for 99 s; hosts take up to 1 GiB
     ("max_inflated", 16 << 20, 1 << 20, (0, "16M", 1.5)),
@@ -165,6 +166,30 @@ def test_optional_int_or_null_link_keys_are_checked_and_reach_room_options(tmp_p
         with pytest.raises(profiles.ProfileError) as e:
             profiles.load(str(f))
         assert key in str(e.value)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("max_strems", 2, "unknown RoomOptions setting 'max_strems'"),   # was ignored: the board kept its 4
+    ("ping_interval_ms", 0, "RoomOptions.ping_interval_ms is an int over 0, got 0"),
+    ("compress", "yes", "RoomOptions.compress is True or False"),
+])
+def test_a_link_key_the_board_would_refuse_is_refused_when_the_profile_is_loaded(tmp_path, key, value, words):
+    import json
+    from lkedge.config import RoomOptions
+    p = profiles.load("esp32")
+    p["link"][key] = value
+    f = tmp_path / "esp32.json"
+    f.write_text(json.dumps(p))
+    with pytest.raises(profiles.ProfileError) as e:
+        profiles.load(str(f))
+    assert words in str(e.value) and "esp32.json link" in str(e.value), str(e.value)
+    with pytest.raises((TypeError, ValueError)) as e:   # and by the board's own RoomOptions
+        RoomOptions.for_board(p)
+    assert words in str(e.value)
+    p["link"][key] = {"max_strems": 4, "ping_interval_ms": 5000, "compress": False}[key]
+    if key != "max_strems":   # a RoomOptions setting other than the usual link keys is taken
+        f.write_text(json.dumps(p))
+        assert getattr(RoomOptions.for_board(profiles.load(str(f))), key) == p["link"][key]
 
 
 def test_only_picow_romfs_has_a_romfs_partition_and_it_freezes_nothing():
