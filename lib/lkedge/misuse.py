@@ -29,6 +29,13 @@ def _bad_setting(k, v, d):
     return TypeError("RoomOptions.%s is %s, got %s %r" % (k, what, type(v).__name__, v))
 
 
+def _stream_takes(text, got):
+    """A write of the wrong kind to a stream (lkedge.streams.OutgoingStream.write), or a
+    piece of an RPC payload gathered for a v1 peer (lkedge.sending.gather_text)."""
+    return TypeError("a text stream takes str, not %s (stream_text's writes, an RPC payload's pieces)"
+                     % type(got).__name__ if text else "a byte stream takes bytes, not str")
+
+
 def _dests_str(d):
     # "bob" would be sent to "b" and "o"
     return TypeError("destination_identities is a list of identities, got the str %r" % (d,))

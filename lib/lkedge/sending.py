@@ -159,16 +159,14 @@ def _guess_type(path):
 
 
 async def gather_text(source, cap, error):
-    """Join an async iterable of str/bytes pieces into bytes, at most `cap` bytes."""
+    """Join an async iterable of str pieces into their UTF-8 bytes, at most `cap` bytes
+    (a piece of another type is refused as a text stream's write is)."""
     parts = []
     total = 0
     async for piece in source:
-        if isinstance(piece, str):
-            b = bytes(encoded_text(piece))
-        elif isinstance(piece, (bytes, bytearray, memoryview)):
-            b = bytes(piece)
-        else:  # bytes(5) would be five NULs
-            raise load("misuse")._wrong_type("a piece must be a str", piece)
+        if not isinstance(piece, str):
+            raise load("misuse")._stream_takes(True, piece)
+        b = bytes(encoded_text(piece))
         total += len(b)
         if total > cap:
             raise error

@@ -22,8 +22,9 @@ Outgoing
     OutgoingStream(stream_id, kind, topic, destination_identities, max_frame=None,
                    **header options)
         .header() -> packet (once); .write(data) -> [chunk packets]; .close(reason="",
-        attributes=None) -> trailer packet. Never inline, never compressed; text writes
-        are cut on UTF-8 boundaries, a partial character waits for the next write.
+        attributes=None) -> trailer packet. Never inline, never compressed; a text
+        stream's write takes a str (a byte stream's bytes-like: TypeError otherwise,
+        before any packet), cut into chunks between characters.
         Its attributes (stream_id, topic, kind, name, ...) describe the stream.
 
 Incoming
@@ -190,7 +191,6 @@ class OutgoingStream:
         self.mime_type = self._hdr["stream_header"]["mime_type"]
         self._index = 0
         self._written = 0
-        self._carry = b""     # text: the start of a character split by the caller
         self._closed = False
 
     def header(self):
@@ -204,51 +204,35 @@ class OutgoingStream:
         return hdr
 
     def write(self, data):
-        """Chunk packets for `data` (str or bytes-like; str only for text streams)."""
+        """Chunk packets for `data`: a str for a text stream (as the LiveKit SDK's
+        TextStreamWriter takes), bytes-like for a byte stream."""
         if self._closed:
             raise StreamError("stream %s is closed" % self.stream_id)
-        if isinstance(data, str):
-            if self.kind != "text":
-                raise StreamError("a byte stream takes bytes, not str")
+        text = self.kind == "text"
+        if text != isinstance(data, str):   # before any packet: nothing of it is sent
+            raise load("misuse")._stream_takes(text, data)
+        if text:
             data = utf8.encoded_text(data)   # a memoryview already on MicroPython
         mv = data if isinstance(data, memoryview) else memoryview(data)
-        if self._carry:
-            mv = memoryview(self._carry + bytes(mv))
-            self._carry = b""
         if self.total_length is not None and self._written + len(mv) > self.total_length:
             raise StreamError("length exceeded: %d bytes written to a stream of total_length %d"
                               % (self._written + len(mv), self.total_length))
         out = []
         while len(mv):
             n = min(len(mv), self._chunk)
-            if self.kind == "text":
-                n = self._text_cut(mv, n)
-                if n == 0:
-                    self._carry = bytes(mv)
-                    break
+            if text:
+                n = utf8.cut(mv, n)   # whole characters: a str holds no partial one
             out.append(chunk_packet(self.stream_id, self._index, self.destination_identities, mv[:n]))
             self._index += 1
             self._written += n
             mv = mv[n:]
         return out
 
-    @staticmethod
-    def _text_cut(mv, n):
-        """Bytes of mv[:n] that end on a character boundary (0: wait for more)."""
-        k = utf8.cut(mv, n)
-        if k == n and n == len(mv):
-            # The write may end inside a character: hold its start back.
-            k = len(mv) - utf8.incomplete_tail(mv)
-        return k
-
     def close(self, reason="", attributes=None):
-        """The trailer packet; a text stream must not end inside a character."""
+        """The trailer packet."""
         if self._closed:
             raise StreamError("stream %s is already closed" % self.stream_id)
         self._closed = True
-        if self._carry:
-            raise StreamError("text stream %s closed inside a UTF-8 character (%d bytes pending)"
-                              % (self.stream_id, len(self._carry)))
         if attributes:
             self.attributes.update(attributes)
         return trailer_packet(self.stream_id, self.destination_identities, reason, attributes)

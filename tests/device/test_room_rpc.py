@@ -2213,3 +2213,60 @@ async def test_one_callers_trickled_request_streams_give_way_to_another_caller()
     err = r["rpc_response"]["error"]
     assert err["code"] == 1500 and "held 2 of the 2 slots; another sender's stream took this one" in err["data"], err
     await close(a, hog, good)
+
+
+class _Seq:
+    """The pieces `items`, then the end."""
+
+    def __init__(self, items):
+        self.items = list(items)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if not self.items:
+            raise StopAsyncIteration
+        return self.items.pop(0)
+
+
+async def test_a_streamed_payload_takes_str_pieces_only_refused_before_that_piece_is_sent():
+    # bytes pieces went out as they were (b"\xff" came back as 1500 from the handler's
+    # side); an int failed inside memoryview once the stream had started
+    mem = MemRoom()
+    a = await join(mem, "a")
+    p = await raw(mem, "p", 2, (2,))
+    old = await raw(mem, "old", 0)
+    await settle(lambda: len(a.remote_participants) == 2)
+    lp = a.local_participant
+    for dest in ("p", "old"):
+        for pieces, words in ((["ab", b"\xff"], "a text stream takes str, not bytes"),
+                              (["ab", 5], "a text stream takes str, not int")):
+            await raises(TypeError, lp.perform_rpc_stream(destination_identity=dest, method="m",
+                                                          payload=_Seq(pieces)), words)
+    await asyncio.sleep(0.05)
+    assert not [q for q in old.packets if "rpc_request" in q], "a v1 request gathered from a bad piece went out"
+    headers = [q["stream_header"] for q in p.packets if "stream_header" in q]
+    assert len(headers) == 2 and all(h["topic"] == "lk.rpc_request" for h in headers), headers
+    for h in headers:   # "ab" only, then the stream ended abnormally
+        assert _stream_text(p.packets, h["stream_id"]) == "ab"
+        t = [q["stream_trailer"] for q in p.packets if q.get("stream_trailer", {}).get("stream_id") == h["stream_id"]]
+        assert len(t) == 1 and "a text stream takes str" in t[0]["reason"], t
+    assert not a._calls and len(a._rpc_client) == 0
+    await close(a, p, old)
+
+
+async def test_a_streaming_handler_answering_bytes_pieces_fails_its_call_with_1500():
+    # its bytes went out as text (the caller's read met invalid UTF-8, a buffered call
+    # 1501 after its timeout): now the piece is refused before it is sent
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    a.local_participant.register_rpc_method("s", lambda d: _Seq(["ok", b"\xff"]), streaming=True)
+    await _v2_request(peer, "a", "r1", "s")
+    err = await peer.wait_for(lambda q: "rpc_response" in q and "error" in q["rpc_response"])
+    assert err["rpc_response"]["error"]["code"] == RpcError.APPLICATION_ERROR
+    h = (await peer.wait_for(_response_stream_header("r1")))["stream_header"]
+    t = (await peer.wait_for(lambda q: q.get("stream_trailer", {}).get("stream_id") == h["stream_id"]))
+    assert "a text stream takes str, not bytes" in t["stream_trailer"]["reason"], t
+    assert _stream_text(peer.packets, h["stream_id"]) == "ok"   # never the b"\xff"
+    await close(a, peer)
+

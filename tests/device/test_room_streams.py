@@ -1119,6 +1119,33 @@ async def test_send_functions_refuse_wrong_types_before_sending():
     await close(a, peer)
 
 
+async def test_a_text_writer_takes_str_only_refusing_anything_else_before_sending_it():
+    # bytes went out as they were (b"\xff\xfe": the receiver's read_all raised
+    # Utf8Error); an int met memoryview's error, which did not mention str
+    mem, a, b = await pair()
+    got, errors = [], []
+
+    async def on_text(reader, sender):
+        try:
+            got.append(await reader.read_all())
+        except Exception as e:
+            errors.append(e)
+    b.register_text_stream_handler("t", on_text)
+    w = await a.local_participant.stream_text(topic="t")
+    for wrong, words in ((b"\xff\xfe", "a text stream takes str, not bytes"),
+                         (bytearray(b"x"), "takes str, not bytearray"), (12345, "a text stream takes str, not int")):
+        await raises(TypeError, w.write(wrong), words)
+    await w.write("still open: ")
+    await w.write("\u00fc")
+    await w.aclose()
+    await settle(lambda: got or errors)
+    assert got == ["still open: \u00fc"] and not errors, (got, errors)
+    bw = await a.local_participant.stream_bytes("f", topic="t")
+    await raises(TypeError, bw.write("str"), "a byte stream takes bytes, not str")
+    await bw.aclose()
+    await close(a, b)
+
+
 async def test_a_byte_writer_closed_short_of_its_total_size_says_so_and_receivers_see_it_incomplete():
     mem, a, b = await pair()
     errors = []

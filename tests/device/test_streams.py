@@ -296,21 +296,29 @@ def test_incremental_stream_has_no_total_length_is_never_inline_nor_compressed()
         raise AssertionError("write after close accepted")
 
 
-def test_incremental_text_write_carries_a_partial_character():
+def test_a_text_stream_takes_str_and_a_byte_stream_bytes_refused_before_any_packet():
+    # bytes written to a text stream went out as they were: b"\xff\xfe" ended its
+    # reader with Utf8Error; an int met memoryview's error, which did not say str
     out = streams.OutgoingStream("s8", "text", "t", [])
-    b = "\u00fc\u65e5".encode("utf-8")   # c3 bc e6 97 a5
-    c1 = out.write(b[:3])                # the e6 waits
-    c2 = out.write(b[3:])
-    got = [bytes(c["stream_chunk"]["content"]) for c in c1 + c2]
-    assert got == [b"\xc3\xbc", b"\xe6\x97\xa5"]
-    out2 = streams.OutgoingStream("s7", "text", "t", [])
-    out2.write(b[:1])
+    for wrong, words in ((b"\xff\xfe", "a text stream takes str, not bytes"),
+                         (bytearray(b"ab"), "not bytearray"), (12345, "a text stream takes str, not int")):
+        try:
+            out.write(wrong)
+        except TypeError as e:
+            assert words in str(e), (words, str(e))
+        else:
+            raise AssertionError("a text stream took %r" % (wrong,))
+    got = out.write("\u00fc\u65e5")   # nothing of the refused writes went: chunk 0 is this
+    assert [(c["stream_chunk"]["chunk_index"], bytes(c["stream_chunk"]["content"])) for c in got] == [
+        (0, "\u00fc\u65e5".encode("utf-8"))]
+    out2 = streams.OutgoingStream("s7", "bytes", "t", [])
     try:
-        out2.close()
-    except streams.StreamError as e:
-        assert "UTF-8" in str(e)
+        out2.write("str")
+    except TypeError as e:
+        assert "a byte stream takes bytes, not str" in str(e)
     else:
-        raise AssertionError("close inside a character accepted")
+        raise AssertionError("a byte stream took a str")
+    assert out2.write(b"ok")[0]["stream_chunk"]["chunk_index"] == 0
 
 
 # ------------------------------------------------------------------ receiving
