@@ -36,6 +36,32 @@ def _stream_takes(text, got):
                      % type(got).__name__ if text else "a byte stream takes bytes, not str")
 
 
+def _stream_args(e, strs, dests, attributes, total_size=None):
+    """The TypeError for the application's mistake in a stream's arguments, in the API's
+    words (proto would say "DataStream.Header.topic must be str"); else `e`, the error
+    they met. strs: topic, stream_id, name, mime_type, reply_to_id (None: the default)."""
+    if isinstance(dests, str):
+        return _dests_str(dests)
+    for v, what in zip(strs, ("a stream topic", "a stream_id", "a byte stream's name", "a mime_type",
+                              "reply_to_id")):
+        if v is not None and not isinstance(v, str):
+            return _wrong_type(what + " is a str", v)
+    try:
+        for d in dests or ():
+            if not isinstance(d, str):
+                return _wrong_type("an identity in destination_identities is a str", d)
+    except TypeError:
+        return _wrong_type("destination_identities is a list of identities", dests)
+    if not (attributes is None or isinstance(attributes, dict)):
+        return _wrong_type("attributes is a dict of str to str", attributes)
+    for k in attributes or ():
+        if not isinstance(k, str) or not isinstance(attributes[k], str):
+            return TypeError("attributes map str to str, got %r: %r" % (k, attributes[k]))
+    if total_size is not None and (type(total_size) is not int or total_size < 0):
+        return _wrong_type("total_size is a number of bytes (an int)", total_size)
+    return e
+
+
 def _dests_str(d):
     # "bob" would be sent to "b" and "o"
     return TypeError("destination_identities is a list of identities, got the str %r" % (d,))

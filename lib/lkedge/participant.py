@@ -298,13 +298,18 @@ class LocalParticipant:
 
     async def _open_writer(self, kind, topic, dests, attributes, stream_id, name=None, mime_type=None,
                            total_size=None, **text_options):
-        out = streams.OutgoingStream(stream_id or uuid4(), kind, topic, dests, attributes=attributes,
-                                     name=name, mime_type=mime_type, total_length=total_size,
-                                     timestamp_ms=_now_epoch_ms(), max_frame=self._room.max_frame,
-                                     **text_options)
+        try:
+            out = streams.OutgoingStream(stream_id or uuid4(), kind, topic, dests, attributes=attributes,
+                                         name=name, mime_type=mime_type, total_length=total_size,
+                                         timestamp_ms=_now_epoch_ms(), max_frame=self._room.max_frame,
+                                         **text_options)
+            hdr = out.header()   # sized: proto has checked every field
+        except (TypeError, ValueError) as e:   # the application's mistake, said in its words
+            raise load("misuse")._stream_args(e, (topic, stream_id, name, mime_type, text_options.get(
+                "reply_to_stream_id")), dests, attributes, total_size)
         w = StreamWriter(self._room, out)
         try:
-            await self._room._send(out.header())
+            await self._room._send(hdr)
         except BaseException as e:
             if self._room._sender._went_out(e):   # cancelled once the header was out
                 await w._cut("sender stopped: %r" % (e,))

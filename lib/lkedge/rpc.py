@@ -23,6 +23,7 @@ participants that call: a board that only answers never loads it.
 
 Handler: RpcServer()
     register(method, handler, streaming=False)   ValueError if `method` already has one
+        (or is ""), TypeError if it is not a str or `handler` is not callable
     unregister(method);  lookup(method) -> handler or None
     on_request_packet(sender, rpc_request_dict, payload=None) -> (packets, Invocation|None)
     on_request_stream(sender, attributes) -> (packets, Invocation|None)
@@ -270,6 +271,15 @@ def _parse_int(s):
     return -n if s[0] == "-" else n
 
 
+def _check_method(method):
+    """An RPC method name as the API takes it (register_rpc_method, perform_rpc...):
+    TypeError for what is no str, ValueError for ""."""
+    if not isinstance(method, str):
+        raise TypeError("an RPC method name is a str, got %s" % type(method).__name__)
+    if not method:
+        raise ValueError("RPC method name must be a non-empty str, got %r" % (method,))
+
+
 class RpcServer:
     """The handler side: registered methods, acks, and the answers' transport."""
 
@@ -278,8 +288,7 @@ class RpcServer:
         self.last_rejection = None
 
     def register(self, method, handler, streaming=False):
-        if not isinstance(method, str) or not method:
-            raise ValueError("RPC method name must be a non-empty str, got %r" % (method,))
+        _check_method(method)
         if not callable(handler):
             raise TypeError("RPC handler for %r must be callable, got %r" % (method, handler))
         if method in self._methods:
@@ -288,6 +297,7 @@ class RpcServer:
         self._methods[method] = (handler, bool(streaming))
 
     def unregister(self, method):
+        _check_method(method)
         self._methods.pop(method, None)
 
     def lookup(self, method):

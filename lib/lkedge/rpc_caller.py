@@ -53,7 +53,7 @@ from .consts import (ATTR_RPC_METHOD, ATTR_RPC_REQUEST_ID, ATTR_RPC_TIMEOUT,
                      ATTR_RPC_VERSION, CLIENT_PROTOCOL_DATA_STREAM_RPC, MAX_V1_PAYLOAD_BYTES,
                      RPC_ACK_TIMEOUT_MS, RPC_DEFAULT_TIMEOUT_MS, RPC_MIN_WIRE_TIMEOUT_MS)
 from .ids import uuid4
-from .rpc import RpcError
+from .rpc import RpcError, _check_method
 
 _UINT32_MAX = 0xFFFFFFFF
 
@@ -130,8 +130,7 @@ class RpcClient:
 
     def start(self, now_ms, destination, dest_client_protocol, method, payload_len,
               response_timeout_ms=RPC_DEFAULT_TIMEOUT_MS, sending=False):
-        if not isinstance(method, str) or not method:
-            raise ValueError("RPC method name must be a non-empty str, got %r" % (method,))
+        _check_method(method)
         if not isinstance(response_timeout_ms, int) or not 0 < response_timeout_ms <= _UINT32_MAX:
             raise ValueError("response timeout must be a positive int of ms (uint32), got %r"
                              % (response_timeout_ms,))

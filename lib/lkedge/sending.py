@@ -40,7 +40,8 @@ class ReadBlob:
 async def send_finite(room, kind, data, topic, dests, attributes, stream_id=None, compress=None,
                       name=None, mime_type=None, text_options=None):
     """Send a whole payload as one stream: inline, compressed or chunked as negotiated."""
-    dests = dests or []
+    dests = _checked((topic, stream_id, name, mime_type, (text_options or {}).get("reply_to_stream_id")),
+                     dests, attributes)
     want = room.options.compress if compress is None else compress
     inline_ok, compress_ok = finite.negotiate(room.recipients(dests), finite.can_compress(), want)
     sid = stream_id or uuid4()
@@ -68,6 +69,31 @@ async def send_finite(room, kind, data, topic, dests, attributes, stream_id=None
             await end_abnormally(room, sid, dests, e)
         raise
     return sent
+
+
+def _checked(strs, dests, attributes):
+    """destination_identities as a list, once a send's arguments are checked: the
+    application's mistakes are TypeErrors in its words (misuse._stream_args), before
+    anything is negotiated or sent (proto would name wire fields). strs: topic,
+    stream_id, name, mime_type, reply_to_id (None: the default)."""
+    dests = dests or []
+    if not _plain(strs, dests, attributes):
+        raise load("misuse")._stream_args(None, strs, dests, attributes)
+    return dests
+
+
+def _plain(strs, dests, attributes):
+    if isinstance(dests, str) or not (attributes is None or isinstance(attributes, dict)):
+        return False
+    try:
+        for group in (strs, dests, attributes or ()):
+            for v in group:
+                if not (isinstance(v, str) or v is None and group is strs) or (
+                        group is attributes and not isinstance(attributes[v], str)):
+                    return False
+    except TypeError:   # dests is no list
+        return False
+    return True
 
 
 def _last_of_stream(pkt):
@@ -104,12 +130,14 @@ async def send_file(lp, file_path, topic, name, mime_type, destination_identitie
     mimetypes, as the LiveKit SDK does), else application/octet-stream.
     """
     import os
+    if not isinstance(file_path, str):   # os.stat(5) would stat file descriptor 5
+        raise load("misuse")._wrong_type("send_file takes a file's path (a str)", file_path)
     size = os.stat(file_path)[6]
     if name is None:
         name = file_path.split("/")[-1]
     if mime_type is None:
         mime_type = _guess_type(file_path)
-    dests = destination_identities or []
+    dests = _checked((topic, stream_id, name, mime_type), destination_identities, attributes)
     if size <= STREAM_CHUNK_SIZE_BYTES // 2:
         with open(file_path, "rb") as f:
             return await lp.send_bytes(f.read(), name=name, mime_type=mime_type,

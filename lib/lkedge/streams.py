@@ -85,6 +85,8 @@ def header_packet(stream_id, kind, topic, destination_identities, total_length=N
     """A DataPacket dict carrying a DataStream.Header (kind 'text' or 'bytes')."""
     if isinstance(destination_identities, str):  # every stream's header is made here
         raise load("misuse")._dests_str(destination_identities)
+    if not isinstance(topic, str):   # (proto would take bytes, and None as "")
+        raise load("misuse")._wrong_type("a stream topic is a str", topic)
     if kind == "text":
         # Only fields that differ from their defaults (proto3 omits those anyway).
         th = {"operation_type": operation_type}

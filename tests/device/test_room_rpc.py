@@ -2215,6 +2215,29 @@ async def test_one_callers_trickled_request_streams_give_way_to_another_caller()
     await close(a, hog, good)
 
 
+async def test_an_rpc_method_name_that_is_no_str_is_a_type_error_wherever_it_is_given():
+    # register_rpc_method(5, h) and perform_rpc(method=5) were ValueErrors
+    mem, a, b = await pair()
+    lp = a.local_participant
+    for call in (lambda: lp.register_rpc_method(5, lambda d: ""), lambda: lp.register_rpc_method(b"m")(print),
+                 lambda: lp.unregister_rpc_method(None)):
+        try:
+            call()
+            raise AssertionError("accepted")
+        except TypeError as e:
+            assert "an RPC method name is a str, got " in str(e), str(e)
+    await raises(TypeError, lp.perform_rpc(destination_identity="b", method=5), "an RPC method name is a str, got int")
+    await raises(TypeError, lp.perform_rpc_stream(destination_identity="b", method=None),
+                 "an RPC method name is a str, got NoneType")
+    try:
+        lp.register_rpc_method("", print)   # a str, but no name: still the ValueError it was
+        raise AssertionError("accepted")
+    except ValueError as e:
+        assert "RPC method name must be a non-empty str, got ''" in str(e)
+    assert not a._calls and len(a._rpc_client) == 0
+    await close(a, b)
+
+
 class _Seq:
     """The pieces `items`, then the end."""
 

@@ -1146,6 +1146,43 @@ async def test_a_text_writer_takes_str_only_refusing_anything_else_before_sendin
     await close(a, b)
 
 
+async def test_stream_arguments_of_a_wrong_type_are_type_errors_in_the_apis_words_before_sending():
+    # they were ValueErrors naming the wire's fields ("DataStream.Header.topic must be
+    # str, got int"), or whatever the first use met ("'int' object is not iterable")
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
+    lp = a.local_participant
+    with open("stream_arg_types.bin", "wb") as f:
+        f.write(b"z" * 9000)   # over half a chunk: send_file's own path, not send_bytes'
+    for call, words in (
+            (lambda: lp.send_text("x", topic=5), "a stream topic is a str, got int"),
+            (lambda: lp.send_bytes(b"x", topic=5), "a stream topic is a str, got int"),
+            (lambda: lp.send_file("stream_arg_types.bin", topic=5), "a stream topic is a str, got int"),
+            (lambda: lp.stream_text(topic=5), "a stream topic is a str, got int"),
+            (lambda: lp.stream_bytes("f", topic=b"t"), "a stream topic is a str, got bytes"),
+            (lambda: lp.send_text("x", topic=None), "a stream topic is a str, got NoneType"),
+            (lambda: lp.send_file(5), "send_file takes a file's path (a str), got int"),
+            (lambda: lp.send_text("x", destination_identities=[5]),
+             "an identity in destination_identities is a str, got int"),
+            (lambda: lp.stream_text(destination_identities=["p", None]),
+             "an identity in destination_identities is a str, got NoneType"),
+            (lambda: lp.send_bytes(b"x", destination_identities=5), "destination_identities is a list of identities"),
+            (lambda: lp.send_file("stream_arg_types.bin", destination_identities=5),
+             "destination_identities is a list of identities"),
+            (lambda: lp.send_text("x", attributes=5), "attributes is a dict of str to str, got int"),
+            (lambda: lp.send_text("x", attributes={"k": 1}), "attributes map str to str, got 'k': 1"),
+            (lambda: lp.stream_bytes("f", attributes={1: "v"}), "attributes map str to str, got 1: 'v'"),
+            (lambda: lp.send_bytes(b"x", name=5), "a byte stream's name is a str, got int"),
+            (lambda: lp.stream_bytes(5), "a byte stream's name is a str, got int"),
+            (lambda: lp.send_bytes(b"x", mime_type=5), "a mime_type is a str, got int"),
+            (lambda: lp.send_text("x", stream_id=5), "a stream_id is a str, got int"),
+            (lambda: lp.stream_text(reply_to_id=5), "reply_to_id is a str, got int"),
+            (lambda: lp.stream_text(total_size="10"), "total_size is a number of bytes (an int), got str")):
+        await raises(TypeError, call(), words)
+    await asyncio.sleep(0.05)
+    assert not [q for q in peer.packets if "stream_header" in q], peer.packets
+    await close(a, peer)
+
+
 async def test_a_byte_writer_closed_short_of_its_total_size_says_so_and_receivers_see_it_incomplete():
     mem, a, b = await pair()
     errors = []
