@@ -12,6 +12,7 @@ from .participant import _is_async_iterable
 from .rpc import RpcError
 from .rpc_caller import RpcClient
 from .sending import gather_text, send_finite
+from .streams import StreamError
 from .utf8 import encoded_text
 
 
@@ -92,7 +93,9 @@ def _timeout_ms(t):
 class RpcResponseReader:
     """The response of a streaming call: iterate str pieces, or read_all().
 
-    Raises RpcError (from the first iteration) when the call failed.
+    Raises RpcError (from the first iteration) when the call failed. cancel() (or
+    `await aclose()`, as the stream readers have) drops the call and the rest of its
+    answer; a later read raises StreamError "... abandoned", as a stream reader's does.
     """
 
     def __init__(self, room, waiter, request_id):
@@ -100,6 +103,7 @@ class RpcResponseReader:
         self._w = waiter
         self.request_id = request_id
         self._given = False
+        self._cancel_called = False
 
     def __aiter__(self):
         return self
@@ -111,12 +115,19 @@ class RpcResponseReader:
             self._room._calls.pop(self.request_id, None)
             raise w.error
 
+    def _abandoned_error(self):
+        # our own doing, said as a stream reader says it: not the handler's failure (1500)
+        return StreamError("the response to RPC %s was abandoned (cancel() or aclose() was called, or a read "
+                           "of it cancelled) before this read: the rest was dropped" % self.request_id)
+
     async def __anext__(self):
         try:
-            await self._ready()
+            await self._ready()   # (cancel() sets its event; an error that came first says itself)
         except asyncio.CancelledError:
             self.cancel()  # the task reading the response was cancelled: so is the call
             raise
+        if self._cancel_called:
+            raise self._abandoned_error()
         w = self._w
         if w.reader is None:
             # Answered by a packet: the call is over, hand the payload out once and let
@@ -139,6 +150,8 @@ class RpcResponseReader:
             self.cancel()
             raise
         except Exception as e:
+            if self._cancel_called:   # cancel() from another task while this one waited
+                raise self._abandoned_error()
             self._finish(stream_failure(e))
             raise stream_failure(e)
 
@@ -154,11 +167,22 @@ class RpcResponseReader:
         return "".join(parts)
 
     def cancel(self):
-        """Stop waiting: the pending state is cleared and the rest is dropped."""
+        """Stop waiting: the pending state is cleared and the rest is dropped (a later
+        read raises StreamError). Again, or once the call is over, it does nothing more."""
+        self._cancel_called = True
         self._room._rpc_client.cancel(self.request_id)
         self._room._calls.pop(self.request_id, None)
-        if self._w.reader is not None:
-            self._w.reader._abandon()
+        w = self._w
+        w.payload = None   # an answer that came whole is let go of too
+        if w.reader is not None:
+            w.reader._abandon()
+        w.event.set()   # a read waiting for the answer to start learns it
+
+    close = cancel   # the stream readers' names for it
+
+    async def aclose(self):
+        """cancel(), awaitable, as a stream reader's aclose()."""
+        self.cancel()
 
 
 def end_call(room, req_id, w):

@@ -2293,3 +2293,58 @@ async def test_a_streaming_handler_answering_bytes_pieces_fails_its_call_with_15
     assert _stream_text(peer.packets, h["stream_id"]) == "ok"   # never the b"\xff"
     await close(a, peer)
 
+
+async def test_reading_a_response_you_cancelled_says_so_rather_than_blame_the_handler():
+    # it raised RpcError 1500 "Application error in method handler" (the cause only in
+    # .data); read before the answer started, it waited for ever
+    from lkedge.streams import StreamError
+    mem, a, b = await pair()
+
+    async def many(data):
+        return _Pieces(50, "y" * 100)
+
+    async def late(data):
+        await asyncio.sleep(10)
+        return "too late"
+    async def slow(data):
+        return _SlowPieces(100, "z" * 100)   # the first piece at once, then one each 0.2 s
+    b.local_participant.register_rpc_method("many", many, streaming=True)
+    b.local_participant.register_rpc_method("slow", slow, streaming=True)
+    b.local_participant.register_rpc_method("late", late)
+    b.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    lp = a.local_participant
+    reader = await lp.perform_rpc_stream(destination_identity="b", method="many", response_timeout=20)
+    for _ in range(3):
+        assert await reader.__anext__() == "y" * 100
+    reader.cancel()
+    for _ in range(2):   # and again: the same clear local error
+        e = await raises(StreamError, reader.read_all(), "abandoned", "cancel()", reader.request_id)
+        assert not isinstance(e, RpcError)
+    reader.cancel()   # again: nothing more
+    await reader.aclose()
+    assert not a._calls and len(a._rpc_client) == 0
+    # aclose() before the answer started: a read says so at once
+    reader = await lp.perform_rpc_stream(destination_identity="b", method="late", response_timeout=20)
+    await reader.aclose()
+    await reader.aclose()   # idempotent
+    await raises(StreamError, asyncio.wait_for(reader.__anext__(), 2), "abandoned")
+    assert not a._calls and len(a._rpc_client) == 0
+    # a reader waiting for the next piece when another task cancels the call
+    reader = await lp.perform_rpc_stream(destination_identity="b", method="slow", response_timeout=20)
+    got = []
+
+    async def read(r):
+        try:
+            async for s in r:
+                got.append(s)
+        except Exception as e:
+            got.append(e)
+    task = asyncio.create_task(read(reader))
+    await settle(lambda: got)
+    await asyncio.sleep(0.05)   # it waits for the second piece
+    assert got == ["z" * 100], got
+    reader.close()   # the stream readers' name for it too
+    await asyncio.wait_for(task, 2)
+    assert isinstance(got[-1], StreamError) and "abandoned" in str(got[-1]), got[-1]
+    assert await asyncio.wait_for(lp.perform_rpc(destination_identity="b", method="echo", payload="on"), 5) == "on"
+    await close(a, b)
