@@ -282,9 +282,20 @@ def _telemetry(room, cfg, profile):
     return tel
 
 
+def _room_options(profile):
+    """The Room's settings from the profile's link keys. One the library refuses (a
+    hand-edited profile.json) is logged and the board runs with the board defaults:
+    it still joins, so it can be redeployed, instead of failing at every boot."""
+    from lkedge.config import RoomOptions
+    try:
+        return RoomOptions.for_board(profile)
+    except (TypeError, ValueError) as e:
+        flashlog.error("profile.json link: %s: running with the board defaults" % (e,))
+        return RoomOptions.for_board()
+
+
 async def run():
     import machine
-    from lkedge.config import RoomOptions
     from lkedge.room import Room
 
     started = time.ticks_ms()
@@ -299,7 +310,7 @@ async def run():
     wdt = _start_watchdog(profile, machine)
     if wdt is not None:
         asyncio.create_task(_feed_watchdog(wdt))
-    room = Room(RoomOptions.for_board(profile))
+    room = Room(_room_options(profile))
     tel = _telemetry(room, cfg, profile)
     app = App(room, cfg, profile, machine, started, tel)
     app.config_reverted = trial.reverted

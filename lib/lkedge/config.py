@@ -134,6 +134,8 @@ class RoomOptions:
                      max_participants=24, max_frame=16384, max_streams=4, max_rpc_payload=16384,
                      max_rpc_handlers=4, max_inflated=16 << 20, max_inflate_ratio=100)
         if profile:
-            board.update(profile.get("link", profile))   # a profile's link keys are RoomOptions names
+            # its "link" keys are RoomOptions names; the rest of a profile (name, heap,
+            # pins...) is the firmware's, so a profile without "link" changes nothing
+            board.update(profile.get("link") or {})
         board.update(kw)
         return cls(**board)   # checked as any settings are

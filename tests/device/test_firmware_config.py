@@ -247,3 +247,16 @@ def test_each_numeric_key_takes_its_bounds_and_refuses_just_past_them():
             said = config.problem(key, bad)
             assert said is not None and key in said and ("%r" % (bad,)) in said, (key, bad, said)
         assert "wrong type" in config.problem(key, True)
+
+
+def test_a_profile_whose_link_the_library_refuses_is_logged_and_the_board_runs_with_its_defaults():
+    import app
+    with FlashLog() as log:
+        opts = app._room_options({"name": "x", "link": {"read_buffer": 1024, "ping_interval_ms": 0}})
+        assert opts.ping_interval_ms > 0 and opts.read_buffer == 512   # the board defaults, whole
+        assert "profile.json link: RoomOptions.ping_interval_ms" in log.text()
+        assert "running with the board defaults" in log.text()
+    with FlashLog() as log:
+        assert app._room_options({"name": "x", "link": {"read_buffer": 1024}}).read_buffer == 1024
+        assert app._room_options({"name": "x", "heap": 1}).read_buffer == 512   # no "link": nothing changes
+        assert "profile.json" not in log.text()
