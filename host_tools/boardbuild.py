@@ -469,6 +469,13 @@ def _library_module(path):
     return m.group(1) if m else None
 
 
+# The firmware's flash log (firmware/flashlog.py, what `log.tail` returns) writes a
+# traceback on one line, its lines joined by " | ": `... ERROR fatal: Traceback (most
+# recent call last): |   File "lkedge.room", line 172, in uniform | ValueError: x | `.
+_JOINED = " | "
+_JOINED_FRAME = re.compile(r' \| \s*File "')
+
+
 def untranslate(text, table, frames=None):
     """`text` (a board's traceback) with the board names written as source names, only
     where the board build put them: the function name of a library frame (File
@@ -476,28 +483,40 @@ def untranslate(text, table, frames=None):
     whose innermost frame is the library's (`'T' object has no attribute 'X'`, `name 'X'
     isn't defined`, `can't import name X`, `unexpected keyword argument 'X'`). Anything
     else (exception and errno names, asyncio's frames, the firmware's own) is left as
-    it is. `frames`, if a list, gets (module, line, source name) of each library frame."""
+    it is. A line of the flash log that holds a whole traceback, its lines joined by
+    " | " (flashlog.exception), is read as those lines. `frames`, if a list, gets
+    (module, line, source name) of each library frame."""
     out = []
-    lib_frame = False  # the previous line was a frame, and of the library
+    state = [False]  # the previous line was a frame, and of the library
     for line in text.splitlines(True):
         body = line.rstrip("\r\n")
         end = line[len(body):]
-        m = _FRAME.match(body)
-        if m:
-            module = _library_module(m.group(2))
-            lib_frame = module is not None
-            if lib_frame:
-                name = table.get(m.group(4), m.group(4))
-                body = m.group(1) + name + body[m.end():]
-                if frames is not None:
-                    frames.append((module, int(m.group(3)), name))
-        elif lib_frame:
-            body = _MESSAGE_NAME.sub(
-                lambda n: "'%s'" % table.get(n.group(1), n.group(1)) if n.group(1)
-                else table.get(n.group(0), n.group(0)), body)
-            lib_frame = False
+        if _JOINED_FRAME.search(body):
+            body = _JOINED.join(_untranslate_line(part, table, frames, state) for part in body.split(_JOINED))
+        else:
+            body = _untranslate_line(body, table, frames, state)
         out.append(body + end)
     return "".join(out)
+
+
+def _untranslate_line(body, table, frames, state):
+    """One line of a traceback, as untranslate() says; `state` [whether the line before
+    was a library frame] is read and updated."""
+    m = _FRAME.match(body)
+    if m:
+        module = _library_module(m.group(2))
+        state[0] = module is not None
+        if state[0]:
+            name = table.get(m.group(4), m.group(4))
+            body = m.group(1) + name + body[m.end():]
+            if frames is not None:
+                frames.append((module, int(m.group(3)), name))
+    elif state[0]:
+        body = _MESSAGE_NAME.sub(
+            lambda n: "'%s'" % table.get(n.group(1), n.group(1)) if n.group(1)
+            else table.get(n.group(0), n.group(0)), body)
+        state[0] = False
+    return body
 
 
 def check_frames(frames, lib_dir):

@@ -314,6 +314,27 @@ def test_lkedge_names_translates_only_library_frames_and_the_names_their_errors_
         assert kept in got
 
 
+def test_lkedge_names_decodes_a_traceback_as_the_flash_log_writes_it_on_one_line(tmp_path):
+    # firmware/flashlog.py joins a traceback's lines with " | ", and log.tail returns that
+    table = boardbuild.read_table(_table_file(tmp_path))
+    lines = BOARD_TRACE.replace("\r\n", "\n").split("\n")
+    joined = "1767225600 ERROR task failed: " + " | ".join(lines) + "\n"
+    want = "1767225600 ERROR task failed: " + " | ".join(boardbuild.untranslate("\n".join(lines), table)
+                                                         .split("\n")) + "\n"
+    assert boardbuild.untranslate(joined, table) == want and "_open_link" in want and "_Waiter" in want
+    # the command, on log.tail's output with the table a deploy of this checkout makes
+    renames = boardbuild.deploy_renames(os.path.join(ROOT, "lib", "lkedge"), os.path.join(ROOT, "firmware"))
+    with open(os.path.join(ROOT, "lib", "lkedge", "room.py"), encoding="utf-8") as f:
+        line = [n.lineno for n in ast.walk(ast.parse(f.read()))
+                if isinstance(n, ast.FunctionDef) and n.name == "_emit"][0] + 2
+    log = ('1767225600 INFO boot: firmware on esp32\n'
+           '1767225601 ERROR fatal: Traceback (most recent call last): |   File "main.py", line 30, in <module> | '
+           '  File "lkedge.room", line %d, in %s | ValueError: x | \n' % (line, renames["_emit"]))
+    r = _names(stdin=log)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    assert r.stdout == log.replace("in %s |" % renames["_emit"], "in _emit |"), r.stdout
+
+
 def _table_file(tmp_path):
     path = tmp_path / "renames.txt"
     path.write_text(REVIEW_TABLE + "\n")  # a blank line (an editor's) is no error
