@@ -10,7 +10,8 @@
                    {"bytes": N}, optional)
     file.get / file.put / file.stat    see files.py
     file.delete    see filedelete.py
-    config.update  JSON patch of config.json (keys and checks: config.py); effective after
+    config.update  JSON patch of config.json (keys and checks: config.py; a token's:
+                   tokencheck.py, a JWT for the board's identity, not expired); effective after
                    reboot. Answers {"updated": [keys], "effective": "after reboot",
                    "on_trial": bool, "revert_after_s": N}. on_trial: the new config's
                    Wi-Fi, relay or token differ from the last good config's (the last one
@@ -122,9 +123,11 @@ class App:
         return flashlog.TailSource(n)
 
     def config_update(self, data):
-        patch = _config_patch(data.payload)
         import config
         cfg = config.load()
+        # the board's identity: the room's once joined, else the one its token names
+        lp = getattr(self.room, "local_participant", None)
+        patch = _config_patch(data.payload, getattr(lp, "identity", None), token=cfg["token"])
         cfg.update(patch)
         config.save(cfg)
         import lastgood
@@ -158,7 +161,15 @@ def _file_delete(data):
     return filedelete.file_delete(data)
 
 
-def _config_patch(payload):
+_CLOCK = "clock"
+
+
+def _config_patch(payload, identity=None, now=_CLOCK, token=None):
+    """The checked patch of config.update's `payload` (RpcError E_BAD_CONFIG naming what
+    is wrong). A "token" is also checked against the board's `identity` (else the one
+    the current `token` names; neither: any identity goes) and, while the clock is set
+    (`now`: Unix seconds, None: not set; by default the board's), its expiry:
+    tokencheck.py."""
     import config
     try:
         patch = json.loads(payload)
@@ -168,6 +179,17 @@ def _config_patch(payload):
         raise files.rpc_error(files.E_NOT_JSON, "config.update needs a JSON object", (payload or "")[:100])
     for k in patch:
         why = config.problem(k, patch[k])
+        if why is not None:
+            raise files.rpc_error(E_BAD_CONFIG, why)
+    if "token" in patch:
+        import sys
+        import tokencheck
+        sys.modules.pop("tokencheck", None)  # its bytecode leaves the heap after the call
+        identity = identity or tokencheck.identity_of(token)
+        if now == _CLOCK:
+            import telemetry
+            now = telemetry.wall_time()
+        why = tokencheck.problem(patch["token"], identity, now)
         if why is not None:
             raise files.rpc_error(E_BAD_CONFIG, why)
     return patch

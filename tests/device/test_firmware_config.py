@@ -260,3 +260,88 @@ def test_a_profile_whose_link_the_library_refuses_is_logged_and_the_board_runs_w
         assert app._room_options({"name": "x", "link": {"read_buffer": 1024}}).read_buffer == 1024
         assert app._room_options({"name": "x", "heap": 1}).read_buffer == 512   # no "link": nothing changes
         assert "profile.json" not in log.text()
+
+def _jwt(claims):
+    """A JWT of `claims` as the board sees one: it reads the payload, cannot check the
+    signature (it has no secret), so the signature here is a stand-in."""
+    def part(b):
+        return binascii.b2a_base64(b).decode().strip().rstrip("=").replace("+", "-").replace("/", "_")
+    return part(b'{"alg":"HS256","typ":"JWT"}') + "." + part(json.dumps(claims).encode()) + ".c2ln"
+
+
+def _token_said(payload, identity="field-1", now=1800000000, token=None):
+    try:
+        r = methods._config_patch(payload, identity, now, token)
+    except RpcError as e:
+        assert e.code == methods.E_BAD_CONFIG, (payload, e.code, e.message)
+        return e.message
+    raise AssertionError("config.update %s was accepted: %r" % (payload, r))
+
+
+def test_config_update_refuses_a_token_that_cannot_be_the_boards():
+    # It took any token: one for another identity made the board rejoin as that one
+    # (and the trial never reverted: the join worked), an expired one locked it out.
+    good = _jwt({"sub": "field-1", "exp": 1800000600, "video": {"room": "lkedge", "roomJoin": True}})
+    assert methods._config_patch(json.dumps({"token": good}), "field-1", 1800000000) == {"token": good}
+    # the payload is base64url: '-' and '_' where base64 has '+' and '/'
+    odd = _jwt({"sub": "field-1", "exp": 1800000600, "name": "\u00ff\u00fe>>>?"})
+    assert "-" in odd.split(".")[1] or "_" in odd.split(".")[1], odd
+    assert methods._config_patch(json.dumps({"token": odd}), "field-1", 1800000000) == {"token": odd}
+    for token, said in (("abc", "not a JWT"), ("", "not a JWT"), ("a.b", "not a JWT"),
+                        ("a.!!!!.c", "not base64url JSON"), (_jwt([1, 2]), "not a JSON object"),
+                        ("x" * 5000, "more than a token's"),
+                        (_jwt({"exp": 1800000600}), 'no "sub"'), (_jwt({"sub": "field-1"}), 'no number "exp"'),
+                        (_jwt({"sub": "field-1", "exp": "1800000600"}), 'no number "exp"'),
+                        (_jwt({"sub": "field-9", "exp": 1800000600}), "for identity 'field-9', not this board's "
+                                                                       "'field-1'"),
+                        (_jwt({"sub": "field-1", "exp": 1799999990}), "expired 10 s ago")):
+        msg = _token_said(json.dumps({"token": token}))
+        assert msg.startswith("config key 'token'") and said in msg, (token[:40], msg)
+    # the clock not set (None): an expiry cannot be judged, the rest still is
+    old = _jwt({"sub": "field-1", "exp": 1000})
+    assert methods._config_patch(json.dumps({"token": old}), "field-1", None) == {"token": old}
+    # not joined yet: the board's identity is the one its current token names
+    assert "not this board's 'field-1'" in _token_said(json.dumps({"token": _jwt({"sub": "x", "exp": 1800000600})}),
+                                                       None, token=good)
+    # no identity known at all (a board deployed without a token): any sub goes
+    other = _jwt({"sub": "x", "exp": 1800000600})
+    assert methods._config_patch(json.dumps({"token": other}), None, 1800000000, "") == {"token": other}
+
+
+def test_config_update_checks_a_token_against_the_room_identity_and_the_boards_clock():
+    import telemetry
+
+    class _Room:
+        class local_participant:
+            identity = "field-1"
+
+    path = PREFIX + "config.json"
+    saved = config.PATH
+    config.PATH = path
+    try:
+        config.save(dict(config.DEFAULTS, token=_jwt({"sub": "field-1", "exp": 1})))
+        a = methods.App(_Room(), config.load(), {}, None, 0)
+        with FlashLog():
+            for claims, said in (({"sub": "field-9", "exp": 4000000000}, "not this board's 'field-1'"),
+                                 ({"sub": "field-1", "exp": 1000}, "expired")):
+                try:
+                    a.config_update(methods_data(json.dumps({"token": _jwt(claims)})))
+                except RpcError as e:
+                    assert e.code == methods.E_BAD_CONFIG and said in e.message, e.message
+                else:
+                    raise AssertionError("config.update took %r" % claims)
+            assert config.load()["token"] == _jwt({"sub": "field-1", "exp": 1}), "a refused token was saved"
+            assert telemetry.wall_time() is not None  # the host's clock is set: expiry was judged by it
+            fresh = _jwt({"sub": "field-1", "exp": 4000000000})
+            assert json.loads(a.config_update(methods_data(json.dumps({"token": fresh}))))["updated"] == ["token"]
+            assert config.load()["token"] == fresh
+    finally:
+        config.PATH = saved
+        _rm(path, path + ".tmp")
+
+
+class methods_data:
+    caller_identity = "tester"
+
+    def __init__(self, payload):
+        self.payload = payload
