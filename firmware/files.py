@@ -1,11 +1,12 @@
 """The file methods: file.get (streamed download), file.put (streamed upload),
-file.stat, file.delete.
+file.stat, file.delete, file.list.
 
     file.get     request {"path"}            -> the file as base64 text, streamed
     file.put     request: first line {"path"}, then the file as base64 text, streamed
                  -> {"path", "size", "sha256"} of what was written
     file.stat    {"path"} -> {"path", "size", "sha256"}
     file.delete  {"path"} -> {"path", "size", "free"}: filedelete.py
+    file.list    {"path", "start"} -> a folder's entries, a page at a time: filelist.py
 
 Paths are relative to the board's root and must be UTF-8 text (MicroPython's json
 lets "\\ud800" through); "..", control characters (U+0000-U+001F, U+007F-U+009F) and a
@@ -93,7 +94,8 @@ def safe_path(path):
         raise rpc_error(E_BAD_PATH, "bad path: not UTF-8 text" + NOT_TEXT)
     parts = [p for p in path.split("/") if p and p != "."]
     if not parts or ".." in parts or path.endswith("/") or _has_control(path):
-        raise rpc_error(E_BAD_PATH, "bad path %r: a file below / without '..' or control characters" % (path,))
+        raise rpc_error(E_BAD_PATH, "bad path %r: a file below / without '..' or control characters%s"
+                        % (path, " (file.list lists a folder)" if not parts or path.endswith("/") else ""))
     return "/".join(parts)
 
 
@@ -112,7 +114,7 @@ def _hexdigest(h):
 def _open(path, mode):
     try:
         if mode == "rb" and os.stat(path)[0] & 0x4000:  # a directory opens on some ports
-            raise rpc_error(E_NO_FILE, "cannot open %s: it is a directory" % path)
+            raise rpc_error(E_NO_FILE, "cannot open %s: it is a folder (file.list lists it)" % path)
         return open(path, mode)
     except OSError as e:
         raise rpc_error(E_NO_FILE, "cannot open %s: %s" % (path, _errname(e)))

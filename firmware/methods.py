@@ -10,6 +10,8 @@
                    {"bytes": N}, optional)
     file.get / file.put / file.stat    see files.py
     file.delete    see filedelete.py
+    file.list      a folder's entries (names, sizes, folders), a bounded page at a time:
+                   see filelist.py
     config.update  JSON patch of config.json (keys and checks: config.py; a token's:
                    tokencheck.py, a JWT for the board's identity, not expired); effective after
                    reboot. Answers {"updated": [keys], "effective": "after reboot",
@@ -76,6 +78,7 @@ class App:
         reg("file.put", self._counted(files.file_put), streaming=True)
         reg("file.stat", self._counted(files.file_stat))
         reg("file.delete", self._counted(_file_delete))
+        reg("file.list", self._counted(_file_list))
         reg("config.update", self._counted(self.config_update))
         reg("reboot", self._counted(self.reboot))
 
@@ -159,6 +162,14 @@ def _file_delete(data):
     import filedelete
     sys.modules.pop("filedelete", None)
     return filedelete.file_delete(data)
+
+
+def _file_list(data):
+    """file.list (filelist.py), imported for the call: its bytecode leaves the heap after."""
+    import sys
+    import filelist
+    sys.modules.pop("filelist", None)
+    return filelist.file_list(data)
 
 
 _CLOCK = "clock"

@@ -249,6 +249,49 @@ async def _refused(aw, code, *words):
     raise AssertionError("answered %r instead of failing with %d" % (r, code))
 
 
+async def test_file_list_finds_what_fills_the_flash_and_file_delete_removes_it(rig):
+    # docs/firmware.md: "Find what is large with file.list, and file.delete what you no
+    # longer need (also a .put-N.tmp ...)": file.list answered 1400, file.stat of "/" 4002
+    with open(os.path.join(rig.flash, ".put-0.tmp"), "wb") as f:
+        f.write(os.urandom(3000))   # what a reset in the middle of an upload leaves
+    room = await _host(rig)
+    try:
+        entries, start = [], 0
+        while start is not None:
+            page = json.loads(await _call(room, "file.list", json.dumps({"start": start})))
+            assert page["path"] == "/" and len(page["entries"]) <= 40 and page["free"] > 0, page
+            entries += page["entries"]
+            start = page["next"]
+        by_name = dict((e["name"], e) for e in entries)
+        assert by_name[".put-0.tmp"] == {"name": ".put-0.tmp", "size": 3000}, by_name
+        assert by_name["lib"] == {"name": "lib", "dir": True}
+        assert by_name["config.json"]["size"] == os.path.getsize(os.path.join(rig.flash, "config.json"))
+        lib = json.loads(await _call(room, "file.list", '{"path": "lib/lkedge"}'))
+        assert "room.mpy" in [e["name"] for e in lib["entries"]] or lib["next"] is not None, lib
+        assert json.loads(await _call(room, "file.delete", '{"path": ".put-0.tmp"}'))["size"] == 3000
+        await _refused(_call(room, "file.stat", '{"path": "/"}'), 4002, "file.list")
+        await _refused(_call(room, "file.list", '{"path": "config.json"}'), 4004, "not a folder")
+    finally:
+        await room.disconnect()
+
+
+async def test_config_update_refuses_a_token_for_another_identity_or_an_expired_one(rig):
+    # it took any token: after a reboot the board rejoined as field-9 (its name still
+    # field-1), and nothing reverted it, since the join worked
+    from lkedge_host.relay import auth
+    before = rig.flash_json("config.json")["token"]
+    room = await _host(rig)
+    try:
+        for token, words in ((auth.mint_token(rig.relay.key, rig.relay.secret, "field-9", ROOM, 3600),
+                              ("'field-9'", "not this board's '%s'" % BOARD)),
+                             (auth.mint_token(rig.relay.key, rig.relay.secret, BOARD, ROOM, -60), ("expired",)),
+                             ("abc", ("not a JWT",)), ("", ("not a JWT",))):
+            await _refused(_call(room, "config.update", json.dumps({"token": token})), 4005, *words)
+        assert rig.flash_json("config.json")["token"] == before
+    finally:
+        await room.disconnect()
+
+
 async def test_file_and_config_requests_the_board_cannot_keep_are_refused(rig):
     # a black-box user's findings: each was written or saved (or answered with text
     # that was not UTF-8, which dropped the board); now each is an RpcError
