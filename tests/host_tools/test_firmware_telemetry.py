@@ -184,7 +184,7 @@ def test_deploy_turns_telemetry_on_and_a_redeploy_keeps_it(rig):
 def test_a_redeploy_takes_the_options_else_the_boards_telemetry_settings(to, interval, old, want_to,
                                                                          want_interval, said):
     o = type("Options", (), {"telemetry_to": to, "telemetry_interval": interval})()
-    got_to, got_interval, say = deploy.telemetry_settings(o, {"tel": old})
+    got_to, got_interval, say = deploy.telemetry_settings(o, {"cfg": old})
     assert (got_to, got_interval) == (want_to, want_interval) and said in say, (got_to, got_interval, say)
 
 
