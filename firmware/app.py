@@ -251,7 +251,7 @@ async def _telemetry_loop(tel, profile, interval_ms):
             raise  # the exception handler resets the board
         except Exception as e:  # a full flash: keep sending what is queued, sample again later
             if not failing:  # once per failing spell, not once per sample
-                flashlog.error("telemetry sample not queued: %r (sampling goes on; counted as dropped)" % (e,))
+                flashlog.error("telemetry sample not queued: %s (sampling goes on; counted as dropped)" % _why(e))
             failing = True
         if not getattr(tel, "flushing", False):  # flush() returns at once when there is nothing to do
             asyncio.create_task(tel.flush())
@@ -261,6 +261,14 @@ async def _telemetry_loop(tel, profile, interval_ms):
             due = now_ms()
             wait = 0
         await _sleep_ms(wait)
+
+
+def _why(e):
+    """What a failed sample says: a full flash (OSError 28, ENOSPC) with how to free it."""
+    if isinstance(e, OSError) and e.args and e.args[0] == 28:
+        return ("the flash is full (OSError 28, ENOSPC): free some with file.list (what is large) and "
+                "file.delete (your files, a .put-N.tmp an upload cut short left)")
+    return repr(e)
 
 
 def _telemetry(room, cfg, profile):

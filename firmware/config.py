@@ -61,6 +61,16 @@ def _bad_text(value):
     return isinstance(value, str) and not is_text(value)
 
 
+def _json_type(v):
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true/false"
+    if isinstance(v, (int, float)):
+        return "number"
+    return {str: "string", dict: "object", list: "array"}.get(type(v), type(v).__name__)
+
+
 def problem(key, value):
     """Why `value` cannot be config key `key` (a message), or None when it can."""
     if _bad_text(key):
@@ -69,7 +79,8 @@ def problem(key, value):
     if want is None:
         return "unknown config key %r; known: %s" % (key, ", ".join(sorted(TYPES)))
     if not isinstance(value, want) or isinstance(value, bool):
-        return "config key %r has the wrong type %s" % (key, type(value).__name__)
+        return "config key %r has the wrong type %s: it takes %s" % (
+            key, _json_type(value), "a string" if want is str else "an object" if want is dict else "a number")
     if _bad_text(value):
         return "config key %r: its text is not UTF-8" % (key,) + NOT_TEXT
     if key == "telemetry_interval_s" and not 0.1 <= value <= INTERVAL_MAX_S:  # also NaN

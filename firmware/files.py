@@ -181,11 +181,14 @@ def _text(buf, n):
 async def file_put(data):
     reader = data.reader
     head, rest = await _read_header(reader, bytearray(_HEADER_MAX))
+    if head.lstrip()[:1] not in ("{", "[", '"'):  # not JSON: `base64 up.bin | lkedge call BOARD file.put -`
+        raise rpc_error(E_NO_HEADER, "file.put got no header line: its first line (%r...) is not JSON "
+                        "{\"path\": ...}; send that line first, then the base64" % head[:16])
     path = safe_path(request(head, "path")["path"])
     tmp = _claim(path)
     try:
-        _check_target(path)
-        return await _put(reader, path, tmp, rest)
+        old = _check_target(path)
+        return await _put(reader, path, tmp, rest, old)
     finally:
         del _writing[path]
 
@@ -214,7 +217,7 @@ def _claim(path):
 
 def _check_target(path):
     """Refuse, naming the user's path, a put that cannot succeed: its folder is missing
-    or a file, or its name is too long."""
+    or a file, or its name is too long. -> the size of the file it replaces, or None."""
     i = path.rfind("/")
     if i > 0:
         try:
@@ -224,10 +227,11 @@ def _check_target(path):
         if not folder:
             raise rpc_error(E_NO_FILE, "file.put: %s is a file, not a folder" % path[:i])
     try:
-        os.stat(path)
+        return os.stat(path)[6]
     except OSError as e:
         if _errno(e) == 36:
             raise rpc_error(E_BAD_PATH, "file.put: the name is too long for the flash: %s" % path)
+    return None
 
 
 def _create(tmp, path):
@@ -237,12 +241,13 @@ def _create(tmp, path):
         raise rpc_error(E_WRITE, "file.put: cannot write %s: %s" % (path, _errname(e)))
 
 
-def _allowance(path, size, n):
+def _allowance(path, size, n, old=None):
     """How many more bytes a put of `path` (`size` written so far) may write before it
     measures again: half the free flash beyond `reserve` and beyond what other puts
     may still write (_granted), at most _MEASURE_EVERY (the firmware writes meanwhile).
     Counted in _granted until written. Raises E_WRITE, saying why, when that is under
-    the `n` bytes it is about to write."""
+    the `n` bytes it is about to write (`old`: the size of the file it would replace,
+    None when there is none)."""
     free = free_bytes(path)
     if free is None:
         grant = max(n, _MEASURE_EVERY)
@@ -251,9 +256,13 @@ def _allowance(path, size, n):
         grant = max(n, min((free - reserve - _granted[0]) // 2, _MEASURE_EVERY))
     else:
         others = (" (other uploads running now may still write %d of it)" % _granted[0]) if _granted[0] else ""
+        # (the message is cut at 256 bytes: what to do about the old file goes in the data)
         raise rpc_error(E_WRITE, "file.put: no space for %s after %d bytes: %d free%s, and the board keeps %d "
-                        "for its own files (telemetry, config, log); file.delete makes room (the old file is "
-                        "kept)" % (path, size, free, others, reserve))
+                        "for its own files (telemetry, config, log); the upload needs at least %d bytes; file.delete "
+                        "makes room" % (path, size, free, others, reserve, size + n),
+                        ("nothing is written: there was no %s before" % path) if old is None else
+                        ("the old %s (%d bytes) is kept: its space comes back only when a new one replaces it, so "
+                         "file.delete it first if the flash cannot hold both" % (path, old)))
     _granted[0] += grant
     return grant
 
@@ -268,7 +277,7 @@ def free_bytes(path):
         return None
 
 
-async def _put(reader, path, tmp, rest):
+async def _put(reader, path, tmp, rest, old=None):
     h = hashlib.sha256()
     f = _create(tmp, path)
     room = [0]  # bytes it may write before it measures the free flash again
@@ -278,7 +287,7 @@ async def _put(reader, path, tmp, rest):
         if room[0] < n:
             _granted[0] -= room[0]   # what it had left is not counted against itself
             room[0] = 0
-            room[0] = _allowance(path, sink.size - n, n)  # raises past the reserve
+            room[0] = _allowance(path, sink.size - n, n, old)  # raises past the reserve
         room[0] -= n
         _granted[0] -= n
         f.write(chunk)
