@@ -4,7 +4,12 @@
     device.info    {firmware, lkedge, micropython, board, name, identity, unique_id,
                     uptime_ms, mem_free, mem_alloc, reset_cause, calls, telemetry,
                     config_reverted}: config_reverted is null, or why the board went back
-                    to its last good config (lastgood.py) and runs it now
+                    to its last good config (lastgood.py) and runs it now. mem_free and
+                    mem_alloc are gc's, after a collection: on a board they add up to its
+                    heap; on the emulated board mem_alloc also holds what a board keeps in
+                    flash (the frozen modules, the ROM's share, and the ballast block that
+                    leaves the profile's heap free: ~440 KB on the esp32 profile's
+                    110 KiB), so only mem_free compares with a board
     sensors.read   the profile's sensors, as JSON
     log.tail       streamed tail of the on-flash log, log.old then log.txt (request JSON
                    {"bytes": N}, optional)
