@@ -857,7 +857,9 @@ def board_config(o, board, default_identity, now=None):
             c.says.append("the board's token is kept (for %s in room %s, signed with API key %r, valid %s more): "
                           "this deploy has only the development keys, which a relay at %s refuses; give deploy "
                           "the relay's keys (--api-key/--api-secret, or LIVEKIT_API_KEY/LIVEKIT_API_SECRET) to "
-                          "renew it" % (c.identity, c.room, iss, _duration(left), host))
+                          "renew it%s" % (c.identity, c.room, iss, _duration(left), host,
+                                          "; the warning about the development keys above does not apply"
+                                          if o.relay is not None else ""))
         elif o.relay is None:   # (an explicit --relay was warned about by check_options)
             c.says.append(DEV_KEYS_WARNING % host)
     elif isinstance(iss, str) and iss not in (key, auth.DEV_API_KEY):

@@ -99,6 +99,9 @@ def test_without_the_relays_keys_the_boards_token_is_kept_rather_than_replaced_b
     assert not c.mint and c.token == FIELD["token"] and "token" in c.kept
     assert "the board's token is kept (for field-1 in room lkedge, signed with API key 'prodkey', valid 19 d" \
         in c.says[0] and "--api-key" in c.says[0], c.says
+    # (with --relay given, check_options warned of the development keys before the board was read)
+    c = deploy.board_config(_options("--relay", FIELD_RELAY), _board(**FIELD), "x")
+    assert not c.mint and "the warning about the development keys above does not apply" in c.says[0], c.says
     # ... but not one it cannot use: another identity or room, expiring, or itself a development one
     for board_cfg, argv in ((FIELD, ["--identity", "field-2"]), (FIELD, ["--room", "plant"]),
                             (dict(FIELD, token=_token(ttl=600)), []), (dict(FIELD, token=_token(key="devkey")), []),
