@@ -40,16 +40,19 @@ def file_list(data):
     if not st[0] & 0x4000:
         raise files.rpc_error(files.E_NO_FILE, "file.list: %s is a file, not a folder (file.stat tells its size)"
                               % path)
-    entries = []
-    chars = 0
-    bad = 0
+    import gc
+    import io
+    gc.collect()  # the answer is built in one growing buffer: start from a collected heap
+    out = io.StringIO()
+    out.write('{"path": %s, "entries": [' % json.dumps(path or "/"))
+    n = chars = bad = 0
     nxt = None
     i = -1
     for e in _ilistdir(where):
         i += 1
         if i < start:
             continue
-        if len(entries) >= LIST_MAX or chars >= LIST_CHARS:
+        if n >= LIST_MAX or chars >= LIST_CHARS:
             nxt = i
             break
         try:
@@ -57,15 +60,17 @@ def file_list(data):
         except UnicodeError:
             bad += 1
             continue
+        out.write(", " if n else "")
         if e[1] & 0x4000:
-            entries.append({"name": name, "dir": True})
+            out.write('{"name": %s, "dir": true}' % json.dumps(name))
         else:
-            entries.append({"name": name, "size": e[3] if len(e) > 3 and e[3] >= 0 else _size(where, e[0])})
+            size = e[3] if len(e) > 3 and e[3] >= 0 else _size(where, e[0])
+            out.write('{"name": %s, "size": %s}' % (json.dumps(name), json.dumps(size)))
+        n += 1
         chars += len(name) + 24
-    out = {"path": path or "/", "entries": entries, "next": nxt, "free": files.free_bytes(path + "/x")}
-    if bad:
-        out["not_utf8"] = bad
-    return json.dumps(out)
+    out.write('], "next": %s, "free": %s%s}' % (json.dumps(nxt), json.dumps(files.free_bytes(path + "/x")),
+                                               ', "not_utf8": %d' % bad if bad else ""))
+    return out.getvalue()
 
 
 def _ilistdir(where):
