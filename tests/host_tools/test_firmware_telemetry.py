@@ -254,3 +254,25 @@ async def test_sampling_goes_on_while_the_wifi_is_down_at_boot_and_it_is_retried
     assert _contiguous(seqs) and seqs[0] <= seq0, (seqs[:3], seq0)
     boots = set(r["boot"] for r in rx.lines if seq0 <= r["seq"] < offline)
     assert boots == {boot0 + 1}, boots
+
+
+async def test_file_list_pages_fit_the_heap_that_telemetry_leaves(rig):
+    # docs/firmware.md, "Its heap": with the receiver taking batches ~22 KB stay free on
+    # the esp32 profile; file.list built a dict per entry, and a page of lib/lkedge (40
+    # entries) failed there with MemoryError (1500)
+    room = await _host(rig)
+    rx = Receiver(rig)
+    try:
+        await _until(lambda: len(rx.seqs()) >= 5, 30, "the receiver to take samples")
+        for _ in range(5):
+            names, start = [], 0
+            while start is not None:
+                page = json.loads(await _call(room, "file.list", json.dumps({"path": "lib/lkedge", "start": start})))
+                names += [e["name"] for e in page["entries"]]
+                start = page["next"]
+            assert "room.mpy" in names and len(names) == len(os.listdir(os.path.join(rig.flash, "lib", "lkedge")))
+        info = json.loads(await _call(room, "device.info"))
+        assert info["telemetry"]["sent"] > 0, info
+    finally:
+        rx.stop()
+        await room.disconnect()
