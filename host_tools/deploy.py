@@ -140,6 +140,14 @@ UNIX_PLATFORMS = ("linux", "darwin", "freebsd", "netbsd", "openbsd")
 NO_REPL = ("no MicroPython REPL answered on %s%s (is it a MicroPython board? is its firmware stuck? is "
            "another program, a terminal or a `cat`, reading the port? close it and try again)")
 NOT_A_TTY = "%s is not a serial port or pty"
+# Free heap the query and the copies take at a board's REPL after a soft reset (boot.py
+# run, main.py not): 26000 passed and 24000 failed on the emulated esp32 (the 64-bit unix
+# port, the library and a firmware deployed over an earlier deploy; 2026-12-07).
+DEPLOY_HEAP_KB = 28
+NO_HEAP = ("the board ran out of heap answering deploy's query (%%s): deploy needs ~%d KB free at its REPL "
+           "after a soft reset (which frees what the firmware held and runs boot.py, not main.py), so its "
+           "boot.py keeps too much (or the board has less in all): keep boot.py small; `mpremote connect %%s exec "
+           "\"import gc; print(gc.mem_free())\"` shows what is free" % DEPLOY_HEAP_KB)
 
 
 class DeployError(RuntimeError):
@@ -299,26 +307,61 @@ def _firmware_artifacts(profile, firmware_dir, out_dir, mpy_cross, taken):
 
 # ----------------------------------------------------------------- the board side
 _QUERY = """
-import os, sys, hashlib, binascii, json
+import os, sys, gc, hashlib, binascii, json
+gc.collect()
+_b = bytearray(256)
 def _h(p):
     try:
         d = hashlib.sha256()
         with open(p, 'rb') as f:
             while True:
-                b = f.read(512)
-                if not b:
+                n = f.readinto(_b)
+                if not n:
                     break
-                d.update(b)
+                d.update(_b if n == 256 else _b[:n])
         return binascii.hexlify(d.digest()).decode()
     except OSError:
         return None
+def _man():
+    try:
+        f = open(%(manifest)r)
+    except OSError:
+        return False
+    try:
+        for l in f:
+            if l[:1] != '#' and ' ' in l:
+                e = l.rstrip('\\n').split(' ', 1)
+                print('LKEDGE-DEPLOY-MAN ' + json.dumps([e[0], e[1], _h(e[1])]))
+    except UnicodeError:
+        pass
+    f.close()
+    return True
+_m = _man()
+for _p in %(paths)r.split('\\n'):
+    print('LKEDGE-DEPLOY-H ' + json.dumps([_p, _h(_p)]))
+del _man
+#exec
+gc.collect()
 def _ls(d):
     try:
-        return [binascii.hexlify(e[0]).decode() for e in os.ilistdir(d.encode())]
+        for e in os.ilistdir(d.encode()):
+            print('LKEDGE-DEPLOY-N ' + json.dumps([d, binascii.hexlify(e[0]).decode()]))
+        return True
     except OSError:
         return None
     except UnicodeError:
         return 'unreadable'
+def _parts(d):
+    try:
+        return [e[3] if len(e) > 3 else os.stat(d.rstrip('/') + '/' + e[0])[6]
+                for e in os.ilistdir(d) if e[0].endswith(%(part)r) and e[1] == 0x8000]
+    except Exception:
+        return []
+for _p in %(dirs)r.split('\\n'):
+    print('LKEDGE-DEPLOY-D ' + json.dumps([_p, _ls(_p), _parts(_p)]))
+del _ls, _parts
+#exec
+gc.collect()
 def _port():
     try:
         import machine
@@ -338,20 +381,6 @@ def _uid():
         return binascii.hexlify(machine.unique_id()).decode()
     except Exception:
         return ''
-def _man():
-    try:
-        f = open(%(manifest)r)
-    except OSError:
-        return False
-    try:
-        for l in f:
-            if l[:1] != '#' and ' ' in l:
-                e = l.rstrip('\\n').split(' ', 1)
-                print('LKEDGE-DEPLOY-MAN ' + json.dumps([e[0], e[1], _h(e[1])]))
-    except UnicodeError:
-        pass
-    f.close()
-    return True
 def _cfg():
     try:
         if os.stat('/config.json')[6] > 8192:
@@ -367,29 +396,33 @@ def _fs():
         return [s[1] or s[0], s[4]]
     except Exception:
         return None
-def _parts(d):
-    try:
-        return [e[3] if len(e) > 3 else os.stat(d.rstrip('/') + '/' + e[0])[6]
-                for e in os.ilistdir(d) if e[0].endswith(%(part)r) and e[1] == 0x8000]
-    except Exception:
-        return []
+#exec
+gc.collect()
 %(romfs)s
-_m = _man()
-print('LKEDGE-DEPLOY ' + json.dumps({'rom': _rom(%(rom_n)d), 'hash': dict((p, _h(p)) for p in %(paths)s),
-      'ls': dict((d, _ls(d)) for d in %(dirs)s), 'mpy': sys.implementation._mpy, 'uid': _uid(),
-      'port': _port(), 'chip': _chip(), 'man': _m, 'cfg': _cfg(), 'fs': _fs(),
-      'part': [n for d in %(dirs)s for n in _parts(d)]}))
+print('LKEDGE-DEPLOY ' + json.dumps({'rom': _rom(%(rom_n)d), 'mpy': sys.implementation._mpy, 'uid': _uid(),
+      'port': _port(), 'chip': _chip(), 'man': _m, 'cfg': _cfg(), 'fs': _fs()}))
+del _b, _h, _port, _chip, _uid, _cfg, _fs, _rom, _romh, _m, _p
+gc.collect()
 """
+# Heap-frugal (DEPLOY_HEAP_KB): the board is soft-reset first (_query_args: what its
+# firmware held is freed, boot.py runs, main.py does not); the answer goes out a line at
+# a time as it is found (a file's hash, a folder's entry), never gathered into one
+# string; each "#exec" piece is an exec of its own, so the board compiles one piece at a
+# time; _h reads through one 256-byte buffer. The answer held whole and the code compiled
+# whole took ~45 KB: a deploy over an earlier one failed with MemoryError on a 70 KB heap.
+# Its names are deleted at the end: the copies that follow (`mpremote resume`) run in
+# the same interpreter.
 # _ls: names go as hex of their bytes (a bytes path lists bytes names on a board's
 # FAT/littlefs), so a name that is not UTF-8 cannot break the answer; 'unreadable' when
 # the board cannot list a folder at all (the emulated board's VfsPosix makes str names
-# and raises UnicodeError on a name that is not UTF-8). _port: the emulated board
+# and raises UnicodeError on a name that is not UTF-8), None when there is no such folder
+# (its N lines, if any, then do not count). _port: the emulated board
 # (host_tools/emulation/machine.py) runs the unix port but knows its profile's port.
 # _chip: a real board's build names its chip last ("Generic ESP32S3 module with
 # ESP32S3"); the emulated board knows its profile's; '' when the build does not say.
-# _man: the manifest of the last deploy, one line each entry (little heap: the firmware
-# mpremote interrupted still holds its own), [recorded sha256, path, its sha256 now
-# (None: gone)]; 'man' False when there is none (never deployed, or before manifests).
+# _man: the manifest of the last deploy, one line each entry, [recorded sha256, path,
+# its sha256 now (None: gone)]; 'man' False when there is none (never deployed, or
+# before manifests).
 # _cfg: the board's config.json (None: none, unreadable, or over 8 KiB), whose settings a
 # deploy keeps where its options do not set them (board_config).
 # _fs: the flash's free space, [block size, blocks free] (statvfs f_frsize, f_bavail;
@@ -418,7 +451,14 @@ def _mpremote(mpremote, port, args, what, timeout=MPREMOTE_TIMEOUT_S):
     return out
 
 
+def _last_line(out):
+    lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
 def _failure(port, what, err):
+    # the query's answer lines said before it failed (a hash line per file) are not why
+    err = "\n".join(ln for ln in err.splitlines() if not ln.startswith("LKEDGE-DEPLOY"))
     if "could not enter raw repl" in err:
         e = NoRepl(NO_REPL % (port, ""))
         e.retry = True   # (query_board tries again: the board may have been resetting)
@@ -443,11 +483,11 @@ def _is_tty(port):
 def query_board(mpremote, port, paths, dirs, rom_n=0):
     """The board's files, folders and facts (see _QUERY); `rom_n` > 0: with the sha256
     of the ROMFS partition's first rom_n bytes ('rom', lkedge_host.romfs)."""
-    code = _QUERY % {"paths": repr(sorted(paths)), "dirs": repr(sorted(dirs)), "manifest": MANIFEST,
+    code = _QUERY % {"paths": "\n".join(sorted(paths)), "dirs": "\n".join(sorted(dirs)), "manifest": MANIFEST,
                      "part": PART, "romfs": romfs.QUERY_FUNCTION, "rom_n": rom_n}
     for attempt in range(1, QUERY_TRIES + 1):
         try:
-            out = _mpremote(mpremote, port, ["exec", code], "reading the board's files", QUERY_TIMEOUT_S)
+            out = _mpremote(mpremote, port, _query_args(code), "reading the board's files", QUERY_TIMEOUT_S)
             break
         except _TimedOut:
             failed = NoRepl(NO_REPL % (port, " in %d tries of %d s" % (QUERY_TRIES, QUERY_TIMEOUT_S)))
@@ -455,17 +495,49 @@ def query_board(mpremote, port, paths, dirs, rom_n=0):
             if not getattr(e, "retry", False):
                 raise   # not a serial port: another try would say the same
             failed = e
+        except DeployError as e:
+            if "MemoryError" in getattr(e, "out", ""):
+                raise DeployError(NO_HEAP % (_last_line(e.out), port)) from None
+            raise
         if attempt == QUERY_TRIES:
             raise failed from None
         _say("no REPL answered on %s yet (a board restarting misses mpremote's Ctrl-C): trying again" % port)
-    man = []
+    return _read_answer(out)
+
+
+def _query_args(code):
+    """mpremote's arguments for the query: a soft reset first (the firmware's heap freed,
+    main.py not run: mpremote 1.29 does it anyway on its first contact, said here so that
+    it does not depend on that default), then its pieces, each an exec of its own, so that
+    the board compiles one piece at a time (the whole at once took ~20 KB of heap)."""
+    args = ["soft-reset"]
+    for piece in code.split("#exec\n"):
+        args += ["+", "exec", piece]
+    return args
+
+
+def _read_answer(out):
+    """The board's answer to _QUERY, as one dict: 'hash' {path: sha256 or None}, 'ls'
+    {folder: names or None}, 'part' (sizes), 'man' (entries, or None) and the facts of
+    its last line."""
+    man, hashes, names, ls, parts = [], {}, {}, {}, []
     for line in out.splitlines():
-        if line.startswith("LKEDGE-DEPLOY-MAN "):
-            man.append(json.loads(line[len("LKEDGE-DEPLOY-MAN "):]))
-        elif line.startswith("LKEDGE-DEPLOY "):
-            board = json.loads(line[len("LKEDGE-DEPLOY "):])
-            board["ls"] = dict((d, _names(d, hexes)) for d, hexes in board["ls"].items())
-            board["man"] = man if board.get("man") else None
+        tag, _, rest = line.partition(" ")
+        if tag == "LKEDGE-DEPLOY-MAN":
+            man.append(json.loads(rest))
+        elif tag == "LKEDGE-DEPLOY-H":
+            path, h = json.loads(rest)
+            hashes[path] = h
+        elif tag == "LKEDGE-DEPLOY-N":
+            d, hexname = json.loads(rest)
+            names.setdefault(d, []).append(hexname)
+        elif tag == "LKEDGE-DEPLOY-D":
+            d, listed, sizes = json.loads(rest)
+            ls[d] = _names(d, names.get(d, []) if listed is True else listed)
+            parts += sizes
+        elif tag == "LKEDGE-DEPLOY":
+            board = json.loads(rest)
+            board.update(hash=hashes, ls=ls, part=parts, man=man if board.get("man") else None)
             return board
     raise DeployError("the board did not answer the file query; its output: %r" % out[-500:])
 

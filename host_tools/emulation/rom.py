@@ -328,13 +328,22 @@ class Rom:
         w(b"R\x01")
         w(bytes((_PASTE_WINDOW & 0xFF, _PASTE_WINDOW >> 8, 1)))
         src = bytearray()
+        failed = None
         remain = _PASTE_WINDOW
         while True:
             c = self.con.getc()
             if c == 3 or c == 4:
                 w(b"\x04")  # end of data acknowledged
                 break
-            src.append(c)
+            if failed is None:
+                try:
+                    src.append(c)
+                except MemoryError as e:
+                    # A board compiles the code as it comes, and on a heap its program
+                    # fills that compile fails: the rest is read, and the MemoryError
+                    # said as the compile's error (before, it broke the exchange:
+                    # mpremote got "unexpected read during raw paste")
+                    failed, src = e, None
             remain -= 1
             if remain == 0:
                 w(b"\x01")  # another window is free
@@ -344,7 +353,21 @@ class Rom:
             self.print_exc(KeyboardInterrupt())
             w(b"\x04")
             return
-        self.run(src.decode(), "exec", True)
+        if failed is None:
+            try:
+                text = src.decode()
+            except MemoryError as e:
+                failed = e
+        if failed is not None:
+            src = None
+            self.reserve = None  # room to say it, as run() makes
+            w(b"\x04")
+            self.print_exc(failed)
+            w(b"\x04")
+            self.keep_room()
+            return
+        src = None
+        self.run(text, "exec", True)
 
     # ----------------------------------------------------------- friendly REPL
     def banner(self):
