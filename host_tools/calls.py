@@ -741,7 +741,7 @@ def add_room_arguments(p):
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_connection_arguments(p, "cli-room-%d" % os.getpid())
     p.epilog = ("An --identity (or --token) already in the room is refused with exit 2: joining "
-                "as it would push that participant out (call does the same).")
+                "as it would push that participant out (call and serve do the same).")
 
 
 async def _room(args):
@@ -811,7 +811,9 @@ exit codes:
   0    stopped by Ctrl-C or SIGTERM
   1    register(room) in FILE failed
   2    usage: bad arguments, a FILE that cannot be loaded or has no methods, a token
-       without canPublishData (serve could never answer: the relay refuses data from it)
+       without canPublishData (serve could never answer: the relay refuses data from it),
+       an identity (--identity, --token) already in the room: joining would push that
+       participant out (call and room refuse it too)
   4    cannot join, or dropped for good by the relay: its identity joined elsewhere
        (LEAVE 2), its token refused (LEAVE 3), data its token forbids (LEAVE 7)""" % SERVE_THREADS
 
@@ -821,6 +823,9 @@ def add_serve_arguments(p):
                                "an RPC method named after it (rpc_name attribute overrides); an "
                                "optional register(room) is called for anything else")
     add_connection_arguments(p, "host")
+    # "host" is a name people choose too (a second serve without --identity): it is looked
+    # for in the room as any --identity is, by a probe of serve's own
+    p.set_defaults(auto_identity="serve-%d" % os.getpid())
     p.epilog = SERVE_NOTES
     p.formatter_class = argparse.RawDescriptionHelpFormatter
 
@@ -911,6 +916,8 @@ async def _serve(args):
     loaded = _load(args)
     if loaded is None:
         return EXIT_USAGE
+    if not await _check_identity_free(args, "serve"):   # UsageError: run_serve says it
+        return EXIT_CONNECT
     # A server stays: after a link loss (relay restarted, network) it rejoins by itself.
     room = await _join(args, "serve", auto_reconnect=True)
     stop.joining = False
@@ -1189,6 +1196,8 @@ def run_serve(args):
     _stop_on_signals()   # until the loop runs: then _EarlyStop's, and once serving _until_stopped's
     try:
         return asyncio.run(_serve(args))
+    except UsageError as e:   # the identity is in the room already
+        return _usage("serve", e)
     except (KeyboardInterrupt, asyncio.CancelledError):   # Ctrl-C, SIGTERM or SIGHUP while joining: a stop too
         _said("stopped before serving began")
         return EXIT_OK

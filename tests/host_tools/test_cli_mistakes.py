@@ -268,6 +268,22 @@ def test_a_refused_token_gets_the_keys_advice_only_when_the_keys_are_what_is_wro
     _usage_error(r, "is empty")
 
 
+# Joins with the token it is given (argv: url, token) and stays until killed.
+TAKER = """
+import asyncio, sys
+from lkedge.config import RoomOptions
+from lkedge.room import Room
+
+async def main():
+    room = Room(RoomOptions())
+    await room.connect(sys.argv[1], sys.argv[2])
+    print("joined", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
 def test_serve_rejoins_after_a_relay_restart_and_stops_when_replaced(handlers):
     with RelayProcess() as relay:
         s = _Serve(handlers, relay.url, "svc")
@@ -279,13 +295,17 @@ def test_serve_rejoins_after_a_relay_restart_and_stops_when_replaced(handlers):
             r = _lk("call", "svc", "echo", "still here", "--url", relay.url)
             assert r.returncode == 0 and r.stdout == "still here", r.stderr
             # another participant takes the identity: the relay drops us for good
-            # (`room`/`call --identity svc` refuse to: a second serve does not)
-            second = _Serve(handlers, relay.url, "svc")
+            # (`room`, `call` and `serve --identity svc` refuse to: a participant of
+            # its own does not)
+            second = subprocess.Popen([sys.executable, "-c", TAKER, relay.url, relay.token("svc")],
+                                      stdout=subprocess.PIPE, text=True)
+            assert second.stdout.readline().strip() == "joined"
             assert s.proc.wait(10) == 4
         finally:
             s.stop()
             if second is not None:
-                second.stop()
+                second.kill()
+                second.wait()
     assert "link lost: LEAVE 5" in s.err
     assert "stopped: the relay will not take us back: LEAVE 2" in s.err
     assert "give each its own --identity" in s.err
@@ -517,13 +537,17 @@ def test_a_ws_url_at_the_relays_link_port_says_which_port_takes_ws(served):
     assert "a relay's WebSocket port?" in r.stderr and "link port takes tcp://" in r.stderr, r.stderr
 
 
-def test_an_identity_already_in_the_room_is_refused_not_pushed_out(served):
+def test_an_identity_already_in_the_room_is_refused_not_pushed_out(served, handlers):
     relay, s = served
     from lkedge_host.relay import auth
     token = auth.mint_token(auth.DEV_API_KEY, auth.DEV_API_SECRET, identity="host", room="lkedge")
+    # serve too: a second `lkedge serve --identity svc` pushed the first out (LEAVE 2), and
+    # so did one without --identity ("host" by default)
     for command in (["room", "--identity", "host"], ["room", "--token", token],
-                    ["call", "ghost", "echo", "--identity", "host"]):
+                    ["call", "ghost", "echo", "--identity", "host"], ["serve", handlers, "--identity", "host"],
+                    ["serve", handlers], ["serve", handlers, "--token", token]):
         _usage_error(_lk(*command, "--url", relay.url), "'host'", "already in room lkedge", "LEAVE 2")
+    assert "choose another --identity" in _lk("serve", handlers, "--url", relay.url).stderr
     assert s.proc.poll() is None and "link lost" not in s.err
     r = _lk("call", "host", "echo", "still served", "--url", relay.url)
     assert r.returncode == 0 and r.stdout == "still served", r.stderr
