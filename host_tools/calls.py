@@ -789,7 +789,8 @@ methods:
   Each public top-level function f(data) of FILE becomes a method named after it (an
   rpc_name attribute overrides); register(room), if FILE has one, may add more with
   room.local_participant.register_rpc_method. The line on stdout lists them all, and
-  each call is logged on stderr (an answer in pieces once its last piece is out). A
+  each call is logged on stderr once its answer is out (an answer in pieces once its
+  last piece is; one that could not be sent, the link lost meanwhile, as failed). A
   method gets the request whole in data.payload and returns a str (None for an empty
   answer) or an async iterable of str (an async generator, say), whose pieces go out
   as they come: a stream to a v2 caller, gathered up to 15 KiB for a v1 one (1504
@@ -949,11 +950,12 @@ async def _register(args, room, methods, hook):
     """Register the file's methods, run its register(room), then log (_logged) what that
     added too: -> the sorted names of every method served, None if register(room) failed."""
     slots = asyncio.Semaphore(SERVE_THREADS)
+    sent = _Sent(room)
     limit = room.options.max_rpc_payload
     for name, fn in methods.items():
         # streaming, so that an async iterable answer is streamed; _logged still hands fn
         # the request whole in data.payload, as a buffered handler gets it
-        room.local_participant.register_rpc_method(name, _logged(name, fn, slots, whole=limit), True)
+        room.local_participant.register_rpc_method(name, _logged(name, fn, slots, sent, whole=limit), True)
     if hook is not None:
         try:
             r = hook(room)
@@ -964,17 +966,17 @@ async def _register(args, room, methods, hook):
             _said("register(room) in %s failed (its traceback follows); nothing served" % args.file)
             traceback.print_exception(type(e), e, e.__traceback__.tb_next, file=sys.stderr)
             return None
-    return _log_all(room, slots)
+    return _log_all(room, slots, sent)
 
 
-def _log_all(room, slots):
+def _log_all(room, slots, sent):
     """Wrap (_logged) the methods register(room) added, as the file's own are: -> the sorted
     names of every method registered."""
     registered = room._rpc_server._methods   # name -> (handler, streaming): what is served
     for name, (fn, streaming) in list(registered.items()):
         if not getattr(fn, "_lkedge_serve", False):
             room.local_participant.unregister_rpc_method(name)
-            room.local_participant.register_rpc_method(name, _logged(name, fn, slots, streaming, room=room),
+            room.local_participant.register_rpc_method(name, _logged(name, fn, slots, sent, streaming, room=room),
                                                        streaming)
     return sorted(registered)
 
@@ -1018,9 +1020,9 @@ def _came_as_packet(room, data):
     return p is not None and min(p.client_protocol, room.options.client_protocol) < CLIENT_PROTOCOL_DATA_STREAM_RPC
 
 
-def _logged(name, fn, slots, streaming=False, whole=None, room=None):
+def _logged(name, fn, slots, sent, streaming=False, whole=None, room=None):
     """fn as serve runs it: a plain function in a thread (_in_thread), every call logged
-    (an answer in pieces when its last piece is out), any exception but RpcError (a
+    (ok once its answer is out, _Sent), any exception but RpcError (a
     BaseException too) answered as 1500 naming it, as is an answer the library would
     refuse. `streaming`: registered so (register(room)'s choice), fn reads data.reader.
     `whole` (a file's method, registered streaming so that its async iterable answer is
@@ -1045,13 +1047,13 @@ def _logged(name, fn, slots, streaming=False, whole=None, room=None):
             _log_call(name, data, "failed: %r" % (e,))
             raise _answer(e) from None
         if r is not None and not isinstance(r, str):
-            return _LoggedPieces(name, data, r, t0)
+            return _LoggedPieces(name, data, r, t0, sent)
         n = len(r.encode("utf-8", "surrogatepass")) if packet and r else 0
         if n > MAX_V1_PAYLOAD_BYTES:   # the library answers 1504 for it
             _log_call(name, data, "failed: its %d-byte answer is over the %d bytes an answer to a v1 "
                                   "request carries (1504 Response payload too large)" % (n, MAX_V1_PAYLOAD_BYTES))
             return r
-        _log_call(name, data, "ok %.1f ms" % ((time.monotonic() - t0) * 1000))
+        sent.log_at_end(name, data, t0)
         return r
     handler._lkedge_serve = True
     return handler
@@ -1090,15 +1092,16 @@ class _LoggedPieces:
     """An answer in pieces as the library streams it: each piece checked to be a str, the
     call logged once the last piece is out (ok) or the pieces fail (1500 naming why)."""
 
-    def __init__(self, name, data, source, t0):
-        self.name, self.data, self.t0 = name, data, t0
+    def __init__(self, name, data, source, t0, sent):
+        self.name, self.data, self.t0, self.sent = name, data, t0, sent
         self.source = source.__aiter__()
         self.pieces = self.chars = 0
         self.over = False
+        self.ok = None   # "ok ..." once the pieces have all come: said when they are out
         # The library sends the pieces in the task that ran the handler: when that task
         # ends with the pieces unfinished, the library stopped taking them (the caller
         # left, a v1 caller's answer outgrew 15 KiB: 1504); the call still gets its line.
-        asyncio.current_task().add_done_callback(self._stopped)
+        sent.watch(asyncio.current_task(), self._ended)
 
     def __aiter__(self):
         return self
@@ -1109,8 +1112,7 @@ class _LoggedPieces:
             if not isinstance(piece, str):
                 raise TypeError("%s answered a piece of type %s, not str" % (self.name, type(piece).__name__))
         except StopAsyncIteration:
-            self._log("ok %.1f ms (%d pieces, %d characters)"
-                      % ((time.monotonic() - self.t0) * 1000, self.pieces, self.chars))
+            self.ok = "ok %%.1f ms (%d pieces, %d characters)" % (self.pieces, self.chars)
             raise
         except asyncio.CancelledError:
             raise
@@ -1126,8 +1128,67 @@ class _LoggedPieces:
             self.over = True
             _log_call(self.name, self.data, outcome)
 
-    def _stopped(self, task):
-        self._log("failed: the answer stopped after %d pieces (%d characters)" % (self.pieces, self.chars))
+    def _ended(self, unsent):
+        if unsent is not None:
+            self._log("failed: its answer could not be sent after %d pieces (%d characters): %r"
+                      % (self.pieces, self.chars, unsent))
+        elif self.ok is not None:
+            self._log(self.ok % ((time.monotonic() - self.t0) * 1000))
+        else:
+            self._log("failed: the answer stopped after %d pieces (%d characters)" % (self.pieces, self.chars))
+
+
+class _Sent:
+    """Whether a call's answer went out. The library sends it after the method returned,
+    in the task that ran the method, and one that cannot go (the link lost meanwhile:
+    "lkedge: could not answer RPC ...") ends that task all the same: a call logged "ok"
+    when its method returned was then logged ok and never answered. So the room's sends
+    are watched, and a call answered is logged when its task ends: ok, or failed with
+    what its first failed send raised."""
+
+    def __init__(self, room):
+        self.watched = {}   # task -> [callback(unsent), the first exception a send raised]
+        send = room._send
+
+        def watched_send(pkt):   # Room._send: a function returning the awaitable that writes
+            try:
+                aw = send(pkt)
+            except Exception as e:
+                self._failed(e)
+                raise
+            return self._sending(aw)
+        room._send = watched_send
+
+    async def _sending(self, aw):
+        try:
+            return await aw
+        except Exception as e:
+            self._failed(e)
+            raise
+
+    def _failed(self, e):
+        w = self.watched.get(asyncio.current_task())
+        if w is not None and w[1] is None:
+            w[1] = e
+
+    def watch(self, task, callback):
+        """From now on note the sends of `task` that fail; callback(the first one's
+        exception, or None) once it has ended."""
+        self.watched[task] = w = [callback, None]
+
+        def ended(t):
+            self.watched.pop(t, None)
+            w[0](w[1])
+        task.add_done_callback(ended)
+
+    def log_at_end(self, name, data, t0):
+        """Log the call whose method answered (a str) once its answer is out, or not."""
+        def ended(unsent):
+            if unsent is None:
+                _log_call(name, data, "ok %.1f ms" % ((time.monotonic() - t0) * 1000))
+            else:
+                _log_call(name, data, "failed: its answer could not be sent: %r" % (unsent,))
+        self.watch(asyncio.current_task(), ended)
 
 
 def _log_call(name, data, outcome):

@@ -161,6 +161,38 @@ def test_ctrl_c_stops_serve_with_0_even_with_a_plain_method_running(methods_file
         assert "lkedge serve: stopped" in s.err
 
 
+SLOW = """
+import asyncio, sys
+
+async def slow(data):
+    print("slow started", file=sys.stderr, flush=True)
+    await asyncio.sleep(float(data.payload))
+    return "late"
+"""
+
+
+def test_a_call_whose_answer_could_not_be_sent_is_logged_as_failed_not_ok(tmp_path):
+    # the link went while the method ran: the library could not send its answer ("could
+    # not answer RPC ...: not connected"), and serve had logged the call "ok" all the same
+    f = tmp_path / "slow.py"
+    f.write_text(SLOW)
+    with RelayProcess() as relay:
+        s = _Serve(str(f), relay.url, "lost")
+        c = subprocess.Popen(LKEDGE + ["call", "lost", "slow", "2", "--url", relay.url],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+        try:
+            s.wait_for("slow started")
+            relay.kill()   # no relay to rejoin: the answer finds serve's room not connected
+            s.wait_for("call slow from")
+            assert s.stop() == 0
+        finally:
+            c.kill()
+            c.wait(10)
+    line = [ln for ln in s.err.splitlines() if "call slow from" in ln][0]
+    assert "failed: its answer could not be sent: OSError('not connected to a relay (reconnecting)')" in line, s.err
+    assert " ok " not in s.err and "could not answer RPC" in s.proc.stdout.read(), s.err
+
+
 def test_a_token_without_can_publish_data_is_refused_before_joining(methods_file):
     mute = auth.mint_token(auth.DEV_API_KEY, auth.DEV_API_SECRET, identity="mute", room="lkedge",
                            can_publish_data=False)
