@@ -675,9 +675,12 @@ def _rpc_failure(args, room, e, request):
         _v1_hint(args, room, request.size)
     elif (e.code == RpcError.APPLICATION_ERROR and e.message == RpcError.ErrorMessage[RpcError.APPLICATION_ERROR]
           and not e.data):
-        # the SDKs' handler failure says nothing more to the caller, by design
-        _say(None, "the handler of %s on %r failed without saying why to callers; its console (an lkedge "
-                   "board: `mpremote connect PORT repl`; lkedge serve: its stderr) has the traceback"
+        # the SDKs' handler failure says nothing more to the caller, by design. Where the
+        # traceback is: `mpremote ... repl` shows a board's console from then on only
+        _say(None, "the handler of %s on %r failed without saying why to callers; its traceback went where it "
+                   "runs: lkedge serve's stderr, or a board's console (an emulated board keeps what it printed "
+                   "while nothing read its port: `timeout 2 cat PTY`; on a real board open `mpremote connect PORT "
+                   "repl` and call again; `lkedge names` turns the library's respelled names in it back)"
                    % (args.method, args.destination))
     return EXIT_RPC
 
