@@ -109,3 +109,18 @@ def _async_generator(piece):
     return TypeError("a handler yielded %r: MicroPython has no async generators (an async def with "
                      "yield is a plain generator there); answer an object with __aiter__ and an "
                      "async __anext__ instead" % (piece,))
+
+
+def _stream_handler_failed(topic, sender, e, out=None):
+    """Print a stream handler's failure with its traceback (file and line), as
+    _handler_failed does for an RPC handler's: the sender hears nothing of it. `out`:
+    where to, sys.stdout (a board's console) unless given."""
+    if out is None:
+        out = sys.stdout
+    print("lkedge: stream handler for %r failed (a stream from %r):" % (topic, sender), file=out)
+    if hasattr(sys, "print_exception"):
+        sys.print_exception(e, out)
+    else:
+        import traceback
+        traceback.print_exception(type(e), e, e.__traceback__, file=out)
+

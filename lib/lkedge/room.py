@@ -952,7 +952,10 @@ class Room:
                         except asyncio.TimeoutError:
                             pass
         except Exception as e:
-            _warn("stream handler for %r failed: %r" % (reader.info.topic, e))
+            try:   # with its traceback, as an RPC handler's failure
+                load("misuse")._stream_handler_failed(reader.info.topic, sender, e)
+            except MemoryError:   # no heap to load that: the line alone
+                _warn("stream handler for %r failed: %r" % (reader.info.topic, e))
             reader._abandon()
         finally:
             self._handling.discard(reader)

@@ -994,6 +994,39 @@ async def test_a_sync_handler_may_hand_its_reader_to_a_task_as_in_the_livekit_sd
     await close(a, b)
 
 
+async def test_a_failing_stream_handler_is_reported_with_its_traceback():
+    # its file and line, as an RPC handler's failure is reported (before: one line with
+    # the exception's repr). Captured through the report's own `out`: a board's print
+    # and print_exception write to its console, which a test cannot swap
+    import io
+
+    from lkedge import load
+    misuse = load("misuse")
+    real = misuse._stream_handler_failed
+    out = io.StringIO()
+    misuse._stream_handler_failed = lambda topic, sender, e: real(topic, sender, e, out)
+    try:
+        mem, a, b = await pair()
+
+        async def boomup(reader, sender):
+            await reader.read_all()
+            raise ValueError("no room for " + sender)
+        b.register_text_stream_handler("boomup", boomup)
+        await a.local_participant.send_text("x", topic="boomup", destination_identities=["b"])
+        await settle(lambda: "ValueError" in out.getvalue())
+        await settle(lambda: not b._handling)
+        await a.local_participant.send_text("y", topic="boomup", destination_identities=["b"])   # still taken
+        await settle(lambda: out.getvalue().count("ValueError") == 2)
+        await close(a, b)
+    finally:
+        misuse._stream_handler_failed = real
+    text = out.getvalue()
+    assert text.startswith("lkedge: stream handler for 'boomup' failed (a stream from 'a'):\n"
+                           "Traceback (most recent call last):\n"), text
+    assert "test_room_streams.py\", line " in text and ", in boomup\n" in text, text
+    assert text.endswith("ValueError: no room for a\n"), text
+
+
 async def test_a_reader_read_after_its_handler_returned_says_so_instead_of_ending_empty():
     from attribute_helpers import Warnings
     mem, a, b = await pair()

@@ -1,6 +1,7 @@
 """lkedge.streams on the wire, checked against the official LiveKit protobuf classes
 (livekit-protocol) and CPython's zlib. The rules themselves are also exercised on
 both runtimes in tests/device/test_streams.py."""
+import asyncio
 import hashlib
 import os
 import random
@@ -18,7 +19,7 @@ from lkedge.memroom import MemRoom
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import deflate_fixtures  # noqa: E402
 import stream_fixtures as sf  # noqa: E402
-from room_helpers import close, join, raw, settle  # noqa: E402
+from room_helpers import close, join, pair, raw, settle  # noqa: E402
 from stream_helpers import Collector, feed_all  # noqa: E402
 
 
@@ -336,3 +337,27 @@ async def test_a_room_receives_streams_serialized_by_the_official_classes():
     for sid in ("x1", "x2"):   # more than total_length, also once inflated: not "incomplete"
         assert str(got[sid][2]).startswith("length exceeded"), got[sid]
     await close(a, peer)
+
+
+def test_a_failing_stream_handler_is_reported_with_its_traceback(capsys):
+    # "lkedge: stream handler for 'boomup' failed: ValueError(...)" was all: no file, no
+    # line, where an RPC handler's failure prints its traceback (misuse._handler_failed)
+    ran = []
+
+    async def boomup(reader, sender):
+        ran.append(await reader.read_all())
+        raise ValueError("no room for " + sender)
+
+    async def main():
+        mem, a, b = await pair()
+        b.register_text_stream_handler("boomup", boomup)
+        await a.local_participant.send_text("x", topic="boomup", destination_identities=["b"])
+        await settle(lambda: ran and not b._handling)
+        await close(a, b)
+    asyncio.run(main())
+    out = capsys.readouterr().out
+    assert ("lkedge: stream handler for 'boomup' failed (a stream from 'a'):\n"
+            "Traceback (most recent call last):\n") in out, out
+    line = boomup.__code__.co_firstlineno + 2
+    assert '%s", line %d, in boomup\n' % (__file__, line) in out, out
+    assert "ValueError: no room for a\n" in out, out
