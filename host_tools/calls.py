@@ -127,10 +127,24 @@ def prepare_connection(args):
     args.join_token = lambda: auth.mint_token(key, secret, identity=args.identity, room=args.room)
 
 
-def _join_failure(args, e):
+def _expired_hint(args):
+    """What to do about a token the relay refused as expired (LEAVE 3 "token expired")."""
+    if getattr(args, "minted", False):
+        from lkedge_host.relay import auth
+        return ("the token was minted here a moment ago, valid for %d h: this machine's clock and the "
+                "relay's disagree by more than that" % (auth.DEFAULT_TTL_S // 3600))
+    return ("the --token (or LKEDGE_TOKEN) has expired: mint a fresh one (`lkedge token --identity ID "
+            "--room ROOM --ttl 30d`), or give none: lkedge then mints one with the relay's keys at "
+            "every join, as a room that stays joined needs")
+
+
+def _join_failure(args, e, room=None):
     """The one-line reason a join failed, with what to do about it."""
     msg = str(e)
-    if getattr(e, "leave_code", None) == 3 and getattr(args, "minted", False) and any(
+    if (getattr(e, "leave_code", None) == 3 and room is not None and "expired" in room.leave_reason):
+        # the relay's words, and ours instead of the library's (its hint is for code)
+        msg = "the relay refused to join: LEAVE 3 %s; %s" % (room.leave_reason, _expired_hint(args))
+    elif getattr(e, "leave_code", None) == 3 and getattr(args, "minted", False) and any(
             w in msg for w in ("issuer", "signature")):   # not for a room the relay does not serve
         msg += ("; the token was minted here with API key %r: give the relay's keys (--api-key/"
                 "--api-secret or LIVEKIT_API_KEY/LIVEKIT_API_SECRET) or a --token it accepts" % args.key)
@@ -258,7 +272,7 @@ async def _join(args, command, auto_reconnect=False):
     try:
         await room.connect(args.url, args.join_token)   # set by prepare_connection
     except (ConnectError, OSError) as e:
-        print("lkedge %s: cannot join: %s" % (command, _join_failure(args, e)), file=sys.stderr)
+        print("lkedge %s: cannot join: %s" % (command, _join_failure(args, e, room)), file=sys.stderr)
         return None
     return room
 
@@ -942,7 +956,7 @@ async def _serve(args):
         raise asyncio.CancelledError()
     print("lkedge serve: %s in room %s serving %s" % (room.local_participant.identity, room.name,
                                                       ", ".join(names) or "no RPC method"), flush=True)
-    code = await _until_stopped(room)
+    code = await _until_stopped(room, args)
     await room.disconnect()
     if code == EXIT_OK:
         _said("stopped")
@@ -984,7 +998,7 @@ def _log_all(room, slots, sent):
     return sorted(registered)
 
 
-async def _until_stopped(room):
+async def _until_stopped(room, args):
     """Serve until Ctrl-C or SIGTERM (EXIT_OK) or a LEAVE the relay would only repeat (EXIT_CONNECT)."""
     stop = asyncio.Event()
     try:
@@ -1007,6 +1021,8 @@ async def _until_stopped(room):
             hint = ""
             if room.leave_code == 2:
                 hint = " (another participant joined as %r: give each its own --identity)" % room.local_participant.identity
+            elif room.leave_code == 3 and "expired" in room.leave_reason:
+                hint = " (%s)" % _expired_hint(args)
             _said("stopped: the relay will not take us back: LEAVE %s %s%s" % (
                 room.leave_code, room.leave_reason, hint))
             return EXIT_CONNECT

@@ -124,3 +124,16 @@ def _stream_handler_failed(topic, sender, e, out=None):
         import traceback
         traceback.print_exception(type(e), e, e.__traceback__, file=out)
 
+
+def _token_refused(reason):
+    """The ConnectError for a join the relay refused with LEAVE 3 (unauthorized) to a Room
+    given its token as a str. An expired one says what to do: a token that never changes
+    cannot outlive its expiry, and a room that stays rejoins with it (README: connect()
+    takes a function)."""
+    from .room import ConnectError
+    hint = ""
+    if "expired" in reason:
+        hint = ("; connect(url, fn) takes a function that returns a fresh token, called at every join, "
+                "as a room that stays joined longer than its token lives needs (a board that cannot mint "
+                "one needs a new token before the old expires: `lkedge deploy` writes one)")
+    return ConnectError("the relay refused to join: LEAVE 3 %s%s" % (reason, hint), 3)

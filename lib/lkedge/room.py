@@ -309,6 +309,8 @@ class Room:
             await self._drop_transport()
             if code is None:
                 raise ConnectError("the link closed while joining: %s" % self.last_error)
+            if code == 3 and not callable(self._token):   # LEAVE_UNAUTHORIZED, "token expired" say
+                raise load("misuse")._token_refused(self.leave_reason)
             raise ConnectError("the relay refused to join: LEAVE %s %s" % (code, self.leave_reason), code)
 
     async def _join_link(self, t, join):

@@ -446,8 +446,8 @@ class _RefusingRelay(CannedRelay):
     """A transport that answers any JOIN with LEAVE `code` and closes (a relay refusing
     the token): the bytes a refusing relay sends, without one."""
 
-    def __init__(self, code=link.LEAVE_UNAUTHORIZED):
-        CannedRelay.__init__(self, link.encode_control(link.LEAVE, {"code": code, "reason": "token is not a JWT"}))
+    def __init__(self, code=link.LEAVE_UNAUTHORIZED, reason="token is not a JWT"):
+        CannedRelay.__init__(self, link.encode_control(link.LEAVE, {"code": code, "reason": reason}))
 
 
 async def test_a_connect_refused_with_a_leave_leaves_nothing_running():
@@ -475,6 +475,24 @@ async def test_a_connect_refused_with_a_leave_leaves_nothing_running():
     await _refused(board.connect(_RefusingRelay(), "garbage"))
     await asyncio.sleep(0.1)
     assert board.connection_state == "disconnected" and events == [], (board.connection_state, events)
+
+
+async def test_an_expired_token_given_as_a_str_says_what_to_do_about_it():
+    # "LEAVE 3 token expired" alone: a room given its token as a str rejoins with it, so
+    # one that stays joined longer than the token lives ends so; the README's answer is
+    # a token function, which the error now names
+    board = Room(RoomOptions())
+    e = await _refused(board.connect(_RefusingRelay(reason="token expired"), "a-token"))
+    assert e.leave_code == link.LEAVE_UNAUTHORIZED, e
+    assert str(e).startswith("the relay refused to join: LEAVE 3 token expired; connect(url, fn) takes a "
+                             "function that returns a fresh token, called at every join"), e
+    # not for a token function (it did return one) nor for another refusal
+    e = await _refused(board.connect(_RefusingRelay(reason="token expired"), lambda: "a-token"))
+    assert str(e) == "the relay refused to join: LEAVE 3 token expired" and e.leave_code == 3, e
+    e = await _refused(board.connect(_RefusingRelay(), "a-token"))
+    assert str(e) == "the relay refused to join: LEAVE 3 token is not a JWT" and e.leave_code == 3, e
+    e = await _refused(board.connect(_RefusingRelay(link.LEAVE_FORBIDDEN, "token expired"), "a-token"))
+    assert str(e) == "the relay refused to join: LEAVE 7 token expired", e
 
 
 async def test_a_token_function_is_called_at_every_join_and_its_failure_is_said():

@@ -226,6 +226,36 @@ def test_a_token_minted_with_other_keys_says_which_keys_to_use():
     assert "minted here with API key 'devkey'" in r.stderr and "LIVEKIT_API_KEY" in r.stderr
 
 
+def test_an_expired_token_says_what_to_do_about_it(served, handlers):
+    # "LEAVE 3 token expired" alone left a person to guess; README recommends a token
+    # minted at every join (what the commands do without --token) for a room that stays
+    relay, _s = served
+    expired = relay.token("late", ttl_s=-3600)
+    for command in (["room"], ["call", "host", "echo"], ["serve", handlers]):
+        r = _lk(*command, "--token", expired, "--url", relay.url)
+        assert r.returncode == 4, r.stderr
+        assert ("cannot join: the relay refused to join: LEAVE 3 token expired; the --token (or LKEDGE_TOKEN) "
+                "has expired: mint a fresh one (`lkedge token --identity ID --room ROOM --ttl 30d`), or give "
+                "none: lkedge then mints one with the relay's keys at every join") in r.stderr, r.stderr
+
+
+def test_serve_whose_token_expired_while_serving_says_so_when_the_relay_refuses_it_back(handlers):
+    with RelayProcess() as relay:
+        # 60 s past its expiry the relay still takes it (its clock-skew leeway), 52 s: for
+        # another 8 s
+        token = relay.token("brief", ttl_s=-52)
+        born = time.monotonic()
+        s = _Serve(handlers, relay.url, "brief", "--token", token)
+        try:
+            time.sleep(max(0, born + 9 - time.monotonic()))
+            relay.restart()   # the rejoin meets the expired token
+            assert s.proc.wait(20) == 4
+        finally:
+            s.stop()
+    assert ("stopped: the relay will not take us back: LEAVE 3 token expired (the --token (or LKEDGE_TOKEN) "
+            "has expired: mint a fresh one") in s.err, s.err
+
+
 def test_a_self_signed_tls_relay_is_reached_with_cafile(tmp_path):
     cert, key = str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
