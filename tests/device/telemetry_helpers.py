@@ -27,3 +27,22 @@ async def collector_pair(sync=True):
             telemetry.SYNC_METHOD, sync if callable(sync) else (lambda data: data.payload))
     await settle(lambda: "collector" in board.remote_participants)
     return mem, board, col, got
+
+
+class FlakyTelemetry:
+    """Telemetry whose first `fail` samples hit a full flash (OSError 28), for the
+    firmware's telemetry loop (app._telemetry_loop) without a room."""
+
+    def __init__(self, fail):
+        self.fail = fail
+        self.samples = 0
+        self.flushes = 0
+
+    async def sample(self, values, t):
+        if self.fail:
+            self.fail -= 1
+            raise OSError(28)
+        self.samples += 1
+
+    async def flush(self):
+        self.flushes += 1

@@ -17,6 +17,7 @@ import config  # noqa: E402
 import flashlog  # noqa: E402
 import methods  # noqa: E402
 from lkedge.rpc import RpcError  # noqa: E402
+from telemetry_helpers import FlakyTelemetry  # noqa: E402
 
 # A name of its own per run: the suite runs this module in parallel workers and
 # under MicroPython at the same time, all in one working directory.
@@ -120,28 +121,10 @@ def test_the_flash_log_stays_bounded_one_line_per_message():
             assert 0 < os.stat(p)[6] <= flashlog.LOG_MAX, p
 
 
-class _FlakyTelemetry:
-    """Telemetry whose first `fail` samples hit a full flash."""
-
-    def __init__(self, fail):
-        self.fail = fail
-        self.samples = 0
-        self.flushes = 0
-
-    async def sample(self, values, t):
-        if self.fail:
-            self.fail -= 1
-            raise OSError(28)
-        self.samples += 1
-
-    async def flush(self):
-        self.flushes += 1
-
-
 async def test_the_telemetry_loop_keeps_going_after_a_sample_fails():
     import asyncio
     import app
-    tel = _FlakyTelemetry(3)
+    tel = FlakyTelemetry(3)
     with FlashLog() as log:
         task = asyncio.create_task(app._telemetry_loop(tel, {"sensors": []}, 1))
         # three failed samples, then two: each of the five turns starts a flush (as a

@@ -17,6 +17,7 @@ import config  # noqa: E402
 import files  # noqa: E402
 import methods  # noqa: E402
 from lkedge.rpc import RpcError  # noqa: E402
+from telemetry_helpers import FlakyTelemetry  # noqa: E402
 from test_firmware_files import _content, _Flash, _put_body, _put_error, _tmp, _absent  # noqa: E402
 
 PREFIX = "fwsays_test_%s_" % binascii.hexlify(os.urandom(3)).decode()
@@ -83,21 +84,6 @@ async def test_a_put_that_finds_no_space_says_how_much_it_needed_and_whether_an_
     assert not files._writing
 
 
-class _FullFlashTelemetry:
-    def __init__(self):
-        self.fail = 2
-        self.samples = 0
-
-    async def sample(self, values, t):
-        if self.fail:
-            self.fail -= 1
-            raise OSError(28)
-        self.samples += 1
-
-    async def flush(self):
-        pass
-
-
 async def test_a_sample_the_full_flash_refused_says_the_flash_is_full_and_how_to_free_it():
     # it said "telemetry sample not queued: OSError(28,)"
     import asyncio
@@ -105,7 +91,7 @@ async def test_a_sample_the_full_flash_refused_says_the_flash_is_full_and_how_to
     import flashlog
     saved = flashlog.LOG, flashlog.OLD
     flashlog.LOG, flashlog.OLD = PREFIX + "log.txt", PREFIX + "log.old"
-    tel = _FullFlashTelemetry()
+    tel = FlakyTelemetry(2)
     try:
         task = asyncio.create_task(app._telemetry_loop(tel, {"sensors": []}, 1))
         for _ in range(200):

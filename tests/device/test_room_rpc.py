@@ -1446,12 +1446,19 @@ async def test_streaming_handler_gets_the_request_in_pieces_no_larger_than_piece
     await close(a, peer)
 
 
-async def test_streaming_call_sends_an_incremental_stream_to_v2_and_gathers_within_the_cap_for_v1():
+async def _a_and_peers_v2_v1():
+    """-> (mem, a, p, old): a joined, and captured-packet peers p (v2, inflating) and
+    old (v1) that a knows of."""
     mem = MemRoom()
     a = await join(mem, "a")
     p = await raw(mem, "p", 2, (2,))
     old = await raw(mem, "old", 0)
     await settle(lambda: len(a.remote_participants) == 2)
+    return mem, a, p, old
+
+
+async def test_streaming_call_sends_an_incremental_stream_to_v2_and_gathers_within_the_cap_for_v1():
+    mem, a, p, old = await _a_and_peers_v2_v1()
     lp = a.local_participant
     task = asyncio.create_task(lp.perform_rpc_stream(destination_identity="p", method="m",
                                                      payload=_Pieces(3, "x" * 1000)))
@@ -2256,11 +2263,7 @@ class _Seq:
 async def test_a_streamed_payload_takes_str_pieces_only_refused_before_that_piece_is_sent():
     # bytes pieces went out as they were (b"\xff" came back as 1500 from the handler's
     # side); an int failed inside memoryview once the stream had started
-    mem = MemRoom()
-    a = await join(mem, "a")
-    p = await raw(mem, "p", 2, (2,))
-    old = await raw(mem, "old", 0)
-    await settle(lambda: len(a.remote_participants) == 2)
+    mem, a, p, old = await _a_and_peers_v2_v1()
     lp = a.local_participant
     for dest in ("p", "old"):
         for pieces, words in ((["ab", b"\xff"], "a text stream takes str, not bytes"),
