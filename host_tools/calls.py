@@ -21,7 +21,7 @@ from lkedge import link
 from lkedge.clock import wait_for   # (asyncio's before 3.12 can lose a cancel)
 from lkedge.config import RoomOptions
 from lkedge.consts import CLIENT_PROTOCOL_DATA_STREAM_RPC, MAX_V1_PAYLOAD_BYTES, RPC_ACK_TIMEOUT_MS
-from lkedge.participant import _whole_request
+from lkedge.sending import _whole_request
 from lkedge.readers import PayloadReader
 from lkedge.room import ConnectError, Room
 from lkedge.rpc import RpcError

@@ -157,8 +157,8 @@ class LocalParticipant:
                 data.payload = None
                 data.reader = reader if reader is not None else PayloadReader(None, payload.encode("utf-8"))
             else:
-                if reader is not None:
-                    payload = await _whole_request(reader, room.options.max_rpc_payload, inv.method)
+                if reader is not None:   # (a v2 caller, whose answer loads sending too)
+                    payload = await load("sending")._whole_request(reader, room.options.max_rpc_payload, inv.method)
                 data = inv.data()
                 data.payload = payload
             result = inv.handler(data)
@@ -358,18 +358,6 @@ class StreamWriter:
                                       % (self.stream_id, out._written, out.total_length))
 
     close = aclose
-
-
-async def _whole_request(reader, limit, method):
-    """A request stream read whole, as a buffered handler gets it (also lkedge serve's
-    file methods); RpcError 1402 past `limit` characters."""
-    try:
-        return await reader.read_all(limit=limit)
-    except ValueError as e:
-        if type(e) is not ValueError:  # a stream error (cut short, invalid UTF-8), not the limit
-            raise _unreadable(e)
-        raise RpcError(RpcError.REQUEST_PAYLOAD_TOO_LARGE, None,
-                       "%s: method %r takes its request whole, up to max_rpc_payload" % (e, method))
 
 
 def _unreadable(e):

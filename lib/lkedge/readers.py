@@ -132,15 +132,25 @@ class ByteStreamReader(_Reader):
         return out
 
     async def read_all(self, limit=None):
+        """The rest of the stream as one bytes; ValueError past `limit` bytes, told from
+        the header's total_length before anything is read when it has one (text:
+        TextStreamReader.read_all, these bytes decoded once). Each piece is copied as it
+        comes (small blocks, which a fragmented heap has room for) by a coroutine gone
+        once it returns: a frame that goes on keeps what it held in a stale slot, and an
+        inline request's content, a view of which this one held, lived on to the join."""
+        total = self.info.total_length if self.info is not None else None
         parts = []
-        total = 0
-        async for b in self:
-            total += len(b)
-            if limit is not None and total > limit:
+        n = 0
+        while True:
+            if limit is not None and (n > limit or total is not None and total > limit):
                 self._abandon()
                 raise ValueError("stream larger than the %d-byte read_all limit" % limit)
-            parts.append(b)
-        return b"".join(parts)
+            try:
+                parts.append(await ByteStreamReader.__anext__(self))
+            except StopAsyncIteration:
+                break
+            n += len(parts[-1])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class TextStreamReader(_Reader):
@@ -165,15 +175,15 @@ class TextStreamReader(_Reader):
                 return s
 
     async def read_all(self, limit=None):
-        # The limit counts UTF-8 bytes, what the text takes in memory (on a board a str
-        # is its UTF-8): counted in characters, 16384 of them took up to 64 KiB.
-        parts = []
-        async for s in self:
-            if limit is not None and self._dec.offset > limit:
-                self._abandon()
-                raise ValueError("stream larger than the %d-byte read_all limit" % limit)
-            parts.append(s)
-        return "".join(parts)
+        # The bytes gathered whole, then decoded once (utf8.text checks them): on a
+        # board the str shares the joined bytes' data, so the text costs one block of
+        # its length beside the pieces, not decoded pieces and their joined copy.
+        b = await ByteStreamReader.read_all(self, limit)
+        d = self._dec
+        if d._npend:   # a character the last piece iterated ended inside
+            b = bytes(d._pend[:d._npend]) + b
+            d._npend = 0
+        return utf8._decode(b, d.offset)
 
 
 class PayloadReader(TextStreamReader):

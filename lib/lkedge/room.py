@@ -683,7 +683,7 @@ class Room:
                 raise ValueError("a %d-byte field to hold whole, over max_frame %d"
                                  % (dec.big_len, self.options.max_frame))
             self._acc_key = key
-            self._acc = bytearray(dec.big_len)
+            self._acc = bytearray(dec.big_len + 1)
             self._acc_n = 0
         n = self._acc_n
         self._acc[n:n + len(mv)] = mv

@@ -1,5 +1,7 @@
 """Sending whole payloads as data streams: send_text / send_bytes / send_file, and
-gathering an incremental payload for a v1 peer.
+gathering an incremental payload for a v1 peer; and gathering a v2 request whole for a
+buffered handler (whose answer, a str, goes out as such a payload: the same call
+loads this module either way).
 
 Imported on first use, with lkedge.finite (negotiation, inline/compressed/chunked
 packets): a board that only streams incrementally or answers RPCs with an async
@@ -8,7 +10,8 @@ iterable never loads either.
 from . import finite, load, streams
 from .consts import MIME_BYTES, STREAM_CHUNK_SIZE_BYTES
 from .ids import uuid4
-from .participant import _now_epoch_ms, is_awaitable
+from .participant import _now_epoch_ms, _unreadable, is_awaitable
+from .rpc import RpcError
 from .utf8 import encoded_text
 
 
@@ -200,3 +203,16 @@ async def gather_text(source, cap, error):
             raise error
         parts.append(b)
     return b"".join(parts)
+
+
+async def _whole_request(reader, limit, method):
+    """A request stream read whole, as a buffered handler gets it (also lkedge serve's
+    file methods); RpcError 1402 past `limit` UTF-8 bytes (at once when the stream's
+    header says it has more)."""
+    try:
+        return await reader.read_all(limit=limit)
+    except ValueError as e:
+        if type(e) is not ValueError:  # a stream error (cut short, invalid UTF-8), not the limit
+            raise _unreadable(e)
+        raise RpcError(RpcError.REQUEST_PAYLOAD_TOO_LARGE, None,
+                       "%s: method %r takes its request whole, up to max_rpc_payload" % (e, method))

@@ -487,6 +487,7 @@ class IncomingStreams:
         except StreamError as e:
             err = self._short_error(st, e)
         _done(st)
+        mv = inline = st.ev.data = None
         yield StreamEnded(st.info, err)
 
     # ------------------------------------------------------------- chunks

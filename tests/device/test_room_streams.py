@@ -695,6 +695,42 @@ async def test_byte_reader_pieces_are_at_most_piece_size_and_read_all_gets_every
     await close(a, peer)
 
 
+async def test_text_read_all_gathers_bytes_decodes_once_and_takes_up_where_iterating_stopped():
+    # read_all gathers the bytes and decodes them once (a board's str then shares the
+    # joined bytes): what iterating read before, a character its last piece ended
+    # inside included, is not lost; bad UTF-8 is still a Utf8Error; a header announcing
+    # more than the limit is refused before a byte is read.
+    from lkedge.utf8 import Utf8Error
+    mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2, piece_size=16, read_buffer=4096)
+    text = "üa" * 300   # 900 bytes; the first piece of 16 ends inside the sixth "ü"
+    got = []
+
+    async def handler(reader, sender):
+        try:
+            first = await reader.__anext__() if reader.info.topic == "after" else ""
+            got.append((reader.info.stream_id, first + await reader.read_all(limit=1000)))
+        except Exception as e:
+            got.append((reader.info.stream_id, e))
+    for topic in ("after", "all"):
+        a.register_text_stream_handler(topic, handler)
+    cases = [("s1", "after", text.encode("utf-8"), None),
+             ("s2", "all", text.encode("utf-8"), None),
+             ("s3", "all", b"ok \xed\xa0\x80 surrogate", None),
+             ("s4", "all", b"x" * 10, 1001)]
+    for sid, topic, content, total in cases:
+        await peer.send({"destination_identities": ["a"], "stream_header": {
+            "stream_id": sid, "topic": topic, "total_length": total or len(content), "text_header": {}}})
+        if total is None:
+            await peer.send({"destination_identities": ["a"], "stream_chunk": {"stream_id": sid, "content": content}})
+            await peer.send({"destination_identities": ["a"], "stream_trailer": {"stream_id": sid}})
+        await settle(lambda: len(got) == cases.index((sid, topic, content, total)) + 1)
+    assert got[0] == ("s1", text) and got[1] == ("s2", text), got[:2]
+    assert isinstance(got[2][1], Utf8Error), got[2]
+    e = got[3][1]
+    assert type(e) is ValueError and "1000-byte read_all limit" in str(e), e
+    await close(a, peer)
+
+
 async def test_duplicate_chunk_from_the_wire_is_dropped():
     mem, a, peer = await room_and_peer(peer_identity="p", client_protocol=2)
     got = []
