@@ -147,11 +147,11 @@ class LocalParticipant:
     async def _invoke(self, inv, payload=None, reader=None):
         """Run a registered method for one request and send its answer."""
         room = self._room
-        if not inv.streaming:
-            # Room's timer cancels it past the caller's timeout, counted from the
-            # request: a request trickled in must not hold a handler slot for longer
-            room._deadlines[inv] = (now_ms() + int(inv.response_timeout * 1000), asyncio.current_task())
         try:
+            if not inv.streaming:
+                # Room's timer cancels it past the caller's timeout, counted from the
+                # request: a request trickled in must not hold a handler slot for longer
+                room._deadlines[inv] = (now_ms() + int(inv.response_timeout * 1000), asyncio.current_task())
             if inv.streaming:
                 data = inv.data()
                 data.payload = None
@@ -167,6 +167,7 @@ class LocalParticipant:
             # here and below, before anything is sent: the timer must not cancel a task
             # in the middle of a frame (that would end the link)
             room._deadlines.pop(inv, None)
+            inv.payload = payload = data = None   # the request: garbage while the answer goes, unless kept
             if result is None:
                 result = ""
             elif not isinstance(result, str) and not (inv.streaming and _is_async_iterable(result)):
@@ -179,12 +180,24 @@ class LocalParticipant:
                 _log_send_failure(inv, e)
         except Exception as e:
             room._deadlines.pop(inv, None)
-            if reader is not None and (e is reader._error or isinstance(e, Utf8Error)):
-                # the caller's request stream failed (cut short, too long, not UTF-8):
-                # not the handler's fault, and livekit-client's answer to it
-                e = _unreadable(e)
-            elif not isinstance(e, RpcError):  # the caller gets 1500; the details belong here
-                load("misuse")._handler_failed(inv, e)
+            inv.payload = payload = data = result = None
+            try:
+                if isinstance(e, MemoryError):
+                    # No heap (gathering the request, in the handler, answering): what
+                    # those held is garbage now (an allocation that fails collects it),
+                    # and the answer loads nothing: not misuse, nor a board build's
+                    # msgtext for a moved text (a local's text stays in the bytecode)
+                    oom = "out of memory: %s" % (e,)
+                    e = RpcError(RpcError.APPLICATION_ERROR, None, oom)
+                    print("lkedge: RPC", inv.method, oom)
+                elif reader is not None and (e is reader._error or isinstance(e, Utf8Error)):
+                    # the caller's request stream failed (cut short, too long, not UTF-8):
+                    # not the handler's fault, and livekit-client's answer to it
+                    e = _unreadable(e)
+                elif not isinstance(e, RpcError):  # the caller gets 1500; the details belong here
+                    load("misuse")._handler_failed(inv, e)
+            except MemoryError:
+                pass   # (the text, the report or its module): the caller still gets 1500
             await self._send_error(inv, e)
         except asyncio.CancelledError:
             room._deadlines.pop(inv, None)
@@ -367,4 +380,7 @@ def _unreadable(e):
 
 
 def _log_send_failure(inv, e):
-    print("lkedge: could not answer RPC %s from %s: %r" % (inv.request_id, inv.caller_identity, e))
+    try:
+        print("lkedge: could not answer RPC %s from %s: %r" % (inv.request_id, inv.caller_identity, e))
+    except MemoryError:
+        pass   # a handler's task must end all the same (a board's firmware may reset for one that dies)

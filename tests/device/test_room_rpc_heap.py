@@ -1,4 +1,5 @@
-"""A board gathers a buffered request in about twice its size.
+"""A board gathers a buffered request in about twice its size, and answers every RPC
+request, also when its heap runs out.
 
 A buffered handler (registered without streaming=True) gets its request whole, as a
 str. Gathering it took three times its size on a board: an inline request's content
@@ -6,6 +7,9 @@ str. Gathering it took three times its size on a board: an inline request's cont
 beside its pieces until they were joined, and the joined copy did not fit the hole
 the content left (a bytes needs one byte more). A request of 12 KB failed with
 MemoryError at the join on the emulated ESP32.
+
+The failure path loaded a module (lkedge.misuse) for its report: with no heap for that
+either, the handler's task died and the caller waited for its timeout.
 
 The board's side runs under MicroPython with the heap below; the request comes as the
 relay would send it, in pieces made as the board reads them (MemRoom with a small
@@ -19,7 +23,7 @@ import sys
 from attribute_helpers import relay_says
 from room_helpers import close, raw, settle, varint, watch_escapes
 
-from lkedge import link, proto, relayside
+from lkedge import link, participant, proto, relayside
 from lkedge.config import RoomOptions
 from lkedge.consts import ATTR_RPC_METHOD, ATTR_RPC_REQUEST_ID, ATTR_RPC_TIMEOUT, ATTR_RPC_VERSION
 from lkedge.memroom import MemRoom
@@ -117,6 +121,91 @@ async def test_a_buffered_request_is_gathered_in_about_twice_its_size():
         assert not escaped, escaped
     finally:
         _give_back()
+        asyncio.get_event_loop().set_exception_handler(None)
+    await close(b, caller)
+
+
+async def test_a_request_the_heap_cannot_gather_is_answered_1500_naming_it_and_the_board_goes_on():
+    mem, b, caller = await _board(max_rpc_payload=65536)
+    b.local_participant.register_rpc_method("m", _len)
+    escaped = watch_escapes()
+    try:
+        assert await _answer(mem, caller, "warm", 100) == ("ok", "100")
+        if _MP:
+            # The content (one 16 KB block) fits, not its pieces beside it: the gathering
+            # fails, in the handler's task (with less, the packet itself is dropped, as
+            # "DataPacket dropped: memory allocation failed, ...", from the link's task).
+            _leave(32 * 1024)
+            code, data = await _answer(mem, caller, "big", 16000)
+            _give_back()
+            # It was 1500 without a word (the failure's report loaded lkedge.misuse first).
+            assert code == RpcError.APPLICATION_ERROR, (code, data)
+            assert (data or "").startswith("out of memory: memory allocation failed, allocating "), data
+        assert await _answer(mem, caller, "after", 100) == ("ok", "100")
+        assert not escaped, escaped
+        assert not b._invoking and not b._deadlines
+    finally:
+        _give_back()
+        asyncio.get_event_loop().set_exception_handler(None)
+    await close(b, caller)
+
+
+async def test_a_handler_out_of_heap_is_answered_1500_out_of_memory_without_loading_a_module():
+    # A handler's failure is reported on the board by lkedge.misuse, loaded on first use:
+    # with no heap to load it, the MemoryError came out of the failure path itself, the
+    # task died ("Task exception wasn't retrieved") and the caller got nothing (a board's
+    # firmware may reset for a task that dies of MemoryError: this repository's does).
+    mem, b, caller = await _board()
+
+    def greedy(data):
+        if _MP:
+            return str(len(bytearray(1 << 30)))   # MemoryError, for real
+        raise MemoryError("memory allocation failed, allocating 1073741824 bytes")
+    b.local_participant.register_rpc_method("m", greedy)
+    escaped = watch_escapes()
+    loads = []
+    real = participant.load
+
+    def no_heap_to_load(name):   # (the request itself is gathered by lkedge.sending)
+        loads.append(name)
+        if name == "misuse":
+            raise MemoryError("memory allocation failed, allocating 2048 bytes (loading %s)" % name)
+        return real(name)
+    participant.load = no_heap_to_load
+    try:
+        code, data = await _answer(mem, caller, "r1", 100)
+        assert code == RpcError.APPLICATION_ERROR, (code, data)
+        assert data.startswith("out of memory: memory allocation failed, allocating"), data
+        assert "misuse" not in loads, loads
+        assert not escaped, escaped
+        assert not b._invoking and not b._deadlines
+    finally:
+        participant.load = real
+        asyncio.get_event_loop().set_exception_handler(None)
+    await close(b, caller)
+
+
+async def test_a_handler_failing_otherwise_is_still_answered_when_its_report_cannot_load():
+    mem, b, caller = await _board()
+
+    def broken(data):
+        raise KeyError("k")
+    b.local_participant.register_rpc_method("m", broken)
+    escaped = watch_escapes()
+    real = participant.load
+
+    def no_heap_to_load(name):
+        if name == "misuse":   # the failure's report
+            raise MemoryError("memory allocation failed, allocating 2048 bytes")
+        return real(name)
+    participant.load = no_heap_to_load
+    try:
+        # as any handler failure to a v2 caller: 1500, the details being the board's
+        assert await _answer(mem, caller, "r1", 100) == (RpcError.APPLICATION_ERROR, None)
+        assert not escaped, escaped
+        assert not b._invoking
+    finally:
+        participant.load = real
         asyncio.get_event_loop().set_exception_handler(None)
     await close(b, caller)
 
