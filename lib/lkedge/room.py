@@ -299,6 +299,8 @@ class Room:
             await self._drop_transport()
             if waiting and isinstance(e, asyncio.TimeoutError):
                 raise ConnectError("no JOINED from the relay within %d ms" % self.options.join_timeout_ms)
+            if isinstance(e, MemoryError):   # not the relay's doing (the transport passes it on)
+                raise ConnectError("out of memory while joining: %s" % (e,))
             if isinstance(e, Exception):  # connecting or writing the JOIN failed
                 raise ConnectError("cannot reach the relay at %s: %s" % (self._url, _cause(e)))
             raise
@@ -316,8 +318,12 @@ class Room:
     async def _join_link(self, t, join):
         # Under join_timeout_ms with the wait for JOINED: a relay that never reads its
         # link may not take even the JOIN, and connect() must still end.
+        # The reader's buffers here: a MemoryError is this attempt's, said as such (in the
+        # reader's task it was lost, and connect() waited for the JOINED that had come)
+        o = self.options
+        buf, dec = memoryview(bytearray(o.read_buffer)), proto.PacketDecoder(o.max_field, o.max_values)
         await self._sender.send_frame(link.JOIN, cbor.dumps(join))
-        self._reader_task = asyncio.create_task(self._reader_loop(t))
+        self._reader_task = asyncio.create_task(self._reader_loop(t, buf, dec))
         await self._joined.wait()
 
     async def disconnect(self, *, reason=None):
@@ -426,17 +432,14 @@ class Room:
             delay = min(delay * 2, self.options.reconnect_max_ms)
 
     # ----------------------------------------------------------- reader task
-    async def _reader_loop(self, t):
-        o = self.options
-        buf = memoryview(bytearray(o.read_buffer))
-        fr = link.FrameReader(max(o.max_frame, 16384))
-        dec = proto.PacketDecoder(o.max_field, o.max_values)
+    async def _reader_loop(self, t, buf, dec):
         why = "the link closed without a LEAVE (the relay stopped, or the connection was cut)"
         self._events = None  # _decoded's pending stream events belong to this task
         self._inline = None
         first = True
         cancelled = False
         try:
+            fr = link.FrameReader(max(self.options.max_frame, 16384))
             while True:
                 self._idle = 1
                 n = await t.read_into(buf)

@@ -297,7 +297,8 @@ class StreamTransport:
         await self._abort()
         if self._gone is not None:
             return self._gone
-        if isinstance(e, TransportError):
+        # a MemoryError as it is: no heap is not the link's fault (Room says it so)
+        if isinstance(e, (TransportError, MemoryError)):
             self._gone = e
             return e
         s = str(e).strip()

@@ -7,10 +7,11 @@ reported, disconnect() runs the listeners it triggers, connect() twice is refuse
 """
 import asyncio
 
-from room_helpers import CannedRelay, close, join, noting_cancel, pair, raw, send_request_v1, settle
+from room_helpers import CannedRelay, close, join, noting_cancel, pair, raises, raw, send_request_v1, settle
 
 import lkedge.room as room_module
 from lkedge import link
+from lkedge.clock import now_ms
 from lkedge.memroom import MemRoom
 from lkedge.config import RoomOptions
 from lkedge.room import ConnectError
@@ -577,6 +578,30 @@ async def test_connect_whose_join_write_fails_raises_connect_error():
     else:
         raise AssertionError("connect() succeeded")
     assert r.connection_state == "disconnected" and r._reader_task is None
+
+
+async def test_connect_without_heap_says_out_of_memory_while_joining():
+    # No heap for the link reader's buffer (a board whose application took it): the
+    # MemoryError came in the reader's task, which died, and connect() waited out
+    # join_timeout_ms for a JOINED that had come ("no JOINED from the relay within ...").
+    mem = MemRoom()
+    r = room_module.Room(RoomOptions(read_buffer=1 << 50, join_timeout_ms=3000, auto_reconnect=False))
+    t0 = now_ms()
+    await raises(ConnectError, r.connect(mem.transport(), "a"), "out of memory while joining: ")
+    assert now_ms() - t0 < 2000
+    assert r.connection_state == "disconnected" and r._transport is None
+
+    # No heap while connecting: said as such, not as a relay out of reach ("cannot reach
+    # the relay at ...: MemoryError: ..."; the transport passes a MemoryError on as it is)
+    class NoHeap(_TestTransport):
+        async def connect(self):
+            raise MemoryError("memory allocation failed, allocating 272 bytes")
+    r = room_module.Room(RoomOptions(auto_reconnect=False))
+    await raises(ConnectError, r.connect(NoHeap(mem), "a"),
+                 "out of memory while joining: memory allocation failed, allocating 272 bytes")
+    await r.connect(mem.transport(), "a")   # with the heap: joins
+    assert r.connection_state == "connected"
+    await close(r)
 
 
 async def test_reconnect_retries_when_join_write_fails():

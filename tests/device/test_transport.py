@@ -168,6 +168,30 @@ async def test_tcp_peer_close_reads_as_zero():
         await _stop(srv)
 
 
+async def test_a_memory_error_is_passed_on_as_it_is_not_as_the_link_failing():
+    # The Room says "out of memory" for it (joining: "out of memory while joining"), not
+    # "cannot reach the relay at ...: MemoryError: ..."; the connection is dropped all the
+    # same, and later reads and writes report that first cause.
+    srv, port = await _serve(_echo)
+    try:
+        t = await open_transport("tcp://127.0.0.1:%d" % port).connect()
+
+        async def no_heap(buf):
+            raise MemoryError("memory allocation failed, allocating 512 bytes")
+        t._s.readinto = no_heap
+        for aw in (t.read_into(bytearray(16)), t.write(b"x")):
+            try:
+                await aw
+            except MemoryError as e:
+                assert "allocating 512 bytes" in str(e), e
+            else:
+                raise AssertionError("no MemoryError")
+        assert await t.read_into(bytearray(16)) == 0   # dropped: the connection is gone
+        await t.close()
+    finally:
+        await _stop(srv)
+
+
 # ---------------------------------------------------------------- a tiny WebSocket server
 async def _accept_upgrade(r, w, status=None):
     key = None
