@@ -15,6 +15,8 @@ host tools (emulator heap, mpy-cross architecture). Keys:
     link          lkedge.config.RoomOptions.for_board() settings: read_buffer,
                   piece_size, max_field, max_frame, max_streams (ints > 0), optional
                   max_values (int > 0; default RoomOptions.for_board()'s),
+                  max_rpc_payload (int > 0: the largest request a buffered handler
+                  takes, UTF-8 bytes; default RoomOptions.for_board()'s 16384),
                   evict_idle_ms (int > 0, or null: streams never give way; default
                   RoomOptions' 60000), max_attributes (int > 0, or null: no cap;
                   default RoomOptions.for_board()'s 16384), max_participants (int >
@@ -152,8 +154,9 @@ def _validate_link(link, heap, where):
     _need(isinstance(link, dict), where, "'link' must be an object")
     for key in LINK_INTS:
         _int(link, key, where + " link", lo=1)
-    if "max_values" in link:
-        _int(link, "max_values", where + " link", lo=1)
+    for key in ("max_values", "max_rpc_payload"):   # optional ints
+        if key in link:
+            _int(link, key, where + " link", lo=1)
     for key in ("evict_idle_ms", "max_attributes", "max_participants", "max_inflated",
                 "max_inflate_ratio"):   # optional: an int, or null for none
         if link.get(key) is not None:

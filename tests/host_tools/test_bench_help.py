@@ -5,7 +5,8 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("name", ["board_calls", "board_code", "board_console", "board_heap", "load", "throughput"])
+@pytest.mark.parametrize("name", ["board_calls", "board_code", "board_console", "board_heap", "board_payload", "load",
+                                  "throughput"])
 def test_help_names_the_module_and_says_what_it_measures(name, capsys):
     mod = importlib.import_module("lkedge_host.bench." + name)
     with pytest.raises(SystemExit) as e:

@@ -118,19 +118,23 @@ def test_board_json_is_the_profile_and_configures_room_options():
         assert opts.advertise_compression == p["link"]["advertise_compression"]
 
 
-def test_optional_max_values_is_checked_and_reaches_room_options(tmp_path):
+@pytest.mark.parametrize("key", ["max_values", "max_rpc_payload"])
+def test_optional_int_link_keys_are_checked_and_reach_room_options(tmp_path, key):
+    # max_rpc_payload: what a board's heap can gather for a buffered handler differs by
+    # board (README, "max_rpc_payload"), so a profile says it
     import json
     from lkedge.config import RoomOptions
     p = profiles.load("esp32")
-    p["link"]["max_values"] = 12000
+    p["link"][key] = 12000
     f = tmp_path / "esp32.json"
     f.write_text(json.dumps(p))
-    assert RoomOptions.for_board(profiles.load(str(f))).max_values == 12000
-    p["link"]["max_values"] = 0
-    f.write_text(json.dumps(p))
-    with pytest.raises(profiles.ProfileError) as e:
-        profiles.load(str(f))
-    assert "max_values" in str(e.value)
+    assert getattr(RoomOptions.for_board(profiles.load(str(f))), key) == 12000
+    for bad in (0, "12K", 1.5, None):
+        p["link"][key] = bad
+        f.write_text(json.dumps(p))
+        with pytest.raises(profiles.ProfileError) as e:
+            profiles.load(str(f))
+        assert key in str(e.value)
 
 
 @pytest.mark.parametrize("key, board_default, good, bad", [
