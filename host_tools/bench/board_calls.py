@@ -18,6 +18,7 @@ import sys
 import time
 
 from lkedge_host import units
+from lkedge_host.bench import until_in_room
 from lkedge_host.bench.board_heap import _bin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,11 +50,7 @@ async def measure(relay, lib_dir, calls, heap):
         if line.strip() != "READY":
             raise RuntimeError("the board did not join: %s" % (line.strip() or "it exited"))
         await room.connect(relay.url, relay.token("host"))
-        t_end = time.monotonic() + 10
-        while "board" not in room.remote_participants:
-            if time.monotonic() > t_end:
-                raise RuntimeError("the board is not in the room")
-            await asyncio.sleep(0.02)
+        await until_in_room(room, "board", 10, "the board is not in the room")
         lp = room.local_participant
         await lp.perform_rpc(destination_identity="board", method="echo", payload="warm")
         rtts = []

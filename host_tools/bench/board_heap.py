@@ -32,6 +32,7 @@ import sys
 import time
 
 from lkedge_host import units
+from lkedge_host.bench import until_in_room
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCENARIO = os.path.join(ROOT, "tests", "scenarios", "board_memory.py")
@@ -72,11 +73,7 @@ async def _host_side(relay, board_proc, nbytes, lines, timeout):
     room = Room(RoomOptions(read_buffer=65536, piece_size=65536, auto_reconnect=False))
     await room.connect(relay.url, relay.token("host"))
     try:
-        t_end = time.monotonic() + 10
-        while "board" not in room.remote_participants:
-            if time.monotonic() > t_end:
-                raise RuntimeError("board not in the room")
-            await asyncio.sleep(0.02)
+        await until_in_room(room, "board", 10, "board not in the room")
         data = _payload(nbytes)
         want = hashlib.sha256(data).hexdigest()
         reader = await room.local_participant.perform_rpc_stream(

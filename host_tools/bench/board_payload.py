@@ -20,9 +20,9 @@ import asyncio
 import os
 import sys
 import tempfile
-import time
 
 from lkedge_host import ROOT, profiles, units
+from lkedge_host.bench import until_in_room
 
 
 async def _calls(relay, sizes, calls, gap, settle, timeout):
@@ -40,11 +40,7 @@ async def _calls(relay, sizes, calls, gap, settle, timeout):
     try:
         await collector.connect(relay.url, relay.token("collector"))
         await caller.connect(relay.url, relay.token("caller"))
-        t_end = time.monotonic() + 60
-        while "board" not in caller.remote_participants:
-            if time.monotonic() > t_end:
-                raise RuntimeError("the board did not join within 60 s")
-            await asyncio.sleep(0.2)
+        await until_in_room(caller, "board", 60, "the board did not join within 60 s")
         await asyncio.sleep(settle)
         for n in sizes:
             got = results[n] = {}
