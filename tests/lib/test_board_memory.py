@@ -20,7 +20,9 @@ KIB = 1024
 MIB = 1024 * 1024
 HEAP_PLAIN = 136 * KIB        # measured minimum 135 KiB for 1 MiB at fixed heaps (2026-12-07; 132 on 2026-12-06);
 # 64 B later (inline content streams with a `sequence` after the header) 135 passed 3
-# runs of 5 and 136 passed 8 of 8, 6 of them beside a busy-loop hogging a core
+# runs of 5 and 136 passed 8 of 8, 6 of them beside a busy-loop hogging a core; after
+# session 27's input checks and out-of-memory answers (2026-12-07, ~400 B more at the
+# peak): the bisection says 136, and at fixed heaps 135 passed 2 of 5, 136 and 137 5 of 5
 # measured minimum 168-174 KiB for 1 MiB (a reserved 32 KiB window and decoder state;
 # 170-172 while the reservation had 2 KiB to spare; which of these a build gets depends
 # on where its garbage happens to lie): 4 KiB of margin, as the scenario's timing under
