@@ -686,6 +686,8 @@ class Room:
                 raise ValueError("a %d-byte field to hold whole, over max_frame %d"
                                  % (dec.big_len, self.options.max_frame))
             self._acc_key = key
+            # a byte more than the field: the hole it leaves once taken then fits the
+            # bytes (its content plus the terminating zero) a read_all joins it into
             self._acc = bytearray(dec.big_len + 1)
             self._acc_n = 0
         n = self._acc_n

@@ -86,17 +86,15 @@ def _checked(strs, dests, attributes):
 
 
 def _plain(strs, dests, attributes):
+    """True when strs are str or None, dests a list of str, attributes None or a dict
+    of str to str."""
     if isinstance(dests, str) or not (attributes is None or isinstance(attributes, dict)):
         return False
     try:
-        for group in (strs, dests, attributes or ()):
-            for v in group:
-                if not (isinstance(v, str) or v is None and group is strs) or (
-                        group is attributes and not isinstance(attributes[v], str)):
-                    return False
+        return (all(v is None or isinstance(v, str) for v in strs) and all(isinstance(v, str) for v in dests)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in (attributes or {}).items()))
     except TypeError:   # dests is no list
         return False
-    return True
 
 
 def _last_of_stream(pkt):
